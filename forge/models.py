@@ -1,0 +1,577 @@
+"""Records of API group forge/v1 (DESIGN §2).
+
+Every record has ``kind``, ``apiVersion``, ``metadata``, ``spec`` and ``status``. JSON is
+camelCase (alias generator); Python attributes are snake_case. Models reject unknown fields
+so a typo in an API body is an error naming the field, never a silently ignored key.
+
+Times are fixed-width RFC 3339 strings (``forge.clock.iso``) so they order as text.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.alias_generators import to_camel
+
+API_VERSION: str = "forge/v1"
+
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+APP_NAME_MAX = 40
+GITHUB_OWNER = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9]|-(?=[A-Za-z0-9])){0,38}$")
+GITHUB_REPO = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
+COMMIT = re.compile(r"^[0-9a-f]{40}$")
+LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+BRANCH = re.compile(r"^(?!/)(?!.*//)(?!.*\.\.)(?!.*@\{)[^\x00-\x20~^:?*\[\\\x7f]{1,255}(?<!/)(?<!\.lock)(?<!\.)$")
+
+# Labels the control plane puts on child records.
+LABEL_APP: str = "forge.dev/app"
+LABEL_DEPLOYMENT: str = "forge.dev/deployment"
+LABEL_NODE: str = "forge.dev/node"
+
+
+def is_dns_label(name: str, max_len: int = 63) -> bool:
+    return 0 < len(name) <= max_len and bool(DNS_LABEL.match(name))
+
+
+def is_dns_name(name: str, max_len: int = 253) -> bool:
+    return 0 < len(name) <= max_len and bool(DNS_SUBDOMAIN.match(name)) and all(
+        len(p) <= 63 for p in name.split(".")
+    )
+
+
+def is_repo(repo: str) -> bool:
+    owner, sep, name = repo.partition("/")
+    return bool(sep) and bool(GITHUB_OWNER.match(owner)) and bool(GITHUB_REPO.match(name)) and name not in (
+        ".",
+        "..",
+    ) and not name.endswith(".git")
+
+
+def check_app_name(name: str) -> str:
+    if not is_dns_label(name, APP_NAME_MAX):
+        raise ValueError(
+            f"{name!r} is not a valid app name (lowercase letters, digits and '-', "
+            f"starting and ending with a letter or digit, at most {APP_NAME_MAX} characters)"
+        )
+    return name
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", validate_assignment=False
+    )
+
+    def dump(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+# --------------------------------------------------------------------------- envelope
+
+
+class OwnerRef(Model):
+    kind: str
+    name: str
+    uid: str = ""
+
+
+class ObjectMeta(Model):
+    name: str
+    uid: str = ""
+    resource_version: int = 0
+    generation: int = 0
+    labels: dict[str, str] = Field(default_factory=dict)
+    created_at: str | None = None
+    updated_at: str | None = None
+    owner_ref: OwnerRef | None = None
+    deletion_timestamp: str | None = None
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v: dict[str, str]) -> dict[str, str]:
+        if len(v) > 64:
+            raise ValueError("at most 64 labels")
+        for k, val in v.items():
+            if not LABEL_KEY.match(k):
+                raise ValueError(f"label key {k!r} is not valid")
+            if not LABEL_VALUE.match(val):
+                raise ValueError(f"label value {val!r} for {k!r} is not valid")
+        return v
+
+
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+
+class Condition(Model):
+    type: str = Field(min_length=1, max_length=64)
+    status: ConditionStatus
+    reason: str = ""
+    message: str = ""
+    last_transition_time: str | None = None
+
+
+class Status(Model):
+    observed_generation: int = 0
+    phase: str = ""
+    conditions: list[Condition] = Field(default_factory=list)
+
+    def condition(self, type_: str) -> Condition | None:
+        return next((c for c in self.conditions if c.type == type_), None)
+
+    def is_true(self, type_: str) -> bool:
+        c = self.condition(type_)
+        return c is not None and c.status == "True"
+
+
+def set_condition(
+    status: Status, type_: str, value: ConditionStatus, reason: str, message: str, now_iso: str
+) -> bool:
+    """Set a condition in place; ``lastTransitionTime`` moves only when status moves.
+
+    Returns True when anything changed.
+    """
+    cur = status.condition(type_)
+    if cur is None:
+        status.conditions.append(
+            Condition(type=type_, status=value, reason=reason, message=message, last_transition_time=now_iso)
+        )
+        return True
+    changed = (cur.status, cur.reason, cur.message) != (value, reason, message)
+    if cur.status != value:
+        cur.last_transition_time = now_iso
+    cur.status, cur.reason, cur.message = value, reason, message
+    return changed
+
+
+class Resource(Model):
+    """Common envelope. Subclasses narrow ``kind``, ``spec`` and ``status``."""
+
+    KIND: ClassVar[str] = ""
+    PLURAL: ClassVar[str] = ""
+    NAME_MAX: ClassVar[int] = 63
+    NAME_IS_SUBDOMAIN: ClassVar[bool] = False
+
+    api_version: str = API_VERSION
+    kind: str = ""
+    metadata: ObjectMeta
+    spec: Any = None
+    status: Any = None
+
+    def model_post_init(self, __context: Any) -> None:
+        if not self.kind:
+            self.kind = self.KIND
+
+    @field_validator("kind")
+    @classmethod
+    def _kind(cls, v: str) -> str:
+        if v and cls.KIND and v != cls.KIND:
+            raise ValueError(f"kind must be {cls.KIND!r}")
+        return v
+
+    @field_validator("api_version")
+    @classmethod
+    def _api_version(cls, v: str) -> str:
+        if v != API_VERSION:
+            raise ValueError(f"apiVersion must be {API_VERSION!r}")
+        return v
+
+    @field_validator("metadata")
+    @classmethod
+    def _name(cls, v: ObjectMeta) -> ObjectMeta:
+        ok = is_dns_name(v.name, cls.NAME_MAX) if cls.NAME_IS_SUBDOMAIN else is_dns_label(v.name, cls.NAME_MAX)
+        if not ok:
+            what = "a DNS name" if cls.NAME_IS_SUBDOMAIN else "a DNS-1123 label"
+            raise ValueError(
+                f"name {v.name!r} must be {what} (lowercase letters, digits, '-'"
+                f"{', ' if cls.NAME_IS_SUBDOMAIN else ''}{'.' if cls.NAME_IS_SUBDOMAIN else ''}; "
+                f"at most {cls.NAME_MAX} characters)"
+            )
+        return v
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    def copy_deep(self) -> "Resource":
+        return self.model_copy(deep=True)
+
+
+# --------------------------------------------------------------------------- App
+
+
+class AppSpec(Model):
+    repo: str
+    branches: list[str] = Field(default_factory=lambda: ["main"], max_length=50)
+    domains: list[str] = Field(default_factory=list, max_length=50)
+    env: dict[str, str] = Field(default_factory=dict)
+    replicas: int = Field(default=1, ge=0, le=100)
+    auto_deploy: bool = True
+    rollback_on_failure: bool = True
+
+    @field_validator("repo")
+    @classmethod
+    def _repo(cls, v: str) -> str:
+        if not is_repo(v):
+            raise ValueError(f"{v!r} is not a GitHub repository (use owner/name)")
+        return v
+
+    @field_validator("branches")
+    @classmethod
+    def _branches(cls, v: list[str]) -> list[str]:
+        for b in v:
+            if not BRANCH.match(b):
+                raise ValueError(f"{b!r} is not a valid branch name")
+        return v
+
+    @field_validator("domains")
+    @classmethod
+    def _domains(cls, v: list[str]) -> list[str]:
+        out = []
+        for d in v:
+            d = d.lower().rstrip(".")
+            if not is_dns_name(d) or "." not in d:
+                raise ValueError(f"{d!r} is not a valid domain name")
+            out.append(d)
+        return out
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: dict[str, str]) -> dict[str, str]:
+        return check_env(v)
+
+
+def check_env(v: dict[str, str]) -> dict[str, str]:
+    if len(v) > 500:
+        raise ValueError("at most 500 variables")
+    for k, val in v.items():
+        if not ENV_KEY.match(k):
+            raise ValueError(f"{k!r} is not a valid environment variable name")
+        if "\x00" in val or len(val) > 32768:
+            raise ValueError(f"value of {k} must be at most 32 KiB without NUL bytes")
+    return v
+
+
+class AppStatus(Status):
+    live_deployment: str | None = None
+    url: str | None = None
+    latest_deployment: str | None = None
+
+
+class App(Resource):
+    KIND: ClassVar[str] = "App"
+    PLURAL: ClassVar[str] = "apps"
+    NAME_MAX: ClassVar[int] = APP_NAME_MAX
+    spec: AppSpec
+    status: AppStatus = Field(default_factory=AppStatus)
+
+
+# --------------------------------------------------------------------------- Deployment
+
+TriggerType = Literal["webhook", "api", "rollback", "config"]
+
+
+class Trigger(Model):
+    type: TriggerType = "api"
+    delivery_id: str | None = Field(default=None, max_length=128)
+    user: str | None = Field(default=None, max_length=128)
+
+
+class DeploymentConfig(Model):
+    """The App's config captured when the release was made, so a rollback restores it."""
+
+    env: dict[str, str] = Field(default_factory=dict)
+    replicas: int = Field(default=1, ge=0, le=100)
+    domains: list[str] = Field(default_factory=list)
+    secrets_version: str | None = None
+
+
+class DeploymentSpec(Model):
+    app: str
+    commit: str
+    ref: str = ""
+    repo: str | None = None
+    trigger: Trigger = Field(default_factory=Trigger)
+    rollback_of: str | None = None
+    config: DeploymentConfig | None = None
+
+    @field_validator("commit")
+    @classmethod
+    def _commit(cls, v: str) -> str:
+        if not COMMIT.match(v):
+            raise ValueError(f"{v!r} is not a commit (40 lowercase hex characters)")
+        return v
+
+    @field_validator("app")
+    @classmethod
+    def _app(cls, v: str) -> str:
+        return check_app_name(v)
+
+
+DeploymentPhase = Literal["", "Pending", "Building", "Starting", "Live", "Superseded", "Failed", "Cancelled"]
+DEPLOYMENT_TERMINAL: frozenset[str] = frozenset({"Superseded", "Failed", "Cancelled"})
+
+
+class DeploymentStatus(Status):
+    phase: DeploymentPhase = ""
+    manifest: dict[str, Any] | None = None
+    ready_replicas: int = 0
+    replicas: int = 0
+    reason: str = ""
+    message: str = ""
+    created_time: str | None = None
+    live_time: str | None = None
+    finished_time: str | None = None
+    superseded_time: str | None = None
+
+
+class Deployment(Resource):
+    KIND: ClassVar[str] = "Deployment"
+    PLURAL: ClassVar[str] = "deployments"
+    spec: DeploymentSpec
+    status: DeploymentStatus = Field(default_factory=DeploymentStatus)
+
+
+def deployment_number(name: str) -> int:
+    """``hello-12`` → 12; -1 when the name has no release number."""
+    _, _, n = name.rpartition("-")
+    return int(n) if n.isdigit() else -1
+
+
+# --------------------------------------------------------------------------- Instance
+
+
+class Resources(Model):
+    memory: int = Field(default=256 * 1024 * 1024, ge=0, description="bytes")
+    cpu: float = Field(default=0.5, ge=0, description="cores")
+    pids: int = Field(default=512, ge=1)
+
+
+DesiredState = Literal["Running", "Stopped"]
+
+
+class InstanceSpec(Model):
+    """Everything a node agent needs to build and run one process; agents never read Apps."""
+
+    app: str
+    deployment: str
+    index: int = 0
+    node: str | None = None
+    desired: DesiredState = "Running"
+    repo: str
+    commit: str
+    manifest: dict[str, Any] = Field(default_factory=dict)
+    env: dict[str, str] = Field(default_factory=dict)
+    resources: Resources = Field(default_factory=Resources)
+    secret: str | None = None
+
+
+InstancePhase = Literal[
+    "", "Pending", "Scheduled", "Building", "Starting", "Running", "Stopping", "Stopped", "Failed", "Lost"
+]
+INSTANCE_TERMINAL: frozenset[str] = frozenset({"Stopped", "Failed", "Lost"})
+
+
+class InstanceStatus(Status):
+    phase: InstancePhase = ""
+    port: int | None = None
+    pid: int | None = None
+    ready: bool = False
+    restarts: int = 0
+    last_probe_time: str | None = None
+    last_probe_result: str | None = None
+    exit_code: int | None = None
+    reason: str = ""
+    message: str = ""
+    started_time: str | None = None
+    ready_time: str | None = None
+    oom_kills: int = 0
+
+
+class Instance(Resource):
+    KIND: ClassVar[str] = "Instance"
+    PLURAL: ClassVar[str] = "instances"
+    spec: InstanceSpec
+    status: InstanceStatus = Field(default_factory=InstanceStatus)
+
+
+# --------------------------------------------------------------------------- Node
+
+
+class NodeSpec(Model):
+    address: str = "127.0.0.1"
+    unschedulable: bool = False
+
+
+class Capacity(Model):
+    cpu: float = 0.0
+    memory: int = 0
+
+
+class Isolation(Model):
+    cgroups: Literal["v1", "v2", "none"] = "none"
+    namespaces: bool = False
+    bwrap: bool = False
+    missing: list[str] = Field(default_factory=list)
+
+
+class NodeStatus(Status):
+    capacity: Capacity = Field(default_factory=Capacity)
+    allocatable: Capacity = Field(default_factory=Capacity)
+    last_heartbeat_time: str | None = None
+    isolation: Isolation = Field(default_factory=Isolation)
+    runtimes: list[str] = Field(default_factory=list)
+    agent_version: str | None = None
+    metrics_address: str | None = None
+
+
+class Node(Resource):
+    KIND: ClassVar[str] = "Node"
+    PLURAL: ClassVar[str] = "nodes"
+    NAME_IS_SUBDOMAIN: ClassVar[bool] = True
+    NAME_MAX: ClassVar[int] = 253
+    spec: NodeSpec = Field(default_factory=NodeSpec)
+    status: NodeStatus = Field(default_factory=NodeStatus)
+
+
+# --------------------------------------------------------------------------- Event
+
+
+class ObjectRef(Model):
+    kind: str
+    name: str
+    uid: str = ""
+
+
+class EventSpec(Model):
+    involved_object: ObjectRef
+    type: Literal["Normal", "Warning"] = "Normal"
+    reason: str = Field(min_length=1, max_length=128)
+    message: str = Field(default="", max_length=4096)
+    count: int = 1
+    first_time: str | None = None
+    last_time: str | None = None
+    source: str = ""
+
+
+class Event(Resource):
+    KIND: ClassVar[str] = "Event"
+    PLURAL: ClassVar[str] = "events"
+    NAME_IS_SUBDOMAIN: ClassVar[bool] = True
+    NAME_MAX: ClassVar[int] = 253
+    spec: EventSpec
+    status: Status = Field(default_factory=Status)
+
+
+# --------------------------------------------------------------------------- Secret
+
+
+class SecretSpec(Model):
+    """``data`` is write-only: the API encrypts values before they reach the store and never
+    returns them."""
+
+    app: str
+    data: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("data")
+    @classmethod
+    def _data(cls, v: dict[str, str]) -> dict[str, str]:
+        for k in v:
+            if not ENV_KEY.match(k):
+                raise ValueError(f"{k!r} is not a valid environment variable name")
+        return v
+
+
+class SecretStatus(Status):
+    keys: list[str] = Field(default_factory=list)
+    updated_time: str | None = None
+
+
+class Secret(Resource):
+    KIND: ClassVar[str] = "Secret"
+    PLURAL: ClassVar[str] = "secrets"
+    spec: SecretSpec
+    status: SecretStatus = Field(default_factory=SecretStatus)
+
+
+class RepoCredentialSpec(Model):
+    scope: str
+    token: str = ""
+
+    @field_validator("scope")
+    @classmethod
+    def _scope(cls, v: str) -> str:
+        if "/" in v:
+            if not is_repo(v):
+                raise ValueError(f"{v!r} is not owner or owner/repo")
+        elif not GITHUB_OWNER.match(v):
+            raise ValueError(f"{v!r} is not owner or owner/repo")
+        return v
+
+
+class RepoCredential(Resource):
+    KIND: ClassVar[str] = "RepoCredential"
+    PLURAL: ClassVar[str] = "repocredentials"
+    spec: RepoCredentialSpec
+    status: Status = Field(default_factory=Status)
+
+
+# --------------------------------------------------------------------------- Lease / NodeToken
+
+
+class LeaseSpec(Model):
+    holder: str = ""
+    renew_time: str | None = None
+    acquire_time: str | None = None
+    duration_seconds: float = 15.0
+    transitions: int = 0
+
+
+class Lease(Resource):
+    KIND: ClassVar[str] = "Lease"
+    PLURAL: ClassVar[str] = "leases"
+    NAME_IS_SUBDOMAIN: ClassVar[bool] = True
+    NAME_MAX: ClassVar[int] = 253
+    spec: LeaseSpec = Field(default_factory=LeaseSpec)
+    status: Status = Field(default_factory=Status)
+
+
+class NodeTokenSpec(Model):
+    """A node's join token, stored only as its SHA-256 digest (name = node name)."""
+
+    token_sha256: str
+
+
+class NodeToken(Resource):
+    KIND: ClassVar[str] = "NodeToken"
+    PLURAL: ClassVar[str] = "nodetokens"
+    NAME_IS_SUBDOMAIN: ClassVar[bool] = True
+    NAME_MAX: ClassVar[int] = 253
+    spec: NodeTokenSpec
+    status: Status = Field(default_factory=Status)
+
+
+KINDS: dict[str, type[Resource]] = {
+    c.KIND: c for c in (App, Deployment, Instance, Node, Event, Secret, RepoCredential, Lease, NodeToken)
+}
+PLURALS: dict[str, type[Resource]] = {c.PLURAL: c for c in KINDS.values()}
+
+
+def kind_class(kind_or_plural: str) -> type[Resource]:
+    """Resolve ``App``, ``app``, ``apps`` to the model class; KeyError when unknown."""
+    if kind_or_plural in KINDS:
+        return KINDS[kind_or_plural]
+    low = kind_or_plural.lower()
+    for c in KINDS.values():
+        if low in (c.KIND.lower(), c.PLURAL):
+            return c
+    raise KeyError(kind_or_plural)
+
+
+def parse_record(data: dict[str, Any], kind: str | None = None) -> Resource:
+    """Validate a JSON-shaped dict into its model (pydantic ValidationError on bad input)."""
+    cls = kind_class(kind or data.get("kind", ""))
+    return cls.model_validate(data)
