@@ -1,0 +1,71 @@
+"""Process configuration, read once from the environment and passed in as a collaborator."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from forge.errors import Invalid
+
+DEFAULT_GIT_URL_TEMPLATE = "https://github.com/{full_name}.git"
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("FORGE_DATA_DIR") or Path.cwd() / ".forge")
+
+
+def decode_secret_key(text: str) -> bytes:
+    """``FORGE_SECRET_KEY``: 32 bytes, base64 (standard or URL-safe)."""
+    try:
+        raw = base64.b64decode(text.strip() + "=" * (-len(text.strip()) % 4), altchars=b"-_" if "-" in text or "_" in text else None, validate=True)
+    except (binascii.Error, ValueError):
+        raise Invalid("FORGE_SECRET_KEY is not base64 (expected 32 random bytes, base64-encoded)") from None
+    if len(raw) != 32:
+        raise Invalid(f"FORGE_SECRET_KEY decodes to {len(raw)} bytes; it must be exactly 32")
+    return raw
+
+
+@dataclass(frozen=True)
+class Config:
+    data_dir: Path = field(default_factory=default_data_dir)
+    admin_token: str = ""
+    webhook_secret: str = ""
+    git_url_template: str = DEFAULT_GIT_URL_TEMPLATE
+    secret_key: bytes | None = None
+    mode: str = "dev"
+    store_url: str = ""
+    domain: str = "localhost"
+    api_listen: str = "127.0.0.1:8080"
+    http_listen: str = "127.0.0.1:8000"
+    caddy_admin: str = "127.0.0.1:2019"
+    tls: str = "off"  # off | internal | on-demand
+
+    @property
+    def production(self) -> bool:
+        return self.mode == "production"
+
+    @property
+    def effective_store_url(self) -> str:
+        return self.store_url or f"sqlite:///{Path(self.data_dir).resolve() / 'forge.db'}"
+
+    @classmethod
+    def from_env(cls, data_dir: str | Path | None = None, env: dict[str, str] | None = None, **overrides: object) -> "Config":
+        e = os.environ if env is None else env
+        mode = (e.get("FORGE_MODE") or "dev").strip().lower()
+        if mode not in ("dev", "production"):
+            raise Invalid(f"FORGE_MODE must be 'dev' or 'production', not {mode!r}")
+        key = e.get("FORGE_SECRET_KEY") or ""
+        cfg = cls(
+            data_dir=Path(data_dir) if data_dir else Path(e.get("FORGE_DATA_DIR") or Path.cwd() / ".forge"),
+            admin_token=(e.get("FORGE_ADMIN_TOKEN") or "").strip(),
+            webhook_secret=e.get("FORGE_GITHUB_WEBHOOK_SECRET") or "",
+            git_url_template=e.get("FORGE_GIT_URL_TEMPLATE") or DEFAULT_GIT_URL_TEMPLATE,
+            secret_key=decode_secret_key(key) if key else None,
+            mode=mode,
+            store_url=e.get("FORGE_STORE_URL") or "",
+            domain=e.get("FORGE_DOMAIN") or "localhost",
+        )
+        return replace(cfg, **overrides) if overrides else cfg  # type: ignore[arg-type]
