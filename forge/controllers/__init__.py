@@ -1,0 +1,1 @@
+"""Controllers: independent reconcilers that meet only in the store (DESIGN §3)."""

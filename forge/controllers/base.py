@@ -1,0 +1,49 @@
+"""What every controller is, as far as the runtime is concerned.
+
+A controller maps store changes to keys (``keys_for``), lists every key for a resync
+(``all_keys``) and converges one key at a time (``reconcile``). It never sleeps: time is
+a return value (``Result(requeue_after=...)``); raising retries with per-key back-off;
+``TerminalError`` stops retries for that key until the next change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import ClassVar
+
+from forge.clock import Clock
+from forge.config import Config
+from forge.events import EventRecorder
+from forge.store.base import Store, WatchEvent
+
+
+@dataclass(frozen=True)
+class Result:
+    requeue_after: float | None = None
+
+
+DONE = Result()
+
+
+class Controller:
+    name: ClassVar[str] = ""
+    watches: ClassVar[tuple[str, ...]] = ()  # kinds whose changes wake this controller
+    resync_seconds: ClassVar[float] = 60.0
+
+    def __init__(self, store: Store, clock: Clock, config: Config, recorder: EventRecorder | None = None) -> None:
+        self.store, self.clock, self.config = store, clock, config
+        self.recorder = recorder or EventRecorder(store, clock, source=self.name or type(self).__name__)
+
+    def keys_for(self, event: WatchEvent) -> Iterable[str]:
+        """Keys to reconcile after a change; default: the changed record's own name."""
+        return (event.object.metadata.name,)
+
+    def all_keys(self) -> Iterable[str]:
+        raise NotImplementedError
+
+    def reconcile(self, key: str) -> Result | None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release outside resources (HTTP clients); the runtime calls it on shutdown."""
