@@ -13,8 +13,13 @@ from forge.errors import Invalid
 DEFAULT_GIT_URL_TEMPLATE = "https://github.com/{full_name}.git"
 
 
-def default_data_dir() -> Path:
-    return Path(os.environ.get("FORGE_DATA_DIR") or Path.cwd() / ".forge")
+def default_data_dir(env: "os._Environ[str] | dict[str, str] | None" = None) -> Path:
+    """``$FORGE_DATA_DIR``, else ``$XDG_DATA_HOME/forge`` (``~/.local/share/forge``)."""
+    e = os.environ if env is None else env
+    if e.get("FORGE_DATA_DIR"):
+        return Path(e["FORGE_DATA_DIR"])
+    base = e.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "forge"
 
 
 def decode_secret_key(text: str) -> bytes:
@@ -59,7 +64,7 @@ class Config:
             raise Invalid(f"FORGE_MODE must be 'dev' or 'production', not {mode!r}")
         key = e.get("FORGE_SECRET_KEY") or ""
         cfg = cls(
-            data_dir=Path(data_dir) if data_dir else Path(e.get("FORGE_DATA_DIR") or Path.cwd() / ".forge"),
+            data_dir=Path(data_dir) if data_dir else default_data_dir(e),
             admin_token=(e.get("FORGE_ADMIN_TOKEN") or "").strip(),
             webhook_secret=e.get("FORGE_GITHUB_WEBHOOK_SECRET") or "",
             git_url_template=e.get("FORGE_GIT_URL_TEMPLATE") or DEFAULT_GIT_URL_TEMPLATE,

@@ -1,0 +1,102 @@
+"""The ``forge`` command.
+
+Every verb except the daemons (``server``, ``controllers``, ``agent``, ``up``) talks to the API
+at ``FORGE_URL`` with ``FORGE_ADMIN_TOKEN``. When those are unset, the CLI looks in the data
+dir ``forge up`` wrote (``api-url``, ``admin-token``). Failures print one line to stderr and
+exit non-zero; never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from forge import __version__
+from forge.config import default_data_dir
+from forge.errors import ForgeError
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+
+class Ctx:
+    """Lazily built API client, shared by the verbs of one invocation."""
+
+    def __init__(self) -> None:
+        self._client = None
+
+    @property
+    def client(self):  # type: ignore[no-untyped-def]
+        if self._client is None:
+            from forge.client import ForgeClient
+
+            self._client = ForgeClient(api_url(), admin_token())
+        return self._client
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
+
+
+def api_url() -> str:
+    return os.environ.get("FORGE_URL") or _read(default_data_dir() / "api-url") or DEFAULT_URL
+
+
+def admin_token() -> str:
+    return os.environ.get("FORGE_ADMIN_TOKEN") or _read(default_data_dir() / "admin-token")
+
+
+pass_ctx = click.make_pass_decorator(Ctx, ensure=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, "--version", prog_name="forge")
+def cli() -> None:
+    """Forge: push to GitHub, get a live, health-checked app on your own servers."""
+
+
+@cli.command()
+def version() -> None:
+    """Print the Forge version."""
+    click.echo(f"forge {__version__}")
+
+
+@cli.command()
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    """Print the shell completion script: eval "$(forge completion bash)"."""
+    from click.shell_completion import get_completion_class
+
+    comp_cls = get_completion_class(shell)
+    assert comp_cls is not None
+    click.echo(comp_cls(cli, {}, "forge", "_FORGE_COMPLETE").source())
+
+
+def main() -> None:
+    from forge.cli import apps, daemons, resources  # noqa: F401  (registers verbs)
+
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except ForgeError as exc:
+        click.echo(f"error: {exc.message}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(0)
+    except OSError as exc:
+        click.echo(f"error: {exc.strerror or exc}{': ' + str(exc.filename) if exc.filename else ''}", err=True)
+        sys.exit(1)

@@ -1,0 +1,448 @@
+"""App-centred verbs: apps, status, deploy, rollback, releases, logs, env, scale, domains, creds, nodes, secrets."""
+
+from __future__ import annotations
+
+import re
+import sys
+import threading
+from typing import Any
+
+import click
+
+from forge.cli import Ctx, cli, pass_ctx
+from forge.cli.output import age, dig, emit, render, table
+from forge.cli.resources import OUTPUT, event_line
+from forge.errors import Conflict, ForgeError, Invalid, NotFound
+from forge.models import COMMIT, ENV_KEY, LABEL_APP, deployment_number
+
+TERMINAL = {"Live", "Failed", "Cancelled", "Superseded"}
+
+
+def _releases(ctx: Ctx, app: str) -> list[dict]:
+    items, _ = ctx.client.list("deployments", f"{LABEL_APP}={app}")
+    return sorted(items, key=lambda d: deployment_number(d["metadata"]["name"]), reverse=True)
+
+
+def _patch_app(ctx: Ctx, name: str, mutate: Any) -> dict:
+    """Read-modify-write of an App's spec with its resourceVersion, retried on Conflict."""
+    for attempt in range(5):
+        app = ctx.client.get("apps", name)
+        if not mutate(app["spec"]):
+            return app
+        try:
+            return ctx.client.replace("apps", name, {k: app[k] for k in ("apiVersion", "kind", "metadata", "spec")})
+        except Conflict:
+            if attempt == 4:
+                raise
+    raise AssertionError("unreachable")
+
+
+# ----------------------------------------------------------------------------- apps
+
+
+@cli.group(invoke_without_command=True)
+@OUTPUT
+@click.pass_context
+def apps(cctx: click.Context, fmt: str) -> None:
+    """List apps, or manage them (create, delete)."""
+    if cctx.invoked_subcommand is None:
+        items, _ = cctx.find_or_create_object(Ctx).client.list("apps")
+        click.echo(render(items, "App", fmt) if items or fmt != "table" else "no apps yet: forge apps create NAME --repo OWNER/REPO")
+
+
+@apps.command("create")
+@click.argument("name")
+@click.option("--repo", required=True, help="GitHub repository, owner/name.")
+@click.option("--branch", "branches", multiple=True, help="Branch to deploy on push (repeatable; default main).")
+@click.option("--domain", "domains", multiple=True, help="Custom domain (repeatable).")
+@click.option("--replicas", type=click.IntRange(0, 100), default=1, show_default=True)
+@click.option("--no-auto-deploy", is_flag=True, help="Do not deploy on push.")
+@OUTPUT
+@pass_ctx
+def apps_create(ctx: Ctx, name: str, repo: str, branches: tuple[str, ...], domains: tuple[str, ...],
+                replicas: int, no_auto_deploy: bool, fmt: str) -> None:
+    """Register an app that deploys REPO on push."""
+    body = {"apiVersion": "forge/v1", "kind": "App", "metadata": {"name": name},
+            "spec": {"repo": repo, "branches": list(branches) or ["main"], "domains": list(domains),
+                     "replicas": replicas, "autoDeploy": not no_auto_deploy}}
+    obj = ctx.client.create("apps", body)
+    emit(obj, fmt, lambda: f"app/{name} created; push to {repo} ({', '.join(body['spec']['branches'])}) to deploy")
+
+
+@apps.command("delete")
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_ctx
+def apps_delete(ctx: Ctx, name: str, yes: bool) -> None:
+    """Delete an app: its processes stop and its routes go away."""
+    if not yes and sys.stdin.isatty():
+        click.confirm(f"delete app {name} and stop all its processes?", abort=True)
+    ctx.client.delete("apps", name)
+    click.echo(f"app/{name} deleted")
+
+
+# ----------------------------------------------------------------------------- status / releases
+
+
+@cli.command()
+@click.argument("name")
+@OUTPUT
+@pass_ctx
+def status(ctx: Ctx, name: str, fmt: str) -> None:
+    """Live release, commit, URL, Instances and the last Events of an app."""
+    app = ctx.client.get("apps", name)
+    releases = _releases(ctx, name)
+    live = dig(app, "status.liveDeployment")
+    insts, _ = ctx.client.list("instances", f"{LABEL_APP}={name}")
+    evs, _ = ctx.client.list("events", f"{LABEL_APP}={name}")
+    evs = sorted(evs, key=lambda e: dig(e, "spec.lastTime") or "")[-8:]
+    data = {"app": app, "releases": releases[:5], "instances": insts, "events": evs}
+
+    def human() -> str:
+        live_rel = next((d for d in releases if d["metadata"]["name"] == live), None)
+        lines = [
+            f"App:       {name}  ({dig(app, 'spec.repo')} @ {','.join(dig(app, 'spec.branches', []))})",
+            f"URL:       {dig(app, 'status.url') or '-'}",
+            f"Live:      {live or 'none'}" + (f"  commit {dig(live_rel, 'spec.commit', '')[:12]}" if live_rel else ""),
+        ]
+        if releases and releases[0]["metadata"]["name"] != live:
+            r = releases[0]
+            lines.append(f"Latest:    {r['metadata']['name']}  {dig(r, 'status.phase') or 'Pending'}"
+                         + (f"  {dig(r, 'status.reason')}: {dig(r, 'status.message')}" if dig(r, "status.reason") else ""))
+        active = [i for i in insts if dig(i, "spec.desired") == "Running"]
+        lines += ["", "Instances:", table(
+            ["NAME", "NODE", "PHASE", "PORT", "READY", "RESTARTS", "REASON"],
+            [[dig(i, "metadata.name"), dig(i, "spec.node"), dig(i, "status.phase"), dig(i, "status.port"),
+              dig(i, "status.ready"), dig(i, "status.restarts", 0), dig(i, "status.reason")] for i in active]) if active else "  none"]
+        lines += ["", "Events:"] + ([event_line(e) for e in evs] or ["  none"])
+        return "\n".join(lines)
+
+    emit(data, fmt, human)
+
+
+@cli.command()
+@click.argument("name")
+@OUTPUT
+@pass_ctx
+def releases(ctx: Ctx, name: str, fmt: str) -> None:
+    """Release history: release, commit, trigger, phase, reason, age."""
+    ctx.client.get("apps", name)
+    items = _releases(ctx, name)
+    emit(items, fmt, lambda: table(
+        ["RELEASE", "COMMIT", "TRIGGER", "PHASE", "REASON", "AGE"],
+        [[d["metadata"]["name"], dig(d, "spec.commit", "")[:7], dig(d, "spec.trigger.type"),
+          dig(d, "status.phase") or "Pending", dig(d, "status.reason"), age(dig(d, "metadata.createdAt"))] for d in items])
+        if items else "no releases yet")
+
+
+def follow_release(ctx: Ctx, name: str, app: str) -> dict:
+    """Follow a Deployment's phases (and its build log) until it is terminal; return it."""
+    stop = threading.Event()
+    seen_phase = ""
+
+    def tail_build() -> None:
+        try:
+            for line in ctx.client.stream_lines(f"/api/v1/apps/{app}/logs",
+                                                {"follow": "true", "deployment": name, "source": "build", "timeoutSeconds": 900}):
+                if stop.is_set():
+                    return
+                click.echo(f"  | {line.get('line', '')}", err=True)
+        except ForgeError:
+            return
+
+    threading.Thread(target=tail_build, daemon=True).start()
+    dep = ctx.client.get("deployments", name)
+    rv = int(dep["metadata"]["resourceVersion"])
+    while True:
+        phase = dig(dep, "status.phase") or "Pending"
+        if phase != seen_phase:
+            click.echo(f"{name}: {phase}" + (f" ({dig(dep, 'status.reason')}: {dig(dep, 'status.message')})"
+                                            if dig(dep, "status.reason") else ""), err=True)
+            seen_phase = phase
+        if phase in TERMINAL:
+            stop.set()
+            return dep
+        for type_, obj in ctx.client.watch("deployments", rv, f"{LABEL_APP}={app}", timeout_seconds=30):
+            rv = int(obj.get("metadata", {}).get("resourceVersion", rv))
+            if type_ != "BOOKMARK" and obj["metadata"]["name"] == name:
+                dep = obj
+                break
+        else:
+            dep = ctx.client.get("deployments", name)
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--ref", default=None, help="Branch or tag name recorded with the release.")
+@click.option("--commit", default=None, help="Commit SHA (40 hex) to deploy; default: the live release's commit.")
+@click.option("--wait", is_flag=True, help="Follow the release; exit 0 only when it is Live.")
+@OUTPUT
+@pass_ctx
+def deploy(ctx: Ctx, name: str, ref: str | None, commit: str | None, wait: bool, fmt: str) -> None:
+    """Write a new release (Deployment) for an app."""
+    if commit is not None and not COMMIT.match(commit):
+        raise click.BadParameter("must be 40 lowercase hex characters", param_hint="--commit")
+    body: dict[str, Any] = {}
+    if ref:
+        body["ref"] = ref
+    if commit:
+        body["commit"] = commit
+    dep = ctx.client.request("POST", f"/api/v1/apps/{name}/deploy", json=body)
+    dname = dep["metadata"]["name"]
+    if not wait:
+        emit(dep, fmt, lambda: f"{dname} created (commit {dig(dep, 'spec.commit', '')[:12]})")
+        return
+    _wait_and_exit(ctx, dname, name, fmt)
+
+
+def _wait_and_exit(ctx: Ctx, dname: str, app: str, fmt: str) -> None:
+    final = follow_release(ctx, dname, app)
+    phase = dig(final, "status.phase")
+    emit(final, fmt, lambda: f"{dname} is {phase}" + (f": {dig(final, 'status.reason')}: {dig(final, 'status.message')}"
+                                                      if phase != "Live" else ""))
+    if phase != "Live":
+        raise SystemExit(1)
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--to", "to", default=None, help="Release to go back to (APP-N); default: the one before the live one.")
+@click.option("--wait", is_flag=True, help="Follow the rollback release until it is Live.")
+@OUTPUT
+@pass_ctx
+def rollback(ctx: Ctx, name: str, to: str | None, wait: bool, fmt: str) -> None:
+    """Roll an app back to an earlier release (its code and config)."""
+    dep = ctx.client.request("POST", f"/api/v1/apps/{name}/rollback", json={"to": to} if to else {})
+    dname = dep["metadata"]["name"]
+    if wait:
+        _wait_and_exit(ctx, dname, name, fmt)
+        return
+    emit(dep, fmt, lambda: f"{dname} created: rolling back to {dig(dep, 'spec.rollbackOf')}")
+
+
+# ----------------------------------------------------------------------------- logs
+
+_SINCE = re.compile(r"^(\d+)([smhd])$")
+
+
+@cli.command()
+@click.argument("name")
+@click.option("-f", "--follow", is_flag=True, help="Keep streaming new lines.")
+@click.option("--build", is_flag=True, help="Build output instead of the app's.")
+@click.option("--deployment", default=None, help="Only this release (APP-N).")
+@click.option("--since", default=None, help="Only lines newer than this (10s, 5m, 2h, 1d).")
+@click.option("--all", "both", is_flag=True, help="Build and app output together.")
+@pass_ctx
+def logs(ctx: Ctx, name: str, follow: bool, build: bool, deployment: str | None, since: str | None, both: bool) -> None:
+    """Print an app's logs (runtime by default; --build for the build)."""
+    params: dict[str, Any] = {"follow": "true" if follow else "false"}
+    if not both:
+        params["source"] = "build" if build else "app"
+    if deployment:
+        params["deployment"] = deployment
+    if since:
+        if not _SINCE.match(since):
+            raise click.BadParameter("use a number and a unit: 30s, 10m, 2h, 1d", param_hint="--since")
+        params["since"] = since
+    if follow:
+        params["timeoutSeconds"] = 3600
+    for line in ctx.client.stream_lines(f"/api/v1/apps/{name}/logs", params):
+        click.echo(f"{line.get('time', '')} {line.get('instance', '')} [{line.get('source', '')}] {line.get('line', '')}")
+
+
+# ----------------------------------------------------------------------------- env / scale / domains
+
+
+def _parse_pairs(pairs: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for p in pairs:
+        key, sep, value = p.partition("=")
+        if not sep or not ENV_KEY.match(key):
+            raise click.BadParameter(f"{p.split('=')[0]!r}: use KEY=VALUE with a valid variable name", param_hint="K=V")
+        out[key] = value
+    return out
+
+
+@cli.group()
+def env() -> None:
+    """An app's environment (rolls out a new release; values are never printed)."""
+
+
+@env.command("set")
+@click.argument("name")
+@click.argument("pairs", nargs=-1, required=True)
+@click.option("--secret", is_flag=True, help="Store as encrypted secrets instead of plain env.")
+@pass_ctx
+def env_set(ctx: Ctx, name: str, pairs: tuple[str, ...], secret: bool) -> None:
+    """Set K=V pairs."""
+    values = _parse_pairs(pairs)
+    if secret:
+        _set_secrets(ctx, name, values)
+    else:
+        def mutate(spec: dict) -> bool:
+            old = dict(spec.get("env", {}))
+            spec["env"] = {**old, **values}
+            return spec["env"] != old
+        _patch_app(ctx, name, mutate)
+    click.echo(f"set {', '.join(sorted(values))} on {name}")
+
+
+def _set_secrets(ctx: Ctx, app: str, values: dict[str, Any]) -> None:
+    ctx.client.get("apps", app)
+    try:
+        ctx.client.patch("secrets", app, {"spec": {"data": values}})
+    except NotFound:
+        if any(v is None for v in values.values()):
+            return
+        ctx.client.create("secrets", {"apiVersion": "forge/v1", "kind": "Secret", "metadata": {"name": app,
+                                      "labels": {LABEL_APP: app}}, "spec": {"app": app, "data": values}})
+
+
+@env.command("unset")
+@click.argument("name")
+@click.argument("keys", nargs=-1, required=True)
+@pass_ctx
+def env_unset(ctx: Ctx, name: str, keys: tuple[str, ...]) -> None:
+    """Remove variables (plain and secret)."""
+    _patch_app(ctx, name, lambda spec: any(spec.get("env", {}).pop(k, None) is not None for k in list(keys)))
+    try:
+        sec = ctx.client.get("secrets", name)
+        drop = [k for k in keys if k in (dig(sec, "status.keys", []) or [])]
+        if drop:
+            ctx.client.patch("secrets", name, {"spec": {"data": {k: None for k in drop}}})
+    except NotFound:
+        pass
+    click.echo(f"unset {', '.join(keys)} on {name}")
+
+
+@env.command("list")
+@click.argument("name")
+@OUTPUT
+@pass_ctx
+def env_list(ctx: Ctx, name: str, fmt: str) -> None:
+    """Variable names (values are never printed)."""
+    app = ctx.client.get("apps", name)
+    plain = sorted(dig(app, "spec.env", {}) or {})
+    try:
+        secret = sorted(dig(ctx.client.get("secrets", name), "status.keys", []) or [])
+    except NotFound:
+        secret = []
+    rows = [[k, "env"] for k in plain] + [[k, "secret"] for k in secret]
+    emit({"env": plain, "secrets": secret}, fmt, lambda: table(["NAME", "KIND"], rows) if rows else "no variables")
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("replicas", type=click.IntRange(0, 100))
+@pass_ctx
+def scale(ctx: Ctx, name: str, replicas: int) -> None:
+    """Set the number of Instances of an app."""
+    def mutate(spec: dict) -> bool:
+        changed = spec.get("replicas") != replicas
+        spec["replicas"] = replicas
+        return changed
+    _patch_app(ctx, name, mutate)
+    click.echo(f"{name} scaled to {replicas}")
+
+
+@cli.group()
+def domains() -> None:
+    """Custom domains of an app."""
+
+
+@domains.command("add")
+@click.argument("name")
+@click.argument("domain")
+@pass_ctx
+def domains_add(ctx: Ctx, name: str, domain: str) -> None:
+    """Serve the app at DOMAIN too."""
+    d = domain.lower().rstrip(".")
+    def mutate(spec: dict) -> bool:
+        if d in spec.get("domains", []):
+            return False
+        spec["domains"] = spec.get("domains", []) + [d]
+        return True
+    _patch_app(ctx, name, mutate)
+    click.echo(f"{d} added to {name}")
+
+
+@domains.command("remove")
+@click.argument("name")
+@click.argument("domain")
+@pass_ctx
+def domains_remove(ctx: Ctx, name: str, domain: str) -> None:
+    """Stop serving the app at DOMAIN."""
+    d = domain.lower().rstrip(".")
+    def mutate(spec: dict) -> bool:
+        if d not in spec.get("domains", []):
+            raise Invalid(f"{name} has no domain {d}")
+        spec["domains"] = [x for x in spec["domains"] if x != d]
+        return True
+    _patch_app(ctx, name, mutate)
+    click.echo(f"{d} removed from {name}")
+
+
+# ----------------------------------------------------------------------------- creds / secrets / nodes
+
+
+@cli.group()
+def creds() -> None:
+    """Git credentials for private repositories."""
+
+
+@creds.command("set")
+@click.argument("scope")
+@click.option("--token-stdin", is_flag=True, required=True, help="Read the token from standard input.")
+@pass_ctx
+def creds_set(ctx: Ctx, scope: str, token_stdin: bool) -> None:
+    """Store a token for OWNER or OWNER/REPO (the more specific wins)."""
+    token = sys.stdin.readline().strip()
+    if not token:
+        raise Invalid("no token on standard input")
+    name = re.sub(r"[^a-z0-9-]+", "-", scope.lower()).strip("-")[:63] or "cred"
+    body = {"apiVersion": "forge/v1", "kind": "RepoCredential", "metadata": {"name": name},
+            "spec": {"scope": scope, "token": token}}
+    try:
+        cur = ctx.client.get("repocredentials", name)
+        body["metadata"] = cur["metadata"]
+        ctx.client.replace("repocredentials", name, body)
+    except NotFound:
+        ctx.client.create("repocredentials", body)
+    click.echo(f"credential for {scope} stored")
+
+
+@cli.group()
+def secrets() -> None:
+    """Encrypted secrets."""
+
+
+@secrets.command("rotate-key")
+@pass_ctx
+def secrets_rotate(ctx: Ctx) -> None:
+    """Re-encrypt every secret under a fresh key."""
+    out = ctx.client.request("POST", "/api/v1/secrets/rotate-key", json={})
+    click.echo(f"re-encrypted {out.get('reencrypted', '?')} values under key {out.get('keyId', '?')}")
+
+
+@cli.group(invoke_without_command=True)
+@OUTPUT
+@click.pass_context
+def nodes(cctx: click.Context, fmt: str) -> None:
+    """List nodes, or mint join tokens."""
+    if cctx.invoked_subcommand is None:
+        items, _ = cctx.find_or_create_object(Ctx).client.list("nodes")
+        click.echo(render(items, "Node", fmt) if items or fmt != "table" else "no nodes have joined yet")
+
+
+@nodes.group("token")
+def nodes_token() -> None:
+    """Node join tokens."""
+
+
+@nodes_token.command("create")
+@click.argument("name")
+@pass_ctx
+def nodes_token_create(ctx: Ctx, name: str) -> None:
+    """Mint a join token for node NAME (printed once)."""
+    out = ctx.client.request("POST", f"/api/v1/nodes/{name}/token", json={})
+    click.echo(out["token"])

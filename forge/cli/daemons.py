@@ -1,0 +1,147 @@
+"""Long-running verbs: ``forge server``, ``forge controllers``, ``forge agent``, ``forge up``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+from pathlib import Path
+
+import click
+
+from forge.cli import cli
+from forge.config import Config
+from forge.errors import Invalid
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+    )
+
+
+def check_listen(value: str, what: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise click.BadParameter(f"{value!r} is not HOST:PORT", param_hint=what)
+    return value
+
+
+def stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+
+    def handler(signum: int, _frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return stop
+
+
+DATA_DIR = click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+                        help="Where Forge keeps its store, keys and releases (default $FORGE_DATA_DIR or ~/.local/share/forge).")
+
+
+def load_config(data_dir: str | None, **overrides: object) -> Config:
+    cfg = Config.from_env(data_dir=data_dir, **overrides)
+    Path(cfg.data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+    return cfg
+
+
+@cli.command()
+@click.option("--listen", default="127.0.0.1:8080", show_default=True, help="HOST:PORT for the API.")
+@click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True)
+@DATA_DIR
+def server(listen: str, workers: int, data_dir: str | None) -> None:
+    """Serve the Forge API (falcon under gunicorn)."""
+    from forge.api.server import serve
+
+    setup_logging()
+    cfg = load_config(data_dir, api_listen=check_listen(listen, "--listen"))
+    serve(cfg, listen=listen, workers=workers)
+
+
+@cli.command()
+@DATA_DIR
+@click.option("--metrics-listen", default=None, help="HOST:PORT to serve controller metrics on.")
+@click.option("--domain", default=None, help="Apps are served at APP.DOMAIN.")
+@click.option("--caddy-admin", default=None, help="Caddy Admin API HOST:PORT.")
+@click.option("--tls", type=click.Choice(["off", "internal", "on-demand"]), default=None)
+def controllers(data_dir: str | None, metrics_listen: str | None, domain: str | None, caddy_admin: str | None,
+                tls: str | None) -> None:
+    """Run the controllers (leader-elected) against the store."""
+    from forge.clock import SystemClock
+    from forge.controllers.manager import run_controllers
+    from forge.store import open_store
+
+    setup_logging()
+    overrides: dict[str, object] = {}
+    if domain:
+        overrides["domain"] = domain
+    if caddy_admin:
+        overrides["caddy_admin"] = check_listen(caddy_admin, "--caddy-admin")
+    if tls:
+        overrides["tls"] = tls
+    cfg = load_config(data_dir, **overrides)
+    stop = stop_on_signals()
+    store = open_store(cfg.effective_store_url)
+    try:
+        run_controllers(cfg, store, SystemClock(), stop, metrics_listen=metrics_listen)
+    finally:
+        store.close()
+
+
+@cli.command()
+@click.option("--api", "api_url", required=True, help="URL of the Forge API.")
+@click.option("--token", envvar="FORGE_NODE_TOKEN", required=True,
+              help="Node join token (or $FORGE_NODE_TOKEN, which keeps it out of the process list).")
+@click.option("--name", default=None, help="Node name (default: the hostname).")
+@DATA_DIR
+@click.option("--address", default="127.0.0.1", show_default=True, help="Address the router dials this node's apps on.")
+@click.option("--metrics-listen", default="127.0.0.1:9108", show_default=True)
+def agent(api_url: str, token: str, name: str | None, data_dir: str | None, address: str, metrics_listen: str) -> None:
+    """Run the node agent: build and supervise this machine's Instances."""
+    from forge.clock import SystemClock
+    from forge.nodeagent.agent import run_agent
+
+    setup_logging()
+    if not token.startswith("forge-node."):
+        raise Invalid("--token is not a node token (mint one with: forge nodes token create NAME)")
+    cfg = load_config(data_dir)
+    node = name or socket.gethostname().lower()
+    stop = stop_on_signals()
+    run_agent(
+        api_url=api_url, token=token, name=node, data_dir=str(cfg.data_dir), address=address,
+        metrics_listen=check_listen(metrics_listen, "--metrics-listen"), mode=cfg.mode,
+        git_url_template=cfg.git_url_template, stop_event=stop, clock=SystemClock(),
+    )
+
+
+@cli.command()
+@DATA_DIR
+@click.option("--api-listen", default="127.0.0.1:8080", show_default=True)
+@click.option("--http-listen", default="127.0.0.1:8000", show_default=True, help="Where Caddy serves apps.")
+@click.option("--caddy-admin", default="127.0.0.1:2019", show_default=True)
+@click.option("--domain", default="localhost", show_default=True, help="Apps are served at APP.DOMAIN.")
+@click.option("--tls", type=click.Choice(["off", "internal", "on-demand"]), default="off", show_default=True,
+              help="internal: HTTPS with Caddy's internal CA (testable offline); on-demand: ACME with the tls/ask gate.")
+@click.option("--metrics-listen", default="127.0.0.1:9108", show_default=True, help="The local agent's metrics.")
+@click.option("--node-name", default=None, help="Name of the local node (default: the hostname).")
+def up(data_dir: str | None, api_listen: str, http_listen: str, caddy_admin: str, domain: str, tls: str,
+       metrics_listen: str, node_name: str | None) -> None:
+    """Everything on one machine: API, controllers, a local agent and Caddy."""
+    from forge.up import Supervisor
+
+    setup_logging()
+    cfg = load_config(
+        data_dir, api_listen=check_listen(api_listen, "--api-listen"),
+        http_listen=check_listen(http_listen, "--http-listen"),
+        caddy_admin=check_listen(caddy_admin, "--caddy-admin"), domain=domain.lower(), tls=tls,
+    )
+    sup = Supervisor(cfg, metrics_listen=check_listen(metrics_listen, "--metrics-listen"),
+                     node_name=node_name or socket.gethostname().lower(), env=dict(os.environ))
+    stop = stop_on_signals()
+    sup.run(stop)

@@ -1,0 +1,258 @@
+"""``forge up``: the whole platform on one machine as supervised child processes.
+
+Children: Caddy (``caddy run`` with the generated base config, admin on ``--caddy-admin``),
+the API (``forge server``), the controllers (``forge controllers``) and one local agent
+(``forge agent`` with a node token minted here). A child that dies is restarted with
+back-off (1 s doubling to 30 s) and the restart is logged. SIGINT/SIGTERM stops everything,
+the apps included. State lives in the data dir, so a later ``forge up`` brings the same
+live releases back from the stored desired state.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import secrets
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from forge.clock import Clock, SystemClock
+from forge.config import Config
+from forge.errors import ForgeError, Unavailable
+
+log = logging.getLogger("forge.up")
+
+READY_TIMEOUT = 60.0
+
+
+def write_private(path: Path, text: str) -> None:
+    """Create or replace a 0600 file atomically."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def ensure_admin_token(cfg: Config, env: dict[str, str]) -> tuple[str, str]:
+    """The admin token and where it came from; generated into a 0600 file when unset."""
+    if cfg.admin_token:
+        return cfg.admin_token, "$FORGE_ADMIN_TOKEN"
+    path = Path(cfg.data_dir) / "admin-token"
+    if path.exists():
+        token = path.read_text().strip()
+        if token:
+            return token, str(path)
+    token = secrets.token_urlsafe(32)
+    write_private(path, token + "\n")
+    return token, str(path)
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    backoff: float = 1.0
+    ready: Callable[[], bool] | None = None
+    started: list[float] = field(default_factory=list)
+
+
+class Supervisor:
+    def __init__(self, cfg: Config, metrics_listen: str, node_name: str, env: dict[str, str],
+                 clock: Clock | None = None) -> None:
+        self.cfg, self.metrics_listen, self.node_name = cfg, metrics_listen, node_name
+        self.base_env = {k: v for k, v in env.items() if k not in ("FORGE_NODE_TOKEN",)}
+        self.clock = clock or SystemClock()
+        self.data = Path(cfg.data_dir).resolve()
+        self.children: dict[str, Child] = {}
+        self.exits: queue.Queue[str] = queue.Queue()
+        self.stopping = threading.Event()
+        self.api_url = f"http://{cfg.api_listen}"
+        self.caddy_admin_url = f"http://{cfg.caddy_admin}"
+
+    # ------------------------------------------------------------------ children
+    def _spawn(self, child: Child) -> None:
+        child.log_path.parent.mkdir(parents=True, exist_ok=True)
+        out = open(child.log_path, "ab")  # noqa: SIM115 - handed to the child
+        try:
+            child.proc = subprocess.Popen(child.argv, env=child.env, stdout=out, stderr=subprocess.STDOUT,
+                                          stdin=subprocess.DEVNULL, start_new_session=True)
+        finally:
+            out.close()
+        child.started.append(self.clock.monotonic())
+        proc = child.proc
+        threading.Thread(target=self._reap, args=(child.name, proc), daemon=True, name=f"reap-{child.name}").start()
+        log.info("started %s (pid %d, log %s)", child.name, proc.pid, child.log_path)
+
+    def _reap(self, name: str, proc: subprocess.Popen[bytes]) -> None:
+        proc.wait()
+        self.exits.put(name)
+
+    def _wait_ready(self, child: Child, timeout: float = READY_TIMEOUT) -> None:
+        deadline = self.clock.monotonic() + timeout
+        while self.clock.monotonic() < deadline and not self.stopping.is_set():
+            if child.proc is not None and child.proc.poll() is not None:
+                raise Unavailable(f"{child.name} exited with {child.proc.returncode} while starting; see {child.log_path}")
+            if child.ready is None or child.ready():
+                return
+            self.stopping.wait(0.1)  # bounded start-up wait for a readiness probe
+        if not self.stopping.is_set():
+            raise Unavailable(f"{child.name} did not become ready within {timeout:.0f}s; see {child.log_path}")
+
+    def _http_ok(self, url: str, headers: dict[str, str] | None = None) -> bool:
+        try:
+            return httpx.get(url, timeout=1.0, headers=headers).status_code < 400
+        except httpx.HTTPError:
+            return False
+
+    # ------------------------------------------------------------------ setup
+    def prepare(self) -> dict[str, str]:
+        self.data.mkdir(parents=True, exist_ok=True, mode=0o700)
+        token, where = ensure_admin_token(self.cfg, self.base_env)
+        self.admin_token_source = where
+        (self.data / "api-url").write_text(self.api_url + "\n")
+        if not self.cfg.webhook_secret:
+            log.warning("FORGE_GITHUB_WEBHOOK_SECRET is not set: every GitHub webhook delivery will be refused")
+        from forge.secrets import Keyring
+
+        Keyring.load(self.cfg)  # create the key file once, before several workers race for it
+        env = dict(self.base_env)
+        env.update(FORGE_ADMIN_TOKEN=token, FORGE_DATA_DIR=str(self.data), FORGE_MODE=self.cfg.mode,
+                   FORGE_DOMAIN=self.cfg.domain, PYTHONUNBUFFERED="1")
+        self.admin_token = token
+        return env
+
+    def _caddy_child(self) -> Child:
+        from forge.caddy import base_config
+
+        caddy_dir = self.data / "caddy"
+        caddy_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        conf = base_config(http_listen=self.cfg.http_listen, admin_listen=self.cfg.caddy_admin,
+                           tls_mode=self.cfg.tls, ask_url=f"{self.api_url}/api/v1/tls/ask", domain=self.cfg.domain)
+        (caddy_dir / "config.json").write_text(json.dumps(conf, indent=2))
+        caddy = shutil.which("caddy")
+        if caddy is None:
+            raise Unavailable("caddy is not installed (run make setup as root, or apt-get install caddy)")
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(caddy_dir),
+               "XDG_DATA_HOME": str(caddy_dir / "data"), "XDG_CONFIG_HOME": str(caddy_dir / "config")}
+        return Child("caddy", [caddy, "run", "--config", str(caddy_dir / "config.json")], env,
+                     self.data / "logs" / "caddy.log", ready=lambda: self._http_ok(f"{self.caddy_admin_url}/config/"))
+
+    def _forge(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "forge", *args]
+
+    def build_children(self, env: dict[str, str]) -> list[Child]:
+        logs = self.data / "logs"
+        api = Child("api", self._forge("server", "--listen", self.cfg.api_listen, "--data-dir", str(self.data)), env,
+                    logs / "api.log", ready=lambda: self._http_ok(f"{self.api_url}/readyz"))
+        ctrl = Child("controllers", self._forge("controllers", "--data-dir", str(self.data), "--domain", self.cfg.domain,
+                                                "--caddy-admin", self.cfg.caddy_admin, "--tls", self.cfg.tls), env,
+                     logs / "controllers.log")
+        return [self._caddy_child(), api, ctrl]
+
+    def mint_node_token(self) -> str:
+        from forge.client import ForgeClient
+
+        with ForgeClient(self.api_url, self.admin_token) as c:
+            return str(c.request("POST", f"/api/v1/nodes/{self.node_name}/token", json={})["token"])
+
+    def agent_child(self, env: dict[str, str], node_token: str) -> Child:
+        agent_env = dict(env)
+        agent_env["FORGE_NODE_TOKEN"] = node_token
+        argv = self._forge("agent", "--api", self.api_url, "--name", self.node_name, "--data-dir",
+                           str(self.data / "node"), "--metrics-listen", self.metrics_listen, "--stop-apps-on-exit")
+        return Child("agent", argv, agent_env, self.data / "logs" / "agent.log", ready=self._node_ready)
+
+    def _node_ready(self) -> bool:
+        try:
+            r = httpx.get(f"{self.api_url}/api/v1/nodes/{self.node_name}", timeout=1.0,
+                          headers={"Authorization": f"Bearer {self.admin_token}"})
+        except httpx.HTTPError:
+            return False
+        if r.status_code != 200:
+            return False
+        conds = r.json().get("status", {}).get("conditions", [])
+        return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds)
+
+    # ------------------------------------------------------------------ run
+    def start(self) -> None:
+        env = self.prepare()
+        for child in self.build_children(env):
+            self.children[child.name] = child
+            self._spawn(child)
+            if child.name != "controllers":
+                self._wait_ready(child)
+        agent = self.agent_child(env, self.mint_node_token())
+        self.children[agent.name] = agent
+        self._spawn(agent)
+        self._wait_ready(agent)
+        scheme = "https" if self.cfg.tls != "off" else "http"
+        print(
+            f"Forge is up.\n"
+            f"  API:        {self.api_url}   (admin token: {self.admin_token_source})\n"
+            f"  Apps:       {scheme}://APP.{self.cfg.domain} via {self.cfg.http_listen}\n"
+            f"  Webhook:    {self.api_url}/api/v1/webhook/github\n"
+            f"  Dashboard:  {self.api_url}/ui\n"
+            f"  Logs:       {self.data / 'logs'}\n"
+            f"Press Ctrl-C to stop everything.",
+            flush=True,
+        )
+
+    def supervise(self, stop: threading.Event) -> None:
+        threading.Thread(target=lambda: (stop.wait(), self.exits.put("")), daemon=True).start()
+        while not stop.is_set():
+            name = self.exits.get()
+            if stop.is_set() or not name:
+                break
+            child = self.children[name]
+            code = child.proc.returncode if child.proc else None
+            log.warning("%s exited with %s; restarting in %.0fs (restart #%d)", name, code, child.backoff, child.restarts + 1)
+            if stop.wait(child.backoff):
+                break
+            up_for = self.clock.monotonic() - (child.started[-1] if child.started else 0)
+            child.backoff = 1.0 if up_for > 60 else min(child.backoff * 2, 30.0)
+            child.restarts += 1
+            try:
+                self._spawn(child)
+            except OSError as exc:
+                log.error("cannot restart %s: %s", name, exc)
+
+    def shutdown(self) -> None:
+        self.stopping.set()
+        for name in ("agent", "controllers", "api", "caddy"):
+            child = self.children.get(name)
+            if child is None or child.proc is None or child.proc.poll() is not None:
+                continue
+            child.proc.terminate()
+            try:
+                child.proc.wait(timeout=40 if name == "agent" else 15)
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop in time; killing it", name)
+                child.proc.kill()
+                child.proc.wait(timeout=5)
+            log.info("stopped %s", name)
+
+    def run(self, stop: threading.Event) -> None:
+        try:
+            self.start()
+            self.supervise(stop)
+        except ForgeError as exc:
+            log.error("%s", exc.message)
+            raise
+        finally:
+            self.shutdown()
