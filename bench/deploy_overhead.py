@@ -20,7 +20,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.e2e.harness import ADMIN_TOKEN, WEBHOOK_SECRET, Forge, Remote, free_port, push_payload  # noqa: E402
+from tests.e2e.harness import ADMIN_TOKEN, WEBHOOK_SECRET, Forge, Remote, free_port, push_payload
 
 BASELINE_SH = r"""
 set -e
