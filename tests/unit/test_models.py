@@ -7,7 +7,16 @@ from pydantic import ValidationError
 
 from forge.errors import pydantic_errors
 from forge.models import (
-    App, Deployment, Event, Node, Status, deployment_number, is_repo, kind_class, parse_record, set_condition,
+    App,
+    Deployment,
+    Event,
+    Node,
+    Status,
+    deployment_number,
+    is_repo,
+    kind_class,
+    parse_record,
+    set_condition,
 )
 
 
