@@ -38,6 +38,24 @@ class WatchEvent:
     revision: int
 
 
+@dataclass(frozen=True)
+class LogLine:
+    """One shipped log line; ``id`` orders lines across every instance of the store."""
+
+    id: int
+    time: str
+    instance: str
+    deployment: str
+    source: str
+    line: str
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "id": self.id, "time": self.time, "instance": self.instance,
+            "deployment": self.deployment, "source": self.source, "line": self.line,
+        }
+
+
 @runtime_checkable
 class Store(Protocol):
     def get(self, kind: str, name: str) -> Resource: ...
@@ -63,6 +81,19 @@ class Store(Protocol):
     def ping(self) -> None: ...
 
     def close(self) -> None: ...
+
+    def append_logs(
+        self, instance: str, app: str, deployment: str, source: str, entries: list[tuple[int, str, str]]
+    ) -> int: ...
+
+    def read_logs(
+        self, app: str, deployment: str | None = None, source: str | None = None, after_id: int = 0,
+        limit: int = 1000, since_time: float | str | None = None,
+    ) -> list[LogLine]: ...
+
+    def wait_logs(self, after_id: int, timeout: float = 10.0) -> bool: ...
+
+    def prune_logs(self, before_time: float | str) -> int: ...
 
 
 def parse_selector(text: str | None) -> dict[str, str]:

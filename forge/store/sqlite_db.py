@@ -1,0 +1,184 @@
+"""One SQLite file shared by threads and processes: connections, transactions, wake-ups.
+
+- A small pool hands each thread its own connection for the length of one operation
+  (sqlite3 connections must not be used by two threads at once).
+- Writers in this process queue on a lock before ``BEGIN IMMEDIATE``, so they never spin in
+  SQLite's busy handler against each other; other processes are waited for through
+  ``busy_timeout``. ``synchronous=FULL``: a commit that returned is on disk.
+- Waiters (watch, log follow) block on a condition variable. Writes in this process notify
+  it at once; writes from other processes are noticed by one tailer thread per store that
+  checks ``PRAGMA data_version`` every ``poll_seconds`` while anybody waits (the way kine
+  tails its log), so a hundred watchers cost one cheap query per tick, not a hundred.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
+from forge.clock import SystemClock
+from forge.errors import Unavailable
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class SqliteDb:
+    def __init__(self, path: str, busy_timeout: float = 10.0, poll_seconds: float = 0.01) -> None:
+        self.path = path
+        self.busy_timeout = busy_timeout
+        self.poll_seconds = poll_seconds
+        self._free: list[sqlite3.Connection] = []
+        self._pool_lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._seq = 0
+        self._waiters = 0
+        self._tailer: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._closed = False
+        # Blocking needs real time even when the store's timestamps come from a FakeClock.
+        self._wall = SystemClock()
+
+    # ------------------------------------------------------------------ connections
+
+    def connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(
+                self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
+            )
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            conn.execute("PRAGMA synchronous = FULL")
+        except sqlite3.Error as exc:
+            raise Unavailable(f"store {self.path}: cannot open: {exc}") from exc
+        return conn
+
+    @contextmanager
+    def conn(self) -> Iterator[sqlite3.Connection]:
+        if self._closed:
+            raise Unavailable("store is closed")
+        with self._pool_lock:
+            conn = self._free.pop() if self._free else None
+        if conn is None:
+            conn = self.connect()
+        try:
+            yield conn
+        finally:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            with self._pool_lock:
+                if self._closed:
+                    conn.close()
+                else:
+                    self._free.append(conn)
+
+    @contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction: every query inside sees one snapshot."""
+        with self.conn() as conn:
+            try:
+                conn.execute("BEGIN")
+                yield conn
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise Unavailable(f"store read failed: {exc}") from exc
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction, committed (durably) on exit and rolled back on any error."""
+        with self._write_lock, self.conn() as conn:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                yield conn
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise Unavailable(f"store write failed: {exc}") from exc
+        self.notify()
+
+    # ------------------------------------------------------------------ waiting
+
+    def notify(self) -> None:
+        with self._cond:
+            self._seq += 1
+            self._cond.notify_all()
+
+    def wait_for(self, check: Callable[[], T], timeout: float) -> T:
+        """Call ``check`` until it returns something truthy or ``timeout`` passes.
+
+        ``check`` runs again after every change to the file (from any process); the last
+        (falsy) result is returned on timeout.
+        """
+        deadline = self._wall.monotonic() + max(0.0, timeout)
+        while True:
+            with self._cond:
+                seq = self._seq
+            result = check()
+            if result:
+                return result
+            with self._cond:
+                self._waiters += 1
+                try:
+                    self._ensure_tailer()
+                    while self._seq == seq and not self._closed:
+                        remaining = deadline - self._wall.monotonic()
+                        if remaining <= 0:
+                            return result
+                        self._cond.wait(remaining)
+                finally:
+                    self._waiters -= 1
+                if self._closed:
+                    return result
+
+    def waiting(self) -> int:
+        """How many callers are blocked right now (for tests and metrics)."""
+        with self._cond:
+            return self._waiters
+
+    def _ensure_tailer(self) -> None:
+        # Called with self._cond held.
+        if self._tailer is None and not self._closed:
+            self._tailer = threading.Thread(target=self._tail, name=f"sqlite-tail:{self.path}", daemon=True)
+            self._tailer.start()
+
+    def _tail(self) -> None:
+        conn: sqlite3.Connection | None = None
+        last: int | None = None
+        try:
+            while True:
+                with self._cond:
+                    if self._waiters == 0 or self._closed:
+                        self._tailer = None
+                        return
+                try:
+                    if conn is None:
+                        conn = self.connect()
+                    version = int(conn.execute("PRAGMA data_version").fetchone()[0])
+                except (sqlite3.Error, Unavailable) as exc:
+                    log.warning("store tail of %s failed, retrying: %s", self.path, exc)
+                    version = last
+                # The first reading counts as a change: a commit may have landed between a
+                # waiter's query and this tailer starting.
+                if last is None or version != last:
+                    last = version
+                    self.notify()
+                self._stop.wait(self.poll_seconds)
+        finally:
+            if conn is not None:
+                conn.close()
+
+    # ------------------------------------------------------------------ shutdown
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._stop.set()
+        with self._pool_lock:
+            free, self._free = self._free, []
+        for conn in free:
+            conn.close()
