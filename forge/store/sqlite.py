@@ -213,6 +213,10 @@ class SqliteStore(SqliteLogs):
         with self._db.write() as conn:
             return self._compact(conn, keep)
 
+    def waiting(self) -> int:
+        """How many watch/wait_logs callers are blocked right now."""
+        return self._db.waiting()
+
     def close(self) -> None:
         self._db.close()
 
