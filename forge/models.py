@@ -326,6 +326,10 @@ class DeploymentStatus(Status):
     live_time: str | None = None
     finished_time: str | None = None
     superseded_time: str | None = None
+    # Written by the rollout controller (additive): the config it actually applied to the
+    # release's Instances (incl. the Secret version) and the App generation it saw then.
+    applied_config: DeploymentConfig | None = None
+    app_generation: int = 0
 
 
 class Deployment(Resource):
