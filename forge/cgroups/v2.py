@@ -61,16 +61,17 @@ class CgroupV2Driver(CgroupDriver):
         """Delegate memory/cpu/pids to children of ``d`` (what this kernel offers)."""
         offered = (read_text(d / "cgroup.controllers") or "").split()
         enabled = (read_text(d / "cgroup.subtree_control") or "").split()
-        for c in CONTROLLERS:
-            if c in offered and c not in enabled:
-                try:
-                    write_text(d / "cgroup.subtree_control", f"+{c}")
-                except OSError as e:
-                    # EBUSY: d has its own processes (no internal processes rule).
-                    raise Unavailable(
-                        f"cannot enable the {c} controller in {d}: {e.strerror}"
-                        + (" (the cgroup has processes of its own)" if e.errno == errno.EBUSY else "")
-                    ) from None
+        want = [c for c in CONTROLLERS if c in offered and c not in enabled]
+        if not want:
+            return
+        try:
+            write_text(d / "cgroup.subtree_control", " ".join(f"+{c}" for c in want))
+        except OSError as e:
+            # EBUSY: d has processes of its own (the "no internal processes" rule).
+            raise Unavailable(
+                f"cannot enable {', '.join(want)} in {d}: {e.strerror}"
+                + (" (the cgroup has processes of its own)" if e.errno == errno.EBUSY else "")
+            ) from None
 
     def set_limits(self, name: str, memory_bytes: int | None, cpu_cores: float | None, pids: int | None) -> None:
         d = self._dir(name)
@@ -119,8 +120,6 @@ class CgroupV2Driver(CgroupDriver):
             super().kill_all(name)
             return
         for _ in range(KILL_ROUNDS):
-            if not self.procs(name):
-                return
             # cgroup.kill also reaches processes forked while the kill is in flight.
             write_text(kill, "1")
             if not self.procs(name):
