@@ -131,6 +131,9 @@ class SqliteStore(SqliteLogs):
             expected = obj.metadata.resource_version
             if not (force and expected == 0):
                 self._check_version(kind, cur, expected)
+            # Normalise through the model so defaults added since it was stored don't read
+            # as a spec change.
+            cur = parse_record(cur, kind).dump()
             data = dict(cur)
             meta = dict(cur["metadata"])
             if new.get("spec") != cur.get("spec"):

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
@@ -33,6 +34,18 @@ class SqliteDb:
         self.path = path
         self.busy_timeout = busy_timeout
         self.poll_seconds = poll_seconds
+        self._reset()
+        self._closed = False
+        # Blocking needs real time even when the store's timestamps come from a FakeClock.
+        self._wall = SystemClock()
+
+    def _reset(self) -> None:
+        """Fresh pool and locks; also run in a forked child (gunicorn preload), which must
+        never use the parent's connections or locks another thread may have held."""
+        # The parent's connections are kept, unused and unclosed: even closing one in the
+        # child could checkpoint or unlock the parent's file state.
+        self._orphans: list[sqlite3.Connection] = getattr(self, "_free", [])
+        self._pid = os.getpid()
         self._free: list[sqlite3.Connection] = []
         self._pool_lock = threading.Lock()
         self._write_lock = threading.Lock()
@@ -41,9 +54,6 @@ class SqliteDb:
         self._waiters = 0
         self._tailer: threading.Thread | None = None
         self._stop = threading.Event()
-        self._closed = False
-        # Blocking needs real time even when the store's timestamps come from a FakeClock.
-        self._wall = SystemClock()
 
     # ------------------------------------------------------------------ connections
 
@@ -62,6 +72,8 @@ class SqliteDb:
     def conn(self) -> Iterator[sqlite3.Connection]:
         if self._closed:
             raise Unavailable("store is closed")
+        if self._pid != os.getpid():
+            self._reset()
         with self._pool_lock:
             conn = self._free.pop() if self._free else None
         if conn is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 
@@ -125,3 +126,40 @@ def test_closed_store_is_unavailable(tmp_path: Path) -> None:
     store.close()
     with pytest.raises(Unavailable):
         store.ping()
+
+
+def test_forked_child_uses_its_own_connections(tmp_path: Path) -> None:
+    """A store opened before fork (gunicorn preload) works in the child and the parent alike."""
+    store = SqliteStore(str(tmp_path / "f.db"))
+    try:
+        store.create(app("before-fork"))
+        pid = os.fork()
+        if pid == 0:  # child: report through the exit code only
+            code = 1
+            try:
+                store.create(app("in-child"))
+                code = 0 if store.get("App", "before-fork").metadata.resource_version == 1 else 3
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert [o.metadata.name for o in store.list("App")[0]] == ["before-fork", "in-child"]
+    finally:
+        store.close()
+
+
+def test_defaults_missing_from_stored_json_are_not_a_spec_change(tmp_path: Path) -> None:
+    """A record stored before a model gained a defaulted field keeps its generation on a no-op update."""
+    path = tmp_path / "f.db"
+    store = SqliteStore(str(path))
+    try:
+        obj = store.create(app("hello"))
+        conn = raw(path)
+        conn.execute("UPDATE records SET data = json_remove(data, '$.spec.autoDeploy') WHERE name = 'hello'")
+        conn.close()
+        assert store.update(obj).metadata.generation == 1
+        obj = store.get("App", "hello")
+        obj.spec.auto_deploy = False
+        assert store.update(obj).metadata.generation == 2
+    finally:
+        store.close()
