@@ -17,7 +17,7 @@ How a process starts (the combination that works as root on cgroup v1 *and* unpr
    leaves the process root outside the namespace — weaker.)
 3. The release dir is bound read-write *at its own path* (so venvs and absolute paths made
    during the build stay valid when the app runs) and is the only writable path besides a
-   private tmpfs ``/tmp``. Nothing else of the agent's data dir (the store, the secret key,
+   private tmpfs ``/tmp`` (the sandbox root itself is remounted read-only). Nothing else of the agent's data dir (the store, the secret key,
    other releases) exists in the sandbox. The network namespace is shared so the app can
    bind ``127.0.0.1:$PORT``. No ``--die-with-parent``: apps outlive the agent.
 
@@ -241,7 +241,10 @@ class Sandbox:
         for p in self.ro_paths:
             a += ["--ro-bind-try", p, p]
         a += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
-        a += ["--bind", spec.workdir, spec.workdir, "--chdir", spec.workdir, "/bin/sh", "-c", spec.command]
+        a += ["--bind", spec.workdir, spec.workdir]
+        # The sandbox root is a tmpfs bwrap fills; without this, /etc and the (empty)
+        # ancestors of the release dir would be writable scratch space.
+        a += ["--remount-ro", "/", "--chdir", spec.workdir, "/bin/sh", "-c", spec.command]
         return a
 
     # ------------------------------------------------------------------ stop
