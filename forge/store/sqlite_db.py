@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+TAILER_LINGER = 1.0  # seconds the tailer keeps running after the last waiter left
+
 
 class SqliteDb:
     def __init__(self, path: str, busy_timeout: float = 10.0, poll_seconds: float = 0.01) -> None:
@@ -130,7 +132,7 @@ class SqliteDb:
             with self._cond:
                 seq = self._seq
             result = check()
-            if result:
+            if result or self._wall.monotonic() >= deadline:
                 return result
             with self._cond:
                 self._waiters += 1
@@ -160,10 +162,18 @@ class SqliteDb:
     def _tail(self) -> None:
         conn: sqlite3.Connection | None = None
         last: int | None = None
+        idle_since: float | None = None
         try:
             while True:
                 with self._cond:
-                    if self._waiters == 0 or self._closed:
+                    # Linger a little after the last waiter leaves: watch loops come straight
+                    # back, and a restart costs a connection and a spurious wake-up.
+                    now = self._wall.monotonic()
+                    if self._waiters:
+                        idle_since = None
+                    elif idle_since is None:
+                        idle_since = now
+                    if self._closed or (idle_since is not None and now - idle_since >= TAILER_LINGER):
                         self._tailer = None
                         return
                 try:
