@@ -204,5 +204,17 @@ class CgroupDriver(abc.ABC):
             self.clock.sleep(KILL_STEP)
         raise Unavailable(f"cgroup {name} is still busy: {', '.join(map(str, busy))}")
 
+    def remove_parent(self) -> bool:
+        """Remove Forge's (empty) parent group from every hierarchy, e.g. on uninstall or
+        after tests; False when some group still lives under it."""
+        if self.list_groups():
+            return False
+        for d in self._parent_dirs():
+            try:
+                d.rmdir()
+            except FileNotFoundError:
+                continue
+        return True
+
     def _parent_dirs(self) -> list[Path]:
         return [d.parent for d in self.group_dirs("x")]

@@ -143,12 +143,20 @@ class Sandbox:
         if not self.bwrap:
             missing.append("bwrap (install bubblewrap)")
         else:
-            argv = [self.bwrap, *self._ns_flags(unprivileged=os.geteuid() != 0), "--ro-bind", "/", "/", "true"]
-            done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=10, check=False)
+            # Probe the path apps take: as root that is bwrap after dropping to a non-root uid
+            # (so it needs unprivileged user namespaces), as a user plain unprivileged bwrap.
+            argv = [self.bwrap, *self._ns_flags(unprivileged=True), "--ro-bind", "/", "/", "true"]
+            if os.geteuid() == 0 and self.setpriv:
+                argv = [self.setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "--", *argv]
+            elif os.geteuid() == 0:
+                argv = [self.bwrap, *self._ns_flags(unprivileged=False), "--ro-bind", "/", "/", "true"]
+            done = subprocess.run(
+                argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=10, check=False, cwd="/", env={}
+            )
             namespaces = done.returncode == 0
             if not namespaces:
                 err = done.stderr.decode(errors="replace").strip()[:200]
-                missing.append(f"namespaces (bwrap cannot create them: {err})")
+                missing.append(f"namespaces (bwrap cannot create them unprivileged: {err})")
         if os.geteuid() == 0 and not self.setpriv:
             missing.append("setpriv (util-linux; needed to run apps as their own uid)")
         return Isolation(cgroups=cg, namespaces=namespaces, bwrap=bool(self.bwrap), missing=missing)  # type: ignore[arg-type]

@@ -91,6 +91,13 @@ def test_v1_comounted_cpu_cpuacct_counted_once(tmp_path: Path) -> None:
     assert len(driver.procs_files("a")) == 3
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _remove_test_parent() -> Iterator[None]:
+    yield
+    if HOST.available() and os.geteuid() == 0:
+        HOST.remove_parent()
+
+
 @pytest.fixture
 def host_group() -> Iterator[str]:
     name = f"t-{uuid.uuid4().hex[:8]}"

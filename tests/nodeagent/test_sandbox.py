@@ -65,6 +65,13 @@ def wait_for(cond: Callable[[], bool], timeout: float = 8.0) -> bool:
     return True
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _remove_test_parent() -> Iterator[None]:
+    yield
+    if DRIVER is not None:
+        DRIVER.remove_parent()
+
+
 @pytest.fixture
 def groups() -> Iterator[Callable[..., str]]:
     """Factory of unique limited groups under forge-test/, all removed at the end."""
@@ -169,6 +176,8 @@ def test_fork_bomb_stops_at_pids_max(groups, release) -> None:
     forked, failed = (int(x) for x in out(spec).split()[1::2])
     assert failed > 0 and forked < 32
     assert DRIVER.stats(g).pids <= 32
+    peak = [d / "pids.peak" for d in DRIVER.group_dirs(g) if (d / "pids.peak").exists()]
+    assert all(int(f.read_text()) <= 32 for f in peak)
     assert subprocess.run(["true"], timeout=5).returncode == 0  # the host still forks
     members = DRIVER.procs(g)
     sb.stop(g, pid, 0.5, CLOCK)
@@ -393,3 +402,35 @@ def test_uid_allocator_is_stable_and_resolves_collisions(tmp_path: Path) -> None
     assert b.uid_for("hello") == u1 + 1 if u1 < 299999 else 200000
     assert b.known() == {"squatter": u1, "hello": b.uid_for("hello")}
     assert oct(path.stat().st_mode & 0o777) == "0o600"
+
+
+UNPRIV_SCRIPT = """
+import sys
+from forge.nodeagent.sandbox import Sandbox, SandboxSpec
+sb = Sandbox(None, mode="dev")
+assert sb.check().namespaces
+wd = sys.argv[1]
+spec = SandboxSpec(app="u", workdir=wd, command="id -u; echo pid=$$; touch /etc/x || echo etc=ro", env={},
+                   uid=None, gid=None, cgroup=None, stdout_path=wd + "/../out", stderr_path=wd + "/../err")
+print(sb.run(spec, 10))
+"""
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or BWRAP is None or sys.version_info[:2] != (3, 11) or not os.path.exists(PY),
+    reason="needs root (to become another user), bwrap and a system python3.11 matching the venv",
+)
+def test_unprivileged_agent_sandboxes_with_a_user_namespace(tmp_path: Path) -> None:
+    """An agent running as a non-root user still gets pid/mount namespaces via --unshare-user."""
+    uid = 299_999
+    base = tmp_path / "u"
+    (base / "rel").mkdir(parents=True)
+    prepare_workdir(base / "rel", uid, uid)
+    os.chown(base, uid, uid)
+    site = next(p for p in sys.path if p.endswith("site-packages"))
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{Path(__file__).parents[2]}:{site}"}
+    done = subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--", PY, "-c",
+                           UNPRIV_SCRIPT, str(base / "rel")], env=env, capture_output=True, text=True, timeout=20,
+                          cwd="/")
+    assert done.returncode == 0 and done.stdout.strip() == "0", done.stderr
+    assert (base / "out").read_text().split() == [str(uid), "pid=2", "etc=ro"]
