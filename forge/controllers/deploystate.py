@@ -1,0 +1,254 @@
+"""Pure facts about releases shared by the rollout, rollback and health controllers.
+
+Everything here is a function of records already read (and ``now`` where time matters), except
+``stop_instances``, the one write all three share. The three controllers meet only in the store, so they must agree on what
+"live", "current instance", "ready" and "healthy" mean — this module is that agreement.
+
+- The **live** release is ``App.status.liveDeployment`` (the rollout controller writes it
+  first when promoting, so it is the truth); when it is unset or names a missing record, the
+  newest Deployment in phase Live.
+- A replica **slot** is ``(deployment, index)``; its Instances are ``APP-N-I`` and the
+  replacements ``APP-N-I-rK``; the **current** one is the highest K.
+- **Secret naming**: an App's Secret record is named like the App (``Secret/hello`` holds the
+  env of App ``hello``); ``InstanceSpec.secret`` is that name, or None when there is none.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from forge.clock import parse_iso
+from forge.models import (
+    DEPLOYMENT_TERMINAL,
+    LABEL_APP,
+    LABEL_DEPLOYMENT,
+    App,
+    Deployment,
+    DeploymentConfig,
+    Instance,
+    InstanceSpec,
+    ObjectMeta,
+    OwnerRef,
+    Resources,
+    Secret,
+    deployment_number,
+)
+from forge.store.base import Store
+
+# Reasons an agent reports that mean the release itself is broken (not the machine).
+FAILING_REASONS: frozenset[str] = frozenset({"BuildFailed", "HealthCheckFailed", "CrashLoopBackOff", "OOMKilled"})
+# Instance phases before the process exists: a slot in one of these is still building.
+BUILDING_PHASES: frozenset[str] = frozenset({"", "Pending", "Scheduled", "Building"})
+# Phases in which a not-ready Instance says something about the release's health.
+RUNNING_PHASES: frozenset[str] = frozenset({"Starting", "Running", "Failed"})
+DEFAULT_MEMORY = 256 * 1024 * 1024
+DEFAULT_CPU = 0.5
+
+
+def by_number(deployments: Iterable[Deployment]) -> list[Deployment]:
+    return sorted(deployments, key=lambda d: (deployment_number(d.metadata.name), d.metadata.name))
+
+
+def is_terminal(dep: Deployment) -> bool:
+    return dep.status.phase in DEPLOYMENT_TERMINAL
+
+
+def live_deployment(app: App | None, deployments: list[Deployment]) -> Deployment | None:
+    named = app.status.live_deployment if app is not None else None
+    for d in deployments:
+        if named and d.metadata.name == named:
+            return d
+    lives = [d for d in by_number(deployments) if d.status.phase == "Live"]
+    return lives[-1] if lives else None
+
+
+def next_deployment_name(app_name: str, deployments: list[Deployment]) -> str:
+    top = max((deployment_number(d.metadata.name) for d in deployments), default=0)
+    return f"{app_name}-{max(top, 0) + 1}"
+
+
+def time_of(text: str | None, default: float) -> float:
+    return parse_iso(text) if text else default
+
+
+# --------------------------------------------------------------------------- config
+
+
+def secret_version(secret: Secret | None) -> str | None:
+    """What identifies the Secret's content: its updatedTime, else uid + spec generation."""
+    if secret is None:
+        return None
+    return secret.status.updated_time or f"{secret.metadata.uid[:8]}.{secret.metadata.generation}"
+
+
+def app_config(app: App, secret: Secret | None) -> DeploymentConfig:
+    """The config a release made from the App right now would carry."""
+    return DeploymentConfig(
+        env=dict(app.spec.env), replicas=app.spec.replicas, domains=list(app.spec.domains),
+        secrets_version=secret_version(secret),
+    )
+
+
+def effective_config(app: App | None, dep: Deployment, secret: Secret | None) -> DeploymentConfig:
+    """The config a release runs with: what rollout applied, else its snapshot, else the App's."""
+    if dep.status.applied_config is not None:
+        return dep.status.applied_config
+    if dep.spec.config is not None:
+        cfg = dep.spec.config.model_copy(deep=True)
+        if cfg.secrets_version is None:
+            cfg.secrets_version = secret_version(secret)
+        return cfg
+    if app is not None:
+        return app_config(app, secret)
+    return DeploymentConfig(replicas=1, secrets_version=secret_version(secret))
+
+
+def same_config(a: DeploymentConfig, b: DeploymentConfig) -> bool:
+    return (a.env, a.replicas, sorted(a.domains), a.secrets_version) == (
+        b.env, b.replicas, sorted(b.domains), b.secrets_version
+    )
+
+
+def pins_config(dep: Deployment) -> bool:
+    """A rollback restores an older config on purpose; only a later App edit overrides it."""
+    return dep.spec.trigger.type == "rollback" or dep.spec.rollback_of is not None
+
+
+# --------------------------------------------------------------------------- instances
+
+
+def instance_name(dep_name: str, index: int, replacement: int = 0) -> str:
+    return f"{dep_name}-{index}" + (f"-r{replacement}" if replacement else "")
+
+
+def replacement_of(inst: Instance) -> int:
+    """``hello-3-0-r2`` → 2; ``hello-3-0`` → 0."""
+    head, _, tail = inst.metadata.name.rpartition("-r")
+    return int(tail) if head and tail.isdigit() else 0
+
+
+def instances_of(dep_name: str, instances: Iterable[Instance]) -> list[Instance]:
+    return [i for i in instances if i.spec.deployment == dep_name]
+
+
+def current_by_slot(dep_name: str, instances: Iterable[Instance]) -> dict[int, Instance]:
+    """Replica index → the newest incarnation of that slot."""
+    out: dict[int, Instance] = {}
+    for inst in instances_of(dep_name, instances):
+        cur = out.get(inst.spec.index)
+        if cur is None or replacement_of(inst) > replacement_of(cur):
+            out[inst.spec.index] = inst
+    return out
+
+
+def is_ready(inst: Instance) -> bool:
+    return inst.spec.desired == "Running" and inst.status.phase == "Running" and inst.status.ready
+
+
+def count_ready(dep_name: str, instances: Iterable[Instance]) -> int:
+    return sum(1 for i in current_by_slot(dep_name, instances).values() if is_ready(i))
+
+
+def is_failing(inst: Instance) -> bool:
+    """The agent says the release cannot run (not that the machine went away)."""
+    if inst.status.ready or inst.status.reason not in FAILING_REASONS:
+        return False
+    return inst.status.reason != "BuildFailed" or inst.status.phase == "Failed"
+
+
+def needs_replacement(inst: Instance, live: bool) -> bool:
+    """Lost to a node, or Failed for a reason that is not the release's own fault.
+
+    For a release not yet live a failing reason fails the release instead (rollback's job).
+    """
+    if inst.spec.desired != "Running":
+        return False
+    if inst.status.phase == "Lost":
+        return True
+    return inst.status.phase == "Failed" and (live or inst.status.reason not in FAILING_REASONS)
+
+
+def instance_spec(app: App, dep: Deployment, cfg: DeploymentConfig, secret: Secret | None, index: int) -> InstanceSpec:
+    manifest = dict(dep.status.manifest or {})
+    res = manifest.get("resources") or {}
+    env = {str(k): str(v) for k, v in (manifest.get("env") or {}).items()}
+    env.update(cfg.env)  # the App's config wins over the repo's defaults
+    return InstanceSpec(
+        app=app.metadata.name, deployment=dep.metadata.name, index=index, desired="Running",
+        repo=dep.spec.repo or app.spec.repo, commit=dep.spec.commit, manifest=manifest, env=env,
+        resources=Resources(
+            memory=int(res.get("memory") or DEFAULT_MEMORY), cpu=float(res.get("cpu") or DEFAULT_CPU),
+            pids=int(res.get("pids") or Resources().pids),
+        ),
+        secret=secret.metadata.name if secret is not None else None,
+    )
+
+
+def new_instance(app: App, dep: Deployment, cfg: DeploymentConfig, secret: Secret | None,
+                 index: int, replacement: int = 0) -> Instance:
+    name = dep.metadata.name
+    return Instance(
+        metadata=ObjectMeta(
+            name=instance_name(name, index, replacement),
+            labels={LABEL_APP: app.metadata.name, LABEL_DEPLOYMENT: name},
+            owner_ref=OwnerRef(kind="Deployment", name=name, uid=dep.metadata.uid),
+        ),
+        spec=instance_spec(app, dep, cfg, secret, index),
+    )
+
+
+# --------------------------------------------------------------------------- health
+
+
+def health_of(dep_name: str, instances: Iterable[Instance]) -> str:
+    """``True`` some replica serves; ``False`` none does and at least one runs the release and
+    fails; ``Unknown`` nothing is running yet (building, replaced after a node loss)."""
+    current = [i for i in current_by_slot(dep_name, instances).values() if i.spec.desired == "Running"]
+    if any(is_ready(i) for i in current):
+        return "True"
+    if any(i.status.phase in RUNNING_PHASES for i in current):
+        return "False"
+    return "Unknown"
+
+
+def app_available(app: App, deployments: list[Deployment], instances: list[Instance]) -> tuple[str, str, str]:
+    """(status, reason, message) of the App's Available condition."""
+    live = live_deployment(app, deployments)
+    if live is None:
+        return "False", "NoLiveRelease", "no release is live yet"
+    slots = [i for i in current_by_slot(live.metadata.name, instances).values() if i.spec.desired == "Running"]
+    ready = sum(1 for i in slots if is_ready(i))
+    if ready:
+        return "True", "MinimumReplicasAvailable", f"{ready}/{len(slots)} instances of {live.metadata.name} ready"
+    if not slots:
+        return "False", "NoInstances", f"{live.metadata.name} has no running instances"
+    return "False", "NoReadyInstances", f"0/{len(slots)} instances of {live.metadata.name} ready"
+
+
+def app_url(app_name: str, domain: str, tls: str, http_listen: str) -> str:
+    """``http://hello.localhost:8000`` — the port only when it is not the scheme's default."""
+    scheme = "http" if tls == "off" else "https"
+    port = http_listen.rpartition(":")[2]
+    show_port = port.isdigit() and port != ("80" if scheme == "http" else "443")
+    return f"{scheme}://{app_name}.{domain}" + (f":{port}" if show_port else "")
+
+
+def last_good_before(dep: Deployment, deployments: list[Deployment]) -> Deployment | None:
+    """The newest release older than ``dep`` that went live and was not rolled back or failed."""
+    n = deployment_number(dep.metadata.name)
+    good = [
+        d for d in by_number(deployments)
+        if deployment_number(d.metadata.name) < n and d.status.live_time and d.status.phase == "Superseded"
+        and d.status.reason != "RolledBack" and d.status.manifest is not None
+    ]
+    return good[-1] if good else None
+
+
+def stop_instances(store: Store, instances: Iterable[Instance]) -> None:
+    """Ask Instances to stop: a spec write with the resourceVersion read (Conflict retries)."""
+    for inst in instances:
+        if inst.spec.desired == "Stopped":
+            continue
+        obj = inst.copy_deep()
+        obj.spec.desired = "Stopped"
+        store.update(obj)

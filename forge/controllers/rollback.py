@@ -1,0 +1,187 @@
+"""Rollback: a broken release never takes traffic, and a live one that breaks is undone
+(key = app name). Decisions in ``plan_rollback``; the controller applies them.
+
+- **A release not yet live** any of whose current Instances reports BuildFailed (phase
+  Failed), HealthCheckFailed, CrashLoopBackOff or OOMKilled is Failed with that reason and a
+  message naming the Instance; its Instances are asked to stop; a Warning Event says why.
+  ``App.status.liveDeployment`` is never touched here, so the live release keeps serving.
+- **The live release** carries a ``Healthy`` condition: False from the moment no replica is
+  ready while at least one runs the release (judged by this controller's clock, kept as the
+  condition's ``lastTransitionTime``); Unknown while nothing runs yet (replacements after a
+  node loss are not the release's fault). Unhealthy for ``unhealthy_window_seconds`` (default
+  30 s) with ``App.spec.rollbackOnFailure`` on → a new Deployment (trigger rollback,
+  ``rollbackOf`` = the last release that went live and was superseded cleanly, its commit and
+  config) goes through the rollout gate, and the bad release is marked ``reason: RolledBack``
+  at once (rollout turns it Failed when the rollback is promoted). Idempotent: a rollback
+  Deployment newer than the live release means this incident is handled; a rollback that
+  fails itself is not retried. A release in flight (a newer push) is left to decide first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from forge.clock import Clock, iso
+from forge.config import Config
+from forge.controllers import deploystate as ds
+from forge.controllers.base import DONE, Controller, Result
+from forge.errors import NotFound
+from forge.events import EventRecorder
+from forge.models import (
+    DEPLOYMENT_TERMINAL,
+    LABEL_APP,
+    App,
+    Deployment,
+    DeploymentSpec,
+    DeploymentStatus,
+    Instance,
+    ObjectMeta,
+    OwnerRef,
+    Trigger,
+    deployment_number,
+    set_condition,
+)
+from forge.store.base import Store, WatchEvent
+
+
+@dataclass(frozen=True)
+class RollbackSettings:
+    unhealthy_window_seconds: float = 30.0
+
+
+@dataclass
+class RollbackPlan:
+    deployments: dict[str, DeploymentStatus] = field(default_factory=dict)
+    notes: dict[str, list[tuple[Literal["Normal", "Warning"], str, str]]] = field(default_factory=dict)
+    stop: list[str] = field(default_factory=list)
+    new_deployment: Deployment | None = None
+    requeue_after: float | None = None
+
+
+def failing_instance(dep_name: str, instances: list[Instance]) -> Instance | None:
+    current = sorted(ds.current_by_slot(dep_name, instances).values(), key=lambda i: i.metadata.name)
+    return next((i for i in current if i.spec.desired == "Running" and ds.is_failing(i)), None)
+
+
+def rollback_deployment(app: App, bad: Deployment, target: Deployment, deployments: list[Deployment]) -> Deployment:
+    cfg = target.status.applied_config or target.spec.config
+    config = cfg.model_copy(update={"secrets_version": None}) if cfg is not None else None
+    return Deployment(
+        metadata=ObjectMeta(name=ds.next_deployment_name(app.metadata.name, deployments),
+                            labels={LABEL_APP: app.metadata.name},
+                            owner_ref=OwnerRef(kind="App", name=app.metadata.name, uid=app.metadata.uid)),
+        spec=DeploymentSpec(app=app.metadata.name, commit=target.spec.commit, ref=target.spec.ref,
+                            repo=target.spec.repo, trigger=Trigger(type="rollback"),
+                            rollback_of=target.metadata.name, config=config),
+    )
+
+
+def plan_rollback(app: App, deployments: list[Deployment], instances: list[Instance], now: float,
+                  settings: RollbackSettings) -> RollbackPlan:
+    plan, now_iso = RollbackPlan(), iso(now)
+    deps = ds.by_number(deployments)
+    live = ds.live_deployment(app, deps)
+    work = {d.metadata.name: d.status.model_copy(deep=True) for d in deps}
+    serving = live.metadata.name if live is not None else "no release"
+
+    for d in deps:
+        name, st = d.metadata.name, work[d.metadata.name]
+        if d is live or st.phase in DEPLOYMENT_TERMINAL or st.phase == "Live":
+            continue
+        bad = failing_instance(name, instances)
+        if bad is None:
+            continue
+        st.phase, st.reason, st.finished_time = "Failed", bad.status.reason, now_iso
+        st.message = f"instance {bad.metadata.name}: {bad.status.message or bad.status.reason}"
+        plan.notes.setdefault(name, []).append(
+            ("Warning", bad.status.reason, f"{name} failed: {st.message}; {serving} keeps serving"))
+        plan.stop += [i.metadata.name for i in ds.instances_of(name, instances) if i.spec.desired == "Running"]
+
+    if live is not None and work[live.metadata.name].phase == "Live":
+        _judge_live(app, live, deps, instances, work[live.metadata.name], now, settings, plan)
+
+    for d in deps:
+        if work[d.metadata.name].model_dump() != d.status.model_dump():
+            plan.deployments[d.metadata.name] = work[d.metadata.name]
+    return plan
+
+
+def _judge_live(app: App, live: Deployment, deps: list[Deployment], instances: list[Instance],
+                st: DeploymentStatus, now: float, settings: RollbackSettings, plan: RollbackPlan) -> None:
+    name, now_iso, window = live.metadata.name, iso(now), settings.unhealthy_window_seconds
+    health = ds.health_of(name, instances)
+    before = st.condition("Healthy")
+    reason, message = {
+        "True": ("InstancesReady", f"{name} has ready instances"),
+        "False": ("NoReadyInstances", f"no instance of {name} is ready"),
+        "Unknown": ("NoRunningInstances", f"no instance of {name} is running yet"),
+    }[health]
+    set_condition(st, "Healthy", health, reason, message, now_iso)  # type: ignore[arg-type]
+    if health != "False":
+        return
+    if before is None or before.status != "False":
+        plan.notes.setdefault(name, []).append(("Warning", "Unhealthy", f"{message}; it still takes traffic"))
+    since = ds.time_of(st.condition("Healthy").last_transition_time, now)  # type: ignore[union-attr]
+    if now - since < window:
+        plan.requeue_after = since + window - now
+        return
+    if not app.spec.rollback_on_failure or st.reason == "RolledBack":
+        return
+    n = deployment_number(name)
+    newer = [d for d in deps if deployment_number(d.metadata.name) > n]
+    handled = next((d for d in newer if ds.pins_config(d)), None)
+    if handled is None and any(not ds.is_terminal(d) for d in newer):
+        return  # a newer release is on its way; let it land or fail first
+    if handled is None:
+        target = ds.last_good_before(live, deps)
+        if target is None:
+            set_condition(st, "RollbackPossible", "False", "NoEarlierRelease",
+                          f"no earlier release of {app.metadata.name} went live cleanly", now_iso)
+            return
+        handled = plan.new_deployment = rollback_deployment(app, live, target, deps)
+        plan.notes.setdefault(name, []).append((
+            "Warning", "RollingBack",
+            f"rolling back {name} to {target.metadata.name}: no instance ready for {window:g}s "
+            f"(release {handled.metadata.name})",
+        ))
+    st.reason = "RolledBack"
+    st.message = f"no instance ready for {window:g}s; rolled back to {handled.spec.rollback_of or handled.spec.commit[:7]} ({handled.metadata.name})"
+
+
+class RollbackController(Controller):
+    name = "rollback"
+    watches = ("App", "Deployment", "Instance")
+
+    def __init__(self, store: Store, clock: Clock, config: Config, recorder: EventRecorder | None = None,
+                 *, settings: RollbackSettings | None = None) -> None:
+        super().__init__(store, clock, config, recorder)
+        self.settings = settings or RollbackSettings()
+
+    def keys_for(self, event: WatchEvent) -> Iterable[str]:
+        obj = event.object
+        return (obj.metadata.name,) if obj.kind == "App" else (obj.spec.app,)
+
+    def all_keys(self) -> Iterable[str]:
+        return sorted(a.metadata.name for a in self.store.list("App")[0])
+
+    def reconcile(self, key: str) -> Result | None:
+        try:
+            app: App = self.store.get("App", key)  # type: ignore[assignment]
+        except NotFound:
+            return DONE  # rollout tears a deleted App's releases down
+        deps = [d for d in self.store.list("Deployment", {LABEL_APP: key})[0] if d.spec.app == key]
+        insts = [i for i in self.store.list("Instance", {LABEL_APP: key})[0] if i.spec.app == key]
+        plan = plan_rollback(app, deps, insts, self.clock.now(), self.settings)  # type: ignore[arg-type]
+        if plan.new_deployment is not None:  # before marking the bad one, so a crash cannot lose it
+            self.store.create(plan.new_deployment)
+        by_name = {d.metadata.name: d for d in deps}
+        for name, status in plan.deployments.items():
+            obj = by_name[name].copy_deep()
+            obj.status = status
+            written = self.store.update_status(obj)
+            for type_, reason, message in plan.notes.get(name, []):
+                self.recorder.record(written, type_, reason, message)
+        ds.stop_instances(self.store, [i for i in insts if i.metadata.name in set(plan.stop)])  # type: ignore[misc]
+        return Result(requeue_after=plan.requeue_after) if plan.requeue_after is not None else DONE

@@ -1,0 +1,358 @@
+"""Rollout: blue-green releases of one App (key = app name).
+
+Decisions live in ``plan_rollout`` / ``plan_teardown`` (pure functions of the App's records
+and ``now``); ``RolloutController.reconcile`` reads the world, asks for a plan and applies it.
+
+- The **wanted** release is the newest Deployment when it is neither live nor finished.
+  Once it has a manifest it gets ``replicas`` Instances ``APP-N-I`` beside the live ones;
+  when every replica is ready it is promoted: ``App.status.liveDeployment`` is written first
+  (that is the traffic switch the router follows), then the Deployment becomes Live and the
+  one before Superseded. Superseded Instances drain for ``drain_seconds`` (default 10 s) and
+  are then asked to stop. ``replicas: 0`` promotes at once with no Instances (scaled to zero).
+- A newer Deployment Cancels every older one not yet live, whatever the newer one's fate.
+- The **progress deadline** (default 120 s) runs from ``status.createdTime`` — set by the API
+  on create, else by this controller the first time it sees the Deployment — so source fetch,
+  build and start all count. Past it the release is Failed (ProgressDeadlineExceeded) and its
+  Instances stop; the live release is untouched.
+- Lost Instances (and Failed ones of the live release) are replaced: ``APP-N-I-rK``.
+- **Config changes roll out like code**: when the App's env/replicas/domains or its Secret's
+  version differ from what the newest release applied (and nothing is in flight), a new
+  Deployment with the live commit and ``trigger.type: config`` goes through the same gate.
+  A rollback pins its older config until the App is edited again (``status.appGeneration``).
+- **App deleted**: every Instance is asked to stop; Instances that have stopped (or never ran)
+  are deleted, then Deployments without Instances. gc need not know about it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from forge.clock import Clock, iso
+from forge.config import Config
+from forge.controllers import deploystate as ds
+from forge.controllers.base import DONE, Controller, Result
+from forge.errors import AlreadyExists, NotFound
+from forge.events import EventRecorder
+from forge.models import (
+    DEPLOYMENT_TERMINAL,
+    INSTANCE_TERMINAL,
+    LABEL_APP,
+    App,
+    AppStatus,
+    Deployment,
+    DeploymentSpec,
+    DeploymentStatus,
+    Instance,
+    ObjectMeta,
+    OwnerRef,
+    Secret,
+    Trigger,
+    set_condition,
+)
+from forge.store.base import Store, WatchEvent
+
+MAX_REPLACEMENTS = 10  # per replica slot, so a machine-killing release cannot spawn forever
+PHASE_ORDER = {"": 0, "Pending": 1, "Building": 2, "Starting": 3, "Live": 4}
+
+
+@dataclass(frozen=True)
+class RolloutSettings:
+    drain_seconds: float = 10.0
+    progress_deadline_seconds: float = 120.0
+
+
+@dataclass(frozen=True)
+class Note:
+    """An Event to record once the status write it describes has succeeded."""
+
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+@dataclass
+class RolloutPlan:
+    app_status: AppStatus | None = None
+    deployments: dict[str, DeploymentStatus] = field(default_factory=dict)
+    notes: dict[str, list[Note]] = field(default_factory=dict)
+    create: list[Instance] = field(default_factory=list)
+    stop: list[str] = field(default_factory=list)
+    new_deployment: Deployment | None = None
+    requeue_after: float | None = None
+
+
+def rollout_phase(current: str, slots: dict[int, Instance], replicas: int) -> str:
+    """Building while any replica is not yet a process, then Starting; never moves back."""
+    building = len(slots) < replicas or any(i.status.phase in ds.BUILDING_PHASES for i in slots.values())
+    computed = "Building" if building else "Starting"
+    return computed if PHASE_ORDER[computed] > PHASE_ORDER.get(current, 0) else current
+
+
+def ensure_slots(
+    app: App, dep: Deployment, instances: list[Instance], secret: Secret | None, live: bool
+) -> tuple[list[Instance], list[str]]:
+    """Instances to create (missing or replacement) and to stop (replaced, out of range)."""
+    cfg = ds.effective_config(app, dep, secret)
+    create, stop = [], []
+    cur = ds.current_by_slot(dep.metadata.name, instances)
+    for idx in range(cfg.replicas):
+        inst = cur.get(idx)
+        if inst is None:
+            create.append(ds.new_instance(app, dep, cfg, secret, idx))
+        elif ds.needs_replacement(inst, live) and ds.replacement_of(inst) < MAX_REPLACEMENTS:
+            create.append(ds.new_instance(app, dep, cfg, secret, idx, ds.replacement_of(inst) + 1))
+            stop.append(inst.metadata.name)
+    stop += [i.metadata.name for idx, i in cur.items() if idx >= cfg.replicas and i.spec.desired == "Running"]
+    return create, stop
+
+
+def plan_rollout(
+    app: App, deployments: list[Deployment], instances: list[Instance], secret: Secret | None,
+    now: float, settings: RolloutSettings, url: str,
+) -> RolloutPlan:
+    plan, now_iso = RolloutPlan(), iso(now)
+    deps = ds.by_number(deployments)
+    work = {d.metadata.name: d.status.model_copy(deep=True) for d in deps}
+    wakes: list[float] = []
+
+    def note(dep: str, type_: Literal["Normal", "Warning"], reason: str, message: str) -> None:
+        plan.notes.setdefault(dep, []).append(Note(type_, reason, message))
+
+    for d in deps:
+        st = work[d.metadata.name]
+        if st.phase not in DEPLOYMENT_TERMINAL:
+            st.created_time = st.created_time or now_iso
+            st.app_generation = st.app_generation or app.metadata.generation
+    live = ds.live_deployment(app, deps)
+    newest = deps[-1] if deps else None
+
+    for d in deps[:-1]:  # a newer release wins over every older one not yet live
+        st = work[d.metadata.name]
+        if st.phase in DEPLOYMENT_TERMINAL or st.phase == "Live" or d is live:
+            continue
+        st.phase, st.reason, st.finished_time = "Cancelled", "NewerRelease", now_iso
+        st.message = f"{newest.metadata.name} was pushed before it went live"  # type: ignore[union-attr]
+        note(d.metadata.name, "Normal", "Cancelled", f"{d.metadata.name} cancelled: {st.message}")
+
+    wanted = newest if newest is not None and newest is not live and not (
+        work[newest.metadata.name].phase in DEPLOYMENT_TERMINAL or work[newest.metadata.name].phase == "Live"
+    ) else None
+    if wanted is not None:
+        name, st = wanted.metadata.name, work[wanted.metadata.name]
+        deadline = ds.time_of(st.created_time, now) + settings.progress_deadline_seconds
+        cfg = ds.effective_config(app, wanted, secret)
+        if st.manifest is not None and ds.count_ready(name, instances) >= cfg.replicas:
+            live = wanted  # promote: everything below follows the new live release
+            st.applied_config = cfg
+        elif now >= deadline:
+            st.phase, st.reason, st.finished_time = "Failed", "ProgressDeadlineExceeded", now_iso
+            st.message = f"not ready within {settings.progress_deadline_seconds:g}s of its creation"
+            note(name, "Warning", "ProgressDeadlineExceeded", f"{name} failed: {st.message}")
+        elif st.manifest is not None:
+            st.applied_config = cfg
+            create, stop = ensure_slots(app, wanted, instances, secret, live=False)
+            plan.create += create
+            plan.stop += stop
+            slots = ds.current_by_slot(name, instances + create)
+            st.phase = rollout_phase(st.phase, slots, cfg.replicas)
+            wakes.append(deadline - now)
+        else:
+            st.phase = st.phase or "Pending"
+            wakes.append(deadline - now)
+
+    for d in deps:  # phases follow App.status.liveDeployment
+        name, st = d.metadata.name, work[d.metadata.name]
+        if d is live and st.phase != "Live":
+            st.phase, st.reason, st.message = "Live", "", ""
+            st.live_time = st.live_time or now_iso
+            note(name, "Normal", "Live", f"{name} is live (commit {d.spec.commit[:7]})")
+        elif d is not live and st.phase == "Live":
+            successor = live.metadata.name if live else "nothing"
+            if st.reason == "RolledBack":
+                st.phase, st.finished_time = "Failed", now_iso
+                note(name, "Warning", "RolledBack", f"{name} rolled back: {successor} is live")
+            else:
+                st.phase, st.reason, st.superseded_time = "Superseded", "Superseded", now_iso
+                st.message = f"replaced by {successor}"
+                note(name, "Normal", "Superseded", f"{name} superseded by {successor}; draining")
+
+    if live is not None and live is not wanted and live.status.manifest is not None:
+        create, stop = ensure_slots(app, live, instances, secret, live=True)
+        plan.create += create
+        plan.stop += stop
+        work[live.metadata.name].applied_config = ds.effective_config(app, live, secret)
+    plan.stop += _stops(work, instances, now, settings, wakes)
+
+    for d in deps:
+        st = work[d.metadata.name]
+        st.observed_generation = d.metadata.generation
+        if st.model_dump() != d.status.model_dump():
+            plan.deployments[d.metadata.name] = st
+    plan.app_status = _app_status(app, deps, work, instances + plan.create, live, wanted, url, now_iso)
+    plan.new_deployment = _config_release(app, deps, work, live, secret)
+    plan.requeue_after = max(0.0, min(wakes)) if wakes else None
+    plan.stop = sorted(set(plan.stop))
+    return plan
+
+
+def _stops(work: dict[str, DeploymentStatus], instances: list[Instance],
+           now: float, settings: RolloutSettings, wakes: list[float]) -> list[str]:
+    stop: list[str] = []
+    slots = {n: ds.current_by_slot(n, instances) for n in {i.spec.deployment for i in instances}}
+    for inst in instances:
+        if inst.spec.desired != "Running":
+            continue
+        dep_name = inst.spec.deployment
+        st = work.get(dep_name)
+        current = slots[dep_name].get(inst.spec.index)
+        if st is None or st.phase in ("Failed", "Cancelled") or current is not inst:
+            stop.append(inst.metadata.name)
+        elif st.phase == "Superseded":
+            until = ds.time_of(st.superseded_time, now) + settings.drain_seconds
+            if now >= until:
+                stop.append(inst.metadata.name)
+            else:
+                wakes.append(until - now)
+    return stop
+
+
+def _app_status(app: App, deps: list[Deployment], work: dict[str, DeploymentStatus], instances: list[Instance],
+                live: Deployment | None, wanted: Deployment | None, url: str, now_iso: str) -> AppStatus | None:
+    new = app.status.model_copy(deep=True)
+    new.observed_generation = app.metadata.generation
+    if deps:
+        new.latest_deployment = deps[-1].metadata.name
+    if live is not None:
+        new.url = url
+        if new.live_deployment != live.metadata.name:
+            new.live_deployment = live.metadata.name
+            probe = app.model_copy(update={"status": new})
+            set_condition(new, "Available", *ds.app_available(probe, deps, instances), now_iso)
+    newest = deps[-1] if deps else None
+    if wanted is not None and work[wanted.metadata.name].phase not in DEPLOYMENT_TERMINAL | {"Live"}:
+        wn = wanted.metadata.name
+        set_condition(new, "Progressing", "True", "ReleaseProgressing", f"{wn} is {work[wn].phase}", now_iso)
+    elif newest is not None and work[newest.metadata.name].phase == "Failed":
+        st = work[newest.metadata.name]
+        msg = f"{newest.metadata.name} failed: {st.message or st.reason}"
+        set_condition(new, "Progressing", "False", st.reason or "ReleaseFailed", msg, now_iso)
+    elif live is not None:
+        set_condition(new, "Progressing", "True", "ReleaseAvailable", f"{live.metadata.name} is live", now_iso)
+    return new if new.model_dump() != app.status.model_dump() else None
+
+
+def _config_release(app: App, deps: list[Deployment], work: dict[str, DeploymentStatus],
+                    live: Deployment | None, secret: Secret | None) -> Deployment | None:
+    """A new release of the live commit when the App's config moved past the newest release."""
+    if live is None or live.status.manifest is None or not deps:
+        return None
+    newest = deps[-1]
+    st = work[newest.metadata.name]
+    if newest is not live and st.phase != "Failed":
+        return None  # something is in flight; it decides first
+    if ds.pins_config(newest) and app.metadata.generation <= st.app_generation:
+        return None
+    have = st.applied_config or ds.effective_config(app, newest, secret)
+    want = ds.app_config(app, secret)
+    if ds.same_config(want, have):
+        return None
+    name = ds.next_deployment_name(app.metadata.name, deps)
+    return Deployment(
+        metadata=ObjectMeta(name=name, labels={LABEL_APP: app.metadata.name},
+                            owner_ref=OwnerRef(kind="App", name=app.metadata.name, uid=app.metadata.uid)),
+        spec=DeploymentSpec(app=app.metadata.name, commit=live.spec.commit, ref=live.spec.ref,
+                            repo=live.spec.repo, trigger=Trigger(type="config"), config=want),
+    )
+
+
+def plan_teardown(deployments: list[Deployment], instances: list[Instance]) -> tuple[list[str], list[str], list[str]]:
+    """App gone: (instances to stop, instances to delete, deployments to delete)."""
+    stop = [i.metadata.name for i in instances if i.spec.desired == "Running"]
+    gone = [
+        i.metadata.name for i in instances
+        if i.spec.desired == "Stopped" and (i.status.phase in INSTANCE_TERMINAL or (
+            i.status.phase in ("", "Pending") and not i.spec.node))
+    ]
+    left = {i.spec.deployment for i in instances if i.metadata.name not in gone}
+    return stop, gone, [d.metadata.name for d in deployments if d.metadata.name not in left]
+
+
+class RolloutController(Controller):
+    name = "rollout"
+    watches = ("App", "Deployment", "Instance", "Secret")
+
+    def __init__(self, store: Store, clock: Clock, config: Config, recorder: EventRecorder | None = None,
+                 *, settings: RolloutSettings | None = None) -> None:
+        super().__init__(store, clock, config, recorder)
+        self.settings = settings or RolloutSettings()
+
+    def keys_for(self, event: WatchEvent) -> Iterable[str]:
+        obj = event.object
+        return (obj.metadata.name,) if obj.kind == "App" else (obj.spec.app,)
+
+    def all_keys(self) -> Iterable[str]:
+        apps = {a.metadata.name for a in self.store.list("App")[0]}
+        return sorted(apps | {d.spec.app for d in self.store.list("Deployment")[0]})
+
+    def _read(self, key: str) -> tuple[list[Deployment], list[Instance]]:
+        deps = [d for d in self.store.list("Deployment", {LABEL_APP: key})[0] if d.spec.app == key]
+        insts = [i for i in self.store.list("Instance", {LABEL_APP: key})[0] if i.spec.app == key]
+        return deps, insts  # type: ignore[return-value]
+
+    def reconcile(self, key: str) -> Result | None:
+        try:
+            app: App = self.store.get("App", key)  # type: ignore[assignment]
+        except NotFound:
+            return self._teardown(key)
+        deps, insts = self._read(key)
+        try:
+            secret: Secret | None = self.store.get("Secret", key)  # type: ignore[assignment]
+        except NotFound:
+            secret = None
+        if secret is not None and secret.spec.app != key:
+            secret = None
+        url = ds.app_url(key, self.config.domain, self.config.tls, self.config.http_listen)
+        plan = plan_rollout(app, deps, insts, secret, self.clock.now(), self.settings, url)
+        self._apply(app, deps, insts, plan)
+        return Result(requeue_after=plan.requeue_after) if plan.requeue_after is not None else DONE
+
+    def _apply(self, app: App, deps: list[Deployment], insts: list[Instance], plan: RolloutPlan) -> None:
+        if plan.app_status is not None:  # first: the traffic switch is what everything follows
+            obj = app.copy_deep()
+            obj.status = plan.app_status
+            self.store.update_status(obj)
+        by_name = {d.metadata.name: d for d in deps}
+        for name, status in plan.deployments.items():
+            obj = by_name[name].copy_deep()
+            obj.status = status
+            written = self.store.update_status(obj)
+            for n in plan.notes.get(name, []):
+                self.recorder.record(written, n.type, n.reason, n.message)
+        for inst in plan.create:
+            try:
+                self.store.create(inst)
+            except AlreadyExists:
+                continue  # created by an earlier run we did not see finish
+        ds.stop_instances(self.store, [i for i in insts if i.metadata.name in plan.stop])
+        if plan.new_deployment is not None:
+            created = self.store.create(plan.new_deployment)
+            self.recorder.record(app, "Normal", "ConfigChanged",
+                                 f"config changed: releasing {created.metadata.name} (commit {created.spec.commit[:7]})")
+
+    def _teardown(self, key: str) -> Result:
+        deps, insts = self._read(key)
+        stop, gone, dead = plan_teardown(deps, insts)
+        ds.stop_instances(self.store, [i for i in insts if i.metadata.name in stop])
+        for name in gone:
+            try:
+                self.store.delete("Instance", name)
+            except NotFound:
+                continue
+        for name in dead:
+            try:
+                self.store.delete("Deployment", name)
+            except NotFound:
+                continue
+        return DONE
