@@ -1,0 +1,321 @@
+"""RolloutController against a real SQLite store and a fake clock; the agent is simulated by
+writing Instance status."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from forge.clock import FakeClock
+from forge.config import Config
+from forge.controllers.rollout import RolloutController, RolloutSettings
+from forge.models import App, Deployment, DeploymentConfig, ObjectMeta, Secret, SecretSpec
+from forge.store.base import Store
+from tests.controllers.conftest import condition_of, events_for, snapshot
+from tests.controllers.release_helpers import Crash, CrashingStore, get, instances, report, serve_all
+
+
+@pytest.fixture
+def ctl(store: Store, clock: FakeClock, config: Config) -> RolloutController:
+    return RolloutController(store, clock, config)
+
+
+@pytest.fixture
+def live_v1(ctl: RolloutController, store: Store, make_app: Callable[..., App],
+            make_deployment: Callable[..., Deployment]) -> App:
+    """App hello with release hello-1 promoted and serving."""
+    app = make_app("hello")
+    make_deployment(app, 1, manifest=True)
+    ctl.reconcile("hello")
+    serve_all(store, "hello-1")
+    ctl.reconcile("hello")
+    assert get(store, "App", "hello").status.live_deployment == "hello-1"
+    return app
+
+
+def assert_idempotent(ctl: RolloutController, store: Store, key: str = "hello") -> None:
+    before = snapshot(store)
+    ctl.reconcile(key)
+    assert snapshot(store) == before
+
+
+def test_first_deploy_goes_live(ctl: RolloutController, store: Store, make_app: Callable[..., App],
+                                make_deployment: Callable[..., Deployment]) -> None:
+    """A first release gets its Instances, goes Building → Starting → Live and becomes the App's live one."""
+    make_app("hello", env={"GREETING": "hi"}, replicas=2)
+    make_deployment("hello", 1, manifest=True)
+    res = ctl.reconcile("hello")
+    assert res is not None and res.requeue_after == pytest.approx(120.0)
+    insts = instances(store, "hello-1")
+    assert [i.metadata.name for i in insts] == ["hello-1-0", "hello-1-1"]
+    assert insts[0].spec.env["GREETING"] == "hi" and insts[0].spec.desired == "Running"
+    assert insts[0].metadata.owner_ref.name == "hello-1"  # type: ignore[union-attr]
+    assert get(store, "Deployment", "hello-1").status.phase == "Building"
+    assert condition_of(get(store, "App", "hello"), "Progressing").reason == "ReleaseProgressing"
+    assert_idempotent(ctl, store)
+
+    report(store, "hello-1-0", "Running", ready=True)
+    report(store, "hello-1-1", "Starting")
+    ctl.reconcile("hello")
+    assert get(store, "Deployment", "hello-1").status.phase == "Starting"
+    assert get(store, "App", "hello").status.live_deployment is None
+
+    report(store, "hello-1-1", "Running", ready=True)
+    ctl.reconcile("hello")
+    app, dep = get(store, "App", "hello"), get(store, "Deployment", "hello-1")
+    assert (dep.status.phase, app.status.live_deployment) == ("Live", "hello-1")
+    assert app.status.url == "http://hello.localhost:8000" and dep.status.live_time
+    assert condition_of(app, "Available").status == "True"
+    assert condition_of(app, "Progressing").reason == "ReleaseAvailable"
+    [ev] = events_for(store, "hello-1", "Live")
+    assert ev.spec.message == f"hello-1 is live (commit {dep.spec.commit[:7]})"
+    assert_idempotent(ctl, store)
+
+
+def test_blue_green_keeps_v1_until_v2_ready_then_drains(
+    ctl: RolloutController, store: Store, clock: FakeClock, live_v1: App,
+    make_deployment: Callable[..., Deployment],
+) -> None:
+    """v2 starts beside v1; only when v2 is ready does traffic move; v1 drains 10 s, then stops."""
+    make_deployment("hello", 2, manifest=True)
+    ctl.reconcile("hello")
+    assert [i.metadata.name for i in instances(store, "hello-2")] == ["hello-2-0"]
+    report(store, "hello-2-0", "Running", ready=False)
+    ctl.reconcile("hello")
+    assert get(store, "App", "hello").status.live_deployment == "hello-1"
+    assert get(store, "Deployment", "hello-1").status.phase == "Live"
+
+    report(store, "hello-2-0", "Running", ready=True)
+    res = ctl.reconcile("hello")
+    assert get(store, "App", "hello").status.live_deployment == "hello-2"
+    v1 = get(store, "Deployment", "hello-1")
+    assert (v1.status.phase, v1.status.reason) == ("Superseded", "Superseded") and v1.status.superseded_time
+    assert instances(store, "hello-1")[0].spec.desired == "Running"  # still draining
+    assert res is not None and res.requeue_after == pytest.approx(10.0)
+    assert events_for(store, "hello-1", "Superseded")
+    assert_idempotent(ctl, store)
+
+    clock.advance(9.0)
+    assert ctl.reconcile("hello").requeue_after == pytest.approx(1.0)  # type: ignore[union-attr]
+    assert instances(store, "hello-1")[0].spec.desired == "Running"
+    clock.advance(1.0)
+    ctl.reconcile("hello")
+    assert instances(store, "hello-1")[0].spec.desired == "Stopped"
+    assert instances(store, "hello-2")[0].spec.desired == "Running"
+    assert_idempotent(ctl, store)
+
+
+def test_drain_period_is_configurable(store: Store, clock: FakeClock, config: Config, live_v1: App,
+                                      make_deployment: Callable[..., Deployment]) -> None:
+    """RolloutSettings.drain_seconds sets how long a superseded release keeps running."""
+    ctl = RolloutController(store, clock, config, settings=RolloutSettings(drain_seconds=0.0))
+    make_deployment("hello", 2, manifest=True)
+    ctl.reconcile("hello")
+    serve_all(store, "hello-2")
+    ctl.reconcile("hello")
+    ctl.reconcile("hello")
+    assert instances(store, "hello-1")[0].spec.desired == "Stopped"
+
+
+def test_newer_push_cancels_older_not_live(ctl: RolloutController, store: Store, live_v1: App,
+                                           make_deployment: Callable[..., Deployment]) -> None:
+    """A newer release Cancels older ones not yet live and stops their Instances; the live one stays."""
+    make_deployment("hello", 2, manifest=True)
+    ctl.reconcile("hello")
+    report(store, "hello-2-0", "Building")
+    make_deployment("hello", 3)  # no manifest yet: the source controller is still fetching
+    ctl.reconcile("hello")
+    v2, v3 = get(store, "Deployment", "hello-2"), get(store, "Deployment", "hello-3")
+    assert (v2.status.phase, v2.status.reason) == ("Cancelled", "NewerRelease")
+    assert "hello-3" in v2.status.message and v2.status.finished_time
+    assert v3.status.phase == "Pending" and not instances(store, "hello-3")
+    assert instances(store, "hello-2")[0].spec.desired == "Stopped"
+    assert get(store, "App", "hello").status.live_deployment == "hello-1"
+    assert get(store, "App", "hello").status.latest_deployment == "hello-3"
+    assert events_for(store, "hello-2", "Cancelled")
+    assert_idempotent(ctl, store)
+
+
+@pytest.mark.parametrize("manifest", [True, None], ids=["building", "no-manifest"])
+def test_progress_deadline_fails_release(ctl: RolloutController, store: Store, clock: FakeClock, live_v1: App,
+                                         make_deployment: Callable[..., Deployment], manifest: Any) -> None:
+    """A release not ready 120 s after creation is Failed ProgressDeadlineExceeded; v1 keeps serving."""
+    clock.advance(5)
+    make_deployment("hello", 2, manifest=manifest)
+    res = ctl.reconcile("hello")
+    assert res is not None and res.requeue_after == pytest.approx(120.0)
+    clock.advance(119.5)
+    assert ctl.reconcile("hello").requeue_after == pytest.approx(0.5)  # type: ignore[union-attr]
+    clock.advance(0.5)
+    ctl.reconcile("hello")
+    v2 = get(store, "Deployment", "hello-2")
+    assert (v2.status.phase, v2.status.reason) == ("Failed", "ProgressDeadlineExceeded")
+    assert all(i.spec.desired == "Stopped" for i in instances(store, "hello-2"))
+    app = get(store, "App", "hello")
+    assert app.status.live_deployment == "hello-1"
+    assert condition_of(app, "Progressing").status == "False"
+    assert condition_of(app, "Progressing").reason == "ProgressDeadlineExceeded"
+    assert events_for(store, "hello-2", "ProgressDeadlineExceeded")[0].spec.type == "Warning"
+    assert get(store, "Deployment", "hello-1").status.phase == "Live"
+    assert_idempotent(ctl, store)
+
+
+@pytest.mark.parametrize("phase,reason,replaced", [
+    ("Lost", "", True),
+    ("Failed", "Evicted", True),
+    ("Failed", "CrashLoopBackOff", True),
+    ("Running", "", False),
+    ("Starting", "HealthCheckFailed", False),
+], ids=["lost", "failed-other", "failed-crashloop-live", "running", "restarting"])
+def test_live_instances_are_replaced(ctl: RolloutController, store: Store, live_v1: App,
+                                     phase: str, reason: str, replaced: bool) -> None:
+    """A live release's Instance lost with its node (or Failed) gets a replacement APP-N-I-r1."""
+    report(store, "hello-1-0", phase, reason=reason)
+    ctl.reconcile("hello")
+    names = [(i.metadata.name, i.spec.desired) for i in instances(store, "hello-1")]
+    if replaced:
+        assert names == [("hello-1-0", "Stopped"), ("hello-1-0-r1", "Running")]
+        assert get(store, "Instance", "hello-1-0-r1").spec.index == 0
+    else:
+        assert names == [("hello-1-0", "Running")]
+    assert get(store, "App", "hello").status.live_deployment == "hello-1"
+    assert_idempotent(ctl, store)
+
+
+def test_replacements_are_capped(ctl: RolloutController, store: Store, live_v1: App) -> None:
+    """A slot is replaced at most MAX_REPLACEMENTS times, so a node-killing release cannot spawn forever."""
+    name = "hello-1-0"
+    for k in range(1, 12):
+        report(store, name, "Lost")
+        ctl.reconcile("hello")
+        name = f"hello-1-0-r{min(k, 10)}"
+    assert len(instances(store, "hello-1")) == 11
+
+
+def test_zero_replicas_promotes_without_instances(ctl: RolloutController, store: Store,
+                                                  make_app: Callable[..., App],
+                                                  make_deployment: Callable[..., Deployment]) -> None:
+    """replicas: 0 is "scaled to zero": the release goes live at once with no Instances."""
+    make_app("hello", replicas=0)
+    make_deployment("hello", 1, manifest=True)
+    ctl.reconcile("hello")
+    assert get(store, "Deployment", "hello-1").status.phase == "Live"
+    assert not instances(store, "hello-1")
+    assert condition_of(get(store, "App", "hello"), "Available").reason == "NoInstances"
+
+
+@pytest.mark.parametrize("change,expect", [
+    ({"env": {"A": "2"}}, {"env": {"A": "2"}, "replicas": 1}),
+    ({"replicas": 3}, {"env": {"A": "1"}, "replicas": 3}),
+    ({"domains": ["www.example.com"]}, {"env": {"A": "1"}, "domains": ["www.example.com"]}),
+], ids=["env", "replicas", "domains"])
+def test_config_change_creates_config_release(
+    ctl: RolloutController, store: Store, make_app: Callable[..., App],
+    make_deployment: Callable[..., Deployment], change: dict[str, Any], expect: dict[str, Any],
+) -> None:
+    """Editing the App's env/replicas/domains makes a new release of the live commit (trigger config)."""
+    make_app("hello", env={"A": "1"})
+    make_deployment("hello", 1, manifest=True, ref="refs/heads/main", config=DeploymentConfig(env={"A": "1"}))
+    ctl.reconcile("hello")
+    serve_all(store, "hello-1")
+    ctl.reconcile("hello")
+    assert_idempotent(ctl, store)  # no config drift while nothing changed
+    app = get(store, "App", "hello")
+    for k, v in change.items():
+        setattr(app.spec, k, v)
+    store.update(app)
+    ctl.reconcile("hello")
+    v1, v2 = get(store, "Deployment", "hello-1"), get(store, "Deployment", "hello-2")
+    assert v2.spec.trigger.type == "config" and v2.spec.commit == v1.spec.commit
+    assert v2.spec.ref == "refs/heads/main"
+    got = v2.spec.config.dump()  # type: ignore[union-attr]
+    assert {k: got.get(k) for k in expect} == expect
+    assert events_for(store, "hello", "ConfigChanged")
+    ctl.reconcile("hello")  # v2 has no manifest yet: it waits, and no third release appears
+    assert [d.metadata.name for d in store.list("Deployment")[0]] == ["hello-1", "hello-2"]
+
+
+def test_secret_change_creates_config_release(ctl: RolloutController, store: Store, live_v1: App) -> None:
+    """A new or changed Secret named like the App rolls out as a config release carrying it."""
+    sec = store.create(Secret(metadata=ObjectMeta(name="hello"), spec=SecretSpec(app="hello", data={"K": "x"})))
+    ctl.reconcile("hello")
+    v2 = get(store, "Deployment", "hello-2")
+    assert v2.spec.trigger.type == "config" and v2.spec.config.secrets_version
+    v2.status.manifest = get(store, "Deployment", "hello-1").status.manifest
+    store.update_status(v2)
+    ctl.reconcile("hello")
+    assert instances(store, "hello-2")[0].spec.secret == "hello"
+    serve_all(store, "hello-2")
+    ctl.reconcile("hello")
+    assert_idempotent(ctl, store)
+    sec.status.updated_time = "2030-01-01T00:00:00.000Z"
+    store.update_status(sec)
+    ctl.reconcile("hello")
+    assert get(store, "Deployment", "hello-3").spec.config.secrets_version == "2030-01-01T00:00:00.000Z"
+
+
+def test_app_deleted_stops_then_deletes_everything(ctl: RolloutController, store: Store, live_v1: App) -> None:
+    """Deleting the App stops its Instances, then deletes them and its Deployments once stopped."""
+    store.delete("App", "hello")
+    ctl.reconcile("hello")
+    assert instances(store, "hello-1")[0].spec.desired == "Stopped"
+    assert store.list("Deployment")[0]
+    report(store, "hello-1-0", "Stopped")
+    ctl.reconcile("hello")
+    assert not store.list("Instance")[0] and not store.list("Deployment")[0]
+    assert_idempotent(ctl, store)
+
+
+def test_rolled_back_release_is_failed_when_replaced(ctl: RolloutController, store: Store, live_v1: App,
+                                                    make_deployment: Callable[..., Deployment]) -> None:
+    """A live release marked RolledBack ends Failed (not Superseded) when the rollback goes live."""
+    v1 = get(store, "Deployment", "hello-1")
+    v1.status.reason = "RolledBack"
+    store.update_status(v1)
+    make_deployment("hello", 2, manifest=True, trigger={"type": "rollback"}, rollback_of="hello-0")
+    ctl.reconcile("hello")
+    serve_all(store, "hello-2")
+    ctl.reconcile("hello")
+    v1 = get(store, "Deployment", "hello-1")
+    assert (v1.status.phase, v1.status.reason) == ("Failed", "RolledBack")
+    assert instances(store, "hello-1")[0].spec.desired == "Stopped"  # no drain for a broken release
+
+
+@pytest.mark.parametrize("after", range(0, 6), ids=lambda n: f"crash-after-{n}-writes")
+def test_crash_during_promotion_converges(store: Store, clock: FakeClock, config: Config, live_v1: App,
+                                          make_deployment: Callable[..., Deployment], after: int) -> None:
+    """Dying after any number of writes during a promotion, then reconciling again, ends in the same state."""
+    make_deployment("hello", 2, manifest=True)
+    RolloutController(store, clock, config).reconcile("hello")
+    serve_all(store, "hello-2")
+    crashing = RolloutController(CrashingStore(store, after), clock, config)  # type: ignore[arg-type]
+    try:
+        crashing.reconcile("hello")
+    except Crash:
+        pass
+    ctl = RolloutController(store, clock, config)
+    ctl.reconcile("hello")
+    app, v1, v2 = get(store, "App", "hello"), get(store, "Deployment", "hello-1"), get(store, "Deployment", "hello-2")
+    assert (app.status.live_deployment, v2.status.phase, v1.status.phase) == ("hello-2", "Live", "Superseded")
+    assert_idempotent(ctl, store)
+    clock.advance(10)
+    ctl.reconcile("hello")
+    assert instances(store, "hello-1")[0].spec.desired == "Stopped"
+
+
+@pytest.mark.parametrize("after", range(0, 3), ids=lambda n: f"crash-after-{n}-writes")
+def test_crash_during_node_loss_replacement_converges(store: Store, clock: FakeClock, config: Config,
+                                                      live_v1: App, after: int) -> None:
+    """A crash between creating a replacement and stopping the lost Instance leaves exactly one replacement."""
+    report(store, "hello-1-0", "Lost")
+    try:
+        RolloutController(CrashingStore(store, after), clock, config).reconcile("hello")  # type: ignore[arg-type]
+    except Crash:
+        pass
+    ctl = RolloutController(store, clock, config)
+    ctl.reconcile("hello")
+    names = [(i.metadata.name, i.spec.desired) for i in instances(store, "hello-1")]
+    assert names == [("hello-1-0", "Stopped"), ("hello-1-0-r1", "Running")]
+    assert_idempotent(ctl, store)
