@@ -1,0 +1,143 @@
+"""``POST /api/v1/webhook/github``: a signed GitHub delivery becomes Deployments (spec only).
+
+Authenticated by its HMAC signature alone (``auth = False`` for the bearer-token middleware).
+Order matters: size cap, then the signature over the raw body, and only then parsing, so an
+unsigned sender cannot make the server parse anything. The handler only writes records and
+answers in milliseconds; the source controller fetches the commit later.
+
+Answers: 200 for ``ping``; 202 ``{"created": [...]}`` for a push that deploys, 202 with
+``reason`` when nothing is tracked (and ``duplicate: true`` for a redelivered push);
+401 bad/missing signature or no secret configured; 400 malformed payload or ``after``;
+413 over 25 MiB. ``forge_webhook_deliveries_total{outcome}`` counts every delivery.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Final
+
+import falcon
+from prometheus_client import CollectorRegistry, Counter
+
+from forge.api.body import read_raw
+from forge.clock import Clock
+from forge.config import Config
+from forge.errors import AlreadyExists, Conflict, ForgeError, Invalid, PayloadTooLarge, Unauthorized
+from forge.models import LABEL_APP, App, Deployment
+from forge.store.base import Store
+from forge.webhook import (
+    DELIVERY_ID,
+    MAX_BODY,
+    Push,
+    build_deployment,
+    decode_payload,
+    find_delivery,
+    ignore_reason,
+    next_release_number,
+    parse_push,
+    select_apps,
+    verify_signature,
+)
+
+log = logging.getLogger(__name__)
+
+OUTCOMES: Final[tuple[str, ...]] = (
+    "created", "ignored", "duplicate", "invalid_signature", "bad_request", "too_large", "ping", "error",
+)
+CREATE_ATTEMPTS: Final[int] = 20
+
+
+class GithubWebhookResource:
+    auth = False
+
+    def __init__(self, store: Store, config: Config, clock: Clock, metrics: CollectorRegistry) -> None:
+        self.store, self.config, self.clock = store, config, clock
+        self.deliveries = Counter(
+            "forge_webhook_deliveries", "GitHub webhook deliveries by outcome", ["outcome"], registry=metrics
+        )
+        for outcome in OUTCOMES:
+            self.deliveries.labels(outcome)
+        self._warned_no_secret = False
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        started = self.clock.monotonic()
+        delivery = req.get_header("X-GitHub-Delivery")
+        try:
+            status, body, outcome = self._handle(req, delivery)
+        except ForgeError as exc:
+            self.deliveries.labels(_outcome_of(exc)).inc()
+            raise
+        self.deliveries.labels(outcome).inc()
+        resp.status = falcon.code_to_http_status(status)
+        resp.media = body
+        log.info("webhook delivery %s: %s in %.1f ms", delivery, outcome,
+                 (self.clock.monotonic() - started) * 1000)
+
+    # ------------------------------------------------------------------ steps
+
+    def _handle(self, req: falcon.Request, delivery: str | None) -> tuple[int, dict[str, Any], str]:
+        secret = self.config.webhook_secret
+        if not secret:
+            if not self._warned_no_secret:
+                self._warned_no_secret = True
+                log.warning("FORGE_GITHUB_WEBHOOK_SECRET is not set: refusing every GitHub delivery")
+            raise Unauthorized("webhook secret is not configured on this server; deliveries are refused")
+        raw = read_raw(req, MAX_BODY)
+        signature = req.get_header("X-Hub-Signature-256")
+        if not verify_signature(secret, raw, signature):
+            why = "missing X-Hub-Signature-256 header" if not signature else "signature does not match"
+            log.warning("webhook delivery %s refused: %s", (delivery or "-")[:128], why)
+            raise Unauthorized(f"webhook delivery refused: {why}")
+        if delivery is not None and not DELIVERY_ID.match(delivery):
+            raise Invalid("X-GitHub-Delivery is not a delivery id",
+                          [{"path": "X-GitHub-Delivery", "message": "at most 128 letters, digits, '-', '.', ':'"}])
+        payload = decode_payload(raw, req.content_type)
+        event = (req.get_header("X-GitHub-Event") or "").strip()
+        base = {"event": event, "deliveryId": delivery}
+        if event == "ping":
+            return 200, {"ok": True, **base, "zen": str(payload.get("zen", ""))[:200]}, "ping"
+        if event != "push":
+            return 202, {**base, "created": [], "reason": f"event {event or '(none)'!r} deploys nothing"}, "ignored"
+        push = parse_push(payload)
+        reason = ignore_reason(push)
+        apps: list[App] = []
+        if reason is None:
+            all_apps, _ = self.store.list("App")
+            apps, reason = select_apps([a for a in all_apps if isinstance(a, App)], push)
+        if reason is not None:
+            return 202, {**base, "created": [], "reason": reason}, "ignored"
+        created, duplicates = [], []
+        for app in apps:
+            name, is_new = self._deploy(app, push, delivery)
+            (created if is_new else duplicates).append(name)
+        body: dict[str, Any] = {**base, "created": created}
+        if duplicates:
+            body.update(duplicate=not created, existing=duplicates)
+        return 202, body, "created" if created else "duplicate"
+
+    def _deploy(self, app: App, push: Push, delivery: str | None) -> tuple[str, bool]:
+        """Create the next release of ``app`` unless this delivery already made one."""
+        for _ in range(CREATE_ATTEMPTS):
+            items, _ = self.store.list("Deployment", {LABEL_APP: app.metadata.name})
+            deployments = [d for d in items if isinstance(d, Deployment)]
+            earlier = find_delivery(deployments, delivery)
+            if earlier is not None:
+                return earlier.metadata.name, False
+            dep = build_deployment(app, next_release_number(deployments), push, delivery)
+            try:
+                self.store.create(dep)
+            except AlreadyExists:
+                continue  # another writer took that number; re-list and take the next
+            log.info("webhook: created Deployment %s (%s@%s)", dep.metadata.name, push.ref, push.after[:12])
+            return dep.metadata.name, True
+        raise Conflict(f"could not pick a release number for {app.metadata.name} after {CREATE_ATTEMPTS} tries")
+
+
+def _outcome_of(exc: ForgeError) -> str:
+    if isinstance(exc, Unauthorized):
+        return "invalid_signature"
+    if isinstance(exc, PayloadTooLarge):
+        return "too_large"
+    if isinstance(exc, Invalid):
+        return "bad_request"
+    return "error"
