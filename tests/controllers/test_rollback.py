@@ -1,0 +1,284 @@
+"""RollbackController with the RolloutController beside it (they meet only in the store),
+a real SQLite store, a fake clock and the agent simulated through Instance status."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from forge.clock import FakeClock
+from forge.config import Config
+from forge.controllers.rollback import RollbackController, RollbackSettings
+from forge.controllers.rollout import RolloutController
+from forge.models import App, Deployment
+from forge.store.base import Store
+from tests.controllers.conftest import condition_of, events_for, snapshot
+from tests.controllers.release_helpers import Crash, CrashingStore, get, instances, report, serve_all
+
+
+@pytest.fixture
+def rollout(store: Store, clock: FakeClock, config: Config) -> RolloutController:
+    return RolloutController(store, clock, config)
+
+
+@pytest.fixture
+def ctl(store: Store, clock: FakeClock, config: Config) -> RollbackController:
+    return RollbackController(store, clock, config)
+
+
+@pytest.fixture
+def release(rollout: RolloutController, store: Store, clock: FakeClock,
+            make_deployment: Callable[..., Deployment]) -> Callable[[int], None]:
+    """``release(n)``: push hello-n, serve it, promote it and let the previous one drain away."""
+
+    def go(n: int) -> None:
+        make_deployment("hello", n, manifest=True)
+        rollout.reconcile("hello")
+        serve_all(store, f"hello-{n}")
+        rollout.reconcile("hello")
+        clock.advance(10)
+        rollout.reconcile("hello")
+        assert get(store, "App", "hello").status.live_deployment == f"hello-{n}"
+
+    return go
+
+
+def assert_idempotent(ctl: RollbackController, store: Store) -> None:
+    before = snapshot(store)
+    ctl.reconcile("hello")
+    assert snapshot(store) == before
+
+
+@pytest.mark.parametrize("phase,reason", [
+    ("Failed", "BuildFailed"),
+    ("Starting", "HealthCheckFailed"),
+    ("Running", "CrashLoopBackOff"),
+    ("Starting", "OOMKilled"),
+], ids=["build-failed", "health-check-failed", "crash-loop", "oom-killed"])
+def test_failing_new_release_fails_and_v1_keeps_serving(
+    ctl: RollbackController, rollout: RolloutController, store: Store, make_app: Callable[..., App],
+    make_deployment: Callable[..., Deployment], release: Callable[[int], None], phase: str, reason: str,
+) -> None:
+    """An Instance reporting a release-fatal reason fails the release, stops it, and v1 stays live."""
+    make_app("hello", replicas=2)
+    release(1)
+    make_deployment("hello", 2, manifest=True)
+    rollout.reconcile("hello")
+    report(store, "hello-2-0", "Running", ready=True)
+    report(store, "hello-2-1", phase, reason=reason, message="exit status 1 at step 2")
+    ctl.reconcile("hello")
+    v2 = get(store, "Deployment", "hello-2")
+    assert (v2.status.phase, v2.status.reason) == ("Failed", reason)
+    assert v2.status.message == "instance hello-2-1: exit status 1 at step 2"
+    assert [i.spec.desired for i in instances(store, "hello-2")] == ["Stopped", "Stopped"]
+    [ev] = events_for(store, "hello-2", reason)
+    assert ev.spec.type == "Warning" and "hello-1 keeps serving" in ev.spec.message
+    assert get(store, "App", "hello").status.live_deployment == "hello-1"
+    assert_idempotent(ctl, store)
+    rollout.reconcile("hello")  # rollout agrees: nothing to promote, v1 untouched
+    assert get(store, "App", "hello").status.live_deployment == "hello-1"
+    assert get(store, "Deployment", "hello-1").status.phase == "Live"
+    assert all(i.spec.desired == "Running" for i in instances(store, "hello-1"))
+
+
+@pytest.mark.parametrize("phase,reason,ready", [
+    ("Building", "BuildFailed", False),
+    ("Running", "HealthCheckFailed", True),
+    ("Starting", "", False),
+    ("Failed", "Evicted", False),
+], ids=["build-failed-not-final", "recovered", "plain-starting", "other-failure"])
+def test_non_fatal_reports_leave_release_alone(
+    ctl: RollbackController, rollout: RolloutController, store: Store, make_app: Callable[..., App],
+    release: Callable[[int], None], make_deployment: Callable[..., Deployment], phase: str, reason: str,
+    ready: bool,
+) -> None:
+    """Only a release-fatal reason on a not-ready Instance fails a release."""
+    make_app("hello")
+    release(1)
+    make_deployment("hello", 2, manifest=True)
+    rollout.reconcile("hello")
+    report(store, "hello-2-0", phase, ready=ready, reason=reason)
+    ctl.reconcile("hello")
+    assert get(store, "Deployment", "hello-2").status.phase != "Failed"
+
+
+def unready(store: Store, dep: str, reason: str = "HealthCheckFailed") -> None:
+    for inst in instances(store, dep):
+        if inst.spec.desired == "Running":
+            report(store, inst.metadata.name, "Running", ready=False, reason=reason)
+
+
+def test_unhealthy_live_rolls_back_to_last_good(
+    ctl: RollbackController, rollout: RolloutController, store: Store, clock: FakeClock,
+    make_app: Callable[..., App], release: Callable[[int], None],
+) -> None:
+    """A live release with no ready Instance for 30 s is rolled back to the last good one, once."""
+    make_app("hello", env={"V": "1"})
+    release(1)
+    release(2)
+    unready(store, "hello-2")
+    res = ctl.reconcile("hello")
+    v2 = get(store, "Deployment", "hello-2")
+    assert condition_of(v2, "Healthy").status == "False"
+    assert res is not None and res.requeue_after == pytest.approx(30.0)
+    assert events_for(store, "hello-2", "Unhealthy")
+    clock.advance(29)
+    assert ctl.reconcile("hello").requeue_after == pytest.approx(1.0)  # type: ignore[union-attr]
+    assert len(store.list("Deployment")[0]) == 2
+    clock.advance(1)
+    ctl.reconcile("hello")
+    v1, v2, v3 = (get(store, "Deployment", f"hello-{n}") for n in (1, 2, 3))
+    assert (v3.spec.trigger.type, v3.spec.rollback_of, v3.spec.commit) == ("rollback", "hello-1", v1.spec.commit)
+    assert v3.spec.config.env == {"V": "1"}  # type: ignore[union-attr]
+    assert (v2.status.phase, v2.status.reason) == ("Live", "RolledBack")
+    [ev] = events_for(store, "hello-2", "RollingBack")
+    assert ev.spec.type == "Warning" and ev.spec.message.startswith("rolling back hello-2 to hello-1: ")
+    assert_idempotent(ctl, store)
+    clock.advance(60)
+    ctl.reconcile("hello")
+    assert len(store.list("Deployment")[0]) == 3
+
+    v3.status.manifest = v1.status.manifest  # the source controller's part
+    store.update_status(v3)
+    rollout.reconcile("hello")
+    serve_all(store, "hello-3")
+    rollout.reconcile("hello")
+    v2 = get(store, "Deployment", "hello-2")
+    assert get(store, "App", "hello").status.live_deployment == "hello-3"
+    assert (v2.status.phase, v2.status.reason) == ("Failed", "RolledBack")
+    ctl.reconcile("hello")
+    assert condition_of(get(store, "Deployment", "hello-3"), "Healthy").status == "True"
+    rollout.reconcile("hello")  # the pinned rollback config does not trigger a config release
+    assert len(store.list("Deployment")[0]) == 3
+
+
+def test_rollback_off_only_warns(ctl: RollbackController, store: Store, clock: FakeClock,
+                                 make_app: Callable[..., App], release: Callable[[int], None]) -> None:
+    """With rollbackOnFailure off an unhealthy live release is reported, never replaced."""
+    make_app("hello", rollback_on_failure=False)
+    release(1)
+    release(2)
+    unready(store, "hello-2")
+    ctl.reconcile("hello")
+    clock.advance(300)
+    ctl.reconcile("hello")
+    assert len(store.list("Deployment")[0]) == 2
+    assert get(store, "Deployment", "hello-2").status.reason != "RolledBack"
+    assert len(events_for(store, "hello-2", "Unhealthy")) == 1
+    assert_idempotent(ctl, store)
+
+
+def test_recovery_within_window_restarts_the_clock(ctl: RollbackController, store: Store, clock: FakeClock,
+                                                   make_app: Callable[..., App],
+                                                   release: Callable[[int], None]) -> None:
+    """Unready for 20 s, ready again, unready again: the window counts from the second time."""
+    make_app("hello")
+    release(1)
+    release(2)
+    unready(store, "hello-2")
+    ctl.reconcile("hello")
+    clock.advance(20)
+    serve_all(store, "hello-2")
+    ctl.reconcile("hello")
+    assert condition_of(get(store, "Deployment", "hello-2"), "Healthy").status == "True"
+    clock.advance(5)
+    unready(store, "hello-2")
+    ctl.reconcile("hello")
+    clock.advance(20)
+    assert ctl.reconcile("hello").requeue_after == pytest.approx(10.0)  # type: ignore[union-attr]
+    assert len(store.list("Deployment")[0]) == 2
+
+
+@pytest.mark.parametrize("phase", ["Lost", "Scheduled", "Building"])
+def test_infrastructure_trouble_is_not_a_bad_release(ctl: RollbackController, store: Store, clock: FakeClock,
+                                                     make_app: Callable[..., App],
+                                                     release: Callable[[int], None], phase: str) -> None:
+    """Instances lost with a node or rebuilding elsewhere leave Healthy Unknown and never roll back."""
+    make_app("hello")
+    release(1)
+    release(2)
+    report(store, "hello-2-0", phase)
+    ctl.reconcile("hello")
+    clock.advance(120)
+    ctl.reconcile("hello")
+    assert condition_of(get(store, "Deployment", "hello-2"), "Healthy").status == "Unknown"
+    assert len(store.list("Deployment")[0]) == 2
+
+
+def test_no_earlier_good_release_means_no_rollback(ctl: RollbackController, store: Store, clock: FakeClock,
+                                                   make_app: Callable[..., App],
+                                                   release: Callable[[int], None]) -> None:
+    """The first release has nothing to roll back to: a condition says so, nothing is created."""
+    make_app("hello")
+    release(1)
+    unready(store, "hello-1")
+    ctl.reconcile("hello")
+    clock.advance(31)
+    ctl.reconcile("hello")
+    v1 = get(store, "Deployment", "hello-1")
+    assert condition_of(v1, "RollbackPossible").reason == "NoEarlierRelease"
+    assert len(store.list("Deployment")[0]) == 1
+    assert_idempotent(ctl, store)
+
+
+def test_failed_rollback_is_not_retried(ctl: RollbackController, store: Store, clock: FakeClock,
+                                        make_app: Callable[..., App], release: Callable[[int], None]) -> None:
+    """When the rollback release itself fails, no second rollback is attempted for the incident."""
+    make_app("hello")
+    release(1)
+    release(2)
+    unready(store, "hello-2")
+    ctl.reconcile("hello")
+    clock.advance(30)
+    ctl.reconcile("hello")
+    v3 = get(store, "Deployment", "hello-3")
+    v3.status.phase, v3.status.reason = "Failed", "FetchFailed"
+    store.update_status(v3)
+    clock.advance(60)
+    ctl.reconcile("hello")
+    assert len(store.list("Deployment")[0]) == 3
+
+
+def test_newer_push_in_flight_defers_rollback(ctl: RollbackController, store: Store, clock: FakeClock,
+                                              make_app: Callable[..., App], release: Callable[[int], None],
+                                              make_deployment: Callable[..., Deployment]) -> None:
+    """A newer release already on its way is left to land or fail before rolling back."""
+    make_app("hello")
+    release(1)
+    release(2)
+    make_deployment("hello", 3, phase="Building", manifest=True)
+    unready(store, "hello-2")
+    ctl.reconcile("hello")
+    clock.advance(31)
+    ctl.reconcile("hello")
+    assert len(store.list("Deployment")[0]) == 3
+    v3 = get(store, "Deployment", "hello-3")
+    v3.status.phase, v3.status.reason = "Failed", "BuildFailed"
+    store.update_status(v3)
+    ctl.reconcile("hello")
+    assert get(store, "Deployment", "hello-4").spec.rollback_of == "hello-1"
+
+
+@pytest.mark.parametrize("after", range(0, 3), ids=lambda n: f"crash-after-{n}-writes")
+def test_crash_while_rolling_back_makes_one_rollback(store: Store, clock: FakeClock, config: Config,
+                                                     make_app: Callable[..., App],
+                                                     release: Callable[[int], None], after: int) -> None:
+    """Dying anywhere in the rollback write sequence still yields exactly one rollback release."""
+    make_app("hello")
+    release(1)
+    release(2)
+    unready(store, "hello-2")
+    settings = RollbackSettings(unhealthy_window_seconds=5)
+    RollbackController(store, clock, config, settings=settings).reconcile("hello")
+    clock.advance(5)
+    try:
+        RollbackController(CrashingStore(store, after), clock, config,  # type: ignore[arg-type]
+                           settings=settings).reconcile("hello")
+    except Crash:
+        pass
+    ctl = RollbackController(store, clock, config, settings=settings)
+    ctl.reconcile("hello")
+    assert [d.metadata.name for d in store.list("Deployment")[0]] == ["hello-1", "hello-2", "hello-3"]
+    assert get(store, "Deployment", "hello-2").status.reason == "RolledBack"
+    assert_idempotent(ctl, store)
