@@ -106,7 +106,8 @@ class GithubWebhookResource:
             apps, reason = select_apps([a for a in all_apps if isinstance(a, App)], push)
         if reason is not None:
             return 202, {**base, "created": [], "reason": reason}, "ignored"
-        created, duplicates = [], []
+        created: list[str] = []
+        duplicates: list[str] = []
         for app in apps:
             name, is_new = self._deploy(app, push, delivery)
             (created if is_new else duplicates).append(name)

@@ -158,14 +158,14 @@ def test_env_key_is_primary_and_no_file_written(tmp_path: Path) -> None:
 
 def test_env_key_still_decrypts_after_rotation(tmp_path: Path) -> None:
     """After a rotation the file key is primary and FORGE_SECRET_KEY values still open."""
-    key = os.urandom(32)
-    kr = Keyring.load(Config(data_dir=tmp_path, secret_key=key))
+    key, data = os.urandom(32), tmp_path / "not-yet-created"
+    kr = Keyring.load(Config(data_dir=data, secret_key=key))
     old = kr.encrypt(PLAINTEXT, AAD)
     new_kid = kr.rotate()
-    again = Keyring.load(Config(data_dir=tmp_path, secret_key=key))
+    again = Keyring.load(Config(data_dir=data, secret_key=key))
     assert again.primary == new_kid != key_id(key)
     assert again.decrypt(old, AAD) == PLAINTEXT
-    assert stat.S_IMODE((tmp_path / KEY_FILE).stat().st_mode) == 0o600
+    assert stat.S_IMODE((data / KEY_FILE).stat().st_mode) == 0o600
 
 
 def test_rotate_keeps_old_tokens_until_dropped(keyring: Keyring, tmp_path: Path) -> None:
