@@ -9,6 +9,12 @@ Answers: 200 for ``ping``; 202 ``{"created": [...]}`` for a push that deploys, 2
 ``reason`` when nothing is tracked (and ``duplicate: true`` for a redelivered push);
 401 bad/missing signature or no secret configured; 400 malformed payload or ``after``;
 413 over 25 MiB. ``forge_webhook_deliveries_total{outcome}`` counts every delivery.
+
+Redelivery is idempotent without a lock: the release number is derived from the listing, so
+two workers handling copies of one delivery at once pick the same ``APP-N``; the loser gets
+``AlreadyExists``, re-lists, finds the winner's ``spec.trigger.deliveryId`` and answers
+``duplicate``. Two copies can only pick different numbers when one listed after the other's
+create — and then it sees that Deployment.
 """
 
 from __future__ import annotations

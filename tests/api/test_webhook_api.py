@@ -270,3 +270,32 @@ def test_metrics_registered_for_every_outcome(env: Env) -> None:
     """Every outcome is exported from the start so alerts can rate() it."""
     for outcome in ("created", "ignored", "duplicate", "invalid_signature", "bad_request", "too_large", "ping"):
         assert env.registry.get_sample_value("forge_webhook_deliveries_total", {"outcome": outcome}) == 0.0
+
+
+class _RacingStore(SqliteStore):
+    """A real store where another worker creates the same delivery's release just before us."""
+
+    raced = False
+
+    def create(self, obj: Any) -> Any:
+        if obj.kind == "Deployment" and not self.raced:
+            self.raced = True
+            super().create(obj.model_copy(deep=True))  # the other worker's copy wins the name
+        return super().create(obj)
+
+
+def test_concurrent_redelivery_resolves_to_one(tmp_path: Path) -> None:
+    """Two copies of one delivery racing for APP-N leave one Deployment; the loser answers duplicate."""
+    store = _RacingStore(str(tmp_path / "forge.db"))
+    store.create(App(metadata=ObjectMeta(name="hello"), spec=AppSpec(repo="acme/hello")))
+    app = falcon.App()
+    app.add_error_handler(ForgeError, _render)
+    registry = CollectorRegistry()
+    app.add_route(URL, GithubWebhookResource(store, Config(data_dir=tmp_path, webhook_secret=SECRET),
+                                             FakeClock(), registry))
+    env = Env(falcon.testing.TestClient(app), store, registry)
+    res = deliver(env, push(), delivery="same")
+    assert store.raced and res.status_code == 202
+    assert res.json["duplicate"] is True and res.json["existing"] == ["hello-1"]
+    assert [d.metadata.name for d in env.deployments()] == ["hello-1"]
+    store.close()
