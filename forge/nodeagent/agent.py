@@ -1,0 +1,283 @@
+"""``forge agent``: the node agent's frame — register, heartbeat, watch, work loop, shipper, metrics.
+
+Threads: one list/watch loop (resumes from the last resourceVersion, relists on 410, backs
+off when the API is down), a few workers pulling keys from a deduplicating work queue whose
+timers carry every "later" (probes, back-off restarts, heartbeats), a pidfd exit watcher, the
+log shipper and the metrics server. The agent reaches the control plane only over HTTP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import threading
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from forge import errors
+from forge.cgroups import detect_driver
+from forge.client import ForgeClient
+from forge.clock import Clock, SystemClock
+from forge.models import LABEL_NODE, Instance
+from forge.nodeagent import node as nodeinfo
+from forge.nodeagent.builder import Builder
+from forge.nodeagent.exitwatch import ExitWatcher
+from forge.nodeagent.logship import Shipper
+from forge.nodeagent.metrics import AgentCollector, serve_metrics
+from forge.nodeagent.reconciler import Reconciler
+from forge.nodeagent.sandbox import Sandbox, SandboxSpec, UidAllocator
+from forge.nodeagent.state import AgentState
+from forge.nodeagent.status import StatusWriter
+from forge.nodeagent.supervisor import Supervisor
+from forge.nodeagent.workqueue import WorkQueue
+
+log = logging.getLogger("forge.agent")
+
+HEARTBEAT_KEY = "~heartbeat"
+WATCH_TIMEOUT = 60
+MAX_BACKOFF = 30.0
+_AUTO: Any = object()
+
+
+class Agent:
+    def __init__(
+        self, client: ForgeClient, name: str, data_dir: Path, address: str, metrics_listen: str | None,
+        mode: str, git_url_template: str, stop: threading.Event, clock: Clock,
+        heartbeat_seconds: float = 5.0, workers: int = 4, log_cap_bytes: int = 10 * 1024 * 1024,
+        driver: Any = _AUTO,
+    ) -> None:
+        self.client, self.name, self.address, self.clock, self.stop = client, name, address, clock, stop
+        self.data_dir = Path(data_dir).resolve()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics_listen, self.heartbeat_seconds, self.n_workers = metrics_listen, heartbeat_seconds, workers
+        self.driver = detect_driver() if driver is _AUTO else driver
+        self.sandbox = Sandbox(self.driver, mode=mode, clock=clock)
+        self.isolation = self.sandbox.check()  # production without isolation raises Unavailable here
+        self.uids = UidAllocator(self.data_dir / "uids.json")
+        self.state = AgentState(self.data_dir / "agent-state.json").load()
+        self.queue = WorkQueue(clock)
+        self.cache: dict[str, Instance] = {}
+        self.cache_lock = threading.Lock()
+        self.synced = threading.Event()
+        self.last_heartbeat = 0.0
+        self.exits = ExitWatcher(self.queue.add)
+        self.shipper = Shipper(client, self.state, self.data_dir / "logs", clock, stop, cap_bytes=log_cap_bytes)
+        builder = Builder(self.data_dir, git_url_template, self.sandbox, self.driver, clock, SandboxSpec, self._owner)
+        self.supervisor = Supervisor(self.sandbox, self.driver, clock, SandboxSpec, self._owner)
+        status = StatusWriter(client, clock, self._remember)
+        self.reconciler = Reconciler(client, name, self.data_dir, self.state, builder, self.supervisor,
+                                     self.shipper, status, clock, self.exits.watch)
+        self.threads: list[threading.Thread] = []
+        self.metrics_server: Any = None
+
+    def _owner(self, app: str) -> tuple[int | None, int | None]:
+        if os.geteuid() != 0:
+            return None, None
+        uid = self.uids.uid_for(app)
+        return uid, uid
+
+    # -- lifecycle -------------------------------------------------------------
+    def run(self) -> None:
+        self._register()
+        if self.stop.is_set():
+            return
+        self._adopt()
+        self.exits.start()
+        self.shipper.start()
+        if self.metrics_listen:
+            self.metrics_server, _ = serve_metrics(
+                self.metrics_listen, AgentCollector(self.state, self.driver, lambda: self.last_heartbeat))
+        self.queue.add(HEARTBEAT_KEY)
+        self.threads = [threading.Thread(target=self._watch_loop, name="forge-watch", daemon=True)]
+        self.threads += [threading.Thread(target=self._work, name=f"forge-work-{i}", daemon=True)
+                         for i in range(self.n_workers)]
+        for t in self.threads:
+            t.start()
+        log.info("agent %s running (isolation: cgroups %s, namespaces %s)", self.name,
+                 self.isolation.cgroups, self.isolation.namespaces)
+        self.stop.wait()
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        """Stop the agent's own threads; apps keep running (they are detached on purpose)."""
+        self.queue.shutdown()
+        for t in self.threads[1:]:
+            t.join(timeout=15)
+        self.exits.close()
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
+            self.metrics_server.server_close()
+        self.shipper.thread.join(timeout=5)
+        self.client.close()
+
+    def _register(self) -> None:
+        delay = 0.5
+        metrics = self.metrics_listen
+        while not self.stop.is_set():
+            try:
+                nodeinfo.register(self.client, self.name, self.address, self.isolation, metrics, self.clock)
+                return
+            except (errors.Unavailable, errors.Conflict) as exc:
+                log.warning("cannot register node %s yet: %s", self.name, exc)
+            self.stop.wait(delay)
+            delay = min(delay * 2, MAX_BACKOFF)
+
+    def _adopt(self) -> None:
+        """Processes from before a restart: keep the live ones (watched for exit), forget none."""
+        for name in self.state.names():
+            st = self.state.get(name)
+            if st is not None and st.pid and self.supervisor.is_running(st):
+                log.info("re-adopted %s (pid %s, port %s)", name, st.pid, st.port)
+                self.exits.watch(st.pid, name)
+
+    # -- work loop -------------------------------------------------------------
+    def _work(self) -> None:
+        while True:
+            key = self.queue.get()
+            if key is None:
+                return
+            try:
+                after = self._heartbeat() if key == HEARTBEAT_KEY else self._reconcile(key)
+            except errors.Unavailable as exc:
+                log.warning("%s: control plane unavailable (%s); retrying", key, exc)
+                after = 2.0
+            except errors.ForgeError as exc:
+                log.warning("%s: %s: %s", key, type(exc).__name__, exc)
+                after = 5.0
+            except Exception:  # the per-item boundary: log with context, retry later
+                log.exception("reconciling %s failed", key)
+                after = 10.0
+            finally:
+                self.queue.done(key)
+            if after is not None:
+                self.queue.add_after(key, after)
+
+    def _reconcile(self, name: str) -> float | None:
+        if not self.synced.is_set():
+            return 1.0  # never stop anything before the first list says what is ours
+        with self.cache_lock:
+            inst = self.cache.get(name)
+        return self.reconciler.reconcile(name, inst)
+
+    def _heartbeat(self) -> float:
+        try:
+            nodeinfo.renew_lease(self.client, self.name, max(3 * self.heartbeat_seconds, 15.0), self.clock)
+        except errors.Conflict:
+            return 0.2
+        self.last_heartbeat = self.clock.now()
+        return self.heartbeat_seconds
+
+    # -- watch -----------------------------------------------------------------
+    def _remember(self, obj: dict[str, Any]) -> None:
+        """Put a newer version of an Instance into the cache (never an older one)."""
+        try:
+            inst = Instance.model_validate(obj)
+        except ValidationError as exc:
+            log.warning("ignoring an Instance the agent cannot read: %s", exc)
+            return
+        with self.cache_lock:
+            cur = self.cache.get(inst.name)
+            if cur is None or cur.metadata.resource_version <= inst.metadata.resource_version:
+                self.cache[inst.name] = inst
+
+    def _relist(self, selector: dict[str, str]) -> int:
+        items, rv = self.client.list("instances", selector)
+        with self.cache_lock:
+            before = set(self.cache)
+            self.cache = {}
+        for obj in items:
+            self._remember(obj)
+        with self.cache_lock:
+            names = set(self.cache)
+        for key in sorted(before | names | set(self.state.names())):
+            self.queue.add(key)
+        if not self.synced.is_set():
+            self._sweep_orphans(names)
+            self.synced.set()
+        return rv
+
+    def _sweep_orphans(self, assigned: set[str]) -> None:
+        """Stop processes in Forge cgroups that no Instance of this node (nor the state) explains."""
+        if self.driver is None:
+            return
+        known = {f"inst-{n}" for n in assigned | set(self.state.names())}
+        for group in self.driver.list_groups():
+            if group.startswith("build-") or (group.startswith("inst-") and group not in known):
+                log.warning("stopping orphaned cgroup %s", group)
+                self.sandbox.stop(group, None, 10.0, self.clock)
+
+    def _watch_loop(self) -> None:
+        selector = {LABEL_NODE: self.name}
+        rv: int | None = None
+        delay = 0.5
+        while not self.stop.is_set():
+            try:
+                if rv is None:
+                    rv = self._relist(selector)
+                for typ, obj in self.client.watch("instances", rv, selector, timeout_seconds=WATCH_TIMEOUT):
+                    if self.stop.is_set():
+                        return
+                    rv = int(obj.get("metadata", {}).get("resourceVersion") or rv)
+                    if typ == "BOOKMARK":
+                        continue
+                    name = obj.get("metadata", {}).get("name", "")
+                    if typ == "DELETED":
+                        with self.cache_lock:
+                            self.cache.pop(name, None)
+                    else:
+                        self._remember(obj)
+                    self.queue.add(name)
+                delay = 0.5
+            except errors.Gone:
+                rv = None
+            except errors.ForgeError as exc:
+                log.warning("instance watch failed (%s); retrying in %.1fs", exc, delay)
+                self.stop.wait(delay)
+                delay = min(delay * 2, MAX_BACKOFF)
+
+
+def run_agent(
+    api_url: str, token: str, name: str | None = None, data_dir: str | Path | None = None,
+    address: str | None = None, metrics_listen: str | None = "127.0.0.1:9108", mode: str = "dev",
+    git_url_template: str = "https://github.com/{full_name}.git", stop_event: threading.Event | None = None,
+    clock: Clock | None = None, **options: Any,
+) -> None:
+    """Run the agent until ``stop_event`` is set (apps it started keep running afterwards)."""
+    node_name = (name or socket.gethostname()).lower()
+    stop = stop_event or threading.Event()
+    client = ForgeClient(api_url, token, timeout=15.0)
+    agent = Agent(client, node_name, Path(data_dir or Path.cwd() / ".forge" / "agent"), address or "127.0.0.1",
+                  metrics_listen, mode, git_url_template, stop, clock or SystemClock(), **options)
+    agent.run()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m forge.nodeagent.agent`` (the CLI's ``forge agent`` calls run_agent the same way)."""
+    import signal
+
+    p = argparse.ArgumentParser(prog="forge-agent")
+    p.add_argument("--api", required=True)
+    p.add_argument("--token", default=None, help="node token (default: $FORGE_NODE_TOKEN)")
+    p.add_argument("--name")
+    p.add_argument("--data-dir")
+    p.add_argument("--address")
+    p.add_argument("--metrics-listen", default="127.0.0.1:9108")
+    p.add_argument("--heartbeat-seconds", type=float, default=5.0)
+    a = p.parse_args(argv)
+    logging.basicConfig(level=os.environ.get("FORGE_LOG_LEVEL", "INFO"), format="%(asctime)s %(name)s %(message)s")
+    token = a.token or os.environ.pop("FORGE_NODE_TOKEN", "")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    run_agent(a.api, token, a.name, a.data_dir, a.address, a.metrics_listen or None,
+              os.environ.get("FORGE_MODE", "dev"),
+              os.environ.get("FORGE_GIT_URL_TEMPLATE", "https://github.com/{full_name}.git"), stop,
+              heartbeat_seconds=a.heartbeat_seconds)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,213 @@
+"""Builds a release: fetch one commit into ``DATA/releases/APP/DEPLOYMENT`` and run its build.
+
+One bare object store per repository (``DATA/git/OWNER/REPO.git``) caches objects across
+releases; the commit is fetched shallowly (falling back to a full fetch when the remote refuses
+a sha want), exported with ``git archive | tar -x`` (no shared index, so releases of one repo
+may be extracted side by side), and ``build.commands`` run one by one with ``sh -c`` in the
+sandbox inside a build cgroup, under the manifest's timeout. Output goes to the Instance's
+build log. Instances of one Deployment on this node share a build: a lock per release dir and a
+``.forge-built`` marker holding the commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Final
+
+from forge import errors
+from forge.clock import Clock
+from forge.nodeagent.sandbox import SandboxTimeout, prepare_workdir
+from forge.nodeagent.spec import RunSpec
+
+log = logging.getLogger(__name__)
+
+REASON_BUILD_FAILED: Final[str] = "BuildFailed"
+REASON_FETCH_FAILED: Final[str] = "FetchFailed"
+MARKER = ".forge-built"
+TAIL_LINES = 20
+TAIL_BYTES = 2048
+GIT_TIMEOUT = 300.0
+
+
+class BuildError(Exception):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason, self.message = reason, message
+
+
+def tail(data: bytes, lines: int = TAIL_LINES, limit: int = TAIL_BYTES) -> str:
+    """The last ``lines`` lines of ``data``, at most ``limit`` bytes, decoded leniently."""
+    text = data.decode("utf-8", "replace").rstrip("\n")
+    out = "\n".join(text.splitlines()[-lines:])
+    encoded = out.encode()
+    if len(encoded) > limit:
+        out = encoded[-limit:].decode("utf-8", "ignore")
+    return out
+
+
+def git_env(data_dir: Path) -> dict[str, str]:
+    """Git runs with a scratch environment too: no agent token, no prompts, no user config."""
+    return {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": str(data_dir),
+        "GIT_TERMINAL_PROMPT": "0",
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "LC_ALL": "C",
+    }
+
+
+class Builder:
+    def __init__(
+        self, data_dir: Path, git_url_template: str, sandbox: Any, driver: Any, clock: Clock,
+        spec_factory: Callable[..., Any], owner_for: Callable[[str], tuple[int | None, int | None]],
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.git_url_template = git_url_template
+        self.sandbox, self.driver, self.clock = sandbox, driver, clock
+        self.spec_factory = spec_factory  # SandboxSpec
+        self.owner_for = owner_for  # app -> (uid, gid) the release dir and the build run as
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+
+    def release_dir(self, app: str, deployment: str) -> Path:
+        return self.data_dir / "releases" / app / deployment
+
+    def _lock(self, key: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault(key, threading.Lock())
+
+    def is_built(self, release: Path, commit: str) -> bool:
+        try:
+            return (release / MARKER).read_text().strip() == commit
+        except OSError:
+            return False
+
+    def ensure_built(
+        self, instance: str, app: str, deployment: str, repo: str, commit: str, run: RunSpec,
+        env: dict[str, str], limits: tuple[int, float, int], build_log: Path,
+    ) -> Path:
+        """Return the built release dir, building it once; ``BuildError`` on failure."""
+        release = self.release_dir(app, deployment)
+        with self._lock(str(release)):
+            if self.is_built(release, commit):
+                return release
+            build_log.parent.mkdir(parents=True, exist_ok=True)
+            with open(build_log, "ab") as out:
+                out.write(f"==> fetching {repo}@{commit[:12]}\n".encode())
+            cache = self._fetch(repo, commit, build_log)
+            self._export(cache, commit, release, build_log)
+            uid, gid = self.owner_for(app)
+            if uid is not None and os.geteuid() == 0:
+                prepare_workdir(release, uid, gid if gid is not None else uid)
+            self._run_commands(instance, app, release, run, env, limits, build_log, uid, gid)
+            (release / MARKER).write_text(commit + "\n")
+            with open(build_log, "ab") as out:
+                out.write(b"==> build succeeded\n")
+            return release
+
+    # -- fetch -----------------------------------------------------------------
+    def _git(self, args: list[str], build_log: Path) -> tuple[int, bytes]:
+        try:
+            proc = subprocess.run(["git", *args], env=git_env(self.data_dir), stdin=subprocess.DEVNULL,
+                                  capture_output=True, timeout=GIT_TIMEOUT, check=False)
+        except subprocess.TimeoutExpired:
+            return 124, b"git timed out\n"
+        output = proc.stdout + proc.stderr
+        with open(build_log, "ab") as out:
+            out.write(output)
+        return proc.returncode, output
+
+    def _fetch(self, repo: str, commit: str, build_log: Path) -> Path:
+        owner, _, name = repo.partition("/")
+        cache = self.data_dir / "git" / owner / f"{name}.git"
+        with self._lock(str(cache)):
+            if not (cache / "HEAD").exists():
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                rc, out = self._git(["init", "-q", "--bare", str(cache)], build_log)
+                if rc != 0:
+                    raise BuildError(REASON_FETCH_FAILED, f"git init failed: {tail(out)}")
+            gd = f"--git-dir={cache}"
+            if self._git([gd, "cat-file", "-e", f"{commit}^{{commit}}"], Path(os.devnull))[0] == 0:
+                return cache
+            url = self.git_url_template.format(full_name=repo)
+            rc, out = self._git([gd, "fetch", "-q", "--depth", "1", url, commit], build_log)
+            if rc != 0:
+                rc, out = self._git([gd, "fetch", "-q", url, commit], build_log)
+            if rc != 0:
+                raise BuildError(REASON_FETCH_FAILED, f"cannot fetch {repo}@{commit[:12]}: {tail(out)}")
+            # A ref keeps the fetched objects safe from git's pruning of unreachable objects.
+            self._git([gd, "update-ref", f"refs/forge/{commit}", commit], build_log)
+            return cache
+
+    def _export(self, cache: Path, commit: str, release: Path, build_log: Path) -> None:
+        if release.exists():
+            shutil.rmtree(release)  # a half-built leftover (no marker): start clean
+        release.mkdir(parents=True)
+        archive = subprocess.Popen(["git", f"--git-dir={cache}", "archive", "--format=tar", commit],
+                                   env=git_env(self.data_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        untar = subprocess.run(["tar", "-x", "-C", str(release)], stdin=archive.stdout,
+                               capture_output=True, check=False, timeout=GIT_TIMEOUT)
+        assert archive.stdout is not None and archive.stderr is not None
+        archive.stdout.close()
+        err = archive.stderr.read()
+        archive.stderr.close()
+        if archive.wait() != 0 or untar.returncode != 0:
+            raise BuildError(REASON_FETCH_FAILED, f"cannot check out {commit[:12]}: {tail(err + untar.stderr)}")
+
+    # -- build commands ----------------------------------------------------------
+    def _run_commands(
+        self, instance: str, app: str, release: Path, run: RunSpec, env: dict[str, str],
+        limits: tuple[int, float, int], build_log: Path, uid: int | None, gid: int | None,
+    ) -> None:
+        if not run.build_commands:
+            return
+        cgroup = f"build-{instance}"
+        deadline = self.clock.monotonic() + run.build_timeout
+        if self.driver is not None:
+            if self.driver.exists(cgroup):
+                self.driver.kill_all(cgroup)
+                self.driver.remove(cgroup)
+            self.driver.create(cgroup)
+            self.driver.set_limits(cgroup, *limits)
+        try:
+            for cmd in run.build_commands:
+                start = build_log.stat().st_size if build_log.exists() else 0
+                with open(build_log, "ab") as out:
+                    out.write(f"==> $ {cmd}\n".encode())
+                left = deadline - self.clock.monotonic()
+                if left <= 0:
+                    raise BuildError(REASON_BUILD_FAILED, f"build timed out after {run.build_timeout:g}s before {cmd!r}")
+                spec = self.spec_factory(
+                    app=app, workdir=str(release), command=cmd, env=dict(env),
+                    uid=uid, gid=gid, cgroup=cgroup if self.driver is not None else None,
+                    stdout_path=str(build_log), stderr_path=str(build_log),
+                )
+                code = self._run_one(spec, left)
+                if code != 0:
+                    with open(build_log, "rb") as f:
+                        f.seek(start)
+                        output = f.read()
+                    what = "timed out" if code is None else f"exited with code {code}"
+                    with open(build_log, "ab") as out:
+                        out.write(f"==> build command {what}\n".encode())
+                    raise BuildError(REASON_BUILD_FAILED, f"build command {cmd!r} {what}:\n{tail(output)}")
+        finally:
+            if self.driver is not None and self.driver.exists(cgroup):
+                self.driver.kill_all(cgroup)
+                self.driver.remove(cgroup)
+
+    def _run_one(self, spec: Any, timeout: float) -> int | None:
+        """Exit code, or None when the command ran past the timeout."""
+        try:
+            return int(self.sandbox.run(spec, timeout))
+        except SandboxTimeout:
+            return None
+        except errors.ForgeError as exc:
+            raise BuildError(REASON_BUILD_FAILED, f"cannot run build command: {exc.message}") from None
+

@@ -1,0 +1,166 @@
+"""Per-Instance log files and the shipper that tails them to the control plane.
+
+Apps write straight into ``DATA/logs/INSTANCE/app.log`` (their stdout/stderr are files, not
+pipes, so they outlive the agent); builds into ``build.log``. Each file is one logical,
+monotonically increasing byte stream: rotation copies the live file to ``.1`` and truncates
+it (the writer keeps its O_APPEND descriptor), and the cursor remembers at which logical
+offset the live and the rotated file begin. A line's offset is the logical offset of its first
+byte, so re-shipping after an outage is idempotent on the server, and the cursor moves only
+after the server acknowledged — a control-plane outage loses nothing that still fits on disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from forge import errors
+from forge.client import ForgeClient
+from forge.clock import Clock
+from forge.nodeagent.state import AgentState, LogCursor
+
+log = logging.getLogger(__name__)
+
+SOURCES: tuple[str, ...] = ("build", "app")
+MAX_LINE = 16 * 1024
+
+
+def log_path(logs_dir: Path, instance: str, source: str) -> Path:
+    return Path(logs_dir) / instance / f"{source}.log"
+
+
+def rotated(path: Path) -> Path:
+    return path.with_name(path.name + ".1")
+
+
+def rotate_if_needed(path: Path, cursor: LogCursor, cap_bytes: int, persist: Callable[[], None]) -> bool:
+    """Copy-truncate ``path`` to ``.1`` once it passes ``cap_bytes``; cursor first, then truncate."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return False
+    if size <= cap_bytes:
+        return False
+    tmp = path.with_name(path.name + ".1.tmp")
+    with open(path, "rb") as src, open(tmp, "wb") as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+        copied = dst.tell()
+    os.replace(tmp, rotated(path))
+    cursor.prev_base, cursor.cur_base = cursor.cur_base, cursor.cur_base + copied
+    persist()
+    with open(path, "r+b") as f:
+        # Bytes the app appended between the copy and now are lost; the window is microseconds.
+        f.truncate(0)
+    return True
+
+
+def read_pending(path: Path, cursor: LogCursor, max_bytes: int = 256 * 1024) -> tuple[list[tuple[int, str]], int]:
+    """Complete lines after ``cursor.shipped`` as ``[(logical offset, text)]`` and the new position."""
+    pos = max(cursor.shipped, cursor.prev_base)
+    if pos < cursor.cur_base:
+        old = rotated(path)
+        data = _read(old, pos - cursor.prev_base, min(max_bytes, cursor.cur_base - pos))
+        if data is None:
+            pos = cursor.cur_base
+        else:
+            end_of_file = pos + len(data) >= cursor.cur_base or not data
+            lines, used = _split(data, pos, final=end_of_file)
+            return lines, (cursor.cur_base if end_of_file and not data else pos + used)
+    data = _read(path, pos - cursor.cur_base, max_bytes)
+    if not data:
+        return [], pos
+    lines, used = _split(data, pos, final=False)
+    return lines, pos + used
+
+
+def _read(path: Path, offset: int, size: int) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, offset))
+            return f.read(max(0, size))
+    except FileNotFoundError:
+        return None
+
+
+def _split(data: bytes, base: int, final: bool) -> tuple[list[tuple[int, str]], int]:
+    out: list[tuple[int, str]] = []
+    start = 0
+    while start < len(data):
+        nl = data.find(b"\n", start)
+        if nl < 0:
+            if not final and len(data) - start < MAX_LINE:
+                break  # an unfinished line: wait for its end
+            nl = len(data) - 1 if final else start + MAX_LINE - 1
+        chunk = data[start:nl + 1]
+        out.append((base + start, chunk.rstrip(b"\r\n").decode("utf-8", "replace")))
+        start = nl + 1
+    return out, start
+
+
+class Shipper:
+    """Tails every Instance's logs and posts them in batches; woken by ``wake()`` or a bounded wait."""
+
+    def __init__(
+        self, client: ForgeClient, state: AgentState, logs_dir: Path, clock: Clock,
+        stop: threading.Event, interval: float = 1.0, cap_bytes: int = 10 * 1024 * 1024,
+    ) -> None:
+        self.client, self.state, self.logs_dir, self.clock = client, state, Path(logs_dir), clock
+        self.stop, self.interval, self.cap_bytes = stop, interval, cap_bytes
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self.thread = threading.Thread(target=self._run, name="forge-logship", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            self._wake.wait(self.interval)
+            self._wake.clear()
+            for name in self.state.names():
+                if self.stop.is_set():
+                    return
+                try:
+                    self.ship_instance(name)
+                except errors.Unavailable:
+                    break  # control plane down: keep offsets, try again on the next round
+                except errors.ForgeError as exc:
+                    log.warning("log shipping for %s failed: %s", name, exc)
+
+    def ship_instance(self, name: str) -> bool:
+        """Ship everything pending for one Instance; True when nothing is left."""
+        with self._lock:
+            inst = self.state.get(name)
+            if inst is None:
+                return True
+            drained = True
+            for source in SOURCES:
+                path = log_path(self.logs_dir, name, source)
+                cursor = inst.cursor(source)
+                rotate_if_needed(path, cursor, self.cap_bytes, self.state.save)
+                for _ in range(64):  # bounded per round so one chatty app cannot starve the rest
+                    lines, new_pos = read_pending(path, cursor)
+                    if lines:
+                        self._post(name, source, lines)
+                    if new_pos == cursor.shipped:
+                        break
+                    cursor.shipped = new_pos
+                    self.state.save()
+                else:
+                    drained = False
+            return drained
+
+    def _post(self, name: str, source: str, lines: list[tuple[int, str]]) -> None:
+        now = self.clock.now_iso()
+        entries = [{"offset": off, "time": now, "line": text} for off, text in lines]
+        try:
+            self.client.request("POST", f"/api/v1/instances/{name}/logs", json={"source": source, "entries": entries})
+        except errors.NotFound:
+            log.info("instance %s is gone; dropping %d %s log lines", name, len(entries), source)

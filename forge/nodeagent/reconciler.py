@@ -1,0 +1,192 @@
+"""The agent's local reconcile: converge one Instance's process toward its spec.
+
+Works from the key alone (the Instance as last seen by the watch + the local state record),
+level-triggered: desired Running and not running → build if needed, then start (after the
+crash back-off); running → probe when due; desired Stopped, deleted or moved → stop. Time is a
+return value: the seconds until this key wants to run again (probe due, back-off over).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any, Final
+
+from forge import errors
+from forge.client import ForgeClient
+from forge.clock import Clock
+from forge.models import Instance
+from forge.nodeagent.builder import REASON_BUILD_FAILED, REASON_FETCH_FAILED, BuildError, Builder
+from forge.nodeagent.logship import Shipper, log_path
+from forge.nodeagent.prober import READY, UNHEALTHY, ProbeTracker, probe
+from forge.nodeagent.spec import RunSpec
+from forge.nodeagent.state import AgentState, InstanceState
+from forge.nodeagent.status import StatusWriter
+from forge.nodeagent.supervisor import BACKOFF_CAP, Supervisor, backoff_delay, build_env, choose_port
+
+log = logging.getLogger(__name__)
+
+REASON_CRASH_LOOP: Final[str] = "CrashLoopBackOff"
+REASON_OOM: Final[str] = "OOMKilled"
+REASON_HEALTH: Final[str] = "HealthCheckFailed"
+REASON_START_FAILED: Final[str] = "StartFailed"
+FIRST_PROBE_DELAY = 0.5
+STABLE_SECONDS = BACKOFF_CAP  # running this long after being ready resets the crash streak
+
+
+class Reconciler:
+    def __init__(
+        self, client: ForgeClient, node: str, data_dir: Path, state: AgentState, builder: Builder,
+        supervisor: Supervisor, shipper: Shipper, status: StatusWriter, clock: Clock, watch_exit: Any,
+    ) -> None:
+        self.client, self.node, self.data_dir, self.state = client, node, Path(data_dir), state
+        self.builder, self.supervisor, self.shipper, self.status = builder, supervisor, shipper, status
+        self.clock, self.watch_exit = clock, watch_exit
+        self.logs_dir = self.data_dir / "logs"
+        self.trackers: dict[str, ProbeTracker] = {}
+        self.next_probe: dict[str, float] = {}
+
+    def reconcile(self, name: str, inst: Instance | None) -> float | None:
+        st = self.state.get(name)
+        if inst is None or inst.spec.desired == "Stopped" or (inst.spec.node not in (None, self.node)):
+            return self._stop(name, st, inst)
+        if inst.status.phase == "Failed" and inst.status.reason in (REASON_BUILD_FAILED, REASON_FETCH_FAILED):
+            return None  # a failed build stays failed; a new Deployment brings a new Instance
+        run = RunSpec.from_manifest(inst.spec.manifest)
+        if st is None:
+            st = InstanceState(name=name, app=inst.spec.app, deployment=inst.spec.deployment, cgroup=f"inst-{name}",
+                               release_dir=str(self.builder.release_dir(inst.spec.app, inst.spec.deployment)),
+                               restarts=inst.status.restarts)
+            self.state.put(st)
+        limits = (inst.spec.resources.memory or None, inst.spec.resources.cpu or None, inst.spec.resources.pids)
+        if not self.builder.is_built(Path(st.release_dir), inst.spec.commit):
+            inst = self.status.write(inst, st, "Building", None)
+            env = build_env(inst.spec.app, inst.spec.deployment, name, st.release_dir, None, run.env, inst.spec.env)
+            try:
+                self.builder.ensure_built(name, inst.spec.app, inst.spec.deployment, inst.spec.repo, inst.spec.commit,
+                                          run, env, limits, log_path(self.logs_dir, name, "build"))
+            except BuildError as exc:
+                st.reason, st.message = exc.reason, exc.message
+                self.state.save()
+                self.shipper.wake()
+                self.status.write(inst, st, "Failed", None)
+                return None
+            finally:
+                self.shipper.wake()
+        if st.pid and not self.supervisor.is_running(st):
+            self._exited(st)
+        now = self.clock.now()
+        if not st.pid:
+            if st.next_start and now < st.next_start:
+                self.status.write(inst, st, "Starting", self.trackers.get(name))
+                return st.next_start - now
+            return self._start(inst, st, run, limits)
+        return self._probe(inst, st, run)
+
+    # -- start / exit ----------------------------------------------------------
+    def _start(self, inst: Instance, st: InstanceState, run: RunSpec, limits: tuple[Any, ...]) -> float | None:
+        held = self.state.ports_held(exclude=st.name)
+        port = choose_port(held)
+        secrets: dict[str, str] = {}
+        if inst.spec.secret:
+            body = self.client.request("GET", f"/api/v1/instances/{st.name}/secrets") or {}
+            secrets = {str(k): str(v) for k, v in (body.get("env") or {}).items()}
+        env = build_env(inst.spec.app, inst.spec.deployment, st.name, st.release_dir, port, run.env, inst.spec.env, secrets)
+        st.port, st.ready, st.next_start = port, False, None
+        try:
+            self.supervisor.start(st, run, env, limits, log_path(self.logs_dir, st.name, "app"))
+        except (OSError, errors.Invalid) as exc:
+            st.reason, st.message = REASON_START_FAILED, str(exc)[:500]
+            self._schedule_restart(st)
+            self.state.save()
+            self.status.write(inst, st, "Starting", None)
+            return st.next_start - self.clock.now() if st.next_start else None
+        del env, secrets
+        self.state.save()
+        self.watch_exit(st.pid, st.name)
+        tracker = ProbeTracker(run.health.retries, run.health.start_period_seconds)
+        self.trackers[st.name] = tracker
+        self.next_probe[st.name] = self.clock.monotonic() + min(FIRST_PROBE_DELAY, run.health.interval_seconds)
+        self.status.write(inst, st, "Starting", tracker)
+        self.shipper.wake()
+        return min(FIRST_PROBE_DELAY, run.health.interval_seconds)
+
+    def _exited(self, st: InstanceState) -> None:
+        code = self.supervisor.exit_code(st.pid)
+        ooms = self.supervisor.oom_kills(st.cgroup)
+        st.reason = REASON_OOM if ooms > st.oom_kills else REASON_CRASH_LOOP
+        st.message = (f"process exited with code {code}" if code is not None else "process exited") + (
+            " after an out-of-memory kill" if st.reason == REASON_OOM else "")
+        st.oom_kills = max(st.oom_kills, ooms)
+        st.exit_code = code
+        self.supervisor.remove_cgroup(st.cgroup)
+        self._schedule_restart(st)
+        self.state.save()
+        self.shipper.wake()
+
+    def _schedule_restart(self, st: InstanceState) -> None:
+        st.pid, st.pid_start, st.ready = None, None, False
+        st.restarts += 1
+        st.crash_streak += 1
+        st.next_start = self.clock.now() + backoff_delay(st.crash_streak)
+        self.trackers.pop(st.name, None)
+        self.next_probe.pop(st.name, None)
+
+    # -- probe -----------------------------------------------------------------
+    def _probe(self, inst: Instance, st: InstanceState, run: RunSpec) -> float | None:
+        tracker = self.trackers.get(st.name)
+        if tracker is None:  # adopted after an agent restart: keep the last known readiness
+            tracker = ProbeTracker(run.health.retries, run.health.start_period_seconds, ready=st.ready)
+            self.trackers[st.name] = tracker
+        mono = self.clock.monotonic()
+        due = self.next_probe.get(st.name, mono)
+        if mono < due:
+            return due - mono
+        assert st.port is not None
+        result = probe(st.port, run.health.path, run.health.timeout_seconds)
+        since_start = self.clock.now() - (st.started_time or self.clock.now())
+        verdict = tracker.record(result, since_start)
+        self.next_probe[st.name] = self.clock.monotonic() + run.health.interval_seconds
+        if verdict == READY:
+            if not st.ready:
+                st.ready, st.ever_ready, st.ready_time = True, True, self.clock.now_iso()
+                st.reason, st.message = "", ""
+                self.state.save()
+            if st.crash_streak and since_start >= STABLE_SECONDS:
+                st.crash_streak = 0
+                self.state.save()
+        elif verdict == UNHEALTHY:
+            st.reason = REASON_HEALTH
+            st.message = f"{run.health.path} failed {tracker.failures} probes in a row; last: {result.detail}"
+            self.supervisor.stop(st, run.stop_timeout)
+            self._schedule_restart(st)
+            self.state.save()
+            self.status.write(inst, st, "Starting", None, probe_result=result.detail)
+            return st.next_start - self.clock.now() if st.next_start else None
+        self.status.write(inst, st, "Running" if st.ready else "Starting", tracker, probe_result=result.detail)
+        return run.health.interval_seconds
+
+    # -- stop ------------------------------------------------------------------
+    def _stop(self, name: str, st: InstanceState | None, inst: Instance | None) -> float | None:
+        if st is not None:
+            grace = RunSpec.from_manifest(inst.spec.manifest).stop_timeout if inst is not None else 10.0
+            if st.pid or self.supervisor.driver is not None:
+                code = self.supervisor.stop(st, grace)
+                st.exit_code = code if code is not None else st.exit_code
+            st.pid, st.pid_start, st.ready, st.reason, st.message = None, None, False, "", ""
+            self.trackers.pop(name, None)
+            self.next_probe.pop(name, None)
+            self.state.save()
+        if inst is not None and inst.spec.desired == "Stopped":
+            self.status.write(inst, st, "Stopped", None)
+        if st is not None:
+            try:
+                drained = self.shipper.ship_instance(name)
+            except errors.ForgeError:
+                drained = False
+            if not drained:
+                return 5.0  # ship the rest once the control plane answers, then forget
+            self.state.remove(name)
+            shutil.rmtree(self.logs_dir / name, ignore_errors=True)
+        return None

@@ -1,0 +1,148 @@
+"""Starting, watching and stopping app processes; the pure rules they follow.
+
+Pure parts: ``choose_port`` (a free port in 20000–39999 no other Instance here holds),
+``backoff_delay`` (1 s, 2 s, 4 s … capped at 60 s) and ``build_env`` (built from scratch:
+nothing of the agent's own environment reaches an app). The shell: ``Supervisor`` spawns
+through the sandbox into cgroup ``inst-NAME``, tells whether a recorded pid is still the
+process it started (alive, same start time, and in its cgroup) and stops through the sandbox.
+"""
+
+from __future__ import annotations
+
+import errno
+import random
+import socket
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from forge.clock import Clock
+from forge.nodeagent.spec import RunSpec
+from forge.nodeagent.state import InstanceState
+
+PORT_MIN, PORT_MAX = 20000, 39999
+BACKOFF_BASE, BACKOFF_CAP = 1.0, 60.0
+SANE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def backoff_delay(streak: int, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP) -> float:
+    """Delay before restart number ``streak`` of a crash streak (1 → 1 s, 2 → 2 s, … ≤ cap)."""
+    if streak <= 0:
+        return 0.0
+    return min(cap, base * (2 ** min(streak - 1, 16)))
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+    return True
+
+
+def choose_port(
+    held: Iterable[int], rng: random.Random | None = None, is_free: Callable[[int], bool] = port_is_free,
+    lo: int = PORT_MIN, hi: int = PORT_MAX, attempts: int = 200,
+) -> int:
+    """A port in [lo, hi] that no Instance here holds and that binds; OSError when none is found."""
+    taken = set(held)
+    r = rng or random.Random()
+    for _ in range(attempts):
+        port = r.randint(lo, hi)
+        if port not in taken and is_free(port):
+            return port
+    for port in range(lo, hi + 1):  # a crowded range: walk it once before giving up
+        if port not in taken and is_free(port):
+            return port
+    raise OSError(errno.EADDRINUSE, f"no free port in {lo}-{hi}")
+
+
+def build_env(
+    app: str, deployment: str, instance: str, home: str, port: int | None,
+    manifest_env: dict[str, str], app_env: dict[str, str], secrets: dict[str, str] | None = None,
+) -> dict[str, str]:
+    """The complete environment of a build or an app; later sources win, platform keys last."""
+    env: dict[str, str] = {"PATH": SANE_PATH, "HOME": home, "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1"}
+    env.update(manifest_env)
+    env.update(app_env)
+    env.update(secrets or {})
+    env.update({"FORGE_APP": app, "FORGE_DEPLOYMENT": deployment, "FORGE_INSTANCE": instance})
+    if port is not None:
+        env["PORT"] = str(port)
+    return env
+
+
+def process_start_ticks(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat (start time in clock ticks), None when gone or a zombie."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = raw[raw.rfind(")") + 2:].split()
+    if fields[0] in ("Z", "X"):
+        return None
+    return int(fields[19])
+
+
+class Supervisor:
+    def __init__(self, sandbox: Any, driver: Any, clock: Clock, spec_factory: Callable[..., Any],
+                 owner_for: Callable[[str], tuple[int | None, int | None]]) -> None:
+        self.sandbox, self.driver, self.clock = sandbox, driver, clock
+        self.spec_factory, self.owner_for = spec_factory, owner_for
+
+    def start(self, st: InstanceState, run: RunSpec, env: dict[str, str], limits: tuple[int, float, int],
+              app_log: Path) -> None:
+        """Spawn the app detached into its cgroup; fills pid, start time and pid_start."""
+        app_log.parent.mkdir(parents=True, exist_ok=True)
+        app_log.touch(exist_ok=True)
+        if self.driver is not None:
+            if self.driver.exists(st.cgroup):
+                self.driver.kill_all(st.cgroup)
+                self.driver.remove(st.cgroup)
+            self.driver.create(st.cgroup)
+            self.driver.set_limits(st.cgroup, *limits)
+        uid, gid = self.owner_for(st.app)
+        spec = self.spec_factory(
+            app=st.app, workdir=st.release_dir, command=run.command, env=env, uid=uid, gid=gid,
+            cgroup=st.cgroup if self.driver is not None else None,
+            stdout_path=str(app_log), stderr_path=str(app_log),
+        )
+        pid = int(self.sandbox.spawn(spec))
+        st.pid, st.pid_start = pid, process_start_ticks(pid)
+        st.started_time = self.clock.now()
+        st.exit_code = None
+
+    def is_running(self, st: InstanceState) -> bool:
+        """The recorded pid is still the process we started (not a reused pid, not a zombie)."""
+        if not st.pid:
+            return False
+        ticks = process_start_ticks(st.pid)
+        if ticks is None or (st.pid_start is not None and ticks != st.pid_start):
+            return False
+        if self.driver is not None and self.driver.exists(st.cgroup):
+            return st.pid in set(self.driver.procs(st.cgroup))
+        return self.driver is None
+
+    def oom_kills(self, cgroup: str) -> int:
+        if self.driver is None or not self.driver.exists(cgroup):
+            return 0
+        return int(self.driver.oom_kills(cgroup))
+
+    def stop(self, st: InstanceState, grace: float) -> int | None:
+        """SIGTERM → grace → SIGKILL of the whole cgroup, which is then removed; the exit code if ours."""
+        cgroup = st.cgroup if self.driver is not None else None
+        if st.pid or (cgroup and self.driver.exists(cgroup)):
+            self.sandbox.stop(cgroup, st.pid, grace, self.clock)
+        code = self.sandbox.poll(st.pid) if st.pid else None
+        self.remove_cgroup(st.cgroup)
+        return code
+
+    def exit_code(self, pid: int | None) -> int | None:
+        """Exit code of a process we spawned in this agent's lifetime (reaps it); else None."""
+        return self.sandbox.poll(pid) if pid else None
+
+    def remove_cgroup(self, cgroup: str) -> None:
+        if self.driver is not None and self.driver.exists(cgroup):
+            self.driver.kill_all(cgroup)
+            self.driver.remove(cgroup)

@@ -1,0 +1,117 @@
+"""A deduplicating work queue with timers, the agent's one source of "do this now / later".
+
+Semantics follow controller-runtime's workqueue: a key is processed by one worker at a time,
+adding a queued key is a no-op, a key added while it is being processed runs again after
+``done``. ``add_after`` keeps the earliest due time per key in a heap; workers block on a
+Condition until the next key is ready or the next timer is due — no fixed-interval polling.
+"""
+
+from __future__ import annotations
+
+import heapq
+import threading
+from collections import deque
+
+from forge.clock import Clock
+
+
+class WorkQueue:
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self._cond = threading.Condition()
+        self._queue: deque[str] = deque()
+        self._queued: set[str] = set()
+        self._processing: set[str] = set()
+        self._dirty: set[str] = set()
+        self._heap: list[tuple[float, str]] = []
+        self._due: dict[str, float] = {}
+        self._closed = False
+
+    def add(self, key: str) -> None:
+        with self._cond:
+            self._add_locked(key)
+
+    def _add_locked(self, key: str) -> None:
+        if self._closed:
+            return
+        if key in self._processing:
+            self._dirty.add(key)
+            return
+        if key not in self._queued:
+            self._queued.add(key)
+            self._queue.append(key)
+            self._cond.notify()
+
+    def add_after(self, key: str, delay: float) -> None:
+        """Add ``key`` after ``delay`` seconds; an earlier pending timer for it wins."""
+        if delay <= 0:
+            self.add(key)
+            return
+        with self._cond:
+            due = self.clock.monotonic() + delay
+            if key in self._due and self._due[key] <= due:
+                return
+            self._due[key] = due
+            heapq.heappush(self._heap, (due, key))
+            self._cond.notify()
+
+    def fire_due(self) -> float | None:
+        """Move due timers to the queue; seconds until the next timer (None when none)."""
+        with self._cond:
+            return self._fire_locked()
+
+    def _fire_locked(self) -> float | None:
+        now = self.clock.monotonic()
+        while self._heap:
+            due, key = self._heap[0]
+            if self._due.get(key) != due:
+                heapq.heappop(self._heap)  # superseded by an earlier timer for the same key
+                continue
+            if due > now:
+                return due - now
+            heapq.heappop(self._heap)
+            del self._due[key]
+            self._add_locked(key)
+        return None
+
+    def get(self, timeout: float | None = None) -> str | None:
+        """Next key to process (marking it in progress), or None on shutdown / timeout."""
+        deadline = None if timeout is None else self.clock.monotonic() + timeout
+        with self._cond:
+            while True:
+                wait = self._fire_locked()
+                if self._closed:
+                    return None
+                if self._queue:
+                    key = self._queue.popleft()
+                    self._queued.discard(key)
+                    self._processing.add(key)
+                    return key
+                if deadline is not None:
+                    left = deadline - self.clock.monotonic()
+                    if left <= 0:
+                        return None
+                    wait = left if wait is None else min(wait, left)
+                self._cond.wait(wait)
+
+    def done(self, key: str) -> None:
+        with self._cond:
+            self._processing.discard(key)
+            if key in self._dirty:
+                self._dirty.discard(key)
+                self._add_locked(key)
+
+    def pending_timer(self, key: str) -> float | None:
+        """Seconds until ``key``'s timer fires, if one is set."""
+        with self._cond:
+            due = self._due.get(key)
+            return None if due is None else due - self.clock.monotonic()
+
+    def shutdown(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._queue)
