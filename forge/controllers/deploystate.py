@@ -75,10 +75,12 @@ def time_of(text: str | None, default: float) -> float:
 
 
 def secret_version(secret: Secret | None) -> str | None:
-    """What identifies the Secret's content: its updatedTime, else uid + spec generation."""
+    """What identifies the Secret's content: uid + spec generation (generation moves only with
+    ``spec.data``; ``status.updatedTime`` is written in a second step, and reading it would see
+    one change twice)."""
     if secret is None:
         return None
-    return secret.status.updated_time or f"{secret.metadata.uid[:8]}.{secret.metadata.generation}"
+    return f"{secret.metadata.uid[:8]}.{secret.metadata.generation}"
 
 
 def app_config(app: App, secret: Secret | None) -> DeploymentConfig:
@@ -94,10 +96,8 @@ def effective_config(app: App | None, dep: Deployment, secret: Secret | None) ->
     if dep.status.applied_config is not None:
         return dep.status.applied_config
     if dep.spec.config is not None:
-        cfg = dep.spec.config.model_copy(deep=True)
-        if cfg.secrets_version is None:
-            cfg.secrets_version = secret_version(secret)
-        return cfg
+        # Instances read the Secret as it is when they start, whatever the snapshot says.
+        return dep.spec.config.model_copy(update={"secrets_version": secret_version(secret)}, deep=True)
     if app is not None:
         return app_config(app, secret)
     return DeploymentConfig(replicas=1, secrets_version=secret_version(secret))

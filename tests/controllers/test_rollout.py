@@ -250,10 +250,15 @@ def test_secret_change_creates_config_release(ctl: RolloutController, store: Sto
     serve_all(store, "hello-2")
     ctl.reconcile("hello")
     assert_idempotent(ctl, store)
-    sec.status.updated_time = "2030-01-01T00:00:00.000Z"
-    store.update_status(sec)
+    sec.status.updated_time = "2030-01-01T00:00:00.000Z"  # the API's second step: not a new version
+    sec = store.update_status(sec)
+    assert_idempotent(ctl, store)
+    sec.spec.data = {"K": "y"}
+    sec = store.update(sec)
     ctl.reconcile("hello")
-    assert get(store, "Deployment", "hello-3").spec.config.secrets_version == "2030-01-01T00:00:00.000Z"
+    v3 = get(store, "Deployment", "hello-3")
+    assert v3.spec.config.secrets_version == f"{sec.metadata.uid[:8]}.{sec.metadata.generation}"
+    assert v3.spec.config.secrets_version != v2.spec.config.secrets_version
 
 
 def test_app_deleted_stops_then_deletes_everything(ctl: RolloutController, store: Store, live_v1: App) -> None:
