@@ -8,7 +8,6 @@ a row (not counting those inside ``start_period``) make it unready and ask for a
 from __future__ import annotations
 
 import http.client
-import socket
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
@@ -34,7 +33,7 @@ class HealthSpec:
     start_period_seconds: float = 0.0
 
     @classmethod
-    def from_manifest(cls, manifest: dict[str, Any]) -> "HealthSpec":
+    def from_manifest(cls, manifest: dict[str, Any]) -> HealthSpec:
         h = manifest.get("health") or {}
         if not isinstance(h, dict):
             return cls()
@@ -55,7 +54,7 @@ def probe(port: int, path: str, timeout: float, host: str = "127.0.0.1") -> Prob
         resp = conn.getresponse()
         resp.read(65536)
         return ProbeResult(200 <= resp.status < 400, f"HTTP {resp.status}")
-    except socket.timeout:
+    except TimeoutError:
         return ProbeResult(False, f"timed out after {timeout:g}s")
     except ConnectionRefusedError:
         return ProbeResult(False, "connection refused")

@@ -17,7 +17,7 @@ from forge import errors
 from forge.client import ForgeClient
 from forge.clock import Clock
 from forge.models import Instance
-from forge.nodeagent.builder import REASON_BUILD_FAILED, REASON_FETCH_FAILED, BuildError, Builder
+from forge.nodeagent.builder import REASON_BUILD_FAILED, REASON_FETCH_FAILED, Builder, BuildError
 from forge.nodeagent.logship import Shipper, log_path
 from forge.nodeagent.prober import READY, UNHEALTHY, ProbeTracker, probe
 from forge.nodeagent.spec import RunSpec

@@ -55,7 +55,7 @@ class RunSpec:
     env: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def from_manifest(cls, manifest: dict[str, Any] | None) -> "RunSpec":
+    def from_manifest(cls, manifest: dict[str, Any] | None) -> RunSpec:
         m = _normalize(dict(manifest or {}))
         build = m.get("build") if isinstance(m.get("build"), dict) else {}
         run = m.get("run") if isinstance(m.get("run"), dict) else {}

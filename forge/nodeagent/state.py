@@ -59,7 +59,7 @@ class InstanceState:
         return self.logs.setdefault(source, LogCursor())
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "InstanceState":
+    def from_dict(cls, data: dict[str, Any]) -> InstanceState:
         logs = {k: LogCursor(**v) for k, v in (data.get("logs") or {}).items()}
         known = {f for f in cls.__dataclass_fields__ if f != "logs"}
         return cls(**{k: v for k, v in data.items() if k in known}, logs=logs)
@@ -77,7 +77,7 @@ class AgentState:
     def lock(self) -> threading.RLock:
         return self._lock
 
-    def load(self) -> "AgentState":
+    def load(self) -> AgentState:
         try:
             data = json.loads(self.path.read_text())
         except FileNotFoundError:
