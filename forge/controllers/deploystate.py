@@ -56,7 +56,10 @@ def is_terminal(dep: Deployment) -> bool:
 def live_deployment(app: App | None, deployments: list[Deployment]) -> Deployment | None:
     named = app.status.live_deployment if app is not None else None
     for d in deployments:
-        if named and d.metadata.name == named:
+        # A release failed in the instant it was promoted (rollback read the world just before
+        # the switch) never counts as live: rollout then switches back to the one still Live.
+        lost_race = d.status.phase in ("Failed", "Cancelled") and not d.status.live_time
+        if named and d.metadata.name == named and not lost_race:
             return d
     lives = [d for d in by_number(deployments) if d.status.phase == "Live"]
     return lives[-1] if lives else None

@@ -324,7 +324,8 @@ class RolloutController(Controller):
             obj.status = plan.app_status
             self.store.update_status(obj)
         by_name = {d.metadata.name: d for d in deps}
-        for name, status in plan.deployments.items():
+        # the newly Live release before the one it supersedes (see deploystate.live_deployment)
+        for name, status in sorted(plan.deployments.items(), key=lambda kv: kv[1].phase != "Live"):
             obj = by_name[name].copy_deep()
             obj.status = status
             written = self.store.update_status(obj)

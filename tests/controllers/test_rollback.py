@@ -9,6 +9,7 @@ import pytest
 
 from forge.clock import FakeClock
 from forge.config import Config
+from forge.controllers.health import HealthController
 from forge.controllers.rollback import RollbackController, RollbackSettings
 from forge.controllers.rollout import RolloutController
 from forge.models import App, Deployment
@@ -282,3 +283,39 @@ def test_crash_while_rolling_back_makes_one_rollback(store: Store, clock: FakeCl
     assert [d.metadata.name for d in store.list("Deployment")[0]] == ["hello-1", "hello-2", "hello-3"]
     assert get(store, "Deployment", "hello-2").status.reason == "RolledBack"
     assert_idempotent(ctl, store)
+
+
+def settle(store: Store, *controllers: RolloutController | RollbackController | HealthController) -> int:
+    """Reconcile every controller until a full round writes nothing; the number of rounds."""
+    for rounds in range(1, 20):
+        before = snapshot(store)
+        for c in controllers:
+            c.reconcile("hello")
+        if snapshot(store) == before:
+            return rounds
+    raise AssertionError("controllers keep rewriting each other's records")
+
+
+def test_three_controllers_converge_without_flapping(
+    ctl: RollbackController, rollout: RolloutController, store: Store, clock: FakeClock, config: Config,
+    make_app: Callable[..., App], make_deployment: Callable[..., Deployment],
+) -> None:
+    """Rollout, rollback and health share records without rewriting each other forever."""
+    health = HealthController(store, clock, config)
+    make_app("hello", replicas=2)
+    make_deployment("hello", 1, manifest=True)
+    assert settle(store, rollout, ctl, health) <= 3
+    serve_all(store, "hello-1")
+    assert settle(store, rollout, ctl, health) <= 3
+    app, v1 = get(store, "App", "hello"), get(store, "Deployment", "hello-1")
+    assert app.status.live_deployment == "hello-1" and condition_of(app, "Available").status == "True"
+    assert (v1.status.ready_replicas, condition_of(v1, "Ready").status, condition_of(v1, "Healthy").status) == (
+        2, "True", "True")
+    make_deployment("hello", 2, manifest=True)
+    settle(store, rollout, ctl, health)
+    report(store, "hello-2-0", "Failed", reason="BuildFailed", message="pip install failed")
+    settle(store, rollout, ctl, health)
+    app = get(store, "App", "hello")
+    assert app.status.live_deployment == "hello-1" and condition_of(app, "Available").status == "True"
+    assert condition_of(app, "Progressing").reason == "BuildFailed"
+    assert get(store, "Deployment", "hello-2").status.phase == "Failed"

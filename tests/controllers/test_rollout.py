@@ -324,3 +324,23 @@ def test_crash_during_node_loss_replacement_converges(store: Store, clock: FakeC
     names = [(i.metadata.name, i.spec.desired) for i in instances(store, "hello-1")]
     assert names == [("hello-1-0", "Stopped"), ("hello-1-0-r1", "Running")]
     assert_idempotent(ctl, store)
+
+
+def test_release_failed_during_its_promotion_is_switched_back(
+    ctl: RolloutController, store: Store, live_v1: App, make_deployment: Callable[..., Deployment],
+) -> None:
+    """If rollback fails a release in the instant rollout switched traffic to it, rollout switches back."""
+    make_deployment("hello", 2, manifest=True)
+    ctl.reconcile("hello")
+    app = get(store, "App", "hello")
+    app.status.live_deployment = "hello-2"  # rollout's first write of a promotion …
+    store.update_status(app)
+    v2 = get(store, "Deployment", "hello-2")  # … raced by rollback failing the release
+    v2.status.phase, v2.status.reason = "Failed", "CrashLoopBackOff"
+    store.update_status(v2)
+    ctl.reconcile("hello")
+    assert get(store, "App", "hello").status.live_deployment == "hello-1"
+    assert get(store, "Deployment", "hello-1").status.phase == "Live"
+    assert get(store, "Deployment", "hello-2").status.phase == "Failed"
+    assert instances(store, "hello-2")[0].spec.desired == "Stopped"
+    assert_idempotent(ctl, store)
