@@ -1,0 +1,97 @@
+"""Routes for node agents and secrets housekeeping.
+
+- ``POST /api/v1/nodes/{name}/token`` (admin): mint a node token, returned once.
+- ``GET /api/v1/instances/{name}/secrets`` (that instance's node, or admin): the only place a
+  secret value leaves the server, decrypted from the Secret named by ``spec.secret``.
+- ``POST /api/v1/instances/{name}/logs`` (that instance's node, or admin): ship log lines.
+- ``POST /api/v1/secrets/rotate-key`` (admin): re-encrypt every sealed value.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal
+
+import falcon
+from pydantic import Field, ValidationError
+
+from forge.api import auth
+from forge.api.body import read_object, send
+from forge.api.context import ApiContext
+from forge.errors import Invalid, pydantic_errors
+from forge.models import Instance, Model, is_dns_name
+
+log = logging.getLogger(__name__)
+
+
+class LogEntry(Model):
+    offset: int = Field(ge=0)
+    time: str = Field(min_length=1, max_length=64)
+    line: str = Field(max_length=65536)
+
+
+class LogBatch(Model):
+    source: Literal["build", "app"]
+    entries: list[LogEntry] = Field(max_length=10000)
+
+
+def load_instance(ctx: ApiContext, req: falcon.Request, name: str, what: str) -> Instance:
+    p = auth.principal(req)
+    inst = ctx.store.get("Instance", name)
+    if not p.admin and not auth.instance_on_node(inst, p.node or ""):
+        raise auth.forbid(p, f"{what} of Instance {name} (it is not bound to this node)")
+    return inst  # type: ignore[return-value]
+
+
+class NodeTokenResource:
+    def __init__(self, ctx: ApiContext) -> None:
+        self.ctx = ctx
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
+        auth.require_admin(req)
+        if not is_dns_name(name):
+            raise Invalid(f"{name!r} is not a valid node name", [{"path": "name", "message": "not a DNS name"}])
+        token = auth.mint_node_token(self.ctx.store, name)
+        log.info("minted a node token for %s", name)
+        resp.set_header("Cache-Control", "no-store")
+        send(resp, {"token": token}, 201)
+
+
+class InstanceSecretsResource:
+    def __init__(self, ctx: ApiContext) -> None:
+        self.ctx = ctx
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
+        inst = load_instance(self.ctx, req, name, "read secrets")
+        env: dict[str, str] = {}
+        if inst.spec.secret:
+            secret = self.ctx.store.get("Secret", inst.spec.secret)
+            env = self.ctx.sealer.open_values("Secret", secret.name, secret.spec.data)
+        resp.set_header("Cache-Control", "no-store")
+        send(resp, {"env": env})
+
+
+class InstanceLogsResource:
+    def __init__(self, ctx: ApiContext) -> None:
+        self.ctx = ctx
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
+        inst = load_instance(self.ctx, req, name, "post logs")
+        try:
+            batch = LogBatch.model_validate(read_object(req))
+        except ValidationError as exc:
+            raise Invalid.from_errors(pydantic_errors(exc), "log batch") from None
+        entries = [(e.offset, e.time, e.line) for e in batch.entries]
+        n = self.ctx.store.append_logs(inst.name, inst.spec.app, inst.spec.deployment, batch.source, entries) if entries else 0
+        send(resp, {"accepted": n})
+
+
+class RotateKeyResource:
+    def __init__(self, ctx: ApiContext) -> None:
+        self.ctx = ctx
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        auth.require_admin(req)
+        result = self.ctx.sealer.rotate_all(self.ctx.store)
+        log.info("secret key rotated")
+        send(resp, {"rotated": result if isinstance(result, int | dict) else True})

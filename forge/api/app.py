@@ -1,0 +1,124 @@
+"""``create_app(config, store=None, clock=None)``: the falcon WSGI app of the Forge API.
+
+Routes (docs/CONTRACTS.md "HTTP API"): the record collections under ``/api/v1/{plural}``
+with ``/status`` subresources; deploy/rollback/logs on apps; node tokens, instance secrets and
+log shipping for agents; key rotation; the GitHub webhook; tls/ask; health, readiness,
+metrics and the OpenAPI document.
+
+Errors: one handler renders every ``ForgeError`` as ``{"error","message","details"}``;
+falcon's own HTTP errors (unknown route 404, wrong method 405, 415) get the same shape; any
+other exception is a 500 with a request id, logged with its traceback, never sent.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+import falcon
+
+from forge.api import agents, logs, records, releases, system
+from forge.api.auth import Authenticator, AuthMiddleware
+from forge.api.body import dumps
+from forge.api.context import ApiContext
+from forge.api.metrics import Metrics, MetricsMiddleware, MetricsResource
+from forge.api.openapi import EXPOSED, build_openapi
+from forge.api.sealing import Sealer
+from forge.clock import Clock, SystemClock
+from forge.config import Config
+from forge.errors import ForgeError
+from forge.models import PLURALS
+from forge.store.base import Store, open_store
+
+log = logging.getLogger(__name__)
+
+_HTTP_REASONS = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound",
+                 405: "MethodNotAllowed", 413: "PayloadTooLarge", 415: "UnsupportedMediaType"}
+
+
+def _webhook_class() -> Any:
+    """The webhook resource, when that module is part of this build."""
+    try:
+        from forge.api.webhook import GithubWebhookResource
+    except ModuleNotFoundError as exc:
+        if exc.name != "forge.api.webhook":
+            raise
+        return None
+    return GithubWebhookResource
+
+
+class RequestIdMiddleware:
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        req.context.request_id = uuid.uuid4().hex[:16]
+        resp.set_header("X-Request-Id", req.context.request_id)
+
+
+def _render(resp: falcon.Response, status: int, body: dict[str, Any]) -> None:
+    resp.status = falcon.code_to_http_status(status)
+    resp.content_type = falcon.MEDIA_JSON
+    resp.data = dumps(body)
+    resp.stream = None
+
+
+def _forge_error(req: falcon.Request, resp: falcon.Response, ex: ForgeError, params: dict) -> None:
+    if ex.status >= 500:
+        rid = getattr(req.context, "request_id", "")
+        log.error("request %s %s %s failed: %s: %s", rid, req.method, req.path, ex.reason, ex.message)
+    _render(resp, ex.status, ex.to_dict())
+
+
+def _http_error(req: falcon.Request, resp: falcon.Response, ex: falcon.HTTPError, params: dict) -> None:
+    code = ex.status_code
+    reason = _HTTP_REASONS.get(code, str(ex.title or "Error").replace(" ", ""))
+    message = ex.description or (f"no route for {req.method} {req.path}" if code == 404 else str(ex.title))
+    if code == 405:
+        message = f"method {req.method} is not allowed on {req.path}"
+    for name, value in (ex.headers or {}).items():
+        resp.set_header(name, value)
+    _render(resp, code, {"error": reason, "message": message, "details": []})
+
+
+def _unexpected(req: falcon.Request, resp: falcon.Response, ex: Exception, params: dict) -> None:
+    rid = getattr(req.context, "request_id", "") or uuid.uuid4().hex[:16]
+    log.exception("request %s %s %s: unhandled %s", rid, req.method, req.path, ex.__class__.__name__)
+    _render(resp, 500, {"error": "InternalError", "message": f"internal error (request id {rid})",
+                        "details": [], "requestId": rid})
+
+
+def create_app(config: Config, store: Store | None = None, clock: Clock | None = None) -> falcon.App:
+    clock = clock or SystemClock()
+    store = store if store is not None else open_store(config.effective_store_url)
+    ctx = ApiContext(config=config, store=store, clock=clock, sealer=Sealer(config))
+    metrics = Metrics(store, clock)
+    app = falcon.App(
+        middleware=[RequestIdMiddleware(), MetricsMiddleware(metrics), AuthMiddleware(Authenticator(config, store))],
+    )
+    app.req_options.strip_url_path_trailing_slash = True
+    app.req_options.auto_parse_qs_csv = False
+    app.resp_options.secure_cookies_by_default = True
+    app.add_error_handler(Exception, _unexpected)
+    app.add_error_handler(falcon.HTTPError, _http_error)
+    app.add_error_handler(ForgeError, _forge_error)
+
+    for plural in EXPOSED:
+        cls = PLURALS[plural]
+        app.add_route(f"/api/v1/{plural}", records.CollectionResource(ctx, cls))
+        app.add_route(f"/api/v1/{plural}/{{name}}", records.ItemResource(ctx, cls))
+        app.add_route(f"/api/v1/{plural}/{{name}}/status", records.StatusResource(ctx, cls))
+    app.add_route("/api/v1/apps/{name}/deploy", releases.DeployResource(ctx))
+    app.add_route("/api/v1/apps/{name}/rollback", releases.RollbackResource(ctx))
+    app.add_route("/api/v1/apps/{name}/logs", logs.AppLogsResource(ctx))
+    app.add_route("/api/v1/nodes/{name}/token", agents.NodeTokenResource(ctx))
+    app.add_route("/api/v1/instances/{name}/secrets", agents.InstanceSecretsResource(ctx))
+    app.add_route("/api/v1/instances/{name}/logs", agents.InstanceLogsResource(ctx))
+    app.add_route("/api/v1/secrets/rotate-key", agents.RotateKeyResource(ctx))
+    app.add_route("/api/v1/tls/ask", system.TlsAskResource(ctx))
+    app.add_route("/healthz", system.HealthResource())
+    app.add_route("/readyz", system.ReadyResource(ctx))
+    app.add_route("/metrics", MetricsResource(metrics))
+    webhook_cls = _webhook_class()
+    if webhook_cls is not None:
+        app.add_route("/api/v1/webhook/github", webhook_cls(store, config, clock, metrics.registry))
+    app.add_route("/api/v1/openapi.json", system.OpenApiResource(build_openapi(webhook=webhook_cls is not None)))
+    return app

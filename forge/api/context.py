@@ -1,0 +1,71 @@
+"""What every API resource is handed: the collaborators of one ``create_app`` call."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from forge.clock import Clock
+from forge.config import Config
+from forge.api.sealing import Sealer
+from forge.errors import BadRequest, Invalid, pydantic_errors
+from forge.models import API_VERSION, Resource
+from forge.store.base import Store
+
+
+@dataclass
+class ApiContext:
+    config: Config
+    store: Store
+    clock: Clock
+    sealer: Sealer
+    max_watch_seconds: int = 1800
+    default_watch_seconds: int = 300
+    heartbeat_seconds: float = 4.0
+
+
+def validate(cls: type[Resource], data: dict[str, Any], prefix: str = "") -> Resource:
+    """Model validation with errors that name the field path (``spec.repo``)."""
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        raise Invalid.from_errors(pydantic_errors(exc, prefix), cls.KIND) from None
+
+
+def check_envelope(body: dict[str, Any], cls: type[Resource], url_name: str | None = None) -> None:
+    """``kind``/``apiVersion`` in a body must match the URL; so must ``metadata.name`` on PUT."""
+    kind = body.get("kind")
+    if kind not in (None, "", cls.KIND):
+        raise BadRequest(
+            f"kind {kind!r} does not match this collection ({cls.KIND})",
+            [{"path": "kind", "message": f"must be {cls.KIND!r}"}],
+        )
+    api = body.get("apiVersion")
+    if api not in (None, API_VERSION):
+        raise BadRequest(
+            f"apiVersion {api!r} is not supported (use {API_VERSION})",
+            [{"path": "apiVersion", "message": f"must be {API_VERSION!r}"}],
+        )
+    meta = body.get("metadata")
+    if meta is not None and not isinstance(meta, dict):
+        raise BadRequest("metadata must be an object", [{"path": "metadata", "message": "must be an object"}])
+    if url_name is not None and isinstance(meta, dict) and "name" in meta and meta["name"] != url_name:
+        raise BadRequest(
+            f"metadata.name {meta['name']!r} does not match the URL name {url_name!r}",
+            [{"path": "metadata.name", "message": f"must be {url_name!r}"}],
+        )
+
+
+def body_resource_version(body: dict[str, Any]) -> int | None:
+    meta = body.get("metadata")
+    rv = meta.get("resourceVersion") if isinstance(meta, dict) else None
+    if rv is None:
+        return None
+    if isinstance(rv, bool) or not isinstance(rv, int | str) or not str(rv).isdigit():
+        raise BadRequest(
+            "metadata.resourceVersion must be a non-negative integer",
+            [{"path": "metadata.resourceVersion", "message": "not an integer"}],
+        )
+    return int(rv) or None

@@ -1,0 +1,112 @@
+"""``GET /api/v1/apps/{name}/logs``: build and app output as NDJSON.
+
+Query: ``deployment=APP-N``, ``source=build|app``, ``since=10m|2h|ISO-time``, ``tail=N`` (the
+last N lines), ``follow=true`` (keep streaming new lines for up to ``timeoutSeconds``, default
+600, at most 3600). Lines are ``{"id","time","instance","deployment","source","line"}``; while
+following, an empty line goes out every few seconds so a client that left is noticed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from collections.abc import Iterator
+from typing import Any
+
+import falcon
+
+from forge.api import auth
+from forge.api.body import dumps, q_bool, q_int
+from forge.api.context import ApiContext
+from forge.clock import iso, parse_iso
+from forge.errors import BadRequest
+from forge.models import is_dns_label
+
+PAGE = 1000
+DURATION = re.compile(r"^(\d+)(s|m|h|d)$")
+UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_since(text: str | None, now: float) -> str | None:
+    if not text:
+        return None
+    m = DURATION.match(text.strip())
+    if m:
+        return iso(now - int(m.group(1)) * UNIT[m.group(2)])
+    try:
+        return iso(parse_iso(text.strip()))
+    except ValueError:
+        raise BadRequest(f"since={text!r} is neither a duration (10m, 2h) nor an ISO time",
+                         [{"path": "since", "message": "not a duration or time"}]) from None
+
+
+def _line(rec: Any) -> bytes:
+    return dumps({"id": rec.id, "time": rec.time, "instance": rec.instance, "deployment": rec.deployment,
+                  "source": rec.source, "line": rec.line}) + b"\n"
+
+
+class AppLogsResource:
+    def __init__(self, ctx: ApiContext) -> None:
+        self.ctx = ctx
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
+        auth.require_admin(req)
+        self.ctx.store.get("App", name)
+        source = req.get_param("source") or None
+        if source not in (None, "build", "app"):
+            raise BadRequest("source must be build or app", [{"path": "source", "message": "must be build or app"}])
+        deployment = req.get_param("deployment") or None
+        if deployment is not None and not is_dns_label(deployment):
+            raise BadRequest("deployment must be a release name like APP-N",
+                             [{"path": "deployment", "message": "not a release name"}])
+        since = parse_since(req.get_param("since"), self.ctx.clock.now())
+        tail = q_int(req, "tail", None, 0, 100_000)
+        follow = q_bool(req, "follow")
+        timeout = q_int(req, "timeoutSeconds", 600, 1, 3600) or 600
+        filters = {"deployment": deployment, "source": source}
+        resp.content_type = "application/x-ndjson"
+        resp.set_header("Cache-Control", "no-store")
+        resp.stream = self._stream(name, filters, since, tail, follow, float(timeout))
+
+    def _read(self, app: str, filters: dict[str, Any], after: int, since: str | None) -> list[Any]:
+        return self.ctx.store.read_logs(app, deployment=filters["deployment"], source=filters["source"],
+                               after_id=after, limit=PAGE, since_time=since)
+
+    def _stream(self, app: str, filters: dict[str, Any], since: str | None, tail: int | None,
+                follow: bool, timeout: float) -> Iterator[bytes]:
+        clock, store = self.ctx.clock, self.ctx.store
+        deadline = clock.monotonic() + timeout
+        after = 0
+        keep: deque[Any] | None = deque(maxlen=tail) if tail is not None else None
+        while True:
+            page = self._read(app, filters, after, since)
+            if page:
+                after = page[-1].id
+                if keep is None:
+                    yield b"".join(_line(r) for r in page)
+                else:
+                    keep.extend(page)
+            if len(page) < PAGE:
+                break
+        if keep:
+            yield b"".join(_line(r) for r in keep)
+        # wait_logs wakes on any app's lines; ``seen`` is the global cursor, ``after`` ours.
+        seen = after
+        while follow:
+            remaining = deadline - clock.monotonic()
+            if remaining <= 0:
+                return
+            if not store.wait_logs(seen, min(remaining, self.ctx.heartbeat_seconds)):
+                yield b"\n"
+                continue
+            seen = max(seen, self._last_id())
+            page = self._read(app, filters, after, None)
+            while page:
+                after = page[-1].id
+                yield b"".join(_line(r) for r in page)
+                page = self._read(app, filters, after, None) if len(page) == PAGE else []
+            seen = max(seen, after)
+
+    def _last_id(self) -> int:
+        last = getattr(self.ctx.store, "last_log_id", None)
+        return int(last()) if callable(last) else 0

@@ -1,0 +1,180 @@
+"""The OpenAPI 3.1 document, generated from the pydantic models (camelCase, by alias)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+from forge.api.agents import LogBatch
+from forge.api.releases import DeployRequest, RollbackRequest
+from forge.models import PLURALS, Resource
+
+EXPOSED = ("apps", "deployments", "instances", "nodes", "events", "secrets", "repocredentials", "leases")
+REF = "#/components/schemas/{model}"
+JSON = "application/json"
+NDJSON = "application/x-ndjson"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": REF.format(model=name)}
+
+
+def _add_schema(schemas: dict[str, Any], model: type[BaseModel]) -> str:
+    schema = model.model_json_schema(by_alias=True, ref_template=REF)
+    for name, sub in schema.pop("$defs", {}).items():
+        schemas.setdefault(name, sub)
+    schemas[model.__name__] = schema
+    return model.__name__
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    text = {400: "Invalid input (details name the field path)", 401: "Missing or invalid token",
+            403: "Not allowed for this token", 404: "Not found", 409: "Conflict (stale resourceVersion or exists)",
+            410: "Watch revision compacted", 413: "Body over 1 MiB", 415: "Unsupported content type",
+            503: "A dependency is unavailable"}
+    return {str(c): {"description": text[c], "content": {JSON: {"schema": _ref("Error")}}} for c in codes}
+
+
+def _ok(schema: dict[str, Any], code: int = 200, description: str = "OK", media: str = JSON) -> dict[str, Any]:
+    return {str(code): {"description": description, "content": {media: {"schema": schema}}}}
+
+
+def _body(schema: dict[str, Any], media: tuple[str, ...] = (JSON,), required: bool = True) -> dict[str, Any]:
+    return {"required": required, "content": {m: {"schema": schema} for m in media}}
+
+
+NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
+AUTHED = (400, 401, 403, 404)
+WRITE = (400, 401, 403, 404, 409, 413, 415)
+
+
+def _op(op_id: str, summary: str, responses: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"operationId": op_id, "summary": summary, "responses": responses, **extra}
+
+
+def _record_paths(plural: str, cls: type[Resource]) -> dict[str, Any]:
+    k = cls.KIND
+    item, lst = _ref(k), _ref(f"{k}List")
+    patch = _body({"type": "object"}, ("application/merge-patch+json", JSON))
+    list_params = [
+        {"name": "labelSelector", "in": "query", "schema": {"type": "string"}},
+        {"name": "watch", "in": "query", "schema": {"type": "boolean"}},
+        {"name": "resourceVersion", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+        {"name": "timeoutSeconds", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1800}},
+    ]
+    list_ok = {"200": {"description": "The list, or with watch=true an NDJSON stream of WatchEvents",
+                       "content": {JSON: {"schema": lst}, NDJSON: {"schema": _ref("WatchEvent")}}}}
+    return {
+        f"/api/v1/{plural}": {
+            "get": _op(f"list{k}", f"List or watch {plural}", {**list_ok, **_errors(400, 401, 403, 410)},
+                       parameters=list_params),
+            "post": _op(f"create{k}", f"Create a {k}", {**_ok(item, 201, "Created"), **_errors(*WRITE)},
+                        requestBody=_body(item)),
+        },
+        f"/api/v1/{plural}/{{name}}": {
+            "parameters": [NAME],
+            "get": _op(f"get{k}", f"Read a {k}", {**_ok(item), **_errors(*AUTHED)}),
+            "put": _op(f"replace{k}", f"Replace a {k} (metadata.resourceVersion required)",
+                       {**_ok(item), **_errors(*WRITE)}, requestBody=_body(item)),
+            "patch": _op(f"patch{k}", f"Merge-patch a {k} (RFC 7386)", {**_ok(item), **_errors(*WRITE)},
+                         requestBody=patch),
+            "delete": _op(f"delete{k}", f"Delete a {k}", {**_ok(item), **_errors(*AUTHED, 409)}, parameters=[
+                {"name": "resourceVersion", "in": "query", "schema": {"type": "integer", "minimum": 0}}]),
+        },
+        f"/api/v1/{plural}/{{name}}/status": {
+            "parameters": [NAME],
+            "get": _op(f"get{k}Status", f"Read a {k} with its status", {**_ok(item), **_errors(*AUTHED)}),
+            "put": _op(f"replace{k}Status", f"Replace the status of a {k}", {**_ok(item), **_errors(*WRITE)},
+                       requestBody=_body(item)),
+            "patch": _op(f"patch{k}Status", f"Merge-patch the status of a {k}", {**_ok(item), **_errors(*WRITE)},
+                         requestBody=patch),
+        },
+    }
+
+
+def _extra_paths() -> dict[str, Any]:
+    obj = {"type": "object"}
+    public = {"security": []}
+    return {
+        "/api/v1/apps/{name}/deploy": {"parameters": [NAME], "post": _op(
+            "deployApp", "Write a new Deployment of a commit", {**_ok(_ref("Deployment"), 201), **_errors(*WRITE)},
+            requestBody=_body(_ref("DeployRequest")))},
+        "/api/v1/apps/{name}/rollback": {"parameters": [NAME], "post": _op(
+            "rollbackApp", "Write a Deployment of an earlier release", {**_ok(_ref("Deployment"), 201),
+                                                                       **_errors(*WRITE)},
+            requestBody=_body(_ref("RollbackRequest"), required=False))},
+        "/api/v1/apps/{name}/logs": {"parameters": [NAME], "get": _op(
+            "appLogs", "Build and app log lines (NDJSON)", {**_ok(_ref("LogLine"), media=NDJSON), **_errors(*AUTHED)},
+            parameters=[
+                {"name": "follow", "in": "query", "schema": {"type": "boolean"}},
+                {"name": "deployment", "in": "query", "schema": {"type": "string"}},
+                {"name": "source", "in": "query", "schema": {"type": "string", "enum": ["build", "app"]}},
+                {"name": "since", "in": "query", "schema": {"type": "string"}},
+                {"name": "tail", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": 100000}},
+                {"name": "timeoutSeconds", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 3600}},
+            ])},
+        "/api/v1/nodes/{name}/token": {"parameters": [NAME], "post": _op(
+            "mintNodeToken", "Mint a node token (shown once)", {**_ok(_ref("TokenResponse"), 201),
+                                                                **_errors(400, 401, 403, 409)})},
+        "/api/v1/instances/{name}/secrets": {"parameters": [NAME], "get": _op(
+            "instanceSecrets", "Decrypted secret env of an Instance", {**_ok(_ref("SecretEnv")), **_errors(*AUTHED)})},
+        "/api/v1/instances/{name}/logs": {"parameters": [NAME], "post": _op(
+            "shipLogs", "Append log lines of an Instance", {**_ok(_ref("LogsAccepted")), **_errors(*WRITE)},
+            requestBody=_body(_ref("LogBatch")))},
+        "/api/v1/secrets/rotate-key": {"post": _op(
+            "rotateSecretKey", "Re-encrypt every secret under a new key", {**_ok(obj), **_errors(401, 403, 409)})},
+        "/api/v1/tls/ask": {"get": _op(
+            "tlsAsk", "May Caddy issue a certificate for this host?", {**_ok(obj), "404": {"description": "No"}},
+            parameters=[{"name": "domain", "in": "query", "required": True, "schema": {"type": "string"}}], **public)},
+        "/healthz": {"get": _op("healthz", "Liveness", _ok(obj), **public)},
+        "/readyz": {"get": _op("readyz", "Readiness (store reachable)",
+                               {**_ok(obj), "503": {"description": "Store unreachable"}}, **public)},
+        "/metrics": {"get": _op("metrics", "Prometheus metrics", _ok({"type": "string"}, media="text/plain"),
+                                **public)},
+        "/api/v1/openapi.json": {"get": _op("openapi", "This document", _ok(obj), **public)},
+    }
+
+
+def build_openapi(webhook: bool = False) -> dict[str, Any]:
+    schemas: dict[str, Any] = {
+        "Error": {"type": "object", "required": ["error", "message", "details"], "properties": {
+            "error": {"type": "string"}, "message": {"type": "string"},
+            "details": {"type": "array", "items": {"type": "object"}}, "requestId": {"type": "string"}}},
+        "WatchEvent": {"type": "object", "required": ["type", "object"], "properties": {
+            "type": {"type": "string", "enum": ["ADDED", "MODIFIED", "DELETED", "BOOKMARK", "ERROR"]},
+            "object": {"type": "object"}}},
+        "TokenResponse": {"type": "object", "required": ["token"], "properties": {"token": {"type": "string"}}},
+        "SecretEnv": {"type": "object", "required": ["env"], "properties": {
+            "env": {"type": "object", "additionalProperties": {"type": "string"}}}},
+        "LogsAccepted": {"type": "object", "properties": {"accepted": {"type": "integer"}}},
+        "LogLine": {"type": "object", "properties": {k: {"type": "string"} for k in (
+            "time", "instance", "deployment", "source", "line")} | {"id": {"type": "integer"}}},
+    }
+    for model in (DeployRequest, RollbackRequest, LogBatch):
+        _add_schema(schemas, model)
+    paths: dict[str, Any] = {}
+    for plural in EXPOSED:
+        cls = PLURALS[plural]
+        _add_schema(schemas, cls)
+        schemas[f"{cls.KIND}List"] = {"type": "object", "properties": {
+            "apiVersion": {"type": "string"}, "kind": {"type": "string"},
+            "metadata": {"type": "object", "properties": {"resourceVersion": {"type": "integer"}}},
+            "items": {"type": "array", "items": _ref(cls.KIND)}}}
+        paths.update(_record_paths(plural, cls))
+    paths.update(_extra_paths())
+    if webhook:
+        paths["/api/v1/webhook/github"] = {"post": _op(
+            "githubWebhook", "GitHub push webhook (authenticated by its HMAC signature)",
+            {**_ok({"type": "object"}), "202": {"description": "Accepted"}, **_errors(400, 401, 413)},
+            requestBody=_body({"type": "object"}, (JSON, "application/x-www-form-urlencoded")), security=[])}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Forge API", "version": "v1",
+                 "description": "Declarative records of a self-hosted PaaS (group forge/v1)."},
+        "servers": [{"url": "/"}],
+        "security": [{"bearer": []}],
+        "paths": paths,
+        "components": {"schemas": schemas,
+                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+    }

@@ -1,0 +1,111 @@
+"""Writers of Deployments on a person's request: ``/apps/NAME/deploy`` and ``/apps/NAME/rollback``.
+
+Both only write desired state (a new Deployment ``APP-N``); the controllers do the rest.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import falcon
+from pydantic import Field, ValidationError
+
+from forge.api import auth
+from forge.api.body import read_object, send
+from forge.api.context import ApiContext
+from forge.api.records import render
+from forge.errors import AlreadyExists, BadRequest, Conflict, Invalid, NotFound, pydantic_errors
+from forge.models import (
+    COMMIT, LABEL_APP, App, Deployment, DeploymentConfig, DeploymentSpec, Model, ObjectMeta, Trigger,
+    deployment_number,
+)
+from forge.store.base import Store
+
+CREATE_RETRIES = 5
+
+
+class DeployRequest(Model):
+    commit: str = Field(pattern=COMMIT.pattern)
+    ref: str = Field(default="", max_length=255)
+
+
+class RollbackRequest(Model):
+    to: str | None = Field(default=None, max_length=80)
+
+
+def app_deployments(store: Store, app: str) -> list[Deployment]:
+    items, _ = store.list("Deployment", {LABEL_APP: app})
+    deps = [d for d in items if isinstance(d, Deployment) and d.spec.app == app]
+    return sorted(deps, key=lambda d: deployment_number(d.name))
+
+
+def rollback_target(app: App, deployments: list[Deployment], to: str | None) -> Deployment:
+    """The release to go back to: ``to``, or the newest once-Live release older than the live one."""
+    live = app.status.live_deployment
+    if to:
+        target = next((d for d in deployments if d.name == to), None)
+        if target is None:
+            raise NotFound(f"Deployment {to!r} of app {app.name!r} not found")
+        if to == live:
+            raise BadRequest(f"{to} is already the live release of {app.name}",
+                             [{"path": "to", "message": "already live"}])
+        return target
+    if not live:
+        raise BadRequest(f"app {app.name!r} has no live release to roll back from; name one with {{\"to\": \"APP-N\"}}")
+    live_n = deployment_number(live)
+    older = [d for d in deployments if deployment_number(d.name) < live_n and d.status.live_time and d.name != live]
+    if not older:
+        raise BadRequest(f"app {app.name!r} has no earlier release that was ever live; nothing to roll back to")
+    return older[-1]
+
+
+def create_next(store: Store, app: App, spec: DeploymentSpec) -> Deployment:
+    """Create ``APP-(N+1)``; a concurrent writer taking N+1 just moves us to the next number."""
+    for _ in range(CREATE_RETRIES):
+        n = max([deployment_number(d.name) for d in app_deployments(store, app.name)] + [0]) + 1
+        dep = Deployment(metadata=ObjectMeta(name=f"{app.name}-{n}", labels={LABEL_APP: app.name}), spec=spec)
+        try:
+            return store.create(dep)  # type: ignore[return-value]
+        except AlreadyExists:
+            continue
+    raise Conflict(f"could not allocate a release number for {app.name}: too many concurrent deploys")
+
+
+def _parse(model: type[Model], body: dict[str, Any]) -> Any:
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        raise Invalid.from_errors(pydantic_errors(exc)) from None
+
+
+class DeployResource:
+    def __init__(self, ctx: ApiContext) -> None:
+        self.ctx = ctx
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
+        auth.require_admin(req)
+        body: DeployRequest = _parse(DeployRequest, read_object(req))
+        app = self.ctx.store.get("App", name)
+        assert isinstance(app, App)
+        config = DeploymentConfig(env=dict(app.spec.env), replicas=app.spec.replicas, domains=list(app.spec.domains))
+        spec = DeploymentSpec(app=name, commit=body.commit, ref=body.ref, repo=app.spec.repo,
+                              trigger=Trigger(type="api"), config=config)
+        send(resp, render(create_next(self.ctx.store, app, spec)), 201)
+
+
+class RollbackResource:
+    def __init__(self, ctx: ApiContext) -> None:
+        self.ctx = ctx
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
+        auth.require_admin(req)
+        body: RollbackRequest = _parse(RollbackRequest, read_object(req, required=False))
+        app = self.ctx.store.get("App", name)
+        assert isinstance(app, App)
+        target = rollback_target(app, app_deployments(self.ctx.store, name), body.to)
+        spec = DeploymentSpec(
+            app=name, commit=target.spec.commit, ref=target.spec.ref, repo=target.spec.repo or app.spec.repo,
+            trigger=Trigger(type="rollback"), rollback_of=target.name,
+            config=target.spec.config.model_copy(deep=True) if target.spec.config else None,
+        )
+        send(resp, render(create_next(self.ctx.store, app, spec)), 201)

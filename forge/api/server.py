@@ -1,0 +1,111 @@
+"""``forge server``: the API under gunicorn, started from Python (no command-line gunicorn).
+
+Workers are ``gthread`` so a long watch or log stream holds one thread, not a whole worker;
+``threads`` per worker bounds how many streams plus requests a worker serves at once. The app
+is not preloaded: every worker builds its own app after the fork, and with it its own store
+connection (``open_store(config.effective_store_url)``) and its own metrics registry. The
+keyring is loaded once in the master first, so the workers never race to create the key file.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+from forge.config import Config
+from forge.errors import Invalid
+
+log = logging.getLogger(__name__)
+
+GRACEFUL_TIMEOUT = 10
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise Invalid(f"--listen {listen!r} must be HOST:PORT")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+class ForgeApiServer(BaseApplication):  # type: ignore[misc]
+    def __init__(self, config: Config, options: dict[str, Any]) -> None:
+        self.forge_config = config
+        self.options = options
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self.options.items():
+            if key in self.cfg.settings and value is not None:
+                self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        from forge.api.app import create_app
+
+        return create_app(self.forge_config)
+
+
+def gunicorn_options(listen: str, workers: int, threads: int) -> dict[str, Any]:
+    host, port = parse_listen(listen)
+    bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return {
+        "bind": [bind],
+        "workers": max(1, workers),
+        "threads": max(1, threads),
+        "worker_class": "gthread",
+        "graceful_timeout": GRACEFUL_TIMEOUT,
+        "timeout": 60,
+        "keepalive": 5,
+        "preload_app": False,
+        "accesslog": None,
+        "errorlog": "-",
+        "loglevel": "info",
+        "proc_name": "forge-server",
+        "limit_request_line": 8190,
+        "forwarded_allow_ips": "127.0.0.1",
+        # gunicorn >= 23 opens a control socket at a fixed per-user path; several servers
+        # (tests, forge up beside forge server) would fight over it, and Forge does not use it.
+        "control_socket_disable": True,
+    }
+
+
+def serve(config: Config, listen: str = "127.0.0.1:8080", workers: int = 2, threads: int = 8) -> None:
+    """Run the API until SIGINT/SIGTERM (gunicorn's master handles signals and graceful stop)."""
+    options = gunicorn_options(listen, workers, threads)
+    _prepare(config)
+    log.info("forge API on http://%s with %d worker(s) x %d thread(s)", listen, workers, threads)
+    ForgeApiServer(config, options).run()
+
+
+def _prepare(config: Config) -> None:
+    """Create the store schema and the key file once, before any worker exists."""
+    from forge.store.base import open_store
+
+    store = open_store(config.effective_store_url)
+    store.close()
+    try:
+        from forge.secrets import Keyring
+    except ModuleNotFoundError as exc:
+        if exc.name != "forge.secrets":
+            raise
+        return
+    Keyring.load(config)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m forge.api.server --listen H:P --data-dir D`` (tests and bench; the CLI has ``forge server``)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m forge.api.server")
+    parser.add_argument("--listen", default="127.0.0.1:8080")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=8)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    serve(Config.from_env(data_dir=args.data_dir), args.listen, args.workers, args.threads)
+
+
+if __name__ == "__main__":
+    main()
