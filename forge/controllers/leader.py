@@ -1,0 +1,151 @@
+"""Leader election through the Lease record ``controllers-leader``.
+
+Several ``forge controllers`` processes may share a store; only the holder of the Lease
+acts. The holder renews every ``duration/3``. A contender never trusts the ``renewTime`` the
+holder wrote (its clock may differ): it remembers the Lease's resourceVersion and *its own*
+monotonic time when it last saw that version change, and takes over only when the Lease has
+not changed for a whole ``durationSeconds`` by that local clock. Every write carries the
+resourceVersion that was read, so two contenders racing for an expired Lease cannot both win.
+
+The holder gives up (``on_stopped_leading``) as soon as a renewal is refused with Conflict,
+or when it has not managed to renew for ``renew_deadline`` (< duration, so it stops acting
+before anybody else may start).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from forge.clock import Clock
+from forge.errors import AlreadyExists, Conflict, ForgeError, NotFound
+from forge.models import Lease, LeaseSpec, ObjectMeta
+from forge.store.base import Store
+
+log = logging.getLogger(__name__)
+
+LEASE_NAME = "controllers-leader"
+DEFAULT_DURATION = 15.0
+
+
+class LeaderElector:
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        identity: str,
+        on_started_leading: Callable[[], None],
+        on_stopped_leading: Callable[[], None],
+        lease_name: str = LEASE_NAME,
+        duration_seconds: float = DEFAULT_DURATION,
+    ) -> None:
+        self.store, self.clock, self.identity = store, clock, identity
+        self.on_started_leading, self.on_stopped_leading = on_started_leading, on_stopped_leading
+        self.lease_name, self.duration = lease_name, duration_seconds
+        self.renew_interval = duration_seconds / 3
+        self.renew_deadline = duration_seconds * 2 / 3
+        self.leading = False
+        self._observed: tuple[int, float] | None = None  # (resourceVersion, local monotonic seen)
+        self._last_renew = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ one step (testable)
+
+    def try_acquire_or_renew(self) -> bool:
+        """One election round: True when this identity holds the Lease afterwards."""
+        now_iso, mono = self.clock.now_iso(), self.clock.monotonic()
+        try:
+            lease = self.store.get("Lease", self.lease_name)
+        except NotFound:
+            fresh = Lease(
+                metadata=ObjectMeta(name=self.lease_name),
+                spec=LeaseSpec(holder=self.identity, renew_time=now_iso, acquire_time=now_iso,
+                               duration_seconds=self.duration),
+            )
+            try:
+                created = self.store.create(fresh)
+            except AlreadyExists:
+                return False
+            self._observed = (created.metadata.resource_version, mono)
+            return True
+        rv = lease.metadata.resource_version
+        if self._observed is None or self._observed[0] != rv:
+            self._observed = (rv, mono)
+        spec = lease.spec
+        if spec.holder == self.identity:
+            spec.renew_time = now_iso
+        else:
+            expired = mono - self._observed[1] >= spec.duration_seconds
+            if spec.holder and not expired:
+                return False
+            log.info("leader lease %s: taking over from %r", self.lease_name, spec.holder or "nobody")
+            spec.holder, spec.renew_time, spec.acquire_time = self.identity, now_iso, now_iso
+            spec.duration_seconds = self.duration
+            spec.transitions += 1
+        try:
+            updated = self.store.update(lease)
+        except (Conflict, NotFound):
+            return False
+        self._observed = (updated.metadata.resource_version, mono)
+        return True
+
+    def step(self) -> bool:
+        """Run one round and fire the callbacks on a change of leadership."""
+        try:
+            holds = self.try_acquire_or_renew()
+            if holds:
+                self._last_renew = self.clock.monotonic()
+        except ForgeError as exc:  # store unavailable: keep leading only within the deadline
+            log.warning("leader election round failed: %s", exc)
+            holds = self.leading and self.clock.monotonic() - self._last_renew < self.renew_deadline
+        if holds and not self.leading:
+            self.leading = True
+            log.info("%s: started leading", self.identity)
+            self.on_started_leading()
+        elif not holds and self.leading:
+            self.leading = False
+            log.warning("%s: lost leadership", self.identity)
+            self.on_stopped_leading()
+        return holds
+
+    # ------------------------------------------------------------------ background loop
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="forge-leader-elector", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.step()
+            except Exception:  # a callback failing must not end the election loop
+                log.exception("leader election callback failed")
+            # renewals are inherently periodic; contenders retry at the same pace
+            self._stop.wait(self.renew_interval)
+
+    def stop(self, release: bool = True) -> None:
+        """Stop the loop; when leading, stop acting and hand the Lease back for a fast takeover."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=10)
+        self._thread = None
+        if self.leading:
+            self.leading = False
+            self.on_stopped_leading()
+            if release:
+                self.release()
+
+    def release(self) -> None:
+        try:
+            lease = self.store.get("Lease", self.lease_name)
+            if lease.spec.holder != self.identity:
+                return
+            lease.spec.holder, lease.spec.renew_time = "", None
+            self.store.update(lease)
+        except (Conflict, NotFound) as exc:
+            log.info("leader lease not released: %s", exc)
+        except ForgeError as exc:
+            log.warning("leader lease not released: %s", exc)
