@@ -175,6 +175,7 @@ def base_config(
         http_app["https_port"] = _port(https_listen)
         server["automatic_https"] = {"disable_redirects": True}
         server["tls_connection_policies"] = [{}]
+        server["protocols"] = ["h1", "h2"]  # no HTTP/3: it would also bind UDP on the HTTPS port
         policy: dict[str, Any] = {"on_demand": True}
         if tls_mode == "internal":
             policy["issuers"] = [{"module": "internal"}]

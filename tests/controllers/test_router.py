@@ -20,7 +20,17 @@ from forge.caddy import NOT_FOUND_BODY, CaddyAdmin, CaddyProcess
 from forge.clock import FakeClock
 from forge.config import Config
 from forge.controllers.router import KEY, REASON_UNREACHABLE, RouterController, router_base_config
-from forge.models import App, AppSpec, AppStatus, Instance, InstanceSpec, InstanceStatus, Node, NodeSpec, ObjectMeta
+from forge.models import (
+    App,
+    AppSpec,
+    AppStatus,
+    Instance,
+    InstanceSpec,
+    InstanceStatus,
+    Node,
+    NodeSpec,
+    ObjectMeta,
+)
 from forge.routing import desired_routes
 from forge.store.base import Store
 from tests.controllers.conftest import events_for

@@ -1,0 +1,170 @@
+"""Router end to end: the controller runtime + RouterController against a real Caddy, and HTTPS
+from Caddy's internal CA for hosts the tls/ask truth approves."""
+
+from __future__ import annotations
+
+import http.server
+import shutil
+import socket
+import ssl
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+import httpx
+import pytest
+from prometheus_client import CollectorRegistry
+
+from forge.caddy import NOT_FOUND_BODY, CaddyProcess
+from forge.clock import SystemClock
+from forge.config import Config
+from forge.controllers.router import RouterController, router_base_config
+from forge.controllers.runtime import ControllerRuntime
+from forge.models import App, AppSpec, Instance, InstanceSpec, Node, ObjectMeta
+from forge.routing import is_servable_host
+from forge.store.base import Store, open_store
+
+pytestmark = [pytest.mark.e2e,
+              pytest.mark.skipif(shutil.which("caddy") is None, reason="caddy is not installed")]
+CLOCK = SystemClock()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = CLOCK.monotonic() + timeout
+    while not check():
+        if CLOCK.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        CLOCK.sleep(0.05)
+
+
+def serve(handler: Callable[[http.server.BaseHTTPRequestHandler], tuple[int, bytes]]) -> http.server.ThreadingHTTPServer:
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            code, body = handler(self)
+            self.send_response(code)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            """Quiet."""
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = open_store(f"sqlite:///{tmp_path / 'forge.db'}")
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def backend() -> Iterator[int]:
+    srv = serve(lambda h: (200, b"hello from the app"))
+    yield srv.server_address[1]
+    srv.shutdown()
+    srv.server_close()
+
+
+def seed_live_app(store: Store, name: str, port: int, domains: tuple[str, ...] = ()) -> None:
+    if not store.list("Node")[0]:
+        store.create(Node(metadata=ObjectMeta(name="n1")))
+    store.create(App(metadata=ObjectMeta(name=name), spec=AppSpec(repo=f"acme/{name}", domains=list(domains))))
+    inst = store.create(Instance(metadata=ObjectMeta(name=f"{name}-1-0"), spec=InstanceSpec(
+        app=name, deployment=f"{name}-1", node="n1", repo=f"acme/{name}", commit="a" * 40)))
+    inst.status.phase, inst.status.ready, inst.status.port = "Running", True, port
+    store.update_status(inst)
+    app = store.get("App", name)
+    app.status.live_deployment = f"{name}-1"
+    store.update_status(app)
+
+
+def test_runtime_routes_changes_and_restores_after_restart(tmp_path: Path, store: Store, backend: int) -> None:
+    """Store changes reach Caddy through the runtime alone, and a restarted Caddy is re-routed by the resync."""
+    cfg = Config(data_dir=tmp_path, http_listen=f"127.0.0.1:{free_port()}", caddy_admin=f"127.0.0.1:{free_port()}")
+    caddy = CaddyProcess(router_base_config(cfg), tmp_path / "caddy")
+    caddy.start()
+    runtime = ControllerRuntime(store, CLOCK, [RouterController(store, CLOCK, cfg, registry=CollectorRegistry())])
+    runtime.start()
+
+    def get(host: str) -> httpx.Response:
+        return httpx.get(f"http://{cfg.http_listen}/", headers={"Host": host}, timeout=5)
+
+    try:
+        assert get("hello.localhost").text == NOT_FOUND_BODY
+        seed_live_app(store, "hello", backend)
+        wait_for(lambda: get("hello.localhost").status_code == 200, 5, "the route to appear")
+        caddy.kill()
+        caddy.start()  # same base file, same admin port: an empty host map
+        # Restoration is bounded by the router's 2 s resync (+ one reconcile); allow slack for a busy box.
+        wait_for(lambda: get("hello.localhost").status_code == 200, 8, "routes restored after the restart")
+        app = store.get("App", "hello")
+        app.status.live_deployment = None
+        store.update_status(app)
+        wait_for(lambda: get("hello.localhost").status_code == 404, 5, "the route to go away")
+    finally:
+        runtime.close()
+        caddy.stop()
+
+
+def https_get(port: int, sni: str, cafile: Path) -> tuple[str, str]:
+    """(status line, body) of GET / over TLS to 127.0.0.1:port with SNI ``sni``, verified against ``cafile``."""
+    ctx = ssl.create_default_context(cafile=str(cafile))
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+            ctx.wrap_socket(raw, server_hostname=sni) as tls:
+        tls.sendall(f"GET / HTTP/1.1\r\nHost: {sni}\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := tls.recv(65536):
+            data += chunk
+    head, _, body = data.decode().partition("\r\n\r\n")
+    return head.splitlines()[0], body
+
+
+def test_tls_internal_serves_https_for_servable_hosts_only(tmp_path: Path, store: Store, backend: int) -> None:
+    """With tls=internal, an app host gets a certificate from Caddy's internal CA; an unknown host gets none."""
+    asked: list[str] = []
+
+    def ask(h: http.server.BaseHTTPRequestHandler) -> tuple[int, bytes]:
+        domain = parse_qs(urlparse(h.path).query).get("domain", [""])[0]
+        asked.append(domain)
+        apps: list[App] = store.list("App")[0]  # type: ignore[assignment]
+        return (200, b"ok") if is_servable_host(domain, apps, "localhost") else (404, b"no")
+
+    ask_srv = serve(ask)
+    https_port = free_port()
+    cfg = Config(data_dir=tmp_path, http_listen=f"127.0.0.1:{free_port()}", caddy_admin=f"127.0.0.1:{free_port()}",
+                 api_listen=f"127.0.0.1:{ask_srv.server_address[1]}", tls="internal")
+    config = router_base_config(cfg)
+    config["apps"]["http"]["servers"]["forge"]["listen"][1] = f"127.0.0.1:{https_port}"
+    config["apps"]["http"]["https_port"] = https_port
+    caddy = CaddyProcess(config, tmp_path / "caddy")
+    caddy.start()
+    router = RouterController(store, CLOCK, cfg, registry=CollectorRegistry())
+    try:
+        seed_live_app(store, "secure", backend, domains=("secure.example.com",))
+        router.reconcile("routes")
+        root = tmp_path / "caddy" / "data" / "caddy" / "pki" / "authorities" / "local" / "root.crt"
+        assert https_get(https_port, "secure.localhost", root) == ("HTTP/1.1 200 OK", "hello from the app")
+        assert https_get(https_port, "secure.example.com", root)[0] == "HTTP/1.1 200 OK"
+        with pytest.raises(ssl.SSLError) as refused:
+            https_get(https_port, "nobody.localhost", root)
+        assert not isinstance(refused.value, ssl.SSLCertVerificationError)  # no certificate at all
+        assert "nobody.localhost" in asked
+        r = httpx.get(f"http://{cfg.http_listen}/", headers={"Host": "secure.localhost"}, timeout=5)
+        assert (r.status_code, r.text) == (200, "hello from the app")
+    finally:
+        router.close()
+        caddy.stop()
+        ask_srv.shutdown()
+        ask_srv.server_close()
