@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import http.server
+import json
 import shutil
 import socket
 import threading
@@ -277,3 +278,9 @@ def test_unreachable_caddy_one_warning_per_outage(store: Store, clock: FakeClock
     assert r.metrics.failures._value.get() == 2
     warnings = events_for(store, "caddy", REASON_UNREACHABLE)
     assert len(warnings) == 1 and warnings[0].spec.type == "Warning" and warnings[0].spec.count == 1
+
+
+def test_documented_base_config_is_current() -> None:
+    """manifests/caddy/base.json is exactly what Forge loads into Caddy with default settings."""
+    path = Path(__file__).resolve().parents[2] / "manifests" / "caddy" / "base.json"
+    assert json.loads(path.read_text()) == router_base_config(Config())
