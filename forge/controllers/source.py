@@ -1,0 +1,175 @@
+"""Source controller: a new Deployment's commit → validated ``forge.yaml`` in its status.
+
+For a Deployment with no manifest that is not finished: Pending + ``SourceReady Unknown``;
+fetch the commit into ``DATA_DIR/source-cache`` (``forge.gitsource``), read ``forge.yaml``
+there, validate it with ``forge.manifest.parse_manifest`` and store ``Manifest.to_status()``
+with ``SourceReady True``. Failures end the Deployment: ``Failed`` with ``InvalidManifest``
+(the message names the field path) or ``FetchFailed``, a ``finishedTime`` and a Warning Event.
+
+Fetch failures that may be transient (network, remote down, timeouts) are retried with the
+runtime's per-key back-off (the reconcile raises) up to ``FETCH_ATTEMPTS`` times, then the
+Deployment fails. A remote that answers but lacks the commit fails it at once.
+
+Private repos: the RepoCredential whose scope is ``owner/repo`` wins over one scoped to
+``owner``; its token is decrypted with the Keyring and handed to git through the environment
+only (see ``forge.gitsource``) — never in arguments, logs, Events or messages.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import ClassVar, Final
+
+from forge.clock import Clock
+from forge.config import Config
+from forge.controllers.base import DONE, Controller, Result
+from forge.errors import Invalid, NotFound
+from forge.events import EventRecorder
+from forge.gitsource import GitError, GitSource, scrub
+from forge.manifest import parse_manifest
+from forge.models import DEPLOYMENT_TERMINAL, Deployment, RepoCredential, set_condition
+from forge.store.base import Store, WatchEvent
+
+log = logging.getLogger(__name__)
+
+SOURCE_READY: Final[str] = "SourceReady"
+REASON_FETCHING: Final[str] = "Fetching"
+REASON_FETCHED: Final[str] = "ManifestValid"
+REASON_INVALID: Final[str] = "InvalidManifest"
+REASON_FETCH_FAILED: Final[str] = "FetchFailed"
+FETCH_ATTEMPTS = 5
+MANIFEST_FILE = "forge.yaml"
+
+
+def needs_source(dep: Deployment) -> bool:
+    return (
+        dep.status.manifest is None
+        and dep.status.phase not in DEPLOYMENT_TERMINAL
+        and dep.metadata.deletion_timestamp is None
+    )
+
+
+def pick_credential(creds: list[RepoCredential], repo: str) -> RepoCredential | None:
+    """``owner/repo`` scope beats ``owner`` scope (GitHub names compare case-insensitively)."""
+    repo_l, owner_l = repo.lower(), repo.partition("/")[0].lower()
+    exact = [c for c in creds if c.spec.scope.lower() == repo_l]
+    if exact:
+        return exact[0]
+    owner = [c for c in creds if c.spec.scope.lower() == owner_l]
+    return owner[0] if owner else None
+
+
+def describe_invalid(exc: Invalid) -> str:
+    """``forge.yaml: resources.memory: ...; run.command: ...`` from the validation details."""
+    if not exc.details:
+        return f"{MANIFEST_FILE}: {exc.message}"
+    parts = [f"{d['path']}: {d['message']}" if d.get("path") else d["message"] for d in exc.details[:5]]
+    more = f" (and {len(exc.details) - 5} more)" if len(exc.details) > 5 else ""
+    return f"{MANIFEST_FILE}: " + "; ".join(parts) + more
+
+
+class SourceController(Controller):
+    name: ClassVar[str] = "source"
+    watches: ClassVar[tuple[str, ...]] = ("Deployment",)
+    resync_seconds: ClassVar[float] = 60.0
+
+    def __init__(self, store: Store, clock: Clock, config: Config, recorder: EventRecorder | None = None,
+                 git: GitSource | None = None, fetch_attempts: int = FETCH_ATTEMPTS) -> None:
+        super().__init__(store, clock, config, recorder)
+        self.git = git or GitSource(Path(config.data_dir) / "source-cache")
+        self.fetch_attempts = fetch_attempts
+        self._failures: dict[str, int] = {}
+        self._repo_locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+
+    def keys_for(self, event: WatchEvent) -> Iterable[str]:
+        if event.type == "DELETED" or not needs_source(event.object):  # type: ignore[arg-type]
+            self._failures.pop(event.object.metadata.name, None)
+            return ()
+        return (event.object.metadata.name,)
+
+    def all_keys(self) -> Iterable[str]:
+        return [d.metadata.name for d in self.store.list("Deployment")[0] if needs_source(d)]  # type: ignore[arg-type]
+
+    def reconcile(self, key: str) -> Result | None:
+        try:
+            dep: Deployment = self.store.get("Deployment", key)  # type: ignore[assignment]
+        except NotFound:
+            self._failures.pop(key, None)
+            return DONE
+        if not needs_source(dep):
+            return DONE
+        commit = dep.spec.commit
+        now = self.clock.now_iso()
+        changed = False
+        if not dep.status.phase:
+            dep.status.phase, changed = "Pending", True
+        changed |= set_condition(dep.status, SOURCE_READY, "Unknown", REASON_FETCHING,
+                                 f"fetching {commit[:12]}", now)
+        if changed:
+            dep = self.store.update_status(dep)  # type: ignore[assignment]
+
+        repo = dep.spec.repo
+        if not repo:
+            try:
+                repo = self.store.get("App", dep.spec.app).spec.repo  # type: ignore[union-attr]
+            except NotFound:
+                return self._fail(dep, REASON_FETCH_FAILED, f"App {dep.spec.app} not found and the "
+                                  "Deployment names no repository")
+        token = self._token(repo)
+        url = self.config.git_url_template.format(full_name=repo)
+        try:
+            with self._lock_for(repo):
+                cache = self.git.fetch(repo, url, commit, token)
+                text = self.git.show(cache, commit, MANIFEST_FILE)
+        except GitError as exc:
+            msg = scrub(f"fetching {repo}@{commit[:12]} failed: {exc.message}", token)
+            attempts = self._failures.get(key, 0) + 1
+            if exc.transient and attempts < self.fetch_attempts:
+                self._failures[key] = attempts
+                raise GitError(f"{msg} (attempt {attempts}/{self.fetch_attempts})") from None
+            self._failures.pop(key, None)
+            return self._fail(dep, REASON_FETCH_FAILED, msg)
+        self._failures.pop(key, None)
+        if text is None:
+            return self._fail(dep, REASON_INVALID, f"{MANIFEST_FILE} not found at {commit}")
+        try:
+            manifest = parse_manifest(text, dep.spec.app)
+        except Invalid as exc:
+            return self._fail(dep, REASON_INVALID, scrub(describe_invalid(exc), token))
+        dep.status.manifest = manifest.to_status()
+        dep.status.observed_generation = dep.metadata.generation
+        set_condition(dep.status, SOURCE_READY, "True", REASON_FETCHED,
+                      f"{MANIFEST_FILE} at {commit[:12]} is valid", self.clock.now_iso())
+        dep = self.store.update_status(dep)  # type: ignore[assignment]
+        self.recorder.record(dep, "Normal", REASON_FETCHED, f"{MANIFEST_FILE} at {commit[:12]} is valid")
+        return DONE
+
+    # ------------------------------------------------------------------ helpers
+
+    def _lock_for(self, repo: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._repo_locks.setdefault(repo.lower(), threading.Lock())
+
+    def _token(self, repo: str) -> str | None:
+        creds: list[RepoCredential] = self.store.list("RepoCredential")[0]  # type: ignore[assignment]
+        cred = pick_credential(creds, repo)
+        if cred is None or not cred.spec.token:
+            return None
+        from forge.secrets import Keyring  # only when a private repo needs it
+
+        return Keyring.load(self.config).decrypt(cred.spec.token, aad=f"RepoCredential/{cred.metadata.name}/token")
+
+    def _fail(self, dep: Deployment, reason: str, message: str) -> Result:
+        now = self.clock.now_iso()
+        dep.status.phase, dep.status.reason, dep.status.message = "Failed", reason, message
+        dep.status.finished_time = dep.status.finished_time or now
+        dep.status.observed_generation = dep.metadata.generation
+        set_condition(dep.status, SOURCE_READY, "False", reason, message, now)
+        dep = self.store.update_status(dep)  # type: ignore[assignment]
+        self.recorder.record(dep, "Warning", reason, message)
+        log.info("deployment %s failed: %s: %s", dep.metadata.name, reason, message)
+        return DONE

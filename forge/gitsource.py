@@ -1,0 +1,138 @@
+"""Git plumbing for the source controller: a bare cache per repository, fetch one commit, read
+one file at it.
+
+Tokens for private repositories never reach a process argument: git asks ``GIT_ASKPASS``, a
+script in a 0700 directory that prints an environment variable, and inherited credential
+helpers are switched off with ``-c credential.helper=``. Everything git prints is scrubbed of
+the token before it becomes part of an error message. ``GIT_TERMINAL_PROMPT=0`` and timeouts
+keep a dead remote from hanging a worker.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+from typing import ClassVar
+
+from forge.errors import ForgeError
+
+FETCH_TIMEOUT = 120.0
+LOCAL_TIMEOUT = 30.0
+TOKEN_ENV = "FORGE_GIT_TOKEN"
+_ASKPASS = """#!/bin/sh
+case "$1" in
+  Username*|username*) echo x-access-token ;;
+  *) printf '%s\\n' "$FORGE_GIT_TOKEN" ;;
+esac
+"""
+_SHA_WANT_REFUSED = re.compile(
+    r"not our ref|unadvertised object|couldn't find remote ref|no such remote ref|"
+    r"upload-pack: not our|Server does not allow request for unadvertised", re.I,
+)
+
+
+class GitError(ForgeError):
+    """A git command failed; ``transient`` says whether trying again may help."""
+
+    reason: ClassVar[str] = "FetchFailed"
+
+    def __init__(self, message: str, transient: bool = True) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+def scrub(text: str, secret: str | None) -> str:
+    if secret:
+        text = text.replace(secret, "***")
+    return text
+
+
+class GitSource:
+    """Bare repositories under ``root`` (``root/OWNER/NAME.git``), safe to share between threads
+    only per repository (the caller serialises work on one repository)."""
+
+    def __init__(self, root: Path, fetch_timeout: float = FETCH_TIMEOUT) -> None:
+        self.root = Path(root)
+        self.fetch_timeout = fetch_timeout
+
+    def cache_path(self, repo: str) -> Path:
+        owner, _, name = repo.partition("/")
+        return self.root / owner.lower() / f"{name.lower()}.git"
+
+    def _askpass(self) -> Path:
+        d = self.root / ".askpass"
+        d.mkdir(parents=True, exist_ok=True)
+        os.chmod(d, 0o700)
+        script = d / "askpass.sh"
+        if not script.exists():
+            script.write_text(_ASKPASS)
+            os.chmod(script, 0o700)
+        return script
+
+    def _git(self, args: list[str], cwd: Path | None, token: str | None, timeout: float) -> str:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+        env.update(GIT_TERMINAL_PROMPT="0", GIT_ASKPASS=str(self._askpass()), LC_ALL="C")
+        env.pop(TOKEN_ENV, None)
+        if token:
+            env[TOKEN_ENV] = token
+        cmd = ["git", "-c", "credential.helper=", "-c", "core.askPass=" + str(self._askpass())]
+        if cwd is not None:
+            cmd += ["-C", str(cwd)]
+        try:
+            proc = subprocess.run(
+                cmd + args, env=env, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL,
+            )
+        except subprocess.TimeoutExpired:
+            raise GitError(f"git {args[0]} timed out after {timeout:.0f}s") from None
+        except OSError as exc:
+            raise GitError(f"git could not run: {exc.strerror}") from None
+        if proc.returncode != 0:
+            err = scrub(proc.stderr.decode("utf-8", "replace"), token).strip()
+            raise GitError(err[-600:] or f"git {args[0]} exited with {proc.returncode}")
+        return proc.stdout.decode("utf-8", "replace")
+
+    def has_commit(self, cache: Path, commit: str) -> bool:
+        try:
+            self._git(["cat-file", "-e", f"{commit}^{{commit}}"], cache, None, LOCAL_TIMEOUT)
+            return True
+        except GitError:
+            return False
+
+    def fetch(self, repo: str, url: str, commit: str, token: str | None = None) -> Path:
+        """Make ``commit`` present in the cache of ``repo``; ``GitError(transient=False)`` when the
+        remote answered but does not have it."""
+        cache = self.cache_path(repo)
+        if not (cache / "HEAD").exists():
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            self._git(["init", "--bare", "--quiet", str(cache)], None, None, LOCAL_TIMEOUT)
+        if self.has_commit(cache, commit):
+            return cache
+        try:
+            self._git(["fetch", "--quiet", "--no-tags", "--depth", "1", url, commit], cache, token,
+                      self.fetch_timeout)
+        except GitError as exc:
+            if not _SHA_WANT_REFUSED.search(exc.message):
+                raise
+            # the remote refuses wants by sha (or lacks it): fetch every branch and look again
+            self._git(["fetch", "--quiet", "--no-tags", url, "+refs/heads/*:refs/remotes/origin/*"],
+                      cache, token, self.fetch_timeout)
+        if not self.has_commit(cache, commit):
+            raise GitError(f"commit {commit} not found in {repo}", transient=False)
+        return cache
+
+    def show(self, cache: Path, commit: str, path: str) -> bytes | None:
+        """The bytes of ``path`` at ``commit``; None when the file does not exist there."""
+        try:
+            self._git(["cat-file", "-e", f"{commit}:{path}"], cache, None, LOCAL_TIMEOUT)
+        except GitError:
+            return None
+        cmd = ["git", "-C", str(cache), "cat-file", "blob", f"{commit}:{path}"]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, timeout=LOCAL_TIMEOUT, stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            raise GitError(f"reading {path} timed out") from None
+        if proc.returncode != 0:
+            raise GitError(f"reading {path} at {commit[:12]} failed: {proc.stderr.decode(errors='replace')[-300:]}")
+        return proc.stdout

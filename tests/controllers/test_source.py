@@ -1,0 +1,178 @@
+"""Source controller over real git repositories served through a file:// URL template."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+from pathlib import Path
+
+import pytest
+from tests.controllers.conftest import condition_of, events_for, snapshot
+
+from forge.config import Config
+from forge.controllers.source import SourceController, pick_credential
+from forge.gitsource import GitError
+from forge.models import ObjectMeta, RepoCredential, RepoCredentialSpec
+from forge.secrets import Keyring
+
+GOOD = """\
+runtime: python3.11
+build:
+  commands: ["true"]
+run:
+  command: python3 -m http.server $PORT
+resources: {memory: 128M, cpu: 0.25}
+health: {path: /health, interval: 5s, timeout: 1s, retries: 2}
+"""
+BAD_MEMORY = GOOD.replace("memory: 128M", "memory: lots")
+UNKNOWN_FIELD = GOOD + "colour: blue\n"
+
+
+def git(cwd: Path, *args: str) -> str:
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@x", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@x", "HOME": str(cwd), "PATH": "/usr/bin:/bin"}
+    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+def push_commit(tmp_path: Path, repo: str, files: dict[str, str]) -> str:
+    """Commit ``files`` to a work tree and push it to ``tmp_path/remotes/REPO.git``; return the sha."""
+    remote = tmp_path / "remotes" / f"{repo}.git"
+    work = tmp_path / "work" / repo
+    if not remote.exists():
+        remote.mkdir(parents=True)
+        git(remote, "init", "--bare", "-q", "-b", "main")
+        work.mkdir(parents=True)
+        git(work, "init", "-q", "-b", "main")
+        git(work, "remote", "add", "origin", str(remote))
+    for name, text in files.items():
+        (work / name).write_text(text)
+    git(work, "add", "-A")
+    git(work, "commit", "-q", "--allow-empty", "-m", "change")
+    git(work, "push", "-q", "origin", "main")
+    return git(work, "rev-parse", "HEAD")
+
+
+@pytest.fixture
+def source(store, clock, config) -> SourceController:
+    return SourceController(store, clock, config, fetch_attempts=2)
+
+
+def test_valid_manifest_is_stored(tmp_path, store, source, make_app, make_deployment) -> None:
+    """A valid forge.yaml ends up normalised in status.manifest with SourceReady True."""
+    sha = push_commit(tmp_path, "acme/hello", {"forge.yaml": GOOD})
+    app = make_app("hello")
+    make_deployment(app, 1, sha)
+    source.reconcile("hello-1")
+    dep = store.get("Deployment", "hello-1")
+    assert dep.status.phase == "Pending"
+    assert dep.status.manifest["resources"]["memory"] == 128 * 1024 * 1024
+    assert dep.status.manifest["run"]["command"] == "python3 -m http.server $PORT"
+    assert condition_of(dep, "SourceReady").status == "True"
+    before = snapshot(store)
+    source.reconcile("hello-1")
+    assert snapshot(store) == before
+
+
+def test_second_commit_fetched_into_same_cache(tmp_path, store, source, make_app, make_deployment) -> None:
+    """Two releases of one repository share the bare cache; each reads its own forge.yaml."""
+    first = push_commit(tmp_path, "acme/hello", {"forge.yaml": GOOD})
+    second = push_commit(tmp_path, "acme/hello", {"forge.yaml": GOOD.replace("128M", "64M")})
+    app = make_app("hello")
+    make_deployment(app, 1, first)
+    make_deployment(app, 2, second)
+    source.reconcile("hello-2")
+    source.reconcile("hello-1")
+    assert store.get("Deployment", "hello-1").status.manifest["resources"]["memory"] == 128 * 1024**2
+    assert store.get("Deployment", "hello-2").status.manifest["resources"]["memory"] == 64 * 1024**2
+
+
+@pytest.mark.parametrize(
+    ("files", "reason", "needle"),
+    [
+        ({"forge.yaml": BAD_MEMORY}, "InvalidManifest", "forge.yaml: resources.memory"),
+        ({"forge.yaml": UNKNOWN_FIELD}, "InvalidManifest", "colour"),
+        ({"README": "no manifest"}, "InvalidManifest", "forge.yaml not found at"),
+    ],
+    ids=["bad-memory", "unknown-field", "missing-file"],
+)
+def test_invalid_manifest_fails_deployment(
+    tmp_path, store, source, make_app, make_deployment, files, reason, needle
+) -> None:
+    """An invalid or missing forge.yaml fails the Deployment, naming the field, with one Warning."""
+    sha = push_commit(tmp_path, "acme/hello", files)
+    make_deployment(make_app("hello"), 1, sha)
+    source.reconcile("hello-1")
+    dep = store.get("Deployment", "hello-1")
+    assert (dep.status.phase, dep.status.reason) == ("Failed", reason)
+    assert needle in dep.status.message
+    assert dep.status.finished_time
+    assert condition_of(dep, "SourceReady").status == "False"
+    warnings = events_for(store, "hello-1", reason)
+    assert len(warnings) == 1 and warnings[0].spec.type == "Warning" and needle in warnings[0].spec.message
+    before = snapshot(store)
+    source.reconcile("hello-1")
+    assert snapshot(store) == before
+
+
+def test_missing_commit_fails_fetch(tmp_path, store, source, make_app, make_deployment) -> None:
+    """A commit the remote does not have fails the Deployment with FetchFailed at once."""
+    push_commit(tmp_path, "acme/hello", {"forge.yaml": GOOD})
+    make_deployment(make_app("hello"), 1, "0123456789abcdef0123456789abcdef01234567")
+    source.reconcile("hello-1")
+    dep = store.get("Deployment", "hello-1")
+    assert (dep.status.phase, dep.status.reason) == ("Failed", "FetchFailed")
+    assert "not found" in dep.status.message
+    assert events_for(store, "hello-1", "FetchFailed")
+
+
+def test_unreachable_remote_retries_then_fails(store, source, make_app, make_deployment) -> None:
+    """A remote that cannot be reached is retried (reconcile raises), then FetchFailed."""
+    make_deployment(make_app("ghost"), 1)
+    with pytest.raises(GitError):
+        source.reconcile("ghost-1")
+    assert store.get("Deployment", "ghost-1").status.phase == "Pending"
+    source.reconcile("ghost-1")
+    dep = store.get("Deployment", "ghost-1")
+    assert (dep.status.phase, dep.status.reason) == ("Failed", "FetchFailed")
+
+
+def test_credential_token_never_leaks(tmp_path, store, source, config: Config, make_app, make_deployment,
+                                      caplog) -> None:
+    """With a RepoCredential the token reaches no Event, status or log line (even on failure)."""
+    token = "ghp_SuperSecretTokenValue1234567890"
+    sealed = Keyring.load(config).encrypt(token, aad="RepoCredential/acme-hello/token")
+    store.create(RepoCredential(metadata=ObjectMeta(name="acme-hello"),
+                                spec=RepoCredentialSpec(scope="acme/hello", token=sealed)))
+    sha = push_commit(tmp_path, "acme/hello", {"forge.yaml": BAD_MEMORY})
+    app = make_app("hello")
+    make_deployment(app, 1, sha)
+    make_deployment(app, 2, "f" * 40)
+    with caplog.at_level(logging.DEBUG):
+        source.reconcile("hello-1")
+        source.reconcile("hello-2")
+    assert store.get("Deployment", "hello-1").status.reason == "InvalidManifest"
+    assert store.get("Deployment", "hello-2").status.reason == "FetchFailed"
+    everything = [e.model_dump_json() for e in store.list("Event")[0]]
+    everything += [d.model_dump_json() for d in store.list("Deployment")[0]]
+    everything += [r.getMessage() for r in caplog.records]
+    assert not [t for t in everything if token in t]
+    assert not list((tmp_path / "data" / "source-cache").rglob("*SuperSecret*"))
+
+
+@pytest.mark.parametrize(
+    ("scopes", "repo", "want"),
+    [
+        (["acme", "acme/hello"], "acme/hello", "acme/hello"),
+        (["acme/hello", "acme"], "acme/other", "acme"),
+        (["other"], "acme/hello", None),
+        (["Acme"], "acme/hello", "Acme"),
+    ],
+    ids=["repo-wins", "owner-fallback", "none", "case-insensitive"],
+)
+def test_pick_credential(scopes, repo, want) -> None:
+    """The owner/repo scope beats the owner scope."""
+    creds = [RepoCredential(metadata=ObjectMeta(name=f"c{i}"), spec=RepoCredentialSpec(scope=s))
+             for i, s in enumerate(scopes)]
+    got = pick_credential(creds, repo)
+    assert (got.spec.scope if got else None) == want
