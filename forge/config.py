@@ -45,6 +45,7 @@ class Config:
     domain: str = "localhost"
     api_listen: str = "127.0.0.1:8080"
     http_listen: str = "127.0.0.1:8000"
+    https_listen: str | None = None  # default: :443 for on-demand TLS, HTTP port + 443 for internal
     caddy_admin: str = "127.0.0.1:2019"
     tls: str = "off"  # off | internal | on-demand
 

@@ -143,7 +143,8 @@ class Supervisor:
         caddy_dir = self.data / "caddy"
         caddy_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         conf = base_config(http_listen=self.cfg.http_listen, admin_listen=self.cfg.caddy_admin,
-                           tls_mode=self.cfg.tls, ask_url=f"{self.api_url}/api/v1/tls/ask", domain=self.cfg.domain)
+                           tls_mode=self.cfg.tls, ask_url=f"{self.api_url}/api/v1/tls/ask", domain=self.cfg.domain,
+                           https_listen=self.cfg.https_listen)
         (caddy_dir / "config.json").write_text(json.dumps(conf, indent=2))
         caddy = shutil.which("caddy")
         if caddy is None:
@@ -160,9 +161,12 @@ class Supervisor:
         logs = self.data / "logs"
         api = Child("api", self._forge("server", "--listen", self.cfg.api_listen, "--data-dir", str(self.data)), env,
                     logs / "api.log", ready=lambda: self._http_ok(f"{self.api_url}/readyz"))
-        ctrl = Child("controllers", self._forge("controllers", "--data-dir", str(self.data), "--domain", self.cfg.domain,
-                                                "--caddy-admin", self.cfg.caddy_admin, "--tls", self.cfg.tls), env,
-                     logs / "controllers.log")
+        ctrl_args = ["controllers", "--data-dir", str(self.data), "--domain", self.cfg.domain,
+                     "--caddy-admin", self.cfg.caddy_admin, "--tls", self.cfg.tls, "--http-listen", self.cfg.http_listen,
+                     "--api-listen", self.cfg.api_listen]
+        if self.cfg.https_listen:
+            ctrl_args += ["--https-listen", self.cfg.https_listen]
+        ctrl = Child("controllers", self._forge(*ctrl_args), env, logs / "controllers.log")
         return [self._caddy_child(), api, ctrl]
 
     def mint_node_token(self) -> str:

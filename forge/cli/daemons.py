@@ -70,8 +70,11 @@ def server(listen: str, workers: int, data_dir: str | None) -> None:
 @click.option("--domain", default=None, help="Apps are served at APP.DOMAIN.")
 @click.option("--caddy-admin", default=None, help="Caddy Admin API HOST:PORT.")
 @click.option("--tls", type=click.Choice(["off", "internal", "on-demand"]), default=None)
+@click.option("--http-listen", default=None, help="Where Caddy serves apps (used when the router rebuilds Caddy's config).")
+@click.option("--https-listen", default=None, help="Where Caddy serves HTTPS when --tls is on.")
+@click.option("--api-listen", default=None, help="The API's HOST:PORT (Caddy's on-demand TLS asks it).")
 def controllers(data_dir: str | None, metrics_listen: str | None, domain: str | None, caddy_admin: str | None,
-                tls: str | None) -> None:
+                tls: str | None, http_listen: str | None, https_listen: str | None, api_listen: str | None) -> None:
     """Run the controllers (leader-elected) against the store."""
     from forge.clock import SystemClock
     from forge.controllers.manager import run_controllers
@@ -85,6 +88,9 @@ def controllers(data_dir: str | None, metrics_listen: str | None, domain: str | 
         overrides["caddy_admin"] = check_listen(caddy_admin, "--caddy-admin")
     if tls:
         overrides["tls"] = tls
+    for key, value in (("http_listen", http_listen), ("https_listen", https_listen), ("api_listen", api_listen)):
+        if value:
+            overrides[key] = check_listen(value, "--" + key.replace("_", "-"))
     cfg = load_config(data_dir, **overrides)
     stop = stop_on_signals()
     store = open_store(cfg.effective_store_url)
@@ -128,10 +134,11 @@ def agent(api_url: str, token: str, name: str | None, data_dir: str | None, addr
 @click.option("--domain", default="localhost", show_default=True, help="Apps are served at APP.DOMAIN.")
 @click.option("--tls", type=click.Choice(["off", "internal", "on-demand"]), default="off", show_default=True,
               help="internal: HTTPS with Caddy's internal CA (testable offline); on-demand: ACME with the tls/ask gate.")
+@click.option("--https-listen", default=None, help="Where Caddy serves HTTPS with --tls (default: HTTP port + 443, or :443).")
 @click.option("--metrics-listen", default="127.0.0.1:9108", show_default=True, help="The local agent's metrics.")
 @click.option("--node-name", default=None, help="Name of the local node (default: the hostname).")
 def up(data_dir: str | None, api_listen: str, http_listen: str, caddy_admin: str, domain: str, tls: str,
-       metrics_listen: str, node_name: str | None) -> None:
+       https_listen: str | None, metrics_listen: str, node_name: str | None) -> None:
     """Everything on one machine: API, controllers, a local agent and Caddy."""
     from forge.up import Supervisor
 
@@ -140,6 +147,7 @@ def up(data_dir: str | None, api_listen: str, http_listen: str, caddy_admin: str
         data_dir, api_listen=check_listen(api_listen, "--api-listen"),
         http_listen=check_listen(http_listen, "--http-listen"),
         caddy_admin=check_listen(caddy_admin, "--caddy-admin"), domain=domain.lower(), tls=tls,
+        https_listen=check_listen(https_listen, "--https-listen") if https_listen else None,
     )
     sup = Supervisor(cfg, metrics_listen=check_listen(metrics_listen, "--metrics-listen"),
                      node_name=node_name or socket.gethostname().lower(), env=dict(os.environ))
