@@ -13,7 +13,7 @@ from forge.errors import Invalid
 DEFAULT_GIT_URL_TEMPLATE = "https://github.com/{full_name}.git"
 
 
-def default_data_dir(env: "os._Environ[str] | dict[str, str] | None" = None) -> Path:
+def default_data_dir(env: os._Environ[str] | dict[str, str] | None = None) -> Path:
     """``$FORGE_DATA_DIR``, else ``$XDG_DATA_HOME/forge`` (``~/.local/share/forge``)."""
     e = os.environ if env is None else env
     if e.get("FORGE_DATA_DIR"):
@@ -58,7 +58,7 @@ class Config:
         return self.store_url or f"sqlite:///{Path(self.data_dir).resolve() / 'forge.db'}"
 
     @classmethod
-    def from_env(cls, data_dir: str | Path | None = None, env: dict[str, str] | None = None, **overrides: object) -> "Config":
+    def from_env(cls, data_dir: str | Path | None = None, env: dict[str, str] | None = None, **overrides: object) -> Config:
         e = os.environ if env is None else env
         mode = (e.get("FORGE_MODE") or "dev").strip().lower()
         if mode not in ("dev", "production"):
