@@ -1,0 +1,115 @@
+"""Scheduler: pure node choice and the binding reconcile over a real store."""
+
+from __future__ import annotations
+
+import pytest
+
+from forge.controllers.scheduler import SchedulerController, choose_node
+from forge.models import LABEL_NODE
+from tests.controllers.conftest import GiB, MiB, condition_of, events_for, snapshot
+
+
+@pytest.fixture
+def sched(store, clock, config) -> SchedulerController:
+    return SchedulerController(store, clock, config)
+
+
+@pytest.mark.parametrize(
+    ("nodes", "bound", "want"),
+    [
+        ([("a", True, 2, 4)], [], "a"),
+        ([("a", False, 2, 4), ("b", True, 2, 4)], [], "b"),
+        ([("a", True, 0.5, 4), ("b", True, 2, 4)], [("a", 0.25, 1)], "b"),  # cpu full on a
+        ([("a", True, 4, 1), ("b", True, 4, 4)], [("a", 0.1, 0.9)], "b"),  # memory full on a
+        ([("a", True, 4, 4), ("b", True, 4, 4)], [("a", 0.5, 0.25)], "b"),  # spread the deployment
+        ([("a", True, 0.25, 4)], [], None),
+        ([], [], None),
+    ],
+    ids=["fits", "not-ready-skipped", "cpu-headroom", "memory-headroom", "spread", "too-big", "no-nodes"],
+)
+def test_choose_node(store, make_node, make_instance, make_deployment, make_app, nodes, bound, want) -> None:
+    """choose_node honours readiness, CPU and memory headroom and spreads replicas."""
+    make_deployment(make_app("web"), 1, manifest=True)
+    for name, ready, cpu, mem in nodes:
+        make_node(name, ready=ready, cpu=cpu, memory=mem * GiB)
+    for i, (node, cpu, mem) in enumerate(bound):
+        make_instance("web-1", i + 1, node=node, phase="Running", cpu=cpu, memory=int(mem * GiB))
+    inst = make_instance("web-1", 0, cpu=0.5, memory=512 * MiB)
+    node, why = choose_node(inst, store.list("Node")[0], store.list("Instance")[0])
+    assert (node.metadata.name if node else None) == want
+    assert bool(why) == (want is None)
+
+
+def test_terminal_instances_free_their_resources(store, make_node, make_instance) -> None:
+    """Stopped/Failed/Lost Instances do not count against a node's allocatable."""
+    make_node("a", cpu=1)
+    make_instance("web-1", 1, node="a", phase="Stopped", cpu=1)
+    inst = make_instance("web-1", 0, cpu=1)
+    node, _ = choose_node(inst, store.list("Node")[0], store.list("Instance")[0])
+    assert node is not None and node.metadata.name == "a"
+
+
+def test_bind_writes_node_label_and_condition(store, sched, make_node, make_instance) -> None:
+    """Reconcile binds spec.node with the node label, sets Scheduled, and is idempotent."""
+    make_node("n1")
+    make_instance("web-1", 0)
+    res = sched.reconcile("web-1-0")
+    assert res is None or res.requeue_after is None
+    inst = store.get("Instance", "web-1-0")
+    assert inst.spec.node == "n1" and inst.metadata.labels[LABEL_NODE] == "n1"
+    assert inst.status.phase == "Scheduled"
+    assert condition_of(inst, "Scheduled").status == "True"
+    before = snapshot(store)
+    sched.reconcile("web-1-0")
+    assert snapshot(store) == before
+
+
+def test_replicas_spread_over_nodes(store, sched, make_node, make_instance) -> None:
+    """Two replicas of one Deployment land on two different nodes."""
+    make_node("n1")
+    make_node("n2")
+    make_instance("web-1", 0)
+    make_instance("web-1", 1)
+    sched.reconcile("web-1-0")
+    sched.reconcile("web-1-1")
+    assert {store.get("Instance", f"web-1-{i}").spec.node for i in (0, 1)} == {"n1", "n2"}
+
+
+def test_unschedulable_event_once_then_binds(store, clock, sched, make_node, make_instance) -> None:
+    """No room: Scheduled False + one Warning across retries, requeue in 10 s; a new node fixes it."""
+    make_node("small", cpu=0.25)
+    make_node("down", ready=False)
+    make_instance("web-1", 0, cpu=1)
+    for _ in range(3):
+        res = sched.reconcile("web-1-0")
+        assert res is not None and res.requeue_after == 10.0
+        clock.advance(10)
+    inst = store.get("Instance", "web-1-0")
+    cond = condition_of(inst, "Scheduled")
+    assert (cond.status, cond.reason) == ("False", "Unschedulable")
+    assert "0/2 nodes" in cond.message and "not ready" in cond.message
+    assert inst.spec.node is None
+    warnings = events_for(store, "web-1-0", "Unschedulable")
+    assert len(warnings) == 1 and warnings[0].spec.count == 1
+    make_node("big", cpu=4)
+    sched.reconcile("web-1-0")
+    assert store.get("Instance", "web-1-0").spec.node == "big"
+    assert condition_of(store.get("Instance", "web-1-0"), "Scheduled").status == "True"
+
+
+def test_node_change_enqueues_unbound_instances(store, sched, make_node, make_instance) -> None:
+    """A Node event maps to every Instance still waiting for a node."""
+    make_node("n1")
+    make_instance("web-1", 0)
+    make_instance("web-1", 1, node="n1", phase="Running")
+    ev = store.watch("Node", since=0, timeout=0)[0]
+    assert list(sched.keys_for(ev)) == ["web-1-0"]
+
+
+def test_bound_without_status_is_completed(store, sched, make_node, make_instance) -> None:
+    """A crash between the bind and the status write is repaired by the next reconcile."""
+    make_node("n1")
+    make_instance("web-1", 0, node="n1")
+    sched.reconcile("web-1-0")
+    inst = store.get("Instance", "web-1-0")
+    assert inst.status.phase == "Scheduled" and condition_of(inst, "Scheduled").status == "True"
