@@ -90,6 +90,8 @@ class AppLogsResource:
                 break
         if keep:
             yield b"".join(_line(r) for r in keep)
+        elif follow and after == 0:
+            yield b"\n"  # nothing yet: send the headers now so the client knows it is following
         # wait_logs wakes on any app's lines; ``seen`` is the global cursor, ``after`` ours.
         seen = after
         while follow:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -89,7 +90,7 @@ def start_server(data_dir: Path, workers: int = 2, env: dict[str, str] | None = 
     proc = subprocess.Popen(
         [sys.executable, "-m", "forge.api.server", "--listen", f"127.0.0.1:{port}", "--data-dir", str(data_dir),
          "--workers", str(workers), "--threads", "8"],
-        env=full_env, stdout=log, stderr=subprocess.STDOUT,
+        env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     log.close()
     url = f"http://127.0.0.1:{port}"
@@ -111,11 +112,12 @@ def start_server(data_dir: Path, workers: int = 2, env: dict[str, str] | None = 
 
 
 def stop_server(server: LiveServer) -> None:
-    server.proc.terminate()
+    """Quick shutdown (SIGINT); threads parked in idle streams get 3 s, then the server's group is killed."""
+    server.proc.send_signal(signal.SIGINT)
     try:
-        server.proc.wait(15)
+        server.proc.wait(3)
     except subprocess.TimeoutExpired:
-        server.proc.kill()
+        os.killpg(server.proc.pid, signal.SIGKILL)
         server.proc.wait(5)
 
 

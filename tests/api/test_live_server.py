@@ -1,0 +1,111 @@
+"""Against a real gunicorn server (2 gthread workers) in a subprocess: watch streams and log follow."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any
+
+import httpx
+
+from forge.client import ForgeClient
+from tests.api.conftest import COMMIT1, TOKEN, LiveServer
+
+
+def _read_until(resp: httpx.Response, want: int, kinds: tuple[str, ...] = ("ADDED", "MODIFIED", "DELETED")) -> list[dict[str, Any]]:
+    got: list[dict[str, Any]] = []
+    for line in resp.iter_lines():
+        if not line.strip():
+            continue
+        ev = json.loads(line)
+        got.append(ev)
+        if sum(1 for e in got if e["type"] in kinds) >= want:
+            break
+    return got
+
+
+def test_watch_sees_writes_from_another_thread(live: LiveServer) -> None:
+    """A watch stream delivers ADDED/MODIFIED/DELETED written concurrently (possibly by the other worker)."""
+    with live.client() as c:
+        rv = c.get("/api/v1/events").json()["metadata"]["resourceVersion"]
+
+        def writer() -> None:
+            with live.client() as w:
+                for i in range(5):
+                    body = {"metadata": {"name": f"ev{i}"},
+                            "spec": {"involvedObject": {"kind": "App", "name": "x"}, "reason": "Test"}}
+                    assert w.post("/api/v1/events", json=body).status_code == 201
+                assert w.patch("/api/v1/events/ev0", json={"spec": {"count": 2}}).status_code == 200
+                assert w.delete("/api/v1/events/ev1").status_code == 200
+
+        t = threading.Thread(target=writer)
+        with c.stream("GET", "/api/v1/events", params={"watch": "true", "resourceVersion": rv,
+                                                       "timeoutSeconds": 20}) as resp:
+            assert resp.status_code == 200 and resp.headers["content-type"] == "application/x-ndjson"
+            t.start()
+            events = _read_until(resp, 7)
+        t.join()
+    changes = [(e["type"], e["object"]["metadata"]["name"]) for e in events if e["type"] != "BOOKMARK"]
+    assert changes == [("ADDED", f"ev{i}") for i in range(5)] + [("MODIFIED", "ev0"), ("DELETED", "ev1")]
+    revs = [e["object"]["metadata"]["resourceVersion"] for e in events if e["type"] != "BOOKMARK"]
+    assert revs == sorted(revs) and revs[0] > rv
+
+
+def test_watch_heartbeats_and_ends_at_timeout(live: LiveServer) -> None:
+    """An idle watch sends BOOKMARKs (at least every 5 s) and the server ends it after timeoutSeconds."""
+    with live.client() as c:
+        rv = c.get("/api/v1/leases").json()["metadata"]["resourceVersion"]
+        started = time.monotonic()
+        with c.stream("GET", "/api/v1/leases", params={"watch": "true", "resourceVersion": rv,
+                                                       "timeoutSeconds": 6}) as resp:
+            lines = [json.loads(x) for x in resp.iter_lines() if x.strip()]
+        elapsed = time.monotonic() - started
+    assert elapsed < 15
+    assert len(lines) >= 2 and all(x["type"] == "BOOKMARK" for x in lines)
+    assert all(x["object"]["metadata"]["resourceVersion"] >= rv for x in lines)
+
+
+def test_node_watch_is_scoped(live: LiveServer) -> None:
+    """A node's watch on instances only carries Instances bound to it, through ForgeClient."""
+    with ForgeClient(live.url, TOKEN) as admin:
+        token = admin.request("POST", "/api/v1/nodes/w1/token")["token"]
+        _, rv = admin.list("instances")
+        for name, node in (("a-1-0", "w2"), ("a-1-1", "w1")):
+            admin.create("instances", {"metadata": {"name": name, "labels": {"forge.dev/node": node}},
+                                       "spec": {"app": "a", "deployment": "a-1", "repo": "acme/a", "commit": COMMIT1}})
+    with ForgeClient(live.url, token) as node:
+        seen = []
+        for type_, obj in node.watch("instances", rv, timeout_seconds=10):
+            if type_ != "BOOKMARK":
+                seen.append((type_, obj["metadata"]["name"]))
+                break
+    assert seen == [("ADDED", "a-1-1")]
+
+
+def test_log_follow_streams_new_lines(live: LiveServer) -> None:
+    """logs?follow=true streams lines shipped after the request started."""
+    with live.client() as c:
+        assert c.post("/api/v1/apps", json={"metadata": {"name": "logged"}, "spec": {"repo": "acme/logged"}}).status_code == 201
+        assert c.post("/api/v1/instances", json={
+            "metadata": {"name": "logged-1-0"},
+            "spec": {"app": "logged", "deployment": "logged-1", "repo": "acme/logged", "commit": COMMIT1}}).status_code == 201
+
+        def ship() -> None:
+            with live.client() as w:
+                for i in range(3):
+                    r = w.post("/api/v1/instances/logged-1-0/logs", json={"source": "app", "entries": [
+                        {"offset": i, "time": "2030-01-01T00:00:00.000Z", "line": f"line {i}"}]})
+                    assert r.json() == {"accepted": 1}
+
+        t = threading.Thread(target=ship)
+        got = []
+        with c.stream("GET", "/api/v1/apps/logged/logs", params={"follow": "true", "timeoutSeconds": 20}) as resp:
+            t.start()
+            for line in resp.iter_lines():
+                if line.strip():
+                    got.append(json.loads(line)["line"])
+                if len(got) == 3:
+                    break
+        t.join()
+    assert got == ["line 0", "line 1", "line 2"]

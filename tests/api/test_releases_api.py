@@ -1,0 +1,135 @@
+"""Deploy, rollback and app logs endpoints."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from forge.clock import SystemClock
+from forge.models import Deployment, DeploymentConfig, DeploymentSpec, ObjectMeta, Trigger
+from tests.api.conftest import COMMIT1, COMMIT2, COMMIT3, Api, app_body
+
+
+def _release(api: Api, n: int, commit: str, live: bool, replicas: int = 1) -> None:
+    dep = Deployment(metadata=ObjectMeta(name=f"hello-{n}", labels={"forge.dev/app": "hello"}),
+                     spec=DeploymentSpec(app="hello", commit=commit, ref="refs/heads/main", repo="acme/hello",
+                                         trigger=Trigger(type="webhook"),
+                                         config=DeploymentConfig(replicas=replicas, env={"N": str(n)})))
+    created = api.store.create(dep)
+    if live:
+        created.status.phase = "Live"
+        created.status.live_time = SystemClock().now_iso()
+        api.store.update_status(created)
+
+
+def _set_live(api: Api, name: str | None) -> None:
+    app = api.store.get("App", "hello")
+    app.status.live_deployment = name
+    api.store.update_status(app)
+
+
+@pytest.fixture
+def history(api: Api) -> Api:
+    """hello-1 was live, hello-2 failed (never live), hello-3 is live."""
+    api.create("apps", app_body())
+    _release(api, 1, COMMIT1, live=True, replicas=2)
+    _release(api, 2, COMMIT2, live=False)
+    _release(api, 3, COMMIT3, live=True)
+    _set_live(api, "hello-3")
+    return api
+
+
+def test_rollback_default_target(history: Api) -> None:
+    """Rollback without a target re-releases the newest earlier once-live release with its config."""
+    r = history.req("POST", "/api/v1/apps/hello/rollback")
+    assert r.status_code == 201, r.text
+    dep = r.json
+    assert dep["metadata"]["name"] == "hello-4" and dep["metadata"]["labels"] == {"forge.dev/app": "hello"}
+    assert dep["spec"]["commit"] == COMMIT1 and dep["spec"]["rollbackOf"] == "hello-1"
+    assert dep["spec"]["trigger"]["type"] == "rollback"
+    assert dep["spec"]["config"] == {"env": {"N": "1"}, "replicas": 2, "domains": []}
+
+
+def test_rollback_to_named_release(history: Api) -> None:
+    """{"to": "hello-2"} rolls back to that release even if it never went live."""
+    r = history.req("POST", "/api/v1/apps/hello/rollback", json={"to": "hello-2"})
+    assert r.status_code == 201 and r.json["spec"]["commit"] == COMMIT2 and r.json["spec"]["rollbackOf"] == "hello-2"
+
+
+ROLLBACK_ERRORS: list[tuple[str, dict[str, Any] | None, str | None, int, str]] = [
+    ("to-live", {"to": "hello-3"}, "hello-3", 400, "already the live release"),
+    ("to-missing", {"to": "hello-9"}, "hello-3", 404, "not found"),
+    ("no-live", None, None, 400, "no live release"),
+    ("nothing-older", None, "hello-1", 400, "no earlier release"),
+    ("unknown-field", {"too": "x"}, "hello-3", 400, "too"),
+]
+
+
+@pytest.mark.parametrize(("body", "live", "status", "text"), [e[1:] for e in ROLLBACK_ERRORS],
+                         ids=[e[0] for e in ROLLBACK_ERRORS])
+def test_rollback_errors(history: Api, body: dict[str, Any] | None, live: str | None, status: int, text: str) -> None:
+    """Rollback explains clearly when there is nothing to roll back to."""
+    _set_live(history, live)
+    r = history.req("POST", "/api/v1/apps/hello/rollback", **({"json": body} if body is not None else {}))
+    assert r.status_code == status and text in r.text
+
+
+def test_rollback_unknown_app_is_404(api: Api) -> None:
+    """Rolling back an App that does not exist is 404."""
+    assert api.req("POST", "/api/v1/apps/ghost/rollback").status_code == 404
+
+
+def test_deploy(history: Api) -> None:
+    """deploy writes APP-(N+1) with trigger api, the App's repo and its current config."""
+    r = history.req("POST", "/api/v1/apps/hello/deploy", json={"commit": "a" * 40, "ref": "refs/heads/main"})
+    assert r.status_code == 201, r.text
+    assert r.json["metadata"]["name"] == "hello-4" and r.json["spec"]["trigger"]["type"] == "api"
+    assert r.json["spec"]["repo"] == "acme/hello" and r.json["spec"]["config"]["replicas"] == 1
+
+
+@pytest.mark.parametrize("body", [{}, {"commit": "abc"}, {"commit": "A" * 40}, {"ref": "main"}],
+                         ids=["empty", "short", "upper", "ref-only"])
+def test_deploy_needs_commit(history: Api, body: dict[str, Any]) -> None:
+    """deploy without a valid 40-hex commit is 400 naming commit."""
+    r = history.req("POST", "/api/v1/apps/hello/deploy", json=body)
+    assert r.status_code == 400
+    assert "commit" in r.text
+
+
+def _ship(api: Api, instance: str, dep: str, source: str, lines: list[str], start: int = 0) -> None:
+    api.store.append_logs(instance, "hello", dep, source,
+                          [(start + i, SystemClock().now_iso(), line) for i, line in enumerate(lines)])
+
+
+LOG_QUERIES: list[tuple[str, dict[str, str], list[str]]] = [
+    ("all", {}, ["b1", "a1", "a2", "c1"]),
+    ("build-only", {"source": "build"}, ["b1"]),
+    ("deployment", {"deployment": "hello-2"}, ["c1"]),
+    ("tail", {"tail": "2"}, ["a2", "c1"]),
+    ("since", {"since": "10m"}, ["b1", "a1", "a2", "c1"]),
+]
+
+
+@pytest.mark.parametrize(("params", "want"), [q[1:] for q in LOG_QUERIES], ids=[q[0] for q in LOG_QUERIES])
+def test_app_logs(api: Api, params: dict[str, str], want: list[str]) -> None:
+    """App logs come back as NDJSON lines filtered by deployment, source, since and tail."""
+    api.create("apps", app_body())
+    _ship(api, "hello-1-0", "hello-1", "build", ["b1"])
+    _ship(api, "hello-1-0", "hello-1", "app", ["a1", "a2"])
+    _ship(api, "hello-2-0", "hello-2", "app", ["c1"])
+    r = api.req("GET", "/api/v1/apps/hello/logs", params=params)
+    assert r.status_code == 200 and r.headers["content-type"] == "application/x-ndjson"
+    lines = [json.loads(x) for x in r.text.splitlines() if x.strip()]
+    assert [x["line"] for x in lines] == want
+    assert set(lines[0]) == {"id", "time", "instance", "deployment", "source", "line"}
+
+
+@pytest.mark.parametrize("params", [{"source": "stdout"}, {"since": "yesterday"}, {"tail": "-1"}],
+                         ids=["source", "since", "tail"])
+def test_app_logs_bad_query(api: Api, params: dict[str, str]) -> None:
+    """Bad log queries are 400 naming the parameter."""
+    api.create("apps", app_body())
+    r = api.req("GET", "/api/v1/apps/hello/logs", params=params)
+    assert r.status_code == 400 and list(params)[0] in r.text
