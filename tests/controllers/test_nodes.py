@@ -1,0 +1,95 @@
+"""Nodes controller: liveness by the control plane's own clock at observed Lease renewals."""
+
+from __future__ import annotations
+
+import pytest
+
+from forge.controllers.nodes import NodesController
+from tests.controllers.conftest import condition_of, events_for, snapshot
+
+
+@pytest.fixture
+def nodes(store, clock, config) -> NodesController:
+    return NodesController(store, clock, config, grace_seconds=15)
+
+
+def renew(store, name: str, renew_time: str = "2000-01-01T00:00:00.000Z") -> None:
+    """Renew a node's Lease; the written time is deliberately wrong: only the change counts."""
+    lease = store.get("Lease", f"node.{name}")
+    lease.spec.renew_time = renew_time
+    store.update(lease)
+
+
+@pytest.fixture
+def two_nodes(make_node, make_lease, make_instance):
+    for n in ("n1", "n2"):
+        make_node(n)
+        make_lease(f"node.{n}")
+    make_instance("web-1", 0, node="n1", phase="Running")
+    make_instance("web-1", 1, node="n2", phase="Running")
+    make_instance("web-1", 2, node="n1", phase="Stopped", desired="Stopped")
+
+
+def test_alive_node_requeues_at_expiry(store, clock, nodes, two_nodes) -> None:
+    """A freshly seen lease keeps the node Ready and asks to be checked at the exact expiry."""
+    res = nodes.reconcile("n1")
+    assert res.requeue_after == pytest.approx(15)
+    clock.advance(10)
+    renew(store, "n1")
+    assert nodes.reconcile("n1").requeue_after == pytest.approx(15)
+    clock.advance(5)
+    assert nodes.reconcile("n1").requeue_after == pytest.approx(10)
+    assert condition_of(store.get("Node", "n1"), "Ready").status == "True"
+
+
+def test_lapsed_node_is_lost_and_returns(store, clock, nodes, two_nodes) -> None:
+    """A lease unchanged past the grace: node NotReady, its running Instances Lost; renewal → Ready."""
+    nodes.reconcile("n1"), nodes.reconcile("n2")
+    clock.advance(10)
+    renew(store, "n2")
+    nodes.reconcile("n2")
+    clock.advance(6)  # n1 last seen 16 s ago, n2 6 s ago
+    nodes.reconcile("n1")
+    node = store.get("Node", "n1")
+    cond = condition_of(node, "Ready")
+    assert (cond.status, cond.reason, node.status.phase) == ("False", "NodeLost", "NotReady")
+    lost = store.get("Instance", "web-1-0")
+    assert (lost.status.phase, lost.status.reason) == ("Lost", "NodeLost")
+    assert store.get("Instance", "web-1-2").status.phase == "Stopped"  # terminal ones stay
+    assert store.get("Instance", "web-1-1").status.phase == "Running"
+    assert len(events_for(store, "n1", "NodeLost")) == 1
+    before = snapshot(store)
+    nodes.reconcile("n1")
+    assert snapshot(store) == before
+    renew(store, "n1")
+    nodes.reconcile("n1")
+    cond = condition_of(store.get("Node", "n1"), "Ready")
+    assert (cond.status, cond.reason) == ("True", "LeaseRenewed")
+    assert store.get("Instance", "web-1-0").status.phase == "Lost"
+
+
+def test_all_nodes_lapse_freezes(store, clock, nodes, two_nodes) -> None:
+    """When every node lapses together nothing is evicted and one Warning says why."""
+    nodes.reconcile("n1"), nodes.reconcile("n2")
+    clock.advance(30)
+    for _ in range(2):
+        nodes.reconcile("n1"), nodes.reconcile("n2")
+    assert condition_of(store.get("Node", "n1"), "Ready").status == "True"
+    assert {store.get("Instance", f"web-1-{i}").status.phase for i in (0, 1)} == {"Running"}
+    frozen = events_for(store, reason="AllNodesLapsed")
+    assert len(frozen) == 1 and frozen[0].spec.count == 1
+
+
+def test_restart_grants_grace(store, clock, config, two_nodes) -> None:
+    """A new controller (control-plane restart) treats every lease as just renewed."""
+    clock.advance(3600)  # leases were written an hour ago by the store's reckoning
+    fresh = NodesController(store, clock, config, grace_seconds=15)
+    assert fresh.reconcile("n1").requeue_after == pytest.approx(15)
+    assert condition_of(store.get("Node", "n1"), "Ready").status == "True"
+
+
+def test_lease_events_map_to_nodes(store, nodes, two_nodes, make_lease) -> None:
+    """Lease node.X wakes node X; other Leases (leader election) wake nothing."""
+    make_lease("controllers-leader", holder="cp-1")
+    keys = {k for ev in store.watch("Lease", since=0, timeout=0) for k in nodes.keys_for(ev)}
+    assert keys == {"n1", "n2"}
