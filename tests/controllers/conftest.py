@@ -42,7 +42,7 @@ from forge.models import (
     Resources,
     set_condition,
 )
-from forge.store.base import Store, open_store
+from forge.store.base import Store
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -81,8 +81,11 @@ def config(tmp_path: Path) -> Config:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = open_store(f"sqlite:///{tmp_path / 'forge.db'}")
+def store(tmp_path: Path, clock: FakeClock) -> Iterator[Store]:
+    """A real SqliteStore whose createdAt/updatedAt follow the FakeClock."""
+    from forge.store.sqlite import SqliteStore
+
+    s = SqliteStore(str(tmp_path / "forge.db"), clock=clock)
     yield s
     s.close()
 
