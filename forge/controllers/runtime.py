@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 BACKOFF_BASE = 0.2
 BACKOFF_CAP = 60.0
 CONFLICT_DELAY = 0.1
-WATCH_TIMEOUT = 1.0  # bounds how long stop() waits for a watcher blocked in store.watch
+WATCH_TIMEOUT = 0.5  # bounds how long stop() waits for a watcher blocked in store.watch
 
 
 class WorkQueue:

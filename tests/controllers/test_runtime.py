@@ -197,3 +197,40 @@ def test_stop_is_prompt_and_restartable(rt, make_app) -> None:
     runtime.start()
     assert runtime.wait_idle(5)
     assert "later" in ctrl.keys()
+
+
+def test_run_controllers_end_to_end(tmp_path, store, config, make_app, make_deployment) -> None:
+    """run_controllers leads, fetches a release's manifest through the source controller, serves
+    metrics, and releases the lease when stopped."""
+    import dataclasses
+    import socket
+    import urllib.request
+
+    from forge.controllers.leader import LEASE_NAME
+    from forge.controllers.manager import run_controllers
+    from tests.controllers.test_source import GOOD, push_commit
+
+    cfg = dataclasses.replace(config, caddy_admin="127.0.0.1:1")  # never a real Caddy
+    sha = push_commit(tmp_path, "acme/hello", {"forge.yaml": GOOD})
+    make_deployment(make_app("hello"), 1, sha)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    stop = threading.Event()
+    t = threading.Thread(target=run_controllers, args=(cfg, store, SystemClock(), stop),
+                         kwargs={"metrics_listen": f"127.0.0.1:{port}", "identity": "cp-test"}, daemon=True)
+    t.start()
+    try:
+        deadline = SystemClock().monotonic() + 15
+        while store.get("Deployment", "hello-1").status.manifest is None and SystemClock().monotonic() < deadline:
+            stop.wait(0.05)
+        assert store.get("Deployment", "hello-1").status.manifest is not None
+        assert store.get("Lease", LEASE_NAME).spec.holder == "cp-test"
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        assert 'forge_controller_reconcile_total{controller="source",result="success"}' in text
+        assert "forge_controller_leader 1.0" in text
+    finally:
+        stop.set()
+        t.join(20)
+    assert not t.is_alive()
+    assert store.get("Lease", LEASE_NAME).spec.holder == ""

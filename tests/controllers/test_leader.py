@@ -1,0 +1,72 @@
+"""Leader election over one store with a FakeClock: exactly one leader, takeover after expiry."""
+
+from __future__ import annotations
+
+import pytest
+
+from forge.controllers.leader import LEASE_NAME, LeaderElector
+
+
+class Elector:
+    """An elector plus a log of its callbacks."""
+
+    def __init__(self, store, clock, identity: str) -> None:
+        self.log: list[str] = []
+        self.e = LeaderElector(store, clock, identity, lambda: self.log.append("start"),
+                               lambda: self.log.append("stop"), duration_seconds=15)
+
+
+@pytest.fixture
+def pair(store, clock):
+    return Elector(store, clock, "cp-a"), Elector(store, clock, "cp-b")
+
+
+def test_exactly_one_leads(store, clock, pair) -> None:
+    """Two electors racing on one store: one leads, the other waits; renewals keep it so."""
+    a, b = pair
+    for _ in range(5):
+        a.e.step(), b.e.step()
+        assert [a.e.leading, b.e.leading].count(True) == 1
+        clock.advance(5)
+    assert a.log == ["start"] and b.log == []
+    assert store.get("Lease", LEASE_NAME).spec.holder == "cp-a"
+
+
+def test_takeover_after_leader_stops_renewing(store, clock, pair) -> None:
+    """When the leader goes quiet, the other takes over only after a full lease duration."""
+    a, b = pair
+    a.e.step()
+    b.e.step()  # b observes a's lease now
+    clock.advance(14)
+    assert not b.e.step()
+    clock.advance(1)
+    assert b.e.step() and b.log == ["start"]
+    lease = store.get("Lease", LEASE_NAME)
+    assert (lease.spec.holder, lease.spec.transitions) == ("cp-b", 1)
+    # the old leader wakes up: its renewal is refused and it stops acting at once
+    assert not a.e.step()
+    assert a.log == ["start", "stop"]
+
+
+def test_renew_time_written_by_leader_is_not_trusted(store, clock, pair) -> None:
+    """A lease whose renewTime looks ancient still counts as fresh while its version moves."""
+    a, b = pair
+    a.e.step()
+    lease = store.get("Lease", LEASE_NAME)
+    lease.spec.renew_time = "2001-01-01T00:00:00.000Z"
+    store.update(lease)
+    assert not b.e.step()
+    clock.advance(10)
+    a.e.step()
+    clock.advance(10)
+    assert not b.e.step()  # a renewed 10 s ago by b's own observation
+
+
+def test_release_hands_over_immediately(store, clock, pair) -> None:
+    """stop() on the leader releases the lease so the other acquires without waiting."""
+    a, b = pair
+    a.e.step()
+    b.e.step()
+    a.e.stop()
+    assert a.log == ["start", "stop"]
+    assert b.e.step() and b.log == ["start"]
