@@ -52,7 +52,7 @@ class Recording(Controller):
             with self.lock:
                 self.running.discard(key)
 
-    def keys(self) -> list[str]:
+    def seen_keys(self) -> list[str]:
         with self.lock:
             return [k for k, _ in self.calls]
 
@@ -110,7 +110,7 @@ def test_watch_wakes_controller_and_initial_list(rt, make_app) -> None:
     assert runtime.wait_idle(5)
     make_app("two")
     assert runtime.wait_idle(5)
-    assert sorted(set(ctrl.keys())) == ["one", "two"]
+    assert sorted(set(ctrl.seen_keys())) == ["one", "two"]
 
 
 def test_requeue_after_and_error_backoff_and_terminal(rt, make_app, store) -> None:
@@ -127,10 +127,10 @@ def test_requeue_after_and_error_backoff_and_terminal(rt, make_app, store) -> No
     runtime.start()
     deadline = SystemClock().monotonic() + 5
     while SystemClock().monotonic() < deadline and not (
-        ctrl.keys().count("req") == 2 and ctrl.keys().count("err") == 3 and ctrl.keys().count("conf") == 2
+        ctrl.seen_keys().count("req") == 2 and ctrl.seen_keys().count("err") == 3 and ctrl.seen_keys().count("conf") == 2
     ):
         threading.Event().wait(0.02)
-    keys = ctrl.keys()
+    keys = ctrl.seen_keys()
     assert keys.count("req") == 2 and keys.count("err") == 3 and keys.count("conf") == 2
     assert keys.count("term") == 1
     err_times = [t for k, t in ctrl.calls if k == "err"]
@@ -145,7 +145,7 @@ def test_requeue_after_and_error_backoff_and_terminal(rt, make_app, store) -> No
     app.spec.replicas = 3
     store.update(app)
     assert runtime.wait_idle(5)
-    assert ctrl.keys().count("term") == 2
+    assert ctrl.seen_keys().count("term") == 2
 
 
 def test_one_worker_per_key_even_with_many_workers(store, config, make_app) -> None:
@@ -165,7 +165,7 @@ def test_one_worker_per_key_even_with_many_workers(store, config, make_app) -> N
         ctrl.gate.set()
         assert runtime.wait_idle(5)
         assert not ctrl.overlap
-        assert 2 <= ctrl.keys().count("solo") <= 3
+        assert 2 <= ctrl.seen_keys().count("solo") <= 3
     finally:
         runtime.stop()
 
@@ -177,13 +177,13 @@ def test_gone_relists_all_keys(rt, make_app, store) -> None:
         make_app(name)
     runtime.start()
     assert runtime.wait_idle(5)
-    before = len(ctrl.keys())
+    before = len(ctrl.seen_keys())
     store.compact(keep=0)
     runtime._spawn("watch-App-stale", runtime._watch_loop, "App", 0)  # resumes from a compacted revision
     deadline = SystemClock().monotonic() + 5
-    while len(ctrl.keys()) < before + 2 and SystemClock().monotonic() < deadline:
+    while len(ctrl.seen_keys()) < before + 2 and SystemClock().monotonic() < deadline:
         threading.Event().wait(0.02)
-    assert sorted(ctrl.keys()[before:]) == ["a", "b"]
+    assert sorted(ctrl.seen_keys()[before:]) == ["a", "b"]
 
 
 def test_stop_is_prompt_and_restartable(rt, make_app) -> None:
@@ -196,7 +196,7 @@ def test_stop_is_prompt_and_restartable(rt, make_app) -> None:
     make_app("later")
     runtime.start()
     assert runtime.wait_idle(5)
-    assert "later" in ctrl.keys()
+    assert "later" in ctrl.seen_keys()
 
 
 def test_run_controllers_end_to_end(tmp_path, store, config, make_app, make_deployment) -> None:

@@ -7,13 +7,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from tests.controllers.conftest import condition_of, events_for, snapshot
 
 from forge.config import Config
 from forge.controllers.source import SourceController, pick_credential
 from forge.gitsource import GitError
 from forge.models import ObjectMeta, RepoCredential, RepoCredentialSpec
 from forge.secrets import Keyring
+from tests.controllers.conftest import condition_of, events_for, snapshot
 
 GOOD = """\
 runtime: python3.11
