@@ -7,8 +7,9 @@ with ``SourceReady True``. Failures end the Deployment: ``Failed`` with ``Invali
 (the message names the field path) or ``FetchFailed``, a ``finishedTime`` and a Warning Event.
 
 Fetch failures that may be transient (network, remote down, timeouts) are retried with the
-runtime's per-key back-off (the reconcile raises) up to ``FETCH_ATTEMPTS`` times, then the
-Deployment fails. A remote that answers but lacks the commit fails it at once.
+runtime's per-key back-off (the reconcile raises, and ``SourceReady`` says it is retrying)
+until at least ``FETCH_ATTEMPTS`` attempts over at least ``FETCH_DEADLINE`` seconds failed,
+then the Deployment fails. A remote that answers but lacks the commit fails it at once.
 
 Private repos: the RepoCredential whose scope is ``owner/repo`` wins over one scoped to
 ``owner``; its token is decrypted with the Keyring and handed to git through the environment
@@ -40,7 +41,9 @@ REASON_FETCHING: Final[str] = "Fetching"
 REASON_FETCHED: Final[str] = "ManifestValid"
 REASON_INVALID: Final[str] = "InvalidManifest"
 REASON_FETCH_FAILED: Final[str] = "FetchFailed"
+REASON_RETRYING: Final[str] = "FetchRetrying"
 FETCH_ATTEMPTS = 5
+FETCH_DEADLINE = 120.0
 MANIFEST_FILE = "forge.yaml"
 
 
@@ -77,11 +80,12 @@ class SourceController(Controller):
     resync_seconds: ClassVar[float] = 60.0
 
     def __init__(self, store: Store, clock: Clock, config: Config, recorder: EventRecorder | None = None,
-                 git: GitSource | None = None, fetch_attempts: int = FETCH_ATTEMPTS) -> None:
+                 git: GitSource | None = None, fetch_attempts: int = FETCH_ATTEMPTS,
+                 fetch_deadline: float = FETCH_DEADLINE) -> None:
         super().__init__(store, clock, config, recorder)
         self.git = git or GitSource(Path(config.data_dir) / "source-cache")
-        self.fetch_attempts = fetch_attempts
-        self._failures: dict[str, int] = {}
+        self.fetch_attempts, self.fetch_deadline = fetch_attempts, fetch_deadline
+        self._failures: dict[str, tuple[int, float]] = {}  # key → (failed attempts, first failure)
         self._repo_locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
 
@@ -127,10 +131,14 @@ class SourceController(Controller):
                 text = self.git.show(cache, commit, MANIFEST_FILE)
         except GitError as exc:
             msg = scrub(f"fetching {repo}@{commit[:12]} failed: {exc.message}", token)
-            attempts = self._failures.get(key, 0) + 1
-            if exc.transient and attempts < self.fetch_attempts:
-                self._failures[key] = attempts
-                raise GitError(f"{msg} (attempt {attempts}/{self.fetch_attempts})") from None
+            attempts, first = self._failures.get(key, (0, self.clock.monotonic()))
+            attempts += 1
+            patient = attempts < self.fetch_attempts or self.clock.monotonic() - first < self.fetch_deadline
+            if exc.transient and patient:
+                self._failures[key] = (attempts, first)
+                if set_condition(dep.status, SOURCE_READY, "Unknown", REASON_RETRYING, msg, self.clock.now_iso()):
+                    self.store.update_status(dep)
+                raise GitError(f"{msg} (attempt {attempts})") from None
             self._failures.pop(key, None)
             return self._fail(dep, REASON_FETCH_FAILED, msg)
         self._failures.pop(key, None)

@@ -55,7 +55,7 @@ def push_commit(tmp_path: Path, repo: str, files: dict[str, str]) -> str:
 
 @pytest.fixture
 def source(store, clock, config) -> SourceController:
-    return SourceController(store, clock, config, fetch_attempts=2)
+    return SourceController(store, clock, config, fetch_attempts=2, fetch_deadline=30)
 
 
 def test_valid_manifest_is_stored(tmp_path, store, source, make_app, make_deployment) -> None:
@@ -126,12 +126,19 @@ def test_missing_commit_fails_fetch(tmp_path, store, source, make_app, make_depl
     assert events_for(store, "hello-1", "FetchFailed")
 
 
-def test_unreachable_remote_retries_then_fails(store, source, make_app, make_deployment) -> None:
-    """A remote that cannot be reached is retried (reconcile raises), then FetchFailed."""
+def test_unreachable_remote_retries_then_fails(store, clock, source, make_app, make_deployment) -> None:
+    """An unreachable remote is retried (reconcile raises) for N attempts and the deadline, then
+    the Deployment fails with FetchFailed."""
     make_deployment(make_app("ghost"), 1)
-    with pytest.raises(GitError):
-        source.reconcile("ghost-1")
-    assert store.get("Deployment", "ghost-1").status.phase == "Pending"
+    for _ in range(3):
+        with pytest.raises(GitError):
+            source.reconcile("ghost-1")
+        clock.advance(10)
+    dep = store.get("Deployment", "ghost-1")
+    assert dep.status.phase == "Pending"
+    assert condition_of(dep, "SourceReady").reason == "FetchRetrying"
+    assert not events_for(store, "ghost-1", "FetchFailed")
+    clock.advance(10)
     source.reconcile("ghost-1")
     dep = store.get("Deployment", "ghost-1")
     assert (dep.status.phase, dep.status.reason) == ("Failed", "FetchFailed")
