@@ -226,8 +226,12 @@ def test_run_controllers_end_to_end(tmp_path, store, config, make_app, make_depl
             stop.wait(0.05)
         assert store.get("Deployment", "hello-1").status.manifest is not None
         assert store.get("Lease", LEASE_NAME).spec.holder == "cp-test"
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-        assert 'forge_controller_reconcile_total{controller="source",result="success"}' in text
+        want = 'forge_controller_reconcile_total{controller="source",result="success"}'
+        text = ""
+        while want not in text and SystemClock().monotonic() < deadline:  # counted after reconcile returns
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+            stop.wait(0.02)
+        assert want in text
         assert "forge_controller_leader 1.0" in text
     finally:
         stop.set()
