@@ -97,8 +97,8 @@ class LeaderElector:
             holds = self.try_acquire_or_renew()
             if holds:
                 self._last_renew = self.clock.monotonic()
-        except ForgeError as exc:  # store unavailable: keep leading only within the deadline
-            log.warning("leader election round failed: %s", exc)
+        except Exception as exc:  # store unavailable (any driver error): lead only within the deadline
+            log.warning("leader election round failed: %s: %s", type(exc).__name__, exc)
             holds = self.leading and self.clock.monotonic() - self._last_renew < self.renew_deadline
         if holds and not self.leading:
             self.leading = True

@@ -70,3 +70,14 @@ def test_release_hands_over_immediately(store, clock, pair) -> None:
     a.e.stop()
     assert a.log == ["start", "stop"]
     assert b.e.step() and b.log == ["start"]
+
+
+def test_leader_steps_down_when_store_fails_past_deadline(store, clock, pair) -> None:
+    """A leader that cannot reach the store keeps leading only until its renew deadline."""
+    a, _ = pair
+    a.e.step()
+    store.close()
+    clock.advance(5)
+    assert a.e.step() and a.log == ["start"]  # 5 s < 10 s deadline
+    clock.advance(6)
+    assert not a.e.step() and a.log == ["start", "stop"]
