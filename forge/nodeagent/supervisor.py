@@ -10,7 +10,9 @@ process it started (alive, same start time, and in its cgroup) and stops through
 from __future__ import annotations
 
 import errno
+import os
 import random
+import select
 import socket
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -22,6 +24,7 @@ from forge.nodeagent.state import InstanceState
 
 PORT_MIN, PORT_MAX = 20000, 39999
 BACKOFF_BASE, BACKOFF_CAP = 1.0, 60.0
+JOIN_GRACE = 10.0
 SANE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -120,9 +123,13 @@ class Supervisor:
         ticks = process_start_ticks(st.pid)
         if ticks is None or (st.pid_start is not None and ticks != st.pid_start):
             return False
-        if self.driver is not None and self.driver.exists(st.cgroup):
-            return st.pid in set(self.driver.procs(st.cgroup))
-        return self.driver is None
+        if self.driver is None:
+            return True
+        if st.pid in set(self.driver.procs(st.cgroup)):
+            return True
+        # Just spawned: the join shim writes itself into the group a moment after fork (and
+        # exits 125 if it cannot), so a young live process outside the group is still joining.
+        return bool(st.started_time) and self.clock.now() - (st.started_time or 0.0) < JOIN_GRACE
 
     def oom_kills(self, cgroup: str) -> int:
         if self.driver is None or not self.driver.exists(cgroup):
@@ -138,9 +145,25 @@ class Supervisor:
         self.remove_cgroup(st.cgroup)
         return code
 
-    def exit_code(self, pid: int | None) -> int | None:
-        """Exit code of a process we spawned in this agent's lifetime (reaps it); else None."""
-        return self.sandbox.poll(pid) if pid else None
+    def exit_code(self, pid: int | None, wait: float = 1.0) -> int | None:
+        """Exit code of a process we spawned in this agent's lifetime (reaps it); else None.
+
+        A process leaves its cgroup a moment before it turns into a zombie, so when it is
+        seen gone but not yet reapable, wait (bounded) on its pidfd for the exit to land."""
+        if not pid:
+            return None
+        code = self.sandbox.poll(pid)
+        if code is not None:
+            return code
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return None
+        try:
+            select.select([fd], [], [], wait)
+        finally:
+            os.close(fd)
+        return self.sandbox.poll(pid)
 
     def remove_cgroup(self, cgroup: str) -> None:
         if self.driver is not None and self.driver.exists(cgroup):
