@@ -211,6 +211,9 @@ class ControllerRuntime:
                 self._add_all(c, reason="start")
                 for i in range(self.workers_per_controller):
                     self._spawn(f"{c.name}-worker-{i}", self._worker_loop, c)
+            aps = logging.getLogger("apscheduler")
+            if aps.level == logging.NOTSET:  # a line per resync job run drowns the useful ones
+                aps.setLevel(logging.WARNING)
             self._scheduler = BackgroundScheduler(timezone="UTC", daemon=True)
             for c in self.controllers:
                 if c.resync_seconds and c.resync_seconds > 0:
