@@ -165,6 +165,16 @@ def test_crash_loop_backs_off(env: Env) -> None:
     wait_for(lambda: env.api.instance("hello-3-0").status.phase == "Stopped")
 
 
+def test_oom_kill_is_reported(env: Env) -> None:
+    """An app allocating past resources.memory is killed and reported OOMKilled; others carry on."""
+    env.api.create_instance("hog-1-0", NODE, env.commit, manifest(env={"MODE": "oom"}, build=[]), app="hog")
+    inst = wait_for(lambda: (i := env.api.instance("hog-1-0")).status.reason == "OOMKilled" and i, timeout=60)
+    assert inst.status.oom_kills >= 1 and inst.status.restarts >= 1 and not inst.status.ready
+    assert running(env, "hello-1-0"), "another app keeps running"
+    env.api.set_desired("hog-1-0", "Stopped")
+    wait_for(lambda: env.api.instance("hog-1-0").status.phase == "Stopped")
+
+
 def test_stop_removes_process_and_cgroup(env: Env) -> None:
     """Desired Stopped stops the process tree and removes its cgroup; status says Stopped."""
     env.api.create_instance("hello-4-0", NODE, env.commit, manifest(build=[]))

@@ -37,6 +37,10 @@ print("app starting on", os.environ["PORT"], flush=True)
 if mode == "crash":
     print("crashing now", flush=True)
     sys.exit(3)
+if mode == "oom":
+    hog = []
+    while True:
+        hog.append(bytearray(16 * 1024 * 1024))
 class H(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path == "/env":

@@ -1,0 +1,124 @@
+"""The agent is SIGKILLed: apps keep serving, and a restarted agent re-adopts them unchanged.
+
+Also: a control-plane outage loses no log lines (offsets acknowledged only after the POST).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from wsgiref.simple_server import make_server
+
+import httpx
+import pytest
+
+from forge.api import create_app
+from forge.cgroups import detect_driver
+from tests.nodeagent.test_agent_harness import (
+    CLOCK,
+    NEEDS,
+    Api,
+    _QuietHandler,
+    _ThreadingWSGIServer,
+    make_repo,
+    manifest,
+    wait_for,
+)
+
+pytestmark = pytest.mark.skipif(not NEEDS, reason="needs root, git and bwrap")
+NODE = "node-restart"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Rig:
+    def __init__(self, tmp: Path, api: Api, commit: str, parent: str) -> None:
+        self.tmp, self.api, self.commit, self.parent = tmp, api, commit, parent
+        self.token = api.node_token(NODE)
+        self.driver = detect_driver(parent=parent)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start_agent(self) -> subprocess.Popen[bytes]:
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(ROOT),
+               "FORGE_NODE_TOKEN": self.token, "FORGE_GIT_URL_TEMPLATE": f"file://{self.tmp}/repos/{{full_name}}.git"}
+        log = open(self.tmp / "agent.out", "ab")  # noqa: SIM115 - handed to the child
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "forge.nodeagent.agent", "--api", self.api.url, "--name", NODE,
+             "--data-dir", str(self.tmp / "agent"), "--metrics-listen", "", "--heartbeat-seconds", "1",
+             "--cgroup-parent", self.parent], env=env, stdout=log, stderr=log, cwd=str(ROOT))
+        log.close()
+        return self.proc
+
+
+@pytest.fixture
+def rig() -> Iterator[Rig]:
+    tmp = Path(tempfile.mkdtemp(prefix="forge-agent-restart-"))
+    api = Api(tmp)
+    r = Rig(tmp, api, make_repo(tmp / "repos"), f"forge-test-agent-{uuid.uuid4().hex[:8]}")
+    yield r
+    if r.proc is not None and r.proc.poll() is None:
+        r.proc.terminate()
+        r.proc.wait(timeout=30)
+    for group in r.driver.list_groups():
+        r.driver.kill_all(group)
+        r.driver.remove(group)
+    r.driver.remove_parent()
+    api.close()
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_sigkill_agent_apps_keep_serving_and_are_readopted(rig: Rig) -> None:
+    """SIGKILL of the agent leaves the app serving; the restarted agent keeps the same pid and restarts."""
+    rig.api.create_instance("hello-1-0", NODE, rig.commit, manifest(build=[]))
+    agent = rig.start_agent()
+    ready = wait_for(lambda: (i := rig.api.instance("hello-1-0")).status.ready and i, timeout=60)
+    pid, port, restarts = ready.status.pid, ready.status.port, ready.status.restarts
+    agent.send_signal(signal.SIGKILL)
+    agent.wait(timeout=10)
+    for _ in range(3):
+        assert httpx.get(f"http://127.0.0.1:{port}/").status_code == 200
+    assert pid in rig.driver.procs("inst-hello-1-0")
+    rv_before = rig.api.instance("hello-1-0").metadata.resource_version
+    rig.start_agent()
+    # Re-adopted: the agent's heartbeat moves on while the Instance keeps pid, port, readiness.
+    lease = rig.api.store.get("Lease", f"node.{NODE}").spec.renew_time
+    wait_for(lambda: rig.api.store.get("Lease", f"node.{NODE}").spec.renew_time != lease, timeout=30)
+    wait_for(lambda: "re-adopted hello-1-0" in (rig.tmp / "agent.out").read_text(), timeout=30)
+    CLOCK.sleep(3)  # a few probe intervals: long enough to notice a wrong restart
+    after = rig.api.instance("hello-1-0")
+    assert (after.status.pid, after.status.port, after.status.restarts) == (pid, port, restarts)
+    assert after.status.ready and after.status.phase == "Running"
+    assert after.metadata.resource_version == rv_before, "adoption must not flap the status"
+    assert httpx.get(f"http://127.0.0.1:{port}/").status_code == 200
+
+
+def test_control_plane_outage_loses_no_logs(rig: Rig) -> None:
+    """Lines written while the API is down are shipped after it returns, each exactly once."""
+    rig.api.create_instance("hello-2-0", NODE, rig.commit, manifest(build=["echo build-before-outage"]))
+    rig.start_agent()
+    ready = wait_for(lambda: (i := rig.api.instance("hello-2-0")).status.ready and i, timeout=60)
+    wait_for(lambda: any(ln.line == "build-before-outage" for ln in rig.api.store.read_logs("hello")))
+    rig.api.server.shutdown()  # the control plane goes away; the app keeps running and logging
+    rig.api.server.server_close()
+    for i in range(5):
+        httpx.get(f"http://127.0.0.1:{ready.status.port}/during-outage-{i}")
+    CLOCK.sleep(2)
+    # Same store, same port: the API comes back.
+    port = int(rig.api.url.rsplit(":", 1)[1])
+    server = make_server("127.0.0.1", port, create_app(rig.api.config, store=rig.api.store, clock=CLOCK),
+                         server_class=_ThreadingWSGIServer, handler_class=_QuietHandler)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True).start()
+    rig.api.server = server
+
+    def outage_lines() -> list[str]:
+        return [ln.line for ln in rig.api.store.read_logs("hello", source="app") if "during-outage" in ln.line]
+
+    got = wait_for(lambda: len(outage_lines()) >= 5 and outage_lines(), timeout=30)
+    assert got == [f"request /during-outage-{i}" for i in range(5)]

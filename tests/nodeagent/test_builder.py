@@ -1,0 +1,119 @@
+"""The builder with real git and the real sandbox: cached object store, shared builds, failures, timeouts."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from forge.cgroups import detect_driver
+from forge.nodeagent.builder import REASON_BUILD_FAILED, REASON_FETCH_FAILED, Builder, BuildError, tail
+from forge.nodeagent.sandbox import Sandbox, SandboxSpec, UidAllocator
+from forge.nodeagent.spec import RunSpec
+from tests.nodeagent.test_agent_harness import CLOCK, NEEDS, make_repo
+
+LIMITS = (256 * 1024 * 1024, 1.0, 256)
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [(b"a\nb\n", "a\nb"), (b"".join(b"%d\n" % i for i in range(100)), "\n".join(str(i) for i in range(80, 100))),
+     (b"x" * 5000 + b"\n", "x" * 2048)],
+    ids=["short", "last-20-lines", "byte-capped"],
+)
+def test_tail(data: bytes, expected: str) -> None:
+    """The failure message keeps the last 20 lines, at most 2 KB."""
+    assert tail(data) == expected
+
+
+class Rig:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.commit = make_repo(tmp / "repos")
+        self.driver = detect_driver(parent=f"forge-test-builder-{uuid.uuid4().hex[:8]}")
+        uids = UidAllocator(tmp / "data" / "uids.json")
+        self.builder = Builder(tmp / "data", f"file://{tmp}/repos/{{full_name}}.git", Sandbox(self.driver),
+                               self.driver, CLOCK, SandboxSpec, lambda app: (uids.uid_for(app),) * 2)
+
+    def build(self, instance: str, deployment: str, commands: list[str], timeout: float = 60,
+              commit: str | None = None, repo: str = "acme/hello") -> Path:
+        run = RunSpec(build_commands=tuple(commands), build_timeout=timeout, command="true")
+        return self.builder.ensure_built(instance, "hello", deployment, repo, commit or self.commit, run,
+                                         {"PATH": "/usr/bin:/bin"}, LIMITS, self.tmp / "logs" / instance / "build.log")
+
+
+@pytest.fixture
+def rig() -> Iterator[Rig]:
+    if not NEEDS:
+        pytest.skip("needs root, git and bwrap")
+    tmp = Path(tempfile.mkdtemp(prefix="forge-builder-"))
+    r = Rig(tmp)
+    yield r
+    r.driver.remove_parent()
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_build_fetches_once_per_repo_and_marks_release(rig: Rig) -> None:
+    """The first build fetches into the cached store; a second release of the repo does not fetch again."""
+    release = rig.build("hello-1-0", "hello-1", ["echo made > built.txt"])
+    assert (release / "app.py").exists() and (release / "built.txt").read_text() == "made\n"
+    assert (release / ".forge-built").read_text().strip() == rig.commit
+    assert os.stat(release).st_uid != 0, "the release belongs to the app's uid"
+    cache = rig.tmp / "data" / "git" / "acme" / "hello.git"
+    assert (cache / "shallow").exists(), "the fetch was shallow"
+    packs_before = sorted(p.name for p in (cache / "objects").rglob("*") if p.is_file())
+    rig.build("hello-2-0", "hello-2", [])
+    packs_after = sorted(p.name for p in (cache / "objects").rglob("*") if p.is_file())
+    assert packs_before == packs_after
+    assert "fetching" in (rig.tmp / "logs" / "hello-2-0" / "build.log").read_text()
+
+
+def test_instances_of_one_deployment_share_a_build(rig: Rig) -> None:
+    """Two Instances of one Deployment building at once run the build commands once."""
+    results: list[Path] = []
+    threads = [threading.Thread(target=lambda n=n: results.append(rig.build(n, "hello-3", ["echo run >> count.txt"])))
+               for n in ("hello-3-0", "hello-3-1")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(results) == 2 and results[0] == results[1]
+    assert (results[0] / "count.txt").read_text() == "run\n"
+
+
+@pytest.mark.parametrize(
+    ("commands", "timeout", "reason", "needle"),
+    [
+        (["echo one", "echo 'fatal: it broke' >&2; exit 4"], 60, REASON_BUILD_FAILED, "fatal: it broke"),
+        (["sleep 30"], 1, REASON_BUILD_FAILED, "timed out"),
+    ],
+    ids=["failing-command", "timeout"],
+)
+def test_build_failures(rig: Rig, commands: list[str], timeout: float, reason: str, needle: str) -> None:
+    """A failing or overlong build command fails with BuildFailed, the output tail, and no marker or cgroup left."""
+    with pytest.raises(BuildError) as exc:
+        rig.build("hello-4-0", "hello-4", commands, timeout=timeout)
+    assert exc.value.reason == reason and needle in exc.value.message
+    assert not (rig.builder.release_dir("hello", "hello-4") / ".forge-built").exists()
+    assert not rig.driver.exists("build-hello-4-0")
+
+
+def test_unknown_commit_is_a_fetch_failure(rig: Rig) -> None:
+    """A commit the remote does not have fails the build with FetchFailed."""
+    with pytest.raises(BuildError) as exc:
+        rig.build("hello-5-0", "hello-5", [], commit="0" * 40)
+    assert exc.value.reason == REASON_FETCH_FAILED
+
+
+def test_build_env_has_no_agent_secrets(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Build commands see only the environment they are given, never the agent's."""
+    monkeypatch.setenv("FORGE_NODE_TOKEN", "forge-node.x.leak")
+    release = rig.build("hello-6-0", "hello-6", ["env > env.txt"])
+    seen = (release / "env.txt").read_text()
+    assert "leak" not in seen and "FORGE_NODE_TOKEN" not in seen
