@@ -86,10 +86,15 @@ def _unexpected(req: falcon.Request, resp: falcon.Response, ex: Exception, param
                         "details": [], "requestId": rid})
 
 
-def create_app(config: Config, store: Store | None = None, clock: Clock | None = None) -> falcon.App:
+def create_app(
+    config: Config, store: Store | None = None, clock: Clock | None = None, *,
+    stream_cap_seconds: float | None = None,
+) -> falcon.App:
+    """``stream_cap_seconds`` bounds every watch/log stream below what clients ask (tests, bench)."""
     clock = clock or SystemClock()
     store = store if store is not None else open_store(config.effective_store_url)
-    ctx = ApiContext(config=config, store=store, clock=clock, sealer=Sealer(config))
+    ctx = ApiContext(config=config, store=store, clock=clock, sealer=Sealer(config),
+                     stream_cap_seconds=stream_cap_seconds)
     metrics = Metrics(store, clock)
     app = falcon.App(
         middleware=[RequestIdMiddleware(), MetricsMiddleware(metrics), AuthMiddleware(Authenticator(config, store))],

@@ -24,6 +24,10 @@ class ApiContext:
     max_watch_seconds: int = 1800
     default_watch_seconds: int = 300
     heartbeat_seconds: float = 4.0
+    stream_cap_seconds: float | None = None  # tests/bench: clamp every stream (watch, log follow)
+
+    def stream_seconds(self, requested: float) -> float:
+        return min(requested, self.stream_cap_seconds) if self.stream_cap_seconds else requested
 
 
 def validate(cls: type[Resource], data: dict[str, Any], prefix: str = "") -> Resource:

@@ -66,7 +66,7 @@ class AppLogsResource:
         filters = {"deployment": deployment, "source": source}
         resp.content_type = "application/x-ndjson"
         resp.set_header("Cache-Control", "no-store")
-        resp.stream = self._stream(name, filters, since, tail, follow, float(timeout))
+        resp.stream = self._stream(name, filters, since, tail, follow, self.ctx.stream_seconds(float(timeout)))
 
     def _read(self, app: str, filters: dict[str, Any], after: int, since: str | None) -> list[Any]:
         return self.ctx.store.read_logs(app, deployment=filters["deployment"], source=filters["source"],

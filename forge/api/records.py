@@ -100,7 +100,7 @@ class CollectionResource(_Base):
         if q_bool(req, "watch"):
             rv = q_int(req, "resourceVersion", None, 0, 2**62)
             timeout = q_int(req, "timeoutSeconds", self.ctx.default_watch_seconds, 1, self.ctx.max_watch_seconds)
-            start_watch(self.ctx, resp, self.kind, selector, rv, float(timeout or 1), render)
+            start_watch(self.ctx, resp, self.kind, selector, rv, self.ctx.stream_seconds(float(timeout or 1)), render)
             return
         items, rev = self.ctx.store.list(self.kind, selector or None)
         send(resp, {

@@ -30,8 +30,9 @@ def parse_listen(listen: str) -> tuple[str, int]:
 
 
 class ForgeApiServer(BaseApplication):  # type: ignore[misc]
-    def __init__(self, config: Config, options: dict[str, Any]) -> None:
+    def __init__(self, config: Config, options: dict[str, Any], stream_cap_seconds: float | None = None) -> None:
         self.forge_config = config
+        self.stream_cap_seconds = stream_cap_seconds
         self.options = options
         super().__init__()
 
@@ -43,7 +44,7 @@ class ForgeApiServer(BaseApplication):  # type: ignore[misc]
     def load(self) -> Any:
         from forge.api.app import create_app
 
-        return create_app(self.forge_config)
+        return create_app(self.forge_config, stream_cap_seconds=self.stream_cap_seconds)
 
 
 def gunicorn_options(listen: str, workers: int, threads: int) -> dict[str, Any]:
@@ -70,12 +71,15 @@ def gunicorn_options(listen: str, workers: int, threads: int) -> dict[str, Any]:
     }
 
 
-def serve(config: Config, listen: str = "127.0.0.1:8080", workers: int = 2, threads: int = 8) -> None:
+def serve(
+    config: Config, listen: str = "127.0.0.1:8080", workers: int = 2, threads: int = 8,
+    stream_cap_seconds: float | None = None,
+) -> None:
     """Run the API until SIGINT/SIGTERM (gunicorn's master handles signals and graceful stop)."""
     options = gunicorn_options(listen, workers, threads)
     _prepare(config)
     log.info("forge API on http://%s with %d worker(s) x %d thread(s)", listen, workers, threads)
-    ForgeApiServer(config, options).run()
+    ForgeApiServer(config, options, stream_cap_seconds).run()
 
 
 def _prepare(config: Config) -> None:
@@ -102,9 +106,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--max-stream-seconds", type=float, default=None,
+                        help="clamp watch and log streams (tests; clients re-watch anyway)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    serve(Config.from_env(data_dir=args.data_dir), args.listen, args.workers, args.threads)
+    serve(Config.from_env(data_dir=args.data_dir), args.listen, args.workers, args.threads, args.max_stream_seconds)
 
 
 if __name__ == "__main__":

@@ -82,14 +82,15 @@ class LiveServer:
         return httpx.Client(base_url=self.url, headers=admin_headers(token) if token else {}, timeout=timeout)
 
 
-def start_server(data_dir: Path, workers: int = 2, env: dict[str, str] | None = None) -> LiveServer:
+def start_server(data_dir: Path, workers: int = 2, env: dict[str, str] | None = None,
+                 extra_args: list[str] | None = None) -> LiveServer:
     """``python -m forge.api.server`` (gunicorn, gthread) on a free loopback port, ready when /readyz is."""
     port = free_port()
     full_env = {**os.environ, "FORGE_ADMIN_TOKEN": TOKEN, "FORGE_DOMAIN": "forge.test", **(env or {})}
     log = open(data_dir / "server.log", "wb")  # noqa: SIM115 - kept open for the child's lifetime
     proc = subprocess.Popen(
         [sys.executable, "-m", "forge.api.server", "--listen", f"127.0.0.1:{port}", "--data-dir", str(data_dir),
-         "--workers", str(workers), "--threads", "8"],
+         "--workers", str(workers), "--threads", "8", *(extra_args or [])],
         env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     log.close()
