@@ -144,6 +144,12 @@ class Shipper:
             for source in SOURCES:
                 path = log_path(self.logs_dir, name, source)
                 cursor = inst.cursor(source)
+                try:
+                    size = path.stat().st_size
+                except FileNotFoundError:
+                    size = -1
+                if size >= 0 and cursor.shipped == cursor.cur_base + size:
+                    continue  # nothing new: the common idle case costs one stat
                 rotate_if_needed(path, cursor, self.cap_bytes, self.state.save)
                 for _ in range(64):  # bounded per round so one chatty app cannot starve the rest
                     lines, new_pos = read_pending(path, cursor)

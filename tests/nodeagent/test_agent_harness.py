@@ -53,7 +53,8 @@ class H(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
     def log_message(self, fmt, *args):
-        print("request", self.path, flush=True)
+        if not os.environ.get("QUIET"):
+            print("request", self.path, flush=True)
 http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
 '''
 
