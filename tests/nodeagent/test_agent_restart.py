@@ -122,3 +122,22 @@ def test_control_plane_outage_loses_no_logs(rig: Rig) -> None:
 
     got = wait_for(lambda: len(outage_lines()) >= 5 and outage_lines(), timeout=30)
     assert got == [f"request /during-outage-{i}" for i in range(5)]
+
+
+def test_orphaned_processes_are_stopped_after_first_list(rig: Rig) -> None:
+    """A process in a Forge cgroup that no Instance of this node explains (moved away) is stopped."""
+    from forge.nodeagent.sandbox import Sandbox, SandboxSpec
+
+    rig.driver.create("inst-ghost-1-0")
+    rig.driver.set_limits("inst-ghost-1-0", 64 * 1024 * 1024, 0.2, 32)
+    work = rig.tmp / "ghost"
+    work.mkdir()
+    sandbox = Sandbox(rig.driver)
+    pid = sandbox.spawn(SandboxSpec(app="ghost", workdir=str(work), command="sleep 300", env={},
+                                    cgroup="inst-ghost-1-0"))
+    wait_for(lambda: pid in rig.driver.procs("inst-ghost-1-0"))
+    rig.api.create_instance("hello-3-0", NODE, rig.commit, manifest(build=[]))
+    rig.start_agent()
+    wait_for(lambda: not rig.driver.exists("inst-ghost-1-0"), timeout=30)
+    wait_for(lambda: sandbox.poll(pid) is not None, timeout=10)
+    wait_for(lambda: rig.api.instance("hello-3-0").status.ready, timeout=60)
