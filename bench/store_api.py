@@ -137,7 +137,7 @@ def watch_latency(url: str, samples: int) -> list[float]:
             ok(c.post("/api/v1/events", json={"metadata": {"name": name}, "spec": {
                 "involvedObject": {"kind": "App", "name": "x"}, "reason": "Bench"}}), 201)
             with cond:
-                cond.wait_for(lambda: name in seen, timeout=5)
+                cond.wait_for(lambda n=name: n in seen, timeout=5)
             if name in seen:
                 out.append(seen[name] - t0)
     t.join(5)

@@ -22,10 +22,7 @@ def is_servable_host(host: str, apps: Iterable[App], domain: str) -> bool:
     name = host.strip().lower().rstrip(".")
     if not is_dns_name(name) or "." not in name:
         return False
-    for app in apps:
-        if app.status.live_deployment and name in app_hosts(app, domain):
-            return True
-    return False
+    return any(app.status.live_deployment and name in app_hosts(app, domain) for app in apps)
 
 
 def instance_dial(inst: Instance, nodes: dict[str, Node]) -> str | None:

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal
+from typing import Literal
 
 import falcon
 from pydantic import Field, ValidationError

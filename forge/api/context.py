@@ -7,9 +7,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from forge.api.sealing import Sealer
 from forge.clock import Clock
 from forge.config import Config
-from forge.api.sealing import Sealer
 from forge.errors import BadRequest, Invalid, pydantic_errors
 from forge.models import API_VERSION, Resource
 from forge.store.base import Store

@@ -16,7 +16,15 @@ from forge.api.context import ApiContext
 from forge.api.records import render
 from forge.errors import AlreadyExists, BadRequest, Conflict, Invalid, NotFound, pydantic_errors
 from forge.models import (
-    COMMIT, LABEL_APP, App, Deployment, DeploymentConfig, DeploymentSpec, Model, ObjectMeta, Trigger,
+    COMMIT,
+    LABEL_APP,
+    App,
+    Deployment,
+    DeploymentConfig,
+    DeploymentSpec,
+    Model,
+    ObjectMeta,
+    Trigger,
     deployment_number,
 )
 from forge.store.base import Store
