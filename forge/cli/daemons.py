@@ -21,6 +21,7 @@ def setup_logging(verbose: bool = False) -> None:
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the rest
 
 
 def check_listen(value: str, what: str) -> str:
@@ -108,7 +109,10 @@ def controllers(data_dir: str | None, metrics_listen: str | None, domain: str | 
 @DATA_DIR
 @click.option("--address", default="127.0.0.1", show_default=True, help="Address the router dials this node's apps on.")
 @click.option("--metrics-listen", default="127.0.0.1:9108", show_default=True)
-def agent(api_url: str, token: str, name: str | None, data_dir: str | None, address: str, metrics_listen: str) -> None:
+@click.option("--stop-apps-on-exit", is_flag=True,
+              help="Stop this node's apps when the agent exits (forge up); by default they keep serving.")
+def agent(api_url: str, token: str, name: str | None, data_dir: str | None, address: str, metrics_listen: str,
+          stop_apps_on_exit: bool) -> None:
     """Run the node agent: build and supervise this machine's Instances."""
     from forge.clock import SystemClock
     from forge.nodeagent.agent import run_agent
@@ -116,6 +120,7 @@ def agent(api_url: str, token: str, name: str | None, data_dir: str | None, addr
     setup_logging()
     if not token.startswith("forge-node."):
         raise Invalid("--token is not a node token (mint one with: forge nodes token create NAME)")
+    os.environ.pop("FORGE_NODE_TOKEN", None)  # nothing the agent starts may inherit it
     cfg = load_config(data_dir)
     node = name or socket.gethostname().lower()
     stop = stop_on_signals()
@@ -124,6 +129,41 @@ def agent(api_url: str, token: str, name: str | None, data_dir: str | None, addr
         metrics_listen=check_listen(metrics_listen, "--metrics-listen"), mode=cfg.mode,
         git_url_template=cfg.git_url_template, stop_event=stop, clock=SystemClock(),
     )
+    if stop_apps_on_exit:
+        stop_local_apps(Path(cfg.data_dir), cfg.mode)
+
+
+def stop_local_apps(data_dir: Path, mode: str, grace: float = 10.0) -> None:
+    """Stop every process the agent's state file lists (SIGTERM → grace → SIGKILL of the cgroup).
+
+    The state file keeps the entries: the next agent start finds the processes gone and
+    starts them again from the stored desired state, which is how ``forge up`` comes back.
+    """
+    from forge.cgroups import detect_driver
+    from forge.clock import SystemClock
+    from forge.nodeagent.sandbox import Sandbox
+    from forge.nodeagent.state import AgentState
+    from forge.nodeagent.supervisor import process_start_ticks
+
+    state = AgentState(data_dir / "agent-state.json").load()
+    driver = detect_driver(parent="forge")
+    sandbox = Sandbox(driver, mode="dev")
+    clock = SystemClock()
+
+    def stop_one(cgroup: str | None, pid: int | None, pid_start: int | None) -> None:
+        if pid and process_start_ticks(pid) != pid_start:
+            pid = None  # exited already, and the number may belong to someone else now
+        group = cgroup if driver is not None and cgroup and driver.exists(cgroup) else None
+        if group or pid:
+            sandbox.stop(group, pid, grace, clock)
+
+    threads = [threading.Thread(target=stop_one, args=(st.cgroup, st.pid, st.pid_start))
+               for st in state.instances.values()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=grace + 15)
+    logging.getLogger("forge.agent").info("stopped %d app process(es) on exit", len(threads))
 
 
 @cli.command()

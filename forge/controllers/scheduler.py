@@ -1,7 +1,11 @@
 """Scheduler: binds each unassigned Instance to a Ready node with room for it.
 
 Requests (``spec.resources`` cpu and memory) of the non-terminal Instances already bound to a
-node are summed against its ``status.allocatable``. Among the nodes that fit, replicas of one
+node are summed against its ``status.allocatable``. Memory is a hard limit (the cgroup OOM-kills
+past it) and is never overcommitted; CPU is a CFS ceiling, not a reservation — an app that
+idles leaves its share to the others — so CPU is overcommitted by ``CPU_OVERCOMMIT``, the way
+Heroku/Render pack small dynos: a 2-core node runs sixteen ``cpu: 0.5`` apps, each capped at
+half a core. Among the nodes that fit, replicas of one
 Deployment spread (fewest Instances of that Deployment first), then the least allocated node
 wins, then the name (deterministic). The decision is the pure ``choose_node``.
 
@@ -26,6 +30,7 @@ SCHEDULED: Final[str] = "Scheduled"
 REASON_SCHEDULED: Final[str] = "Scheduled"
 REASON_UNSCHEDULABLE: Final[str] = "Unschedulable"
 RETRY_SECONDS = 10.0
+CPU_OVERCOMMIT: Final[float] = 4.0
 
 
 def is_node_ready(node: Node) -> bool:
@@ -69,13 +74,13 @@ def choose_node(instance: Instance, nodes: list[Node], instances: list[Instance]
             continue
         cpu, mem, same = used.get(node.metadata.name, (0.0, 0, 0))
         alloc = node.status.allocatable
-        if cpu + want.cpu > alloc.cpu + 1e-9:
+        if cpu + want.cpu > alloc.cpu * CPU_OVERCOMMIT + 1e-9:
             short_cpu += 1
             continue
         if mem + want.memory > alloc.memory:
             short_mem += 1
             continue
-        load = max(cpu / alloc.cpu if alloc.cpu else 1.0, mem / alloc.memory if alloc.memory else 1.0)
+        load = max(cpu / (alloc.cpu * CPU_OVERCOMMIT) if alloc.cpu else 1.0, mem / alloc.memory if alloc.memory else 1.0)
         fits.append((same, load, node.metadata.name, node))
     if fits:
         return min(fits, key=lambda f: f[:3])[3], ""

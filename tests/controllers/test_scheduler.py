@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from forge.controllers.scheduler import SchedulerController, choose_node
+from forge.controllers.scheduler import CPU_OVERCOMMIT, SchedulerController, choose_node
 from forge.models import LABEL_NODE
 from tests.controllers.conftest import GiB, MiB, condition_of, events_for, snapshot
 
@@ -19,10 +19,10 @@ def sched(store, clock, config) -> SchedulerController:
     [
         ([("a", True, 2, 4)], [], "a"),
         ([("a", False, 2, 4), ("b", True, 2, 4)], [], "b"),
-        ([("a", True, 0.5, 4), ("b", True, 2, 4)], [("a", 0.25, 1)], "b"),  # cpu full on a
+        ([("a", True, 0.5, 4), ("b", True, 2, 4)], [("a", 1.8, 1)], "b"),  # cpu full on a (0.5 x 4 overcommit)
         ([("a", True, 4, 1), ("b", True, 4, 4)], [("a", 0.1, 0.9)], "b"),  # memory full on a
         ([("a", True, 4, 4), ("b", True, 4, 4)], [("a", 0.5, 0.25)], "b"),  # spread the deployment
-        ([("a", True, 0.25, 4)], [], None),
+        ([("a", True, 0.1, 4)], [], None),
         ([], [], None),
     ],
     ids=["fits", "not-ready-skipped", "cpu-headroom", "memory-headroom", "spread", "too-big", "no-nodes"],
@@ -38,6 +38,21 @@ def test_choose_node(store, make_node, make_instance, make_deployment, make_app,
     node, why = choose_node(inst, store.list("Node")[0], store.list("Instance")[0])
     assert (node.metadata.name if node else None) == want
     assert bool(why) == (want is None)
+
+
+def test_cpu_is_overcommitted_but_memory_is_not(store, make_node, make_instance) -> None:
+    """CPU (a ceiling) packs CPU_OVERCOMMIT times the node's cores; memory (a hard limit) does not."""
+    make_node("a", cpu=1, memory=4 * GiB)
+    for i in range(int(CPU_OVERCOMMIT / 0.5) - 1):
+        make_instance("web-1", i + 1, node="a", phase="Running", cpu=0.5, memory=64 * MiB)
+    inst = make_instance("web-1", 0, cpu=0.5, memory=64 * MiB)
+    node, _ = choose_node(inst, store.list("Node")[0], store.list("Instance")[0])
+    assert node is not None
+    make_instance("web-1", 99, node="a", phase="Running", cpu=0.5, memory=64 * MiB)
+    node, why = choose_node(inst, store.list("Node")[0], store.list("Instance")[0])
+    assert node is None and "CPU" in why
+    big = make_instance("web-2", 0, cpu=0.1, memory=5 * GiB)
+    assert choose_node(big, store.list("Node")[0], store.list("Instance")[0])[0] is None
 
 
 def test_terminal_instances_free_their_resources(store, make_node, make_instance) -> None:
@@ -79,7 +94,7 @@ def test_unschedulable_event_once_then_binds(store, clock, sched, make_node, mak
     """No room: Scheduled False + one Warning across retries, requeue in 10 s; a new node fixes it."""
     make_node("small", cpu=0.25)
     make_node("down", ready=False)
-    make_instance("web-1", 0, cpu=1)
+    make_instance("web-1", 0, cpu=2)
     for _ in range(3):
         res = sched.reconcile("web-1-0")
         assert res is not None and res.requeue_after == 10.0
