@@ -25,6 +25,7 @@ from forge.api.context import ApiContext
 from forge.api.metrics import Metrics, MetricsMiddleware, MetricsResource
 from forge.api.openapi import EXPOSED, build_openapi
 from forge.api.sealing import Sealer
+from forge.api.ui import UiResource
 from forge.clock import Clock, SystemClock
 from forge.config import Config
 from forge.errors import ForgeError
@@ -119,6 +120,9 @@ def create_app(
     app.add_route("/api/v1/instances/{name}/logs", agents.InstanceLogsResource(ctx))
     app.add_route("/api/v1/secrets/rotate-key", agents.RotateKeyResource(ctx))
     app.add_route("/api/v1/tls/ask", system.TlsAskResource(ctx))
+    ui = UiResource()
+    app.add_route("/ui", ui, suffix="index")
+    app.add_route("/ui/{filename}", ui)
     app.add_route("/healthz", system.HealthResource())
     app.add_route("/readyz", system.ReadyResource(ctx))
     app.add_route("/metrics", MetricsResource(metrics))
