@@ -95,6 +95,14 @@ class Store(Protocol):
 
     def prune_logs(self, before_time: float | str) -> int: ...
 
+    # Metric marks: "record uid reached label of metric", idempotent, never deleted, so
+    # counts per label are monotonic (the API's counters are computed from them).
+    def mark(self, metric: str, uid: str, label: str, value: float | None = None) -> bool: ...
+
+    def tally(self, metric: str) -> dict[str, int]: ...
+
+    def observations(self, metric: str, label: str) -> list[float]: ...
+
 
 def parse_selector(text: str | None) -> dict[str, str]:
     """``a=b,c=d`` (``==`` accepted) → dict; ``Invalid`` naming the bad term."""

@@ -84,6 +84,21 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX logs_time ON logs (time)",
         ),
     ),
+    Migration(
+        3,
+        "metric marks",
+        (
+            # One row per (metric, record uid, label): "this record reached this label", with an
+            # optional observed value. Rows are never deleted, so counts only grow.
+            """CREATE TABLE marks (
+                metric TEXT NOT NULL,
+                uid TEXT NOT NULL,
+                label TEXT NOT NULL,
+                value REAL NULL,
+                PRIMARY KEY (metric, uid, label)
+            ) WITHOUT ROWID""",
+        ),
+    ),
 )
 
 LATEST: int = MIGRATIONS[-1].version

@@ -26,6 +26,7 @@ from forge.store.base import EventType, WatchEvent, selector_matches
 from forge.store.migrations import migrate
 from forge.store.sqlite_db import SqliteDb
 from forge.store.sqlite_logs import SqliteLogs
+from forge.store.sqlite_marks import SqliteMarks
 
 WATCH_LIMIT = 1000  # events per watch call; callers re-watch from the last revision
 AUTO_COMPACT_KEEP = 100_000  # compact when the log holds twice this many changes
@@ -38,7 +39,7 @@ def resolve_kind(kind: str) -> str:
         raise Invalid(f"unknown kind {kind!r}", [{"path": "kind", "message": f"unknown kind {kind!r}"}]) from None
 
 
-class SqliteStore(SqliteLogs):
+class SqliteStore(SqliteLogs, SqliteMarks):
     def __init__(
         self,
         path: str,

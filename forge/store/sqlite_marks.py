@@ -1,0 +1,53 @@
+"""Metric marks in the SQLite store: the persisted tally behind Forge's monotonic counters.
+
+A mark says "the record with this uid reached this label of this metric" (for example
+``forge_deployments_total`` / ``Live``), optionally with an observed value (a deploy's
+push-to-live seconds). Marking is idempotent on (metric, uid, label) and rows are never
+deleted, so a count per label only grows: it survives the gc deleting old records, and any
+number of API processes scraping the same file report the same numbers.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from forge.errors import Invalid
+
+if TYPE_CHECKING:
+    from forge.store.sqlite_db import SqliteDb
+
+
+class SqliteMarks:
+    _db: SqliteDb
+
+    def mark(self, metric: str, uid: str, label: str, value: float | None = None) -> bool:
+        """Record that ``uid`` reached ``label`` of ``metric``; True if it was not marked before.
+
+        A second mark of the same (metric, uid, label) changes nothing, its value included.
+        """
+        if not metric or not uid:
+            raise Invalid("a mark needs a metric and a uid",
+                          [{"path": "metric" if not metric else "uid", "message": "must not be empty"}])
+        with self._db.write() as conn:
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO marks (metric, uid, label, value) VALUES (?, ?, ?, ?)",
+                (metric, uid, label, None if value is None else float(value)),
+            )
+            return cur.rowcount == 1
+
+    def tally(self, metric: str) -> dict[str, int]:
+        """How many records reached each label of ``metric``."""
+        with self._db.read() as conn:
+            rows = conn.execute(
+                "SELECT label, COUNT(*) FROM marks WHERE metric = ? GROUP BY label ORDER BY label", (metric,)
+            ).fetchall()
+        return {str(label): int(n) for label, n in rows}
+
+    def observations(self, metric: str, label: str) -> list[float]:
+        """The values marked for ``metric``/``label`` (marks without a value are left out)."""
+        with self._db.read() as conn:
+            rows = conn.execute(
+                "SELECT value FROM marks WHERE metric = ? AND label = ? AND value IS NOT NULL ORDER BY value",
+                (metric, label),
+            ).fetchall()
+        return [float(r[0]) for r in rows]
