@@ -38,7 +38,7 @@ def test_dashboard_shows_live_app_rolls_back_and_streams_the_event(
     from playwright.sync_api import expect, sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS + [f"--user-data-dir={tmp_path / 'profile'}"])
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page()
             page.goto(f"{forge.api}/ui")
@@ -47,7 +47,7 @@ def test_dashboard_shows_live_app_rolls_back_and_streams_the_event(
             row = page.locator("tr[data-app=dash]")
             expect(row.locator("td.live")).to_have_text("dash-2", timeout=15000)
             expect(row).to_contain_text("healthy")
-            row.locator("a").click()
+            row.locator("a").first.click()
             expect(page.locator("tr[data-release=dash-2] .phase")).to_have_text("Live", timeout=15000)
             page.click("#rollback-prev")
             expect(page.locator("#confirm")).to_be_visible()
