@@ -37,6 +37,7 @@ CONTROLLERS: tuple[tuple[str, str], ...] = (
     ("forge.controllers.router", "RouterController"),
     ("forge.controllers.nodes", "NodesController"),
     ("forge.controllers.gc", "GcController"),
+    ("forge.controllers.tally", "TallyController"),
 )
 
 
