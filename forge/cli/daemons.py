@@ -55,14 +55,16 @@ def load_config(data_dir: str | None, **overrides: object) -> Config:
 @cli.command()
 @click.option("--listen", default="127.0.0.1:8080", show_default=True, help="HOST:PORT for the API.")
 @click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True)
+@click.option("--threads", type=click.IntRange(1, 1024), default=32, show_default=True,
+              help="Threads per worker; each open watch or log stream holds one.")
 @DATA_DIR
-def server(listen: str, workers: int, data_dir: str | None) -> None:
+def server(listen: str, workers: int, threads: int, data_dir: str | None) -> None:
     """Serve the Forge API (falcon under gunicorn)."""
     from forge.api.server import serve
 
     setup_logging()
     cfg = load_config(data_dir, api_listen=check_listen(listen, "--listen"))
-    serve(cfg, listen=listen, workers=workers)
+    serve(cfg, listen=listen, workers=workers, threads=threads)
 
 
 @cli.command()

@@ -88,21 +88,26 @@ async function viewApps() {
   $("#view").innerHTML = `<h2>Apps</h2>${table(["App", "Repo", "Live release", "Commit", "Health", "URL"], rows)}`;
 }
 
-async function viewApp(name) {
-  const app = await api("GET", `/api/v1/apps/${encodeURIComponent(name)}`);
-  const deps = await api("GET", `/api/v1/deployments?labelSelector=forge.dev/app=${encodeURIComponent(name)}`);
-  const num = (d) => parseInt(d.metadata.name.split("-").pop(), 10);
-  const rels = deps.items.sort((a, b) => num(b) - num(a));
-  const live = app.status?.liveDeployment;
-  const rows = rels.map((d) => `<tr data-release="${esc(d.metadata.name)}"><td>${esc(d.metadata.name)}${d.metadata.name === live ? " (live)" : ""}</td>
+function releaseRows(rels, live) {
+  return rels.map((d) => `<tr data-release="${esc(d.metadata.name)}"><td>${esc(d.metadata.name)}${d.metadata.name === live ? " (live)" : ""}</td>
     <td>${esc(d.spec.commit.slice(0, 7))}</td><td>${esc(d.spec.trigger?.type)}</td>
     <td class="phase phase-${esc(d.status?.phase || "Pending")}">${esc(d.status?.phase || "Pending")}</td>
     <td>${esc(d.status?.reason)}${d.status?.message ? `: ${esc(d.status.message)}` : ""}</td><td>${age(d.metadata.createdAt)}</td>
     <td>${d.status?.liveTime && d.metadata.name !== live ? `<button class="rollback" data-to="${esc(d.metadata.name)}">Roll back to this</button>` : ""}</td></tr>`);
+}
+
+async function viewApp(name) {
+  const q = encodeURIComponent(name);
+  const sel = `labelSelector=forge.dev/app=${q}`;
+  let app = await api("GET", `/api/v1/apps/${q}`);
+  const deps = await api("GET", `/api/v1/deployments?${sel}`);
+  const num = (d) => parseInt(d.metadata.name.split("-").pop(), 10);
+  const rels = new Map(deps.items.map((d) => [d.metadata.name, d]));
   $("#view").innerHTML = `<h2>${esc(name)}</h2>
-    <p>${esc(app.spec.repo)} · live: <strong id="live">${esc(live)}</strong> · ${app.status?.url ? `<a href="${esc(app.status.url)}">${esc(app.status.url)}</a>` : ""}
+    <p>${esc(app.spec.repo)} · live: <strong id="live"></strong> · <span id="url"></span>
     <button id="rollback-prev" type="button">Roll back</button></p>
-    <h3>Releases</h3>${table(["Release", "Commit", "Trigger", "Phase", "Reason", "Age", ""], rows)}
+    <h3>Releases</h3><table><thead><tr>${["Release", "Commit", "Trigger", "Phase", "Reason", "Age", ""].map((h) => `<th>${h}</th>`).join("")}</tr></thead>
+    <tbody id="releases"></tbody></table>
     <h3>Events</h3><table><tbody id="app-events"></tbody></table>
     <h3>Logs</h3><pre class="logs" id="logs"></pre>`;
   const doRollback = async (to) => {
@@ -110,15 +115,33 @@ async function viewApp(name) {
     $("#confirm").showModal();
     $("#confirm").onclose = async () => {
       if ($("#confirm").returnValue !== "ok") return;
-      try { await api("POST", `/api/v1/apps/${encodeURIComponent(name)}/rollback`, to ? { to } : {}); route(); }
+      try { await api("POST", `/api/v1/apps/${q}/rollback`, to ? { to } : {}); }
       catch (e) { alert(`Rollback failed: ${e.message}`); }
     };
   };
+  const render = () => {
+    const live = app.status?.liveDeployment;
+    $("#live").textContent = live || "none";
+    $("#url").innerHTML = app.status?.url ? `<a href="${esc(app.status.url)}">${esc(app.status.url)}</a>` : "";
+    const sorted = [...rels.values()].sort((a, b) => num(b) - num(a));
+    $("#releases").innerHTML = sorted.length ? releaseRows(sorted, live).join("") : `<tr><td colspan="7">no releases yet</td></tr>`;
+    document.querySelectorAll("button.rollback").forEach((b) => { b.onclick = () => doRollback(b.dataset.to); });
+  };
+  render();
   $("#rollback-prev").onclick = () => doRollback(null);
-  document.querySelectorAll("button.rollback").forEach((b) => { b.onclick = () => doRollback(b.dataset.to); });
-  watchEvents(`labelSelector=forge.dev/app=${encodeURIComponent(name)}`, $("#app-events"));
+  // Releases and the live pointer update as they change (watch streams, no polling).
+  stream(`/api/v1/deployments?watch=true&resourceVersion=${deps.metadata.resourceVersion}&timeoutSeconds=1800&${sel}`, (ev) => {
+    if (ev.type === "ADDED" || ev.type === "MODIFIED") rels.set(ev.object.metadata.name, ev.object);
+    else if (ev.type === "DELETED") rels.delete(ev.object.metadata.name);
+    else return;
+    render();
+  });
+  stream(`/api/v1/apps?watch=true&resourceVersion=${deps.metadata.resourceVersion}&timeoutSeconds=1800`, (ev) => {
+    if ((ev.type === "ADDED" || ev.type === "MODIFIED") && ev.object.metadata.name === name) { app = ev.object; render(); }
+  });
+  watchEvents(sel, $("#app-events"));
   const logs = $("#logs");
-  stream(`/api/v1/apps/${encodeURIComponent(name)}/logs?follow=true&tail=200&timeoutSeconds=1800`, (l) => {
+  stream(`/api/v1/apps/${q}/logs?follow=true&tail=200&timeoutSeconds=1800`, (l) => {
     logs.textContent += `${l.time} ${l.instance} [${l.source}] ${l.line}\n`;
     logs.scrollTop = logs.scrollHeight;
   });
