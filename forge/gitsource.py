@@ -1,11 +1,11 @@
 """Git plumbing for the source controller: a bare cache per repository, fetch one commit, read
 one file at it.
 
-Tokens for private repositories never reach a process argument: git asks ``GIT_ASKPASS``, a
-script in a 0700 directory that prints an environment variable, and inherited credential
-helpers are switched off with ``-c credential.helper=``. Everything git prints is scrubbed of
-the token before it becomes part of an error message. ``GIT_TERMINAL_PROMPT=0`` and timeouts
-keep a dead remote from hanging a worker.
+Tokens for private repositories never reach a process argument: ``forge.gitauth`` hands them
+to git through the environment and a ``GIT_ASKPASS`` script in a private temporary directory,
+with inherited credential helpers switched off. Everything git prints is scrubbed of the token
+before it becomes part of an error message. ``GIT_TERMINAL_PROMPT=0`` and timeouts keep a dead
+remote from hanging a worker.
 """
 
 from __future__ import annotations
@@ -17,16 +17,10 @@ from pathlib import Path
 from typing import ClassVar
 
 from forge.errors import ForgeError
+from forge.gitauth import git_auth
 
 FETCH_TIMEOUT = 120.0
 LOCAL_TIMEOUT = 30.0
-TOKEN_ENV = "FORGE_GIT_TOKEN"
-_ASKPASS = """#!/bin/sh
-case "$1" in
-  Username*|username*) echo x-access-token ;;
-  *) printf '%s\\n' "$FORGE_GIT_TOKEN" ;;
-esac
-"""
 _SHA_WANT_REFUSED = re.compile(
     r"not our ref|unadvertised object|couldn't find remote ref|no such remote ref|"
     r"upload-pack: not our|Server does not allow request for unadvertised", re.I,
@@ -43,12 +37,6 @@ class GitError(ForgeError):
         self.transient = transient
 
 
-def scrub(text: str, secret: str | None) -> str:
-    if secret:
-        text = text.replace(secret, "***")
-    return text
-
-
 class GitSource:
     """Bare repositories under ``root`` (``root/OWNER/NAME.git``), safe to share between threads
     only per repository (the caller serialises work on one repository)."""
@@ -61,37 +49,27 @@ class GitSource:
         owner, _, name = repo.partition("/")
         return self.root / owner.lower() / f"{name.lower()}.git"
 
-    def _askpass(self) -> Path:
-        d = self.root / ".askpass"
-        d.mkdir(parents=True, exist_ok=True)
-        os.chmod(d, 0o700)
-        script = d / "askpass.sh"
-        if not script.exists():
-            script.write_text(_ASKPASS)
-            os.chmod(script, 0o700)
-        return script
+    def git_argv(self, args: list[str], cwd: Path | None, auth_args: list[str]) -> list[str]:
+        """The argv of one git run (``auth_args`` from ``forge.gitauth``: never the token)."""
+        return ["git", *auth_args, *(["-C", str(cwd)] if cwd is not None else []), *args]
 
     def _git(self, args: list[str], cwd: Path | None, token: str | None, timeout: float) -> str:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
-        env.update(GIT_TERMINAL_PROMPT="0", GIT_ASKPASS=str(self._askpass()), LC_ALL="C")
-        env.pop(TOKEN_ENV, None)
-        if token:
-            env[TOKEN_ENV] = token
-        cmd = ["git", "-c", "credential.helper=", "-c", "core.askPass=" + str(self._askpass())]
-        if cwd is not None:
-            cmd += ["-C", str(cwd)]
-        try:
-            proc = subprocess.run(
-                cmd + args, env=env, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL,
-            )
-        except subprocess.TimeoutExpired:
-            raise GitError(f"git {args[0]} timed out after {timeout:.0f}s") from None
-        except OSError as exc:
-            raise GitError(f"git could not run: {exc.strerror}") from None
+        base = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+        base["LC_ALL"] = "C"
+        with git_auth(token, self.root) as auth:
+            try:
+                proc = subprocess.run(
+                    self.git_argv(args, cwd, auth.args), env=auth.apply(base), capture_output=True,
+                    timeout=timeout, stdin=subprocess.DEVNULL,
+                )
+            except subprocess.TimeoutExpired:
+                raise GitError(f"git {args[0]} timed out after {timeout:.0f}s") from None
+            except OSError as exc:
+                raise GitError(f"git could not run: {exc.strerror}") from None
         if proc.returncode != 0:
-            err = scrub(proc.stderr.decode("utf-8", "replace"), token).strip()
+            err = auth.scrub(proc.stderr.decode("utf-8", "replace")).strip()
             raise GitError(err[-600:] or f"git {args[0]} exited with {proc.returncode}")
-        return proc.stdout.decode("utf-8", "replace")
+        return auth.scrub(proc.stdout.decode("utf-8", "replace"))
 
     def has_commit(self, cache: Path, commit: str) -> bool:
         try:

@@ -12,7 +12,7 @@ until at least ``FETCH_ATTEMPTS`` attempts over at least ``FETCH_DEADLINE`` seco
 then the Deployment fails. A remote that answers but lacks the commit fails it at once.
 
 Private repos: the RepoCredential whose scope is ``owner/repo`` wins over one scoped to
-``owner``; its token is decrypted with the Keyring and handed to git through the environment
+``owner`` (``forge.gitauth.select_credential``); its token is decrypted with the Keyring and handed to git through the environment
 only (see ``forge.gitsource``) — never in arguments, logs, Events or messages.
 """
 
@@ -29,7 +29,8 @@ from forge.config import Config
 from forge.controllers.base import DONE, Controller, Result
 from forge.errors import Invalid, NotFound
 from forge.events import EventRecorder
-from forge.gitsource import GitError, GitSource, scrub
+from forge.gitauth import open_token, scrub, select_credential
+from forge.gitsource import GitError, GitSource
 from forge.manifest import parse_manifest
 from forge.models import DEPLOYMENT_TERMINAL, Deployment, RepoCredential, set_condition
 from forge.store.base import Store, WatchEvent
@@ -53,16 +54,6 @@ def needs_source(dep: Deployment) -> bool:
         and dep.status.phase not in DEPLOYMENT_TERMINAL
         and dep.metadata.deletion_timestamp is None
     )
-
-
-def pick_credential(creds: list[RepoCredential], repo: str) -> RepoCredential | None:
-    """``owner/repo`` scope beats ``owner`` scope (GitHub names compare case-insensitively)."""
-    repo_l, owner_l = repo.lower(), repo.partition("/")[0].lower()
-    exact = [c for c in creds if c.spec.scope.lower() == repo_l]
-    if exact:
-        return exact[0]
-    owner = [c for c in creds if c.spec.scope.lower() == owner_l]
-    return owner[0] if owner else None
 
 
 def describe_invalid(exc: Invalid) -> str:
@@ -164,12 +155,12 @@ class SourceController(Controller):
 
     def _token(self, repo: str) -> str | None:
         creds: list[RepoCredential] = self.store.list("RepoCredential")[0]  # type: ignore[assignment]
-        cred = pick_credential(creds, repo)
+        cred = select_credential(creds, repo)
         if cred is None or not cred.spec.token:
             return None
         from forge.secrets import Keyring  # only when a private repo needs it
 
-        return Keyring.load(self.config).decrypt(cred.spec.token, aad=f"RepoCredential/{cred.metadata.name}/token")
+        return open_token(Keyring.load(self.config), cred)
 
     def _fail(self, dep: Deployment, reason: str, message: str) -> Result:
         now = self.clock.now_iso()

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from forge.config import Config
-from forge.controllers.source import SourceController, pick_credential
+from forge.controllers.source import SourceController
+from forge.gitauth import select_credential
 from forge.gitsource import GitError
 from forge.models import ObjectMeta, RepoCredential, RepoCredentialSpec
 from forge.secrets import Keyring
@@ -177,9 +178,9 @@ def test_credential_token_never_leaks(tmp_path, store, source, config: Config, m
     ],
     ids=["repo-wins", "owner-fallback", "none", "case-insensitive"],
 )
-def test_pick_credential(scopes, repo, want) -> None:
+def test_select_credential(scopes, repo, want) -> None:
     """The owner/repo scope beats the owner scope."""
     creds = [RepoCredential(metadata=ObjectMeta(name=f"c{i}"), spec=RepoCredentialSpec(scope=s))
              for i, s in enumerate(scopes)]
-    got = pick_credential(creds, repo)
+    got = select_credential(creds, repo)
     assert (got.spec.scope if got else None) == want
