@@ -3,6 +3,9 @@
 - ``POST /api/v1/nodes/{name}/token`` (admin): mint a node token, returned once.
 - ``GET /api/v1/instances/{name}/secrets`` (that instance's node, or admin): the only place a
   secret value leaves the server, decrypted from the Secret named by ``spec.secret``.
+- ``GET /api/v1/instances/{name}/gitcredential`` (that instance's node, or admin): the token of
+  the RepoCredential that applies to the Instance's ``spec.repo`` (``owner/repo`` over
+  ``owner``), for the agent's fetch; 404 when none does.
 - ``POST /api/v1/instances/{name}/logs`` (that instance's node, or admin): ship log lines.
 - ``POST /api/v1/secrets/rotate-key`` (admin): re-encrypt every sealed value.
 """
@@ -18,8 +21,9 @@ from pydantic import Field, ValidationError
 from forge.api import auth
 from forge.api.body import read_object, send
 from forge.api.context import ApiContext
-from forge.errors import Invalid, pydantic_errors
-from forge.models import Instance, Model, is_dns_name
+from forge.errors import Invalid, NotFound, pydantic_errors
+from forge.gitauth import USERNAME, open_token, select_credential
+from forge.models import Instance, Model, RepoCredential, is_dns_name
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +73,23 @@ class InstanceSecretsResource:
             env = self.ctx.sealer.open_values("Secret", secret.name, secret.spec.data)
         resp.set_header("Cache-Control", "no-store")
         send(resp, {"env": env})
+
+
+class InstanceGitCredentialResource:
+    def __init__(self, ctx: ApiContext) -> None:
+        self.ctx = ctx
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
+        inst = load_instance(self.ctx, req, name, "read the git credential")
+        repo = inst.spec.repo
+        creds: list[RepoCredential] = self.ctx.store.list("RepoCredential")[0]  # type: ignore[assignment]
+        cred = select_credential(creds, repo) if repo else None
+        token = open_token(self.ctx.sealer.keyring, cred)
+        if token is None:
+            raise NotFound(f"no RepoCredential applies to {repo or 'the repository of Instance ' + name}")
+        log.info("handed the git credential %s for %s to %s", cred.metadata.name, repo, auth.principal(req))
+        resp.set_header("Cache-Control", "no-store")
+        send(resp, {"username": USERNAME, "token": token})
 
 
 class InstanceLogsResource:

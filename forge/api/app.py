@@ -1,8 +1,8 @@
 """``create_app(config, store=None, clock=None)``: the falcon WSGI app of the Forge API.
 
 Routes (docs/CONTRACTS.md "HTTP API"): the record collections under ``/api/v1/{plural}``
-with ``/status`` subresources; deploy/rollback/logs on apps; node tokens, instance secrets and
-log shipping for agents; key rotation; the GitHub webhook; tls/ask; health, readiness,
+with ``/status`` subresources; deploy/rollback/logs on apps; node tokens, instance secrets, git
+credentials and log shipping for agents; key rotation; the GitHub webhook; tls/ask; health, readiness,
 metrics and the OpenAPI document.
 
 Errors: one handler renders every ``ForgeError`` as ``{"error","message","details"}``;
@@ -117,6 +117,7 @@ def create_app(
     app.add_route("/api/v1/apps/{name}/logs", logs.AppLogsResource(ctx))
     app.add_route("/api/v1/nodes/{name}/token", agents.NodeTokenResource(ctx))
     app.add_route("/api/v1/instances/{name}/secrets", agents.InstanceSecretsResource(ctx))
+    app.add_route("/api/v1/instances/{name}/gitcredential", agents.InstanceGitCredentialResource(ctx))
     app.add_route("/api/v1/instances/{name}/logs", agents.InstanceLogsResource(ctx))
     app.add_route("/api/v1/secrets/rotate-key", agents.RotateKeyResource(ctx))
     app.add_route("/api/v1/tls/ask", system.TlsAskResource(ctx))

@@ -119,6 +119,9 @@ def _extra_paths() -> dict[str, Any]:
                                                                 **_errors(400, 401, 403, 409)})},
         "/api/v1/instances/{name}/secrets": {"parameters": [NAME], "get": _op(
             "instanceSecrets", "Decrypted secret env of an Instance", {**_ok(_ref("SecretEnv")), **_errors(*AUTHED)})},
+        "/api/v1/instances/{name}/gitcredential": {"parameters": [NAME], "get": _op(
+            "instanceGitCredential", "Git credential for an Instance's repository (owner/repo scope over owner)",
+            {**_ok(_ref("GitCredential")), **_errors(*AUTHED)})},
         "/api/v1/instances/{name}/logs": {"parameters": [NAME], "post": _op(
             "shipLogs", "Append log lines of an Instance", {**_ok(_ref("LogsAccepted")), **_errors(*WRITE)},
             requestBody=_body(_ref("LogBatch")))},
@@ -147,6 +150,8 @@ def build_openapi(webhook: bool = False) -> dict[str, Any]:
         "TokenResponse": {"type": "object", "required": ["token"], "properties": {"token": {"type": "string"}}},
         "SecretEnv": {"type": "object", "required": ["env"], "properties": {
             "env": {"type": "object", "additionalProperties": {"type": "string"}}}},
+        "GitCredential": {"type": "object", "required": ["username", "token"], "properties": {
+            "username": {"type": "string"}, "token": {"type": "string"}}},
         "LogsAccepted": {"type": "object", "properties": {"accepted": {"type": "integer"}}},
         "LogLine": {"type": "object", "properties": {k: {"type": "string"} for k in (
             "time", "instance", "deployment", "source", "line")} | {"id": {"type": "integer"}}},

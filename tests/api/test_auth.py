@@ -83,6 +83,7 @@ NODE_ALLOWED: list[tuple[str, str, str, dict[str, Any], int]] = [
     ("patch-own-instance-status", "PATCH", "/api/v1/instances/hello-1-0/status",
      {"json": {"status": {"phase": "Running", "port": 20001}}}, 200),
     ("own-instance-secrets", "GET", "/api/v1/instances/hello-1-0/secrets", {}, 200),
+    ("own-instance-gitcredential-none", "GET", "/api/v1/instances/hello-1-0/gitcredential", {}, 404),
     ("own-instance-logs", "POST", "/api/v1/instances/hello-1-0/logs",
      {"json": {"source": "app", "entries": [{"offset": 0, "time": "2030-01-01T00:00:00.000Z", "line": "hi"}]}}, 200),
 ]
@@ -104,6 +105,8 @@ NODE_FORBIDDEN: list[tuple[str, str, str, dict[str, Any]]] = [
     ("own-instance-spec", "PATCH", "/api/v1/instances/hello-1-0", {"json": {"spec": {"desired": "Stopped"}}}),
     ("create-instance", "POST", "/api/v1/instances", {"json": _instance("evil", "n1")}),
     ("other-instance-secrets", "GET", "/api/v1/instances/hello-1-1/secrets", {}),
+    ("other-instance-gitcredential", "GET", "/api/v1/instances/hello-1-1/gitcredential", {}),
+    ("unbound-instance-gitcredential", "GET", "/api/v1/instances/hello-1-2/gitcredential", {}),
     ("other-instance-logs", "POST", "/api/v1/instances/hello-1-1/logs", {"json": {"source": "app", "entries": []}}),
     ("mint-token", "POST", "/api/v1/nodes/n1/token", {}),
     ("rollback", "POST", "/api/v1/apps/hello/rollback", {}),
