@@ -74,8 +74,9 @@ class Child:
 
 class Supervisor:
     def __init__(self, cfg: Config, metrics_listen: str, node_name: str, env: dict[str, str],
-                 clock: Clock | None = None) -> None:
+                 clock: Clock | None = None, controllers_metrics_listen: str | None = None) -> None:
         self.cfg, self.metrics_listen, self.node_name = cfg, metrics_listen, node_name
+        self.controllers_metrics_listen = controllers_metrics_listen
         self.base_env = {k: v for k, v in env.items() if k not in ("FORGE_NODE_TOKEN",)}
         self.clock = clock or SystemClock()
         self.data = Path(cfg.data_dir).resolve()
@@ -166,6 +167,8 @@ class Supervisor:
                      "--api-listen", self.cfg.api_listen]
         if self.cfg.https_listen:
             ctrl_args += ["--https-listen", self.cfg.https_listen]
+        if self.controllers_metrics_listen:
+            ctrl_args += ["--metrics-listen", self.controllers_metrics_listen]
         ctrl = Child("controllers", self._forge(*ctrl_args), env, logs / "controllers.log")
         return [self._caddy_child(), api, ctrl]
 

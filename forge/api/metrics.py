@@ -2,52 +2,84 @@
 
 Each ``create_app`` owns its CollectorRegistry (no module-level singletons). Under gunicorn
 every worker has its own registry, so request counters are per worker process: a scrape sees
-the worker that answered it. The store gauges are computed from the store at scrape time, so
-they are the same whichever worker answers.
+the worker that answered it. The store metrics are read from the store at scrape time, so
+they are the same whichever worker answers:
+
+- ``forge_deployments_total{status}`` / ``forge_tasks_total{status}``: counters of the
+  Deployments / Instances that reached each phase, from the marks the tally controller keeps
+  (never deleted, so they only grow, even after the gc removes old records);
+- ``forge_deploy_duration_seconds``: histogram of push-to-live seconds, from the same marks;
+- ``forge_agents_online``: gauge of Nodes whose Ready condition is True.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import Counter as Tally
+from bisect import bisect_right
 from collections.abc import Iterator
+from typing import Final, get_args
 
 import falcon
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from forge.clock import Clock
 from forge.errors import ForgeError
+from forge.models import DeploymentPhase, InstancePhase
 from forge.store.base import Store
 
 log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
+# Metric and label names shared with forge/controllers/tally.py through the store (the API
+# never imports controllers).
+DEPLOYMENTS_METRIC: Final[str] = "forge_deployments_total"
+TASKS_METRIC: Final[str] = "forge_tasks_total"
+DURATION_METRIC: Final[str] = "forge_deploy_duration_seconds"
+DURATION_LABEL: Final[str] = "live"
+DURATION_BUCKETS: Final[tuple[float, ...]] = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
+DEPLOYMENT_PHASES: Final[tuple[str, ...]] = tuple(p for p in get_args(DeploymentPhase) if p)
+INSTANCE_PHASES: Final[tuple[str, ...]] = tuple(p for p in get_args(InstancePhase) if p)
+
+
+def histogram_buckets(values: list[float], bounds: tuple[float, ...] = DURATION_BUCKETS) -> list[tuple[str, float]]:
+    """Cumulative ``(le, count)`` pairs for ``values``, ending with ``+Inf``."""
+    ordered = sorted(values)
+    out = [(floatToGoString(b), float(bisect_right(ordered, b))) for b in bounds]  # values <= b
+    out.append(("+Inf", float(len(ordered))))
+    return out
+
 
 class StoreCollector(Collector):
-    """``forge_deployments_total{status}``, ``forge_tasks_total{status}``, ``forge_agents_online``."""
+    """Counters and the deploy-duration histogram from the store's marks; agents online."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
 
     def collect(self) -> Iterator[Metric]:
         try:
-            deps, _ = self.store.list("Deployment")
-            insts, _ = self.store.list("Instance")
+            deployments = self.store.tally(DEPLOYMENTS_METRIC)
+            tasks = self.store.tally(TASKS_METRIC)
+            durations = self.store.observations(DURATION_METRIC, DURATION_LABEL)
             nodes, _ = self.store.list("Node")
         except ForgeError as exc:
             log.warning("metrics: cannot read the store: %s", exc.message)
             return
-        for name, doc, items in (
-            ("forge_deployments_total", "Deployments by phase", deps),
-            ("forge_tasks_total", "Instances (tasks) by phase", insts),
+        for name, doc, counts, known in (
+            (DEPLOYMENTS_METRIC, "Deployments that reached each phase", deployments, DEPLOYMENT_PHASES),
+            (TASKS_METRIC, "Instances (tasks) that reached each phase", tasks, INSTANCE_PHASES),
         ):
-            fam = GaugeMetricFamily(name, doc, labels=["status"])
-            for phase, n in sorted(Tally(o.status.phase or "Pending" for o in items).items()):
-                fam.add_metric([phase], n)
+            fam = CounterMetricFamily(name, doc, labels=["status"])
+            for phase in sorted(set(known) | set(counts)):
+                fam.add_metric([phase], counts.get(phase, 0))
             yield fam
+        yield HistogramMetricFamily(
+            DURATION_METRIC, "Seconds from a Deployment's creation (the push) until it went live",
+            buckets=histogram_buckets(durations), sum_value=sum(durations),
+        )
         online = sum(1 for n in nodes if n.status.is_true("Ready"))
         yield GaugeMetricFamily("forge_agents_online", "Nodes whose Ready condition is True", value=online)
 

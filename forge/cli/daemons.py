@@ -98,7 +98,8 @@ def controllers(data_dir: str | None, metrics_listen: str | None, domain: str | 
     stop = stop_on_signals()
     store = open_store(cfg.effective_store_url)
     try:
-        run_controllers(cfg, store, SystemClock(), stop, metrics_listen=metrics_listen)
+        run_controllers(cfg, store, SystemClock(), stop,
+                        metrics_listen=check_listen(metrics_listen, "--metrics-listen") if metrics_listen else None)
     finally:
         store.close()
 
@@ -178,9 +179,11 @@ def stop_local_apps(data_dir: Path, mode: str, grace: float = 10.0) -> None:
               help="internal: HTTPS with Caddy's internal CA (testable offline); on-demand: ACME with the tls/ask gate.")
 @click.option("--https-listen", default=None, help="Where Caddy serves HTTPS with --tls (default: HTTP port + 443, or :443).")
 @click.option("--metrics-listen", default="127.0.0.1:9108", show_default=True, help="The local agent's metrics.")
+@click.option("--controllers-metrics-listen", default="127.0.0.1:9109", show_default=True,
+              help="The controllers' metrics (reconciles, queue depth, router).")
 @click.option("--node-name", default=None, help="Name of the local node (default: the hostname).")
 def up(data_dir: str | None, api_listen: str, http_listen: str, caddy_admin: str, domain: str, tls: str,
-       https_listen: str | None, metrics_listen: str, node_name: str | None) -> None:
+       https_listen: str | None, metrics_listen: str, controllers_metrics_listen: str, node_name: str | None) -> None:
     """Everything on one machine: API, controllers, a local agent and Caddy."""
     from forge.up import Supervisor
 
@@ -192,6 +195,7 @@ def up(data_dir: str | None, api_listen: str, http_listen: str, caddy_admin: str
         https_listen=check_listen(https_listen, "--https-listen") if https_listen else None,
     )
     sup = Supervisor(cfg, metrics_listen=check_listen(metrics_listen, "--metrics-listen"),
-                     node_name=node_name or socket.gethostname().lower(), env=dict(os.environ))
+                     node_name=node_name or socket.gethostname().lower(), env=dict(os.environ),
+                     controllers_metrics_listen=check_listen(controllers_metrics_listen, "--controllers-metrics-listen"))
     stop = stop_on_signals()
     sup.run(stop)

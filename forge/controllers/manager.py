@@ -60,8 +60,14 @@ def build_controllers(config: Config, store: Store, clock: Clock, registry: Coll
 
 
 def _serve_metrics(listen: str, registry: CollectorRegistry) -> Any:
+    """The metrics server, or None when the address cannot be bound: reconciling matters more
+    than being scraped (a Prometheus target-down alert tells the operator; so does this log)."""
     host, _, port = listen.rpartition(":")
-    server, _thread = start_http_server(int(port), addr=host or "127.0.0.1", registry=registry)
+    try:
+        server, _thread = start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1", registry=registry)
+    except OSError as exc:
+        log.error("cannot serve controller metrics on %s: %s; running without a metrics endpoint", listen, exc)
+        return None
     log.info("controller metrics on http://%s/metrics", listen)
     return server
 
