@@ -50,8 +50,10 @@ def cmdlines_containing(secret: str) -> list[str]:
 class PrivateGitServer:
     """Serves the bare repositories under ``root`` (``root/OWNER/NAME.git``) to ``token`` only."""
 
-    def __init__(self, root: Path, token: str) -> None:
-        self.root, self.token = Path(root), token
+    def __init__(self, root: Path, token: str, reflect: bool = True) -> None:
+        # reflect: a 401 body repeats the password it was sent (git prints it as "remote: ..."),
+        # so a test sees whether the caller scrubs git's output.
+        self.root, self.token, self.reflect = Path(root), token, reflect
         self.requests: list[tuple[str, int]] = []  # (path, status) of every request
         self.argv_leaks: list[str] = []
         self._lock = threading.Lock()
@@ -77,15 +79,15 @@ class PrivateGitServer:
         with self._lock:
             return [s for _, s in self.requests]
 
-    def _authorized(self, header: str) -> bool:
+    def _password(self, header: str) -> tuple[str, str] | None:
         scheme, _, value = header.partition(" ")
         if scheme.lower() != "basic":
-            return False
+            return None
         try:
             user, _, password = base64.b64decode(value.strip()).decode().partition(":")
         except (ValueError, UnicodeDecodeError):
-            return False
-        return user == USER and hmac.compare_digest(password.encode(), self.token.encode())
+            return None
+        return user, password
 
     def _record(self, path: str, status: int) -> None:
         leaks = cmdlines_containing(self.token)
@@ -95,11 +97,13 @@ class PrivateGitServer:
 
     def _app(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
-        if not self._authorized(environ.get("HTTP_AUTHORIZATION", "")):
+        sent = self._password(environ.get("HTTP_AUTHORIZATION", ""))
+        if sent is None or sent[0] != USER or not hmac.compare_digest(sent[1].encode(), self.token.encode()):
             self._record(path, 401)
+            text = f"unauthorized: {sent[1]}\n" if sent and self.reflect else "unauthorized\n"
             start_response("401 Unauthorized", [("WWW-Authenticate", 'Basic realm="forge-test"'),
-                                                ("Content-Type", "text/plain"), ("Content-Length", "13")])
-            return [b"unauthorized\n"]
+                                                ("Content-Type", "text/plain"), ("Content-Length", str(len(text)))])
+            return [text.encode()]
         length = int(environ.get("CONTENT_LENGTH") or 0)
         body = environ["wsgi.input"].read(length) if length else b""
         cgi_env = {

@@ -24,7 +24,7 @@ from forge.client import ForgeClient
 from forge.clock import Clock, SystemClock
 from forge.models import LABEL_NODE, Instance
 from forge.nodeagent import node as nodeinfo
-from forge.nodeagent.builder import Builder
+from forge.nodeagent.builder import Builder, api_credentials
 from forge.nodeagent.exitwatch import ExitWatcher
 from forge.nodeagent.logship import Shipper
 from forge.nodeagent.metrics import AgentCollector, serve_metrics
@@ -66,7 +66,8 @@ class Agent:
         self.last_heartbeat = 0.0
         self.exits = ExitWatcher(self.queue.add)
         self.shipper = Shipper(client, self.state, self.data_dir / "logs", clock, stop, cap_bytes=log_cap_bytes)
-        builder = Builder(self.data_dir, git_url_template, self.sandbox, self.driver, clock, SandboxSpec, self._owner)
+        builder = Builder(self.data_dir, git_url_template, self.sandbox, self.driver, clock, SandboxSpec, self._owner,
+                          credentials=api_credentials(client))
         self.supervisor = Supervisor(self.sandbox, self.driver, clock, SandboxSpec, self._owner)
         status = StatusWriter(client, clock, self._remember)
         self.reconciler = Reconciler(client, name, self.data_dir, self.state, builder, self.supervisor,

@@ -7,6 +7,12 @@ may be extracted side by side), and ``build.commands`` run one by one with ``sh 
 sandbox inside a build cgroup, under the manifest's timeout. Output goes to the Instance's
 build log. Instances of one Deployment on this node share a build: a lock per release dir and a
 ``.forge-built`` marker holding the commit.
+
+Private repositories: when a commit has to be fetched, the builder asks ``credentials(instance)``
+(in the agent, ``GET /api/v1/instances/NAME/gitcredential``, see ``api_credentials``) once for
+that fetch and keeps nothing. ``forge.gitauth`` hands the token to git through the environment
+and a GIT_ASKPASS script in a 0700 temporary directory — never in argv — and git's output is
+scrubbed of it before it reaches the build log or a FetchFailed message.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from typing import Any, Final
 
 from forge import errors
 from forge.clock import Clock
+from forge.gitauth import GitAuth, git_auth
 from forge.nodeagent.sandbox import SandboxTimeout, prepare_workdir
 from forge.nodeagent.spec import RunSpec
 
@@ -62,12 +69,34 @@ def git_env(data_dir: Path) -> dict[str, str]:
     }
 
 
+Credentials = Callable[[str], str | None]  # instance name -> git token, None for a public repo
+
+
+def api_credentials(client: Any) -> Credentials:
+    """Ask the control plane (a ``ForgeClient`` with the node token) for an Instance's git token.
+
+    404 means no RepoCredential applies (a public repo); every other error propagates, so the
+    agent's work queue retries the build later instead of failing it."""
+
+    def fetch(instance: str) -> str | None:
+        try:
+            body = client.request("GET", f"/api/v1/instances/{instance}/gitcredential")
+        except errors.NotFound:
+            return None
+        token = body.get("token") if isinstance(body, dict) else None
+        return str(token) if token else None
+
+    return fetch
+
+
 class Builder:
     def __init__(
         self, data_dir: Path, git_url_template: str, sandbox: Any, driver: Any, clock: Clock,
         spec_factory: Callable[..., Any], owner_for: Callable[[str], tuple[int | None, int | None]],
+        credentials: Credentials | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
+        self.credentials = credentials
         self.git_url_template = git_url_template
         self.sandbox, self.driver, self.clock = sandbox, driver, clock
         self.spec_factory = spec_factory  # SandboxSpec
@@ -100,7 +129,7 @@ class Builder:
             build_log.parent.mkdir(parents=True, exist_ok=True)
             with open(build_log, "ab") as out:
                 out.write(f"==> fetching {repo}@{commit[:12]}\n".encode())
-            cache = self._fetch(repo, commit, build_log)
+            cache = self._fetch(instance, repo, commit, build_log)
             self._export(cache, commit, release, build_log)
             uid, gid = self.owner_for(app)
             if uid is not None and os.geteuid() == 0:
@@ -112,18 +141,26 @@ class Builder:
             return release
 
     # -- fetch -----------------------------------------------------------------
-    def _git(self, args: list[str], build_log: Path) -> tuple[int, bytes]:
+    @staticmethod
+    def git_argv(args: list[str], auth: GitAuth | None = None) -> list[str]:
+        """The argv of one git run: ``auth.args`` are ``-c`` options, never the token."""
+        return ["git", *(auth.args if auth is not None else []), *args]
+
+    def _git(self, args: list[str], build_log: Path, auth: GitAuth | None = None) -> tuple[int, bytes]:
+        env = git_env(self.data_dir)
         try:
-            proc = subprocess.run(["git", *args], env=git_env(self.data_dir), stdin=subprocess.DEVNULL,
-                                  capture_output=True, timeout=GIT_TIMEOUT, check=False)
+            proc = subprocess.run(self.git_argv(args, auth), env=auth.apply(env) if auth is not None else env,
+                                  stdin=subprocess.DEVNULL, capture_output=True, timeout=GIT_TIMEOUT, check=False)
         except subprocess.TimeoutExpired:
             return 124, b"git timed out\n"
         output = proc.stdout + proc.stderr
+        if auth is not None and auth.token:
+            output = auth.scrub(output.decode("utf-8", "replace")).encode()
         with open(build_log, "ab") as out:
             out.write(output)
         return proc.returncode, output
 
-    def _fetch(self, repo: str, commit: str, build_log: Path) -> Path:
+    def _fetch(self, instance: str, repo: str, commit: str, build_log: Path) -> Path:
         owner, _, name = repo.partition("/")
         cache = self.data_dir / "git" / owner / f"{name}.git"
         with self._lock(str(cache)):
@@ -136,9 +173,12 @@ class Builder:
             if self._git([gd, "cat-file", "-e", f"{commit}^{{commit}}"], Path(os.devnull))[0] == 0:
                 return cache
             url = self.git_url_template.format(full_name=repo)
-            rc, out = self._git([gd, "fetch", "-q", "--depth", "1", url, commit], build_log)
-            if rc != 0:
-                rc, out = self._git([gd, "fetch", "-q", url, commit], build_log)
+            token = self.credentials(instance) if self.credentials is not None else None
+            with git_auth(token, self.data_dir / "git") as auth:
+                rc, out = self._git([gd, "fetch", "-q", "--depth", "1", url, commit], build_log, auth)
+                if rc != 0:
+                    rc, out = self._git([gd, "fetch", "-q", url, commit], build_log, auth)
+            del token
             if rc != 0:
                 raise BuildError(REASON_FETCH_FAILED, f"cannot fetch {repo}@{commit[:12]}: {tail(out)}")
             # A ref keeps the fetched objects safe from git's pruning of unreachable objects.
