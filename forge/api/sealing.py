@@ -6,7 +6,8 @@ reaches the store, and never leaves again: every response, list and watch event 
 through ``redact``. Responses omit ``spec.data`` / ``spec.token`` entirely; a Secret's key
 names are in ``status.keys``. Because responses omit them, a PUT without ``spec.data`` (or
 with an empty ``spec.token``) keeps the stored values — a GET→edit→PUT round trip never wipes
-a secret. The only route that returns plaintext is ``GET /api/v1/instances/NAME/secrets``.
+a secret. The only routes that return plaintext are ``GET /api/v1/instances/NAME/secrets`` and
+``GET /api/v1/instances/NAME/gitcredential`` (to that Instance's node).
 """
 
 from __future__ import annotations
@@ -55,6 +56,22 @@ class Sealer:
     def open_values(self, kind: str, name: str, data: dict[str, str]) -> dict[str, str]:
         kr = self.keyring
         return {k: kr.decrypt(v, aad(kind, name, k)) for k, v in data.items()}
+
+    def digest(self, data: dict[str, str]) -> str:
+        """Keyed digest of a Secret's plaintext values (``status.dataDigest``)."""
+        from forge.secrets import data_digest
+
+        return data_digest(self.keyring, data)
+
+    def open_digest(self, name: str, sealed: dict[str, str], plain: dict[str, str]) -> str | None:
+        """Digest of stored values ``sealed`` overlaid with ``plain``; None when a stored one will not open."""
+        from forge.secrets import DecryptionFailed
+
+        try:
+            values = self.open_values("Secret", name, sealed)
+        except DecryptionFailed:
+            return None
+        return self.digest({**values, **plain})
 
     def rotate_all(self, store: Any) -> Any:
         from forge.secrets import rotate_all

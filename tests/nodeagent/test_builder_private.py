@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -138,3 +139,19 @@ def test_another_nodes_instance_gets_no_credential(rig: Rig) -> None:
         rig.build("theirs-1-0", "acme/private", node="n2")
     assert rig.remote.statuses() == [], "git never ran"
     assert not (rig.builder.release_dir("theirs", "theirs-1") / ".forge-built").exists()
+
+
+def test_agent_wires_the_credential_route_into_its_builder(rig: Rig) -> None:
+    """The agent's builder asks the API with the agent's own node token (no test-side wiring)."""
+    from forge.nodeagent.agent import Agent
+
+    rig.api.create_instance("wired-1-0", "n1", rig.commits["acme/private"], manifest(), app="wired", repo="acme/private")
+    agent = Agent(ForgeClient(rig.api.url, rig.api.node_token("n1")), "n1", rig.tmp / "agent", "127.0.0.1", None, "dev",
+                  rig.remote.url_template, threading.Event(), CLOCK, driver=rig.driver)
+    try:
+        creds = agent.reconciler.builder.credentials
+        assert creds is not None and creds("wired-1-0") == TOKEN
+        rig.api.create_instance("pub-1-0", "n1", rig.commits["solo/open"], manifest(), app="pub", repo="solo/open")
+        assert creds("pub-1-0") is None, "404 means a public repo"
+    finally:
+        agent.client.close()
