@@ -74,3 +74,32 @@ def test_controller_metrics_pass_promtool(
     depth = exp.by_label("forge_controller_queue_depth", "controller")
     assert {"tally", "rollout", "router", "scheduler", "gc"} <= set(depth)
     assert store.tally("forge_deployments_total").get("Pending") == 1  # the tally ran for real
+
+
+def test_busy_metrics_port_does_not_stop_the_controllers(
+    store: Store, config: Config, make_app: Callable[..., Any], make_deployment: Callable[..., Any],
+) -> None:
+    """When the metrics address is taken the controllers still lead and reconcile (the error is logged)."""
+    from forge.controllers.leader import LEASE_NAME
+
+    cfg = dataclasses.replace(config, caddy_admin="127.0.0.1:1")
+    make_deployment(make_app("hello"), 1, manifest=True)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        stop = threading.Event()
+        t = threading.Thread(target=run_controllers, args=(cfg, store, SystemClock(), stop), daemon=True,
+                             kwargs={"metrics_listen": f"127.0.0.1:{busy.getsockname()[1]}", "identity": "cp-busy"})
+        t.start()
+        try:
+            clock = SystemClock()
+            deadline = clock.monotonic() + 20
+            while not store.tally("forge_deployments_total") and clock.monotonic() < deadline:
+                stop.wait(0.05)  # bounded wait for the runtime's threads
+            assert t.is_alive()
+            assert store.get("Lease", LEASE_NAME).spec.holder == "cp-busy"
+            assert store.tally("forge_deployments_total").get("Pending") == 1
+        finally:
+            stop.set()
+            t.join(20)
+    assert not t.is_alive()
