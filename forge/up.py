@@ -155,6 +155,10 @@ class Supervisor:
         return Child("caddy", [caddy, "run", "--config", str(caddy_dir / "config.json")], env,
                      self.data / "logs" / "caddy.log", ready=lambda: self._http_ok(f"{self.caddy_admin_url}/config/"))
 
+    @staticmethod
+    def _metrics_url(listen: str | None) -> str:
+        return f"http://{listen}/metrics" if listen else "(not served)"
+
     def _forge(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "forge", *args]
 
@@ -215,6 +219,8 @@ class Supervisor:
             f"  Apps:       {scheme}://APP.{self.cfg.domain} via {self.cfg.http_listen}\n"
             f"  Webhook:    {self.api_url}/api/v1/webhook/github\n"
             f"  Dashboard:  {self.api_url}/ui\n"
+            f"  Metrics:    {self.api_url}/metrics, controllers {self._metrics_url(self.controllers_metrics_listen)}, "
+            f"agent {self._metrics_url(self.metrics_listen)}\n"
             f"  Logs:       {self.data / 'logs'}\n"
             f"Press Ctrl-C to stop everything.",
             flush=True,
