@@ -492,6 +492,10 @@ class SecretSpec(Model):
 class SecretStatus(Status):
     keys: list[str] = Field(default_factory=list)
     updated_time: str | None = None
+    # Keyed digest of the plaintext values, written by the API with every data change; key
+    # rotation re-encrypts ``spec.data`` but leaves it alone, so releases follow values, not
+    # ciphertexts.
+    data_digest: str | None = Field(default=None, max_length=128)
 
 
 class Secret(Resource):

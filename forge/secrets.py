@@ -33,6 +33,7 @@ import binascii
 import contextlib
 import fcntl
 import hashlib
+import hmac
 import json
 import logging
 import os
@@ -53,6 +54,7 @@ log = logging.getLogger(__name__)
 PREFIX = "fsec1"
 KEY_FILE = "secret-keys.json"
 _KID_LABEL = b"forge-secret-key-id\x00"
+_DIGEST_LABEL = b"forge-secret-data-digest\x00"
 
 
 class DecryptionFailed(ForgeError):
@@ -170,6 +172,14 @@ class Keyring:
             raise DecryptionFailed(
                 f"{aad}: cannot decrypt (tampered, or copied from another record or field)"
             ) from None
+
+    def derive(self, label: bytes) -> bytes:
+        """A sub-key of the primary key for ``label`` (HMAC-SHA256); never the key itself."""
+        if self._path is not None and self._file_mtime() != self._mtime:
+            self.reload()
+        with self._lock:
+            key = self._keys[self._primary]
+        return hmac.new(key, label, hashlib.sha256).digest()
 
     def _key(self, kid: str) -> bytes | None:
         with self._lock:
@@ -314,6 +324,16 @@ def seal_secret_data(keyring: Keyring, kind: str, name: str, data: dict[str, str
 def open_secret_data(keyring: Keyring, kind: str, name: str, data: dict[str, str]) -> dict[str, str]:
     """Tokens → plaintext; ``DecryptionFailed`` naming the field on any bad value."""
     return {k: keyring.decrypt(v, aad_for(kind, name, k)) for k, v in data.items()}
+
+
+def data_digest(keyring: Keyring, data: dict[str, str]) -> str:
+    """A keyed digest of plaintext ``data`` that says whether values changed and nothing else.
+
+    HMAC-SHA256 under a key derived from the primary key (a digest made after a rotation
+    differs even for equal values, which only costs a redeploy when values are written again)."""
+    mac_key = keyring.derive(_DIGEST_LABEL)
+    canonical = json.dumps(sorted(data.items()), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return "hs256:" + hmac.new(mac_key, canonical, hashlib.sha256).hexdigest()[:32]
 
 
 def _reseal(keyring: Keyring, kind: str, name: str, field: str, value: str) -> str | None:

@@ -59,27 +59,35 @@ class _Base:
         return stored
 
     # -- write-only values ---------------------------------------------------------------
-    def _seal_full(self, obj: Resource, body: dict[str, Any], stored: Resource | None) -> None:
-        """Seal plaintext from a create/PUT body; keep stored values the body left out."""
+    def _seal_full(self, obj: Resource, body: dict[str, Any], stored: Resource | None) -> str | None:
+        """Seal plaintext from a create/PUT body; keep stored values the body left out.
+
+        Returns the digest of a Secret's new plaintext values (None when they were kept)."""
         spec = body.get("spec") if isinstance(body.get("spec"), dict) else {}
         if self.kind == "Secret":
             if "data" in spec or stored is None:
+                digest = self.ctx.sealer.digest(obj.spec.data)
                 obj.spec.data = self.ctx.sealer.seal_values("Secret", obj.name, obj.spec.data)
-            else:
-                obj.spec.data = dict(stored.spec.data)
+                return digest
+            obj.spec.data = dict(stored.spec.data)
         elif self.kind == "RepoCredential":
             if obj.spec.token:
                 obj.spec.token = self.ctx.sealer.seal_token(obj.name, obj.spec.token)
             elif stored is not None:
                 obj.spec.token = stored.spec.token
+        return None
 
-    def _sync_secret_status(self, written: Resource) -> Resource:
-        """Secret.status.keys = sorted key names, written after every data change."""
+    def _sync_secret_status(self, written: Resource, digest: str | None) -> Resource:
+        """Secret.status.keys = sorted key names and dataDigest, written after every data change.
+
+        (The store writes spec and status separately; until this lands, controllers see the
+        old digest and simply act one write later.)"""
         if self.kind != "Secret":
             return written
         obj = written
         for _ in range(PATCH_RETRIES):
             obj.status.keys = sorted(obj.spec.data)
+            obj.status.data_digest = digest
             obj.status.updated_time = self.ctx.clock.now_iso()
             try:
                 return self.ctx.store.update_status(obj)
@@ -118,10 +126,11 @@ class CollectionResource(_Base):
             "metadata": ObjectMeta(name=obj.name, labels=obj.metadata.labels, owner_ref=obj.metadata.owner_ref),
             "status": type(obj.status)(),
         })
-        self._seal_full(fresh, body, None)
-        if self.kind == "Secret":
+        digest = self._seal_full(fresh, body, None)
+        if self.kind == "Secret":  # created with its status in the same write
             fresh.status.keys = sorted(fresh.spec.data)
             fresh.status.updated_time = self.ctx.clock.now_iso()
+            fresh.status.data_digest = digest
         created = self.ctx.store.create(fresh)
         resp.set_header("Location", f"/api/v1/{self.cls.PLURAL}/{created.name}")
         send(resp, render(created), 201)
@@ -143,10 +152,10 @@ class ItemResource(_Base):
                 [{"path": "metadata.resourceVersion", "message": "field required"}],
             )
         stored = self.ctx.store.get(self.kind, name) if self.kind in ("Secret", "RepoCredential") else None
-        self._seal_full(obj, body, stored)
+        digest = self._seal_full(obj, body, stored)
         written = self.ctx.store.update(obj)
         if self.kind == "Secret" and stored is not None and written.spec.data != stored.spec.data:
-            written = self._sync_secret_status(written)
+            written = self._sync_secret_status(written, digest)
         send(resp, render(written))
 
     def on_patch(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
@@ -165,7 +174,7 @@ class ItemResource(_Base):
             doc = merge_patch(stored.dump(), patch)
             doc.setdefault("metadata", {})["resourceVersion"] = want_rv or stored.metadata.resource_version
             obj = validate(self.cls, doc)
-            data_changed = self._apply_sealed_patch(obj, stored, patch, data_patch)
+            data_changed, digest = self._apply_sealed_patch(obj, stored, patch, data_patch)
             try:
                 written = self.ctx.store.update(obj)
             except Conflict:
@@ -173,28 +182,30 @@ class ItemResource(_Base):
                     raise
                 continue
             if data_changed:
-                written = self._sync_secret_status(written)
+                written = self._sync_secret_status(written, digest)
             send(resp, render(written))
             return
 
-    def _apply_sealed_patch(self, obj: Resource, stored: Resource, patch: dict[str, Any], data_patch: Any) -> bool:
+    def _apply_sealed_patch(self, obj: Resource, stored: Resource, patch: dict[str, Any],
+                            data_patch: Any) -> tuple[bool, str | None]:
+        """Seal a patch's plaintext; (whether Secret data changed, the new values' digest)."""
         if self.kind == "RepoCredential":
             spec = patch.get("spec") if isinstance(patch.get("spec"), dict) else {}
             if spec.get("token"):
                 obj.spec.token = self.ctx.sealer.seal_token(obj.name, obj.spec.token)
-            return False
+            return False, None
         if self.kind != "Secret" or data_patch is None:
-            return False
+            return False, None
         for key, value in data_patch.items():
             if value is not None and not isinstance(value, str):
                 raise BadRequest(f"spec.data.{key} must be a string or null",
                                  [{"path": f"spec.data.{key}", "message": "must be a string or null"}])
         adds = {k: v for k, v in data_patch.items() if v is not None}
         validate_data(adds)
-        data = {k: v for k, v in stored.spec.data.items() if data_patch.get(k, "") is not None}
-        data.update(self.ctx.sealer.seal_values("Secret", obj.name, adds))
-        obj.spec.data = data
-        return True
+        kept = {k: v for k, v in stored.spec.data.items() if k not in data_patch}
+        digest = self.ctx.sealer.open_digest(obj.name, kept, adds)
+        obj.spec.data = {**kept, **self.ctx.sealer.seal_values("Secret", obj.name, adds)}
+        return True, digest
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
         self._authorize(auth.principal(req), "delete", name)

@@ -33,7 +33,9 @@ CREATE_RETRIES = 5
 
 
 class DeployRequest(Model):
-    commit: str = Field(pattern=COMMIT.pattern)
+    """``commit`` left out redeploys the live release's commit (else the newest release's)."""
+
+    commit: str | None = Field(default=None, pattern=COMMIT.pattern)
     ref: str = Field(default="", max_length=255)
 
 
@@ -67,6 +69,19 @@ def rollback_target(app: App, deployments: list[Deployment], to: str | None) -> 
     return older[-1]
 
 
+def redeploy_source(app: App, deployments: list[Deployment], ref: str) -> Deployment:
+    """The release whose commit a deploy without ``commit`` re-releases: the live one, else the newest."""
+    if ref:
+        raise BadRequest(f"a ref alone cannot be deployed: the API does not fetch {ref!r}; pass its commit too "
+                         "(or push to the branch)", [{"path": "commit", "message": "required with ref"}])
+    live = next((d for d in deployments if d.name == app.status.live_deployment), None)
+    source = live or (deployments[-1] if deployments else None)
+    if source is None:
+        raise BadRequest(f"app {app.name!r} has no release yet; name the commit to deploy",
+                         [{"path": "commit", "message": "required for the first release"}])
+    return source
+
+
 def create_next(store: Store, app: App, spec: DeploymentSpec) -> Deployment:
     """Create ``APP-(N+1)``; a concurrent writer taking N+1 just moves us to the next number."""
     for _ in range(CREATE_RETRIES):
@@ -95,8 +110,12 @@ class DeployResource:
         body: DeployRequest = _parse(DeployRequest, read_object(req))
         app = self.ctx.store.get("App", name)
         assert isinstance(app, App)
+        commit, ref = body.commit, body.ref
+        if commit is None:
+            source = redeploy_source(app, app_deployments(self.ctx.store, name), ref)
+            commit, ref = source.spec.commit, source.spec.ref
         config = DeploymentConfig(env=dict(app.spec.env), replicas=app.spec.replicas, domains=list(app.spec.domains))
-        spec = DeploymentSpec(app=name, commit=body.commit, ref=body.ref, repo=app.spec.repo,
+        spec = DeploymentSpec(app=name, commit=commit, ref=ref, repo=app.spec.repo,
                               trigger=Trigger(type="api"), config=config)
         send(resp, render(create_next(self.ctx.store, app, spec)), 201)
 

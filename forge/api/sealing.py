@@ -57,6 +57,22 @@ class Sealer:
         kr = self.keyring
         return {k: kr.decrypt(v, aad(kind, name, k)) for k, v in data.items()}
 
+    def digest(self, data: dict[str, str]) -> str:
+        """Keyed digest of a Secret's plaintext values (``status.dataDigest``)."""
+        from forge.secrets import data_digest
+
+        return data_digest(self.keyring, data)
+
+    def open_digest(self, name: str, sealed: dict[str, str], plain: dict[str, str]) -> str | None:
+        """Digest of stored values ``sealed`` overlaid with ``plain``; None when a stored one will not open."""
+        from forge.secrets import DecryptionFailed
+
+        try:
+            values = self.open_values("Secret", name, sealed)
+        except DecryptionFailed:
+            return None
+        return self.digest({**values, **plain})
+
     def rotate_all(self, store: Any) -> Any:
         from forge.secrets import rotate_all
 

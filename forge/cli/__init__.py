@@ -81,7 +81,12 @@ def main() -> None:
     from forge.cli import apps, daemons, resources  # noqa: F401  (registers verbs)
 
     try:
-        cli.main(standalone_mode=False)
+        cli.main(prog_name="forge", standalone_mode=False)
+    except click.UsageError as exc:  # one line and a hint, not the whole usage block
+        click.echo(f"error: {exc.format_message()}", err=True)
+        if exc.ctx is not None:
+            click.echo(f"Try '{exc.ctx.command_path} --help' for help.", err=True)
+        sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)

@@ -46,7 +46,7 @@ def _patch_app(ctx: Ctx, name: str, mutate: Any) -> dict:
 def apps(cctx: click.Context, fmt: str) -> None:
     """List apps, or manage them (create, delete)."""
     if cctx.invoked_subcommand is None:
-        items, _ = cctx.find_or_create_object(Ctx).client.list("apps")
+        items, _ = cctx.ensure_object(Ctx).client.list("apps")
         click.echo(render(items, "App", fmt) if items or fmt != "table" else "no apps yet: forge apps create NAME --repo OWNER/REPO")
 
 
@@ -421,7 +421,9 @@ def secrets() -> None:
 def secrets_rotate(ctx: Ctx) -> None:
     """Re-encrypt every secret under a fresh key."""
     out = ctx.client.request("POST", "/api/v1/secrets/rotate-key", json={})
-    click.echo(f"re-encrypted {out.get('reencrypted', '?')} values under key {out.get('keyId', '?')}")
+    count = out.get("rotated", out.get("reencrypted"))
+    click.echo(f"re-encrypted {count if isinstance(count, int) else 'every'} secret value(s) under a new key"
+               + (f" {out['keyId']}" if out.get("keyId") else ""))
 
 
 @cli.group(invoke_without_command=True)
@@ -430,7 +432,7 @@ def secrets_rotate(ctx: Ctx) -> None:
 def nodes(cctx: click.Context, fmt: str) -> None:
     """List nodes, or mint join tokens."""
     if cctx.invoked_subcommand is None:
-        items, _ = cctx.find_or_create_object(Ctx).client.list("nodes")
+        items, _ = cctx.ensure_object(Ctx).client.list("nodes")
         click.echo(render(items, "Node", fmt) if items or fmt != "table" else "no nodes have joined yet")
 
 

@@ -78,11 +78,13 @@ def time_of(text: str | None, default: float) -> float:
 
 
 def secret_version(secret: Secret | None) -> str | None:
-    """What identifies the Secret's content: uid + spec generation (generation moves only with
-    ``spec.data``; ``status.updatedTime`` is written in a second step, and reading it would see
-    one change twice)."""
+    """What identifies the Secret's values: the API's keyed digest of the plaintext
+    (``status.dataDigest``), which a key rotation leaves alone although it rewrites every
+    ciphertext; for a record written before digests existed, uid + spec generation."""
     if secret is None:
         return None
+    if secret.status.data_digest:
+        return secret.status.data_digest
     return f"{secret.metadata.uid[:8]}.{secret.metadata.generation}"
 
 

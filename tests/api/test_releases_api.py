@@ -89,13 +89,31 @@ def test_deploy(history: Api) -> None:
     assert r.json["spec"]["repo"] == "acme/hello" and r.json["spec"]["config"]["replicas"] == 1
 
 
-@pytest.mark.parametrize("body", [{}, {"commit": "abc"}, {"commit": "A" * 40}, {"ref": "main"}],
-                         ids=["empty", "short", "upper", "ref-only"])
+@pytest.mark.parametrize("body", [{"commit": "abc"}, {"commit": "A" * 40}, {"ref": "main"}],
+                         ids=["short", "upper", "ref-only"])
 def test_deploy_needs_commit(history: Api, body: dict[str, Any]) -> None:
-    """deploy without a valid 40-hex commit is 400 naming commit."""
+    """deploy with a malformed commit, or a ref the API cannot resolve, is 400 naming commit."""
     r = history.req("POST", "/api/v1/apps/hello/deploy", json=body)
     assert r.status_code == 400
     assert "commit" in r.text
+
+
+@pytest.mark.parametrize(("live", "commit"), [("hello-3", COMMIT3), ("hello-1", COMMIT1), (None, COMMIT3)],
+                         ids=["live", "older-live", "no-live-newest"])
+def test_deploy_without_commit_redeploys(history: Api, live: str | None, commit: str) -> None:
+    """deploy without a commit re-releases the live release's commit, else the newest release's."""
+    _set_live(history, live)
+    r = history.req("POST", "/api/v1/apps/hello/deploy", json={})
+    assert r.status_code == 201, r.text
+    assert r.json["metadata"]["name"] == "hello-4" and r.json["spec"]["commit"] == commit
+    assert r.json["spec"]["ref"] == "refs/heads/main" and r.json["spec"]["trigger"]["type"] == "api"
+
+
+def test_deploy_without_commit_and_no_release_is_400(api: Api) -> None:
+    """The first release of an App needs a commit: without one deploy is 400 naming commit."""
+    api.create("apps", app_body())
+    r = api.req("POST", "/api/v1/apps/hello/deploy", json={})
+    assert r.status_code == 400 and "commit" in r.text and "no release" in r.text
 
 
 def _ship(api: Api, instance: str, dep: str, source: str, lines: list[str], start: int = 0) -> None:

@@ -141,9 +141,11 @@ def test_instance_spec_merges_env_and_resources() -> None:
      "01234567.3"),
     (Secret(metadata=ObjectMeta(name="hello", uid="0123456789", generation=3), spec=SecretSpec(app="hello"),
             status=SecretStatus(updated_time="2027-01-01T00:00:00.000Z")), "01234567.3"),
-], ids=["none", "generation", "status-ignored"])
+    (Secret(metadata=ObjectMeta(name="hello", uid="0123456789", generation=7), spec=SecretSpec(app="hello"),
+            status=SecretStatus(data_digest="hs256:abc")), "hs256:abc"),
+], ids=["none", "generation", "status-ignored", "digest-wins"])
 def test_secret_version(secret: Secret | None, version: str | None) -> None:
-    """A Secret's version is its uid and spec generation; the later status write does not count."""
+    """A Secret's version is the API's digest of its values, else its uid and spec generation."""
     assert ds.secret_version(secret) == version
 
 

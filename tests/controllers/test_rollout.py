@@ -11,7 +11,7 @@ import pytest
 from forge.clock import FakeClock
 from forge.config import Config
 from forge.controllers.rollout import RolloutController, RolloutSettings
-from forge.models import App, Deployment, DeploymentConfig, ObjectMeta, Secret, SecretSpec
+from forge.models import App, Deployment, DeploymentConfig, ObjectMeta, Secret, SecretSpec, SecretStatus
 from forge.store.base import Store
 from tests.controllers.conftest import condition_of, events_for, snapshot
 from tests.controllers.release_helpers import Crash, CrashingStore, get, instances, report, serve_all
@@ -259,6 +259,29 @@ def test_secret_change_creates_config_release(ctl: RolloutController, store: Sto
     v3 = get(store, "Deployment", "hello-3")
     assert v3.spec.config.secrets_version == f"{sec.metadata.uid[:8]}.{sec.metadata.generation}"
     assert v3.spec.config.secrets_version != v2.spec.config.secrets_version
+
+
+def test_key_rotation_is_not_a_config_change(ctl: RolloutController, store: Store, live_v1: App) -> None:
+    """Re-encrypted values with the same digest (a key rotation) release nothing; a new digest does."""
+    sec = store.create(Secret(metadata=ObjectMeta(name="hello"), spec=SecretSpec(app="hello", data={"K": "ct1"}),
+                              status=SecretStatus(keys=["K"], data_digest="hs256:one")))
+    ctl.reconcile("hello")
+    v2 = get(store, "Deployment", "hello-2")
+    assert v2.spec.config.secrets_version == "hs256:one"  # type: ignore[union-attr]
+    v2.status.manifest = get(store, "Deployment", "hello-1").status.manifest
+    store.update_status(v2)
+    ctl.reconcile("hello")
+    serve_all(store, "hello-2")
+    ctl.reconcile("hello")
+    assert_idempotent(ctl, store)
+    sec.spec.data = {"K": "ct2"}  # what rotate_all writes: new ciphertext, spec generation bumped
+    sec = store.update(sec)
+    assert_idempotent(ctl, store)
+    assert [d.metadata.name for d in store.list("Deployment")[0]] == ["hello-1", "hello-2"]
+    sec.status.data_digest = "hs256:two"
+    store.update_status(sec)
+    ctl.reconcile("hello")
+    assert get(store, "Deployment", "hello-3").spec.config.secrets_version == "hs256:two"  # type: ignore[union-attr]
 
 
 def test_app_deleted_stops_then_deletes_everything(ctl: RolloutController, store: Store, live_v1: App) -> None:
