@@ -28,6 +28,10 @@ class SqliteMarks:
         if not metric or not uid:
             raise Invalid("a mark needs a metric and a uid",
                           [{"path": "metric" if not metric else "uid", "message": "must not be empty"}])
+        key = (metric, uid, label)
+        with self._db.read() as conn:  # resyncs re-mark everything: keep the no-op case off the write lock
+            if conn.execute("SELECT 1 FROM marks WHERE metric = ? AND uid = ? AND label = ?", key).fetchone():
+                return False
         with self._db.write() as conn:
             cur = conn.execute(
                 "INSERT OR IGNORE INTO marks (metric, uid, label, value) VALUES (?, ?, ?, ?)",
