@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -12,10 +14,12 @@ from tests.e2e.harness import ADMIN_TOKEN, WEBHOOK_SECRET, Forge, free_port
 
 
 @pytest.fixture(scope="module")
-def forge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Forge]:
+def forge() -> Iterator[Forge]:
     if shutil.which("caddy") is None:
         pytest.skip("caddy is not installed (make setup)")
-    root = tmp_path_factory.mktemp("forge-e2e")
+    # Not under pytest's basetemp: pytest resets /tmp/pytest-of-USER to 0700 whenever a session
+    # starts, which would lock the apps' own uids out of their release dirs mid-run.
+    root = Path(tempfile.mkdtemp(prefix="forge-e2e-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("FORGE_")}
     env.update(FORGE_ADMIN_TOKEN=ADMIN_TOKEN, FORGE_GITHUB_WEBHOOK_SECRET=WEBHOOK_SECRET,
                FORGE_GIT_URL_TEMPLATE=f"file://{root}/remotes/{{full_name}}.git", FORGE_MODE="dev",
@@ -27,3 +31,4 @@ def forge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Forge]:
         yield f
     finally:
         f.stop()
+        shutil.rmtree(root, ignore_errors=True)

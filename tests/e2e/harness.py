@@ -156,7 +156,8 @@ class Forge:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "forge", "up", "--data-dir", str(self.data), "--api-listen", self.api.removeprefix("http://"),
              "--http-listen", self.http.removeprefix("http://"), "--caddy-admin", self.caddy_admin,
-             "--metrics-listen", f"127.0.0.1:{free_port()}", "--node-name", "e2e-node"],
+             "--metrics-listen", f"127.0.0.1:{free_port()}", "--controllers-metrics-listen", f"127.0.0.1:{free_port()}",
+             "--node-name", "e2e-node"],
             env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         out.close()
         wait_for(lambda: self.proc.poll() is not None or "Forge is up" in self.log.read_text(errors="replace"),
