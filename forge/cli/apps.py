@@ -78,6 +78,11 @@ def apps_delete(ctx: Ctx, name: str, yes: bool) -> None:
     if not yes and sys.stdin.isatty():
         click.confirm(f"delete app {name} and stop all its processes?", abort=True)
     ctx.client.delete("apps", name)
+    try:  # its secret env goes with it: a later app of the same name must not inherit it
+        if dig(ctx.client.get("secrets", name), "spec.app") == name:
+            ctx.client.delete("secrets", name)
+    except NotFound:
+        pass
     click.echo(f"app/{name} deleted")
 
 
@@ -138,15 +143,33 @@ def releases(ctx: Ctx, name: str, fmt: str) -> None:
 def follow_release(ctx: Ctx, name: str, app: str) -> dict:
     """Follow a Deployment's phases (and its build log) until it is terminal; return it."""
     stop = threading.Event()
+    printed: set[Any] = set()
+    lock = threading.Lock()
     seen_phase = ""
+    params = {"deployment": name, "source": "build"}
+
+    def show(line: dict) -> None:
+        with lock:
+            if line.get("id") not in printed:
+                printed.add(line.get("id"))
+                click.echo(f"  | {line.get('line', '')}", err=True)
 
     def tail_build() -> None:
         try:
             for line in ctx.client.stream_lines(f"/api/v1/apps/{app}/logs",
-                                                {"follow": "true", "deployment": name, "source": "build", "timeoutSeconds": 900}):
+                                                {**params, "follow": "true", "timeoutSeconds": 900}):
                 if stop.is_set():
                     return
-                click.echo(f"  | {line.get('line', '')}", err=True)
+                show(line)
+        except ForgeError:
+            return
+
+    def drain_build() -> None:
+        """The build lines the follower has not printed yet (it may lag the phase change)."""
+        stop.set()
+        try:
+            for line in ctx.client.stream_lines(f"/api/v1/apps/{app}/logs", {**params, "follow": "false"}):
+                show(line)
         except ForgeError:
             return
 
@@ -155,12 +178,13 @@ def follow_release(ctx: Ctx, name: str, app: str) -> dict:
     rv = int(dep["metadata"]["resourceVersion"])
     while True:
         phase = dig(dep, "status.phase") or "Pending"
+        if phase in TERMINAL:
+            drain_build()
         if phase != seen_phase:
             click.echo(f"{name}: {phase}" + (f" ({dig(dep, 'status.reason')}: {dig(dep, 'status.message')})"
                                             if dig(dep, "status.reason") else ""), err=True)
             seen_phase = phase
         if phase in TERMINAL:
-            stop.set()
             return dep
         for type_, obj in ctx.client.watch("deployments", rv, f"{LABEL_APP}={app}", timeout_seconds=30):
             rv = int(obj.get("metadata", {}).get("resourceVersion", rv))
