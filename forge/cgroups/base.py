@@ -58,6 +58,10 @@ def read_text(path: Path) -> str | None:
         return path.read_text()
     except (FileNotFoundError, ProcessLookupError):
         return None
+    except OSError as exc:
+        if exc.errno == errno.ENODEV:  # the group was removed while we read it
+            return None
+        raise
 
 
 def write_text(path: Path, value: str) -> None:

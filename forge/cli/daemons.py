@@ -133,10 +133,10 @@ def agent(api_url: str, token: str, name: str | None, data_dir: str | None, addr
         git_url_template=cfg.git_url_template, stop_event=stop, clock=SystemClock(),
     )
     if stop_apps_on_exit:
-        stop_local_apps(Path(cfg.data_dir), cfg.mode)
+        stop_local_apps(Path(cfg.data_dir), node)
 
 
-def stop_local_apps(data_dir: Path, mode: str, grace: float = 10.0) -> None:
+def stop_local_apps(data_dir: Path, node: str, grace: float = 10.0) -> None:
     """Stop every process the agent's state file lists (SIGTERM → grace → SIGKILL of the cgroup).
 
     The state file keeps the entries: the next agent start finds the processes gone and
@@ -145,11 +145,12 @@ def stop_local_apps(data_dir: Path, mode: str, grace: float = 10.0) -> None:
     from forge.cgroups import detect_driver
     from forge.clock import SystemClock
     from forge.nodeagent.sandbox import Sandbox
+    from forge.nodeagent.agent import node_cgroup_parent
     from forge.nodeagent.state import AgentState
     from forge.nodeagent.supervisor import process_start_ticks
 
     state = AgentState(data_dir / "agent-state.json").load()
-    driver = detect_driver(parent="forge")
+    driver = detect_driver(parent=node_cgroup_parent(node))
     sandbox = Sandbox(driver, mode="dev")
     clock = SystemClock()
 

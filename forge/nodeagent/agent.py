@@ -43,18 +43,25 @@ MAX_BACKOFF = 30.0
 _AUTO: Any = object()
 
 
+def node_cgroup_parent(node: str) -> str:
+    """``forge/NODE``: where this node's build and app cgroups live."""
+    return f"forge/{node}"
+
+
 class Agent:
     def __init__(
         self, client: ForgeClient, name: str, data_dir: Path, address: str, metrics_listen: str | None,
         mode: str, git_url_template: str, stop: threading.Event, clock: Clock,
         heartbeat_seconds: float = 5.0, workers: int = 4, log_cap_bytes: int = 10 * 1024 * 1024,
-        driver: Any = _AUTO, cgroup_parent: str = "forge",
+        driver: Any = _AUTO, cgroup_parent: str | None = None,
     ) -> None:
         self.client, self.name, self.address, self.clock, self.stop = client, name, address, clock, stop
         self.data_dir = Path(data_dir).resolve()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_listen, self.heartbeat_seconds, self.n_workers = metrics_listen, heartbeat_seconds, workers
-        self.driver = detect_driver(parent=cgroup_parent) if driver is _AUTO else driver
+        # One subtree per node under forge/: two agents on one machine (a dev box, CI) never
+        # mistake each other's apps for orphans.
+        self.driver = detect_driver(parent=cgroup_parent or node_cgroup_parent(name)) if driver is _AUTO else driver
         self.sandbox = Sandbox(self.driver, mode=mode, clock=clock)
         self.isolation = self.sandbox.check()  # production without isolation raises Unavailable here
         self.uids = UidAllocator(self.data_dir / "uids.json")
@@ -268,7 +275,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--address")
     p.add_argument("--metrics-listen", default="127.0.0.1:9108")
     p.add_argument("--heartbeat-seconds", type=float, default=5.0)
-    p.add_argument("--cgroup-parent", default="forge")
+    p.add_argument("--cgroup-parent", default=None, help="default: forge/NODE")
     a = p.parse_args(argv)
     logging.basicConfig(level=os.environ.get("FORGE_LOG_LEVEL", "INFO"), format="%(asctime)s %(name)s %(message)s")
     token = a.token or os.environ.pop("FORGE_NODE_TOKEN", "")
