@@ -196,7 +196,7 @@ class Resource(Model):
     def name(self) -> str:
         return self.metadata.name
 
-    def copy_deep(self) -> "Resource":
+    def copy_deep(self) -> Resource:
         return self.model_copy(deep=True)
 
 
@@ -343,6 +343,11 @@ def deployment_number(name: str) -> int:
     """``hello-12`` → 12; -1 when the name has no release number."""
     _, _, n = name.rpartition("-")
     return int(n) if n.isdigit() else -1
+
+
+def next_release_number(deployments: list[Deployment]) -> int:
+    """N of the next release ``APP-N``: one past the highest existing (1 for the first)."""
+    return 1 + max(0, max((deployment_number(d.metadata.name) for d in deployments), default=0))
 
 
 # --------------------------------------------------------------------------- Instance

@@ -30,7 +30,6 @@ from forge.models import (
     DeploymentSpec,
     ObjectMeta,
     Trigger,
-    deployment_number,
 )
 
 MAX_BODY: Final[int] = 25 * 1024 * 1024
@@ -147,8 +146,6 @@ def find_delivery(deployments: list[Deployment], delivery_id: str | None) -> Dep
     return next((d for d in deployments if d.spec.trigger.delivery_id == delivery_id), None)
 
 
-def next_release_number(deployments: list[Deployment]) -> int:
-    return 1 + max(0, max((deployment_number(d.metadata.name) for d in deployments), default=0))
 
 
 def build_deployment(app: App, number: int, push: Push, delivery_id: str | None) -> Deployment:

@@ -26,6 +26,7 @@ from forge.models import (
     ObjectMeta,
     Trigger,
     deployment_number,
+    next_release_number,
 )
 from forge.store.base import Store
 
@@ -85,7 +86,7 @@ def redeploy_source(app: App, deployments: list[Deployment], ref: str) -> Deploy
 def create_next(store: Store, app: App, spec: DeploymentSpec) -> Deployment:
     """Create ``APP-(N+1)``; a concurrent writer taking N+1 just moves us to the next number."""
     for _ in range(CREATE_RETRIES):
-        n = max([deployment_number(d.name) for d in app_deployments(store, app.name)] + [0]) + 1
+        n = next_release_number(app_deployments(store, app.name))
         dep = Deployment(metadata=ObjectMeta(name=f"{app.name}-{n}", labels={LABEL_APP: app.name}), spec=spec)
         try:
             return store.create(dep)  # type: ignore[return-value]

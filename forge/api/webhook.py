@@ -29,7 +29,7 @@ from forge.api.body import read_raw
 from forge.clock import Clock
 from forge.config import Config
 from forge.errors import AlreadyExists, Conflict, ForgeError, Invalid, PayloadTooLarge, Unauthorized
-from forge.models import LABEL_APP, App, Deployment
+from forge.models import LABEL_APP, App, Deployment, next_release_number
 from forge.store.base import Store
 from forge.webhook import (
     DELIVERY_ID,
@@ -39,7 +39,6 @@ from forge.webhook import (
     decode_payload,
     find_delivery,
     ignore_reason,
-    next_release_number,
     parse_push,
     select_apps,
     verify_signature,

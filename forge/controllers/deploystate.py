@@ -32,6 +32,7 @@ from forge.models import (
     Resources,
     Secret,
     deployment_number,
+    next_release_number,
 )
 from forge.store.base import Store
 
@@ -66,8 +67,7 @@ def live_deployment(app: App | None, deployments: list[Deployment]) -> Deploymen
 
 
 def next_deployment_name(app_name: str, deployments: list[Deployment]) -> str:
-    top = max((deployment_number(d.metadata.name) for d in deployments), default=0)
-    return f"{app_name}-{max(top, 0) + 1}"
+    return f"{app_name}-{next_release_number(deployments)}"
 
 
 def time_of(text: str | None, default: float) -> float:

@@ -217,3 +217,11 @@ class Forge:
 
     def through_caddy(self, host: str, path: str = "/") -> httpx.Response:
         return httpx.get(f"{self.http}{path}", headers={"Host": host}, timeout=5)
+
+    def serves(self, host: str, text: str) -> bool:
+        """Caddy answers 200 for ``host`` with a body starting with ``text``."""
+        try:
+            r = self.through_caddy(host)
+        except httpx.HTTPError:
+            return False
+        return r.status_code == 200 and r.text.startswith(text)

@@ -27,13 +27,6 @@ def push(forge: Forge, repo: str, commit: str, ref: str = "refs/heads/main") -> 
     return list(r.json().get("created", []))
 
 
-def serves(forge: Forge, host: str, text: str) -> bool:
-    try:
-        r = forge.through_caddy(host)
-    except httpx.HTTPError:
-        return False
-    return r.status_code == 200 and r.text.startswith(text)
-
 
 def test_signed_push_goes_live_and_unknown_hosts_get_404(forge: Forge) -> None:
     """A registered app and a signed push become a live app behind Caddy; unknown hosts get 404."""
@@ -44,7 +37,7 @@ def test_signed_push_goes_live_and_unknown_hosts_get_404(forge: Forge) -> None:
     assert created == ["hello-1"]
     dep = forge.wait_phase("hello-1", {"Live", "Failed"})
     assert dep["status"]["phase"] == "Live", dep["status"]
-    wait_for(lambda: serves(forge, "hello.localhost", "v1"), 10, "hello.localhost to serve v1")
+    wait_for(lambda: forge.serves("hello.localhost", "v1"), 10, "hello.localhost to serve v1")
     r = forge.through_caddy("nobody.localhost")
     assert r.status_code == 404 and r.text
     assert forge.get("apps", "hello")["status"]["liveDeployment"] == "hello-1"
@@ -56,7 +49,7 @@ def test_push_while_serving_drops_no_request(forge: Forge) -> None:
     register(forge, "blue", "acme/blue")
     push(forge, "acme/blue", remote.app_release("blue", "v1"))
     forge.wait_phase("blue-1", {"Live"})
-    wait_for(lambda: serves(forge, "blue.localhost", "v1"), 10, "blue v1")
+    wait_for(lambda: forge.serves("blue.localhost", "v1"), 10, "blue v1")
 
     stop = threading.Event()
     results: list[tuple[int, str]] = []
@@ -101,7 +94,7 @@ def test_failing_health_check_and_invalid_manifest_never_take_traffic(forge: For
     push(forge, "acme/guard", remote.app_release("guard", "v3", health=500))
     bad = forge.wait_phase("guard-2", {"Failed", "Live"}, timeout=120)
     assert bad["status"]["phase"] == "Failed" and bad["status"]["reason"] == "HealthCheckFailed", bad["status"]
-    assert serves(forge, "guard.localhost", "v2")
+    assert forge.serves("guard.localhost", "v2")
     assert forge.get("apps", "guard")["status"]["liveDeployment"] == "guard-1"
     warnings = [e for e in forge.list("events") if e["spec"]["type"] == "Warning"
                 and e["spec"]["involvedObject"]["name"] == "guard-2"]
@@ -110,7 +103,7 @@ def test_failing_health_check_and_invalid_manifest_never_take_traffic(forge: For
     push(forge, "acme/guard", remote.app_release("guard", "v4", extra="colour: blue\n"))
     inv = forge.wait_phase("guard-3", {"Failed", "Live"})
     assert inv["status"]["reason"] == "InvalidManifest" and "colour" in inv["status"]["message"], inv["status"]
-    assert serves(forge, "guard.localhost", "v2")
+    assert forge.serves("guard.localhost", "v2")
 
 
 def test_manual_rollback_serves_the_earlier_release(forge: Forge) -> None:
@@ -121,14 +114,14 @@ def test_manual_rollback_serves_the_earlier_release(forge: Forge) -> None:
     forge.wait_phase("back-1", {"Live"})
     push(forge, "acme/back", remote.app_release("back", "v2"))
     forge.wait_phase("back-2", {"Live"})
-    wait_for(lambda: serves(forge, "back.localhost", "v2"), 10, "back v2")
+    wait_for(lambda: forge.serves("back.localhost", "v2"), 10, "back v2")
     with forge.client as c:
         r = c.post("/api/v1/apps/back/rollback", json={"to": "back-1"})
     assert r.status_code == 201, r.text
     new = r.json()["metadata"]["name"]
     assert new == "back-3" and r.json()["spec"]["trigger"]["type"] == "rollback"
     forge.wait_phase(new, {"Live"})
-    wait_for(lambda: serves(forge, "back.localhost", "v1"), 10, "back to serve v1 again")
+    wait_for(lambda: forge.serves("back.localhost", "v1"), 10, "back to serve v1 again")
 
 
 @pytest.mark.parametrize("case", ["tag", "deletion", "unknown-repo", "unknown-branch"])

@@ -22,13 +22,6 @@ def caddy_pid(forge: Forge) -> int | None:
     return int(out[0]) if out else None
 
 
-def serves(forge: Forge, host: str, text: str) -> bool:
-    try:
-        r = forge.through_caddy(host)
-    except httpx.HTTPError:
-        return False
-    return r.status_code == 200 and r.text.startswith(text)
-
 
 @pytest.fixture(scope="module")
 def live_app(forge: Forge) -> str:
@@ -40,7 +33,7 @@ def live_app(forge: Forge) -> str:
     r = forge.webhook("push", push_payload("acme/steady", "refs/heads/main", remote.app_release("steady", "s1")))
     assert r.status_code == 202, r.text
     forge.wait_phase("steady-1", {"Live"})
-    wait_for(lambda: serves(forge, "steady.localhost", "s1"), 10, "steady to serve")
+    wait_for(lambda: forge.serves("steady.localhost", "s1"), 10, "steady to serve")
     return "steady"
 
 
@@ -71,7 +64,7 @@ def test_routes_come_back_after_caddy_restarts(forge: Forge, live_app: str) -> N
     new = wait_for(lambda: (p := caddy_pid(forge)) and p != old and p, 20, "caddy to be restarted")
     wait_for(lambda: _admin_up(forge), 10, "caddy admin to answer")
     t0 = time.monotonic()
-    wait_for(lambda: serves(forge, "steady.localhost", "s1"), 5, "routes to be restored")
+    wait_for(lambda: forge.serves("steady.localhost", "s1"), 5, "routes to be restored")
     assert new != old
     print(f"routes restored {time.monotonic() - t0:.2f}s after the new caddy answered")
 
@@ -89,5 +82,5 @@ def test_forge_up_restart_brings_the_live_release_back(forge: Forge, live_app: s
     with pytest.raises(httpx.HTTPError):
         forge.through_caddy("steady.localhost")
     forge.start()
-    wait_for(lambda: serves(forge, "steady.localhost", "s1"), 60, "the live release to serve again")
+    wait_for(lambda: forge.serves("steady.localhost", "s1"), 60, "the live release to serve again")
     assert [d["metadata"]["name"] for d in forge.list("deployments", "forge.dev/app=steady")] == ["steady-1"]

@@ -10,14 +10,13 @@ from urllib.parse import urlencode
 import pytest
 
 from forge.errors import BadRequest
-from forge.models import App, AppSpec, Deployment, DeploymentSpec, ObjectMeta
+from forge.models import App, AppSpec, Deployment, DeploymentSpec, ObjectMeta, next_release_number
 from forge.webhook import (
     Push,
     build_deployment,
     decode_payload,
     find_delivery,
     ignore_reason,
-    next_release_number,
     parse_push,
     select_apps,
     verify_signature,
