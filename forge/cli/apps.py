@@ -12,7 +12,7 @@ import click
 from forge.cli import Ctx, cli, pass_ctx
 from forge.cli.output import age, dig, emit, render, table
 from forge.cli.resources import OUTPUT, event_line
-from forge.errors import Conflict, ForgeError, Invalid, NotFound
+from forge.errors import Conflict, ForgeError, Gone, Invalid, NotFound
 from forge.models import COMMIT, ENV_KEY, LABEL_APP, deployment_number
 
 TERMINAL = {"Live", "Failed", "Cancelled", "Superseded"}
@@ -186,13 +186,17 @@ def follow_release(ctx: Ctx, name: str, app: str) -> dict:
             seen_phase = phase
         if phase in TERMINAL:
             return dep
-        for type_, obj in ctx.client.watch("deployments", rv, f"{LABEL_APP}={app}", timeout_seconds=30):
-            rv = int(obj.get("metadata", {}).get("resourceVersion", rv))
-            if type_ != "BOOKMARK" and obj["metadata"]["name"] == name:
-                dep = obj
-                break
-        else:
+        try:
+            for type_, obj in ctx.client.watch("deployments", rv, f"{LABEL_APP}={app}", timeout_seconds=30):
+                rv = int(obj.get("metadata", {}).get("resourceVersion", rv))
+                if type_ != "BOOKMARK" and obj["metadata"]["name"] == name:
+                    dep = obj
+                    break
+            else:
+                dep = ctx.client.get("deployments", name)
+        except Gone:  # compacted past our revision: re-read and watch on from there
             dep = ctx.client.get("deployments", name)
+            rv = int(dep["metadata"]["resourceVersion"])
 
 
 @cli.command()

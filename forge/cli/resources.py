@@ -12,7 +12,7 @@ import yaml
 
 from forge.cli import Ctx, cli, pass_ctx
 from forge.cli.output import render
-from forge.errors import Conflict, Invalid, NotFound
+from forge.errors import Conflict, Gone, Invalid, NotFound
 from forge.models import kind_class
 
 OUTPUT = click.option("-o", "--output", "fmt", type=click.Choice(["table", "json", "yaml"]), default="table",
@@ -143,7 +143,10 @@ def events(ctx: Ctx, watch: bool, for_name: str | None, fmt: str) -> None:
         for e in items:
             click.echo(event_line(e))
     while watch:
-        for type_, obj in ctx.client.watch("events", rv, selector):
-            rv = int(obj.get("metadata", {}).get("resourceVersion", rv))
-            if type_ in ("ADDED", "MODIFIED"):
-                click.echo(json.dumps(obj) if fmt == "json" else event_line(obj))
+        try:
+            for type_, obj in ctx.client.watch("events", rv, selector):
+                rv = int(obj.get("metadata", {}).get("resourceVersion", rv))
+                if type_ in ("ADDED", "MODIFIED"):
+                    click.echo(json.dumps(obj) if fmt == "json" else event_line(obj))
+        except Gone:  # our revision was compacted away: carry on from now
+            _, rv = ctx.client.list("events", selector)
