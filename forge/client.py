@@ -50,7 +50,7 @@ class ForgeClient:
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> "ForgeClient":
+    def __enter__(self) -> ForgeClient:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -13,7 +13,7 @@ import time as _time
 
 def iso(ts: float) -> str:
     """Fixed-width RFC 3339 UTC with milliseconds, so strings order like the times they name."""
-    d = _dt.datetime.fromtimestamp(ts, tz=_dt.timezone.utc)
+    d = _dt.datetime.fromtimestamp(ts, tz=_dt.UTC)
     return d.strftime("%Y-%m-%dT%H:%M:%S.") + f"{d.microsecond // 1000:03d}Z"
 
 

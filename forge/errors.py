@@ -62,7 +62,7 @@ class Invalid(ForgeError):
     reason = "Invalid"
 
     @classmethod
-    def from_errors(cls, errors: list[dict[str, Any]], what: str = "request") -> "Invalid":
+    def from_errors(cls, errors: list[dict[str, Any]], what: str = "request") -> Invalid:
         first = errors[0] if errors else {"path": "", "message": "invalid"}
         where = f"{first['path']}: " if first.get("path") else ""
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""

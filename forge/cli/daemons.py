@@ -144,8 +144,8 @@ def stop_local_apps(data_dir: Path, node: str, grace: float = 10.0) -> None:
     """
     from forge.cgroups import detect_driver
     from forge.clock import SystemClock
-    from forge.nodeagent.sandbox import Sandbox
     from forge.nodeagent.agent import node_cgroup_parent
+    from forge.nodeagent.sandbox import Sandbox
     from forge.nodeagent.state import AgentState
     from forge.nodeagent.supervisor import process_start_ticks
 
