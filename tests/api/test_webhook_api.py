@@ -23,7 +23,7 @@ from forge.errors import ForgeError
 from forge.models import App, AppSpec, Deployment, DeploymentSpec, ObjectMeta
 from forge.store.sqlite import SqliteStore
 
-FIXTURES = Path("/work/shared/fixtures/github")
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "github"  # copied from shared/fixtures
 SECRET = "webhook-test-secret"
 URL = "/api/v1/webhook/github"
 SHA1 = "1111111111111111111111111111111111111111"

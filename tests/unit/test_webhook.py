@@ -22,7 +22,7 @@ from forge.webhook import (
     verify_signature,
 )
 
-FIXTURES = Path("/work/shared/fixtures/github")
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "github"  # copied from shared/fixtures
 VECTOR_SECRET = "It's a Secret to Everybody"
 VECTOR_SIG = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
 SHA = "0123456789abcdef0123456789abcdef01234567"
