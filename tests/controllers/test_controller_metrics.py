@@ -73,7 +73,7 @@ def test_controller_metrics_pass_promtool(
     assert exp.types["forge_router_update_seconds"] == "histogram"
     depth = exp.by_label("forge_controller_queue_depth", "controller")
     assert {"tally", "rollout", "router", "scheduler", "gc"} <= set(depth)
-    assert store.tally("forge_deployments_total").get("Pending") == 1  # the tally ran for real
+    assert store.tally("forge_deployments_total").get("Pending", 0) >= 1  # the tally ran for real
 
 
 def test_busy_metrics_port_does_not_stop_the_controllers(
