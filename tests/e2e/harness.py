@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -145,6 +146,7 @@ class Forge:
     env: dict[str, str]
     proc: subprocess.Popen[bytes] | None = None
     log: Path | None = None
+    extra_args: list[str] = field(default_factory=list)
 
     @property
     def client(self) -> httpx.Client:
@@ -157,7 +159,7 @@ class Forge:
             [sys.executable, "-m", "forge", "up", "--data-dir", str(self.data), "--api-listen", self.api.removeprefix("http://"),
              "--http-listen", self.http.removeprefix("http://"), "--caddy-admin", self.caddy_admin,
              "--metrics-listen", f"127.0.0.1:{free_port()}", "--controllers-metrics-listen", f"127.0.0.1:{free_port()}",
-             "--node-name", "e2e-node"],
+             "--node-name", "e2e-node", *self.extra_args],
             env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         out.close()
         wait_for(lambda: self.proc.poll() is not None or "Forge is up" in self.log.read_text(errors="replace"),
@@ -225,3 +227,16 @@ class Forge:
         except httpx.HTTPError:
             return False
         return r.status_code == 200 and r.text.startswith(text)
+
+
+def https_get(port: int, sni: str, cafile: Path) -> tuple[str, str]:
+    """(status line, body) of GET / over TLS to 127.0.0.1:port with SNI ``sni``, verified against ``cafile``."""
+    ctx = ssl.create_default_context(cafile=str(cafile))
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+            ctx.wrap_socket(raw, server_hostname=sni) as tls:
+        tls.sendall(f"GET / HTTP/1.1\r\nHost: {sni}\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := tls.recv(65536):
+            data += chunk
+    head, _, body = data.decode().partition("\r\n\r\n")
+    return head.splitlines()[0], body

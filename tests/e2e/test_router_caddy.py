@@ -25,6 +25,7 @@ from forge.controllers.runtime import ControllerRuntime
 from forge.models import App, AppSpec, Instance, InstanceSpec, Node, ObjectMeta
 from forge.routing import is_servable_host
 from forge.store.base import Store, open_store
+from tests.e2e.harness import https_get
 
 pytestmark = [pytest.mark.e2e,
               pytest.mark.skipif(shutil.which("caddy") is None, reason="caddy is not installed")]
@@ -116,19 +117,6 @@ def test_runtime_routes_changes_and_restores_after_restart(tmp_path: Path, store
     finally:
         runtime.close()
         caddy.stop()
-
-
-def https_get(port: int, sni: str, cafile: Path) -> tuple[str, str]:
-    """(status line, body) of GET / over TLS to 127.0.0.1:port with SNI ``sni``, verified against ``cafile``."""
-    ctx = ssl.create_default_context(cafile=str(cafile))
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
-            ctx.wrap_socket(raw, server_hostname=sni) as tls:
-        tls.sendall(f"GET / HTTP/1.1\r\nHost: {sni}\r\nConnection: close\r\n\r\n".encode())
-        data = b""
-        while chunk := tls.recv(65536):
-            data += chunk
-    head, _, body = data.decode().partition("\r\n\r\n")
-    return head.splitlines()[0], body
 
 
 def test_tls_internal_serves_https_for_servable_hosts_only(tmp_path: Path, store: Store, backend: int) -> None:
