@@ -11,7 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import ADMIN_TOKEN, WEBHOOK_SECRET, Forge, Remote, free_port, https_get, push_payload, wait_for
+from tests.e2e.harness import (
+    ADMIN_TOKEN,
+    WEBHOOK_SECRET,
+    Forge,
+    Remote,
+    free_port,
+    https_get,
+    push_payload,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.e2e]
 
