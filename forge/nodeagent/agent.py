@@ -25,6 +25,7 @@ from forge.clock import Clock, SystemClock
 from forge.models import LABEL_NODE, Instance
 from forge.nodeagent import node as nodeinfo
 from forge.nodeagent.builder import Builder, api_credentials
+from forge.nodeagent.diskgc import DiskGC, Release
 from forge.nodeagent.exitwatch import ExitWatcher
 from forge.nodeagent.logship import Shipper
 from forge.nodeagent.metrics import AgentCollector, serve_metrics
@@ -38,6 +39,9 @@ from forge.nodeagent.workqueue import WorkQueue
 log = logging.getLogger("forge.agent")
 
 HEARTBEAT_KEY = "~heartbeat"
+DISKGC_KEY = "~diskgc"
+DISKGC_SECONDS = 600.0  # release dirs on disk are collected every 10 minutes ...
+DISKGC_AFTER_STOP_SECONDS = 30.0  # ... and shortly after an Instance of this node was stopped and forgotten
 WATCH_TIMEOUT = 60
 MAX_BACKOFF = 30.0
 _AUTO: Any = object()
@@ -79,6 +83,7 @@ class Agent:
         status = StatusWriter(client, clock, self._remember)
         self.reconciler = Reconciler(client, name, self.data_dir, self.state, builder, self.supervisor,
                                      self.shipper, status, clock, self.exits.watch)
+        self.diskgc = DiskGC(self.data_dir / "releases", self._releases_in_use, builder.release_lock)
         self.threads: list[threading.Thread] = []
         self.metrics_server: Any = None
 
@@ -98,8 +103,9 @@ class Agent:
         self.shipper.start()
         if self.metrics_listen:
             self.metrics_server, _ = serve_metrics(
-                self.metrics_listen, AgentCollector(self.state, self.driver, lambda: self.last_heartbeat))
-        self.queue.add(HEARTBEAT_KEY)
+                self.metrics_listen, AgentCollector(self.state, self.driver, lambda: self.last_heartbeat,
+                                                    lambda: self.diskgc.removed_total))
+        self.schedule_timers()
         self.threads = [threading.Thread(target=self._watch_loop, name="forge-watch", daemon=True)]
         self.threads += [threading.Thread(target=self._work, name=f"forge-work-{i}", daemon=True)
                          for i in range(self.n_workers)]
@@ -143,33 +149,65 @@ class Agent:
                 self.exits.watch(st.pid, name)
 
     # -- work loop -------------------------------------------------------------
+    def schedule_timers(self) -> None:
+        """The agent's own periodic keys: the heartbeat now, the first disk GC after the first list."""
+        self.queue.add(HEARTBEAT_KEY)
+        self.queue.add_after(DISKGC_KEY, DISKGC_AFTER_STOP_SECONDS)
+
     def _work(self) -> None:
         while True:
             key = self.queue.get()
             if key is None:
                 return
-            try:
-                after = self._heartbeat() if key == HEARTBEAT_KEY else self._reconcile(key)
-            except errors.Unavailable as exc:
-                log.warning("%s: control plane unavailable (%s); retrying", key, exc)
-                after = 2.0
-            except errors.ForgeError as exc:
-                log.warning("%s: %s: %s", key, type(exc).__name__, exc)
-                after = 5.0
-            except Exception:  # the per-item boundary: log with context, retry later
-                log.exception("reconciling %s failed", key)
-                after = 10.0
-            finally:
-                self.queue.done(key)
-            if after is not None:
-                self.queue.add_after(key, after)
+            self.process(key)
+
+    def process(self, key: str) -> None:
+        """Handle one key from the queue and requeue it when it asks to run again."""
+        try:
+            if key == HEARTBEAT_KEY:
+                after = self._heartbeat()
+            elif key == DISKGC_KEY:
+                after = self._collect_disk()
+            else:
+                after = self._reconcile(key)
+        except errors.Unavailable as exc:
+            log.warning("%s: control plane unavailable (%s); retrying", key, exc)
+            after = 2.0
+        except errors.ForgeError as exc:
+            log.warning("%s: %s: %s", key, type(exc).__name__, exc)
+            after = 5.0
+        except Exception:  # the per-item boundary: log with context, retry later
+            log.exception("reconciling %s failed", key)
+            after = 10.0
+        finally:
+            self.queue.done(key)
+        if after is not None:
+            self.queue.add_after(key, after)
 
     def _reconcile(self, name: str) -> float | None:
         if not self.synced.is_set():
             return 1.0  # never stop anything before the first list says what is ours
         with self.cache_lock:
             inst = self.cache.get(name)
-        return self.reconciler.reconcile(name, inst)
+        had = self.state.get(name) is not None
+        after = self.reconciler.reconcile(name, inst)
+        if had and self.state.get(name) is None:  # stopped and forgotten: its release may be garbage now
+            self.queue.add_after(DISKGC_KEY, DISKGC_AFTER_STOP_SECONDS)
+        return after
+
+    def _releases_in_use(self) -> set[Release]:
+        """Releases any Instance in the agent state or assigned to this node (the watch cache) uses."""
+        with self.state.lock:
+            used = {(st.app, st.deployment) for st in self.state.instances.values()}
+        with self.cache_lock:
+            used |= {(i.spec.app, i.spec.deployment) for i in self.cache.values()}
+        return used
+
+    def _collect_disk(self) -> float:
+        if not self.synced.is_set():
+            return DISKGC_AFTER_STOP_SECONDS  # until the first list, the cache cannot say what is in use
+        self.diskgc.run()
+        return DISKGC_SECONDS
 
     def _heartbeat(self) -> float:
         try:

@@ -107,6 +107,10 @@ class Builder:
     def release_dir(self, app: str, deployment: str) -> Path:
         return self.data_dir / "releases" / app / deployment
 
+    def release_lock(self, app: str, deployment: str) -> threading.Lock:
+        """The lock ``ensure_built`` holds while it builds this release (disk GC takes it too)."""
+        return self._lock(str(self.release_dir(app, deployment)))
+
     def _lock(self, key: str) -> threading.Lock:
         with self._locks_guard:
             return self._locks.setdefault(key, threading.Lock())

@@ -34,8 +34,10 @@ def cpu_times(path: str = "/proc/stat") -> tuple[float, float]:
 
 
 class AgentCollector(Collector):
-    def __init__(self, state: AgentState, driver: Any, last_heartbeat: Callable[[], float]) -> None:
+    def __init__(self, state: AgentState, driver: Any, last_heartbeat: Callable[[], float],
+                 release_dirs_removed: Callable[[], float] | None = None) -> None:
         self.state, self.driver, self.last_heartbeat = state, driver, last_heartbeat
+        self.release_dirs_removed = release_dirs_removed
         self._lock = threading.Lock()
         self._prev = cpu_times()
 
@@ -80,6 +82,9 @@ class AgentCollector(Collector):
             ooms.add_metric(labels, max(st.oom_kills, stats.oom_kills))
         yield GaugeMetricFamily("forge_agent_processes", "Processes supervised by the agent", value=processes)
         yield from (mem_g, cpu_c, restarts, ooms)
+        if self.release_dirs_removed is not None:
+            yield CounterMetricFamily("forge_agent_release_dirs_removed", "Release dirs deleted by the agent's disk GC",
+                                      value=self.release_dirs_removed())
 
     def _stats(self, cgroup: str) -> Any:
         if self.driver is None:
