@@ -21,6 +21,7 @@ from forge.gitauth import git_auth
 
 FETCH_TIMEOUT = 120.0
 LOCAL_TIMEOUT = 30.0
+LS_REMOTE_TIMEOUT = 15.0
 _SHA_WANT_REFUSED = re.compile(
     r"not our ref|unadvertised object|couldn't find remote ref|no such remote ref|"
     r"upload-pack: not our|Server does not allow request for unadvertised", re.I,
@@ -99,6 +100,23 @@ class GitSource:
         if not self.has_commit(cache, commit):
             raise GitError(f"commit {commit} not found in {repo}", transient=False)
         return cache
+
+    def resolve_ref(self, url: str, ref: str, token: str | None = None, timeout: float = LS_REMOTE_TIMEOUT) -> str:
+        """The commit a branch or tag names on the remote (``git ls-remote``; nothing is fetched).
+
+        ``main`` tries ``refs/heads/main``, then the tag ``main`` (peeled to its commit);
+        ``refs/...`` is taken as written. ``GitError(transient=False)`` when the remote answered
+        but has no such ref."""
+        if not ref or ref.startswith("-") or any(c in ref for c in " \t\n\\~^:?*[") or ".." in ref:
+            raise GitError(f"{ref!r} is not a branch or tag name", transient=False)
+        names = [ref] if ref.startswith("refs/") else [f"refs/heads/{ref}", f"refs/tags/{ref}^{{}}", f"refs/tags/{ref}"]
+        out = self._git(["ls-remote", "--", url, *names], None, token, timeout)
+        found = dict(reversed(line.split("\t", 1)) for line in out.splitlines() if "\t" in line)
+        for name in names:
+            sha = found.get(name, "")
+            if re.fullmatch(r"[0-9a-f]{40}", sha):
+                return sha
+        raise GitError(f"{ref!r} is not a branch or tag of the repository", transient=False)
 
     def show(self, cache: Path, commit: str, path: str) -> bytes | None:
         """The bytes of ``path`` at ``commit``; None when the file does not exist there."""

@@ -5,6 +5,7 @@ Both only write desired state (a new Deployment ``APP-N``); the controllers do t
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import falcon
@@ -14,7 +15,9 @@ from forge.api import auth
 from forge.api.body import read_object, send
 from forge.api.context import ApiContext
 from forge.api.records import render
-from forge.errors import AlreadyExists, BadRequest, Conflict, Invalid, NotFound, pydantic_errors
+from forge.errors import AlreadyExists, BadRequest, Conflict, Invalid, NotFound, Unavailable, pydantic_errors
+from forge.gitauth import open_token, select_credential
+from forge.gitsource import GitError, GitSource
 from forge.models import (
     COMMIT,
     LABEL_APP,
@@ -24,6 +27,7 @@ from forge.models import (
     DeploymentSpec,
     Model,
     ObjectMeta,
+    RepoCredential,
     Trigger,
     deployment_number,
     next_release_number,
@@ -34,7 +38,9 @@ CREATE_RETRIES = 5
 
 
 class DeployRequest(Model):
-    """``commit`` left out redeploys the live release's commit (else the newest release's)."""
+    """``commit`` left out: with ``ref`` the commit that branch or tag names on the remote now
+    (``git ls-remote``, bounded; nothing is fetched or built here), else the live release's
+    commit (or the newest release's)."""
 
     commit: str | None = Field(default=None, pattern=COMMIT.pattern)
     ref: str = Field(default="", max_length=255)
@@ -70,11 +76,24 @@ def rollback_target(app: App, deployments: list[Deployment], to: str | None) -> 
     return older[-1]
 
 
-def redeploy_source(app: App, deployments: list[Deployment], ref: str) -> Deployment:
+def resolve_ref(ctx: ApiContext, app: App, ref: str) -> str:
+    """The commit ``ref`` names in the App's repository now, through the App's RepoCredential."""
+    creds: list[RepoCredential] = ctx.store.list("RepoCredential")[0]  # type: ignore[assignment]
+    token = open_token(ctx.sealer.keyring, select_credential(creds, app.spec.repo))
+    url = ctx.config.git_url_template.format(full_name=app.spec.repo)
+    scratch = Path(ctx.config.data_dir) / "source-cache"
+    scratch.mkdir(parents=True, exist_ok=True)
+    try:
+        return GitSource(scratch).resolve_ref(url, ref, token)
+    except GitError as exc:
+        detail = [{"path": "ref", "message": exc.message}]
+        if exc.transient:
+            raise Unavailable(f"cannot resolve {ref!r} in {app.spec.repo}: {exc.message}", detail) from None
+        raise Invalid(f"cannot deploy {ref!r}: {exc.message} {app.spec.repo}", detail) from None
+
+
+def redeploy_source(app: App, deployments: list[Deployment]) -> Deployment:
     """The release whose commit a deploy without ``commit`` re-releases: the live one, else the newest."""
-    if ref:
-        raise BadRequest(f"a ref alone cannot be deployed: the API does not fetch {ref!r}; pass its commit too "
-                         "(or push to the branch)", [{"path": "commit", "message": "required with ref"}])
     live = next((d for d in deployments if d.name == app.status.live_deployment), None)
     source = live or (deployments[-1] if deployments else None)
     if source is None:
@@ -112,8 +131,10 @@ class DeployResource:
         app = self.ctx.store.get("App", name)
         assert isinstance(app, App)
         commit, ref = body.commit, body.ref
-        if commit is None:
-            source = redeploy_source(app, app_deployments(self.ctx.store, name), ref)
+        if commit is None and ref:
+            commit = resolve_ref(self.ctx, app, ref)
+        elif commit is None:
+            source = redeploy_source(app, app_deployments(self.ctx.store, name))
             commit, ref = source.spec.commit, source.spec.ref
         config = DeploymentConfig(env=dict(app.spec.env), replicas=app.spec.replicas, domains=list(app.spec.domains))
         spec = DeploymentSpec(app=name, commit=commit, ref=ref, repo=app.spec.repo,

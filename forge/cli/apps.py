@@ -201,7 +201,7 @@ def follow_release(ctx: Ctx, name: str, app: str) -> dict:
 
 @cli.command()
 @click.argument("name")
-@click.option("--ref", default=None, help="Branch or tag name recorded with the release.")
+@click.option("--ref", default=None, help="Branch or tag to deploy (its commit on the remote now); with --commit, just recorded.")
 @click.option("--commit", default=None, help="Commit SHA (40 hex) to deploy; default: the live release's commit.")
 @click.option("--wait", is_flag=True, help="Follow the release; exit 0 only when it is Live.")
 @OUTPUT

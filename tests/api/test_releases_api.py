@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from forge.clock import SystemClock
 from forge.models import Deployment, DeploymentConfig, DeploymentSpec, ObjectMeta, Trigger
-from tests.api.conftest import COMMIT1, COMMIT2, COMMIT3, Api, app_body
+from tests.api.conftest import COMMIT1, COMMIT2, COMMIT3, Api, app_body, make_api
 
 
 def _release(api: Api, n: int, commit: str, live: bool, replicas: int = 1) -> None:
@@ -89,10 +92,9 @@ def test_deploy(history: Api) -> None:
     assert r.json["spec"]["repo"] == "acme/hello" and r.json["spec"]["config"]["replicas"] == 1
 
 
-@pytest.mark.parametrize("body", [{"commit": "abc"}, {"commit": "A" * 40}, {"ref": "main"}],
-                         ids=["short", "upper", "ref-only"])
+@pytest.mark.parametrize("body", [{"commit": "abc"}, {"commit": "A" * 40}], ids=["short", "upper"])
 def test_deploy_needs_commit(history: Api, body: dict[str, Any]) -> None:
-    """deploy with a malformed commit, or a ref the API cannot resolve, is 400 naming commit."""
+    """deploy with a malformed commit is 400 naming commit."""
     r = history.req("POST", "/api/v1/apps/hello/deploy", json=body)
     assert r.status_code == 400
     assert "commit" in r.text
@@ -107,6 +109,54 @@ def test_deploy_without_commit_redeploys(history: Api, live: str | None, commit:
     assert r.status_code == 201, r.text
     assert r.json["metadata"]["name"] == "hello-4" and r.json["spec"]["commit"] == commit
     assert r.json["spec"]["ref"] == "refs/heads/main" and r.json["spec"]["trigger"]["type"] == "api"
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(["git", *args], check=True, capture_output=True, text=True, timeout=30).stdout.strip()
+
+
+@pytest.fixture
+def remote_api(tmp_path: Path) -> Iterator[tuple[Api, dict[str, str]]]:
+    """An API whose git URL template points at a real bare repo acme/hello with main, dev and tag v1."""
+    bare, work = tmp_path / "remotes" / "acme" / "hello.git", tmp_path / "work"
+    bare.parent.mkdir(parents=True)
+    _git("init", "--bare", "-q", "-b", "main", str(bare))
+    _git("init", "-q", "-b", "main", str(work))
+    shas = {}
+    for branch, text in (("main", "one"), ("dev", "two")):
+        if branch != "main":
+            _git("-C", str(work), "checkout", "-q", "-b", branch)
+        (work / "f.txt").write_text(text)
+        _git("-C", str(work), "add", "-A")
+        _git("-C", str(work), "-c", "user.name=t", "-c", "user.email=t@e", "commit", "-q", "-m", text)
+        shas[branch] = _git("-C", str(work), "rev-parse", "HEAD")
+        _git("-C", str(work), "push", "-q", str(bare), f"HEAD:refs/heads/{branch}")
+    _git("-C", str(work), "-c", "user.name=t", "-c", "user.email=t@e", "tag", "-a", "v1", "-m", "v1", shas["main"])
+    _git("-C", str(work), "push", "-q", str(bare), "refs/tags/v1")
+    shas["v1"] = shas["main"]
+    api = make_api(tmp_path / "data", git_url_template=f"file://{tmp_path}/remotes/{{full_name}}.git")
+    api.create("apps", app_body())
+    yield api, shas
+    api.store.close()
+
+
+@pytest.mark.parametrize("ref", ["main", "dev", "v1", "refs/heads/dev"], ids=["branch", "other-branch", "annotated-tag", "full-ref"])
+def test_deploy_ref_resolves_to_the_remote_commit(remote_api: tuple[Api, dict[str, str]], ref: str) -> None:
+    """deploy with only a ref releases the commit that branch or tag names on the remote now."""
+    api, shas = remote_api
+    r = api.req("POST", "/api/v1/apps/hello/deploy", json={"ref": ref})
+    assert r.status_code == 201, r.text
+    assert r.json["spec"]["commit"] == shas[ref.rpartition("/")[2]] and r.json["spec"]["ref"] == ref
+
+
+@pytest.mark.parametrize("ref", ["nope", "-upload-pack=evil", "a..b"], ids=["unknown", "option-like", "dotdot"])
+def test_deploy_unknown_or_hostile_ref_is_400(remote_api: tuple[Api, dict[str, str]], ref: str) -> None:
+    """A ref the repository lacks, or one that is not a ref name at all, is 400 naming ref; nothing is created."""
+    api, _ = remote_api
+    r = api.req("POST", "/api/v1/apps/hello/deploy", json={"ref": ref})
+    assert r.status_code == 400, r.text
+    assert r.json["details"][0]["path"] == "ref"
+    assert api.store.list("Deployment")[0] == []
 
 
 def test_deploy_without_commit_and_no_release_is_400(api: Api) -> None:
