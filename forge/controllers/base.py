@@ -47,3 +47,15 @@ class Controller:
 
     def close(self) -> None:
         """Release outside resources (HTTP clients); the runtime calls it on shutdown."""
+
+
+class AppKeyedController(Controller):
+    """A controller whose key is an app name: an App change wakes its own name, any other
+    record (Deployment, Instance, Secret) the ``spec.app`` it belongs to."""
+
+    def keys_for(self, event: WatchEvent) -> Iterable[str]:
+        obj = event.object
+        return (obj.metadata.name,) if obj.kind == "App" else (obj.spec.app,)
+
+    def all_keys(self) -> Iterable[str]:
+        return sorted(a.metadata.name for a in self.store.list("App")[0])

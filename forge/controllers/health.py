@@ -11,11 +11,9 @@ NoLiveRelease). Writes only what changed; ``lastTransitionTime`` moves only with
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from forge.clock import iso
 from forge.controllers import deploystate as ds
-from forge.controllers.base import DONE, Controller, Result
+from forge.controllers.base import DONE, AppKeyedController, Result
 from forge.errors import NotFound
 from forge.models import (
     DEPLOYMENT_TERMINAL,
@@ -28,7 +26,6 @@ from forge.models import (
     Instance,
     set_condition,
 )
-from forge.store.base import WatchEvent
 
 
 def deployment_health(app: App | None, dep: Deployment, instances: list[Instance], now_iso: str) -> DeploymentStatus:
@@ -58,16 +55,9 @@ def app_health(app: App, deployments: list[Deployment], instances: list[Instance
     return st
 
 
-class HealthController(Controller):
+class HealthController(AppKeyedController):
     name = "health"
     watches = ("App", "Deployment", "Instance")
-
-    def keys_for(self, event: WatchEvent) -> Iterable[str]:
-        obj = event.object
-        return (obj.metadata.name,) if obj.kind == "App" else (obj.spec.app,)
-
-    def all_keys(self) -> Iterable[str]:
-        return sorted(a.metadata.name for a in self.store.list("App")[0])
 
     def reconcile(self, key: str) -> Result | None:
         try:

@@ -19,14 +19,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
 from forge.clock import Clock, iso
 from forge.config import Config
 from forge.controllers import deploystate as ds
-from forge.controllers.base import DONE, Controller, Result
+from forge.controllers.base import DONE, AppKeyedController, Result
 from forge.errors import NotFound
 from forge.events import EventRecorder
 from forge.models import (
@@ -43,7 +42,7 @@ from forge.models import (
     deployment_number,
     set_condition,
 )
-from forge.store.base import Store, WatchEvent
+from forge.store.base import Store
 
 
 @dataclass(frozen=True)
@@ -150,7 +149,7 @@ def _judge_live(app: App, live: Deployment, deps: list[Deployment], instances: l
     st.message = f"no instance ready for {window:g}s; rolled back to {handled.spec.rollback_of or handled.spec.commit[:7]} ({handled.metadata.name})"
 
 
-class RollbackController(Controller):
+class RollbackController(AppKeyedController):
     name = "rollback"
     watches = ("App", "Deployment", "Instance")
 
@@ -158,13 +157,6 @@ class RollbackController(Controller):
                  *, settings: RollbackSettings | None = None) -> None:
         super().__init__(store, clock, config, recorder)
         self.settings = settings or RollbackSettings()
-
-    def keys_for(self, event: WatchEvent) -> Iterable[str]:
-        obj = event.object
-        return (obj.metadata.name,) if obj.kind == "App" else (obj.spec.app,)
-
-    def all_keys(self) -> Iterable[str]:
-        return sorted(a.metadata.name for a in self.store.list("App")[0])
 
     def reconcile(self, key: str) -> Result | None:
         try:

@@ -32,7 +32,7 @@ from typing import Literal
 from forge.clock import Clock, iso
 from forge.config import Config
 from forge.controllers import deploystate as ds
-from forge.controllers.base import DONE, Controller, Result
+from forge.controllers.base import DONE, AppKeyedController, Result
 from forge.errors import AlreadyExists, NotFound
 from forge.events import EventRecorder
 from forge.models import (
@@ -51,7 +51,7 @@ from forge.models import (
     Trigger,
     set_condition,
 )
-from forge.store.base import Store, WatchEvent
+from forge.store.base import Store
 
 MAX_REPLACEMENTS = 10  # per replica slot, so a machine-killing release cannot spawn forever
 PHASE_ORDER = {"": 0, "Pending": 1, "Building": 2, "Starting": 3, "Live": 4}
@@ -279,7 +279,7 @@ def plan_teardown(deployments: list[Deployment], instances: list[Instance]) -> t
     return stop, gone, [d.metadata.name for d in deployments if d.metadata.name not in left]
 
 
-class RolloutController(Controller):
+class RolloutController(AppKeyedController):
     name = "rollout"
     watches = ("App", "Deployment", "Instance", "Secret")
 
@@ -288,11 +288,8 @@ class RolloutController(Controller):
         super().__init__(store, clock, config, recorder)
         self.settings = settings or RolloutSettings()
 
-    def keys_for(self, event: WatchEvent) -> Iterable[str]:
-        obj = event.object
-        return (obj.metadata.name,) if obj.kind == "App" else (obj.spec.app,)
-
     def all_keys(self) -> Iterable[str]:
+        """Every App, plus apps that are gone but still have releases to tear down."""
         apps = {a.metadata.name for a in self.store.list("App")[0]}
         return sorted(apps | {d.spec.app for d in self.store.list("Deployment")[0]})
 
