@@ -79,7 +79,7 @@ build:
 run:
   command: exec python3 app.py
 resources: {{memory: 128M, cpu: 0.5}}
-health: {{path: /health, interval: 1s, timeout: 1s, retries: 2}}
+health: {{path: /health, interval: 1s, timeout: 1s, retries: 2, start_period: 5s}}
 {extra}"""
 
 
