@@ -14,12 +14,9 @@ single controllers call ``reconcile`` directly with a ``FakeClock`` instead).
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import logging
 import random
 import threading
-from collections import deque
 from collections.abc import Iterable
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -29,6 +26,7 @@ from forge.clock import Clock
 from forge.controllers.base import Controller, Result
 from forge.errors import Conflict, Gone, TerminalError
 from forge.store.base import Store, WatchEvent
+from forge.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
 
@@ -36,89 +34,6 @@ BACKOFF_BASE = 0.2
 BACKOFF_CAP = 60.0
 CONFLICT_DELAY = 0.1
 WATCH_TIMEOUT = 0.5  # bounds how long stop() waits for a watcher blocked in store.watch
-
-
-class WorkQueue:
-    """Deduplicating, delaying queue of keys (client-go's workqueue semantics).
-
-    ``dirty`` holds keys waiting to run; a key being processed that is added again stays
-    dirty and is queued once ``done`` is called, so one key never runs on two workers.
-    """
-
-    def __init__(self, clock: Clock) -> None:
-        self.clock = clock
-        self._cond = threading.Condition()
-        self._queue: deque[str] = deque()
-        self._dirty: set[str] = set()
-        self._processing: set[str] = set()
-        self._delayed: list[tuple[float, int, str]] = []
-        self._seq = itertools.count()
-        self._shutdown = False
-
-    def add(self, key: str) -> None:
-        with self._cond:
-            self._add_locked(key)
-
-    def _add_locked(self, key: str) -> None:
-        if self._shutdown or key in self._dirty:
-            return
-        self._dirty.add(key)
-        if key not in self._processing:
-            self._queue.append(key)
-            self._cond.notify()
-
-    def add_after(self, key: str, delay: float) -> None:
-        if delay <= 0:
-            self.add(key)
-            return
-        with self._cond:
-            if self._shutdown:
-                return
-            heapq.heappush(self._delayed, (self.clock.monotonic() + delay, next(self._seq), key))
-            self._cond.notify_all()  # a sleeping getter may need to wake earlier than planned
-
-    def get(self) -> str | None:
-        """Block until a key is ready (or the queue shuts down → None)."""
-        with self._cond:
-            while True:
-                if self._shutdown:
-                    return None
-                now = self.clock.monotonic()
-                while self._delayed and self._delayed[0][0] <= now:
-                    self._add_locked(heapq.heappop(self._delayed)[2])
-                if self._queue:
-                    key = self._queue.popleft()
-                    self._dirty.discard(key)
-                    self._processing.add(key)
-                    return key
-                wait = self._delayed[0][0] - now if self._delayed else None
-                self._cond.wait(wait)
-
-    def done(self, key: str) -> None:
-        with self._cond:
-            self._processing.discard(key)
-            if key in self._dirty and not self._shutdown:
-                self._queue.append(key)
-                self._cond.notify()
-            self._cond.notify_all()
-
-    def depth(self) -> int:
-        with self._cond:
-            return len(self._queue)
-
-    def delayed(self) -> int:
-        with self._cond:
-            return len(self._delayed)
-
-    def idle(self) -> bool:
-        """Nothing queued or running (keys waiting on a delay do not count)."""
-        with self._cond:
-            return not self._queue and not self._processing and not self._dirty
-
-    def shut_down(self) -> None:
-        with self._cond:
-            self._shutdown = True
-            self._cond.notify_all()
 
 
 class Backoff:
@@ -235,7 +150,7 @@ class ControllerRuntime:
                 self._scheduler.shutdown(wait=False)
                 self._scheduler = None
             for q in self.queues.values():
-                q.shut_down()
+                q.shutdown()
             threads, self._threads = self._threads, []
         deadline = self.clock.monotonic() + timeout
         for t in threads:

@@ -34,7 +34,7 @@ from forge.nodeagent.sandbox import Sandbox, SandboxSpec, UidAllocator
 from forge.nodeagent.state import AgentState
 from forge.nodeagent.status import StatusWriter
 from forge.nodeagent.supervisor import Supervisor
-from forge.nodeagent.workqueue import WorkQueue
+from forge.workqueue import WorkQueue
 
 log = logging.getLogger("forge.agent")
 

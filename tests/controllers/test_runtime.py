@@ -12,9 +12,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 from forge.clock import SystemClock
 from forge.config import Config
 from forge.controllers.base import DONE, Controller, Result
-from forge.controllers.runtime import Backoff, ControllerRuntime, WorkQueue
+from forge.controllers.runtime import Backoff, ControllerRuntime
 from forge.errors import Conflict, TerminalError
 from forge.store.base import Store
+from forge.workqueue import WorkQueue
 
 
 class Recording(Controller):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from forge.clock import FakeClock
-from forge.nodeagent.workqueue import WorkQueue
+from forge.workqueue import WorkQueue
 
 
 def test_duplicate_adds_merge() -> None:

@@ -1,4 +1,5 @@
-"""A deduplicating work queue with timers, the agent's one source of "do this now / later".
+"""A deduplicating work queue with timers: the controllers' runtime and the node agent both
+take their "do this now / later" from it.
 
 Semantics follow controller-runtime's workqueue: a key is processed by one worker at a time,
 adding a queued key is a no-op, a key added while it is being processed runs again after
@@ -113,5 +114,19 @@ class WorkQueue:
             self._cond.notify_all()
 
     def __len__(self) -> int:
+        return self.depth()
+
+    def depth(self) -> int:
+        """Keys ready to be handed out (not those waiting on a timer, not those running)."""
         with self._cond:
             return len(self._queue)
+
+    def delayed(self) -> int:
+        """Keys waiting on a timer."""
+        with self._cond:
+            return len(self._due)
+
+    def idle(self) -> bool:
+        """Nothing queued or running (keys waiting on a timer do not count)."""
+        with self._cond:
+            return not self._queue and not self._processing and not self._dirty
