@@ -48,6 +48,14 @@ def alive(pid: int) -> bool:
         return False
 
 
+def start_ticks(pid: int) -> int | None:
+    """Start time of pid in clock ticks (field 22 of /proc/PID/stat); None when gone."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[19])
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return None
+
+
 def comm(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/comm").read_text().strip()
@@ -325,10 +333,11 @@ def test_stop_leaves_nothing_behind(groups, release, command: str) -> None:
     g = groups()
     pid = sb.spawn(spec_for(wd, uid, g, command))
     assert wait_for(lambda: sum(comm(p) == "sleep" for p in DRIVER.procs(g)) == 2)
-    members = DRIVER.procs(g)
+    members = {p: start_ticks(p) for p in DRIVER.procs(g)}
     sb.stop(g, pid, 0.5, CLOCK)
     assert not DRIVER.exists(g)
-    assert [p for p in members if alive(p)] == []
+    # Same pid *and* start time: another test's process may reuse a freed pid meanwhile.
+    assert [p for p, t in members.items() if alive(p) and start_ticks(p) == t] == []
 
 
 @needs_all
@@ -428,9 +437,18 @@ def test_unprivileged_agent_sandboxes_with_a_user_namespace(tmp_path: Path) -> N
     prepare_workdir(base / "rel", uid, uid)
     os.chown(base, uid, uid)
     site = next(p for p in sys.path if p.endswith("site-packages"))
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{Path(__file__).parents[2]}:{site}"}
-    done = subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--", PY, "-c",
-                           UNPRIV_SCRIPT, str(base / "rel")], env=env, capture_output=True, text=True, timeout=20,
-                          cwd="/")
+    # The checkout may sit under a 0700 directory (a home dir, mktemp -d) that the test uid
+    # cannot traverse. Open the two import roots here, as root, and hand the uid the open
+    # directories: /proc/self/fd/N reaches them without searching their ancestors, so
+    # nothing on the machine is chmodded for the test.
+    roots = [os.open(d, os.O_RDONLY | os.O_DIRECTORY) for d in (str(Path(__file__).parents[2]), site)]
+    try:
+        env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": ":".join(f"/proc/self/fd/{fd}" for fd in roots)}
+        done = subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--", PY, "-c",
+                               UNPRIV_SCRIPT, str(base / "rel")], env=env, capture_output=True, text=True,
+                              timeout=20, cwd="/", pass_fds=roots)
+    finally:
+        for fd in roots:
+            os.close(fd)
     assert done.returncode == 0 and done.stdout.strip() == "0", done.stderr
     assert (base / "out").read_text().split() == [str(uid), "pid=2", "etc=ro"]
