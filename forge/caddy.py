@@ -53,6 +53,7 @@ NOT_FOUND_BODY: Final[str] = "no app is served at this host\n"
 UPSTREAM_SLOTS: Final[int] = 12
 PACKED_VAR: Final[str] = "forge_upstreams"
 TLS_MODES: Final[tuple[str, ...]] = ("off", "internal", "on-demand")
+ADMIN_SOCKET_HOST: Final[str] = "caddy-admin"
 
 Routes = dict[str, list[str]]  # host -> sorted dial addresses ("10.0.0.5:20001")
 
@@ -109,8 +110,8 @@ def slot_map(slots: int = UPSTREAM_SLOTS) -> dict[str, Any]:
     }
 
 
-def server_routes(routes: Routes, slots: int = UPSTREAM_SLOTS) -> list[dict[str, Any]]:
-    proxy = {
+def server_routes(routes: Routes, slots: int = UPSTREAM_SLOTS, upstream_keepalive: bool = True) -> list[dict[str, Any]]:
+    proxy: dict[str, Any] = {
         "handler": "reverse_proxy",
         "upstreams": [{"dial": ph(slot_var(i))} for i in range(slots)],
         "load_balancing": {
@@ -119,6 +120,8 @@ def server_routes(routes: Routes, slots: int = UPSTREAM_SLOTS) -> list[dict[str,
             "try_interval": "50ms",
         },
     }
+    if not upstream_keepalive:
+        proxy["transport"] = {"protocol": "http", "keep_alive": {"enabled": False}}
     return [
         {"@id": HOSTMAP_ID, "handle": hostmap_handlers(routes, slots)},
         {
@@ -155,6 +158,7 @@ def base_config(
     https_listen: str | None = None,
     routes: Routes | None = None,
     slots: int = UPSTREAM_SLOTS,
+    upstream_keepalive: bool = True,
 ) -> dict[str, Any]:
     """The whole Caddy JSON config Forge runs with (``routes`` empty unless given).
 
@@ -165,7 +169,8 @@ def base_config(
     """
     if tls_mode not in TLS_MODES:
         raise Invalid(f"tls mode {tls_mode!r} must be one of {', '.join(TLS_MODES)}")
-    server: dict[str, Any] = {"listen": [http_listen], "routes": server_routes(routes or {}, slots)}
+    server: dict[str, Any] = {"listen": [http_listen],
+                              "routes": server_routes(routes or {}, slots, upstream_keepalive)}
     http_app: dict[str, Any] = {"servers": {SERVER_NAME: server}}
     apps: dict[str, Any] = {"http": http_app}
     if tls_mode == "off":
@@ -187,11 +192,13 @@ def base_config(
             policy["issuers"] = [{"module": "internal"}]
             apps["pki"] = {"certificate_authorities": {"local": {"install_trust": False}}}
         apps["tls"] = {"automation": {"policies": [policy], "on_demand": {"ask": ask_url}}}
-    return {
-        "admin": {"listen": admin_listen, "config": {"persist": False}},
-        "logging": {"logs": {"default": {"level": "WARN"}}},
-        "apps": apps,
-    }
+    admin: dict[str, Any] = {"listen": admin_listen, "config": {"persist": False}}
+    if admin_listen.startswith("unix/"):
+        # Caddy checks the Host header even on a socket; this is the name our client sends.
+        admin["origins"] = [ADMIN_SOCKET_HOST]
+    # Every Admin API request is counted by Caddy itself: caddy_admin_http_requests_total
+    # {method, path} on the admin endpoint's /metrics (how tests count config writes).
+    return {"admin": admin, "logging": {"logs": {"default": {"level": "WARN"}}}, "apps": apps}
 
 
 def _default_https(http_listen: str) -> str:
@@ -217,6 +224,12 @@ class CaddyAdmin:
     """A thin client of Caddy's Admin API. Connection failures surface as ``Unavailable``."""
 
     def __init__(self, admin_url: str, timeout: float = 10.0) -> None:
+        """``admin_url``: ``HOST:PORT``, ``http://HOST:PORT`` or ``unix//PATH`` (Caddy's own spelling)."""
+        if admin_url.startswith("unix/"):
+            self.admin_url = admin_url
+            self._http = httpx.Client(base_url=f"http://{ADMIN_SOCKET_HOST}", timeout=timeout,
+                                      transport=httpx.HTTPTransport(uds=admin_url[len("unix/"):]))
+            return
         base = admin_url if "://" in admin_url else f"http://{admin_url}"
         self.admin_url = base.rstrip("/")
         self._http = httpx.Client(base_url=self.admin_url, timeout=timeout)
@@ -256,6 +269,22 @@ class CaddyAdmin:
 
     def close(self) -> None:
         self._http.close()
+
+
+def count_admin_writes(admin: CaddyAdmin) -> int:
+    """Admin API requests other than GET so far, from Caddy's own counter
+    ``caddy_admin_http_requests_total`` (its admin ``/metrics``); closes ``admin``."""
+    try:
+        r = admin._http.get("/metrics")
+    except httpx.TransportError as exc:
+        raise Unavailable(f"caddy admin API at {admin.admin_url} is unreachable: {exc}") from None
+    finally:
+        admin.close()
+    total = 0.0
+    for line in r.text.splitlines():
+        if line.startswith("caddy_admin_http_requests_total{") and 'method="GET"' not in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return int(total)
 
 
 class CaddyProcess:

@@ -46,8 +46,13 @@ class Config:
     api_listen: str = "127.0.0.1:8080"
     http_listen: str = "127.0.0.1:8000"
     https_listen: str | None = None  # default: :443 for on-demand TLS, HTTP port + 443 for internal
-    caddy_admin: str = "127.0.0.1:2019"
+    caddy_admin: str = ""  # HOST:PORT or unix//PATH; "" = a unix socket in the data dir (mode 0600)
     tls: str = "off"  # off | internal | on-demand
+    service_address: str = ""  # the install's service IP (FORGE_SERVICE_ADDRESS); "" = derived from the data dir
+
+    @property
+    def effective_caddy_admin(self) -> str:
+        return self.caddy_admin or f"unix/{Path(self.data_dir).resolve() / 'caddy' / 'admin.sock'}"
 
     @property
     def production(self) -> bool:
@@ -73,5 +78,6 @@ class Config:
             mode=mode,
             store_url=e.get("FORGE_STORE_URL") or "",
             domain=e.get("FORGE_DOMAIN") or "localhost",
+            service_address=(e.get("FORGE_SERVICE_ADDRESS") or "").strip(),
         )
         return replace(cfg, **overrides) if overrides else cfg  # type: ignore[arg-type]

@@ -257,6 +257,7 @@ def check_env(v: dict[str, str]) -> dict[str, str]:
 
 class AppStatus(Status):
     live_deployment: str | None = None
+    service_address: str | None = None  # SERVICE_IP:PORT Caddy dials (router-owned); the kernel picks the backend
     url: str | None = None
     latest_deployment: str | None = None
 
@@ -386,6 +387,7 @@ INSTANCE_TERMINAL: frozenset[str] = frozenset({"Stopped", "Failed", "Lost"})
 
 class InstanceStatus(Status):
     phase: InstancePhase = ""
+    address: str | None = None  # where the Instance is reached: its namespace's address, or the node's
     port: int | None = None
     pid: int | None = None
     ready: bool = False
@@ -424,6 +426,7 @@ class Isolation(Model):
     cgroups: Literal["v1", "v2", "none"] = "none"
     namespaces: bool = False
     bwrap: bool = False
+    network: Literal["netns", "host"] = "host"  # netns: each Instance and build in its own network namespace
     missing: list[str] = Field(default_factory=list)
 
 
@@ -432,6 +435,7 @@ class NodeStatus(Status):
     allocatable: Capacity = Field(default_factory=Capacity)
     last_heartbeat_time: str | None = None
     isolation: Isolation = Field(default_factory=Isolation)
+    instance_subnet: str | None = None  # where this node's Instances get their addresses (netns mode)
     runtimes: list[str] = Field(default_factory=list)
     agent_version: str | None = None
     metrics_address: str | None = None

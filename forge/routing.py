@@ -26,38 +26,48 @@ def is_servable_host(host: str, apps: Iterable[App], domain: str) -> bool:
 
 
 def instance_dial(inst: Instance, nodes: dict[str, Node]) -> str | None:
-    """``ADDRESS:PORT`` of a Running, ready Instance meant to run, on a known node; else None."""
+    """``ADDRESS:PORT`` of a Running, ready Instance meant to run, on a known node; else None.
+
+    The address is the Instance's own (its network namespace) when the agent reported one,
+    else its node's address (a node on the shared host network)."""
     st = inst.status
     if inst.spec.desired != "Running" or st.phase != "Running" or not st.ready or not st.port:
         return None
     node = nodes.get(inst.spec.node or "")
     if node is None:
         return None
-    addr = node.spec.address
+    addr = st.address or node.spec.address
     return f"[{addr}]:{st.port}" if ":" in addr else f"{addr}:{st.port}"
 
 
-def desired_routes(
-    apps: Iterable[App], instances: Iterable[Instance], nodes: Iterable[Node], domain: str
+def live_dials(
+    apps: Iterable[App], instances: Iterable[Instance], nodes: Iterable[Node]
 ) -> dict[str, list[str]]:
-    """host → sorted dials of the ready Instances of each App's live release.
-
-    Hosts whose App has no live release, or no ready Instance, are absent (Caddy's catch-all
-    answers 404 for them). A custom domain claimed by two Apps goes to the first by name, and
-    never shadows another App's ``NAME.DOMAIN``.
-    """
+    """App name → sorted dials of the ready Instances of its live release (apps with none absent)."""
     by_node = {n.metadata.name: n for n in nodes}
-    by_dep: dict[str, list[str]] = {}
+    by_dep: dict[str, set[str]] = {}
     for inst in instances:
         dial = instance_dial(inst, by_node)
         if dial is not None:
-            by_dep.setdefault(inst.spec.deployment, []).append(dial)
+            by_dep.setdefault(inst.spec.deployment, set()).add(dial)
+    out: dict[str, list[str]] = {}
+    for app in apps:
+        live = app.status.live_deployment
+        if live and by_dep.get(live):
+            out[app.metadata.name] = sorted(by_dep[live])
+    return out
+
+
+def host_table(apps: Iterable[App], domain: str, targets: dict[str, list[str]]) -> dict[str, list[str]]:
+    """host → ``targets[app]`` for every App that has targets.
+
+    A custom domain claimed by two Apps goes to the first by name, and never shadows another
+    App's ``NAME.DOMAIN``."""
     ordered = sorted(apps, key=lambda a: a.metadata.name)
     own = {app_hosts(a, domain)[0] for a in ordered}
     routes: dict[str, list[str]] = {}
     for app in ordered:
-        live = app.status.live_deployment
-        dials = sorted(set(by_dep.get(live, []))) if live else []
+        dials = targets.get(app.metadata.name)
         if not dials:
             continue
         primary, *custom = app_hosts(app, domain)
@@ -67,3 +77,47 @@ def desired_routes(
             if host not in own and host not in routes:
                 routes[host] = dials
     return routes
+
+
+def desired_routes(
+    apps: Iterable[App], instances: Iterable[Instance], nodes: Iterable[Node], domain: str
+) -> dict[str, list[str]]:
+    """host → sorted dials of the ready Instances of each App's live release (Caddy-only mode).
+
+    Hosts whose App has no live release, or no ready Instance, are absent (Caddy's catch-all
+    answers 404 for them)."""
+    apps = list(apps)
+    return host_table(apps, domain, live_dials(apps, instances, nodes))
+
+
+def service_routes(apps: Iterable[App], domain: str) -> dict[str, list[str]]:
+    """host → [the App's service address] for every App with a live release and an address.
+
+    What Caddy holds in kernel mode: it changes only when the set of served hosts does (an App
+    goes live for the first time, is deleted, gains or loses a domain) — never on a deploy,
+    rollback, scale or restart, which only move the kernel's backends behind the address."""
+    apps = list(apps)
+    targets = {a.metadata.name: [a.status.service_address] for a in apps
+               if a.status.live_deployment and a.status.service_address}
+    return host_table(apps, domain, targets)
+
+
+def service_backends(
+    apps: Iterable[App], instances: Iterable[Instance], nodes: Iterable[Node], service_ip: str
+) -> dict[int, list[str]]:
+    """service port → dials of the App's live, ready Instances (the kernel map's content)."""
+    apps = list(apps)
+    dials = live_dials(apps, instances, nodes)
+    out: dict[int, list[str]] = {}
+    for app in apps:
+        port = service_port(app, service_ip)
+        if port is not None and app.metadata.name in dials:
+            out[port] = [d for d in dials[app.metadata.name] if not d.startswith("[")]  # the map is IPv4
+    return out
+
+
+def service_port(app: App, service_ip: str) -> int | None:
+    """The App's service port when its address is on ``service_ip``; else None (not allocated yet)."""
+    addr = app.status.service_address or ""
+    host, _, port = addr.rpartition(":")
+    return int(port) if host == service_ip and port.isdigit() else None

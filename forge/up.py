@@ -84,7 +84,7 @@ class Supervisor:
         self.exits: queue.Queue[str] = queue.Queue()
         self.stopping = threading.Event()
         self.api_url = f"http://{cfg.api_listen}"
-        self.caddy_admin_url = f"http://{cfg.caddy_admin}"
+        self.caddy_admin = cfg.effective_caddy_admin
 
     # ------------------------------------------------------------------ children
     def _spawn(self, child: Child) -> None:
@@ -139,13 +139,14 @@ class Supervisor:
         return env
 
     def _caddy_child(self) -> Child:
-        from forge.caddy import base_config
+        from forge.controllers.router import router_base_config
+        from forge.nft import nft_available
 
         caddy_dir = self.data / "caddy"
         caddy_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        conf = base_config(http_listen=self.cfg.http_listen, admin_listen=self.cfg.caddy_admin,
-                           tls_mode=self.cfg.tls, ask_url=f"{self.api_url}/api/v1/tls/ask", domain=self.cfg.domain,
-                           https_listen=self.cfg.https_listen)
+        os.chmod(caddy_dir, 0o700)  # the admin socket lives here: only root reaches it
+        (self.data / "logs").mkdir(parents=True, exist_ok=True)
+        conf = router_base_config(self.cfg, None, kernel=nft_available() is None)
         (caddy_dir / "config.json").write_text(json.dumps(conf, indent=2))
         caddy = shutil.which("caddy")
         if caddy is None:
@@ -153,7 +154,21 @@ class Supervisor:
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(caddy_dir),
                "XDG_DATA_HOME": str(caddy_dir / "data"), "XDG_CONFIG_HOME": str(caddy_dir / "config")}
         return Child("caddy", [caddy, "run", "--config", str(caddy_dir / "config.json")], env,
-                     self.data / "logs" / "caddy.log", ready=lambda: self._http_ok(f"{self.caddy_admin_url}/config/"))
+                     self.data / "logs" / "caddy.log", ready=self._caddy_ready)
+
+    def _caddy_ready(self) -> bool:
+        from forge.caddy import CaddyAdmin
+
+        admin = CaddyAdmin(self.caddy_admin, timeout=1.0)
+        try:
+            admin.ping()
+        except ForgeError:
+            return False
+        finally:
+            admin.close()
+        if self.caddy_admin.startswith("unix/"):
+            os.chmod(self.caddy_admin[len("unix/"):], 0o600)
+        return True
 
     @staticmethod
     def _metrics_url(listen: str | None) -> str:
@@ -167,7 +182,7 @@ class Supervisor:
         api = Child("api", self._forge("server", "--listen", self.cfg.api_listen, "--data-dir", str(self.data)), env,
                     logs / "api.log", ready=lambda: self._http_ok(f"{self.api_url}/readyz"))
         ctrl_args = ["controllers", "--data-dir", str(self.data), "--domain", self.cfg.domain,
-                     "--caddy-admin", self.cfg.caddy_admin, "--tls", self.cfg.tls, "--http-listen", self.cfg.http_listen,
+                     "--caddy-admin", self.caddy_admin, "--tls", self.cfg.tls, "--http-listen", self.cfg.http_listen,
                      "--api-listen", self.cfg.api_listen]
         if self.cfg.https_listen:
             ctrl_args += ["--https-listen", self.cfg.https_listen]
@@ -259,6 +274,22 @@ class Supervisor:
                 child.proc.kill()
                 child.proc.wait(timeout=5)
             log.info("stopped %s", name)
+        self._remove_network()
+
+    def _remove_network(self) -> None:
+        """The service table and, should the agent not have done it, the node's namespaces,
+        bridge and table: nothing of this install's data plane outlives ``forge up``."""
+        from forge.cli.daemons import remove_node_network
+        from forge.nft import NetError, nft_available
+        from forge.servicemap import ServiceMap
+
+        if nft_available() is not None:
+            return
+        try:
+            ServiceMap(self.data, self.cfg.service_address).teardown()
+            remove_node_network(self.data / "node")
+        except (NetError, OSError) as exc:
+            log.warning("could not remove all of the data plane: %s", exc)
 
     def run(self, stop: threading.Event) -> None:
         try:

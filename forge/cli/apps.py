@@ -89,6 +89,14 @@ def apps_delete(ctx: Ctx, name: str, yes: bool) -> None:
 # ----------------------------------------------------------------------------- status / releases
 
 
+def instance_address(inst: dict[str, Any]) -> str | None:
+    """``ADDRESS:PORT`` an Instance is reached at (its own namespace address, or its node's)."""
+    port = dig(inst, "status.port")
+    if not port:
+        return None
+    return f"{dig(inst, 'status.address') or '?'}:{port}"
+
+
 @cli.command()
 @click.argument("name")
 @OUTPUT
@@ -116,8 +124,8 @@ def status(ctx: Ctx, name: str, fmt: str) -> None:
                          + (f"  {dig(r, 'status.reason')}: {dig(r, 'status.message')}" if dig(r, "status.reason") else ""))
         active = [i for i in insts if dig(i, "spec.desired") == "Running"]
         lines += ["", "Instances:", table(
-            ["NAME", "NODE", "PHASE", "PORT", "READY", "RESTARTS", "REASON"],
-            [[dig(i, "metadata.name"), dig(i, "spec.node"), dig(i, "status.phase"), dig(i, "status.port"),
+            ["NAME", "NODE", "PHASE", "ADDRESS", "READY", "RESTARTS", "REASON"],
+            [[dig(i, "metadata.name"), dig(i, "spec.node"), dig(i, "status.phase"), instance_address(i),
               dig(i, "status.ready"), dig(i, "status.restarts", 0), dig(i, "status.reason")] for i in active]) if active else "  none"]
         lines += ["", "Events:"] + ([event_line(e) for e in evs] or ["  none"])
         return "\n".join(lines)

@@ -31,6 +31,15 @@ def check_listen(value: str, what: str) -> str:
     return value
 
 
+def check_admin(value: str, what: str) -> str:
+    """Caddy's admin address: HOST:PORT, or a unix socket as ``unix//PATH`` (or a plain absolute path)."""
+    if value.startswith("/"):
+        return "unix/" + value
+    if value.startswith("unix//"):
+        return value
+    return check_listen(value, what)
+
+
 def stop_on_signals() -> threading.Event:
     stop = threading.Event()
 
@@ -71,7 +80,7 @@ def server(listen: str, workers: int, threads: int, data_dir: str | None) -> Non
 @DATA_DIR
 @click.option("--metrics-listen", default=None, help="HOST:PORT to serve controller metrics on.")
 @click.option("--domain", default=None, help="Apps are served at APP.DOMAIN.")
-@click.option("--caddy-admin", default=None, help="Caddy Admin API HOST:PORT.")
+@click.option("--caddy-admin", default=None, help="Caddy Admin API: unix//PATH or HOST:PORT (default: DATA_DIR/caddy/admin.sock).")
 @click.option("--tls", type=click.Choice(["off", "internal", "on-demand"]), default=None)
 @click.option("--http-listen", default=None, help="Where Caddy serves apps (used when the router rebuilds Caddy's config).")
 @click.option("--https-listen", default=None, help="Where Caddy serves HTTPS when --tls is on.")
@@ -88,7 +97,7 @@ def controllers(data_dir: str | None, metrics_listen: str | None, domain: str | 
     if domain:
         overrides["domain"] = domain
     if caddy_admin:
-        overrides["caddy_admin"] = check_listen(caddy_admin, "--caddy-admin")
+        overrides["caddy_admin"] = check_admin(caddy_admin, "--caddy-admin")
     if tls:
         overrides["tls"] = tls
     for key, value in (("http_listen", http_listen), ("https_listen", https_listen), ("api_listen", api_listen)):
@@ -112,15 +121,23 @@ def controllers(data_dir: str | None, metrics_listen: str | None, domain: str | 
 @DATA_DIR
 @click.option("--address", default="127.0.0.1", show_default=True, help="Address the router dials this node's apps on.")
 @click.option("--metrics-listen", default="127.0.0.1:9108", show_default=True)
+@click.option("--instance-subnet", envvar="FORGE_INSTANCE_SUBNET", default="",
+              help="IPv4 network (/16-/28) this node's Instances get addresses from (default: a free /24 of 10.213.0.0/16).")
+@click.option("--app-host-ports", envvar="FORGE_APP_HOST_PORTS", default="",
+              help="Host TCP ports apps may reach at their gateway address, e.g. 5432,6379 (default: none).")
 @click.option("--stop-apps-on-exit", is_flag=True,
               help="Stop this node's apps when the agent exits (forge up); by default they keep serving.")
 def agent(api_url: str, token: str, name: str | None, data_dir: str | None, address: str, metrics_listen: str,
-          stop_apps_on_exit: bool) -> None:
+          instance_subnet: str, app_host_ports: str, stop_apps_on_exit: bool) -> None:
     """Run the node agent: build and supervise this machine's Instances."""
     from forge.clock import SystemClock
     from forge.nodeagent.agent import run_agent
+    from forge.nodeagent.network import parse_ports, parse_subnet
 
     setup_logging()
+    ports = parse_ports(app_host_ports)
+    if instance_subnet:
+        parse_subnet(instance_subnet)
     if not token.startswith("forge-node."):
         raise Invalid("--token is not a node token (mint one with: forge nodes token create NAME)")
     os.environ.pop("FORGE_NODE_TOKEN", None)  # nothing the agent starts may inherit it
@@ -131,9 +148,20 @@ def agent(api_url: str, token: str, name: str | None, data_dir: str | None, addr
         api_url=api_url, token=token, name=node, data_dir=str(cfg.data_dir), address=address,
         metrics_listen=check_listen(metrics_listen, "--metrics-listen"), mode=cfg.mode,
         git_url_template=cfg.git_url_template, stop_event=stop, clock=SystemClock(),
+        instance_subnet=instance_subnet, app_host_ports=ports,
     )
     if stop_apps_on_exit:
         stop_local_apps(Path(cfg.data_dir), node)
+        remove_node_network(Path(cfg.data_dir))
+
+
+def remove_node_network(data_dir: Path) -> None:
+    """Namespaces, bridge and nftables table of this node install (``forge up`` on exit)."""
+    from forge.nft import nft_available
+    from forge.nodeagent.network import NodeNetwork
+
+    if nft_available() is None:
+        NodeNetwork(data_dir).teardown()
 
 
 def stop_local_apps(data_dir: Path, node: str, grace: float = 10.0) -> None:
@@ -174,7 +202,8 @@ def stop_local_apps(data_dir: Path, node: str, grace: float = 10.0) -> None:
 @DATA_DIR
 @click.option("--api-listen", default="127.0.0.1:8080", show_default=True)
 @click.option("--http-listen", default="127.0.0.1:8000", show_default=True, help="Where Caddy serves apps.")
-@click.option("--caddy-admin", default="127.0.0.1:2019", show_default=True)
+@click.option("--caddy-admin", default="", help="Caddy's Admin API: HOST:PORT, or unix//PATH "
+              "(default: a 0600 unix socket DATA_DIR/caddy/admin.sock that no app can reach).")
 @click.option("--domain", default="localhost", show_default=True, help="Apps are served at APP.DOMAIN.")
 @click.option("--tls", type=click.Choice(["off", "internal", "on-demand"]), default="off", show_default=True,
               help="internal: HTTPS with Caddy's internal CA (testable offline); on-demand: ACME with the tls/ask gate.")
@@ -192,7 +221,7 @@ def up(data_dir: str | None, api_listen: str, http_listen: str, caddy_admin: str
     cfg = load_config(
         data_dir, api_listen=check_listen(api_listen, "--api-listen"),
         http_listen=check_listen(http_listen, "--http-listen"),
-        caddy_admin=check_listen(caddy_admin, "--caddy-admin"), domain=domain.lower(), tls=tls,
+        caddy_admin=check_admin(caddy_admin, "--caddy-admin") if caddy_admin else "", domain=domain.lower(), tls=tls,
         https_listen=check_listen(https_listen, "--https-listen") if https_listen else None,
     )
     sup = Supervisor(cfg, metrics_listen=check_listen(metrics_listen, "--metrics-listen"),

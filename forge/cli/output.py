@@ -74,7 +74,7 @@ COLUMNS: dict[str, list[Column]] = {
         ("NODE", lambda o: dig(o, "spec.node")),
         ("DESIRED", lambda o: dig(o, "spec.desired")),
         ("PHASE", lambda o: dig(o, "status.phase")),
-        ("PORT", lambda o: dig(o, "status.port")),
+        ("ADDRESS", lambda o: f"{dig(o, 'status.address') or '?'}:{dig(o, 'status.port')}" if dig(o, "status.port") else None),
         ("READY", lambda o: dig(o, "status.ready")),
         ("RESTARTS", lambda o: dig(o, "status.restarts", 0)),
         ("REASON", lambda o: dig(o, "status.reason")),
@@ -86,7 +86,8 @@ COLUMNS: dict[str, list[Column]] = {
         ("ADDRESS", lambda o: dig(o, "spec.address")),
         ("CPU", lambda o: dig(o, "status.capacity.cpu")),
         ("MEMORY", lambda o: f"{int(dig(o, 'status.capacity.memory', 0) or 0) // (1 << 20)}Mi"),
-        ("ISOLATION", lambda o: f"cgroups={dig(o, 'status.isolation.cgroups')} bwrap={dig(o, 'status.isolation.bwrap')}"),
+        ("ISOLATION", lambda o: f"cgroups={dig(o, 'status.isolation.cgroups')} bwrap={dig(o, 'status.isolation.bwrap')} "
+                                f"network={dig(o, 'status.isolation.network')}"),
         ("HEARTBEAT", lambda o: age(dig(o, "status.lastHeartbeatTime"))),
     ],
     "Event": [

@@ -1,20 +1,26 @@
-"""Router: the store's live, ready Instances → Caddy's host map, through the Admin API only.
+"""Router: the store's live, ready Instances → Caddy's hosts and the kernel's service map.
 
-One key (``routes``) for the whole table, so the runtime's deduplicating queue coalesces a
-burst of App/Instance/Node changes into one reconcile and one Caddy update. Each reconcile:
+Two modes, chosen once at start:
 
-1. computes the whole desired table (``forge.routing.desired_routes``, pure);
-2. asks Caddy for the digest stored beside its map (``GET /id/forge-hostmap/handle/0``, a few
-   bytes) — so every pass, resync included, verifies Caddy rather than trusting memory;
-3. digest equal → nothing to do; different (a change, or Caddy restarted from the base file
-   with an empty map) → one PATCH of ``/id/forge-hostmap/handle``; no such @id (Caddy restarted
-   with no config, or someone loaded another one) → ``POST /load`` of the base config with the
-   table in it. Never a Caddy restart.
+**kernel** (root with nftables; what ``forge up`` runs): every App gets a stable service
+address (``App.status.serviceAddress``, this controller's field). Caddy maps each served host
+to that address — its config changes only when the *set of hosts* changes (an App first goes
+live, is deleted, gains or loses a domain, TLS mode) — and ``forge.servicemap`` points the
+address at the live release's ready Instances with one atomic nftables batch. Two keys:
 
-The layout that makes one update cheap at thousands of apps is explained in ``forge.caddy``.
-Caddy unreachable: one Warning Event per outage, a failure counter, and a requeue after
-``RETRY_SECONDS`` (not the runtime's growing back-off) so routes come back within seconds of
-Caddy's return; the 2 s resync is the safety net for a restart nothing in the store announced.
+* ``hosts`` (App changes, resync): allocate missing service addresses; compare Caddy's *whole*
+  config with the one Forge wants and ``POST /load`` it when anything differs — a drifted route,
+  a handler someone added, a changed admin or TLS section — so any tampering is repaired, not
+  only the host map. Never a Caddy restart.
+* ``backends`` (App, Instance, Node changes): the desired map, applied as the difference from
+  what was applied last (one batch, cost independent of the number of Apps); every
+  ``VERIFY_SECONDS`` the whole kernel map is read back and repaired.
+
+**caddy** (no root or no nftables: a laptop, a non-root dev run): the previous design — the
+ready dials themselves live in Caddy's host map, one PATCH per change (``forge.caddy``).
+
+Caddy or the kernel unreachable: one Warning Event per outage, a failure counter, and a
+requeue after ``RETRY_SECONDS`` (not the runtime's growing back-off).
 """
 
 from __future__ import annotations
@@ -29,19 +35,29 @@ from forge.caddy import HOSTMAP_ID, CaddyAdmin, base_config, hostmap_handlers, r
 from forge.clock import Clock
 from forge.config import Config
 from forge.controllers.base import Controller, Result
-from forge.errors import Unavailable
+from forge.errors import Conflict, ForgeError, NotFound, Unavailable
 from forge.events import EventRecorder
 from forge.models import App, Instance, Node, ObjectMeta, Resource
-from forge.routing import desired_routes
+from forge.nft import NetError, nft_available
+from forge.routing import desired_routes, service_backends, service_port, service_routes
+from forge.servicemap import ServiceMap, allocate_ports
 from forge.store.base import Store, WatchEvent
 
 log = logging.getLogger(__name__)
 
-KEY: Final[str] = "routes"
+KEY: Final[str] = "routes"  # caddy mode: the whole table
+KEY_HOSTS: Final[str] = "hosts"  # kernel mode: service addresses and Caddy's config
+KEY_BACKENDS: Final[str] = "backends"  # kernel mode: the service map
 RETRY_SECONDS: Final[float] = 1.0
+VERIFY_SECONDS: Final[float] = 10.0  # the kernel map is read back and compared this often
+CADDY_VERIFY_SECONDS: Final[float] = 30.0  # and Caddy's whole config (a few hundred KB at 5,000 hosts)
 REASON_UNREACHABLE: Final[str] = "CaddyUnreachable"
 REASON_REACHABLE: Final[str] = "CaddyReachable"
 REASON_RELOADED: Final[str] = "CaddyConfigRestored"
+REASON_DRIFT: Final[str] = "CaddyConfigRepaired"
+REASON_MAP_FAILED: Final[str] = "ServiceMapFailed"
+REASON_MAP_REPAIRED: Final[str] = "ServiceMapRepaired"
+_AUTO: Final = object()
 
 
 def tls_ask_url(config: Config) -> str:
@@ -50,11 +66,17 @@ def tls_ask_url(config: Config) -> str:
     return f"http://{host}:{port}/api/v1/tls/ask"
 
 
-def router_base_config(config: Config, routes: dict[str, list[str]] | None = None) -> dict[str, Any]:
-    """The base Caddy config for this Forge (what ``forge up`` starts Caddy with)."""
+def router_base_config(config: Config, routes: dict[str, list[str]] | None = None,
+                       kernel: bool = False) -> dict[str, Any]:
+    """The whole Caddy config for this Forge (``forge up`` starts Caddy with it, routes empty).
+
+    In kernel mode Caddy opens a new upstream connection per request (no upstream keep-alive):
+    every request then meets the kernel's current map, so a switch takes effect at once and
+    no pooled connection to a stopped release can fail a request."""
     return base_config(
-        config.http_listen, config.caddy_admin, config.tls, tls_ask_url(config), config.domain,
+        config.http_listen, config.effective_caddy_admin, config.tls, tls_ask_url(config), config.domain,
         https_listen=getattr(config, "https_listen", None) or None, routes=routes,
+        upstream_keepalive=not kernel,
     )
 
 
@@ -86,28 +108,56 @@ class RouterController(Controller):
         recorder: EventRecorder | None = None,
         caddy: CaddyAdmin | None = None,
         registry: CollectorRegistry | None = None,
+        services: Any = _AUTO,
     ) -> None:
         super().__init__(store, clock, config, recorder)
         self._own_caddy = caddy is None
-        self.caddy = caddy or CaddyAdmin(config.caddy_admin)
+        self.caddy = caddy or CaddyAdmin(config.effective_caddy_admin)
         self.metrics = _Metrics(registry or CollectorRegistry())
         self._unreachable = False
+        self._map_failing = False
+        self._next_verify = 0.0
+        self._next_caddy_check = 0.0
+        self._caddy_want: dict[str, Any] | None = None
         # Events need an involved object; Caddy is no record, so name it as one.
         self._subject = Resource(kind="Router", metadata=ObjectMeta(name="caddy"))
+        self._map_subject = Resource(kind="Router", metadata=ObjectMeta(name="service-map"))
+        self.services: ServiceMap | None = self._service_map(config) if services is _AUTO else services
+        self.mode = "kernel" if self.services is not None else "caddy"
+
+    @staticmethod
+    def _service_map(config: Config) -> ServiceMap | None:
+        missing = nft_available()
+        if missing is None:
+            return ServiceMap(config.data_dir, config.service_address)
+        log.warning("router: Caddy dials Instances directly (%s); every switch rewrites Caddy's host map", missing)
+        return None
 
     def keys_for(self, event: WatchEvent) -> Iterable[str]:
-        return (KEY,)
+        if self.mode == "caddy":
+            return (KEY,)
+        return (KEY_HOSTS, KEY_BACKENDS) if event.object.kind == "App" else (KEY_BACKENDS,)
 
     def all_keys(self) -> Iterable[str]:
-        return (KEY,)
+        return (KEY,) if self.mode == "caddy" else (KEY_HOSTS, KEY_BACKENDS)
 
-    def desired(self) -> dict[str, list[str]]:
+    def _snapshot(self) -> tuple[list[App], list[Instance], list[Node]]:
         apps: list[App] = self.store.list("App")[0]  # type: ignore[assignment]
         instances: list[Instance] = self.store.list("Instance")[0]  # type: ignore[assignment]
         nodes: list[Node] = self.store.list("Node")[0]  # type: ignore[assignment]
+        return apps, instances, nodes
+
+    def desired(self) -> dict[str, list[str]]:
+        apps, instances, nodes = self._snapshot()
+        if self.mode == "kernel":
+            return service_routes(apps, self.config.domain)
         return desired_routes(apps, instances, nodes, self.config.domain)
 
     def reconcile(self, key: str) -> Result | None:
+        if key == KEY_BACKENDS and self.services is not None:
+            return self._reconcile_backends()
+        if key == KEY_HOSTS and self.services is not None:
+            return self._reconcile_hosts()
         if key != KEY:
             return None
         routes = self.desired()
@@ -127,6 +177,117 @@ class RouterController(Controller):
                                  f"{self.caddy.admin_url} answers again")
         return None
 
+    # ------------------------------------------------------------------ kernel mode
+    def _reconcile_hosts(self) -> Result | None:
+        assert self.services is not None
+        apps: list[App] = self.store.list("App")[0]  # type: ignore[assignment]
+        if self._allocate(apps):
+            return Result(requeue_after=0.05)  # re-read: the writes changed the Apps
+        routes = service_routes(apps, self.config.domain)
+        self.metrics.hosts.set(len(routes))
+        want = router_base_config(self.config, routes, kernel=True)
+        try:
+            self._ensure_caddy(want, routes)
+        except Unavailable as exc:
+            return self._caddy_down(exc)
+        self._caddy_back()
+        return None  # the 2 s resync is the next look
+
+    def _allocate(self, apps: list[App]) -> bool:
+        """Give every App a service address on this install's service IP; True when any was written."""
+        assert self.services is not None
+        ip = self.services.address
+        held = {a.metadata.name: p for a in apps if (p := service_port(a, ip)) is not None}
+        new = allocate_ports(sorted(a.metadata.name for a in apps if a.metadata.deletion_timestamp is None), held)
+        wrote = False
+        for app in apps:
+            port = new.get(app.metadata.name)
+            if port is None:
+                continue
+            obj = app.copy_deep()
+            obj.status.service_address = f"{ip}:{port}"
+            try:
+                self.store.update_status(obj)
+                wrote = True
+            except (Conflict, NotFound):
+                wrote = True  # someone else wrote it meanwhile: re-read and try again
+        return wrote
+
+    def _ensure_caddy(self, want: dict[str, Any], routes: dict[str, list[str]]) -> None:
+        """Load ``want`` when Caddy's whole config differs from it. Every pass asks for the few
+        bytes of the host-map digest (a restarted Caddy, or a changed host set, shows at once);
+        the whole config is compared when that differs, when ``want`` changed, and at least every
+        ``CADDY_VERIFY_SECONDS`` (a GET of the whole config is not free at 5,000 hosts)."""
+        now = self.clock.monotonic()
+        if want == self._caddy_want and now < self._next_caddy_check:
+            stamp = self.caddy.get_id(HOSTMAP_ID, "/handle/0")
+            if isinstance(stamp, dict) and stamp.get("forge_routes") == routes_digest(routes):
+                return
+        have = self.caddy.config()
+        self._next_caddy_check = now + CADDY_VERIFY_SECONDS
+        if have == want:
+            self._caddy_want = want
+            return
+        start = self.clock.monotonic()
+        self.caddy.load(want)
+        self.metrics.seconds.observe(self.clock.monotonic() - start)
+        self.metrics.updates.labels(method="load").inc()
+        if have is None:
+            self.recorder.record(self._subject, "Normal", REASON_RELOADED,
+                                 "caddy had no config (restarted?); the whole config was loaded")
+        elif self._caddy_want is not None and have != self._caddy_want:
+            # Not a change of ours: Caddy holds something Forge never loaded. Repaired.
+            self.recorder.record(self._subject, "Warning", REASON_DRIFT,
+                                 "caddy's config differed from the one Forge loaded; the whole config was loaded again")
+        self._caddy_want = want
+        log.info("router: caddy config loaded")
+
+    def _reconcile_backends(self) -> Result | None:
+        assert self.services is not None
+        apps, instances, nodes = self._snapshot()
+        backends = service_backends(apps, instances, nodes, self.services.address)
+        start = self.clock.monotonic()
+        try:
+            if start >= self._next_verify:
+                if self.services.ensure():
+                    log.info("router: service table %s created", self.services.table)
+                if self.services.verify(backends) and self._next_verify:
+                    self.recorder.record(self._map_subject, "Warning", REASON_MAP_REPAIRED,
+                                         f"nftables map {self.services.table} differed from the store; repaired")
+                self._next_verify = start + VERIFY_SECONDS
+                changed = []
+            else:
+                changed = self.services.apply(backends)
+        except (NetError, ForgeError) as exc:
+            self._next_verify = 0.0
+            self.metrics.failures.inc()
+            if not self._map_failing:
+                self._map_failing = True
+                self.recorder.record(self._map_subject, "Warning", REASON_MAP_FAILED, exc.message)
+            log.warning("router: service map: %s", exc.message)
+            return Result(requeue_after=RETRY_SECONDS)
+        self._map_failing = False
+        if changed:
+            self.metrics.seconds.observe(self.clock.monotonic() - start)
+            self.metrics.updates.labels(method="kernel").inc(len(changed))
+        return Result(requeue_after=max(0.05, self._next_verify - self.clock.monotonic()))
+
+    def _caddy_down(self, exc: Unavailable) -> Result:
+        self.metrics.failures.inc()
+        if not self._unreachable:
+            self._unreachable = True
+            self.recorder.record(self._subject, "Warning", REASON_UNREACHABLE, exc.message)
+        log.warning("router: %s", exc.message)
+        self._caddy_want = None
+        return Result(requeue_after=RETRY_SECONDS)
+
+    def _caddy_back(self) -> None:
+        if self._unreachable:
+            self._unreachable = False
+            self.recorder.record(self._subject, "Normal", REASON_REACHABLE, f"caddy admin API at "
+                                 f"{self.caddy.admin_url} answers again")
+
+    # ------------------------------------------------------------------ caddy mode
     def _apply(self, routes: dict[str, list[str]]) -> None:
         stamp = self.caddy.get_id(HOSTMAP_ID, "/handle/0")
         if isinstance(stamp, dict) and stamp.get("forge_routes") == routes_digest(routes):

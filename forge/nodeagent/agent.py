@@ -23,12 +23,14 @@ from forge.cgroups import detect_driver
 from forge.client import ForgeClient
 from forge.clock import Clock, SystemClock
 from forge.models import LABEL_NODE, Instance
+from forge.nft import nft_available
 from forge.nodeagent import node as nodeinfo
 from forge.nodeagent.builder import Builder, api_credentials
 from forge.nodeagent.diskgc import DiskGC, Release
 from forge.nodeagent.exitwatch import ExitWatcher
 from forge.nodeagent.logship import Shipper
 from forge.nodeagent.metrics import AgentCollector, serve_metrics
+from forge.nodeagent.network import NodeNetwork
 from forge.nodeagent.reconciler import Reconciler
 from forge.nodeagent.sandbox import Sandbox, SandboxSpec, UidAllocator
 from forge.nodeagent.state import AgentState
@@ -57,7 +59,8 @@ class Agent:
         self, client: ForgeClient, name: str, data_dir: Path, address: str, metrics_listen: str | None,
         mode: str, git_url_template: str, stop: threading.Event, clock: Clock,
         heartbeat_seconds: float = 5.0, workers: int = 4, log_cap_bytes: int = 10 * 1024 * 1024,
-        driver: Any = _AUTO, cgroup_parent: str | None = None,
+        driver: Any = _AUTO, cgroup_parent: str | None = None, network: Any = _AUTO,
+        instance_subnet: str = "", app_host_ports: tuple[int, ...] = (),
     ) -> None:
         self.client, self.name, self.address, self.clock, self.stop = client, name, address, clock, stop
         self.data_dir = Path(data_dir).resolve()
@@ -68,6 +71,8 @@ class Agent:
         self.driver = detect_driver(parent=cgroup_parent or node_cgroup_parent(name)) if driver is _AUTO else driver
         self.sandbox = Sandbox(self.driver, mode=mode, clock=clock)
         self.isolation = self.sandbox.check()  # production without isolation raises Unavailable here
+        self.network = (self._own_network(mode, instance_subnet, app_host_ports) if network is _AUTO else network)
+        self.isolation.network = "netns" if self.network is not None else "host"
         self.uids = UidAllocator(self.data_dir / "uids.json")
         self.state = AgentState(self.data_dir / "agent-state.json").load()
         self.queue = WorkQueue(clock)
@@ -78,14 +83,26 @@ class Agent:
         self.exits = ExitWatcher(self.queue.add)
         self.shipper = Shipper(client, self.state, self.data_dir / "logs", clock, stop, cap_bytes=log_cap_bytes)
         builder = Builder(self.data_dir, git_url_template, self.sandbox, self.driver, clock, SandboxSpec, self._owner,
-                          credentials=api_credentials(client))
+                          credentials=api_credentials(client), network=self.network)
         self.supervisor = Supervisor(self.sandbox, self.driver, clock, SandboxSpec, self._owner)
         status = StatusWriter(client, clock, self._remember)
         self.reconciler = Reconciler(client, name, self.data_dir, self.state, builder, self.supervisor,
-                                     self.shipper, status, clock, self.exits.watch)
+                                     self.shipper, status, clock, self.exits.watch, network=self.network,
+                                     node_address=address)
         self.diskgc = DiskGC(self.data_dir / "releases", self._releases_in_use, builder.release_lock)
         self.threads: list[threading.Thread] = []
         self.metrics_server: Any = None
+
+    def _own_network(self, mode: str, subnet: str, host_ports: tuple[int, ...]) -> NodeNetwork | None:
+        """This node's data plane, or None (the shared host network) where it cannot be built."""
+        missing = nft_available()
+        if missing is None:
+            return NodeNetwork(self.data_dir, subnet=subnet, host_ports=host_ports)
+        if mode == "production":
+            raise errors.Unavailable(f"refusing to run apps without their own network (FORGE_MODE=production): {missing}")
+        log.warning("apps share the host's network (dev mode): %s", missing)
+        self.isolation.missing.append(f"network namespaces ({missing})")
+        return None
 
     def _owner(self, app: str) -> tuple[int | None, int | None]:
         if os.geteuid() != 0:
@@ -95,6 +112,8 @@ class Agent:
 
     # -- lifecycle -------------------------------------------------------------
     def run(self) -> None:
+        if self.network is not None:
+            self.network.setup()  # idempotent: a restarted agent keeps the bridge and every namespace
         self._register()
         if self.stop.is_set():
             return
@@ -111,8 +130,8 @@ class Agent:
                          for i in range(self.n_workers)]
         for t in self.threads:
             t.start()
-        log.info("agent %s running (isolation: cgroups %s, namespaces %s)", self.name,
-                 self.isolation.cgroups, self.isolation.namespaces)
+        log.info("agent %s running (isolation: cgroups %s, namespaces %s, network %s)", self.name,
+                 self.isolation.cgroups, self.isolation.namespaces, self.isolation.network)
         self.stop.wait()
         self.shutdown()
 
@@ -133,7 +152,8 @@ class Agent:
         metrics = self.metrics_listen
         while not self.stop.is_set():
             try:
-                nodeinfo.register(self.client, self.name, self.address, self.isolation, metrics, self.clock)
+                nodeinfo.register(self.client, self.name, self.address, self.isolation, metrics, self.clock,
+                                  subnet=str(self.network.subnet) if self.network is not None else None)
                 return
             except (errors.Unavailable, errors.Conflict) as exc:
                 log.warning("cannot register node %s yet: %s", self.name, exc)
@@ -247,14 +267,16 @@ class Agent:
         return rv
 
     def _sweep_orphans(self, assigned: set[str]) -> None:
-        """Stop processes in Forge cgroups that no Instance of this node (nor the state) explains."""
-        if self.driver is None:
-            return
-        known = {f"inst-{n}" for n in assigned | set(self.state.names())}
-        for group in self.driver.list_groups():
-            if group.startswith("build-") or (group.startswith("inst-") and group not in known):
-                log.warning("stopping orphaned cgroup %s", group)
-                self.sandbox.stop(group, None, 10.0, self.clock)
+        """Stop processes in Forge cgroups, and remove network namespaces, that no Instance of
+        this node (nor the state) explains; builds in flight before a restart are orphans too."""
+        if self.driver is not None:
+            known = {f"inst-{n}" for n in assigned | set(self.state.names())}
+            for group in self.driver.list_groups():
+                if group.startswith("build-") or (group.startswith("inst-") and group not in known):
+                    log.warning("stopping orphaned cgroup %s", group)
+                    self.sandbox.stop(group, None, 10.0, self.clock)
+        if self.network is not None:
+            self.network.sweep(keep=assigned | set(self.state.names()))
 
     def _watch_loop(self) -> None:
         selector = {LABEL_NODE: self.name}

@@ -93,9 +93,10 @@ class Builder:
     def __init__(
         self, data_dir: Path, git_url_template: str, sandbox: Any, driver: Any, clock: Clock,
         spec_factory: Callable[..., Any], owner_for: Callable[[str], tuple[int | None, int | None]],
-        credentials: Credentials | None = None,
+        credentials: Credentials | None = None, network: Any = None,
     ) -> None:
         self.data_dir = Path(data_dir)
+        self.network = network  # NodeNetwork: each build in its own network namespace (None: host network)
         self.credentials = credentials
         self.git_url_template = git_url_template
         self.sandbox, self.driver, self.clock = sandbox, driver, clock
@@ -219,7 +220,16 @@ class Builder:
                 self.driver.remove(cgroup)
             self.driver.create(cgroup)
             self.driver.set_limits(cgroup, *limits)
+        net: dict[str, Any] = {}
         try:
+            if self.network is not None:
+                # "build." cannot start an Instance name (DNS labels have no dots), so a build's
+                # namespace never collides with an Instance's.
+                try:
+                    self.network.attach(f"build.{instance}")
+                except errors.ForgeError as exc:
+                    raise BuildError(REASON_BUILD_FAILED, f"cannot give the build a network: {exc.message}") from None
+                net = {"netns": self.network.netns_path(f"build.{instance}"), "resolv_conf": self.network.dns_text}
             for cmd in run.build_commands:
                 start = build_log.stat().st_size if build_log.exists() else 0
                 with open(build_log, "ab") as out:
@@ -230,7 +240,7 @@ class Builder:
                 spec = self.spec_factory(
                     app=app, workdir=str(release), command=cmd, env=dict(env),
                     uid=uid, gid=gid, cgroup=cgroup if self.driver is not None else None,
-                    stdout_path=str(build_log), stderr_path=str(build_log),
+                    stdout_path=str(build_log), stderr_path=str(build_log), **net,
                 )
                 code = self._run_one(spec, left)
                 if code != 0:
@@ -245,6 +255,8 @@ class Builder:
             if self.driver is not None and self.driver.exists(cgroup):
                 self.driver.kill_all(cgroup)
                 self.driver.remove(cgroup)
+            if net:
+                self.network.detach(f"build.{instance}")
 
     def _run_one(self, spec: Any, timeout: float) -> int | None:
         """Exit code, or None when the command ran past the timeout."""

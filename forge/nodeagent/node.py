@@ -45,11 +45,13 @@ def runtimes(path: str = "/usr/local/bin:/usr/bin:/bin") -> list[str]:
     return [r for r in RUNTIME_CANDIDATES if shutil.which(r, path=path)]
 
 
-def node_status(current: dict[str, Any], isolation: Isolation, metrics_address: str | None, now_iso: str) -> dict[str, Any]:
+def node_status(current: dict[str, Any], isolation: Isolation, metrics_address: str | None, now_iso: str,
+                subnet: str | None = None) -> dict[str, Any]:
     cap, alloc = capacity()
     status = NodeStatus.model_validate(current or {})
     status.capacity, status.allocatable = cap, alloc
     status.isolation = isolation
+    status.instance_subnet = subnet
     status.runtimes = runtimes()
     status.agent_version = AGENT_VERSION
     status.metrics_address = metrics_address
@@ -61,7 +63,7 @@ def node_status(current: dict[str, Any], isolation: Isolation, metrics_address: 
 
 
 def register(client: ForgeClient, name: str, address: str, isolation: Isolation,
-             metrics_address: str | None, clock: Clock) -> dict[str, Any]:
+             metrics_address: str | None, clock: Clock, subnet: str | None = None) -> dict[str, Any]:
     """Create or update our Node (spec.address), then write its status; returns the Node."""
     try:
         node = client.get("nodes", name)
@@ -75,7 +77,7 @@ def register(client: ForgeClient, name: str, address: str, isolation: Isolation,
         node["spec"] = {**node.get("spec", {}), "address": address}
         node = client.replace("nodes", name, node)
     for _ in range(5):
-        node["status"] = node_status(node.get("status") or {}, isolation, metrics_address, clock.now_iso())
+        node["status"] = node_status(node.get("status") or {}, isolation, metrics_address, clock.now_iso(), subnet)
         try:
             return client.replace_status("nodes", name, node)
         except errors.Conflict:

@@ -39,7 +39,10 @@ class Reconciler:
     def __init__(
         self, client: ForgeClient, node: str, data_dir: Path, state: AgentState, builder: Builder,
         supervisor: Supervisor, shipper: Shipper, status: StatusWriter, clock: Clock, watch_exit: Any,
+        network: Any = None, node_address: str = "127.0.0.1",
     ) -> None:
+        self.network = network  # NodeNetwork, or None: the host's network (dev without root)
+        self.node_address = node_address
         self.client, self.node, self.data_dir, self.state = client, node, Path(data_dir), state
         self.builder, self.supervisor, self.shipper, self.status = builder, supervisor, shipper, status
         self.clock, self.watch_exit = clock, watch_exit
@@ -87,7 +90,23 @@ class Reconciler:
     # -- start / exit ----------------------------------------------------------
     def _start(self, inst: Instance, st: InstanceState, run: RunSpec, limits: tuple[Any, ...]) -> float | None:
         held = self.state.ports_held(exclude=st.name)
-        port = choose_port(held)
+        net: dict[str, str] | None = None
+        try:
+            if self.network is not None:
+                # A fresh namespace every start: whatever a crash left half-made is gone, the
+                # address stays the one this Instance had.
+                st.address = self.network.attach(st.name)
+                net = {"netns": self.network.netns_path(st.name), "resolv_conf": self.network.dns_text}
+                port = choose_port(held, is_free=lambda _p: True)  # its own namespace: every port is free
+            else:
+                st.address = self.node_address
+                port = choose_port(held)
+        except (OSError, errors.ForgeError) as exc:
+            st.reason, st.message = REASON_START_FAILED, f"cannot set up the network: {exc}"[:500]
+            self._schedule_restart(st)
+            self.state.save()
+            self.status.write(inst, st, "Starting", None)
+            return st.next_start - self.clock.now() if st.next_start else None
         secrets: dict[str, str] = {}
         if inst.spec.secret:
             body = self.client.request("GET", f"/api/v1/instances/{st.name}/secrets") or {}
@@ -95,7 +114,7 @@ class Reconciler:
         env = build_env(inst.spec.app, inst.spec.deployment, st.name, st.release_dir, port, run.env, inst.spec.env, secrets)
         st.port, st.ready, st.next_start = port, False, None
         try:
-            self.supervisor.start(st, run, env, limits, log_path(self.logs_dir, st.name, "app"))
+            self.supervisor.start(st, run, env, limits, log_path(self.logs_dir, st.name, "app"), net)
         except (OSError, errors.Invalid) as exc:
             st.reason, st.message = REASON_START_FAILED, str(exc)[:500]
             self._schedule_restart(st)
@@ -144,7 +163,7 @@ class Reconciler:
         if mono < due:
             return due - mono
         assert st.port is not None
-        result = probe(st.port, run.health.path, run.health.timeout_seconds)
+        result = probe(st.port, run.health.path, run.health.timeout_seconds, host=self._probe_host(st))
         since_start = self.clock.now() - (st.started_time or self.clock.now())
         verdict = tracker.record(result, since_start)
         self.next_probe[st.name] = self.clock.monotonic() + run.health.interval_seconds
@@ -167,6 +186,12 @@ class Reconciler:
         self.status.write(inst, st, "Running" if st.ready else "Starting", tracker, probe_result=result.detail)
         return run.health.interval_seconds
 
+    def _probe_host(self, st: InstanceState) -> str:
+        """Where the agent reaches the app: its namespace address, or loopback on the host network."""
+        if self.network is not None and st.address:
+            return st.address
+        return "127.0.0.1"
+
     # -- stop ------------------------------------------------------------------
     def _stop(self, name: str, st: InstanceState | None, inst: Instance | None) -> float | None:
         if st is not None:
@@ -174,6 +199,8 @@ class Reconciler:
             if st.pid or self.supervisor.driver is not None:
                 code = self.supervisor.stop(st, grace)
                 st.exit_code = code if code is not None else st.exit_code
+            if self.network is not None:
+                self.network.detach(name)  # after the processes are gone: nothing is left inside
             st.pid, st.pid_start, st.ready, st.reason, st.message = None, None, False, "", ""
             self.trackers.pop(name, None)
             self.next_probe.pop(name, None)

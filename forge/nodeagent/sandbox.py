@@ -18,8 +18,11 @@ How a process starts (the combination that works as root on cgroup v1 *and* unpr
 3. The release dir is bound read-write *at its own path* (so venvs and absolute paths made
    during the build stay valid when the app runs) and is the only writable path besides a
    private tmpfs ``/tmp`` (the sandbox root itself is remounted read-only). Nothing else of the agent's data dir (the store, the secret key,
-   other releases) exists in the sandbox. The network namespace is shared so the app can
-   bind ``127.0.0.1:$PORT``. No ``--die-with-parent``: apps outlive the agent.
+   other releases) exists in the sandbox. No ``--die-with-parent``: apps outlive the agent.
+4. With a network namespace (``spec.netns``, made by ``forge.nodeagent.network``), ``nsenter
+   --net`` moves the process into it before the uid drop, and the sandbox's ``/etc/resolv.conf``
+   is the namespace's own (``spec.resolv_conf``). The namespace belongs to the host's user
+   namespace, so the app (no capabilities there) cannot change its addresses, routes or rules.
 
 The app uid needs to *reach* its release dir to bind it, so ``prepare_workdir`` gives its
 ancestors the search bit (o+x, never o+r) — directory listings stay closed and every
@@ -88,6 +91,8 @@ class SandboxSpec:
     cgroup: str | None = None  # group name under the driver's parent, joined before exec
     stdout_path: str = "/dev/null"  # opened in append mode
     stderr_path: str = "/dev/null"
+    netns: str | None = None  # path of a named network namespace (/run/netns/…) to run in
+    resolv_conf: str | None = None  # the sandbox's /etc/resolv.conf (its netns has its own resolver)
 
 
 @dataclass
@@ -112,6 +117,7 @@ class Sandbox:
         self.bwrap = bwrap
         self.ro_paths = ro_paths  # extra read-only paths (e.g. a runtime outside /usr)
         self.setpriv = shutil.which("setpriv")
+        self.nsenter = shutil.which("nsenter")
         self.clock = clock or SystemClock()
         self._state: _Check | None = None
         self._children: dict[int, subprocess.Popen[bytes]] = {}
@@ -206,9 +212,14 @@ class Sandbox:
         if spec.cgroup and self.driver is not None and not self.driver.exists(spec.cgroup):
             raise Invalid(f"cgroup {spec.cgroup} does not exist (create it and set its limits first)")
         drop: list[str] = []
+        if spec.netns:
+            if unprivileged_agent:
+                raise Invalid(f"cannot put {spec.app} in network namespace {spec.netns}: the agent is not root")
+            # Before the uid drop: entering a namespace needs CAP_SYS_ADMIN, which the app never has.
+            drop += [str(self.nsenter or "nsenter"), f"--net={spec.netns}", "--"]
         if spec.uid is not None and not unprivileged_agent:
             gid = spec.gid if spec.gid is not None else spec.uid
-            drop = [str(self.setpriv or "setpriv"), f"--reuid={spec.uid}", f"--regid={gid}", "--clear-groups", "--"]
+            drop += [str(self.setpriv or "setpriv"), f"--reuid={spec.uid}", f"--regid={gid}", "--clear-groups", "--"]
         fds: list[int] = []
         try:
             if self.bwrap and iso.namespaces:
@@ -241,7 +252,10 @@ class Sandbox:
             elif os.path.isdir(d):
                 a += ["--ro-bind", d, d]
         for name in ETC_FILES:
-            a += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
+            if name == "resolv.conf" and spec.resolv_conf is not None:
+                a += ["--perms", "0644", "--ro-bind-data", str(_data_fd(spec.resolv_conf, fds)), "/etc/resolv.conf"]
+            else:
+                a += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
         uid = spec.uid if spec.uid is not None else os.geteuid()
         gid = spec.gid if spec.gid is not None else (spec.uid if spec.uid is not None else os.getegid())
         for dest, text in _user_db(spec.app, uid, gid, spec.workdir):

@@ -39,6 +39,7 @@ class InstanceState:
     deployment: str
     cgroup: str
     release_dir: str
+    address: str | None = None  # the Instance's own namespace address (netns mode) or the node's
     port: int | None = None
     pid: int | None = None
     pid_start: int | None = None  # /proc start ticks: tells our process from a reused pid

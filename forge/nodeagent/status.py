@@ -32,6 +32,7 @@ def compute_instance_status(
     running = phase in ("Starting", "Running")
     if st is not None:
         s.port = st.port if running else None
+        s.address = st.address if running else None
         s.pid = st.pid if running else None
         s.ready = bool(st.ready and phase == "Running")
         s.restarts = st.restarts
@@ -43,7 +44,7 @@ def compute_instance_status(
     else:
         s.pid, s.ready = None, False
         if not running:
-            s.port = None
+            s.port = s.address = None
     if phase == "Stopped":
         s.reason, s.message = "", ""
     if probe_result is not None:

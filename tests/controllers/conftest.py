@@ -70,14 +70,27 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def config(tmp_path: Path) -> Config:
-    return Config(
+def config(tmp_path: Path) -> Iterator[Config]:
+    cfg = Config(
         data_dir=tmp_path / "data",
         git_url_template=f"file://{tmp_path}/remotes/{{full_name}}.git",
         secret_key=bytes(range(32)),
         admin_token="test-admin-token",
         webhook_secret="test-webhook-secret",
     )
+    yield cfg
+    remove_service_map(cfg.data_dir)
+
+
+def remove_service_map(data_dir: Path) -> None:
+    """A router in kernel mode (root) made this install's service table and address: remove them."""
+    from forge.nft import Nft, nft_available
+    from forge.servicemap import ServiceMap
+
+    if nft_available() is None:
+        services = ServiceMap(data_dir)
+        if Nft().table_exists("ip", services.table):
+            services.teardown()
 
 
 @pytest.fixture

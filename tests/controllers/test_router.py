@@ -166,7 +166,7 @@ def rcfg(config: Config, caddy: Caddy) -> Config:
 
 @pytest.fixture
 def router(store: Store, clock: FakeClock, rcfg: Config) -> Iterator[RouterController]:
-    r = RouterController(store, clock, rcfg, registry=CollectorRegistry())
+    r = RouterController(store, clock, rcfg, registry=CollectorRegistry(), services=None)  # caddy mode
     yield r
     r.close()
 
@@ -269,7 +269,7 @@ def test_unreachable_caddy_one_warning_per_outage(store: Store, clock: FakeClock
     """Caddy down: the router requeues soon, counts failures and records one Warning Event per outage."""
     live_app("web")
     r = RouterController(store, clock, config, caddy=CaddyAdmin(f"127.0.0.1:{free_port()}", timeout=1),
-                         registry=CollectorRegistry())
+                         registry=CollectorRegistry(), services=None)
     try:
         results = [r.reconcile(KEY), r.reconcile(KEY)]
     finally:
@@ -281,6 +281,7 @@ def test_unreachable_caddy_one_warning_per_outage(store: Store, clock: FakeClock
 
 
 def test_documented_base_config_is_current() -> None:
-    """manifests/caddy/base.json is exactly what Forge loads into Caddy with default settings."""
+    """manifests/caddy/base.json is exactly what Forge loads into Caddy with default settings
+    (data dir /var/lib/forge, kernel mode: admin on a unix socket, no upstream keep-alive)."""
     path = Path(__file__).resolve().parents[2] / "manifests" / "caddy" / "base.json"
-    assert json.loads(path.read_text()) == router_base_config(Config())
+    assert json.loads(path.read_text()) == router_base_config(Config(data_dir=Path("/var/lib/forge")), kernel=True)

@@ -132,10 +132,10 @@ def test_apps_create_list_status_and_deploy_wait(forge: Forge) -> None:
     assert lines[1].split() == ["URL:", app["status"]["url"]]
     assert lines[2].split() == ["Live:", "cli-a-1", "commit", sha[:12]]
     head = lines.index("Instances:")
-    assert lines[head + 1].split() == ["NAME", "NODE", "PHASE", "PORT", "READY", "RESTARTS", "REASON"]
+    assert lines[head + 1].split() == ["NAME", "NODE", "PHASE", "ADDRESS", "READY", "RESTARTS", "REASON"]
     inst = lines[head + 2].split()
     assert inst[:3] == ["cli-a-1-0", "e2e-node", "Running"] and inst[4] == "True" and inst[5].isdigit()
-    assert httpx.get(f"http://127.0.0.1:{inst[3]}/", timeout=5).text.strip() == "v1"  # the port is the app's
+    assert httpx.get(f"http://{inst[3]}/", timeout=5).text.strip() == "v1"  # the address is the app's
     events = lines[lines.index("Events:") + 1:]
     assert any("Live" in e and "deployment/cli-a-1" in e for e in events), events
     data = json.loads(ok(forge, "status", "cli-a", "-o", "json"))
@@ -314,15 +314,16 @@ def test_apps_delete_stops_processes_and_routes(forge: Forge) -> None:
     live_app(forge, "cli-del", "--domain", "cli-del.example.test")
     ok(forge, "env", "set", "cli-del", "TOKEN=x", "--secret")
     forge.wait_phase("cli-del-2", {"Live"})
-    ports = [i["status"]["port"] for i in json.loads(ok(forge, "status", "cli-del", "-o", "json"))["instances"]
+    ports = [f'{i["status"]["address"]}:{i["status"]["port"]}'
+             for i in json.loads(ok(forge, "status", "cli-del", "-o", "json"))["instances"]
              if i["spec"]["desired"] == "Running"]
     assert ports
 
     assert ok(forge, "apps", "delete", "cli-del", "--yes").strip() == "app/cli-del deleted"
 
-    def port_closed(port: int) -> bool:
+    def port_closed(port: str) -> bool:
         try:
-            httpx.get(f"http://127.0.0.1:{port}/", timeout=1)
+            httpx.get(f"http://{port}/", timeout=1)
         except httpx.HTTPError:
             return True
         return False

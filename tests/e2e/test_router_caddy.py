@@ -25,6 +25,7 @@ from forge.controllers.runtime import ControllerRuntime
 from forge.models import App, AppSpec, Instance, InstanceSpec, Node, ObjectMeta
 from forge.routing import is_servable_host
 from forge.store.base import Store, open_store
+from tests.controllers.conftest import remove_service_map
 from tests.e2e.harness import https_get
 
 pytestmark = [pytest.mark.e2e,
@@ -117,6 +118,7 @@ def test_runtime_routes_changes_and_restores_after_restart(tmp_path: Path, store
     finally:
         runtime.close()
         caddy.stop()
+        remove_service_map(tmp_path)
 
 
 def test_tls_internal_serves_https_for_servable_hosts_only(tmp_path: Path, store: Store, backend: int) -> None:
@@ -138,7 +140,9 @@ def test_tls_internal_serves_https_for_servable_hosts_only(tmp_path: Path, store
     config["apps"]["http"]["https_port"] = https_port
     caddy = CaddyProcess(config, tmp_path / "caddy")
     caddy.start()
-    router = RouterController(store, CLOCK, cfg, registry=CollectorRegistry())
+    # Caddy mode: the test moves the HTTPS listener in the base config, which kernel mode's
+    # whole-config repair would (rightly) undo.
+    router = RouterController(store, CLOCK, cfg, registry=CollectorRegistry(), services=None)
     try:
         seed_live_app(store, "secure", backend, domains=("secure.example.com",))
         router.reconcile("routes")

@@ -20,7 +20,15 @@ import pytest
 
 from forge.cgroups import detect_driver
 from forge.nodeagent.agent import run_agent
-from tests.nodeagent.test_agent_harness import CLOCK, NEEDS, Api, make_repo, manifest, wait_for
+from tests.nodeagent.test_agent_harness import (
+    CLOCK,
+    NEEDS,
+    Api,
+    make_repo,
+    manifest,
+    remove_network,
+    wait_for,
+)
 
 pytestmark = pytest.mark.skipif(not NEEDS, reason="needs root, git and bwrap")
 NODE = "node-e2e"
@@ -64,6 +72,7 @@ def env() -> Iterator[Env]:
     stop.set()
     t.join(timeout=30)
     driver.remove_parent()
+    remove_network(tmp / "agent")
     api.close()
     shutil.rmtree(tmp, ignore_errors=True)
     assert not errors, errors
@@ -117,8 +126,8 @@ def test_build_run_ready_env_and_secrets(env: Env) -> None:
                             env={"APP_LEVEL": "yes"}, secret="hello")
     inst = wait_running(env, "hello-1-0")
     assert 20000 <= inst.status.port <= 39999 and inst.status.pid and inst.status.ready_time
-    assert httpx.get(f"http://127.0.0.1:{inst.status.port}/").text == "hello from forge\n"
-    seen = httpx.get(f"http://127.0.0.1:{inst.status.port}/env").json()
+    assert httpx.get(f"http://{inst.status.address}:{inst.status.port}/").text == "hello from forge\n"
+    seen = httpx.get(f"http://{inst.status.address}:{inst.status.port}/env").json()
     app_env = seen["env"]
     assert seen["uid"] != 0
     assert app_env["PORT"] == str(inst.status.port) and app_env["FORGE_APP"] == "hello"
@@ -193,7 +202,7 @@ def test_logs_shipped_in_order(env: Env) -> None:
     env.api.create_instance("logs-1-0", NODE, env.commit, manifest(build=["echo build-line-1", "echo build-line-2"]),
                             app="logs")
     inst = wait_running(env, "logs-1-0")
-    httpx.get(f"http://127.0.0.1:{inst.status.port}/after-ready")
+    httpx.get(f"http://{inst.status.address}:{inst.status.port}/after-ready")
 
     def lines() -> list[tuple[str, str]]:
         return [(ln.source, ln.line) for ln in env.api.store.read_logs("logs")]

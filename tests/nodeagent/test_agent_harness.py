@@ -59,6 +59,15 @@ http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve
 '''
 
 
+def remove_network(agent_data_dir: Path) -> None:
+    """What an agent made of its data plane there: namespaces, bridge, nftables table."""
+    from forge.nft import nft_available
+    from forge.nodeagent.network import NodeNetwork
+
+    if nft_available() is None:
+        NodeNetwork(agent_data_dir).teardown()
+
+
 def wait_for(cond: Callable[[], Any], timeout: float = 30.0, step: float = 0.1) -> Any:
     """Bounded wait for something real processes do; returns the truthy value or raises."""
     deadline = CLOCK.monotonic() + timeout

@@ -30,6 +30,7 @@ from tests.nodeagent.test_agent_harness import (
     _ThreadingWSGIServer,
     make_repo,
     manifest,
+    remove_network,
     wait_for,
 )
 
@@ -70,6 +71,7 @@ def rig() -> Iterator[Rig]:
         r.driver.kill_all(group)
         r.driver.remove(group)
     r.driver.remove_parent()
+    remove_network(tmp / "agent")
     api.close()
     shutil.rmtree(tmp, ignore_errors=True)
 
@@ -80,10 +82,11 @@ def test_sigkill_agent_apps_keep_serving_and_are_readopted(rig: Rig) -> None:
     agent = rig.start_agent()
     ready = wait_for(lambda: (i := rig.api.instance("hello-1-0")).status.ready and i, timeout=60)
     pid, port, restarts = ready.status.pid, ready.status.port, ready.status.restarts
+    addr = ready.status.address
     agent.send_signal(signal.SIGKILL)
     agent.wait(timeout=10)
     for _ in range(3):
-        assert httpx.get(f"http://127.0.0.1:{port}/").status_code == 200
+        assert httpx.get(f"http://{addr}:{port}/").status_code == 200
     assert pid in rig.driver.procs("inst-hello-1-0")
     rv_before = rig.api.instance("hello-1-0").metadata.resource_version
     rig.start_agent()
@@ -93,10 +96,10 @@ def test_sigkill_agent_apps_keep_serving_and_are_readopted(rig: Rig) -> None:
     wait_for(lambda: "re-adopted hello-1-0" in (rig.tmp / "agent.out").read_text(), timeout=30)
     CLOCK.sleep(3)  # a few probe intervals: long enough to notice a wrong restart
     after = rig.api.instance("hello-1-0")
-    assert (after.status.pid, after.status.port, after.status.restarts) == (pid, port, restarts)
+    assert (after.status.pid, after.status.address, after.status.port, after.status.restarts) == (pid, addr, port, restarts)
     assert after.status.ready and after.status.phase == "Running"
     assert after.metadata.resource_version == rv_before, "adoption must not flap the status"
-    assert httpx.get(f"http://127.0.0.1:{port}/").status_code == 200
+    assert httpx.get(f"http://{addr}:{port}/").status_code == 200
 
 
 def test_control_plane_outage_loses_no_logs(rig: Rig) -> None:
@@ -108,7 +111,7 @@ def test_control_plane_outage_loses_no_logs(rig: Rig) -> None:
     rig.api.server.shutdown()  # the control plane goes away; the app keeps running and logging
     rig.api.server.server_close()
     for i in range(5):
-        httpx.get(f"http://127.0.0.1:{ready.status.port}/during-outage-{i}")
+        httpx.get(f"http://{ready.status.address}:{ready.status.port}/during-outage-{i}")
     CLOCK.sleep(2)
     # Same store, same port: the API comes back.
     port = int(rig.api.url.rsplit(":", 1)[1])

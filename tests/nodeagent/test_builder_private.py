@@ -22,7 +22,7 @@ from forge.nodeagent.builder import REASON_FETCH_FAILED, Builder, BuildError, ap
 from forge.nodeagent.sandbox import Sandbox, SandboxSpec, UidAllocator
 from forge.nodeagent.spec import RunSpec
 from tests.githttp import PrivateGitServer
-from tests.nodeagent.test_agent_harness import CLOCK, NEEDS, Api, make_repo, manifest
+from tests.nodeagent.test_agent_harness import CLOCK, NEEDS, Api, make_repo, manifest, remove_network
 
 pytestmark = pytest.mark.skipif(not NEEDS, reason="needs root, git and bwrap")
 TOKEN = "ghp_BuilderPrivateToken0123456789abcd"
@@ -155,3 +155,4 @@ def test_agent_wires_the_credential_route_into_its_builder(rig: Rig) -> None:
         assert creds("pub-1-0") is None, "404 means a public repo"
     finally:
         agent.client.close()
+        remove_network(rig.tmp / "agent")
