@@ -1,8 +1,14 @@
-"""Cost of one app's upstream change in Caddy, Forge's layout against one route per app.
+"""Cost of one app's switch: the kernel's service map against the Caddy maps it replaces.
 
-For 10, 1,000 and 5,000 apps (two replicas each) it loads each layout into a real Caddy
-(Debian's ``caddy``, a child on free loopback ports) and times changing one app's upstreams
-through the Admin API, median of ``--repeat`` changes:
+For 10, 1,000 and 5,000 apps (two replicas each) it times changing one app's backends,
+median of ``--repeat`` changes:
+
+- ``kernel``: what Forge does now (``forge.servicemap``): one nftables batch deleting the
+  app's 60 slots and adding the new ones, in a real table holding every app (needs root);
+  Caddy is not touched at all.
+
+and, loading each layout into a real Caddy (Debian's ``caddy``, a child on free loopback ports),
+through the Admin API:
 
 - ``naive``: one route per app (host matcher + its own ``reverse_proxy``), change =
   PATCH ``/id/app-N/handle/0/upstreams`` — the baseline, measured in the same run;
@@ -27,6 +33,8 @@ from typing import Any
 
 from forge.caddy import HOSTMAP_ID, CaddyAdmin, CaddyProcess, base_config, hostmap_handlers, pack
 from forge.clock import SystemClock
+from forge.nft import nft_available
+from forge.servicemap import ServiceMap
 
 CLOCK = SystemClock()
 
@@ -87,6 +95,28 @@ def measure(admin: CaddyAdmin, base: Callable[[dict[str, list[str]]], dict[str, 
     return out
 
 
+def measure_kernel(n: int, repeat: int, workdir: Path) -> float | None:
+    """Median ms of one app's switch in a kernel map of ``n`` apps; None without root/nftables."""
+    if nft_available() is not None:
+        return None
+    services = ServiceMap(workdir / f"kernel-{n}")
+    try:
+        services.ensure()
+        backends = {10000 + i: [f"10.213.{i // 250}.{i % 250 + 2}:8000", f"10.213.{i // 250}.{i % 250 + 3}:8000"]
+                    for i in range(n)}
+        for start in range(0, n, 500):  # fill it in chunks (the first fill is not what is measured)
+            services.apply({p: b for p, b in backends.items() if p < 10000 + start + 500})
+        target = 10000 + n // 2
+
+        def switch(k: int) -> None:
+            backends[target] = [f"10.214.{k % 250}.2:{9000 + k}", f"10.214.{k % 250}.3:{9000 + k}"]
+            assert services.apply(backends) == [target]
+
+        return median_ms(repeat, switch)
+    finally:
+        services.teardown()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=10)
@@ -102,12 +132,16 @@ def main(argv: list[str] | None = None) -> int:
         proc.start()
         admin = CaddyAdmin(admin_addr, timeout=120)
         try:
-            print(f"one app's upstream change, median of {args.repeat} (ms); Caddy {admin_addr}")
-            print(f"{'apps':>6} {'naive':>10} {'hostmap':>10} {'entry':>10} {'naive/hostmap':>14}")
+            print(f"one app's switch, median of {args.repeat} (ms); Caddy {admin_addr}")
+            print(f"{'apps':>6} {'kernel':>8} {'naive':>10} {'hostmap':>10} {'entry':>10} "
+                  f"{'hostmap/kernel':>15} {'naive/hostmap':>14}")
             for n in (int(x) for x in args.apps.split(",")):
+                k = measure_kernel(n, args.repeat, Path(tmp))
                 r = measure(admin, base, n, args.repeat)
-                print(f"{n:>6} {r['naive']:>10.1f} {r['hostmap']:>10.1f} {r['hostmap-entry']:>10.1f} "
-                      f"{r['naive'] / r['hostmap']:>13.1f}x", flush=True)
+                ks = f"{k:>8.2f}" if k is not None else f"{'n/a':>8}"
+                ratio = f"{r['hostmap'] / k:>14.0f}x" if k else f"{'n/a':>15}"
+                print(f"{n:>6} {ks} {r['naive']:>10.1f} {r['hostmap']:>10.1f} {r['hostmap-entry']:>10.1f} "
+                      f"{ratio} {r['naive'] / r['hostmap']:>13.1f}x", flush=True)
         finally:
             admin.close()
             proc.stop()

@@ -67,10 +67,24 @@ def _lib() -> Any:
     return _LIB or None
 
 
+CAP_NET_ADMIN: Final[int] = 12
+
+
+def has_net_admin(status: str = "/proc/self/status") -> bool:
+    """CAP_NET_ADMIN in this process's effective set (root, or a unit's AmbientCapabilities)."""
+    try:
+        for line in open(status).read().splitlines():
+            if line.startswith("CapEff:"):
+                return bool(int(line.split()[1], 16) >> CAP_NET_ADMIN & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.geteuid() == 0
+
+
 def nft_available() -> str | None:
     """None when this process can program nftables; otherwise what is missing."""
-    if os.geteuid() != 0:
-        return "not root (nftables and network namespaces need CAP_NET_ADMIN)"
+    if not has_net_admin():
+        return "no CAP_NET_ADMIN (nftables and network namespaces need root, or that capability)"
     if _lib() is None:
         return "libnftables is missing (apt-get install nftables)"
     if shutil.which("ip") is None:

@@ -146,8 +146,8 @@ class ServiceMap:
         return {k: sorted(v) for k, v in out.items()}
 
     def apply(self, desired: Backends) -> list[int]:
-        """Make the kernel map equal ``desired`` for every port that differs from what was
-        applied, in ONE batch; the ports changed. A batch the kernel refuses (someone changed
+        """Make the kernel map equal ``desired`` (each port's backends sorted and distinct) for
+        every port that differs from what was applied, in ONE batch; the ports changed. A batch the kernel refuses (someone changed
         the map behind our back) is retried once against what the kernel really holds."""
         with self._lock:
             if not self._known:
@@ -164,17 +164,20 @@ class ServiceMap:
         with self._lock:
             actual = self.read()
             self.applied, self._known = actual, True
-            want = {p: sorted(set(b)) for p, b in desired.items() if b}
-            if actual == want:
+            if actual == {p: sorted(set(b)) for p, b in desired.items() if b}:
                 return False
-            self._apply(desired)
+            self._apply({p: sorted(set(b)) for p, b in desired.items()})
             return True
 
     def _apply(self, desired: Backends) -> list[int]:
-        want = {p: sorted(set(b)) for p, b in desired.items() if b}
-        changed = sorted(p for p in set(want) | set(self.applied) if want.get(p) != self.applied.get(p))
+        # Lists are compared as given: callers pass each port's backends sorted and distinct
+        # (routing.service_backends does), which keeps this a dict walk, not a sort per App.
+        applied = self.applied
+        changed = [p for p, b in desired.items() if b and applied.get(p) != b]
+        changed += [p for p in applied if not desired.get(p)]
         if not changed:
             return []
+        want = {p: desired[p] for p in changed if desired.get(p)}
         lines = []
         for p in changed:
             if p in self.applied:

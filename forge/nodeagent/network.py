@@ -66,6 +66,12 @@ class NetNames:
         return f"fgn{self.hash}"
 
     @property
+    def bridge_mac(self) -> str:
+        """Locally administered, unicast, stable per install."""
+        h = self.hash
+        return f"02:fb:{h[0:2]}:{h[2:4]}:{h[4:6]}:01"
+
+    @property
     def netns_prefix(self) -> str:
         return f"fg{self.hash}-"
 
@@ -167,7 +173,11 @@ class NodeNetwork:
         self.mtu = _uplink_mtu()
         if not Path(f"/sys/class/net/{br}").exists():
             ip(f"link add {br} type bridge")
-        ip(f"addr replace {gw}/{self.subnet.prefixlen} dev {br}", f"link set {br} up")
+        # A fixed MAC: a bridge without one takes the lowest MAC of its ports, so a new veth
+        # could change the gateway's MAC under every running app (their ARP entries then point
+        # nowhere until they expire: seconds of lost replies).
+        ip(f"link set {br} address {self.names.bridge_mac}", f"addr replace {gw}/{self.subnet.prefixlen} dev {br}",
+           f"link set {br} up")
         self.dns_text, self.dns_loopback = resolv_conf()
         if self.dns_loopback:
             _write_sysctl(f"/proc/sys/net/ipv4/conf/{br}/route_localnet", "1")
@@ -236,6 +246,7 @@ class NodeNetwork:
         veth = self.names.veth(ns)
         mtu = self.mtu
         try:
+            ip(f"neigh flush to {addr} dev {self.names.bridge}", check=False)  # the address's last owner
             ip(f"netns add {ns}",
                f"link add {veth} mtu {mtu} type veth peer name eth0 mtu {mtu} netns {ns}",
                f"link set {veth} master {self.names.bridge}",
@@ -314,11 +325,15 @@ class NodeNetwork:
                 return addrs[name]
             used = set(addrs.values())
             hosts = list(self.subnet.hosts())[1:]  # the first is the gateway
-            free = next((str(h) for h in hosts if str(h) not in used), None)
+            # Round-robin from where the last allocation stopped: a freed address is reused as
+            # late as possible, so no peer holds a stale ARP entry for it (attach flushes too).
+            start = int(state.get("next", 0)) % len(hosts)  # type: ignore[call-overload]
+            order = hosts[start:] + hosts[:start]
+            i, free = next(((i, str(h)) for i, h in enumerate(order) if str(h) not in used), (0, None))
             if free is None:
                 raise NetError(f"no free address left in {self.subnet} ({len(hosts)} instances and builds)")
             addrs[name] = free
-            state["addresses"] = addrs
+            state["addresses"], state["next"] = addrs, (start + i + 1) % len(hosts)
             self._save(state)
             return free
 

@@ -25,7 +25,7 @@ def forge() -> Iterator[Forge]:
                FORGE_GIT_URL_TEMPLATE=f"file://{root}/remotes/{{full_name}}.git", FORGE_MODE="dev",
                PYTHONUNBUFFERED="1")
     f = Forge(root=root, data=root / "data", api=f"http://127.0.0.1:{free_port()}", http=f"http://127.0.0.1:{free_port()}",
-              caddy_admin=f"127.0.0.1:{free_port()}", env=env)
+              env=env)
     f.start()
     try:
         yield f

@@ -23,6 +23,8 @@ from typing import Any
 import httpx
 import pytest
 
+from forge.caddy import CaddyAdmin
+
 WEBHOOK_SECRET = "e2e-webhook-secret"
 ADMIN_TOKEN = "e2e-admin-token-0123456789"
 
@@ -142,11 +144,16 @@ class Forge:
     data: Path
     api: str
     http: str
-    caddy_admin: str
     env: dict[str, str]
+    caddy_admin: str | None = None  # None: forge up's default, a unix socket in the data dir
     proc: subprocess.Popen[bytes] | None = None
     log: Path | None = None
     extra_args: list[str] = field(default_factory=list)
+
+    @property
+    def admin(self) -> CaddyAdmin:
+        """A client of this forge up's Caddy Admin API (the caller closes it)."""
+        return CaddyAdmin(self.caddy_admin or f"unix/{self.data.resolve() / 'caddy' / 'admin.sock'}", timeout=2)
 
     @property
     def client(self) -> httpx.Client:
@@ -157,7 +164,8 @@ class Forge:
         out = self.log.open("wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "forge", "up", "--data-dir", str(self.data), "--api-listen", self.api.removeprefix("http://"),
-             "--http-listen", self.http.removeprefix("http://"), "--caddy-admin", self.caddy_admin,
+             "--http-listen", self.http.removeprefix("http://"),
+             *(["--caddy-admin", self.caddy_admin] if self.caddy_admin else []),
              "--metrics-listen", f"127.0.0.1:{free_port()}", "--controllers-metrics-listen", f"127.0.0.1:{free_port()}",
              "--node-name", "e2e-node", *self.extra_args],
             env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)

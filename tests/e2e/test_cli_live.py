@@ -140,7 +140,7 @@ def test_apps_create_list_status_and_deploy_wait(forge: Forge) -> None:
     assert any("Live" in e and "deployment/cli-a-1" in e for e in events), events
     data = json.loads(ok(forge, "status", "cli-a", "-o", "json"))
     assert set(data) == {"app", "releases", "instances", "events"}
-    assert [i["status"]["port"] for i in data["instances"]] == [int(inst[3])]
+    assert [f'{i["status"]["address"]}:{i["status"]["port"]}' for i in data["instances"]] == [inst[3]]
 
     missing = cli(forge, "status", "ghost")
     assert missing.returncode == 1 and missing.stderr.startswith("error: ") and "ghost" in missing.stderr

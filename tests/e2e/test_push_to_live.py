@@ -72,8 +72,10 @@ def test_push_while_serving_drops_no_request(forge: Forge) -> None:
         push(forge, "acme/blue", remote.app_release("blue", "v2"))
         forge.wait_phase("blue-2", {"Live", "Failed"})
         wait_for(lambda: results and results[-1][1].startswith("v2"), 15, "v2 to serve")
-        # keep looping through the drain of v1
-        time.sleep(1.0)
+        # Keep looping (over the same keep-alive connection) through v1's drain and stop.
+        wait_for(lambda: all(i["status"].get("phase") == "Stopped" for i in forge.list("instances", "forge.dev/deployment=blue-1")),
+                 60, "blue-1 to stop after its drain")
+        time.sleep(0.5)
     finally:
         stop.set()
         t.join(timeout=30)

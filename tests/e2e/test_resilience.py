@@ -11,6 +11,7 @@ import time
 import httpx
 import pytest
 
+from forge.errors import ForgeError
 from tests.e2e.harness import Forge, Remote, push_payload, wait_for
 
 pytestmark = [pytest.mark.e2e]
@@ -69,11 +70,53 @@ def test_routes_come_back_after_caddy_restarts(forge: Forge, live_app: str) -> N
     print(f"routes restored {time.monotonic() - t0:.2f}s after the new caddy answered")
 
 
+def test_agent_sigkill_apps_keep_serving_through_their_namespaces(forge: Forge, live_app: str) -> None:
+    """SIGKILL of the agent: the app keeps answering through Caddy the whole time, and the
+    restarted agent adopts it in the same namespace (same pid, same address, no restart)."""
+    inst = next(i for i in forge.list("instances", "forge.dev/app=steady") if i["spec"]["desired"] == "Running")
+    out = subprocess.run(["pgrep", "-f", f"forge agent .*--data-dir {forge.data}/node"], capture_output=True,
+                         text=True).stdout.split()
+    assert out, "no agent process found"
+    os.kill(int(out[0]), signal.SIGKILL)
+    for _ in range(20):  # through the kill and forge up's restart of the agent
+        assert forge.serves("steady.localhost", "s1")
+        time.sleep(0.1)
+    wait_for(lambda: subprocess.run(["pgrep", "-f", f"forge agent .*--data-dir {forge.data}/node"],
+                                    capture_output=True).returncode == 0, 30, "the agent to be restarted")
+    wait_for(lambda: "re-adopted steady-1-0" in (forge.data / "logs" / "agent.log").read_text(), 30, "re-adoption")
+    after = forge.get("instances", inst["metadata"]["name"])
+    assert (after["status"]["pid"], after["status"]["address"], after["status"]["restarts"]) == \
+        (inst["status"]["pid"], inst["status"]["address"], inst["status"]["restarts"])
+    assert forge.serves("steady.localhost", "s1")
+
+
+def leftovers(forge: Forge) -> list[str]:
+    """This install's network namespaces, links, nftables tables and service address still on the machine."""
+    from forge.nodeagent.network import NetNames, install_hash
+    from forge.servicemap import ServiceMap
+
+    names = NetNames(install_hash(forge.data.resolve() / "node"))
+    svc = ServiceMap(forge.data.resolve())
+    found = [f"netns {n}" for n in os.listdir("/run/netns") if n.startswith(names.netns_prefix)] \
+        if os.path.isdir("/run/netns") else []
+    links = subprocess.run(["ip", "-br", "link"], capture_output=True, text=True).stdout
+    found += [f"link {ln.split()[0]}" for ln in links.splitlines() if ln.split() and ln.split()[0] == names.bridge]
+    tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
+    found += [f"table {t}" for t in (names.table, svc.table) if t in tables]
+    addrs = subprocess.run(["ip", "-br", "addr", "show", "lo"], capture_output=True, text=True).stdout
+    found += [f"address {svc.address}" for _ in [0] if f" {svc.address}/32" in addrs]
+    return found
+
+
 def _admin_up(forge: Forge) -> bool:
+    admin = forge.admin
     try:
-        return httpx.get(f"http://{forge.caddy_admin}/config/", timeout=1).status_code == 200
-    except httpx.HTTPError:
+        admin.ping()
+    except ForgeError:
         return False
+    finally:
+        admin.close()
+    return True
 
 
 def test_forge_up_restart_brings_the_live_release_back(forge: Forge, live_app: str) -> None:
@@ -81,6 +124,7 @@ def test_forge_up_restart_brings_the_live_release_back(forge: Forge, live_app: s
     forge.stop()
     with pytest.raises(httpx.HTTPError):
         forge.through_caddy("steady.localhost")
+    assert leftovers(forge) == [], "forge up left parts of its data plane behind"
     forge.start()
     wait_for(lambda: forge.serves("steady.localhost", "s1"), 60, "the live release to serve again")
     assert [d["metadata"]["name"] for d in forge.list("deployments", "forge.dev/app=steady")] == ["steady-1"]

@@ -67,15 +67,22 @@ def test_grafana_dashboard_imports_cleanly() -> None:
         assert set(p["gridPos"]) == {"x", "y", "w", "h"} and p["gridPos"]["x"] + p["gridPos"]["w"] <= 24
 
 
-@pytest.mark.parametrize("unit", ["forge-server.service", "forge-controllers.service", "forge-agent.service"])
+@pytest.mark.parametrize("unit", ["forge-server.service", "forge-controllers.service", "forge-agent.service",
+                                  "forge-caddy.service"])
 def test_systemd_units_are_hardened(unit: str) -> None:
     """Every unit sets NoNewPrivileges and ProtectSystem; the agent delegates its cgroup subtree."""
     cp = configparser.ConfigParser(strict=False, interpolation=None)
     cp.optionxform = str  # type: ignore[assignment,method-assign]
     cp.read(ROOT / "infra" / "systemd" / unit)
     svc = cp["Service"]
-    assert svc["ExecStart"].startswith("/opt/forge/venv/bin/forge ")
     assert svc["NoNewPrivileges"] == "yes" and svc["ProtectSystem"] in ("strict", "full")
+    if unit == "forge-caddy.service":  # Caddy: its own user, one capability, admin on a socket only
+        assert svc["User"] == "caddy" and svc["CapabilityBoundingSet"] == "CAP_NET_BIND_SERVICE"
+        assert svc["AmbientCapabilities"] == "CAP_NET_BIND_SERVICE"
+        return
+    assert svc["ExecStart"].startswith("/opt/forge/venv/bin/forge ")
+    if unit == "forge-controllers.service":
+        assert svc["CapabilityBoundingSet"] == "CAP_NET_ADMIN"  # the service map, nothing more
     if unit == "forge-agent.service":
         assert svc["Delegate"] == "yes" and svc["KillMode"] == "process"
     else:
