@@ -18,6 +18,7 @@ import os
 import shutil
 import subprocess
 import threading
+from pathlib import Path
 from typing import Any, Final
 
 from forge.errors import ForgeError
@@ -73,7 +74,7 @@ CAP_NET_ADMIN: Final[int] = 12
 def has_net_admin(status: str = "/proc/self/status") -> bool:
     """CAP_NET_ADMIN in this process's effective set (root, or a unit's AmbientCapabilities)."""
     try:
-        for line in open(status).read().splitlines():
+        for line in Path(status).read_text().splitlines():
             if line.startswith("CapEff:"):
                 return bool(int(line.split()[1], 16) >> CAP_NET_ADMIN & 1)
     except (OSError, ValueError, IndexError):
