@@ -21,7 +21,8 @@ Fields and units (the seed's fields plus documented extensions, marked *):
   ``resources.pids``* 16–65536, default 512.
 - ``health.path`` starts with ``/``, no whitespace, default ``/``; ``health.interval`` 1s–1h,
   default 10s; ``health.timeout`` 100ms–interval, default 3s; ``health.retries`` 1–100,
-  default 3; ``health.start_period``* 0s–1h, default 0s.
+  default 3; ``health.start_period``* 0s–1h, default 0s; ``health.min_ready`` 0s–1h, default
+  10s (every Instance of a new release stays ready this long before it takes traffic).
 - ``env``* mapping of environment names to values. Strings pass; integers and floats are
   coerced to their text (``WORKERS: 4`` → ``"4"``); booleans and nulls are refused because
   YAML turns ``yes``/``on``/``~`` into them silently — quote such values. ``PORT`` is reserved.
@@ -76,6 +77,7 @@ class HealthSpec(Model):
     timeout_seconds: float = 3.0
     retries: int = 3
     start_period_seconds: float = 0.0
+    min_ready_seconds: float = 10.0  # every Instance ready this long before promotion
 
 
 class Manifest(Model):
@@ -389,6 +391,7 @@ _HEALTH = _section({
     "timeout": ("timeout_seconds", _bounded(parse_duration, 0.1, 3600, fmt_duration), False),
     "retries": ("retries", _int(1, 100), False),
     "start_period": ("start_period_seconds", _bounded(parse_duration, 0, 3600, fmt_duration), False),
+    "min_ready": ("min_ready_seconds", _bounded(parse_duration, 0, 3600, fmt_duration), False),
 })
 _TOP = _section({
     "name": ("name", _value(_app_name), False),

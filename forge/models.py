@@ -331,6 +331,13 @@ class DeploymentStatus(Status):
     # release's Instances (incl. the Secret version) and the App generation it saw then.
     applied_config: DeploymentConfig | None = None
     app_generation: int = 0
+    # Written by the rollback controller while a Live release is judged: when it first failed
+    # (a restart or no ready replica; only a stable stretch clears it, a brief recovery does
+    # not), and the restarts it has counted so far.
+    failing_since: str | None = None
+    failing_restarts: int = 0  # restarts counted since failing_since
+    restarts_seen: int | None = None
+    last_restart_time: str | None = None
 
 
 class Deployment(Resource):

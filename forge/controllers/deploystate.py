@@ -44,6 +44,7 @@ BUILDING_PHASES: frozenset[str] = frozenset({"", "Pending", "Scheduled", "Buildi
 RUNNING_PHASES: frozenset[str] = frozenset({"Starting", "Running", "Failed"})
 DEFAULT_MEMORY = 256 * 1024 * 1024
 DEFAULT_CPU = 0.5
+DEFAULT_MIN_READY = 10.0
 
 
 def by_number(deployments: Iterable[Deployment]) -> list[Deployment]:
@@ -152,6 +153,33 @@ def is_ready(inst: Instance) -> bool:
 
 def count_ready(dep_name: str, instances: Iterable[Instance]) -> int:
     return sum(1 for i in current_by_slot(dep_name, instances).values() if is_ready(i))
+
+
+def min_ready_seconds(dep: Deployment) -> float:
+    """``health.min_ready`` of the release's manifest (10 s when the manifest predates it)."""
+    health = (dep.status.manifest or {}).get("health") or {}
+    value = health.get("minReadySeconds") if isinstance(health, dict) else None
+    return float(value) if isinstance(value, (int, float)) else DEFAULT_MIN_READY
+
+
+def min_ready_wait(dep: Deployment, instances: Iterable[Instance], now: float) -> float:
+    """Seconds until every current ready Instance of ``dep`` has been ready for ``min_ready``
+    (0: long enough). A rollback goes back to a release that already proved itself: no wait."""
+    if pins_config(dep) and dep.spec.trigger.type == "rollback":
+        return 0.0
+    need = min_ready_seconds(dep)
+    wait = 0.0
+    for inst in current_by_slot(dep.metadata.name, instances).values():
+        if is_ready(inst):
+            cond = inst.status.condition("Ready")
+            since = inst.status.ready_time or (cond.last_transition_time if cond is not None else None)
+            wait = max(wait, time_of(since, now) + need - now)
+    return wait
+
+
+def restarts_of(dep_name: str, instances: Iterable[Instance]) -> int:
+    """Restarts of the release's current Instances, as their agents count them."""
+    return sum(i.status.restarts for i in current_by_slot(dep_name, instances).values() if i.spec.desired == "Running")
 
 
 def is_failing(inst: Instance) -> bool:

@@ -5,11 +5,16 @@
   Failed), HealthCheckFailed, CrashLoopBackOff or OOMKilled is Failed with that reason and a
   message naming the Instance; its Instances are asked to stop; a Warning Event says why.
   ``App.status.liveDeployment`` is never touched here, so the live release keeps serving.
-- **The live release** carries a ``Healthy`` condition: False from the moment no replica is
-  ready while at least one runs the release (judged by this controller's clock, kept as the
-  condition's ``lastTransitionTime``); Unknown while nothing runs yet (replacements after a
-  node loss are not the release's fault). Unhealthy for ``unhealthy_window_seconds`` (default
-  30 s) with ``App.spec.rollbackOnFailure`` on → a new Deployment (trigger rollback,
+- **A release not yet live** whose Instance restarted (inside ``health.min_ready``, before
+  promotion) fails the same way, with ``CrashLoopBackOff``, even if it came back ready.
+- **The live release** carries a ``Healthy`` condition (False when no replica is ready while
+  at least one runs the release; Unknown while nothing runs yet — replacements after a node
+  loss are not the release's fault) and ``status.failingSince``: set at the first failure (no
+  ready replica, or a restart, counted from ``status.restartsSeen``) with a Warning
+  ``Unhealthy`` Event, and cleared only after a whole ``health.min_ready`` ready without a
+  restart — so a crash loop whose restarts flip readiness back on for a moment stays one
+  incident. Failing for ``unhealthy_window_seconds`` (default 10 s), or ``crash_loop_restarts``
+  (3) restarts within the incident, with ``App.spec.rollbackOnFailure`` on → a new Deployment (trigger rollback,
   ``rollbackOf`` = the last release that went live and was superseded cleanly, its commit and
   config) goes through the rollout gate, and the bad release is marked ``reason: RolledBack``
   at once (rollout turns it Failed when the rollback is promoted). Idempotent: a rollback
@@ -20,7 +25,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Final, Literal
 
 from forge.clock import Clock, iso
 from forge.config import Config
@@ -44,10 +49,13 @@ from forge.models import (
 )
 from forge.store.base import Store
 
+REASON_CRASH_LOOP: Final[str] = "CrashLoopBackOff"
+
 
 @dataclass(frozen=True)
 class RollbackSettings:
-    unhealthy_window_seconds: float = 30.0
+    unhealthy_window_seconds: float = 10.0
+    crash_loop_restarts: int = 3  # this many restarts in one incident roll back at once
 
 
 @dataclass
@@ -62,6 +70,11 @@ class RollbackPlan:
 def failing_instance(dep_name: str, instances: list[Instance]) -> Instance | None:
     current = sorted(ds.current_by_slot(dep_name, instances).values(), key=lambda i: i.metadata.name)
     return next((i for i in current if i.spec.desired == "Running" and ds.is_failing(i)), None)
+
+
+def restarted_instance(dep_name: str, instances: list[Instance]) -> Instance | None:
+    current = sorted(ds.current_by_slot(dep_name, instances).values(), key=lambda i: i.metadata.name)
+    return next((i for i in current if i.spec.desired == "Running" and i.status.restarts > 0), None)
 
 
 def rollback_deployment(app: App, bad: Deployment, target: Deployment, deployments: list[Deployment]) -> Deployment:
@@ -90,12 +103,20 @@ def plan_rollback(app: App, deployments: list[Deployment], instances: list[Insta
         if d is live or st.phase in DEPLOYMENT_TERMINAL or st.phase == "Live":
             continue
         bad = failing_instance(name, instances)
-        if bad is None:
+        restarted = restarted_instance(name, instances) if bad is None else None
+        if bad is not None:
+            st.phase, st.reason, st.finished_time = "Failed", bad.status.reason, now_iso
+            st.message = f"instance {bad.metadata.name}: {bad.status.message or bad.status.reason}"
+        elif restarted is not None:
+            # A restart before promotion (inside min_ready) fails the release even when the
+            # process came back ready: it would crash again once it took traffic.
+            st.phase, st.reason, st.finished_time = "Failed", REASON_CRASH_LOOP, now_iso
+            st.message = (f"instance {restarted.metadata.name} restarted {restarted.status.restarts} time(s) "
+                          f"before the release went live")
+        else:
             continue
-        st.phase, st.reason, st.finished_time = "Failed", bad.status.reason, now_iso
-        st.message = f"instance {bad.metadata.name}: {bad.status.message or bad.status.reason}"
         plan.notes.setdefault(name, []).append(
-            ("Warning", bad.status.reason, f"{name} failed: {st.message}; {serving} keeps serving"))
+            ("Warning", st.reason, f"{name} failed: {st.message}; {serving} keeps serving"))
         plan.stop += [i.metadata.name for i in ds.instances_of(name, instances) if i.spec.desired == "Running"]
 
     if live is not None and work[live.metadata.name].phase == "Live":
@@ -111,21 +132,45 @@ def _judge_live(app: App, live: Deployment, deps: list[Deployment], instances: l
                 st: DeploymentStatus, now: float, settings: RollbackSettings, plan: RollbackPlan) -> None:
     name, now_iso, window = live.metadata.name, iso(now), settings.unhealthy_window_seconds
     health = ds.health_of(name, instances)
-    before = st.condition("Healthy")
     reason, message = {
         "True": ("InstancesReady", f"{name} has ready instances"),
         "False": ("NoReadyInstances", f"no instance of {name} is ready"),
         "Unknown": ("NoRunningInstances", f"no instance of {name} is running yet"),
     }[health]
     set_condition(st, "Healthy", health, reason, message, now_iso)  # type: ignore[arg-type]
-    if health != "False":
+    restarts, restarted = ds.restarts_of(name, instances), False
+    if st.restarts_seen is None or restarts < st.restarts_seen:
+        st.restarts_seen = restarts  # the baseline: what it had when it went live (or was replaced)
+    elif restarts > st.restarts_seen:
+        st.restarts_seen, st.last_restart_time, restarted = restarts, now_iso, True
+    if restarted and st.failing_since is not None:
+        st.failing_restarts += 1
+    if (health == "False" or restarted) and st.failing_since is None:
+        # The incident starts at the first failure; a restart that makes it ready again for a
+        # moment does not start it anew (that reset is what let a crash-looping release live on).
+        st.failing_since, st.failing_restarts = now_iso, int(restarted)
+        what = message if health == "False" else f"an instance of {name} restarted ({restarts} restarts)"
+        plan.notes.setdefault(name, []).append(("Warning", "Unhealthy", f"{what}; it still takes traffic"))
+    elif st.failing_since is not None and health == "True":
+        stable = ds.min_ready_seconds(live)
+        healthy = st.condition("Healthy")
+        since_ok = max(ds.time_of(healthy.last_transition_time if healthy else None, now),
+                       ds.time_of(st.last_restart_time, 0.0))
+        if now - since_ok >= stable:
+            st.failing_since, st.failing_restarts = None, 0  # stable for a whole min_ready: over
+            plan.notes.setdefault(name, []).append(
+                ("Normal", "Recovered", f"{name} has been ready for {stable:g}s without a restart"))
+            return
+        plan.requeue_after = since_ok + stable - now
+    if st.failing_since is None:
         return
-    if before is None or before.status != "False":
-        plan.notes.setdefault(name, []).append(("Warning", "Unhealthy", f"{message}; it still takes traffic"))
-    since = ds.time_of(st.condition("Healthy").last_transition_time, now)  # type: ignore[union-attr]
-    if now - since < window:
-        plan.requeue_after = since + window - now
+    since = ds.time_of(st.failing_since, now)
+    crash_loop = st.failing_restarts >= settings.crash_loop_restarts
+    if now - since < window and not crash_loop:
+        plan.requeue_after = min(plan.requeue_after or window, since + window - now)
         return
+    why = (f"restarted {st.failing_restarts} times in {now - since:.0f}s" if crash_loop
+           else f"failing for {window:g}s (restarting or no instance ready)")
     if not app.spec.rollback_on_failure or st.reason == "RolledBack":
         return
     n = deployment_number(name)
@@ -142,11 +187,10 @@ def _judge_live(app: App, live: Deployment, deps: list[Deployment], instances: l
         handled = plan.new_deployment = rollback_deployment(app, live, target, deps)
         plan.notes.setdefault(name, []).append((
             "Warning", "RollingBack",
-            f"rolling back {name} to {target.metadata.name}: no instance ready for {window:g}s "
-            f"(release {handled.metadata.name})",
+            f"rolling back {name} to {target.metadata.name}: {why} (release {handled.metadata.name})",
         ))
     st.reason = "RolledBack"
-    st.message = f"no instance ready for {window:g}s; rolled back to {handled.spec.rollback_of or handled.spec.commit[:7]} ({handled.metadata.name})"
+    st.message = f"{why}; rolled back to {handled.spec.rollback_of or handled.spec.commit[:7]} ({handled.metadata.name})"
 
 
 class RollbackController(AppKeyedController):

@@ -5,7 +5,9 @@ and ``now``); ``RolloutController.reconcile`` reads the world, asks for a plan a
 
 - The **wanted** release is the newest Deployment when it is neither live nor finished.
   Once it has a manifest it gets ``replicas`` Instances ``APP-N-I`` beside the live ones;
-  when every replica is ready it is promoted: ``App.status.liveDeployment`` is written first
+  when every replica is ready *and has stayed ready for* ``health.min_ready`` (default 10 s;
+  not for a rollback, whose release proved itself before) it is promoted:
+  ``App.status.liveDeployment`` is written first
   (that is the traffic switch the router follows), then the Deployment becomes Live and the
   one before Superseded. Superseded Instances drain for ``drain_seconds`` (default 10 s) and
   are then asked to stop. ``replicas: 0`` promotes at once with no Instances (scaled to zero).
@@ -143,7 +145,11 @@ def plan_rollout(
         name, st = wanted.metadata.name, work[wanted.metadata.name]
         deadline = ds.time_of(st.created_time, now) + settings.progress_deadline_seconds
         cfg = ds.effective_config(app, wanted, secret)
-        if st.manifest is not None and ds.count_ready(name, instances) >= cfg.replicas:
+        all_ready = st.manifest is not None and ds.count_ready(name, instances) >= cfg.replicas
+        # Ready is not enough: every Instance must *stay* ready for health.min_ready first, so a
+        # release that passes one probe and then dies never takes a request.
+        settle = ds.min_ready_wait(wanted.model_copy(update={"status": st}), instances, now) if all_ready else 0.0
+        if all_ready and settle <= 0:
             live = wanted  # promote: everything below follows the new live release
             st.applied_config = cfg
         elif now >= deadline:
@@ -158,6 +164,8 @@ def plan_rollout(
             slots = ds.current_by_slot(name, instances + create)
             st.phase = rollout_phase(st.phase, slots, cfg.replicas)
             wakes.append(deadline - now)
+            if settle > 0:
+                wakes.append(settle)
         else:
             st.phase = st.phase or "Pending"
             wakes.append(deadline - now)

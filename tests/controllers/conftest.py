@@ -60,7 +60,9 @@ DEFAULT_MANIFEST: dict[str, Any] = {
     "build": {"commands": []},
     "run": {"command": "python3 -m http.server $PORT", "port": 8000},
     "resources": {"memory": 256 * MiB, "cpu": 0.5},
-    "health": {"path": "/health", "interval": 10.0, "timeout": 3.0, "retries": 3},
+    # minReadySeconds 0: promotion at the first ready probe, so tests of other rules need no
+    # clock games; the min_ready tests set it themselves.
+    "health": {"path": "/health", "interval": 10.0, "timeout": 3.0, "retries": 3, "minReadySeconds": 0},
 }
 
 

@@ -28,7 +28,7 @@ from forge.models import (
 NOW = 1_800_000_000.0
 C = "a" * 40
 MANIFEST: dict[str, Any] = {"run": {"command": "x"}, "resources": {"memory": 128 * 2**20, "cpu": 0.25, "pids": 64},
-                            "env": {"A": "repo", "B": "repo"}}
+                            "env": {"A": "repo", "B": "repo"}, "health": {"minReadySeconds": 0}}
 
 
 def app(live: str | None = None, **spec: Any) -> App:

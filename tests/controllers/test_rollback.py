@@ -114,7 +114,7 @@ def test_unhealthy_live_rolls_back_to_last_good(
     ctl: RollbackController, rollout: RolloutController, store: Store, clock: FakeClock,
     make_app: Callable[..., App], release: Callable[[int], None],
 ) -> None:
-    """A live release with no ready Instance for 30 s is rolled back to the last good one, once."""
+    """A live release with no ready Instance for 10 s is rolled back to the last good one, once."""
     make_app("hello", env={"V": "1"})
     release(1)
     release(2)
@@ -122,9 +122,9 @@ def test_unhealthy_live_rolls_back_to_last_good(
     res = ctl.reconcile("hello")
     v2 = get(store, "Deployment", "hello-2")
     assert condition_of(v2, "Healthy").status == "False"
-    assert res is not None and res.requeue_after == pytest.approx(30.0)
+    assert res is not None and res.requeue_after == pytest.approx(10.0)
     assert events_for(store, "hello-2", "Unhealthy")
-    clock.advance(29)
+    clock.advance(9)
     assert ctl.reconcile("hello").requeue_after == pytest.approx(1.0)  # type: ignore[union-attr]
     assert len(store.list("Deployment")[0]) == 2
     clock.advance(1)
@@ -166,29 +166,86 @@ def test_rollback_off_only_warns(ctl: RollbackController, store: Store, clock: F
     ctl.reconcile("hello")
     assert len(store.list("Deployment")[0]) == 2
     assert get(store, "Deployment", "hello-2").status.reason != "RolledBack"
-    assert len(events_for(store, "hello-2", "Unhealthy")) == 1
+    assert sum(e.spec.count for e in events_for(store, "hello-2", "Unhealthy")) == 1
     assert_idempotent(ctl, store)
 
 
-def test_recovery_within_window_restarts_the_clock(ctl: RollbackController, store: Store, clock: FakeClock,
+def set_min_ready(store: Store, dep: str, seconds: float) -> None:
+    d = get(store, "Deployment", dep)
+    d.status.manifest = {**(d.status.manifest or {}), "health": {"minReadySeconds": seconds}}
+    store.update_status(d)
+
+
+def test_brief_recovery_does_not_restart_the_clock(ctl: RollbackController, store: Store, clock: FakeClock,
                                                    make_app: Callable[..., App],
                                                    release: Callable[[int], None]) -> None:
-    """Unready for 20 s, ready again, unready again: the window counts from the second time."""
+    """Unready, ready again for less than min_ready, unready again: one incident, counted from
+    the first failure, rolled back 10 s after it — and one Unhealthy Event, not two."""
     make_app("hello")
     release(1)
     release(2)
+    set_min_ready(store, "hello-2", 10)
     unready(store, "hello-2")
     ctl.reconcile("hello")
-    clock.advance(20)
+    clock.advance(4)
     serve_all(store, "hello-2")
     ctl.reconcile("hello")
     assert condition_of(get(store, "Deployment", "hello-2"), "Healthy").status == "True"
-    clock.advance(5)
+    assert get(store, "Deployment", "hello-2").status.failing_since is not None
+    clock.advance(3)
     unready(store, "hello-2")
     ctl.reconcile("hello")
-    clock.advance(20)
-    assert ctl.reconcile("hello").requeue_after == pytest.approx(10.0)  # type: ignore[union-attr]
+    clock.advance(3)
+    ctl.reconcile("hello")
+    assert len(store.list("Deployment")[0]) == 3, "rolled back 10 s after the first failure"
+    assert sum(e.spec.count for e in events_for(store, "hello-2", "Unhealthy")) == 1
+
+
+def test_stable_recovery_ends_the_incident(ctl: RollbackController, store: Store, clock: FakeClock,
+                                           make_app: Callable[..., App], release: Callable[[int], None]) -> None:
+    """Ready again for a whole min_ready without a restart: the incident is over (Recovered), and a
+    later failure starts a new one with its own full window."""
+    make_app("hello")
+    release(1)
+    release(2)
+    set_min_ready(store, "hello-2", 5)
+    unready(store, "hello-2")
+    ctl.reconcile("hello")
+    clock.advance(2)
+    serve_all(store, "hello-2")
+    ctl.reconcile("hello")
+    clock.advance(5)
+    ctl.reconcile("hello")
+    assert get(store, "Deployment", "hello-2").status.failing_since is None
+    assert events_for(store, "hello-2", "Recovered")
+    clock.advance(1)
+    unready(store, "hello-2")
+    ctl.reconcile("hello")
+    clock.advance(9)
+    assert ctl.reconcile("hello").requeue_after == pytest.approx(1.0)  # type: ignore[union-attr]
     assert len(store.list("Deployment")[0]) == 2
+    assert sum(e.spec.count for e in events_for(store, "hello-2", "Unhealthy")) == 2  # merged, counted
+
+
+def test_restarts_of_a_live_release_count_as_failures(ctl: RollbackController, store: Store, clock: FakeClock,
+                                                      make_app: Callable[..., App],
+                                                      release: Callable[[int], None]) -> None:
+    """A live release that keeps restarting (ready again each time) is rolled back 10 s after
+    its first restart, though it is never unready when the controller looks."""
+    make_app("hello")
+    release(1)
+    release(2)
+    set_min_ready(store, "hello-2", 10)
+    ctl.reconcile("hello")
+    for k in range(1, 4):
+        report(store, "hello-2-0", "Running", ready=True, restarts=k)
+        ctl.reconcile("hello")
+        if k == 1:
+            [ev] = events_for(store, "hello-2", "Unhealthy")
+            assert ev.spec.type == "Warning" and "restarted" in ev.spec.message
+        clock.advance(4)
+    ctl.reconcile("hello")
+    assert get(store, "Deployment", "hello-3").spec.trigger.type == "rollback"
 
 
 @pytest.mark.parametrize("phase", ["Lost", "Scheduled", "Building"])
@@ -319,3 +376,19 @@ def test_three_controllers_converge_without_flapping(
     assert app.status.live_deployment == "hello-1" and condition_of(app, "Available").status == "True"
     assert condition_of(app, "Progressing").reason == "BuildFailed"
     assert get(store, "Deployment", "hello-2").status.phase == "Failed"
+
+
+def test_crash_loop_rolls_back_before_the_window(ctl: RollbackController, store: Store, clock: FakeClock,
+                                                 make_app: Callable[..., App], release: Callable[[int], None]) -> None:
+    """Three restarts inside one incident roll back at once, well before the 10 s window."""
+    make_app("hello")
+    release(1)
+    release(2)
+    ctl.reconcile("hello")
+    for k in range(1, 4):
+        report(store, "hello-2-0", "Running", ready=False, reason="CrashLoopBackOff", restarts=k)
+        ctl.reconcile("hello")
+        clock.advance(1)
+    v3 = get(store, "Deployment", "hello-3")
+    assert v3.spec.trigger.type == "rollback"
+    assert "restarted 3 times" in get(store, "Deployment", "hello-2").status.message

@@ -367,3 +367,47 @@ def test_release_failed_during_its_promotion_is_switched_back(
     assert get(store, "Deployment", "hello-2").status.phase == "Failed"
     assert instances(store, "hello-2")[0].spec.desired == "Stopped"
     assert_idempotent(ctl, store)
+
+
+def test_promotion_waits_for_min_ready(ctl: RolloutController, store: Store, clock: FakeClock, live_v1: App,
+                                       make_deployment: Callable[..., Deployment]) -> None:
+    """A ready release is promoted only once every Instance has stayed ready for health.min_ready."""
+    make_deployment("hello", 2, manifest={"run": {"command": "x"}, "health": {"minReadySeconds": 10}})
+    ctl.reconcile("hello")
+    report(store, "hello-2-0", "Running", ready=True, ready_time=clock.now_iso())
+    res = ctl.reconcile("hello")
+    assert get(store, "App", "hello").status.live_deployment == "hello-1"
+    assert res is not None and res.requeue_after == pytest.approx(10.0)
+    assert get(store, "Deployment", "hello-2").status.phase == "Starting"
+    clock.advance(9.5)
+    assert ctl.reconcile("hello").requeue_after == pytest.approx(0.5)  # type: ignore[union-attr]
+    assert get(store, "App", "hello").status.live_deployment == "hello-1"
+    clock.advance(0.5)
+    ctl.reconcile("hello")
+    assert get(store, "App", "hello").status.live_deployment == "hello-2"
+
+
+def test_restart_inside_min_ready_fails_the_release(ctl: RolloutController, store: Store, clock: FakeClock,
+                                                    live_v1: App, make_deployment: Callable[..., Deployment],
+                                                    config: Config) -> None:
+    """The process dies 5 s after its first good probe and comes back ready: the release fails
+    (CrashLoopBackOff) and never takes traffic; v1 keeps serving."""
+    from forge.controllers.rollback import RollbackController
+
+    rb = RollbackController(store, clock, config)
+    make_deployment("hello", 2, manifest={"run": {"command": "x"}, "health": {"minReadySeconds": 10}})
+    ctl.reconcile("hello")
+    report(store, "hello-2-0", "Running", ready=True, ready_time=clock.now_iso())
+    ctl.reconcile("hello")
+    clock.advance(5)
+    report(store, "hello-2-0", "Running", ready=True, ready_time=clock.now_iso(), restarts=1)
+    rb.reconcile("hello")
+    ctl.reconcile("hello")
+    v2 = get(store, "Deployment", "hello-2")
+    assert (v2.status.phase, v2.status.reason) == ("Failed", "CrashLoopBackOff")
+    assert "restarted 1 time(s) before the release went live" in v2.status.message
+    assert get(store, "App", "hello").status.live_deployment == "hello-1"
+    assert instances(store, "hello-2")[0].spec.desired == "Stopped"
+    clock.advance(60)
+    ctl.reconcile("hello")
+    assert get(store, "App", "hello").status.live_deployment == "hello-1"

@@ -81,7 +81,7 @@ build:
 run:
   command: exec python3 app.py
 resources: {{memory: 128M, cpu: 0.5}}
-health: {{path: /health, interval: 1s, timeout: 1s, retries: 2, start_period: 5s}}
+health: {{path: /health, interval: 1s, timeout: 1s, retries: 2, start_period: 5s, min_ready: {min_ready}}}
 {extra}"""
 
 
@@ -114,9 +114,9 @@ class Remote:
         git("-C", str(self.work), "push", "-q", "origin", f"HEAD:refs/heads/{branch}")
         return git("-C", str(self.work), "rev-parse", "HEAD").strip()
 
-    def app_release(self, name: str, version: str, health: int = 200, extra: str = "") -> str:
+    def app_release(self, name: str, version: str, health: int = 200, extra: str = "", min_ready: str = "1s") -> str:
         files = {"app.py": APP_PY, "version.txt": version + "\n",
-                 "forge.yaml": MANIFEST.format(name=name, version=version, extra=extra)}
+                 "forge.yaml": MANIFEST.format(name=name, version=version, extra=extra, min_ready=min_ready)}
         if health != 200:
             files["app.py"] = APP_PY.replace('os.environ.get("HEALTH_STATUS", "200")', f'"{health}"')
         return self.commit(files, f"release {version}")

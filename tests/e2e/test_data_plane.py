@@ -256,7 +256,7 @@ def test_app_and_build_reach_nothing_of_the_host_nor_other_apps(forge: Forge, ou
     evil = Remote(forge.root, "acme/evil")
     register(forge, "evil", "acme/evil")
     files = {"app.py": WS_APP_PY, "version.txt": "e1\n", "probe.py": PROBE_PY, "targets.json": json.dumps(targets),
-             "forge.yaml": MANIFEST.format(name="evil", version="e1", extra="").replace(
+             "forge.yaml": MANIFEST.format(name="evil", version="e1", extra="", min_ready="1s").replace(
                  '"test -f app.py"', '"python3 probe.py build"').replace(
                  "exec python3 app.py", "python3 probe.py run & exec python3 app.py")}
     push(forge, "acme/evil", evil.commit(files, "probe everything"))
@@ -399,7 +399,8 @@ COMMITS: dict[str, set[str]] = {}
 
 def ws_release(remote: Remote, version: str, mode: str = "ok", manifest_extra: str = "") -> str:
     files = {"app.py": WS_APP_PY, "version.txt": version + "\n", "mode.txt": mode + "\n",
-             "forge.yaml": MANIFEST.format(name=remote.full_name.split("/")[1], version=version, extra=manifest_extra)}
+             "forge.yaml": MANIFEST.format(name=remote.full_name.split("/")[1], version=version, extra=manifest_extra,
+                                           min_ready="1s")}
     if mode == "build-fails":
         files["forge.yaml"] = files["forge.yaml"].replace('"test -f app.py"', '"exit 7"')
     if mode == "invalid":

@@ -42,7 +42,7 @@ def test_minimal_manifest_gets_defaults() -> None:
     assert m.name is None and m.runtime is None and m.build.commands == []
     assert m.build.timeout_seconds == 600 and m.run.stop_timeout_seconds == 10 and m.run.port is None
     assert m.health.model_dump() == {"path": "/", "interval_seconds": 10.0, "timeout_seconds": 3.0,
-                                     "retries": 3, "start_period_seconds": 0.0}
+                                     "retries": 3, "start_period_seconds": 0.0, "min_ready_seconds": 10.0}
     assert m.env == {}
 
 
