@@ -25,9 +25,10 @@ from pathlib import Path
 
 import httpx
 
-from forge.clock import Clock, SystemClock
+from forge.clock import Clock, SystemClock, parse_iso
 from forge.config import Config
 from forge.errors import ForgeError, Unavailable
+from forge.upguard import UpLock, die_with_parent, owned_by
 
 log = logging.getLogger("forge.up")
 
@@ -70,6 +71,7 @@ class Child:
     backoff: float = 1.0
     ready: Callable[[], bool] | None = None
     started: list[float] = field(default_factory=list)
+    started_wall: float = 0.0
 
 
 class Supervisor:
@@ -85,17 +87,25 @@ class Supervisor:
         self.stopping = threading.Event()
         self.api_url = f"http://{cfg.api_listen}"
         self.caddy_admin = cfg.effective_caddy_admin
+        self.lock = UpLock(self.data, self.clock)
+        self.lock_fd: int | None = None
 
     # ------------------------------------------------------------------ children
     def _spawn(self, child: Child) -> None:
         child.log_path.parent.mkdir(parents=True, exist_ok=True)
         out = open(child.log_path, "ab")  # noqa: SIM115 - handed to the child
         try:
+            # The child inherits the data dir's lock (held until the last child is gone) and is
+            # sent SIGTERM by the kernel if this process dies, however it dies.
             child.proc = subprocess.Popen(child.argv, env=child.env, stdout=out, stderr=subprocess.STDOUT,
-                                          stdin=subprocess.DEVNULL, start_new_session=True)
+                                          stdin=subprocess.DEVNULL, start_new_session=True,
+                                          pass_fds=(self.lock_fd,) if self.lock_fd is not None else (),
+                                          preexec_fn=die_with_parent)  # noqa: PLW1509 - prctl only
         finally:
             out.close()
+        self.lock.child_started(child.name, child.proc.pid)
         child.started.append(self.clock.monotonic())
+        child.started_wall = self.clock.now()
         proc = child.proc
         threading.Thread(target=self._reap, args=(child.name, proc), daemon=True, name=f"reap-{child.name}").start()
         log.info("started %s (pid %d, log %s)", child.name, proc.pid, child.log_path)
@@ -153,8 +163,17 @@ class Supervisor:
             raise Unavailable("caddy is not installed (run make setup as root, or apt-get install caddy)")
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(caddy_dir),
                "XDG_DATA_HOME": str(caddy_dir / "data"), "XDG_CONFIG_HOME": str(caddy_dir / "config")}
-        return Child("caddy", [caddy, "run", "--config", str(caddy_dir / "config.json")], env,
-                     self.data / "logs" / "caddy.log", ready=self._caddy_ready)
+        child = Child("caddy", [caddy, "run", "--config", str(caddy_dir / "config.json")], env,
+                      self.data / "logs" / "caddy.log")
+        child.ready = lambda: self._owns_port(child, self.cfg.http_listen) and self._caddy_ready()
+        return child
+
+    @staticmethod
+    def _owns_port(child: Child, listen: str) -> bool:
+        """Our child — and nobody else — listens on ``listen``'s port (not a leftover of an earlier run)."""
+        if child.proc is None or child.proc.poll() is not None:
+            return False
+        return owned_by(child.proc.pid, int(listen.rpartition(":")[2]))
 
     def _caddy_ready(self) -> bool:
         from forge.caddy import CaddyAdmin
@@ -180,7 +199,8 @@ class Supervisor:
     def build_children(self, env: dict[str, str]) -> list[Child]:
         logs = self.data / "logs"
         api = Child("api", self._forge("server", "--listen", self.cfg.api_listen, "--data-dir", str(self.data)), env,
-                    logs / "api.log", ready=lambda: self._http_ok(f"{self.api_url}/readyz"))
+                    logs / "api.log")
+        api.ready = lambda: self._owns_port(api, self.cfg.api_listen) and self._http_ok(f"{self.api_url}/readyz")
         ctrl_args = ["controllers", "--data-dir", str(self.data), "--domain", self.cfg.domain,
                      "--caddy-admin", self.caddy_admin, "--tls", self.cfg.tls, "--http-listen", self.cfg.http_listen,
                      "--api-listen", self.cfg.api_listen]
@@ -192,19 +212,39 @@ class Supervisor:
         return [self._caddy_child(), api, ctrl]
 
     def mint_node_token(self) -> str:
+        """The local node's token: the one kept in ``DATA/node-token`` while the API still accepts
+        it (an agent of an earlier run is never locked out), else a new one, kept there (0600)."""
         from forge.client import ForgeClient
 
+        path = self.data / "node-token"
+        try:
+            kept = path.read_text().strip()
+        except OSError:
+            kept = ""
+        if kept:
+            try:
+                r = httpx.get(f"{self.api_url}/api/v1/nodes/{self.node_name}", timeout=5,
+                              headers={"Authorization": f"Bearer {kept}"})
+                if r.status_code == 200:
+                    return kept
+            except httpx.HTTPError:
+                pass
         with ForgeClient(self.api_url, self.admin_token) as c:
-            return str(c.request("POST", f"/api/v1/nodes/{self.node_name}/token", json={})["token"])
+            token = str(c.request("POST", f"/api/v1/nodes/{self.node_name}/token", json={})["token"])
+        write_private(path, token + "\n")
+        return token
 
     def agent_child(self, env: dict[str, str], node_token: str) -> Child:
         agent_env = dict(env)
         agent_env["FORGE_NODE_TOKEN"] = node_token
         argv = self._forge("agent", "--api", self.api_url, "--name", self.node_name, "--data-dir",
                            str(self.data / "node"), "--metrics-listen", self.metrics_listen, "--stop-apps-on-exit")
-        return Child("agent", argv, agent_env, self.data / "logs" / "agent.log", ready=self._node_ready)
+        child = Child("agent", argv, agent_env, self.data / "logs" / "agent.log")
+        child.ready = lambda: self._node_ready(child)
+        return child
 
-    def _node_ready(self) -> bool:
+    def _node_ready(self, child: Child) -> bool:
+        """The Node is Ready *by our agent*: its heartbeat is newer than our agent's start."""
         try:
             r = httpx.get(f"{self.api_url}/api/v1/nodes/{self.node_name}", timeout=1.0,
                           headers={"Authorization": f"Bearer {self.admin_token}"})
@@ -212,8 +252,10 @@ class Supervisor:
             return False
         if r.status_code != 200:
             return False
-        conds = r.json().get("status", {}).get("conditions", [])
-        return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds)
+        status = r.json().get("status", {})
+        beat = status.get("lastHeartbeatTime")
+        fresh = bool(beat) and parse_iso(beat) >= child.started_wall - 1.0
+        return fresh and any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions", []))
 
     # ------------------------------------------------------------------ run
     def start(self) -> None:
@@ -292,6 +334,8 @@ class Supervisor:
             log.warning("could not remove all of the data plane: %s", exc)
 
     def run(self, stop: threading.Event) -> None:
+        self.data.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.lock_fd = self.lock.acquire()  # before anything starts: one forge up per data dir
         try:
             self.start()
             self.supervise(stop)
@@ -299,4 +343,7 @@ class Supervisor:
             log.error("%s", exc.message)
             raise
         finally:
-            self.shutdown()
+            try:
+                self.shutdown()
+            finally:
+                self.lock.release()

@@ -174,6 +174,9 @@ class CgroupDriver(abc.ABC):
     def kill_all(self, name: str) -> None:
         """SIGKILL every process in the group until it is empty (bounded: ~5 s)."""
         check_name(name)
+        # Thaw first: an agent killed between freezing and thawing (below) left the group frozen,
+        # its processes asleep with SIGKILL pending; every kill must be safe to resume.
+        self.thaw(name)
         for _ in range(KILL_ROUNDS):
             pids = self.procs(name)
             if not pids:
@@ -188,6 +191,14 @@ class CgroupDriver(abc.ABC):
         left = self.procs(name)
         if left:
             raise Unavailable(f"cgroup {name} still has processes {left[:10]} after SIGKILL")
+
+    def thaw(self, name: str) -> None:
+        """Make sure the group is not frozen (a no-op without a freezer or the group)."""
+        if self.exists(name):
+            try:
+                self._freeze(name, False)
+            except OSError:
+                pass
 
     def remove(self, name: str) -> None:
         """Remove the group from every hierarchy (call after kill_all); absent is fine."""

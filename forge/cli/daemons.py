@@ -195,6 +195,12 @@ def stop_local_apps(data_dir: Path, node: str, grace: float = 10.0) -> None:
         t.start()
     for t in threads:
         t.join(timeout=grace + 15)
+    if driver is not None:
+        for group in driver.list_groups():  # builds cut short, anything the state did not name
+            driver.thaw(group)
+            driver.kill_all(group)
+            driver.remove(group)
+        driver.remove_parent()  # forge/NODE itself: nothing of this node is left in the hierarchy
     logging.getLogger("forge.agent").info("stopped %d app process(es) on exit", len(threads))
 
 

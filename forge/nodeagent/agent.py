@@ -161,7 +161,11 @@ class Agent:
             delay = min(delay * 2, MAX_BACKOFF)
 
     def _adopt(self) -> None:
-        """Processes from before a restart: keep the live ones (watched for exit), forget none."""
+        """Processes from before a restart: keep the live ones (watched for exit), forget none.
+        Groups a killed agent left frozen (mid-kill) are thawed first."""
+        if self.driver is not None:
+            for group in self.driver.list_groups():
+                self.driver.thaw(group)
         for name in self.state.names():
             st = self.state.get(name)
             if st is not None and st.pid and self.supervisor.is_running(st):
@@ -289,6 +293,7 @@ class Agent:
                 for typ, obj in self.client.watch("instances", rv, selector, timeout_seconds=WATCH_TIMEOUT):
                     if self.stop.is_set():
                         return
+                    delay = 0.5  # the API answers again: the next outage starts from a short back-off
                     rv = int(obj.get("metadata", {}).get("resourceVersion") or rv)
                     if typ == "BOOKMARK":
                         continue

@@ -134,7 +134,7 @@ def test_apps_create_list_status_and_deploy_wait(forge: Forge) -> None:
     head = lines.index("Instances:")
     assert lines[head + 1].split() == ["NAME", "NODE", "PHASE", "ADDRESS", "READY", "RESTARTS", "REASON"]
     inst = lines[head + 2].split()
-    assert inst[:3] == ["cli-a-1-0", "e2e-node", "Running"] and inst[4] == "True" and inst[5].isdigit()
+    assert inst[:3] == ["cli-a-1-0", forge.node, "Running"] and inst[4] == "True" and inst[5].isdigit()
     assert httpx.get(f"http://{inst[3]}/", timeout=5).text.strip() == "v1"  # the address is the app's
     events = lines[lines.index("Events:") + 1:]
     assert any("Live" in e and "deployment/cli-a-1" in e for e in events), events
@@ -281,9 +281,9 @@ def test_creds_nodes_events_and_completion(forge: Forge) -> None:
 
     rows = table_rows(ok(forge, "nodes"))
     assert rows[0] == ["NAME", "READY", "ADDRESS", "CPU", "MEMORY", "ISOLATION", "HEARTBEAT"]
-    node = next(r for r in rows if r[0] == "e2e-node")
+    node = next(r for r in rows if r[0] == forge.node)
     assert node[1] == "True" and node[4].endswith("Mi") and node[5].startswith("cgroups=")
-    assert json.loads(ok(forge, "nodes", "-o", "json"))[0]["metadata"]["name"] == "e2e-node"
+    assert json.loads(ok(forge, "nodes", "-o", "json"))[0]["metadata"]["name"] == forge.node
 
     live_app(forge, "cli-ev")
     lines = ok(forge, "events", "--for", "cli-ev").splitlines()

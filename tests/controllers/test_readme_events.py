@@ -1,0 +1,190 @@
+"""Every Event the README's Events table promises, made to happen with the real controllers
+(rollout, rollback, scheduler) over a real store and a fake clock, the agent played through
+Instance status. A reason added to the README without a scenario here fails the first test."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from forge.clock import FakeClock
+from forge.config import Config
+from forge.controllers.rollback import RollbackController
+from forge.controllers.rollout import RolloutController
+from forge.controllers.scheduler import SchedulerController
+from forge.models import App, Deployment, Event
+from forge.store.base import Store
+from tests.controllers.conftest import DEFAULT_MANIFEST, GiB
+from tests.controllers.release_helpers import get, instances, report, serve_all
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def promised() -> list[tuple[str, str]]:
+    """(reason, type) for every row of the README's Events table."""
+    text = README.read_text()
+    table = text[text.index("## Events"):text.index("## forge.yaml")]
+    out = []
+    for row in table.splitlines():
+        cells = [c.strip() for c in row.strip().strip("|").split("|")]
+        if len(cells) < 4 or not cells[0].startswith("`"):
+            continue
+        reasons = re.findall(r"`([A-Za-z]+)`", cells[0])
+        types = [t.strip() for t in cells[1].split("/")]
+        for i, r in enumerate(reasons):
+            out.append((r, types[min(i, len(types) - 1)]))
+    return out
+
+
+class World:
+    def __init__(self, store: Store, clock: FakeClock, config: Config, make_app: Callable[..., App],
+                 make_deployment: Callable[..., Deployment], make_node: Callable[..., Any]) -> None:
+        self.store, self.clock = store, clock
+        self.rollout = RolloutController(store, clock, config)
+        self.rollback = RollbackController(store, clock, config)
+        self.sched = SchedulerController(store, clock, config)
+        self.make_app, self.make_deployment, self.make_node = make_app, make_deployment, make_node
+
+    def tick(self) -> None:
+        self.rollback.reconcile("hello")
+        self.rollout.reconcile("hello")
+        self.rollback.reconcile("hello")
+
+    def push(self, n: int, min_ready: float = 0) -> None:
+        manifest = {**DEFAULT_MANIFEST, "health": {**DEFAULT_MANIFEST["health"], "minReadySeconds": min_ready}}
+        self.make_deployment("hello", n, manifest=manifest)
+        self.tick()
+
+    def live(self, n: int) -> None:
+        self.push(n)
+        serve_all(self.store, f"hello-{n}")
+        self.tick()
+        self.clock.advance(11)
+        self.tick()
+        assert get(self.store, "App", "hello").status.live_deployment == f"hello-{n}"
+
+    def events(self, reason: str) -> list[Event]:
+        return [e for e in self.store.list("Event")[0] if e.spec.reason == reason]  # type: ignore[misc]
+
+
+@pytest.fixture
+def w(store: Store, clock: FakeClock, config: Config, make_app: Callable[..., App],
+      make_deployment: Callable[..., Deployment], make_node: Callable[..., Any]) -> World:
+    world = World(store, clock, config, make_app, make_deployment, make_node)
+    make_app("hello")
+    return world
+
+
+def fail_new_release(reason: str, phase: str) -> Callable[[World], None]:
+    def scenario(w: World) -> None:
+        w.live(1)
+        w.push(2)
+        report(w.store, "hello-2-0", phase, reason=reason, message="it broke")
+        w.tick()
+    return scenario
+
+
+def unhealthy(w: World) -> None:
+    w.live(1)
+    w.live(2)
+    w.tick()  # judged healthy first: the Event must come from a *change* to unhealthy
+    report(w.store, "hello-2-0", "Running", ready=False, reason="HealthCheckFailed")
+    w.tick()
+
+
+def recovered(w: World) -> None:
+    unhealthy(w)
+    serve_all(w.store, "hello-2")
+    w.tick()
+    w.clock.advance(1)
+    w.tick()
+
+
+def rolling_back(w: World) -> None:
+    unhealthy(w)
+    w.clock.advance(10)
+    w.tick()
+
+
+def rolled_back(w: World) -> None:
+    rolling_back(w)
+    v3 = get(w.store, "Deployment", "hello-3")
+    v3.status.manifest = dict(DEFAULT_MANIFEST)
+    w.store.update_status(v3)
+    w.tick()
+    serve_all(w.store, "hello-3")
+    w.tick()
+
+
+def restarted_before_live(w: World) -> None:
+    w.live(1)
+    w.push(2, min_ready=10)
+    serve_all(w.store, "hello-2")
+    w.tick()
+    report(w.store, "hello-2-0", "Running", ready=True, restarts=1)
+    w.tick()
+
+
+def cancelled(w: World) -> None:
+    w.live(1)
+    w.push(2)
+    w.push(3)
+
+
+def deadline(w: World) -> None:
+    w.live(1)
+    w.push(2)
+    w.clock.advance(121)
+    w.tick()
+
+
+def scheduled(w: World) -> None:
+    w.make_node("n1")
+    w.push(1)
+    for inst in instances(w.store, "hello-1"):
+        w.sched.reconcile(inst.metadata.name)
+
+
+def unschedulable(w: World) -> None:
+    w.make_node("tiny", memory=GiB // 64)
+    w.push(1)
+    for inst in instances(w.store, "hello-1"):
+        w.sched.reconcile(inst.metadata.name)
+
+
+SCENARIOS: dict[str, tuple[Callable[[World], None], str]] = {
+    "Live": (lambda w: w.live(1), "hello-1"),
+    "Superseded": (lambda w: (w.live(1), w.live(2)), "hello-1"),
+    "Cancelled": (cancelled, "hello-2"),
+    "ProgressDeadlineExceeded": (deadline, "hello-2"),
+    "BuildFailed": (fail_new_release("BuildFailed", "Failed"), "hello-2"),
+    "HealthCheckFailed": (fail_new_release("HealthCheckFailed", "Starting"), "hello-2"),
+    "OOMKilled": (fail_new_release("OOMKilled", "Starting"), "hello-2"),
+    "CrashLoopBackOff": (restarted_before_live, "hello-2"),
+    "Unhealthy": (unhealthy, "hello-2"),
+    "Recovered": (recovered, "hello-2"),
+    "RollingBack": (rolling_back, "hello-2"),
+    "RolledBack": (rolled_back, "hello-2"),
+    "Scheduled": (scheduled, "hello-1-0"),
+    "Unschedulable": (unschedulable, "hello-1-0"),
+}
+
+
+def test_every_promised_event_has_a_scenario() -> None:
+    """The README's table and this file name the same Events."""
+    assert {r for r, _ in promised()} == set(SCENARIOS)
+
+
+@pytest.mark.parametrize(("reason", "type_"), promised(), ids=[r for r, _ in promised()])
+def test_promised_event_is_recorded(w: World, reason: str, type_: str) -> None:
+    """The situation the README describes records exactly this Event, once, on that record."""
+    scenario, subject = SCENARIOS[reason]
+    scenario(w)
+    found = w.events(reason)
+    assert [(e.spec.involved_object.name, e.spec.type) for e in found] == [(subject, type_)], \
+        [(e.spec.involved_object.name, e.spec.type, e.spec.message) for e in w.store.list("Event")[0]]  # type: ignore[attr-defined]
+    assert found[0].spec.count == 1
