@@ -96,10 +96,6 @@ class ForgeClient:
     def replace_status(self, plural: str, name: str, body: dict) -> dict:
         return self.request("PUT", f"/api/v1/{plural}/{name}/status", json=body)
 
-    def patch_status(self, plural: str, name: str, body: dict) -> dict:
-        return self.request("PATCH", f"/api/v1/{plural}/{name}/status", json=body,
-                            headers={"Content-Type": "application/merge-patch+json"})
-
     def delete(self, plural: str, name: str) -> dict:
         return self.request("DELETE", f"/api/v1/{plural}/{name}")
 

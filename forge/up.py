@@ -303,19 +303,25 @@ class Supervisor:
                 log.error("cannot restart %s: %s", name, exc)
 
     def shutdown(self) -> None:
+        """Stop every child at once (each stops its own work: the agent its apps, with their
+        stop timeouts), then wait for each; a child past its deadline is killed."""
         self.stopping.set()
-        for name in ("agent", "controllers", "api", "caddy"):
-            child = self.children.get(name)
-            if child is None or child.proc is None or child.proc.poll() is not None:
-                continue
-            child.proc.terminate()
+        order = ("agent", "controllers", "api", "caddy")
+        running = [c for n in order if (c := self.children.get(n)) is not None and c.proc is not None
+                   and c.proc.poll() is None]
+        for child in running:
+            child.proc.terminate()  # type: ignore[union-attr]
+        start = self.clock.monotonic()
+        for child in running:
+            assert child.proc is not None
+            budget = (40 if child.name == "agent" else 15) - (self.clock.monotonic() - start)
             try:
-                child.proc.wait(timeout=40 if name == "agent" else 15)
+                child.proc.wait(timeout=max(0.1, budget))
             except subprocess.TimeoutExpired:
-                log.warning("%s did not stop in time; killing it", name)
+                log.warning("%s did not stop in time; killing it", child.name)
                 child.proc.kill()
                 child.proc.wait(timeout=5)
-            log.info("stopped %s", name)
+            log.info("stopped %s", child.name)
         self._remove_network()
 
     def _remove_network(self) -> None:

@@ -13,6 +13,7 @@ other exception is a 500 with a request id, logged with its traceback, never sen
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
 from typing import Any
 
@@ -26,6 +27,7 @@ from forge.api.metrics import Metrics, MetricsMiddleware, MetricsResource
 from forge.api.openapi import EXPOSED, build_openapi
 from forge.api.sealing import Sealer
 from forge.api.ui import UiResource
+from forge.api.webhook import GithubWebhookResource
 from forge.clock import Clock, SystemClock
 from forge.config import Config
 from forge.errors import ForgeError
@@ -36,17 +38,6 @@ log = logging.getLogger(__name__)
 
 _HTTP_REASONS = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound",
                  405: "MethodNotAllowed", 413: "PayloadTooLarge", 415: "UnsupportedMediaType"}
-
-
-def _webhook_class() -> Any:
-    """The webhook resource, when that module is part of this build."""
-    try:
-        from forge.api.webhook import GithubWebhookResource
-    except ModuleNotFoundError as exc:
-        if exc.name != "forge.api.webhook":
-            raise
-        return None
-    return GithubWebhookResource
 
 
 class RequestIdMiddleware:
@@ -89,13 +80,14 @@ def _unexpected(req: falcon.Request, resp: falcon.Response, ex: Exception, param
 
 def create_app(
     config: Config, store: Store | None = None, clock: Clock | None = None, *,
-    stream_cap_seconds: float | None = None,
+    stream_cap_seconds: float | None = None, closing: threading.Event | None = None,
 ) -> falcon.App:
-    """``stream_cap_seconds`` bounds every watch/log stream below what clients ask (tests, bench)."""
+    """``stream_cap_seconds`` bounds every watch/log stream below what clients ask (tests, bench);
+    ``closing``, once set, ends every open stream within half a second (the server's stop)."""
     clock = clock or SystemClock()
     store = store if store is not None else open_store(config.effective_store_url)
     ctx = ApiContext(config=config, store=store, clock=clock, sealer=Sealer(config),
-                     stream_cap_seconds=stream_cap_seconds)
+                     stream_cap_seconds=stream_cap_seconds, closing=closing or threading.Event())
     metrics = Metrics(store, clock)
     app = falcon.App(
         middleware=[RequestIdMiddleware(), MetricsMiddleware(metrics), AuthMiddleware(Authenticator(config, store))],
@@ -127,8 +119,6 @@ def create_app(
     app.add_route("/healthz", system.HealthResource())
     app.add_route("/readyz", system.ReadyResource(ctx))
     app.add_route("/metrics", MetricsResource(metrics))
-    webhook_cls = _webhook_class()
-    if webhook_cls is not None:
-        app.add_route("/api/v1/webhook/github", webhook_cls(store, config, clock, metrics.registry))
-    app.add_route("/api/v1/openapi.json", system.OpenApiResource(build_openapi(webhook=webhook_cls is not None)))
+    app.add_route("/api/v1/webhook/github", GithubWebhookResource(store, config, clock, metrics.registry))
+    app.add_route("/api/v1/openapi.json", system.OpenApiResource(build_openapi(webhook=True)))
     return app

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
@@ -13,6 +14,8 @@ from forge.config import Config
 from forge.errors import BadRequest, Invalid, pydantic_errors
 from forge.models import API_VERSION, Resource
 from forge.store.base import Store
+
+CLOSING_CHECK_SECONDS = 0.5
 
 
 @dataclass
@@ -25,6 +28,13 @@ class ApiContext:
     default_watch_seconds: int = 300
     heartbeat_seconds: float = 4.0
     stream_cap_seconds: float | None = None  # tests/bench: clamp every stream (watch, log follow)
+    # Set when the worker is asked to stop: open streams end within CLOSING_CHECK_SECONDS, so a
+    # stop is not held up by watches (clients re-watch from their last revision anyway).
+    closing: threading.Event = field(default_factory=threading.Event)
+
+    def wait_slice(self, wanted: float) -> float:
+        """How long a stream may block before it looks at ``closing`` again."""
+        return min(wanted, CLOSING_CHECK_SECONDS)
 
     def stream_seconds(self, requested: float) -> float:
         return min(requested, self.stream_cap_seconds) if self.stream_cap_seconds else requested

@@ -94,13 +94,19 @@ class AppLogsResource:
             yield b"\n"  # nothing yet: send the headers now so the client knows it is following
         # wait_logs wakes on any app's lines; ``seen`` is the global cursor, ``after`` ours.
         seen = after
+        quiet = 0.0
         while follow:
             remaining = deadline - clock.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or self.ctx.closing.is_set():
                 return
-            if not store.wait_logs(seen, min(remaining, self.ctx.heartbeat_seconds)):
-                yield b"\n"
+            step = self.ctx.wait_slice(min(remaining, self.ctx.heartbeat_seconds))
+            if not store.wait_logs(seen, step):
+                quiet += step
+                if quiet >= self.ctx.heartbeat_seconds:
+                    quiet = 0.0
+                    yield b"\n"
                 continue
+            quiet = 0.0
             seen = max(seen, self._last_id())
             page = self._read(app, filters, after, None)
             while page:

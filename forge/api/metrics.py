@@ -27,6 +27,7 @@ from prometheus_client.utils import floatToGoString
 
 from forge.clock import Clock
 from forge.errors import ForgeError
+from forge.marks import DEPLOYMENTS_METRIC, DURATION_LABEL, DURATION_METRIC, TASKS_METRIC
 from forge.models import DeploymentPhase, InstancePhase
 from forge.store.base import Store
 
@@ -34,12 +35,6 @@ log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
-# Metric and label names shared with forge/controllers/tally.py through the store (the API
-# never imports controllers).
-DEPLOYMENTS_METRIC: Final[str] = "forge_deployments_total"
-TASKS_METRIC: Final[str] = "forge_tasks_total"
-DURATION_METRIC: Final[str] = "forge_deploy_duration_seconds"
-DURATION_LABEL: Final[str] = "live"
 DURATION_BUCKETS: Final[tuple[float, ...]] = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
 DEPLOYMENT_PHASES: Final[tuple[str, ...]] = tuple(p for p in get_args(DeploymentPhase) if p)
 INSTANCE_PHASES: Final[tuple[str, ...]] = tuple(p for p in get_args(InstancePhase) if p)

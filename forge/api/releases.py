@@ -5,8 +5,9 @@ Both only write desired state (a new Deployment ``APP-N``); the controllers do t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import falcon
 from pydantic import Field, ValidationError
@@ -34,7 +35,7 @@ from forge.models import (
 )
 from forge.store.base import Store
 
-CREATE_RETRIES = 5
+CREATE_ATTEMPTS: Final[int] = 20  # concurrent writers (webhook deliveries, deploys) each take the next number
 
 
 class DeployRequest(Model):
@@ -48,6 +49,7 @@ class DeployRequest(Model):
 
 class RollbackRequest(Model):
     to: str | None = Field(default=None, max_length=80)
+    force: bool = False  # roll back to a release that had Failed, knowing why
 
 
 def app_deployments(store: Store, app: str) -> list[Deployment]:
@@ -56,8 +58,11 @@ def app_deployments(store: Store, app: str) -> list[Deployment]:
     return sorted(deps, key=lambda d: deployment_number(d.name))
 
 
-def rollback_target(app: App, deployments: list[Deployment], to: str | None) -> Deployment:
-    """The release to go back to: ``to``, or the newest once-Live release older than the live one."""
+def rollback_target(app: App, deployments: list[Deployment], to: str | None, force: bool = False) -> Deployment:
+    """The release to go back to: ``to``, or the newest once-Live release older than the live one.
+
+    A release that had Failed is refused unless ``force``: the refusal says why it failed, since
+    going back to it would most likely fail (or crash-loop) the same way."""
     live = app.status.live_deployment
     if to:
         target = next((d for d in deployments if d.name == to), None)
@@ -66,6 +71,10 @@ def rollback_target(app: App, deployments: list[Deployment], to: str | None) -> 
         if to == live:
             raise BadRequest(f"{to} is already the live release of {app.name}",
                              [{"path": "to", "message": "already live"}])
+        if target.status.phase == "Failed" and not force:
+            why = f"{target.status.reason}: {target.status.message}".strip(": ") or "no reason recorded"
+            raise Conflict(f"{to} had failed ({why}); roll back to it anyway with force (forge rollback --force)",
+                           [{"path": "to", "message": f"release failed: {target.status.reason or 'Failed'}"}])
         return target
     if not live:
         raise BadRequest(f"app {app.name!r} has no live release to roll back from; name one with {{\"to\": \"APP-N\"}}")
@@ -102,16 +111,31 @@ def redeploy_source(app: App, deployments: list[Deployment]) -> Deployment:
     return source
 
 
-def create_next(store: Store, app: App, spec: DeploymentSpec) -> Deployment:
-    """Create ``APP-(N+1)``; a concurrent writer taking N+1 just moves us to the next number."""
-    for _ in range(CREATE_RETRIES):
-        n = next_release_number(app_deployments(store, app.name))
-        dep = Deployment(metadata=ObjectMeta(name=f"{app.name}-{n}", labels={LABEL_APP: app.name}), spec=spec)
+def create_next_release(
+    store: Store, app: str, make: Callable[[int, list[Deployment]], tuple[Deployment, bool]],
+) -> tuple[Deployment, bool]:
+    """The one place release numbers are taken (API deploys and rollbacks, webhook pushes).
+
+    ``make(n, deployments)`` builds ``APP-n`` from the App's current releases — or answers an
+    existing one and False (a redelivered webhook). A concurrent writer taking ``n`` first just
+    moves us to the next number; (the Deployment, created?) comes back."""
+    for _ in range(CREATE_ATTEMPTS):
+        deployments = app_deployments(store, app)
+        dep, new = make(next_release_number(deployments), deployments)
+        if not new:
+            return dep, False
         try:
-            return store.create(dep)  # type: ignore[return-value]
+            return store.create(dep), True  # type: ignore[return-value]
         except AlreadyExists:
             continue
-    raise Conflict(f"could not allocate a release number for {app.name}: too many concurrent deploys")
+    raise Conflict(f"could not pick a release number for {app} after {CREATE_ATTEMPTS} tries: "
+                   "too many concurrent deploys")
+
+
+def create_next(store: Store, app: App, spec: DeploymentSpec) -> Deployment:
+    """Create ``APP-(N+1)`` with ``spec``."""
+    return create_next_release(store, app.name, lambda n, _deps: (Deployment(
+        metadata=ObjectMeta(name=f"{app.name}-{n}", labels={LABEL_APP: app.name}), spec=spec), True))[0]
 
 
 def _parse(model: type[Model], body: dict[str, Any]) -> Any:
@@ -151,7 +175,7 @@ class RollbackResource:
         body: RollbackRequest = _parse(RollbackRequest, read_object(req, required=False))
         app = self.ctx.store.get("App", name)
         assert isinstance(app, App)
-        target = rollback_target(app, app_deployments(self.ctx.store, name), body.to)
+        target = rollback_target(app, app_deployments(self.ctx.store, name), body.to, body.force)
         spec = DeploymentSpec(
             app=name, commit=target.spec.commit, ref=target.spec.ref, repo=target.spec.repo or app.spec.repo,
             trigger=Trigger(type="rollback"), rollback_of=target.name,

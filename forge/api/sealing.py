@@ -16,7 +16,7 @@ import threading
 from typing import Any
 
 from forge.config import Config
-from forge.errors import Unavailable
+from forge.secrets import Keyring
 
 SEALED_KINDS = frozenset({"Secret", "RepoCredential"})
 
@@ -37,12 +37,6 @@ class Sealer:
     def keyring(self) -> Any:
         with self._lock:
             if self._keyring is None:
-                try:
-                    from forge.secrets import Keyring
-                except ModuleNotFoundError as exc:
-                    if exc.name != "forge.secrets":
-                        raise
-                    raise Unavailable("secret storage is not available in this build (forge.secrets missing)") from None
                 self._keyring = Keyring.load(self._config)
             return self._keyring
 

@@ -81,9 +81,9 @@ def _stream(
             yield _bookmark(since)
             last_out = now
         remaining = deadline - now
-        if remaining <= 0:
+        if remaining <= 0 or ctx.closing.is_set():
             return
-        wait = max(0.05, min(remaining, beat - (now - last_out)))
+        wait = ctx.wait_slice(max(0.05, min(remaining, beat - (now - last_out))))
         try:
             events = ctx.store.watch(kind, since, timeout=wait)
         except Gone as exc:

@@ -26,10 +26,11 @@ import falcon
 from prometheus_client import CollectorRegistry, Counter
 
 from forge.api.body import read_raw
+from forge.api.releases import create_next_release
 from forge.clock import Clock
 from forge.config import Config
-from forge.errors import AlreadyExists, Conflict, ForgeError, Invalid, PayloadTooLarge, Unauthorized
-from forge.models import LABEL_APP, App, Deployment, next_release_number
+from forge.errors import ForgeError, Invalid, PayloadTooLarge, Unauthorized
+from forge.models import App, Deployment
 from forge.store.base import Store
 from forge.webhook import (
     DELIVERY_ID,
@@ -49,7 +50,6 @@ log = logging.getLogger(__name__)
 OUTCOMES: Final[tuple[str, ...]] = (
     "created", "ignored", "duplicate", "invalid_signature", "bad_request", "too_large", "ping", "error",
 )
-CREATE_ATTEMPTS: Final[int] = 20
 
 
 class GithubWebhookResource:
@@ -123,20 +123,14 @@ class GithubWebhookResource:
 
     def _deploy(self, app: App, push: Push, delivery: str | None) -> tuple[str, bool]:
         """Create the next release of ``app`` unless this delivery already made one."""
-        for _ in range(CREATE_ATTEMPTS):
-            items, _ = self.store.list("Deployment", {LABEL_APP: app.metadata.name})
-            deployments = [d for d in items if isinstance(d, Deployment)]
+        def make(n: int, deployments: list[Deployment]) -> tuple[Deployment, bool]:
             earlier = find_delivery(deployments, delivery)
-            if earlier is not None:
-                return earlier.metadata.name, False
-            dep = build_deployment(app, next_release_number(deployments), push, delivery)
-            try:
-                self.store.create(dep)
-            except AlreadyExists:
-                continue  # another writer took that number; re-list and take the next
+            return (earlier, False) if earlier is not None else (build_deployment(app, n, push, delivery), True)
+
+        dep, new = create_next_release(self.store, app.metadata.name, make)
+        if new:
             log.info("webhook: created Deployment %s (%s@%s)", dep.metadata.name, push.ref, push.after[:12])
-            return dep.metadata.name, True
-        raise Conflict(f"could not pick a release number for {app.metadata.name} after {CREATE_ATTEMPTS} tries")
+        return dep.metadata.name, new
 
 
 def _outcome_of(exc: ForgeError) -> str:

@@ -244,11 +244,15 @@ def _wait_and_exit(ctx: Ctx, dname: str, app: str, fmt: str) -> None:
 @click.argument("name")
 @click.option("--to", "to", default=None, help="Release to go back to (APP-N); default: the one before the live one.")
 @click.option("--wait", is_flag=True, help="Follow the rollback release until it is Live.")
+@click.option("--force", is_flag=True, help="Go back to a release even though it had failed.")
 @OUTPUT
 @pass_ctx
-def rollback(ctx: Ctx, name: str, to: str | None, wait: bool, fmt: str) -> None:
+def rollback(ctx: Ctx, name: str, to: str | None, wait: bool, force: bool, fmt: str) -> None:
     """Roll an app back to an earlier release (its code and config)."""
-    dep = ctx.client.request("POST", f"/api/v1/apps/{name}/rollback", json={"to": to} if to else {})
+    body: dict[str, Any] = {"to": to} if to else {}
+    if force:
+        body["force"] = True
+    dep = ctx.client.request("POST", f"/api/v1/apps/{name}/rollback", json=body)
     dname = dep["metadata"]["name"]
     if wait:
         _wait_and_exit(ctx, dname, name, fmt)

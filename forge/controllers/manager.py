@@ -1,14 +1,12 @@
 """``forge controllers``: every controller in one runtime, acting only while it holds the lease.
 
-Controllers are independent modules; the ones another part of the tree has not delivered yet
-are skipped with a warning (ImportError of that very module only — a broken import inside an
-existing module is a bug and propagates). Metrics of the runtime and the controllers go to
-one registry, optionally served on ``metrics_listen`` (HOST:PORT).
+Controllers are independent modules, listed in ``CONTROLLERS`` in the order they are built.
+Metrics of the runtime and the controllers go to one registry, optionally served on
+``metrics_listen`` (HOST:PORT).
 """
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import logging
 import os
@@ -22,36 +20,30 @@ from prometheus_client import CollectorRegistry, Gauge, start_http_server
 from forge.clock import Clock
 from forge.config import Config
 from forge.controllers.base import Controller
+from forge.controllers.gc import GcController
+from forge.controllers.health import HealthController
 from forge.controllers.leader import LeaderElector
+from forge.controllers.nodes import NodesController
+from forge.controllers.rollback import RollbackController
+from forge.controllers.rollout import RolloutController
+from forge.controllers.router import RouterController
 from forge.controllers.runtime import ControllerRuntime
+from forge.controllers.scheduler import SchedulerController
+from forge.controllers.source import SourceController
+from forge.controllers.tally import TallyController
 from forge.store.base import Store
 
 log = logging.getLogger(__name__)
 
-CONTROLLERS: tuple[tuple[str, str], ...] = (
-    ("forge.controllers.source", "SourceController"),
-    ("forge.controllers.rollout", "RolloutController"),
-    ("forge.controllers.scheduler", "SchedulerController"),
-    ("forge.controllers.health", "HealthController"),
-    ("forge.controllers.rollback", "RollbackController"),
-    ("forge.controllers.router", "RouterController"),
-    ("forge.controllers.nodes", "NodesController"),
-    ("forge.controllers.gc", "GcController"),
-    ("forge.controllers.tally", "TallyController"),
+CONTROLLERS: tuple[type[Controller], ...] = (
+    SourceController, RolloutController, SchedulerController, HealthController, RollbackController,
+    RouterController, NodesController, GcController, TallyController,
 )
 
 
 def build_controllers(config: Config, store: Store, clock: Clock, registry: CollectorRegistry) -> list[Controller]:
     out: list[Controller] = []
-    for module_name, class_name in CONTROLLERS:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            log.warning("controller module %s is not available; %s will not run", module_name, class_name)
-            continue
-        cls = getattr(module, class_name)
+    for cls in CONTROLLERS:
         kwargs: dict[str, Any] = {}
         if "registry" in inspect.signature(cls).parameters:
             kwargs["registry"] = registry

@@ -23,15 +23,12 @@ from typing import Final, NamedTuple
 from forge.clock import parse_iso
 from forge.controllers.base import DONE, Controller, Result
 from forge.errors import NotFound
+from forge.marks import DEPLOYMENTS_METRIC, DURATION_LABEL, DURATION_METRIC, TASKS_METRIC
 from forge.models import Deployment, Instance
 from forge.store.base import WatchEvent
 
 log = logging.getLogger(__name__)
 
-DEPLOYMENTS_METRIC: Final[str] = "forge_deployments_total"
-TASKS_METRIC: Final[str] = "forge_tasks_total"
-DURATION_METRIC: Final[str] = "forge_deploy_duration_seconds"
-DURATION_LABEL: Final[str] = "live"  # push (creation) to live
 KINDS: Final[tuple[str, ...]] = ("Deployment", "Instance")
 
 

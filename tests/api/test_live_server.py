@@ -109,3 +109,46 @@ def test_log_follow_streams_new_lines(live: LiveServer) -> None:
                     break
         t.join()
     assert got == ["line 0", "line 1", "line 2"]
+
+
+def test_stop_ends_open_watch_and_log_streams(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """SIGTERM to the server ends a 60 s watch and a 60 s log follow at once, and the server
+    exits, instead of holding the stop until the streams time out."""
+    import signal
+    import threading
+
+    import httpx
+
+    from tests.api.conftest import TOKEN, start_server
+
+    server = start_server(tmp_path)
+    ended: dict[str, str] = {}
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+
+    def hold(name: str, url: str) -> None:
+        try:
+            with httpx.stream("GET", url, headers=headers, timeout=90) as r:
+                for _ in r.iter_bytes():
+                    pass
+            ended[name] = "closed"
+        except httpx.HTTPError as exc:
+            ended[name] = type(exc).__name__
+
+    with httpx.Client(base_url=server.url, headers=headers) as c:
+        c.post("/api/v1/apps", json={"metadata": {"name": "s"}, "spec": {"repo": "acme/s"}}).raise_for_status()
+    threads = [threading.Thread(target=hold, args=("watch", f"{server.url}/api/v1/events?watch=true&resourceVersion=0"
+                                                             "&timeoutSeconds=60")),
+               threading.Thread(target=hold, args=("logs", f"{server.url}/api/v1/apps/s/logs?follow=true"
+                                                            "&timeoutSeconds=60"))]
+    for t in threads:
+        t.start()
+    import time
+    time.sleep(1.0)  # both streams open
+    assert not ended
+    server.proc.send_signal(signal.SIGTERM)
+    server.proc.wait(timeout=30)
+    for t in threads:
+        t.join(timeout=30)
+    # "closed": the stream ended cleanly (its last chunk sent) — not cut when gunicorn's graceful
+    # timeout killed the worker under it.
+    assert ended == {"watch": "closed", "logs": "closed"}, ended

@@ -201,3 +201,16 @@ def test_app_logs_bad_query(api: Api, params: dict[str, str]) -> None:
     api.create("apps", app_body())
     r = api.req("GET", "/api/v1/apps/hello/logs", params=params)
     assert r.status_code == 400 and list(params)[0] in r.text
+
+
+def test_rollback_to_a_failed_release_needs_force(history: Api) -> None:
+    """A release that had Failed is refused (409, saying why it failed) unless force is given."""
+    dep = history.store.get("Deployment", "hello-2")
+    dep.status.phase, dep.status.reason, dep.status.message = "Failed", "CrashLoopBackOff", "exited with code 3"
+    history.store.update_status(dep)
+    r = history.req("POST", "/api/v1/apps/hello/rollback", json={"to": "hello-2"})
+    assert r.status_code == 409, r.text
+    assert "CrashLoopBackOff: exited with code 3" in r.json["message"] and "force" in r.json["message"]
+    assert len(history.store.list("Deployment")[0]) == 3, "nothing was created"
+    r = history.req("POST", "/api/v1/apps/hello/rollback", json={"to": "hello-2", "force": True})
+    assert r.status_code == 201 and r.json["spec"]["rollbackOf"] == "hello-2"
