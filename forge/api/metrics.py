@@ -1,9 +1,11 @@
 """Prometheus metrics of the API process.
 
 Each ``create_app`` owns its CollectorRegistry (no module-level singletons). Under gunicorn
-every worker has its own registry, so request counters are per worker process: a scrape sees
-the worker that answered it. The store metrics are read from the store at scrape time, so
-they are the same whichever worker answers:
+(``forge server``: several worker processes) the request and webhook counters live in
+prometheus_client's multiprocess files (``PROMETHEUS_MULTIPROC_DIR``, set up by
+``forge.api.server`` before the workers fork), and a scrape sums every worker's — the dead
+ones' too — so whichever worker answers, counters never go down and histograms stay whole.
+The store metrics are read from the store at scrape time, the same from every worker:
 
 - ``forge_deployments_total{status}`` / ``forge_tasks_total{status}``: counters of the
   Deployments / Instances that reached each phase, from the marks the tally controller keeps
@@ -15,6 +17,7 @@ they are the same whichever worker answers:
 from __future__ import annotations
 
 import logging
+import os
 from bisect import bisect_right
 from collections.abc import Iterator
 from typing import Final, get_args
@@ -22,6 +25,7 @@ from typing import Final, get_args
 import falcon
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
@@ -34,6 +38,7 @@ from forge.store.base import Store
 log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+MULTIPROC_ENV: Final[str] = "PROMETHEUS_MULTIPROC_DIR"
 
 DURATION_BUCKETS: Final[tuple[float, ...]] = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
 DEPLOYMENT_PHASES: Final[tuple[str, ...]] = tuple(p for p in get_args(DeploymentPhase) if p)
@@ -92,10 +97,19 @@ class Metrics:
             ["route", "method"], registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
         )
-        self.registry.register(StoreCollector(store))
+        store_metrics = StoreCollector(store)
+        self.registry.register(store_metrics)
+        multiproc = os.environ.get(MULTIPROC_ENV)
+        if multiproc:
+            # Scrapes read every worker's files (the per-process registry above would show one).
+            self.scrape = CollectorRegistry()
+            MultiProcessCollector(self.scrape, path=multiproc)
+            self.scrape.register(store_metrics)
+        else:
+            self.scrape = self.registry
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return generate_latest(self.scrape)
 
 
 class MetricsMiddleware:

@@ -10,12 +10,17 @@ keyring is loaded once in the master first, so the workers never race to create 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import signal
 import threading
+from pathlib import Path
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
+from prometheus_client.multiprocess import mark_process_dead
 
+from forge.api.metrics import MULTIPROC_ENV
 from forge.config import Config
 from forge.errors import Invalid
 
@@ -91,9 +96,28 @@ def serve(
 ) -> None:
     """Run the API until SIGINT/SIGTERM (gunicorn's master handles signals and graceful stop)."""
     options = gunicorn_options(listen, workers, threads)
+    metrics_dir = prepare_multiprocess_metrics(config)
+    options["child_exit"] = lambda _server, worker: mark_process_dead(worker.pid, str(metrics_dir))
     _prepare(config)
     log.info("forge API on http://%s with %d worker(s) x %d thread(s)", listen, workers, threads)
     ForgeApiServer(config, options, stream_cap_seconds).run()
+
+
+def prepare_multiprocess_metrics(config: Config) -> Path:
+    """An empty directory for this server's workers' metric files, in the environment the
+    workers inherit, before any of them exists (prometheus_client picks its value class then)."""
+    from prometheus_client import values
+
+    path = Path(config.data_dir).resolve() / "run" / f"api-metrics-{os.getpid()}"
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True, mode=0o700)
+    for stale in path.parent.glob("api-metrics-*"):  # servers that died without cleaning up
+        pid = stale.name.rsplit("-", 1)[1]
+        if stale != path and pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(stale, ignore_errors=True)
+    os.environ[MULTIPROC_ENV] = str(path)
+    values.ValueClass = values.get_value_class()
+    return path
 
 
 def _prepare(config: Config) -> None:

@@ -152,3 +152,34 @@ def test_stop_ends_open_watch_and_log_streams(tmp_path) -> None:  # type: ignore
     # "closed": the stream ended cleanly (its last chunk sent) — not cut when gunicorn's graceful
     # timeout killed the worker under it.
     assert ended == {"watch": "closed", "logs": "closed"}, ended
+
+
+def test_counters_are_whole_across_gunicorn_workers(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """With 3 workers answering in turn, every scrape sums all of them: the webhook ping counter
+    and the request counter never go down and end at exactly what was sent."""
+    import hashlib
+    import hmac
+    import re
+
+    import httpx
+
+    from tests.api.conftest import start_server, stop_server
+
+    secret = "multiproc-secret"
+    server = start_server(tmp_path, workers=3, env={"FORGE_GITHUB_WEBHOOK_SECRET": secret})
+    body = b'{"zen": "Keep it logically awesome.", "hook_id": 1}'
+    headers = {"X-GitHub-Event": "ping", "Content-Type": "application/json",
+               "X-Hub-Signature-256": "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()}
+    pings = re.compile(r'^forge_webhook_deliveries_total\{outcome="ping"\} (\S+)$', re.M)
+    seen: list[float] = []
+    try:
+        for i in range(30):
+            with httpx.Client(base_url=server.url, timeout=10) as c:  # a new connection: any worker
+                assert c.post("/api/v1/webhook/github", content=body,
+                              headers={**headers, "X-GitHub-Delivery": f"d-{i}"}).status_code == 200
+                m = pings.search(c.get("/metrics").text)
+                seen.append(float(m.group(1)) if m else 0.0)
+    finally:
+        stop_server(server)
+    assert seen == sorted(seen), f"a counter went down between scrapes: {seen}"
+    assert seen[-1] == 30.0
