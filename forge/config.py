@@ -13,11 +13,15 @@ from forge.errors import Invalid
 DEFAULT_GIT_URL_TEMPLATE = "https://github.com/{full_name}.git"
 
 
-def default_data_dir(env: os._Environ[str] | dict[str, str] | None = None) -> Path:
-    """``$FORGE_DATA_DIR``, else ``$XDG_DATA_HOME/forge`` (``~/.local/share/forge``)."""
+def default_data_dir(env: os._Environ[str] | dict[str, str] | None = None, euid: int | None = None) -> Path:
+    """``$FORGE_DATA_DIR``; else ``/var/lib/forge`` as root (FHS: apps' uids must traverse to their
+    release dirs, and ``/root`` or a home dir is 0700); else ``$XDG_DATA_HOME/forge``
+    (``~/.local/share/forge``)."""
     e = os.environ if env is None else env
     if e.get("FORGE_DATA_DIR"):
         return Path(e["FORGE_DATA_DIR"])
+    if (os.geteuid() if euid is None else euid) == 0:
+        return Path("/var/lib/forge")
     base = e.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "forge"
 

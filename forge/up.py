@@ -270,12 +270,16 @@ class Supervisor:
         self._spawn(agent)
         self._wait_ready(agent)
         scheme = "https" if self.cfg.tls != "off" else "http"
+        from forge.signin import TTL_SECONDS, mint
+
+        link = f"{self.api_url}/ui#signin={mint(self.data, self.clock)}"
         print(
             f"Forge is up.\n"
             f"  API:        {self.api_url}   (admin token: {self.admin_token_source})\n"
             f"  Apps:       {scheme}://APP.{self.cfg.domain} via {self.cfg.http_listen}\n"
             f"  Webhook:    {self.api_url}/api/v1/webhook/github\n"
-            f"  Dashboard:  {self.api_url}/ui\n"
+            f"  Dashboard:  {link}\n"
+            f"              (a one-time sign-in link, valid {TTL_SECONDS / 60:.0f} min; after that sign in with the token)\n"
             f"  Metrics:    {self.api_url}/metrics, controllers {self._metrics_url(self.controllers_metrics_listen)}, "
             f"agent {self._metrics_url(self.metrics_listen)}\n"
             f"  Logs:       {self.data / 'logs'}\n"

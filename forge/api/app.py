@@ -26,7 +26,7 @@ from forge.api.context import ApiContext
 from forge.api.metrics import Metrics, MetricsMiddleware, MetricsResource
 from forge.api.openapi import EXPOSED, build_openapi
 from forge.api.sealing import Sealer
-from forge.api.ui import UiResource
+from forge.api.ui import SignInResource, UiResource
 from forge.api.webhook import GithubWebhookResource
 from forge.clock import Clock, SystemClock
 from forge.config import Config
@@ -115,6 +115,7 @@ def create_app(
     app.add_route("/api/v1/tls/ask", system.TlsAskResource(ctx))
     ui = UiResource()
     app.add_route("/ui", ui, suffix="index")
+    app.add_route("/api/v1/ui/signin", SignInResource(ctx))
     app.add_route("/ui/{filename}", ui)
     app.add_route("/healthz", system.HealthResource())
     app.add_route("/readyz", system.ReadyResource(ctx))

@@ -400,6 +400,10 @@ def prepare_workdir(workdir: str | Path, uid: int, gid: int) -> None:
     for parent in top.parents:
         mode = parent.stat().st_mode
         if not mode & stat.S_IXOTH:
+            # Only where it is missing (and never o+r): a data dir under a private directory
+            # (a home dir) needs it; the default /var/lib/forge never does.
+            log.warning("giving %s the search bit (o+x) so app uids can reach their release dirs "
+                        "(FORGE_DATA_DIR under /var/lib avoids this)", parent)
             os.chmod(parent, stat.S_IMODE(mode) | stat.S_IXOTH)
     os.lchown(top, uid, gid)
     os.chmod(top, 0o700)

@@ -227,4 +227,19 @@ $("#signin-form").addEventListener("submit", async (ev) => {
 });
 $("#signout").addEventListener("click", () => signOut());
 window.addEventListener("hashchange", route);
-route();
+
+// A one-time sign-in link from `forge up` (#signin=CODE): trade the code once for the token,
+// then drop it from the address bar and the history.
+async function signInWithLink() {
+  const m = location.hash.match(/^#signin=([A-Za-z0-9_-]+)$/);
+  if (!m) return;
+  history.replaceState(null, "", location.pathname + "#/apps");
+  const resp = await fetch("/api/v1/ui/signin", {
+    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ code: m[1] }),
+  });
+  const data = resp.headers.get("content-type")?.includes("json") ? await resp.json() : null;
+  if (!resp.ok) { signOut(data?.message || "The sign-in link was not accepted."); return; }
+  state.token = data.token;
+  sessionStorage.setItem("forgeToken", state.token);
+}
+signInWithLink().then(route);

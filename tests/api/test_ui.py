@@ -39,3 +39,31 @@ def test_page_carries_no_data_and_needs_the_token_for_api(client) -> None:
     page = client.simulate_get("/ui").text
     assert "Admin token" in page
     assert client.simulate_get("/api/v1/apps").status_code == 401
+
+
+def test_one_time_sign_in_link(tmp_path) -> None:
+    """The code forge up prints trades once for the admin token; a wrong, reused or expired
+    code is 401 with the same message, and nothing is left in the data dir after use."""
+    from forge import signin
+    from forge.clock import FakeClock
+
+    clock = FakeClock()
+    store = open_store(f"sqlite:///{tmp_path / 'forge.db'}")
+    client = falcon.testing.TestClient(create_app(Config(data_dir=tmp_path, admin_token="the-token"), store, clock))
+    try:
+        code = signin.mint(tmp_path, clock)
+        assert oct((tmp_path / signin.FILE).stat().st_mode & 0o777) == "0o600"
+        assert code not in (tmp_path / signin.FILE).read_text()  # only its digest is kept
+        wrong = client.simulate_post("/api/v1/ui/signin", json={"code": code[:-1] + "x"})
+        assert wrong.status_code == 401 and (tmp_path / signin.FILE).exists()
+        ok = client.simulate_post("/api/v1/ui/signin", json={"code": code})
+        assert ok.status_code == 200 and ok.json == {"token": "the-token"}
+        again = client.simulate_post("/api/v1/ui/signin", json={"code": code})
+        assert again.status_code == 401 and again.json["message"] == wrong.json["message"]
+        assert not (tmp_path / signin.FILE).exists()
+        late = signin.mint(tmp_path, clock)
+        clock.advance(signin.TTL_SECONDS + 1)
+        assert client.simulate_post("/api/v1/ui/signin", json={"code": late}).status_code == 401
+        assert client.simulate_post("/api/v1/ui/signin", json={"code": ""}).status_code == 400
+    finally:
+        store.close()

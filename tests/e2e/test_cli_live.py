@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import pytest
@@ -343,3 +344,29 @@ def test_unreachable_api_is_one_line(forge: Forge) -> None:
     env = {**cli_env(forge), "FORGE_URL": "http://127.0.0.1:9"}
     r = subprocess.run([sys.executable, "-m", "forge", "apps"], env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("error: "), r.stderr
+
+
+def test_readme_local_walkthrough_with_the_example_app(forge: Forge, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The README's no-GitHub walk-through: examples/hello pushed to a bare repo, apps create,
+    deploy --ref main --wait, then the app answers through Caddy; a second push deploys again."""
+    import shutil as _shutil
+
+    root = Path(__file__).resolve().parents[2]
+    bare = forge.root / "remotes" / "acme" / "walk.git"
+    bare.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], check=True)
+    work = forge.root / "walk"
+    _shutil.copytree(root / "examples" / "hello", work)
+    git = ["git", "-C", str(work), "-c", "user.name=me", "-c", "user.email=me@example.com"]
+    for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-qm", "v1"], ["push", "-q", str(bare), "main"]):
+        subprocess.run([*git, *args] if args[0] != "init" else ["git", "init", "-q", "-b", "main", str(work)], check=True)
+    ok(forge, "apps", "create", "walk", "--repo", "acme/walk", "--branch", "main")
+    out = ok(forge, "deploy", "walk", "--ref", "main", "--wait")
+    assert out.strip() == "walk-1 is Live"
+    r = httpx.get(f"{forge.http}/", headers={"Host": "walk.localhost"}, timeout=5)
+    assert r.status_code == 200 and r.json() == {"greeting": "hello from Forge", "release": "walk-1"}
+    (work / "forge.yaml").write_text((work / "forge.yaml").read_text().replace("hello from Forge", "hello again"))
+    for args in (["commit", "-qam", "v2"], ["push", "-q", str(bare), "main"]):
+        subprocess.run([*git, *args], check=True)
+    assert ok(forge, "deploy", "walk", "--ref", "main", "--wait").strip() == "walk-2 is Live"
+    assert httpx.get(f"{forge.http}/", headers={"Host": "walk.localhost"}, timeout=5).json()["greeting"] == "hello again"
