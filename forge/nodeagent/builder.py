@@ -6,7 +6,10 @@ a sha want), exported with ``git archive | tar -x`` (no shared index, so release
 may be extracted side by side), and ``build.commands`` run one by one with ``sh -c`` in the
 sandbox inside a build cgroup, under the manifest's timeout. Output goes to the Instance's
 build log. Instances of one Deployment on this node share a build: a lock per release dir and a
-``.forge-built`` marker holding the commit.
+marker holding the commit, ``DATA/built/APP/DEPLOYMENT`` — outside the release dir on purpose:
+after the build (run as the app's uid) the release tree is the app's, and the agent, as root,
+never writes, reads or follows anything in it (a symlink planted there must not aim root's
+write at, say, the admin token).
 
 Private repositories: when a commit has to be fetched, the builder asks ``credentials(instance)``
 (in the agent, ``GET /api/v1/instances/NAME/gitcredential``, see ``api_credentials``) once for
@@ -31,12 +34,13 @@ from forge.clock import Clock
 from forge.gitauth import GitAuth, git_auth
 from forge.nodeagent.sandbox import SandboxTimeout, prepare_workdir
 from forge.nodeagent.spec import RunSpec
+from forge.nodeagent.state import write_atomic
 
 log = logging.getLogger(__name__)
 
 REASON_BUILD_FAILED: Final[str] = "BuildFailed"
 REASON_FETCH_FAILED: Final[str] = "FetchFailed"
-MARKER = ".forge-built"
+BUILT_DIR = "built"  # under the agent's data dir: one marker file per built release
 TAIL_LINES = 20
 TAIL_BYTES = 2048
 GIT_TIMEOUT = 300.0
@@ -116,9 +120,13 @@ class Builder:
         with self._locks_guard:
             return self._locks.setdefault(key, threading.Lock())
 
+    def marker(self, release: Path) -> Path:
+        """The built-marker of ``releases/APP/DEP``: ``built/APP/DEP``, in agent-only territory."""
+        return self.data_dir / BUILT_DIR / release.parent.name / release.name
+
     def is_built(self, release: Path, commit: str) -> bool:
         try:
-            return (release / MARKER).read_text().strip() == commit
+            return self.marker(release).read_text().strip() == commit
         except OSError:
             return False
 
@@ -140,7 +148,7 @@ class Builder:
             if uid is not None and os.geteuid() == 0:
                 prepare_workdir(release, uid, gid if gid is not None else uid)
             self._run_commands(instance, app, release, run, env, limits, build_log, uid, gid)
-            (release / MARKER).write_text(commit + "\n")
+            write_atomic(self.marker(release), (commit + "\n").encode())
             with open(build_log, "ab") as out:
                 out.write(b"==> build succeeded\n")
             return release
@@ -191,8 +199,9 @@ class Builder:
             return cache
 
     def _export(self, cache: Path, commit: str, release: Path, build_log: Path) -> None:
-        if release.exists():
-            shutil.rmtree(release)  # a half-built leftover (no marker): start clean
+        self.marker(release).unlink(missing_ok=True)  # whatever was there is not that build any more
+        if release.exists() or release.is_symlink():
+            shutil.rmtree(release)  # a half-built leftover (no marker): start clean (never follows links)
         release.mkdir(parents=True)
         archive = subprocess.Popen(["git", f"--git-dir={cache}", "archive", "--format=tar", commit],
                                    env=git_env(self.data_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE)

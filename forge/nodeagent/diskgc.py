@@ -3,7 +3,7 @@
 The decision is a pure function of (dirs on disk, releases in use, keep): per app the ``keep``
 newest finished builds by release number stay so a rollback reuses its build, every release an
 Instance of this node uses (the agent state or the watched Instances) stays however old, the
-rest goes. A dir without the builder's ``.forge-built`` marker (a build that failed, was
+rest goes. A dir without the builder's marker ``DATA/built/APP/DEPLOYMENT`` (a build that failed, was
 interrupted, or is running) goes only when it is not in use and older than the kept ones — or
 when it is not among the ``keep`` newest dirs at all, so an app whose every push fails cannot
 fill the disk.
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from forge.models import deployment_number
-from forge.nodeagent.builder import MARKER
+from forge.nodeagent.builder import BUILT_DIR
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +70,10 @@ class Removed:
     bytes_freed: int
 
 
-def scan(root: Path) -> tuple[dict[str, list[str]], set[Release]]:
-    """Release dirs under ``root`` (symlinks are skipped, never followed) and which lack the marker."""
+def scan(root: Path, built: Path | None = None) -> tuple[dict[str, list[str]], set[Release]]:
+    """Release dirs under ``root`` (symlinks are skipped, never followed) and which lack their
+    marker under ``built`` (default: ``root``'s sibling ``built``)."""
+    built = built if built is not None else Path(root).parent / BUILT_DIR
     dirs: dict[str, list[str]] = {}
     unfinished: set[Release] = set()
     try:
@@ -88,7 +90,7 @@ def scan(root: Path) -> tuple[dict[str, list[str]], set[Release]]:
         deps = dirs.setdefault(app.name, [])
         for dep in entries:
             deps.append(dep.name)
-            if not os.path.isfile(os.path.join(dep.path, MARKER)):
+            if not (built / app.name / dep.name).is_file():
                 unfinished.add((app.name, dep.name))
     return dirs, unfinished
 
@@ -159,6 +161,7 @@ class DiskGC:
             lock.release()
         if failed:
             return None
+        (self.root.parent / BUILT_DIR / app / dep).unlink(missing_ok=True)
         self.removed_total += 1
         log.info("removed release dir app=%s deployment=%s freed=%d bytes", app, dep, size)
         return Removed(app, dep, size)

@@ -63,7 +63,8 @@ def test_build_fetches_once_per_repo_and_marks_release(rig: Rig) -> None:
     """The first build fetches into the cached store; a second release of the repo does not fetch again."""
     release = rig.build("hello-1-0", "hello-1", ["echo made > built.txt"])
     assert (release / "app.py").exists() and (release / "built.txt").read_text() == "made\n"
-    assert (release / ".forge-built").read_text().strip() == rig.commit
+    assert rig.builder.marker(release).read_text().strip() == rig.commit
+    assert not (release / ".forge-built").exists()  # nothing of the agent's in the app's tree
     assert os.stat(release).st_uid != 0, "the release belongs to the app's uid"
     cache = rig.tmp / "data" / "git" / "acme" / "hello.git"
     assert (cache / "shallow").exists(), "the fetch was shallow"
@@ -100,7 +101,7 @@ def test_build_failures(rig: Rig, commands: list[str], timeout: float, reason: s
     with pytest.raises(BuildError) as exc:
         rig.build("hello-4-0", "hello-4", commands, timeout=timeout)
     assert exc.value.reason == reason and needle in exc.value.message
-    assert not (rig.builder.release_dir("hello", "hello-4") / ".forge-built").exists()
+    assert not rig.builder.marker(rig.builder.release_dir("hello", "hello-4")).exists()
     assert not rig.driver.exists("build-hello-4-0")
 
 
@@ -117,3 +118,29 @@ def test_build_env_has_no_agent_secrets(rig: Rig, monkeypatch: pytest.MonkeyPatc
     release = rig.build("hello-6-0", "hello-6", ["env > env.txt"])
     seen = (release / "env.txt").read_text()
     assert "leak" not in seen and "FORGE_NODE_TOKEN" not in seen
+
+
+@pytest.mark.parametrize("plant", [
+    "ln -s {canary} .forge-built",
+    "mkfifo .forge-built",
+    "ln {canary} .forge-built || ln -s {canary} .forge-built",  # a hard link, where the kernel allows it
+    "ln -s {canary} built.marker && ln -s {canary_dir} sub",
+], ids=["symlink", "fifo", "hardlink", "links-everywhere"])
+def test_root_never_follows_what_the_build_planted(rig: Rig, plant: str) -> None:
+    """A build (the app's uid) plants links and a FIFO where root used to write its marker: the
+    build still completes, the marker lives outside the release, and a root-owned canary outside
+    is untouched (content, mode, owner)."""
+    canary_dir = rig.tmp / "root-only"
+    canary_dir.mkdir(mode=0o755)
+    canary = canary_dir / "admin-token"
+    canary.write_text("secret-admin-token\n")
+    os.chmod(canary, 0o600)
+    before = (canary.read_text(), os.stat(canary).st_mode, os.stat(canary).st_uid)
+    release = rig.build("hello-9-0", "hello-9", [plant.format(canary=canary, canary_dir=canary_dir)])
+    assert rig.builder.is_built(release, rig.commit)
+    assert rig.builder.marker(release).parent.is_relative_to(rig.tmp / "data" / "built")
+    assert (canary.read_text(), os.stat(canary).st_mode, os.stat(canary).st_uid) == before
+    assert sorted(p.name for p in canary_dir.iterdir()) == ["admin-token"]
+    # a second Instance of the release reuses the build without touching the planted paths
+    assert rig.build("hello-9-1", "hello-9", ["false"]) == release
+    assert canary.read_text() == "secret-admin-token\n"

@@ -138,7 +138,7 @@ def test_another_nodes_instance_gets_no_credential(rig: Rig) -> None:
     with pytest.raises(errors.Forbidden):
         rig.build("theirs-1-0", "acme/private", node="n2")
     assert rig.remote.statuses() == [], "git never ran"
-    assert not (rig.builder.release_dir("theirs", "theirs-1") / ".forge-built").exists()
+    assert not rig.builder.marker(rig.builder.release_dir("theirs", "theirs-1")).exists()
 
 
 def test_agent_wires_the_credential_route_into_its_builder(rig: Rig) -> None:

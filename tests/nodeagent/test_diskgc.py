@@ -13,7 +13,7 @@ from forge.client import ForgeClient
 from forge.clock import FakeClock
 from forge.models import LABEL_APP, LABEL_DEPLOYMENT, LABEL_NODE, Instance
 from forge.nodeagent.agent import DISKGC_AFTER_STOP_SECONDS, DISKGC_KEY, DISKGC_SECONDS, HEARTBEAT_KEY, Agent
-from forge.nodeagent.builder import MARKER, Builder
+from forge.nodeagent.builder import BUILT_DIR, Builder
 from forge.nodeagent.diskgc import DiskGC, releases_to_remove
 from forge.nodeagent.metrics import AgentCollector
 from forge.nodeagent.state import AgentState, InstanceState
@@ -64,7 +64,9 @@ def _release(root: Path, app: str, dep: str, built: bool = True, size: int = 100
     (path / "sub").mkdir(parents=True)
     (path / "sub" / "blob").write_bytes(b"x" * size)
     if built:
-        (path / MARKER).write_text("abc\n")
+        marker = root.parent / BUILT_DIR / app / dep
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text("abc\n")
     return path
 
 
@@ -96,7 +98,8 @@ def test_apply_removes_old_keeps_locked_and_never_leaves_the_root(tmp_path: Path
         removed = gc.run()
     assert {(r.app, r.deployment) for r in removed} == {("hello", "hello-1"), ("half", "half-1")}
     freed = {r.deployment: r.bytes_freed for r in removed}
-    assert freed["hello-1"] == 1000 + len("abc\n") + len(str(outside)), "files plus the link itself, not its target"
+    assert freed["hello-1"] == 1000 + len(str(outside)), "files plus the link itself, not its target"
+    assert not (root.parent / "built" / "hello" / "hello-1").exists(), "its marker goes with it"
     assert sorted(p.name for p in (root / "hello").iterdir()) == ["hello-0", "hello-2", "hello-3", "hello-4",
                                                                  "hello-5", "hello-6"]
     assert not (root / "gone").exists(), "an app dir left empty is removed"
