@@ -11,6 +11,11 @@ runtime's per-key back-off (the reconcile raises, and ``SourceReady`` says it is
 until at least ``FETCH_ATTEMPTS`` attempts over at least ``FETCH_DEADLINE`` seconds failed,
 then the Deployment fails. A remote that answers but lacks the commit fails it at once.
 
+A push (trigger ``webhook``) deploys only what its branch still points at: when ``git
+ls-remote`` shows the branch elsewhere (a newer push, or a captured delivery replayed later)
+the Deployment ends ``Cancelled`` with reason ``StalePush`` and a Warning Event; it never
+builds and never takes traffic. ``forge deploy`` and rollbacks are a person's choice and exempt.
+
 Private repos: the RepoCredential whose scope is ``owner/repo`` wins over one scoped to
 ``owner`` (``forge.gitauth.select_credential``); its token is decrypted with the Keyring and handed to git through the environment
 only (see ``forge.gitsource``) — never in arguments, logs, Events or messages.
@@ -43,6 +48,7 @@ REASON_FETCHED: Final[str] = "ManifestValid"
 REASON_INVALID: Final[str] = "InvalidManifest"
 REASON_FETCH_FAILED: Final[str] = "FetchFailed"
 REASON_RETRYING: Final[str] = "FetchRetrying"
+REASON_STALE: Final[str] = "StalePush"
 FETCH_ATTEMPTS = 5
 FETCH_DEADLINE = 120.0
 MANIFEST_FILE = "forge.yaml"
@@ -116,10 +122,12 @@ class SourceController(Controller):
                                   "Deployment names no repository")
         token = self._token(repo)
         url = self.config.git_url_template.format(full_name=repo)
+        stale_head: str | None = None
         try:
             with self._lock_for(repo):
                 cache = self.git.fetch(repo, url, commit, token)
                 text = self.git.show(cache, commit, MANIFEST_FILE)
+                stale_head = self._stale_head(dep, url, token)
         except GitError as exc:
             msg = scrub(f"fetching {repo}@{commit[:12]} failed: {exc.message}", token)
             attempts, first = self._failures.get(key, (0, self.clock.monotonic()))
@@ -133,6 +141,8 @@ class SourceController(Controller):
             self._failures.pop(key, None)
             return self._fail(dep, REASON_FETCH_FAILED, msg)
         self._failures.pop(key, None)
+        if stale_head is not None:
+            return self._stale(dep, stale_head)
         if text is None:
             return self._fail(dep, REASON_INVALID, f"{MANIFEST_FILE} not found at {commit}")
         try:
@@ -145,6 +155,39 @@ class SourceController(Controller):
                       f"{MANIFEST_FILE} at {commit[:12]} is valid", self.clock.now_iso())
         dep = self.store.update_status(dep)  # type: ignore[assignment]
         self.recorder.record(dep, "Normal", REASON_FETCHED, f"{MANIFEST_FILE} at {commit[:12]} is valid")
+        return DONE
+
+    # ------------------------------------------------------------------ stale pushes
+
+    def _stale_head(self, dep: Deployment, url: str, token: str | None) -> str | None:
+        """For a push (webhook), what its branch points at now when that is not the pushed commit.
+
+        GitHub's signature covers the body only and the delivery id is the sender's choice, so a
+        captured delivery can be replayed: a push is a signal to deploy the branch's head, never
+        an order to deploy an old commit. Deploys and rollbacks a person asked for are exempt."""
+        ref = dep.spec.ref
+        if dep.spec.trigger.type != "webhook" or not ref.startswith("refs/heads/"):
+            return None
+        try:
+            head = self.git.resolve_ref(url, ref, token)
+        except GitError as exc:
+            if exc.transient:
+                raise
+            return "(deleted)"  # the branch is gone: nothing to deploy from it
+        return None if head == dep.spec.commit else head
+
+    def _stale(self, dep: Deployment, head: str) -> Result:
+        now = self.clock.now_iso()
+        ref = dep.spec.ref.removeprefix("refs/heads/")
+        where = "no longer exists" if head == "(deleted)" else f"now points at {head[:12]}"
+        message = (f"{ref} {where}, not at {dep.spec.commit[:12]}: a newer push or a replayed delivery; "
+                   "only a branch's current head is deployed")
+        dep.status.phase, dep.status.reason, dep.status.message = "Cancelled", REASON_STALE, message
+        dep.status.finished_time = dep.status.finished_time or now
+        dep.status.observed_generation = dep.metadata.generation
+        set_condition(dep.status, SOURCE_READY, "False", REASON_STALE, message, now)
+        dep = self.store.update_status(dep)  # type: ignore[assignment]
+        self.recorder.record(dep, "Warning", REASON_STALE, message)
         return DONE
 
     # ------------------------------------------------------------------ helpers

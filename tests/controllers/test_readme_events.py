@@ -16,7 +16,8 @@ from forge.config import Config
 from forge.controllers.rollback import RollbackController
 from forge.controllers.rollout import RolloutController
 from forge.controllers.scheduler import SchedulerController
-from forge.models import App, Deployment, Event
+from forge.controllers.source import SourceController
+from forge.models import App, Deployment, Event, Trigger
 from forge.store.base import Store
 from tests.controllers.conftest import DEFAULT_MANIFEST, GiB
 from tests.controllers.release_helpers import get, instances, report, serve_all
@@ -42,8 +43,9 @@ def promised() -> list[tuple[str, str]]:
 
 class World:
     def __init__(self, store: Store, clock: FakeClock, config: Config, make_app: Callable[..., App],
-                 make_deployment: Callable[..., Deployment], make_node: Callable[..., Any]) -> None:
-        self.store, self.clock = store, clock
+                 make_deployment: Callable[..., Deployment], make_node: Callable[..., Any], tmp: Path) -> None:
+        self.store, self.clock, self.tmp = store, clock, tmp
+        self.source = SourceController(store, clock, config)
         self.rollout = RolloutController(store, clock, config)
         self.rollback = RollbackController(store, clock, config)
         self.sched = SchedulerController(store, clock, config)
@@ -73,8 +75,8 @@ class World:
 
 @pytest.fixture
 def w(store: Store, clock: FakeClock, config: Config, make_app: Callable[..., App],
-      make_deployment: Callable[..., Deployment], make_node: Callable[..., Any]) -> World:
-    world = World(store, clock, config, make_app, make_deployment, make_node)
+      make_deployment: Callable[..., Deployment], make_node: Callable[..., Any], tmp_path: Path) -> World:
+    world = World(store, clock, config, make_app, make_deployment, make_node, tmp_path)
     make_app("hello")
     return world
 
@@ -156,7 +158,19 @@ def unschedulable(w: World) -> None:
         w.sched.reconcile(inst.metadata.name)
 
 
+def stale_push(w: World) -> None:
+    from tests.controllers.test_source import GOOD, push_commit
+
+    old = push_commit(w.tmp, "acme/hello", {"forge.yaml": GOOD})
+    push_commit(w.tmp, "acme/hello", {"forge.yaml": GOOD + "# newer\n"})
+    dep = w.make_deployment("hello", 1, old)
+    dep.spec.trigger, dep.spec.ref = Trigger(type="webhook", delivery_id="replayed"), "refs/heads/main"
+    w.store.update(dep)
+    w.source.reconcile("hello-1")
+
+
 SCENARIOS: dict[str, tuple[Callable[[World], None], str]] = {
+    "StalePush": (stale_push, "hello-1"),
     "Live": (lambda w: w.live(1), "hello-1"),
     "Superseded": (lambda w: (w.live(1), w.live(2)), "hello-1"),
     "Cancelled": (cancelled, "hello-2"),

@@ -184,3 +184,44 @@ def test_select_credential(scopes, repo, want) -> None:
              for i, s in enumerate(scopes)]
     got = select_credential(creds, repo)
     assert (got.spec.scope if got else None) == want
+
+
+@pytest.mark.parametrize(("trigger", "ref", "stale"), [
+    ("webhook", "refs/heads/main", True),
+    ("webhook", "refs/heads/gone", True),
+    ("api", "refs/heads/main", False),
+    ("rollback", "refs/heads/main", False),
+], ids=["replayed-push", "branch-deleted", "person-deploys-old-commit", "rollback"])
+def test_stale_push_is_never_deployed(tmp_path, store, source, make_app, make_deployment,
+                                      trigger: str, ref: str, stale: bool) -> None:
+    """A push of a commit its branch no longer points at (a replayed delivery, a newer push) ends
+    Cancelled/StalePush with a Warning Event and no manifest; what a person asks for is exempt."""
+    from forge.models import Trigger
+
+    old = push_commit(tmp_path, "acme/hello", {"forge.yaml": GOOD})
+    push_commit(tmp_path, "acme/hello", {"forge.yaml": GOOD.replace("128M", "64M")})
+    app = make_app("hello")
+    dep = make_deployment(app, 1, old)
+    dep.spec.trigger, dep.spec.ref = Trigger(type=trigger, delivery_id="d-1" if trigger == "webhook" else None), ref
+    store.update(dep)
+    source.reconcile("hello-1")
+    got = store.get("Deployment", "hello-1")
+    if stale:
+        assert (got.status.phase, got.status.reason) == ("Cancelled", "StalePush"), got.status
+        assert got.status.manifest is None and old[:12] in got.status.message
+        [ev] = events_for(store, "hello-1", "StalePush")
+        assert ev.spec.type == "Warning"
+    else:
+        assert got.status.manifest is not None and got.status.phase == "Pending"
+
+
+def test_push_of_the_current_head_deploys(tmp_path, store, source, make_app, make_deployment) -> None:
+    """The usual case: the pushed commit is still its branch's head, so it deploys."""
+    from forge.models import Trigger
+
+    head = push_commit(tmp_path, "acme/hello", {"forge.yaml": GOOD})
+    dep = make_deployment(make_app("hello"), 1, head)
+    dep.spec.trigger, dep.spec.ref = Trigger(type="webhook", delivery_id="d-2"), "refs/heads/main"
+    store.update(dep)
+    source.reconcile("hello-1")
+    assert store.get("Deployment", "hello-1").status.manifest is not None

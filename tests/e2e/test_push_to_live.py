@@ -165,3 +165,23 @@ def test_replayed_delivery_creates_one_release(forge: Forge) -> None:
     again = forge.webhook("push", payload, delivery="11111111-2222-3333-4444-555555555555", form=True)
     assert first.status_code == 202 and again.status_code == 202
     assert [d["metadata"]["name"] for d in forge.list("deployments", "forge.dev/app=replay")] == ["replay-1"]
+
+
+def test_replayed_old_push_never_rolls_the_app_back(forge: Forge) -> None:
+    """A captured, validly signed push of v1, re-sent with a fresh delivery id after v2 went live,
+    ends Cancelled (StalePush) and v2 keeps serving; the app never answers v1 again."""
+    remote = Remote(forge.root, "acme/rewind")
+    register(forge, "rewind", "acme/rewind")
+    v1 = remote.app_release("rewind", "v1")
+    push(forge, "acme/rewind", v1)
+    forge.wait_phase("rewind-1", {"Live"})
+    push(forge, "acme/rewind", remote.app_release("rewind", "v2"))
+    forge.wait_phase("rewind-2", {"Live"})
+    wait_for(lambda: forge.serves("rewind.localhost", "v2"), 15, "v2")
+    r = forge.webhook("push", push_payload("acme/rewind", "refs/heads/main", v1))  # fresh X-GitHub-Delivery
+    assert r.status_code == 202 and r.json()["created"] == ["rewind-3"], r.text
+    dep = forge.wait_phase("rewind-3", {"Cancelled", "Live", "Failed"})
+    assert (dep["status"]["phase"], dep["status"]["reason"]) == ("Cancelled", "StalePush"), dep["status"]
+    assert forge.get("apps", "rewind")["status"]["liveDeployment"] == "rewind-2"
+    assert all(forge.serves("rewind.localhost", "v2") for _ in range(10))
+    assert any(e["spec"]["reason"] == "StalePush" for e in forge.list("events"))
