@@ -23,7 +23,8 @@ from forge.api.context import ApiContext, body_resource_version, check_envelope,
 from forge.api.sealing import redact
 from forge.api.watch import start_watch
 from forge.errors import BadRequest, Conflict, Invalid
-from forge.models import API_VERSION, LABEL_NODE, ObjectMeta, Resource, SecretSpec
+from forge.models import API_VERSION, LABEL_NODE, App, ObjectMeta, Resource, SecretSpec
+from forge.routing import app_hosts
 from forge.store.base import parse_selector
 
 PATCH_RETRIES = 3
@@ -59,6 +60,23 @@ class _Base:
         return stored
 
     # -- write-only values ---------------------------------------------------------------
+    def _check_hosts(self, obj: Resource) -> None:
+        """A host belongs to one App: ``NAME.DOMAIN`` and every custom domain. A claim of a host
+        another App answers on is refused (409) naming that App."""
+        if not isinstance(obj, App):
+            return
+        domain = self.ctx.config.domain
+        mine = {h.lower().rstrip(".") for h in app_hosts(obj, domain)}
+        for other in self.ctx.store.list("App")[0]:
+            if not isinstance(other, App) or other.name == obj.name:
+                continue
+            taken = mine & {h.lower().rstrip(".") for h in app_hosts(other, domain)}
+            if taken:
+                host = sorted(taken)[0]
+                path = "metadata.name" if host == f"{obj.name}.{domain}".lower() else "spec.domains"
+                raise Conflict(f"{host} already belongs to app {other.name}; a host is served by one app only",
+                               [{"path": path, "message": f"{host} belongs to app {other.name}"}])
+
     def _seal_full(self, obj: Resource, body: dict[str, Any], stored: Resource | None) -> str | None:
         """Seal plaintext from a create/PUT body; keep stored values the body left out.
 
@@ -126,6 +144,7 @@ class CollectionResource(_Base):
             "metadata": ObjectMeta(name=obj.name, labels=obj.metadata.labels, owner_ref=obj.metadata.owner_ref),
             "status": type(obj.status)(),
         })
+        self._check_hosts(fresh)
         digest = self._seal_full(fresh, body, None)
         if self.kind == "Secret":  # created with its status in the same write
             fresh.status.keys = sorted(fresh.spec.data)
@@ -152,6 +171,7 @@ class ItemResource(_Base):
                 [{"path": "metadata.resourceVersion", "message": "field required"}],
             )
         stored = self.ctx.store.get(self.kind, name) if self.kind in ("Secret", "RepoCredential") else None
+        self._check_hosts(obj)
         digest = self._seal_full(obj, body, stored)
         written = self.ctx.store.update(obj)
         if self.kind == "Secret" and stored is not None and written.spec.data != stored.spec.data:
@@ -174,6 +194,7 @@ class ItemResource(_Base):
             doc = merge_patch(stored.dump(), patch)
             doc.setdefault("metadata", {})["resourceVersion"] = want_rv or stored.metadata.resource_version
             obj = validate(self.cls, doc)
+            self._check_hosts(obj)
             data_changed, digest = self._apply_sealed_patch(obj, stored, patch, data_patch)
             try:
                 written = self.ctx.store.update(obj)

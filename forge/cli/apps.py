@@ -14,6 +14,7 @@ from forge.cli.output import age, dig, emit, render, table
 from forge.cli.resources import OUTPUT, event_line
 from forge.errors import Conflict, ForgeError, Gone, Invalid, NotFound
 from forge.models import COMMIT, ENV_KEY, LABEL_APP, deployment_number
+from forge.textsafe import printable
 
 TERMINAL = {"Live", "Failed", "Cancelled", "Superseded"}
 
@@ -121,7 +122,7 @@ def status(ctx: Ctx, name: str, fmt: str) -> None:
         if releases and releases[0]["metadata"]["name"] != live:
             r = releases[0]
             lines.append(f"Latest:    {r['metadata']['name']}  {dig(r, 'status.phase') or 'Pending'}"
-                         + (f"  {dig(r, 'status.reason')}: {dig(r, 'status.message')}" if dig(r, "status.reason") else ""))
+                         + (f"  {dig(r, 'status.reason')}: {printable(str(dig(r, 'status.message')))}" if dig(r, "status.reason") else ""))
         active = [i for i in insts if dig(i, "spec.desired") == "Running"]
         lines += ["", "Instances:", table(
             ["NAME", "NODE", "PHASE", "ADDRESS", "READY", "RESTARTS", "REASON"],
@@ -160,7 +161,7 @@ def follow_release(ctx: Ctx, name: str, app: str) -> dict:
         with lock:
             if line.get("id") not in printed:
                 printed.add(line.get("id"))
-                click.echo(f"  | {line.get('line', '')}", err=True)
+                click.echo(f"  | {printable(str(line.get('line', '')))}", err=True)
 
     def tail_build() -> None:
         try:
@@ -189,7 +190,7 @@ def follow_release(ctx: Ctx, name: str, app: str) -> dict:
         if phase in TERMINAL:
             drain_build()
         if phase != seen_phase:
-            click.echo(f"{name}: {phase}" + (f" ({dig(dep, 'status.reason')}: {dig(dep, 'status.message')})"
+            click.echo(f"{name}: {phase}" + (f" ({dig(dep, 'status.reason')}: {printable(str(dig(dep, 'status.message')))})"
                                             if dig(dep, "status.reason") else ""), err=True)
             seen_phase = phase
         if phase in TERMINAL:
@@ -234,7 +235,7 @@ def deploy(ctx: Ctx, name: str, ref: str | None, commit: str | None, wait: bool,
 def _wait_and_exit(ctx: Ctx, dname: str, app: str, fmt: str) -> None:
     final = follow_release(ctx, dname, app)
     phase = dig(final, "status.phase")
-    emit(final, fmt, lambda: f"{dname} is {phase}" + (f": {dig(final, 'status.reason')}: {dig(final, 'status.message')}"
+    emit(final, fmt, lambda: f"{dname} is {phase}" + (f": {dig(final, 'status.reason')}: {printable(str(dig(final, 'status.message')))}"
                                                       if phase != "Live" else ""))
     if phase != "Live":
         raise SystemExit(1)
@@ -272,9 +273,12 @@ _SINCE = re.compile(r"^(\d+)([smhd])$")
 @click.option("--deployment", default=None, help="Only this release (APP-N).")
 @click.option("--since", default=None, help="Only lines newer than this (10s, 5m, 2h, 1d).")
 @click.option("--all", "both", is_flag=True, help="Build and app output together.")
+@click.option("--raw", is_flag=True, help="Print the app's bytes as they are (control characters included).")
 @pass_ctx
-def logs(ctx: Ctx, name: str, follow: bool, build: bool, deployment: str | None, since: str | None, both: bool) -> None:
-    """Print an app's logs (runtime by default; --build for the build)."""
+def logs(ctx: Ctx, name: str, follow: bool, build: bool, deployment: str | None, since: str | None, both: bool,
+         raw: bool) -> None:
+    """Print an app's logs (runtime by default; --build for the build). Control characters in
+    the app's output are shown escaped (\\x1b), never sent to the terminal, unless --raw."""
     params: dict[str, Any] = {"follow": "true" if follow else "false"}
     if not both:
         params["source"] = "build" if build else "app"
@@ -287,7 +291,9 @@ def logs(ctx: Ctx, name: str, follow: bool, build: bool, deployment: str | None,
     if follow:
         params["timeoutSeconds"] = 3600
     for line in ctx.client.stream_lines(f"/api/v1/apps/{name}/logs", params):
-        click.echo(f"{line.get('time', '')} {line.get('instance', '')} [{line.get('source', '')}] {line.get('line', '')}")
+        text = str(line.get("line", ""))
+        click.echo(f"{line.get('time', '')} {line.get('instance', '')} [{line.get('source', '')}] "
+                   f"{text if raw else printable(text)}", color=True if raw else None)  # --raw: bytes as they are
 
 
 # ----------------------------------------------------------------------------- env / scale / domains

@@ -125,17 +125,23 @@ def controllers(data_dir: str | None, metrics_listen: str | None, domain: str | 
               help="IPv4 network (/16-/28) this node's Instances get addresses from (default: a free /24 of 10.213.0.0/16).")
 @click.option("--app-host-ports", envvar="FORGE_APP_HOST_PORTS", default="",
               help="Host TCP ports apps may reach at their gateway address, e.g. 5432,6379 (default: none).")
+@click.option("--build-env", envvar="FORGE_BUILD_ENV", default="",
+              help="Names of this agent's environment variables builds get, e.g. PIP_INDEX_URL,NPM_CONFIG_REGISTRY.")
+@click.option("--build-files", envvar="FORGE_BUILD_FILES", default="",
+              help="Host files bound read-only into builds: /etc/pip.conf,/root/.npmrc:/etc/npmrc.")
 @click.option("--stop-apps-on-exit", is_flag=True,
               help="Stop this node's apps when the agent exits (forge up); by default they keep serving.")
 def agent(api_url: str, token: str, name: str | None, data_dir: str | None, address: str, metrics_listen: str,
-          instance_subnet: str, app_host_ports: str, stop_apps_on_exit: bool) -> None:
+          instance_subnet: str, app_host_ports: str, build_env: str, build_files: str, stop_apps_on_exit: bool) -> None:
     """Run the node agent: build and supervise this machine's Instances."""
     from forge.clock import SystemClock
     from forge.nodeagent.agent import run_agent
-    from forge.nodeagent.network import parse_ports, parse_subnet
+    from forge.nodeagent.network import parse_build_env, parse_build_files, parse_ports, parse_subnet
 
     setup_logging()
     ports = parse_ports(app_host_ports)
+    builds_env = parse_build_env(build_env, dict(os.environ))
+    builds_files = parse_build_files(build_files)
     if instance_subnet:
         parse_subnet(instance_subnet)
     if not token.startswith("forge-node."):
@@ -148,7 +154,7 @@ def agent(api_url: str, token: str, name: str | None, data_dir: str | None, addr
         api_url=api_url, token=token, name=node, data_dir=str(cfg.data_dir), address=address,
         metrics_listen=check_listen(metrics_listen, "--metrics-listen"), mode=cfg.mode,
         git_url_template=cfg.git_url_template, stop_event=stop, clock=SystemClock(),
-        instance_subnet=instance_subnet, app_host_ports=ports,
+        instance_subnet=instance_subnet, app_host_ports=ports, build_env=builds_env, build_files=builds_files,
     )
     if stop_apps_on_exit:
         stop_local_apps(Path(cfg.data_dir), node)
@@ -178,7 +184,7 @@ def stop_local_apps(data_dir: Path, node: str, grace: float = 10.0) -> None:
     from forge.nodeagent.supervisor import process_start_ticks
 
     state = AgentState(data_dir / "agent-state.json").load()
-    driver = detect_driver(parent=node_cgroup_parent(node))
+    driver = detect_driver(parent=node_cgroup_parent(node, data_dir))
     sandbox = Sandbox(driver, mode="dev")
     clock = SystemClock()
 

@@ -10,6 +10,7 @@ import click
 import yaml
 
 from forge.clock import SystemClock, parse_iso
+from forge.textsafe import printable
 
 
 def age(ts: str | None, now: float | None = None) -> str:
@@ -27,7 +28,7 @@ def age(ts: str | None, now: float | None = None) -> str:
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    cells = [[str(h) for h in headers]] + [["-" if c is None or c == "" else str(c) for c in r] for r in rows]
+    cells = [[str(h) for h in headers]] + [["-" if c is None or c == "" else printable(str(c)) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells)
 
@@ -131,4 +132,4 @@ def emit(data: Any, fmt: str, human: Callable[[], str]) -> None:
     elif fmt == "yaml":
         click.echo(yaml.safe_dump(data, sort_keys=False).rstrip())
     else:
-        click.echo(human())
+        click.echo(human())  # human views are built from printable() cells and lines

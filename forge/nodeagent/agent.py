@@ -30,7 +30,7 @@ from forge.nodeagent.diskgc import DiskGC, Release
 from forge.nodeagent.exitwatch import ExitWatcher
 from forge.nodeagent.logship import Shipper
 from forge.nodeagent.metrics import AgentCollector, serve_metrics
-from forge.nodeagent.network import NodeNetwork
+from forge.nodeagent.network import NodeNetwork, install_hash
 from forge.nodeagent.reconciler import Reconciler
 from forge.nodeagent.sandbox import Sandbox, SandboxSpec, UidAllocator
 from forge.nodeagent.state import AgentState
@@ -49,9 +49,11 @@ MAX_BACKOFF = 30.0
 _AUTO: Any = object()
 
 
-def node_cgroup_parent(node: str) -> str:
-    """``forge/NODE``: where this node's build and app cgroups live."""
-    return f"forge/{node}"
+def node_cgroup_parent(node: str, data_dir: str | Path) -> str:
+    """``forge/NODE.INSTALL``: where this node's build and app cgroups live. INSTALL is a hash of
+    the agent's data dir, so two installs on one machine (even with the same, default node name:
+    the hostname) never share a subtree — and never sweep each other's apps as orphans."""
+    return f"forge/{node}.{install_hash(data_dir)}"
 
 
 class Agent:
@@ -61,6 +63,7 @@ class Agent:
         heartbeat_seconds: float = 5.0, workers: int = 4, log_cap_bytes: int = 10 * 1024 * 1024,
         driver: Any = _AUTO, cgroup_parent: str | None = None, network: Any = _AUTO,
         instance_subnet: str = "", app_host_ports: tuple[int, ...] = (),
+        build_env: dict[str, str] | None = None, build_files: tuple[tuple[str, str], ...] = (),
     ) -> None:
         self.client, self.name, self.address, self.clock, self.stop = client, name, address, clock, stop
         self.data_dir = Path(data_dir).resolve()
@@ -68,12 +71,13 @@ class Agent:
         self.metrics_listen, self.heartbeat_seconds, self.n_workers = metrics_listen, heartbeat_seconds, workers
         # One subtree per node under forge/: two agents on one machine (a dev box, CI) never
         # mistake each other's apps for orphans.
-        self.driver = detect_driver(parent=cgroup_parent or node_cgroup_parent(name)) if driver is _AUTO else driver
+        self.driver = (detect_driver(parent=cgroup_parent or node_cgroup_parent(name, self.data_dir))
+                       if driver is _AUTO else driver)
         self.sandbox = Sandbox(self.driver, mode=mode, clock=clock)
         self.isolation = self.sandbox.check()  # production without isolation raises Unavailable here
         self.network = (self._own_network(mode, instance_subnet, app_host_ports) if network is _AUTO else network)
         self.isolation.network = "netns" if self.network is not None else "host"
-        self.uids = UidAllocator(self.data_dir / "uids.json")
+        self.uids = UidAllocator(self.data_dir / "uids.json", salt=install_hash(self.data_dir))
         self.state = AgentState(self.data_dir / "agent-state.json").load()
         self.queue = WorkQueue(clock)
         self.cache: dict[str, Instance] = {}
@@ -83,7 +87,8 @@ class Agent:
         self.exits = ExitWatcher(self.queue.add)
         self.shipper = Shipper(client, self.state, self.data_dir / "logs", clock, stop, cap_bytes=log_cap_bytes)
         builder = Builder(self.data_dir, git_url_template, self.sandbox, self.driver, clock, SandboxSpec, self._owner,
-                          credentials=api_credentials(client), network=self.network)
+                          credentials=api_credentials(client), network=self.network,
+                          build_env=build_env, build_files=build_files)
         self.supervisor = Supervisor(self.sandbox, self.driver, clock, SandboxSpec, self._owner)
         status = StatusWriter(client, clock, self._remember)
         self.reconciler = Reconciler(client, name, self.data_dir, self.state, builder, self.supervisor,

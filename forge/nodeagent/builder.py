@@ -98,9 +98,14 @@ class Builder:
         self, data_dir: Path, git_url_template: str, sandbox: Any, driver: Any, clock: Clock,
         spec_factory: Callable[..., Any], owner_for: Callable[[str], tuple[int | None, int | None]],
         credentials: Credentials | None = None, network: Any = None,
+        build_env: dict[str, str] | None = None, build_files: tuple[tuple[str, str], ...] = (),
     ) -> None:
         self.data_dir = Path(data_dir)
         self.network = network  # NodeNetwork: each build in its own network namespace (None: host network)
+        # The operator's allowlist (FORGE_BUILD_ENV, FORGE_BUILD_FILES): package-index settings
+        # and the like, for builds only; apps never see them.
+        self.build_env = dict(build_env or {})
+        self.build_files = build_files
         self.credentials = credentials
         self.git_url_template = git_url_template
         self.sandbox, self.driver, self.clock = sandbox, driver, clock
@@ -247,9 +252,9 @@ class Builder:
                 if left <= 0:
                     raise BuildError(REASON_BUILD_FAILED, f"build timed out after {run.build_timeout:g}s before {cmd!r}")
                 spec = self.spec_factory(
-                    app=app, workdir=str(release), command=cmd, env=dict(env),
+                    app=app, workdir=str(release), command=cmd, env={**self.build_env, **env},
                     uid=uid, gid=gid, cgroup=cgroup if self.driver is not None else None,
-                    stdout_path=str(build_log), stderr_path=str(build_log), **net,
+                    stdout_path=str(build_log), stderr_path=str(build_log), ro_files=self.build_files, **net,
                 )
                 code = self._run_one(spec, left)
                 if code != 0:

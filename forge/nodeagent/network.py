@@ -95,6 +95,36 @@ def parse_ports(text: str) -> tuple[int, ...]:
     return tuple(sorted(set(ports)))
 
 
+def parse_build_env(names: str, environ: dict[str, str]) -> dict[str, str]:
+    """``FORGE_BUILD_ENV=PIP_INDEX_URL,NPM_CONFIG_REGISTRY``: those variables of the agent's own
+    environment, passed to builds (names only; a name not set is skipped)."""
+    out: dict[str, str] = {}
+    for name in (n.strip() for n in names.split(",")):
+        if not name:
+            continue
+        if not name.replace("_", "").isalnum() or name[0].isdigit():
+            raise Invalid(f"FORGE_BUILD_ENV: {name!r} is not an environment variable name")
+        if name in environ:
+            out[name] = environ[name]
+    return out
+
+
+def parse_build_files(text: str) -> tuple[tuple[str, str], ...]:
+    """``FORGE_BUILD_FILES=/etc/pip.conf,/root/.npmrc:/etc/npmrc``: host files (absolute paths)
+    bound read-only into builds, at the same path or at ``:DEST``."""
+    out = []
+    for item in (i.strip() for i in text.split(",")):
+        if not item:
+            continue
+        src, _, dest = item.partition(":")
+        dest = dest or src
+        for p in (src, dest):
+            if not p.startswith("/") or ".." in p.split("/"):
+                raise Invalid(f"FORGE_BUILD_FILES: {p!r} must be an absolute path without '..'")
+        out.append((src, dest))
+    return tuple(out)
+
+
 def parse_subnet(text: str) -> ipaddress.IPv4Network:
     try:
         net = ipaddress.ip_network(text.strip(), strict=True)

@@ -92,6 +92,7 @@ class SandboxSpec:
     stdout_path: str = "/dev/null"  # opened in append mode
     stderr_path: str = "/dev/null"
     netns: str | None = None  # path of a named network namespace (/run/netns/…) to run in
+    ro_files: tuple[tuple[str, str], ...] = ()  # (host path, sandbox path) bound read-only (build allowlist)
     resolv_conf: str | None = None  # the sandbox's /etc/resolv.conf (its netns has its own resolver)
 
 
@@ -262,6 +263,8 @@ class Sandbox:
             a += ["--perms", "0644", "--ro-bind-data", str(_data_fd(text, fds)), dest]
         for p in self.ro_paths:
             a += ["--ro-bind-try", p, p]
+        for src, dest in spec.ro_files:
+            a += ["--ro-bind-try", src, dest]
         a += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
         a += ["--bind", spec.workdir, spec.workdir]
         # The sandbox root is a tmpfs bwrap fills; without this, /etc and the (empty)
@@ -345,11 +348,14 @@ def _user_name(uid: int, app: str) -> str:
 
 
 class UidAllocator:
-    """A stable unprivileged uid (= gid) per app: ``200000 + crc32(app) % 100000``, moved
-    to the next free one on a collision; the map lives in a small JSON file (0600)."""
+    """A stable unprivileged uid (= gid) per app: ``200000 + crc32(salt/app) % 100000``, moved
+    to the next free one on a collision; the map lives in a small JSON file (0600). The salt is
+    the install's identity, so an app named ``hello`` in two installs on one machine runs as two
+    different uids (never one uid that could reach the other's files or processes)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, salt: str = "") -> None:
         self.path = Path(path)
+        self.salt = salt
         self._lock = threading.Lock()
 
     def uid_for(self, app: str) -> int:
@@ -358,7 +364,7 @@ class UidAllocator:
             if app in table:
                 return table[app]
             used = set(table.values())
-            uid = UID_BASE + zlib.crc32(app.encode()) % UID_SPAN
+            uid = UID_BASE + zlib.crc32(f"{self.salt}/{app}".encode() if self.salt else app.encode()) % UID_SPAN
             for _ in range(UID_SPAN):
                 if uid not in used:
                     break

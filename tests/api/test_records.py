@@ -197,3 +197,25 @@ def test_unexpected_exception_is_500_with_request_id(api: Api, caplog: pytest.Lo
     assert r.status_code == 500 and r.json["error"] == "InternalError"
     assert r.json["requestId"] in r.json["message"] and "NoneType" not in r.text
     assert any("unhandled TypeError" in rec.getMessage() for rec in caplog.records)
+
+
+@pytest.mark.parametrize(("first", "second", "owner"), [
+    ({"name": "shop", "domains": ["shop.example.com"]}, {"name": "evil", "domains": ["SHOP.example.com."]}, "shop"),
+    ({"name": "shop", "domains": []}, {"name": "evil", "domains": ["shop.forge.test"]}, "shop"),
+    ({"name": "blog", "domains": ["evil.forge.test"]}, {"name": "evil", "domains": []}, "blog"),
+], ids=["custom-domain-twice", "another-apps-own-host", "name-whose-host-is-claimed"])
+def test_a_host_belongs_to_one_app(api, first: dict, second: dict, owner: str) -> None:  # type: ignore[no-untyped-def]
+    """Claiming a host another App answers on (custom domain or APP.DOMAIN) is 409 naming the
+    owner, on create, replace and merge-patch alike; nothing is written."""
+    def app(d: dict) -> dict:
+        return {"metadata": {"name": d["name"]}, "spec": {"repo": f"acme/{d['name']}", "domains": d["domains"]}}
+
+    assert api.req("POST", "/api/v1/apps", json=app(first)).status_code == 201
+    r = api.req("POST", "/api/v1/apps", json=app(second))
+    assert r.status_code == 409 and f"belongs to app {owner}" in r.json["message"], r.text
+    if second["domains"]:
+        assert api.req("POST", "/api/v1/apps", json=app({**second, "domains": []})).status_code == 201
+        r = api.req("PATCH", f"/api/v1/apps/{second['name']}", json={"spec": {"domains": second["domains"]}},
+                    headers={"Content-Type": "application/merge-patch+json"})
+        assert r.status_code == 409 and f"belongs to app {owner}" in r.json["message"], r.text
+        assert api.req("GET", f"/api/v1/apps/{second['name']}").json["spec"]["domains"] == []

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.harness import ADMIN_TOKEN, Forge, Remote, wait_for
+from tests.e2e.harness import ADMIN_TOKEN, APP_PY, MANIFEST, Forge, Remote, wait_for
 
 pytestmark = [pytest.mark.e2e]
 
@@ -370,3 +370,24 @@ def test_readme_local_walkthrough_with_the_example_app(forge: Forge, tmp_path_fa
         subprocess.run([*git, *args], check=True)
     assert ok(forge, "deploy", "walk", "--ref", "main", "--wait").strip() == "walk-2 is Live"
     assert httpx.get(f"{forge.http}/", headers={"Host": "walk.localhost"}, timeout=5).json()["greeting"] == "hello again"
+
+
+def test_escape_sequences_in_app_output_never_reach_the_terminal(forge: Forge) -> None:
+    """An app printing ESC[2K, a carriage return, an OSC title and a bell: `forge logs` shows them
+    escaped (no raw ESC, CR or BEL byte in its output); --raw passes the bytes through."""
+    rem = remote(forge, "ansi")
+    manifest = MANIFEST.format(name="ansi", version="v1", extra="", min_ready="1s").replace(
+        "exec python3 app.py", "printf 'pre\\033[2Kwiped\\rover\\033]0;owned\\007end\\n'; exec python3 app.py")
+    sha = rem.commit({"app.py": APP_PY, "version.txt": "v1\n", "forge.yaml": manifest}, "ansi")
+    ok(forge, "apps", "create", "ansi", "--repo", "acme/ansi")
+    assert ok(forge, "deploy", "ansi", "--commit", sha, "--wait").strip() == "ansi-1 is Live"
+    def logged() -> str | None:
+        text = ok(forge, "logs", "ansi")
+        return text if "wiped" in text else None
+
+    out = wait_for(logged, 30, "the app's line")
+    line = next(ln for ln in out.splitlines() if "wiped" in ln)
+    assert not any(c in out for c in "\x1b\r\x07"), repr(out)
+    assert "pre\\x1b[2Kwiped\\x0dover\\x1b]0;owned\\x07end" in line
+    raw = ok(forge, "logs", "ansi", "--raw")
+    assert "\x1b[2Kwiped" in raw

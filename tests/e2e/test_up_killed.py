@@ -89,7 +89,7 @@ def test_sigkill_of_forge_up_mid_rollout_heals_into_one_platform(forge: Forge) -
             if i["spec"]["desired"] == "Running"}
     groups = set()
     for hier in ("memory", "pids", "cpu"):
-        base = Path("/sys/fs/cgroup") / hier / node_cgroup_parent(forge.node)
+        base = Path("/sys/fs/cgroup") / hier / node_cgroup_parent(forge.node, forge.data / "node")
         if base.is_dir():
             groups |= {d.name for d in base.iterdir() if d.is_dir()}
     assert groups <= live, f"cgroups no live Instance explains: {groups - live}"

@@ -144,3 +144,34 @@ def test_root_never_follows_what_the_build_planted(rig: Rig, plant: str) -> None
     # a second Instance of the release reuses the build without touching the planted paths
     assert rig.build("hello-9-1", "hello-9", ["false"]) == release
     assert canary.read_text() == "secret-admin-token\n"
+
+
+def test_operator_allowlist_reaches_builds_only(rig: Rig) -> None:
+    """FORGE_BUILD_ENV's variables and FORGE_BUILD_FILES' files reach the build (read-only);
+    nothing else of the agent's environment does."""
+    from forge.nodeagent.network import parse_build_env, parse_build_files
+
+    conf = rig.tmp / "pip.conf"
+    conf.write_text("[global]\nindex-url = http://index.internal/simple\n")
+    os.chmod(conf, 0o644)
+    os.chmod(rig.tmp, 0o755)
+    rig.builder.build_env = parse_build_env("PIP_INDEX_URL, NOT_SET", {"PIP_INDEX_URL": "http://index.internal/simple",
+                                                                     "SECRET_OF_THE_AGENT": "x"})
+    rig.builder.build_files = parse_build_files(f"{conf}:/etc/pip.conf")
+    release = rig.build("hello-8-0", "hello-8", [
+        'echo "url=$PIP_INDEX_URL secret=${SECRET_OF_THE_AGENT:-none}" > out.txt',
+        "cat /etc/pip.conf >> out.txt", "echo tamper >> /etc/pip.conf || echo ro >> out.txt"])
+    assert (release / "out.txt").read_text() == (
+        "url=http://index.internal/simple secret=none\n[global]\nindex-url = http://index.internal/simple\nro\n")
+    assert conf.read_text().count("tamper") == 0
+
+
+@pytest.mark.parametrize(("names", "files"), [("9BAD", ""), ("", "relative/pip.conf"), ("", "/etc/../root/x")],
+                         ids=["bad-name", "relative", "dotdot"])
+def test_allowlist_refuses_bad_entries(names: str, files: str) -> None:
+    """Malformed allowlist entries are errors naming the variable."""
+    from forge.errors import Invalid
+    from forge.nodeagent.network import parse_build_env, parse_build_files
+
+    with pytest.raises(Invalid, match="FORGE_BUILD_ENV" if names else "FORGE_BUILD_FILES"):
+        parse_build_env(names, {}) if names else parse_build_files(files)
