@@ -22,6 +22,7 @@ from forge.clock import SystemClock
 from forge.config import Config
 from forge.controllers.router import RouterController, router_base_config
 from forge.controllers.runtime import ControllerRuntime
+from forge.errors import Conflict
 from forge.models import App, AppSpec, Instance, InstanceSpec, Node, ObjectMeta
 from forge.routing import is_servable_host
 from forge.store.base import Store, open_store
@@ -87,9 +88,27 @@ def seed_live_app(store: Store, name: str, port: int, domains: tuple[str, ...] =
         app=name, deployment=f"{name}-1", node="n1", repo=f"acme/{name}", commit="a" * 40)))
     inst.status.phase, inst.status.ready, inst.status.port = "Running", True, port
     store.update_status(inst)
-    app = store.get("App", name)
-    app.status.live_deployment = f"{name}-1"
-    store.update_status(app)
+    for _ in range(20):  # the router writes App.status.serviceAddress meanwhile: read again on Conflict
+        app = store.get("App", name)
+        app.status.live_deployment = f"{name}-1"
+        try:
+            store.update_status(app)
+            return
+        except Conflict:
+            continue
+    raise AssertionError("App status kept changing")
+
+
+def set_live(store: Store, name: str, live: str | None) -> None:
+    for _ in range(20):
+        app = store.get("App", name)
+        app.status.live_deployment = live
+        try:
+            store.update_status(app)
+            return
+        except Conflict:
+            continue
+    raise AssertionError("App status kept changing")
 
 
 def test_runtime_routes_changes_and_restores_after_restart(tmp_path: Path, store: Store, backend: int) -> None:
@@ -111,9 +130,7 @@ def test_runtime_routes_changes_and_restores_after_restart(tmp_path: Path, store
         caddy.start()  # same base file, same admin port: an empty host map
         # Restoration is bounded by the router's 2 s resync (+ one reconcile); allow slack for a busy box.
         wait_for(lambda: get("hello.localhost").status_code == 200, 8, "routes restored after the restart")
-        app = store.get("App", "hello")
-        app.status.live_deployment = None
-        store.update_status(app)
+        set_live(store, "hello", None)
         wait_for(lambda: get("hello.localhost").status_code == 404, 5, "the route to go away")
     finally:
         runtime.close()
