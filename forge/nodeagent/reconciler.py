@@ -23,7 +23,14 @@ from forge.nodeagent.prober import READY, UNHEALTHY, ProbeTracker, probe
 from forge.nodeagent.spec import RunSpec
 from forge.nodeagent.state import AgentState, InstanceState
 from forge.nodeagent.status import StatusWriter
-from forge.nodeagent.supervisor import BACKOFF_CAP, Supervisor, backoff_delay, build_env, choose_port
+from forge.nodeagent.supervisor import (
+    BACKOFF_CAP,
+    Supervisor,
+    backoff_delay,
+    build_env,
+    choose_port,
+    port_is_free,
+)
 
 log = logging.getLogger(__name__)
 
@@ -97,10 +104,12 @@ class Reconciler:
                 # address stays the one this Instance had.
                 st.address = self.network.attach(st.name)
                 net = {"netns": self.network.netns_path(st.name), "resolv_conf": self.network.dns_text}
-                port = choose_port(held, is_free=lambda _p: True)  # its own namespace: every port is free
+                # Its own namespace: every port is free, so a restart keeps the one it had and
+                # its address:port never changes (nothing to re-route, nothing to report late).
+                port = st.port or choose_port(held, is_free=lambda _p: True)
             else:
                 st.address = self.node_address
-                port = choose_port(held)
+                port = st.port if st.port and st.port not in held and port_is_free(st.port) else choose_port(held)
         except (OSError, errors.ForgeError) as exc:
             st.reason, st.message = REASON_START_FAILED, f"cannot set up the network: {exc}"[:500]
             self._schedule_restart(st)
@@ -113,6 +122,9 @@ class Reconciler:
             secrets = {str(k): str(v) for k, v in (body.get("env") or {}).items()}
         env = build_env(inst.spec.app, inst.spec.deployment, st.name, st.release_dir, port, run.env, inst.spec.env, secrets)
         st.port, st.ready, st.next_start = port, False, None
+        # Written before the process exists: if the state cannot be saved (a full disk), nothing
+        # is started that the agent's record (and so its reports) would not know about.
+        self.state.save()
         try:
             self.supervisor.start(st, run, env, limits, log_path(self.logs_dir, st.name, "app"), net)
         except (OSError, errors.Invalid) as exc:

@@ -214,3 +214,19 @@ def test_logs_shipped_in_order(env: Env) -> None:
     assert {s for s, t in got if t.startswith("build-line")} == {"build"}
     assert {s for s, t in got if t.startswith("app starting")} == {"app"}
     assert len(texts) == len(set(ln.id for ln in env.api.store.read_logs("logs")))
+
+
+def test_killed_app_comes_back_at_the_same_address_and_port(env: Env) -> None:
+    """SIGKILL of a ready app: the agent restarts it in its namespace at the same address:port,
+    so what the store (and the router's map) holds stays right even before the status catches up."""
+    import signal
+
+    env.api.create_instance("hello-9-0", NODE, env.commit, manifest())
+    first = wait_running(env, "hello-9-0")
+    os.kill(first.status.pid, signal.SIGKILL)  # type: ignore[attr-defined]
+    again = wait_for(lambda: (i := env.api.instance("hello-9-0")).status.ready and i.status.restarts >= 1 and i,
+                     timeout=60)
+    assert (again.status.address, again.status.port) == (first.status.address, first.status.port)  # type: ignore[attr-defined]
+    assert again.status.pid != first.status.pid  # type: ignore[attr-defined]
+    assert httpx.get(f"http://{again.status.address}:{again.status.port}/").status_code == 200
+    env.api.set_desired("hello-9-0", "Stopped")
