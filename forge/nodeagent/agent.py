@@ -128,7 +128,8 @@ class Agent:
         if self.metrics_listen:
             self.metrics_server, _ = serve_metrics(
                 self.metrics_listen, AgentCollector(self.state, self.driver, lambda: self.last_heartbeat,
-                                                    lambda: self.diskgc.removed_total))
+                                                    lambda: self.diskgc.removed_total,
+                                                    lambda: self.shipper.dropped_total))
         self.schedule_timers()
         self.threads = [threading.Thread(target=self._watch_loop, name="forge-watch", daemon=True)]
         self.threads += [threading.Thread(target=self._work, name=f"forge-work-{i}", daemon=True)

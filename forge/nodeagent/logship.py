@@ -27,6 +27,38 @@ log = logging.getLogger(__name__)
 
 SOURCES: tuple[str, ...] = ("build", "app")
 MAX_LINE = 16 * 1024
+# Like journald's RateLimitIntervalSec=30s / RateLimitBurst=10000: per Instance and source.
+RATE_WINDOW_SECONDS = 30.0
+RATE_BURST_LINES = 10_000
+FAST_INTERVAL = 0.2  # while an Instance floods, look again soon: the file cap holds on the node
+
+
+class RateLimit:
+    """Lines allowed per (Instance, source) in the current window; what was dropped meanwhile."""
+
+    def __init__(self, burst: int = RATE_BURST_LINES, window: float = RATE_WINDOW_SECONDS) -> None:
+        self.burst, self.window = burst, window
+        self.start = float("-inf")
+        self.used = 0
+        self.dropped = 0  # lines dropped since the last marker
+        self.first_dropped: int | None = None  # logical offset of the first of them
+
+    def allow(self, now: float, n: int) -> int:
+        if now - self.start >= self.window:
+            self.start, self.used = now, 0
+        take = max(0, min(n, self.burst - self.used))
+        self.used += take
+        return take
+
+    def marker(self) -> tuple[int, str] | None:
+        """The line that says what was dropped (at the first dropped line's offset), once."""
+        if not self.dropped or self.first_dropped is None:
+            return None
+        text = (f"[forge] {self.dropped} log lines dropped: more than {self.burst} lines in "
+                f"{self.window:g}s (the log rate limit)")
+        out = (self.first_dropped, text)
+        self.dropped, self.first_dropped = 0, None
+        return out
 
 
 def log_path(logs_dir: Path, instance: str, source: str) -> Path:
@@ -45,6 +77,13 @@ def rotate_if_needed(path: Path, cursor: LogCursor, cap_bytes: int, persist: Cal
         return False
     if size <= cap_bytes:
         return False
+    if cursor.shipped >= cursor.cur_base + size:
+        # Everything in the file is shipped (or counted as dropped): nothing to keep, no copy.
+        cursor.prev_base = cursor.cur_base = cursor.cur_base + size
+        persist()
+        with open(path, "r+b") as f:
+            f.truncate(0)  # bytes appended since the stat are lost; the window is microseconds
+        return True
     tmp = path.with_name(path.name + ".1.tmp")
     with open(path, "rb") as src, open(tmp, "wb") as dst:
         shutil.copyfileobj(src, dst, 1 << 20)
@@ -112,6 +151,9 @@ class Shipper:
         self.stop, self.interval, self.cap_bytes = stop, interval, cap_bytes
         self._wake = threading.Event()
         self._lock = threading.Lock()
+        self.limits: dict[tuple[str, str], RateLimit] = {}
+        self.dropped_total: dict[str, int] = {}  # instance → lines dropped (forge_agent_log_lines_dropped_total)
+        self._flooding = False
         self.thread = threading.Thread(target=self._run, name="forge-logship", daemon=True)
 
     def start(self) -> None:
@@ -122,8 +164,9 @@ class Shipper:
 
     def _run(self) -> None:
         while not self.stop.is_set():
-            self._wake.wait(self.interval)
+            self._wake.wait(FAST_INTERVAL if self._flooding else self.interval)
             self._wake.clear()
+            self._flooding = False
             for name in self.state.names():
                 if self.stop.is_set():
                     return
@@ -151,16 +194,32 @@ class Shipper:
                 if size >= 0 and cursor.shipped == cursor.cur_base + size:
                     continue  # nothing new: the common idle case costs one stat
                 rotate_if_needed(path, cursor, self.cap_bytes, self.state.save)
+                limit = self.limits.setdefault((name, source), RateLimit())
                 for _ in range(64):  # bounded per round so one chatty app cannot starve the rest
                     lines, new_pos = read_pending(path, cursor)
+                    take = limit.allow(self.clock.monotonic(), len(lines))
+                    kept = lines[:take]
+                    if take < len(lines):
+                        if limit.first_dropped is None:
+                            limit.first_dropped = lines[take][0]
+                        limit.dropped += len(lines) - take
+                        self.dropped_total[name] = self.dropped_total.get(name, 0) + len(lines) - take
+                        self._flooding = True
+                    elif limit.used < limit.burst:
+                        mark = limit.marker()
+                        if mark is not None:  # a new window: first say what the last one dropped
+                            kept = [mark, *kept]
+                    lines = kept
                     if lines:
                         self._post(name, source, lines)
                     if new_pos == cursor.shipped:
                         break
                     cursor.shipped = new_pos
                     self.state.save()
+                    rotate_if_needed(path, cursor, self.cap_bytes, self.state.save)  # the cap holds mid-flood
                 else:
                     drained = False
+                    self._flooding = True
             return drained
 
     def _post(self, name: str, source: str, lines: list[tuple[int, str]]) -> None:

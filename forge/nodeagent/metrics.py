@@ -35,9 +35,11 @@ def cpu_times(path: str = "/proc/stat") -> tuple[float, float]:
 
 class AgentCollector(Collector):
     def __init__(self, state: AgentState, driver: Any, last_heartbeat: Callable[[], float],
-                 release_dirs_removed: Callable[[], float] | None = None) -> None:
+                 release_dirs_removed: Callable[[], float] | None = None,
+                 log_drops: Callable[[], dict[str, int]] | None = None) -> None:
         self.state, self.driver, self.last_heartbeat = state, driver, last_heartbeat
         self.release_dirs_removed = release_dirs_removed
+        self.log_drops = log_drops
         self._lock = threading.Lock()
         self._prev = cpu_times()
 
@@ -82,6 +84,13 @@ class AgentCollector(Collector):
             ooms.add_metric(labels, max(st.oom_kills, stats.oom_kills))
         yield GaugeMetricFamily("forge_agent_processes", "Processes supervised by the agent", value=processes)
         yield from (mem_g, cpu_c, restarts, ooms)
+        if self.log_drops is not None:
+            drops = CounterMetricFamily("forge_agent_log_lines_dropped",
+                                        "Log lines an Instance printed past the log rate limit (not shipped)",
+                                        labels=["instance"])
+            for inst, n in sorted(dict(self.log_drops()).items()):
+                drops.add_metric([inst], n)
+            yield drops
         if self.release_dirs_removed is not None:
             yield CounterMetricFamily("forge_agent_release_dirs_removed", "Release dirs deleted by the agent's disk GC",
                                       value=self.release_dirs_removed())

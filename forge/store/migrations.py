@@ -99,6 +99,11 @@ MIGRATIONS: tuple[Migration, ...] = (
             ) WITHOUT ROWID""",
         ),
     ),
+    Migration(
+        4,
+        "log lines move to their own database (forge-logs.db): a log flood never grows the records file",
+        ("DROP TABLE IF EXISTS logs",),
+    ),
 )
 
 LATEST: int = MIGRATIONS[-1].version

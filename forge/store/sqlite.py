@@ -25,7 +25,8 @@ from forge.models import LABEL_KEY, Resource, kind_class, parse_record
 from forge.store.base import EventType, WatchEvent, selector_matches
 from forge.store.migrations import migrate
 from forge.store.sqlite_db import SqliteDb
-from forge.store.sqlite_logs import SqliteLogs
+from forge.store.sqlite_logs import SCHEMA as LOGS_SCHEMA
+from forge.store.sqlite_logs import SqliteLogs, logs_path
 from forge.store.sqlite_marks import SqliteMarks
 
 WATCH_LIMIT = 1000  # events per watch call; callers re-watch from the last revision
@@ -62,6 +63,17 @@ class SqliteStore(SqliteLogs, SqliteMarks):
             except sqlite3.Error as exc:
                 self._db.close()
                 raise Invalid(f"store {path}: cannot prepare the database: {exc}") from exc
+        self.logs_path = logs_path(path)
+        self._logs = SqliteDb(self.logs_path, busy_timeout=busy_timeout, poll_seconds=poll_seconds)
+        with self._logs.conn() as conn:
+            try:
+                conn.execute("PRAGMA journal_mode = WAL")
+                for stmt in LOGS_SCHEMA:
+                    conn.execute(stmt)
+            except sqlite3.Error as exc:
+                self._db.close()
+                self._logs.close()
+                raise Invalid(f"store {self.logs_path}: cannot prepare the logs database: {exc}") from exc
 
     def __repr__(self) -> str:
         return f"SqliteStore({self.path!r})"
@@ -219,10 +231,11 @@ class SqliteStore(SqliteLogs, SqliteMarks):
 
     def waiting(self) -> int:
         """How many watch/wait_logs callers are blocked right now."""
-        return self._db.waiting()
+        return self._db.waiting() + self._logs.waiting()
 
     def close(self) -> None:
         self._db.close()
+        self._logs.close()
 
     # ------------------------------------------------------------------ helpers
 

@@ -391,3 +391,30 @@ def test_escape_sequences_in_app_output_never_reach_the_terminal(forge: Forge) -
     assert "pre\\x1b[2Kwiped\\x0dover\\x1b]0;owned\\x07end" in line
     raw = ok(forge, "logs", "ansi", "--raw")
     assert "\x1b[2Kwiped" in raw
+
+
+def test_log_flood_is_bounded_marked_and_kept_out_of_the_records(forge: Forge) -> None:
+    """An app printing 300,000 lines at start: the records database does not grow with them,
+    `forge logs` shows the drop marker, and the API answers throughout."""
+    rem = remote(forge, "flood")
+    flood = "seq 1 300000; exec python3 app.py"
+    manifest = MANIFEST.format(name="flood", version="v1", extra="", min_ready="1s").replace(
+        "exec python3 app.py", flood)
+    records = forge.data / "forge.db"
+    before = records.stat().st_size
+    sha = rem.commit({"app.py": APP_PY, "version.txt": "v1\n", "forge.yaml": manifest}, "flood")
+    ok(forge, "apps", "create", "flood", "--repo", "acme/flood")
+    assert ok(forge, "deploy", "flood", "--commit", sha, "--wait").strip() == "flood-1 is Live"
+
+    def marked() -> str | None:
+        text = ok(forge, "logs", "flood")
+        return text if "log lines dropped" in text else None
+
+    out = wait_for(marked, 90, "the drop marker in forge logs")
+    assert "[forge] " in out and "the log rate limit" in out
+    shipped = sum(1 for ln in out.splitlines() if ln.rsplit("] ", 1)[-1].isdigit())
+    assert 0 < shipped <= 10_000 * 3, shipped
+    grown = records.stat().st_size - before
+    print(f"records database grew {grown / 1e6:.2f} MB during a 300,000-line flood")
+    assert records.stat().st_size < 10 * 1024 * 1024
+    assert ok(forge, "apps")  # the API answers

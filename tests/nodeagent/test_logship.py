@@ -79,3 +79,50 @@ def test_lost_rotated_file_skips_to_live_file(tmp_path: Path) -> None:
     p.write_bytes(b"new\n")
     cur = LogCursor(shipped=0, cur_base=100, prev_base=50)
     assert _ship_all(p, cur) == [(100, "new")]
+
+
+class _Sink:
+    """The control plane's side of POST /instances/NAME/logs: what arrived, in order."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[int, str]] = []
+
+    def request(self, method: str, path: str, json: dict | None = None, **_: object) -> dict:
+        assert method == "POST" and json is not None
+        self.lines += [(e["offset"], e["line"]) for e in json["entries"]]
+        return {}
+
+
+def test_a_flood_is_rate_limited_counted_marked_and_capped(tmp_path: Path) -> None:
+    """30,000 lines at once: 10,000 ship, the rest are counted as dropped, the next window ships
+    a marker saying how many (before its own lines), and the file on the node stays under its cap."""
+    import threading
+
+    from forge.clock import FakeClock
+    from forge.nodeagent.logship import RATE_BURST_LINES, RATE_WINDOW_SECONDS, Shipper, log_path
+    from forge.nodeagent.state import AgentState, InstanceState
+
+    clock = FakeClock()
+    state = AgentState(tmp_path / "state.json")
+    state.put(InstanceState(name="loud-1-0", app="loud", deployment="loud-1", cgroup="inst-loud-1-0", release_dir="/x"))
+    sink = _Sink()
+    cap = 256 * 1024
+    shipper = Shipper(sink, state, tmp_path / "logs", clock, threading.Event(), cap_bytes=cap)  # type: ignore[arg-type]
+    path = log_path(tmp_path / "logs", "loud-1-0", "app")
+    path.parent.mkdir(parents=True)
+    with open(path, "ab") as f:
+        for i in range(30_000):
+            f.write(b"flood line %06d\n" % i)
+    for _ in range(20):
+        shipper.ship_instance("loud-1-0")
+    assert len(sink.lines) == RATE_BURST_LINES and sink.lines[-1][1] == "flood line 009999"
+    assert shipper.dropped_total == {"loud-1-0": 20_000}
+    assert path.stat().st_size <= cap, "the node keeps the file under its cap during the flood"
+    clock.advance(RATE_WINDOW_SECONDS)
+    with open(path, "ab") as f:
+        f.write(b"after the flood\n")
+    shipper.ship_instance("loud-1-0")
+    marker, after = sink.lines[-2], sink.lines[-1]
+    assert marker[1] == "[forge] 20000 log lines dropped: more than 10000 lines in 30s (the log rate limit)"
+    assert marker[0] == len(b"flood line 000000\n") * RATE_BURST_LINES  # where the first dropped line began
+    assert after[1] == "after the flood"

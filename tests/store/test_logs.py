@@ -97,3 +97,31 @@ def test_prune_drops_only_older_lines(seeded: Store) -> None:
     assert seeded.prune_logs(T0 + 1) == 4
     assert [ln.line for ln in seeded.read_logs("hello")] == ["b1 1", "r1 1", "r1 2", "r2 1"]
     assert seeded.prune_logs(iso(T0 + 1)) == 0
+
+
+def test_logs_live_outside_the_records_database_with_per_app_retention(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A flood of one app's lines grows only forge-logs.db, keeps that app's newest lines, and
+    leaves another app's lines and the records file alone."""
+    import os
+
+    from forge.store.sqlite import SqliteStore
+
+    store = SqliteStore(str(tmp_path / "forge.db"))
+    try:
+        store.keep_lines_per_app = 1000
+        store.append_logs("quiet-1-0", "quiet", "quiet-1", "app", [(0, "", "a quiet line")])
+        records_before = os.path.getsize(tmp_path / "forge.db")
+        for batch in range(10):
+            store.append_logs("loud-1-0", "loud", "loud-1", "app",
+                              [(batch * 500 + i, "", "x" * 200) for i in range(500)])
+        loud = store.read_logs("loud", limit=10_000)
+        assert len(loud) == 1000 and loud[-1].line == "x" * 200
+        assert [ln.line for ln in store.read_logs("quiet")] == ["a quiet line"]
+        assert os.path.getsize(tmp_path / "forge.db") == records_before
+        assert os.path.exists(tmp_path / "forge-logs.db")
+        import sqlite3  # noqa: TID251 - looking inside the files is the point of this test
+
+        with sqlite3.connect(tmp_path / "forge.db") as conn:
+            assert conn.execute("SELECT COUNT(*) FROM sqlite_master WHERE name = 'logs'").fetchone()[0] == 0
+    finally:
+        store.close()
