@@ -32,6 +32,7 @@ from typing import Any, Final
 from forge import errors
 from forge.clock import Clock
 from forge.gitauth import GitAuth, git_auth
+from forge.nodeagent import buildlog
 from forge.nodeagent.sandbox import SandboxTimeout, prepare_workdir
 from forge.nodeagent.spec import RunSpec
 from forge.nodeagent.state import write_atomic
@@ -145,8 +146,7 @@ class Builder:
             if self.is_built(release, commit):
                 return release
             build_log.parent.mkdir(parents=True, exist_ok=True)
-            with open(build_log, "ab") as out:
-                out.write(f"==> fetching {repo}@{commit[:12]}\n".encode())
+            buildlog.append(build_log, self.clock, f"==> fetching {repo}@{commit[:12]}")
             cache = self._fetch(instance, repo, commit, build_log)
             self._export(cache, commit, release, build_log)
             uid, gid = self.owner_for(app)
@@ -154,8 +154,7 @@ class Builder:
                 prepare_workdir(release, uid, gid if gid is not None else uid)
             self._run_commands(instance, app, release, run, env, limits, build_log, uid, gid)
             write_atomic(self.marker(release), (commit + "\n").encode())
-            with open(build_log, "ab") as out:
-                out.write(b"==> build succeeded\n")
+            buildlog.append(build_log, self.clock, "==> build succeeded")
             return release
 
     # -- fetch -----------------------------------------------------------------
@@ -174,8 +173,8 @@ class Builder:
         output = proc.stdout + proc.stderr
         if auth is not None and auth.token:
             output = auth.scrub(output.decode("utf-8", "replace")).encode()
-        with open(build_log, "ab") as out:
-            out.write(output)
+        if output:
+            buildlog.append(build_log, self.clock, output.decode("utf-8", "replace").rstrip("\n"))
         return proc.returncode, output
 
     def _fetch(self, instance: str, repo: str, commit: str, build_log: Path) -> Path:
@@ -246,8 +245,7 @@ class Builder:
                 net = {"netns": self.network.netns_path(f"build.{instance}"), "resolv_conf": self.network.dns_text}
             for cmd in run.build_commands:
                 start = build_log.stat().st_size if build_log.exists() else 0
-                with open(build_log, "ab") as out:
-                    out.write(f"==> $ {cmd}\n".encode())
+                buildlog.append(build_log, self.clock, f"==> $ {cmd}")
                 left = deadline - self.clock.monotonic()
                 if left <= 0:
                     raise BuildError(REASON_BUILD_FAILED, f"build timed out after {run.build_timeout:g}s before {cmd!r}")
@@ -256,14 +254,18 @@ class Builder:
                     uid=uid, gid=gid, cgroup=cgroup if self.driver is not None else None,
                     stdout_path=str(build_log), stderr_path=str(build_log), ro_files=self.build_files, **net,
                 )
-                code = self._run_one(spec, left)
+                pipe = buildlog.StampingPipe(build_log, self.clock)  # each line stamped when produced
+                spec.output_fd = pipe.fd
+                try:
+                    code = self._run_one(spec, left)
+                finally:
+                    pipe.join(timeout=2.0)  # a daemon still holding the pipe ends with the build cgroup
                 if code != 0:
                     with open(build_log, "rb") as f:
                         f.seek(start)
-                        output = f.read()
+                        output = buildlog.strip_stamps(f.read())
                     what = "timed out" if code is None else f"exited with code {code}"
-                    with open(build_log, "ab") as out:
-                        out.write(f"==> build command {what}\n".encode())
+                    buildlog.append(build_log, self.clock, f"==> build command {what}")
                     raise BuildError(REASON_BUILD_FAILED, f"build command {cmd!r} {what}:\n{tail(output)}")
         finally:
             if self.driver is not None and self.driver.exists(cgroup):

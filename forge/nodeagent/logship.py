@@ -21,6 +21,7 @@ from pathlib import Path
 from forge import errors
 from forge.client import ForgeClient
 from forge.clock import Clock
+from forge.nodeagent.buildlog import unstamp
 from forge.nodeagent.state import AgentState, LogCursor
 
 log = logging.getLogger(__name__)
@@ -224,7 +225,10 @@ class Shipper:
 
     def _post(self, name: str, source: str, lines: list[tuple[int, str]]) -> None:
         now = self.clock.now_iso()
-        entries = [{"offset": off, "time": now, "line": text} for off, text in lines]
+        entries = []
+        for off, raw in lines:
+            when, text = unstamp(raw)  # build lines carry the time they were produced
+            entries.append({"offset": off, "time": when or now, "line": text})
         try:
             self.client.request("POST", f"/api/v1/instances/{name}/logs", json={"source": source, "entries": entries})
         except errors.NotFound:

@@ -93,6 +93,7 @@ class SandboxSpec:
     stderr_path: str = "/dev/null"
     netns: str | None = None  # path of a named network namespace (/run/netns/…) to run in
     ro_files: tuple[tuple[str, str], ...] = ()  # (host path, sandbox path) bound read-only (build allowlist)
+    output_fd: int | None = None  # stdout+stderr to this fd instead of the paths (builds: a stamping pipe)
     resolv_conf: str | None = None  # the sandbox's /etc/resolv.conf (its netns has its own resolver)
 
 
@@ -228,11 +229,17 @@ class Sandbox:
             else:
                 inner = ["/bin/sh", "-c", spec.command]
             argv = ["/bin/sh", "-c", JOIN, "forge-join", str(len(files)), *files, "--", *drop, *inner]
-            with open(spec.stdout_path, "ab") as out, open(spec.stderr_path, "ab") as err:
+            if spec.output_fd is not None:
                 proc = subprocess.Popen(
-                    argv, env=env, cwd=spec.workdir, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                    start_new_session=True, close_fds=True, pass_fds=fds,
+                    argv, env=env, cwd=spec.workdir, stdin=subprocess.DEVNULL, stdout=spec.output_fd,
+                    stderr=spec.output_fd, start_new_session=True, close_fds=True, pass_fds=fds,
                 )
+            else:
+                with open(spec.stdout_path, "ab") as out, open(spec.stderr_path, "ab") as err:
+                    proc = subprocess.Popen(
+                        argv, env=env, cwd=spec.workdir, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                        start_new_session=True, close_fds=True, pass_fds=fds,
+                    )
         finally:
             for fd in fds:
                 os.close(fd)

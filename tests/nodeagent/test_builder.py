@@ -175,3 +175,21 @@ def test_allowlist_refuses_bad_entries(names: str, files: str) -> None:
 
     with pytest.raises(Invalid, match="FORGE_BUILD_ENV" if names else "FORGE_BUILD_FILES"):
         parse_build_env(names, {}) if names else parse_build_files(files)
+
+
+def test_build_lines_carry_the_time_they_were_produced(rig: Rig) -> None:
+    """Two build lines 1.5 s apart carry stamps 1.5 s apart (not one shipping time); the
+    stamps never show in the text and the failure tail is clean."""
+    from forge.clock import parse_iso
+    from forge.nodeagent.buildlog import unstamp
+
+    rig.build("hello-7-0", "hello-7", ["echo first", "sleep 1.5", "echo second"])
+    raw = (rig.tmp / "logs" / "hello-7-0" / "build.log").read_text()
+    lines = [unstamp(ln) for ln in raw.split("\n") if ln]  # (str.splitlines would split at \x1e too)
+    assert all(when is not None for when, _ in lines), "every line is stamped"
+    times = {text: parse_iso(when) for when, text in lines if when}
+    assert times["second"] - times["first"] >= 1.4
+    assert all("\x1e" not in text and "\x1f" not in text for _, text in lines)
+    with pytest.raises(BuildError) as failed:
+        rig.build("hello-6-0", "hello-6", ["echo about to fail", "exit 3"])
+    assert "\x1e" not in failed.value.message and "exited with code 3" in failed.value.message
