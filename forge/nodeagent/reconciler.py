@@ -19,7 +19,7 @@ from forge.clock import Clock
 from forge.models import Instance
 from forge.nodeagent.builder import REASON_BUILD_FAILED, REASON_FETCH_FAILED, Builder, BuildError
 from forge.nodeagent.logship import Shipper, log_path
-from forge.nodeagent.prober import READY, UNHEALTHY, ProbeTracker, probe
+from forge.nodeagent.prober import READY, UNHEALTHY, WAITING, ProbeTracker, probe
 from forge.nodeagent.spec import RunSpec
 from forge.nodeagent.state import AgentState, InstanceState
 from forge.nodeagent.status import StatusWriter
@@ -38,7 +38,8 @@ REASON_CRASH_LOOP: Final[str] = "CrashLoopBackOff"
 REASON_OOM: Final[str] = "OOMKilled"
 REASON_HEALTH: Final[str] = "HealthCheckFailed"
 REASON_START_FAILED: Final[str] = "StartFailed"
-FIRST_PROBE_DELAY = 0.5
+FIRST_PROBE_DELAY = 0.05  # then doubling up to health.interval until the first success: a fast
+# app is seen ready within tens of milliseconds, a slow one is not hammered
 STABLE_SECONDS = BACKOFF_CAP  # running this long after being ready resets the crash streak
 
 
@@ -56,6 +57,8 @@ class Reconciler:
         self.logs_dir = self.data_dir / "logs"
         self.trackers: dict[str, ProbeTracker] = {}
         self.next_probe: dict[str, float] = {}
+        self.probe_step: dict[str, float] = {}
+        self.last_fail: dict[str, float] = {}
 
     def reconcile(self, name: str, inst: Instance | None) -> float | None:
         st = self.state.get(name)
@@ -139,6 +142,8 @@ class Reconciler:
         tracker = ProbeTracker(run.health.retries, run.health.start_period_seconds)
         self.trackers[st.name] = tracker
         self.next_probe[st.name] = self.clock.monotonic() + min(FIRST_PROBE_DELAY, run.health.interval_seconds)
+        self.probe_step.pop(st.name, None)
+        self.last_fail.pop(st.name, None)
         self.status.write(inst, st, "Starting", tracker)
         self.shipper.wake()
         return min(FIRST_PROBE_DELAY, run.health.interval_seconds)
@@ -177,8 +182,20 @@ class Reconciler:
         assert st.port is not None
         result = probe(st.port, run.health.path, run.health.timeout_seconds, host=self._probe_host(st))
         since_start = self.clock.now() - (st.started_time or self.clock.now())
-        verdict = tracker.record(result, since_start)
-        self.next_probe[st.name] = self.clock.monotonic() + run.health.interval_seconds
+        last_fail = self.last_fail.get(st.name)
+        if not result.ok and not tracker.ready and last_fail is not None \
+                and mono - last_fail < run.health.interval_seconds:
+            verdict = WAITING  # a quick look before the first success: failures count once per interval
+        else:
+            verdict = tracker.record(result, since_start)
+            if not result.ok:
+                self.last_fail[st.name] = mono
+        if tracker.ready:
+            step = run.health.interval_seconds
+        else:  # not ready yet: look again soon, backing off toward the interval
+            step = min(run.health.interval_seconds, max(FIRST_PROBE_DELAY, 2 * self.probe_step.get(st.name, 0.0)))
+        self.probe_step[st.name] = step
+        self.next_probe[st.name] = self.clock.monotonic() + step
         if verdict == READY:
             if not st.ready:
                 st.ready, st.ever_ready, st.ready_time = True, True, self.clock.now_iso()
@@ -196,7 +213,7 @@ class Reconciler:
             self.status.write(inst, st, "Starting", None, probe_result=result.detail)
             return st.next_start - self.clock.now() if st.next_start else None
         self.status.write(inst, st, "Running" if st.ready else "Starting", tracker, probe_result=result.detail)
-        return run.health.interval_seconds
+        return step
 
     def _probe_host(self, st: InstanceState) -> str:
         """Where the agent reaches the app: its namespace address, or loopback on the host network."""
@@ -216,6 +233,8 @@ class Reconciler:
             st.pid, st.pid_start, st.ready, st.reason, st.message = None, None, False, "", ""
             self.trackers.pop(name, None)
             self.next_probe.pop(name, None)
+            self.probe_step.pop(name, None)
+            self.last_fail.pop(name, None)
             self.state.save()
         if inst is not None and inst.spec.desired == "Stopped":
             self.status.write(inst, st, "Stopped", None)
