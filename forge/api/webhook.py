@@ -29,7 +29,7 @@ from forge.api.body import read_raw
 from forge.api.releases import create_next_release
 from forge.clock import Clock
 from forge.config import Config
-from forge.errors import ForgeError, Invalid, PayloadTooLarge, Unauthorized
+from forge.errors import ForgeError, Invalid, PayloadTooLarge, Unauthorized, Unavailable
 from forge.models import App, Deployment
 from forge.store.base import Store
 from forge.webhook import (
@@ -69,6 +69,16 @@ class GithubWebhookResource:
         delivery = req.get_header("X-GitHub-Delivery")
         try:
             status, body, outcome = self._handle(req, delivery)
+        except Unavailable as exc:
+            # Accepted and verified, but not written (the store is down or its disk is full).
+            # GitHub does not retry: say exactly which delivery to redeliver, here and in the log.
+            self.deliveries.labels(_outcome_of(exc)).inc()
+            what = f"delivery {delivery}" if delivery else "this delivery"
+            log.error("webhook %s was NOT recorded (%s): redeliver it from the repository's "
+                      "Settings → Webhooks → Recent Deliveries once the store is writable", what, exc.message)
+            raise Unavailable(f"{exc.message}; {what} was not recorded: redeliver it from the repository's "
+                              "Settings → Webhooks → Recent Deliveries once Forge's store is writable again",
+                              [{"path": "X-GitHub-Delivery", "message": delivery or "(none)"}]) from None
         except ForgeError as exc:
             self.deliveries.labels(_outcome_of(exc)).inc()
             raise

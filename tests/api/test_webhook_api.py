@@ -299,3 +299,19 @@ def test_concurrent_redelivery_resolves_to_one(tmp_path: Path) -> None:
     assert res.json["duplicate"] is True and res.json["existing"] == ["hello-1"]
     assert [d.metadata.name for d in env.deployments()] == ["hello-1"]
     store.close()
+
+
+def test_unrecorded_delivery_says_exactly_what_to_redeliver(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A verified push the store cannot record (disk full, store down) is a 503 naming the
+    delivery to redeliver from GitHub (which never retries by itself); nothing half-written."""
+    from forge.errors import Unavailable
+
+    def full(*_a: Any, **_k: Any) -> Any:
+        raise Unavailable("store write failed: database or disk is full")
+
+    monkeypatch.setattr(env.store, "create", full)
+    res = deliver(env, push(), delivery="8f1c2d30-0000-11ef-9a3b-abcdef012345")
+    assert res.status_code == 503, res.text
+    assert "8f1c2d30-0000-11ef-9a3b-abcdef012345 was not recorded: redeliver it" in res.json["message"]
+    assert "Recent Deliveries" in res.json["message"] and env.deployments() == []
+    assert env.count("error") == 1
