@@ -22,7 +22,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.e2e.harness import ADMIN_TOKEN, WEBHOOK_SECRET, Forge, Remote, free_port, push_payload
+from tests.e2e.harness import Forge, Remote, free_port, new_forge, push_payload
 
 BASELINE_SH = r"""
 set -e
@@ -74,11 +74,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="forge-bench-"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FORGE_")}
-    env.update(FORGE_ADMIN_TOKEN=ADMIN_TOKEN, FORGE_GITHUB_WEBHOOK_SECRET=WEBHOOK_SECRET,
-               FORGE_GIT_URL_TEMPLATE=f"file://{root}/remotes/{{full_name}}.git", PYTHONUNBUFFERED="1")
-    forge = Forge(root=root, data=root / "data", api=f"http://127.0.0.1:{free_port()}",
-                  http=f"http://127.0.0.1:{free_port()}", env=env)
+    forge = new_forge(root)
     remote = Remote(root, "acme/bench")
     forge.start()
     try:

@@ -13,7 +13,6 @@ import argparse
 import hashlib
 import hmac
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -26,7 +25,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.e2e.harness import ADMIN_TOKEN, WEBHOOK_SECRET, Forge, free_port
+from tests.e2e.harness import ADMIN_TOKEN, WEBHOOK_SECRET, free_port, new_forge
 
 
 def main() -> None:
@@ -36,10 +35,7 @@ def main() -> None:
     if shutil.which("prometheus") is None:
         sys.exit("prometheus is not installed (apt-get install prometheus)")
     root = Path(tempfile.mkdtemp(prefix="forge-bench-prom-"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FORGE_")}
-    env.update(FORGE_ADMIN_TOKEN=ADMIN_TOKEN, FORGE_GITHUB_WEBHOOK_SECRET=WEBHOOK_SECRET, PYTHONUNBUFFERED="1")
-    forge = Forge(root=root, data=root / "data", api=f"http://127.0.0.1:{free_port()}",
-                  http=f"http://127.0.0.1:{free_port()}", env=env)
+    forge = new_forge(root)
     prom_port = free_port()
     prom = None
     try:

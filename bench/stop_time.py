@@ -7,7 +7,6 @@ Run: .venv/bin/python bench/stop_time.py [--rounds 3]. Target: under 2 s with li
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import signal
 import statistics
@@ -19,16 +18,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.e2e.harness import ADMIN_TOKEN, WEBHOOK_SECRET, Forge, Remote, free_port, push_payload
+from tests.e2e.harness import ADMIN_TOKEN, Remote, new_forge, push_payload
 
 
 def once(with_watch: bool) -> float:
     root = Path(tempfile.mkdtemp(prefix="forge-bench-stop-"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FORGE_")}
-    env.update(FORGE_ADMIN_TOKEN=ADMIN_TOKEN, FORGE_GITHUB_WEBHOOK_SECRET=WEBHOOK_SECRET,
-               FORGE_GIT_URL_TEMPLATE=f"file://{root}/remotes/{{full_name}}.git", PYTHONUNBUFFERED="1")
-    f = Forge(root=root, data=root / "data", api=f"http://127.0.0.1:{free_port()}",
-              http=f"http://127.0.0.1:{free_port()}", env=env)
+    f = new_forge(root)
     watcher = None
     try:
         f.start()

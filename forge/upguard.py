@@ -28,6 +28,7 @@ from typing import Any, Final
 
 from forge.clock import Clock
 from forge.errors import Unavailable
+from forge.nodeagent.supervisor import process_start_ticks as start_ticks
 
 log = logging.getLogger("forge.up")
 
@@ -43,15 +44,6 @@ def die_with_parent() -> None:
     if _libc is None:
         _libc = ctypes.CDLL(None, use_errno=True)
     _libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-
-
-def start_ticks(pid: int) -> int | None:
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = raw[raw.rfind(")") + 2:].split()
-    return None if fields[0] in ("Z", "X") else int(fields[19])
 
 
 def alive(pid: int, ticks: int | None) -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -10,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import ADMIN_TOKEN, WEBHOOK_SECRET, Forge, free_port
+from tests.e2e.harness import Forge, new_forge
 
 
 @pytest.fixture(scope="module")
@@ -20,12 +19,7 @@ def forge() -> Iterator[Forge]:
     # Not under pytest's basetemp: pytest resets /tmp/pytest-of-USER to 0700 whenever a session
     # starts, which would lock the apps' own uids out of their release dirs mid-run.
     root = Path(tempfile.mkdtemp(prefix="forge-e2e-"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FORGE_")}
-    env.update(FORGE_ADMIN_TOKEN=ADMIN_TOKEN, FORGE_GITHUB_WEBHOOK_SECRET=WEBHOOK_SECRET,
-               FORGE_GIT_URL_TEMPLATE=f"file://{root}/remotes/{{full_name}}.git", FORGE_MODE="dev",
-               PYTHONUNBUFFERED="1")
-    f = Forge(root=root, data=root / "data", api=f"http://127.0.0.1:{free_port()}", http=f"http://127.0.0.1:{free_port()}",
-              env=env)
+    f = new_forge(root, FORGE_MODE="dev")
     f.start()
     try:
         yield f

@@ -243,6 +243,16 @@ class Forge:
         return r.status_code == 200 and r.text.startswith(text)
 
 
+def new_forge(root: Path, **env_extra: str) -> Forge:
+    """A ``forge up`` (not started) with its own data dir under ``root``, free loopback ports, the
+    e2e admin token and webhook secret, and git remotes under ``root/remotes``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FORGE_")}
+    env.update(FORGE_ADMIN_TOKEN=ADMIN_TOKEN, FORGE_GITHUB_WEBHOOK_SECRET=WEBHOOK_SECRET,
+               FORGE_GIT_URL_TEMPLATE=f"file://{root}/remotes/{{full_name}}.git", PYTHONUNBUFFERED="1", **env_extra)
+    return Forge(root=root, data=root / "data", api=f"http://127.0.0.1:{free_port()}",
+                 http=f"http://127.0.0.1:{free_port()}", env=env)
+
+
 def https_get(port: int, sni: str, cafile: Path) -> tuple[str, str]:
     """(status line, body) of GET / over TLS to 127.0.0.1:port with SNI ``sni``, verified against ``cafile``."""
     ctx = ssl.create_default_context(cafile=str(cafile))

@@ -80,26 +80,9 @@ def backend() -> Iterator[int]:
     srv.server_close()
 
 
-def seed_live_app(store: Store, name: str, port: int, domains: tuple[str, ...] = ()) -> None:
-    if not store.list("Node")[0]:
-        store.create(Node(metadata=ObjectMeta(name="n1")))
-    store.create(App(metadata=ObjectMeta(name=name), spec=AppSpec(repo=f"acme/{name}", domains=list(domains))))
-    inst = store.create(Instance(metadata=ObjectMeta(name=f"{name}-1-0"), spec=InstanceSpec(
-        app=name, deployment=f"{name}-1", node="n1", repo=f"acme/{name}", commit="a" * 40)))
-    inst.status.phase, inst.status.ready, inst.status.port = "Running", True, port
-    store.update_status(inst)
-    for _ in range(20):  # the router writes App.status.serviceAddress meanwhile: read again on Conflict
-        app = store.get("App", name)
-        app.status.live_deployment = f"{name}-1"
-        try:
-            store.update_status(app)
-            return
-        except Conflict:
-            continue
-    raise AssertionError("App status kept changing")
-
-
 def set_live(store: Store, name: str, live: str | None) -> None:
+    """Write App.status.liveDeployment; the router writes serviceAddress beside it, so a
+    Conflict means: read it again."""
     for _ in range(20):
         app = store.get("App", name)
         app.status.live_deployment = live
@@ -109,6 +92,17 @@ def set_live(store: Store, name: str, live: str | None) -> None:
         except Conflict:
             continue
     raise AssertionError("App status kept changing")
+
+
+def seed_live_app(store: Store, name: str, port: int, domains: tuple[str, ...] = ()) -> None:
+    if not store.list("Node")[0]:
+        store.create(Node(metadata=ObjectMeta(name="n1")))
+    store.create(App(metadata=ObjectMeta(name=name), spec=AppSpec(repo=f"acme/{name}", domains=list(domains))))
+    inst = store.create(Instance(metadata=ObjectMeta(name=f"{name}-1-0"), spec=InstanceSpec(
+        app=name, deployment=f"{name}-1", node="n1", repo=f"acme/{name}", commit="a" * 40)))
+    inst.status.phase, inst.status.ready, inst.status.port = "Running", True, port
+    store.update_status(inst)
+    set_live(store, name, f"{name}-1")
 
 
 def test_runtime_routes_changes_and_restores_after_restart(tmp_path: Path, store: Store, backend: int) -> None:

@@ -17,7 +17,7 @@ import pytest
 
 from forge.nodeagent.agent import node_cgroup_parent
 from forge.upguard import descendants, listeners
-from tests.e2e.harness import ADMIN_TOKEN, MANIFEST, WEBHOOK_SECRET, Forge, Remote, free_port, wait_for
+from tests.e2e.harness import MANIFEST, Forge, Remote, new_forge, wait_for
 from tests.e2e.test_push_to_live import push, register
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(shutil.which("caddy") is None, reason="caddy is not installed")]
@@ -26,11 +26,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.skipif(shutil.which("caddy") is None,
 @pytest.fixture
 def forge() -> Iterator[Forge]:
     root = Path(tempfile.mkdtemp(prefix="forge-e2e-kill-"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FORGE_")}
-    env.update(FORGE_ADMIN_TOKEN=ADMIN_TOKEN, FORGE_GITHUB_WEBHOOK_SECRET=WEBHOOK_SECRET,
-               FORGE_GIT_URL_TEMPLATE=f"file://{root}/remotes/{{full_name}}.git", PYTHONUNBUFFERED="1")
-    f = Forge(root=root, data=root / "data", api=f"http://127.0.0.1:{free_port()}",
-              http=f"http://127.0.0.1:{free_port()}", env=env)
+    f = new_forge(root)
     f.start()
     try:
         yield f
