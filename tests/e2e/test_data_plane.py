@@ -146,10 +146,14 @@ def host_addresses() -> list[str]:
 @pytest.fixture(scope="module")
 def outside() -> Iterator[tuple[str, int]]:
     """A 'package index' outside the machine: a listener in a network namespace of its own,
-    joined to the host by a veth pair (TEST-NET-3 addresses); its (address, port)."""
+    joined to the host by a veth pair (TEST-NET-2 addresses); its (address, port)."""
     tag = uuid.uuid4().hex[:6]
     ns, host_if, peer = f"fgtest-out-{tag}", f"fgto{tag}", f"fgtp{tag}"
-    subnet = f"203.0.113.{(int(tag, 16) % 60) * 4}"
+    # TEST-NET-2, and a /30 no route on this machine knows (TEST-NET-3 may hold a package proxy).
+    routes = subprocess.run(["ip", "-4", "route", "show", "table", "all"], capture_output=True, text=True).stdout
+    start = int(tag, 16) % 60
+    last_octet = next(((start + i) % 60) * 4 for i in range(60) if f"198.51.100.{((start + i) % 60) * 4}/30" not in routes)
+    subnet = f"198.51.100.{last_octet}"
     base = subnet.rsplit(".", 1)[0]
     last = int(subnet.rsplit(".", 1)[1])
     host_ip, out_ip = f"{base}.{last + 1}", f"{base}.{last + 2}"
