@@ -22,6 +22,7 @@ from forge.api import auth
 from forge.api.body import read_object, send
 from forge.api.context import ApiContext
 from forge.errors import Invalid, NotFound, pydantic_errors
+from forge.events import EventRecorder
 from forge.gitauth import USERNAME, open_token, select_credential
 from forge.models import Instance, Model, RepoCredential, is_dns_name
 
@@ -73,6 +74,37 @@ class InstanceSecretsResource:
             env = self.ctx.sealer.open_values("Secret", secret.name, secret.spec.data)
         resp.set_header("Cache-Control", "no-store")
         send(resp, {"env": env})
+
+
+class AgentEventRequest(Model):
+    type: Literal["Normal", "Warning"]
+    reason: str = Field(pattern=r"^[A-Z][A-Za-z0-9]{0,63}$")
+    message: str = Field(max_length=1024)
+
+
+class AgentEventResource:
+    """``POST /api/v1/{instances,nodes}/NAME/events``: what an agent saw happen (a restart, an
+    OOM kill, a health-check restart, an orphan swept) recorded as an Event on that record —
+    merged, counted and rate-limited like the controllers' own. Only for the node that runs it."""
+
+    def __init__(self, ctx: ApiContext, kind: Literal["Instance", "Node"]) -> None:
+        self.ctx, self.kind = ctx, kind
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
+        p = auth.principal(req)
+        if self.kind == "Instance":
+            obj = load_instance(self.ctx, req, name, "record an Event")
+        else:
+            if not p.admin and p.node != name:
+                raise auth.forbid(p, f"record an Event on Node {name}")
+            obj = self.ctx.store.get("Node", name)  # type: ignore[assignment]
+        try:
+            body = AgentEventRequest.model_validate(read_object(req))
+        except ValidationError as exc:
+            raise Invalid.from_errors(pydantic_errors(exc)) from None
+        source = f"agent/{p.node}" if p.node else "admin"
+        EventRecorder(self.ctx.store, self.ctx.clock, source=source).record(obj, body.type, body.reason, body.message)
+        send(resp, {"recorded": True}, 201)
 
 
 class InstanceGitCredentialResource:

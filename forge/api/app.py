@@ -109,6 +109,8 @@ def create_app(
     app.add_route("/api/v1/apps/{name}/logs", logs.AppLogsResource(ctx))
     app.add_route("/api/v1/nodes/{name}/token", agents.NodeTokenResource(ctx))
     app.add_route("/api/v1/instances/{name}/secrets", agents.InstanceSecretsResource(ctx))
+    app.add_route("/api/v1/instances/{name}/events", agents.AgentEventResource(ctx, "Instance"))
+    app.add_route("/api/v1/nodes/{name}/events", agents.AgentEventResource(ctx, "Node"))
     app.add_route("/api/v1/instances/{name}/gitcredential", agents.InstanceGitCredentialResource(ctx))
     app.add_route("/api/v1/instances/{name}/logs", agents.InstanceLogsResource(ctx))
     app.add_route("/api/v1/secrets/rotate-key", agents.RotateKeyResource(ctx))

@@ -285,8 +285,18 @@ class Agent:
                 if group.startswith("build-") or (group.startswith("inst-") and group not in known):
                     log.warning("stopping orphaned cgroup %s", group)
                     self.sandbox.stop(group, None, 10.0, self.clock)
+                    self._node_event("Warning", "OrphanStopped",
+                                     f"stopped the processes of cgroup {group}: no Instance of this node explains them")
         if self.network is not None:
-            self.network.sweep(keep=assigned | set(self.state.names()))
+            for ns in self.network.sweep(keep=assigned | set(self.state.names())):
+                self._node_event("Warning", "OrphanStopped", f"removed network namespace of {ns}: no Instance explains it")
+
+    def _node_event(self, type_: str, reason: str, message: str) -> None:
+        try:
+            self.client.request("POST", f"/api/v1/nodes/{self.name}/events",
+                                json={"type": type_, "reason": reason, "message": message[:1000]})
+        except errors.ForgeError as exc:
+            log.info("could not record %s on node %s: %s", reason, self.name, exc)
 
     def _watch_loop(self) -> None:
         selector = {LABEL_NODE: self.name}

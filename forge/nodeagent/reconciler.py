@@ -160,6 +160,9 @@ class Reconciler:
         self._schedule_restart(st)
         self.state.save()
         self.shipper.wake()
+        # One message per cause, so repeats merge into one Event with a count (the restart count
+        # and back-off are in the Instance's status).
+        self.event(st.name, "Warning", st.reason, f"{st.message}; restarting it with back-off")
 
     def _schedule_restart(self, st: InstanceState) -> None:
         st.pid, st.pid_start, st.ready = None, None, False
@@ -210,10 +213,20 @@ class Reconciler:
             self.supervisor.stop(st, run.stop_timeout)
             self._schedule_restart(st)
             self.state.save()
+            self.event(st.name, "Warning", REASON_HEALTH, f"{st.message}; restarting it")
             self.status.write(inst, st, "Starting", None, probe_result=result.detail)
             return st.next_start - self.clock.now() if st.next_start else None
         self.status.write(inst, st, "Running" if st.ready else "Starting", tracker, probe_result=result.detail)
         return step
+
+    def event(self, instance: str, type_: str, reason: str, message: str) -> None:
+        """Record what happened on this node as an Event on the Instance (best effort: an
+        Event is history for people, never a reason for the agent to stop working)."""
+        try:
+            self.client.request("POST", f"/api/v1/instances/{instance}/events",
+                                json={"type": type_, "reason": reason, "message": message[:1000]})
+        except errors.ForgeError as exc:
+            log.info("could not record %s on %s: %s", reason, instance, exc)
 
     def _probe_host(self, st: InstanceState) -> str:
         """Where the agent reaches the app: its namespace address, or loopback on the host network."""

@@ -152,3 +152,22 @@ def test_node_writes_own_node_and_lease(api: Api, nodes: dict[str, str]) -> None
     lease = api.create("leases", {"metadata": {"name": "node.n1"}, "spec": {"holder": "n1"}}, token=t)
     lease["spec"]["renewTime"] = "2030-01-01T00:00:00.000Z"
     assert api.req("PUT", "/api/v1/leases/node.n1", token=t, json=lease).status_code == 200
+
+
+def test_a_node_records_events_only_on_its_own_records(api: Api, nodes: dict[str, str]) -> None:
+    """An agent's Event (a restart it saw) lands on its own Instance or Node, merged and counted;
+    another node's records are 403, a malformed reason is 400, and nothing else is written."""
+    body = {"type": "Warning", "reason": "CrashLoopBackOff", "message": "process exited with code 3; restart #1 in 1s"}
+    t1 = nodes["n1"]
+    for _ in range(2):
+        assert api.req("POST", "/api/v1/instances/hello-1-0/events", token=t1, json=body).status_code == 201
+    evs = [e for e in api.store.list("Event")[0] if e.spec.reason == "CrashLoopBackOff"]
+    assert [(e.spec.involved_object.name, e.spec.count, e.spec.source) for e in evs] == [("hello-1-0", 2, "agent/n1")]
+    assert api.req("POST", "/api/v1/instances/hello-1-1/events", token=t1, json=body).status_code == 403
+    assert api.req("POST", "/api/v1/nodes/n2.example/events", token=t1, json=body).status_code == 403
+    api.create("nodes", {"metadata": {"name": "n1"}, "spec": {"address": "10.0.0.1"}})
+    assert api.req("POST", "/api/v1/nodes/n1/events", token=t1,
+                   json={**body, "reason": "OrphanStopped"}).status_code == 201
+    for bad in ({**body, "reason": "not camel"}, {**body, "type": "Fatal"}, {**body, "message": "x" * 2000}):
+        assert api.req("POST", "/api/v1/instances/hello-1-0/events", token=t1, json=bad).status_code == 400
+    assert api.req("POST", "/api/v1/instances/hello-1-0/events", token=None, json=body).status_code == 401

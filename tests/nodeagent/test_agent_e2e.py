@@ -170,6 +170,11 @@ def test_crash_loop_backs_off(env: Env) -> None:
     env.api.create_instance("hello-3-0", NODE, env.commit, manifest(env={"MODE": "crash"}, build=[]))
     inst = wait_for(lambda: (i := env.api.instance("hello-3-0")).status.restarts >= 3 and i, timeout=60)
     assert inst.status.reason == "CrashLoopBackOff" and inst.status.exit_code == 3 and not inst.status.ready
+    # Every restart is history a person can read: one Warning Event, counted.
+    evs = wait_for(lambda: [e for e in env.api.store.list("Event")[0] if e.spec.involved_object.name == "hello-3-0"
+                            and e.spec.reason == "CrashLoopBackOff"], timeout=10)
+    assert evs[0].spec.type == "Warning" and "exited with code 3" in evs[0].spec.message
+    assert sum(e.spec.count for e in evs) >= 2 and evs[0].spec.source == f"agent/{NODE}"
     env.api.set_desired("hello-3-0", "Stopped")
     wait_for(lambda: env.api.instance("hello-3-0").status.phase == "Stopped")
 
