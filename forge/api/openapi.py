@@ -6,8 +6,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from forge.api.agents import LogBatch
+from forge.api.agents import AgentEventRequest, LogBatch
 from forge.api.releases import DeployRequest, RollbackRequest
+from forge.api.ui import SignInRequest
 from forge.models import PLURALS, Resource
 
 EXPOSED = ("apps", "deployments", "instances", "nodes", "events", "secrets", "repocredentials", "leases")
@@ -117,6 +118,16 @@ def _extra_paths() -> dict[str, Any]:
         "/api/v1/nodes/{name}/token": {"parameters": [NAME], "post": _op(
             "mintNodeToken", "Mint a node token (shown once)", {**_ok(_ref("TokenResponse"), 201),
                                                                 **_errors(400, 401, 403, 409)})},
+        "/api/v1/instances/{name}/events": {"parameters": [NAME], "post": _op(
+            "recordInstanceEvent", "An agent records what it saw on its Instance (merged, counted)",
+            {**_ok({"type": "object"}, 201), **_errors(*AUTHED)}, requestBody=_body(_ref("AgentEventRequest")))},
+        "/api/v1/nodes/{name}/events": {"parameters": [NAME], "post": _op(
+            "recordNodeEvent", "An agent records what it saw on its Node (merged, counted)",
+            {**_ok({"type": "object"}, 201), **_errors(*AUTHED)}, requestBody=_body(_ref("AgentEventRequest")))},
+        "/api/v1/ui/signin": {"post": _op(
+            "dashboardSignIn", "Trade a one-time sign-in link's code for the admin token",
+            {**_ok(_ref("TokenResponse")), **_errors(400, 401)}, requestBody=_body(_ref("SignInRequest")),
+            security=[])},
         "/api/v1/instances/{name}/secrets": {"parameters": [NAME], "get": _op(
             "instanceSecrets", "Decrypted secret env of an Instance", {**_ok(_ref("SecretEnv")), **_errors(*AUTHED)})},
         "/api/v1/instances/{name}/gitcredential": {"parameters": [NAME], "get": _op(
@@ -156,7 +167,7 @@ def build_openapi(webhook: bool = False) -> dict[str, Any]:
         "LogLine": {"type": "object", "properties": {k: {"type": "string"} for k in (
             "time", "instance", "deployment", "source", "line")} | {"id": {"type": "integer"}}},
     }
-    for model in (DeployRequest, RollbackRequest, LogBatch):
+    for model in (DeployRequest, RollbackRequest, LogBatch, AgentEventRequest, SignInRequest):
         _add_schema(schemas, model)
     paths: dict[str, Any] = {}
     for plural in EXPOSED:
