@@ -42,9 +42,27 @@ log = logging.getLogger(__name__)
 REASON_BUILD_FAILED: Final[str] = "BuildFailed"
 REASON_FETCH_FAILED: Final[str] = "FetchFailed"
 BUILT_DIR = "built"  # under the agent's data dir: one marker file per built release
+MIN_FREE_BYTES = 256 * 2**20  # builds wait while the data dir has less free than this …
+MIN_FREE_RATIO = 0.0  # … or than this share of its filesystem (off by default: disks differ too much)
 TAIL_LINES = 20
 TAIL_BYTES = 2048
 GIT_TIMEOUT = 300.0
+
+
+class DiskLow(Exception):
+    """The node's data dir is nearly full: builds wait (the store and running apps come first)."""
+
+    reason = "InsufficientDisk"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def free_space(path: Path) -> tuple[int, int]:
+    """(bytes free to unprivileged writers, total bytes) of the filesystem holding ``path``."""
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
 
 
 class BuildError(Exception):
@@ -100,7 +118,9 @@ class Builder:
         spec_factory: Callable[..., Any], owner_for: Callable[[str], tuple[int | None, int | None]],
         credentials: Credentials | None = None, network: Any = None,
         build_env: dict[str, str] | None = None, build_files: tuple[tuple[str, str], ...] = (),
+        min_free_bytes: int = MIN_FREE_BYTES, min_free_ratio: float = MIN_FREE_RATIO,
     ) -> None:
+        self.min_free_bytes, self.min_free_ratio = min_free_bytes, min_free_ratio
         self.data_dir = Path(data_dir)
         self.network = network  # NodeNetwork: each build in its own network namespace (None: host network)
         # The operator's allowlist (FORGE_BUILD_ENV, FORGE_BUILD_FILES): package-index settings
@@ -145,6 +165,7 @@ class Builder:
         with self._lock(str(release)):
             if self.is_built(release, commit):
                 return release
+            self._check_space()
             build_log.parent.mkdir(parents=True, exist_ok=True)
             buildlog.append(build_log, self.clock, f"==> fetching {repo}@{commit[:12]}")
             cache = self._fetch(instance, repo, commit, build_log)
@@ -156,6 +177,16 @@ class Builder:
             write_atomic(self.marker(release), (commit + "\n").encode())
             buildlog.append(build_log, self.clock, "==> build succeeded")
             return release
+
+    def _check_space(self) -> None:
+        """The node-level guard: no new build while the data dir's filesystem is nearly full, so a
+        build (or a fetch) can never be what fills the disk under the store and the apps."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        free, total = free_space(self.data_dir)
+        need = max(self.min_free_bytes, int(total * self.min_free_ratio))
+        if free < need:
+            raise DiskLow(f"this node's data dir has {free // 2**20} MiB free (builds need {need // 2**20} MiB); "
+                          "the build waits until space is freed")
 
     # -- fetch -----------------------------------------------------------------
     @staticmethod

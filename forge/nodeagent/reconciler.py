@@ -17,7 +17,7 @@ from forge import errors
 from forge.client import ForgeClient
 from forge.clock import Clock
 from forge.models import Instance
-from forge.nodeagent.builder import REASON_BUILD_FAILED, REASON_FETCH_FAILED, Builder, BuildError
+from forge.nodeagent.builder import REASON_BUILD_FAILED, REASON_FETCH_FAILED, Builder, BuildError, DiskLow
 from forge.nodeagent.logship import Shipper, log_path
 from forge.nodeagent.prober import READY, UNHEALTHY, WAITING, ProbeTracker, probe
 from forge.nodeagent.spec import RunSpec
@@ -38,6 +38,7 @@ REASON_CRASH_LOOP: Final[str] = "CrashLoopBackOff"
 REASON_OOM: Final[str] = "OOMKilled"
 REASON_HEALTH: Final[str] = "HealthCheckFailed"
 REASON_START_FAILED: Final[str] = "StartFailed"
+DISK_RETRY_SECONDS = 30.0
 FIRST_PROBE_DELAY = 0.05  # then doubling up to health.interval until the first success: a fast
 # app is seen ready within tens of milliseconds, a slow one is not hammered
 STABLE_SECONDS = BACKOFF_CAP  # running this long after being ready resets the crash streak
@@ -79,6 +80,11 @@ class Reconciler:
             try:
                 self.builder.ensure_built(name, inst.spec.app, inst.spec.deployment, inst.spec.repo, inst.spec.commit,
                                           run, env, limits, log_path(self.logs_dir, name, "build"))
+            except DiskLow as exc:
+                st.reason, st.message = exc.reason, exc.message  # not the release's fault: it waits
+                self.status.write(inst, st, "Building", None)
+                self.event(name, "Warning", exc.reason, exc.message)
+                return DISK_RETRY_SECONDS
             except BuildError as exc:
                 st.reason, st.message = exc.reason, exc.message
                 self.state.save()

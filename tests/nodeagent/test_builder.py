@@ -193,3 +193,18 @@ def test_build_lines_carry_the_time_they_were_produced(rig: Rig) -> None:
     with pytest.raises(BuildError) as failed:
         rig.build("hello-6-0", "hello-6", ["echo about to fail", "exit 3"])
     assert "\x1e" not in failed.value.message and "exited with code 3" in failed.value.message
+
+
+def test_builds_wait_while_the_data_dir_is_nearly_full(rig: Rig) -> None:
+    """The node-level guard: with less free space than the threshold no build starts (no fetch,
+    no release dir); with room again the same build goes through."""
+    from forge.nodeagent.builder import DiskLow, free_space
+
+    free, _ = free_space(rig.tmp)
+    rig.builder.min_free_bytes = free + 2**40  # more than this filesystem has free
+    with pytest.raises(DiskLow, match="MiB free"):
+        rig.build("hello-5-0", "hello-5", ["true"])
+    assert not rig.builder.release_dir("hello", "hello-5").exists()
+    assert not (rig.tmp / "data" / "git").exists(), "nothing fetched"
+    rig.builder.min_free_bytes = 0
+    assert rig.builder.is_built(rig.build("hello-5-0", "hello-5", ["true"]), rig.commit)
