@@ -47,3 +47,70 @@ def test_shutdown_releases_waiters() -> None:
     q.shutdown()
     q.add("a")
     assert q.get() is None and len(q) == 0
+
+
+def test_watch_back_off_resets_on_the_first_event(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """After API outages the instance watch waits 0.5, 1, 2, 4 s …; the first event of a watch
+    that works again resets it, so the next outage starts from 0.5 s (client-go's reflector)."""
+    import threading
+
+    from forge import errors
+    from forge.client import ForgeClient
+    from forge.clock import FakeClock
+    from forge.nodeagent.agent import Agent
+
+    class Stop(threading.Event):
+        def __init__(self) -> None:
+            super().__init__()
+            self.waits: list[float] = []
+
+        def wait(self, timeout: float | None = None) -> bool:
+            self.waits.append(float(timeout or 0))
+            if len(self.waits) >= 7:
+                self.set()
+            return self.is_set()
+
+    script = ["down", "down", "down", "event-then-down", "down", "down", "down", "down"]
+
+    class Client(ForgeClient):
+        def list(self, plural, selector=None):  # type: ignore[no-untyped-def,override]
+            return [], 1
+
+        def watch(self, plural, resource_version, selector=None, timeout_seconds=300):  # type: ignore[no-untyped-def,override]
+            step = script.pop(0) if script else "down"
+            if step == "event-then-down":
+                yield "BOOKMARK", {"metadata": {"resourceVersion": "5"}}
+            raise errors.Unavailable("API down")
+
+    stop = Stop()
+    agent = Agent(Client("http://127.0.0.1:9", "t"), "n1", tmp_path / "agent", "127.0.0.1", None, "dev",
+                  "file:///nowhere/{full_name}.git", stop, FakeClock(), driver=None, network=None)
+    try:
+        agent._watch_loop()
+    finally:
+        agent.client.close()
+    assert stop.waits == [0.5, 1.0, 2.0, 0.5, 1.0, 2.0, 4.0]
+
+
+def test_without_nftables_dev_shares_the_host_network_and_production_refuses(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """No root or no nftables: a dev agent records network=host (and says what is missing);
+    FORGE_MODE=production refuses to run apps without their own network."""
+    import threading
+
+    import pytest
+
+    from forge import errors
+    from forge.client import ForgeClient
+    from forge.clock import FakeClock
+    from forge.nodeagent import agent as agent_mod
+
+    monkeypatch.setattr(agent_mod, "nft_available", lambda: "no CAP_NET_ADMIN (test)")
+    a = agent_mod.Agent(ForgeClient("http://127.0.0.1:9", "t"), "n1", tmp_path / "agent", "127.0.0.1", None, "dev",
+                        "file:///nowhere/{full_name}.git", threading.Event(), FakeClock(), driver=None)
+    try:
+        assert a.network is None and a.isolation.network == "host"
+        assert any("network namespaces" in m for m in a.isolation.missing)
+        with pytest.raises(errors.Unavailable, match="own network"):
+            a._own_network("production", "", ())
+    finally:
+        a.client.close()
