@@ -9,10 +9,12 @@ keyring is loaded once in the master first, so the workers never race to create 
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import shutil
 import signal
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -105,16 +107,17 @@ def serve(
 
 def prepare_multiprocess_metrics(config: Config) -> Path:
     """An empty directory for this server's workers' metric files, in the environment the
-    workers inherit, before any of them exists (prometheus_client picks its value class then)."""
+    workers inherit, before any of them exists (prometheus_client picks its value class then).
+
+    Not in the data dir: the files are memory-mapped, and a page of one that the filesystem
+    cannot back (the data dir's disk full) kills the worker with SIGBUS. ``/dev/shm`` (memory)
+    when there is one, else the system's temp dir; removed when the server stops."""
     from prometheus_client import values
 
-    path = Path(config.data_dir).resolve() / "run" / f"api-metrics-{os.getpid()}"
-    shutil.rmtree(path, ignore_errors=True)
-    path.mkdir(parents=True, mode=0o700)
-    for stale in path.parent.glob("api-metrics-*"):  # servers that died without cleaning up
-        pid = stale.name.rsplit("-", 1)[1]
-        if stale != path and pid.isdigit() and not Path(f"/proc/{pid}").exists():
-            shutil.rmtree(stale, ignore_errors=True)
+    shm = Path("/dev/shm")
+    path = Path(tempfile.mkdtemp(prefix=f"forge-api-metrics-{os.getpid()}-",
+                                 dir=str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None))
+    atexit.register(shutil.rmtree, path, True)
     os.environ[MULTIPROC_ENV] = str(path)
     values.ValueClass = values.get_value_class()
     return path

@@ -308,7 +308,10 @@ class NodeNetwork:
             addrs = dict(state.get("addresses") or {})  # type: ignore[call-overload]
             if addrs.pop(name, None) is not None:
                 state["addresses"] = addrs
-                self._save(state)
+                try:
+                    self._save(state)
+                except OSError as exc:  # a full disk: the address stays reserved until the next save
+                    log.warning("cannot free the address of %s (%s)", name, exc)
 
     def sweep(self, keep: set[str]) -> list[str]:
         """Remove this install's namespaces whose name is not in ``keep``; the names removed."""

@@ -130,10 +130,18 @@ class Reconciler:
             body = self.client.request("GET", f"/api/v1/instances/{st.name}/secrets") or {}
             secrets = {str(k): str(v) for k, v in (body.get("env") or {}).items()}
         env = build_env(inst.spec.app, inst.spec.deployment, st.name, st.release_dir, port, run.env, inst.spec.env, secrets)
+        moved = port != st.port
         st.port, st.ready, st.next_start = port, False, None
-        # Written before the process exists: if the state cannot be saved (a full disk), nothing
-        # is started that the agent's record (and so its reports) would not know about.
-        self.state.save()
+        # Written before the process exists. When it cannot be (a full disk) the start goes on
+        # only if the Instance keeps the address:port it had — what the store says stays true,
+        # so the router keeps sending traffic to the right place; a move waits for the disk.
+        try:
+            self.state.save()
+        except OSError as exc:
+            if moved:
+                raise
+            log.warning("%s: cannot save the agent state (%s); restarting it at the same address anyway",
+                        st.name, exc)
         try:
             self.supervisor.start(st, run, env, limits, log_path(self.logs_dir, st.name, "app"), net)
         except (OSError, errors.Invalid) as exc:
@@ -143,7 +151,7 @@ class Reconciler:
             self.status.write(inst, st, "Starting", None)
             return st.next_start - self.clock.now() if st.next_start else None
         del env, secrets
-        self.state.save()
+        self._persist(st)  # the process runs: keep watching and probing it even if this fails
         self.watch_exit(st.pid, st.name)
         tracker = ProbeTracker(run.health.retries, run.health.start_period_seconds)
         self.trackers[st.name] = tracker
@@ -164,7 +172,7 @@ class Reconciler:
         st.exit_code = code
         self.supervisor.remove_cgroup(st.cgroup)
         self._schedule_restart(st)
-        self.state.save()
+        self._persist(st)
         self.shipper.wake()
         # One message per cause, so repeats merge into one Event with a count (the restart count
         # and back-off are in the Instance's status).
@@ -209,21 +217,30 @@ class Reconciler:
             if not st.ready:
                 st.ready, st.ever_ready, st.ready_time = True, True, self.clock.now_iso()
                 st.reason, st.message = "", ""
-                self.state.save()
+                self._persist(st)
             if st.crash_streak and since_start >= STABLE_SECONDS:
                 st.crash_streak = 0
-                self.state.save()
+                self._persist(st)
         elif verdict == UNHEALTHY:
             st.reason = REASON_HEALTH
             st.message = f"{run.health.path} failed {tracker.failures} probes in a row; last: {result.detail}"
             self.supervisor.stop(st, run.stop_timeout)
             self._schedule_restart(st)
-            self.state.save()
+            self._persist(st)
             self.event(st.name, "Warning", REASON_HEALTH, f"{st.message}; restarting it")
             self.status.write(inst, st, "Starting", None, probe_result=result.detail)
             return st.next_start - self.clock.now() if st.next_start else None
         self.status.write(inst, st, "Running" if st.ready else "Starting", tracker, probe_result=result.detail)
         return step
+
+    def _persist(self, st: InstanceState) -> None:
+        """Save the state where a failure must not stop the work (a full disk): what it would
+        record is already true in memory and, address and port unchanged, in the store."""
+        try:
+            self.state.save()
+        except OSError as exc:
+            log.warning("%s: cannot save the agent state (%s); carrying on, it is saved at the next change",
+                        st.name, exc)
 
     def event(self, instance: str, type_: str, reason: str, message: str) -> None:
         """Record what happened on this node as an Event on the Instance (best effort: an
