@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-APT_PKGS := caddy bubblewrap git prometheus chromium
+APT_PKGS := caddy bubblewrap git prometheus chromium nftables iproute2
 PYTEST_ARGS ?=
 
 .PHONY: setup run test system-packages clean bench
@@ -11,7 +11,8 @@ PYTEST_ARGS ?=
 setup: system-packages $(STAMP)
 
 # Debian packages Forge drives for real: caddy (router), bwrap (sandbox), git (source),
-# promtool (metrics/rules checks) and chromium (dashboard browser test).
+# promtool (metrics/rules checks), chromium (dashboard browser test), nftables (libnftables:
+# the apps' network fence and the service map) and iproute2 (network namespaces).
 system-packages:
 	@missing=""; \
 	command -v caddy >/dev/null || missing="$$missing caddy"; \
@@ -19,6 +20,8 @@ system-packages:
 	command -v git >/dev/null || missing="$$missing git"; \
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v nft >/dev/null || missing="$$missing nftables"; \
+	command -v ip >/dev/null || missing="$$missing iproute2"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
 	    echo "installing Debian packages:$$missing"; \

@@ -90,6 +90,8 @@ def nft_available() -> str | None:
         return "libnftables is missing (apt-get install nftables)"
     if shutil.which("ip") is None:
         return "iproute2's ip is missing (apt-get install iproute2)"
+    if shutil.which("nft", path="/usr/sbin:/usr/bin:/sbin:/bin") is None:
+        return "the nft command is missing (apt-get install nftables)"  # run inside namespaces
     try:
         Nft().run("list tables")
     except NetError as exc:
