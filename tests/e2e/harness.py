@@ -147,10 +147,14 @@ class Forge:
     env: dict[str, str]
     caddy_admin: str | None = None  # None: forge up's default, a unix socket in the data dir
 
+    default_node_name: bool = False  # True: no --node-name, forge up names the node after the host
+
     @property
     def node(self) -> str:
         """The local node's name, unique per install: concurrent runs on one machine never
         share a cgroup parent (each agent sweeps what it does not know under its own)."""
+        if self.default_node_name:
+            return socket.gethostname().lower()
         return "e2e-" + hashlib.sha256(str(self.data.resolve()).encode()).hexdigest()[:8]
     proc: subprocess.Popen[bytes] | None = None
     log: Path | None = None
@@ -173,7 +177,7 @@ class Forge:
              "--http-listen", self.http.removeprefix("http://"),
              *(["--caddy-admin", self.caddy_admin] if self.caddy_admin else []),
              "--metrics-listen", f"127.0.0.1:{free_port()}", "--controllers-metrics-listen", f"127.0.0.1:{free_port()}",
-             "--node-name", self.node, *self.extra_args],
+             *([] if self.default_node_name else ["--node-name", self.node]), *self.extra_args],
             env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         out.close()
         wait_for(lambda: self.proc.poll() is not None or "Forge is up" in self.log.read_text(errors="replace"),
