@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -89,6 +90,7 @@ def main() -> None:
             print(f"round {i}: platform {platform[-1]:.3f}s  baseline {baseline[-1]:.3f}s", flush=True)
     finally:
         forge.stop()
+        shutil.rmtree(root, ignore_errors=True)
     p, b = statistics.median(platform), statistics.median(baseline)
     print(f"\nplatform (webhook 202 -> first 200 via Caddy), median of {args.rounds}: {p:.3f}s")
     print(f"baseline (shell: clone, build, start, first 200), median of {args.rounds}: {b:.3f}s")
