@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import hashlib
 import json
 import os
 import shutil
@@ -23,7 +24,7 @@ from typing import Any, Final
 
 from forge.errors import ForgeError
 
-__all__ = ["NetError", "Nft", "ip", "ip_json", "nft_available"]
+__all__ = ["NetError", "Nft", "install_hash", "ip", "ip_json", "nft_available"]
 
 LIBRARY: Final[str] = "libnftables.so.1"
 NFT_CTX_DEFAULT: Final[int] = 0
@@ -180,6 +181,13 @@ def in_netns(netns: str, argv: list[str], stdin: bytes | None = None) -> str:
     if done.returncode != 0:
         raise NetError(f"{argv[0]} in netns {netns} failed: {done.stderr.decode(errors='replace').strip()[:800]}")
     return done.stdout.decode(errors="replace")
+
+
+def install_hash(data_dir: str | Path, purpose: str = "") -> str:
+    """Six hex digits naming one install's kernel objects (and cgroups, uids): derived from its
+    data dir, so two installs on one machine never share a name. ``purpose`` separates the
+    names the node's network and the router's service map take from the same data dir."""
+    return hashlib.sha256(f"{purpose}{Path(data_dir).resolve()}".encode()).hexdigest()[:6]
 
 
 def _env() -> dict[str, str]:

@@ -24,7 +24,6 @@ node's instance subnet to that node (see ``docs/data-plane.md``).
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import logging
 import threading
@@ -33,7 +32,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from forge.errors import Invalid
-from forge.nft import NetError, Nft, ip, ip_json
+from forge.nft import NetError, Nft, install_hash, ip, ip_json
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +40,8 @@ SLOTS: Final[int] = 60
 SERVICE_POOL: Final = ipaddress.ip_network("198.18.0.0/15")
 PORT_MIN, PORT_MAX = 10000, 65000
 
+SVC: Final[str] = "svc:"  # install_hash purpose: the service map's names
 Backends = dict[int, list[str]]  # service port -> sorted "ip:port" of ready backends
-
-
-def install_hash(data_dir: str | Path) -> str:
-    return hashlib.sha256(("svc:" + str(Path(data_dir).resolve())).encode()).hexdigest()[:6]
 
 
 def choose_service_ip(data_dir: str | Path, configured: str = "") -> str:
@@ -59,7 +55,7 @@ def choose_service_ip(data_dir: str | Path, configured: str = "") -> str:
             raise Invalid(f"FORGE_SERVICE_ADDRESS: {configured!r} must be a routable IPv4 address, not loopback")
         return str(addr)
     size = SERVICE_POOL.num_addresses
-    start = int(install_hash(data_dir), 16) % size
+    start = int(install_hash(data_dir, SVC), 16) % size
     return str(SERVICE_POOL.network_address + max(1, start))
 
 
@@ -95,7 +91,7 @@ class ServiceMap:
     """The proxy host's service table and service IP; ``apply`` is one atomic kernel batch."""
 
     def __init__(self, data_dir: str | Path, address: str = "", nft: Nft | None = None) -> None:
-        h = install_hash(data_dir)
+        h = install_hash(data_dir, SVC)
         self.table = f"fgs{h}"
         self.address = choose_service_ip(data_dir, address)
         self.nft = nft or Nft()

@@ -35,15 +35,14 @@ log = logging.getLogger("forge.up")
 PR_SET_PDEATHSIG: Final[int] = 1
 LOCK_NAME: Final[str] = "forge-up.lock"
 RECORD: Final[str] = "run/forge-up.json"
-_libc: Any = None
+# Loaded here, in the parent: the child of a threaded process must not import or load anything
+# between fork and exec (another thread may hold a lock it would need), it only calls prctl.
+_LIBC: Final[Any] = ctypes.CDLL(None, use_errno=True)
 
 
 def die_with_parent() -> None:
     """``preexec_fn`` of every child: SIGTERM when the process that started it dies."""
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
 def alive(pid: int, ticks: int | None) -> bool:

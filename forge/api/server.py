@@ -117,7 +117,15 @@ def prepare_multiprocess_metrics(config: Config) -> Path:
     shm = Path("/dev/shm")
     path = Path(tempfile.mkdtemp(prefix=f"forge-api-metrics-{os.getpid()}-",
                                  dir=str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None))
-    atexit.register(shutil.rmtree, path, True)
+    master = os.getpid()
+
+    def remove() -> None:
+        # Workers are forked from here and inherit this handler: a worker that exits (a restart,
+        # a timeout) must not delete the files the others still write.
+        if os.getpid() == master:
+            shutil.rmtree(path, ignore_errors=True)
+
+    atexit.register(remove)
     os.environ[MULTIPROC_ENV] = str(path)
     values.ValueClass = values.get_value_class()
     return path

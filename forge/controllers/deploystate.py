@@ -165,7 +165,7 @@ def min_ready_seconds(dep: Deployment) -> float:
 def min_ready_wait(dep: Deployment, instances: Iterable[Instance], now: float) -> float:
     """Seconds until every current ready Instance of ``dep`` has been ready for ``min_ready``
     (0: long enough). A rollback goes back to a release that already proved itself: no wait."""
-    if pins_config(dep) and dep.spec.trigger.type == "rollback":
+    if dep.spec.trigger.type == "rollback":
         return 0.0
     need = min_ready_seconds(dep)
     wait = 0.0

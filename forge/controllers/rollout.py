@@ -148,7 +148,7 @@ def plan_rollout(
         all_ready = st.manifest is not None and ds.count_ready(name, instances) >= cfg.replicas
         # Ready is not enough: every Instance must *stay* ready for health.min_ready first, so a
         # release that passes one probe and then dies never takes a request.
-        settle = ds.min_ready_wait(wanted.model_copy(update={"status": st}), instances, now) if all_ready else 0.0
+        settle = ds.min_ready_wait(wanted, instances, now) if all_ready else 0.0
         if all_ready and settle <= 0:
             live = wanted  # promote: everything below follows the new live release
             st.applied_config = cfg

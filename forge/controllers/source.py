@@ -177,18 +177,11 @@ class SourceController(Controller):
         return None if head == dep.spec.commit else head
 
     def _stale(self, dep: Deployment, head: str) -> Result:
-        now = self.clock.now_iso()
         ref = dep.spec.ref.removeprefix("refs/heads/")
         where = "no longer exists" if head == "(deleted)" else f"now points at {head[:12]}"
         message = (f"{ref} {where}, not at {dep.spec.commit[:12]}: a newer push or a replayed delivery; "
                    "only a branch's current head is deployed")
-        dep.status.phase, dep.status.reason, dep.status.message = "Cancelled", REASON_STALE, message
-        dep.status.finished_time = dep.status.finished_time or now
-        dep.status.observed_generation = dep.metadata.generation
-        set_condition(dep.status, SOURCE_READY, "False", REASON_STALE, message, now)
-        dep = self.store.update_status(dep)  # type: ignore[assignment]
-        self.recorder.record(dep, "Warning", REASON_STALE, message)
-        return DONE
+        return self._fail(dep, REASON_STALE, message, phase="Cancelled")
 
     # ------------------------------------------------------------------ helpers
 
@@ -205,9 +198,9 @@ class SourceController(Controller):
 
         return open_token(Keyring.load(self.config), cred)
 
-    def _fail(self, dep: Deployment, reason: str, message: str) -> Result:
+    def _fail(self, dep: Deployment, reason: str, message: str, phase: str = "Failed") -> Result:
         now = self.clock.now_iso()
-        dep.status.phase, dep.status.reason, dep.status.message = "Failed", reason, message
+        dep.status.phase, dep.status.reason, dep.status.message = phase, reason, message  # type: ignore[assignment]
         dep.status.finished_time = dep.status.finished_time or now
         dep.status.observed_generation = dep.metadata.generation
         set_condition(dep.status, SOURCE_READY, "False", reason, message, now)

@@ -23,14 +23,14 @@ from forge.cgroups import detect_driver
 from forge.client import ForgeClient
 from forge.clock import Clock, SystemClock
 from forge.models import LABEL_NODE, Instance
-from forge.nft import nft_available
+from forge.nft import install_hash, nft_available
 from forge.nodeagent import node as nodeinfo
 from forge.nodeagent.builder import Builder, api_credentials
 from forge.nodeagent.diskgc import DiskGC, Release
 from forge.nodeagent.exitwatch import ExitWatcher
 from forge.nodeagent.logship import Shipper
 from forge.nodeagent.metrics import AgentCollector, serve_metrics
-from forge.nodeagent.network import NodeNetwork, install_hash
+from forge.nodeagent.network import NodeNetwork
 from forge.nodeagent.reconciler import Reconciler
 from forge.nodeagent.sandbox import Sandbox, SandboxSpec, UidAllocator
 from forge.nodeagent.state import AgentState

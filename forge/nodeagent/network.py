@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Final
 
 from forge.errors import Invalid
-from forge.nft import NetError, Nft, in_netns, ip, ip_json
+from forge.nft import NetError, Nft, in_netns, install_hash, ip, ip_json
 from forge.nodeagent.state import write_atomic
 
 log = logging.getLogger(__name__)
@@ -45,10 +45,6 @@ log = logging.getLogger(__name__)
 SUBNET_POOL: Final = ipaddress.ip_network("10.213.0.0/16")  # /24 per node; rare on LANs
 NETNS_DIR: Final[str] = "/run/netns"
 LOOPBACK_RESOLVER: Final[str] = "127.0.0.53"
-
-
-def install_hash(data_dir: str | Path) -> str:
-    return hashlib.sha256(str(Path(data_dir).resolve()).encode()).hexdigest()[:6]
 
 
 @dataclass(frozen=True)
@@ -255,10 +251,10 @@ class NodeNetwork:
         if isinstance(state.get("subnet"), str):
             return parse_subnet(str(state["subnet"]))
         taken = _routed_networks(exclude_dev=self.names.bridge)
-        count = 2 ** (24 - SUBNET_POOL.prefixlen)
-        start = int(self.names.hash, 16) % count
-        for i in range(count):
-            net = list(SUBNET_POOL.subnets(new_prefix=24))[(start + i) % count]
+        pool = list(SUBNET_POOL.subnets(new_prefix=24))
+        start = int(self.names.hash, 16) % len(pool)
+        for i in range(len(pool)):
+            net = pool[(start + i) % len(pool)]
             if not any(net.overlaps(t) for t in taken):
                 return net
         raise NetError(f"no free /24 left in {SUBNET_POOL} for instance addresses; set FORGE_INSTANCE_SUBNET")
@@ -276,8 +272,8 @@ class NodeNetwork:
         veth = self.names.veth(ns)
         mtu = self.mtu
         try:
-            ip(f"neigh flush to {addr} dev {self.names.bridge}", check=False)  # the address's last owner
-            ip(f"netns add {ns}",
+            ip(f"neigh flush to {addr} dev {self.names.bridge}",  # the address's last owner
+               f"netns add {ns}",
                f"link add {veth} mtu {mtu} type veth peer name eth0 mtu {mtu} netns {ns}",
                f"link set {veth} master {self.names.bridge}",
                f"link set dev {veth} type bridge_slave isolated on",

@@ -3,6 +3,7 @@ agent, Caddy) on free loopback ports, and signed GitHub deliveries."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -13,9 +14,10 @@ import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -255,6 +257,21 @@ def new_forge(root: Path, **env_extra: str) -> Forge:
                FORGE_GIT_URL_TEMPLATE=f"file://{root}/remotes/{{full_name}}.git", PYTHONUNBUFFERED="1", **env_extra)
     return Forge(root=root, data=root / "data", api=f"http://127.0.0.1:{free_port()}",
                  http=f"http://127.0.0.1:{free_port()}", env=env)
+
+
+@contextlib.contextmanager
+def running_forge(prefix: str, **env_extra: str) -> Iterator[Forge]:
+    """A started ``forge up`` in its own temp root (not under pytest's basetemp: pytest resets
+    /tmp/pytest-of-USER to 0700 when a session starts, locking app uids out of their releases),
+    stopped and removed on exit."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    f = new_forge(root, **env_extra)
+    try:
+        f.start()
+        yield f
+    finally:
+        f.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def https_get(port: int, sni: str, cafile: Path) -> tuple[str, str]:

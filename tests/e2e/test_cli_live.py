@@ -372,15 +372,19 @@ def test_readme_local_walkthrough_with_the_example_app(forge: Forge, tmp_path_fa
     assert httpx.get(f"{forge.http}/", headers={"Host": "walk.localhost"}, timeout=5).json()["greeting"] == "hello again"
 
 
+def live_app_running(forge: Forge, name: str, run: str) -> None:
+    """App ``name`` created with the CLI, its v1 running ``run`` (instead of just the server), Live."""
+    manifest = MANIFEST.format(name=name, version="v1", extra="", min_ready="1s").replace("exec python3 app.py", run)
+    sha = remote(forge, name).commit({"app.py": APP_PY, "version.txt": "v1\n", "forge.yaml": manifest}, name)
+    ok(forge, "apps", "create", name, "--repo", f"acme/{name}")
+    assert ok(forge, "deploy", name, "--commit", sha, "--wait").strip() == f"{name}-1 is Live"
+
+
 def test_escape_sequences_in_app_output_never_reach_the_terminal(forge: Forge) -> None:
     """An app printing ESC[2K, a carriage return, an OSC title and a bell: `forge logs` shows them
     escaped (no raw ESC, CR or BEL byte in its output); --raw passes the bytes through."""
-    rem = remote(forge, "ansi")
-    manifest = MANIFEST.format(name="ansi", version="v1", extra="", min_ready="1s").replace(
-        "exec python3 app.py", "printf 'pre\\033[2Kwiped\\rover\\033]0;owned\\007end\\n'; exec python3 app.py")
-    sha = rem.commit({"app.py": APP_PY, "version.txt": "v1\n", "forge.yaml": manifest}, "ansi")
-    ok(forge, "apps", "create", "ansi", "--repo", "acme/ansi")
-    assert ok(forge, "deploy", "ansi", "--commit", sha, "--wait").strip() == "ansi-1 is Live"
+    live_app_running(forge, "ansi", "printf 'pre\\033[2Kwiped\\rover\\033]0;owned\\007end\\n'; exec python3 app.py")
+
     def logged() -> str | None:
         text = ok(forge, "logs", "ansi")
         return text if "wiped" in text else None
@@ -396,15 +400,9 @@ def test_escape_sequences_in_app_output_never_reach_the_terminal(forge: Forge) -
 def test_log_flood_is_bounded_marked_and_kept_out_of_the_records(forge: Forge) -> None:
     """An app printing 300,000 lines at start: the records database does not grow with them,
     `forge logs` shows the drop marker, and the API answers throughout."""
-    rem = remote(forge, "flood")
-    flood = "seq 1 300000; exec python3 app.py"
-    manifest = MANIFEST.format(name="flood", version="v1", extra="", min_ready="1s").replace(
-        "exec python3 app.py", flood)
     records = forge.data / "forge.db"
     before = records.stat().st_size
-    sha = rem.commit({"app.py": APP_PY, "version.txt": "v1\n", "forge.yaml": manifest}, "flood")
-    ok(forge, "apps", "create", "flood", "--repo", "acme/flood")
-    assert ok(forge, "deploy", "flood", "--commit", sha, "--wait").strip() == "flood-1 is Live"
+    live_app_running(forge, "flood", "seq 1 300000; exec python3 app.py")
 
     def marked() -> str | None:
         text = ok(forge, "logs", "flood")

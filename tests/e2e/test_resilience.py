@@ -92,7 +92,8 @@ def test_agent_sigkill_apps_keep_serving_through_their_namespaces(forge: Forge, 
 
 def leftovers(forge: Forge) -> list[str]:
     """This install's network namespaces, links, nftables tables and service address still on the machine."""
-    from forge.nodeagent.network import NetNames, install_hash
+    from forge.nft import install_hash
+    from forge.nodeagent.network import NetNames
     from forge.servicemap import ServiceMap
 
     names = NetNames(install_hash(forge.data.resolve() / "node"))

@@ -7,7 +7,6 @@ import os
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +16,7 @@ import pytest
 
 from forge.nodeagent.agent import node_cgroup_parent
 from forge.upguard import descendants, listeners
-from tests.e2e.harness import MANIFEST, Forge, Remote, new_forge, wait_for
+from tests.e2e.harness import MANIFEST, Forge, Remote, running_forge, wait_for
 from tests.e2e.test_push_to_live import push, register
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(shutil.which("caddy") is None, reason="caddy is not installed")]
@@ -25,14 +24,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.skipif(shutil.which("caddy") is None,
 
 @pytest.fixture
 def forge() -> Iterator[Forge]:
-    root = Path(tempfile.mkdtemp(prefix="forge-e2e-kill-"))
-    f = new_forge(root)
-    f.start()
-    try:
+    with running_forge("forge-e2e-kill-") as f:
         yield f
-    finally:
-        f.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def forge_processes(data: Path) -> set[int]:
