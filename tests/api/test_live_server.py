@@ -183,3 +183,45 @@ def test_counters_are_whole_across_gunicorn_workers(tmp_path) -> None:  # type: 
         stop_server(server)
     assert seen == sorted(seen), f"a counter went down between scrapes: {seen}"
     assert seen[-1] == 30.0
+
+
+def test_counters_survive_a_worker_restart(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A worker that exits (gunicorn replaces it) takes nothing with it: the metric files stay
+    (forked workers inherit the master's exit handler; only the master may remove them)."""
+    import hashlib
+    import hmac
+    import os
+    import re
+    import signal
+
+    import httpx
+
+    from forge.upguard import descendants
+    from tests.api.conftest import start_server, stop_server
+
+    secret = "restart-secret"
+    server = start_server(tmp_path, workers=2, env={"FORGE_GITHUB_WEBHOOK_SECRET": secret})
+    body = b'{"zen": "z", "hook_id": 1}'
+    headers = {"X-GitHub-Event": "ping", "Content-Type": "application/json",
+               "X-Hub-Signature-256": "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()}
+    pings = re.compile(r'^forge_webhook_deliveries_total\{outcome="ping"\} (\S+)$', re.M)
+
+    def ping_and_read(i: int) -> float:
+        with httpx.Client(base_url=server.url, timeout=10) as c:
+            assert c.post("/api/v1/webhook/github", content=body,
+                          headers={**headers, "X-GitHub-Delivery": f"r-{i}"}).status_code == 200
+            m = pings.search(c.get("/metrics").text)
+            return float(m.group(1)) if m else 0.0
+
+    try:
+        seen = [ping_and_read(i) for i in range(10)]
+        workers = sorted(descendants(server.proc.pid) - {server.proc.pid})
+        os.kill(workers[0], signal.SIGTERM)
+        import time
+        deadline = time.monotonic() + 20
+        while workers[0] in descendants(server.proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        seen += [ping_and_read(10 + i) for i in range(10)]
+    finally:
+        stop_server(server)
+    assert seen == sorted(seen) and seen[-1] == 20.0, seen
