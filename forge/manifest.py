@@ -18,7 +18,9 @@ Fields and units (the seed's fields plus documented extensions, marked *):
   Heroku treat them: ``K``/``Ki``/``KB`` = 1024, ``M``/``Mi``/``MB`` = 1024², ``G``/``Gi``/``GB``
   = 1024³ (case-insensitive, fractions allowed: ``1.5G``); a plain integer is bytes.
   ``resources.cpu`` cores, ``0.5`` or millicores ``500m``, 0 < c ≤ 64, default 0.5.
-  ``resources.pids``* 16–65536, default 512.
+  ``resources.pids``* 16–65536, default 512. ``resources.disk``* what the release's tree (build
+  output plus everything its Instances write) may hold on a node, same units, 32 MiB–1 TiB,
+  default 1G; enforced by the node (``forge.nodeagent.diskfence``).
 - ``health.path`` starts with ``/``, no whitespace, default ``/``; ``health.interval`` 1s–1h,
   default 10s; ``health.timeout`` 100ms–interval, default 3s; ``health.retries`` 1–100,
   default 3; ``health.start_period``* 0s–1h, default 0s; ``health.min_ready`` 0s–1h, default
@@ -50,6 +52,7 @@ MAX_BYTES = 64 * 1024
 MAX_DEPTH = 16
 KiB, MiB, GiB = 1024, 1024**2, 1024**3
 MEMORY_MIN, MEMORY_MAX = 16 * MiB, 64 * GiB
+DISK_MIN, DISK_MAX = 32 * MiB, 1024 * GiB
 _SIZE_UNITS = {"": 1, "b": 1, "k": KiB, "ki": KiB, "kb": KiB, "kib": KiB, "m": MiB, "mi": MiB,
                "mb": MiB, "mib": MiB, "g": GiB, "gi": GiB, "gb": GiB, "gib": GiB}
 _SIZE = re.compile(r"^(\d{1,15}(?:\.\d{1,9})?)\s*([A-Za-z]*)$")
@@ -409,6 +412,7 @@ _TOP = _section({
         "memory": ("memory", _bounded(parse_size, MEMORY_MIN, MEMORY_MAX, _fmt_size), False),
         "cpu": ("cpu", _value(_cpu), False),
         "pids": ("pids", _int(16, 65536), False),
+        "disk": ("disk", _bounded(parse_size, DISK_MIN, DISK_MAX, _fmt_size), False),
     }), False),
     "health": ("health", _HEALTH, False),
     "env": ("env", _env, False),

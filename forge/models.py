@@ -365,6 +365,7 @@ class Resources(Model):
     memory: int = Field(default=256 * 1024 * 1024, ge=0, description="bytes")
     cpu: float = Field(default=0.5, ge=0, description="cores")
     pids: int = Field(default=512, ge=1)
+    disk: int = Field(default=1024 * 1024 * 1024, ge=0, description="bytes the release tree may hold on its node")
 
 
 DesiredState = Literal["Running", "Stopped"]
@@ -434,6 +435,7 @@ class Isolation(Model):
     namespaces: bool = False
     bwrap: bool = False
     network: Literal["netns", "host"] = "host"  # netns: each Instance and build in its own network namespace
+    disk: Literal["image", "watcher"] = "watcher"  # image: each release its own size-limited filesystem
     missing: list[str] = Field(default_factory=list)
 
 

@@ -211,7 +211,7 @@ def instance_spec(app: App, dep: Deployment, cfg: DeploymentConfig, secret: Secr
         repo=dep.spec.repo or app.spec.repo, commit=dep.spec.commit, manifest=manifest, env=env,
         resources=Resources(
             memory=int(res.get("memory") or DEFAULT_MEMORY), cpu=float(res.get("cpu") or DEFAULT_CPU),
-            pids=int(res.get("pids") or Resources().pids),
+            pids=int(res.get("pids") or Resources().pids), disk=int(res.get("disk") or Resources().disk),
         ),
         secret=secret.metadata.name if secret is not None else None,
     )

@@ -18,6 +18,7 @@ from forge.client import ForgeClient
 from forge.clock import Clock
 from forge.models import Instance
 from forge.nodeagent.builder import REASON_BUILD_FAILED, REASON_FETCH_FAILED, Builder, BuildError, DiskLow
+from forge.nodeagent.diskfence import REASON_DISK_LIMIT
 from forge.nodeagent.logship import Shipper, log_path
 from forge.nodeagent.prober import READY, UNHEALTHY, WAITING, ProbeTracker, probe
 from forge.nodeagent.spec import RunSpec
@@ -60,6 +61,7 @@ class Reconciler:
         self.next_probe: dict[str, float] = {}
         self.probe_step: dict[str, float] = {}
         self.last_fail: dict[str, float] = {}
+        self.over_limit: set[str] = set()  # release dirs the disk check found full (their Instances stop)
 
     def reconcile(self, name: str, inst: Instance | None) -> float | None:
         st = self.state.get(name)
@@ -79,7 +81,8 @@ class Reconciler:
             env = build_env(inst.spec.app, inst.spec.deployment, name, st.release_dir, None, run.env, inst.spec.env)
             try:
                 self.builder.ensure_built(name, inst.spec.app, inst.spec.deployment, inst.spec.repo, inst.spec.commit,
-                                          run, env, limits, log_path(self.logs_dir, name, "build"))
+                                          run, env, limits, log_path(self.logs_dir, name, "build"),
+                                          disk=inst.spec.resources.disk)
             except DiskLow as exc:
                 st.reason, st.message = exc.reason, exc.message  # not the release's fault: it waits
                 self.status.write(inst, st, "Building", None)
@@ -101,6 +104,8 @@ class Reconciler:
                 self.status.write(inst, st, "Starting", self.trackers.get(name))
                 return st.next_start - now
             return self._start(inst, st, run, limits)
+        if st.release_dir in self.over_limit:
+            return self._disk_exceeded(inst, st, run)
         return self._probe(inst, st, run)
 
     # -- start / exit ----------------------------------------------------------
@@ -142,8 +147,10 @@ class Reconciler:
                 raise
             log.warning("%s: cannot save the agent state (%s); restarting it at the same address anyway",
                         st.name, exc)
+        fence = self.builder.fence
+        fsize = inst.spec.resources.disk if fence is not None and fence.mode == "watcher" else None
         try:
-            self.supervisor.start(st, run, env, limits, log_path(self.logs_dir, st.name, "app"), net)
+            self.supervisor.start(st, run, env, limits, log_path(self.logs_dir, st.name, "app"), net, fsize)
         except (OSError, errors.Invalid) as exc:
             st.reason, st.message = REASON_START_FAILED, str(exc)[:500]
             self._schedule_restart(st)
@@ -185,6 +192,51 @@ class Reconciler:
         st.next_start = self.clock.now() + backoff_delay(st.crash_streak)
         self.trackers.pop(st.name, None)
         self.next_probe.pop(st.name, None)
+
+    # -- disk limit ----------------------------------------------------------------
+    def check_disk(self, limits: dict[str, int]) -> list[str]:
+        """The disk check (the agent's ``~disk`` timer): running Instances whose release tree is at
+        its limit (``limits``: Instance name -> ``resources.disk``). Their releases are marked;
+        each Instance's own reconcile then stops it (``_disk_exceeded``)."""
+        fence = self.builder.fence
+        if fence is None:
+            return []
+        due: list[str] = []
+        checked: dict[str, bool] = {}
+        for name in self.state.names():
+            st = self.state.get(name)
+            if st is None or not st.pid or name not in limits:
+                continue
+            full = checked.get(st.release_dir)
+            if full is None:
+                try:
+                    full = checked[st.release_dir] = fence.exceeded(Path(st.release_dir), limits[name])
+                except OSError as exc:
+                    log.warning("%s: cannot measure %s: %s", name, st.release_dir, exc)
+                    full = checked[st.release_dir] = False
+            if full:
+                self.over_limit.add(st.release_dir)
+                due.append(name)
+        return due
+
+    def _disk_exceeded(self, inst: Instance, st: InstanceState, run: RunSpec) -> float | None:
+        """Stop an Instance whose release tree is full; once no Instance of this node runs from
+        that tree any more it is discarded, and the restart (with back-off) rebuilds it fresh."""
+        limit = inst.spec.resources.disk
+        self.supervisor.stop(st, run.stop_timeout)
+        st.reason = REASON_DISK_LIMIT
+        st.message = (f"wrote past its disk limit of {limit // 2**20} MiB (resources.disk); stopped, it restarts "
+                      "on a fresh copy of its release")
+        self._schedule_restart(st)
+        self._persist(st)
+        with self.state.lock:
+            others = any(o.pid and o.release_dir == st.release_dir for o in self.state.instances.values())
+        if not others:
+            self.builder.discard(Path(st.release_dir))
+            self.over_limit.discard(st.release_dir)
+        self.event(st.name, "Warning", REASON_DISK_LIMIT, st.message)
+        self.status.write(inst, st, "Starting", None)
+        return st.next_start - self.clock.now() if st.next_start else None
 
     # -- probe -----------------------------------------------------------------
     def _probe(self, inst: Instance, st: InstanceState, run: RunSpec) -> float | None:

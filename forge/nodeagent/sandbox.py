@@ -95,6 +95,7 @@ class SandboxSpec:
     ro_files: tuple[tuple[str, str], ...] = ()  # (host path, sandbox path) bound read-only (build allowlist)
     output_fd: int | None = None  # stdout+stderr to this fd instead of the paths (builds: a stamping pipe)
     resolv_conf: str | None = None  # the sandbox's /etc/resolv.conf (its netns has its own resolver)
+    fsize_limit: int | None = None  # RLIMIT_FSIZE (disk limits in watcher mode: no file outgrows the limit)
 
 
 @dataclass
@@ -214,6 +215,9 @@ class Sandbox:
         if spec.cgroup and self.driver is not None and not self.driver.exists(spec.cgroup):
             raise Invalid(f"cgroup {spec.cgroup} does not exist (create it and set its limits first)")
         drop: list[str] = []
+        if spec.fsize_limit:
+            prlimit = shutil.which("prlimit") or "prlimit"
+            drop += [prlimit, f"--fsize={int(spec.fsize_limit)}:{int(spec.fsize_limit)}", "--"]
         if spec.netns:
             if unprivileged_agent:
                 raise Invalid(f"cannot put {spec.app} in network namespace {spec.netns}: the agent is not root")

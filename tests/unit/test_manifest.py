@@ -102,6 +102,8 @@ def test_parse_duration(text: object, expected: float) -> None:
     ("resources: {memory: 64G}", lambda m: m.resources.memory == 64 * GiB),
     ("resources: {cpu: 1m}", lambda m: m.resources.cpu == 0.001),
     ("resources: {pids: 100}", lambda m: m.resources.pids == 100),
+    ("resources: {disk: 5G}", lambda m: m.resources.disk == 5 * GiB),
+    ("run: {command: x}", lambda m: m.resources.disk == GiB),
     ("health: {interval: 1s}", lambda m: m.health.timeout_seconds == 1.0),
     ("health: {interval: 1h, timeout: 1h, start_period: 30s}",
      lambda m: m.health.timeout_seconds == 3600 and m.health.start_period_seconds == 30),
@@ -112,7 +114,7 @@ def test_parse_duration(text: object, expected: float) -> None:
     ("env: {A: x, B: 3, C: 1.5, D: ''}", lambda m: m.env == {"A": "x", "B": "3", "C": "1.5", "D": ""}),
     ("runtime: node", lambda m: m.runtime == "node"),
     ("build: {commands: []}", lambda m: m.build.commands == []),
-], ids=["memory-min", "memory-max", "cpu-1m", "pids", "timeout-follows-short-interval",
+], ids=["memory-min", "memory-max", "cpu-1m", "pids", "disk", "disk-default", "timeout-follows-short-interval",
         "health-bounds", "path-query", "build-timeout-max", "run-extensions", "env-coercion",
         "runtime-node", "no-build-commands"])
 def test_accepted_edges(yaml_text: str, check: object) -> None:
@@ -125,7 +127,9 @@ BAD = [
     ("unknown-top", "bogus: 1", "bogus", "unknown field"),
     ("unknown-nested", "build: {comands: [x]}", "build.comands", 'unknown field (did you mean "commands"?)'),
     ("unknown-health", "health: {intervall: 5s}", "health.intervall", "unknown field"),
-    ("unknown-resources", "resources: {disk: 1G}", "resources.disk", "unknown field"),
+    ("unknown-resources", "resources: {disks: 1G}", "resources.disks", "unknown field"),
+    ("disk-too-small", "resources: {disk: 8M}", "resources.disk", "out of range (32Mi to 1024Gi)"),
+    ("disk-unit", "resources: {disk: 5 parsecs}", "resources.disk", "is not a size"),
     ("memory-unit", "resources: {memory: 12Q}", "resources.memory",
      '"12Q" is not a size (use 128M, 1G, 512Mi)'),
     ("memory-too-small", "resources: {memory: 8M}", "resources.memory", "out of range (16Mi to 64Gi)"),
