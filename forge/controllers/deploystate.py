@@ -16,18 +16,22 @@ Everything here is a function of records already read (and ``now`` where time ma
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from forge.clock import parse_iso
 from forge.models import (
     DEPLOYMENT_TERMINAL,
     LABEL_APP,
     LABEL_DEPLOYMENT,
+    LABEL_PROCESS,
+    WEB,
     App,
     Deployment,
     DeploymentConfig,
     Instance,
     InstanceSpec,
     ObjectMeta,
+    OneShot,
     OwnerRef,
     Resources,
     Secret,
@@ -92,7 +96,8 @@ def secret_version(secret: Secret | None) -> str | None:
 def app_config(app: App, secret: Secret | None) -> DeploymentConfig:
     """The config a release made from the App right now would carry."""
     return DeploymentConfig(
-        env=dict(app.spec.env), replicas=app.spec.replicas, domains=list(app.spec.domains),
+        env=dict(app.spec.env), replicas=app.spec.replicas, processes=dict(app.spec.processes) or None,
+        domains=list(app.spec.domains),
         secrets_version=secret_version(secret),
     )
 
@@ -110,8 +115,8 @@ def effective_config(app: App | None, dep: Deployment, secret: Secret | None) ->
 
 
 def same_config(a: DeploymentConfig, b: DeploymentConfig) -> bool:
-    return (a.env, a.replicas, sorted(a.domains), a.secrets_version) == (
-        b.env, b.replicas, sorted(b.domains), b.secrets_version
+    return (a.env, a.replicas, a.processes or {}, sorted(a.domains), a.secrets_version) == (
+        b.env, b.replicas, b.processes or {}, sorted(b.domains), b.secrets_version
     )
 
 
@@ -123,8 +128,27 @@ def pins_config(dep: Deployment) -> bool:
 # --------------------------------------------------------------------------- instances
 
 
-def instance_name(dep_name: str, index: int, replacement: int = 0) -> str:
-    return f"{dep_name}-{index}" + (f"-r{replacement}" if replacement else "")
+Slot = tuple[str, int]  # (process type, replica index)
+
+
+def instance_name(dep_name: str, index: int, replacement: int = 0, process: str = WEB) -> str:
+    """``APP-N-I`` for web, ``APP-N-TYPE-I`` for another process type; ``-rK`` for replacements."""
+    kind = "" if process == WEB else f"{process}-"
+    return f"{dep_name}-{kind}{index}" + (f"-r{replacement}" if replacement else "")
+
+
+def manifest_processes(manifest: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    procs = (manifest or {}).get("processes") or {}
+    return {str(k): v for k, v in procs.items() if isinstance(v, dict)} if isinstance(procs, dict) else {}
+
+
+def wanted_slots(cfg: DeploymentConfig, manifest: dict[str, Any] | None) -> list[Slot]:
+    """Every replica slot a release runs: ``replicas`` web ones, then each process type's."""
+    slots = [(WEB, i) for i in range(cfg.replicas)]
+    for proc, spec in sorted(manifest_processes(manifest).items()):
+        n = (cfg.processes or {}).get(proc, int(spec.get("replicas", 1) or 0))
+        slots += [(proc, i) for i in range(n)]
+    return slots
 
 
 def replacement_of(inst: Instance) -> int:
@@ -137,13 +161,19 @@ def instances_of(dep_name: str, instances: Iterable[Instance]) -> list[Instance]
     return [i for i in instances if i.spec.deployment == dep_name]
 
 
-def current_by_slot(dep_name: str, instances: Iterable[Instance]) -> dict[int, Instance]:
-    """Replica index → the newest incarnation of that slot."""
-    out: dict[int, Instance] = {}
+def slot_of(inst: Instance) -> Slot:
+    return (inst.spec.process, inst.spec.index)
+
+
+def current_by_slot(dep_name: str, instances: Iterable[Instance]) -> dict[Slot, Instance]:
+    """(process type, replica index) → the newest incarnation of that slot (one-shots have none)."""
+    out: dict[Slot, Instance] = {}
     for inst in instances_of(dep_name, instances):
-        cur = out.get(inst.spec.index)
+        if inst.spec.oneshot is not None:
+            continue
+        cur = out.get(slot_of(inst))
         if cur is None or replacement_of(inst) > replacement_of(cur):
-            out[inst.spec.index] = inst
+            out[slot_of(inst)] = inst
     return out
 
 
@@ -169,8 +199,8 @@ def min_ready_wait(dep: Deployment, instances: Iterable[Instance], now: float) -
         return 0.0
     need = min_ready_seconds(dep)
     wait = 0.0
-    for inst in current_by_slot(dep.metadata.name, instances).values():
-        if is_ready(inst):
+    for slot, inst in current_by_slot(dep.metadata.name, instances).items():
+        if is_ready(inst) and slot[0] == WEB:  # workers proved themselves by min_running already
             cond = inst.status.condition("Ready")
             since = inst.status.ready_time or (cond.last_transition_time if cond is not None else None)
             wait = max(wait, time_of(since, now) + need - now)
@@ -201,11 +231,18 @@ def needs_replacement(inst: Instance, live: bool) -> bool:
     return inst.status.phase == "Failed" and (live or inst.status.reason not in FAILING_REASONS)
 
 
-def instance_spec(app: App, dep: Deployment, cfg: DeploymentConfig, secret: Secret | None, index: int) -> InstanceSpec:
+def instance_spec(app: App, dep: Deployment, cfg: DeploymentConfig, secret: Secret | None, index: int,
+                  process: str = WEB, oneshot: OneShot | None = None) -> InstanceSpec:
     manifest = dict(dep.status.manifest or {})
-    res = manifest.get("resources") or {}
+    res = dict(manifest.get("resources") or {})
+    proc = manifest_processes(manifest).get(process) if process != WEB else None
+    if proc is not None:
+        res.update(proc.get("resources") or {})  # the manifest merged the top level in already
     env = {str(k): str(v) for k, v in (manifest.get("env") or {}).items()}
+    if proc is not None:
+        env.update({str(k): str(v) for k, v in (proc.get("env") or {}).items()})
     env.update(cfg.env)  # the App's config wins over the repo's defaults
+    storage = (manifest.get("storage") or {}).get("size") if isinstance(manifest.get("storage"), dict) else None
     return InstanceSpec(
         app=app.metadata.name, deployment=dep.metadata.name, index=index, desired="Running",
         repo=dep.spec.repo or app.spec.repo, commit=dep.spec.commit, manifest=manifest, env=env,
@@ -214,19 +251,35 @@ def instance_spec(app: App, dep: Deployment, cfg: DeploymentConfig, secret: Secr
             pids=int(res.get("pids") or Resources().pids), disk=int(res.get("disk") or Resources().disk),
         ),
         secret=secret.metadata.name if secret is not None else None,
+        process=process, oneshot=oneshot, storage=int(storage or 0),
     )
 
 
 def new_instance(app: App, dep: Deployment, cfg: DeploymentConfig, secret: Secret | None,
-                 index: int, replacement: int = 0) -> Instance:
+                 index: int, replacement: int = 0, process: str = WEB) -> Instance:
     name = dep.metadata.name
     return Instance(
         metadata=ObjectMeta(
-            name=instance_name(name, index, replacement),
-            labels={LABEL_APP: app.metadata.name, LABEL_DEPLOYMENT: name},
+            name=instance_name(name, index, replacement, process),
+            labels={LABEL_APP: app.metadata.name, LABEL_DEPLOYMENT: name,
+                    **({LABEL_PROCESS: process} if process != WEB else {})},
             owner_ref=OwnerRef(kind="Deployment", name=name, uid=dep.metadata.uid),
         ),
-        spec=instance_spec(app, dep, cfg, secret, index),
+        spec=instance_spec(app, dep, cfg, secret, index, process),
+    )
+
+
+def oneshot_instance(app: App, dep: Deployment, cfg: DeploymentConfig, secret: Secret | None, name: str,
+                     oneshot: OneShot, labels: dict[str, str] | None = None) -> Instance:
+    """A one-shot Instance of ``dep``'s code and config: the release command, a cron run, ``forge run``."""
+    return Instance(
+        metadata=ObjectMeta(
+            name=name,
+            labels={LABEL_APP: app.metadata.name, LABEL_DEPLOYMENT: dep.metadata.name, LABEL_PROCESS: oneshot.type,
+                    **(labels or {})},
+            owner_ref=OwnerRef(kind="Deployment", name=dep.metadata.name, uid=dep.metadata.uid),
+        ),
+        spec=instance_spec(app, dep, cfg, secret, 0, oneshot.type, oneshot),
     )
 
 

@@ -39,6 +39,10 @@ REASON_CRASH_LOOP: Final[str] = "CrashLoopBackOff"
 REASON_OOM: Final[str] = "OOMKilled"
 REASON_HEALTH: Final[str] = "HealthCheckFailed"
 REASON_START_FAILED: Final[str] = "StartFailed"
+REASON_TIMEOUT: Final[str] = "Timeout"  # a one-shot ran past its timeout
+REASON_ERROR: Final[str] = "Error"  # a one-shot exited non-zero
+REASON_EXIT_UNKNOWN: Final[str] = "ExitUnknown"
+REASON_INTERRUPTED: Final[str] = "Interrupted"
 DISK_RETRY_SECONDS = 30.0
 FIRST_PROBE_DELAY = 0.05  # then doubling up to health.interval until the first success: a fast
 # app is seen ready within tens of milliseconds, a slow one is not hammered
@@ -69,7 +73,19 @@ class Reconciler:
             return self._stop(name, st, inst)
         if inst.status.phase == "Failed" and inst.status.reason in (REASON_BUILD_FAILED, REASON_FETCH_FAILED):
             return None  # a failed build stays failed; a new Deployment brings a new Instance
-        run = RunSpec.from_manifest(inst.spec.manifest)
+        if inst.spec.oneshot is not None:
+            if (st is not None and st.finished_time) or inst.status.phase in ("Succeeded", "Failed"):
+                return None  # a one-shot runs once, to its end, and never again
+            if st is None and inst.status.started_time:
+                # Started by this node before its state was lost: running it again could run a
+                # migration twice. It ends Failed instead; whoever asked decides what next.
+                gone = InstanceState(name=name, app=inst.spec.app, deployment=inst.spec.deployment,
+                                     cgroup=f"inst-{name}", release_dir="", reason=REASON_INTERRUPTED,
+                                     message="the node lost track of this run while it ran; it is not run again",
+                                     finished_time=self.clock.now())
+                self.status.write(inst, gone, "Failed", None)
+                return None
+        run = RunSpec.for_instance(inst.spec)
         if st is None:
             st = InstanceState(name=name, app=inst.spec.app, deployment=inst.spec.deployment, cgroup=f"inst-{name}",
                                release_dir=str(self.builder.release_dir(inst.spec.app, inst.spec.deployment)),
@@ -97,7 +113,10 @@ class Reconciler:
             finally:
                 self.shipper.wake()
         if st.pid and not self.supervisor.is_running(st):
-            self._exited(st)
+            self._exited(st, run)
+            if st.finished_time:
+                self.status.write(inst, st, "Succeeded" if st.exit_code == 0 and not st.reason else "Failed", None)
+                return None
         now = self.clock.now()
         if not st.pid:
             if st.next_start and now < st.next_start:
@@ -106,7 +125,46 @@ class Reconciler:
             return self._start(inst, st, run, limits)
         if st.release_dir in self.over_limit:
             return self._disk_exceeded(inst, st, run)
+        if run.kind == "oneshot":
+            return self._watch_oneshot(inst, st, run)
+        if run.kind == "worker":
+            return self._watch_worker(inst, st, run)
         return self._probe(inst, st, run)
+
+    # -- one-shots and workers --------------------------------------------------------
+    def _watch_oneshot(self, inst: Instance, st: InstanceState, run: RunSpec) -> float | None:
+        """A one-shot runs until it exits (the exit watcher wakes its key) or its timeout."""
+        elapsed = self.clock.now() - (st.started_time or self.clock.now())
+        timeout = run.timeout or 600.0
+        if elapsed < timeout:
+            self.status.write(inst, st, "Running", None)
+            return timeout - elapsed
+        self.supervisor.stop(st, run.stop_timeout)
+        st.pid, st.pid_start, st.ready = None, None, False
+        st.reason, st.message = REASON_TIMEOUT, f"still running after its timeout of {timeout:g}s; killed"
+        st.finished_time = self.clock.now()
+        self.supervisor.remove_cgroup(st.cgroup)
+        self._persist(st)
+        self.shipper.wake()
+        self.event(st.name, "Warning", REASON_TIMEOUT, st.message)
+        self.status.write(inst, st, "Failed", None)
+        return None
+
+    def _watch_worker(self, inst: Instance, st: InstanceState, run: RunSpec) -> float | None:
+        """A worker has no HTTP check: it is ready once it has run ``min_running`` without a crash."""
+        up = self.clock.now() - (st.started_time or self.clock.now())
+        if up < run.min_running:
+            self.status.write(inst, st, "Starting", None)
+            return run.min_running - up
+        if not st.ready:
+            st.ready, st.ever_ready, st.ready_time = True, True, self.clock.now_iso()
+            st.reason, st.message = "", ""
+            self._persist(st)
+        if st.crash_streak and up >= STABLE_SECONDS:
+            st.crash_streak = 0
+            self._persist(st)
+        self.status.write(inst, st, "Running", None)
+        return max(STABLE_SECONDS - up, 0.0) or None
 
     # -- start / exit ----------------------------------------------------------
     def _start(self, inst: Instance, st: InstanceState, run: RunSpec, limits: tuple[Any, ...]) -> float | None:
@@ -169,9 +227,27 @@ class Reconciler:
         self.shipper.wake()
         return min(FIRST_PROBE_DELAY, run.health.interval_seconds)
 
-    def _exited(self, st: InstanceState) -> None:
+    def _exited(self, st: InstanceState, run: RunSpec | None = None) -> None:
         code = self.supervisor.exit_code(st.pid)
         ooms = self.supervisor.oom_kills(st.cgroup)
+        if run is not None and run.kind == "oneshot":
+            st.pid, st.pid_start, st.ready, st.exit_code = None, None, False, code
+            st.finished_time = self.clock.now()
+            if ooms > st.oom_kills:
+                st.reason, st.message = REASON_OOM, f"killed by the out-of-memory killer (exit code {code})"
+            elif code is None:
+                st.reason, st.message = REASON_EXIT_UNKNOWN, "it ended while the agent was restarting"
+            elif code != 0:
+                st.reason, st.message = REASON_ERROR, f"exited with code {code}"
+            else:
+                st.reason, st.message = "", "exited with code 0"
+            st.oom_kills = max(st.oom_kills, ooms)
+            self.supervisor.remove_cgroup(st.cgroup)
+            self._persist(st)
+            self.shipper.wake()
+            if st.reason:
+                self.event(st.name, "Warning", st.reason, st.message)
+            return
         st.reason = REASON_OOM if ooms > st.oom_kills else REASON_CRASH_LOOP
         st.message = (f"process exited with code {code}" if code is not None else "process exited") + (
             " after an out-of-memory kill" if st.reason == REASON_OOM else "")
@@ -312,7 +388,7 @@ class Reconciler:
     # -- stop ------------------------------------------------------------------
     def _stop(self, name: str, st: InstanceState | None, inst: Instance | None) -> float | None:
         if st is not None:
-            grace = RunSpec.from_manifest(inst.spec.manifest).stop_timeout if inst is not None else 10.0
+            grace = RunSpec.for_instance(inst.spec).stop_timeout if inst is not None else 10.0
             if st.pid or self.supervisor.driver is not None:
                 code = self.supervisor.stop(st, grace)
                 st.exit_code = code if code is not None else st.exit_code
@@ -324,7 +400,8 @@ class Reconciler:
             self.probe_step.pop(name, None)
             self.last_fail.pop(name, None)
             self.state.save()
-        if inst is not None and inst.spec.desired == "Stopped":
+        finished = inst is not None and inst.spec.oneshot is not None and inst.status.phase in ("Succeeded", "Failed")
+        if inst is not None and inst.spec.desired == "Stopped" and not finished:
             self.status.write(inst, st, "Stopped", None)
         if st is not None:
             try:
