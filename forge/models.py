@@ -439,9 +439,9 @@ class InstanceSpec(Model):
 
 InstancePhase = Literal[
     "", "Pending", "Scheduled", "Building", "Starting", "Running", "Stopping", "Stopped", "Failed", "Lost",
-    "Succeeded",
+    "Succeeded", "Skipped",
 ]
-INSTANCE_TERMINAL: frozenset[str] = frozenset({"Stopped", "Failed", "Lost", "Succeeded"})
+INSTANCE_TERMINAL: frozenset[str] = frozenset({"Stopped", "Failed", "Lost", "Succeeded", "Skipped"})
 
 
 class InstanceStatus(Status):

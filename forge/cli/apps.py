@@ -377,18 +377,41 @@ def env_list(ctx: Ctx, name: str, fmt: str) -> None:
     emit({"env": plain, "secrets": secret}, fmt, lambda: table(["NAME", "KIND"], rows) if rows else "no variables")
 
 
+def parse_scale(args: tuple[str, ...]) -> dict[str, int]:
+    """``3`` (web), or ``TYPE=N`` pairs: ``web=2 worker=3``."""
+    from forge.models import RESERVED_PROCESS_NAMES, is_dns_label
+
+    out: dict[str, int] = {}
+    for arg in args:
+        kind, sep, n = arg.rpartition("=") if "=" in arg else ("web", "=", arg)
+        if not n.isdigit() or not 0 <= int(n) <= 100:
+            raise click.BadParameter(f"{arg!r}: replicas are a number from 0 to 100", param_hint="TYPE=N")
+        if not sep or not is_dns_label(kind, 30) or (kind != "web" and kind in RESERVED_PROCESS_NAMES):
+            raise click.BadParameter(f"{arg!r}: use N or TYPE=N with a process type from forge.yaml",
+                                     param_hint="TYPE=N")
+        out[kind] = int(n)
+    if not out:
+        raise click.BadParameter("say how many: forge scale APP 3, or forge scale APP web=2 worker=3",
+                                 param_hint="TYPE=N")
+    return out
+
+
 @cli.command()
 @click.argument("name")
-@click.argument("replicas", type=click.IntRange(0, 100))
+@click.argument("counts", nargs=-1, required=True, metavar="N | TYPE=N...")
 @pass_ctx
-def scale(ctx: Ctx, name: str, replicas: int) -> None:
-    """Set the number of Instances of an app."""
+def scale(ctx: Ctx, name: str, counts: tuple[str, ...]) -> None:
+    """Set the number of Instances of an app's web process (N) or of each process type (TYPE=N)."""
+    want = parse_scale(counts)
+
     def mutate(spec: dict) -> bool:
-        changed = spec.get("replicas") != replicas
-        spec["replicas"] = replicas
-        return changed
+        before = (spec.get("replicas"), dict(spec.get("processes") or {}))
+        if "web" in want:
+            spec["replicas"] = want["web"]
+        spec["processes"] = {**(spec.get("processes") or {}), **{k: v for k, v in want.items() if k != "web"}}
+        return before != (spec.get("replicas"), spec["processes"])
     _patch_app(ctx, name, mutate)
-    click.echo(f"{name} scaled to {replicas}")
+    click.echo(f"{name} scaled: " + ", ".join(f"{k}={v}" for k, v in want.items()))
 
 
 @cli.group()

@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 REASON_DISK_LIMIT: Final[str] = "DiskLimitExceeded"
 IMAGES_DIR = "images"
+STORAGE_DIR = "storage"  # DATA/storage/APP: mount points of apps' persistent storage
+STORAGE_IMAGES = "_storage"
 FULL_FREE_BYTES = 1024 * 1024  # a filesystem with less than this free is at its limit
 FULL_FREE_INODES = 16
 TOOL_TIMEOUT = 60.0
@@ -114,6 +116,62 @@ class DiskFence:
     def image(self, release: Path) -> Path:
         return self.images / release.parent.name / f"{release.name}.img"
 
+    # -- an app's persistent storage (forge.yaml ``storage``) ---------------------------
+    def storage_dir(self, app: str) -> Path:
+        return self.data_dir / STORAGE_DIR / app
+
+    def storage_image(self, app: str) -> Path:
+        return self.images / STORAGE_IMAGES / f"{app}.img"  # "_storage" is no app name
+
+    def ensure_storage(self, app: str, size: int, uid: int | None, gid: int | None) -> Path:
+        """The app's persistent dir, mounted (made the first time: an ext4 image *with* a journal,
+        its data must survive a crash), owned by the app's uid; it outlives every release."""
+        path = self.storage_dir(app)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(path.parent, 0o711)
+        if path.is_symlink():
+            path.unlink()
+        path.mkdir(exist_ok=True)
+        if self.mode == "image" and not self.mounted(path):
+            img = self.storage_image(app)
+            img.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.chmod(self.images, 0o700)
+            if not img.exists():
+                fd = os.open(img, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+                try:
+                    os.ftruncate(fd, max(int(size), 32 * 1024 * 1024))
+                finally:
+                    os.close(fd)
+                owner = f"{uid if uid is not None else 0}:{gid if gid is not None else 0}"
+                try:
+                    _run(["mkfs.ext4", "-q", "-F", "-m", "0", "-E", f"nodiscard,root_owner={owner}", str(img)])
+                except errors.Unavailable:
+                    img.unlink(missing_ok=True)
+                    raise
+            elif img.stat().st_size < size:  # storage.size grew: the filesystem grows with it
+                os.truncate(img, size)
+                _run(["e2fsck", "-p", "-f", str(img)])
+                _run(["resize2fs", str(img)])
+            self._mount(img, path)
+            try:
+                os.rmdir(path / "lost+found")
+            except OSError:
+                pass
+        st = os.lstat(path)
+        if uid is not None and (st.st_uid, st.st_gid) != (uid, gid if gid is not None else uid):
+            os.lchown(path, uid, gid if gid is not None else uid)
+        os.chmod(path, 0o700)
+        return path
+
+    def remove_storage(self, app: str) -> None:
+        """Delete an app's storage for good (the app was deleted)."""
+        path = self.storage_dir(app)
+        for point in mount_points(path):
+            _run(["umount", "-l", point])
+        self.storage_image(app).unlink(missing_ok=True)
+        if path.exists() and not path.is_symlink():
+            shutil.rmtree(path)
+
     # -- lifecycle of one release's filesystem -------------------------------------
     def prepare(self, release: Path, limit: int) -> None:
         """An empty ``release`` dir limited to ``limit`` bytes (whatever was there is gone)."""
@@ -177,7 +235,7 @@ class DiskFence:
 
     def unmount_all(self) -> int:
         """Unmount every release filesystem of this data dir (the node stops: images stay)."""
-        points = mount_points(self.releases)
+        points = mount_points(self.releases) + mount_points(self.data_dir / STORAGE_DIR)
         for point in points:
             try:
                 _run(["umount", "-l", point])

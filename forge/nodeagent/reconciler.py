@@ -8,8 +8,11 @@ return value: the seconds until this key wants to run again (probe due, back-off
 
 from __future__ import annotations
 
+import base64
 import logging
+import os
 import shutil
+import threading
 from pathlib import Path
 from typing import Any, Final
 
@@ -115,6 +118,10 @@ class Reconciler:
         if st.pid and not self.supervisor.is_running(st):
             self._exited(st, run)
             if st.finished_time:
+                try:  # its output is in the store before its end is: whoever waits on the end has it all
+                    self.shipper.ship_instance(name)
+                except errors.ForgeError as exc:
+                    log.info("%s: output not shipped yet (%s); it follows", name, exc)
                 self.status.write(inst, st, "Succeeded" if st.exit_code == 0 and not st.reason else "Failed", None)
                 return None
         now = self.clock.now()
@@ -132,6 +139,33 @@ class Reconciler:
         return self._probe(inst, st, run)
 
     # -- one-shots and workers --------------------------------------------------------
+    def _pump_stdin(self, name: str, fd: int) -> None:
+        """An interactive run's stdin: chunks its caller posted, written into the process's pipe
+        until the caller's EOF, the process's end or the agent's (the pipe closes: EOF)."""
+        after = 0
+        try:
+            while True:
+                st = self.state.get(name)
+                if st is None or not st.pid or st.finished_time:
+                    return
+                try:
+                    body = self.client.request("GET", f"/api/v1/instances/{name}/stdin",
+                                               params={"after": after, "waitSeconds": 5}) or {}
+                except errors.Unavailable:
+                    self.clock.sleep(1.0)  # the control plane blinked: the run keeps its stdin
+                    continue
+                for chunk in body.get("chunks") or []:
+                    after = max(after, int(chunk.get("id") or 0))
+                    if chunk.get("eof"):
+                        return
+                    data = base64.b64decode(str(chunk.get("data") or ""))
+                    while data:
+                        data = data[os.write(fd, data):]
+        except (OSError, ValueError, errors.ForgeError) as exc:
+            log.info("%s: stdin closed: %s", name, exc)
+        finally:
+            os.close(fd)
+
     def _watch_oneshot(self, inst: Instance, st: InstanceState, run: RunSpec) -> float | None:
         """A one-shot runs until it exits (the exit watcher wakes its key) or its timeout."""
         elapsed = self.clock.now() - (st.started_time or self.clock.now())
@@ -207,9 +241,27 @@ class Reconciler:
                         st.name, exc)
         fence = self.builder.fence
         fsize = inst.spec.resources.disk if fence is not None and fence.mode == "watcher" else None
+        storage: str | None = None
+        pipe: tuple[int, int] | None = None
         try:
-            self.supervisor.start(st, run, env, limits, log_path(self.logs_dir, st.name, "app"), net, fsize)
-        except (OSError, errors.Invalid) as exc:
+            if inst.spec.storage and fence is not None:
+                uid, gid = self.supervisor.owner_for(inst.spec.app)
+                storage = str(fence.ensure_storage(inst.spec.app, inst.spec.storage, uid, gid))
+            if inst.spec.oneshot is not None and inst.spec.oneshot.interactive:
+                pipe = os.pipe()
+            try:
+                self.supervisor.start(st, run, env, limits, log_path(self.logs_dir, st.name, "app"), net, fsize,
+                                      storage, pipe[0] if pipe else None)
+            finally:
+                if pipe is not None:
+                    os.close(pipe[0])
+            if pipe is not None:
+                threading.Thread(target=self._pump_stdin, args=(st.name, pipe[1]), daemon=True,
+                                 name=f"stdin-{st.name}").start()
+                pipe = None
+        except (OSError, errors.Invalid, errors.Unavailable) as exc:
+            if pipe is not None:
+                os.close(pipe[1])
             st.reason, st.message = REASON_START_FAILED, str(exc)[:500]
             self._schedule_restart(st)
             self.state.save()

@@ -1,0 +1,185 @@
+"""``forge run`` (a one-off command in the live release) and ``forge cron`` (an app's schedules)."""
+
+from __future__ import annotations
+
+import base64
+import os
+import shlex
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+import click
+
+from forge.cli import Ctx, cli, pass_ctx
+from forge.cli.output import age, emit, table
+from forge.cli.resources import OUTPUT
+from forge.errors import ForgeError, Gone
+from forge.manifest import parse_duration
+from forge.models import LABEL_APP, LABEL_CRON, LABEL_PROCESS
+from forge.textsafe import printable
+
+ENDED = {"Succeeded", "Failed", "Stopped", "Lost", "Skipped"}
+CHUNK = 32 * 1024
+
+
+def _exit_code(inst: dict[str, Any]) -> int:
+    st = inst.get("status") or {}
+    if st.get("phase") == "Succeeded":
+        return 0
+    code = st.get("exitCode")
+    if st.get("reason") == "Timeout":
+        return 124
+    if isinstance(code, int) and code != 0:
+        return code if 0 < code < 256 else 1
+    return 1
+
+
+def _follow_output(ctx: Ctx, app: str, inst: str, done: threading.Event, raw: bool) -> None:
+    """Copy the run's output to our stdout as it arrives, until the run ended and all is read."""
+    after_id = 0
+    while True:
+        params = {"follow": "false" if done.is_set() else "true", "source": "app", "instance": inst,
+                  "timeoutSeconds": 3600}
+        try:
+            for line in ctx.client.stream_lines(f"/api/v1/apps/{app}/logs", params):
+                if int(line.get("id") or 0) <= after_id:
+                    continue
+                after_id = int(line["id"])
+                text = str(line.get("line", ""))
+                sys.stdout.write((text if raw else printable(text)) + "\n")
+                sys.stdout.flush()
+                if done.is_set() and params["follow"] == "true":
+                    break  # re-read without follow: the rest is already stored
+        except ForgeError:
+            time.sleep(0.5)
+        if params["follow"] == "false":
+            return
+
+
+def _send_stdin(ctx: Ctx, inst: str, stop: threading.Event) -> None:
+    offset = 0
+    fd = sys.stdin.fileno()
+    while not stop.is_set():
+        data = os.read(fd, CHUNK)
+        body = {"offset": offset, "data": base64.b64encode(data).decode(), "eof": not data}
+        for attempt in range(5):
+            try:
+                ctx.client.request("POST", f"/api/v1/instances/{inst}/stdin", json=body)
+                break
+            except ForgeError:
+                if attempt == 4:
+                    return
+                time.sleep(0.5)
+        offset += len(data)
+        if not data:
+            return
+
+
+def _wait(ctx: Ctx, app: str, inst: dict[str, Any]) -> dict[str, Any]:
+    """The run's record once it ended (watching its changes)."""
+    name = inst["metadata"]["name"]
+    rv = int(inst["metadata"].get("resourceVersion") or 0)
+    while True:
+        try:
+            for _type, obj in ctx.client.watch("instances", rv, {LABEL_APP: app}, timeout_seconds=300):
+                rv = max(rv, int(obj["metadata"].get("resourceVersion") or 0))
+                if obj["metadata"]["name"] == name and (obj.get("status") or {}).get("phase") in ENDED:
+                    return obj
+                if _type == "DELETED" and obj["metadata"]["name"] == name:
+                    return obj
+        except Gone:
+            pass
+        except ForgeError:
+            time.sleep(1.0)
+        cur = ctx.client.get("instances", name)
+        if (cur.get("status") or {}).get("phase") in ENDED:
+            return cur
+        rv = int(cur["metadata"].get("resourceVersion") or rv)
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.argument("name")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.option("-i", "--interactive", is_flag=True, help="Attach stdin (a shell, a REPL).")
+@click.option("--timeout", default="1h", show_default=True, help="Kill it after this long (1s–24h).")
+@click.option("--raw", is_flag=True, help="Pass control characters through to the terminal.")
+@pass_ctx
+def run(ctx: Ctx, name: str, command: tuple[str, ...], interactive: bool, timeout: str, raw: bool) -> None:
+    """Run COMMAND once in a fresh sandbox of NAME's live release (its code, config, secrets and
+    limits); prints its output and exits with its exit code. ``forge run APP -- CMD ARGS...``"""
+    argv = list(command[1:] if command and command[0] == "--" else command)
+    if not argv:
+        raise click.UsageError("say what to run: forge run APP -- COMMAND ARGS...")
+    try:
+        seconds = parse_duration(timeout)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--timeout") from None
+    if not 1 <= seconds <= 86400:
+        raise click.BadParameter("between 1s and 24h", param_hint="--timeout")
+    inst = ctx.client.request("POST", f"/api/v1/apps/{name}/runs",
+                              json={"argv": argv, "interactive": interactive, "timeoutSeconds": seconds})
+    iname = inst["metadata"]["name"]
+    click.echo(f"running {shlex.join(argv)} as {iname} ({inst['spec']['deployment']})", err=True)
+    done = threading.Event()
+
+    def interrupt(_sig: int, _frame: Any) -> None:
+        click.echo(f"\nstopping {iname}", err=True)
+        try:
+            ctx.client.patch("instances", iname, {"spec": {"desired": "Stopped"}})
+        finally:
+            os._exit(130)
+
+    signal.signal(signal.SIGINT, interrupt)
+    out = threading.Thread(target=_follow_output, args=(ctx, name, iname, done, raw), daemon=True)
+    out.start()
+    if interactive:
+        threading.Thread(target=_send_stdin, args=(ctx, iname, done), daemon=True).start()
+    ended = _wait(ctx, name, inst)
+    done.set()
+    out.join(timeout=30)
+    st = ended.get("status") or {}
+    if st.get("phase") != "Succeeded" and st.get("reason") not in ("", None, "Error"):
+        click.echo(f"{iname}: {st.get('reason')}: {st.get('message', '')}", err=True)
+    sys.exit(_exit_code(ended))
+
+
+@cli.command()
+@click.argument("name")
+@OUTPUT
+@pass_ctx
+def cron(ctx: Ctx, name: str, fmt: str) -> None:
+    """An app's cron schedules with their last and next run."""
+    from forge.controllers.cron import schedules_of
+    from forge.cron import next_after
+
+    app = ctx.client.get("apps", name)
+    live = (app.get("status") or {}).get("liveDeployment")
+    if not live:
+        click.echo(f"{name} has no live release, so no schedules run")
+        return
+    dep = ctx.client.get("deployments", live)
+    jobs = schedules_of((dep.get("status") or {}).get("manifest"))
+    runs, _ = ctx.client.list("instances", f"{LABEL_APP}={name},{LABEL_PROCESS}=cron")
+    rows, data = [], []
+    now = time.time()
+    for job in jobs:
+        mine = sorted((r for r in runs if r["metadata"].get("labels", {}).get(LABEL_CRON) == job["name"]),
+                      key=lambda r: r["spec"]["oneshot"].get("scheduledTime") or "")
+        last = mine[-1] if mine else None
+        nxt = next_after(job["schedule"], job.get("timezone"), now)
+        last_desc = "never"
+        if last is not None:
+            st = last.get("status") or {}
+            last_desc = f"{st.get('phase') or 'Pending'} {age(last['spec']['oneshot'].get('scheduledTime'))} ago"
+            if st.get("exitCode") is not None:
+                last_desc += f" (exit {st['exitCode']})"
+        next_text = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(nxt))
+        rows.append([job["name"], job["schedule"] + ("" if job.get("timezone", "UTC") == "UTC" else f" {job['timezone']}"),
+                     last_desc, next_text, job["command"][:40]])
+        data.append({**job, "lastRun": last["metadata"]["name"] if last else None,
+                     "lastPhase": (last or {}).get("status", {}).get("phase"), "nextRun": next_text})
+    emit(data, fmt, lambda: table(["NAME", "SCHEDULE", "LAST", "NEXT", "COMMAND"], rows) if rows
+         else f"{live} has no cron schedules")
