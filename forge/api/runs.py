@@ -31,7 +31,7 @@ from forge.models import App, Deployment, Instance, Model, OneShot, Secret
 
 STDIN_SOURCE: Final[str] = "stdin"
 EOF_MARK: Final[str] = "!eof"  # a chunk that closes stdin (base64 never contains "!")
-MAX_CHUNK: Final[int] = 64 * 1024
+MAX_CHUNK: Final[int] = 8 * 1024  # base64 of it fits one stored log line (16 KiB)
 
 
 class RunRequest(Model):

@@ -274,9 +274,12 @@ _SINCE = re.compile(r"^(\d+)([smhd])$")
 @click.option("--since", default=None, help="Only lines newer than this (10s, 5m, 2h, 1d).")
 @click.option("--all", "both", is_flag=True, help="Build and app output together.")
 @click.option("--raw", is_flag=True, help="Print the app's bytes as they are (control characters included).")
+@click.option("--release", "release_cmd", is_flag=True,
+              help="The release command's output (with --deployment APP-N).")
+@click.option("--instance", default=None, help="Only this Instance (a cron or forge run record, a replica).")
 @pass_ctx
 def logs(ctx: Ctx, name: str, follow: bool, build: bool, deployment: str | None, since: str | None, both: bool,
-         raw: bool) -> None:
+         raw: bool, release_cmd: bool, instance: str | None) -> None:
     """Print an app's logs (runtime by default; --build for the build). Control characters in
     the app's output are shown escaped (\\x1b), never sent to the terminal, unless --raw."""
     params: dict[str, Any] = {"follow": "true" if follow else "false"}
@@ -284,6 +287,12 @@ def logs(ctx: Ctx, name: str, follow: bool, build: bool, deployment: str | None,
         params["source"] = "build" if build else "app"
     if deployment:
         params["deployment"] = deployment
+    if release_cmd:
+        if not deployment:
+            raise click.UsageError("--release needs --deployment APP-N (whose release command)")
+        instance = f"{deployment}-release"
+    if instance:
+        params["instance"] = instance
     if since:
         if not _SINCE.match(since):
             raise click.BadParameter("use a number and a unit: 30s, 10m, 2h, 1d", param_hint="--since")

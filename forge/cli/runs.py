@@ -9,6 +9,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import click
@@ -22,7 +23,7 @@ from forge.models import LABEL_APP, LABEL_CRON, LABEL_PROCESS
 from forge.textsafe import printable
 
 ENDED = {"Succeeded", "Failed", "Stopped", "Lost", "Skipped"}
-CHUNK = 32 * 1024
+CHUNK = 8 * 1024  # the API's largest stdin chunk
 
 
 def _exit_code(inst: dict[str, Any]) -> int:
@@ -37,26 +38,47 @@ def _exit_code(inst: dict[str, Any]) -> int:
     return 1
 
 
-def _follow_output(ctx: Ctx, app: str, inst: str, done: threading.Event, raw: bool) -> None:
-    """Copy the run's output to our stdout as it arrives, until the run ended and all is read."""
-    after_id = 0
-    while True:
-        params = {"follow": "false" if done.is_set() else "true", "source": "app", "instance": inst,
+class _Output:
+    """The run's output copied to our stdout once each (a follow stream, then a final read)."""
+
+    def __init__(self, ctx: Ctx, app: str, inst: str, raw: bool) -> None:
+        self.ctx, self.app, self.inst, self.raw = ctx, app, inst, raw
+        self.after = 0
+        self.closed = False
+        self.lock = threading.Lock()
+
+    def _print(self, line: dict[str, Any]) -> None:
+        with self.lock:
+            if self.closed or int(line.get("id") or 0) <= self.after:
+                return
+            self.after = int(line["id"])
+            text = str(line.get("line", ""))
+            sys.stdout.write((text if self.raw else printable(text)) + "\n")
+            sys.stdout.flush()
+
+    def _lines(self, follow: bool) -> Iterator[dict[str, Any]]:
+        params = {"follow": "true" if follow else "false", "source": "app", "instance": self.inst,
                   "timeoutSeconds": 3600}
-        try:
-            for line in ctx.client.stream_lines(f"/api/v1/apps/{app}/logs", params):
-                if int(line.get("id") or 0) <= after_id:
-                    continue
-                after_id = int(line["id"])
+        yield from self.ctx.client.stream_lines(f"/api/v1/apps/{self.app}/logs", params)
+
+    def follow(self) -> None:
+        while not self.closed:
+            try:
+                for line in self._lines(True):
+                    self._print(line)
+            except ForgeError:
+                time.sleep(0.5)
+
+    def finish(self) -> None:
+        """The run ended: its whole output is stored; print what the stream has not yet."""
+        with self.lock:
+            self.closed = True
+            after = self.after
+        for line in self._lines(False):
+            if int(line.get("id") or 0) > after:
                 text = str(line.get("line", ""))
-                sys.stdout.write((text if raw else printable(text)) + "\n")
-                sys.stdout.flush()
-                if done.is_set() and params["follow"] == "true":
-                    break  # re-read without follow: the rest is already stored
-        except ForgeError:
-            time.sleep(0.5)
-        if params["follow"] == "false":
-            return
+                sys.stdout.write((text if self.raw else printable(text)) + "\n")
+        sys.stdout.flush()
 
 
 def _send_stdin(ctx: Ctx, inst: str, stop: threading.Event) -> None:
@@ -85,10 +107,9 @@ def _wait(ctx: Ctx, app: str, inst: dict[str, Any]) -> dict[str, Any]:
     while True:
         try:
             for _type, obj in ctx.client.watch("instances", rv, {LABEL_APP: app}, timeout_seconds=300):
-                rv = max(rv, int(obj["metadata"].get("resourceVersion") or 0))
-                if obj["metadata"]["name"] == name and (obj.get("status") or {}).get("phase") in ENDED:
-                    return obj
-                if _type == "DELETED" and obj["metadata"]["name"] == name:
+                meta = obj.get("metadata") or {}
+                rv = max(rv, int(meta.get("resourceVersion") or 0))
+                if meta.get("name") == name and ((obj.get("status") or {}).get("phase") in ENDED or _type == "DELETED"):
                     return obj
         except Gone:
             pass
@@ -133,13 +154,13 @@ def run(ctx: Ctx, name: str, command: tuple[str, ...], interactive: bool, timeou
             os._exit(130)
 
     signal.signal(signal.SIGINT, interrupt)
-    out = threading.Thread(target=_follow_output, args=(ctx, name, iname, done, raw), daemon=True)
-    out.start()
+    output = _Output(ctx, name, iname, raw)
+    threading.Thread(target=output.follow, daemon=True).start()
     if interactive:
         threading.Thread(target=_send_stdin, args=(ctx, iname, done), daemon=True).start()
     ended = _wait(ctx, name, inst)
     done.set()
-    out.join(timeout=30)
+    output.finish()
     st = ended.get("status") or {}
     if st.get("phase") != "Succeeded" and st.get("reason") not in ("", None, "Error"):
         click.echo(f"{iname}: {st.get('reason')}: {st.get('message', '')}", err=True)

@@ -22,7 +22,7 @@ from forge.store.base import LogLine
 if TYPE_CHECKING:
     from forge.store.sqlite_db import SqliteDb
 
-LOG_SOURCES: frozenset[str] = frozenset({"build", "app"})
+LOG_SOURCES: frozenset[str] = frozenset({"build", "app", "stdin"})  # stdin: an interactive run's input (never shown by /logs)
 MAX_LINE = 16 * 1024  # characters kept of one line
 KEEP_LINES_PER_APP = 50_000
 SCHEMA = (
