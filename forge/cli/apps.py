@@ -75,16 +75,20 @@ def apps_create(ctx: Ctx, name: str, repo: str, branches: tuple[str, ...], domai
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @pass_ctx
 def apps_delete(ctx: Ctx, name: str, yes: bool) -> None:
-    """Delete an app: its processes stop and its routes go away."""
+    """Delete an app: its processes stop, its routes go away, and its persistent storage (if it
+    has any) is deleted from its node."""
+    app = ctx.client.get("apps", name)
+    node = dig(app, "status.storageNode")
+    storage = f" and DELETE its persistent storage on node {node}" if node else ""
     if not yes and sys.stdin.isatty():
-        click.confirm(f"delete app {name} and stop all its processes?", abort=True)
+        click.confirm(f"delete app {name}, stop all its processes{storage}?", abort=True)
     ctx.client.delete("apps", name)
     try:  # its secret env goes with it: a later app of the same name must not inherit it
         if dig(ctx.client.get("secrets", name), "spec.app") == name:
             ctx.client.delete("secrets", name)
     except NotFound:
         pass
-    click.echo(f"app/{name} deleted")
+    click.echo(f"app/{name} deleted" + (f"; its persistent storage on node {node} is deleted too" if node else ""))
 
 
 # ----------------------------------------------------------------------------- status / releases
@@ -123,11 +127,23 @@ def status(ctx: Ctx, name: str, fmt: str) -> None:
             r = releases[0]
             lines.append(f"Latest:    {r['metadata']['name']}  {dig(r, 'status.phase') or 'Pending'}"
                          + (f"  {dig(r, 'status.reason')}: {printable(str(dig(r, 'status.message')))}" if dig(r, "status.reason") else ""))
+        manifest = dig(live_rel, "status.manifest") or {}
+        if manifest.get("storage"):
+            node = dig(app, "status.storageNode")
+            lines.append(f"Storage:   {manifest['storage'].get('size', 0) // 2**20} MiB at /storage"
+                         + (f", on node {node} (the app is pinned to it)" if node else " (not placed yet)"))
+        procs = {"web": dig(app, "spec.replicas", 1)}
+        for proc, spec in (manifest.get("processes") or {}).items():
+            procs[proc] = (dig(app, "spec.processes") or {}).get(proc, spec.get("replicas", 1))
+        lines.append("Processes: " + ", ".join(f"{k}={v}" for k, v in procs.items())
+                     + (f"; {len(manifest.get('cron') or [])} cron schedule(s) (forge cron {name})"
+                        if manifest.get("cron") else ""))
         active = [i for i in insts if dig(i, "spec.desired") == "Running"]
         lines += ["", "Instances:", table(
-            ["NAME", "NODE", "PHASE", "ADDRESS", "READY", "RESTARTS", "REASON"],
-            [[dig(i, "metadata.name"), dig(i, "spec.node"), dig(i, "status.phase"), instance_address(i),
-              dig(i, "status.ready"), dig(i, "status.restarts", 0), dig(i, "status.reason")] for i in active]) if active else "  none"]
+            ["NAME", "TYPE", "NODE", "PHASE", "ADDRESS", "READY", "RESTARTS", "REASON"],
+            [[dig(i, "metadata.name"), dig(i, "spec.oneshot.type") or dig(i, "spec.process") or "web", dig(i, "spec.node"),
+              dig(i, "status.phase"), instance_address(i), dig(i, "status.ready"), dig(i, "status.restarts", 0),
+              dig(i, "status.reason")] for i in active]) if active else "  none"]
         lines += ["", "Events:"] + ([event_line(e) for e in evs] or ["  none"])
         return "\n".join(lines)
 

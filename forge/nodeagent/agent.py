@@ -251,7 +251,38 @@ class Agent:
         if not self.synced.is_set():
             return DISKGC_AFTER_STOP_SECONDS  # until the first list, the cache cannot say what is in use
         self.diskgc.run()
+        self._collect_storage()
         return DISKGC_SECONDS
+
+    def _collect_storage(self) -> None:
+        """Delete the persistent storage of apps that are gone: on disk here, not in use by any
+        Instance of this node, and not among the apps the control plane says live on this node."""
+        if self.fence is None:
+            return
+        root = self.fence.data_dir / "storage"
+        try:
+            on_disk = sorted(e.name for e in os.scandir(root) if e.is_dir(follow_symlinks=False))
+        except FileNotFoundError:
+            return
+        if not on_disk:
+            return
+        keep = set((self.client.request("GET", f"/api/v1/nodes/{self.name}/storage") or {}).get("apps") or [])
+        in_use = {app for app, _ in self._releases_in_use()}
+        for app in on_disk:
+            if app in keep or app in in_use:
+                continue
+            log.info("deleting the persistent storage of app %s (the app is gone)", app)
+            try:
+                self.fence.remove_storage(app)
+            except (OSError, errors.ForgeError) as exc:
+                log.warning("cannot delete the storage of %s: %s", app, exc)
+                continue
+            try:
+                self.client.request("POST", f"/api/v1/nodes/{self.name}/events", json={
+                    "type": "Normal", "reason": "StorageDeleted",
+                    "message": f"deleted the persistent storage of app {app} (the app was deleted)"})
+            except errors.ForgeError:
+                pass
 
     def _check_disk(self) -> float:
         """Measure running releases against their ``resources.disk``; full ones' Instances are

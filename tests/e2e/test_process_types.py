@@ -213,6 +213,12 @@ def test_release_command_storage_workers_and_one_off_runs(forge: Forge) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
     wait_for(lambda: body(forge) == "200 v1 v1-migrated,v2-migrated,v3-migrated", 60, "v1 again, every row kept")
 
+    # the storage goes only with the app, and the CLI says so
+    out = cli(forge, "apps", "delete", "notes", "--yes")
+    assert out.returncode == 0 and f"persistent storage on node {forge.node} is deleted" in out.stdout, out.stdout
+    wait_for(lambda: not storage.exists(), 90, "the app's storage to be deleted from its node", step=1)
+    assert not (forge.data / "node" / "images" / "_storage" / "notes.img").exists()
+
 
 TICK = """name: tick
 build:
