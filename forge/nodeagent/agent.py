@@ -251,25 +251,30 @@ class Agent:
         if not self.synced.is_set():
             return DISKGC_AFTER_STOP_SECONDS  # until the first list, the cache cannot say what is in use
         self.diskgc.run()
-        self._collect_storage()
+        if self._collect_storage():
+            return DISKGC_AFTER_STOP_SECONDS  # a deleted app's Instances are still stopping: look again soon
         return DISKGC_SECONDS
 
-    def _collect_storage(self) -> None:
+    def _collect_storage(self) -> bool:
         """Delete the persistent storage of apps that are gone: on disk here, not in use by any
         Instance of this node, and not among the apps the control plane says live on this node."""
         if self.fence is None:
-            return
+            return False
         root = self.fence.data_dir / "storage"
         try:
             on_disk = sorted(e.name for e in os.scandir(root) if e.is_dir(follow_symlinks=False))
         except FileNotFoundError:
-            return
+            return False
         if not on_disk:
-            return
+            return False
         keep = set((self.client.request("GET", f"/api/v1/nodes/{self.name}/storage") or {}).get("apps") or [])
         in_use = {app for app, _ in self._releases_in_use()}
+        pending = False
         for app in on_disk:
-            if app in keep or app in in_use:
+            if app in keep:
+                continue
+            if app in in_use:
+                pending = True
                 continue
             log.info("deleting the persistent storage of app %s (the app is gone)", app)
             try:
@@ -283,6 +288,7 @@ class Agent:
                     "message": f"deleted the persistent storage of app {app} (the app was deleted)"})
             except errors.ForgeError:
                 pass
+        return pending
 
     def _check_disk(self) -> float:
         """Measure running releases against their ``resources.disk``; full ones' Instances are

@@ -23,7 +23,8 @@ from forge.models import Instance
 from forge.nodeagent.builder import REASON_BUILD_FAILED, REASON_FETCH_FAILED, Builder, BuildError, DiskLow
 from forge.nodeagent.diskfence import REASON_DISK_LIMIT
 from forge.nodeagent.logship import Shipper, log_path
-from forge.nodeagent.prober import READY, UNHEALTHY, WAITING, ProbeTracker, probe
+from forge.nodeagent.prober import READY, UNHEALTHY, WAITING, ProbeResult, ProbeTracker, probe
+from forge.nodeagent.sandbox import SandboxTimeout
 from forge.nodeagent.spec import RunSpec
 from forge.nodeagent.state import AgentState, InstanceState
 from forge.nodeagent.status import StatusWriter
@@ -138,6 +139,49 @@ class Reconciler:
             return self._watch_worker(inst, st, run)
         return self._probe(inst, st, run)
 
+    def _exec_check(self, inst: Instance, st: InstanceState, run: RunSpec, up: float) -> float | None:
+        """A worker's ``health.command``: run in a sandbox beside it (its uid, network namespace,
+        release and storage) every ``health.interval``; success makes it ready, ``health.retries``
+        failures in a row restart it (HealthCheckFailed), like an HTTP probe."""
+        tracker = self.trackers.get(st.name)
+        if tracker is None:
+            tracker = self.trackers[st.name] = ProbeTracker(run.health.retries, 0.0, ready=st.ready)
+        mono = self.clock.monotonic()
+        due = self.next_probe.get(st.name, mono)
+        if mono < due:
+            self.status.write(inst, st, "Running" if st.ready else "Starting", tracker)
+            return due - mono
+        uid, gid = self.supervisor.owner_for(inst.spec.app)
+        net = {"netns": self.network.netns_path(st.name), "resolv_conf": self.network.dns_text} \
+            if self.network is not None else {}
+        env = build_env(inst.spec.app, inst.spec.deployment, st.name, st.release_dir, st.port, run.env, inst.spec.env)
+        storage = str(self.builder.fence.storage_dir(inst.spec.app)) \
+            if inst.spec.storage and self.builder.fence is not None else None
+        spec = self.supervisor.spec_factory(app=inst.spec.app, workdir=st.release_dir, command=run.health_command,
+                                            env=env, uid=uid, gid=gid, storage=storage, **net)
+        try:
+            code = self.supervisor.sandbox.run(spec, run.health.timeout_seconds)
+            result = ProbeResult(code == 0, f"health command exited with code {code}")
+        except (SandboxTimeout, errors.ForgeError, OSError) as exc:
+            result = ProbeResult(False, f"health command: {exc}"[:200])
+        self.next_probe[st.name] = self.clock.monotonic() + run.health.interval_seconds
+        verdict = tracker.record(result, up)
+        if verdict == READY and not st.ready:
+            st.ready, st.ever_ready, st.ready_time = True, True, self.clock.now_iso()
+            st.reason, st.message = "", ""
+            self._persist(st)
+        elif verdict == UNHEALTHY:
+            st.reason = REASON_HEALTH
+            st.message = f"health command failed {tracker.failures} times in a row; last: {result.detail}"
+            self.supervisor.stop(st, run.stop_timeout)
+            self._schedule_restart(st)
+            self._persist(st)
+            self.event(st.name, "Warning", REASON_HEALTH, f"{st.message}; restarting it")
+            self.status.write(inst, st, "Starting", None, probe_result=result.detail)
+            return st.next_start - self.clock.now() if st.next_start else None
+        self.status.write(inst, st, "Running" if st.ready else "Starting", tracker, probe_result=result.detail)
+        return run.health.interval_seconds
+
     # -- one-shots and workers --------------------------------------------------------
     def _pump_stdin(self, name: str, fd: int) -> None:
         """An interactive run's stdin: chunks its caller posted, written into the process's pipe
@@ -190,6 +234,8 @@ class Reconciler:
         if up < run.min_running:
             self.status.write(inst, st, "Starting", None)
             return run.min_running - up
+        if run.health_command:
+            return self._exec_check(inst, st, run, up)
         if not st.ready:
             st.ready, st.ever_ready, st.ready_time = True, True, self.clock.now_iso()
             st.reason, st.message = "", ""

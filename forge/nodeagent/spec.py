@@ -56,6 +56,7 @@ class RunSpec:
     kind: str = "web"  # web (HTTP-probed), worker (ready after min_running), oneshot (runs to its end)
     min_running: float = 10.0  # worker: running this long without a crash = ready
     timeout: float | None = None  # oneshot: killed past this many seconds
+    health_command: str | None = None  # worker: ready while it exits 0 (health.interval/timeout/retries)
 
     @classmethod
     def for_instance(cls, spec: Any) -> RunSpec:
@@ -72,7 +73,8 @@ class RunSpec:
         stop = _get(proc, "stopTimeoutSeconds", "stop_timeout_seconds", default=base.stop_timeout)
         return replace(base, command=str(proc.get("command") or ""), kind="worker",
                        env={**base.env, **{str(k): str(v) for k, v in env.items()}}, stop_timeout=float(stop),
-                       min_running=float(_get(proc, "minRunningSeconds", "min_running_seconds", default=10.0)))
+                       min_running=float(_get(proc, "minRunningSeconds", "min_running_seconds", default=10.0)),
+                       health_command=_get(proc, "healthCommand", "health_command"))
 
     @classmethod
     def from_manifest(cls, manifest: dict[str, Any] | None) -> RunSpec:

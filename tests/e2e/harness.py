@@ -274,7 +274,10 @@ def running_forge(prefix: str, **env_extra: str) -> Iterator[Forge]:
         yield f
     finally:
         f.stop()
-        shutil.rmtree(root, ignore_errors=True)
+        if os.environ.get("FORGE_E2E_KEEP"):
+            print(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def https_get(port: int, sni: str, cafile: Path) -> tuple[str, str]:

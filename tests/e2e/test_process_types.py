@@ -106,7 +106,8 @@ run:
   command: exec python3 app.py
   stop_timeout: 10s
 processes:
-  worker: {{command: exec python3 worker.py, replicas: 2, min_running: 2s}}
+  worker: {{command: exec python3 worker.py, replicas: 2, min_running: 2s,
+           health: {{command: 'test -d "$FORGE_STORAGE_DIR/queue"'}}}}
 release: {{command: python3 migrate.py, timeout: 1m}}
 storage: {{size: 64M}}
 resources: {{memory: 128M}}
