@@ -436,7 +436,10 @@ def scale(ctx: Ctx, name: str, counts: tuple[str, ...]) -> None:
         spec["processes"] = {**(spec.get("processes") or {}), **{k: v for k, v in want.items() if k != "web"}}
         return before != (spec.get("replicas"), spec["processes"])
     _patch_app(ctx, name, mutate)
-    click.echo(f"{name} scaled: " + ", ".join(f"{k}={v}" for k, v in want.items()))
+    if list(want) == ["web"]:
+        click.echo(f"{name} scaled to {want['web']}")
+    else:
+        click.echo(f"{name} scaled: " + ", ".join(f"{k}={v}" for k, v in want.items()))
 
 
 @cli.group()
