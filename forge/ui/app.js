@@ -108,6 +108,10 @@ async function viewApp(name) {
     <button id="rollback-prev" type="button">Roll back</button></p>
     <h3>Releases</h3><table><thead><tr>${["Release", "Commit", "Trigger", "Phase", "Reason", "Age", ""].map((h) => `<th>${h}</th>`).join("")}</tr></thead>
     <tbody id="releases"></tbody></table>
+    <h3>Processes</h3><table><thead><tr>${["Instance", "Type", "Node", "Phase", "Ready", "Restarts", "Reason"].map((h) => `<th>${h}</th>`).join("")}</tr></thead>
+    <tbody id="processes"></tbody></table>
+    <h3>Runs</h3><table><thead><tr>${["Run", "Kind", "Scheduled", "Phase", "Exit", "Ended"].map((h) => `<th>${h}</th>`).join("")}</tr></thead>
+    <tbody id="runs"></tbody></table>
     <h3>Events</h3><table><tbody id="app-events"></tbody></table>
     <h3>Logs</h3><pre class="logs" id="logs"></pre>`;
   const doRollback = async (to) => {
@@ -140,10 +144,38 @@ async function viewApp(name) {
     if ((ev.type === "ADDED" || ev.type === "MODIFIED") && ev.object.metadata.name === name) { app = ev.object; render(); }
   });
   watchEvents(sel, $("#app-events"));
+  watchInstances(sel);
   const logs = $("#logs");
   stream(`/api/v1/apps/${q}/logs?follow=true&tail=200&timeoutSeconds=1800`, (l) => {
     logs.textContent += `${l.time} ${l.instance} [${l.source}] ${l.line}\n`;
     logs.scrollTop = logs.scrollHeight;
+  });
+}
+
+// Processes (web, workers) and runs (release commands, cron, forge run) of one app, kept current by a watch.
+async function watchInstances(sel) {
+  const list = await api("GET", `/api/v1/instances?${sel}`);
+  const insts = new Map(list.items.map((i) => [i.metadata.name, i]));
+  const draw = () => {
+    const all = [...insts.values()].sort((a, b) => a.metadata.name.localeCompare(b.metadata.name));
+    const procs = all.filter((i) => !i.spec.oneshot && i.spec.desired === "Running");
+    const runs = all.filter((i) => i.spec.oneshot).sort((a, b) => (b.metadata.createdAt || "").localeCompare(a.metadata.createdAt || ""));
+    $("#processes").innerHTML = procs.map((i) => `<tr data-instance="${esc(i.metadata.name)}"><td>${esc(i.metadata.name)}</td>
+      <td>${esc(i.spec.process || "web")}</td><td>${esc(i.spec.node)}</td><td class="phase phase-${esc(i.status?.phase)}">${esc(i.status?.phase)}</td>
+      <td>${i.status?.ready ? "yes" : "no"}</td><td>${esc(i.status?.restarts ?? 0)}</td><td>${esc(i.status?.reason)}</td></tr>`).join("")
+      || `<tr><td colspan="7">none</td></tr>`;
+    $("#runs").innerHTML = runs.slice(0, 30).map((i) => `<tr data-run="${esc(i.metadata.name)}"><td>${esc(i.metadata.name)}</td>
+      <td>${esc(i.spec.oneshot.type)}${i.spec.oneshot.schedule ? ` (${esc(i.spec.oneshot.schedule)})` : ""}</td>
+      <td>${esc(i.spec.oneshot.scheduledTime || i.metadata.createdAt)}</td><td class="phase phase-${esc(i.status?.phase)}">${esc(i.status?.phase || "Pending")}</td>
+      <td>${esc(i.status?.exitCode ?? "")}</td><td>${esc(i.status?.finishedTime || "")}</td></tr>`).join("")
+      || `<tr><td colspan="6">none</td></tr>`;
+  };
+  draw();
+  stream(`/api/v1/instances?watch=true&resourceVersion=${list.metadata.resourceVersion}&timeoutSeconds=1800&${sel}`, (ev) => {
+    if (ev.type === "ADDED" || ev.type === "MODIFIED") insts.set(ev.object.metadata.name, ev.object);
+    else if (ev.type === "DELETED") insts.delete(ev.object.metadata.name);
+    else return;
+    draw();
   });
 }
 

@@ -55,6 +55,8 @@ def test_dashboard_shows_live_app_rolls_back_and_streams_the_event(
             expect(page.locator("tr[data-release=dash-3]")).to_be_visible(timeout=15000)
             # the Event of the rollback release streams into the open page
             expect(page.locator("#app-events")).to_contain_text("dash-3", timeout=60000)
+            # its processes, with their type, stream in too (workers, cron and one-off runs alike)
+            expect(page.locator("tr[data-instance=dash-3-0]")).to_contain_text("web", timeout=30000)
             page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
         finally:
             browser.close()
