@@ -295,9 +295,14 @@ class Reconciler:
                 storage = str(fence.ensure_storage(inst.spec.app, inst.spec.storage, uid, gid))
             if inst.spec.oneshot is not None and inst.spec.oneshot.interactive:
                 pipe = os.pipe()
+            exit_file = None
+            if inst.spec.oneshot is not None:
+                exit_file = self.exit_file(st.name)
+                exit_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                exit_file.unlink(missing_ok=True)
             try:
                 self.supervisor.start(st, run, env, limits, log_path(self.logs_dir, st.name, "app"), net, fsize,
-                                      storage, pipe[0] if pipe else None)
+                                      storage, pipe[0] if pipe else None, str(exit_file) if exit_file else None)
             finally:
                 if pipe is not None:
                     os.close(pipe[0])
@@ -325,10 +330,24 @@ class Reconciler:
         self.shipper.wake()
         return min(FIRST_PROBE_DELAY, run.health.interval_seconds)
 
+    def exit_file(self, name: str) -> Path:
+        """Where a one-shot's exit code is recorded (agent territory: no app can write there)."""
+        return self.data_dir / "exits" / name
+
+    def _recorded_exit(self, name: str) -> int | None:
+        try:
+            return int(self.exit_file(name).read_text().strip())
+        except (OSError, ValueError):
+            return None
+
     def _exited(self, st: InstanceState, run: RunSpec | None = None) -> None:
         code = self.supervisor.exit_code(st.pid)
         ooms = self.supervisor.oom_kills(st.cgroup)
         if run is not None and run.kind == "oneshot":
+            recorded = self._recorded_exit(st.name)
+            code = recorded if recorded is not None else code  # the command's own code (the shell's
+            # is the same; after an agent restart it is the only one there is)
+            self.exit_file(st.name).unlink(missing_ok=True)
             st.pid, st.pid_start, st.ready, st.exit_code = None, None, False, code
             st.finished_time = self.clock.now()
             if ooms > st.oom_kills:
@@ -510,4 +529,5 @@ class Reconciler:
                 return 5.0  # ship the rest once the control plane answers, then forget
             self.state.remove(name)
             shutil.rmtree(self.logs_dir / name, ignore_errors=True)
+            self.exit_file(name).unlink(missing_ok=True)
         return None

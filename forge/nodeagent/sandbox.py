@@ -62,6 +62,14 @@ JOIN: Final[str] = (
     'n=$1; shift; while [ "$n" -gt 0 ]; do echo $$ > "$1" || exit 125; n=$((n-1)); shift; done; '
     'shift; exec "$@"'
 )
+# A one-shot's variant: the root shell stays the parent, and once the command ends writes its exit
+# code to an agent-owned file (outside every app tree) — so the code survives an agent restart.
+# ``trap true TERM`` (a handler, not an ignore: exec resets it) lets the command take SIGTERM and
+# the shell still record how it ended.
+JOIN_RECORD: Final[str] = (
+    'n=$1; shift; f=$1; shift; while [ "$n" -gt 0 ]; do echo $$ > "$1" || exit 125; n=$((n-1)); shift; done; '
+    'shift; trap true TERM; "$@"; c=$?; echo $c > "$f.tmp" && mv -f "$f.tmp" "$f"; exit $c'
+)
 SYSTEM_DIRS: Final = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 ETC_FILES: Final = (
     "resolv.conf", "hosts", "host.conf", "nsswitch.conf", "gai.conf", "ssl", "ca-certificates",
@@ -101,6 +109,7 @@ class SandboxSpec:
     fsize_limit: int | None = None  # RLIMIT_FSIZE (disk limits in watcher mode: no file outgrows the limit)
     storage: str | None = None  # the app's persistent storage dir: writable, at STORAGE_PATH in the sandbox
     stdin_fd: int | None = None  # the process's stdin (an interactive run's pipe); /dev/null otherwise
+    exit_file: str | None = None  # a one-shot: where the root shell records the exit code (agent-owned)
 
 
 @dataclass
@@ -239,7 +248,11 @@ class Sandbox:
                 inner = self._bwrap_argv(spec, unprivileged=unprivileged_agent or spec.uid is not None, fds=fds)
             else:
                 inner = ["/bin/sh", "-c", spec.command]
-            argv = ["/bin/sh", "-c", JOIN, "forge-join", str(len(files)), *files, "--", *drop, *inner]
+            if spec.exit_file:
+                argv = ["/bin/sh", "-c", JOIN_RECORD, "forge-join", str(len(files)), spec.exit_file, *files, "--",
+                        *drop, *inner]
+            else:
+                argv = ["/bin/sh", "-c", JOIN, "forge-join", str(len(files)), *files, "--", *drop, *inner]
             if spec.output_fd is not None:
                 proc = subprocess.Popen(
                     argv, env=env, cwd=spec.workdir, stdin=_stdin(spec), stdout=spec.output_fd,

@@ -144,3 +144,24 @@ def test_orphaned_processes_are_stopped_after_first_list(rig: Rig) -> None:
     wait_for(lambda: not rig.driver.exists("inst-ghost-1-0"), timeout=30)
     wait_for(lambda: sandbox.poll(pid) is not None, timeout=10)
     wait_for(lambda: rig.api.instance("hello-3-0").status.ready, timeout=60)
+
+
+def test_one_shot_keeps_its_exit_code_across_an_agent_restart(rig: Rig) -> None:
+    """A release command running when its agent is SIGKILLed ends with its own exit code (recorded
+    by the root shell in agent territory), and is never run a second time."""
+    from forge.models import OneShot
+
+    inst = rig.api.create_instance("hello-3-release", NODE, rig.commit, manifest(build=[]))
+    inst.spec.oneshot = OneShot(type="release", command="echo once >> ran-count; sleep 4; exit 5")
+    inst.spec.process = "release"
+    rig.api.store.update(inst)
+    agent = rig.start_agent()
+    wait_for(lambda: rig.api.instance("hello-3-release").status.phase == "Running", timeout=60)
+    agent.send_signal(signal.SIGKILL)
+    agent.wait(timeout=10)
+    rig.start_agent()
+    done = wait_for(lambda: (i := rig.api.instance("hello-3-release")).status.phase in ("Succeeded", "Failed") and i,
+                    timeout=60)
+    assert (done.status.phase, done.status.exit_code, done.status.reason) == ("Failed", 5, "Error"), done.status
+    release = rig.tmp / "agent" / "releases" / "hello" / "hello-3"
+    assert (release / "ran-count").read_text() == "once\n"
