@@ -13,6 +13,7 @@ import pytest
 
 from forge.clock import FakeClock
 from forge.config import Config
+from forge.controllers.cron import CronController, run_name
 from forge.controllers.rollback import RollbackController
 from forge.controllers.rollout import RolloutController
 from forge.controllers.scheduler import SchedulerController
@@ -50,19 +51,20 @@ class World:
         self.rollback = RollbackController(store, clock, config)
         self.sched = SchedulerController(store, clock, config)
         self.make_app, self.make_deployment, self.make_node = make_app, make_deployment, make_node
+        self.config = config
 
     def tick(self) -> None:
         self.rollback.reconcile("hello")
         self.rollout.reconcile("hello")
         self.rollback.reconcile("hello")
 
-    def push(self, n: int, min_ready: float = 0) -> None:
-        manifest = {**DEFAULT_MANIFEST, "health": {**DEFAULT_MANIFEST["health"], "minReadySeconds": min_ready}}
+    def push(self, n: int, min_ready: float = 0, **extra: Any) -> None:
+        manifest = {**DEFAULT_MANIFEST, "health": {**DEFAULT_MANIFEST["health"], "minReadySeconds": min_ready}, **extra}
         self.make_deployment("hello", n, manifest=manifest)
         self.tick()
 
-    def live(self, n: int) -> None:
-        self.push(n)
+    def live(self, n: int, **extra: Any) -> None:
+        self.push(n, **extra)
         serve_all(self.store, f"hello-{n}")
         self.tick()
         self.clock.advance(11)
@@ -169,7 +171,50 @@ def stale_push(w: World) -> None:
     w.source.reconcile("hello-1")
 
 
+RELEASE = {"release": {"command": "python manage.py migrate", "timeoutSeconds": 60.0}}
+CRON = {"cron": [{"name": "tick", "schedule": "* * * * *", "command": "true"}]}
+T0 = FakeClock().now()  # a minute boundary: the first due time after going live is T0 + 60
+
+
+def release_started(w: World) -> None:
+    w.push(1, **RELEASE)
+
+
+def release_ended(phase: str, reason: str = "") -> Callable[[World], None]:
+    def scenario(w: World) -> None:
+        w.push(1, **RELEASE)
+        report(w.store, "hello-1-release", phase, reason=reason, exit_code=0 if phase == "Succeeded" else 3)
+        w.tick()
+    return scenario
+
+
+def cron_started(w: World) -> None:
+    w.live(1, **CRON)
+    w.clock.advance(T0 + 60 - w.clock.now())
+    CronController(w.store, w.clock, w.config).reconcile("hello")
+
+
+def cron_skipped(w: World) -> None:
+    cron_started(w)  # its run never ends
+    w.clock.advance(60)
+    CronController(w.store, w.clock, w.config).reconcile("hello")
+
+
+def storage_pinned(w: World) -> None:
+    w.make_node("n1")
+    w.push(1, storage={"size": 64 * 2**20})
+    for inst in instances(w.store, "hello-1"):
+        w.sched.reconcile(inst.metadata.name)
+
+
 SCENARIOS: dict[str, tuple[Callable[[World], None], str]] = {
+    "ReleaseCommandStarted": (release_started, "hello-1"),
+    "ReleaseCommandSucceeded": (release_ended("Succeeded"), "hello-1"),
+    "ReleaseCommandFailed": (release_ended("Failed", "Error"), "hello-1"),
+    "ReleaseCommandTimeout": (release_ended("Failed", "Timeout"), "hello-1"),
+    "CronStarted": (cron_started, run_name("hello", "tick", T0 + 60)),
+    "CronSkipped": (cron_skipped, run_name("hello", "tick", T0 + 120)),
+    "StoragePinned": (storage_pinned, "hello"),
     "StalePush": (stale_push, "hello-1"),
     "Live": (lambda w: w.live(1), "hello-1"),
     "Superseded": (lambda w: (w.live(1), w.live(2)), "hello-1"),
