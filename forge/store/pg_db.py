@@ -134,9 +134,11 @@ class PgDb:
 
         def once() -> T:
             with self._pool.connection() as conn:
-                conn.execute("BEGIN")
+                # One round trip (simple query protocol): open the transaction, note its id.
+                cur = conn.execute("BEGIN; SELECT pg_current_xact_id()::text")
                 try:
-                    xid = conn.execute("SELECT pg_current_xact_id()::text").fetchone()[0]  # type: ignore[index]
+                    cur.nextset()
+                    xid = cur.fetchone()[0]  # type: ignore[index]
                     result = fn(conn)
                 except BaseException:
                     # Roll back here, quietly: Conflict and AlreadyExists are routine, and the
@@ -178,10 +180,20 @@ class PgDb:
     def retrying(self, fn: Callable[[], T]) -> T:
         """Call ``fn``, retrying connection-level failures for up to ``retry_seconds``."""
         self._check_pid()
-        attempts = [0]
+        try:  # the common case, without the retry machinery's cost (~60 µs a call)
+            return fn()
+        except (psycopg.OperationalError, _RetryWrite) as exc:
+            if self._closed:
+                raise Unavailable(f"store {self.name} is closed") from None
+            if isinstance(exc, psycopg.OperationalError):
+                log.warning("store %s: %s; retrying", self.name, describe(exc, self._secret))
+                self._pool.check()
+        except psycopg.Error as exc:
+            raise Unavailable(f"store {self.name}: {describe(exc, self._secret)}") from None
+        attempts = [1]
 
         def before_sleep(state: tenacity.RetryCallState) -> None:
-            attempts[0] = state.attempt_number
+            attempts[0] = state.attempt_number + 1
             exc = state.outcome.exception() if state.outcome else None
             if isinstance(exc, psycopg.OperationalError):
                 log.warning("store %s: %s; retrying", self.name, describe(exc, self._secret))

@@ -54,7 +54,11 @@ class _PgTx:
 
     def __init__(self, conn: Conn) -> None:
         self.conn = conn
-        conn.execute("SELECT value FROM counters WHERE name = 'revision' FOR UPDATE")
+        # The revision row lock serialises every writer; the counters read under it stay
+        # true for the whole transaction (only this transaction can move them now).
+        rows = conn.execute("SELECT name, value FROM counters WHERE name IN ('revision', 'compacted') "
+                            "ORDER BY name FOR UPDATE").fetchall()
+        self._counters = {str(n): int(v) for n, v in rows}
 
     def row(self, kind: str, name: str) -> tuple[dict[str, Any], int] | None:
         row = self.conn.execute("SELECT data, created FROM records WHERE kind = %s AND name = %s",
@@ -62,13 +66,13 @@ class _PgTx:
         return None if row is None else (json.loads(row[0]), int(row[1]))
 
     def counter(self, name: str) -> int:
-        row = self.conn.execute("SELECT value FROM counters WHERE name = %s", (name,)).fetchone()
-        return int(row[0]) if row else 0
+        return self._counters[name]
 
     def next_revision(self) -> int:
         row = self.conn.execute(
             "UPDATE counters SET value = value + 1 WHERE name = 'revision' RETURNING value").fetchone()
         assert row is not None
+        self._counters["revision"] = int(row[0])
         return int(row[0])
 
     def put(self, kind: str, obj: Resource, created: int, updated: int, insert: bool) -> None:
@@ -98,6 +102,7 @@ class _PgTx:
     def drop_changes(self, upto: int) -> None:
         self.conn.execute("DELETE FROM changes WHERE revision <= %s", (upto,))
         self.conn.execute("UPDATE counters SET value = %s WHERE name = 'compacted'", (upto,))
+        self._counters["compacted"] = upto
 
 
 class PostgresStore:
