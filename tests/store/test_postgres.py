@@ -189,3 +189,14 @@ def test_closed_store_is_unavailable(pg_url: str) -> None:
     store.close()
     with pytest.raises(Unavailable, match="closed"):
         store.ping()
+
+
+def test_missing_server_binaries_name_make_setup(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without initdb/pg_ctl the cluster helper fails (the fixture turns it into a failure, not a
+    skip) with a message saying to run make setup."""
+    import tests.pgcluster as pgcluster
+
+    monkeypatch.setattr(pgcluster.glob, "glob", lambda pattern: [])
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(RuntimeError, match="make setup"):
+        pgcluster.find_bin_dir()
