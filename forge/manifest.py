@@ -18,7 +18,9 @@ Fields and units (the seed's fields plus documented extensions, marked *):
   Heroku treat them: ``K``/``Ki``/``KB`` = 1024, ``M``/``Mi``/``MB`` = 1024², ``G``/``Gi``/``GB``
   = 1024³ (case-insensitive, fractions allowed: ``1.5G``); a plain integer is bytes.
   ``resources.cpu`` cores, ``0.5`` or millicores ``500m``, 0 < c ≤ 64, default 0.5.
-  ``resources.pids``* 16–65536, default 512.
+  ``resources.pids``* 16–65536, default 512. ``resources.disk``* what the release's tree (build
+  output plus everything its Instances write) may hold on a node, same units, 32 MiB–1 TiB,
+  default 1G; enforced by the node (``forge.nodeagent.diskfence``).
 - ``health.path`` starts with ``/``, no whitespace, default ``/``; ``health.interval`` 1s–1h,
   default 10s; ``health.timeout`` 100ms–interval, default 3s; ``health.retries`` 1–100,
   default 3; ``health.start_period``* 0s–1h, default 0s; ``health.min_ready`` 0s–1h, default
@@ -50,6 +52,7 @@ MAX_BYTES = 64 * 1024
 MAX_DEPTH = 16
 KiB, MiB, GiB = 1024, 1024**2, 1024**3
 MEMORY_MIN, MEMORY_MAX = 16 * MiB, 64 * GiB
+DISK_MIN, DISK_MAX = 32 * MiB, 1024 * GiB
 _SIZE_UNITS = {"": 1, "b": 1, "k": KiB, "ki": KiB, "kb": KiB, "kib": KiB, "m": MiB, "mi": MiB,
                "mb": MiB, "mib": MiB, "g": GiB, "gi": GiB, "gb": GiB, "gib": GiB}
 _SIZE = re.compile(r"^(\d{1,15}(?:\.\d{1,9})?)\s*([A-Za-z]*)$")
@@ -80,6 +83,35 @@ class HealthSpec(Model):
     min_ready_seconds: float = 10.0  # every Instance ready this long before promotion
 
 
+class ProcessSpec(Model):
+    """One more long-running process type (``processes.NAME``): a worker, a queue consumer."""
+
+    command: str
+    replicas: int = 1
+    resources: Resources = Field(default_factory=Resources)  # the top level's, field by field overridden
+    env: dict[str, str] = Field(default_factory=dict)  # on top of the top level's
+    health_command: str | None = None  # optional: ready while it exits 0
+    min_running_seconds: float = 10.0  # running this long without a crash = ready
+    stop_timeout_seconds: float | None = None  # default: run.stop_timeout
+
+
+class CronJobSpec(Model):
+    name: str
+    schedule: str
+    command: str
+    timeout_seconds: float = 1800.0
+    timezone: str = "UTC"
+
+
+class ReleaseCommandSpec(Model):
+    command: str
+    timeout_seconds: float = 600.0
+
+
+class StorageSpec(Model):
+    size: int = 1024**3
+
+
 class Manifest(Model):
     """A validated forge.yaml with normalised values (bytes, cores, seconds)."""
 
@@ -90,6 +122,10 @@ class Manifest(Model):
     resources: Resources = Field(default_factory=Resources)
     health: HealthSpec = Field(default_factory=HealthSpec)
     env: dict[str, str] = Field(default_factory=dict)
+    processes: dict[str, ProcessSpec] = Field(default_factory=dict)
+    cron: list[CronJobSpec] = Field(default_factory=list)
+    release: ReleaseCommandSpec | None = None
+    storage: StorageSpec | None = None
 
     def to_status(self) -> dict[str, Any]:
         """JSON-able camelCase dict for ``Deployment.status.manifest``."""
@@ -257,6 +293,14 @@ def parse_manifest(text: str | bytes, app_name: str | None = None) -> Manifest:
         elif health["timeout_seconds"] > interval:
             errs.append({"path": "health.timeout", "message": f"{fmt_duration(health['timeout_seconds'])} "
                          f"must not exceed health.interval ({fmt_duration(interval)})"})
+    top = Resources.model_validate(out.get("resources") or {})
+    for proc in (out.get("processes") or {}).values():
+        if isinstance(proc, dict):  # a type inherits the top level's resources field by field
+            proc["resources"] = top.model_copy(update=proc.get("resources") or {}).model_dump()
+    names = [c.get("name") for c in out.get("cron") or [] if isinstance(c, dict)]
+    for i, name in enumerate(names):
+        if name is not None and name in names[:i]:
+            errs.append({"path": f"cron[{i}].name", "message": f'"{name}" is used by another cron job'})
     if errs:
         raise Invalid.from_errors(errs, "forge.yaml")
     return Manifest.model_validate(out)
@@ -393,6 +437,90 @@ _HEALTH = _section({
     "start_period": ("start_period_seconds", _bounded(parse_duration, 0, 3600, fmt_duration), False),
     "min_ready": ("min_ready_seconds", _bounded(parse_duration, 0, 3600, fmt_duration), False),
 })
+_RESOURCES = _section({
+    "memory": ("memory", _bounded(parse_size, MEMORY_MIN, MEMORY_MAX, _fmt_size), False),
+    "cpu": ("cpu", _value(_cpu), False),
+    "pids": ("pids", _int(16, 65536), False),
+    "disk": ("disk", _bounded(parse_size, DISK_MIN, DISK_MAX, _fmt_size), False),
+})
+_PROCESS = _section({
+    "command": ("command", _value(_text(what="command")), True),
+    "replicas": ("replicas", _int(0, 100), False),
+    "resources": ("resources", _RESOURCES, False),
+    "env": ("env", _env, False),
+    "health": ("health_command", _section({"command": ("command", _value(_text(what="command")), True)}), False),
+    "min_running": ("min_running_seconds", _bounded(parse_duration, 0, 3600, fmt_duration), False),
+    "stop_timeout": ("stop_timeout_seconds", _bounded(parse_duration, 0, 600, fmt_duration), False),
+})
+
+
+def _process_name(value: Any) -> str:
+    from forge.models import RESERVED_PROCESS_NAMES, is_dns_label
+
+    if not isinstance(value, str) or not is_dns_label(value, 30):
+        raise ValueError(f"{_show(value)} is not a process type name (a DNS label of at most 30 characters)")
+    if value in RESERVED_PROCESS_NAMES:
+        raise ValueError(f'"{value}" is reserved ({"run: is the web process" if value == "web" else "a Forge verb"})')
+    return value
+
+
+def _processes(value: Any, path: str, errs: list[dict[str, str]]) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        errs.append({"path": path, "message": f"must be a mapping of process types, not {_type(value)}"})
+        return {}
+    if len(value) > 20:
+        errs.append({"path": path, "message": f"has {len(value)} process types; at most 20"})
+    out: dict[str, Any] = {}
+    for key, spec in value.items():
+        sub = f"{path}.{key}"
+        before = len(errs)
+        name = _value(_process_name)(key, sub, errs)
+        proc = _PROCESS(spec, sub, errs)
+        if len(errs) == before:
+            if "health_command" in proc:
+                proc["health_command"] = proc["health_command"]["command"]
+            out[name] = proc
+    return out
+
+
+def _cron_name(value: Any) -> str:
+    from forge.models import is_dns_label
+
+    if not isinstance(value, str) or not is_dns_label(value, 40):
+        raise ValueError(f"{_show(value)} is not a cron job name (a DNS label of at most 40 characters)")
+    return value
+
+
+def _schedule(value: Any) -> str:
+    from forge.cron import check_schedule
+
+    return check_schedule(value)
+
+
+def _timezone(value: Any) -> str:
+    from forge.cron import check_timezone
+
+    return check_timezone(value)
+
+
+_CRON_JOB = _section({
+    "name": ("name", _value(_cron_name), True),
+    "schedule": ("schedule", _value(_schedule), True),
+    "command": ("command", _value(_text(what="command")), True),
+    "timeout": ("timeout_seconds", _bounded(parse_duration, 1, 86400, fmt_duration), False),
+    "timezone": ("timezone", _value(_timezone), False),
+})
+
+
+def _cron(value: Any, path: str, errs: list[dict[str, str]]) -> list[Any]:
+    if not isinstance(value, list):
+        errs.append({"path": path, "message": f"must be a list of cron jobs, not {_type(value)}"})
+        return []
+    if len(value) > 50:
+        errs.append({"path": path, "message": f"has {len(value)} cron jobs; at most 50"})
+    return [_CRON_JOB(job, f"{path}[{i}]", errs) for i, job in enumerate(value)]
+
+
 _TOP = _section({
     "name": ("name", _value(_app_name), False),
     "runtime": ("runtime", _value(_runtime), False),
@@ -405,11 +533,16 @@ _TOP = _section({
         "port": ("port", _int(1, 65535), False),
         "stop_timeout": ("stop_timeout_seconds", _bounded(parse_duration, 0, 600, fmt_duration), False),
     }), True),
-    "resources": ("resources", _section({
-        "memory": ("memory", _bounded(parse_size, MEMORY_MIN, MEMORY_MAX, _fmt_size), False),
-        "cpu": ("cpu", _value(_cpu), False),
-        "pids": ("pids", _int(16, 65536), False),
-    }), False),
+    "resources": ("resources", _RESOURCES, False),
     "health": ("health", _HEALTH, False),
     "env": ("env", _env, False),
+    "processes": ("processes", _processes, False),
+    "cron": ("cron", _cron, False),
+    "release": ("release", _section({
+        "command": ("command", _value(_text(what="command")), True),
+        "timeout": ("timeout_seconds", _bounded(parse_duration, 1, 7200, fmt_duration), False),
+    }), False),
+    "storage": ("storage", _section({
+        "size": ("size", _bounded(parse_size, DISK_MIN, DISK_MAX, _fmt_size), True),
+    }), False),
 })

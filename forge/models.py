@@ -10,7 +10,7 @@ Times are fixed-width RFC 3339 strings (``forge.clock.iso``) so they order as te
 from __future__ import annotations
 
 import re
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
@@ -32,6 +32,8 @@ BRANCH = re.compile(r"^(?!/)(?!.*//)(?!.*\.\.)(?!.*@\{)[^\x00-\x20~^:?*\[\\\x7f]
 LABEL_APP: str = "forge.dev/app"
 LABEL_DEPLOYMENT: str = "forge.dev/deployment"
 LABEL_NODE: str = "forge.dev/node"
+LABEL_PROCESS: str = "forge.dev/process"  # a non-web Instance's process type (worker, release, cron, run)
+LABEL_CRON: str = "forge.dev/cron"  # a cron run's schedule name
 
 
 def is_dns_label(name: str, max_len: int = 63) -> bool:
@@ -209,6 +211,9 @@ class AppSpec(Model):
     domains: list[str] = Field(default_factory=list, max_length=50)
     env: dict[str, str] = Field(default_factory=dict)
     replicas: int = Field(default=1, ge=0, le=100)
+    # Replicas of the manifest's other process types (``forge scale APP worker=3``); a type not
+    # named here runs the manifest's ``processes.TYPE.replicas``.
+    processes: dict[str, int] = Field(default_factory=dict, max_length=20)
     auto_deploy: bool = True
     rollback_on_failure: bool = True
 
@@ -243,6 +248,20 @@ class AppSpec(Model):
     def _env(cls, v: dict[str, str]) -> dict[str, str]:
         return check_env(v)
 
+    @field_validator("processes")
+    @classmethod
+    def _processes(cls, v: dict[str, int]) -> dict[str, int]:
+        return check_process_replicas(v)
+
+
+def check_process_replicas(v: dict[str, int]) -> dict[str, int]:
+    for name, n in v.items():
+        if not is_dns_label(name, 30) or name in RESERVED_PROCESS_NAMES:
+            raise ValueError(f"{name!r} is not a process type (a DNS label; web is set by replicas)")
+        if not 0 <= n <= 100:
+            raise ValueError(f"replicas of {name} must be 0 to 100")
+    return v
+
 
 def check_env(v: dict[str, str]) -> dict[str, str]:
     if len(v) > 500:
@@ -257,6 +276,7 @@ def check_env(v: dict[str, str]) -> dict[str, str]:
 
 class AppStatus(Status):
     live_deployment: str | None = None
+    storage_node: str | None = None  # scheduler-owned: the node holding the app's persistent storage
     service_address: str | None = None  # SERVICE_IP:PORT Caddy dials (router-owned); the kernel picks the backend
     url: str | None = None
     latest_deployment: str | None = None
@@ -286,6 +306,7 @@ class DeploymentConfig(Model):
 
     env: dict[str, str] = Field(default_factory=dict)
     replicas: int = Field(default=1, ge=0, le=100)
+    processes: dict[str, int] | None = None  # App.spec.processes when captured (None: none set)
     domains: list[str] = Field(default_factory=list)
     secrets_version: str | None = None
 
@@ -338,6 +359,16 @@ class DeploymentStatus(Status):
     failing_restarts: int = 0  # restarts counted since failing_since
     restarts_seen: int | None = None
     last_restart_time: str | None = None
+    # Written by the rollout controller: the release command's one run (forge.yaml ``release``).
+    release_phase: ReleasePhase | None = None
+
+
+class ReleasePhase(Model):
+    instance: str  # the one-shot Instance that runs it: APP-N-release
+    phase: Literal["Running", "Succeeded", "Failed"] = "Running"
+    exit_code: int | None = None
+    reason: str = ""
+    message: str = ""
 
 
 class Deployment(Resource):
@@ -365,9 +396,26 @@ class Resources(Model):
     memory: int = Field(default=256 * 1024 * 1024, ge=0, description="bytes")
     cpu: float = Field(default=0.5, ge=0, description="cores")
     pids: int = Field(default=512, ge=1)
+    disk: int = Field(default=1024 * 1024 * 1024, ge=0, description="bytes the release tree may hold on its node")
 
 
 DesiredState = Literal["Running", "Stopped"]
+WEB: Final[str] = "web"
+RESERVED_PROCESS_NAMES: frozenset[str] = frozenset({"web", "release", "run", "cron"})
+OneShotType = Literal["release", "cron", "run"]
+
+
+class OneShot(Model):
+    """What makes an Instance a one-shot run (the release command, a cron run, ``forge run``):
+    it runs its command once to its end, is never restarted, never routed, and ends Succeeded
+    or Failed with its exit code."""
+
+    type: OneShotType
+    command: str = Field(min_length=1, max_length=4096)
+    timeout_seconds: float = Field(default=600.0, gt=0, le=86400)
+    schedule: str | None = None  # cron: the schedule's name
+    scheduled_time: str | None = None  # cron: the time it was due
+    interactive: bool = False  # forge run -i: stdin comes through the API
 
 
 class InstanceSpec(Model):
@@ -384,12 +432,16 @@ class InstanceSpec(Model):
     env: dict[str, str] = Field(default_factory=dict)
     resources: Resources = Field(default_factory=Resources)
     secret: str | None = None
+    process: str = WEB  # the manifest's process type this Instance runs (web: run.command)
+    oneshot: OneShot | None = None
+    storage: int = 0  # bytes of the app's persistent storage (forge.yaml storage.size), 0: none
 
 
 InstancePhase = Literal[
-    "", "Pending", "Scheduled", "Building", "Starting", "Running", "Stopping", "Stopped", "Failed", "Lost"
+    "", "Pending", "Scheduled", "Building", "Starting", "Running", "Stopping", "Stopped", "Failed", "Lost",
+    "Succeeded", "Skipped",
 ]
-INSTANCE_TERMINAL: frozenset[str] = frozenset({"Stopped", "Failed", "Lost"})
+INSTANCE_TERMINAL: frozenset[str] = frozenset({"Stopped", "Failed", "Lost", "Succeeded", "Skipped"})
 
 
 class InstanceStatus(Status):
@@ -407,6 +459,7 @@ class InstanceStatus(Status):
     started_time: str | None = None
     ready_time: str | None = None
     oom_kills: int = 0
+    finished_time: str | None = None  # a one-shot's end
 
 
 class Instance(Resource):
@@ -434,6 +487,7 @@ class Isolation(Model):
     namespaces: bool = False
     bwrap: bool = False
     network: Literal["netns", "host"] = "host"  # netns: each Instance and build in its own network namespace
+    disk: Literal["image", "watcher"] = "watcher"  # image: each release its own size-limited filesystem
     missing: list[str] = Field(default_factory=list)
 
 

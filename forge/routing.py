@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from forge.models import App, Instance, Node, is_dns_name
+from forge.models import WEB, App, Instance, Node, is_dns_name
 
 
 def app_hosts(app: App, domain: str) -> list[str]:
@@ -47,6 +47,8 @@ def live_dials(
     by_node = {n.metadata.name: n for n in nodes}
     by_dep: dict[str, set[str]] = {}
     for inst in instances:
+        if inst.spec.process != WEB or inst.spec.oneshot is not None:
+            continue  # workers, release commands, cron and one-off runs take no traffic
         dial = instance_dial(inst, by_node)
         if dial is not None:
             by_dep.setdefault(inst.spec.deployment, set()).add(dial)

@@ -331,10 +331,14 @@ class Supervisor:
     def _remove_network(self) -> None:
         """The service table and, should the agent not have done it, the node's namespaces,
         bridge and table: nothing of this install's data plane outlives ``forge up``."""
-        from forge.cli.daemons import remove_node_network
+        from forge.cli.daemons import remove_node_network, unmount_release_disks
         from forge.nft import NetError, nft_available
         from forge.servicemap import ServiceMap
 
+        try:
+            unmount_release_disks(self.data / "node")
+        except OSError as exc:
+            log.warning("could not unmount the release filesystems: %s", exc)
         if nft_available() is not None:
             return
         try:

@@ -24,7 +24,7 @@ from forge.api.context import ApiContext
 from forge.errors import Invalid, NotFound, pydantic_errors
 from forge.events import EventRecorder
 from forge.gitauth import USERNAME, open_token, select_credential
-from forge.models import Instance, Model, RepoCredential, is_dns_name
+from forge.models import App, Instance, Model, RepoCredential, is_dns_name
 
 log = logging.getLogger(__name__)
 
@@ -148,3 +148,19 @@ class RotateKeyResource:
         result = self.ctx.sealer.rotate_all(self.ctx.store)
         log.info("secret key rotated")
         send(resp, {"rotated": result if isinstance(result, int | dict) else True})
+
+
+class NodeStorageResource:
+    """``GET /api/v1/nodes/NAME/storage``: the apps whose persistent storage lives on that node.
+    Its agent deletes the storage of every other app (a deleted one) it finds on disk."""
+
+    def __init__(self, ctx: ApiContext) -> None:
+        self.ctx = ctx
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
+        p = auth.principal(req)
+        if not p.admin and p.node != name:
+            raise auth.forbid(p, f"read the storage list of Node {name}")
+        apps = [a.metadata.name for a in self.ctx.store.list("App")[0]
+                if isinstance(a, App) and a.status.storage_node == name]
+        send(resp, {"apps": sorted(apps)})

@@ -19,7 +19,7 @@ from typing import Any
 
 import falcon
 
-from forge.api import agents, logs, records, releases, system
+from forge.api import agents, logs, records, releases, runs, system
 from forge.api.auth import Authenticator, AuthMiddleware
 from forge.api.body import dumps
 from forge.api.context import ApiContext
@@ -107,10 +107,13 @@ def create_app(
     app.add_route("/api/v1/apps/{name}/deploy", releases.DeployResource(ctx))
     app.add_route("/api/v1/apps/{name}/rollback", releases.RollbackResource(ctx))
     app.add_route("/api/v1/apps/{name}/logs", logs.AppLogsResource(ctx))
+    app.add_route("/api/v1/apps/{name}/runs", runs.AppRunsResource(ctx))
+    app.add_route("/api/v1/instances/{name}/stdin", runs.InstanceStdinResource(ctx))
     app.add_route("/api/v1/nodes/{name}/token", agents.NodeTokenResource(ctx))
     app.add_route("/api/v1/instances/{name}/secrets", agents.InstanceSecretsResource(ctx))
     app.add_route("/api/v1/instances/{name}/events", agents.AgentEventResource(ctx, "Instance"))
     app.add_route("/api/v1/nodes/{name}/events", agents.AgentEventResource(ctx, "Node"))
+    app.add_route("/api/v1/nodes/{name}/storage", agents.NodeStorageResource(ctx))
     app.add_route("/api/v1/instances/{name}/gitcredential", agents.InstanceGitCredentialResource(ctx))
     app.add_route("/api/v1/instances/{name}/logs", agents.InstanceLogsResource(ctx))
     app.add_route("/api/v1/secrets/rotate-key", agents.RotateKeyResource(ctx))

@@ -55,6 +55,9 @@ class AppLogsResource:
         source = req.get_param("source") or None
         if source not in (None, "build", "app"):
             raise BadRequest("source must be build or app", [{"path": "source", "message": "must be build or app"}])
+        instance = req.get_param("instance") or None
+        if instance is not None and not is_dns_label(instance):
+            raise BadRequest("instance must be an Instance name", [{"path": "instance", "message": "not a name"}])
         deployment = req.get_param("deployment") or None
         if deployment is not None and not is_dns_label(deployment):
             raise BadRequest("deployment must be a release name like APP-N",
@@ -63,14 +66,21 @@ class AppLogsResource:
         tail = q_int(req, "tail", None, 0, 100_000)
         follow = q_bool(req, "follow")
         timeout = q_int(req, "timeoutSeconds", 600, 1, 3600) or 600
-        filters = {"deployment": deployment, "source": source}
+        filters = {"deployment": deployment, "source": source, "instance": instance}
         resp.content_type = "application/x-ndjson"
         resp.set_header("Cache-Control", "no-store")
         resp.stream = self._stream(name, filters, since, tail, follow, self.ctx.stream_seconds(float(timeout)))
 
     def _read(self, app: str, filters: dict[str, Any], after: int, since: str | None) -> list[Any]:
+        """One page (by id) of the app's lines; an ``instance`` filter and the hiding of a run's
+        stdin apply to what is yielded, so ``len(page) < PAGE`` still means "no more"."""
         return self.ctx.store.read_logs(app, deployment=filters["deployment"], source=filters["source"],
                                after_id=after, limit=PAGE, since_time=since)
+
+    @staticmethod
+    def _shown(page: list[Any], filters: dict[str, Any]) -> list[Any]:
+        inst = filters.get("instance")
+        return [r for r in page if r.source != "stdin" and (inst is None or r.instance == inst)]
 
     def _stream(self, app: str, filters: dict[str, Any], since: str | None, tail: int | None,
                 follow: bool, timeout: float) -> Iterator[bytes]:
@@ -83,9 +93,9 @@ class AppLogsResource:
             if page:
                 after = page[-1].id
                 if keep is None:
-                    yield b"".join(_line(r) for r in page)
+                    yield b"".join(_line(r) for r in self._shown(page, filters))
                 else:
-                    keep.extend(page)
+                    keep.extend(self._shown(page, filters))
             if len(page) < PAGE:
                 break
         if keep:
@@ -111,7 +121,7 @@ class AppLogsResource:
             page = self._read(app, filters, after, None)
             while page:
                 after = page[-1].id
-                yield b"".join(_line(r) for r in page)
+                yield b"".join(_line(r) for r in self._shown(page, filters))
                 page = self._read(app, filters, after, None) if len(page) == PAGE else []
             seen = max(seen, after)
 

@@ -75,16 +75,20 @@ def apps_create(ctx: Ctx, name: str, repo: str, branches: tuple[str, ...], domai
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @pass_ctx
 def apps_delete(ctx: Ctx, name: str, yes: bool) -> None:
-    """Delete an app: its processes stop and its routes go away."""
+    """Delete an app: its processes stop, its routes go away, and its persistent storage (if it
+    has any) is deleted from its node."""
+    app = ctx.client.get("apps", name)
+    node = dig(app, "status.storageNode")
+    storage = f" and DELETE its persistent storage on node {node}" if node else ""
     if not yes and sys.stdin.isatty():
-        click.confirm(f"delete app {name} and stop all its processes?", abort=True)
+        click.confirm(f"delete app {name}, stop all its processes{storage}?", abort=True)
     ctx.client.delete("apps", name)
     try:  # its secret env goes with it: a later app of the same name must not inherit it
         if dig(ctx.client.get("secrets", name), "spec.app") == name:
             ctx.client.delete("secrets", name)
     except NotFound:
         pass
-    click.echo(f"app/{name} deleted")
+    click.echo(f"app/{name} deleted" + (f"; its persistent storage on node {node} is deleted too" if node else ""))
 
 
 # ----------------------------------------------------------------------------- status / releases
@@ -123,11 +127,23 @@ def status(ctx: Ctx, name: str, fmt: str) -> None:
             r = releases[0]
             lines.append(f"Latest:    {r['metadata']['name']}  {dig(r, 'status.phase') or 'Pending'}"
                          + (f"  {dig(r, 'status.reason')}: {printable(str(dig(r, 'status.message')))}" if dig(r, "status.reason") else ""))
+        manifest = dig(live_rel, "status.manifest") or {}
+        if manifest.get("storage"):
+            node = dig(app, "status.storageNode")
+            lines.append(f"Storage:   {manifest['storage'].get('size', 0) // 2**20} MiB at /storage"
+                         + (f", on node {node} (the app is pinned to it)" if node else " (not placed yet)"))
+        procs = {"web": dig(app, "spec.replicas", 1)}
+        for proc, spec in (manifest.get("processes") or {}).items():
+            procs[proc] = (dig(app, "spec.processes") or {}).get(proc, spec.get("replicas", 1))
+        lines.append("Processes: " + ", ".join(f"{k}={v}" for k, v in procs.items())
+                     + (f"; {len(manifest.get('cron') or [])} cron schedule(s) (forge cron {name})"
+                        if manifest.get("cron") else ""))
         active = [i for i in insts if dig(i, "spec.desired") == "Running"]
         lines += ["", "Instances:", table(
-            ["NAME", "NODE", "PHASE", "ADDRESS", "READY", "RESTARTS", "REASON"],
-            [[dig(i, "metadata.name"), dig(i, "spec.node"), dig(i, "status.phase"), instance_address(i),
-              dig(i, "status.ready"), dig(i, "status.restarts", 0), dig(i, "status.reason")] for i in active]) if active else "  none"]
+            ["NAME", "TYPE", "NODE", "PHASE", "ADDRESS", "READY", "RESTARTS", "REASON"],
+            [[dig(i, "metadata.name"), dig(i, "spec.oneshot.type") or dig(i, "spec.process") or "web", dig(i, "spec.node"),
+              dig(i, "status.phase"), instance_address(i), dig(i, "status.ready"), dig(i, "status.restarts", 0),
+              dig(i, "status.reason")] for i in active]) if active else "  none"]
         lines += ["", "Events:"] + ([event_line(e) for e in evs] or ["  none"])
         return "\n".join(lines)
 
@@ -274,9 +290,12 @@ _SINCE = re.compile(r"^(\d+)([smhd])$")
 @click.option("--since", default=None, help="Only lines newer than this (10s, 5m, 2h, 1d).")
 @click.option("--all", "both", is_flag=True, help="Build and app output together.")
 @click.option("--raw", is_flag=True, help="Print the app's bytes as they are (control characters included).")
+@click.option("--release", "release_cmd", is_flag=True,
+              help="The release command's output (with --deployment APP-N).")
+@click.option("--instance", default=None, help="Only this Instance (a cron or forge run record, a replica).")
 @pass_ctx
 def logs(ctx: Ctx, name: str, follow: bool, build: bool, deployment: str | None, since: str | None, both: bool,
-         raw: bool) -> None:
+         raw: bool, release_cmd: bool, instance: str | None) -> None:
     """Print an app's logs (runtime by default; --build for the build). Control characters in
     the app's output are shown escaped (\\x1b), never sent to the terminal, unless --raw."""
     params: dict[str, Any] = {"follow": "true" if follow else "false"}
@@ -284,6 +303,12 @@ def logs(ctx: Ctx, name: str, follow: bool, build: bool, deployment: str | None,
         params["source"] = "build" if build else "app"
     if deployment:
         params["deployment"] = deployment
+    if release_cmd:
+        if not deployment:
+            raise click.UsageError("--release needs --deployment APP-N (whose release command)")
+        instance = f"{deployment}-release"
+    if instance:
+        params["instance"] = instance
     if since:
         if not _SINCE.match(since):
             raise click.BadParameter("use a number and a unit: 30s, 10m, 2h, 1d", param_hint="--since")
@@ -377,18 +402,41 @@ def env_list(ctx: Ctx, name: str, fmt: str) -> None:
     emit({"env": plain, "secrets": secret}, fmt, lambda: table(["NAME", "KIND"], rows) if rows else "no variables")
 
 
+def parse_scale(args: tuple[str, ...]) -> dict[str, int]:
+    """``3`` (web), or ``TYPE=N`` pairs: ``web=2 worker=3``."""
+    from forge.models import RESERVED_PROCESS_NAMES, is_dns_label
+
+    out: dict[str, int] = {}
+    for arg in args:
+        kind, sep, n = arg.rpartition("=") if "=" in arg else ("web", "=", arg)
+        if not n.isdigit() or not 0 <= int(n) <= 100:
+            raise click.BadParameter(f"{arg!r}: replicas are a number from 0 to 100", param_hint="TYPE=N")
+        if not sep or not is_dns_label(kind, 30) or (kind != "web" and kind in RESERVED_PROCESS_NAMES):
+            raise click.BadParameter(f"{arg!r}: use N or TYPE=N with a process type from forge.yaml",
+                                     param_hint="TYPE=N")
+        out[kind] = int(n)
+    if not out:
+        raise click.BadParameter("say how many: forge scale APP 3, or forge scale APP web=2 worker=3",
+                                 param_hint="TYPE=N")
+    return out
+
+
 @cli.command()
 @click.argument("name")
-@click.argument("replicas", type=click.IntRange(0, 100))
+@click.argument("counts", nargs=-1, required=True, metavar="N | TYPE=N...")
 @pass_ctx
-def scale(ctx: Ctx, name: str, replicas: int) -> None:
-    """Set the number of Instances of an app."""
+def scale(ctx: Ctx, name: str, counts: tuple[str, ...]) -> None:
+    """Set the number of Instances of an app's web process (N) or of each process type (TYPE=N)."""
+    want = parse_scale(counts)
+
     def mutate(spec: dict) -> bool:
-        changed = spec.get("replicas") != replicas
-        spec["replicas"] = replicas
-        return changed
+        before = (spec.get("replicas"), dict(spec.get("processes") or {}))
+        if "web" in want:
+            spec["replicas"] = want["web"]
+        spec["processes"] = {**(spec.get("processes") or {}), **{k: v for k, v in want.items() if k != "web"}}
+        return before != (spec.get("replicas"), spec["processes"])
     _patch_app(ctx, name, mutate)
-    click.echo(f"{name} scaled to {replicas}")
+    click.echo(f"{name} scaled: " + ", ".join(f"{k}={v}" for k, v in want.items()))
 
 
 @cli.group()

@@ -159,6 +159,16 @@ def agent(api_url: str, token: str, name: str | None, data_dir: str | None, addr
     if stop_apps_on_exit:
         stop_local_apps(Path(cfg.data_dir), node)
         remove_node_network(Path(cfg.data_dir))
+        unmount_release_disks(Path(cfg.data_dir))
+
+
+def unmount_release_disks(data_dir: Path) -> None:
+    """The release filesystems of this node install (``forge up`` on exit; images stay, the next
+    start mounts them again)."""
+    from forge.nodeagent.diskfence import DiskFence, image_mode_missing
+
+    if image_mode_missing() is None:
+        DiskFence(data_dir, mode="image").unmount_all()
 
 
 def remove_node_network(data_dir: Path) -> None:

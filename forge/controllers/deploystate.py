@@ -16,20 +16,31 @@ Everything here is a function of records already read (and ``now`` where time ma
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from forge.clock import parse_iso
+from forge.instancespec import (  # noqa: F401  (re-exported: the controllers' one vocabulary)
+    DEFAULT_CPU,
+    DEFAULT_MEMORY,
+    app_config,
+    effective_config,
+    instance_spec,
+    manifest_processes,
+    oneshot_instance,
+    secret_version,
+)
 from forge.models import (
     DEPLOYMENT_TERMINAL,
     LABEL_APP,
     LABEL_DEPLOYMENT,
+    LABEL_PROCESS,
+    WEB,
     App,
     Deployment,
     DeploymentConfig,
     Instance,
-    InstanceSpec,
     ObjectMeta,
     OwnerRef,
-    Resources,
     Secret,
     deployment_number,
     next_release_number,
@@ -42,8 +53,6 @@ FAILING_REASONS: frozenset[str] = frozenset({"BuildFailed", "HealthCheckFailed",
 BUILDING_PHASES: frozenset[str] = frozenset({"", "Pending", "Scheduled", "Building"})
 # Phases in which a not-ready Instance says something about the release's health.
 RUNNING_PHASES: frozenset[str] = frozenset({"Starting", "Running", "Failed"})
-DEFAULT_MEMORY = 256 * 1024 * 1024
-DEFAULT_CPU = 0.5
 DEFAULT_MIN_READY = 10.0
 
 
@@ -78,40 +87,9 @@ def time_of(text: str | None, default: float) -> float:
 # --------------------------------------------------------------------------- config
 
 
-def secret_version(secret: Secret | None) -> str | None:
-    """What identifies the Secret's values: the API's keyed digest of the plaintext
-    (``status.dataDigest``), which a key rotation leaves alone although it rewrites every
-    ciphertext; for a record written before digests existed, uid + spec generation."""
-    if secret is None:
-        return None
-    if secret.status.data_digest:
-        return secret.status.data_digest
-    return f"{secret.metadata.uid[:8]}.{secret.metadata.generation}"
-
-
-def app_config(app: App, secret: Secret | None) -> DeploymentConfig:
-    """The config a release made from the App right now would carry."""
-    return DeploymentConfig(
-        env=dict(app.spec.env), replicas=app.spec.replicas, domains=list(app.spec.domains),
-        secrets_version=secret_version(secret),
-    )
-
-
-def effective_config(app: App | None, dep: Deployment, secret: Secret | None) -> DeploymentConfig:
-    """The config a release runs with: what rollout applied, else its snapshot, else the App's."""
-    if dep.status.applied_config is not None:
-        return dep.status.applied_config
-    if dep.spec.config is not None:
-        # Instances read the Secret as it is when they start, whatever the snapshot says.
-        return dep.spec.config.model_copy(update={"secrets_version": secret_version(secret)}, deep=True)
-    if app is not None:
-        return app_config(app, secret)
-    return DeploymentConfig(replicas=1, secrets_version=secret_version(secret))
-
-
 def same_config(a: DeploymentConfig, b: DeploymentConfig) -> bool:
-    return (a.env, a.replicas, sorted(a.domains), a.secrets_version) == (
-        b.env, b.replicas, sorted(b.domains), b.secrets_version
+    return (a.env, a.replicas, a.processes or {}, sorted(a.domains), a.secrets_version) == (
+        b.env, b.replicas, b.processes or {}, sorted(b.domains), b.secrets_version
     )
 
 
@@ -123,8 +101,22 @@ def pins_config(dep: Deployment) -> bool:
 # --------------------------------------------------------------------------- instances
 
 
-def instance_name(dep_name: str, index: int, replacement: int = 0) -> str:
-    return f"{dep_name}-{index}" + (f"-r{replacement}" if replacement else "")
+Slot = tuple[str, int]  # (process type, replica index)
+
+
+def instance_name(dep_name: str, index: int, replacement: int = 0, process: str = WEB) -> str:
+    """``APP-N-I`` for web, ``APP-N-TYPE-I`` for another process type; ``-rK`` for replacements."""
+    kind = "" if process == WEB else f"{process}-"
+    return f"{dep_name}-{kind}{index}" + (f"-r{replacement}" if replacement else "")
+
+
+def wanted_slots(cfg: DeploymentConfig, manifest: dict[str, Any] | None) -> list[Slot]:
+    """Every replica slot a release runs: ``replicas`` web ones, then each process type's."""
+    slots = [(WEB, i) for i in range(cfg.replicas)]
+    for proc, spec in sorted(manifest_processes(manifest).items()):
+        n = (cfg.processes or {}).get(proc, int(spec.get("replicas", 1) or 0))
+        slots += [(proc, i) for i in range(n)]
+    return slots
 
 
 def replacement_of(inst: Instance) -> int:
@@ -137,13 +129,19 @@ def instances_of(dep_name: str, instances: Iterable[Instance]) -> list[Instance]
     return [i for i in instances if i.spec.deployment == dep_name]
 
 
-def current_by_slot(dep_name: str, instances: Iterable[Instance]) -> dict[int, Instance]:
-    """Replica index → the newest incarnation of that slot."""
-    out: dict[int, Instance] = {}
+def slot_of(inst: Instance) -> Slot:
+    return (inst.spec.process, inst.spec.index)
+
+
+def current_by_slot(dep_name: str, instances: Iterable[Instance]) -> dict[Slot, Instance]:
+    """(process type, replica index) → the newest incarnation of that slot (one-shots have none)."""
+    out: dict[Slot, Instance] = {}
     for inst in instances_of(dep_name, instances):
-        cur = out.get(inst.spec.index)
+        if inst.spec.oneshot is not None:
+            continue
+        cur = out.get(slot_of(inst))
         if cur is None or replacement_of(inst) > replacement_of(cur):
-            out[inst.spec.index] = inst
+            out[slot_of(inst)] = inst
     return out
 
 
@@ -169,8 +167,8 @@ def min_ready_wait(dep: Deployment, instances: Iterable[Instance], now: float) -
         return 0.0
     need = min_ready_seconds(dep)
     wait = 0.0
-    for inst in current_by_slot(dep.metadata.name, instances).values():
-        if is_ready(inst):
+    for slot, inst in current_by_slot(dep.metadata.name, instances).items():
+        if is_ready(inst) and slot[0] == WEB:  # workers proved themselves by min_running already
             cond = inst.status.condition("Ready")
             since = inst.status.ready_time or (cond.last_transition_time if cond is not None else None)
             wait = max(wait, time_of(since, now) + need - now)
@@ -201,32 +199,17 @@ def needs_replacement(inst: Instance, live: bool) -> bool:
     return inst.status.phase == "Failed" and (live or inst.status.reason not in FAILING_REASONS)
 
 
-def instance_spec(app: App, dep: Deployment, cfg: DeploymentConfig, secret: Secret | None, index: int) -> InstanceSpec:
-    manifest = dict(dep.status.manifest or {})
-    res = manifest.get("resources") or {}
-    env = {str(k): str(v) for k, v in (manifest.get("env") or {}).items()}
-    env.update(cfg.env)  # the App's config wins over the repo's defaults
-    return InstanceSpec(
-        app=app.metadata.name, deployment=dep.metadata.name, index=index, desired="Running",
-        repo=dep.spec.repo or app.spec.repo, commit=dep.spec.commit, manifest=manifest, env=env,
-        resources=Resources(
-            memory=int(res.get("memory") or DEFAULT_MEMORY), cpu=float(res.get("cpu") or DEFAULT_CPU),
-            pids=int(res.get("pids") or Resources().pids),
-        ),
-        secret=secret.metadata.name if secret is not None else None,
-    )
-
-
 def new_instance(app: App, dep: Deployment, cfg: DeploymentConfig, secret: Secret | None,
-                 index: int, replacement: int = 0) -> Instance:
+                 index: int, replacement: int = 0, process: str = WEB) -> Instance:
     name = dep.metadata.name
     return Instance(
         metadata=ObjectMeta(
-            name=instance_name(name, index, replacement),
-            labels={LABEL_APP: app.metadata.name, LABEL_DEPLOYMENT: name},
+            name=instance_name(name, index, replacement, process),
+            labels={LABEL_APP: app.metadata.name, LABEL_DEPLOYMENT: name,
+                    **({LABEL_PROCESS: process} if process != WEB else {})},
             owner_ref=OwnerRef(kind="Deployment", name=name, uid=dep.metadata.uid),
         ),
-        spec=instance_spec(app, dep, cfg, secret, index),
+        spec=instance_spec(app, dep, cfg, secret, index, process),
     )
 
 

@@ -71,6 +71,8 @@ def instances_to_delete(
     """Finished, stopped-on-purpose Instances of finished or vanished Deployments, old enough."""
     out = []
     for inst in instances:
+        if inst.spec.oneshot is not None and inst.spec.oneshot.type != "release" and inst.spec.deployment in deployments:
+            continue  # cron and one-off runs: their history is the cron controller's (KEEP_RUNS)
         dep = deployments.get(inst.spec.deployment)
         if dep is not None and dep.status.phase not in DEPLOYMENT_TERMINAL:
             continue

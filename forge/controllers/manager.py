@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, Gauge, start_http_server
 from forge.clock import Clock
 from forge.config import Config
 from forge.controllers.base import Controller
+from forge.controllers.cron import CronController
 from forge.controllers.gc import GcController
 from forge.controllers.health import HealthController
 from forge.controllers.leader import LeaderElector
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 
 CONTROLLERS: tuple[type[Controller], ...] = (
     SourceController, RolloutController, SchedulerController, HealthController, RollbackController,
-    RouterController, NodesController, GcController, TallyController,
+    RouterController, NodesController, GcController, TallyController, CronController,
 )
 
 

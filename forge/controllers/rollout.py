@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from forge.clock import Clock, iso
 from forge.config import Config
@@ -48,7 +48,9 @@ from forge.models import (
     DeploymentStatus,
     Instance,
     ObjectMeta,
+    OneShot,
     OwnerRef,
+    ReleasePhase,
     Secret,
     Trigger,
     set_condition,
@@ -74,6 +76,10 @@ class Note:
     message: str
 
 
+def iso_now(plan: RolloutPlan) -> str:
+    return plan.now_iso
+
+
 @dataclass
 class RolloutPlan:
     app_status: AppStatus | None = None
@@ -83,9 +89,10 @@ class RolloutPlan:
     stop: list[str] = field(default_factory=list)
     new_deployment: Deployment | None = None
     requeue_after: float | None = None
+    now_iso: str = ""
 
 
-def rollout_phase(current: str, slots: dict[int, Instance], replicas: int) -> str:
+def rollout_phase(current: str, slots: dict[ds.Slot, Instance], replicas: int) -> str:
     """Building while any replica is not yet a process, then Starting; never moves back."""
     building = len(slots) < replicas or any(i.status.phase in ds.BUILDING_PHASES for i in slots.values())
     computed = "Building" if building else "Starting"
@@ -99,15 +106,65 @@ def ensure_slots(
     cfg = ds.effective_config(app, dep, secret)
     create, stop = [], []
     cur = ds.current_by_slot(dep.metadata.name, instances)
-    for idx in range(cfg.replicas):
-        inst = cur.get(idx)
+    wanted = ds.wanted_slots(cfg, dep.status.manifest)
+    for proc, idx in wanted:
+        inst = cur.get((proc, idx))
         if inst is None:
-            create.append(ds.new_instance(app, dep, cfg, secret, idx))
+            create.append(ds.new_instance(app, dep, cfg, secret, idx, process=proc))
         elif ds.needs_replacement(inst, live) and ds.replacement_of(inst) < MAX_REPLACEMENTS:
-            create.append(ds.new_instance(app, dep, cfg, secret, idx, ds.replacement_of(inst) + 1))
+            create.append(ds.new_instance(app, dep, cfg, secret, idx, ds.replacement_of(inst) + 1, process=proc))
             stop.append(inst.metadata.name)
-    stop += [i.metadata.name for idx, i in cur.items() if idx >= cfg.replicas and i.spec.desired == "Running"]
+    keep = set(wanted)
+    stop += [i.metadata.name for slot, i in cur.items() if slot not in keep and i.spec.desired == "Running"]
     return create, stop
+
+
+def release_command(dep: Deployment) -> dict[str, Any] | None:
+    """The manifest's ``release`` section, when this release runs one (a rollback does not: it
+    goes back to code whose schema changes already ran)."""
+    rel = (dep.status.manifest or {}).get("release")
+    if not isinstance(rel, dict) or not rel.get("command") or dep.spec.trigger.type == "rollback":
+        return None
+    return rel
+
+
+def release_gate(app: App, dep: Deployment, st: DeploymentStatus, instances: list[Instance],
+                 secret: Secret | None, plan: RolloutPlan, note: Any) -> bool:
+    """Run the release command once before any Instance of ``dep`` starts; True once it succeeded.
+    Its end is recorded in ``status.releasePhase`` (this controller's field), so it runs at most
+    once per Deployment whatever restarts: the one-shot Instance has a fixed name."""
+    rel = release_command(dep)
+    if rel is None:
+        return True
+    name = f"{dep.metadata.name}-release"
+    if st.release_phase is not None and st.release_phase.phase == "Succeeded":
+        return True
+    if st.release_phase is not None and st.release_phase.phase == "Failed":
+        return False
+    inst = next((i for i in instances if i.metadata.name == name), None)
+    if st.release_phase is None:
+        st.release_phase = ReleasePhase(instance=name)
+        note(dep.metadata.name, "Normal", "ReleaseCommandStarted", f"{dep.metadata.name}: running {rel['command']!r}")
+    if inst is None:
+        cfg = ds.effective_config(app, dep, secret)
+        plan.create.append(ds.oneshot_instance(app, dep, cfg, secret, name, OneShot(
+            type="release", command=str(rel["command"]), timeout_seconds=float(rel.get("timeoutSeconds") or 600.0))))
+        return False
+    rp = st.release_phase
+    if inst.status.phase == "Succeeded":
+        rp.phase, rp.exit_code, rp.reason, rp.message = "Succeeded", inst.status.exit_code, "", "exited with code 0"
+        note(dep.metadata.name, "Normal", "ReleaseCommandSucceeded", f"{dep.metadata.name}: release command succeeded")
+        return True
+    if inst.status.phase in ("Failed", "Lost") or (inst.spec.desired == "Stopped" and inst.status.phase == "Stopped"):
+        timeout = inst.status.reason == "Timeout"
+        rp.phase, rp.exit_code = "Failed", inst.status.exit_code
+        rp.reason = "ReleaseCommandTimeout" if timeout else "ReleaseCommandFailed"
+        rp.message = (inst.status.message or inst.status.reason or inst.status.phase)[:300]
+        st.phase, st.reason, st.finished_time = "Failed", rp.reason, iso_now(plan)
+        st.message = (f"release command {'timed out' if timeout else 'failed'}: {rp.message} "
+                      f"(forge logs --deployment {dep.metadata.name} --release)")
+        note(dep.metadata.name, "Warning", rp.reason, f"{dep.metadata.name} failed: {st.message}")
+    return False
 
 
 def plan_rollout(
@@ -141,11 +198,16 @@ def plan_rollout(
     wanted = newest if newest is not None and newest is not live and not (
         work[newest.metadata.name].phase in DEPLOYMENT_TERMINAL or work[newest.metadata.name].phase == "Live"
     ) else None
+    plan.now_iso = now_iso
     if wanted is not None:
         name, st = wanted.metadata.name, work[wanted.metadata.name]
-        deadline = ds.time_of(st.created_time, now) + settings.progress_deadline_seconds
+        rel = release_command(wanted)
+        deadline = ds.time_of(st.created_time, now) + settings.progress_deadline_seconds + (
+            float(rel.get("timeoutSeconds") or 600.0) if rel is not None else 0.0)
         cfg = ds.effective_config(app, wanted, secret)
-        all_ready = st.manifest is not None and ds.count_ready(name, instances) >= cfg.replicas
+        n_slots = len(ds.wanted_slots(cfg, st.manifest))
+        all_ready = st.manifest is not None and ds.count_ready(name, instances) >= n_slots and (
+            rel is None or (st.release_phase is not None and st.release_phase.phase == "Succeeded"))
         # Ready is not enough: every Instance must *stay* ready for health.min_ready first, so a
         # release that passes one probe and then dies never takes a request.
         settle = ds.min_ready_wait(wanted, instances, now) if all_ready else 0.0
@@ -158,12 +220,16 @@ def plan_rollout(
             note(name, "Warning", "ProgressDeadlineExceeded", f"{name} failed: {st.message}")
         elif st.manifest is not None:
             st.applied_config = cfg
-            create, stop = ensure_slots(app, wanted, instances, secret, live=False)
-            plan.create += create
-            plan.stop += stop
-            slots = ds.current_by_slot(name, instances + create)
-            st.phase = rollout_phase(st.phase, slots, cfg.replicas)
-            wakes.append(deadline - now)
+            if release_gate(app, wanted, st, instances, secret, plan, note):
+                create, stop = ensure_slots(app, wanted, instances, secret, live=False)
+                plan.create += create
+                plan.stop += stop
+                slots = ds.current_by_slot(name, instances + create)
+                st.phase = rollout_phase(st.phase, slots, n_slots)
+            elif st.phase != "Failed":
+                st.phase = rollout_phase(st.phase, {}, 1)  # Building: the release command runs first
+            if st.phase != "Failed":
+                wakes.append(deadline - now)
             if settle > 0:
                 wakes.append(settle)
         else:
@@ -214,7 +280,13 @@ def _stops(work: dict[str, DeploymentStatus], instances: list[Instance],
             continue
         dep_name = inst.spec.deployment
         st = work.get(dep_name)
-        current = slots[dep_name].get(inst.spec.index)
+        if inst.spec.oneshot is not None:
+            if inst.spec.oneshot.type != "release":
+                continue  # cron and one-off runs belong to their own owners
+            if inst.status.phase in ("Succeeded", "Failed") or st is None or st.phase in ("Failed", "Cancelled"):
+                stop.append(inst.metadata.name)  # ended (its record stays) or its release is gone
+            continue
+        current = slots[dep_name].get(ds.slot_of(inst))
         if st is None or st.phase in ("Failed", "Cancelled") or current is not inst:
             stop.append(inst.metadata.name)
         elif st.phase == "Superseded":

@@ -23,7 +23,7 @@ from typing import ClassVar, Final
 
 from forge.controllers.base import DONE, Controller, Result
 from forge.errors import NotFound
-from forge.models import INSTANCE_TERMINAL, LABEL_NODE, Instance, Node, set_condition
+from forge.models import INSTANCE_TERMINAL, LABEL_NODE, App, Instance, Node, set_condition
 from forge.store.base import WatchEvent
 
 SCHEDULED: Final[str] = "Scheduled"
@@ -55,8 +55,13 @@ def _fmt_mem(n: float) -> str:
     return f"{n / 1024**2:.0f}Mi"
 
 
-def choose_node(instance: Instance, nodes: list[Node], instances: list[Instance]) -> tuple[Node | None, str]:
-    """Pick a node for ``instance`` (pure). Returns (node, "") or (None, why nothing fits)."""
+def choose_node(instance: Instance, nodes: list[Node], instances: list[Instance],
+                pinned: str | None = None) -> tuple[Node | None, str]:
+    """Pick a node for ``instance`` (pure). Returns (node, "") or (None, why nothing fits).
+    ``pinned``: the only node it may go to (the one holding its app's persistent storage)."""
+    if pinned is not None:
+        node, why = choose_node(instance, [n for n in nodes if n.metadata.name == pinned], instances)
+        return node, why and f"pinned to node {pinned}, which holds the app's storage: {why}"
     want = instance.spec.resources
     used: dict[str, tuple[float, int, int]] = {}  # node → (cpu, memory, replicas of this deployment)
     for other in instances:
@@ -124,7 +129,8 @@ class SchedulerController(Controller):
             return DONE
         nodes: list[Node] = self.store.list("Node")[0]  # type: ignore[assignment]
         instances: list[Instance] = self.store.list("Instance")[0]  # type: ignore[assignment]
-        node, why = choose_node(inst, nodes, instances)
+        app = self._storage_app(inst)
+        node, why = choose_node(inst, nodes, instances, app.status.storage_node if app is not None else None)
         now = self.clock.now_iso()
         if node is None:
             msg = f"{why}; retrying"
@@ -134,10 +140,25 @@ class SchedulerController(Controller):
                 self.recorder.record(inst, "Warning", REASON_UNSCHEDULABLE, msg)
             return Result(requeue_after=RETRY_SECONDS)
         name = node.metadata.name
+        if app is not None and app.status.storage_node is None:
+            # The app's storage will live on this node from now on: recorded before the first
+            # Instance is bound (Conflict retries), so two Instances never pick two nodes.
+            app.status.storage_node = name
+            self.store.update_status(app)
+            self.recorder.record(app, "Normal", "StoragePinned", f"persistent storage lives on node {name}")
         inst.spec.node = name
         inst.metadata.labels = {**inst.metadata.labels, LABEL_NODE: name}
         inst = self.store.update(inst)  # type: ignore[assignment]
         return self._mark_scheduled(inst, name)
+
+    def _storage_app(self, inst: Instance) -> App | None:
+        """The App when this Instance mounts its persistent storage (then it is pinned)."""
+        if not inst.spec.storage:
+            return None
+        try:
+            return self.store.get("App", inst.spec.app)  # type: ignore[return-value]
+        except NotFound:
+            return None
 
     def _mark_scheduled(self, inst: Instance, name: str) -> Result:
         now = self.clock.now_iso()

@@ -26,6 +26,7 @@ from forge.models import LABEL_NODE, Instance
 from forge.nft import install_hash, nft_available
 from forge.nodeagent import node as nodeinfo
 from forge.nodeagent.builder import Builder, api_credentials
+from forge.nodeagent.diskfence import DiskFence, image_mode_missing
 from forge.nodeagent.diskgc import DiskGC, Release
 from forge.nodeagent.exitwatch import ExitWatcher
 from forge.nodeagent.logship import Shipper
@@ -44,6 +45,8 @@ HEARTBEAT_KEY = "~heartbeat"
 DISKGC_KEY = "~diskgc"
 DISKGC_SECONDS = 600.0  # release dirs on disk are collected every 10 minutes ...
 DISKGC_AFTER_STOP_SECONDS = 30.0  # ... and shortly after an Instance of this node was stopped and forgotten
+DISK_KEY = "~disk"
+DISK_CHECK_SECONDS = 5.0  # how often running releases are measured against resources.disk
 WATCH_TIMEOUT = 60
 MAX_BACKOFF = 30.0
 _AUTO: Any = object()
@@ -64,6 +67,7 @@ class Agent:
         driver: Any = _AUTO, cgroup_parent: str | None = None, network: Any = _AUTO,
         instance_subnet: str = "", app_host_ports: tuple[int, ...] = (),
         build_env: dict[str, str] | None = None, build_files: tuple[tuple[str, str], ...] = (),
+        disk_fence: Any = _AUTO,
     ) -> None:
         self.client, self.name, self.address, self.clock, self.stop = client, name, address, clock, stop
         self.data_dir = Path(data_dir).resolve()
@@ -77,6 +81,11 @@ class Agent:
         self.isolation = self.sandbox.check()  # production without isolation raises Unavailable here
         self.network = (self._own_network(mode, instance_subnet, app_host_ports) if network is _AUTO else network)
         self.isolation.network = "netns" if self.network is not None else "host"
+        self.fence = DiskFence(self.data_dir) if disk_fence is _AUTO else disk_fence
+        if self.fence is not None:
+            self.isolation.disk = self.fence.mode
+            if self.fence.mode != "image":
+                self.isolation.missing.append(f"release filesystems ({image_mode_missing()})")
         self.uids = UidAllocator(self.data_dir / "uids.json", salt=install_hash(self.data_dir))
         self.state = AgentState(self.data_dir / "agent-state.json").load()
         self.queue = WorkQueue(clock)
@@ -88,13 +97,14 @@ class Agent:
         self.shipper = Shipper(client, self.state, self.data_dir / "logs", clock, stop, cap_bytes=log_cap_bytes)
         builder = Builder(self.data_dir, git_url_template, self.sandbox, self.driver, clock, SandboxSpec, self._owner,
                           credentials=api_credentials(client), network=self.network,
-                          build_env=build_env, build_files=build_files)
+                          build_env=build_env, build_files=build_files, fence=self.fence)
         self.supervisor = Supervisor(self.sandbox, self.driver, clock, SandboxSpec, self._owner)
         status = StatusWriter(client, clock, self._remember)
         self.reconciler = Reconciler(client, name, self.data_dir, self.state, builder, self.supervisor,
                                      self.shipper, status, clock, self.exits.watch, network=self.network,
                                      node_address=address)
-        self.diskgc = DiskGC(self.data_dir / "releases", self._releases_in_use, builder.release_lock)
+        self.diskgc = DiskGC(self.data_dir / "releases", self._releases_in_use, builder.release_lock,
+                             fence=self.fence)
         self.threads: list[threading.Thread] = []
         self.metrics_server: Any = None
 
@@ -183,6 +193,8 @@ class Agent:
         """The agent's own periodic keys: the heartbeat now, the first disk GC after the first list."""
         self.queue.add(HEARTBEAT_KEY)
         self.queue.add_after(DISKGC_KEY, DISKGC_AFTER_STOP_SECONDS)
+        if self.fence is not None:
+            self.queue.add_after(DISK_KEY, DISK_CHECK_SECONDS)
 
     def _work(self) -> None:
         while True:
@@ -198,6 +210,8 @@ class Agent:
                 after = self._heartbeat()
             elif key == DISKGC_KEY:
                 after = self._collect_disk()
+            elif key == DISK_KEY:
+                after = self._check_disk()
             else:
                 after = self._reconcile(key)
         except errors.Unavailable as exc:
@@ -237,7 +251,53 @@ class Agent:
         if not self.synced.is_set():
             return DISKGC_AFTER_STOP_SECONDS  # until the first list, the cache cannot say what is in use
         self.diskgc.run()
+        if self._collect_storage():
+            return DISKGC_AFTER_STOP_SECONDS  # a deleted app's Instances are still stopping: look again soon
         return DISKGC_SECONDS
+
+    def _collect_storage(self) -> bool:
+        """Delete the persistent storage of apps that are gone: on disk here, not in use by any
+        Instance of this node, and not among the apps the control plane says live on this node."""
+        if self.fence is None:
+            return False
+        root = self.fence.data_dir / "storage"
+        try:
+            on_disk = sorted(e.name for e in os.scandir(root) if e.is_dir(follow_symlinks=False))
+        except FileNotFoundError:
+            return False
+        if not on_disk:
+            return False
+        keep = set((self.client.request("GET", f"/api/v1/nodes/{self.name}/storage") or {}).get("apps") or [])
+        in_use = {app for app, _ in self._releases_in_use()}
+        pending = False
+        for app in on_disk:
+            if app in keep:
+                continue
+            if app in in_use:
+                pending = True
+                continue
+            log.info("deleting the persistent storage of app %s (the app is gone)", app)
+            try:
+                self.fence.remove_storage(app)
+            except (OSError, errors.ForgeError) as exc:
+                log.warning("cannot delete the storage of %s: %s", app, exc)
+                continue
+            try:
+                self.client.request("POST", f"/api/v1/nodes/{self.name}/events", json={
+                    "type": "Normal", "reason": "StorageDeleted",
+                    "message": f"deleted the persistent storage of app {app} (the app was deleted)"})
+            except errors.ForgeError:
+                pass
+        return pending
+
+    def _check_disk(self) -> float:
+        """Measure running releases against their ``resources.disk``; full ones' Instances are
+        queued and stop in their own reconcile (one writer per Instance)."""
+        with self.cache_lock:
+            limits = {name: inst.spec.resources.disk for name, inst in self.cache.items()}
+        for name in self.reconciler.check_disk(limits):
+            self.queue.add(name)
+        return DISK_CHECK_SECONDS
 
     def _heartbeat(self) -> float:
         try:

@@ -118,8 +118,9 @@ class Builder:
         spec_factory: Callable[..., Any], owner_for: Callable[[str], tuple[int | None, int | None]],
         credentials: Credentials | None = None, network: Any = None,
         build_env: dict[str, str] | None = None, build_files: tuple[tuple[str, str], ...] = (),
-        min_free_bytes: int = MIN_FREE_BYTES, min_free_ratio: float = MIN_FREE_RATIO,
+        min_free_bytes: int = MIN_FREE_BYTES, min_free_ratio: float = MIN_FREE_RATIO, fence: Any = None,
     ) -> None:
+        self.fence = fence  # DiskFence: each release its own size-limited tree (None: unlimited, tests)
         self.min_free_bytes, self.min_free_ratio = min_free_bytes, min_free_ratio
         self.data_dir = Path(data_dir)
         self.network = network  # NodeNetwork: each build in its own network namespace (None: host network)
@@ -152,15 +153,24 @@ class Builder:
 
     def is_built(self, release: Path, commit: str) -> bool:
         try:
-            return self.marker(release).read_text().strip() == commit
+            built = self.marker(release).read_text().strip() == commit
         except OSError:
             return False
+        return built and (self.fence is None or self.fence.ready(release))
+
+    def discard(self, release: Path) -> None:
+        """Forget a built release (its tree hit the disk limit): the next start rebuilds it fresh."""
+        with self._lock(str(release)):
+            self.marker(release).unlink(missing_ok=True)
+            if self.fence is not None:
+                self.fence.discard(release)
 
     def ensure_built(
         self, instance: str, app: str, deployment: str, repo: str, commit: str, run: RunSpec,
-        env: dict[str, str], limits: tuple[int, float, int], build_log: Path,
+        env: dict[str, str], limits: tuple[int, float, int], build_log: Path, disk: int = 0,
     ) -> Path:
-        """Return the built release dir, building it once; ``BuildError`` on failure."""
+        """Return the built release dir, building it once; ``BuildError`` on failure. ``disk``
+        bytes is the release tree's limit (``resources.disk``) where a fence enforces one."""
         release = self.release_dir(app, deployment)
         with self._lock(str(release)):
             if self.is_built(release, commit):
@@ -169,11 +179,11 @@ class Builder:
             build_log.parent.mkdir(parents=True, exist_ok=True)
             buildlog.append(build_log, self.clock, f"==> fetching {repo}@{commit[:12]}")
             cache = self._fetch(instance, repo, commit, build_log)
-            self._export(cache, commit, release, build_log)
+            self._export(cache, commit, release, build_log, disk)
             uid, gid = self.owner_for(app)
             if uid is not None and os.geteuid() == 0:
                 prepare_workdir(release, uid, gid if gid is not None else uid)
-            self._run_commands(instance, app, release, run, env, limits, build_log, uid, gid)
+            self._run_commands(instance, app, release, run, env, limits, build_log, uid, gid, disk)
             write_atomic(self.marker(release), (commit + "\n").encode())
             buildlog.append(build_log, self.clock, "==> build succeeded")
             return release
@@ -233,11 +243,17 @@ class Builder:
             self._git([gd, "update-ref", f"refs/forge/{commit}", commit], build_log)
             return cache
 
-    def _export(self, cache: Path, commit: str, release: Path, build_log: Path) -> None:
+    def _export(self, cache: Path, commit: str, release: Path, build_log: Path, disk: int = 0) -> None:
         self.marker(release).unlink(missing_ok=True)  # whatever was there is not that build any more
-        if release.exists() or release.is_symlink():
-            shutil.rmtree(release)  # a half-built leftover (no marker): start clean (never follows links)
-        release.mkdir(parents=True)
+        if self.fence is not None:
+            try:
+                self.fence.prepare(release, disk)  # a fresh tree of exactly the disk limit
+            except (OSError, errors.ForgeError) as exc:
+                raise BuildError(REASON_BUILD_FAILED, f"cannot give the release its disk: {exc}") from None
+        else:
+            if release.exists() or release.is_symlink():
+                shutil.rmtree(release)  # a half-built leftover (no marker): start clean (never follows links)
+            release.mkdir(parents=True)
         archive = subprocess.Popen(["git", f"--git-dir={cache}", "archive", "--format=tar", commit],
                                    env=git_env(self.data_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         untar = subprocess.run(["tar", "-x", "-C", str(release)], stdin=archive.stdout,
@@ -252,7 +268,7 @@ class Builder:
     # -- build commands ----------------------------------------------------------
     def _run_commands(
         self, instance: str, app: str, release: Path, run: RunSpec, env: dict[str, str],
-        limits: tuple[int, float, int], build_log: Path, uid: int | None, gid: int | None,
+        limits: tuple[int, float, int], build_log: Path, uid: int | None, gid: int | None, disk: int = 0,
     ) -> None:
         if not run.build_commands:
             return
@@ -283,7 +299,9 @@ class Builder:
                 spec = self.spec_factory(
                     app=app, workdir=str(release), command=cmd, env={**self.build_env, **env},
                     uid=uid, gid=gid, cgroup=cgroup if self.driver is not None else None,
-                    stdout_path=str(build_log), stderr_path=str(build_log), ro_files=self.build_files, **net,
+                    stdout_path=str(build_log), stderr_path=str(build_log), ro_files=self.build_files,
+                    fsize_limit=disk if disk and self.fence is not None and self.fence.mode == "watcher" else None,
+                    **net,
                 )
                 pipe = buildlog.StampingPipe(build_log, self.clock)  # each line stamped when produced
                 spec.output_fd = pipe.fd
@@ -296,6 +314,8 @@ class Builder:
                         f.seek(start)
                         output = buildlog.strip_stamps(f.read())
                     what = "timed out" if code is None else f"exited with code {code}"
+                    if self.fence is not None and self.fence.exceeded(release, disk):
+                        what += f" after filling the release's disk limit of {disk // 2**20} MiB (resources.disk)"
                     buildlog.append(build_log, self.clock, f"==> build command {what}")
                     raise BuildError(REASON_BUILD_FAILED, f"build command {cmd!r} {what}:\n{tail(output)}")
         finally:

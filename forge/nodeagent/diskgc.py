@@ -113,8 +113,9 @@ class DiskGC:
 
     def __init__(
         self, releases_root: Path, in_use: Callable[[], set[Release]],
-        lock_for: Callable[[str, str], threading.Lock], keep: int = DEFAULT_KEEP,
+        lock_for: Callable[[str, str], threading.Lock], keep: int = DEFAULT_KEEP, fence: Any = None,
     ) -> None:
+        self.fence = fence  # DiskFence: a release dir may be its own filesystem (unmounted first)
         self.root = Path(releases_root)
         self.in_use, self.lock_for, self.keep = in_use, lock_for, keep
         self.removed_total = 0
@@ -150,6 +151,8 @@ class DiskGC:
             if (app, dep) in self.in_use():  # an Instance arrived since the scan
                 return None
             size = tree_bytes(path)
+            if self.fence is not None:
+                self.fence.discard(Path(path))  # unmount + delete its image; the mount point stays
             failed: list[str] = []
 
             def onerror(func: Any, target: str, exc_info: Any) -> None:

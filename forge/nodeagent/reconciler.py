@@ -8,8 +8,11 @@ return value: the seconds until this key wants to run again (probe due, back-off
 
 from __future__ import annotations
 
+import base64
 import logging
+import os
 import shutil
+import threading
 from pathlib import Path
 from typing import Any, Final
 
@@ -18,8 +21,10 @@ from forge.client import ForgeClient
 from forge.clock import Clock
 from forge.models import Instance
 from forge.nodeagent.builder import REASON_BUILD_FAILED, REASON_FETCH_FAILED, Builder, BuildError, DiskLow
+from forge.nodeagent.diskfence import REASON_DISK_LIMIT
 from forge.nodeagent.logship import Shipper, log_path
-from forge.nodeagent.prober import READY, UNHEALTHY, WAITING, ProbeTracker, probe
+from forge.nodeagent.prober import READY, UNHEALTHY, WAITING, ProbeResult, ProbeTracker, probe
+from forge.nodeagent.sandbox import SandboxTimeout
 from forge.nodeagent.spec import RunSpec
 from forge.nodeagent.state import AgentState, InstanceState
 from forge.nodeagent.status import StatusWriter
@@ -38,6 +43,10 @@ REASON_CRASH_LOOP: Final[str] = "CrashLoopBackOff"
 REASON_OOM: Final[str] = "OOMKilled"
 REASON_HEALTH: Final[str] = "HealthCheckFailed"
 REASON_START_FAILED: Final[str] = "StartFailed"
+REASON_TIMEOUT: Final[str] = "Timeout"  # a one-shot ran past its timeout
+REASON_ERROR: Final[str] = "Error"  # a one-shot exited non-zero
+REASON_EXIT_UNKNOWN: Final[str] = "ExitUnknown"
+REASON_INTERRUPTED: Final[str] = "Interrupted"
 DISK_RETRY_SECONDS = 30.0
 FIRST_PROBE_DELAY = 0.05  # then doubling up to health.interval until the first success: a fast
 # app is seen ready within tens of milliseconds, a slow one is not hammered
@@ -60,6 +69,7 @@ class Reconciler:
         self.next_probe: dict[str, float] = {}
         self.probe_step: dict[str, float] = {}
         self.last_fail: dict[str, float] = {}
+        self.over_limit: set[str] = set()  # release dirs the disk check found full (their Instances stop)
 
     def reconcile(self, name: str, inst: Instance | None) -> float | None:
         st = self.state.get(name)
@@ -67,7 +77,19 @@ class Reconciler:
             return self._stop(name, st, inst)
         if inst.status.phase == "Failed" and inst.status.reason in (REASON_BUILD_FAILED, REASON_FETCH_FAILED):
             return None  # a failed build stays failed; a new Deployment brings a new Instance
-        run = RunSpec.from_manifest(inst.spec.manifest)
+        if inst.spec.oneshot is not None:
+            if (st is not None and st.finished_time) or inst.status.phase in ("Succeeded", "Failed"):
+                return None  # a one-shot runs once, to its end, and never again
+            if st is None and inst.status.started_time:
+                # Started by this node before its state was lost: running it again could run a
+                # migration twice. It ends Failed instead; whoever asked decides what next.
+                gone = InstanceState(name=name, app=inst.spec.app, deployment=inst.spec.deployment,
+                                     cgroup=f"inst-{name}", release_dir="", reason=REASON_INTERRUPTED,
+                                     message="the node lost track of this run while it ran; it is not run again",
+                                     finished_time=self.clock.now())
+                self.status.write(inst, gone, "Failed", None)
+                return None
+        run = RunSpec.for_instance(inst.spec)
         if st is None:
             st = InstanceState(name=name, app=inst.spec.app, deployment=inst.spec.deployment, cgroup=f"inst-{name}",
                                release_dir=str(self.builder.release_dir(inst.spec.app, inst.spec.deployment)),
@@ -79,7 +101,8 @@ class Reconciler:
             env = build_env(inst.spec.app, inst.spec.deployment, name, st.release_dir, None, run.env, inst.spec.env)
             try:
                 self.builder.ensure_built(name, inst.spec.app, inst.spec.deployment, inst.spec.repo, inst.spec.commit,
-                                          run, env, limits, log_path(self.logs_dir, name, "build"))
+                                          run, env, limits, log_path(self.logs_dir, name, "build"),
+                                          disk=inst.spec.resources.disk)
             except DiskLow as exc:
                 st.reason, st.message = exc.reason, exc.message  # not the release's fault: it waits
                 self.status.write(inst, st, "Building", None)
@@ -94,14 +117,134 @@ class Reconciler:
             finally:
                 self.shipper.wake()
         if st.pid and not self.supervisor.is_running(st):
-            self._exited(st)
+            self._exited(st, run)
+            if st.finished_time:
+                try:  # its output is in the store before its end is: whoever waits on the end has it all
+                    self.shipper.ship_instance(name)
+                except errors.ForgeError as exc:
+                    log.info("%s: output not shipped yet (%s); it follows", name, exc)
+                self.status.write(inst, st, "Succeeded" if st.exit_code == 0 and not st.reason else "Failed", None)
+                return None
         now = self.clock.now()
         if not st.pid:
             if st.next_start and now < st.next_start:
                 self.status.write(inst, st, "Starting", self.trackers.get(name))
                 return st.next_start - now
             return self._start(inst, st, run, limits)
+        if st.release_dir in self.over_limit:
+            return self._disk_exceeded(inst, st, run)
+        if run.kind == "oneshot":
+            return self._watch_oneshot(inst, st, run)
+        if run.kind == "worker":
+            return self._watch_worker(inst, st, run)
         return self._probe(inst, st, run)
+
+    def _exec_check(self, inst: Instance, st: InstanceState, run: RunSpec, up: float) -> float | None:
+        """A worker's ``health.command``: run in a sandbox beside it (its uid, network namespace,
+        release and storage) every ``health.interval``; success makes it ready, ``health.retries``
+        failures in a row restart it (HealthCheckFailed), like an HTTP probe."""
+        tracker = self.trackers.get(st.name)
+        if tracker is None:
+            tracker = self.trackers[st.name] = ProbeTracker(run.health.retries, 0.0, ready=st.ready)
+        mono = self.clock.monotonic()
+        due = self.next_probe.get(st.name, mono)
+        if mono < due:
+            self.status.write(inst, st, "Running" if st.ready else "Starting", tracker)
+            return due - mono
+        uid, gid = self.supervisor.owner_for(inst.spec.app)
+        net = {"netns": self.network.netns_path(st.name), "resolv_conf": self.network.dns_text} \
+            if self.network is not None else {}
+        env = build_env(inst.spec.app, inst.spec.deployment, st.name, st.release_dir, st.port, run.env, inst.spec.env)
+        storage = str(self.builder.fence.storage_dir(inst.spec.app)) \
+            if inst.spec.storage and self.builder.fence is not None else None
+        spec = self.supervisor.spec_factory(app=inst.spec.app, workdir=st.release_dir, command=run.health_command,
+                                            env=env, uid=uid, gid=gid, storage=storage, **net)
+        try:
+            code = self.supervisor.sandbox.run(spec, run.health.timeout_seconds)
+            result = ProbeResult(code == 0, f"health command exited with code {code}")
+        except (SandboxTimeout, errors.ForgeError, OSError) as exc:
+            result = ProbeResult(False, f"health command: {exc}"[:200])
+        self.next_probe[st.name] = self.clock.monotonic() + run.health.interval_seconds
+        verdict = tracker.record(result, up)
+        if verdict == READY and not st.ready:
+            st.ready, st.ever_ready, st.ready_time = True, True, self.clock.now_iso()
+            st.reason, st.message = "", ""
+            self._persist(st)
+        elif verdict == UNHEALTHY:
+            st.reason = REASON_HEALTH
+            st.message = f"health command failed {tracker.failures} times in a row; last: {result.detail}"
+            self.supervisor.stop(st, run.stop_timeout)
+            self._schedule_restart(st)
+            self._persist(st)
+            self.event(st.name, "Warning", REASON_HEALTH, f"{st.message}; restarting it")
+            self.status.write(inst, st, "Starting", None, probe_result=result.detail)
+            return st.next_start - self.clock.now() if st.next_start else None
+        self.status.write(inst, st, "Running" if st.ready else "Starting", tracker, probe_result=result.detail)
+        return run.health.interval_seconds
+
+    # -- one-shots and workers --------------------------------------------------------
+    def _pump_stdin(self, name: str, fd: int) -> None:
+        """An interactive run's stdin: chunks its caller posted, written into the process's pipe
+        until the caller's EOF, the process's end or the agent's (the pipe closes: EOF)."""
+        after = 0
+        try:
+            while True:
+                st = self.state.get(name)
+                if st is None or not st.pid or st.finished_time:
+                    return
+                try:
+                    body = self.client.request("GET", f"/api/v1/instances/{name}/stdin",
+                                               params={"after": after, "waitSeconds": 5}) or {}
+                except errors.Unavailable:
+                    self.clock.sleep(1.0)  # the control plane blinked: the run keeps its stdin
+                    continue
+                for chunk in body.get("chunks") or []:
+                    after = max(after, int(chunk.get("id") or 0))
+                    if chunk.get("eof"):
+                        return
+                    data = base64.b64decode(str(chunk.get("data") or ""))
+                    while data:
+                        data = data[os.write(fd, data):]
+        except (OSError, ValueError, errors.ForgeError) as exc:
+            log.info("%s: stdin closed: %s", name, exc)
+        finally:
+            os.close(fd)
+
+    def _watch_oneshot(self, inst: Instance, st: InstanceState, run: RunSpec) -> float | None:
+        """A one-shot runs until it exits (the exit watcher wakes its key) or its timeout."""
+        elapsed = self.clock.now() - (st.started_time or self.clock.now())
+        timeout = run.timeout or 600.0
+        if elapsed < timeout:
+            self.status.write(inst, st, "Running", None)
+            return timeout - elapsed
+        self.supervisor.stop(st, run.stop_timeout)
+        st.pid, st.pid_start, st.ready = None, None, False
+        st.reason, st.message = REASON_TIMEOUT, f"still running after its timeout of {timeout:g}s; killed"
+        st.finished_time = self.clock.now()
+        self.supervisor.remove_cgroup(st.cgroup)
+        self._persist(st)
+        self.shipper.wake()
+        self.event(st.name, "Warning", REASON_TIMEOUT, st.message)
+        self.status.write(inst, st, "Failed", None)
+        return None
+
+    def _watch_worker(self, inst: Instance, st: InstanceState, run: RunSpec) -> float | None:
+        """A worker has no HTTP check: it is ready once it has run ``min_running`` without a crash."""
+        up = self.clock.now() - (st.started_time or self.clock.now())
+        if up < run.min_running:
+            self.status.write(inst, st, "Starting", None)
+            return run.min_running - up
+        if run.health_command:
+            return self._exec_check(inst, st, run, up)
+        if not st.ready:
+            st.ready, st.ever_ready, st.ready_time = True, True, self.clock.now_iso()
+            st.reason, st.message = "", ""
+            self._persist(st)
+        if st.crash_streak and up >= STABLE_SECONDS:
+            st.crash_streak = 0
+            self._persist(st)
+        self.status.write(inst, st, "Running", None)
+        return max(STABLE_SECONDS - up, 0.0) or None
 
     # -- start / exit ----------------------------------------------------------
     def _start(self, inst: Instance, st: InstanceState, run: RunSpec, limits: tuple[Any, ...]) -> float | None:
@@ -142,9 +285,29 @@ class Reconciler:
                 raise
             log.warning("%s: cannot save the agent state (%s); restarting it at the same address anyway",
                         st.name, exc)
+        fence = self.builder.fence
+        fsize = inst.spec.resources.disk if fence is not None and fence.mode == "watcher" else None
+        storage: str | None = None
+        pipe: tuple[int, int] | None = None
         try:
-            self.supervisor.start(st, run, env, limits, log_path(self.logs_dir, st.name, "app"), net)
-        except (OSError, errors.Invalid) as exc:
+            if inst.spec.storage and fence is not None:
+                uid, gid = self.supervisor.owner_for(inst.spec.app)
+                storage = str(fence.ensure_storage(inst.spec.app, inst.spec.storage, uid, gid))
+            if inst.spec.oneshot is not None and inst.spec.oneshot.interactive:
+                pipe = os.pipe()
+            try:
+                self.supervisor.start(st, run, env, limits, log_path(self.logs_dir, st.name, "app"), net, fsize,
+                                      storage, pipe[0] if pipe else None)
+            finally:
+                if pipe is not None:
+                    os.close(pipe[0])
+            if pipe is not None:
+                threading.Thread(target=self._pump_stdin, args=(st.name, pipe[1]), daemon=True,
+                                 name=f"stdin-{st.name}").start()
+                pipe = None
+        except (OSError, errors.Invalid, errors.Unavailable) as exc:
+            if pipe is not None:
+                os.close(pipe[1])
             st.reason, st.message = REASON_START_FAILED, str(exc)[:500]
             self._schedule_restart(st)
             self.state.save()
@@ -162,9 +325,27 @@ class Reconciler:
         self.shipper.wake()
         return min(FIRST_PROBE_DELAY, run.health.interval_seconds)
 
-    def _exited(self, st: InstanceState) -> None:
+    def _exited(self, st: InstanceState, run: RunSpec | None = None) -> None:
         code = self.supervisor.exit_code(st.pid)
         ooms = self.supervisor.oom_kills(st.cgroup)
+        if run is not None and run.kind == "oneshot":
+            st.pid, st.pid_start, st.ready, st.exit_code = None, None, False, code
+            st.finished_time = self.clock.now()
+            if ooms > st.oom_kills:
+                st.reason, st.message = REASON_OOM, f"killed by the out-of-memory killer (exit code {code})"
+            elif code is None:
+                st.reason, st.message = REASON_EXIT_UNKNOWN, "it ended while the agent was restarting"
+            elif code != 0:
+                st.reason, st.message = REASON_ERROR, f"exited with code {code}"
+            else:
+                st.reason, st.message = "", "exited with code 0"
+            st.oom_kills = max(st.oom_kills, ooms)
+            self.supervisor.remove_cgroup(st.cgroup)
+            self._persist(st)
+            self.shipper.wake()
+            if st.reason:
+                self.event(st.name, "Warning", st.reason, st.message)
+            return
         st.reason = REASON_OOM if ooms > st.oom_kills else REASON_CRASH_LOOP
         st.message = (f"process exited with code {code}" if code is not None else "process exited") + (
             " after an out-of-memory kill" if st.reason == REASON_OOM else "")
@@ -185,6 +366,51 @@ class Reconciler:
         st.next_start = self.clock.now() + backoff_delay(st.crash_streak)
         self.trackers.pop(st.name, None)
         self.next_probe.pop(st.name, None)
+
+    # -- disk limit ----------------------------------------------------------------
+    def check_disk(self, limits: dict[str, int]) -> list[str]:
+        """The disk check (the agent's ``~disk`` timer): running Instances whose release tree is at
+        its limit (``limits``: Instance name -> ``resources.disk``). Their releases are marked;
+        each Instance's own reconcile then stops it (``_disk_exceeded``)."""
+        fence = self.builder.fence
+        if fence is None:
+            return []
+        due: list[str] = []
+        checked: dict[str, bool] = {}
+        for name in self.state.names():
+            st = self.state.get(name)
+            if st is None or not st.pid or name not in limits:
+                continue
+            full = checked.get(st.release_dir)
+            if full is None:
+                try:
+                    full = checked[st.release_dir] = fence.exceeded(Path(st.release_dir), limits[name])
+                except OSError as exc:
+                    log.warning("%s: cannot measure %s: %s", name, st.release_dir, exc)
+                    full = checked[st.release_dir] = False
+            if full:
+                self.over_limit.add(st.release_dir)
+                due.append(name)
+        return due
+
+    def _disk_exceeded(self, inst: Instance, st: InstanceState, run: RunSpec) -> float | None:
+        """Stop an Instance whose release tree is full; once no Instance of this node runs from
+        that tree any more it is discarded, and the restart (with back-off) rebuilds it fresh."""
+        limit = inst.spec.resources.disk
+        self.supervisor.stop(st, run.stop_timeout)
+        st.reason = REASON_DISK_LIMIT
+        st.message = (f"wrote past its disk limit of {limit // 2**20} MiB (resources.disk); stopped, it restarts "
+                      "on a fresh copy of its release")
+        self._schedule_restart(st)
+        self._persist(st)
+        with self.state.lock:
+            others = any(o.pid and o.release_dir == st.release_dir for o in self.state.instances.values())
+        if not others:
+            self.builder.discard(Path(st.release_dir))
+            self.over_limit.discard(st.release_dir)
+        self.event(st.name, "Warning", REASON_DISK_LIMIT, st.message)
+        self.status.write(inst, st, "Starting", None)
+        return st.next_start - self.clock.now() if st.next_start else None
 
     # -- probe -----------------------------------------------------------------
     def _probe(self, inst: Instance, st: InstanceState, run: RunSpec) -> float | None:
@@ -260,7 +486,7 @@ class Reconciler:
     # -- stop ------------------------------------------------------------------
     def _stop(self, name: str, st: InstanceState | None, inst: Instance | None) -> float | None:
         if st is not None:
-            grace = RunSpec.from_manifest(inst.spec.manifest).stop_timeout if inst is not None else 10.0
+            grace = RunSpec.for_instance(inst.spec).stop_timeout if inst is not None else 10.0
             if st.pid or self.supervisor.driver is not None:
                 code = self.supervisor.stop(st, grace)
                 st.exit_code = code if code is not None else st.exit_code
@@ -272,7 +498,8 @@ class Reconciler:
             self.probe_step.pop(name, None)
             self.last_fail.pop(name, None)
             self.state.save()
-        if inst is not None and inst.spec.desired == "Stopped":
+        finished = inst is not None and inst.spec.oneshot is not None and inst.status.phase in ("Succeeded", "Failed")
+        if inst is not None and inst.spec.desired == "Stopped" and not finished:
             self.status.write(inst, st, "Stopped", None)
         if st is not None:
             try:

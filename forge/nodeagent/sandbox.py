@@ -80,6 +80,9 @@ class SandboxTimeout(TerminalError):
     reason = "DeadlineExceeded"
 
 
+STORAGE_PATH: Final[str] = "/storage"  # where an app's persistent storage appears in its sandbox
+
+
 @dataclass
 class SandboxSpec:
     app: str
@@ -95,6 +98,9 @@ class SandboxSpec:
     ro_files: tuple[tuple[str, str], ...] = ()  # (host path, sandbox path) bound read-only (build allowlist)
     output_fd: int | None = None  # stdout+stderr to this fd instead of the paths (builds: a stamping pipe)
     resolv_conf: str | None = None  # the sandbox's /etc/resolv.conf (its netns has its own resolver)
+    fsize_limit: int | None = None  # RLIMIT_FSIZE (disk limits in watcher mode: no file outgrows the limit)
+    storage: str | None = None  # the app's persistent storage dir: writable, at STORAGE_PATH in the sandbox
+    stdin_fd: int | None = None  # the process's stdin (an interactive run's pipe); /dev/null otherwise
 
 
 @dataclass
@@ -210,10 +216,15 @@ class Sandbox:
         env = dict(spec.env)
         env.setdefault("PATH", DEFAULT_PATH)
         env.setdefault("HOME", spec.workdir)
+        if spec.storage:  # the fixed path inside the sandbox; the host path where there is none
+            env["FORGE_STORAGE_DIR"] = STORAGE_PATH if self.bwrap and iso.namespaces else spec.storage
         files = self.driver.procs_files(spec.cgroup) if self.driver is not None and spec.cgroup else []
         if spec.cgroup and self.driver is not None and not self.driver.exists(spec.cgroup):
             raise Invalid(f"cgroup {spec.cgroup} does not exist (create it and set its limits first)")
         drop: list[str] = []
+        if spec.fsize_limit:
+            prlimit = shutil.which("prlimit") or "prlimit"
+            drop += [prlimit, f"--fsize={int(spec.fsize_limit)}:{int(spec.fsize_limit)}", "--"]
         if spec.netns:
             if unprivileged_agent:
                 raise Invalid(f"cannot put {spec.app} in network namespace {spec.netns}: the agent is not root")
@@ -231,13 +242,13 @@ class Sandbox:
             argv = ["/bin/sh", "-c", JOIN, "forge-join", str(len(files)), *files, "--", *drop, *inner]
             if spec.output_fd is not None:
                 proc = subprocess.Popen(
-                    argv, env=env, cwd=spec.workdir, stdin=subprocess.DEVNULL, stdout=spec.output_fd,
+                    argv, env=env, cwd=spec.workdir, stdin=_stdin(spec), stdout=spec.output_fd,
                     stderr=spec.output_fd, start_new_session=True, close_fds=True, pass_fds=fds,
                 )
             else:
                 with open(spec.stdout_path, "ab") as out, open(spec.stderr_path, "ab") as err:
                     proc = subprocess.Popen(
-                        argv, env=env, cwd=spec.workdir, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                        argv, env=env, cwd=spec.workdir, stdin=_stdin(spec), stdout=out, stderr=err,
                         start_new_session=True, close_fds=True, pass_fds=fds,
                     )
         finally:
@@ -274,6 +285,8 @@ class Sandbox:
             a += ["--ro-bind-try", src, dest]
         a += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
         a += ["--bind", spec.workdir, spec.workdir]
+        if spec.storage:
+            a += ["--bind", spec.storage, STORAGE_PATH]
         # The sandbox root is a tmpfs bwrap fills; without this, /etc and the (empty)
         # ancestors of the release dir would be writable scratch space.
         a += ["--remount-ro", "/", "--chdir", spec.workdir, "/bin/sh", "-c", spec.command]
@@ -319,6 +332,10 @@ class Sandbox:
         if pid is not None:
             self.poll(pid)
         return any(True for _ in self._members(cgroup, pid))
+
+
+def _stdin(spec: SandboxSpec) -> int:
+    return spec.stdin_fd if spec.stdin_fd is not None else subprocess.DEVNULL
 
 
 def _data_fd(text: str, fds: list[int]) -> int:

@@ -9,7 +9,7 @@ manifest from a newer control plane never crashes the agent.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from forge.errors import ForgeError
@@ -53,6 +53,28 @@ class RunSpec:
     stop_timeout: float = DEFAULT_STOP_TIMEOUT
     health: HealthSpec = field(default_factory=HealthSpec)
     env: dict[str, str] = field(default_factory=dict)
+    kind: str = "web"  # web (HTTP-probed), worker (ready after min_running), oneshot (runs to its end)
+    min_running: float = 10.0  # worker: running this long without a crash = ready
+    timeout: float | None = None  # oneshot: killed past this many seconds
+    health_command: str | None = None  # worker: ready while it exits 0 (health.interval/timeout/retries)
+
+    @classmethod
+    def for_instance(cls, spec: Any) -> RunSpec:
+        """What to run for an Instance's spec: its process type's command, or its one-shot's."""
+        base = cls.from_manifest(spec.manifest)
+        if spec.oneshot is not None:
+            return replace(base, command=spec.oneshot.command, kind="oneshot", timeout=spec.oneshot.timeout_seconds)
+        if spec.process == "web":
+            return base
+        m = _normalize(dict(spec.manifest or {}))
+        procs = m.get("processes") if isinstance(m.get("processes"), dict) else {}
+        proc = procs.get(spec.process) if isinstance(procs.get(spec.process), dict) else {}
+        env = proc.get("env") if isinstance(proc.get("env"), dict) else {}
+        stop = _get(proc, "stopTimeoutSeconds", "stop_timeout_seconds", default=base.stop_timeout)
+        return replace(base, command=str(proc.get("command") or ""), kind="worker",
+                       env={**base.env, **{str(k): str(v) for k, v in env.items()}}, stop_timeout=float(stop),
+                       min_running=float(_get(proc, "minRunningSeconds", "min_running_seconds", default=10.0)),
+                       health_command=_get(proc, "healthCommand", "health_command"))
 
     @classmethod
     def from_manifest(cls, manifest: dict[str, Any] | None) -> RunSpec:

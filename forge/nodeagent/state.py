@@ -54,6 +54,7 @@ class InstanceState:
     reason: str = ""
     message: str = ""
     ready_time: str | None = None
+    finished_time: float | None = None  # a one-shot's end (it never starts again)
     logs: dict[str, LogCursor] = field(default_factory=dict)
 
     def cursor(self, source: str) -> LogCursor:

@@ -45,6 +45,8 @@ def compute_instance_status(
         s.pid, s.ready = None, False
         if not running:
             s.port = s.address = None
+    if st is not None and st.finished_time and phase in ("Succeeded", "Failed"):
+        s.finished_time = iso(st.finished_time)
     if phase == "Stopped":
         s.reason, s.message = "", ""
     if probe_result is not None:

@@ -95,7 +95,8 @@ class Supervisor:
         self.spec_factory, self.owner_for = spec_factory, owner_for
 
     def start(self, st: InstanceState, run: RunSpec, env: dict[str, str], limits: tuple[int, float, int],
-              app_log: Path, net: dict[str, str] | None = None) -> None:
+              app_log: Path, net: dict[str, str] | None = None, fsize_limit: int | None = None,
+              storage: str | None = None, stdin_fd: int | None = None) -> None:
         """Spawn the app detached into its cgroup (and its network namespace when ``net`` names
         one: ``{"netns": path, "resolv_conf": text}``); fills pid, start time and pid_start."""
         app_log.parent.mkdir(parents=True, exist_ok=True)
@@ -110,7 +111,8 @@ class Supervisor:
         spec = self.spec_factory(
             app=st.app, workdir=st.release_dir, command=run.command, env=env, uid=uid, gid=gid,
             cgroup=st.cgroup if self.driver is not None else None,
-            stdout_path=str(app_log), stderr_path=str(app_log), **(net or {}),
+            stdout_path=str(app_log), stderr_path=str(app_log), fsize_limit=fsize_limit, storage=storage,
+            stdin_fd=stdin_fd, **(net or {}),
         )
         pid = int(self.sandbox.spawn(spec))
         st.pid, st.pid_start = pid, process_start_ticks(pid)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from forge.clock import Clock, iso, parse_iso
 from forge.errors import Invalid
 
-LOG_SOURCES: frozenset[str] = frozenset({"build", "app"})
+LOG_SOURCES: frozenset[str] = frozenset({"build", "app", "stdin"})  # stdin: an interactive run's input (never shown by /logs)
 MAX_LINE = 16 * 1024  # characters kept of one line
 KEEP_LINES_PER_APP = 50_000
 

@@ -68,7 +68,7 @@ def test_current_by_slot_takes_newest_incarnation() -> None:
     """The newest -rK of each replica index is the current one."""
     items = [inst("hello-3-0"), inst("hello-3-0-r1"), inst("hello-3-1"), inst("hello-4-0")]
     cur = ds.current_by_slot("hello-3", items)
-    assert {i: x.metadata.name for i, x in cur.items()} == {0: "hello-3-0-r1", 1: "hello-3-1"}
+    assert {i: x.metadata.name for i, x in cur.items()} == {("web", 0): "hello-3-0-r1", ("web", 1): "hello-3-1"}
 
 
 @pytest.mark.parametrize("phase,reason,ready,failing", [

@@ -194,6 +194,9 @@ class Forge:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=10)
+        from forge.cli.daemons import unmount_release_disks
+
+        unmount_release_disks(self.data / "node")  # forge up does it on exit; a killed one cannot
 
     def webhook(self, event: str, payload: dict, *, form: bool = False, secret: str | None = WEBHOOK_SECRET,
                 delivery: str | None = None, signature: str | None = None) -> httpx.Response:
@@ -271,7 +274,10 @@ def running_forge(prefix: str, **env_extra: str) -> Iterator[Forge]:
         yield f
     finally:
         f.stop()
-        shutil.rmtree(root, ignore_errors=True)
+        if os.environ.get("FORGE_E2E_KEEP"):
+            print(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def https_get(port: int, sni: str, cafile: Path) -> tuple[str, str]:

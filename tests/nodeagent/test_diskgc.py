@@ -131,7 +131,7 @@ def test_path_resolving_outside_is_refused(tmp_path: Path, builder: Builder) -> 
 def agent(tmp_path: Path) -> Iterator[Agent]:
     """A real Agent (dev mode, no cgroups, fake clock) that is constructed but never started."""
     a = Agent(ForgeClient("http://127.0.0.1:9", "t"), "n1", tmp_path / "agent", "127.0.0.1", None, "dev",
-              "file:///nowhere/{full_name}.git", threading.Event(), FakeClock(), driver=None)
+              "file:///nowhere/{full_name}.git", threading.Event(), FakeClock(), driver=None, disk_fence=None)
     yield a
     a.client.close()
 

@@ -102,6 +102,8 @@ def test_parse_duration(text: object, expected: float) -> None:
     ("resources: {memory: 64G}", lambda m: m.resources.memory == 64 * GiB),
     ("resources: {cpu: 1m}", lambda m: m.resources.cpu == 0.001),
     ("resources: {pids: 100}", lambda m: m.resources.pids == 100),
+    ("resources: {disk: 5G}", lambda m: m.resources.disk == 5 * GiB),
+    ("run: {command: x}", lambda m: m.resources.disk == GiB),
     ("health: {interval: 1s}", lambda m: m.health.timeout_seconds == 1.0),
     ("health: {interval: 1h, timeout: 1h, start_period: 30s}",
      lambda m: m.health.timeout_seconds == 3600 and m.health.start_period_seconds == 30),
@@ -112,7 +114,7 @@ def test_parse_duration(text: object, expected: float) -> None:
     ("env: {A: x, B: 3, C: 1.5, D: ''}", lambda m: m.env == {"A": "x", "B": "3", "C": "1.5", "D": ""}),
     ("runtime: node", lambda m: m.runtime == "node"),
     ("build: {commands: []}", lambda m: m.build.commands == []),
-], ids=["memory-min", "memory-max", "cpu-1m", "pids", "timeout-follows-short-interval",
+], ids=["memory-min", "memory-max", "cpu-1m", "pids", "disk", "disk-default", "timeout-follows-short-interval",
         "health-bounds", "path-query", "build-timeout-max", "run-extensions", "env-coercion",
         "runtime-node", "no-build-commands"])
 def test_accepted_edges(yaml_text: str, check: object) -> None:
@@ -125,7 +127,9 @@ BAD = [
     ("unknown-top", "bogus: 1", "bogus", "unknown field"),
     ("unknown-nested", "build: {comands: [x]}", "build.comands", 'unknown field (did you mean "commands"?)'),
     ("unknown-health", "health: {intervall: 5s}", "health.intervall", "unknown field"),
-    ("unknown-resources", "resources: {disk: 1G}", "resources.disk", "unknown field"),
+    ("unknown-resources", "resources: {disks: 1G}", "resources.disks", "unknown field"),
+    ("disk-too-small", "resources: {disk: 8M}", "resources.disk", "out of range (32Mi to 1024Gi)"),
+    ("disk-unit", "resources: {disk: 5 parsecs}", "resources.disk", "is not a size"),
     ("memory-unit", "resources: {memory: 12Q}", "resources.memory",
      '"12Q" is not a size (use 128M, 1G, 512Mi)'),
     ("memory-too-small", "resources: {memory: 8M}", "resources.memory", "out of range (16Mi to 64Gi)"),
@@ -248,3 +252,48 @@ def test_name_checked_only_against_given_app() -> None:
     """A valid name passes when no App name is given, and must match when one is."""
     assert parse_manifest("name: other\n" + RUN).name == "other"
     assert parse_manifest("name: hello\n" + RUN, app_name="hello").name == "hello"
+
+
+def test_process_types_cron_release_and_storage() -> None:
+    """processes inherit resources and env field by field; cron, release and storage normalise."""
+    m = parse_manifest(b"""
+run: {command: gunicorn app:app}
+resources: {memory: 256M, cpu: 1}
+env: {A: top}
+processes:
+  worker: {command: python -m app.worker, replicas: 2, resources: {memory: 512M}, env: {B: w}, min_running: 5s}
+cron:
+  - {name: nightly-report, schedule: "0 3 * * *", command: python -m app.report, timeout: 30m}
+  - {name: hourly, schedule: "@hourly", command: "true", timezone: Europe/Paris}
+release: {command: python manage.py migrate --noinput, timeout: 10m}
+storage: {size: 5G}
+""")
+    w = m.processes["worker"]
+    assert (w.replicas, w.resources.memory, w.resources.cpu, w.env, w.min_running_seconds) == (2, 512 * MiB, 1.0, {"B": "w"}, 5)
+    assert [(c.name, c.schedule, c.timeout_seconds, c.timezone) for c in m.cron] == [
+        ("nightly-report", "0 3 * * *", 1800, "UTC"), ("hourly", "@hourly", 1800, "Europe/Paris")]
+    assert m.release is not None and m.release.timeout_seconds == 600
+    assert m.storage is not None and m.storage.size == 5 * GiB
+    assert Manifest.from_status(m.to_status()) == m
+
+
+@pytest.mark.parametrize(("text", "path", "message"), [
+    ("processes: {web: {command: x}}", "processes.web", "reserved"),
+    ("processes: {Worker_1: {command: x}}", "processes.Worker_1", "not a process type name"),
+    ("processes: {w: {comand: x}}", "processes.w.comand", "unknown field"),
+    ("processes: {w: {command: x, replicas: 101}}", "processes.w.replicas", "out of range"),
+    ("cron: [{name: a, schedule: '61 * * * *', command: x}]", "cron[0].schedule", "not a valid cron expression"),
+    ("cron: [{name: a, schedule: '* * * * * *', command: x}]", "cron[0].schedule", "not a 5-field cron expression"),
+    ("cron: [{name: a, schedule: '@fortnightly', command: x}]", "cron[0].schedule", "not a schedule shortcut"),
+    ("cron: [{name: a, schedule: '@daily', command: x, timezone: Mars/Base}]", "cron[0].timezone", "not a known time zone"),
+    ("cron: [{name: a, schedule: '@daily', command: x}, {name: a, schedule: '@daily', command: y}]", "cron[1].name",
+     "used by another cron job"),
+    ("cron: {name: a}", "cron", "must be a list"),
+    ("release: {command: ''}", "release.command", "non-empty"),
+    ("storage: {size: 1M}", "storage.size", "out of range"),
+    ("storage: {}", "storage.size", "field required"),
+])
+def test_process_type_errors_name_the_field(text: str, path: str, message: str) -> None:
+    with pytest.raises(Invalid) as exc:
+        parse_manifest((text + "\n" + RUN).encode())
+    assert any(d["path"] == path and message in d["message"] for d in exc.value.details), exc.value.details

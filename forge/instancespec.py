@@ -1,0 +1,104 @@
+"""What an Instance of a release runs with: its config, spec and the one-shot variant.
+
+Shared by the controllers (rollout, cron) and the API (``forge run``): the API may not import
+controllers, and both must build an Instance spec the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from forge.models import (
+    LABEL_APP,
+    LABEL_DEPLOYMENT,
+    LABEL_PROCESS,
+    WEB,
+    App,
+    Deployment,
+    DeploymentConfig,
+    Instance,
+    InstanceSpec,
+    ObjectMeta,
+    OneShot,
+    OwnerRef,
+    Resources,
+    Secret,
+)
+
+DEFAULT_MEMORY = 256 * 1024 * 1024
+DEFAULT_CPU = 0.5
+
+
+def secret_version(secret: Secret | None) -> str | None:
+    """What identifies the Secret's values: the API's keyed digest of the plaintext
+    (``status.dataDigest``), which a key rotation leaves alone although it rewrites every
+    ciphertext; for a record written before digests existed, uid + spec generation."""
+    if secret is None:
+        return None
+    if secret.status.data_digest:
+        return secret.status.data_digest
+    return f"{secret.metadata.uid[:8]}.{secret.metadata.generation}"
+
+
+def app_config(app: App, secret: Secret | None) -> DeploymentConfig:
+    """The config a release made from the App right now would carry."""
+    return DeploymentConfig(
+        env=dict(app.spec.env), replicas=app.spec.replicas, processes=dict(app.spec.processes) or None,
+        domains=list(app.spec.domains),
+        secrets_version=secret_version(secret),
+    )
+
+
+def effective_config(app: App | None, dep: Deployment, secret: Secret | None) -> DeploymentConfig:
+    """The config a release runs with: what rollout applied, else its snapshot, else the App's."""
+    if dep.status.applied_config is not None:
+        return dep.status.applied_config
+    if dep.spec.config is not None:
+        # Instances read the Secret as it is when they start, whatever the snapshot says.
+        return dep.spec.config.model_copy(update={"secrets_version": secret_version(secret)}, deep=True)
+    if app is not None:
+        return app_config(app, secret)
+    return DeploymentConfig(replicas=1, secrets_version=secret_version(secret))
+
+
+def manifest_processes(manifest: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    procs = (manifest or {}).get("processes") or {}
+    return {str(k): v for k, v in procs.items() if isinstance(v, dict)} if isinstance(procs, dict) else {}
+
+
+def instance_spec(app: App, dep: Deployment, cfg: DeploymentConfig, secret: Secret | None, index: int,
+                  process: str = WEB, oneshot: OneShot | None = None) -> InstanceSpec:
+    manifest = dict(dep.status.manifest or {})
+    res = dict(manifest.get("resources") or {})
+    proc = manifest_processes(manifest).get(process) if process != WEB else None
+    if proc is not None:
+        res.update(proc.get("resources") or {})  # the manifest merged the top level in already
+    env = {str(k): str(v) for k, v in (manifest.get("env") or {}).items()}
+    if proc is not None:
+        env.update({str(k): str(v) for k, v in (proc.get("env") or {}).items()})
+    env.update(cfg.env)  # the App's config wins over the repo's defaults
+    storage = (manifest.get("storage") or {}).get("size") if isinstance(manifest.get("storage"), dict) else None
+    return InstanceSpec(
+        app=app.metadata.name, deployment=dep.metadata.name, index=index, desired="Running",
+        repo=dep.spec.repo or app.spec.repo, commit=dep.spec.commit, manifest=manifest, env=env,
+        resources=Resources(
+            memory=int(res.get("memory") or DEFAULT_MEMORY), cpu=float(res.get("cpu") or DEFAULT_CPU),
+            pids=int(res.get("pids") or Resources().pids), disk=int(res.get("disk") or Resources().disk),
+        ),
+        secret=secret.metadata.name if secret is not None else None,
+        process=process, oneshot=oneshot, storage=int(storage or 0),
+    )
+
+
+def oneshot_instance(app: App, dep: Deployment, cfg: DeploymentConfig, secret: Secret | None, name: str,
+                     oneshot: OneShot, labels: dict[str, str] | None = None) -> Instance:
+    """A one-shot Instance of ``dep``'s code and config: the release command, a cron run, ``forge run``."""
+    return Instance(
+        metadata=ObjectMeta(
+            name=name,
+            labels={LABEL_APP: app.metadata.name, LABEL_DEPLOYMENT: dep.metadata.name, LABEL_PROCESS: oneshot.type,
+                    **(labels or {})},
+            owner_ref=OwnerRef(kind="Deployment", name=dep.metadata.name, uid=dep.metadata.uid),
+        ),
+        spec=instance_spec(app, dep, cfg, secret, 0, oneshot.type, oneshot),
+    )

@@ -1,0 +1,130 @@
+"""``forge.nodeagent.diskfence``: each release its own size-limited filesystem (image mode, real
+loop mounts) or a measured tree plus RLIMIT_FSIZE (watcher mode)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from forge.nodeagent.diskfence import DiskFence, image_mode_missing, mount_points
+from forge.nodeagent.sandbox import Sandbox, SandboxSpec
+
+needs_image = pytest.mark.skipif(image_mode_missing() is not None, reason=f"image mode: {image_mode_missing()}")
+MiB = 2**20
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Iterator[Path]:
+    d = tmp_path / "agent data"  # a space: mountinfo escapes it
+    d.mkdir()
+    yield d
+    if image_mode_missing() is None:
+        DiskFence(d, mode="image").unmount_all()
+
+
+def fill(path: Path, mib: int) -> int:
+    """Write up to ``mib`` MiB into ``path``; how many MiB went in before ENOSPC."""
+    written = 0
+    try:
+        with open(path, "wb") as f:
+            for _ in range(mib):
+                f.write(b"x" * MiB)
+                f.flush()
+                written += 1
+            os.fsync(f.fileno())
+    except OSError as exc:
+        assert exc.errno in (errno.ENOSPC, errno.EDQUOT), exc
+    return written
+
+
+@needs_image
+def test_image_mode_fences_writes_at_the_limit(data: Path) -> None:
+    fence = DiskFence(data, mode="image")
+    release = data / "releases" / "app" / "app-1"
+    fence.prepare(release, 40 * MiB)
+    assert fence.mounted(release) and os.path.ismount(release)
+    assert str(release) in mount_points(data)
+    assert sorted(os.listdir(release)) == []  # no lost+found for the app to see
+    assert not fence.exceeded(release, 40 * MiB)
+    assert fill(release / "junk", 100) < 40  # the kernel refused the rest
+    assert fence.exceeded(release, 40 * MiB)
+    assert fence.usage(release) <= 40 * MiB
+    image = fence.image(release)
+    assert image.stat().st_blocks * 512 <= 41 * MiB  # sparse: the node holds what was written, at most
+    assert (image.stat().st_mode & 0o777) == 0o600 and (os.stat(data / "images").st_mode & 0o777) == 0o700
+
+    fence.discard(release)
+    assert not fence.mounted(release) and not image.exists()
+    assert not fence.ready(release)  # no image: the release must be built again
+
+    fence.prepare(release, 40 * MiB)  # a fresh tree: nothing of the old one
+    assert fence.mounted(release) and not (release / "junk").exists()
+
+
+@needs_image
+def test_a_stopped_node_mounts_its_images_again(data: Path) -> None:
+    fence = DiskFence(data, mode="image")
+    release = data / "releases" / "app" / "app-2"
+    fence.prepare(release, 32 * MiB)
+    (release / "built-file").write_text("kept")
+    assert fence.unmount_all() == 1
+    assert not fence.mounted(release) and not (release / "built-file").exists()
+    assert fence.ready(release)  # mounted again from its image
+    assert (release / "built-file").read_text() == "kept"
+
+
+@needs_image
+def test_prepare_replaces_a_leftover_tree_and_never_follows_a_link(data: Path, tmp_path: Path) -> None:
+    canary = tmp_path / "canary"
+    canary.mkdir()
+    (canary / "keep").write_text("root's")
+    release = data / "releases" / "app" / "app-3"
+    release.mkdir(parents=True)
+    (release / "link").symlink_to(canary)
+    fence = DiskFence(data, mode="image")
+    fence.prepare(release, 32 * MiB)
+    assert fence.mounted(release) and os.listdir(release) == []
+    assert (canary / "keep").read_text() == "root's"
+    # an image path planted as a symlink is not written through either
+    fence.discard(release)
+    img = fence.image(release)
+    img.parent.mkdir(parents=True, exist_ok=True)
+    img.symlink_to(canary / "keep")
+    fence.prepare(release, 32 * MiB)  # the link is removed, never written through
+    assert fence.mounted(release) and not img.is_symlink()
+    assert (canary / "keep").read_text() == "root's"
+
+
+def test_watcher_mode_measures_the_tree_without_following_links(data: Path, tmp_path: Path) -> None:
+    big = tmp_path / "big"
+    big.write_bytes(b"x" * (3 * MiB))
+    fence = DiskFence(data, mode="watcher")
+    release = data / "releases" / "app" / "app-1"
+    fence.prepare(release, 2 * MiB)
+    assert not fence.mounted(release) and fence.ready(release)
+    (release / "link").symlink_to(big)
+    assert not fence.exceeded(release, 2 * MiB)
+    (release / "own").write_bytes(b"x" * (2 * MiB))
+    assert fence.exceeded(release, 2 * MiB)
+    assert fence.usage(release) >= 2 * MiB
+    fence.discard(release)
+    assert big.stat().st_size == 3 * MiB
+
+
+def test_watcher_mode_caps_each_file_with_rlimit_fsize(tmp_path: Path) -> None:
+    """No single file grows past the limit, even between two measurements."""
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    spec = SandboxSpec(app="app", workdir=str(wd), env={}, fsize_limit=MiB, stdout_path=str(tmp_path / "out"),
+                       stderr_path=str(tmp_path / "err"),
+                       command="head -c 3145728 /dev/zero > big; echo rc=$? > rc")
+    code = Sandbox(None, mode="dev").run(spec, timeout=30)
+    assert code == 0
+    assert (wd / "big").stat().st_size <= MiB
+    assert (wd / "rc").read_text().strip() != "rc=0"  # head died of SIGXFSZ (or saw EFBIG)
+    assert shutil.which("prlimit")
