@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-APT_PKGS := caddy bubblewrap git prometheus chromium nftables iproute2
+APT_PKGS := caddy bubblewrap git prometheus chromium nftables iproute2 postgresql
 PYTEST_ARGS ?=
 
 .PHONY: setup run test system-packages clean bench
@@ -12,7 +12,8 @@ setup: system-packages $(STAMP)
 
 # Debian packages Forge drives for real: caddy (router), bwrap (sandbox), git (source),
 # promtool (metrics/rules checks), chromium (dashboard browser test), nftables (libnftables:
-# the apps' network fence and the service map) and iproute2 (network namespaces).
+# the apps' network fence and the service map), iproute2 (network namespaces) and postgresql
+# (the second store backend: its tests and bench start a throwaway cluster of their own).
 system-packages:
 	@missing=""; \
 	command -v caddy >/dev/null || missing="$$missing caddy"; \
@@ -22,6 +23,7 @@ system-packages:
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v nft >/dev/null || missing="$$missing nftables"; \
 	command -v ip >/dev/null || missing="$$missing iproute2"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
 	    echo "installing Debian packages:$$missing"; \

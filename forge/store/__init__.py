@@ -3,6 +3,18 @@
 No SQL lives outside this package.
 """
 
-from forge.store.base import LogLine, Store, WatchEvent, open_store, parse_selector, selector_matches
+from forge.store.base import (
+    LogLine,
+    LogStore,
+    MarkStore,
+    RecordStore,
+    Store,
+    WatchEvent,
+    open_store,
+    parse_selector,
+    redact_url,
+    selector_matches,
+)
 
-__all__ = ["LogLine", "Store", "WatchEvent", "parse_selector", "selector_matches", "open_store"]
+__all__ = ["LogLine", "LogStore", "MarkStore", "RecordStore", "Store", "WatchEvent", "open_store",
+           "parse_selector", "redact_url", "selector_matches"]

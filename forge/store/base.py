@@ -1,10 +1,16 @@
-"""Store interface shared by every backend.
+"""Store interfaces shared by every backend, and ``open_store(url)``.
 
-Semantics (the conformance suite in tests/store pins them down):
+The shape is kine's: a narrow **records** interface every backend provides, with the
+revision semantics written once (``forge.store.records``) and only SQL left to the backend;
+**logs** and **metric marks** are interfaces of their own, each with a SQLite and a
+PostgreSQL implementation. ``Store`` is the three together, which is what callers hold.
+
+Record semantics (the conformance suite in tests/store pins them down):
 
 - One global revision, strictly increasing across all kinds; every write (create, update,
   update_status, delete) takes the next revision, which becomes the record's
-  ``metadata.resourceVersion``.
+  ``metadata.resourceVersion``. Revisions commit in order: a reader that sees revision N sees
+  every revision below it.
 - ``create`` assigns uid, resourceVersion, generation=1, createdAt/updatedAt; it raises
   ``AlreadyExists`` when the name is taken within the kind.
 - ``update`` writes spec, metadata.labels, metadata.ownerRef, metadata.deletionTimestamp;
@@ -17,18 +23,24 @@ Semantics (the conformance suite in tests/store pins them down):
 - ``watch(kind, since, timeout)`` returns the change events with revision > since for that
   kind (kind None = all), blocking up to ``timeout`` seconds when there are none yet; raises
   ``Gone`` when ``since`` is older than the oldest revision compaction kept.
+- ``get``/``list`` take a kind name or a model class; given the class they return that type
+  (``store.get(Deployment, "hello-1")`` is a ``Deployment``).
 - Returned objects are fresh copies: callers may mutate them freely.
+- A backend that cannot reach its database raises ``Unavailable`` naming the store (never
+  its password).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol, TypeVar, overload, runtime_checkable
 
 from forge.errors import Invalid
 from forge.models import Resource
 
 EventType = Literal["ADDED", "MODIFIED", "DELETED"]
+R = TypeVar("R", bound=Resource)
 
 
 @dataclass(frozen=True)
@@ -57,18 +69,27 @@ class LogLine:
 
 
 @runtime_checkable
-class Store(Protocol):
+class RecordStore(Protocol):
+    """What a records backend provides: revisioned reads, compare-and-swap writes, watch,
+    compaction."""
+
+    @overload
+    def get(self, kind: type[R], name: str) -> R: ...
+    @overload
     def get(self, kind: str, name: str) -> Resource: ...
 
+    @overload
+    def list(self, kind: type[R], selector: dict[str, str] | None = None) -> tuple[list[R], int]: ...
+    @overload
     def list(self, kind: str, selector: dict[str, str] | None = None) -> tuple[list[Resource], int]: ...
 
-    def create(self, obj: Resource) -> Resource: ...
+    def create(self, obj: R) -> R: ...
 
-    def update(self, obj: Resource, force: bool = False) -> Resource: ...
+    def update(self, obj: R, force: bool = False) -> R: ...
 
-    def update_status(self, obj: Resource) -> Resource: ...
+    def update_status(self, obj: R) -> R: ...
 
-    def delete(self, kind: str, name: str, resource_version: int | None = None) -> Resource: ...
+    def delete(self, kind: str | type[Resource], name: str, resource_version: int | None = None) -> Resource: ...
 
     def watch(self, kind: str | None, since: int, timeout: float = 10.0) -> list[WatchEvent]: ...
 
@@ -81,6 +102,11 @@ class Store(Protocol):
     def ping(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class LogStore(Protocol):
+    """Shipped build and app output: idempotent appends, reads resumable by id, follow."""
 
     def append_logs(
         self, instance: str, app: str, deployment: str, source: str, entries: list[tuple[int, str, str]]
@@ -95,13 +121,22 @@ class Store(Protocol):
 
     def prune_logs(self, before_time: float | str) -> int: ...
 
-    # Metric marks: "record uid reached label of metric", idempotent, never deleted, so
-    # counts per label are monotonic (the API's counters are computed from them).
+
+@runtime_checkable
+class MarkStore(Protocol):
+    """Metric marks: "record uid reached label of metric", idempotent, never deleted, so
+    counts per label are monotonic (the API's counters are computed from them)."""
+
     def mark(self, metric: str, uid: str, label: str, value: float | None = None) -> bool: ...
 
     def tally(self, metric: str) -> dict[str, int]: ...
 
     def observations(self, metric: str, label: str) -> list[float]: ...
+
+
+@runtime_checkable
+class Store(RecordStore, LogStore, MarkStore, Protocol):
+    """Records, logs and marks of one install: what the API, controllers and CLI hold."""
 
 
 def parse_selector(text: str | None) -> dict[str, str]:
@@ -127,10 +162,29 @@ def selector_matches(labels: dict[str, str], selector: dict[str, str] | None) ->
     return not selector or all(labels.get(k) == v for k, v in selector.items())
 
 
+# user:password@ up to the last "@" (an unescaped "@" in a password must not leak its tail).
+_PASSWORD = re.compile(r"^(?P<head>[a-z][a-z0-9+.-]*://[^:/@]*):.*@(?=[^@]*$)")
+_QUERY_PASSWORD = re.compile(r"(?i)([?&]password=)[^&]*")
+
+
+def redact_url(url: str) -> str:
+    """The store URL as it may appear in logs and errors: any password replaced by ``***``."""
+    return _QUERY_PASSWORD.sub(r"\1***", _PASSWORD.sub(r"\g<head>:***@", url))
+
+
+def is_postgres_url(url: str) -> bool:
+    return url.startswith(("postgresql://", "postgres://"))
+
+
 def open_store(url: str) -> Store:
-    """``sqlite:///abs/path.db`` (or a bare path) → SqliteStore; ``postgresql://`` later."""
-    if url.startswith("postgresql://") or url.startswith("postgres://"):
-        raise Invalid(f"store URL {url.split('@')[-1]!r}: the PostgreSQL backend is not built yet")
+    """``sqlite:///abs/path.db`` (or a bare path) → SqliteStore; ``postgresql://…`` → PostgresStore."""
+    if is_postgres_url(url):
+        from forge.store.postgres import PostgresStore
+
+        return PostgresStore(url)
+    if "://" in url and not url.startswith("sqlite://"):
+        raise Invalid(f"store URL {redact_url(url)!r}: use sqlite:///PATH or postgresql://…",
+                      [{"path": "FORGE_STORE_URL", "message": "unknown scheme"}])
     from forge.store.sqlite import SqliteStore
 
     path = url[len("sqlite://"):] if url.startswith("sqlite://") else url

@@ -2,13 +2,14 @@
 
 WAL mode (readers never block the writer), ``synchronous=FULL`` (a write that returned
 survives a crash), a busy timeout for the processes sharing the file (gunicorn workers,
-``forge controllers``). Semantics are those of ``forge.store.base``; the conformance suite
-in tests/store pins them.
+``forge controllers``). Semantics are those of ``forge.store.base``, written once in
+``forge.store.records``; this module holds SQLite's SQL only.
 
 Every write runs in one ``BEGIN IMMEDIATE`` transaction that takes the next global
 revision from ``counters``, writes the record and appends the change to ``changes`` (the
 watch log), so revisions are gap-free and committed in order: a reader that sees revision N
-sees every revision below it.
+sees every revision below it. Log lines live in ``forge-logs.db`` beside the records
+(``SqliteLogStore``); metric marks in the records file (``SqliteMarkStore``).
 """
 
 from __future__ import annotations
@@ -16,31 +17,80 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import uuid
-from typing import Any
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar, overload
 
 from forge.clock import Clock, SystemClock
-from forge.errors import AlreadyExists, Conflict, Gone, Invalid, NotFound
-from forge.models import LABEL_KEY, Resource, kind_class, parse_record
-from forge.store.base import EventType, WatchEvent, selector_matches
+from forge.errors import Gone, Invalid
+from forge.models import LABEL_KEY, Resource, parse_record
+from forge.store import records
+from forge.store.base import EventType, LogLine, WatchEvent, selector_matches
 from forge.store.migrations import migrate
+from forge.store.records import AUTO_COMPACT_KEEP, WATCH_LIMIT, resolve_kind
 from forge.store.sqlite_db import SqliteDb
-from forge.store.sqlite_logs import SCHEMA as LOGS_SCHEMA
-from forge.store.sqlite_logs import SqliteLogs, logs_path
-from forge.store.sqlite_marks import SqliteMarks
+from forge.store.sqlite_logs import SqliteLogStore, logs_path
+from forge.store.sqlite_marks import SqliteMarkStore
 
-WATCH_LIMIT = 1000  # events per watch call; callers re-watch from the last revision
-AUTO_COMPACT_KEEP = 100_000  # compact when the log holds twice this many changes
+R = TypeVar("R", bound=Resource)
 
+__all__ = ["AUTO_COMPACT_KEEP", "WATCH_LIMIT", "SqliteStore", "resolve_kind"]
 
-def resolve_kind(kind: str) -> str:
-    try:
-        return kind_class(kind).KIND
-    except KeyError:
-        raise Invalid(f"unknown kind {kind!r}", [{"path": "kind", "message": f"unknown kind {kind!r}"}]) from None
+RECORD_COLUMNS = "kind, name, uid, revision, generation, created, updated, labels, data"
+CHANGE_COLUMNS = "revision, kind, name, type, time, data"
 
 
-class SqliteStore(SqliteLogs, SqliteMarks):
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+class _SqliteTx:
+    """``records.RecordTx`` over one ``BEGIN IMMEDIATE`` transaction."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def row(self, kind: str, name: str) -> tuple[dict[str, Any], int] | None:
+        row = self.conn.execute("SELECT data, created FROM records WHERE kind = ? AND name = ?", (kind, name)).fetchone()
+        return None if row is None else (json.loads(row[0]), int(row[1]))
+
+    def counter(self, name: str) -> int:
+        return int(self.conn.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()[0])
+
+    def next_revision(self) -> int:
+        row = self.conn.execute("UPDATE counters SET value = value + 1 WHERE name = 'revision' RETURNING value").fetchone()
+        return int(row[0])
+
+    def put(self, kind: str, obj: Resource, created: int, updated: int, insert: bool) -> None:
+        m = obj.metadata
+        data, labels = _json(obj.dump()), _json(m.labels)
+        if insert:
+            self.conn.execute(
+                f"INSERT INTO records ({RECORD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (kind, m.name, m.uid, m.resource_version, m.generation, created, updated, labels, data),
+            )
+        else:
+            self.conn.execute(
+                "UPDATE records SET revision = ?, generation = ?, updated = ?, labels = ?, data = ? "
+                "WHERE kind = ? AND name = ?",
+                (m.resource_version, m.generation, updated, labels, data, kind, m.name),
+            )
+
+    def remove(self, kind: str, name: str) -> None:
+        self.conn.execute("DELETE FROM records WHERE kind = ? AND name = ?", (kind, name))
+
+    def log(self, rev: int, type_: EventType, obj: Resource, now: int) -> None:
+        self.conn.execute(
+            f"INSERT INTO changes ({CHANGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+            (rev, obj.KIND, obj.metadata.name, type_, now, _json(obj.dump())),
+        )
+
+    def drop_changes(self, upto: int) -> None:
+        self.conn.execute("DELETE FROM changes WHERE revision <= ?", (upto,))
+        self.conn.execute("UPDATE counters SET value = ? WHERE name = 'compacted'", (upto,))
+
+
+class SqliteStore:
     def __init__(
         self,
         path: str,
@@ -65,30 +115,43 @@ class SqliteStore(SqliteLogs, SqliteMarks):
                 raise Invalid(f"store {path}: cannot prepare the database: {exc}") from exc
         self.logs_path = logs_path(path)
         self._logs = SqliteDb(self.logs_path, busy_timeout=busy_timeout, poll_seconds=poll_seconds)
-        with self._logs.conn() as conn:
-            try:
-                conn.execute("PRAGMA journal_mode = WAL")
-                for stmt in LOGS_SCHEMA:
-                    conn.execute(stmt)
-            except sqlite3.Error as exc:
-                self._db.close()
-                self._logs.close()
-                raise Invalid(f"store {self.logs_path}: cannot prepare the logs database: {exc}") from exc
+        self.logs = SqliteLogStore(self._logs, self.clock)
+        self.marks = SqliteMarkStore(self._db)
+        try:
+            self.logs.prepare()
+        except sqlite3.Error as exc:
+            self._db.close()
+            self._logs.close()
+            raise Invalid(f"store {self.logs_path}: cannot prepare the logs database: {exc}") from exc
 
     def __repr__(self) -> str:
         return f"SqliteStore({self.path!r})"
 
+    @property
+    def url(self) -> str:
+        return f"sqlite:///{os.path.abspath(self.path).lstrip('/')}"
+
     # ------------------------------------------------------------------ reads
 
-    def get(self, kind: str, name: str) -> Resource:
+    @overload
+    def get(self, kind: type[R], name: str) -> R: ...
+    @overload
+    def get(self, kind: str, name: str) -> Resource: ...
+
+    def get(self, kind: str | type[Resource], name: str) -> Resource:
         kind = resolve_kind(kind)
         with self._db.read() as conn:
             row = conn.execute("SELECT data FROM records WHERE kind = ? AND name = ?", (kind, name)).fetchone()
         if row is None:
-            raise NotFound(f"{kind} {name!r} not found")
+            raise records.not_found(kind, name)
         return parse_record(json.loads(row[0]), kind)
 
-    def list(self, kind: str, selector: dict[str, str] | None = None) -> tuple[list[Resource], int]:
+    @overload
+    def list(self, kind: type[R], selector: dict[str, str] | None = None) -> tuple[list[R], int]: ...
+    @overload
+    def list(self, kind: str, selector: dict[str, str] | None = None) -> tuple[list[Resource], int]: ...
+
+    def list(self, kind: str | type[Resource], selector: dict[str, str] | None = None) -> tuple[list[Any], int]:
         kind = resolve_kind(kind)
         sql = "SELECT data FROM records WHERE kind = ?"
         args: list[Any] = [kind]
@@ -101,17 +164,17 @@ class SqliteStore(SqliteLogs, SqliteMarks):
         sql += " ORDER BY name"
         with self._db.read() as conn:
             rows = conn.execute(sql, args).fetchall()
-            rev = self._counter(conn, "revision")
+            rev = _SqliteTx(conn).counter("revision")
         items = [parse_record(json.loads(r[0]), kind) for r in rows]
         return [o for o in items if selector_matches(o.metadata.labels, selector)], rev
 
     def revision(self) -> int:
         with self._db.read() as conn:
-            return self._counter(conn, "revision")
+            return _SqliteTx(conn).counter("revision")
 
     def compacted_revision(self) -> int:
         with self._db.read() as conn:
-            return self._counter(conn, "compacted")
+            return _SqliteTx(conn).counter("compacted")
 
     def ping(self) -> None:
         with self._db.read() as conn:
@@ -119,84 +182,32 @@ class SqliteStore(SqliteLogs, SqliteMarks):
 
     # ------------------------------------------------------------------ writes
 
-    def create(self, obj: Resource) -> Resource:
-        kind = resolve_kind(obj.KIND or obj.kind)
-        data = obj.dump()
-        name = data["metadata"]["name"]
-        now, now_iso = self._now()
+    @contextmanager
+    def _write(self) -> Iterator[_SqliteTx]:
         with self._db.write() as conn:
-            if self._row(conn, kind, name) is not None:
-                raise AlreadyExists(f"{kind} {name!r} already exists")
-            rev = self._next_revision(conn)
-            meta = data["metadata"]
-            meta.update(uid=str(uuid.uuid4()), resourceVersion=rev, generation=1, createdAt=now_iso, updatedAt=now_iso)
-            out = parse_record(data, kind)
-            self._put(conn, kind, out, now, now, insert=True)
-            self._log(conn, rev, "ADDED", out, now)
-        return out
+            yield _SqliteTx(conn)
 
-    def update(self, obj: Resource, force: bool = False) -> Resource:
-        kind = resolve_kind(obj.KIND or obj.kind)
-        new = obj.dump()
+    def create(self, obj: R) -> R:
         now, now_iso = self._now()
-        with self._db.write() as conn:
-            cur, created = self._current(conn, kind, obj.metadata.name)
-            expected = obj.metadata.resource_version
-            if not (force and expected == 0):
-                self._check_version(kind, cur, expected)
-            # Normalise through the model so defaults added since it was stored don't read
-            # as a spec change.
-            cur = parse_record(cur, kind).dump()
-            data = dict(cur)
-            meta = dict(cur["metadata"])
-            if new.get("spec") != cur.get("spec"):
-                meta["generation"] = int(meta.get("generation", 1)) + 1
-            data["spec"] = new.get("spec")
-            for key in ("labels", "ownerRef", "deletionTimestamp"):
-                if key in new["metadata"]:
-                    meta[key] = new["metadata"][key]
-                else:
-                    meta.pop(key, None)
-            rev = self._next_revision(conn)
-            meta.update(resourceVersion=rev, updatedAt=now_iso)
-            data["metadata"] = meta
-            out = parse_record(data, kind)
-            self._put(conn, kind, out, created, now, insert=False)
-            self._log(conn, rev, "MODIFIED", out, now)
-        return out
+        with self._write() as tx:
+            return records.create(tx, obj, now, now_iso, self.auto_compact_keep)
 
-    def update_status(self, obj: Resource) -> Resource:
-        kind = resolve_kind(obj.KIND or obj.kind)
-        new = obj.dump()
+    def update(self, obj: R, force: bool = False) -> R:
         now, now_iso = self._now()
-        with self._db.write() as conn:
-            cur, created = self._current(conn, kind, obj.metadata.name)
-            self._check_version(kind, cur, obj.metadata.resource_version)
-            data = dict(cur)
-            data["status"] = new.get("status")
-            if data["status"] is None:
-                data.pop("status")
-            rev = self._next_revision(conn)
-            data["metadata"] = dict(cur["metadata"], resourceVersion=rev, updatedAt=now_iso)
-            out = parse_record(data, kind)
-            self._put(conn, kind, out, created, now, insert=False)
-            self._log(conn, rev, "MODIFIED", out, now)
-        return out
+        with self._write() as tx:
+            return records.update(tx, obj, force, now, now_iso, self.auto_compact_keep)
 
-    def delete(self, kind: str, name: str, resource_version: int | None = None) -> Resource:
+    def update_status(self, obj: R) -> R:
+        now, now_iso = self._now()
+        with self._write() as tx:
+            return records.update_status(tx, obj, now, now_iso, self.auto_compact_keep)
+
+    def delete(self, kind: str | type[Resource], name: str, resource_version: int | None = None) -> Resource:
         """Remove a record; ``resource_version`` None or 0 means unconditional."""
         kind = resolve_kind(kind)
         now, _ = self._now()
-        with self._db.write() as conn:
-            cur, _created = self._current(conn, kind, name)
-            if resource_version:
-                self._check_version(kind, cur, resource_version)
-            rev = self._next_revision(conn)
-            cur["metadata"]["resourceVersion"] = rev
-            out = parse_record(cur, kind)
-            conn.execute("DELETE FROM records WHERE kind = ? AND name = ?", (kind, name))
-            self._log(conn, rev, "DELETED", out, now)
-        return out
+        with self._write() as tx:
+            return records.delete(tx, kind, name, resource_version, now, self.auto_compact_keep)
 
     # ------------------------------------------------------------------ watch and compaction
 
@@ -213,12 +224,9 @@ class SqliteStore(SqliteLogs, SqliteMarks):
 
         def check() -> list[tuple[int, str, str, str]]:
             with self._db.read() as conn:
-                compacted = self._counter(conn, "compacted")
+                compacted = _SqliteTx(conn).counter("compacted")
                 if since < compacted:
-                    raise Gone(
-                        f"revision {since} is older than the oldest kept ({compacted}); list again and "
-                        "watch from the list's revision"
-                    )
+                    raise Gone(records.gone_message(since, compacted))
                 return conn.execute(sql, args).fetchall()
 
         rows = self._db.wait_for(check, timeout)
@@ -226,8 +234,8 @@ class SqliteStore(SqliteLogs, SqliteMarks):
 
     def compact(self, keep: int = 10_000) -> int:
         """Drop all but the newest ``keep`` changes; returns the compacted revision."""
-        with self._db.write() as conn:
-            return self._compact(conn, keep)
+        with self._write() as tx:
+            return records.compact(tx, keep)
 
     def waiting(self) -> int:
         """How many watch/wait_logs callers are blocked right now."""
@@ -237,75 +245,70 @@ class SqliteStore(SqliteLogs, SqliteMarks):
         self._db.close()
         self._logs.close()
 
-    # ------------------------------------------------------------------ helpers
+    # ------------------------------------------------------------------ logs and marks
+
+    @property
+    def keep_lines_per_app(self) -> int:
+        return self.logs.keep_lines_per_app
+
+    @keep_lines_per_app.setter
+    def keep_lines_per_app(self, value: int) -> None:
+        self.logs.keep_lines_per_app = value
+
+    def append_logs(
+        self, instance: str, app: str, deployment: str, source: str, entries: list[tuple[int, str, str]]
+    ) -> int:
+        return self.logs.append_logs(instance, app, deployment, source, entries)
+
+    def read_logs(
+        self, app: str, deployment: str | None = None, source: str | None = None, after_id: int = 0,
+        limit: int = 1000, since_time: float | str | None = None,
+    ) -> list[LogLine]:
+        return self.logs.read_logs(app, deployment, source, after_id, limit, since_time)
+
+    def wait_logs(self, after_id: int, timeout: float = 10.0) -> bool:
+        return self.logs.wait_logs(after_id, timeout)
+
+    def last_log_id(self) -> int:
+        return self.logs.last_log_id()
+
+    def prune_logs(self, before_time: float | str) -> int:
+        return self.logs.prune_logs(before_time)
+
+    def mark(self, metric: str, uid: str, label: str, value: float | None = None) -> bool:
+        return self.marks.mark(metric, uid, label, value)
+
+    def tally(self, metric: str) -> dict[str, int]:
+        return self.marks.tally(metric)
+
+    def observations(self, metric: str, label: str) -> list[float]:
+        return self.marks.observations(metric, label)
+
+    # ------------------------------------------------------------------ migrate-store
+
+    def dump_records(self) -> tuple[dict[str, int], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        """Counters, record rows and change rows, read in one snapshot (``forge.store.transfer``)."""
+        with self._db.read() as conn:
+            tx = _SqliteTx(conn)
+            counters = {name: tx.counter(name) for name in ("revision", "compacted")}
+            recs = conn.execute(f"SELECT {RECORD_COLUMNS} FROM records ORDER BY revision").fetchall()
+            changes = conn.execute(f"SELECT {CHANGE_COLUMNS} FROM changes ORDER BY revision").fetchall()
+        return counters, recs, changes
+
+    def load_records(self, counters: dict[str, int], recs: list[tuple[Any, ...]],
+                     changes: list[tuple[Any, ...]]) -> None:
+        with self._db.write() as conn:
+            conn.executemany(f"INSERT INTO records ({RECORD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", recs)
+            conn.executemany(f"INSERT INTO changes ({CHANGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", changes)
+            for name, value in counters.items():
+                conn.execute("UPDATE counters SET value = ? WHERE name = ?", (value, name))
+
+    def clear_records(self) -> None:
+        with self._db.write() as conn:
+            conn.execute("DELETE FROM records")
+            conn.execute("DELETE FROM changes")
+            conn.execute("UPDATE counters SET value = 0")
 
     def _now(self) -> tuple[int, str]:
         now = self.clock.now()
         return int(now * 1000), self.clock.now_iso()
-
-    @staticmethod
-    def _counter(conn: sqlite3.Connection, name: str) -> int:
-        return int(conn.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()[0])
-
-    def _next_revision(self, conn: sqlite3.Connection) -> int:
-        row = conn.execute("UPDATE counters SET value = value + 1 WHERE name = 'revision' RETURNING value").fetchone()
-        rev = int(row[0])
-        if self.auto_compact_keep and rev - self._counter(conn, "compacted") > 2 * self.auto_compact_keep:
-            self._compact(conn, self.auto_compact_keep, rev)
-        return rev
-
-    def _compact(self, conn: sqlite3.Connection, keep: int, rev: int | None = None) -> int:
-        rev = self._counter(conn, "revision") if rev is None else rev
-        compacted = self._counter(conn, "compacted")
-        target = max(compacted, rev - max(0, keep))
-        if target > compacted:
-            conn.execute("DELETE FROM changes WHERE revision <= ?", (target,))
-            conn.execute("UPDATE counters SET value = ? WHERE name = 'compacted'", (target,))
-        return target
-
-    @staticmethod
-    def _row(conn: sqlite3.Connection, kind: str, name: str) -> tuple[str, int] | None:
-        row = conn.execute("SELECT data, created FROM records WHERE kind = ? AND name = ?", (kind, name)).fetchone()
-        return None if row is None else (row[0], int(row[1]))
-
-    def _current(self, conn: sqlite3.Connection, kind: str, name: str) -> tuple[dict[str, Any], int]:
-        row = self._row(conn, kind, name)
-        if row is None:
-            raise NotFound(f"{kind} {name!r} not found")
-        return json.loads(row[0]), row[1]
-
-    @staticmethod
-    def _check_version(kind: str, cur: dict[str, Any], expected: int) -> None:
-        stored = int(cur["metadata"]["resourceVersion"])
-        if expected != stored:
-            name = cur["metadata"]["name"]
-            raise Conflict(
-                f"{kind} {name!r} was modified: resourceVersion {expected} is stale (current {stored}); "
-                "read it again and retry",
-                [{"path": "metadata.resourceVersion", "message": f"expected {stored}, got {expected}"}],
-            )
-
-    @staticmethod
-    def _put(conn: sqlite3.Connection, kind: str, obj: Resource, created: int, updated: int, insert: bool) -> None:
-        m = obj.metadata
-        data = json.dumps(obj.dump(), separators=(",", ":"))
-        labels = json.dumps(m.labels, separators=(",", ":"))
-        if insert:
-            conn.execute(
-                "INSERT INTO records (kind, name, uid, revision, generation, created, updated, labels, data) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (kind, m.name, m.uid, m.resource_version, m.generation, created, updated, labels, data),
-            )
-        else:
-            conn.execute(
-                "UPDATE records SET revision = ?, generation = ?, updated = ?, labels = ?, data = ? "
-                "WHERE kind = ? AND name = ?",
-                (m.resource_version, m.generation, updated, labels, data, kind, m.name),
-            )
-
-    @staticmethod
-    def _log(conn: sqlite3.Connection, rev: int, type_: EventType, obj: Resource, now: int) -> None:
-        conn.execute(
-            "INSERT INTO changes (revision, kind, name, type, time, data) VALUES (?, ?, ?, ?, ?, ?)",
-            (rev, obj.KIND, obj.metadata.name, type_, now, json.dumps(obj.dump(), separators=(",", ":"))),
-        )

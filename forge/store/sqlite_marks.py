@@ -1,4 +1,4 @@
-"""Metric marks in the SQLite store: the persisted tally behind Forge's monotonic counters.
+"""Metric marks in the SQLite records database: the persisted tally behind Forge's counters.
 
 A mark says "the record with this uid reached this label of this metric" (for example
 ``forge_deployments_total`` / ``Live``), optionally with an observed value (a deploy's
@@ -9,25 +9,22 @@ number of API processes scraping the same file report the same numbers.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
-from forge.errors import Invalid
-
-if TYPE_CHECKING:
-    from forge.store.sqlite_db import SqliteDb
+from forge.store.logrows import check_mark
+from forge.store.sqlite_db import SqliteDb
 
 
-class SqliteMarks:
-    _db: SqliteDb
+class SqliteMarkStore:
+    def __init__(self, db: SqliteDb) -> None:
+        self._db = db
 
     def mark(self, metric: str, uid: str, label: str, value: float | None = None) -> bool:
         """Record that ``uid`` reached ``label`` of ``metric``; True if it was not marked before.
 
         A second mark of the same (metric, uid, label) changes nothing, its value included.
         """
-        if not metric or not uid:
-            raise Invalid("a mark needs a metric and a uid",
-                          [{"path": "metric" if not metric else "uid", "message": "must not be empty"}])
+        check_mark(metric, uid)
         key = (metric, uid, label)
         with self._db.read() as conn:  # resyncs re-mark everything: keep the no-op case off the write lock
             if conn.execute("SELECT 1 FROM marks WHERE metric = ? AND uid = ? AND label = ?", key).fetchone():
@@ -55,3 +52,17 @@ class SqliteMarks:
                 (metric, label),
             ).fetchall()
         return [float(r[0]) for r in rows]
+
+    # ------------------------------------------------------------------ migrate-store
+
+    def dump(self) -> list[tuple[Any, ...]]:
+        with self._db.read() as conn:
+            return conn.execute("SELECT metric, uid, label, value FROM marks ORDER BY metric, uid, label").fetchall()
+
+    def load(self, rows: list[tuple[Any, ...]]) -> None:
+        with self._db.write() as conn:
+            conn.executemany("INSERT INTO marks (metric, uid, label, value) VALUES (?, ?, ?, ?)", rows)
+
+    def clear(self) -> None:
+        with self._db.write() as conn:
+            conn.execute("DELETE FROM marks")

@@ -12,6 +12,7 @@ from pathlib import Path
 from forge.clock import Clock, SystemClock
 from forge.models import App, AppSpec, ObjectMeta
 from forge.store.base import Store, open_store
+from forge.store.postgres import PostgresStore
 from forge.store.sqlite import SqliteStore
 
 WRITER = Path(__file__).with_name("writer.py")
@@ -26,6 +27,8 @@ class Backend:
     def open(self, clock: Clock | None = None) -> Store:
         if self.name == "sqlite":
             return SqliteStore(str(self.path), clock=clock or SystemClock())
+        if self.name == "postgresql":
+            return PostgresStore(self.url, clock=clock or SystemClock())
         return open_store(self.url)
 
     def writer(self, prefix: str, count: int) -> subprocess.Popen[str]:
