@@ -50,6 +50,12 @@ class Conflict(ForgeError):
     reason = "Conflict"
 
 
+class Fenced(Conflict):
+    """A write carried a leader fence that is no longer current: another process leads now."""
+
+    reason = "Fenced"
+
+
 class Gone(ForgeError):
     status = 410
     reason = "Gone"

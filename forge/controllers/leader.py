@@ -7,6 +7,13 @@ monotonic time when it last saw that version change, and takes over only when th
 not changed for a whole ``durationSeconds`` by that local clock. Every write carries the
 resourceVersion that was read, so two contenders racing for an expired Lease cannot both win.
 
+**Fencing.** Each takeover bumps ``spec.transitions``: the leader's generation. The leader puts
+``Fence(lease, identity, generation)`` on the store its controllers write through, and the store
+checks it inside every write's transaction. A leader paused past its lease (SIGSTOP, a long GC, a
+partition) resumes with in-flight reconciles that read the world before the pause; their writes
+fail ``Fenced`` because the Lease names another holder or generation now — the pitfall Kubernetes'
+leader election documents (it has no fencing of its own).
+
 The holder gives up (``on_stopped_leading``) as soon as a renewal is refused with Conflict,
 or when it has not managed to renew for ``renew_deadline`` (< duration, so it stops acting
 before anybody else may start).
@@ -21,7 +28,7 @@ from collections.abc import Callable
 from forge.clock import Clock
 from forge.errors import AlreadyExists, Conflict, ForgeError, NotFound
 from forge.models import Lease, LeaseSpec, ObjectMeta
-from forge.store.base import Store
+from forge.store.base import Fence, Store
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +46,12 @@ class LeaderElector:
         on_stopped_leading: Callable[[], None],
         lease_name: str = LEASE_NAME,
         duration_seconds: float = DEFAULT_DURATION,
+        fence_store: Store | None = None,
     ) -> None:
+        # The store the leader's controllers write through: it gets this leader's Fence, so a
+        # write from a leader that was deposed while paused fails inside the store.
+        self.fence_store = fence_store
+        self.fence: Fence | None = None
         self.store, self.clock, self.identity = store, clock, identity
         self.on_started_leading, self.on_stopped_leading = on_started_leading, on_stopped_leading
         self.lease_name, self.duration = lease_name, duration_seconds
@@ -69,6 +81,7 @@ class LeaderElector:
             except AlreadyExists:
                 return False
             self._observed = (created.metadata.resource_version, mono)
+            self._fence(created)
             return True
         rv = lease.metadata.resource_version
         if self._observed is None or self._observed[0] != rv:
@@ -89,7 +102,17 @@ class LeaderElector:
         except (Conflict, NotFound):
             return False
         self._observed = (updated.metadata.resource_version, mono)
+        self._fence(updated)
         return True
+
+    def _fence(self, lease: Lease) -> None:
+        """This leadership's Fence: the Lease's generation (``spec.transitions``) as acquired."""
+        fence = Fence(self.lease_name, self.identity, lease.spec.transitions)
+        if fence != self.fence:
+            log.info("%s: leading at generation %d", self.identity, fence.generation)
+        self.fence = fence
+        if self.fence_store is not None:
+            self.fence_store.fence = fence
 
     def step(self) -> bool:
         """Run one round and fire the callbacks on a change of leadership."""

@@ -23,6 +23,7 @@ from forge.controllers.base import Controller
 from forge.controllers.cron import CronController
 from forge.controllers.gc import GcController
 from forge.controllers.health import HealthController
+from forge.controllers.leader import DEFAULT_DURATION as LEASE_SECONDS
 from forge.controllers.leader import LeaderElector
 from forge.controllers.nodes import NodesController
 from forge.controllers.rollback import RollbackController
@@ -75,6 +76,7 @@ def run_controllers(
     metrics_listen: str | None = None,
     identity: str | None = None,
     only: list[Controller] | None = None,
+    lease_seconds: float = LEASE_SECONDS,
 ) -> None:
     """Run until ``stop_event`` is set. ``only`` replaces the built-in set (tests); ``extra`` adds."""
     registry = registry or CollectorRegistry()
@@ -93,7 +95,8 @@ def run_controllers(
         leader.set(0)
         runtime.stop()
 
-    elector = LeaderElector(store, clock, identity, started, stopped)
+    elector = LeaderElector(store, clock, identity, started, stopped, duration_seconds=lease_seconds,
+                            fence_store=store)
     server = _serve_metrics(metrics_listen, registry) if metrics_listen else None
     log.info("controllers %s waiting for leadership as %s", ", ".join(c.name for c in controllers), identity)
     elector.start()

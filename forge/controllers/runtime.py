@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from forge.clock import Clock
 from forge.controllers.base import Controller, Result
-from forge.errors import Conflict, Gone, TerminalError
+from forge.errors import Conflict, Fenced, Gone, TerminalError
 from forge.store.base import Store, WatchEvent
 from forge.workqueue import WorkQueue
 
@@ -273,6 +273,9 @@ class ControllerRuntime:
         outcome = "success"
         try:
             res = c.reconcile(key)
+        except Fenced as exc:  # deposed while this reconcile ran: nothing was written; the new leader acts
+            outcome = "fenced"
+            log.warning("%s: %s: write refused by the leader fence: %s", c.name, key, exc)
         except Conflict as exc:
             outcome = "conflict"
             log.debug("%s: %s: conflict (%s), requeueing", c.name, key, exc)

@@ -44,6 +44,18 @@ R = TypeVar("R", bound=Resource)
 
 
 @dataclass(frozen=True)
+class Fence:
+    """What every write of a leader carries: the Lease it leads by and the generation
+    (``spec.transitions``) it acquired. A store with a fence set checks it inside each write's
+    transaction — the Lease must still name this holder at this generation — so a deposed leader
+    that wakes up late (paused, partitioned) cannot write: its writes fail ``Fenced``."""
+
+    lease: str
+    holder: str
+    generation: int
+
+
+@dataclass(frozen=True)
 class WatchEvent:
     type: EventType
     object: Resource
@@ -72,6 +84,8 @@ class LogLine:
 class RecordStore(Protocol):
     """What a records backend provides: revisioned reads, compare-and-swap writes, watch,
     compaction."""
+
+    fence: Fence | None  # a leader's fence, checked inside every write (None: no check)
 
     @overload
     def get(self, kind: type[R], name: str) -> R: ...

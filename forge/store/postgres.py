@@ -32,7 +32,7 @@ from forge.clock import Clock, SystemClock
 from forge.errors import Gone
 from forge.models import Resource, parse_record
 from forge.store import records
-from forge.store.base import EventType, LogLine, WatchEvent, selector_matches
+from forge.store.base import EventType, Fence, LogLine, WatchEvent, selector_matches
 from forge.store.pg_db import RESYNC_SECONDS, RETRY_SECONDS, PgDb
 from forge.store.pg_logs import PgLogStore, PgMarkStore
 from forge.store.pg_migrations import CHANGES_CHANNEL, LOGS_CHANNEL, migrate
@@ -118,6 +118,7 @@ class PostgresStore:
     ) -> None:
         self.clock = clock or SystemClock()
         self.auto_compact_keep = auto_compact_keep
+        self.fence: Fence | None = None  # set by a leader: every write checks it (see base.Fence)
         self._db = PgDb(url, channels=(CHANGES_CHANNEL, LOGS_CHANNEL), max_size=pool_size,
                         retry_seconds=retry_seconds, resync_seconds=resync_seconds)
         self.url = self._db.name  # redacted: safe to log
@@ -189,24 +190,24 @@ class PostgresStore:
 
     def create(self, obj: R) -> R:
         now, now_iso = self._now()
-        return self._db.write(lambda conn: records.create(_PgTx(conn), obj, now, now_iso, self.auto_compact_keep))
+        return self._db.write(lambda conn: records.create(_PgTx(conn), obj, now, now_iso, self.auto_compact_keep, self.fence))
 
     def update(self, obj: R, force: bool = False) -> R:
         now, now_iso = self._now()
         return self._db.write(
-            lambda conn: records.update(_PgTx(conn), obj, force, now, now_iso, self.auto_compact_keep))
+            lambda conn: records.update(_PgTx(conn), obj, force, now, now_iso, self.auto_compact_keep, self.fence))
 
     def update_status(self, obj: R) -> R:
         now, now_iso = self._now()
         return self._db.write(
-            lambda conn: records.update_status(_PgTx(conn), obj, now, now_iso, self.auto_compact_keep))
+            lambda conn: records.update_status(_PgTx(conn), obj, now, now_iso, self.auto_compact_keep, self.fence))
 
     def delete(self, kind: str | type[Resource], name: str, resource_version: int | None = None) -> Resource:
         """Remove a record; ``resource_version`` None or 0 means unconditional."""
         kind = resolve_kind(kind)
         now, _ = self._now()
         return self._db.write(
-            lambda conn: records.delete(_PgTx(conn), kind, name, resource_version, now, self.auto_compact_keep))
+            lambda conn: records.delete(_PgTx(conn), kind, name, resource_version, now, self.auto_compact_keep, self.fence))
 
     # ------------------------------------------------------------------ watch and compaction
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import uuid
 from typing import Any, Protocol, TypeVar
 
-from forge.errors import AlreadyExists, Conflict, Invalid, NotFound
+from forge.errors import AlreadyExists, Conflict, Fenced, Invalid, NotFound
 from forge.models import Resource, kind_class, parse_record
-from forge.store.base import EventType
+from forge.store.base import EventType, Fence
 
 R = TypeVar("R", bound=Resource)
 
@@ -78,6 +78,19 @@ def gone_message(since: int, compacted: int) -> str:
             "watch from the list's revision")
 
 
+def check_fence(tx: RecordTx, fence: Fence | None, kind: str, name: str) -> None:
+    """Inside the write transaction: the writer still leads (see ``Fence``). Writes to the Lease
+    itself are the election's own, guarded by its compare-and-swap instead."""
+    if fence is None or (kind == "Lease" and name == fence.lease):
+        return
+    row = tx.row("Lease", fence.lease)
+    spec = (row[0].get("spec") or {}) if row is not None else {}
+    holder, generation = spec.get("holder", ""), int(spec.get("transitions", 0) or 0)
+    if holder != fence.holder or generation != fence.generation:
+        raise Fenced(f"{fence.holder} no longer leads (Lease {fence.lease} names {holder or 'nobody'} at "
+                     f"generation {generation}, this write carried generation {fence.generation}); not written")
+
+
 def _current(tx: RecordTx, kind: str, name: str) -> tuple[dict[str, Any], int]:
     row = tx.row(kind, name)
     if row is None:
@@ -102,10 +115,11 @@ def compact(tx: RecordTx, keep: int, rev: int | None = None) -> int:
     return target
 
 
-def create(tx: RecordTx, obj: R, now: int, now_iso: str, auto_compact_keep: int) -> R:
+def create(tx: RecordTx, obj: R, now: int, now_iso: str, auto_compact_keep: int, fence: Fence | None = None) -> R:
     kind = object_kind(obj)
     data = obj.dump()
     name = data["metadata"]["name"]
+    check_fence(tx, fence, kind, name)
     if tx.row(kind, name) is not None:
         raise AlreadyExists(f"{kind} {name!r} already exists")
     rev = next_revision(tx, auto_compact_keep)
@@ -117,8 +131,10 @@ def create(tx: RecordTx, obj: R, now: int, now_iso: str, auto_compact_keep: int)
     return out  # type: ignore[return-value]  # parse_record(kind of obj) is obj's class
 
 
-def update(tx: RecordTx, obj: R, force: bool, now: int, now_iso: str, auto_compact_keep: int) -> R:
+def update(tx: RecordTx, obj: R, force: bool, now: int, now_iso: str, auto_compact_keep: int,
+           fence: Fence | None = None) -> R:
     kind = object_kind(obj)
+    check_fence(tx, fence, kind, obj.metadata.name)
     new = obj.dump()
     cur, created = _current(tx, kind, obj.metadata.name)
     expected = obj.metadata.resource_version
@@ -146,8 +162,10 @@ def update(tx: RecordTx, obj: R, force: bool, now: int, now_iso: str, auto_compa
     return out  # type: ignore[return-value]
 
 
-def update_status(tx: RecordTx, obj: R, now: int, now_iso: str, auto_compact_keep: int) -> R:
+def update_status(tx: RecordTx, obj: R, now: int, now_iso: str, auto_compact_keep: int,
+                  fence: Fence | None = None) -> R:
     kind = object_kind(obj)
+    check_fence(tx, fence, kind, obj.metadata.name)
     new = obj.dump()
     cur, created = _current(tx, kind, obj.metadata.name)
     check_version(kind, cur, obj.metadata.resource_version)
@@ -164,8 +182,9 @@ def update_status(tx: RecordTx, obj: R, now: int, now_iso: str, auto_compact_kee
 
 
 def delete(tx: RecordTx, kind: str, name: str, resource_version: int | None, now: int,
-           auto_compact_keep: int) -> Resource:
+           auto_compact_keep: int, fence: Fence | None = None) -> Resource:
     """Remove a record; ``resource_version`` None or 0 means unconditional."""
+    check_fence(tx, fence, kind, name)
     cur, _created = _current(tx, kind, name)
     if resource_version:
         check_version(kind, cur, resource_version)

@@ -25,7 +25,7 @@ from forge.clock import Clock, SystemClock
 from forge.errors import Gone, Invalid
 from forge.models import LABEL_KEY, Resource, parse_record
 from forge.store import records
-from forge.store.base import EventType, LogLine, WatchEvent, selector_matches
+from forge.store.base import EventType, Fence, LogLine, WatchEvent, selector_matches
 from forge.store.migrations import migrate
 from forge.store.records import AUTO_COMPACT_KEEP, WATCH_LIMIT, resolve_kind
 from forge.store.sqlite_db import SqliteDb
@@ -103,6 +103,7 @@ class SqliteStore:
         self.path = path
         self.clock = clock or SystemClock()
         self.auto_compact_keep = auto_compact_keep
+        self.fence: Fence | None = None  # set by a leader: every write checks it (see base.Fence)
         parent = os.path.dirname(os.path.abspath(path))
         os.makedirs(parent, exist_ok=True)
         self._db = SqliteDb(path, busy_timeout=busy_timeout, poll_seconds=poll_seconds)
@@ -190,24 +191,24 @@ class SqliteStore:
     def create(self, obj: R) -> R:
         now, now_iso = self._now()
         with self._write() as tx:
-            return records.create(tx, obj, now, now_iso, self.auto_compact_keep)
+            return records.create(tx, obj, now, now_iso, self.auto_compact_keep, self.fence)
 
     def update(self, obj: R, force: bool = False) -> R:
         now, now_iso = self._now()
         with self._write() as tx:
-            return records.update(tx, obj, force, now, now_iso, self.auto_compact_keep)
+            return records.update(tx, obj, force, now, now_iso, self.auto_compact_keep, self.fence)
 
     def update_status(self, obj: R) -> R:
         now, now_iso = self._now()
         with self._write() as tx:
-            return records.update_status(tx, obj, now, now_iso, self.auto_compact_keep)
+            return records.update_status(tx, obj, now, now_iso, self.auto_compact_keep, self.fence)
 
     def delete(self, kind: str | type[Resource], name: str, resource_version: int | None = None) -> Resource:
         """Remove a record; ``resource_version`` None or 0 means unconditional."""
         kind = resolve_kind(kind)
         now, _ = self._now()
         with self._write() as tx:
-            return records.delete(tx, kind, name, resource_version, now, self.auto_compact_keep)
+            return records.delete(tx, kind, name, resource_version, now, self.auto_compact_keep, self.fence)
 
     # ------------------------------------------------------------------ watch and compaction
 

@@ -81,3 +81,31 @@ def test_leader_steps_down_when_store_fails_past_deadline(store, clock, pair) ->
     assert a.e.step() and a.log == ["start"]  # 5 s < 10 s deadline
     clock.advance(6)
     assert not a.e.step() and a.log == ["start", "stop"]
+
+
+def test_a_leader_paused_past_its_lease_cannot_write(tmp_path, clock) -> None:
+    """Two controllers processes (two store handles on one database): a is paused past its lease,
+    b takes over; a's in-flight write — prepared before the pause — is refused by the fence."""
+    from forge.errors import Fenced
+    from forge.models import App, AppSpec, ObjectMeta
+    from forge.store.sqlite import SqliteStore
+
+    path = str(tmp_path / "forge.db")
+    store_a, store_b = SqliteStore(path, clock=clock), SqliteStore(path, clock=clock)
+    try:
+        a = LeaderElector(store_a, clock, "cp-a", lambda: None, lambda: None, duration_seconds=15, fence_store=store_a)
+        b = LeaderElector(store_b, clock, "cp-b", lambda: None, lambda: None, duration_seconds=15, fence_store=store_b)
+        assert a.step() and not b.step()
+        assert store_a.fence is not None and store_a.fence.generation == 0
+        app = store_a.create(App(metadata=ObjectMeta(name="hello"), spec=AppSpec(repo="acme/hello")))
+        app.spec.replicas = 5  # a reconcile of a's, about to write ... then a is paused (SIGSTOP)
+        clock.advance(16)
+        assert b.step() and store_b.fence.generation == 1  # type: ignore[union-attr]
+        with pytest.raises(Fenced):
+            store_a.update(app)  # a resumes: its write carries generation 0 and is refused
+        assert store_b.get(App, "hello").spec.replicas == 1
+        assert not a.step()  # and its election round tells it it no longer leads
+        store_b.update(store_b.get(App, "hello"))  # the new leader writes
+    finally:
+        store_a.close()
+        store_b.close()
