@@ -85,8 +85,11 @@ def server(listen: str, workers: int, threads: int, data_dir: str | None) -> Non
 @click.option("--http-listen", default=None, help="Where Caddy serves apps (used when the router rebuilds Caddy's config).")
 @click.option("--https-listen", default=None, help="Where Caddy serves HTTPS when --tls is on.")
 @click.option("--api-listen", default=None, help="The API's HOST:PORT (Caddy's on-demand TLS asks it).")
+@click.option("--lease-seconds", envvar="FORGE_LEADER_LEASE_SECONDS", type=click.FloatRange(3, 300), default=15.0,
+              show_default=True, help="Leader lease: a standby takes over this long after the leader stops renewing.")
 def controllers(data_dir: str | None, metrics_listen: str | None, domain: str | None, caddy_admin: str | None,
-                tls: str | None, http_listen: str | None, https_listen: str | None, api_listen: str | None) -> None:
+                tls: str | None, http_listen: str | None, https_listen: str | None, api_listen: str | None,
+                lease_seconds: float) -> None:
     """Run the controllers (leader-elected) against the store."""
     from forge.clock import SystemClock
     from forge.controllers.manager import run_controllers
@@ -107,7 +110,7 @@ def controllers(data_dir: str | None, metrics_listen: str | None, domain: str | 
     stop = stop_on_signals()
     store = open_store(cfg.effective_store_url)
     try:
-        run_controllers(cfg, store, SystemClock(), stop,
+        run_controllers(cfg, store, SystemClock(), stop, lease_seconds=lease_seconds,
                         metrics_listen=check_listen(metrics_listen, "--metrics-listen") if metrics_listen else None)
     finally:
         store.close()
@@ -234,12 +237,23 @@ def stop_local_apps(data_dir: Path, node: str, grace: float = 10.0) -> None:
 @click.option("--controllers-metrics-listen", default="127.0.0.1:9109", show_default=True,
               help="The controllers' metrics (reconciles, queue depth, router).")
 @click.option("--node-name", default=None, help="Name of the local node (default: the hostname).")
+@click.option("--store-url", envvar="FORGE_STORE_URL", default="",
+              help="An external store, postgresql://USER@HOST/DB (default: SQLite in the data dir).")
 def up(data_dir: str | None, api_listen: str, http_listen: str, caddy_admin: str, domain: str, tls: str,
-       https_listen: str | None, metrics_listen: str, controllers_metrics_listen: str, node_name: str | None) -> None:
+       https_listen: str | None, metrics_listen: str, controllers_metrics_listen: str, node_name: str | None,
+       store_url: str) -> None:
     """Everything on one machine: API, controllers, a local agent and Caddy."""
     from forge.up import Supervisor
 
     setup_logging()
+    if store_url:
+        from forge.store import open_store
+
+        if not store_url.startswith(("postgresql://", "postgres://", "sqlite://")):
+            raise Invalid("--store-url must be postgresql://… or sqlite:///PATH")
+        probe = open_store(store_url)  # a clear error now (unreachable, bad credentials), not in a child's log
+        probe.close()
+        os.environ["FORGE_STORE_URL"] = store_url  # the API and controllers get it through the environment
     cfg = load_config(
         data_dir, api_listen=check_listen(api_listen, "--api-listen"),
         http_listen=check_listen(http_listen, "--http-listen"),
