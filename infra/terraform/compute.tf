@@ -1,4 +1,5 @@
 resource "aws_instance" "control_plane" {
+  count                  = var.control_plane_count
   ami                    = var.ami_id
   instance_type          = var.control_plane_instance_type
   subnet_id              = aws_subnet.public.id
@@ -11,13 +12,21 @@ resource "aws_instance" "control_plane" {
     volume_size = 30
     encrypted   = true
   }
-  tags = { Name = "${var.name}-control-plane", Role = "control_plane" }
+  tags = { Name = "${var.name}-control-plane-${count.index}", Role = "control_plane" }
+
+  lifecycle {
+    precondition {
+      condition     = var.control_plane_count == 1 || var.managed_database
+      error_message = "More than one control-plane machine needs managed_database = true (a shared PostgreSQL store)."
+    }
+  }
 }
 
 resource "aws_eip" "control_plane" {
-  instance = aws_instance.control_plane.id
+  count    = var.control_plane_count
+  instance = aws_instance.control_plane[count.index].id
   domain   = "vpc"
-  tags     = { Name = "${var.name}-control-plane" }
+  tags     = { Name = "${var.name}-control-plane-${count.index}" }
 }
 
 resource "aws_instance" "worker" {

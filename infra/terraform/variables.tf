@@ -61,3 +61,26 @@ variable "admin_cidr" {
   default     = null
   description = "CIDR allowed to SSH to the control plane; null disables SSH from outside."
 }
+
+variable "control_plane_count" {
+  type        = number
+  default     = 1
+  description = "Control-plane machines. More than one needs managed_database (a shared PostgreSQL store)."
+}
+
+variable "managed_database" {
+  type        = bool
+  default     = false
+  description = "Keep the store in RDS PostgreSQL (Multi-AZ) instead of SQLite on the control-plane machine."
+}
+
+variable "database_instance_class" {
+  type    = string
+  default = "db.t4g.small"
+}
+
+variable "database_subnet_b_cidr" {
+  type        = string
+  default     = "10.0.3.0/24"
+  description = "A second private subnet (RDS needs two availability zones)."
+}

@@ -127,7 +127,10 @@ def _unq(v: object) -> object:
 def test_terraform_parses_and_has_the_layout() -> None:
     """Every .tf parses; VPC, public and private subnets, and a NAT gateway behind a switch."""
     tf = _terraform()
-    assert _resources(tf, "aws_vpc") and set(_resources(tf, "aws_subnet")) == {"public", "private"}
+    assert _resources(tf, "aws_vpc") and set(_resources(tf, "aws_subnet")) == {"public", "private", "database_b"}
+    db = _resources(tf, "aws_db_instance")["forge"]  # the managed store: off unless asked, Multi-AZ, encrypted
+    assert "managed_database" in str(db["count"]) and db["multi_az"] is True and db["storage_encrypted"] is True
+    assert db["manage_master_user_password"] is True and "password" not in db
     nat = _resources(tf, "aws_nat_gateway")["main"]
     assert "enable_nat_gateway" in str(nat["count"])
     worker = _resources(tf, "aws_instance")["worker"]
