@@ -166,19 +166,10 @@ class Reconciler:
             result = ProbeResult(False, f"health command: {exc}"[:200])
         self.next_probe[st.name] = self.clock.monotonic() + run.health.interval_seconds
         verdict = tracker.record(result, up)
-        if verdict == READY and not st.ready:
-            st.ready, st.ever_ready, st.ready_time = True, True, self.clock.now_iso()
-            st.reason, st.message = "", ""
-            self._persist(st)
+        if verdict == READY:
+            self._mark_ready(st)
         elif verdict == UNHEALTHY:
-            st.reason = REASON_HEALTH
-            st.message = f"health command failed {tracker.failures} times in a row; last: {result.detail}"
-            self.supervisor.stop(st, run.stop_timeout)
-            self._schedule_restart(st)
-            self._persist(st)
-            self.event(st.name, "Warning", REASON_HEALTH, f"{st.message}; restarting it")
-            self.status.write(inst, st, "Starting", None, probe_result=result.detail)
-            return st.next_start - self.clock.now() if st.next_start else None
+            return self._unhealthy(inst, st, run, f"health command failed {tracker.failures} times in a row", result)
         self.status.write(inst, st, "Running" if st.ready else "Starting", tracker, probe_result=result.detail)
         return run.health.interval_seconds
 
@@ -236,10 +227,7 @@ class Reconciler:
             return run.min_running - up
         if run.health_command:
             return self._exec_check(inst, st, run, up)
-        if not st.ready:
-            st.ready, st.ever_ready, st.ready_time = True, True, self.clock.now_iso()
-            st.reason, st.message = "", ""
-            self._persist(st)
+        self._mark_ready(st)
         if st.crash_streak and up >= STABLE_SECONDS:
             st.crash_streak = 0
             self._persist(st)
@@ -459,24 +447,31 @@ class Reconciler:
         self.probe_step[st.name] = step
         self.next_probe[st.name] = self.clock.monotonic() + step
         if verdict == READY:
-            if not st.ready:
-                st.ready, st.ever_ready, st.ready_time = True, True, self.clock.now_iso()
-                st.reason, st.message = "", ""
-                self._persist(st)
+            self._mark_ready(st)
             if st.crash_streak and since_start >= STABLE_SECONDS:
                 st.crash_streak = 0
                 self._persist(st)
         elif verdict == UNHEALTHY:
-            st.reason = REASON_HEALTH
-            st.message = f"{run.health.path} failed {tracker.failures} probes in a row; last: {result.detail}"
-            self.supervisor.stop(st, run.stop_timeout)
-            self._schedule_restart(st)
-            self._persist(st)
-            self.event(st.name, "Warning", REASON_HEALTH, f"{st.message}; restarting it")
-            self.status.write(inst, st, "Starting", None, probe_result=result.detail)
-            return st.next_start - self.clock.now() if st.next_start else None
+            return self._unhealthy(inst, st, run, f"{run.health.path} failed {tracker.failures} probes in a row", result)
         self.status.write(inst, st, "Running" if st.ready else "Starting", tracker, probe_result=result.detail)
         return step
+
+    def _mark_ready(self, st: InstanceState) -> None:
+        if not st.ready:
+            st.ready, st.ever_ready, st.ready_time = True, True, self.clock.now_iso()
+            st.reason, st.message = "", ""
+            self._persist(st)
+
+    def _unhealthy(self, inst: Instance, st: InstanceState, run: RunSpec, what: str, result: ProbeResult) -> float | None:
+        """Failed its checks ``retries`` times in a row: restart it (with back-off), say so."""
+        st.reason = REASON_HEALTH
+        st.message = f"{what}; last: {result.detail}"
+        self.supervisor.stop(st, run.stop_timeout)
+        self._schedule_restart(st)
+        self._persist(st)
+        self.event(st.name, "Warning", REASON_HEALTH, f"{st.message}; restarting it")
+        self.status.write(inst, st, "Starting", None, probe_result=result.detail)
+        return st.next_start - self.clock.now() if st.next_start else None
 
     def _persist(self, st: InstanceState) -> None:
         """Save the state where a failure must not stop the work (a full disk): what it would

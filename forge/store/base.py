@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal, Protocol, TypeVar, overload, runtime_checkable
+from typing import Any, Literal, Protocol, TypeVar, overload, runtime_checkable
 
 from forge.errors import Invalid
 from forge.models import Resource
@@ -205,3 +205,48 @@ def open_store(url: str) -> Store:
     if path.startswith("/") and url.startswith("sqlite:///"):
         path = path[1:] if path.startswith("//") else path
     return SqliteStore(path)
+
+
+class LogsAndMarks:
+    """A store's log and mark methods, handed to its ``logs`` and ``marks`` parts (every backend
+    composes a records store with a LogStore and a MarkStore of its own dialect)."""
+
+    logs: Any
+    marks: Any
+
+    @property
+    def keep_lines_per_app(self) -> int:
+        return int(self.logs.keep_lines_per_app)
+
+    @keep_lines_per_app.setter
+    def keep_lines_per_app(self, value: int) -> None:
+        self.logs.keep_lines_per_app = value
+
+    def append_logs(
+        self, instance: str, app: str, deployment: str, source: str, entries: list[tuple[int, str, str]]
+    ) -> int:
+        return int(self.logs.append_logs(instance, app, deployment, source, entries))
+
+    def read_logs(
+        self, app: str, deployment: str | None = None, source: str | None = None, after_id: int = 0,
+        limit: int = 1000, since_time: float | str | None = None,
+    ) -> list[LogLine]:
+        return list(self.logs.read_logs(app, deployment, source, after_id, limit, since_time))
+
+    def wait_logs(self, after_id: int, timeout: float = 10.0) -> bool:
+        return bool(self.logs.wait_logs(after_id, timeout))
+
+    def last_log_id(self) -> int:
+        return int(self.logs.last_log_id())
+
+    def prune_logs(self, before_time: float | str) -> int:
+        return int(self.logs.prune_logs(before_time))
+
+    def mark(self, metric: str, uid: str, label: str, value: float | None = None) -> bool:
+        return bool(self.marks.mark(metric, uid, label, value))
+
+    def tally(self, metric: str) -> dict[str, int]:
+        return dict(self.marks.tally(metric))
+
+    def observations(self, metric: str, label: str) -> list[float]:
+        return list(self.marks.observations(metric, label))

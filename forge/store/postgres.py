@@ -32,7 +32,7 @@ from forge.clock import Clock, SystemClock
 from forge.errors import Gone
 from forge.models import Resource, parse_record
 from forge.store import records
-from forge.store.base import EventType, Fence, LogLine, WatchEvent, selector_matches
+from forge.store.base import EventType, Fence, LogsAndMarks, WatchEvent, selector_matches
 from forge.store.pg_db import RESYNC_SECONDS, RETRY_SECONDS, PgDb
 from forge.store.pg_logs import PgLogStore, PgMarkStore
 from forge.store.pg_migrations import CHANGES_CHANNEL, LOGS_CHANNEL, migrate
@@ -105,7 +105,7 @@ class _PgTx:
         self._counters["compacted"] = upto
 
 
-class PostgresStore:
+class PostgresStore(LogsAndMarks):
     def __init__(
         self,
         url: str,
@@ -246,45 +246,6 @@ class PostgresStore:
 
     def close(self) -> None:
         self._db.close()
-
-    # ------------------------------------------------------------------ logs and marks
-
-    @property
-    def keep_lines_per_app(self) -> int:
-        return self.logs.keep_lines_per_app
-
-    @keep_lines_per_app.setter
-    def keep_lines_per_app(self, value: int) -> None:
-        self.logs.keep_lines_per_app = value
-
-    def append_logs(
-        self, instance: str, app: str, deployment: str, source: str, entries: list[tuple[int, str, str]]
-    ) -> int:
-        return self.logs.append_logs(instance, app, deployment, source, entries)
-
-    def read_logs(
-        self, app: str, deployment: str | None = None, source: str | None = None, after_id: int = 0,
-        limit: int = 1000, since_time: float | str | None = None,
-    ) -> list[LogLine]:
-        return self.logs.read_logs(app, deployment, source, after_id, limit, since_time)
-
-    def wait_logs(self, after_id: int, timeout: float = 10.0) -> bool:
-        return self.logs.wait_logs(after_id, timeout)
-
-    def last_log_id(self) -> int:
-        return self.logs.last_log_id()
-
-    def prune_logs(self, before_time: float | str) -> int:
-        return self.logs.prune_logs(before_time)
-
-    def mark(self, metric: str, uid: str, label: str, value: float | None = None) -> bool:
-        return self.marks.mark(metric, uid, label, value)
-
-    def tally(self, metric: str) -> dict[str, int]:
-        return self.marks.tally(metric)
-
-    def observations(self, metric: str, label: str) -> list[float]:
-        return self.marks.observations(metric, label)
 
     # ------------------------------------------------------------------ migrate-store
 
