@@ -24,7 +24,7 @@ from forge.api.context import ApiContext
 from forge.errors import Invalid, NotFound, pydantic_errors
 from forge.events import EventRecorder
 from forge.gitauth import USERNAME, open_token, select_credential
-from forge.models import App, Instance, Model, RepoCredential, is_dns_name
+from forge.models import App, Instance, Model, Node, RepoCredential, is_dns_name
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class AgentEventResource:
         else:
             if not p.admin and p.node != name:
                 raise auth.forbid(p, f"record an Event on Node {name}")
-            obj = self.ctx.store.get("Node", name)  # type: ignore[assignment]
+            obj = self.ctx.store.get(Node, name)
         try:
             body = AgentEventRequest.model_validate(read_object(req))
         except ValidationError as exc:
@@ -114,7 +114,7 @@ class InstanceGitCredentialResource:
     def on_get(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
         inst = load_instance(self.ctx, req, name, "read the git credential")
         repo = inst.spec.repo
-        creds: list[RepoCredential] = self.ctx.store.list("RepoCredential")[0]  # type: ignore[assignment]
+        creds: list[RepoCredential] = self.ctx.store.list(RepoCredential)[0]
         cred = select_credential(creds, repo) if repo else None
         token = open_token(self.ctx.sealer.keyring, cred)
         if token is None:

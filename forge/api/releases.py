@@ -87,7 +87,7 @@ def rollback_target(app: App, deployments: list[Deployment], to: str | None, for
 
 def resolve_ref(ctx: ApiContext, app: App, ref: str) -> str:
     """The commit ``ref`` names in the App's repository now, through the App's RepoCredential."""
-    creds: list[RepoCredential] = ctx.store.list("RepoCredential")[0]  # type: ignore[assignment]
+    creds: list[RepoCredential] = ctx.store.list(RepoCredential)[0]
     token = open_token(ctx.sealer.keyring, select_credential(creds, app.spec.repo))
     url = ctx.config.git_url_template.format(full_name=app.spec.repo)
     scratch = Path(ctx.config.data_dir) / "source-cache"

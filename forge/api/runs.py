@@ -71,15 +71,15 @@ class AppRunsResource:
         except ValidationError as exc:
             raise Invalid.from_errors(pydantic_errors(exc), "run request") from None
         store = self.ctx.store
-        app: App = store.get("App", name)  # type: ignore[assignment]
+        app: App = store.get(App, name)
         live = app.status.live_deployment
         if not live:
             raise Conflict(f"app {name!r} has no live release to run a command in; deploy it first")
-        dep: Deployment = store.get("Deployment", live)  # type: ignore[assignment]
+        dep: Deployment = store.get(Deployment, live)
         if dep.status.manifest is None:
             raise Conflict(f"{live} has no manifest yet")
         try:
-            secret: Secret | None = store.get("Secret", name)  # type: ignore[assignment]
+            secret: Secret | None = store.get(Secret, name)
         except NotFound:
             secret = None
         cfg = ds.effective_config(app, dep, secret)

@@ -117,7 +117,7 @@ class CronController(AppKeyedController):
                  if isinstance(i, Instance) and i.spec.app == key and i.spec.oneshot is not None]
         self._upkeep(insts)
         try:
-            app: App = self.store.get("App", key)  # type: ignore[assignment]
+            app: App = self.store.get(App, key)
         except NotFound:
             return DONE
         deps = [d for d in self.store.list("Deployment", {LABEL_APP: key})[0] if isinstance(d, Deployment)]
@@ -149,7 +149,7 @@ class CronController(AppKeyedController):
     def _record(self, app: App, live: Deployment, job: dict[str, Any], due: str, skipped: bool,
                 busy: list[Instance]) -> None:
         try:
-            secret: Secret | None = self.store.get("Secret", app.metadata.name)  # type: ignore[assignment]
+            secret: Secret | None = self.store.get(Secret, app.metadata.name)
         except NotFound:
             secret = None
         cfg = ds.effective_config(app, live, secret)

@@ -97,7 +97,7 @@ class GcController(Controller):
 
     def all_keys(self) -> Iterable[str]:
         apps = {a.metadata.name for a in self.store.list("App")[0]}
-        apps |= {d.spec.app for d in self.store.list("Deployment")[0]}  # type: ignore[attr-defined]
+        apps |= {d.spec.app for d in self.store.list(Deployment)[0]}
         return sorted(apps) + [EVENTS_KEY]
 
     def reconcile(self, key: str) -> Result | None:
@@ -105,14 +105,14 @@ class GcController(Controller):
             self._collect_events()
             return DONE
         try:
-            app: App | None = self.store.get("App", key)  # type: ignore[assignment]
+            app: App | None = self.store.get(App, key)
         except NotFound:
             app = None
         deployments: list[Deployment] = [
-            d for d in self.store.list("Deployment", {LABEL_APP: key})[0] if d.spec.app == key  # type: ignore[misc]
+            d for d in self.store.list(Deployment, {LABEL_APP: key})[0] if d.spec.app == key
         ]
         instances: list[Instance] = [
-            i for i in self.store.list("Instance", {LABEL_APP: key})[0] if i.spec.app == key  # type: ignore[misc]
+            i for i in self.store.list(Instance, {LABEL_APP: key})[0] if i.spec.app == key
         ]
         live = app.status.live_deployment if app is not None else None
         keep = self.settings.history_limit if app is not None else 0
@@ -134,7 +134,7 @@ class GcController(Controller):
 
     def _collect_events(self) -> None:
         now = self.clock.now()
-        events: list[Event] = self.store.list("Event")[0]  # type: ignore[assignment]
+        events: list[Event] = self.store.list(Event)[0]
         for ev in events_to_delete(events, now, self.settings.event_ttl):
             self._delete("Event", ev.metadata.name, ev.metadata.resource_version)
         prune = getattr(self.store, "prune_logs", None)

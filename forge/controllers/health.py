@@ -61,14 +61,14 @@ class HealthController(AppKeyedController):
 
     def reconcile(self, key: str) -> Result | None:
         try:
-            app: App | None = self.store.get("App", key)  # type: ignore[assignment]
+            app: App | None = self.store.get(App, key)
         except NotFound:
             app = None
         deps: list[Deployment] = [
-            d for d in self.store.list("Deployment", {LABEL_APP: key})[0] if d.spec.app == key  # type: ignore[misc]
+            d for d in self.store.list(Deployment, {LABEL_APP: key})[0] if d.spec.app == key
         ]
         insts: list[Instance] = [
-            i for i in self.store.list("Instance", {LABEL_APP: key})[0] if i.spec.app == key  # type: ignore[misc]
+            i for i in self.store.list(Instance, {LABEL_APP: key})[0] if i.spec.app == key
         ]
         now_iso = iso(self.clock.now())
         for dep in deps:

@@ -204,7 +204,7 @@ class RollbackController(AppKeyedController):
 
     def reconcile(self, key: str) -> Result | None:
         try:
-            app: App = self.store.get("App", key)  # type: ignore[assignment]
+            app: App = self.store.get(App, key)
         except NotFound:
             return DONE  # rollout tears a deleted App's releases down
         deps = [d for d in self.store.list("Deployment", {LABEL_APP: key})[0] if d.spec.app == key]

@@ -142,9 +142,9 @@ class RouterController(Controller):
         return (KEY,) if self.mode == "caddy" else (KEY_HOSTS, KEY_BACKENDS)
 
     def _snapshot(self) -> tuple[list[App], list[Instance], list[Node]]:
-        apps: list[App] = self.store.list("App")[0]  # type: ignore[assignment]
-        instances: list[Instance] = self.store.list("Instance")[0]  # type: ignore[assignment]
-        nodes: list[Node] = self.store.list("Node")[0]  # type: ignore[assignment]
+        apps: list[App] = self.store.list(App)[0]
+        instances: list[Instance] = self.store.list(Instance)[0]
+        nodes: list[Node] = self.store.list(Node)[0]
         return apps, instances, nodes
 
     def desired(self) -> dict[str, list[str]]:
@@ -180,7 +180,7 @@ class RouterController(Controller):
     # ------------------------------------------------------------------ kernel mode
     def _reconcile_hosts(self) -> Result | None:
         assert self.services is not None
-        apps: list[App] = self.store.list("App")[0]  # type: ignore[assignment]
+        apps: list[App] = self.store.list(App)[0]
         if self._allocate(apps):
             return Result(requeue_after=0.05)  # re-read: the writes changed the Apps
         routes = service_routes(apps, self.config.domain)

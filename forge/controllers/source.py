@@ -37,7 +37,7 @@ from forge.events import EventRecorder
 from forge.gitauth import open_token, scrub, select_credential
 from forge.gitsource import GitError, GitSource
 from forge.manifest import parse_manifest
-from forge.models import DEPLOYMENT_TERMINAL, Deployment, RepoCredential, set_condition
+from forge.models import DEPLOYMENT_TERMINAL, App, Deployment, RepoCredential, set_condition
 from forge.store.base import Store, WatchEvent
 
 log = logging.getLogger(__name__)
@@ -93,11 +93,11 @@ class SourceController(Controller):
         return (event.object.metadata.name,)
 
     def all_keys(self) -> Iterable[str]:
-        return [d.metadata.name for d in self.store.list("Deployment")[0] if needs_source(d)]  # type: ignore[arg-type]
+        return [d.metadata.name for d in self.store.list(Deployment)[0] if needs_source(d)]
 
     def reconcile(self, key: str) -> Result | None:
         try:
-            dep: Deployment = self.store.get("Deployment", key)  # type: ignore[assignment]
+            dep: Deployment = self.store.get(Deployment, key)
         except NotFound:
             self._failures.pop(key, None)
             return DONE
@@ -116,7 +116,7 @@ class SourceController(Controller):
         repo = dep.spec.repo
         if not repo:
             try:
-                repo = self.store.get("App", dep.spec.app).spec.repo  # type: ignore[union-attr]
+                repo = self.store.get(App, dep.spec.app).spec.repo
             except NotFound:
                 return self._fail(dep, REASON_FETCH_FAILED, f"App {dep.spec.app} not found and the "
                                   "Deployment names no repository")
@@ -190,7 +190,7 @@ class SourceController(Controller):
             return self._repo_locks.setdefault(repo.lower(), threading.Lock())
 
     def _token(self, repo: str) -> str | None:
-        creds: list[RepoCredential] = self.store.list("RepoCredential")[0]  # type: ignore[assignment]
+        creds: list[RepoCredential] = self.store.list(RepoCredential)[0]
         cred = select_credential(creds, repo)
         if cred is None or not cred.spec.token:
             return None
