@@ -132,16 +132,17 @@ def test_apps_create_list_status_and_deploy_wait(forge: Forge) -> None:
     assert lines[0].split() == ["App:", "cli-a", "(acme/cli-a", "@", "main,prod)"]
     assert lines[1].split() == ["URL:", app["status"]["url"]]
     assert lines[2].split() == ["Live:", "cli-a-1", "commit", sha[:12]]
+    assert "Processes: web=1" in lines
     head = lines.index("Instances:")
-    assert lines[head + 1].split() == ["NAME", "NODE", "PHASE", "ADDRESS", "READY", "RESTARTS", "REASON"]
+    assert lines[head + 1].split() == ["NAME", "TYPE", "NODE", "PHASE", "ADDRESS", "READY", "RESTARTS", "REASON"]
     inst = lines[head + 2].split()
-    assert inst[:3] == ["cli-a-1-0", forge.node, "Running"] and inst[4] == "True" and inst[5].isdigit()
-    assert httpx.get(f"http://{inst[3]}/", timeout=5).text.strip() == "v1"  # the address is the app's
+    assert inst[:4] == ["cli-a-1-0", "web", forge.node, "Running"] and inst[5] == "True" and inst[6].isdigit()
+    assert httpx.get(f"http://{inst[4]}/", timeout=5).text.strip() == "v1"  # the address is the app's
     events = lines[lines.index("Events:") + 1:]
     assert any("Live" in e and "deployment/cli-a-1" in e for e in events), events
     data = json.loads(ok(forge, "status", "cli-a", "-o", "json"))
     assert set(data) == {"app", "releases", "instances", "events"}
-    assert [f'{i["status"]["address"]}:{i["status"]["port"]}' for i in data["instances"]] == [inst[3]]
+    assert [f'{i["status"]["address"]}:{i["status"]["port"]}' for i in data["instances"]] == [inst[4]]
 
     missing = cli(forge, "status", "ghost")
     assert missing.returncode == 1 and missing.stderr.startswith("error: ") and "ghost" in missing.stderr
