@@ -39,6 +39,7 @@ from forge.store.base import WatchEvent
 SCHEDULED: Final[str] = "Scheduled"
 REASON_SCHEDULED: Final[str] = "Scheduled"
 REASON_UNSCHEDULABLE: Final[str] = "Unschedulable"
+REASON_MOVED: Final[str] = "InstanceMoved"
 RETRY_SECONDS = 10.0
 CPU_OVERCOMMIT: Final[float] = 4.0
 TOPOLOGY_ZONE: Final[str] = "topology.forge.dev/zone"
@@ -213,7 +214,26 @@ class SchedulerController(Controller):
         inst.spec.node = name
         inst.metadata.labels = {**inst.metadata.labels, LABEL_NODE: name}
         inst = self.store.update(inst)  # type: ignore[assignment]
+        self._record_move(inst, name)
         return self._mark_scheduled(inst, name)
+
+    def _record_move(self, inst: Instance, name: str) -> None:
+        """A replacement for an Instance of a lost or draining node: say on that node where it went."""
+        head, sep, k = inst.metadata.name.rpartition("-r")
+        if not sep or not k.isdigit():
+            return
+        before = head if int(k) <= 1 else f"{head}-r{int(k) - 1}"
+        try:
+            old: Instance = self.store.get("Instance", before)  # type: ignore[assignment]
+            node: Node = self.store.get("Node", old.spec.node or "")  # type: ignore[assignment]
+        except NotFound:
+            return
+        if node.metadata.name == name:
+            return
+        why = "lost" if old.status.phase == "Lost" else "draining" if node.spec.drain else ""
+        if why:
+            self.recorder.record(node, "Normal", REASON_MOVED,
+                                 f"{before} ({why}) replaced by {inst.metadata.name} on node {name}")
 
     def _storage_app(self, inst: Instance) -> App | None:
         """The App when this Instance mounts its persistent storage (then it is pinned)."""
