@@ -33,6 +33,17 @@ WATCH_LIMIT = 1000  # events per watch call; callers re-watch from the last revi
 AUTO_COMPACT_KEEP = 100_000  # compact when the log holds twice this many changes
 
 
+def _kinds_since(conn: sqlite3.Connection, last: int | None) -> tuple[int, set[str] | None]:
+    """The tailer's question: kinds changed after revision ``last`` (None: first look, unknown)."""
+    if last is None:
+        row = conn.execute("SELECT value FROM counters WHERE name = 'revision'").fetchone()
+        return int(row[0]), None
+    rows = conn.execute("SELECT revision, kind FROM changes WHERE revision > ? ORDER BY revision", (last,)).fetchall()
+    if not rows:
+        return last, set()
+    return int(rows[-1][0]), {str(r[1]) for r in rows}
+
+
 def resolve_kind(kind: str) -> str:
     try:
         return kind_class(kind).KIND
@@ -55,7 +66,7 @@ class SqliteStore(SqliteLogs, SqliteMarks):
         self.auto_compact_keep = auto_compact_keep
         parent = os.path.dirname(os.path.abspath(path))
         os.makedirs(parent, exist_ok=True)
-        self._db = SqliteDb(path, busy_timeout=busy_timeout, poll_seconds=poll_seconds)
+        self._db = SqliteDb(path, busy_timeout=busy_timeout, poll_seconds=poll_seconds, tags_since=_kinds_since)
         with self._db.conn() as conn:
             try:
                 conn.execute("PRAGMA journal_mode = WAL")  # persistent in the file
@@ -124,7 +135,7 @@ class SqliteStore(SqliteLogs, SqliteMarks):
         data = obj.dump()
         name = data["metadata"]["name"]
         now, now_iso = self._now()
-        with self._db.write() as conn:
+        with self._db.write({kind}) as conn:
             if self._row(conn, kind, name) is not None:
                 raise AlreadyExists(f"{kind} {name!r} already exists")
             rev = self._next_revision(conn)
@@ -139,7 +150,7 @@ class SqliteStore(SqliteLogs, SqliteMarks):
         kind = resolve_kind(obj.KIND or obj.kind)
         new = obj.dump()
         now, now_iso = self._now()
-        with self._db.write() as conn:
+        with self._db.write({kind}) as conn:
             cur, created = self._current(conn, kind, obj.metadata.name)
             expected = obj.metadata.resource_version
             if not (force and expected == 0):
@@ -169,7 +180,7 @@ class SqliteStore(SqliteLogs, SqliteMarks):
         kind = resolve_kind(obj.KIND or obj.kind)
         new = obj.dump()
         now, now_iso = self._now()
-        with self._db.write() as conn:
+        with self._db.write({kind}) as conn:
             cur, created = self._current(conn, kind, obj.metadata.name)
             self._check_version(kind, cur, obj.metadata.resource_version)
             data = dict(cur)
@@ -187,7 +198,7 @@ class SqliteStore(SqliteLogs, SqliteMarks):
         """Remove a record; ``resource_version`` None or 0 means unconditional."""
         kind = resolve_kind(kind)
         now, _ = self._now()
-        with self._db.write() as conn:
+        with self._db.write({kind}) as conn:
             cur, _created = self._current(conn, kind, name)
             if resource_version:
                 self._check_version(kind, cur, resource_version)
@@ -221,7 +232,7 @@ class SqliteStore(SqliteLogs, SqliteMarks):
                     )
                 return conn.execute(sql, args).fetchall()
 
-        rows = self._db.wait_for(check, timeout)
+        rows = self._db.wait_for(check, timeout, tag=kind)
         return [WatchEvent(type=t, object=parse_record(json.loads(d), k), revision=r) for r, t, k, d in rows]
 
     def compact(self, keep: int = 10_000) -> int:

@@ -9,6 +9,11 @@
   it at once; writes from other processes are noticed by one tailer thread per store that
   checks ``PRAGMA data_version`` every ``poll_seconds`` while anybody waits (the way kine
   tails its log), so a hundred watchers cost one cheap query per tick, not a hundred.
+- Wake-ups carry **tags** (the records store tags each change with its kind): a waiter that
+  asked for a tag sleeps on that tag's condition and is woken only by changes carrying it (or
+  by an untagged one). Two hundred node agents watching Instances are then not woken by the
+  hundred Lease renewals a second those same agents write. The tailer learns the tags of
+  changes from other processes through ``tags_since`` (when given), else wakes everybody.
 """
 
 from __future__ import annotations
@@ -32,8 +37,12 @@ TAILER_LINGER = 1.0  # seconds the tailer keeps running after the last waiter le
 
 
 class SqliteDb:
-    def __init__(self, path: str, busy_timeout: float = 10.0, poll_seconds: float = 0.01) -> None:
+    def __init__(self, path: str, busy_timeout: float = 10.0, poll_seconds: float = 0.01,
+                 tags_since: Callable[[sqlite3.Connection, int | None], tuple[int, set[str] | None]] | None = None,
+                 ) -> None:
         self.path = path
+        # (conn, last mark or None) → (new mark, tags changed since, None: unknown → everybody)
+        self.tags_since = tags_since
         self.busy_timeout = busy_timeout
         self.poll_seconds = poll_seconds
         self._reset()
@@ -51,7 +60,11 @@ class SqliteDb:
         self._free: list[sqlite3.Connection] = []
         self._pool_lock = threading.Lock()
         self._write_lock = threading.Lock()
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._tag_conds: dict[str, threading.Condition] = {}  # share self._cond's lock
+        self._tag_seq: dict[str, int] = {}
+        self._untagged_seq = 0
         self._seq = 0
         self._waiters = 0
         self._tailer: threading.Thread | None = None
@@ -103,8 +116,9 @@ class SqliteDb:
                 raise Unavailable(f"store read failed: {exc}") from exc
 
     @contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction, committed (durably) on exit and rolled back on any error."""
+    def write(self, tags: set[str] | None = None) -> Iterator[sqlite3.Connection]:
+        """A write transaction, committed (durably) on exit and rolled back on any error;
+        waiters of ``tags`` (everybody when None) are woken after the commit."""
         with self._write_lock, self.conn() as conn:
             try:
                 conn.execute("BEGIN IMMEDIATE")
@@ -112,20 +126,36 @@ class SqliteDb:
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 raise Unavailable(f"store write failed: {exc}") from exc
-        self.notify()
+        self.notify(tags)
 
     # ------------------------------------------------------------------ waiting
 
-    def notify(self) -> None:
+    def notify(self, tags: set[str] | None = None) -> None:
         with self._cond:
             self._seq += 1
+            if tags is None:
+                self._untagged_seq = self._seq
+                for cond in self._tag_conds.values():
+                    cond.notify_all()
+            else:
+                for tag in tags:
+                    self._tag_seq[tag] = self._seq
+                    cond = self._tag_conds.get(tag)
+                    if cond is not None:
+                        cond.notify_all()
             self._cond.notify_all()
 
-    def wait_for(self, check: Callable[[], T], timeout: float) -> T:
+    def _changed(self, seq: int, tag: str | None) -> bool:
+        if tag is None:
+            return self._seq != seq
+        return self._untagged_seq > seq or self._tag_seq.get(tag, 0) > seq
+
+    def wait_for(self, check: Callable[[], T], timeout: float, tag: str | None = None) -> T:
         """Call ``check`` until it returns something truthy or ``timeout`` passes.
 
-        ``check`` runs again after every change to the file (from any process); the last
-        (falsy) result is returned on timeout.
+        ``check`` runs again after every change to the file (from any process) — with ``tag``,
+        only after changes carrying that tag (or untagged ones); the last (falsy) result is
+        returned on timeout.
         """
         deadline = self._wall.monotonic() + max(0.0, timeout)
         while True:
@@ -135,14 +165,15 @@ class SqliteDb:
             if result or self._wall.monotonic() >= deadline:
                 return result
             with self._cond:
+                cond = self._cond if tag is None else self._tag_conds.setdefault(tag, threading.Condition(self._lock))
                 self._waiters += 1
                 try:
                     self._ensure_tailer()
-                    while self._seq == seq and not self._closed:
+                    while not self._changed(seq, tag) and not self._closed:
                         remaining = deadline - self._wall.monotonic()
                         if remaining <= 0:
                             return result
-                        self._cond.wait(remaining)
+                        cond.wait(remaining)
                 finally:
                     self._waiters -= 1
                 if self._closed:
@@ -162,6 +193,7 @@ class SqliteDb:
     def _tail(self) -> None:
         conn: sqlite3.Connection | None = None
         last: int | None = None
+        mark: int | None = None
         idle_since: float | None = None
         try:
             while True:
@@ -186,8 +218,15 @@ class SqliteDb:
                 # The first reading counts as a change: a commit may have landed between a
                 # waiter's query and this tailer starting.
                 if last is None or version != last:
-                    last = version
-                    self.notify()
+                    first, last = last is None, version
+                    tags: set[str] | None = None
+                    if self.tags_since is not None and conn is not None:
+                        try:
+                            mark, tags = self.tags_since(conn, mark)
+                        except sqlite3.Error:
+                            tags = None
+                    if first or tags is None or tags:
+                        self.notify(None if first else tags)
                 self._stop.wait(self.poll_seconds)
         finally:
             if conn is not None:
@@ -199,6 +238,8 @@ class SqliteDb:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+            for cond in self._tag_conds.values():
+                cond.notify_all()
         self._stop.set()
         with self._pool_lock:
             free, self._free = self._free, []
