@@ -446,6 +446,7 @@ def main() -> None:
     p.add_argument("--nodes", type=int, default=200)
     p.add_argument("--deploys", type=int, default=20)
     p.add_argument("--idle", type=float, default=30.0)
+    p.add_argument("--size-timeout", type=float, default=600.0, help="seconds one size may take")
     p.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.one is not None:
@@ -453,9 +454,13 @@ def main() -> None:
         os._exit(0)  # hollow watch threads may sit in a read; the numbers are out
     rows = []
     for n in [int(x) for x in a.apps.split(",")]:
-        proc = subprocess.run([sys.executable, __file__, "--one", str(n), "--nodes", str(a.nodes),
-                               "--deploys", str(a.deploys), "--idle", str(a.idle)],
-                              capture_output=True, text=True, timeout=1800)
+        try:
+            proc = subprocess.run([sys.executable, __file__, "--one", str(n), "--nodes", str(a.nodes),
+                                   "--deploys", str(a.deploys), "--idle", str(a.idle)],
+                                  capture_output=True, text=True, timeout=a.size_timeout)
+        except subprocess.TimeoutExpired:
+            print(f"{n} apps: did not finish within {a.size_timeout:g}s (the control plane did not keep up)")
+            continue
         if proc.returncode != 0 or not proc.stdout.strip():
             print(proc.stdout[-2000:], proc.stderr[-4000:], file=sys.stderr)
             raise SystemExit(f"size {n} failed")
@@ -467,7 +472,7 @@ def main() -> None:
         print(f"{r['apps']:>6} {r['nodes']:>5} {1000 * pct(lat, 0.5):>8.0f} {1000 * pct(lat, 0.99):>8.0f} "
               f"{r['idle_cpu_pct']:>10.2f} {r['rss_mib']:>8.0f} {r['idle_req_per_s']:>10.1f} {r['seed_s']:>7.1f} "
               f"{r['settle_s']:>8.1f}")
-    if len(rows) > 1:
+    if len(rows) > 1 and rows[0]["apps"] != rows[-1]["apps"]:
         base, top = rows[0]["latencies"], rows[-1]["latencies"]
         print(f"change cost at {rows[-1]['apps']} apps vs {rows[0]['apps']}: p50 "
               f"{statistics.median(top) / statistics.median(base):.2f}x, p99 {pct(top, 0.99) / pct(base, 0.99):.2f}x "
