@@ -45,7 +45,7 @@ def app_config(app: App, secret: Secret | None) -> DeploymentConfig:
     return DeploymentConfig(
         env=dict(app.spec.env), replicas=app.spec.replicas, processes=dict(app.spec.processes) or None,
         domains=list(app.spec.domains),
-        secrets_version=secret_version(secret),
+        secrets_version=secret_version(secret), node_selector=dict(app.spec.node_selector) or None,
     )
 
 
@@ -87,6 +87,7 @@ def instance_spec(app: App, dep: Deployment, cfg: DeploymentConfig, secret: Secr
         ),
         secret=secret.metadata.name if secret is not None else None,
         process=process, oneshot=oneshot, storage=int(storage or 0),
+        node_selector=dict(cfg.node_selector or app.spec.node_selector),
     )
 
 

@@ -97,12 +97,17 @@ class ObjectMeta(Model):
     def _labels(cls, v: dict[str, str]) -> dict[str, str]:
         if len(v) > 64:
             raise ValueError("at most 64 labels")
-        for k, val in v.items():
-            if not LABEL_KEY.match(k):
-                raise ValueError(f"label key {k!r} is not valid")
-            if not LABEL_VALUE.match(val):
-                raise ValueError(f"label value {val!r} for {k!r} is not valid")
-        return v
+        return check_labels(v)
+
+
+def check_labels(v: dict[str, str]) -> dict[str, str]:
+    """Label keys and values (also a node selector's): ``prefix/name`` keys, short plain values."""
+    for k, val in v.items():
+        if not LABEL_KEY.match(k):
+            raise ValueError(f"label key {k!r} is not valid")
+        if not LABEL_VALUE.match(val):
+            raise ValueError(f"label value {val!r} for {k!r} is not valid")
+    return v
 
 
 ConditionStatus = Literal["True", "False", "Unknown"]
@@ -216,6 +221,13 @@ class AppSpec(Model):
     processes: dict[str, int] = Field(default_factory=dict, max_length=20)
     auto_deploy: bool = True
     rollback_on_failure: bool = True
+    # Only nodes carrying every one of these labels run the app (``{"disk": "ssd"}``).
+    node_selector: dict[str, str] = Field(default_factory=dict, max_length=20)
+
+    @field_validator("node_selector")
+    @classmethod
+    def _node_selector(cls, v: dict[str, str]) -> dict[str, str]:
+        return check_labels(v)
 
     @field_validator("repo")
     @classmethod
@@ -309,6 +321,7 @@ class DeploymentConfig(Model):
     processes: dict[str, int] | None = None  # App.spec.processes when captured (None: none set)
     domains: list[str] = Field(default_factory=list)
     secrets_version: str | None = None
+    node_selector: dict[str, str] | None = None  # App.spec.nodeSelector when captured (None: none set)
 
 
 class DeploymentSpec(Model):
@@ -435,6 +448,7 @@ class InstanceSpec(Model):
     process: str = WEB  # the manifest's process type this Instance runs (web: run.command)
     oneshot: OneShot | None = None
     storage: int = 0  # bytes of the app's persistent storage (forge.yaml storage.size), 0: none
+    node_selector: dict[str, str] = Field(default_factory=dict)  # labels its node must carry
 
 
 InstancePhase = Literal[
@@ -474,7 +488,10 @@ class Instance(Resource):
 
 class NodeSpec(Model):
     address: str = "127.0.0.1"
-    unschedulable: bool = False
+    unschedulable: bool = False  # cordoned: nothing new is scheduled here
+    # Drain requested (``forge nodes drain``): cordoned, and the nodes controller moves its
+    # Instances elsewhere with a replacement that is ready before the old one stops.
+    drain: bool = False
 
 
 class Capacity(Model):

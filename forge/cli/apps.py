@@ -521,27 +521,3 @@ def secrets_rotate(ctx: Ctx) -> None:
     count = out.get("rotated", out.get("reencrypted"))
     click.echo(f"re-encrypted {count if isinstance(count, int) else 'every'} secret value(s) under a new key"
                + (f" {out['keyId']}" if out.get("keyId") else ""))
-
-
-@cli.group(invoke_without_command=True)
-@OUTPUT
-@click.pass_context
-def nodes(cctx: click.Context, fmt: str) -> None:
-    """List nodes, or mint join tokens."""
-    if cctx.invoked_subcommand is None:
-        items, _ = cctx.ensure_object(Ctx).client.list("nodes")
-        click.echo(render(items, "Node", fmt) if items or fmt != "table" else "no nodes have joined yet")
-
-
-@nodes.group("token")
-def nodes_token() -> None:
-    """Node join tokens."""
-
-
-@nodes_token.command("create")
-@click.argument("name")
-@pass_ctx
-def nodes_token_create(ctx: Ctx, name: str) -> None:
-    """Mint a join token for node NAME (printed once)."""
-    out = ctx.client.request("POST", f"/api/v1/nodes/{name}/token", json={})
-    click.echo(out["token"])

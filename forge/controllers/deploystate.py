@@ -88,8 +88,8 @@ def time_of(text: str | None, default: float) -> float:
 
 
 def same_config(a: DeploymentConfig, b: DeploymentConfig) -> bool:
-    return (a.env, a.replicas, a.processes or {}, sorted(a.domains), a.secrets_version) == (
-        b.env, b.replicas, b.processes or {}, sorted(b.domains), b.secrets_version
+    return (a.env, a.replicas, a.processes or {}, sorted(a.domains), a.secrets_version, a.node_selector or {}) == (
+        b.env, b.replicas, b.processes or {}, sorted(b.domains), b.secrets_version, b.node_selector or {}
     )
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import ClassVar, Final
 
 from forge.clock import Clock
@@ -35,7 +36,14 @@ REASON_NODE_LOST: Final[str] = "NodeLost"
 REASON_LEASE_RENEWED: Final[str] = "LeaseRenewed"
 REASON_FROZEN: Final[str] = "AllNodesLapsed"
 LEASE_PREFIX = "node."
-DEFAULT_GRACE = 15.0
+DEFAULT_GRACE = 6.0  # the agent's lease: 3 renewals of 2 s; a longer lease a node wrote wins
+
+
+@dataclass
+class _Seen:
+    resource_version: int
+    at: float  # this process's monotonic clock when that version was first seen
+    renewed: bool  # the version moved while we watched (not just the first look after a start)
 
 
 class NodesController(Controller):
@@ -47,58 +55,97 @@ class NodesController(Controller):
                  grace_seconds: float = DEFAULT_GRACE) -> None:
         super().__init__(store, clock, config, recorder)
         self.grace = grace_seconds
-        self._seen: dict[str, tuple[int, float]] = {}  # lease name → (resourceVersion, local mono)
+        self._seen: dict[str, _Seen] = {}  # node name → its Lease as last observed
+        self._durations: dict[str, float] = {}  # node name → the lease duration it wrote
+        self._lost: set[str] = set()  # nodes whose Ready False / NodeLost this process has seen or written
+        self._checked: set[str] = set()  # nodes whose record this process has read at least once
         self._lock = threading.Lock()
         self._frozen = False
 
     def keys_for(self, event: WatchEvent) -> Iterable[str]:
         name = event.object.metadata.name
-        if event.object.kind == "Lease":
-            return (name[len(LEASE_PREFIX):],) if name.startswith(LEASE_PREFIX) else ()
-        return (name,)
+        if event.object.kind != "Lease":
+            return (name,)
+        if not name.startswith(LEASE_PREFIX):
+            return ()
+        node = name[len(LEASE_PREFIX):]
+        # A renewal is only an observation: the node's timer (requeued at its expiry) looks at it
+        # then. Only a node we hold to be lost (or one we have never looked at) needs a look now,
+        # so 200 nodes renewing every 2 s cost no reconciles.
+        lease: Lease = event.object  # type: ignore[assignment]
+        fresh = self._observe(node, lease if event.type != "DELETED" else None)
+        with self._lock:
+            urgent = node in self._lost
+        return (node,) if urgent or fresh else ()
 
     def all_keys(self) -> Iterable[str]:
         return [n.metadata.name for n in self.store.list("Node")[0]]
 
     # ------------------------------------------------------------------ liveness
 
-    def _observe(self, node: str, lease: Lease | None) -> float:
-        """Local monotonic time of the last observed renewal of ``node``'s Lease."""
+    def _observe(self, node: str, lease: Lease | None) -> bool:
+        """Record ``node``'s Lease as seen now; True when this is the first look at the node."""
         now = self.clock.monotonic()
-        key = LEASE_PREFIX + node
         rv = lease.metadata.resource_version if lease is not None else 0
         with self._lock:
-            seen = self._seen.get(key)
-            if seen is None or seen[0] != rv:
-                seen = (rv, now)
-                self._seen[key] = seen
-            return seen[1]
+            if lease is not None:
+                self._durations[node] = lease.spec.duration_seconds
+            seen = self._seen.get(node)
+            if seen is None:
+                self._seen[node] = _Seen(rv, now, False)
+                return True
+            if seen.resource_version != rv:
+                self._seen[node] = _Seen(rv, now, True)
+            return False
 
-    def _grace_for(self, lease: Lease | None) -> float:
-        return max(self.grace, lease.spec.duration_seconds if lease is not None else 0.0)
+    def _look(self, node: str) -> None:
+        """Read ``node``'s Lease and observe it (the watch observes renewals too, sooner)."""
+        try:
+            lease: Lease | None = self.store.get("Lease", LEASE_PREFIX + node)  # type: ignore[assignment]
+        except NotFound:
+            lease = None
+        self._observe(node, lease)
 
-    def _expiry(self, node: str, leases: dict[str, Lease]) -> float:
-        lease = leases.get(LEASE_PREFIX + node)
-        return self._observe(node, lease) + self._grace_for(lease)
+    def _expiry(self, node: str) -> float:
+        """Local monotonic time at which ``node`` lapses unless its Lease moves again."""
+        with self._lock:
+            seen = self._seen.get(node)
+            duration = self._durations.get(node, 0.0)
+        if seen is None:
+            self._look(node)
+            return self._expiry(node)
+        return seen.at + max(self.grace, duration)
 
     # ------------------------------------------------------------------ reconcile
 
     def reconcile(self, key: str) -> Result | None:
+        now = self.clock.monotonic()
+        self._look(key)
+        expiry = self._expiry(key)
+        with self._lock:
+            fast = key in self._checked and key not in self._lost
+        if now < expiry and fast:
+            return Result(requeue_after=expiry - now)  # alive, and no verdict of ours to undo
         try:
             node: Node = self.store.get("Node", key)  # type: ignore[assignment]
         except NotFound:
             with self._lock:
-                self._seen.pop(LEASE_PREFIX + key, None)
+                self._seen.pop(key, None)
+                self._durations.pop(key, None)
+                self._lost.discard(key)
+                self._checked.discard(key)
             return DONE
-        leases = {lease.metadata.name: lease for lease in self.store.list("Lease")[0]}  # type: ignore[misc]
-        now = self.clock.monotonic()
-        expiry = self._expiry(key, leases)  # type: ignore[arg-type]
+        with self._lock:
+            self._checked.add(key)
         if now < expiry:
             self._frozen = False
             self._mark_alive(node)
             return Result(requeue_after=expiry - now)
-        nodes = self.store.list("Node")[0]
-        if all(self._expiry(n.metadata.name, leases) <= now for n in nodes):  # type: ignore[arg-type]
+        nodes: list[Node] = self.store.list("Node")[0]  # type: ignore[assignment]
+        for lease in self.store.list("Lease")[0]:  # a lapse is rare: look at every node's Lease afresh
+            if lease.metadata.name.startswith(LEASE_PREFIX):
+                self._observe(lease.metadata.name[len(LEASE_PREFIX):], lease)  # type: ignore[arg-type]
+        if all(self._expiry(n.metadata.name) <= now for n in nodes):
             if not self._frozen:
                 self._frozen = True
                 msg = (f"all {len(nodes)} nodes missed their heartbeats at once; suspecting the control "
@@ -106,32 +153,47 @@ class NodesController(Controller):
                 log.warning(msg)
                 self.recorder.record(node, "Warning", REASON_FROZEN, msg)
             return DONE
-        self._mark_lost(node)
+        self._mark_lost(node, now - expiry + max(self.grace, self._durations.get(key, 0.0)))
         return DONE
 
     def _mark_alive(self, node: Node) -> None:
+        name = node.metadata.name
         cond = node.status.condition(READY)
         if cond is None or cond.status == "True" or cond.reason != REASON_NODE_LOST:
+            with self._lock:
+                self._lost.discard(name)
             return  # the agent owns readiness otherwise; we only undo our own verdict
-        msg = f"lease {LEASE_PREFIX}{node.metadata.name} renewed"
+        with self._lock:
+            seen = self._seen.get(name)
+            renewed = seen is not None and seen.renewed
+            self._lost.add(name)
+        if not renewed:
+            return  # not renewed since this process started watching: the verdict stands
+        msg = f"lease {LEASE_PREFIX}{name} renewed"
         set_condition(node.status, READY, "True", REASON_LEASE_RENEWED, msg, self.clock.now_iso())
         node.status.phase = "Ready"
         node = self.store.update_status(node)  # type: ignore[assignment]
+        with self._lock:
+            self._lost.discard(name)
         self.recorder.record(node, "Normal", REASON_LEASE_RENEWED, f"node is back: {msg}")
 
-    def _mark_lost(self, node: Node) -> None:
+    def _mark_lost(self, node: Node, silent_for: float) -> None:
         name = node.metadata.name
-        msg = f"lease {LEASE_PREFIX}{name} not renewed within {self.grace:g}s"
+        with self._lock:
+            self._lost.add(name)
+        instances: list[Instance] = self.store.list("Instance", {LABEL_NODE: name})[0]  # type: ignore[assignment]
+        victims = [i for i in instances if i.spec.node == name and i.status.phase not in INSTANCE_TERMINAL]
         cond = node.status.condition(READY)
         if cond is None or cond.status != "False" or cond.reason != REASON_NODE_LOST:
+            msg = f"lease {LEASE_PREFIX}{name} not renewed for {silent_for:.1f}s (grace {self.grace:g}s)"
             set_condition(node.status, READY, "False", REASON_NODE_LOST, msg, self.clock.now_iso())
             node.status.phase = "NotReady"
             node = self.store.update_status(node)  # type: ignore[assignment]
-            self.recorder.record(node, "Warning", REASON_NODE_LOST, msg)
-        instances: list[Instance] = self.store.list("Instance", {LABEL_NODE: name})[0]  # type: ignore[assignment]
-        for inst in instances:
-            if inst.spec.node != name or inst.status.phase in INSTANCE_TERMINAL:
-                continue
+            names = ", ".join(i.metadata.name for i in victims[:20]) + (" …" if len(victims) > 20 else "")
+            self.recorder.record(node, "Warning", REASON_NODE_LOST,
+                                 f"{msg}; {len(victims)} Instance(s) lost and replaced elsewhere"
+                                 + (f": {names}" if victims else ""))
+        for inst in victims:
             inst.status.phase, inst.status.reason = "Lost", REASON_NODE_LOST
             inst.status.message = f"node {name} stopped renewing its lease"
             inst.status.ready = False

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from forge.clock import Clock, iso
 from forge.config import Config
@@ -41,12 +41,14 @@ from forge.models import (
     DEPLOYMENT_TERMINAL,
     INSTANCE_TERMINAL,
     LABEL_APP,
+    LABEL_NODE,
     App,
     AppStatus,
     Deployment,
     DeploymentSpec,
     DeploymentStatus,
     Instance,
+    Node,
     ObjectMeta,
     OneShot,
     OwnerRef,
@@ -55,8 +57,9 @@ from forge.models import (
     Trigger,
     set_condition,
 )
-from forge.store.base import Store
+from forge.store.base import Store, WatchEvent
 
+REASON_MOVING: Final[str] = "Moving"
 MAX_REPLACEMENTS = 10  # per replica slot, so a machine-killing release cannot spawn forever
 PHASE_ORDER = {"": 0, "Pending": 1, "Building": 2, "Starting": 3, "Live": 4}
 
@@ -99,10 +102,21 @@ def rollout_phase(current: str, slots: dict[ds.Slot, Instance], replicas: int) -
     return computed if PHASE_ORDER[computed] > PHASE_ORDER.get(current, 0) else current
 
 
+def is_moving_off(inst: Instance, app: App, draining: frozenset[str]) -> bool:
+    """Running on a node being drained, and free to move (its app's storage lives elsewhere)."""
+    node = inst.spec.node
+    return (node is not None and node in draining and inst.spec.desired == "Running"
+            and inst.status.phase not in INSTANCE_TERMINAL and app.status.storage_node != node)
+
+
 def ensure_slots(
-    app: App, dep: Deployment, instances: list[Instance], secret: Secret | None, live: bool
+    app: App, dep: Deployment, instances: list[Instance], secret: Secret | None, live: bool,
+    draining: frozenset[str] = frozenset(),
 ) -> tuple[list[Instance], list[str]]:
-    """Instances to create (missing or replacement) and to stop (replaced, out of range)."""
+    """Instances to create (missing or replacement) and to stop (replaced, out of range).
+
+    An Instance on a draining node gets a replacement too, but is not stopped here: ``_stops``
+    keeps a ready older incarnation serving until the slot's new one is ready."""
     cfg = ds.effective_config(app, dep, secret)
     create, stop = [], []
     cur = ds.current_by_slot(dep.metadata.name, instances)
@@ -114,6 +128,8 @@ def ensure_slots(
         elif ds.needs_replacement(inst, live) and ds.replacement_of(inst) < MAX_REPLACEMENTS:
             create.append(ds.new_instance(app, dep, cfg, secret, idx, ds.replacement_of(inst) + 1, process=proc))
             stop.append(inst.metadata.name)
+        elif is_moving_off(inst, app, draining) and ds.replacement_of(inst) < MAX_REPLACEMENTS:
+            create.append(ds.new_instance(app, dep, cfg, secret, idx, ds.replacement_of(inst) + 1, process=proc))
     keep = set(wanted)
     stop += [i.metadata.name for slot, i in cur.items() if slot not in keep and i.spec.desired == "Running"]
     return create, stop
@@ -169,7 +185,7 @@ def release_gate(app: App, dep: Deployment, st: DeploymentStatus, instances: lis
 
 def plan_rollout(
     app: App, deployments: list[Deployment], instances: list[Instance], secret: Secret | None,
-    now: float, settings: RolloutSettings, url: str,
+    now: float, settings: RolloutSettings, url: str, draining: frozenset[str] = frozenset(),
 ) -> RolloutPlan:
     plan, now_iso = RolloutPlan(), iso(now)
     deps = ds.by_number(deployments)
@@ -221,7 +237,7 @@ def plan_rollout(
         elif st.manifest is not None:
             st.applied_config = cfg
             if release_gate(app, wanted, st, instances, secret, plan, note):
-                create, stop = ensure_slots(app, wanted, instances, secret, live=False)
+                create, stop = ensure_slots(app, wanted, instances, secret, live=False, draining=draining)
                 plan.create += create
                 plan.stop += stop
                 slots = ds.current_by_slot(name, instances + create)
@@ -253,7 +269,7 @@ def plan_rollout(
                 note(name, "Normal", "Superseded", f"{name} superseded by {successor}; draining")
 
     if live is not None and live is not wanted and live.status.manifest is not None:
-        create, stop = ensure_slots(app, live, instances, secret, live=True)
+        create, stop = ensure_slots(app, live, instances, secret, live=True, draining=draining)
         plan.create += create
         plan.stop += stop
         work[live.metadata.name].applied_config = ds.effective_config(app, live, secret)
@@ -287,6 +303,19 @@ def _stops(work: dict[str, DeploymentStatus], instances: list[Instance],
                 stop.append(inst.metadata.name)  # ended (its record stays) or its release is gone
             continue
         current = slots[dep_name].get(ds.slot_of(inst))
+        if (st is not None and st.phase not in ("Failed", "Cancelled", "Superseded") and current is not None
+                and current is not inst and ds.is_ready(inst)
+                and current.spec.desired == "Running" and current.status.phase not in INSTANCE_TERMINAL):
+            # Moving (a drain): the old one serves until its replacement is ready, then drains
+            # like a superseded release before it is asked to stop.
+            if not ds.is_ready(current):
+                continue
+            cond = current.status.condition("Ready")
+            since = current.status.ready_time or (cond.last_transition_time if cond is not None else None)
+            until = ds.time_of(since, now) + settings.drain_seconds
+            if now < until:
+                wakes.append(until - now)
+                continue
         if st is None or st.phase in ("Failed", "Cancelled") or current is not inst:
             stop.append(inst.metadata.name)
         elif st.phase == "Superseded":
@@ -361,7 +390,7 @@ def plan_teardown(deployments: list[Deployment], instances: list[Instance]) -> t
 
 class RolloutController(AppKeyedController):
     name = "rollout"
-    watches = ("App", "Deployment", "Instance", "Secret")
+    watches = ("App", "Deployment", "Instance", "Secret", "Node")
 
     def __init__(self, store: Store, clock: Clock, config: Config, recorder: EventRecorder | None = None,
                  *, settings: RolloutSettings | None = None) -> None:
@@ -372,6 +401,27 @@ class RolloutController(AppKeyedController):
         """Every App, plus apps that are gone but still have releases to tear down."""
         apps = {a.metadata.name for a in self.store.list("App")[0]}
         return sorted(apps | {d.spec.app for d in self.store.list("Deployment")[0]})
+
+    def keys_for(self, event: WatchEvent) -> Iterable[str]:
+        obj = event.object
+        if obj.kind != "Node":
+            return super().keys_for(event)
+        if not obj.spec.drain or event.type == "DELETED":  # type: ignore[attr-defined]
+            return ()
+        insts = self.store.list("Instance", {LABEL_NODE: obj.metadata.name})[0]
+        return sorted({i.spec.app for i in insts if i.spec.desired == "Running"})  # type: ignore[attr-defined]
+
+    def _draining(self, insts: list[Instance]) -> frozenset[str]:
+        """The nodes among this app's Instances' that are being drained."""
+        out = set()
+        for name in sorted({i.spec.node for i in insts if i.spec.node and i.spec.desired == "Running"}):
+            try:
+                node: Node = self.store.get("Node", name)  # type: ignore[assignment]
+            except NotFound:
+                continue
+            if node.spec.drain:
+                out.add(name)
+        return frozenset(out)
 
     def _read(self, key: str) -> tuple[list[Deployment], list[Instance]]:
         deps = [d for d in self.store.list("Deployment", {LABEL_APP: key})[0] if d.spec.app == key]
@@ -391,7 +441,7 @@ class RolloutController(AppKeyedController):
         if secret is not None and secret.spec.app != key:
             secret = None
         url = ds.app_url(key, self.config.domain, self.config.tls, self.config.http_listen)
-        plan = plan_rollout(app, deps, insts, secret, self.clock.now(), self.settings, url)
+        plan = plan_rollout(app, deps, insts, secret, self.clock.now(), self.settings, url, self._draining(insts))
         self._apply(app, deps, insts, plan)
         return Result(requeue_after=plan.requeue_after) if plan.requeue_after is not None else DONE
 
@@ -414,6 +464,13 @@ class RolloutController(AppKeyedController):
             except AlreadyExists:
                 continue  # created by an earlier run we did not see finish
         ds.stop_instances(self.store, [i for i in insts if i.metadata.name in plan.stop])
+        for inst in plan.create:
+            moved = next((i for i in insts if i.spec.deployment == inst.spec.deployment
+                          and ds.slot_of(i) == ds.slot_of(inst) and i.spec.node and i.metadata.name not in plan.stop
+                          and i.status.phase not in INSTANCE_TERMINAL and i.spec.desired == "Running"), None)
+            if moved is not None:
+                self.recorder.record(moved, "Normal", REASON_MOVING,
+                                     f"node {moved.spec.node} is draining: {inst.metadata.name} replaces it elsewhere")
         if plan.new_deployment is not None:
             created = self.store.create(plan.new_deployment)
             self.recorder.record(app, "Normal", "ConfigChanged",

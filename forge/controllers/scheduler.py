@@ -5,9 +5,18 @@ node are summed against its ``status.allocatable``. Memory is a hard limit (the 
 past it) and is never overcommitted; CPU is a CFS ceiling, not a reservation — an app that
 idles leaves its share to the others — so CPU is overcommitted by ``CPU_OVERCOMMIT``, the way
 Heroku/Render pack small dynos: a 2-core node runs sixteen ``cpu: 0.5`` apps, each capped at
-half a core. Among the nodes that fit, replicas of one
-Deployment spread (fewest Instances of that Deployment first), then the least allocated node
-wins, then the name (deterministic). The decision is the pure ``choose_node``.
+half a core. The decision is the pure ``choose_node``:
+
+- **Filter**: Ready, not cordoned (``spec.unschedulable``) nor draining, carrying every label
+  of the Instance's ``nodeSelector`` (the App's, copied by ``instance_spec``), with room.
+- **Spread** replicas of one Deployment: first across topology domains — the node label
+  ``topology.forge.dev/zone`` (nodes without it form one domain) — then across nodes: the
+  domain, then the node, with the fewest replicas of that Deployment wins.
+- **Bin-pack by memory** otherwise: the node that is *most* allocated once the Instance is
+  placed wins (then the name, so the choice is deterministic). Packing keeps whole nodes free
+  for large apps and lets an operator drain and retire the emptiest machines; spreading for
+  availability is the job of the two rules above, so packing never piles up one app's
+  replicas. CPU is not packed on: it is overcommitted and only a ceiling.
 
 Binding is the one spec write a controller makes (as Kubernetes' binding): ``spec.node`` and
 the ``forge.dev/node`` label in one ``update`` carrying the resourceVersion read, then status
@@ -19,6 +28,7 @@ changes wake it sooner).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import ClassVar, Final
 
 from forge.controllers.base import DONE, Controller, Result
@@ -29,12 +39,16 @@ from forge.store.base import WatchEvent
 SCHEDULED: Final[str] = "Scheduled"
 REASON_SCHEDULED: Final[str] = "Scheduled"
 REASON_UNSCHEDULABLE: Final[str] = "Unschedulable"
+REASON_MOVED: Final[str] = "InstanceMoved"
 RETRY_SECONDS = 10.0
 CPU_OVERCOMMIT: Final[float] = 4.0
+TOPOLOGY_ZONE: Final[str] = "topology.forge.dev/zone"
 
 
 def is_node_ready(node: Node) -> bool:
-    return node.status.is_true("Ready") and not node.spec.unschedulable and node.metadata.deletion_timestamp is None
+    """Ready and open for new Instances (not cordoned, not draining, not being deleted)."""
+    return (node.status.is_true("Ready") and not node.spec.unschedulable and not node.spec.drain
+            and node.metadata.deletion_timestamp is None)
 
 
 def needs_binding(inst: Instance) -> bool:
@@ -55,45 +69,96 @@ def _fmt_mem(n: float) -> str:
     return f"{n / 1024**2:.0f}Mi"
 
 
-def choose_node(instance: Instance, nodes: list[Node], instances: list[Instance],
-                pinned: str | None = None) -> tuple[Node | None, str]:
-    """Pick a node for ``instance`` (pure). Returns (node, "") or (None, why nothing fits).
-    ``pinned``: the only node it may go to (the one holding its app's persistent storage)."""
-    if pinned is not None:
-        node, why = choose_node(instance, [n for n in nodes if n.metadata.name == pinned], instances)
-        return node, why and f"pinned to node {pinned}, which holds the app's storage: {why}"
-    want = instance.spec.resources
-    used: dict[str, tuple[float, int, int]] = {}  # node → (cpu, memory, replicas of this deployment)
+def matches_selector(node: Node, selector: dict[str, str]) -> bool:
+    labels = node.metadata.labels
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+@dataclass
+class NodeUsage:
+    """What the non-terminal Instances bound to one node ask for."""
+
+    cpu: float = 0.0
+    memory: int = 0
+    instances: int = 0
+
+
+def compute_usage(instances: Iterable[Instance], skip: str = "") -> dict[str, NodeUsage]:
+    """node name → summed requests of its live Instances (``skip``: the one being placed)."""
+    used: dict[str, NodeUsage] = {}
     for other in instances:
         node = other.spec.node
-        if not node or other.metadata.name == instance.metadata.name or other.status.phase in INSTANCE_TERMINAL:
+        if not node or other.metadata.name == skip or other.status.phase in INSTANCE_TERMINAL:
             continue
-        cpu, mem, same = used.get(node, (0.0, 0, 0))
-        same += other.spec.deployment == instance.spec.deployment
-        used[node] = (cpu + other.spec.resources.cpu, mem + other.spec.resources.memory, same)
-    fits: list[tuple[int, float, str, Node]] = []
-    not_ready = short_cpu = short_mem = 0
+        u = used.setdefault(node, NodeUsage())
+        u.cpu += other.spec.resources.cpu
+        u.memory += other.spec.resources.memory
+        u.instances += 1
+    return used
+
+
+def choose_node(instance: Instance, nodes: list[Node], instances: list[Instance],
+                pinned: str | None = None, usage: dict[str, NodeUsage] | None = None) -> tuple[Node | None, str]:
+    """Pick a node for ``instance`` (pure). Returns (node, "") or (None, why nothing fits).
+
+    ``instances``: at least every Instance of the same Deployment (they decide the spread);
+    ``usage``: every node's summed requests (computed from ``instances`` when not given).
+    ``pinned``: the only node it may go to (the one holding its app's persistent storage)."""
+    if pinned is not None:
+        node, why = choose_node(instance, [n for n in nodes if n.metadata.name == pinned], instances, usage=usage)
+        return node, why and f"pinned to node {pinned}, which holds the app's storage: {why}"
+    want = instance.spec.resources
+    me = instance.metadata.name
+    used = usage if usage is not None else compute_usage(instances, skip=me)
+    same_node: dict[str, int] = {}  # node → replicas of this Deployment already there
+    for other in instances:
+        if (other.spec.deployment == instance.spec.deployment and other.spec.node and other.metadata.name != me
+                and other.status.phase not in INSTANCE_TERMINAL and other.spec.desired == "Running"):
+            same_node[other.spec.node] = same_node.get(other.spec.node, 0) + 1
+    candidates: list[tuple[Node, float]] = []  # (node, memory fraction allocated once it is placed)
+    cordoned = not_ready = unmatched = short_cpu = short_mem = 0
     for node in nodes:
-        if not is_node_ready(node):
+        if node.metadata.deletion_timestamp is not None or not node.status.is_true("Ready"):
             not_ready += 1
             continue
-        cpu, mem, same = used.get(node.metadata.name, (0.0, 0, 0))
+        if node.spec.unschedulable or node.spec.drain:
+            cordoned += 1
+            continue
+        if not matches_selector(node, instance.spec.node_selector):
+            unmatched += 1
+            continue
+        u = used.get(node.metadata.name, NodeUsage())
         alloc = node.status.allocatable
-        if cpu + want.cpu > alloc.cpu * CPU_OVERCOMMIT + 1e-9:
+        if u.cpu + want.cpu > alloc.cpu * CPU_OVERCOMMIT + 1e-9:
             short_cpu += 1
             continue
-        if mem + want.memory > alloc.memory:
+        if u.memory + want.memory > alloc.memory:
             short_mem += 1
             continue
-        load = max(cpu / (alloc.cpu * CPU_OVERCOMMIT) if alloc.cpu else 1.0, mem / alloc.memory if alloc.memory else 1.0)
-        fits.append((same, load, node.metadata.name, node))
-    if fits:
-        return min(fits, key=lambda f: f[:3])[3], ""
+        candidates.append((node, (u.memory + want.memory) / alloc.memory if alloc.memory else 1.0))
+    if candidates:
+        zones: dict[str, int] = {}  # topology domain → replicas of this Deployment in it
+        zone_of = {n.metadata.name: n.metadata.labels.get(TOPOLOGY_ZONE, "") for n in nodes}
+        for node_name, count in same_node.items():
+            zone = zone_of.get(node_name, "")
+            zones[zone] = zones.get(zone, 0) + count
+
+        def score(c: tuple[Node, float]) -> tuple[int, int, float, str]:
+            name = c[0].metadata.name
+            # fewest replicas in its zone, then on the node, then the fullest node (bin-packing)
+            return (zones.get(zone_of[name], 0), same_node.get(name, 0), -c[1], name)
+
+        return min(candidates, key=score)[0], ""
     if not nodes:
         return None, "no nodes are registered"
     parts = []
     if not_ready:
-        parts.append(f"{not_ready} not ready or unschedulable")
+        parts.append(f"{not_ready} not ready")
+    if cordoned:
+        parts.append(f"{cordoned} cordoned")
+    if unmatched:
+        sel = ",".join(f"{k}={v}" for k, v in sorted(instance.spec.node_selector.items()))
+        parts.append(f"{unmatched} without the labels of nodeSelector {sel}")
     if short_cpu:
         parts.append(f"{short_cpu} without {want.cpu:g} CPU free")
     if short_mem:
@@ -149,7 +214,26 @@ class SchedulerController(Controller):
         inst.spec.node = name
         inst.metadata.labels = {**inst.metadata.labels, LABEL_NODE: name}
         inst = self.store.update(inst)  # type: ignore[assignment]
+        self._record_move(inst, name)
         return self._mark_scheduled(inst, name)
+
+    def _record_move(self, inst: Instance, name: str) -> None:
+        """A replacement for an Instance of a lost or draining node: say on that node where it went."""
+        head, sep, k = inst.metadata.name.rpartition("-r")
+        if not sep or not k.isdigit():
+            return
+        before = head if int(k) <= 1 else f"{head}-r{int(k) - 1}"
+        try:
+            old: Instance = self.store.get("Instance", before)  # type: ignore[assignment]
+            node: Node = self.store.get("Node", old.spec.node or "")  # type: ignore[assignment]
+        except NotFound:
+            return
+        if node.metadata.name == name:
+            return
+        why = "lost" if old.status.phase == "Lost" else "draining" if node.spec.drain else ""
+        if why:
+            self.recorder.record(node, "Normal", REASON_MOVED,
+                                 f"{before} ({why}) replaced by {inst.metadata.name} on node {name}")
 
     def _storage_app(self, inst: Instance) -> App | None:
         """The App when this Instance mounts its persistent storage (then it is pinned)."""

@@ -49,7 +49,16 @@ DISK_KEY = "~disk"
 DISK_CHECK_SECONDS = 5.0  # how often running releases are measured against resources.disk
 WATCH_TIMEOUT = 60
 MAX_BACKOFF = 30.0
+HEARTBEAT_SECONDS = 2.0  # Lease renewals; the lease lasts LEASE_RENEWALS of them
+LEASE_RENEWALS = 3
+MIN_LEASE_SECONDS = 6.0
+FENCE_RETRY_SECONDS = 0.2
 _AUTO: Any = object()
+
+
+def is_assigned(inst: Instance, node: str) -> bool:
+    """This node is (still) meant to run ``inst``."""
+    return inst.spec.desired == "Running" and inst.spec.node in (None, node) and inst.status.phase != "Lost"
 
 
 def node_cgroup_parent(node: str, data_dir: str | Path) -> str:
@@ -63,7 +72,7 @@ class Agent:
     def __init__(
         self, client: ForgeClient, name: str, data_dir: Path, address: str, metrics_listen: str | None,
         mode: str, git_url_template: str, stop: threading.Event, clock: Clock,
-        heartbeat_seconds: float = 5.0, workers: int = 4, log_cap_bytes: int = 10 * 1024 * 1024,
+        heartbeat_seconds: float = HEARTBEAT_SECONDS, workers: int = 4, log_cap_bytes: int = 10 * 1024 * 1024,
         driver: Any = _AUTO, cgroup_parent: str | None = None, network: Any = _AUTO,
         instance_subnet: str = "", app_host_ports: tuple[int, ...] = (),
         build_env: dict[str, str] | None = None, build_files: tuple[tuple[str, str], ...] = (),
@@ -93,6 +102,13 @@ class Agent:
         self.cache_lock = threading.Lock()
         self.synced = threading.Event()
         self.last_heartbeat = 0.0
+        self.lease_seconds = max(LEASE_RENEWALS * heartbeat_seconds, MIN_LEASE_SECONDS)
+        self._lease: dict[str, Any] | None = None  # as last written: the next renewal is one PUT
+        self._renewed_mono = 0.0
+        # Fenced: no Lease renewal (so the control plane never sees this node come back) until
+        # every process it runs is for an Instance still assigned to it. At start, and after a
+        # lapse of the lease (the control plane may have replaced this node's Instances).
+        self.fencing = True
         self.exits = ExitWatcher(self.queue.add)
         self.shipper = Shipper(client, self.state, self.data_dir / "logs", clock, stop, cap_bytes=log_cap_bytes)
         builder = Builder(self.data_dir, git_url_template, self.sandbox, self.driver, clock, SandboxSpec, self._owner,
@@ -300,12 +316,42 @@ class Agent:
         return DISK_CHECK_SECONDS
 
     def _heartbeat(self) -> float:
+        mono = self.clock.monotonic()
+        if not self.fencing and self._renewed_mono and mono - self._renewed_mono > self.lease_seconds:
+            log.warning("lease of node %s lapsed (%.1fs since the last renewal): stopping whatever is no longer "
+                        "assigned here before renewing it", self.name, mono - self._renewed_mono)
+            self.fencing = True
+            self._relist({LABEL_NODE: self.name})  # the cache may predate the control plane's verdict
+        if self.fencing:
+            if not self.synced.is_set():
+                return FENCE_RETRY_SECONDS  # the first list has not come in: nothing can be judged yet
+            stale = self._unassigned_running()
+            if stale:
+                for name in stale:
+                    self.queue.add(name)
+                return FENCE_RETRY_SECONDS
+            self.fencing = False
         try:
-            nodeinfo.renew_lease(self.client, self.name, max(3 * self.heartbeat_seconds, 15.0), self.clock)
+            self._lease = nodeinfo.renew_lease(self.client, self.name, self.lease_seconds, self.clock, self._lease)
         except errors.Conflict:
+            self._lease = None
             return 0.2
+        self._renewed_mono = mono
         self.last_heartbeat = self.clock.now()
         return self.heartbeat_seconds
+
+    def _unassigned_running(self) -> list[str]:
+        """Names of local processes whose Instance is no longer this node's to run. An Instance
+        marked Lost was written off by the control plane and replaced under another name: it
+        never runs here again."""
+        with self.cache_lock:
+            ours = {n for n, i in self.cache.items() if is_assigned(i, self.name)}
+        out = []
+        for name in self.state.names():
+            st = self.state.get(name)
+            if st is not None and st.pid and name not in ours:
+                out.append(name)
+        return out
 
     # -- watch -----------------------------------------------------------------
     def _remember(self, obj: dict[str, Any]) -> None:
@@ -415,7 +461,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data-dir")
     p.add_argument("--address")
     p.add_argument("--metrics-listen", default="127.0.0.1:9108")
-    p.add_argument("--heartbeat-seconds", type=float, default=5.0)
+    p.add_argument("--heartbeat-seconds", type=float, default=HEARTBEAT_SECONDS)
     p.add_argument("--cgroup-parent", default=None, help="default: forge/NODE")
     a = p.parse_args(argv)
     logging.basicConfig(level=os.environ.get("FORGE_LOG_LEVEL", "INFO"), format="%(asctime)s %(name)s %(message)s")

@@ -20,6 +20,7 @@ RUNTIME_CANDIDATES: tuple[str, ...] = (
 RESERVED_CPU = 0.1  # cores kept back for the agent and the system
 RESERVED_MEMORY = 256 * 1024 * 1024
 REASON_AGENT_READY = "AgentReady"
+REASON_NODE_LOST = "NodeLost"  # the nodes controller's verdict (the agent may not import controllers)
 
 
 def meminfo(path: str = "/proc/meminfo") -> dict[str, int]:
@@ -56,6 +57,11 @@ def node_status(current: dict[str, Any], isolation: Isolation, metrics_address: 
     status.agent_version = AGENT_VERSION
     status.metrics_address = metrics_address
     status.last_heartbeat_time = now_iso
+    ready = status.condition("Ready")
+    if ready is not None and ready.status == "False" and ready.reason == REASON_NODE_LOST:
+        # The control plane wrote this node off; it says Ready again once the agent renews its
+        # Lease, which the agent does only after stopping what is no longer assigned here.
+        return status.dump()
     status.phase = "Ready"
     message = "agent is running" + (f"; isolation missing: {'; '.join(isolation.missing)}" if isolation.missing else "")
     set_condition(status, "Ready", "True", REASON_AGENT_READY, message, now_iso)
@@ -85,18 +91,28 @@ def register(client: ForgeClient, name: str, address: str, isolation: Isolation,
     raise errors.Conflict(f"node {name}: status kept changing under us")
 
 
-def renew_lease(client: ForgeClient, name: str, duration: float, clock: Clock) -> None:
-    """Renew (or create) Lease ``node.NAME`` held by this node."""
+def renew_lease(client: ForgeClient, name: str, duration: float, clock: Clock,
+                last: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Renew (or create) Lease ``node.NAME`` held by this node; returns the Lease as written.
+
+    ``last``: the Lease this agent wrote last time. Renewing it is one PUT with its
+    resourceVersion (200 idle nodes cost the API one request per heartbeat each, not two); a
+    Conflict or NotFound falls back to reading it first."""
     lease_name = f"node.{name}"
     now = clock.now_iso()
+    if last is not None and (last.get("spec") or {}).get("holder") == name:
+        body = {**last, "spec": {**last["spec"], "renewTime": now, "durationSeconds": duration}}
+        try:
+            return dict(client.replace("leases", lease_name, body))
+        except (errors.Conflict, errors.NotFound):
+            pass
     try:
         lease = client.get("leases", lease_name)
     except errors.NotFound:
         body = {"metadata": {"name": lease_name}, "spec": {"holder": name, "renewTime": now, "acquireTime": now,
                                                             "durationSeconds": duration}}
         try:
-            client.create("leases", body)
-            return
+            return dict(client.create("leases", body))
         except errors.AlreadyExists:
             lease = client.get("leases", lease_name)
     spec = dict(lease.get("spec") or {})
@@ -105,4 +121,4 @@ def renew_lease(client: ForgeClient, name: str, duration: float, clock: Clock) -
         spec["transitions"] = int(spec.get("transitions") or 0) + 1
     spec.update({"holder": name, "renewTime": now, "durationSeconds": duration})
     lease["spec"] = spec
-    client.replace("leases", lease_name, lease)
+    return dict(client.replace("leases", lease_name, lease))

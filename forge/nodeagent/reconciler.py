@@ -73,7 +73,10 @@ class Reconciler:
 
     def reconcile(self, name: str, inst: Instance | None) -> float | None:
         st = self.state.get(name)
-        if inst is None or inst.spec.desired == "Stopped" or (inst.spec.node not in (None, self.node)):
+        if (inst is None or inst.spec.desired == "Stopped" or inst.spec.node not in (None, self.node)
+                or inst.status.phase == "Lost"):
+            # Lost: the control plane wrote this node off while it was away and replaced the
+            # Instance under another name; running it again would serve twice.
             return self._stop(name, st, inst)
         if inst.status.phase == "Failed" and inst.status.reason in (REASON_BUILD_FAILED, REASON_FETCH_FAILED):
             return None  # a failed build stays failed; a new Deployment brings a new Instance

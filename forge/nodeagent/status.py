@@ -88,6 +88,8 @@ class StatusWriter:
                     inst = Instance.model_validate(self.client.get("instances", inst.name))
                 except errors.NotFound:
                     return inst
+                if inst.status.phase == "Lost":
+                    return inst  # the control plane's verdict stands; the agent stops it next
                 continue
             except errors.NotFound:
                 return inst

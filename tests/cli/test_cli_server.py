@@ -137,3 +137,27 @@ def test_events_lists_and_filters(server: str) -> None:
     r = forge(server, "events", "-o", "json")
     assert r.returncode == 0, r.stderr
     assert isinstance(json.loads(r.stdout), list)
+
+
+def test_nodes_cordon_uncordon_drain(server: str) -> None:
+    """cordon/uncordon flip the Node's spec; drain of an empty node ends at once; a pinned app exits 2."""
+    c = httpx.Client(base_url=server, headers={"Authorization": f"Bearer {TOKEN}"})
+    c.post("/api/v1/nodes", json={"metadata": {"name": "w1"}, "spec": {"address": "10.0.0.5"}}).raise_for_status()
+    r = forge(server, "nodes", "cordon", "w1")
+    assert r.returncode == 0 and "cordoned" in r.stdout
+    assert c.get("/api/v1/nodes/w1").json()["spec"]["unschedulable"] is True
+    r = forge(server, "nodes")
+    assert r.returncode == 0 and "SchedulingDisabled" in r.stdout and "MEMORY(req/alloc)" in r.stdout
+    r = forge(server, "nodes", "drain", "w1", "--timeout", "5")
+    assert r.returncode == 0 and "drained: it runs no Instances" in r.stdout, r.stdout + r.stderr
+    assert c.get("/api/v1/nodes/w1").json()["spec"]["drain"] is True
+    r = forge(server, "nodes", "uncordon", "w1")
+    spec = c.get("/api/v1/nodes/w1").json()["spec"]
+    assert r.returncode == 0 and (spec["unschedulable"], spec["drain"]) == (False, False)
+    app = c.post("/api/v1/apps", json={"metadata": {"name": "pinned"}, "spec": {"repo": "acme/pinned"}}).json()
+    app["status"] = {"storageNode": "w1"}
+    c.put("/api/v1/apps/pinned/status", json=app).raise_for_status()
+    r = forge(server, "nodes", "drain", "w1", "--timeout", "5")
+    assert r.returncode == 2 and "pinned" in r.stderr and "Traceback" not in r.stderr
+    r = forge(server, "nodes", "cordon", "ghost")
+    assert r.returncode == 1 and r.stderr.startswith("error: no node 'ghost'")

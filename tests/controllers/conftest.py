@@ -165,12 +165,14 @@ def make_deployment(store: Store, clock: FakeClock) -> Callable[..., Deployment]
 
 @pytest.fixture
 def make_node(store: Store, clock: FakeClock) -> Callable[..., Node]:
-    """``make_node("n1", ready=True, cpu=2, memory=4 * GiB, unschedulable=False)``."""
+    """``make_node("n1", ready=True, cpu=2, memory=4 * GiB, unschedulable=False, labels=None)``."""
 
     def make(
-        name: str, ready: bool = True, cpu: float = 2, memory: int = 4 * GiB, unschedulable: bool = False
+        name: str, ready: bool = True, cpu: float = 2, memory: int = 4 * GiB, unschedulable: bool = False,
+        labels: dict[str, str] | None = None, drain: bool = False,
     ) -> Node:
-        node = store.create(Node(metadata=ObjectMeta(name=name), spec=NodeSpec(unschedulable=unschedulable)))
+        node = store.create(Node(metadata=ObjectMeta(name=name, labels=labels or {}),
+                                 spec=NodeSpec(unschedulable=unschedulable, drain=drain)))
         node.status.capacity = Capacity(cpu=cpu, memory=memory)
         node.status.allocatable = Capacity(cpu=cpu, memory=memory)
         node.status.last_heartbeat_time = clock.now_iso()
@@ -187,7 +189,7 @@ def make_node(store: Store, clock: FakeClock) -> Callable[..., Node]:
 @pytest.fixture
 def make_instance(store: Store) -> Callable[..., Instance]:
     """``make_instance(deployment, index=0, node=None, phase="", desired="Running", cpu=0.5,
-    memory=256 * MiB, **status)``; ``deployment`` is a Deployment or a name ``APP-N``."""
+    memory=256 * MiB, node_selector=None, **status)``; ``deployment`` is a Deployment or a name ``APP-N``."""
 
     def make(
         deployment: Deployment | str,
@@ -198,6 +200,7 @@ def make_instance(store: Store) -> Callable[..., Instance]:
         cpu: float = 0.5,
         memory: int = 256 * MiB,
         name: str | None = None,
+        node_selector: dict[str, str] | None = None,
         **status: Any,
     ) -> Instance:
         if isinstance(deployment, str):
@@ -221,6 +224,7 @@ def make_instance(store: Store) -> Callable[..., Instance]:
             spec=InstanceSpec(
                 app=app_name, deployment=dep_name, index=index, node=node, desired=desired,  # type: ignore[arg-type]
                 repo=repo, commit=commit, manifest=manifest, resources=Resources(cpu=cpu, memory=memory),
+                node_selector=node_selector or {},
             ),
         )
         if phase:

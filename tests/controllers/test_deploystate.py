@@ -135,6 +135,14 @@ def test_instance_spec_merges_env_and_resources() -> None:
     assert (spec.resources.memory, spec.resources.cpu, spec.secret) == (256 * 2**20, 0.5, None)
 
 
+def test_node_selector_is_config() -> None:
+    """The App's nodeSelector reaches the Instance spec, and changing it is a config change."""
+    a = app(node_selector={"disk": "ssd"})
+    cfg = ds.app_config(a, None)
+    assert ds.instance_spec(a, dep(1), cfg, None, 0).node_selector == {"disk": "ssd"}
+    assert not ds.same_config(cfg, ds.app_config(app(), None))
+
+
 @pytest.mark.parametrize("secret,version", [
     (None, None),
     (Secret(metadata=ObjectMeta(name="hello", uid="0123456789", generation=3), spec=SecretSpec(app="hello")),

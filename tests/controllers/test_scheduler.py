@@ -128,3 +128,57 @@ def test_bound_without_status_is_completed(store, sched, make_node, make_instanc
     sched.reconcile("web-1-0")
     inst = store.get("Instance", "web-1-0")
     assert inst.status.phase == "Scheduled" and condition_of(inst, "Scheduled").status == "True"
+
+
+ZONE = "topology.forge.dev/zone"
+
+
+@pytest.mark.parametrize(
+    ("nodes", "bound", "want"),
+    [
+        # a and b in zone z1 (b empty), c in z2: a replica in z1 sends the next one to z2
+        ([("a", "z1"), ("b", "z1"), ("c", "z2")], [("a", 0.25)], "c"),
+        # without zones the emptiest-of-this-deployment node wins, whatever the zones of others
+        ([("a", ""), ("b", "")], [("a", 0.25)], "b"),
+        # both zones hold one replica: spread over nodes inside them (d has none)
+        ([("a", "z1"), ("b", "z1"), ("c", "z2"), ("d", "z2")], [("a", 0.25), ("c", 0.25)], "b"),
+    ],
+    ids=["zone-first", "no-zones", "then-nodes"],
+)
+def test_topology_spread(store, make_node, make_instance, nodes, bound, want) -> None:
+    """Replicas of one Deployment spread across topology.forge.dev/zone first, then nodes."""
+    for name, zone in nodes:
+        make_node(name, labels={ZONE: zone} if zone else None)
+    for i, (node, mem) in enumerate(bound):
+        make_instance("web-1", i + 1, node=node, phase="Running", memory=int(mem * GiB))
+    inst = make_instance("web-1", 0)
+    node, _ = choose_node(inst, store.list("Node")[0], store.list("Instance")[0])
+    assert node is not None and node.metadata.name == want
+
+
+def test_bin_packing_prefers_the_fullest_node_that_fits(store, make_node, make_instance) -> None:
+    """Apart from spreading one Deployment, the most memory-allocated node that fits wins."""
+    make_node("empty", memory=4 * GiB)
+    make_node("half", memory=4 * GiB)
+    make_node("full", memory=4 * GiB)
+    make_instance("other-1", 0, node="half", phase="Running", memory=2 * GiB)
+    make_instance("other-2", 0, node="full", phase="Running", memory=int(3.9 * GiB))
+    inst = make_instance("web-1", 0, memory=512 * MiB)
+    node, _ = choose_node(inst, store.list("Node")[0], store.list("Instance")[0])
+    assert node is not None and node.metadata.name == "half"  # "full" has no room for 512 MiB
+
+
+def test_node_selector_and_cordon(store, sched, make_node, make_instance) -> None:
+    """nodeSelector limits the nodes; cordoned and draining nodes take nothing; the message says why."""
+    make_node("ssd", labels={"disk": "ssd"}, unschedulable=True)
+    make_node("ssd2", labels={"disk": "ssd"}, drain=True)
+    make_node("hdd", labels={"disk": "hdd"})
+    make_instance("web-1", 0, node_selector={"disk": "ssd"})
+    res = sched.reconcile("web-1-0")
+    assert res is not None and res.requeue_after == 10.0
+    cond = condition_of(store.get("Instance", "web-1-0"), "Scheduled")
+    assert cond.reason == "Unschedulable"
+    assert "2 cordoned" in cond.message and "1 without the labels of nodeSelector disk=ssd" in cond.message
+    make_node("ssd3", labels={"disk": "ssd", "zone": "x"})
+    sched.reconcile("web-1-0")
+    assert store.get("Instance", "web-1-0").spec.node == "ssd3"
