@@ -207,12 +207,14 @@ async function viewNodes() {
   const nodes = await api("GET", "/api/v1/nodes");
   const rows = nodes.items.map((n) => {
     const iso = n.status?.isolation || {};
-    return `<tr><td>${esc(n.metadata.name)}</td><td class="${cond(n, "Ready") === "True" ? "ok" : "bad"}">${esc(cond(n, "Ready"))}</td>
+    const sched = n.spec?.drain ? "Draining" : n.spec?.unschedulable ? "SchedulingDisabled" : "";
+    return `<tr data-node="${esc(n.metadata.name)}"><td>${esc(n.metadata.name)}</td>
+      <td class="${cond(n, "Ready") === "True" ? "ok" : "bad"}">${esc(cond(n, "Ready") === "True" ? "Ready" : "NotReady")}${sched ? `, ${sched}` : ""}</td>
       <td>${esc(n.spec?.address)}</td><td>${esc(n.status?.capacity?.cpu)} cpu / ${Math.round((n.status?.capacity?.memory || 0) / 1048576)} MiB</td>
-      <td>${age(n.status?.lastHeartbeatTime)}</td><td>cgroups ${esc(iso.cgroups)}, bwrap ${esc(iso.bwrap)}${(iso.missing || []).length ? `, missing: ${esc(iso.missing.join(", "))}` : ""}</td>
+      <td>${age(n.status?.lastHeartbeatTime)}</td><td>cgroups ${esc(iso.cgroups)}, bwrap ${esc(iso.bwrap)}, network ${esc(iso.network)}, disk ${esc(iso.disk)}${(iso.missing || []).length ? `, missing: ${esc(iso.missing.join(", "))}` : ""}</td>
       <td>${esc((n.status?.runtimes || []).join(", "))}</td></tr>`;
   });
-  $("#view").innerHTML = `<h2>Nodes</h2>${table(["Node", "Ready", "Address", "Capacity", "Heartbeat", "Isolation", "Runtimes"], rows)}`;
+  $("#view").innerHTML = `<h2>Nodes</h2>${table(["Node", "Status", "Address", "Capacity", "Heartbeat", "Isolation", "Runtimes"], rows)}`;
 }
 
 // ------------------------------------------------------------------ routing and sign-in

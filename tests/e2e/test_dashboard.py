@@ -58,6 +58,10 @@ def test_dashboard_shows_live_app_rolls_back_and_streams_the_event(
             # its processes, with their type, stream in too (workers, cron and one-off runs alike)
             expect(page.locator("tr[data-instance=dash-3-0]")).to_contain_text("web", timeout=30000)
             page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
+            page.evaluate("location.hash = '#/nodes'")  # the machines: status, capacity, isolation
+            node = page.locator(f"tr[data-node='{forge.node}']")
+            expect(node).to_contain_text("Ready", timeout=15000)
+            expect(node).to_contain_text("network netns")
         finally:
             browser.close()
     assert (tmp_path / "dashboard.png").stat().st_size > 1000
