@@ -282,9 +282,11 @@ def test_creds_nodes_events_and_completion(forge: Forge) -> None:
     assert r.returncode == 1 and r.stderr.strip() == "error: no token on standard input"
 
     rows = table_rows(ok(forge, "nodes"))
-    assert rows[0] == ["NAME", "READY", "ADDRESS", "CPU", "MEMORY", "ISOLATION", "HEARTBEAT"]
+    assert rows[0] == ["NAME", "STATUS", "ADDRESS", "CPU(req/alloc)", "MEMORY(req/alloc)", "INSTANCES", "LEASE",
+                       "CONDITIONS"]
     node = next(r for r in rows if r[0] == forge.node)
-    assert node[1] == "True" and node[4].endswith("Mi") and node[5].startswith("cgroups=")
+    assert node[1] == "Ready" and node[4].endswith("Mi") and "/" in node[4] and node[5].isdigit()
+    assert node[7].startswith("Ready=True")
     assert json.loads(ok(forge, "nodes", "-o", "json"))[0]["metadata"]["name"] == forge.node
 
     live_app(forge, "cli-ev")
