@@ -65,10 +65,11 @@ JOIN: Final[str] = (
 # A one-shot's variant: the root shell stays the parent, and once the command ends writes its exit
 # code to an agent-owned file (outside every app tree) — so the code survives an agent restart.
 # ``trap true TERM`` (a handler, not an ignore: exec resets it) lets the command take SIGTERM and
-# the shell still record how it ended.
+# the shell still record how it ended. Builtins only: this shell is root and runs with the app's
+# environment, so it must never look anything up on an app-supplied PATH.
 JOIN_RECORD: Final[str] = (
     'n=$1; shift; f=$1; shift; while [ "$n" -gt 0 ]; do echo $$ > "$1" || exit 125; n=$((n-1)); shift; done; '
-    'shift; trap true TERM; "$@"; c=$?; echo $c > "$f.tmp" && mv -f "$f.tmp" "$f"; exit $c'
+    'shift; trap true TERM; "$@"; c=$?; echo "$c" > "$f"; exit "$c"'
 )
 SYSTEM_DIRS: Final = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 ETC_FILES: Final = (
