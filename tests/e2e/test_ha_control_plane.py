@@ -6,7 +6,9 @@ on one (throwaway) PostgreSQL, with a real agent and Caddy (``forge up --store-u
 * SIGKILL of the leading controllers mid-rollout: the standby takes over within the lease and
   the release goes Live exactly as it would have.
 * A leader paused (SIGSTOP) past its lease is deposed; resumed (SIGCONT) it does not act again —
-  its election round says so — and everything it had in flight is refused by the fence.
+  its election round says so. (That its in-flight writes are refused by the fence is shown
+  deterministically in tests/store/test_fence.py and tests/controllers/test_leader.py: here the
+  timing of a write in flight at the SIGSTOP cannot be controlled.)
 """
 
 from __future__ import annotations
