@@ -11,6 +11,7 @@ on the proxy host turns it into a backend::
       chain output  (nat, hook output)    ip daddr SERVICE_IP dnat to the map's answer
       chain refuse  (filter, hook input)  ip daddr SERVICE_IP → port unreachable (no backend: refused
                                            never a host listener on 0.0.0.0:PORT)
+      chain postrouting (nat)             ip saddr SERVICE_IP → masquerade (leaves with a host address)
 
 Each App owns ``SLOTS`` (60) keys ``PORT . 0 … PORT . 59``; slot i holds ready replica
 ``i % n``, so n = 1–6, 10, 12, 15, 20, 30, 60 replicas split exactly and any other n within
@@ -19,7 +20,7 @@ netlink batch: delete its slots, add the new ones — the kernel applies both or
 its cost does not depend on how many Apps exist (``bench/route_update.py``). Established
 connections keep the backend conntrack recorded for them; only new connections see the new
 map. A backend on another node is just another ``ip . port``: the proxy host routes each
-node's instance subnet to that node (see ``docs/data-plane.md``).
+node's instance subnet to that node (``forge.noderoutes``, see ``docs/data-plane.md``).
 """
 
 from __future__ import annotations
@@ -114,9 +115,10 @@ class ServiceMap:
     def _rule_matches(self) -> bool:
         try:
             text = self.nft.run(f"list chain ip {self.table} output")
+            text += self.nft.run(f"list chain ip {self.table} postrouting")
         except NetError:
             return False
-        return f"ip daddr {self.address} " in text
+        return f"ip daddr {self.address} " in text and f"ip saddr {self.address} " in text
 
     def table_script(self) -> str:
         t, a = self.table, self.address
@@ -128,6 +130,11 @@ class ServiceMap:
             f"    ip daddr {a} meta l4proto tcp dnat ip to tcp dport . numgen random mod {SLOTS} map @backends\n  }}\n"
             f"  chain refuse {{\n    type filter hook input priority -10; policy accept;\n"
             f"    ip daddr {a} meta l4proto tcp ct state new reject with icmp type port-unreachable\n  }}\n"
+            # A connection to the service IP starts with the service IP as its source; once it is
+            # DNAT-ed to an Instance on another node it must leave with an address of this host
+            # (the node routes its replies, and accepts the proxy host, by that address).
+            f"  chain postrouting {{\n    type nat hook postrouting priority 100; policy accept;\n"
+            f'    ip saddr {a} oifname != "lo" masquerade\n  }}\n'
             f"}}\n"
         )
 

@@ -76,8 +76,10 @@ class Child:
 
 class Supervisor:
     def __init__(self, cfg: Config, metrics_listen: str, node_name: str, env: dict[str, str],
-                 clock: Clock | None = None, controllers_metrics_listen: str | None = None) -> None:
+                 clock: Clock | None = None, controllers_metrics_listen: str | None = None,
+                 local_agent: bool = True) -> None:
         self.cfg, self.metrics_listen, self.node_name = cfg, metrics_listen, node_name
+        self.local_agent = local_agent
         self.controllers_metrics_listen = controllers_metrics_listen
         self.base_env = {k: v for k, v in env.items() if k not in ("FORGE_NODE_TOKEN",)}
         self.clock = clock or SystemClock()
@@ -265,14 +267,21 @@ class Supervisor:
             self._spawn(child)
             if child.name != "controllers":
                 self._wait_ready(child)
-        agent = self.agent_child(env, self.mint_node_token())
-        self.children[agent.name] = agent
-        self._spawn(agent)
-        self._wait_ready(agent)
+        if self.local_agent:
+            agent = self.agent_child(env, self.mint_node_token())
+            self.children[agent.name] = agent
+            self._spawn(agent)
+            self._wait_ready(agent)
         scheme = "https" if self.cfg.tls != "off" else "http"
         from forge.signin import TTL_SECONDS, mint
 
         link = f"{self.api_url}/ui#signin={mint(self.data, self.clock)}"
+        metrics = f"{self.api_url}/metrics, controllers {self._metrics_url(self.controllers_metrics_listen)}"
+        nodes = ""
+        if self.local_agent:
+            metrics += f", agent {self._metrics_url(self.metrics_listen)}"
+        else:
+            nodes = "  Nodes:      none on this machine (--no-agent); workers join with forge agent (see README)\n"
         print(
             f"Forge is up.\n"
             f"  API:        {self.api_url}   (admin token: {self.admin_token_source})\n"
@@ -280,8 +289,7 @@ class Supervisor:
             f"  Webhook:    {self.api_url}/api/v1/webhook/github\n"
             f"  Dashboard:  {link}\n"
             f"              (a one-time sign-in link, valid {TTL_SECONDS / 60:.0f} min; after that sign in with the token)\n"
-            f"  Metrics:    {self.api_url}/metrics, controllers {self._metrics_url(self.controllers_metrics_listen)}, "
-            f"agent {self._metrics_url(self.metrics_listen)}\n"
+            f"  Metrics:    {metrics}\n{nodes}"
             f"  Logs:       {self.data / 'logs'}\n"
             f"Press Ctrl-C to stop everything.",
             flush=True,
@@ -333,6 +341,7 @@ class Supervisor:
         bridge and table: nothing of this install's data plane outlives ``forge up``."""
         from forge.cli.daemons import remove_node_network, unmount_release_disks
         from forge.nft import NetError, nft_available
+        from forge.noderoutes import NodeRoutes
         from forge.servicemap import ServiceMap
 
         try:
@@ -343,6 +352,7 @@ class Supervisor:
             return
         try:
             ServiceMap(self.data, self.cfg.service_address).teardown()
+            NodeRoutes(self.data).teardown()
             remove_node_network(self.data / "node")
         except (NetError, OSError) as exc:
             log.warning("could not remove all of the data plane: %s", exc)

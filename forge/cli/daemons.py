@@ -132,19 +132,30 @@ def controllers(data_dir: str | None, metrics_listen: str | None, domain: str | 
               help="Names of this agent's environment variables builds get, e.g. PIP_INDEX_URL,NPM_CONFIG_REGISTRY.")
 @click.option("--build-files", envvar="FORGE_BUILD_FILES", default="",
               help="Host files bound read-only into builds: /etc/pip.conf,/root/.npmrc:/etc/npmrc.")
+@click.option("--proxy-from", envvar="FORGE_PROXY_FROM", default=None,
+              help="IPv4 addresses/networks the proxy dials this node's Instances from, e.g. 10.0.0.2 "
+                   "(default: the API host's address unless it is loopback; with several control-plane hosts list them all).")
 @click.option("--stop-apps-on-exit", is_flag=True,
               help="Stop this node's apps when the agent exits (forge up); by default they keep serving.")
 def agent(api_url: str, token: str, name: str | None, data_dir: str | None, address: str, metrics_listen: str,
-          instance_subnet: str, app_host_ports: str, build_env: str, build_files: str, stop_apps_on_exit: bool) -> None:
+          instance_subnet: str, app_host_ports: str, build_env: str, build_files: str, proxy_from: str | None,
+          stop_apps_on_exit: bool) -> None:
     """Run the node agent: build and supervise this machine's Instances."""
     from forge.clock import SystemClock
     from forge.nodeagent.agent import run_agent
-    from forge.nodeagent.network import parse_build_env, parse_build_files, parse_ports, parse_subnet
+    from forge.nodeagent.network import (
+        parse_build_env,
+        parse_build_files,
+        parse_ports,
+        parse_proxy_sources,
+        parse_subnet,
+    )
 
     setup_logging()
     ports = parse_ports(app_host_ports)
     builds_env = parse_build_env(build_env, dict(os.environ))
     builds_files = parse_build_files(build_files)
+    proxies = parse_proxy_sources(proxy_from) if proxy_from is not None else None
     if instance_subnet:
         parse_subnet(instance_subnet)
     if not token.startswith("forge-node."):
@@ -158,6 +169,7 @@ def agent(api_url: str, token: str, name: str | None, data_dir: str | None, addr
         metrics_listen=check_listen(metrics_listen, "--metrics-listen"), mode=cfg.mode,
         git_url_template=cfg.git_url_template, stop_event=stop, clock=SystemClock(),
         instance_subnet=instance_subnet, app_host_ports=ports, build_env=builds_env, build_files=builds_files,
+        proxy_sources=proxies,
     )
     if stop_apps_on_exit:
         stop_local_apps(Path(cfg.data_dir), node)
@@ -239,9 +251,11 @@ def stop_local_apps(data_dir: Path, node: str, grace: float = 10.0) -> None:
 @click.option("--node-name", default=None, help="Name of the local node (default: the hostname).")
 @click.option("--store-url", envvar="FORGE_STORE_URL", default="",
               help="An external store, postgresql://USER@HOST/DB (default: SQLite in the data dir).")
+@click.option("--no-agent", is_flag=True,
+              help="Control plane only (API, controllers, Caddy): this machine runs no apps; workers join with forge agent.")
 def up(data_dir: str | None, api_listen: str, http_listen: str, caddy_admin: str, domain: str, tls: str,
        https_listen: str | None, metrics_listen: str, controllers_metrics_listen: str, node_name: str | None,
-       store_url: str) -> None:
+       store_url: str, no_agent: bool) -> None:
     """Everything on one machine: API, controllers, a local agent and Caddy."""
     from forge.up import Supervisor
 
@@ -262,6 +276,7 @@ def up(data_dir: str | None, api_listen: str, http_listen: str, caddy_admin: str
     )
     sup = Supervisor(cfg, metrics_listen=check_listen(metrics_listen, "--metrics-listen"),
                      node_name=node_name or socket.gethostname().lower(), env=dict(os.environ),
-                     controllers_metrics_listen=check_listen(controllers_metrics_listen, "--controllers-metrics-listen"))
+                     controllers_metrics_listen=check_listen(controllers_metrics_listen, "--controllers-metrics-listen"),
+                     local_agent=not no_agent)
     stop = stop_on_signals()
     sup.run(stop)

@@ -15,6 +15,10 @@ address at the live release's ready Instances with one atomic nftables batch. Tw
 * ``backends`` (App, Instance, Node changes): the desired map, applied as the difference from
   what was applied last (one batch, cost independent of the number of Apps); every
   ``VERIFY_SECONDS`` the whole kernel map is read back and repaired.
+* ``node-routes`` (Node changes, every ``VERIFY_SECONDS``): a route to each other node's
+  instance subnet via that node's address (``forge.noderoutes``), so a backend on another
+  machine is reached through the same map. A node that cannot be routed (its subnet overlaps
+  another's, its gateway is not on-link) gets a ``NodeRouteFailed`` Warning Event naming why.
 
 **caddy** (no root or no nftables: a laptop, a non-root dev run): the previous design — the
 ready dials themselves live in Caddy's host map, one PATCH per change (``forge.caddy``).
@@ -39,6 +43,7 @@ from forge.errors import Conflict, ForgeError, NotFound, Unavailable
 from forge.events import EventRecorder
 from forge.models import App, Instance, Node, ObjectMeta, Resource
 from forge.nft import NetError, nft_available
+from forge.noderoutes import NodeRoutes
 from forge.routing import desired_routes, service_backends, service_port, service_routes
 from forge.servicemap import ServiceMap, allocate_ports
 from forge.store.base import Store, WatchEvent
@@ -48,6 +53,7 @@ log = logging.getLogger(__name__)
 KEY: Final[str] = "routes"  # caddy mode: the whole table
 KEY_HOSTS: Final[str] = "hosts"  # kernel mode: service addresses and Caddy's config
 KEY_BACKENDS: Final[str] = "backends"  # kernel mode: the service map
+KEY_NODE_ROUTES: Final[str] = "node-routes"  # kernel mode: routes to other nodes' instance subnets
 RETRY_SECONDS: Final[float] = 1.0
 VERIFY_SECONDS: Final[float] = 10.0  # the kernel map is read back and compared this often
 CADDY_VERIFY_SECONDS: Final[float] = 30.0  # and Caddy's whole config (a few hundred KB at 5,000 hosts)
@@ -57,6 +63,8 @@ REASON_RELOADED: Final[str] = "CaddyConfigRestored"
 REASON_DRIFT: Final[str] = "CaddyConfigRepaired"
 REASON_MAP_FAILED: Final[str] = "ServiceMapFailed"
 REASON_MAP_REPAIRED: Final[str] = "ServiceMapRepaired"
+REASON_ROUTE_FAILED: Final[str] = "NodeRouteFailed"
+REASON_ROUTED: Final[str] = "NodeRouted"
 _AUTO: Final = object()
 
 
@@ -109,6 +117,7 @@ class RouterController(Controller):
         caddy: CaddyAdmin | None = None,
         registry: CollectorRegistry | None = None,
         services: Any = _AUTO,
+        node_routes: Any = _AUTO,
     ) -> None:
         super().__init__(store, clock, config, recorder)
         self._own_caddy = caddy is None
@@ -124,6 +133,10 @@ class RouterController(Controller):
         self._map_subject = Resource(kind="Router", metadata=ObjectMeta(name="service-map"))
         self.services: ServiceMap | None = self._service_map(config) if services is _AUTO else services
         self.mode = "kernel" if self.services is not None else "caddy"
+        if node_routes is _AUTO:
+            node_routes = NodeRoutes(config.data_dir) if services is _AUTO and self.services is not None else None
+        self.node_routes: NodeRoutes | None = node_routes
+        self._route_problems: dict[str, str] = {}
 
     @staticmethod
     def _service_map(config: Config) -> ServiceMap | None:
@@ -136,10 +149,16 @@ class RouterController(Controller):
     def keys_for(self, event: WatchEvent) -> Iterable[str]:
         if self.mode == "caddy":
             return (KEY,)
-        return (KEY_HOSTS, KEY_BACKENDS) if event.object.kind == "App" else (KEY_BACKENDS,)
+        if event.object.kind == "App":
+            return (KEY_HOSTS, KEY_BACKENDS)
+        if event.object.kind == "Node" and self.node_routes is not None:
+            return (KEY_NODE_ROUTES, KEY_BACKENDS)
+        return (KEY_BACKENDS,)
 
     def all_keys(self) -> Iterable[str]:
-        return (KEY,) if self.mode == "caddy" else (KEY_HOSTS, KEY_BACKENDS)
+        if self.mode == "caddy":
+            return (KEY,)
+        return (KEY_HOSTS, KEY_BACKENDS) + ((KEY_NODE_ROUTES,) if self.node_routes is not None else ())
 
     def _snapshot(self) -> tuple[list[App], list[Instance], list[Node]]:
         apps: list[App] = self.store.list(App)[0]
@@ -154,6 +173,8 @@ class RouterController(Controller):
         return desired_routes(apps, instances, nodes, self.config.domain)
 
     def reconcile(self, key: str) -> Result | None:
+        if key == KEY_NODE_ROUTES and self.node_routes is not None:
+            return self._reconcile_node_routes()
         if key == KEY_BACKENDS and self.services is not None:
             return self._reconcile_backends()
         if key == KEY_HOSTS and self.services is not None:
@@ -271,6 +292,28 @@ class RouterController(Controller):
             self.metrics.seconds.observe(self.clock.monotonic() - start)
             self.metrics.updates.labels(method="kernel").inc(len(changed))
         return Result(requeue_after=max(0.05, self._next_verify - self.clock.monotonic()))
+
+    def _reconcile_node_routes(self) -> Result | None:
+        assert self.node_routes is not None
+        nodes: list[Node] = self.store.list(Node)[0]
+        try:
+            changed, problems = self.node_routes.sync(nodes)
+        except NetError as exc:
+            log.warning("router: node routes: %s", exc.message)
+            return Result(requeue_after=RETRY_SECONDS)
+        if changed:
+            log.info("router: node routes %s", ", ".join(changed))
+        by_name = {n.metadata.name: n for n in nodes}
+        for name, why in problems.items():
+            if self._route_problems.get(name) != why and name in by_name:
+                self.recorder.record(by_name[name], "Warning", REASON_ROUTE_FAILED,
+                                     f"the proxy cannot reach node {name}'s Instances: {why}")
+        for name in set(self._route_problems) - set(problems):
+            if name in by_name:
+                self.recorder.record(by_name[name], "Normal", REASON_ROUTED,
+                                     f"node {name}'s instance subnet is routed again")
+        self._route_problems = problems
+        return Result(requeue_after=VERIFY_SECONDS)  # a route someone removed comes back
 
     def _caddy_down(self, exc: Unavailable) -> Result:
         self.metrics.failures.inc()

@@ -31,7 +31,7 @@ from forge.nodeagent.diskgc import DiskGC, Release
 from forge.nodeagent.exitwatch import ExitWatcher
 from forge.nodeagent.logship import Shipper
 from forge.nodeagent.metrics import AgentCollector, serve_metrics
-from forge.nodeagent.network import NodeNetwork
+from forge.nodeagent.network import NodeNetwork, default_proxy_sources
 from forge.nodeagent.reconciler import Reconciler
 from forge.nodeagent.sandbox import Sandbox, SandboxSpec, UidAllocator
 from forge.nodeagent.state import AgentState
@@ -76,7 +76,7 @@ class Agent:
         driver: Any = _AUTO, cgroup_parent: str | None = None, network: Any = _AUTO,
         instance_subnet: str = "", app_host_ports: tuple[int, ...] = (),
         build_env: dict[str, str] | None = None, build_files: tuple[tuple[str, str], ...] = (),
-        disk_fence: Any = _AUTO,
+        disk_fence: Any = _AUTO, proxy_sources: tuple[str, ...] | None = None,
     ) -> None:
         self.client, self.name, self.address, self.clock, self.stop = client, name, address, clock, stop
         self.data_dir = Path(data_dir).resolve()
@@ -88,7 +88,10 @@ class Agent:
                        if driver is _AUTO else driver)
         self.sandbox = Sandbox(self.driver, mode=mode, clock=clock)
         self.isolation = self.sandbox.check()  # production without isolation raises Unavailable here
-        self.network = (self._own_network(mode, instance_subnet, app_host_ports) if network is _AUTO else network)
+        if proxy_sources is None:
+            proxy_sources = default_proxy_sources(str(getattr(client, "url", "")))
+        self.network = (self._own_network(mode, instance_subnet, app_host_ports, proxy_sources)
+                        if network is _AUTO else network)
         self.isolation.network = "netns" if self.network is not None else "host"
         self.fence = DiskFence(self.data_dir) if disk_fence is _AUTO else disk_fence
         if self.fence is not None:
@@ -98,6 +101,9 @@ class Agent:
         self.uids = UidAllocator(self.data_dir / "uids.json", salt=install_hash(self.data_dir))
         self.state = AgentState(self.data_dir / "agent-state.json").load()
         self.queue = WorkQueue(clock)
+        # The lease has a queue and a worker of its own: builds, stop timeouts and disk work
+        # on the shared workers must never make a live node look dead.
+        self.beats = WorkQueue(clock)
         self.cache: dict[str, Instance] = {}
         self.cache_lock = threading.Lock()
         self.synced = threading.Event()
@@ -124,11 +130,12 @@ class Agent:
         self.threads: list[threading.Thread] = []
         self.metrics_server: Any = None
 
-    def _own_network(self, mode: str, subnet: str, host_ports: tuple[int, ...]) -> NodeNetwork | None:
+    def _own_network(self, mode: str, subnet: str, host_ports: tuple[int, ...],
+                     proxy_sources: tuple[str, ...]) -> NodeNetwork | None:
         """This node's data plane, or None (the shared host network) where it cannot be built."""
         missing = nft_available()
         if missing is None:
-            return NodeNetwork(self.data_dir, subnet=subnet, host_ports=host_ports)
+            return NodeNetwork(self.data_dir, subnet=subnet, host_ports=host_ports, proxy_sources=proxy_sources)
         if mode == "production":
             raise errors.Unavailable(f"refusing to run apps without their own network (FORGE_MODE=production): {missing}")
         log.warning("apps share the host's network (dev mode): %s", missing)
@@ -160,6 +167,8 @@ class Agent:
         self.threads = [threading.Thread(target=self._watch_loop, name="forge-watch", daemon=True)]
         self.threads += [threading.Thread(target=self._work, name=f"forge-work-{i}", daemon=True)
                          for i in range(self.n_workers)]
+        self.threads.append(threading.Thread(target=self._work, args=(self.beats,), name="forge-heartbeat",
+                                             daemon=True))
         for t in self.threads:
             t.start()
         log.info("agent %s running (isolation: cgroups %s, namespaces %s, network %s)", self.name,
@@ -170,6 +179,7 @@ class Agent:
     def shutdown(self) -> None:
         """Stop the agent's own threads; apps keep running (they are detached on purpose)."""
         self.queue.shutdown()
+        self.beats.shutdown()
         for t in self.threads[1:]:
             t.join(timeout=15)
         self.exits.close()
@@ -207,20 +217,22 @@ class Agent:
     # -- work loop -------------------------------------------------------------
     def schedule_timers(self) -> None:
         """The agent's own periodic keys: the heartbeat now, the first disk GC after the first list."""
-        self.queue.add(HEARTBEAT_KEY)
+        self.beats.add(HEARTBEAT_KEY)
         self.queue.add_after(DISKGC_KEY, DISKGC_AFTER_STOP_SECONDS)
         if self.fence is not None:
             self.queue.add_after(DISK_KEY, DISK_CHECK_SECONDS)
 
-    def _work(self) -> None:
+    def _work(self, queue: WorkQueue | None = None) -> None:
+        queue = queue or self.queue
         while True:
-            key = self.queue.get()
+            key = queue.get()
             if key is None:
                 return
             self.process(key)
 
     def process(self, key: str) -> None:
         """Handle one key from the queue and requeue it when it asks to run again."""
+        queue = self.beats if key == HEARTBEAT_KEY else self.queue
         try:
             if key == HEARTBEAT_KEY:
                 after = self._heartbeat()
@@ -240,9 +252,9 @@ class Agent:
             log.exception("reconciling %s failed", key)
             after = 10.0
         finally:
-            self.queue.done(key)
+            queue.done(key)
         if after is not None:
-            self.queue.add_after(key, after)
+            queue.add_after(key, after)
 
     def _reconcile(self, name: str) -> float | None:
         if not self.synced.is_set():
@@ -336,6 +348,9 @@ class Agent:
         except errors.Conflict:
             self._lease = None
             return 0.2
+        took = self.clock.monotonic() - mono
+        if took > self.heartbeat_seconds:
+            log.warning("renewing the lease of node %s took %.1fs (lease %.0fs)", self.name, took, self.lease_seconds)
         self._renewed_mono = mono
         self.last_heartbeat = self.clock.now()
         return self.heartbeat_seconds

@@ -31,10 +31,12 @@ import ipaddress
 import json
 import logging
 import os
+import socket
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
+from urllib.parse import urlsplit
 
 from forge.errors import Invalid
 from forge.nft import NetError, Nft, in_netns, install_hash, ip, ip_json
@@ -121,6 +123,35 @@ def parse_build_files(text: str) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
+def parse_proxy_sources(text: str) -> tuple[str, ...]:
+    """``FORGE_PROXY_FROM=10.0.0.2,10.0.1.0/24``: where the proxy (Caddy, on the control-plane
+    hosts) dials this node's Instances from; anything else is an error naming it."""
+    out: list[str] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        try:
+            net = ipaddress.ip_network(part, strict=False)
+        except ValueError:
+            raise Invalid(f"FORGE_PROXY_FROM: {part!r} is not an IPv4 address or network") from None
+        if not isinstance(net, ipaddress.IPv4Network):
+            raise Invalid(f"FORGE_PROXY_FROM: {part!r} is not IPv4 (instance networks are IPv4)")
+        out.append(str(net.network_address) if net.prefixlen == 32 else str(net))
+    return tuple(sorted(set(out)))
+
+
+def default_proxy_sources(api_url: str) -> tuple[str, ...]:
+    """The API host's IPv4 addresses, unless it is this machine's loopback: with one control
+    plane the proxy runs where the API does. Several control-plane hosts: set FORGE_PROXY_FROM."""
+    host = urlsplit(api_url).hostname or ""
+    try:
+        infos = socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError):
+        return ()
+    addrs = {str(info[4][0]) for info in infos}
+    return tuple(sorted(a for a in addrs if not ipaddress.ip_address(a).is_loopback))
+
+
 def parse_subnet(text: str) -> ipaddress.IPv4Network:
     try:
         net = ipaddress.ip_network(text.strip(), strict=True)
@@ -169,10 +200,11 @@ class NodeNetwork:
     """Bridge, filter table and per-Instance namespaces of one node install."""
 
     def __init__(self, data_dir: str | Path, subnet: str = "", host_ports: tuple[int, ...] = (),
-                 nft: Nft | None = None) -> None:
+                 nft: Nft | None = None, proxy_sources: tuple[str, ...] = ()) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.names = NetNames(install_hash(self.data_dir))
         self.host_ports = host_ports
+        self.proxy_sources = proxy_sources
         self._wanted_subnet = parse_subnet(subnet) if subnet else None
         self.nft = nft or Nft()
         self._path = self.data_dir / "network.json"
@@ -197,7 +229,7 @@ class NodeNetwork:
             self._save(state)
         br, gw = self.names.bridge, self.gateway
         self.mtu = _uplink_mtu()
-        if not Path(f"/sys/class/net/{br}").exists():
+        if not _link_exists(br):
             ip(f"link add {br} type bridge")
         # A fixed MAC: a bridge without one takes the lowest MAC of its ports, so a new veth
         # could change the gateway's MAC under every running app (their ARP entries then point
@@ -220,6 +252,10 @@ class NodeNetwork:
         assert self.subnet is not None
         t, br, gw, net = self.names.table, self.names.bridge, self.gateway, self.subnet
         ports = ", ".join(str(p) for p in self.host_ports)
+        proxies = ""
+        if self.proxy_sources:  # the proxy hosts of a multi-node cluster dial Instances here
+            proxies = (f'    ip saddr {{ {", ".join(self.proxy_sources)} }} oifname "{br}" meta l4proto tcp '
+                       "ct state new accept\n")
         open_ports = f'    iifname "{br}" ip daddr {gw} tcp dport {{ {ports} }} accept\n' if ports else ""
         dns_in = dns_nat = ""
         if self.dns_loopback:
@@ -238,7 +274,7 @@ class NodeNetwork:
             f'    iifname "{br}" oifname "{br}" drop\n'
             f'    iifname "{br}" ip daddr 169.254.0.0/16 drop\n'
             f'    iifname "{br}" meta nfproto ipv6 drop\n'
-            f'    oifname "{br}" ct state established,related accept\n'
+            f'    oifname "{br}" ct state established,related accept\n{proxies}'
             f'    oifname "{br}" drop\n  }}\n'
             f"  chain postrouting {{\n    type nat hook postrouting priority 100; policy accept;\n"
             f'    ip saddr {net} oifname != "{br}" masquerade\n  }}\n{dns_nat}'
@@ -342,7 +378,7 @@ class NodeNetwork:
         if os.path.exists(f"{NETNS_DIR}/{ns}"):
             ip(f"netns del {ns}", check=False)
         veth = self.names.veth(ns)
-        if os.path.exists(f"/sys/class/net/{veth}"):
+        if _link_exists(veth):
             ip(f"link del {veth}", check=False)
 
     def _address_for(self, name: str) -> str:
@@ -398,9 +434,18 @@ def _uplink_mtu() -> int:
     try:
         routes = ip_json("-4", "route", "show", "default")
         dev = routes[0]["dev"] if routes else ""
-        return int(Path(f"/sys/class/net/{dev}/mtu").read_text()) if dev else 1500
-    except (NetError, OSError, ValueError, KeyError, IndexError):
+        return int(ip_json("link", "show", "dev", dev)[0]["mtu"]) if dev else 1500
+    except (NetError, OSError, ValueError, KeyError, IndexError, TypeError):
         return 1500
+
+
+def _link_exists(dev: str) -> bool:
+    """Asked over netlink, not /sys/class/net: sysfs shows the network namespace it was mounted
+    in, which is not ours when the agent runs in a namespace of its own (the multi-host tests)."""
+    try:
+        return bool(ip_json("link", "show", "dev", dev))
+    except NetError:
+        return False
 
 
 def _read_sysctl(path: str) -> str:

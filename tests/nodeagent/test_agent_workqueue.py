@@ -111,6 +111,6 @@ def test_without_nftables_dev_shares_the_host_network_and_production_refuses(tmp
         assert a.network is None and a.isolation.network == "host"
         assert any("network namespaces" in m for m in a.isolation.missing)
         with pytest.raises(errors.Unavailable, match="own network"):
-            a._own_network("production", "", ())
+            a._own_network("production", "", (), ())
     finally:
         a.client.close()

@@ -158,8 +158,9 @@ def test_agent_schedules_diskgc_on_its_work_queue(agent: Agent) -> None:
     for n in range(1, 7):
         _release(root, "hello", f"hello-{n}")
     agent.schedule_timers()
-    assert agent.queue.get(timeout=0) == HEARTBEAT_KEY
-    agent.queue.done(HEARTBEAT_KEY)  # no API in this test: the heartbeat is not sent
+    assert agent.beats.get(timeout=0) == HEARTBEAT_KEY  # the lease's own queue
+    agent.beats.done(HEARTBEAT_KEY)  # no API in this test: the heartbeat is not sent
+    assert agent.queue.get(timeout=0) is None, "no heartbeat on the shared work queue"
     assert agent.queue.pending_timer(DISKGC_KEY) == DISKGC_AFTER_STOP_SECONDS
     assert _next(agent, DISKGC_AFTER_STOP_SECONDS - 1) is None
     assert _next(agent, 1) == DISKGC_KEY
