@@ -13,6 +13,7 @@ Decisions (docs/CONTRACTS.md "HTTP API"):
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 import falcon
@@ -23,7 +24,7 @@ from forge.api.context import ApiContext, body_resource_version, check_envelope,
 from forge.api.sealing import redact
 from forge.api.watch import start_watch
 from forge.errors import BadRequest, Conflict, Invalid
-from forge.models import API_VERSION, LABEL_NODE, App, ObjectMeta, Resource, SecretSpec
+from forge.models import API_VERSION, LABEL_NODE, App, Node, ObjectMeta, Resource, SecretSpec
 from forge.routing import app_hosts
 from forge.store.base import parse_selector
 
@@ -258,9 +259,34 @@ class StatusResource(_Base):
         base.pop("status", None)
         doc = {**base, **body, "metadata": {**base["metadata"], "resourceVersion": rv}}
         obj = validate(self.cls, doc)
+        self._check_subnet(stored, obj)
         stored.status = obj.status
         stored.metadata.resource_version = rv
         send(resp, render(self.ctx.store.update_status(stored)))
+
+    def _check_subnet(self, stored: Resource, obj: Resource) -> None:
+        """A Node's ``instanceSubnet`` must not overlap another node's: the proxy routes each
+        subnet to one node. (Two agents registering at the same instant can still both pass;
+        the router then routes the older node's and names the clash in a NodeRouteFailed Event.)"""
+        if not isinstance(obj, Node) or not isinstance(stored, Node) or not obj.status.instance_subnet:
+            return
+        if obj.status.instance_subnet == stored.status.instance_subnet:
+            return
+        try:
+            mine = ipaddress.ip_network(obj.status.instance_subnet, strict=False)
+        except ValueError:
+            raise Invalid(f"status.instanceSubnet {obj.status.instance_subnet!r} is not an IP network",
+                          [{"path": "status.instanceSubnet", "message": "not an IP network"}]) from None
+        for other in self.ctx.store.list(Node)[0]:
+            if other.metadata.name == obj.metadata.name or not other.status.instance_subnet:
+                continue
+            try:
+                theirs = ipaddress.ip_network(other.status.instance_subnet, strict=False)
+            except ValueError:
+                continue
+            if mine.overlaps(theirs):
+                raise Conflict(f"instanceSubnet {mine} overlaps node {other.metadata.name}'s ({theirs}); "
+                               "each node needs its own (FORGE_INSTANCE_SUBNET)")
 
     def on_patch(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
         patch = read_object(req)
@@ -270,6 +296,7 @@ class StatusResource(_Base):
             stored = self._load(req, "status", name)
             doc = merge_patch(stored.dump(), patch)
             obj = validate(self.cls, doc)
+            self._check_subnet(stored, obj)
             stored.status = obj.status
             stored.metadata.resource_version = want_rv or stored.metadata.resource_version
             try:

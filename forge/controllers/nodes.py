@@ -8,8 +8,9 @@ renewed "now", so a restarted control plane never evicts on stale data.
 
 When a node lapses: ``Ready False / NodeLost`` with one Warning Event, and each non-terminal
 Instance bound to it goes ``Lost`` (status only), so the rollout controller replaces it
-elsewhere. If every node lapses at once the fault is more likely ours (partition, paused
-process, store trouble): freeze, evict nothing, say so once. A returning node (its Lease moves
+elsewhere. If every node — or more than 55 % of them, more than one — lapses at once the fault
+is more likely ours (partition, paused or starved process, store trouble): freeze, evict
+nothing, say so once (``NodesLapsedTogether``). A returning node (its Lease moves
 again) is Ready again; its agent itself stops processes whose Instances are no longer its own.
 """
 
@@ -34,7 +35,11 @@ log = logging.getLogger(__name__)
 READY: Final[str] = "Ready"
 REASON_NODE_LOST: Final[str] = "NodeLost"
 REASON_LEASE_RENEWED: Final[str] = "LeaseRenewed"
-REASON_FROZEN: Final[str] = "AllNodesLapsed"
+REASON_FROZEN: Final[str] = "NodesLapsedTogether"
+# More than this share of the nodes lapsing together (and more than one) is taken for a fault on
+# the control plane's side — Kubernetes' node lifecycle controller stops evicting in a zone past
+# 55 % unhealthy for the same reason. One node of three dying is evicted; two of three is not.
+DISRUPTION_SHARE: Final[float] = 0.55
 LEASE_PREFIX = "node."
 DEFAULT_GRACE = 6.0  # the agent's lease: 3 renewals of 2 s; a longer lease a node wrote wins
 
@@ -145,11 +150,12 @@ class NodesController(Controller):
         for lease in self.store.list("Lease")[0]:  # a lapse is rare: look at every node's Lease afresh
             if lease.metadata.name.startswith(LEASE_PREFIX):
                 self._observe(lease.metadata.name[len(LEASE_PREFIX):], lease)  # type: ignore[arg-type]
-        if all(self._expiry(n.metadata.name) <= now for n in nodes):
+        lapsed = sum(1 for n in nodes if self._expiry(n.metadata.name) <= now)
+        if lapsed == len(nodes) or (lapsed > 1 and lapsed > DISRUPTION_SHARE * len(nodes)):
             if not self._frozen:
                 self._frozen = True
-                msg = (f"all {len(nodes)} nodes missed their heartbeats at once; suspecting the control "
-                       "plane itself, so nothing is evicted until a node renews")
+                msg = (f"{lapsed} of {len(nodes)} nodes missed their heartbeats at once; suspecting the control "
+                       "plane itself (a stall, a partition on its side), so nothing is evicted until they renew")
                 log.warning(msg)
                 self.recorder.record(node, "Warning", REASON_FROZEN, msg)
             return DONE

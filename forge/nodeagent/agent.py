@@ -197,7 +197,12 @@ class Agent:
                 nodeinfo.register(self.client, self.name, self.address, self.isolation, metrics, self.clock,
                                   subnet=str(self.network.subnet) if self.network is not None else None)
                 return
-            except (errors.Unavailable, errors.Conflict) as exc:
+            except errors.Conflict as exc:
+                if nodeinfo.SUBNET_CLASH in exc.message and self.network is not None and self.network.reselect():
+                    log.warning("%s; this node now uses %s", exc.message, self.network.subnet)
+                    continue
+                log.warning("cannot register node %s yet: %s", self.name, exc)
+            except errors.Unavailable as exc:
                 log.warning("cannot register node %s yet: %s", self.name, exc)
             self.stop.wait(delay)
             delay = min(delay * 2, MAX_BACKOFF)

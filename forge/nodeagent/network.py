@@ -281,12 +281,29 @@ class NodeNetwork:
             f"}}\n"
         )
 
+    def reselect(self) -> bool:
+        """Another node has our (automatically chosen) subnet: take the next free one. Only
+        before any namespace exists here (their addresses would change under them); False when
+        the subnet was configured (FORGE_INSTANCE_SUBNET: the operator's to fix) or in use."""
+        if self._wanted_subnet is not None or self.subnet is None or self.namespaces():
+            return False
+        with self._lock:
+            state = self._load()
+            state["avoid"] = sorted({str(n) for n in _avoided(state)} | {str(self.subnet)})
+            state.pop("subnet", None)
+            state.pop("addresses", None)
+            self._save(state)
+        ip(f"addr flush dev {self.names.bridge}", check=False)
+        self.setup()
+        return True
+
     def _choose_subnet(self, state: dict[str, object]) -> ipaddress.IPv4Network:
         if self._wanted_subnet is not None:
             return self._wanted_subnet
         if isinstance(state.get("subnet"), str):
             return parse_subnet(str(state["subnet"]))
         taken = _routed_networks(exclude_dev=self.names.bridge)
+        taken += _avoided(state)
         pool = list(SUBNET_POOL.subnets(new_prefix=24))
         start = int(self.names.hash, 16) % len(pool)
         for i in range(len(pool)):
@@ -414,6 +431,20 @@ class NodeNetwork:
 
     def _save(self, state: dict[str, object]) -> None:
         write_atomic(self._path, json.dumps(state, indent=1, sort_keys=True).encode())
+
+
+def _avoided(state: dict[str, object]) -> list[ipaddress.IPv4Network]:
+    """Subnets the API refused because another node had them (``network.json`` ``avoid``)."""
+    raw = state.get("avoid")
+    out = []
+    for text in raw if isinstance(raw, list) else []:
+        try:
+            net = ipaddress.ip_network(str(text), strict=False)
+        except ValueError:
+            continue
+        if isinstance(net, ipaddress.IPv4Network):
+            out.append(net)
+    return out
 
 
 def _routed_networks(exclude_dev: str) -> list[ipaddress.IPv4Network]:

@@ -76,8 +76,31 @@ def test_all_nodes_lapse_freezes(store, clock, nodes, two_nodes) -> None:
         nodes.reconcile("n1"), nodes.reconcile("n2")
     assert condition_of(store.get("Node", "n1"), "Ready").status == "True"
     assert {store.get("Instance", f"web-1-{i}").status.phase for i in (0, 1)} == {"Running"}
-    frozen = events_for(store, reason="AllNodesLapsed")
+    frozen = events_for(store, reason="NodesLapsedTogether")
     assert len(frozen) == 1 and frozen[0].spec.count == 1
+
+
+def test_most_nodes_lapsing_together_freezes_one_of_three_is_evicted(store, clock, nodes, two_nodes,
+                                                                     make_node, make_lease) -> None:
+    """Two of three nodes silent at once (a stalled API delays every renewal): nothing evicted.
+    One of three silent: that one is lost."""
+    make_node("n3")
+    make_lease("node.n3")
+    for n in ("n1", "n2", "n3"):
+        nodes.reconcile(n)
+    clock.advance(10)
+    renew(store, "n3")
+    nodes.reconcile("n3")
+    clock.advance(6)  # n1 and n2 silent 16 s, n3 6 s
+    nodes.reconcile("n1"), nodes.reconcile("n2")
+    assert {condition_of(store.get("Node", n), "Ready").status for n in ("n1", "n2")} == {"True"}
+    assert store.get("Instance", "web-1-0").status.phase == "Running"
+    assert "2 of 3 nodes" in events_for(store, reason="NodesLapsedTogether")[0].spec.message
+    renew(store, "n2")
+    nodes.reconcile("n2")
+    nodes.reconcile("n1")  # now only n1 is silent: one of three
+    assert condition_of(store.get("Node", "n1"), "Ready").reason == "NodeLost"
+    assert store.get("Instance", "web-1-0").status.phase == "Lost"
 
 
 def test_restart_grants_grace(store, clock, config, two_nodes) -> None:

@@ -48,7 +48,7 @@ class Host:
     data: Path
     proc: subprocess.Popen[bytes] | None = None
     log: Path | None = None
-    subnet: str = ""  # workers: their instance subnet
+    subnet: str = ""  # workers: their instance subnet ("": the agent picks one)
 
     @property
     def node_names(self) -> NetNames:
@@ -149,7 +149,8 @@ class Cluster:
         started = time.time()
         self._spawn(host, [sys.executable, "-m", "forge", "agent", "--api", self.api, "--name", self.node(name),
                            "--data-dir", str(host.data), "--address", host.address,
-                           "--instance-subnet", host.subnet, "--metrics-listen", "127.0.0.1:9108"], env)
+                           *(["--instance-subnet", host.subnet] if host.subnet else []),
+                           "--metrics-listen", "127.0.0.1:9108"], env)
         wait_for(lambda: self.node_ready_since(name, started), 60, f"node {name} to be Ready")
 
     def node_ready_since(self, name: str, since: float) -> bool:

@@ -13,6 +13,7 @@ and serves nothing it no longer owns.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -74,6 +75,11 @@ def cluster() -> Iterator[Cluster]:
     c = Cluster(root, workers=3)
     try:
         c.build()
+        # w3 picks its own subnet, and its first pick is w1's (as two machines' independent
+        # choices can be): the API refuses it and the agent takes another before running anything.
+        c.hosts["w3"].subnet = ""
+        c.hosts["w3"].data.mkdir(parents=True)
+        (c.hosts["w3"].data / "network.json").write_text(json.dumps({"subnet": c.hosts["w1"].subnet}))
         c.start_control_plane()
         for w in ("w1", "w2", "w3"):
             c.start_agent(w)
@@ -104,7 +110,6 @@ def cluster() -> Iterator[Cluster]:
 def deliver(c: Cluster, payload: dict) -> None:
     import hashlib
     import hmac
-    import json
     import uuid
 
     from tests.e2e.harness import WEBHOOK_SECRET
@@ -187,8 +192,12 @@ def test_three_replicas_on_three_workers_served_through_caddy(cluster: Cluster) 
     assert wait_for(lambda: seen_instances(c) == set(placed), 20, "requests to reach all three workers")
     with c.client as api:
         nodes = {n["metadata"]["name"]: n for n in api.get("/api/v1/nodes").json()["items"]}
-    for w in ("w1", "w2", "w3"):
-        assert nodes[c.node(w)]["status"]["instanceSubnet"] == c.hosts[w].subnet
+    subnets = {w: nodes[c.node(w)]["status"]["instanceSubnet"] for w in ("w1", "w2", "w3")}
+    assert subnets["w1"] == c.hosts["w1"].subnet and subnets["w2"] == c.hosts["w2"].subnet
+    assert len(set(subnets.values())) == 3, subnets
+    with c.client as api:
+        reasons = {e["spec"]["reason"] for e in api.get("/api/v1/events").json()["items"]}
+    assert "NodeRouteFailed" not in reasons
     out = cli(c, "nodes")
     assert out.returncode == 0 and all(c.node(w) in out.stdout for w in ("w1", "w2", "w3")), out.stdout + out.stderr
 
