@@ -15,12 +15,13 @@ _BY_REASON: dict[str, type[errors.ForgeError]] = {
     for c in (
         errors.NotFound, errors.AlreadyExists, errors.Conflict, errors.Gone, errors.Invalid,
         errors.BadRequest, errors.PayloadTooLarge, errors.Unauthorized, errors.Forbidden,
-        errors.Unavailable,
+        errors.Unavailable, errors.TooManyRequests,
     )
 }
 _BY_STATUS: dict[int, type[errors.ForgeError]] = {
     404: errors.NotFound, 409: errors.Conflict, 410: errors.Gone, 400: errors.Invalid,
     413: errors.PayloadTooLarge, 401: errors.Unauthorized, 403: errors.Forbidden, 503: errors.Unavailable,
+    429: errors.TooManyRequests,
 }
 
 

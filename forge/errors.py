@@ -99,6 +99,13 @@ class Unavailable(ForgeError):
     reason = "Unavailable"
 
 
+class TooManyRequests(Unavailable):
+    """Busy, not down: e.g. every stream slot of an API worker is taken; retry shortly."""
+
+    status = 429
+    reason = "TooManyRequests"
+
+
 class TerminalError(ForgeError):
     status = 500
     reason = "TerminalError"

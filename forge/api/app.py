@@ -80,14 +80,15 @@ def _unexpected(req: falcon.Request, resp: falcon.Response, ex: Exception, param
 
 def create_app(
     config: Config, store: Store | None = None, clock: Clock | None = None, *,
-    stream_cap_seconds: float | None = None, closing: threading.Event | None = None,
+    stream_cap_seconds: float | None = None, closing: threading.Event | None = None, max_streams: int | None = None,
 ) -> falcon.App:
     """``stream_cap_seconds`` bounds every watch/log stream below what clients ask (tests, bench);
     ``closing``, once set, ends every open stream within half a second (the server's stop)."""
     clock = clock or SystemClock()
     store = store if store is not None else open_store(config.effective_store_url)
     ctx = ApiContext(config=config, store=store, clock=clock, sealer=Sealer(config),
-                     stream_cap_seconds=stream_cap_seconds, closing=closing or threading.Event())
+                     stream_cap_seconds=stream_cap_seconds, closing=closing or threading.Event(),
+                     max_streams=max_streams)
     metrics = Metrics(store, clock)
     app = falcon.App(
         middleware=[RequestIdMiddleware(), MetricsMiddleware(metrics), AuthMiddleware(Authenticator(config, store))],

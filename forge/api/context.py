@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,7 +12,7 @@ from pydantic import ValidationError
 from forge.api.sealing import Sealer
 from forge.clock import Clock
 from forge.config import Config
-from forge.errors import BadRequest, Invalid, pydantic_errors
+from forge.errors import BadRequest, Invalid, TooManyRequests, pydantic_errors
 from forge.models import API_VERSION, Resource
 from forge.store.base import Store
 
@@ -31,6 +32,26 @@ class ApiContext:
     # Set when the worker is asked to stop: open streams end within CLOSING_CHECK_SECONDS, so a
     # stop is not held up by watches (clients re-watch from their last revision anyway).
     closing: threading.Event = field(default_factory=threading.Event)
+    # Open streams (watches, log follows) each hold a server thread for their whole life: at most
+    # this many at once per worker, so plain requests — an agent renewing its lease — always find
+    # a thread, whatever a client does with watches. None: no cap (in-process tests).
+    max_streams: int | None = None
+    _streams: int = 0
+    _streams_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def open_stream(self, body: Iterable[bytes]) -> Iterable[bytes]:
+        """``body`` holding one stream slot until it ends or the server closes it; 429 when
+        every slot is taken (nothing was sent yet, so the status still can be)."""
+        with self._streams_lock:
+            if self.max_streams is not None and self._streams >= self.max_streams:
+                raise TooManyRequests(f"this API worker already serves {self._streams} open watch/log streams "
+                                      "(its cap, so requests keep a thread); retry in a moment")
+            self._streams += 1
+        return _Slot(body, self._close_stream)
+
+    def _close_stream(self) -> None:
+        with self._streams_lock:
+            self._streams -= 1
 
     def wait_slice(self, wanted: float) -> float:
         """How long a stream may block before it looks at ``closing`` again."""
@@ -83,3 +104,30 @@ def body_resource_version(body: dict[str, Any]) -> int | None:
             [{"path": "metadata.resourceVersion", "message": "not an integer"}],
         )
     return int(rv) or None
+
+
+class _Slot:
+    """A stream body that gives its slot back exactly once: at its end, or when the WSGI server
+    calls ``close()`` (a client that left, a stop) — even if it was never iterated."""
+
+    def __init__(self, body: Iterable[bytes], release: Callable[[], None]) -> None:
+        self._it: Iterator[bytes] = iter(body)
+        self._release: Callable[[], None] | None = release
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        try:
+            return next(self._it)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        closer = getattr(self._it, "close", None)
+        if callable(closer):
+            closer()
+        release, self._release = self._release, None
+        if release is not None:
+            release()

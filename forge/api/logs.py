@@ -69,7 +69,8 @@ class AppLogsResource:
         filters = {"deployment": deployment, "source": source, "instance": instance}
         resp.content_type = "application/x-ndjson"
         resp.set_header("Cache-Control", "no-store")
-        resp.stream = self._stream(name, filters, since, tail, follow, self.ctx.stream_seconds(float(timeout)))
+        body = self._stream(name, filters, since, tail, follow, self.ctx.stream_seconds(float(timeout)))
+        resp.stream = self.ctx.open_stream(body) if follow else body
 
     def _read(self, app: str, filters: dict[str, Any], after: int, since: str | None) -> list[Any]:
         """One page (by id) of the app's lines; an ``instance`` filter and the hiding of a run's

@@ -65,7 +65,15 @@ class ForgeApiServer(BaseApplication):  # type: ignore[misc]
                     previous(signum, frame)
 
             signal.signal(sig, handler)
-        return create_app(self.forge_config, stream_cap_seconds=self.stream_cap_seconds, closing=closing)
+        threads = int(self.options.get("threads") or 1)
+        return create_app(self.forge_config, stream_cap_seconds=self.stream_cap_seconds, closing=closing,
+                          max_streams=max_streams(threads))
+
+
+def max_streams(threads: int) -> int:
+    """Watch/log streams one worker holds at most: a quarter of its threads (at least 2) stay
+    for plain requests. 200 nodes each holding a watch need ``--threads`` ≥ 134 per worker of 2."""
+    return max(1, threads - max(2, threads // 4))
 
 
 def gunicorn_options(listen: str, workers: int, threads: int) -> dict[str, Any]:

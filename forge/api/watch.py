@@ -54,7 +54,7 @@ def start_watch(
     resp.content_type = NDJSON
     resp.set_header("Cache-Control", "no-store")
     resp.set_header("X-Accel-Buffering", "no")
-    resp.stream = _stream(ctx, kind, selector, since, first, timeout, render)
+    resp.stream = ctx.open_stream(_stream(ctx, kind, selector, since, first, timeout, render))
 
 
 def _stream(

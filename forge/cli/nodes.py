@@ -154,15 +154,21 @@ def nodes_drain(ctx: Ctx, name: str, timeout: float) -> None:
     left = _left(client, selector, pinned_apps)
     while left and clock.monotonic() < deadline:
         items, rv = client.list("instances", selector)
-        left = [i for i in items if is_active(i) and dig(i, "spec.app") not in pinned_apps]
-        if not left:
-            break
-        try:  # wake on the next change of this node's Instances (bounded by the deadline)
-            for _ in client.watch("instances", rv, selector,
-                                  timeout_seconds=max(1, int(min(30, deadline - clock.monotonic())))):
-                break
+        current = {i["metadata"]["name"]: i for i in items}
+        try:  # follow this node's Instances until none is left to move (bounded by the deadline)
+            for type_, obj in client.watch("instances", rv, selector,
+                                           timeout_seconds=max(1, int(min(30, deadline - clock.monotonic())))):
+                if type_ == "BOOKMARK":
+                    continue  # the stream's keep-alive (and its first line): nothing changed
+                if type_ == "DELETED":
+                    current.pop(obj["metadata"]["name"], None)
+                else:
+                    current[obj["metadata"]["name"]] = obj
+                if not [i for i in current.values() if is_active(i) and dig(i, "spec.app") not in pinned_apps]:
+                    break
         except Unavailable:
             clock.sleep(1.0)
+        left = _left(client, selector, pinned_apps)
     everything, _ = client.list("instances")
     rows = []
     for old_name, old in sorted(moving.items()):

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 
 from forge.client import ForgeClient
-from tests.api.conftest import COMMIT1, TOKEN, LiveServer
+from tests.api.conftest import COMMIT1, TOKEN, LiveServer, start_server, stop_server
 
 
 def _read_until(resp: httpx.Response, want: int, kinds: tuple[str, ...] = ("ADDED", "MODIFIED", "DELETED")) -> list[dict[str, Any]]:
@@ -225,3 +225,35 @@ def test_counters_survive_a_worker_restart(tmp_path) -> None:  # type: ignore[no
     finally:
         stop_server(server)
     assert seen == sorted(seen) and seen[-1] == 20.0, seen
+
+
+def test_streams_cannot_take_every_thread(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A client opening watch after watch (a CLI loop gone wrong) gets 429 once the worker's
+    stream slots are taken, while plain requests — an agent's lease renewal — are still answered
+    at once; a slot comes back when its client leaves."""
+    server = start_server(tmp_path, workers=1, extra_args=["--threads", "4"])  # 2 stream slots, 2 kept
+    streams = []
+    try:
+        params = {"watch": "true", "timeoutSeconds": "60"}
+        with server.client(timeout=10.0) as c:
+            for _ in range(2):
+                cm = c.stream("GET", "/api/v1/apps", params=params)
+                r = cm.__enter__()
+                assert r.status_code == 200
+                streams.append(cm)
+            r = c.get("/api/v1/apps", params=params)
+            assert r.status_code == 429 and r.json()["error"] == "TooManyRequests", r.text
+            t0 = time.monotonic()
+            assert c.get("/api/v1/apps").status_code == 200 and c.get("/readyz").status_code == 200
+            assert time.monotonic() - t0 < 5, "a plain request waited for a stream to end"
+            streams.pop().__exit__(None, None, None)
+            for _ in range(100):  # the server notices the departed client at its next keep-alive line (≤ 4 s)
+                r = c.get("/api/v1/apps", params={**params, "timeoutSeconds": "1"})
+                if r.status_code == 200:
+                    break
+                time.sleep(0.1)
+            assert r.status_code == 200, r.text
+    finally:
+        for cm in streams:
+            cm.__exit__(None, None, None)
+        stop_server(server)

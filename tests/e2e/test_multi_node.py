@@ -140,6 +140,14 @@ def live(c: Cluster) -> bool:
     return bool(app.get("status", {}).get("liveDeployment")) and len(serving(c)) == 3
 
 
+def ready(c: Cluster, worker: str) -> tuple[str, str]:
+    """The Ready condition of a worker's Node: (status, reason)."""
+    with c.client as api:
+        node = api.get(f"/api/v1/nodes/{c.node(worker)}").json()
+    cond = next((x for x in node["status"].get("conditions", []) if x["type"] == "Ready"), {})
+    return cond.get("status", ""), cond.get("reason", "")
+
+
 def get(c: Cluster, client: httpx.Client) -> str:
     r = client.get(f"{c.http}/", headers={"Host": HOST})
     r.raise_for_status()
@@ -285,3 +293,26 @@ def test_worker_dies_service_restored_and_it_comes_back_without_double_serving(c
     assert len(now) == 3 and not (set(now) & doomed), now
     assert not set(c.running_in("w1")) & doomed, c.running_in("w1")
     assert seen_instances(c) <= set(now)
+
+
+def test_a_partitioned_worker_stops_what_was_replaced_before_it_renews(cluster: Cluster) -> None:
+    """The cable of a live worker is cut (its agent and apps keep running, unseen): its Instances
+    are replaced elsewhere. When the cable is back the agent finds its lease lapsed and stops
+    them before renewing: the old copies never serve again and never run beside their replacements."""
+    c = cluster
+    victim = c.node("w2")
+    before = serving(c)
+    cut_off = {name for name, n in before.items() if n == victim}
+    assert cut_off, before
+    c.cut("w2")
+    try:
+        wait_for(lambda: len(serving(c)) == 3 and victim not in serving(c).values(), 60,
+                 "replacements for the partitioned worker's Instances")
+        assert ready(c, "w2") == ("False", "NodeLost")
+        assert set(c.running_in("w2")) >= cut_off, "the cut-off copies run on, unseen (a partition, not a death)"
+    finally:
+        c.cut("w2", up=True)
+    wait_for(lambda: ready(c, "w2") == ("True", "LeaseRenewed"), 60, "w2 to renew its lease again")
+    assert not set(c.running_in("w2")) & cut_off, "w2 renewed its lease while still running replaced Instances"
+    assert not set(serving(c)) & cut_off
+    assert seen_instances(c) <= set(serving(c))
