@@ -110,6 +110,9 @@ def slot_map(slots: int = UPSTREAM_SLOTS) -> dict[str, Any]:
     }
 
 
+DIAL_TIMEOUT = "1s"  # backends are on this host or the nodes' LAN: a SYN answered takes milliseconds
+
+
 def server_routes(routes: Routes, slots: int = UPSTREAM_SLOTS, upstream_keepalive: bool = True) -> list[dict[str, Any]]:
     proxy: dict[str, Any] = {
         "handler": "reverse_proxy",
@@ -120,8 +123,11 @@ def server_routes(routes: Routes, slots: int = UPSTREAM_SLOTS, upstream_keepaliv
             "try_interval": "50ms",
         },
     }
+    # A backend whose machine died (no RST, only silence) must cost a request one short dial, not
+    # Caddy's default 3 s, which outlasts try_duration: the retry then reaches a live replica.
+    proxy["transport"] = {"protocol": "http", "dial_timeout": DIAL_TIMEOUT}
     if not upstream_keepalive:
-        proxy["transport"] = {"protocol": "http", "keep_alive": {"enabled": False}}
+        proxy["transport"]["keep_alive"] = {"enabled": False}
     return [
         {"@id": HOSTMAP_ID, "handle": hostmap_handlers(routes, slots)},
         {
