@@ -10,9 +10,10 @@ Only what this module added is ever removed: the routes it installed are kept in
 ``DATA/node-routes.json`` and deleted with their exact gateway. A node whose address is one of
 this host's own (the local agent of ``forge up``) needs no route; a subnet that overlaps a
 network this host already has (its own bridge, a LAN) or another node's subnet gets no route
-and a reason, which the router turns into a Warning Event on that Node. Nodes must share a
-link with the proxy host (the gateway must be on-link), as with host-gw; across routed
-networks the operator routes the subnets (or runs a VPN such as WireGuard between the nodes).
+and a reason, which the router turns into a Warning Event on that Node. A node on a link of
+this host gets a host route, as with host-gw; a node elsewhere (another subnet of a VPC, behind
+a VPN) is left to the network, which must route its instance subnet to it (the Terraform
+module adds those VPC routes).
 """
 
 from __future__ import annotations
@@ -34,11 +35,14 @@ Routes = dict[str, str]  # instance subnet -> the node address it is routed via
 
 
 def plan(nodes: Iterable[Node], local_addresses: set[str],
-         connected: list[tuple[ipaddress.IPv4Network, str]], ours: Routes) -> tuple[Routes, dict[str, str]]:
+         connected: list[tuple[ipaddress.IPv4Network, str]], ours: Routes,
+         on_link: list[ipaddress.IPv4Network] | None = None) -> tuple[Routes, dict[str, str]]:
     """(subnet → via for every node that needs a route, node name → why it gets none).
 
     Nodes are taken oldest first (by creation time, then name): of two nodes claiming
-    overlapping subnets the one that was there first keeps its route."""
+    overlapping subnets the one that was there first keeps its route. A node whose address is
+    not on a link of this host (``on_link``; None: every address counts as on-link) is left to
+    the network: a VPC route table or a VPN routes its subnet, as it must reach the address."""
     want: Routes = {}
     problems: dict[str, str] = {}
     claimed: list[tuple[ipaddress.IPv4Network, str]] = []
@@ -69,6 +73,8 @@ def plan(nodes: Iterable[Node], local_addresses: set[str],
                                             f"already has on {clash}; give it another with FORGE_INSTANCE_SUBNET")
             continue
         claimed.append((subnet, node.metadata.name))
+        if on_link is not None and not any(via in net for net in on_link):
+            continue  # routed by the network, not by a host route here
         want[str(subnet)] = address
     return want, problems
 
@@ -101,7 +107,8 @@ class NodeRoutes:
             kernel = _kernel_routes()
             connected = [(net, dev) for net, (dev, via) in kernel.items()
                          if via is None or ours.get(str(net)) != via]
-            want, problems = plan(nodes, local, connected, ours)
+            on_link = [net for net, (_dev, via) in kernel.items() if via is None]
+            want, problems = plan(nodes, local, connected, ours, on_link)
             changed: list[str] = []
             for subnet, via in sorted(ours.items()):
                 if want.get(subnet) != via:

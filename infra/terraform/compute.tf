@@ -35,6 +35,8 @@ resource "aws_instance" "worker" {
   instance_type          = var.worker_instance_type
   subnet_id              = aws_subnet.private.id
   vpc_security_group_ids = [aws_security_group.worker.id]
+  # The worker forwards its instance subnet (Instances in their own network namespaces).
+  source_dest_check = false
   key_name               = var.ssh_key_name
   metadata_options {
     http_tokens = "required"

@@ -35,6 +35,15 @@ resource "aws_route_table" "public" {
     cidr_block = "0.0.0.0/0"
     gateway_id = aws_internet_gateway.main.id
   }
+  # Each worker's instance subnet (FORGE_INSTANCE_SUBNET, set by the inventory from
+  # worker_instance_subnets) goes to that worker: Caddy on the control plane dials Instances there.
+  dynamic "route" {
+    for_each = aws_instance.worker
+    content {
+      cidr_block           = cidrsubnet(var.instance_subnet_pool, 8, route.key + 1)
+      network_interface_id = route.value.primary_network_interface_id
+    }
+  }
   tags = { Name = "${var.name}-public" }
 }
 

@@ -84,3 +84,9 @@ variable "database_subnet_b_cidr" {
   default     = "10.0.3.0/24"
   description = "A second private subnet (RDS needs two availability zones)."
 }
+
+variable "instance_subnet_pool" {
+  type        = string
+  default     = "10.213.0.0/16"
+  description = "Worker i's Instances get cidrsubnet(pool, 8, i + 1) (a /24); must not overlap the VPC."
+}

@@ -54,6 +54,17 @@ def test_a_subnet_clashing_with_a_network_of_this_host_is_not_routed() -> None:
     assert want == {"10.213.1.0/24": "10.0.0.3"} and problems == {}
 
 
+def test_a_node_off_this_hosts_links_is_left_to_the_network() -> None:
+    """Workers in another subnet of a VPC: the VPC's route table carries their instance subnets."""
+    nodes = [node("near", "10.0.0.3", "10.213.1.0/24"), node("far", "10.0.2.9", "10.213.2.0/24")]
+    want, problems = plan(nodes, set(), LAN, {}, on_link=[ipaddress.ip_network("10.0.0.0/24")])
+    assert want == {"10.213.1.0/24": "10.0.0.3"} and problems == {}
+    # ... and its subnet still counts as claimed.
+    clash = node("late", "10.0.0.4", "10.213.2.0/25", created="2027-01-01T00:00:00Z")
+    _, problems = plan([*nodes, clash], set(), LAN, {}, on_link=[ipaddress.ip_network("10.0.0.0/24")])
+    assert "overlaps node far's" in problems["late"]
+
+
 def test_malformed_or_ipv6_addresses_are_named_not_raised() -> None:
     _, problems = plan([node("v6", "fd00::3", "10.213.1.0/24"), node("bad", "nowhere", "10.213.2.0/24")], set(), [], {})
     assert "only IPv4" in problems["v6"] and "not an IP" in problems["bad"]
