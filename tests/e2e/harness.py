@@ -200,19 +200,8 @@ class Forge:
 
     def webhook(self, event: str, payload: dict, *, form: bool = False, secret: str | None = WEBHOOK_SECRET,
                 delivery: str | None = None, signature: str | None = None) -> httpx.Response:
-        raw = json.dumps(payload).encode()
-        ctype = "application/json"
-        if form:
-            from urllib.parse import urlencode
-
-            raw, ctype = urlencode({"payload": raw.decode()}).encode(), "application/x-www-form-urlencoded"
-        headers = {"X-GitHub-Event": event, "X-GitHub-Delivery": delivery or str(uuid.uuid4()),
-                   "Content-Type": ctype, "User-Agent": "GitHub-Hookshot/e2e"}
-        if signature is not None:
-            headers["X-Hub-Signature-256"] = signature
-        elif secret is not None:
-            headers["X-Hub-Signature-256"] = "sha256=" + hmac.new(secret.encode(), raw, hashlib.sha256).hexdigest()
-        return httpx.post(f"{self.api}/api/v1/webhook/github", content=raw, headers=headers, timeout=10)
+        return github_delivery(self.api, event, payload, form=form, secret=secret, delivery=delivery,
+                               signature=signature)
 
     def get(self, plural: str, name: str) -> dict:
         with self.client as c:
@@ -250,6 +239,24 @@ class Forge:
         except httpx.HTTPError:
             return False
         return r.status_code == 200 and r.text.startswith(text)
+
+
+def github_delivery(api: str, event: str, payload: dict, *, form: bool = False, secret: str | None = WEBHOOK_SECRET,
+                    delivery: str | None = None, signature: str | None = None) -> httpx.Response:
+    """POST a GitHub webhook delivery to the API at ``api``, signed with ``secret`` (or ``signature``)."""
+    raw = json.dumps(payload).encode()
+    ctype = "application/json"
+    if form:
+        from urllib.parse import urlencode
+
+        raw, ctype = urlencode({"payload": raw.decode()}).encode(), "application/x-www-form-urlencoded"
+    headers = {"X-GitHub-Event": event, "X-GitHub-Delivery": delivery or str(uuid.uuid4()),
+               "Content-Type": ctype, "User-Agent": "GitHub-Hookshot/e2e"}
+    if signature is not None:
+        headers["X-Hub-Signature-256"] = signature
+    elif secret is not None:
+        headers["X-Hub-Signature-256"] = "sha256=" + hmac.new(secret.encode(), raw, hashlib.sha256).hexdigest()
+    return httpx.post(f"{api}/api/v1/webhook/github", content=raw, headers=headers, timeout=10)
 
 
 def new_forge(root: Path, **env_extra: str) -> Forge:

@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.harness import ADMIN_TOKEN, Remote, push_payload, wait_for
+from tests.e2e.harness import ADMIN_TOKEN, Remote, github_delivery, push_payload, wait_for
 from tests.e2e.multihost import Cluster
 
 APP = r'''
@@ -108,16 +108,7 @@ def cluster() -> Iterator[Cluster]:
 
 
 def deliver(c: Cluster, payload: dict) -> None:
-    import hashlib
-    import hmac
-    import uuid
-
-    from tests.e2e.harness import WEBHOOK_SECRET
-
-    raw = json.dumps(payload).encode()
-    r = httpx.post(f"{c.api}/api/v1/webhook/github", content=raw, timeout=10, headers={
-        "X-GitHub-Event": "push", "X-GitHub-Delivery": str(uuid.uuid4()), "Content-Type": "application/json",
-        "X-Hub-Signature-256": "sha256=" + hmac.new(WEBHOOK_SECRET.encode(), raw, hashlib.sha256).hexdigest()})
+    r = github_delivery(c.api, "push", payload)
     assert r.status_code in (200, 202), r.text
 
 
