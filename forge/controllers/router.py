@@ -15,7 +15,7 @@ address at the live release's ready Instances with one atomic nftables batch. Tw
 * ``backends`` (App, Instance, Node changes): the desired map, applied as the difference from
   what was applied last (one batch, cost independent of the number of Apps); every
   ``VERIFY_SECONDS`` the whole kernel map is read back and repaired.
-* ``node-routes`` (Node changes, every ``VERIFY_SECONDS``): a route to each other node's
+* ``node-routes`` (Node changes, every ``ROUTES_VERIFY_SECONDS``): a route to each other node's
   instance subnet via that node's address (``forge.noderoutes``), so a backend on another
   machine is reached through the same map. A node that cannot be routed (its subnet overlaps
   another's, its gateway is not on-link) gets a ``NodeRouteFailed`` Warning Event naming why.
@@ -56,6 +56,7 @@ KEY_BACKENDS: Final[str] = "backends"  # kernel mode: the service map
 KEY_NODE_ROUTES: Final[str] = "node-routes"  # kernel mode: routes to other nodes' instance subnets
 RETRY_SECONDS: Final[float] = 1.0
 VERIFY_SECONDS: Final[float] = 10.0  # the kernel map is read back and compared this often
+ROUTES_VERIFY_SECONDS: Final[float] = 30.0  # the node routes are read back this often (two `ip -j` calls)
 CADDY_VERIFY_SECONDS: Final[float] = 30.0  # and Caddy's whole config (a few hundred KB at 5,000 hosts)
 REASON_UNREACHABLE: Final[str] = "CaddyUnreachable"
 REASON_REACHABLE: Final[str] = "CaddyReachable"
@@ -313,7 +314,7 @@ class RouterController(Controller):
                 self.recorder.record(by_name[name], "Normal", REASON_ROUTED,
                                      f"node {name}'s instance subnet is routed again")
         self._route_problems = problems
-        return Result(requeue_after=VERIFY_SECONDS)  # a route someone removed comes back
+        return Result(requeue_after=ROUTES_VERIFY_SECONDS)  # a route someone removed comes back
 
     def _caddy_down(self, exc: Unavailable) -> Result:
         self.metrics.failures.inc()
