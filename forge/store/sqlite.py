@@ -45,10 +45,12 @@ def _json(value: Any) -> str:
 
 
 class _SqliteTx:
-    """``records.RecordTx`` over one ``BEGIN IMMEDIATE`` transaction."""
+    """``records.RecordTx`` over one ``BEGIN IMMEDIATE`` transaction; ``kinds`` collects the
+    kinds it logged a change of (whose watchers the commit wakes)."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, kinds: set[str] | None = None) -> None:
         self.conn = conn
+        self.kinds: set[str] = set() if kinds is None else kinds
 
     def row(self, kind: str, name: str) -> tuple[dict[str, Any], int] | None:
         row = self.conn.execute("SELECT data, created FROM records WHERE kind = ? AND name = ?", (kind, name)).fetchone()
@@ -80,6 +82,7 @@ class _SqliteTx:
         self.conn.execute("DELETE FROM records WHERE kind = ? AND name = ?", (kind, name))
 
     def log(self, rev: int, type_: EventType, obj: Resource, now: int) -> None:
+        self.kinds.add(obj.KIND)
         self.conn.execute(
             f"INSERT INTO changes ({CHANGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
             (rev, obj.KIND, obj.metadata.name, type_, now, _json(obj.dump())),
@@ -106,7 +109,9 @@ class SqliteStore(LogsAndMarks):
         self.fence: Fence | None = None  # set by a leader: every write checks it (see base.Fence)
         parent = os.path.dirname(os.path.abspath(path))
         os.makedirs(parent, exist_ok=True)
-        self._db = SqliteDb(path, busy_timeout=busy_timeout, poll_seconds=poll_seconds)
+        self._tailed: int | None = None  # the revision up to which the tailer reported kinds
+        self._db = SqliteDb(path, busy_timeout=busy_timeout, poll_seconds=poll_seconds,
+                            changed_topics=self._changed_kinds)
         with self._db.conn() as conn:
             try:
                 conn.execute("PRAGMA journal_mode = WAL")  # persistent in the file
@@ -181,12 +186,25 @@ class SqliteStore(LogsAndMarks):
         with self._db.read() as conn:
             conn.execute("SELECT 1").fetchone()
 
+    def _changed_kinds(self, conn: sqlite3.Connection) -> set[str] | None:
+        """The tailer's question after another connection committed: the kinds changed since it
+        last asked (None — wake every watcher — on its first question or across a compaction)."""
+        since = self._tailed
+        tx = _SqliteTx(conn)
+        self._tailed = tx.counter("revision")
+        if since is None or since < tx.counter("compacted"):
+            return None
+        rows = conn.execute("SELECT DISTINCT kind FROM changes WHERE revision > ? AND revision <= ?",
+                            (since, self._tailed)).fetchall()
+        return {str(r[0]) for r in rows}
+
     # ------------------------------------------------------------------ writes
 
     @contextmanager
     def _write(self) -> Iterator[_SqliteTx]:
-        with self._db.write() as conn:
-            yield _SqliteTx(conn)
+        kinds: set[str] = set()
+        with self._db.write(kinds) as conn:
+            yield _SqliteTx(conn, kinds)
 
     def create(self, obj: R) -> R:
         now, now_iso = self._now()
@@ -230,13 +248,15 @@ class SqliteStore(LogsAndMarks):
                     raise Gone(records.gone_message(since, compacted))
                 return conn.execute(sql, args).fetchall()
 
-        rows = self._db.wait_for(check, timeout)
+        rows = self._db.wait_for(check, timeout, topic=kind)
         return [WatchEvent(type=t, object=parse_record(json.loads(d), k), revision=r) for r, t, k, d in rows]
 
     def compact(self, keep: int = 10_000) -> int:
         """Drop all but the newest ``keep`` changes; returns the compacted revision."""
         with self._write() as tx:
-            return records.compact(tx, keep)
+            out = records.compact(tx, keep)
+        self._db.notify()  # watchers behind the new floor learn it (Gone) now
+        return out
 
     def waiting(self) -> int:
         """How many watch/wait_logs callers are blocked right now."""
