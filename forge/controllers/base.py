@@ -14,7 +14,9 @@ from typing import ClassVar
 
 from forge.clock import Clock
 from forge.config import Config
+from forge.controllers.cache import read_only
 from forge.events import EventRecorder
+from forge.models import App
 from forge.store.base import Store, WatchEvent
 
 
@@ -58,4 +60,4 @@ class AppKeyedController(Controller):
         return (obj.metadata.name,) if obj.kind == "App" else (obj.spec.app,)
 
     def all_keys(self) -> Iterable[str]:
-        return sorted(a.metadata.name for a in self.store.list("App")[0])
+        return sorted(a.metadata.name for a in read_only(self.store, App))

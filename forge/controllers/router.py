@@ -12,9 +12,13 @@ address at the live release's ready Instances with one atomic nftables batch. Tw
   config with the one Forge wants and ``POST /load`` it when anything differs — a drifted route,
   a handler someone added, a changed admin or TLS section — so any tampering is repaired, not
   only the host map. Never a Caddy restart.
-* ``backends`` (App, Instance, Node changes): the desired map, applied as the difference from
-  what was applied last (one batch, cost independent of the number of Apps); every
-  ``VERIFY_SECONDS`` the whole kernel map is read back and repaired.
+* ``backends/APP`` (that App's or its Instances' changes): the App's entry of the desired map
+  is recomputed alone and the difference applied (one batch; the work of a deploy does not
+  grow with the number of Apps).
+* ``backends`` (Node changes, resync): the whole desired map, applied as the difference from
+  what was applied last; every ``VERIFY_SECONDS`` the whole kernel map is read back and
+  repaired. Under the runtime the desired Caddy config and map are memoised on the informer
+  cache's version of the records they derive from, so an idle resync recomputes nothing.
 
 **caddy** (no root or no nftables: a laptop, a non-root dev run): the previous design — the
 ready dials themselves live in Caddy's host map, one PATCH per change (``forge.caddy``).
@@ -35,9 +39,10 @@ from forge.caddy import HOSTMAP_ID, CaddyAdmin, base_config, hostmap_handlers, r
 from forge.clock import Clock
 from forge.config import Config
 from forge.controllers.base import Controller, Result
+from forge.controllers.cache import cache_version, read_only
 from forge.errors import Conflict, ForgeError, NotFound, Unavailable
 from forge.events import EventRecorder
-from forge.models import App, Instance, Node, ObjectMeta, Resource
+from forge.models import LABEL_APP, App, Instance, Node, ObjectMeta, Resource
 from forge.nft import NetError, nft_available
 from forge.routing import desired_routes, service_backends, service_port, service_routes
 from forge.servicemap import ServiceMap, allocate_ports
@@ -48,6 +53,7 @@ log = logging.getLogger(__name__)
 KEY: Final[str] = "routes"  # caddy mode: the whole table
 KEY_HOSTS: Final[str] = "hosts"  # kernel mode: service addresses and Caddy's config
 KEY_BACKENDS: Final[str] = "backends"  # kernel mode: the service map
+APP_BACKENDS: Final[str] = KEY_BACKENDS + "/"  # kernel mode: one App's entry of it (+ the App's name)
 RETRY_SECONDS: Final[float] = 1.0
 VERIFY_SECONDS: Final[float] = 10.0  # the kernel map is read back and compared this often
 CADDY_VERIFY_SECONDS: Final[float] = 30.0  # and Caddy's whole config (a few hundred KB at 5,000 hosts)
@@ -119,6 +125,13 @@ class RouterController(Controller):
         self._next_verify = 0.0
         self._next_caddy_check = 0.0
         self._caddy_want: dict[str, Any] | None = None
+        # kernel mode: the desired map as last computed or updated per App, and each App's port in it
+        self._want: dict[int, list[str]] | None = None
+        self._port_of: dict[str, int] = {}
+        self._want_version: tuple[int, ...] | None = None
+        # kernel mode: (routes, Caddy config) and the cache version of the Apps they came from
+        self._hosts: tuple[dict[str, list[str]], dict[str, Any]] | None = None
+        self._hosts_version: tuple[int, ...] | None = None
         # Events need an involved object; Caddy is no record, so name it as one.
         self._subject = Resource(kind="Router", metadata=ObjectMeta(name="caddy"))
         self._map_subject = Resource(kind="Router", metadata=ObjectMeta(name="service-map"))
@@ -136,16 +149,40 @@ class RouterController(Controller):
     def keys_for(self, event: WatchEvent) -> Iterable[str]:
         if self.mode == "caddy":
             return (KEY,)
-        return (KEY_HOSTS, KEY_BACKENDS) if event.object.kind == "App" else (KEY_BACKENDS,)
+        obj = event.object
+        if isinstance(obj, App):
+            return (KEY_HOSTS, APP_BACKENDS + obj.metadata.name)
+        if isinstance(obj, Instance):
+            return (APP_BACKENDS + obj.spec.app,)
+        return (KEY_BACKENDS,)  # a Node: its address may be every Instance's on it
 
     def all_keys(self) -> Iterable[str]:
         return (KEY,) if self.mode == "caddy" else (KEY_HOSTS, KEY_BACKENDS)
 
     def _snapshot(self) -> tuple[list[App], list[Instance], list[Node]]:
-        apps: list[App] = self.store.list(App)[0]
-        instances: list[Instance] = self.store.list(Instance)[0]
-        nodes: list[Node] = self.store.list(Node)[0]
-        return apps, instances, nodes
+        """Every App, Instance and Node, read only (the pure planners never mutate them)."""
+        return read_only(self.store, App), read_only(self.store, Instance), read_only(self.store, Node)
+
+    def _desired_backends(self) -> dict[int, list[str]]:
+        """The whole kernel map (a fresh dict), memoised on the cache's version of its inputs."""
+        assert self.services is not None
+        version = cache_version(self.store, App, Instance, Node)
+        if self._want is None or version is None or version != self._want_version:
+            apps, instances, nodes = self._snapshot()
+            want = service_backends(apps, instances, nodes, self.services.address)
+            self._port_of = {a.metadata.name: p for a in apps if (p := service_port(a, self.services.address)) in want}
+            self._want, self._want_version = want, version
+        return dict(self._want)
+
+    def _app_backends(self, name: str) -> dict[int, list[str]]:
+        """One App's entry of the kernel map ({} when it has none): its own records only."""
+        assert self.services is not None
+        try:
+            app = self.store.get(App, name)
+        except NotFound:
+            return {}
+        insts = [i for i in read_only(self.store, Instance, {LABEL_APP: name}) if i.spec.app == name]
+        return service_backends([app], insts, read_only(self.store, Node), self.services.address)
 
     def desired(self) -> dict[str, list[str]]:
         apps, instances, nodes = self._snapshot()
@@ -154,6 +191,8 @@ class RouterController(Controller):
         return desired_routes(apps, instances, nodes, self.config.domain)
 
     def reconcile(self, key: str) -> Result | None:
+        if key.startswith(APP_BACKENDS) and self.services is not None:
+            return self._reconcile_app_backends(key[len(APP_BACKENDS):])
         if key == KEY_BACKENDS and self.services is not None:
             return self._reconcile_backends()
         if key == KEY_HOSTS and self.services is not None:
@@ -180,12 +219,16 @@ class RouterController(Controller):
     # ------------------------------------------------------------------ kernel mode
     def _reconcile_hosts(self) -> Result | None:
         assert self.services is not None
-        apps: list[App] = self.store.list(App)[0]
-        if self._allocate(apps):
-            return Result(requeue_after=0.05)  # re-read: the writes changed the Apps
-        routes = service_routes(apps, self.config.domain)
+        version = cache_version(self.store, App)
+        if self._hosts is None or version is None or version != self._hosts_version:
+            apps = read_only(self.store, App)
+            if self._allocate(apps):
+                return Result(requeue_after=0.05)  # re-read: the writes changed the Apps
+            routes = service_routes(apps, self.config.domain)
+            self._hosts = routes, router_base_config(self.config, routes, kernel=True)
+            self._hosts_version = version
+        routes, want = self._hosts
         self.metrics.hosts.set(len(routes))
-        want = router_base_config(self.config, routes, kernel=True)
         try:
             self._ensure_caddy(want, routes)
         except Unavailable as exc:
@@ -242,13 +285,30 @@ class RouterController(Controller):
         self._caddy_want = want
         log.info("router: caddy config loaded")
 
+    def _reconcile_app_backends(self, name: str) -> Result | None:
+        if self._want is None:
+            return self._reconcile_backends()  # nothing to update yet: the whole map first
+        entry = self._app_backends(name)
+        old = self._port_of.pop(name, None)
+        if old is not None:
+            self._want.pop(old, None)
+        for port, dials in entry.items():
+            self._want[port] = dials
+            self._port_of[name] = port
+        self._want_version = None  # no longer what one version of the cache gave
+        return self._apply_backends(dict(self._want), verify=False)  # the whole-map key keeps its own timer
+
     def _reconcile_backends(self) -> Result | None:
+        backends = self._desired_backends()
+        failed = self._apply_backends(backends, verify=self.clock.monotonic() >= self._next_verify)
+        return failed or Result(requeue_after=max(0.05, self._next_verify - self.clock.monotonic()))
+
+    def _apply_backends(self, backends: dict[int, list[str]], verify: bool) -> Result | None:
+        """Apply (or, when ``verify``, read back and repair) the kernel map; a retry when it failed."""
         assert self.services is not None
-        apps, instances, nodes = self._snapshot()
-        backends = service_backends(apps, instances, nodes, self.services.address)
         start = self.clock.monotonic()
         try:
-            if start >= self._next_verify:
+            if verify:
                 if self.services.ensure():
                     log.info("router: service table %s created", self.services.table)
                 if self.services.verify(backends) and self._next_verify:
@@ -270,7 +330,7 @@ class RouterController(Controller):
         if changed:
             self.metrics.seconds.observe(self.clock.monotonic() - start)
             self.metrics.updates.labels(method="kernel").inc(len(changed))
-        return Result(requeue_after=max(0.05, self._next_verify - self.clock.monotonic()))
+        return None
 
     def _caddy_down(self, exc: Unavailable) -> Result:
         self.metrics.failures.inc()

@@ -262,6 +262,12 @@ class SqliteStore(LogsAndMarks):
         """How many watch/wait_logs callers are blocked right now."""
         return self._db.waiting() + self._logs.waiting()
 
+    def wake_waiters(self) -> None:
+        """Every blocked watch/wait_logs call returns now, as if it timed out (a server ending
+        its streams)."""
+        self._db.interrupt()
+        self._logs.interrupt()
+
     def close(self) -> None:
         self._db.close()
         self._logs.close()

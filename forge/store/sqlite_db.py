@@ -63,6 +63,7 @@ class SqliteDb:
         self._cond = threading.Condition(self._lock)  # topic None: woken by every change
         self._topic_conds: dict[str, threading.Condition] = {}
         self._seq = 0
+        self._interrupts = 0
         self._topic_seq: dict[str | None, int] = {}
         self._waiters = 0
         self._tailer: threading.Thread | None = None
@@ -147,6 +148,12 @@ class SqliteDb:
                 if cond is not None:
                     cond.notify_all()
 
+    def interrupt(self) -> None:
+        """Every blocked ``wait_for`` returns now with its last result, as on a timeout."""
+        with self._lock:
+            self._interrupts += 1
+        self.notify()
+
     def _mark(self, topic: str | None) -> int:
         # Called with self._lock held: the counter a waiter on ``topic`` compares against.
         return self._seq if topic is None else self._topic_seq.setdefault(topic, 0)
@@ -160,7 +167,7 @@ class SqliteDb:
         deadline = self._wall.monotonic() + max(0.0, timeout)
         while True:
             with self._lock:
-                seq = self._mark(topic)
+                seq, interrupts = self._mark(topic), self._interrupts
                 if topic is None:
                     cond = self._cond
                 else:
@@ -179,7 +186,7 @@ class SqliteDb:
                         cond.wait(remaining)
                 finally:
                     self._waiters -= 1
-                if self._closed:
+                if self._closed or self._interrupts != interrupts:
                     return result
 
     def waiting(self) -> int:
