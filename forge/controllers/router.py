@@ -66,6 +66,12 @@ REASON_MAP_REPAIRED: Final[str] = "ServiceMapRepaired"
 _AUTO: Final = object()
 
 
+def host_inputs(app: App) -> tuple[Any, ...]:
+    """What of an App its hosts in Caddy's config derive from (``service_routes``, ``_allocate``)."""
+    return (app.metadata.deletion_timestamp is None, tuple(app.spec.domains), bool(app.status.live_deployment),
+            app.status.service_address)
+
+
 def tls_ask_url(config: Config) -> str:
     host, _, port = config.api_listen.rpartition(":")
     host = "127.0.0.1" if host in ("", "0.0.0.0") else host
@@ -129,8 +135,10 @@ class RouterController(Controller):
         self._want: dict[int, list[str]] | None = None
         self._port_of: dict[str, int] = {}
         self._want_version: tuple[int, ...] | None = None
-        # kernel mode: (routes, Caddy config) and the cache version of the Apps they came from
-        self._hosts: tuple[dict[str, list[str]], dict[str, Any]] | None = None
+        # kernel mode: (routes, their digest, Caddy config), what of each App they came from, and
+        # the cache version of the Apps then
+        self._hosts: tuple[dict[str, list[str]], str, dict[str, Any]] | None = None
+        self._host_inputs: dict[str, tuple[Any, ...]] = {}
         self._hosts_version: tuple[int, ...] | None = None
         # Events need an involved object; Caddy is no record, so name it as one.
         self._subject = Resource(kind="Router", metadata=ObjectMeta(name="caddy"))
@@ -151,7 +159,11 @@ class RouterController(Controller):
             return (KEY,)
         obj = event.object
         if isinstance(obj, App):
-            return (KEY_HOSTS, APP_BACKENDS + obj.metadata.name)
+            # Most App writes (statuses of a deploy) leave its hosts as they were: the predicate
+            # spares the whole-config key then (controller-runtime's event filters); the resync
+            # looks anyway.
+            same = event.type != "DELETED" and self._host_inputs.get(obj.metadata.name) == host_inputs(obj)
+            return (APP_BACKENDS + obj.metadata.name,) if same else (KEY_HOSTS, APP_BACKENDS + obj.metadata.name)
         if isinstance(obj, Instance):
             return (APP_BACKENDS + obj.spec.app,)
         return (KEY_BACKENDS,)  # a Node: its address may be every Instance's on it
@@ -224,13 +236,16 @@ class RouterController(Controller):
             apps = read_only(self.store, App)
             if self._allocate(apps):
                 return Result(requeue_after=0.05)  # re-read: the writes changed the Apps
-            routes = service_routes(apps, self.config.domain)
-            self._hosts = routes, router_base_config(self.config, routes, kernel=True)
+            inputs = {a.metadata.name: host_inputs(a) for a in apps}
+            if self._hosts is None or inputs != self._host_inputs:
+                routes = service_routes(apps, self.config.domain)
+                self._hosts = routes, routes_digest(routes), router_base_config(self.config, routes, kernel=True)
+                self._host_inputs = inputs
             self._hosts_version = version
-        routes, want = self._hosts
+        routes, digest, want = self._hosts
         self.metrics.hosts.set(len(routes))
         try:
-            self._ensure_caddy(want, routes)
+            self._ensure_caddy(want, digest)
         except Unavailable as exc:
             return self._caddy_down(exc)
         self._caddy_back()
@@ -256,7 +271,7 @@ class RouterController(Controller):
                 wrote = True  # someone else wrote it meanwhile: re-read and try again
         return wrote
 
-    def _ensure_caddy(self, want: dict[str, Any], routes: dict[str, list[str]]) -> None:
+    def _ensure_caddy(self, want: dict[str, Any], digest: str) -> None:
         """Load ``want`` when Caddy's whole config differs from it. Every pass asks for the few
         bytes of the host-map digest (a restarted Caddy, or a changed host set, shows at once);
         the whole config is compared when that differs, when ``want`` changed, and at least every
@@ -264,7 +279,7 @@ class RouterController(Controller):
         now = self.clock.monotonic()
         if want == self._caddy_want and now < self._next_caddy_check:
             stamp = self.caddy.get_id(HOSTMAP_ID, "/handle/0")
-            if isinstance(stamp, dict) and stamp.get("forge_routes") == routes_digest(routes):
+            if isinstance(stamp, dict) and stamp.get("forge_routes") == digest:
                 return
         have = self.caddy.config()
         self._next_caddy_check = now + CADDY_VERIFY_SECONDS
