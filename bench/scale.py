@@ -10,8 +10,9 @@ Each size runs in its own child process (``--one N``) so CPU and RSS are its own
   their own node tokens — register the Node, renew the Lease every 2 s (one PUT), watch their
   Instances with the ``forge.dev/node`` selector and report them Running and ready at an
   address and port, or Stopped — without starting any process;
-- N apps seeded straight into the store as already live (App, Deployment with its manifest,
-  one Instance bound to a node and Running), then the controllers start and settle.
+- N apps seeded straight into the store as already live (App with its service address,
+  Deployment with its manifest and health, one Instance bound to a node and Running), then the
+  controllers start and settle.
 
 Printed per size: one change — a deploy of one app (``POST /api/v1/deployments``, a real git
 fetch of a local repo by the source controller) — from the write until the router applied
@@ -92,14 +93,20 @@ class FakeServiceMap:
         return False
 
     def apply(self, backends: dict[int, list[str]]) -> list[int]:
-        changed = [p for p in set(backends) | set(self.backends) if backends.get(p) != self.backends.get(p)]
+        # A dict walk, as forge.servicemap's own diff: the fake must not cost more than the map.
+        have = self.backends
+        changed = [p for p, d in backends.items() if have.get(p) != d]
+        changed += [p for p in have if p not in backends]
         if changed:
             now = CLOCK.monotonic()
             with self.cond:
-                self.backends = {p: list(d) for p, d in backends.items()}
                 for p in changed:
-                    for dial in backends.get(p, []):
-                        self.seen.setdefault(dial, now)
+                    if p in backends:
+                        have[p] = list(backends[p])
+                        for dial in backends[p]:
+                            self.seen.setdefault(dial, now)
+                    else:
+                        del have[p]
                 self.cond.notify_all()
         return changed
 
@@ -232,25 +239,32 @@ def make_repo(root: Path) -> str:
                           text=True).stdout.strip()
 
 
-def seed(store: Any, n_apps: int, nodes: list[str], commit: str) -> None:
-    """N live apps written straight to the store (what a settled cluster holds)."""
+def seed(store: Any, config: Config, n_apps: int, nodes: list[str], commit: str, service_ip: str) -> None:
+    """N live apps written straight to the store as the controllers leave them once settled (the
+    router's service address, the health controller's statuses from its own pure functions), so
+    that starting the controllers is not itself a burst of N status writes."""
+    from forge.controllers.deploystate import app_url
+    from forge.controllers.health import app_health, deployment_health
+    from forge.controllers.rollback import RollbackSettings, plan_rollback
+    from forge.controllers.rollout import RolloutSettings, plan_rollout
     from forge.manifest import parse_manifest
+    from forge.servicemap import allocate_ports
 
     manifest = parse_manifest(FORGE_YAML).to_status()
     now = CLOCK.now_iso()
+    ports = allocate_ports(sorted(f"app-{i}" for i in range(n_apps)), {})
     for i in range(n_apps):
         name = f"app-{i}"
         node = nodes[i % len(nodes)]
         app = App.model_validate({"metadata": {"name": name}, "spec": {"repo": "acme/app"},
                                   "status": {"liveDeployment": f"{name}-1", "latestDeployment": f"{name}-1",
-                                             "observedGeneration": 1}})
-        store.create(app)
+                                             "observedGeneration": 1,
+                                             "serviceAddress": f"{service_ip}:{ports[name]}"}})
         dep = Deployment.model_validate({
             "metadata": {"name": f"{name}-1", "labels": {LABEL_APP: name}},
             "spec": {"app": name, "commit": commit, "ref": "refs/heads/main", "repo": "acme/app"},
             "status": {"phase": "Live", "manifest": manifest, "createdTime": now, "liveTime": now,
                        "appGeneration": 1, "observedGeneration": 1}})
-        store.create(dep)
         inst = Instance.model_validate({
             "metadata": {"name": f"{name}-1-0", "labels": {LABEL_APP: name, LABEL_DEPLOYMENT: f"{name}-1",
                                                           LABEL_NODE: node}},
@@ -258,7 +272,17 @@ def seed(store: Any, n_apps: int, nodes: list[str], commit: str) -> None:
                      "manifest": manifest, "resources": {"memory": 64 * MiB, "cpu": 0.1}},
             "status": {"phase": "Running", "ready": True, "address": "127.0.0.1", "port": 10000 + i,
                        "readyTime": now}})
-        store.create(inst)
+        for _ in range(3):  # the controllers' own planners, to their fixpoint
+            dep.status = deployment_health(app, dep, [inst], now)
+            app.status = app_health(app, [dep], [inst], now)
+            ro = plan_rollout(app, [dep], [inst], None, CLOCK.now(), RolloutSettings(),
+                              app_url(name, config.domain, config.tls, config.http_listen))
+            app.status = ro.app_status or app.status
+            dep.status = ro.deployments.get(dep.metadata.name, dep.status)
+            rb = plan_rollback(app, [dep], [inst], CLOCK.now(), RollbackSettings())
+            dep.status = rb.deployments.get(dep.metadata.name, dep.status)
+        for obj in (app, dep, inst):
+            store.create(obj)
 
 
 def thread_cpu(native_ids: set[int]) -> float:
@@ -324,7 +348,8 @@ def run_one(n_apps: int, n_nodes: int, deploys: int, idle: float) -> dict[str, A
 
     names = [f"node-{i:03d}" for i in range(n_nodes)]
     t0 = CLOCK.monotonic()
-    seed(store, n_apps, names, commit)
+    services = FakeServiceMap()
+    seed(store, config, n_apps, names, commit, services.address)
     seeded = CLOCK.monotonic() - t0
     say(f"seeded {n_apps} apps in {seeded:.1f}s")
 
@@ -359,7 +384,6 @@ def run_one(n_apps: int, n_nodes: int, deploys: int, idle: float) -> dict[str, A
         set_condition(node.status, "Ready", "True", "AgentReady", "hollow", CLOCK.now_iso())
         store.update_status(node)
 
-    services = FakeServiceMap()
     registry = CollectorRegistry()
     controllers = []
     for cls in CONTROLLERS:

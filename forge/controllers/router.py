@@ -42,7 +42,7 @@ from forge.controllers.base import Controller, Result
 from forge.controllers.cache import cache_version, read_only
 from forge.errors import Conflict, ForgeError, NotFound, Unavailable
 from forge.events import EventRecorder
-from forge.models import LABEL_APP, App, Instance, Node, ObjectMeta, Resource
+from forge.models import LABEL_APP, LABEL_NODE, App, Instance, Node, ObjectMeta, Resource
 from forge.nft import NetError, nft_available
 from forge.routing import desired_routes, service_backends, service_port, service_routes
 from forge.servicemap import ServiceMap, allocate_ports
@@ -166,7 +166,8 @@ class RouterController(Controller):
             return (APP_BACKENDS + obj.metadata.name,) if same else (KEY_HOSTS, APP_BACKENDS + obj.metadata.name)
         if isinstance(obj, Instance):
             return (APP_BACKENDS + obj.spec.app,)
-        return (KEY_BACKENDS,)  # a Node: its address may be every Instance's on it
+        # A Node: its address and existence decide the dials of the Instances bound to it.
+        return sorted({APP_BACKENDS + i.spec.app for i in read_only(self.store, Instance, {LABEL_NODE: obj.metadata.name})})
 
     def all_keys(self) -> Iterable[str]:
         return (KEY,) if self.mode == "caddy" else (KEY_HOSTS, KEY_BACKENDS)
@@ -314,8 +315,13 @@ class RouterController(Controller):
         return self._apply_backends(dict(self._want), verify=False)  # the whole-map key keeps its own timer
 
     def _reconcile_backends(self) -> Result | None:
-        backends = self._desired_backends()
-        failed = self._apply_backends(backends, verify=self.clock.monotonic() >= self._next_verify)
+        """The whole map, applied; read back from the kernel every ``VERIFY_SECONDS``. Under the
+        runtime (informer cache) the per-App keys keep it current in between, so it is recomputed
+        (memoised) only for that read-back."""
+        verify = self.clock.monotonic() >= self._next_verify
+        incremental = self._want is not None and not verify and cache_version(self.store, App) is not None
+        backends = dict(self._want) if incremental and self._want is not None else self._desired_backends()
+        failed = self._apply_backends(backends, verify=verify)
         return failed or Result(requeue_after=max(0.05, self._next_verify - self.clock.monotonic()))
 
     def _apply_backends(self, backends: dict[int, list[str]], verify: bool) -> Result | None:
