@@ -256,12 +256,12 @@ def seed(store: Any, config: Config, n_apps: int, nodes: list[str], commit: str,
     for i in range(n_apps):
         name = f"app-{i}"
         node = nodes[i % len(nodes)]
-        app = App.model_validate({"metadata": {"name": name}, "spec": {"repo": "acme/app"},
+        app = App.model_validate({"metadata": {"name": name, "generation": 1}, "spec": {"repo": "acme/app"},
                                   "status": {"liveDeployment": f"{name}-1", "latestDeployment": f"{name}-1",
                                              "observedGeneration": 1,
                                              "serviceAddress": f"{service_ip}:{ports[name]}"}})
         dep = Deployment.model_validate({
-            "metadata": {"name": f"{name}-1", "labels": {LABEL_APP: name}},
+            "metadata": {"name": f"{name}-1", "labels": {LABEL_APP: name}, "generation": 1},
             "spec": {"app": name, "commit": commit, "ref": "refs/heads/main", "repo": "acme/app"},
             "status": {"phase": "Live", "manifest": manifest, "createdTime": now, "liveTime": now,
                        "appGeneration": 1, "observedGeneration": 1}})

@@ -23,7 +23,7 @@ from typing import Any, TypeVar, overload
 
 from forge.clock import Clock, SystemClock
 from forge.errors import Gone, Invalid
-from forge.models import LABEL_KEY, Resource, parse_record
+from forge.models import LABEL_KEY, LABEL_NODE, Resource, parse_record
 from forge.store import records
 from forge.store.base import EventType, Fence, LogsAndMarks, WatchEvent, selector_matches
 from forge.store.migrations import migrate
@@ -37,6 +37,12 @@ R = TypeVar("R", bound=Resource)
 __all__ = ["AUTO_COMPACT_KEEP", "WATCH_LIMIT", "SqliteStore", "resolve_kind"]
 
 RECORD_COLUMNS = "kind, name, uid, revision, generation, created, updated, labels, data"
+
+
+def node_topic(kind: str, node: str) -> str:
+    """The wake-up topic of ``kind`` records labelled with one node: a node agent's watch waits
+    on its own, so a write wakes one agent's stream instead of all of them."""
+    return f"{kind}/{LABEL_NODE}={node}"
 CHANGE_COLUMNS = "revision, kind, name, type, time, data"
 
 
@@ -83,6 +89,9 @@ class _SqliteTx:
 
     def log(self, rev: int, type_: EventType, obj: Resource, now: int) -> None:
         self.kinds.add(obj.KIND)
+        node = obj.metadata.labels.get(LABEL_NODE)
+        if node is not None:
+            self.kinds.add(node_topic(obj.KIND, node))
         self.conn.execute(
             f"INSERT INTO changes ({CHANGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
             (rev, obj.KIND, obj.metadata.name, type_, now, _json(obj.dump())),
@@ -194,9 +203,10 @@ class SqliteStore(LogsAndMarks):
         self._tailed = tx.counter("revision")
         if since is None or since < tx.counter("compacted"):
             return None
-        rows = conn.execute("SELECT DISTINCT kind FROM changes WHERE revision > ? AND revision <= ?",
-                            (since, self._tailed)).fetchall()
-        return {str(r[0]) for r in rows}
+        rows = conn.execute("SELECT DISTINCT kind, json_extract(data, ?) FROM changes "
+                            "WHERE revision > ? AND revision <= ?",
+                            (f'$.metadata.labels."{LABEL_NODE}"', since, self._tailed)).fetchall()
+        return {str(r[0]) for r in rows} | {node_topic(str(r[0]), str(r[1])) for r in rows if r[1] is not None}
 
     # ------------------------------------------------------------------ writes
 
@@ -256,7 +266,8 @@ class SqliteStore(LogsAndMarks):
     ) -> tuple[list[WatchEvent], int]:
         """``watch`` of the changes whose record matches ``selector``, filtered inside SQLite, and
         the revision the scan reached (a watcher resumes from there, past the changes it was not
-        shown). 200 node agents watching their own Instances parse only their own changes."""
+        shown). 200 node agents watching their own Instances parse only their own changes, and
+        with a ``forge.dev/node`` selector only that node's changes wake the watcher."""
         kind = resolve_kind(kind)
         match, match_args = "1", []
         for key, value in selector.items():
@@ -278,7 +289,8 @@ class SqliteStore(LogsAndMarks):
                 reached = max(reached, int(rows[-1][0]))
             return [r for r in rows if r[2] is not None]
 
-        rows = self._db.wait_for(check, timeout, topic=kind)
+        node = selector.get(LABEL_NODE)
+        rows = self._db.wait_for(check, timeout, topic=kind if node is None else node_topic(kind, node))
         events = [WatchEvent(type=t, object=parse_record(json.loads(d), kind), revision=r) for r, t, d in rows]
         return [e for e in events if selector_matches(e.object.metadata.labels, selector)], reached
 
