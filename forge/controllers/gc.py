@@ -89,7 +89,7 @@ def events_to_delete(events: list[Event], now: float, ttl: float) -> list[Event]
 class GcController(Controller):
     name: ClassVar[str] = "gc"
     watches: ClassVar[tuple[str, ...]] = ()  # resync-driven: nothing here is urgent
-    resync_seconds: ClassVar[float] = 60.0
+    resync_seconds: ClassVar[float] = 300.0  # nothing here is urgent; a pass reads every App
 
     def __init__(self, store: Store, clock: Clock, config: Config, recorder: EventRecorder | None = None,
                  settings: GcSettings | None = None) -> None:

@@ -223,7 +223,7 @@ class ControllerRuntime:
                 terminal.discard(key)
             elif key in terminal:
                 continue
-            q.add(key)
+            q.add(key, low=not from_change)  # a start's or resync's keys wait behind changes
 
     def _add_all(self, c: Controller, reason: str) -> None:
         try:

@@ -80,7 +80,7 @@ def split_key(key: str) -> tuple[str, str]:
 class TallyController(Controller):
     name = "tally"
     watches = KINDS
-    resync_seconds = 60.0
+    resync_seconds = 600.0  # two keys per release: the watch marks them as they change
 
     def keys_for(self, event: WatchEvent) -> Iterable[str]:
         return (f"{event.object.KIND}/{event.object.metadata.name}",)
