@@ -11,8 +11,9 @@ Each size runs in its own child process (``--one N``) so CPU and RSS are its own
   Instances with the ``forge.dev/node`` selector and report them Running and ready at an
   address and port, or Stopped — without starting any process;
 - N apps seeded straight into the store as already live (App with its service address,
-  Deployment with its manifest and health, one Instance bound to a node and Running), then the
-  controllers start and settle.
+  Deployment with its manifest and health, one Instance bound to a node and Running, and their
+  metric marks), as the controllers' own planners leave them, then the controllers start and
+  settle.
 
 Printed per size: one change — a deploy of one app (``POST /api/v1/deployments``, a real git
 fetch of a local repo by the source controller) — from the write until the router applied
@@ -247,12 +248,14 @@ def seed(store: Any, config: Config, n_apps: int, nodes: list[str], commit: str,
     from forge.controllers.health import app_health, deployment_health
     from forge.controllers.rollback import RollbackSettings, plan_rollback
     from forge.controllers.rollout import RolloutSettings, plan_rollout
+    from forge.controllers.tally import deployment_marks, instance_marks
     from forge.manifest import parse_manifest
     from forge.servicemap import allocate_ports
 
     manifest = parse_manifest(FORGE_YAML).to_status()
     now = CLOCK.now_iso()
     ports = allocate_ports(sorted(f"app-{i}" for i in range(n_apps)), {})
+    marks: list[tuple[str, str, str, float | None]] = []
     for i in range(n_apps):
         name = f"app-{i}"
         node = nodes[i % len(nodes)]
@@ -282,7 +285,11 @@ def seed(store: Any, config: Config, n_apps: int, nodes: list[str], commit: str,
             rb = plan_rollback(app, [dep], [inst], CLOCK.now(), RollbackSettings())
             dep.status = rb.deployments.get(dep.metadata.name, dep.status)
         for obj in (app, dep, inst):
-            store.create(obj)
+            created = store.create(obj)
+            if isinstance(created, Deployment | Instance):  # what the tally controller would mark
+                made = deployment_marks(created) if isinstance(created, Deployment) else instance_marks(created)
+                marks += [(m.metric, created.metadata.uid, m.label, m.value) for m in made]
+    store.marks.load(marks)
 
 
 def thread_cpu(native_ids: set[int]) -> float:
