@@ -211,7 +211,9 @@ def heartbeats(nodes: list[Hollow], stop: threading.Event, every: float = 2.0) -
         except errors.ForgeError:
             pass
         i += 1
-        nxt += step
+        # A beat that came late (the process was busy) is not made up for with a burst: a node
+        # renews every ``every`` seconds from its last renewal, as the agent does.
+        nxt = max(nxt + step, CLOCK.monotonic() - step)
         stop.wait(max(0.0, nxt - CLOCK.monotonic()))
 
 
@@ -344,8 +346,14 @@ def run_one(n_apps: int, n_nodes: int, deploys: int, idle: float) -> dict[str, A
     requests = [0]
     api = create_app(config, store=store, clock=CLOCK)
 
+    by_kind: dict[str, int] = {}
+
     def counting(environ: Any, start_response: Any) -> Any:
         requests[0] += 1
+        what = f"{environ.get('REQUEST_METHOD')} {'/'.join(environ.get('PATH_INFO', '').split('/')[:4])}"
+        if "watch=true" in environ.get("QUERY_STRING", ""):
+            what += "?watch"
+        by_kind[what] = by_kind.get(what, 0) + 1
         return api(environ, start_response)
 
     server = make_server("127.0.0.1", 0, counting, server_class=_Threading, handler_class=_Quiet)
@@ -440,12 +448,16 @@ def run_one(n_apps: int, n_nodes: int, deploys: int, idle: float) -> dict[str, A
     runtime.wait_idle(timeout=120)
     CLOCK.sleep(2.0)
     req0, cpu0, hol0, w0 = requests[0], process_cpu(), thread_cpu(hollow_ids), CLOCK.monotonic()
+    kinds0 = dict(by_kind)
     by_thread0 = {t.native_id: (t.name, thread_cpu({t.native_id})) for t in threading.enumerate() if t.native_id}
     CLOCK.sleep(idle)
     if os.environ.get("FORGE_BENCH_THREADS"):
         top = sorted(((thread_cpu({tid}) - c0, name) for tid, (name, c0) in by_thread0.items()), reverse=True)[:12]
         for cpu, name in top:
             say(f"  idle thread {name}: {100 * cpu / idle:.1f}%")
+        for what, n in sorted(by_kind.items()):
+            if n > kinds0.get(what, 0):
+                say(f"  idle requests {what}: {(n - kinds0.get(what, 0)) / idle:.1f}/s")
     req1, cpu1, hol1, w1 = requests[0], process_cpu(), thread_cpu(hollow_ids), CLOCK.monotonic()
     wall = w1 - w0
     out = {

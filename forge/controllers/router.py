@@ -135,6 +135,7 @@ class RouterController(Controller):
         self._want: dict[int, list[str]] | None = None
         self._port_of: dict[str, int] = {}
         self._want_version: tuple[int, ...] | None = None
+        self._want_applied = False  # the kernel map holds _want as it is now (nothing to re-apply)
         # kernel mode: (routes, their digest, Caddy config), what of each App they came from, and
         # the cache version of the Apps then
         self._hosts: tuple[dict[str, list[str]], str, dict[str, Any]] | None = None
@@ -312,7 +313,10 @@ class RouterController(Controller):
             self._want[port] = dials
             self._port_of[name] = port
         self._want_version = None  # no longer what one version of the cache gave
-        return self._apply_backends(dict(self._want), verify=False)  # the whole-map key keeps its own timer
+        self._want_applied = False
+        failed = self._apply_backends(dict(self._want), verify=False)  # the whole-map key keeps its own timer
+        self._want_applied = failed is None
+        return failed
 
     def _reconcile_backends(self) -> Result | None:
         """The whole map, applied; read back from the kernel every ``VERIFY_SECONDS``. Under the
@@ -320,8 +324,12 @@ class RouterController(Controller):
         (memoised) only for that read-back."""
         verify = self.clock.monotonic() >= self._next_verify
         incremental = self._want is not None and not verify and cache_version(self.store, App) is not None
+        if incremental and self._want_applied:
+            return Result(requeue_after=max(0.05, self._next_verify - self.clock.monotonic()))
         backends = dict(self._want) if incremental and self._want is not None else self._desired_backends()
+        self._want_applied = False
         failed = self._apply_backends(backends, verify=verify)
+        self._want_applied = failed is None
         return failed or Result(requeue_after=max(0.05, self._next_verify - self.clock.monotonic()))
 
     def _apply_backends(self, backends: dict[int, list[str]], verify: bool) -> Result | None:
