@@ -23,6 +23,8 @@ the new Instance to the service map, p50 and p99 over ``--deploys``; the control
 the change's cost at the largest size to the smallest (target ≤ 1.5×).
 
 Run: ``.venv/bin/python bench/scale.py [--apps 50,5000] [--nodes 200] [--deploys 20] [--idle 30]``.
+With ``FORGE_BENCH_THREADS=1`` each size also logs (stderr) the busiest threads while idle and the
+idle API requests by route. Figures of the last full run: ``bench/RESULTS-scale.md``.
 """
 
 from __future__ import annotations
