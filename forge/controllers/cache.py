@@ -6,8 +6,10 @@ controller-runtime's informer cache, in Python. Without it every reconcile lists
 - **Fed by the runtime's watches.** Each cached kind is listed once when the runtime starts (and
   again when its watch is told ``Gone``); every watch event is applied *before* the controllers
   are woken for it, so a reconcile woken by a change reads at least that change.
-- **Indexed** by name and by the values of the labels in ``INDEXED_LABELS``:
-  ``list(Instance, {forge.dev/app: "hello"})`` touches hello's Instances only.
+- **Indexed** by name, by the values of the labels in ``INDEXED_LABELS``
+  (``list(Instance, {forge.dev/app: "hello"})`` touches hello's Instances only) and by the
+  fields in ``INDEXED_FIELDS`` (``scan_field(Instance, "spec.app", "hello")``: also the
+  Instances nobody labelled, as controller-runtime's field indexers).
 - **Reads are typed and copied**: ``get``/``list`` return fresh objects that callers may mutate,
   as the store's do. ``scan`` hands out the cache's own objects without a copy, for pure
   functions that only read (a scan over every App must not cost a copy of every App).
@@ -22,9 +24,9 @@ controller-runtime's informer cache, in Python. Without it every reconcile lists
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, overload
+from typing import Any, TypeVar, cast, overload
 
 from forge.models import LABEL_APP, LABEL_DEPLOYMENT, LABEL_NODE, Resource, kind_class
 from forge.store.base import Fence, LogLine, Store, WatchEvent, selector_matches
@@ -33,6 +35,18 @@ from forge.store.records import not_found, resolve_kind
 R = TypeVar("R", bound=Resource)
 
 INDEXED_LABELS: tuple[str, ...] = (LABEL_APP, LABEL_DEPLOYMENT, LABEL_NODE)
+
+
+def _spec_field(name: str) -> Callable[[Resource], str | None]:
+    def value(obj: Resource) -> str | None:
+        got = getattr(getattr(obj, "spec", None), name, None)
+        return got if isinstance(got, str) and got else None
+    return value
+
+
+INDEXED_FIELDS: dict[str, Callable[[Resource], str | None]] = {
+    "spec.app": _spec_field("app"), "spec.node": _spec_field("node"),
+}
 
 
 @dataclass
@@ -48,7 +62,8 @@ class _Entry:
 @dataclass
 class _Kind:
     entries: dict[str, _Entry] = field(default_factory=dict)
-    index: dict[str, dict[str, set[str]]] = field(default_factory=lambda: {k: {} for k in INDEXED_LABELS})
+    index: dict[str, dict[str, set[str]]] = field(
+        default_factory=lambda: {k: {} for k in (*INDEXED_LABELS, *INDEXED_FIELDS)})
     deleted: dict[str, int] = field(default_factory=dict)  # name → revision of a delete ahead of the watch
     revision: int = 0  # the newest revision the watch delivered
     version: int = 0  # moves on every change held (InformerCache's tick: never repeats, even across a refill)
@@ -59,10 +74,8 @@ class _Kind:
         if old is not None:
             self._unindex(old.obj)
         self.entries[name] = _Entry(obj, obj.model_dump_json(by_alias=True, exclude_none=True))
-        for key in INDEXED_LABELS:
-            value = obj.metadata.labels.get(key)
-            if value is not None:
-                self.index[key].setdefault(value, set()).add(name)
+        for key, value in _index_values(obj):
+            self.index[key].setdefault(value, set()).add(name)
 
     def remove(self, name: str) -> None:
         old = self.entries.pop(name, None)
@@ -70,10 +83,7 @@ class _Kind:
             self._unindex(old.obj)
 
     def _unindex(self, obj: Resource) -> None:
-        for key in INDEXED_LABELS:
-            value = obj.metadata.labels.get(key)
-            if value is None:
-                continue
+        for key, value in _index_values(obj):
             names = self.index[key].get(value)
             if names is not None:
                 names.discard(obj.metadata.name)
@@ -84,13 +94,18 @@ class _Kind:
         """Entries matching ``selector``, ordered by name (as the store lists them)."""
         names: Iterable[str] | None = None
         for key, value in (selector or {}).items():
-            if key in self.index:
+            if key in INDEXED_LABELS:
                 names = self.index[key].get(value, set())
                 break
         if names is None:
             names = self.entries
         out = [self.entries[n] for n in sorted(names)]
         return [e for e in out if selector_matches(e.obj.metadata.labels, selector)] if selector else out
+
+
+def _index_values(obj: Resource) -> list[tuple[str, str]]:
+    out = [(k, v) for k in INDEXED_LABELS if (v := obj.metadata.labels.get(k)) is not None]
+    return out + [(k, v) for k, get in INDEXED_FIELDS.items() if (v := get(obj)) is not None]
 
 
 class InformerCache:
@@ -202,6 +217,13 @@ class InformerCache:
         """The cache's own objects, no copies: for reading only (never mutate them)."""
         with self._lock:
             return [e.obj for e in self._data[resolve_kind(kind)].select(selector)]
+
+    def scan_field(self, kind: type[R], field_name: str, value: str) -> list[R]:
+        """Like ``scan``, of the records whose ``field_name`` (see ``INDEXED_FIELDS``) is ``value``."""
+        with self._lock:
+            data = self._data[resolve_kind(kind)]
+            names = sorted(data.index[field_name].get(value, set()))
+            return [cast(R, data.entries[n].obj) for n in names]
 
 
 class CachedStore:
@@ -318,6 +340,15 @@ def cache_version(store: Store, *kinds: type[Resource]) -> tuple[int, ...] | Non
     if isinstance(store, CachedStore) and all(resolve_kind(k) in store.cache for k in kinds):
         return tuple(store.cache.version(k) for k in kinds)
     return None
+
+
+def read_only_field(store: Store, kind: type[R], field_name: str, value: str) -> list[R]:
+    """Every ``kind`` record whose ``field_name`` (``spec.app``, ``spec.node``) is ``value``, for
+    reading only: from the cache's field index under the runtime, a filtered list otherwise."""
+    if isinstance(store, CachedStore) and resolve_kind(kind) in store.cache:
+        return store.cache.scan_field(kind, field_name, value)
+    get = INDEXED_FIELDS[field_name]
+    return [o for o in store.list(kind)[0] if get(o) == value]
 
 
 def read_only(store: Store, kind: type[R], selector: dict[str, str] | None = None) -> list[R]:

@@ -39,10 +39,10 @@ from forge.caddy import HOSTMAP_ID, CaddyAdmin, base_config, hostmap_handlers, r
 from forge.clock import Clock
 from forge.config import Config
 from forge.controllers.base import Controller, Result
-from forge.controllers.cache import cache_version, read_only
+from forge.controllers.cache import cache_version, read_only, read_only_field
 from forge.errors import Conflict, ForgeError, NotFound, Unavailable
 from forge.events import EventRecorder
-from forge.models import LABEL_APP, LABEL_NODE, App, Instance, Node, ObjectMeta, Resource
+from forge.models import App, Instance, Node, ObjectMeta, Resource
 from forge.nft import NetError, nft_available
 from forge.routing import desired_routes, service_backends, service_port, service_routes
 from forge.servicemap import ServiceMap, allocate_ports
@@ -168,7 +168,7 @@ class RouterController(Controller):
         if isinstance(obj, Instance):
             return (APP_BACKENDS + obj.spec.app,)
         # A Node: its address and existence decide the dials of the Instances bound to it.
-        return sorted({APP_BACKENDS + i.spec.app for i in read_only(self.store, Instance, {LABEL_NODE: obj.metadata.name})})
+        return sorted({APP_BACKENDS + i.spec.app for i in read_only_field(self.store, Instance, "spec.node", obj.metadata.name)})
 
     def all_keys(self) -> Iterable[str]:
         return (KEY,) if self.mode == "caddy" else (KEY_HOSTS, KEY_BACKENDS)
@@ -195,7 +195,7 @@ class RouterController(Controller):
             app = self.store.get(App, name)
         except NotFound:
             return {}
-        insts = [i for i in read_only(self.store, Instance, {LABEL_APP: name}) if i.spec.app == name]
+        insts = read_only_field(self.store, Instance, "spec.app", name)
         return service_backends([app], insts, read_only(self.store, Node), self.services.address)
 
     def desired(self) -> dict[str, list[str]]:

@@ -111,3 +111,23 @@ def test_queue_low_key_is_not_idle(clock: FakeClock) -> None:
     assert q.get() == "r"
     q.done("r")
     assert q.idle()
+
+
+def test_field_index_finds_unlabelled_records(store: Store, make_app: Callable[..., App],
+                                              make_instance: Callable[..., Instance]) -> None:
+    """scan_field by spec.app / spec.node also finds Instances nobody labelled; a plain store agrees."""
+    from forge.controllers.cache import read_only_field
+    from forge.models import InstanceSpec, ObjectMeta
+
+    make_app("a")
+    make_instance("a-1", node="n1")
+    store.create(Instance(metadata=ObjectMeta(name="bare"), spec=InstanceSpec(
+        app="a", deployment="a-1", node="n1", repo="acme/a", commit="a" * 40)))
+    cache = InformerCache(store, ["Instance"])
+    cache.fill("Instance")
+    view = CachedStore(store, cache)
+    for s in (view, store):
+        assert [i.metadata.name for i in read_only_field(s, Instance, "spec.app", "a")] == ["a-1-0", "bare"]
+        assert [i.metadata.name for i in read_only_field(s, Instance, "spec.node", "n1")] == ["a-1-0", "bare"]
+        assert read_only_field(s, Instance, "spec.app", "b") == []
+    assert [i.metadata.name for i in cache.scan(Instance, {LABEL_APP: "a"})] == ["a-1-0"]
