@@ -140,7 +140,8 @@ class RouterController(Controller):
         # the cache version of the Apps then
         self._hosts: tuple[dict[str, list[str]], str, dict[str, Any]] | None = None
         self._host_inputs: dict[str, tuple[Any, ...]] = {}
-        self._hosts_version: tuple[int, ...] | None = None
+        self._hosts_dirty = True  # an App's host inputs moved since they were computed (keys_for)
+        self._next_hosts_check = 0.0  # and at least this often they are recomputed anyway
         # Events need an involved object; Caddy is no record, so name it as one.
         self._subject = Resource(kind="Router", metadata=ObjectMeta(name="caddy"))
         self._map_subject = Resource(kind="Router", metadata=ObjectMeta(name="service-map"))
@@ -164,7 +165,10 @@ class RouterController(Controller):
             # spares the whole-config key then (controller-runtime's event filters); the resync
             # looks anyway.
             same = event.type != "DELETED" and self._host_inputs.get(obj.metadata.name) == host_inputs(obj)
-            return (APP_BACKENDS + obj.metadata.name,) if same else (KEY_HOSTS, APP_BACKENDS + obj.metadata.name)
+            if same:
+                return (APP_BACKENDS + obj.metadata.name,)
+            self._hosts_dirty = True
+            return (KEY_HOSTS, APP_BACKENDS + obj.metadata.name)
         if isinstance(obj, Instance):
             return (APP_BACKENDS + obj.spec.app,)
         # A Node: its address and existence decide the dials of the Instances bound to it.
@@ -233,17 +237,23 @@ class RouterController(Controller):
     # ------------------------------------------------------------------ kernel mode
     def _reconcile_hosts(self) -> Result | None:
         assert self.services is not None
-        version = cache_version(self.store, App)
-        if self._hosts is None or version is None or version != self._hosts_version:
+        # Under the runtime the host inputs are recomputed when an App event moved them (the
+        # predicate in keys_for) and at least every CADDY_VERIFY_SECONDS; a deploy's App status
+        # writes do not cost a pass over every App.
+        now = self.clock.monotonic()
+        cached = cache_version(self.store, App) is not None
+        if self._hosts is None or not cached or self._hosts_dirty or now >= self._next_hosts_check:
+            self._hosts_dirty = False
+            self._next_hosts_check = now + CADDY_VERIFY_SECONDS
             apps = read_only(self.store, App)
             if self._allocate(apps):
+                self._hosts_dirty = True
                 return Result(requeue_after=0.05)  # re-read: the writes changed the Apps
             inputs = {a.metadata.name: host_inputs(a) for a in apps}
             if self._hosts is None or inputs != self._host_inputs:
                 routes = service_routes(apps, self.config.domain)
                 self._hosts = routes, routes_digest(routes), router_base_config(self.config, routes, kernel=True)
                 self._host_inputs = inputs
-            self._hosts_version = version
         routes, digest, want = self._hosts
         self.metrics.hosts.set(len(routes))
         try:

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Final
 
 from forge.controllers.base import DONE, Controller, Result
-from forge.controllers.cache import read_only
+from forge.controllers.cache import read_only, read_only_field
 from forge.errors import NotFound
 from forge.models import INSTANCE_TERMINAL, LABEL_NODE, App, Instance, Node, set_condition
 from forge.store.base import WatchEvent
@@ -193,9 +193,11 @@ class SchedulerController(Controller):
         if not needs_binding(inst):
             return DONE
         nodes = read_only(self.store, Node)  # choose_node only reads: no copies of the whole cluster
-        instances = read_only(self.store, Instance)
+        usage = compute_usage(read_only(self.store, Instance), skip=inst.metadata.name)
+        siblings = read_only_field(self.store, Instance, "spec.app", inst.spec.app)  # they decide the spread
         app = self._storage_app(inst)
-        node, why = choose_node(inst, nodes, instances, app.status.storage_node if app is not None else None)
+        node, why = choose_node(inst, nodes, siblings, app.status.storage_node if app is not None else None,
+                                usage=usage)
         now = self.clock.now_iso()
         if node is None:
             msg = f"{why}; retrying"
