@@ -240,6 +240,7 @@ class PostgresStore(LogsAndMarks):
     def waiting(self) -> int:
         """How many watch/wait_logs callers are blocked right now."""
         return self._db.waiting()
+
     def listener_pid(self) -> int | None:
         return self._db.listener_pid()
 
