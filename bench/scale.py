@@ -10,8 +10,10 @@ Each size runs in its own child process (``--one N``) so CPU and RSS are its own
   their own node tokens — register the Node, renew the Lease every 2 s (one PUT), watch their
   Instances with the ``forge.dev/node`` selector and report them Running and ready at an
   address and port, or Stopped — without starting any process;
-- N apps seeded straight into the store as already live (App, Deployment with its manifest,
-  one Instance bound to a node and Running), then the controllers start and settle.
+- N apps seeded straight into the store as already live (App with its service address,
+  Deployment with its manifest and health, one Instance bound to a node and Running, and their
+  metric marks), as the controllers' own planners leave them, then the controllers start and
+  settle.
 
 Printed per size: one change — a deploy of one app (``POST /api/v1/deployments``, a real git
 fetch of a local repo by the source controller) — from the write until the router applied
@@ -21,6 +23,8 @@ the new Instance to the service map, p50 and p99 over ``--deploys``; the control
 the change's cost at the largest size to the smallest (target ≤ 1.5×).
 
 Run: ``.venv/bin/python bench/scale.py [--apps 50,5000] [--nodes 200] [--deploys 20] [--idle 30]``.
+With ``FORGE_BENCH_THREADS=1`` each size also logs (stderr) the busiest threads while idle and the
+idle API requests by route. Figures of the last full run: ``bench/RESULTS-scale.md``.
 """
 
 from __future__ import annotations
@@ -92,14 +96,20 @@ class FakeServiceMap:
         return False
 
     def apply(self, backends: dict[int, list[str]]) -> list[int]:
-        changed = [p for p in set(backends) | set(self.backends) if backends.get(p) != self.backends.get(p)]
+        # A dict walk, as forge.servicemap's own diff: the fake must not cost more than the map.
+        have = self.backends
+        changed = [p for p, d in backends.items() if have.get(p) != d]
+        changed += [p for p in have if p not in backends]
         if changed:
             now = CLOCK.monotonic()
             with self.cond:
-                self.backends = {p: list(d) for p, d in backends.items()}
                 for p in changed:
-                    for dial in backends.get(p, []):
-                        self.seen.setdefault(dial, now)
+                    if p in backends:
+                        have[p] = list(backends[p])
+                        for dial in backends[p]:
+                            self.seen.setdefault(dial, now)
+                    else:
+                        del have[p]
                 self.cond.notify_all()
         return changed
 
@@ -203,7 +213,9 @@ def heartbeats(nodes: list[Hollow], stop: threading.Event, every: float = 2.0) -
         except errors.ForgeError:
             pass
         i += 1
-        nxt += step
+        # A beat that came late (the process was busy) is not made up for with a burst: a node
+        # renews every ``every`` seconds from its last renewal, as the agent does.
+        nxt = max(nxt + step, CLOCK.monotonic() - step)
         stop.wait(max(0.0, nxt - CLOCK.monotonic()))
 
 
@@ -232,25 +244,34 @@ def make_repo(root: Path) -> str:
                           text=True).stdout.strip()
 
 
-def seed(store: Any, n_apps: int, nodes: list[str], commit: str) -> None:
-    """N live apps written straight to the store (what a settled cluster holds)."""
+def seed(store: Any, config: Config, n_apps: int, nodes: list[str], commit: str, service_ip: str) -> None:
+    """N live apps written straight to the store as the controllers leave them once settled (the
+    router's service address, the health controller's statuses from its own pure functions), so
+    that starting the controllers is not itself a burst of N status writes."""
+    from forge.controllers.deploystate import app_url
+    from forge.controllers.health import app_health, deployment_health
+    from forge.controllers.rollback import RollbackSettings, plan_rollback
+    from forge.controllers.rollout import RolloutSettings, plan_rollout
+    from forge.controllers.tally import deployment_marks, instance_marks
     from forge.manifest import parse_manifest
+    from forge.servicemap import allocate_ports
 
     manifest = parse_manifest(FORGE_YAML).to_status()
     now = CLOCK.now_iso()
+    ports = allocate_ports(sorted(f"app-{i}" for i in range(n_apps)), {})
+    marks: list[tuple[str, str, str, float | None]] = []
     for i in range(n_apps):
         name = f"app-{i}"
         node = nodes[i % len(nodes)]
-        app = App.model_validate({"metadata": {"name": name}, "spec": {"repo": "acme/app"},
+        app = App.model_validate({"metadata": {"name": name, "generation": 1}, "spec": {"repo": "acme/app"},
                                   "status": {"liveDeployment": f"{name}-1", "latestDeployment": f"{name}-1",
-                                             "observedGeneration": 1}})
-        store.create(app)
+                                             "observedGeneration": 1,
+                                             "serviceAddress": f"{service_ip}:{ports[name]}"}})
         dep = Deployment.model_validate({
-            "metadata": {"name": f"{name}-1", "labels": {LABEL_APP: name}},
+            "metadata": {"name": f"{name}-1", "labels": {LABEL_APP: name}, "generation": 1},
             "spec": {"app": name, "commit": commit, "ref": "refs/heads/main", "repo": "acme/app"},
             "status": {"phase": "Live", "manifest": manifest, "createdTime": now, "liveTime": now,
                        "appGeneration": 1, "observedGeneration": 1}})
-        store.create(dep)
         inst = Instance.model_validate({
             "metadata": {"name": f"{name}-1-0", "labels": {LABEL_APP: name, LABEL_DEPLOYMENT: f"{name}-1",
                                                           LABEL_NODE: node}},
@@ -258,7 +279,21 @@ def seed(store: Any, n_apps: int, nodes: list[str], commit: str) -> None:
                      "manifest": manifest, "resources": {"memory": 64 * MiB, "cpu": 0.1}},
             "status": {"phase": "Running", "ready": True, "address": "127.0.0.1", "port": 10000 + i,
                        "readyTime": now}})
-        store.create(inst)
+        for _ in range(3):  # the controllers' own planners, to their fixpoint
+            dep.status = deployment_health(app, dep, [inst], now)
+            app.status = app_health(app, [dep], [inst], now)
+            ro = plan_rollout(app, [dep], [inst], None, CLOCK.now(), RolloutSettings(),
+                              app_url(name, config.domain, config.tls, config.http_listen))
+            app.status = ro.app_status or app.status
+            dep.status = ro.deployments.get(dep.metadata.name, dep.status)
+            rb = plan_rollback(app, [dep], [inst], CLOCK.now(), RollbackSettings())
+            dep.status = rb.deployments.get(dep.metadata.name, dep.status)
+        for obj in (app, dep, inst):
+            created = store.create(obj)
+            if isinstance(created, Deployment | Instance):  # what the tally controller would mark
+                made = deployment_marks(created) if isinstance(created, Deployment) else instance_marks(created)
+                marks += [(m.metric, created.metadata.uid, m.label, m.value) for m in made]
+    store.marks.load(marks)
 
 
 def thread_cpu(native_ids: set[int]) -> float:
@@ -313,8 +348,14 @@ def run_one(n_apps: int, n_nodes: int, deploys: int, idle: float) -> dict[str, A
     requests = [0]
     api = create_app(config, store=store, clock=CLOCK)
 
+    by_kind: dict[str, int] = {}
+
     def counting(environ: Any, start_response: Any) -> Any:
         requests[0] += 1
+        what = f"{environ.get('REQUEST_METHOD')} {'/'.join(environ.get('PATH_INFO', '').split('/')[:4])}"
+        if "watch=true" in environ.get("QUERY_STRING", ""):
+            what += "?watch"
+        by_kind[what] = by_kind.get(what, 0) + 1
         return api(environ, start_response)
 
     server = make_server("127.0.0.1", 0, counting, server_class=_Threading, handler_class=_Quiet)
@@ -324,7 +365,8 @@ def run_one(n_apps: int, n_nodes: int, deploys: int, idle: float) -> dict[str, A
 
     names = [f"node-{i:03d}" for i in range(n_nodes)]
     t0 = CLOCK.monotonic()
-    seed(store, n_apps, names, commit)
+    services = FakeServiceMap()
+    seed(store, config, n_apps, names, commit, services.address)
     seeded = CLOCK.monotonic() - t0
     say(f"seeded {n_apps} apps in {seeded:.1f}s")
 
@@ -359,7 +401,6 @@ def run_one(n_apps: int, n_nodes: int, deploys: int, idle: float) -> dict[str, A
         set_condition(node.status, "Ready", "True", "AgentReady", "hollow", CLOCK.now_iso())
         store.update_status(node)
 
-    services = FakeServiceMap()
     registry = CollectorRegistry()
     controllers = []
     for cls in CONTROLLERS:
@@ -409,12 +450,16 @@ def run_one(n_apps: int, n_nodes: int, deploys: int, idle: float) -> dict[str, A
     runtime.wait_idle(timeout=120)
     CLOCK.sleep(2.0)
     req0, cpu0, hol0, w0 = requests[0], process_cpu(), thread_cpu(hollow_ids), CLOCK.monotonic()
+    kinds0 = dict(by_kind)
     by_thread0 = {t.native_id: (t.name, thread_cpu({t.native_id})) for t in threading.enumerate() if t.native_id}
     CLOCK.sleep(idle)
     if os.environ.get("FORGE_BENCH_THREADS"):
         top = sorted(((thread_cpu({tid}) - c0, name) for tid, (name, c0) in by_thread0.items()), reverse=True)[:12]
         for cpu, name in top:
             say(f"  idle thread {name}: {100 * cpu / idle:.1f}%")
+        for what, n in sorted(by_kind.items()):
+            if n > kinds0.get(what, 0):
+                say(f"  idle requests {what}: {(n - kinds0.get(what, 0)) / idle:.1f}/s")
     req1, cpu1, hol1, w1 = requests[0], process_cpu(), thread_cpu(hollow_ids), CLOCK.monotonic()
     wall = w1 - w0
     out = {

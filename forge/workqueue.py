@@ -5,6 +5,10 @@ Semantics follow controller-runtime's workqueue: a key is processed by one worke
 adding a queued key is a no-op, a key added while it is being processed runs again after
 ``done``. ``add_after`` keeps the earliest due time per key in a heap; workers block on a
 Condition until the next key is ready or the next timer is due — no fixed-interval polling.
+
+Keys added with ``low=True`` (a start's or a resync's every key) wait behind the others, as in
+controller-runtime's priority queue: 5,000 resync keys must not stand in front of the one App
+somebody just deployed. A low key added again normally moves to the front line.
 """
 
 from __future__ import annotations
@@ -21,27 +25,37 @@ class WorkQueue:
         self.clock = clock
         self._cond = threading.Condition()
         self._queue: deque[str] = deque()
+        self._low: deque[str] = deque()
         self._queued: set[str] = set()
+        self._queued_low: set[str] = set()
         self._processing: set[str] = set()
         self._dirty: set[str] = set()
         self._heap: list[tuple[float, str]] = []
         self._due: dict[str, float] = {}
         self._closed = False
 
-    def add(self, key: str) -> None:
+    def add(self, key: str, low: bool = False) -> None:
         with self._cond:
-            self._add_locked(key)
+            self._add_locked(key, low)
 
-    def _add_locked(self, key: str) -> None:
+    def _add_locked(self, key: str, low: bool = False) -> None:
         if self._closed:
             return
         if key in self._processing:
             self._dirty.add(key)
             return
-        if key not in self._queued:
-            self._queued.add(key)
-            self._queue.append(key)
-            self._cond.notify()
+        if key in self._queued:
+            return
+        if low:
+            if key not in self._queued_low:
+                self._queued_low.add(key)
+                self._low.append(key)
+                self._cond.notify()
+            return
+        self._queued_low.discard(key)  # promoted: its place in the low line is skipped when reached
+        self._queued.add(key)
+        self._queue.append(key)
+        self._cond.notify()
 
     def add_after(self, key: str, delay: float) -> None:
         """Add ``key`` after ``delay`` seconds; an earlier pending timer for it wins."""
@@ -88,6 +102,13 @@ class WorkQueue:
                     self._queued.discard(key)
                     self._processing.add(key)
                     return key
+                while self._low:
+                    key = self._low.popleft()
+                    if key not in self._queued_low:
+                        continue  # promoted (and served) meanwhile
+                    self._queued_low.discard(key)
+                    self._processing.add(key)
+                    return key
                 if deadline is not None:
                     left = deadline - self.clock.monotonic()
                     if left <= 0:
@@ -119,7 +140,7 @@ class WorkQueue:
     def depth(self) -> int:
         """Keys ready to be handed out (not those waiting on a timer, not those running)."""
         with self._cond:
-            return len(self._queue)
+            return len(self._queue) + len(self._queued_low)
 
     def delayed(self) -> int:
         """Keys waiting on a timer."""
@@ -129,4 +150,4 @@ class WorkQueue:
     def idle(self) -> bool:
         """Nothing queued or running (keys waiting on a timer do not count)."""
         with self._cond:
-            return not self._queue and not self._processing and not self._dirty
+            return not self._queue and not self._queued_low and not self._processing and not self._dirty

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import falcon
@@ -78,6 +79,11 @@ def _unexpected(req: falcon.Request, resp: falcon.Response, ex: Exception, param
                         "details": [], "requestId": rid})
 
 
+def _wake_on(closing: threading.Event, wake: Callable[[], object]) -> None:
+    closing.wait()
+    wake()
+
+
 def create_app(
     config: Config, store: Store | None = None, clock: Clock | None = None, *,
     stream_cap_seconds: float | None = None, closing: threading.Event | None = None, max_streams: int | None = None,
@@ -89,6 +95,13 @@ def create_app(
     ctx = ApiContext(config=config, store=store, clock=clock, sealer=Sealer(config),
                      stream_cap_seconds=stream_cap_seconds, closing=closing or threading.Event(),
                      max_streams=max_streams)
+    wake = getattr(store, "wake_waiters", None)
+    if closing is None:
+        ctx.closing_check_seconds = None  # nobody can ask the streams to end early
+    elif callable(wake):
+        # Streams block until a change, their heartbeat or this: one thread, no polling.
+        threading.Thread(target=_wake_on, args=(closing, wake), name="forge-api-closing", daemon=True).start()
+        ctx.closing_check_seconds = None
     metrics = Metrics(store, clock)
     app = falcon.App(
         middleware=[RequestIdMiddleware(), MetricsMiddleware(metrics), AuthMiddleware(Authenticator(config, store))],

@@ -53,9 +53,14 @@ class ApiContext:
         with self._streams_lock:
             self._streams -= 1
 
+    # None when nothing needs the slices: nobody can set ``closing``, or setting it wakes the
+    # store's blocked waiters (see ``create_app``). Otherwise 200 idle watch streams would each
+    # query the store twice a second just to look at the flag.
+    closing_check_seconds: float | None = CLOSING_CHECK_SECONDS
+
     def wait_slice(self, wanted: float) -> float:
         """How long a stream may block before it looks at ``closing`` again."""
-        return min(wanted, CLOSING_CHECK_SECONDS)
+        return wanted if self.closing_check_seconds is None else min(wanted, self.closing_check_seconds)
 
     def stream_seconds(self, requested: float) -> float:
         return min(requested, self.stream_cap_seconds) if self.stream_cap_seconds else requested

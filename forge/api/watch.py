@@ -39,14 +39,25 @@ def _bookmark(rv: int) -> bytes:
     return _line("BOOKMARK", {"metadata": {"resourceVersion": rv}})
 
 
+def _watch(ctx: ApiContext, kind: str, selector: dict[str, str], since: int,
+           timeout: float) -> tuple[list[WatchEvent], int]:
+    """Changes after ``since`` (those matching ``selector`` where the store can filter them
+    itself) and the revision to resume from."""
+    selected = getattr(ctx.store, "watch_selected", None)
+    if selector and callable(selected):
+        events, reached = selected(kind, since, timeout, selector)
+        return list(events), int(reached)
+    events = ctx.store.watch(kind, since, timeout=timeout)
+    return events, max([since] + [ev.revision for ev in events])
+
+
 def start_watch(
     ctx: ApiContext, resp: falcon.Response, kind: str, selector: dict[str, str], rv: int | None,
     timeout: float, render: Callable[[Resource], dict[str, Any]],
 ) -> None:
     """Check the revision (410 here, while a status can still be sent), then stream."""
     if rv:
-        first = ctx.store.watch(kind, rv, timeout=0)
-        since = rv
+        first, since = _watch(ctx, kind, selector, rv, 0)
     else:
         items, since = ctx.store.list(kind, selector or None)
         first = [WatchEvent("ADDED", o, o.metadata.resource_version) for o in items]
@@ -85,7 +96,7 @@ def _stream(
             return
         wait = ctx.wait_slice(max(0.05, min(remaining, beat - (now - last_out))))
         try:
-            events = ctx.store.watch(kind, since, timeout=wait)
+            events, since = _watch(ctx, kind, selector, since, wait)
         except Gone as exc:
             yield _line("ERROR", exc.to_dict())
             return

@@ -23,6 +23,7 @@ from typing import ClassVar
 from forge.clock import Clock, parse_iso
 from forge.config import Config
 from forge.controllers.base import DONE, Controller, Result
+from forge.controllers.cache import read_only
 from forge.errors import Conflict, NotFound
 from forge.events import EventRecorder
 from forge.models import (
@@ -88,7 +89,7 @@ def events_to_delete(events: list[Event], now: float, ttl: float) -> list[Event]
 class GcController(Controller):
     name: ClassVar[str] = "gc"
     watches: ClassVar[tuple[str, ...]] = ()  # resync-driven: nothing here is urgent
-    resync_seconds: ClassVar[float] = 60.0
+    resync_seconds: ClassVar[float] = 300.0  # nothing here is urgent; a pass reads every App
 
     def __init__(self, store: Store, clock: Clock, config: Config, recorder: EventRecorder | None = None,
                  settings: GcSettings | None = None) -> None:
@@ -96,8 +97,8 @@ class GcController(Controller):
         self.settings = settings or GcSettings()
 
     def all_keys(self) -> Iterable[str]:
-        apps = {a.metadata.name for a in self.store.list("App")[0]}
-        apps |= {d.spec.app for d in self.store.list(Deployment)[0]}
+        apps = {a.metadata.name for a in read_only(self.store, App)}
+        apps |= {d.spec.app for d in read_only(self.store, Deployment)}
         return sorted(apps) + [EVENTS_KEY]
 
     def reconcile(self, key: str) -> Result | None:

@@ -35,6 +35,7 @@ from forge.clock import Clock, iso
 from forge.config import Config
 from forge.controllers import deploystate as ds
 from forge.controllers.base import DONE, AppKeyedController, Result
+from forge.controllers.cache import read_only
 from forge.errors import AlreadyExists, NotFound
 from forge.events import EventRecorder
 from forge.models import (
@@ -399,8 +400,8 @@ class RolloutController(AppKeyedController):
 
     def all_keys(self) -> Iterable[str]:
         """Every App, plus apps that are gone but still have releases to tear down."""
-        apps = {a.metadata.name for a in self.store.list("App")[0]}
-        return sorted(apps | {d.spec.app for d in self.store.list("Deployment")[0]})
+        apps = {a.metadata.name for a in read_only(self.store, App)}
+        return sorted(apps | {d.spec.app for d in read_only(self.store, Deployment)})
 
     def keys_for(self, event: WatchEvent) -> Iterable[str]:
         obj = event.object
@@ -408,8 +409,8 @@ class RolloutController(AppKeyedController):
             return super().keys_for(event)
         if not obj.spec.drain or event.type == "DELETED":  # type: ignore[attr-defined]
             return ()
-        insts = self.store.list("Instance", {LABEL_NODE: obj.metadata.name})[0]
-        return sorted({i.spec.app for i in insts if i.spec.desired == "Running"})  # type: ignore[attr-defined]
+        insts = read_only(self.store, Instance, {LABEL_NODE: obj.metadata.name})
+        return sorted({i.spec.app for i in insts if i.spec.desired == "Running"})
 
     def _draining(self, insts: list[Instance]) -> frozenset[str]:
         """The nodes among this app's Instances' that are being drained."""

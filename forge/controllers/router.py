@@ -12,9 +12,13 @@ address at the live release's ready Instances with one atomic nftables batch. Tw
   config with the one Forge wants and ``POST /load`` it when anything differs — a drifted route,
   a handler someone added, a changed admin or TLS section — so any tampering is repaired, not
   only the host map. Never a Caddy restart.
-* ``backends`` (App, Instance, Node changes): the desired map, applied as the difference from
-  what was applied last (one batch, cost independent of the number of Apps); every
-  ``VERIFY_SECONDS`` the whole kernel map is read back and repaired.
+* ``backends/APP`` (that App's or its Instances' changes): the App's entry of the desired map
+  is recomputed alone and the difference applied (one batch; the work of a deploy does not
+  grow with the number of Apps).
+* ``backends`` (Node changes, resync): the whole desired map, applied as the difference from
+  what was applied last; every ``VERIFY_SECONDS`` the whole kernel map is read back and
+  repaired. Under the runtime the desired Caddy config and map are memoised on the informer
+  cache's version of the records they derive from, so an idle resync recomputes nothing.
 * ``node-routes`` (Node changes, every ``ROUTES_VERIFY_SECONDS``): a route to each other node's
   instance subnet via that node's address (``forge.noderoutes``), so a backend on another
   machine is reached through the same map. A node that cannot be routed (its subnet overlaps
@@ -39,6 +43,7 @@ from forge.caddy import HOSTMAP_ID, CaddyAdmin, base_config, hostmap_handlers, r
 from forge.clock import Clock
 from forge.config import Config
 from forge.controllers.base import Controller, Result
+from forge.controllers.cache import cache_version, read_only, read_only_field
 from forge.errors import Conflict, ForgeError, NotFound, Unavailable
 from forge.events import EventRecorder
 from forge.models import App, Instance, Node, ObjectMeta, Resource
@@ -54,6 +59,7 @@ KEY: Final[str] = "routes"  # caddy mode: the whole table
 KEY_HOSTS: Final[str] = "hosts"  # kernel mode: service addresses and Caddy's config
 KEY_BACKENDS: Final[str] = "backends"  # kernel mode: the service map
 KEY_NODE_ROUTES: Final[str] = "node-routes"  # kernel mode: routes to other nodes' instance subnets
+APP_BACKENDS: Final[str] = KEY_BACKENDS + "/"  # kernel mode: one App's entry of it (+ the App's name)
 RETRY_SECONDS: Final[float] = 1.0
 VERIFY_SECONDS: Final[float] = 10.0  # the kernel map is read back and compared this often
 ROUTES_VERIFY_SECONDS: Final[float] = 30.0  # the node routes are read back this often (two `ip -j` calls)
@@ -67,6 +73,12 @@ REASON_MAP_REPAIRED: Final[str] = "ServiceMapRepaired"
 REASON_ROUTE_FAILED: Final[str] = "NodeRouteFailed"
 REASON_ROUTED: Final[str] = "NodeRouted"
 _AUTO: Final = object()
+
+
+def host_inputs(app: App) -> tuple[Any, ...]:
+    """What of an App its hosts in Caddy's config derive from (``service_routes``, ``_allocate``)."""
+    return (app.metadata.deletion_timestamp is None, tuple(app.spec.domains), bool(app.status.live_deployment),
+            app.status.service_address)
 
 
 def tls_ask_url(config: Config) -> str:
@@ -129,6 +141,17 @@ class RouterController(Controller):
         self._next_verify = 0.0
         self._next_caddy_check = 0.0
         self._caddy_want: dict[str, Any] | None = None
+        # kernel mode: the desired map as last computed or updated per App, and each App's port in it
+        self._want: dict[int, list[str]] | None = None
+        self._port_of: dict[str, int] = {}
+        self._want_version: tuple[int, ...] | None = None
+        self._want_applied = False  # the kernel map holds _want as it is now (nothing to re-apply)
+        # kernel mode: (routes, their digest, Caddy config), what of each App they came from, and
+        # the cache version of the Apps then
+        self._hosts: tuple[dict[str, list[str]], str, dict[str, Any]] | None = None
+        self._host_inputs: dict[str, tuple[Any, ...]] = {}
+        self._hosts_dirty = True  # an App's host inputs moved since they were computed (keys_for)
+        self._next_hosts_check = 0.0  # and at least this often they are recomputed anyway
         # Events need an involved object; Caddy is no record, so name it as one.
         self._subject = Resource(kind="Router", metadata=ObjectMeta(name="caddy"))
         self._map_subject = Resource(kind="Router", metadata=ObjectMeta(name="service-map"))
@@ -150,11 +173,22 @@ class RouterController(Controller):
     def keys_for(self, event: WatchEvent) -> Iterable[str]:
         if self.mode == "caddy":
             return (KEY,)
-        if event.object.kind == "App":
-            return (KEY_HOSTS, KEY_BACKENDS)
-        if event.object.kind == "Node" and self.node_routes is not None:
-            return (KEY_NODE_ROUTES, KEY_BACKENDS)
-        return (KEY_BACKENDS,)
+        obj = event.object
+        if isinstance(obj, App):
+            # Most App writes (statuses of a deploy) leave its hosts as they were: the predicate
+            # spares the whole-config key then (controller-runtime's event filters); the resync
+            # looks anyway.
+            same = event.type != "DELETED" and self._host_inputs.get(obj.metadata.name) == host_inputs(obj)
+            if same:
+                return (APP_BACKENDS + obj.metadata.name,)
+            self._hosts_dirty = True
+            return (KEY_HOSTS, APP_BACKENDS + obj.metadata.name)
+        if isinstance(obj, Instance):
+            return (APP_BACKENDS + obj.spec.app,)
+        # A Node: its address and existence decide the dials of the Instances bound to it; its
+        # address and instance subnet, the routes to it.
+        routes = (KEY_NODE_ROUTES,) if self.node_routes is not None else ()
+        return routes + tuple(sorted({APP_BACKENDS + i.spec.app for i in read_only_field(self.store, Instance, "spec.node", obj.metadata.name)}))
 
     def all_keys(self) -> Iterable[str]:
         if self.mode == "caddy":
@@ -162,10 +196,29 @@ class RouterController(Controller):
         return (KEY_HOSTS, KEY_BACKENDS) + ((KEY_NODE_ROUTES,) if self.node_routes is not None else ())
 
     def _snapshot(self) -> tuple[list[App], list[Instance], list[Node]]:
-        apps: list[App] = self.store.list(App)[0]
-        instances: list[Instance] = self.store.list(Instance)[0]
-        nodes: list[Node] = self.store.list(Node)[0]
-        return apps, instances, nodes
+        """Every App, Instance and Node, read only (the pure planners never mutate them)."""
+        return read_only(self.store, App), read_only(self.store, Instance), read_only(self.store, Node)
+
+    def _desired_backends(self) -> dict[int, list[str]]:
+        """The whole kernel map (a fresh dict), memoised on the cache's version of its inputs."""
+        assert self.services is not None
+        version = cache_version(self.store, App, Instance, Node)
+        if self._want is None or version is None or version != self._want_version:
+            apps, instances, nodes = self._snapshot()
+            want = service_backends(apps, instances, nodes, self.services.address)
+            self._port_of = {a.metadata.name: p for a in apps if (p := service_port(a, self.services.address)) in want}
+            self._want, self._want_version = want, version
+        return dict(self._want)
+
+    def _app_backends(self, name: str) -> dict[int, list[str]]:
+        """One App's entry of the kernel map ({} when it has none): its own records only."""
+        assert self.services is not None
+        try:
+            app = self.store.get(App, name)
+        except NotFound:
+            return {}
+        insts = read_only_field(self.store, Instance, "spec.app", name)
+        return service_backends([app], insts, read_only(self.store, Node), self.services.address)
 
     def desired(self) -> dict[str, list[str]]:
         apps, instances, nodes = self._snapshot()
@@ -176,6 +229,8 @@ class RouterController(Controller):
     def reconcile(self, key: str) -> Result | None:
         if key == KEY_NODE_ROUTES and self.node_routes is not None:
             return self._reconcile_node_routes()
+        if key.startswith(APP_BACKENDS) and self.services is not None:
+            return self._reconcile_app_backends(key[len(APP_BACKENDS):])
         if key == KEY_BACKENDS and self.services is not None:
             return self._reconcile_backends()
         if key == KEY_HOSTS and self.services is not None:
@@ -202,14 +257,27 @@ class RouterController(Controller):
     # ------------------------------------------------------------------ kernel mode
     def _reconcile_hosts(self) -> Result | None:
         assert self.services is not None
-        apps: list[App] = self.store.list(App)[0]
-        if self._allocate(apps):
-            return Result(requeue_after=0.05)  # re-read: the writes changed the Apps
-        routes = service_routes(apps, self.config.domain)
+        # Under the runtime the host inputs are recomputed when an App event moved them (the
+        # predicate in keys_for) and at least every CADDY_VERIFY_SECONDS; a deploy's App status
+        # writes do not cost a pass over every App.
+        now = self.clock.monotonic()
+        cached = cache_version(self.store, App) is not None
+        if self._hosts is None or not cached or self._hosts_dirty or now >= self._next_hosts_check:
+            self._hosts_dirty = False
+            self._next_hosts_check = now + CADDY_VERIFY_SECONDS
+            apps = read_only(self.store, App)
+            if self._allocate(apps):
+                self._hosts_dirty = True
+                return Result(requeue_after=0.05)  # re-read: the writes changed the Apps
+            inputs = {a.metadata.name: host_inputs(a) for a in apps}
+            if self._hosts is None or inputs != self._host_inputs:
+                routes = service_routes(apps, self.config.domain)
+                self._hosts = routes, routes_digest(routes), router_base_config(self.config, routes, kernel=True)
+                self._host_inputs = inputs
+        routes, digest, want = self._hosts
         self.metrics.hosts.set(len(routes))
-        want = router_base_config(self.config, routes, kernel=True)
         try:
-            self._ensure_caddy(want, routes)
+            self._ensure_caddy(want, digest)
         except Unavailable as exc:
             return self._caddy_down(exc)
         self._caddy_back()
@@ -235,7 +303,7 @@ class RouterController(Controller):
                 wrote = True  # someone else wrote it meanwhile: re-read and try again
         return wrote
 
-    def _ensure_caddy(self, want: dict[str, Any], routes: dict[str, list[str]]) -> None:
+    def _ensure_caddy(self, want: dict[str, Any], digest: str) -> None:
         """Load ``want`` when Caddy's whole config differs from it. Every pass asks for the few
         bytes of the host-map digest (a restarted Caddy, or a changed host set, shows at once);
         the whole config is compared when that differs, when ``want`` changed, and at least every
@@ -243,7 +311,7 @@ class RouterController(Controller):
         now = self.clock.monotonic()
         if want == self._caddy_want and now < self._next_caddy_check:
             stamp = self.caddy.get_id(HOSTMAP_ID, "/handle/0")
-            if isinstance(stamp, dict) and stamp.get("forge_routes") == routes_digest(routes):
+            if isinstance(stamp, dict) and stamp.get("forge_routes") == digest:
                 return
         have = self.caddy.config()
         self._next_caddy_check = now + CADDY_VERIFY_SECONDS
@@ -264,13 +332,42 @@ class RouterController(Controller):
         self._caddy_want = want
         log.info("router: caddy config loaded")
 
+    def _reconcile_app_backends(self, name: str) -> Result | None:
+        if self._want is None:
+            return self._reconcile_backends()  # nothing to update yet: the whole map first
+        entry = self._app_backends(name)
+        old = self._port_of.pop(name, None)
+        if old is not None:
+            self._want.pop(old, None)
+        for port, dials in entry.items():
+            self._want[port] = dials
+            self._port_of[name] = port
+        self._want_version = None  # no longer what one version of the cache gave
+        self._want_applied = False
+        failed = self._apply_backends(dict(self._want), verify=False)  # the whole-map key keeps its own timer
+        self._want_applied = failed is None
+        return failed
+
     def _reconcile_backends(self) -> Result | None:
+        """The whole map, applied; read back from the kernel every ``VERIFY_SECONDS``. Under the
+        runtime (informer cache) the per-App keys keep it current in between, so it is recomputed
+        (memoised) only for that read-back."""
+        verify = self.clock.monotonic() >= self._next_verify
+        incremental = self._want is not None and not verify and cache_version(self.store, App) is not None
+        if incremental and self._want_applied:
+            return Result(requeue_after=max(0.05, self._next_verify - self.clock.monotonic()))
+        backends = dict(self._want) if incremental and self._want is not None else self._desired_backends()
+        self._want_applied = False
+        failed = self._apply_backends(backends, verify=verify)
+        self._want_applied = failed is None
+        return failed or Result(requeue_after=max(0.05, self._next_verify - self.clock.monotonic()))
+
+    def _apply_backends(self, backends: dict[int, list[str]], verify: bool) -> Result | None:
+        """Apply (or, when ``verify``, read back and repair) the kernel map; a retry when it failed."""
         assert self.services is not None
-        apps, instances, nodes = self._snapshot()
-        backends = service_backends(apps, instances, nodes, self.services.address)
         start = self.clock.monotonic()
         try:
-            if start >= self._next_verify:
+            if verify:
                 if self.services.ensure():
                     log.info("router: service table %s created", self.services.table)
                 if self.services.verify(backends) and self._next_verify:
@@ -292,7 +389,7 @@ class RouterController(Controller):
         if changed:
             self.metrics.seconds.observe(self.clock.monotonic() - start)
             self.metrics.updates.labels(method="kernel").inc(len(changed))
-        return Result(requeue_after=max(0.05, self._next_verify - self.clock.monotonic()))
+        return None
 
     def _reconcile_node_routes(self) -> Result | None:
         assert self.node_routes is not None

@@ -8,6 +8,11 @@ watches resume from the last revision and relist on ``Gone``; an apscheduler job
 key each ``resync_seconds`` as a safety net. Nothing here polls for work: workers block on
 a condition variable that adds, delayed adds and shutdown notify.
 
+Controllers read from an informer cache (``forge.controllers.cache``) while the runtime runs:
+the one watch per kind that wakes them also feeds it, each event applied before the keys it
+maps to are queued; ``start`` lends every controller a ``CachedStore`` over it and ``stop``
+takes it back (a controller outside the runtime, as in the tests, reads the store itself).
+
 Delays are measured with the runtime's ``clock.monotonic()``; give it a real clock (tests of
 single controllers call ``reconcile`` directly with a ``FakeClock`` instead).
 """
@@ -24,6 +29,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from forge.clock import Clock
 from forge.controllers.base import Controller, Result
+from forge.controllers.cache import CachedStore, InformerCache
 from forge.errors import Conflict, Fenced, Gone, TerminalError
 from forge.store.base import Store, WatchEvent
 from forge.workqueue import WorkQueue
@@ -93,6 +99,7 @@ class ControllerRuntime:
         self._backoff: dict[str, Backoff] = {}
         self._terminal: dict[str, set[str]] = {}
         self._delivered: dict[str, int] = {}  # kind → revision of the last dispatched change
+        self.cache: InformerCache | None = None
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -118,10 +125,14 @@ class ControllerRuntime:
             self._terminal = {c.name: set() for c in self.controllers}
             self._threads = []
             kinds = sorted({k for c in self.controllers for k in c.watches})
+            self.cache = InformerCache(self.store, kinds)
             for kind in kinds:
-                rev = self.store.revision()
+                rev = self.cache.fill(kind)
                 self._delivered[kind] = rev
                 self._spawn(f"watch-{kind}", self._watch_loop, kind, rev)
+            view = CachedStore(self.store, self.cache)
+            for c in self.controllers:
+                c.store = view
             for c in self.controllers:
                 self._add_all(c, reason="start")
                 for i in range(self.workers_per_controller):
@@ -158,6 +169,9 @@ class ControllerRuntime:
                 t.join(max(0.0, deadline - self.clock.monotonic()))
             if t.is_alive():
                 log.warning("thread %s did not stop within %.0fs", t.name, timeout)
+        for c in self.controllers:
+            if isinstance(c.store, CachedStore):
+                c.store = c.store.backend
         log.info("controller runtime stopped")
 
     def close(self) -> None:
@@ -209,7 +223,7 @@ class ControllerRuntime:
                 terminal.discard(key)
             elif key in terminal:
                 continue
-            q.add(key)
+            q.add(key, low=not from_change)  # a start's or resync's keys wait behind changes
 
     def _add_all(self, c: Controller, reason: str) -> None:
         try:
@@ -237,7 +251,7 @@ class ControllerRuntime:
                 events = self.store.watch(kind, since=since, timeout=WATCH_TIMEOUT)
                 errors = 0
             except Gone:
-                since = self.store.revision()
+                since = self.cache.fill(kind) if self.cache is not None else self.store.revision()
                 self._delivered[kind] = since
                 log.info("watch on %s: revision compacted, relisting", kind)
                 for c in self.controllers:
@@ -251,7 +265,10 @@ class ControllerRuntime:
                 continue
             if self._stop.is_set():
                 return
+            cache = self.cache
             for ev in events:
+                if cache is not None:
+                    cache.apply(ev)  # before the wake-up: the reconcile it causes reads it
                 self._dispatch(ev)
                 since = max(since, ev.revision)
             self._delivered[kind] = since

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Final
 
 from forge.controllers.base import DONE, Controller, Result
+from forge.controllers.cache import read_only, read_only_field
 from forge.errors import NotFound
 from forge.models import INSTANCE_TERMINAL, LABEL_NODE, App, Instance, Node, set_condition
 from forge.store.base import WatchEvent
@@ -180,8 +181,7 @@ class SchedulerController(Controller):
         return (inst.metadata.name,) if needs_binding(inst) or needs_status(inst) else ()
 
     def all_keys(self) -> Iterable[str]:
-        items: list[Instance] = self.store.list("Instance")[0]  # type: ignore[assignment]
-        return [i.metadata.name for i in items if needs_binding(i) or needs_status(i)]
+        return [i.metadata.name for i in read_only(self.store, Instance) if needs_binding(i) or needs_status(i)]
 
     def reconcile(self, key: str) -> Result | None:
         try:
@@ -192,10 +192,12 @@ class SchedulerController(Controller):
             return self._mark_scheduled(inst, inst.spec.node or "")
         if not needs_binding(inst):
             return DONE
-        nodes: list[Node] = self.store.list("Node")[0]  # type: ignore[assignment]
-        instances: list[Instance] = self.store.list("Instance")[0]  # type: ignore[assignment]
+        nodes = read_only(self.store, Node)  # choose_node only reads: no copies of the whole cluster
+        usage = compute_usage(read_only(self.store, Instance), skip=inst.metadata.name)
+        siblings = read_only_field(self.store, Instance, "spec.app", inst.spec.app)  # they decide the spread
         app = self._storage_app(inst)
-        node, why = choose_node(inst, nodes, instances, app.status.storage_node if app is not None else None)
+        node, why = choose_node(inst, nodes, siblings, app.status.storage_node if app is not None else None,
+                                usage=usage)
         now = self.clock.now_iso()
         if node is None:
             msg = f"{why}; retrying"

@@ -32,6 +32,7 @@ from typing import ClassVar, Final
 from forge.clock import Clock
 from forge.config import Config
 from forge.controllers.base import DONE, Controller, Result
+from forge.controllers.cache import read_only
 from forge.errors import Invalid, NotFound
 from forge.events import EventRecorder
 from forge.gitauth import open_token, scrub, select_credential
@@ -93,7 +94,7 @@ class SourceController(Controller):
         return (event.object.metadata.name,)
 
     def all_keys(self) -> Iterable[str]:
-        return [d.metadata.name for d in self.store.list(Deployment)[0] if needs_source(d)]
+        return [d.metadata.name for d in read_only(self.store, Deployment) if needs_source(d)]
 
     def reconcile(self, key: str) -> Result | None:
         try:

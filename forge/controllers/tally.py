@@ -22,6 +22,7 @@ from typing import Final, NamedTuple
 
 from forge.clock import parse_iso
 from forge.controllers.base import DONE, Controller, Result
+from forge.controllers.cache import read_only
 from forge.errors import NotFound
 from forge.marks import DEPLOYMENTS_METRIC, DURATION_LABEL, DURATION_METRIC, TASKS_METRIC
 from forge.models import Deployment, Instance
@@ -79,13 +80,13 @@ def split_key(key: str) -> tuple[str, str]:
 class TallyController(Controller):
     name = "tally"
     watches = KINDS
-    resync_seconds = 60.0
+    resync_seconds = 600.0  # two keys per release: the watch marks them as they change
 
     def keys_for(self, event: WatchEvent) -> Iterable[str]:
         return (f"{event.object.KIND}/{event.object.metadata.name}",)
 
     def all_keys(self) -> Iterable[str]:
-        return [f"{kind}/{obj.metadata.name}" for kind in KINDS for obj in self.store.list(kind)[0]]
+        return [f"{cls.KIND}/{obj.metadata.name}" for cls in (Deployment, Instance) for obj in read_only(self.store, cls)]
 
     def reconcile(self, key: str) -> Result | None:
         kind, name = split_key(key)

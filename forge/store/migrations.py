@@ -104,6 +104,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         "log lines move to their own database (forge-logs.db): a log flood never grows the records file",
         ("DROP TABLE IF EXISTS logs",),
     ),
+    Migration(
+        5,
+        "watch of one kind: an index range scan, not a walk over every other kind's changes",
+        ("CREATE INDEX changes_kind_revision ON changes (kind, revision)",),
+    ),
 )
 
 LATEST: int = MIGRATIONS[-1].version

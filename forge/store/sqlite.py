@@ -23,7 +23,7 @@ from typing import Any, TypeVar, overload
 
 from forge.clock import Clock, SystemClock
 from forge.errors import Gone, Invalid
-from forge.models import LABEL_KEY, Resource, parse_record
+from forge.models import LABEL_KEY, LABEL_NODE, Resource, parse_record
 from forge.store import records
 from forge.store.base import EventType, Fence, LogsAndMarks, WatchEvent, selector_matches
 from forge.store.migrations import migrate
@@ -37,6 +37,12 @@ R = TypeVar("R", bound=Resource)
 __all__ = ["AUTO_COMPACT_KEEP", "WATCH_LIMIT", "SqliteStore", "resolve_kind"]
 
 RECORD_COLUMNS = "kind, name, uid, revision, generation, created, updated, labels, data"
+
+
+def node_topic(kind: str, node: str) -> str:
+    """The wake-up topic of ``kind`` records labelled with one node: a node agent's watch waits
+    on its own, so a write wakes one agent's stream instead of all of them."""
+    return f"{kind}/{LABEL_NODE}={node}"
 CHANGE_COLUMNS = "revision, kind, name, type, time, data"
 
 
@@ -45,10 +51,12 @@ def _json(value: Any) -> str:
 
 
 class _SqliteTx:
-    """``records.RecordTx`` over one ``BEGIN IMMEDIATE`` transaction."""
+    """``records.RecordTx`` over one ``BEGIN IMMEDIATE`` transaction; ``kinds`` collects the
+    kinds it logged a change of (whose watchers the commit wakes)."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, kinds: set[str] | None = None) -> None:
         self.conn = conn
+        self.kinds: set[str] = set() if kinds is None else kinds
 
     def row(self, kind: str, name: str) -> tuple[dict[str, Any], int] | None:
         row = self.conn.execute("SELECT data, created FROM records WHERE kind = ? AND name = ?", (kind, name)).fetchone()
@@ -80,6 +88,10 @@ class _SqliteTx:
         self.conn.execute("DELETE FROM records WHERE kind = ? AND name = ?", (kind, name))
 
     def log(self, rev: int, type_: EventType, obj: Resource, now: int) -> None:
+        self.kinds.add(obj.KIND)
+        node = obj.metadata.labels.get(LABEL_NODE)
+        if node is not None:
+            self.kinds.add(node_topic(obj.KIND, node))
         self.conn.execute(
             f"INSERT INTO changes ({CHANGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
             (rev, obj.KIND, obj.metadata.name, type_, now, _json(obj.dump())),
@@ -106,7 +118,9 @@ class SqliteStore(LogsAndMarks):
         self.fence: Fence | None = None  # set by a leader: every write checks it (see base.Fence)
         parent = os.path.dirname(os.path.abspath(path))
         os.makedirs(parent, exist_ok=True)
-        self._db = SqliteDb(path, busy_timeout=busy_timeout, poll_seconds=poll_seconds)
+        self._tailed: int | None = None  # the revision up to which the tailer reported kinds
+        self._db = SqliteDb(path, busy_timeout=busy_timeout, poll_seconds=poll_seconds,
+                            changed_topics=self._changed_kinds)
         with self._db.conn() as conn:
             try:
                 conn.execute("PRAGMA journal_mode = WAL")  # persistent in the file
@@ -181,12 +195,26 @@ class SqliteStore(LogsAndMarks):
         with self._db.read() as conn:
             conn.execute("SELECT 1").fetchone()
 
+    def _changed_kinds(self, conn: sqlite3.Connection) -> set[str] | None:
+        """The tailer's question after another connection committed: the kinds changed since it
+        last asked (None — wake every watcher — on its first question or across a compaction)."""
+        since = self._tailed
+        tx = _SqliteTx(conn)
+        self._tailed = tx.counter("revision")
+        if since is None or since < tx.counter("compacted"):
+            return None
+        rows = conn.execute("SELECT DISTINCT kind, json_extract(data, ?) FROM changes "
+                            "WHERE revision > ? AND revision <= ?",
+                            (f'$.metadata.labels."{LABEL_NODE}"', since, self._tailed)).fetchall()
+        return {str(r[0]) for r in rows} | {node_topic(str(r[0]), str(r[1])) for r in rows if r[1] is not None}
+
     # ------------------------------------------------------------------ writes
 
     @contextmanager
     def _write(self) -> Iterator[_SqliteTx]:
-        with self._db.write() as conn:
-            yield _SqliteTx(conn)
+        kinds: set[str] = set()
+        with self._db.write(kinds) as conn:
+            yield _SqliteTx(conn, kinds)
 
     def create(self, obj: R) -> R:
         now, now_iso = self._now()
@@ -230,17 +258,58 @@ class SqliteStore(LogsAndMarks):
                     raise Gone(records.gone_message(since, compacted))
                 return conn.execute(sql, args).fetchall()
 
-        rows = self._db.wait_for(check, timeout)
+        rows = self._db.wait_for(check, timeout, topic=kind)
         return [WatchEvent(type=t, object=parse_record(json.loads(d), k), revision=r) for r, t, k, d in rows]
+
+    def watch_selected(
+        self, kind: str, since: int, timeout: float, selector: dict[str, str], limit: int = WATCH_LIMIT
+    ) -> tuple[list[WatchEvent], int]:
+        """``watch`` of the changes whose record matches ``selector``, filtered inside SQLite, and
+        the revision the scan reached (a watcher resumes from there, past the changes it was not
+        shown). 200 node agents watching their own Instances parse only their own changes, and
+        with a ``forge.dev/node`` selector only that node's changes wake the watcher."""
+        kind = resolve_kind(kind)
+        match, match_args = "1", []
+        for key, value in selector.items():
+            if LABEL_KEY.match(key):  # as in list: the Python check below covers any other key
+                match += " AND json_extract(data, ?) = ?"
+                match_args += [f'$.metadata.labels."{key}"', value]
+        sql = (f"SELECT revision, type, CASE WHEN {match} THEN data END FROM changes "
+               "WHERE kind = ? AND revision > ? ORDER BY revision LIMIT ?")
+        reached = since
+
+        def check() -> list[tuple[int, str, str]]:
+            nonlocal reached
+            with self._db.read() as conn:
+                compacted = _SqliteTx(conn).counter("compacted")
+                if reached < compacted:
+                    raise Gone(records.gone_message(reached, compacted))
+                rows = conn.execute(sql, (*match_args, kind, reached, limit)).fetchall()
+            if rows:
+                reached = max(reached, int(rows[-1][0]))
+            return [r for r in rows if r[2] is not None]
+
+        node = selector.get(LABEL_NODE)
+        rows = self._db.wait_for(check, timeout, topic=kind if node is None else node_topic(kind, node))
+        events = [WatchEvent(type=t, object=parse_record(json.loads(d), kind), revision=r) for r, t, d in rows]
+        return [e for e in events if selector_matches(e.object.metadata.labels, selector)], reached
 
     def compact(self, keep: int = 10_000) -> int:
         """Drop all but the newest ``keep`` changes; returns the compacted revision."""
         with self._write() as tx:
-            return records.compact(tx, keep)
+            out = records.compact(tx, keep)
+        self._db.notify()  # watchers behind the new floor learn it (Gone) now
+        return out
 
     def waiting(self) -> int:
         """How many watch/wait_logs callers are blocked right now."""
         return self._db.waiting() + self._logs.waiting()
+
+    def wake_waiters(self) -> None:
+        """Every blocked watch/wait_logs call returns now, as if it timed out (a server ending
+        its streams)."""
+        self._db.interrupt()
+        self._logs.interrupt()
 
     def close(self) -> None:
         self._db.close()

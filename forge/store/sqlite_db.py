@@ -5,10 +5,13 @@
 - Writers in this process queue on a lock before ``BEGIN IMMEDIATE``, so they never spin in
   SQLite's busy handler against each other; other processes are waited for through
   ``busy_timeout``. ``synchronous=FULL``: a commit that returned is on disk.
-- Waiters (watch, log follow) block on a condition variable. Writes in this process notify
-  it at once; writes from other processes are noticed by one tailer thread per store that
-  checks ``PRAGMA data_version`` every ``poll_seconds`` while anybody waits (the way kine
-  tails its log), so a hundred watchers cost one cheap query per tick, not a hundred.
+- Waiters (watch, log follow) block on a condition variable of their **topic** (a record
+  kind; None: every change). A write wakes only the waiters of the topics it touched, so 200
+  nodes renewing Leases do not wake the watchers of Instances. Writes in this process notify
+  at once; writes from other processes are noticed by one tailer thread per store that checks
+  ``PRAGMA data_version`` every ``poll_seconds`` while anybody waits (the way kine tails its
+  log) and asks ``changed_topics`` which topics moved (None: wake everyone), so a hundred
+  watchers cost one cheap query per tick, not a hundred.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
@@ -30,12 +33,17 @@ T = TypeVar("T")
 
 TAILER_LINGER = 1.0  # seconds the tailer keeps running after the last waiter left
 
+Topics = Collection[str] | None  # what a write touched / a waiter waits for; None: everything
+
 
 class SqliteDb:
-    def __init__(self, path: str, busy_timeout: float = 10.0, poll_seconds: float = 0.01) -> None:
+    def __init__(self, path: str, busy_timeout: float = 10.0, poll_seconds: float = 0.01,
+                 changed_topics: Callable[[sqlite3.Connection], Topics] | None = None) -> None:
         self.path = path
         self.busy_timeout = busy_timeout
         self.poll_seconds = poll_seconds
+        # The tailer's question after another connection committed: which topics moved?
+        self.changed_topics = changed_topics
         self._reset()
         self._closed = False
         # Blocking needs real time even when the store's timestamps come from a FakeClock.
@@ -51,8 +59,12 @@ class SqliteDb:
         self._free: list[sqlite3.Connection] = []
         self._pool_lock = threading.Lock()
         self._write_lock = threading.Lock()
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)  # topic None: woken by every change
+        self._topic_conds: dict[str, threading.Condition] = {}
         self._seq = 0
+        self._interrupts = 0
+        self._topic_seq: dict[str | None, int] = {}
         self._waiters = 0
         self._tailer: threading.Thread | None = None
         self._stop = threading.Event()
@@ -103,8 +115,11 @@ class SqliteDb:
                 raise Unavailable(f"store read failed: {exc}") from exc
 
     @contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction, committed (durably) on exit and rolled back on any error."""
+    def write(self, topics: set[str] | None = None) -> Iterator[sqlite3.Connection]:
+        """A write transaction, committed (durably) on exit and rolled back on any error.
+
+        ``topics``: filled by the caller inside the transaction with what it touched; only
+        those waiters are woken (None: every waiter)."""
         with self._write_lock, self.conn() as conn:
             try:
                 conn.execute("BEGIN IMMEDIATE")
@@ -112,49 +127,75 @@ class SqliteDb:
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 raise Unavailable(f"store write failed: {exc}") from exc
-        self.notify()
+        self.notify(topics)
 
     # ------------------------------------------------------------------ waiting
 
-    def notify(self) -> None:
-        with self._cond:
+    def notify(self, topics: Topics = None) -> None:
+        """Wake the waiters of ``topics`` (and those waiting for any change); None: everyone."""
+        with self._lock:
             self._seq += 1
             self._cond.notify_all()
+            if topics is None:
+                for topic in list(self._topic_seq):
+                    self._topic_seq[topic] = self._topic_seq[topic] + 1
+                for cond in self._topic_conds.values():
+                    cond.notify_all()
+                return
+            for topic in topics:
+                self._topic_seq[topic] = self._topic_seq.get(topic, 0) + 1
+                cond = self._topic_conds.get(topic)
+                if cond is not None:
+                    cond.notify_all()
 
-    def wait_for(self, check: Callable[[], T], timeout: float) -> T:
+    def interrupt(self) -> None:
+        """Every blocked ``wait_for`` returns now with its last result, as on a timeout."""
+        with self._lock:
+            self._interrupts += 1
+        self.notify()
+
+    def _mark(self, topic: str | None) -> int:
+        # Called with self._lock held: the counter a waiter on ``topic`` compares against.
+        return self._seq if topic is None else self._topic_seq.setdefault(topic, 0)
+
+    def wait_for(self, check: Callable[[], T], timeout: float, topic: str | None = None) -> T:
         """Call ``check`` until it returns something truthy or ``timeout`` passes.
 
-        ``check`` runs again after every change to the file (from any process); the last
-        (falsy) result is returned on timeout.
+        ``check`` runs again after every change to ``topic`` (None: to the file) from any
+        process; the last (falsy) result is returned on timeout.
         """
         deadline = self._wall.monotonic() + max(0.0, timeout)
         while True:
-            with self._cond:
-                seq = self._seq
+            with self._lock:
+                seq, interrupts = self._mark(topic), self._interrupts
+                if topic is None:
+                    cond = self._cond
+                else:
+                    cond = self._topic_conds.setdefault(topic, threading.Condition(self._lock))
             result = check()
             if result or self._wall.monotonic() >= deadline:
                 return result
-            with self._cond:
+            with self._lock:
                 self._waiters += 1
                 try:
                     self._ensure_tailer()
-                    while self._seq == seq and not self._closed:
+                    while self._mark(topic) == seq and not self._closed:
                         remaining = deadline - self._wall.monotonic()
                         if remaining <= 0:
                             return result
-                        self._cond.wait(remaining)
+                        cond.wait(remaining)
                 finally:
                     self._waiters -= 1
-                if self._closed:
+                if self._closed or self._interrupts != interrupts:
                     return result
 
     def waiting(self) -> int:
         """How many callers are blocked right now (for tests and metrics)."""
-        with self._cond:
+        with self._lock:
             return self._waiters
 
     def _ensure_tailer(self) -> None:
-        # Called with self._cond held.
+        # Called with self._lock held.
         if self._tailer is None and not self._closed:
             self._tailer = threading.Thread(target=self._tail, name=f"sqlite-tail:{self.path}", daemon=True)
             self._tailer.start()
@@ -165,7 +206,7 @@ class SqliteDb:
         idle_since: float | None = None
         try:
             while True:
-                with self._cond:
+                with self._lock:
                     # Linger a little after the last waiter leaves: watch loops come straight
                     # back, and a restart costs a connection and a spurious wake-up.
                     now = self._wall.monotonic()
@@ -176,18 +217,21 @@ class SqliteDb:
                     if self._closed or (idle_since is not None and now - idle_since >= TAILER_LINGER):
                         self._tailer = None
                         return
+                topics: Topics = None
                 try:
                     if conn is None:
                         conn = self.connect()
                     version = int(conn.execute("PRAGMA data_version").fetchone()[0])
+                    if last is not None and version != last and self.changed_topics is not None:
+                        topics = self.changed_topics(conn)
                 except (sqlite3.Error, Unavailable) as exc:
                     log.warning("store tail of %s failed, retrying: %s", self.path, exc)
-                    version = last
+                    version, topics = last, None
                 # The first reading counts as a change: a commit may have landed between a
                 # waiter's query and this tailer starting.
                 if last is None or version != last:
                     last = version
-                    self.notify()
+                    self.notify(topics)
                 self._stop.wait(self.poll_seconds)
         finally:
             if conn is not None:
@@ -196,9 +240,11 @@ class SqliteDb:
     # ------------------------------------------------------------------ shutdown
 
     def close(self) -> None:
-        with self._cond:
+        with self._lock:
             self._closed = True
             self._cond.notify_all()
+            for cond in self._topic_conds.values():
+                cond.notify_all()
         self._stop.set()
         with self._pool_lock:
             free, self._free = self._free, []

@@ -29,7 +29,7 @@ class SqliteMarkStore:
         with self._db.read() as conn:  # resyncs re-mark everything: keep the no-op case off the write lock
             if conn.execute("SELECT 1 FROM marks WHERE metric = ? AND uid = ? AND label = ?", key).fetchone():
                 return False
-        with self._db.write() as conn:
+        with self._db.write(set()) as conn:  # no watcher waits on marks
             cur = conn.execute(
                 "INSERT OR IGNORE INTO marks (metric, uid, label, value) VALUES (?, ?, ?, ?)",
                 (metric, uid, label, None if value is None else float(value)),
@@ -60,9 +60,9 @@ class SqliteMarkStore:
             return conn.execute("SELECT metric, uid, label, value FROM marks ORDER BY metric, uid, label").fetchall()
 
     def load(self, rows: list[tuple[Any, ...]]) -> None:
-        with self._db.write() as conn:
+        with self._db.write(set()) as conn:  # no watcher waits on marks
             conn.executemany("INSERT INTO marks (metric, uid, label, value) VALUES (?, ?, ?, ?)", rows)
 
     def clear(self) -> None:
-        with self._db.write() as conn:
+        with self._db.write(set()) as conn:  # no watcher waits on marks
             conn.execute("DELETE FROM marks")

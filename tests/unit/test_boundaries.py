@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 FORGE = ROOT / "forge"
 # The runtime frame and shared pure helpers every controller may use.
-CONTROLLER_SHARED = {"base", "runtime", "leader", "manager", "deploystate"}
+CONTROLLER_SHARED = {"base", "runtime", "cache", "leader", "manager", "deploystate"}
 
 
 def imports(path: Path) -> set[str]:
