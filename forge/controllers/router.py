@@ -6,7 +6,7 @@ Two modes, chosen once at start:
 address (``App.status.serviceAddress``, this controller's field). Caddy maps each served host
 to that address — its config changes only when the *set of hosts* changes (an App first goes
 live, is deleted, gains or loses a domain, TLS mode) — and ``forge.servicemap`` points the
-address at the live release's ready Instances with one atomic nftables batch. Two keys:
+address at the live release's ready Instances with one atomic nftables batch. The keys:
 
 * ``hosts`` (App changes, resync): allocate missing service addresses; compare Caddy's *whole*
   config with the one Forge wants and ``POST /load`` it when anything differs — a drifted route,
@@ -15,14 +15,15 @@ address at the live release's ready Instances with one atomic nftables batch. Tw
 * ``backends/APP`` (that App's or its Instances' changes): the App's entry of the desired map
   is recomputed alone and the difference applied (one batch; the work of a deploy does not
   grow with the number of Apps).
-* ``backends`` (Node changes, resync): the whole desired map, applied as the difference from
+* ``backends`` (resync; a Node change wakes the ``backends/APP`` of the Apps on it): the whole desired map, applied as the difference from
   what was applied last; every ``VERIFY_SECONDS`` the whole kernel map is read back and
   repaired. Under the runtime the desired Caddy config and map are memoised on the informer
   cache's version of the records they derive from, so an idle resync recomputes nothing.
 * ``node-routes`` (Node changes, every ``ROUTES_VERIFY_SECONDS``): a route to each other node's
   instance subnet via that node's address (``forge.noderoutes``), so a backend on another
   machine is reached through the same map. A node that cannot be routed (its subnet overlaps
-  another's, its gateway is not on-link) gets a ``NodeRouteFailed`` Warning Event naming why.
+  another's or a network of this host, ``ip route`` refused it) gets a ``NodeRouteFailed``
+  Warning Event naming why; a node off this host's links is left to the network.
 
 **caddy** (no root or no nftables: a laptop, a non-root dev run): the previous design — the
 ready dials themselves live in Caddy's host map, one PATCH per change (``forge.caddy``).
