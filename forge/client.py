@@ -15,7 +15,7 @@ _BY_REASON: dict[str, type[errors.ForgeError]] = {
     for c in (
         errors.NotFound, errors.AlreadyExists, errors.Conflict, errors.Gone, errors.Invalid,
         errors.BadRequest, errors.PayloadTooLarge, errors.Unauthorized, errors.Forbidden,
-        errors.Unavailable, errors.TooManyRequests,
+        errors.Unavailable, errors.TooManyRequests, errors.SubnetTaken,
     )
 }
 _BY_STATUS: dict[int, type[errors.ForgeError]] = {

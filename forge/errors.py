@@ -4,6 +4,8 @@
     ├── NotFound            404  NotFound
     ├── AlreadyExists       409  AlreadyExists
     ├── Conflict            409  Conflict          stale resourceVersion
+    │   ├── SubnetTaken     409  SubnetTaken       a Node's instance subnet overlaps another's
+    │   └── Fenced          409  Fenced            a write under a leader fence no longer current
     ├── Gone                410  Gone              watch revision compacted
     ├── Invalid             400  Invalid           carries field-path details
     │   └── BadRequest      400  BadRequest        malformed body / query
@@ -11,6 +13,7 @@
     ├── Unauthorized        401  Unauthorized
     ├── Forbidden           403  Forbidden
     ├── Unavailable         503  Unavailable       a dependency (store, caddy, git) is down
+    │   └── TooManyRequests 429  TooManyRequests   busy: every stream slot of an API worker taken
     └── TerminalError       500  TerminalError     a controller must stop retrying this key
 
 Each class carries its HTTP status and a CamelCase reason so one falcon handler renders
@@ -48,6 +51,12 @@ class AlreadyExists(ForgeError):
 class Conflict(ForgeError):
     status = 409
     reason = "Conflict"
+
+
+class SubnetTaken(Conflict):
+    """A Node's instance subnet overlaps another node's (the proxy routes each to one node)."""
+
+    reason = "SubnetTaken"
 
 
 class Fenced(Conflict):

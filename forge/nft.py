@@ -14,11 +14,13 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import hashlib
+import ipaddress
 import json
 import os
 import shutil
 import subprocess
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -172,6 +174,30 @@ def ip_json(*args: str) -> Any:
         raise NetError(f"ip {' '.join(args)} failed: {done.stderr.decode(errors='replace').strip()[:500]}")
     out = done.stdout.decode(errors="replace").strip()
     return json.loads(out) if out else []
+
+
+@dataclass(frozen=True)
+class Route:
+    net: ipaddress.IPv4Network
+    dev: str
+    gateway: str | None  # None: on-link (a connected network)
+    type: str  # unicast, local, broadcast, …
+
+
+def ipv4_routes(*args: str) -> list[Route]:
+    """``ip -4 route show ARGS`` with a destination prefix (not ``default``), parsed."""
+    out = []
+    for r in ip_json("-4", "route", "show", *args):
+        dst = r.get("dst", "")
+        if dst in ("", "default"):
+            continue
+        try:
+            net = ipaddress.ip_network(dst if "/" in dst else f"{dst}/32", strict=False)
+        except ValueError:
+            continue
+        if isinstance(net, ipaddress.IPv4Network):
+            out.append(Route(net, str(r.get("dev", "")), r.get("gateway"), str(r.get("type", "unicast"))))
+    return out
 
 
 def in_netns(netns: str, argv: list[str], stdin: bytes | None = None) -> str:

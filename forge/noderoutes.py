@@ -22,11 +22,11 @@ import ipaddress
 import json
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from forge.models import Node
-from forge.nft import NetError, ip, ip_json
+from forge.nft import NetError, ip, ip_json, ipv4_routes
 from forge.nodeagent.state import write_atomic
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ class NodeRoutes:
     def _save(self, routes: Routes) -> None:
         write_atomic(self._path, json.dumps(routes, indent=1, sort_keys=True).encode())
 
-    def sync(self, nodes: Iterable[Node]) -> tuple[list[str], dict[str, str]]:
+    def sync(self, nodes: Sequence[Node]) -> tuple[list[str], dict[str, str]]:
         """Make the kernel hold exactly the routes ``nodes`` need; (what changed, node → problem)."""
         with self._lock:
             ours = self.installed()
@@ -138,7 +138,7 @@ class NodeRoutes:
             self._save({})
 
 
-def _owner(nodes: Iterable[Node], subnet: str) -> str:
+def _owner(nodes: Sequence[Node], subnet: str) -> str:
     return next((n.metadata.name for n in nodes if n.status.instance_subnet
                  and str(ipaddress.ip_network(n.status.instance_subnet, strict=False)) == subnet), subnet)
 
@@ -149,15 +149,4 @@ def _local_addresses() -> set[str]:
 
 def _kernel_routes() -> dict[ipaddress.IPv4Network, tuple[str, str | None]]:
     """Main-table IPv4 routes with a prefix: network → (device, gateway or None)."""
-    out: dict[ipaddress.IPv4Network, tuple[str, str | None]] = {}
-    for r in ip_json("-4", "route", "show"):
-        dst = r.get("dst", "")
-        if dst in ("", "default"):
-            continue
-        try:
-            net = ipaddress.ip_network(dst if "/" in dst else f"{dst}/32", strict=False)
-        except ValueError:
-            continue
-        if isinstance(net, ipaddress.IPv4Network):
-            out[net] = (str(r.get("dev", "")), r.get("gateway"))
-    return out
+    return {r.net: (r.dev, r.gateway) for r in ipv4_routes()}

@@ -23,7 +23,7 @@ from forge.api.body import merge_patch, q_bool, q_int, read_object, send
 from forge.api.context import ApiContext, body_resource_version, check_envelope, validate
 from forge.api.sealing import redact
 from forge.api.watch import start_watch
-from forge.errors import BadRequest, Conflict, Invalid
+from forge.errors import BadRequest, Conflict, Invalid, SubnetTaken
 from forge.models import API_VERSION, LABEL_NODE, App, Node, ObjectMeta, Resource, SecretSpec
 from forge.routing import app_hosts
 from forge.store.base import parse_selector
@@ -285,7 +285,7 @@ class StatusResource(_Base):
             except ValueError:
                 continue
             if mine.overlaps(theirs):
-                raise Conflict(f"instanceSubnet {mine} overlaps node {other.metadata.name}'s ({theirs}); "
+                raise SubnetTaken(f"instanceSubnet {mine} overlaps node {other.metadata.name}'s ({theirs}); "
                                "each node needs its own (FORGE_INSTANCE_SUBNET)")
 
     def on_patch(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:

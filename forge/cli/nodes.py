@@ -10,6 +10,7 @@ does not power the machine off under it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import click
@@ -151,10 +152,11 @@ def nodes_drain(ctx: Ctx, name: str, timeout: float) -> None:
                   if pinned_apps else ""))
     clock = SystemClock()
     deadline = clock.monotonic() + timeout
-    left = _left(client, selector, pinned_apps)
-    while left and clock.monotonic() < deadline:
+    while clock.monotonic() < deadline:
         items, rv = client.list("instances", selector)
         current = {i["metadata"]["name"]: i for i in items}
+        if not _movable(current.values(), pinned_apps):
+            break
         try:  # follow this node's Instances until none is left to move (bounded by the deadline)
             for type_, obj in client.watch("instances", rv, selector,
                                            timeout_seconds=max(1, int(min(30, deadline - clock.monotonic())))):
@@ -164,11 +166,10 @@ def nodes_drain(ctx: Ctx, name: str, timeout: float) -> None:
                     current.pop(obj["metadata"]["name"], None)
                 else:
                     current[obj["metadata"]["name"]] = obj
-                if not [i for i in current.values() if is_active(i) and dig(i, "spec.app") not in pinned_apps]:
+                if not _movable(current.values(), pinned_apps):
                     break
         except Unavailable:
             clock.sleep(1.0)
-        left = _left(client, selector, pinned_apps)
     everything, _ = client.list("instances")
     rows = []
     for old_name, old in sorted(moving.items()):
@@ -193,6 +194,10 @@ def nodes_drain(ctx: Ctx, name: str, timeout: float) -> None:
     click.echo(f"node {name} drained: it runs no Instances")
 
 
+def _movable(instances: Iterable[dict], pinned_apps: set[str]) -> list[dict]:
+    """The active Instances among ``instances`` that a drain moves (not pinned by storage)."""
+    return [i for i in instances if is_active(i) and dig(i, "spec.app") not in pinned_apps]
+
+
 def _left(client: Any, selector: dict[str, str], pinned_apps: set[str]) -> list[dict]:
-    items, _ = client.list("instances", selector)
-    return [i for i in items if is_active(i) and dig(i, "spec.app") not in pinned_apps]
+    return _movable(client.list("instances", selector)[0], pinned_apps)

@@ -249,8 +249,6 @@ class CachedStore:
     def get(self, kind: str | type[Resource], name: str) -> Resource:
         if resolve_kind(kind) in self.cache:
             return self.cache.get(kind, name)
-        if isinstance(kind, str):
-            return self.backend.get(kind, name)
         return self.backend.get(kind, name)
 
     @overload
@@ -261,8 +259,6 @@ class CachedStore:
     def list(self, kind: str | type[Resource], selector: dict[str, str] | None = None) -> tuple[list[Any], int]:
         if resolve_kind(kind) in self.cache:
             return self.cache.list(kind, selector)
-        if isinstance(kind, str):
-            return self.backend.list(kind, selector)
         return self.backend.list(kind, selector)
 
     def scan(self, kind: type[R], selector: dict[str, str] | None = None) -> list[R]:

@@ -394,7 +394,7 @@ class RouterController(Controller):
 
     def _reconcile_node_routes(self) -> Result | None:
         assert self.node_routes is not None
-        nodes: list[Node] = self.store.list(Node)[0]
+        nodes = read_only(self.store, Node)
         try:
             changed, problems = self.node_routes.sync(nodes)
         except NetError as exc:

@@ -88,10 +88,11 @@ class Agent:
                        if driver is _AUTO else driver)
         self.sandbox = Sandbox(self.driver, mode=mode, clock=clock)
         self.isolation = self.sandbox.check()  # production without isolation raises Unavailable here
-        if proxy_sources is None:
-            proxy_sources = default_proxy_sources(str(getattr(client, "url", "")))
-        self.network = (self._own_network(mode, instance_subnet, app_host_ports, proxy_sources)
-                        if network is _AUTO else network)
+        if network is _AUTO:
+            if proxy_sources is None:
+                proxy_sources = default_proxy_sources(str(getattr(client, "url", "")))
+            network = self._own_network(mode, instance_subnet, app_host_ports, proxy_sources)
+        self.network = network
         self.isolation.network = "netns" if self.network is not None else "host"
         self.fence = DiskFence(self.data_dir) if disk_fence is _AUTO else disk_fence
         if self.fence is not None:
@@ -197,12 +198,12 @@ class Agent:
                 nodeinfo.register(self.client, self.name, self.address, self.isolation, metrics, self.clock,
                                   subnet=str(self.network.subnet) if self.network is not None else None)
                 return
-            except errors.Conflict as exc:
-                if nodeinfo.SUBNET_CLASH in exc.message and self.network is not None and self.network.reselect():
+            except errors.SubnetTaken as exc:
+                if self.network is not None and self.network.reselect():
                     log.warning("%s; this node now uses %s", exc.message, self.network.subnet)
                     continue
-                log.warning("cannot register node %s yet: %s", self.name, exc)
-            except errors.Unavailable as exc:
+                log.warning("cannot register node %s: %s", self.name, exc)
+            except (errors.Unavailable, errors.Conflict) as exc:
                 log.warning("cannot register node %s yet: %s", self.name, exc)
             self.stop.wait(delay)
             delay = min(delay * 2, MAX_BACKOFF)

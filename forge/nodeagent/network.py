@@ -39,7 +39,7 @@ from typing import Final
 from urllib.parse import urlsplit
 
 from forge.errors import Invalid
-from forge.nft import NetError, Nft, in_netns, install_hash, ip, ip_json
+from forge.nft import NetError, Nft, in_netns, install_hash, ip, ip_json, ipv4_routes
 from forge.nodeagent.state import write_atomic
 
 log = logging.getLogger(__name__)
@@ -144,6 +144,8 @@ def default_proxy_sources(api_url: str) -> tuple[str, ...]:
     """The API host's IPv4 addresses, unless it is this machine's loopback: with one control
     plane the proxy runs where the API does. Several control-plane hosts: set FORGE_PROXY_FROM."""
     host = urlsplit(api_url).hostname or ""
+    if not host:
+        return ()
     try:
         infos = socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError):
@@ -394,9 +396,7 @@ class NodeNetwork:
     def _remove(self, ns: str) -> None:
         if os.path.exists(f"{NETNS_DIR}/{ns}"):
             ip(f"netns del {ns}", check=False)
-        veth = self.names.veth(ns)
-        if _link_exists(veth):
-            ip(f"link del {veth}", check=False)
+        ip(f"link del {self.names.veth(ns)}", check=False)  # gone with the namespace, mostly
 
     def _address_for(self, name: str) -> str:
         assert self.subnet is not None
@@ -448,16 +448,8 @@ def _avoided(state: dict[str, object]) -> list[ipaddress.IPv4Network]:
 
 
 def _routed_networks(exclude_dev: str) -> list[ipaddress.IPv4Network]:
-    nets = []
-    for r in ip_json("-4", "route", "show", "table", "all"):
-        dst, dev = r.get("dst", ""), r.get("dev", "")
-        if dev == exclude_dev or dst in ("default", "") or r.get("type") in ("broadcast", "local"):
-            continue
-        try:
-            nets.append(ipaddress.ip_network(dst if "/" in dst else f"{dst}/32", strict=False))
-        except ValueError:
-            continue
-    return [n for n in nets if isinstance(n, ipaddress.IPv4Network)]
+    return [r.net for r in ipv4_routes("table", "all")
+            if r.dev != exclude_dev and r.type not in ("broadcast", "local")]
 
 
 def _uplink_mtu() -> int:

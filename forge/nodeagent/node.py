@@ -20,7 +20,6 @@ RUNTIME_CANDIDATES: tuple[str, ...] = (
 RESERVED_CPU = 0.1  # cores kept back for the agent and the system
 RESERVED_MEMORY = 256 * 1024 * 1024
 REASON_AGENT_READY = "AgentReady"
-SUBNET_CLASH = "instanceSubnet"  # the API's Conflict when another node has an overlapping subnet
 REASON_NODE_LOST = "NodeLost"  # the nodes controller's verdict (the agent may not import controllers)
 
 
@@ -87,9 +86,9 @@ def register(client: ForgeClient, name: str, address: str, isolation: Isolation,
         node["status"] = node_status(node.get("status") or {}, isolation, metrics_address, clock.now_iso(), subnet)
         try:
             return client.replace_status("nodes", name, node)
-        except errors.Conflict as exc:
-            if SUBNET_CLASH in exc.message:
-                raise  # not a race: another node has this subnet (the agent picks another)
+        except errors.SubnetTaken:
+            raise  # not a race: another node has this subnet (the agent picks another)
+        except errors.Conflict:
             node = client.get("nodes", name)
     raise errors.Conflict(f"node {name}: status kept changing under us")
 

@@ -16,6 +16,7 @@ def test_the_api_refuses_a_node_subnet_that_overlaps_another_nodes(api: Api) -> 
     n2["status"] = {"instanceSubnet": "10.213.1.0/25"}
     r = api.req("PUT", "/api/v1/nodes/n2/status", json=n2)
     assert r.status_code == 409 and "overlaps node n1's" in r.json["message"], r.text
+    assert r.json["error"] == "SubnetTaken"
     assert not api.store.get(Node, "n2").status.instance_subnet, "nothing half-written"
     r = api.req("PATCH", "/api/v1/nodes/n2/status", json={"status": {"instanceSubnet": "10.213.1.64/26"}})
     assert r.status_code == 409

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import httpx
 
-from forge.nft import install_hash, ip, ip_json
+from forge.nft import install_hash, ip, ipv4_routes
 from forge.nodeagent.network import NetNames
 from tests.e2e.harness import ADMIN_TOKEN, WEBHOOK_SECRET, wait_for
 
@@ -243,15 +243,7 @@ class Cluster:
 
 
 def _free_net(seed: int) -> ipaddress.IPv4Network:
-    taken = []
-    for r in ip_json("-4", "route", "show", "table", "all"):
-        dst = r.get("dst", "")
-        if dst in ("", "default"):
-            continue
-        try:
-            taken.append(ipaddress.ip_network(dst if "/" in dst else f"{dst}/32", strict=False))
-        except ValueError:
-            continue
+    taken = [r.net for r in ipv4_routes("table", "all")]
     pool = list(POOL.subnets(new_prefix=24))
     for i in range(len(pool)):
         net = pool[(seed + i) % len(pool)]
