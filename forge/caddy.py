@@ -87,7 +87,9 @@ def hostmap_handlers(routes: Routes, slots: int = UPSTREAM_SLOTS) -> list[dict[s
             "destinations": [ph(PACKED_VAR)],
             "defaults": [""],
             "mappings": [
-                {"input": host, "outputs": [pack(dials, slots)]} for host, dials in sorted(routes.items()) if dials
+                {"input": host, "outputs": [pack(dials, slots)]}
+                for host, dials in sorted(routes.items())
+                if dials
             ],
         },
     ]
@@ -113,7 +115,9 @@ def slot_map(slots: int = UPSTREAM_SLOTS) -> dict[str, Any]:
 DIAL_TIMEOUT = "1s"  # backends are on this host or the nodes' LAN: a SYN answered takes milliseconds
 
 
-def server_routes(routes: Routes, slots: int = UPSTREAM_SLOTS, upstream_keepalive: bool = True) -> list[dict[str, Any]]:
+def server_routes(
+    routes: Routes, slots: int = UPSTREAM_SLOTS, upstream_keepalive: bool = True
+) -> list[dict[str, Any]]:
     proxy: dict[str, Any] = {
         "handler": "reverse_proxy",
         "upstreams": [{"dial": ph(slot_var(i))} for i in range(slots)],
@@ -138,10 +142,14 @@ def server_routes(routes: Routes, slots: int = UPSTREAM_SLOTS, upstream_keepaliv
         },
         {
             "@id": CATCHALL_ID,
-            "handle": [{
-                "handler": "static_response", "status_code": 404, "body": NOT_FOUND_BODY,
-                "headers": {"Content-Type": ["text/plain; charset=utf-8"]},
-            }],
+            "handle": [
+                {
+                    "handler": "static_response",
+                    "status_code": 404,
+                    "body": NOT_FOUND_BODY,
+                    "headers": {"Content-Type": ["text/plain; charset=utf-8"]},
+                }
+            ],
             "terminal": True,
         },
     ]
@@ -175,8 +183,10 @@ def base_config(
     """
     if tls_mode not in TLS_MODES:
         raise Invalid(f"tls mode {tls_mode!r} must be one of {', '.join(TLS_MODES)}")
-    server: dict[str, Any] = {"listen": [http_listen],
-                              "routes": server_routes(routes or {}, slots, upstream_keepalive)}
+    server: dict[str, Any] = {
+        "listen": [http_listen],
+        "routes": server_routes(routes or {}, slots, upstream_keepalive),
+    }
     http_app: dict[str, Any] = {"servers": {SERVER_NAME: server}}
     apps: dict[str, Any] = {"http": http_app}
     if tls_mode == "off":
@@ -233,8 +243,11 @@ class CaddyAdmin:
         """``admin_url``: ``HOST:PORT``, ``http://HOST:PORT`` or ``unix//PATH`` (Caddy's own spelling)."""
         if admin_url.startswith("unix/"):
             self.admin_url = admin_url
-            self._http = httpx.Client(base_url=f"http://{ADMIN_SOCKET_HOST}", timeout=timeout,
-                                      transport=httpx.HTTPTransport(uds=admin_url[len("unix/"):]))
+            self._http = httpx.Client(
+                base_url=f"http://{ADMIN_SOCKET_HOST}",
+                timeout=timeout,
+                transport=httpx.HTTPTransport(uds=admin_url[len("unix/") :]),
+            )
             return
         base = admin_url if "://" in admin_url else f"http://{admin_url}"
         self.admin_url = base.rstrip("/")
@@ -313,23 +326,37 @@ class CaddyProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         cfg = self.workdir / "caddy.json"
         cfg.write_text(json.dumps(self.config, indent=1))
-        env = dict(os.environ, XDG_DATA_HOME=str(self.workdir / "data"), XDG_CONFIG_HOME=str(self.workdir / "config"),
-                   HOME=str(self.workdir))
+        env = dict(
+            os.environ,
+            XDG_DATA_HOME=str(self.workdir / "data"),
+            XDG_CONFIG_HOME=str(self.workdir / "config"),
+            HOME=str(self.workdir),
+        )
         with open(self.workdir / "caddy.log", "ab") as log:
             self.proc = subprocess.Popen(
                 [self.caddy_bin, "run", "--config", str(cfg), "--adapter", ""],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, cwd=self.workdir,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env=env,
+                cwd=self.workdir,
             )
         self.wait_ready(ready_timeout)
 
     def wait_ready(self, timeout: float) -> None:
         admin = CaddyAdmin(self.admin_listen, timeout=2.0)
 
-        @retry(retry=retry_if_exception_type(Unavailable), stop=stop_after_delay(timeout),
-               wait=wait_exponential(multiplier=0.02, max=0.2), reraise=True)
+        @retry(
+            retry=retry_if_exception_type(Unavailable),
+            stop=stop_after_delay(timeout),
+            wait=wait_exponential(multiplier=0.02, max=0.2),
+            reraise=True,
+        )
         def ping() -> None:
             if self.proc is not None and self.proc.poll() is not None:
-                raise ForgeError(f"caddy exited with {self.proc.returncode}; see {self.workdir / 'caddy.log'}")
+                raise ForgeError(
+                    f"caddy exited with {self.proc.returncode}; see {self.workdir / 'caddy.log'}"
+                )
             admin.ping()
 
         try:

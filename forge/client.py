@@ -13,14 +13,29 @@ from forge import errors
 _BY_REASON: dict[str, type[errors.ForgeError]] = {
     c.reason: c
     for c in (
-        errors.NotFound, errors.AlreadyExists, errors.Conflict, errors.Gone, errors.Invalid,
-        errors.BadRequest, errors.PayloadTooLarge, errors.Unauthorized, errors.Forbidden,
-        errors.Unavailable, errors.TooManyRequests, errors.SubnetTaken,
+        errors.NotFound,
+        errors.AlreadyExists,
+        errors.Conflict,
+        errors.Gone,
+        errors.Invalid,
+        errors.BadRequest,
+        errors.PayloadTooLarge,
+        errors.Unauthorized,
+        errors.Forbidden,
+        errors.Unavailable,
+        errors.TooManyRequests,
+        errors.SubnetTaken,
     )
 }
 _BY_STATUS: dict[int, type[errors.ForgeError]] = {
-    404: errors.NotFound, 409: errors.Conflict, 410: errors.Gone, 400: errors.Invalid,
-    413: errors.PayloadTooLarge, 401: errors.Unauthorized, 403: errors.Forbidden, 503: errors.Unavailable,
+    404: errors.NotFound,
+    409: errors.Conflict,
+    410: errors.Gone,
+    400: errors.Invalid,
+    413: errors.PayloadTooLarge,
+    401: errors.Unauthorized,
+    403: errors.Forbidden,
+    503: errors.Unavailable,
     429: errors.TooManyRequests,
 }
 
@@ -58,13 +73,19 @@ class ForgeClient:
         self.close()
 
     def request(
-        self, method: str, path: str, json: Any = None, params: dict[str, Any] | None = None,
+        self,
+        method: str,
+        path: str,
+        json: Any = None,
+        params: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
     ) -> Any:
         try:
             resp = self._http.request(method, path, json=json, params=params, headers=headers)
         except httpx.HTTPError as exc:
-            raise errors.Unavailable(f"cannot reach the Forge API at {self.url}: {exc.__class__.__name__}: {exc}") from None
+            raise errors.Unavailable(
+                f"cannot reach the Forge API at {self.url}: {exc.__class__.__name__}: {exc}"
+            ) from None
         _raise_for(resp)
         if not resp.content:
             return None
@@ -77,7 +98,9 @@ class ForgeClient:
     def list(self, plural: str, selector: str | dict[str, str] | None = None) -> tuple[list[dict], int]:
         params = {}
         if selector:
-            params["labelSelector"] = selector if isinstance(selector, str) else ",".join(f"{k}={v}" for k, v in selector.items())
+            params["labelSelector"] = (
+                selector if isinstance(selector, str) else ",".join(f"{k}={v}" for k, v in selector.items())
+            )
         body = self.request("GET", f"/api/v1/{plural}", params=params)
         return body["items"], int(body["metadata"]["resourceVersion"])
 
@@ -91,8 +114,12 @@ class ForgeClient:
         return self.request("PUT", f"/api/v1/{plural}/{name}", json=body)
 
     def patch(self, plural: str, name: str, body: dict) -> dict:
-        return self.request("PATCH", f"/api/v1/{plural}/{name}", json=body,
-                            headers={"Content-Type": "application/merge-patch+json"})
+        return self.request(
+            "PATCH",
+            f"/api/v1/{plural}/{name}",
+            json=body,
+            headers={"Content-Type": "application/merge-patch+json"},
+        )
 
     def replace_status(self, plural: str, name: str, body: dict) -> dict:
         return self.request("PUT", f"/api/v1/{plural}/{name}/status", json=body)
@@ -101,21 +128,33 @@ class ForgeClient:
         return self.request("DELETE", f"/api/v1/{plural}/{name}")
 
     def watch(
-        self, plural: str, resource_version: int, selector: str | dict[str, str] | None = None,
+        self,
+        plural: str,
+        resource_version: int,
+        selector: str | dict[str, str] | None = None,
         timeout_seconds: int = 300,
     ) -> Iterator[tuple[str, dict]]:
         """Yield ``(type, object)`` until the server ends the stream; raises ``Gone`` on 410."""
-        params: dict[str, Any] = {"watch": "true", "resourceVersion": resource_version,
-                                  "timeoutSeconds": timeout_seconds}
+        params: dict[str, Any] = {
+            "watch": "true",
+            "resourceVersion": resource_version,
+            "timeoutSeconds": timeout_seconds,
+        }
         if selector:
-            params["labelSelector"] = selector if isinstance(selector, str) else ",".join(f"{k}={v}" for k, v in selector.items())
+            params["labelSelector"] = (
+                selector if isinstance(selector, str) else ",".join(f"{k}={v}" for k, v in selector.items())
+            )
         yield from self.stream_lines(f"/api/v1/{plural}", params, lambda d: (d["type"], d["object"]))
 
     def stream_lines(self, path: str, params: dict[str, Any], convert: Any = None) -> Iterator[Any]:
         """Read an NDJSON stream (watch, log follow) line by line."""
         try:
-            with self._http.stream("GET", path, params=params,
-                                   timeout=httpx.Timeout(10.0, read=max(30.0, float(params.get("timeoutSeconds", 0)) + 15))) as resp:
+            with self._http.stream(
+                "GET",
+                path,
+                params=params,
+                timeout=httpx.Timeout(10.0, read=max(30.0, float(params.get("timeoutSeconds", 0)) + 15)),
+            ) as resp:
                 if resp.status_code >= 400:
                     resp.read()
                     _raise_for(resp)
@@ -125,4 +164,6 @@ class ForgeClient:
                     data = json.loads(line)
                     yield convert(data) if convert else data
         except httpx.HTTPError as exc:
-            raise errors.Unavailable(f"stream from {self.url}{path} broke: {exc.__class__.__name__}: {exc}") from None
+            raise errors.Unavailable(
+                f"stream from {self.url}{path} broke: {exc.__class__.__name__}: {exc}"
+            ) from None

@@ -29,7 +29,11 @@ def default_data_dir(env: os._Environ[str] | dict[str, str] | None = None, euid:
 def decode_secret_key(text: str) -> bytes:
     """``FORGE_SECRET_KEY``: 32 bytes, base64 (standard or URL-safe)."""
     try:
-        raw = base64.b64decode(text.strip() + "=" * (-len(text.strip()) % 4), altchars=b"-_" if "-" in text or "_" in text else None, validate=True)
+        raw = base64.b64decode(
+            text.strip() + "=" * (-len(text.strip()) % 4),
+            altchars=b"-_" if "-" in text or "_" in text else None,
+            validate=True,
+        )
     except (binascii.Error, ValueError):
         raise Invalid("FORGE_SECRET_KEY is not base64 (expected 32 random bytes, base64-encoded)") from None
     if len(raw) != 32:
@@ -52,7 +56,9 @@ class Config:
     https_listen: str | None = None  # default: :443 for on-demand TLS, HTTP port + 443 for internal
     caddy_admin: str = ""  # HOST:PORT or unix//PATH; "" = a unix socket in the data dir (mode 0600)
     tls: str = "off"  # off | internal | on-demand
-    service_address: str = ""  # the install's service IP (FORGE_SERVICE_ADDRESS); "" = derived from the data dir
+    service_address: str = (
+        ""  # the install's service IP (FORGE_SERVICE_ADDRESS); "" = derived from the data dir
+    )
 
     @property
     def effective_caddy_admin(self) -> str:
@@ -67,7 +73,9 @@ class Config:
         return self.store_url or f"sqlite:///{Path(self.data_dir).resolve() / 'forge.db'}"
 
     @classmethod
-    def from_env(cls, data_dir: str | Path | None = None, env: dict[str, str] | None = None, **overrides: object) -> Config:
+    def from_env(
+        cls, data_dir: str | Path | None = None, env: dict[str, str] | None = None, **overrides: object
+    ) -> Config:
         e = os.environ if env is None else env
         mode = (e.get("FORGE_MODE") or "dev").strip().lower()
         if mode not in ("dev", "production"):

@@ -15,14 +15,18 @@ SHORTCUTS = frozenset({"@yearly", "@annually", "@monthly", "@weekly", "@daily", 
 def check_schedule(value: object) -> str:
     """A valid schedule, or ValueError naming what is wrong with it."""
     if not isinstance(value, str) or not value.strip():
-        raise ValueError("must be a cron expression like \"0 3 * * *\" or @hourly")
+        raise ValueError('must be a cron expression like "0 3 * * *" or @hourly')
     text = " ".join(value.split())
     if text.startswith("@"):
         if text not in SHORTCUTS:
-            raise ValueError(f'"{value}" is not a schedule shortcut (use one of {", ".join(sorted(SHORTCUTS))})')
+            raise ValueError(
+                f'"{value}" is not a schedule shortcut (use one of {", ".join(sorted(SHORTCUTS))})'
+            )
         return text
     if len(text.split(" ")) != 5:
-        raise ValueError(f'"{value}" is not a 5-field cron expression (minute hour day-of-month month day-of-week)')
+        raise ValueError(
+            f'"{value}" is not a 5-field cron expression (minute hour day-of-month month day-of-week)'
+        )
     if not croniter.is_valid(text):
         raise ValueError(f'"{value}" is not a valid cron expression')
     return text

@@ -66,8 +66,13 @@ class EventRecorder:
                     metadata=ObjectMeta(name=ev_name, labels=labels),
                     spec=EventSpec(
                         involved_object=ObjectRef(kind=kind, name=name, uid=obj.metadata.uid),
-                        type=type_, reason=reason, message=message[:4096], count=1,
-                        first_time=now, last_time=now, source=self.source,
+                        type=type_,
+                        reason=reason,
+                        message=message[:4096],
+                        count=1,
+                        first_time=now,
+                        last_time=now,
+                        source=self.source,
                     ),
                 )
                 try:

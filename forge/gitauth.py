@@ -107,8 +107,9 @@ def git_auth(token: str | None, tmp_parent: Path | None = None) -> Iterator[GitA
     """Set up GIT_ASKPASS for ``token`` in a private temporary directory (under ``tmp_parent``,
     default the system's), removed on exit. With no token git gets no askpass at all."""
     if not token:
-        yield GitAuth(args=["-c", "credential.helper=", "-c", "core.askPass="],
-                      env={"GIT_TERMINAL_PROMPT": "0"})
+        yield GitAuth(
+            args=["-c", "credential.helper=", "-c", "core.askPass="], env={"GIT_TERMINAL_PROMPT": "0"}
+        )
         return
     if tmp_parent is not None:
         Path(tmp_parent).mkdir(parents=True, exist_ok=True)

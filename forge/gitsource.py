@@ -24,7 +24,8 @@ LOCAL_TIMEOUT = 30.0
 LS_REMOTE_TIMEOUT = 15.0
 _SHA_WANT_REFUSED = re.compile(
     r"not our ref|unadvertised object|couldn't find remote ref|no such remote ref|"
-    r"upload-pack: not our|Server does not allow request for unadvertised", re.I,
+    r"upload-pack: not our|Server does not allow request for unadvertised",
+    re.I,
 )
 
 
@@ -60,8 +61,11 @@ class GitSource:
         with git_auth(token, self.root) as auth:
             try:
                 proc = subprocess.run(
-                    self.git_argv(args, cwd, auth.args), env=auth.apply(base), capture_output=True,
-                    timeout=timeout, stdin=subprocess.DEVNULL,
+                    self.git_argv(args, cwd, auth.args),
+                    env=auth.apply(base),
+                    capture_output=True,
+                    timeout=timeout,
+                    stdin=subprocess.DEVNULL,
                 )
             except subprocess.TimeoutExpired:
                 raise GitError(f"git {args[0]} timed out after {timeout:.0f}s") from None
@@ -89,19 +93,29 @@ class GitSource:
         if self.has_commit(cache, commit):
             return cache
         try:
-            self._git(["fetch", "--quiet", "--no-tags", "--depth", "1", url, commit], cache, token,
-                      self.fetch_timeout)
+            self._git(
+                ["fetch", "--quiet", "--no-tags", "--depth", "1", url, commit],
+                cache,
+                token,
+                self.fetch_timeout,
+            )
         except GitError as exc:
             if not _SHA_WANT_REFUSED.search(exc.message):
                 raise
             # the remote refuses wants by sha (or lacks it): fetch every branch and look again
-            self._git(["fetch", "--quiet", "--no-tags", url, "+refs/heads/*:refs/remotes/origin/*"],
-                      cache, token, self.fetch_timeout)
+            self._git(
+                ["fetch", "--quiet", "--no-tags", url, "+refs/heads/*:refs/remotes/origin/*"],
+                cache,
+                token,
+                self.fetch_timeout,
+            )
         if not self.has_commit(cache, commit):
             raise GitError(f"commit {commit} not found in {repo}", transient=False)
         return cache
 
-    def resolve_ref(self, url: str, ref: str, token: str | None = None, timeout: float = LS_REMOTE_TIMEOUT) -> str:
+    def resolve_ref(
+        self, url: str, ref: str, token: str | None = None, timeout: float = LS_REMOTE_TIMEOUT
+    ) -> str:
         """The commit a branch or tag names on the remote (``git ls-remote``; nothing is fetched).
 
         ``main`` tries ``refs/heads/main``, then the tag ``main`` (peeled to its commit);
@@ -109,7 +123,11 @@ class GitSource:
         but has no such ref."""
         if not ref or ref.startswith("-") or any(c in ref for c in " \t\n\\~^:?*[") or ".." in ref:
             raise GitError(f"{ref!r} is not a branch or tag name", transient=False)
-        names = [ref] if ref.startswith("refs/") else [f"refs/heads/{ref}", f"refs/tags/{ref}^{{}}", f"refs/tags/{ref}"]
+        names = (
+            [ref]
+            if ref.startswith("refs/")
+            else [f"refs/heads/{ref}", f"refs/tags/{ref}^{{}}", f"refs/tags/{ref}"]
+        )
         out = self._git(["ls-remote", "--", url, *names], None, token, timeout)
         found = dict(reversed(line.split("\t", 1)) for line in out.splitlines() if "\t" in line)
         for name in names:
@@ -130,5 +148,7 @@ class GitSource:
         except subprocess.TimeoutExpired:
             raise GitError(f"reading {path} timed out") from None
         if proc.returncode != 0:
-            raise GitError(f"reading {path} at {commit[:12]} failed: {proc.stderr.decode(errors='replace')[-300:]}")
+            raise GitError(
+                f"reading {path} at {commit[:12]} failed: {proc.stderr.decode(errors='replace')[-300:]}"
+            )
         return proc.stdout

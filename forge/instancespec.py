@@ -43,9 +43,12 @@ def secret_version(secret: Secret | None) -> str | None:
 def app_config(app: App, secret: Secret | None) -> DeploymentConfig:
     """The config a release made from the App right now would carry."""
     return DeploymentConfig(
-        env=dict(app.spec.env), replicas=app.spec.replicas, processes=dict(app.spec.processes) or None,
+        env=dict(app.spec.env),
+        replicas=app.spec.replicas,
+        processes=dict(app.spec.processes) or None,
         domains=list(app.spec.domains),
-        secrets_version=secret_version(secret), node_selector=dict(app.spec.node_selector) or None,
+        secrets_version=secret_version(secret),
+        node_selector=dict(app.spec.node_selector) or None,
     )
 
 
@@ -66,8 +69,15 @@ def manifest_processes(manifest: dict[str, Any] | None) -> dict[str, dict[str, A
     return {str(k): v for k, v in procs.items() if isinstance(v, dict)} if isinstance(procs, dict) else {}
 
 
-def instance_spec(app: App, dep: Deployment, cfg: DeploymentConfig, secret: Secret | None, index: int,
-                  process: str = WEB, oneshot: OneShot | None = None) -> InstanceSpec:
+def instance_spec(
+    app: App,
+    dep: Deployment,
+    cfg: DeploymentConfig,
+    secret: Secret | None,
+    index: int,
+    process: str = WEB,
+    oneshot: OneShot | None = None,
+) -> InstanceSpec:
     manifest = dict(dep.status.manifest or {})
     res = dict(manifest.get("resources") or {})
     proc = manifest_processes(manifest).get(process) if process != WEB else None
@@ -77,28 +87,51 @@ def instance_spec(app: App, dep: Deployment, cfg: DeploymentConfig, secret: Secr
     if proc is not None:
         env.update({str(k): str(v) for k, v in (proc.get("env") or {}).items()})
     env.update(cfg.env)  # the App's config wins over the repo's defaults
-    storage = (manifest.get("storage") or {}).get("size") if isinstance(manifest.get("storage"), dict) else None
+    storage = (
+        (manifest.get("storage") or {}).get("size") if isinstance(manifest.get("storage"), dict) else None
+    )
     return InstanceSpec(
-        app=app.metadata.name, deployment=dep.metadata.name, index=index, desired="Running",
-        repo=dep.spec.repo or app.spec.repo, commit=dep.spec.commit, manifest=manifest, env=env,
+        app=app.metadata.name,
+        deployment=dep.metadata.name,
+        index=index,
+        desired="Running",
+        repo=dep.spec.repo or app.spec.repo,
+        commit=dep.spec.commit,
+        manifest=manifest,
+        env=env,
         resources=Resources(
-            memory=int(res.get("memory") or DEFAULT_MEMORY), cpu=float(res.get("cpu") or DEFAULT_CPU),
-            pids=int(res.get("pids") or Resources().pids), disk=int(res.get("disk") or Resources().disk),
+            memory=int(res.get("memory") or DEFAULT_MEMORY),
+            cpu=float(res.get("cpu") or DEFAULT_CPU),
+            pids=int(res.get("pids") or Resources().pids),
+            disk=int(res.get("disk") or Resources().disk),
         ),
         secret=secret.metadata.name if secret is not None else None,
-        process=process, oneshot=oneshot, storage=int(storage or 0),
+        process=process,
+        oneshot=oneshot,
+        storage=int(storage or 0),
         node_selector=dict(cfg.node_selector or app.spec.node_selector),
     )
 
 
-def oneshot_instance(app: App, dep: Deployment, cfg: DeploymentConfig, secret: Secret | None, name: str,
-                     oneshot: OneShot, labels: dict[str, str] | None = None) -> Instance:
+def oneshot_instance(
+    app: App,
+    dep: Deployment,
+    cfg: DeploymentConfig,
+    secret: Secret | None,
+    name: str,
+    oneshot: OneShot,
+    labels: dict[str, str] | None = None,
+) -> Instance:
     """A one-shot Instance of ``dep``'s code and config: the release command, a cron run, ``forge run``."""
     return Instance(
         metadata=ObjectMeta(
             name=name,
-            labels={LABEL_APP: app.metadata.name, LABEL_DEPLOYMENT: dep.metadata.name, LABEL_PROCESS: oneshot.type,
-                    **(labels or {})},
+            labels={
+                LABEL_APP: app.metadata.name,
+                LABEL_DEPLOYMENT: dep.metadata.name,
+                LABEL_PROCESS: oneshot.type,
+                **(labels or {}),
+            },
             owner_ref=OwnerRef(kind="Deployment", name=dep.metadata.name, uid=dep.metadata.uid),
         ),
         spec=instance_spec(app, dep, cfg, secret, 0, oneshot.type, oneshot),

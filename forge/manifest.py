@@ -53,8 +53,22 @@ MAX_DEPTH = 16
 KiB, MiB, GiB = 1024, 1024**2, 1024**3
 MEMORY_MIN, MEMORY_MAX = 16 * MiB, 64 * GiB
 DISK_MIN, DISK_MAX = 32 * MiB, 1024 * GiB
-_SIZE_UNITS = {"": 1, "b": 1, "k": KiB, "ki": KiB, "kb": KiB, "kib": KiB, "m": MiB, "mi": MiB,
-               "mb": MiB, "mib": MiB, "g": GiB, "gi": GiB, "gb": GiB, "gib": GiB}
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": KiB,
+    "ki": KiB,
+    "kb": KiB,
+    "kib": KiB,
+    "m": MiB,
+    "mi": MiB,
+    "mb": MiB,
+    "mib": MiB,
+    "g": GiB,
+    "gi": GiB,
+    "gb": GiB,
+    "gib": GiB,
+}
 _SIZE = re.compile(r"^(\d{1,15}(?:\.\d{1,9})?)\s*([A-Za-z]*)$")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _DURATION = re.compile(r"^(?:\d+(?:\.\d+)?(?:ms|h|m|s))+$")
@@ -269,8 +283,15 @@ def _one(path: str, message: str) -> Invalid:
 
 
 def _type(v: Any) -> str:
-    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", int: "an integer",
-            float: "a number", type(None): "null"}.get(type(v), type(v).__name__)
+    return {
+        dict: "a mapping",
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        type(None): "null",
+    }.get(type(v), type(v).__name__)
 
 
 # --------------------------------------------------------------------------- validation
@@ -291,8 +312,13 @@ def parse_manifest(text: str | bytes, app_name: str | None = None) -> Manifest:
         if "timeout_seconds" not in health:
             health["timeout_seconds"] = min(3.0, interval)
         elif health["timeout_seconds"] > interval:
-            errs.append({"path": "health.timeout", "message": f"{fmt_duration(health['timeout_seconds'])} "
-                         f"must not exceed health.interval ({fmt_duration(interval)})"})
+            errs.append(
+                {
+                    "path": "health.timeout",
+                    "message": f"{fmt_duration(health['timeout_seconds'])} "
+                    f"must not exceed health.interval ({fmt_duration(interval)})",
+                }
+            )
     top = Resources.model_validate(out.get("resources") or {})
     for proc in (out.get("processes") or {}).values():
         if isinstance(proc, dict):  # a type inherits the top level's resources field by field
@@ -316,8 +342,12 @@ def _section(fields: dict[str, tuple[str, Check, bool]]) -> Check:
             sub = f"{path}.{key}" if path else str(key)
             if not isinstance(key, str) or key not in fields:
                 hint = difflib.get_close_matches(str(key), list(fields), 1)
-                errs.append({"path": sub, "message": "unknown field"
-                             + (f' (did you mean "{hint[0]}"?)' if hint else "")})
+                errs.append(
+                    {
+                        "path": sub,
+                        "message": "unknown field" + (f' (did you mean "{hint[0]}"?)' if hint else ""),
+                    }
+                )
                 continue
             attr, field_check, _ = fields[key]
             before = len(errs)
@@ -419,7 +449,7 @@ def _env(value: Any, path: str, errs: list[dict[str, str]]) -> dict[str, str]:
         elif key == "PORT":
             errs.append({"path": sub, "message": "PORT is set by the platform"})
         elif isinstance(v, bool) or v is None:
-            errs.append({"path": sub, "message": f"{_type(v)} value; quote it (\"{str(v).lower()}\")"})
+            errs.append({"path": sub, "message": f'{_type(v)} value; quote it ("{str(v).lower()}")'})
         elif isinstance(v, (int, float)):
             out[key] = str(v)
         elif isinstance(v, str) and "\x00" not in v and len(v) <= 32768:
@@ -429,29 +459,39 @@ def _env(value: Any, path: str, errs: list[dict[str, str]]) -> dict[str, str]:
     return out
 
 
-_HEALTH = _section({
-    "path": ("path", _value(_health_path), False),
-    "interval": ("interval_seconds", _bounded(parse_duration, 1, 3600, fmt_duration), False),
-    "timeout": ("timeout_seconds", _bounded(parse_duration, 0.1, 3600, fmt_duration), False),
-    "retries": ("retries", _int(1, 100), False),
-    "start_period": ("start_period_seconds", _bounded(parse_duration, 0, 3600, fmt_duration), False),
-    "min_ready": ("min_ready_seconds", _bounded(parse_duration, 0, 3600, fmt_duration), False),
-})
-_RESOURCES = _section({
-    "memory": ("memory", _bounded(parse_size, MEMORY_MIN, MEMORY_MAX, _fmt_size), False),
-    "cpu": ("cpu", _value(_cpu), False),
-    "pids": ("pids", _int(16, 65536), False),
-    "disk": ("disk", _bounded(parse_size, DISK_MIN, DISK_MAX, _fmt_size), False),
-})
-_PROCESS = _section({
-    "command": ("command", _value(_text(what="command")), True),
-    "replicas": ("replicas", _int(0, 100), False),
-    "resources": ("resources", _RESOURCES, False),
-    "env": ("env", _env, False),
-    "health": ("health_command", _section({"command": ("command", _value(_text(what="command")), True)}), False),
-    "min_running": ("min_running_seconds", _bounded(parse_duration, 0, 3600, fmt_duration), False),
-    "stop_timeout": ("stop_timeout_seconds", _bounded(parse_duration, 0, 600, fmt_duration), False),
-})
+_HEALTH = _section(
+    {
+        "path": ("path", _value(_health_path), False),
+        "interval": ("interval_seconds", _bounded(parse_duration, 1, 3600, fmt_duration), False),
+        "timeout": ("timeout_seconds", _bounded(parse_duration, 0.1, 3600, fmt_duration), False),
+        "retries": ("retries", _int(1, 100), False),
+        "start_period": ("start_period_seconds", _bounded(parse_duration, 0, 3600, fmt_duration), False),
+        "min_ready": ("min_ready_seconds", _bounded(parse_duration, 0, 3600, fmt_duration), False),
+    }
+)
+_RESOURCES = _section(
+    {
+        "memory": ("memory", _bounded(parse_size, MEMORY_MIN, MEMORY_MAX, _fmt_size), False),
+        "cpu": ("cpu", _value(_cpu), False),
+        "pids": ("pids", _int(16, 65536), False),
+        "disk": ("disk", _bounded(parse_size, DISK_MIN, DISK_MAX, _fmt_size), False),
+    }
+)
+_PROCESS = _section(
+    {
+        "command": ("command", _value(_text(what="command")), True),
+        "replicas": ("replicas", _int(0, 100), False),
+        "resources": ("resources", _RESOURCES, False),
+        "env": ("env", _env, False),
+        "health": (
+            "health_command",
+            _section({"command": ("command", _value(_text(what="command")), True)}),
+            False,
+        ),
+        "min_running": ("min_running_seconds", _bounded(parse_duration, 0, 3600, fmt_duration), False),
+        "stop_timeout": ("stop_timeout_seconds", _bounded(parse_duration, 0, 600, fmt_duration), False),
+    }
+)
 
 
 def _process_name(value: Any) -> str:
@@ -460,7 +500,9 @@ def _process_name(value: Any) -> str:
     if not isinstance(value, str) or not is_dns_label(value, 30):
         raise ValueError(f"{_show(value)} is not a process type name (a DNS label of at most 30 characters)")
     if value in RESERVED_PROCESS_NAMES:
-        raise ValueError(f'"{value}" is reserved ({"run: is the web process" if value == "web" else "a Forge verb"})')
+        raise ValueError(
+            f'"{value}" is reserved ({"run: is the web process" if value == "web" else "a Forge verb"})'
+        )
     return value
 
 
@@ -503,13 +545,15 @@ def _timezone(value: Any) -> str:
     return check_timezone(value)
 
 
-_CRON_JOB = _section({
-    "name": ("name", _value(_cron_name), True),
-    "schedule": ("schedule", _value(_schedule), True),
-    "command": ("command", _value(_text(what="command")), True),
-    "timeout": ("timeout_seconds", _bounded(parse_duration, 1, 86400, fmt_duration), False),
-    "timezone": ("timezone", _value(_timezone), False),
-})
+_CRON_JOB = _section(
+    {
+        "name": ("name", _value(_cron_name), True),
+        "schedule": ("schedule", _value(_schedule), True),
+        "command": ("command", _value(_text(what="command")), True),
+        "timeout": ("timeout_seconds", _bounded(parse_duration, 1, 86400, fmt_duration), False),
+        "timezone": ("timezone", _value(_timezone), False),
+    }
+)
 
 
 def _cron(value: Any, path: str, errs: list[dict[str, str]]) -> list[Any]:
@@ -521,28 +565,58 @@ def _cron(value: Any, path: str, errs: list[dict[str, str]]) -> list[Any]:
     return [_CRON_JOB(job, f"{path}[{i}]", errs) for i, job in enumerate(value)]
 
 
-_TOP = _section({
-    "name": ("name", _value(_app_name), False),
-    "runtime": ("runtime", _value(_runtime), False),
-    "build": ("build", _section({
-        "commands": ("commands", _commands, False),
-        "timeout": ("timeout_seconds", _bounded(parse_duration, 1, 7200, fmt_duration), False),
-    }), False),
-    "run": ("run", _section({
-        "command": ("command", _value(_text(what="command")), True),
-        "port": ("port", _int(1, 65535), False),
-        "stop_timeout": ("stop_timeout_seconds", _bounded(parse_duration, 0, 600, fmt_duration), False),
-    }), True),
-    "resources": ("resources", _RESOURCES, False),
-    "health": ("health", _HEALTH, False),
-    "env": ("env", _env, False),
-    "processes": ("processes", _processes, False),
-    "cron": ("cron", _cron, False),
-    "release": ("release", _section({
-        "command": ("command", _value(_text(what="command")), True),
-        "timeout": ("timeout_seconds", _bounded(parse_duration, 1, 7200, fmt_duration), False),
-    }), False),
-    "storage": ("storage", _section({
-        "size": ("size", _bounded(parse_size, DISK_MIN, DISK_MAX, _fmt_size), True),
-    }), False),
-})
+_TOP = _section(
+    {
+        "name": ("name", _value(_app_name), False),
+        "runtime": ("runtime", _value(_runtime), False),
+        "build": (
+            "build",
+            _section(
+                {
+                    "commands": ("commands", _commands, False),
+                    "timeout": ("timeout_seconds", _bounded(parse_duration, 1, 7200, fmt_duration), False),
+                }
+            ),
+            False,
+        ),
+        "run": (
+            "run",
+            _section(
+                {
+                    "command": ("command", _value(_text(what="command")), True),
+                    "port": ("port", _int(1, 65535), False),
+                    "stop_timeout": (
+                        "stop_timeout_seconds",
+                        _bounded(parse_duration, 0, 600, fmt_duration),
+                        False,
+                    ),
+                }
+            ),
+            True,
+        ),
+        "resources": ("resources", _RESOURCES, False),
+        "health": ("health", _HEALTH, False),
+        "env": ("env", _env, False),
+        "processes": ("processes", _processes, False),
+        "cron": ("cron", _cron, False),
+        "release": (
+            "release",
+            _section(
+                {
+                    "command": ("command", _value(_text(what="command")), True),
+                    "timeout": ("timeout_seconds", _bounded(parse_duration, 1, 7200, fmt_duration), False),
+                }
+            ),
+            False,
+        ),
+        "storage": (
+            "storage",
+            _section(
+                {
+                    "size": ("size", _bounded(parse_size, DISK_MIN, DISK_MAX, _fmt_size), True),
+                }
+            ),
+            False,
+        ),
+    }
+)

@@ -26,7 +26,9 @@ COMMIT = re.compile(r"^[0-9a-f]{40}$")
 LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
 ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
-BRANCH = re.compile(r"^(?!/)(?!.*//)(?!.*\.\.)(?!.*@\{)[^\x00-\x20~^:?*\[\\\x7f]{1,255}(?<!/)(?<!\.lock)(?<!\.)$")
+BRANCH = re.compile(
+    r"^(?!/)(?!.*//)(?!.*\.\.)(?!.*@\{)[^\x00-\x20~^:?*\[\\\x7f]{1,255}(?<!/)(?<!\.lock)(?<!\.)$"
+)
 
 # Labels the control plane puts on child records.
 LABEL_APP: str = "forge.dev/app"
@@ -41,17 +43,26 @@ def is_dns_label(name: str, max_len: int = 63) -> bool:
 
 
 def is_dns_name(name: str, max_len: int = 253) -> bool:
-    return 0 < len(name) <= max_len and bool(DNS_SUBDOMAIN.match(name)) and all(
-        len(p) <= 63 for p in name.split(".")
+    return (
+        0 < len(name) <= max_len
+        and bool(DNS_SUBDOMAIN.match(name))
+        and all(len(p) <= 63 for p in name.split("."))
     )
 
 
 def is_repo(repo: str) -> bool:
     owner, sep, name = repo.partition("/")
-    return bool(sep) and bool(GITHUB_OWNER.match(owner)) and bool(GITHUB_REPO.match(name)) and name not in (
-        ".",
-        "..",
-    ) and not name.endswith(".git")
+    return (
+        bool(sep)
+        and bool(GITHUB_OWNER.match(owner))
+        and bool(GITHUB_REPO.match(name))
+        and name
+        not in (
+            ".",
+            "..",
+        )
+        and not name.endswith(".git")
+    )
 
 
 def check_app_name(name: str) -> str:
@@ -189,7 +200,9 @@ class Resource(Model):
     @field_validator("metadata")
     @classmethod
     def _name(cls, v: ObjectMeta) -> ObjectMeta:
-        ok = is_dns_name(v.name, cls.NAME_MAX) if cls.NAME_IS_SUBDOMAIN else is_dns_label(v.name, cls.NAME_MAX)
+        ok = (
+            is_dns_name(v.name, cls.NAME_MAX) if cls.NAME_IS_SUBDOMAIN else is_dns_label(v.name, cls.NAME_MAX)
+        )
         if not ok:
             what = "a DNS name" if cls.NAME_IS_SUBDOMAIN else "a DNS-1123 label"
             raise ValueError(
@@ -289,7 +302,9 @@ def check_env(v: dict[str, str]) -> dict[str, str]:
 class AppStatus(Status):
     live_deployment: str | None = None
     storage_node: str | None = None  # scheduler-owned: the node holding the app's persistent storage
-    service_address: str | None = None  # SERVICE_IP:PORT Caddy dials (router-owned); the kernel picks the backend
+    service_address: str | None = (
+        None  # SERVICE_IP:PORT Caddy dials (router-owned); the kernel picks the backend
+    )
     url: str | None = None
     latest_deployment: str | None = None
 
@@ -409,7 +424,9 @@ class Resources(Model):
     memory: int = Field(default=256 * 1024 * 1024, ge=0, description="bytes")
     cpu: float = Field(default=0.5, ge=0, description="cores")
     pids: int = Field(default=512, ge=1)
-    disk: int = Field(default=1024 * 1024 * 1024, ge=0, description="bytes the release tree may hold on its node")
+    disk: int = Field(
+        default=1024 * 1024 * 1024, ge=0, description="bytes the release tree may hold on its node"
+    )
 
 
 DesiredState = Literal["Running", "Stopped"]
@@ -452,8 +469,18 @@ class InstanceSpec(Model):
 
 
 InstancePhase = Literal[
-    "", "Pending", "Scheduled", "Building", "Starting", "Running", "Stopping", "Stopped", "Failed", "Lost",
-    "Succeeded", "Skipped",
+    "",
+    "Pending",
+    "Scheduled",
+    "Building",
+    "Starting",
+    "Running",
+    "Stopping",
+    "Stopped",
+    "Failed",
+    "Lost",
+    "Succeeded",
+    "Skipped",
 ]
 INSTANCE_TERMINAL: frozenset[str] = frozenset({"Stopped", "Failed", "Lost", "Succeeded", "Skipped"})
 

@@ -202,10 +202,18 @@ def ipv4_routes(*args: str) -> list[Route]:
 
 def in_netns(netns: str, argv: list[str], stdin: bytes | None = None) -> str:
     """Run ``argv`` inside the named network namespace (``ip netns exec``)."""
-    done = subprocess.run(["ip", "netns", "exec", netns, *argv], input=stdin, capture_output=True, timeout=30,
-                          check=False, env=_env())
+    done = subprocess.run(
+        ["ip", "netns", "exec", netns, *argv],
+        input=stdin,
+        capture_output=True,
+        timeout=30,
+        check=False,
+        env=_env(),
+    )
     if done.returncode != 0:
-        raise NetError(f"{argv[0]} in netns {netns} failed: {done.stderr.decode(errors='replace').strip()[:800]}")
+        raise NetError(
+            f"{argv[0]} in netns {netns} failed: {done.stderr.decode(errors='replace').strip()[:800]}"
+        )
     return done.stdout.decode(errors="replace")
 
 

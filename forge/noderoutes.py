@@ -34,9 +34,13 @@ log = logging.getLogger(__name__)
 Routes = dict[str, str]  # instance subnet -> the node address it is routed via
 
 
-def plan(nodes: Iterable[Node], local_addresses: set[str],
-         connected: list[tuple[ipaddress.IPv4Network, str]], ours: Routes,
-         on_link: list[ipaddress.IPv4Network] | None = None) -> tuple[Routes, dict[str, str]]:
+def plan(
+    nodes: Iterable[Node],
+    local_addresses: set[str],
+    connected: list[tuple[ipaddress.IPv4Network, str]],
+    ours: Routes,
+    on_link: list[ipaddress.IPv4Network] | None = None,
+) -> tuple[Routes, dict[str, str]]:
     """(subnet → via for every node that needs a route, node name → why it gets none).
 
     Nodes are taken oldest first (by creation time, then name): of two nodes claiming
@@ -54,7 +58,9 @@ def plan(nodes: Iterable[Node], local_addresses: set[str],
             subnet = ipaddress.ip_network(subnet_text, strict=False)
             via = ipaddress.ip_address(address)
         except ValueError:
-            problems[node.metadata.name] = f"instanceSubnet {subnet_text!r} or address {address!r} is not an IP"
+            problems[node.metadata.name] = (
+                f"instanceSubnet {subnet_text!r} or address {address!r} is not an IP"
+            )
             continue
         if not isinstance(subnet, ipaddress.IPv4Network) or via.version != 4:
             problems[node.metadata.name] = f"{subnet_text} via {address}: only IPv4 is routed"
@@ -64,13 +70,17 @@ def plan(nodes: Iterable[Node], local_addresses: set[str],
             continue
         other = next((who for net, who in claimed if net.overlaps(subnet)), None)
         if other is not None:
-            problems[node.metadata.name] = (f"its instance subnet {subnet} overlaps node {other}'s; give it another "
-                                            "with FORGE_INSTANCE_SUBNET")
+            problems[node.metadata.name] = (
+                f"its instance subnet {subnet} overlaps node {other}'s; give it another "
+                "with FORGE_INSTANCE_SUBNET"
+            )
             continue
         clash = next((dev for net, dev in connected if net.overlaps(subnet)), None)
         if clash is not None and ours.get(str(subnet)) != address:
-            problems[node.metadata.name] = (f"its instance subnet {subnet} overlaps a network this proxy host "
-                                            f"already has on {clash}; give it another with FORGE_INSTANCE_SUBNET")
+            problems[node.metadata.name] = (
+                f"its instance subnet {subnet} overlaps a network this proxy host "
+                f"already has on {clash}; give it another with FORGE_INSTANCE_SUBNET"
+            )
             continue
         claimed.append((subnet, node.metadata.name))
         if on_link is not None and not any(via in net for net in on_link):
@@ -105,8 +115,9 @@ class NodeRoutes:
             ours = self.installed()
             local = _local_addresses()
             kernel = _kernel_routes()
-            connected = [(net, dev) for net, (dev, via) in kernel.items()
-                         if via is None or ours.get(str(net)) != via]
+            connected = [
+                (net, dev) for net, (dev, via) in kernel.items() if via is None or ours.get(str(net)) != via
+            ]
             on_link = [net for net, (_dev, via) in kernel.items() if via is None]
             want, problems = plan(nodes, local, connected, ours, on_link)
             changed: list[str] = []
@@ -139,8 +150,15 @@ class NodeRoutes:
 
 
 def _owner(nodes: Sequence[Node], subnet: str) -> str:
-    return next((n.metadata.name for n in nodes if n.status.instance_subnet
-                 and str(ipaddress.ip_network(n.status.instance_subnet, strict=False)) == subnet), subnet)
+    return next(
+        (
+            n.metadata.name
+            for n in nodes
+            if n.status.instance_subnet
+            and str(ipaddress.ip_network(n.status.instance_subnet, strict=False)) == subnet
+        ),
+        subnet,
+    )
 
 
 def _local_addresses() -> set[str]:

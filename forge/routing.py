@@ -99,8 +99,11 @@ def service_routes(apps: Iterable[App], domain: str) -> dict[str, list[str]]:
     goes live for the first time, is deleted, gains or loses a domain) — never on a deploy,
     rollback, scale or restart, which only move the kernel's backends behind the address."""
     apps = list(apps)
-    targets = {a.metadata.name: [a.status.service_address] for a in apps
-               if a.status.live_deployment and a.status.service_address}
+    targets = {
+        a.metadata.name: [a.status.service_address]
+        for a in apps
+        if a.status.live_deployment and a.status.service_address
+    }
     return host_table(apps, domain, targets)
 
 

@@ -97,8 +97,9 @@ def is_ciphertext(text: Any) -> bool:
 class Keyring:
     """The AES-256-GCM keys of this control plane, one of them primary (used to encrypt)."""
 
-    def __init__(self, keys: dict[str, bytes], primary: str, path: Path | None = None,
-                 env_key: bytes | None = None) -> None:
+    def __init__(
+        self, keys: dict[str, bytes], primary: str, path: Path | None = None, env_key: bytes | None = None
+    ) -> None:
         if primary not in keys:
             raise KeyringError(f"primary key {primary!r} is not in the keyring")
         self._keys, self._primary, self._path, self._env_key = dict(keys), primary, path, env_key

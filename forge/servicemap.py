@@ -53,7 +53,9 @@ def choose_service_ip(data_dir: str | Path, configured: str = "") -> str:
         except ValueError:
             raise Invalid(f"FORGE_SERVICE_ADDRESS: {configured!r} is not an IPv4 address") from None
         if addr.version != 4 or addr.is_loopback or addr.is_unspecified:
-            raise Invalid(f"FORGE_SERVICE_ADDRESS: {configured!r} must be a routable IPv4 address, not loopback")
+            raise Invalid(
+                f"FORGE_SERVICE_ADDRESS: {configured!r} must be a routable IPv4 address, not loopback"
+            )
         return str(addr)
     size = SERVICE_POOL.num_addresses
     start = int(install_hash(data_dir, SVC), 16) % size
@@ -102,8 +104,11 @@ class ServiceMap:
 
     def ensure(self) -> bool:
         """Service IP on ``lo`` and the table in place; True when the table had to be (re)made."""
-        have = {a.get("local") for link in ip_json("-4", "addr", "show", "dev", "lo")
-                for a in link.get("addr_info", [])}
+        have = {
+            a.get("local")
+            for link in ip_json("-4", "addr", "show", "dev", "lo")
+            for a in link.get("addr_info", [])
+        }
         if self.address not in have:
             ip(f"addr add {self.address}/32 dev lo")
         if self.nft.table_exists("ip", self.table) and self._rule_matches():
@@ -187,7 +192,9 @@ class ServiceMap:
                 keys = ", ".join(f"{p} . {i}" for i in range(SLOTS))
                 lines.append(f"delete element ip {self.table} backends {{ {keys} }}")
             if p in want:
-                lines.append(f"add element ip {self.table} backends {{ {', '.join(slot_elements(p, want[p]))} }}")
+                lines.append(
+                    f"add element ip {self.table} backends {{ {', '.join(slot_elements(p, want[p]))} }}"
+                )
         self.nft.run("\n".join(lines) + "\n")
         for p in changed:
             if p in want:

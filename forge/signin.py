@@ -44,13 +44,19 @@ def mint(data_dir: Path, clock: Clock) -> str:
 def redeem(data_dir: Path, code: str, clock: Clock) -> None:
     """Accept ``code`` once; Unauthorized when it is wrong, used or expired (the same message)."""
     path = Path(data_dir) / FILE
-    refused = Unauthorized("this sign-in link is not valid (used, expired or mistyped); "
-                           "sign in with the admin token, or restart forge up for a new link")
+    refused = Unauthorized(
+        "this sign-in link is not valid (used, expired or mistyped); "
+        "sign in with the admin token, or restart forge up for a new link"
+    )
     try:
         rec = json.loads(path.read_text())
     except (OSError, ValueError):
         raise refused from None
-    if not isinstance(rec, dict) or not code or not hmac.compare_digest(str(rec.get("sha256", "")), _digest(code)):
+    if (
+        not isinstance(rec, dict)
+        or not code
+        or not hmac.compare_digest(str(rec.get("sha256", "")), _digest(code))
+    ):
         raise refused
     try:
         os.unlink(path)  # the first exchange wins; a racing second finds no file

@@ -75,9 +75,16 @@ class Child:
 
 
 class Supervisor:
-    def __init__(self, cfg: Config, metrics_listen: str, node_name: str, env: dict[str, str],
-                 clock: Clock | None = None, controllers_metrics_listen: str | None = None,
-                 local_agent: bool = True) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        metrics_listen: str,
+        node_name: str,
+        env: dict[str, str],
+        clock: Clock | None = None,
+        controllers_metrics_listen: str | None = None,
+        local_agent: bool = True,
+    ) -> None:
         self.cfg, self.metrics_listen, self.node_name = cfg, metrics_listen, node_name
         self.local_agent = local_agent
         self.controllers_metrics_listen = controllers_metrics_listen
@@ -99,17 +106,25 @@ class Supervisor:
         try:
             # The child inherits the data dir's lock (held until the last child is gone) and is
             # sent SIGTERM by the kernel if this process dies, however it dies.
-            child.proc = subprocess.Popen(child.argv, env=child.env, stdout=out, stderr=subprocess.STDOUT,
-                                          stdin=subprocess.DEVNULL, start_new_session=True,
-                                          pass_fds=(self.lock_fd,) if self.lock_fd is not None else (),
-                                          preexec_fn=die_with_parent)  # noqa: PLW1509 - prctl only
+            child.proc = subprocess.Popen(
+                child.argv,
+                env=child.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                pass_fds=(self.lock_fd,) if self.lock_fd is not None else (),
+                preexec_fn=die_with_parent,
+            )  # noqa: PLW1509 - prctl only
         finally:
             out.close()
         self.lock.child_started(child.name, child.proc.pid)
         child.started.append(self.clock.monotonic())
         child.started_wall = self.clock.now()
         proc = child.proc
-        threading.Thread(target=self._reap, args=(child.name, proc), daemon=True, name=f"reap-{child.name}").start()
+        threading.Thread(
+            target=self._reap, args=(child.name, proc), daemon=True, name=f"reap-{child.name}"
+        ).start()
         log.info("started %s (pid %d, log %s)", child.name, proc.pid, child.log_path)
 
     def _reap(self, name: str, proc: subprocess.Popen[bytes]) -> None:
@@ -120,12 +135,16 @@ class Supervisor:
         deadline = self.clock.monotonic() + timeout
         while self.clock.monotonic() < deadline and not self.stopping.is_set():
             if child.proc is not None and child.proc.poll() is not None:
-                raise Unavailable(f"{child.name} exited with {child.proc.returncode} while starting; see {child.log_path}")
+                raise Unavailable(
+                    f"{child.name} exited with {child.proc.returncode} while starting; see {child.log_path}"
+                )
             if child.ready is None or child.ready():
                 return
             self.stopping.wait(0.1)  # bounded start-up wait for a readiness probe
         if not self.stopping.is_set():
-            raise Unavailable(f"{child.name} did not become ready within {timeout:.0f}s; see {child.log_path}")
+            raise Unavailable(
+                f"{child.name} did not become ready within {timeout:.0f}s; see {child.log_path}"
+            )
 
     def _http_ok(self, url: str, headers: dict[str, str] | None = None) -> bool:
         try:
@@ -140,13 +159,20 @@ class Supervisor:
         self.admin_token_source = where
         (self.data / "api-url").write_text(self.api_url + "\n")
         if not self.cfg.webhook_secret:
-            log.warning("FORGE_GITHUB_WEBHOOK_SECRET is not set: every GitHub webhook delivery will be refused")
+            log.warning(
+                "FORGE_GITHUB_WEBHOOK_SECRET is not set: every GitHub webhook delivery will be refused"
+            )
         from forge.secrets import Keyring
 
         Keyring.load(self.cfg)  # create the key file once, before several workers race for it
         env = dict(self.base_env)
-        env.update(FORGE_ADMIN_TOKEN=token, FORGE_DATA_DIR=str(self.data), FORGE_MODE=self.cfg.mode,
-                   FORGE_DOMAIN=self.cfg.domain, PYTHONUNBUFFERED="1")
+        env.update(
+            FORGE_ADMIN_TOKEN=token,
+            FORGE_DATA_DIR=str(self.data),
+            FORGE_MODE=self.cfg.mode,
+            FORGE_DOMAIN=self.cfg.domain,
+            PYTHONUNBUFFERED="1",
+        )
         self.admin_token = token
         return env
 
@@ -163,10 +189,18 @@ class Supervisor:
         caddy = shutil.which("caddy")
         if caddy is None:
             raise Unavailable("caddy is not installed (run make setup as root, or apt-get install caddy)")
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(caddy_dir),
-               "XDG_DATA_HOME": str(caddy_dir / "data"), "XDG_CONFIG_HOME": str(caddy_dir / "config")}
-        child = Child("caddy", [caddy, "run", "--config", str(caddy_dir / "config.json")], env,
-                      self.data / "logs" / "caddy.log")
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(caddy_dir),
+            "XDG_DATA_HOME": str(caddy_dir / "data"),
+            "XDG_CONFIG_HOME": str(caddy_dir / "config"),
+        }
+        child = Child(
+            "caddy",
+            [caddy, "run", "--config", str(caddy_dir / "config.json")],
+            env,
+            self.data / "logs" / "caddy.log",
+        )
         child.ready = lambda: self._owns_port(child, self.cfg.http_listen) and self._caddy_ready()
         return child
 
@@ -188,7 +222,7 @@ class Supervisor:
         finally:
             admin.close()
         if self.caddy_admin.startswith("unix/"):
-            os.chmod(self.caddy_admin[len("unix/"):], 0o600)
+            os.chmod(self.caddy_admin[len("unix/") :], 0o600)
         return True
 
     @staticmethod
@@ -200,12 +234,30 @@ class Supervisor:
 
     def build_children(self, env: dict[str, str]) -> list[Child]:
         logs = self.data / "logs"
-        api = Child("api", self._forge("server", "--listen", self.cfg.api_listen, "--data-dir", str(self.data)), env,
-                    logs / "api.log")
-        api.ready = lambda: self._owns_port(api, self.cfg.api_listen) and self._http_ok(f"{self.api_url}/readyz")
-        ctrl_args = ["controllers", "--data-dir", str(self.data), "--domain", self.cfg.domain,
-                     "--caddy-admin", self.caddy_admin, "--tls", self.cfg.tls, "--http-listen", self.cfg.http_listen,
-                     "--api-listen", self.cfg.api_listen]
+        api = Child(
+            "api",
+            self._forge("server", "--listen", self.cfg.api_listen, "--data-dir", str(self.data)),
+            env,
+            logs / "api.log",
+        )
+        api.ready = lambda: (
+            self._owns_port(api, self.cfg.api_listen) and self._http_ok(f"{self.api_url}/readyz")
+        )
+        ctrl_args = [
+            "controllers",
+            "--data-dir",
+            str(self.data),
+            "--domain",
+            self.cfg.domain,
+            "--caddy-admin",
+            self.caddy_admin,
+            "--tls",
+            self.cfg.tls,
+            "--http-listen",
+            self.cfg.http_listen,
+            "--api-listen",
+            self.cfg.api_listen,
+        ]
         if self.cfg.https_listen:
             ctrl_args += ["--https-listen", self.cfg.https_listen]
         if self.controllers_metrics_listen:
@@ -225,8 +277,11 @@ class Supervisor:
             kept = ""
         if kept:
             try:
-                r = httpx.get(f"{self.api_url}/api/v1/nodes/{self.node_name}", timeout=5,
-                              headers={"Authorization": f"Bearer {kept}"})
+                r = httpx.get(
+                    f"{self.api_url}/api/v1/nodes/{self.node_name}",
+                    timeout=5,
+                    headers={"Authorization": f"Bearer {kept}"},
+                )
                 if r.status_code == 200:
                     return kept
             except httpx.HTTPError:
@@ -239,8 +294,18 @@ class Supervisor:
     def agent_child(self, env: dict[str, str], node_token: str) -> Child:
         agent_env = dict(env)
         agent_env["FORGE_NODE_TOKEN"] = node_token
-        argv = self._forge("agent", "--api", self.api_url, "--name", self.node_name, "--data-dir",
-                           str(self.data / "node"), "--metrics-listen", self.metrics_listen, "--stop-apps-on-exit")
+        argv = self._forge(
+            "agent",
+            "--api",
+            self.api_url,
+            "--name",
+            self.node_name,
+            "--data-dir",
+            str(self.data / "node"),
+            "--metrics-listen",
+            self.metrics_listen,
+            "--stop-apps-on-exit",
+        )
         child = Child("agent", argv, agent_env, self.data / "logs" / "agent.log")
         child.ready = lambda: self._node_ready(child)
         return child
@@ -248,8 +313,11 @@ class Supervisor:
     def _node_ready(self, child: Child) -> bool:
         """The Node is Ready *by our agent*: its heartbeat is newer than our agent's start."""
         try:
-            r = httpx.get(f"{self.api_url}/api/v1/nodes/{self.node_name}", timeout=1.0,
-                          headers={"Authorization": f"Bearer {self.admin_token}"})
+            r = httpx.get(
+                f"{self.api_url}/api/v1/nodes/{self.node_name}",
+                timeout=1.0,
+                headers={"Authorization": f"Bearer {self.admin_token}"},
+            )
         except httpx.HTTPError:
             return False
         if r.status_code != 200:
@@ -257,7 +325,9 @@ class Supervisor:
         status = r.json().get("status", {})
         beat = status.get("lastHeartbeatTime")
         fresh = bool(beat) and parse_iso(beat) >= child.started_wall - 1.0
-        return fresh and any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions", []))
+        return fresh and any(
+            c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions", [])
+        )
 
     # ------------------------------------------------------------------ run
     def start(self) -> None:
@@ -303,7 +373,13 @@ class Supervisor:
                 break
             child = self.children[name]
             code = child.proc.returncode if child.proc else None
-            log.warning("%s exited with %s; restarting in %.0fs (restart #%d)", name, code, child.backoff, child.restarts + 1)
+            log.warning(
+                "%s exited with %s; restarting in %.0fs (restart #%d)",
+                name,
+                code,
+                child.backoff,
+                child.restarts + 1,
+            )
             if stop.wait(child.backoff):
                 break
             up_for = self.clock.monotonic() - (child.started[-1] if child.started else 0)
@@ -319,8 +395,11 @@ class Supervisor:
         stop timeouts), then wait for each; a child past its deadline is killed."""
         self.stopping.set()
         order = ("agent", "controllers", "api", "caddy")
-        running = [c for n in order if (c := self.children.get(n)) is not None and c.proc is not None
-                   and c.proc.poll() is None]
+        running = [
+            c
+            for n in order
+            if (c := self.children.get(n)) is not None and c.proc is not None and c.proc.poll() is None
+        ]
         for child in running:
             child.proc.terminate()  # type: ignore[union-attr]
         start = self.clock.monotonic()

@@ -68,13 +68,17 @@ class UpLock:
                 prev = self._read()
                 pid, ticks = int(prev.get("pid") or 0), prev.get("start")
                 if pid and alive(pid, ticks):
-                    raise Unavailable(f"another forge up (pid {pid}) is running on {self.data}; stop it first")
+                    raise Unavailable(
+                        f"another forge up (pid {pid}) is running on {self.data}; stop it first"
+                    )
                 self._stop_leftovers(prev, wait_children)
                 deadline = self.clock.monotonic() + wait_children
                 while not self._try(fd):
                     if self.clock.monotonic() > deadline:
-                        raise Unavailable(f"{self.path} is still locked by processes of an earlier forge up; "
-                                          f"see `fuser -v {self.path}`")
+                        raise Unavailable(
+                            f"{self.path} is still locked by processes of an earlier forge up; "
+                            f"see `fuser -v {self.path}`"
+                        )
                     self.clock.sleep(0.1)
         except BaseException:
             os.close(fd)
@@ -100,8 +104,11 @@ class UpLock:
         live = {n: pt for n, pt in kids.items() if alive(*pt)}
         if not live:
             return
-        log.warning("an earlier forge up on %s died; stopping its children %s", self.data,
-                    ", ".join(f"{n} (pid {p})" for n, (p, _) in sorted(live.items())))
+        log.warning(
+            "an earlier forge up on %s died; stopping its children %s",
+            self.data,
+            ", ".join(f"{n} (pid {p})" for n, (p, _) in sorted(live.items())),
+        )
         for _, (pid, _t) in live.items():
             _signal(pid, signal.SIGTERM)
         deadline = self.clock.monotonic() + wait
@@ -133,8 +140,11 @@ class UpLock:
 
     def _write(self) -> None:
         self.record_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        body = {"pid": os.getpid(), "start": start_ticks(os.getpid()),
-                "children": {n: [p, t] for n, (p, t) in self.children.items()}}
+        body = {
+            "pid": os.getpid(),
+            "start": start_ticks(os.getpid()),
+            "children": {n: [p, t] for n, (p, t) in self.children.items()},
+        }
         tmp = self.record_path.with_name(self.record_path.name + ".tmp")
         tmp.write_text(json.dumps(body))
         os.replace(tmp, self.record_path)
@@ -191,7 +201,7 @@ def descendants(pid: int, proc: str = "/proc") -> set[int]:
             raw = Path(f"{proc}/{entry.name}/stat").read_text()
         except OSError:
             continue
-        ppid = int(raw[raw.rfind(")") + 2:].split()[1])
+        ppid = int(raw[raw.rfind(")") + 2 :].split()[1])
         children.setdefault(ppid, []).append(int(entry.name))
     out, todo = {pid}, [pid]
     while todo:

@@ -52,14 +52,17 @@ def decode_payload(body: bytes, content_type: str | None) -> dict[str, Any]:
     ctype = (content_type or "application/json").split(";")[0].strip().lower()
     if ctype == "application/x-www-form-urlencoded":
         try:
-            form = parse_qs(body.decode("utf-8"), keep_blank_values=True, strict_parsing=True,
-                            max_num_fields=100)
+            form = parse_qs(
+                body.decode("utf-8"), keep_blank_values=True, strict_parsing=True, max_num_fields=100
+            )
         except (UnicodeDecodeError, ValueError):
             raise BadRequest("form body is not valid application/x-www-form-urlencoded") from None
         values = form.get("payload")
         if not values or len(values) != 1:
-            raise BadRequest("form body must carry exactly one payload field",
-                             [{"path": "payload", "message": "field required"}])
+            raise BadRequest(
+                "form body must carry exactly one payload field",
+                [{"path": "payload", "message": "field required"}],
+            )
         text = values[0]
     elif ctype == "application/json":
         try:
@@ -67,8 +70,10 @@ def decode_payload(body: bytes, content_type: str | None) -> dict[str, Any]:
         except UnicodeDecodeError:
             raise BadRequest("body is not UTF-8") from None
     else:
-        raise BadRequest(f"content type {ctype!r} is not supported; configure the webhook to send "
-                         "application/json or application/x-www-form-urlencoded")
+        raise BadRequest(
+            f"content type {ctype!r} is not supported; configure the webhook to send "
+            "application/json or application/x-www-form-urlencoded"
+        )
     try:
         data = json.loads(text)
     except (ValueError, RecursionError) as exc:
@@ -89,7 +94,7 @@ class Push:
 
     @property
     def branch(self) -> str | None:
-        return self.ref[len(BRANCH_PREFIX):] if self.ref.startswith(BRANCH_PREFIX) else None
+        return self.ref[len(BRANCH_PREFIX) :] if self.ref.startswith(BRANCH_PREFIX) else None
 
 
 def parse_push(payload: dict[str, Any]) -> Push:
@@ -146,8 +151,6 @@ def find_delivery(deployments: list[Deployment], delivery_id: str | None) -> Dep
     return next((d for d in deployments if d.spec.trigger.delivery_id == delivery_id), None)
 
 
-
-
 def build_deployment(app: App, number: int, push: Push, delivery_id: str | None) -> Deployment:
     """Release ``APP-N`` of the pushed commit with a snapshot of the App's config (spec only)."""
     return Deployment(
@@ -158,7 +161,8 @@ def build_deployment(app: App, number: int, push: Push, delivery_id: str | None)
             ref=push.ref,
             repo=app.spec.repo,
             trigger=Trigger(type="webhook", delivery_id=delivery_id),
-            config=DeploymentConfig(env=dict(app.spec.env), replicas=app.spec.replicas,
-                                    domains=list(app.spec.domains)),
+            config=DeploymentConfig(
+                env=dict(app.spec.env), replicas=app.spec.replicas, domains=list(app.spec.domains)
+            ),
         ),
     )

@@ -55,7 +55,9 @@ class NodeTokenResource:
     def on_post(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
         auth.require_admin(req)
         if not is_dns_name(name):
-            raise Invalid(f"{name!r} is not a valid node name", [{"path": "name", "message": "not a DNS name"}])
+            raise Invalid(
+                f"{name!r} is not a valid node name", [{"path": "name", "message": "not a DNS name"}]
+            )
         token = auth.mint_node_token(self.ctx.store, name)
         log.info("minted a node token for %s", name)
         resp.set_header("Cache-Control", "no-store")
@@ -103,7 +105,9 @@ class AgentEventResource:
         except ValidationError as exc:
             raise Invalid.from_errors(pydantic_errors(exc)) from None
         source = f"agent/{p.node}" if p.node else "admin"
-        EventRecorder(self.ctx.store, self.ctx.clock, source=source).record(obj, body.type, body.reason, body.message)
+        EventRecorder(self.ctx.store, self.ctx.clock, source=source).record(
+            obj, body.type, body.reason, body.message
+        )
         send(resp, {"recorded": True}, 201)
 
 
@@ -135,7 +139,11 @@ class InstanceLogsResource:
         except ValidationError as exc:
             raise Invalid.from_errors(pydantic_errors(exc), "log batch") from None
         entries = [(e.offset, e.time, e.line) for e in batch.entries]
-        n = self.ctx.store.append_logs(inst.name, inst.spec.app, inst.spec.deployment, batch.source, entries) if entries else 0
+        n = (
+            self.ctx.store.append_logs(inst.name, inst.spec.app, inst.spec.deployment, batch.source, entries)
+            if entries
+            else 0
+        )
         send(resp, {"accepted": n})
 
 
@@ -161,6 +169,9 @@ class NodeStorageResource:
         p = auth.principal(req)
         if not p.admin and p.node != name:
             raise auth.forbid(p, f"read the storage list of Node {name}")
-        apps = [a.metadata.name for a in self.ctx.store.list("App")[0]
-                if isinstance(a, App) and a.status.storage_node == name]
+        apps = [
+            a.metadata.name
+            for a in self.ctx.store.list("App")[0]
+            if isinstance(a, App) and a.status.storage_node == name
+        ]
         send(resp, {"apps": sorted(apps)})

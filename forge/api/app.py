@@ -37,8 +37,15 @@ from forge.store.base import Store, open_store
 
 log = logging.getLogger(__name__)
 
-_HTTP_REASONS = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound",
-                 405: "MethodNotAllowed", 413: "PayloadTooLarge", 415: "UnsupportedMediaType"}
+_HTTP_REASONS = {
+    400: "BadRequest",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "NotFound",
+    405: "MethodNotAllowed",
+    413: "PayloadTooLarge",
+    415: "UnsupportedMediaType",
+}
 
 
 class RequestIdMiddleware:
@@ -75,8 +82,16 @@ def _http_error(req: falcon.Request, resp: falcon.Response, ex: falcon.HTTPError
 def _unexpected(req: falcon.Request, resp: falcon.Response, ex: Exception, params: dict) -> None:
     rid = getattr(req.context, "request_id", "") or uuid.uuid4().hex[:16]
     log.exception("request %s %s %s: unhandled %s", rid, req.method, req.path, ex.__class__.__name__)
-    _render(resp, 500, {"error": "InternalError", "message": f"internal error (request id {rid})",
-                        "details": [], "requestId": rid})
+    _render(
+        resp,
+        500,
+        {
+            "error": "InternalError",
+            "message": f"internal error (request id {rid})",
+            "details": [],
+            "requestId": rid,
+        },
+    )
 
 
 def _wake_on(closing: threading.Event, wake: Callable[[], object]) -> None:
@@ -85,16 +100,27 @@ def _wake_on(closing: threading.Event, wake: Callable[[], object]) -> None:
 
 
 def create_app(
-    config: Config, store: Store | None = None, clock: Clock | None = None, *,
-    stream_cap_seconds: float | None = None, closing: threading.Event | None = None, max_streams: int | None = None,
+    config: Config,
+    store: Store | None = None,
+    clock: Clock | None = None,
+    *,
+    stream_cap_seconds: float | None = None,
+    closing: threading.Event | None = None,
+    max_streams: int | None = None,
 ) -> falcon.App:
     """``stream_cap_seconds`` bounds every watch/log stream below what clients ask (tests, bench);
     ``closing``, once set, ends every open stream within half a second (the server's stop)."""
     clock = clock or SystemClock()
     store = store if store is not None else open_store(config.effective_store_url)
-    ctx = ApiContext(config=config, store=store, clock=clock, sealer=Sealer(config),
-                     stream_cap_seconds=stream_cap_seconds, closing=closing or threading.Event(),
-                     max_streams=max_streams)
+    ctx = ApiContext(
+        config=config,
+        store=store,
+        clock=clock,
+        sealer=Sealer(config),
+        stream_cap_seconds=stream_cap_seconds,
+        closing=closing or threading.Event(),
+        max_streams=max_streams,
+    )
     wake = getattr(store, "wake_waiters", None)
     if closing is None:
         ctx.closing_check_seconds = None  # nobody can ask the streams to end early
@@ -104,7 +130,11 @@ def create_app(
         ctx.closing_check_seconds = None
     metrics = Metrics(store, clock)
     app = falcon.App(
-        middleware=[RequestIdMiddleware(), MetricsMiddleware(metrics), AuthMiddleware(Authenticator(config, store))],
+        middleware=[
+            RequestIdMiddleware(),
+            MetricsMiddleware(metrics),
+            AuthMiddleware(Authenticator(config, store)),
+        ],
     )
     app.req_options.strip_url_path_trailing_slash = True
     app.req_options.auto_parse_qs_csv = False

@@ -53,7 +53,7 @@ def split_node_token(token: str) -> str | None:
     """The node name in ``forge-node.NAME.SECRET`` (names may hold dots, secrets never do)."""
     if not token.startswith(NODE_TOKEN_PREFIX):
         return None
-    name, sep, secret = token[len(NODE_TOKEN_PREFIX):].rpartition(".")
+    name, sep, secret = token[len(NODE_TOKEN_PREFIX) :].rpartition(".")
     return name if sep and name and secret else None
 
 
@@ -120,7 +120,9 @@ class AuthMiddleware:
     def __init__(self, authenticator: Authenticator) -> None:
         self.authenticator = authenticator
 
-    def process_resource(self, req: falcon.Request, resp: falcon.Response, resource: Any, params: dict) -> None:
+    def process_resource(
+        self, req: falcon.Request, resp: falcon.Response, resource: Any, params: dict
+    ) -> None:
         if resource is None or not getattr(resource, "auth", True):
             req.context.principal = None
             return

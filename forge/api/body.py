@@ -86,7 +86,9 @@ def q_bool(req: falcon.Request, name: str) -> bool:
         return True
     if low in ("false", "0", "no"):
         return False
-    raise BadRequest(f"query parameter {name} must be true or false", [{"path": name, "message": "not a boolean"}])
+    raise BadRequest(
+        f"query parameter {name} must be true or false", [{"path": name, "message": "not a boolean"}]
+    )
 
 
 def q_int(req: falcon.Request, name: str, default: int | None, lo: int, hi: int) -> int | None:
@@ -96,9 +98,12 @@ def q_int(req: falcon.Request, name: str, default: int | None, lo: int, hi: int)
     try:
         value = int(raw)
     except ValueError:
-        raise BadRequest(f"query parameter {name} must be an integer",
-                         [{"path": name, "message": "not an integer"}]) from None
+        raise BadRequest(
+            f"query parameter {name} must be an integer", [{"path": name, "message": "not an integer"}]
+        ) from None
     if not lo <= value <= hi:
-        raise BadRequest(f"query parameter {name} must be between {lo} and {hi}",
-                         [{"path": name, "message": f"out of range {lo}..{hi}"}])
+        raise BadRequest(
+            f"query parameter {name} must be between {lo} and {hi}",
+            [{"path": name, "message": f"out of range {lo}..{hi}"}],
+        )
     return value

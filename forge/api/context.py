@@ -44,8 +44,10 @@ class ApiContext:
         every slot is taken (nothing was sent yet, so the status still can be)."""
         with self._streams_lock:
             if self.max_streams is not None and self._streams >= self.max_streams:
-                raise TooManyRequests(f"this API worker already serves {self._streams} open watch/log streams "
-                                      "(its cap, so requests keep a thread); retry in a moment")
+                raise TooManyRequests(
+                    f"this API worker already serves {self._streams} open watch/log streams "
+                    "(its cap, so requests keep a thread); retry in a moment"
+                )
             self._streams += 1
         return _Slot(body, self._close_stream)
 

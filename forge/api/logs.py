@@ -36,13 +36,26 @@ def parse_since(text: str | None, now: float) -> str | None:
     try:
         return iso(parse_iso(text.strip()))
     except ValueError:
-        raise BadRequest(f"since={text!r} is neither a duration (10m, 2h) nor an ISO time",
-                         [{"path": "since", "message": "not a duration or time"}]) from None
+        raise BadRequest(
+            f"since={text!r} is neither a duration (10m, 2h) nor an ISO time",
+            [{"path": "since", "message": "not a duration or time"}],
+        ) from None
 
 
 def _line(rec: Any) -> bytes:
-    return dumps({"id": rec.id, "time": rec.time, "instance": rec.instance, "deployment": rec.deployment,
-                  "source": rec.source, "line": rec.line}) + b"\n"
+    return (
+        dumps(
+            {
+                "id": rec.id,
+                "time": rec.time,
+                "instance": rec.instance,
+                "deployment": rec.deployment,
+                "source": rec.source,
+                "line": rec.line,
+            }
+        )
+        + b"\n"
+    )
 
 
 class AppLogsResource:
@@ -54,14 +67,20 @@ class AppLogsResource:
         self.ctx.store.get("App", name)
         source = req.get_param("source") or None
         if source not in (None, "build", "app"):
-            raise BadRequest("source must be build or app", [{"path": "source", "message": "must be build or app"}])
+            raise BadRequest(
+                "source must be build or app", [{"path": "source", "message": "must be build or app"}]
+            )
         instance = req.get_param("instance") or None
         if instance is not None and not is_dns_label(instance):
-            raise BadRequest("instance must be an Instance name", [{"path": "instance", "message": "not a name"}])
+            raise BadRequest(
+                "instance must be an Instance name", [{"path": "instance", "message": "not a name"}]
+            )
         deployment = req.get_param("deployment") or None
         if deployment is not None and not is_dns_label(deployment):
-            raise BadRequest("deployment must be a release name like APP-N",
-                             [{"path": "deployment", "message": "not a release name"}])
+            raise BadRequest(
+                "deployment must be a release name like APP-N",
+                [{"path": "deployment", "message": "not a release name"}],
+            )
         since = parse_since(req.get_param("since"), self.ctx.clock.now())
         tail = q_int(req, "tail", None, 0, 100_000)
         follow = q_bool(req, "follow")
@@ -75,16 +94,29 @@ class AppLogsResource:
     def _read(self, app: str, filters: dict[str, Any], after: int, since: str | None) -> list[Any]:
         """One page (by id) of the app's lines; an ``instance`` filter and the hiding of a run's
         stdin apply to what is yielded, so ``len(page) < PAGE`` still means "no more"."""
-        return self.ctx.store.read_logs(app, deployment=filters["deployment"], source=filters["source"],
-                               after_id=after, limit=PAGE, since_time=since)
+        return self.ctx.store.read_logs(
+            app,
+            deployment=filters["deployment"],
+            source=filters["source"],
+            after_id=after,
+            limit=PAGE,
+            since_time=since,
+        )
 
     @staticmethod
     def _shown(page: list[Any], filters: dict[str, Any]) -> list[Any]:
         inst = filters.get("instance")
         return [r for r in page if r.source != "stdin" and (inst is None or r.instance == inst)]
 
-    def _stream(self, app: str, filters: dict[str, Any], since: str | None, tail: int | None,
-                follow: bool, timeout: float) -> Iterator[bytes]:
+    def _stream(
+        self,
+        app: str,
+        filters: dict[str, Any],
+        since: str | None,
+        tail: int | None,
+        follow: bool,
+        timeout: float,
+    ) -> Iterator[bytes]:
         clock, store = self.ctx.clock, self.ctx.store
         deadline = clock.monotonic() + timeout
         after = 0

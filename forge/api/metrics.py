@@ -45,7 +45,9 @@ DEPLOYMENT_PHASES: Final[tuple[str, ...]] = tuple(p for p in get_args(Deployment
 INSTANCE_PHASES: Final[tuple[str, ...]] = tuple(p for p in get_args(InstancePhase) if p)
 
 
-def histogram_buckets(values: list[float], bounds: tuple[float, ...] = DURATION_BUCKETS) -> list[tuple[str, float]]:
+def histogram_buckets(
+    values: list[float], bounds: tuple[float, ...] = DURATION_BUCKETS
+) -> list[tuple[str, float]]:
     """Cumulative ``(le, count)`` pairs for ``values``, ending with ``+Inf``."""
     ordered = sorted(values)
     out = [(floatToGoString(b), float(bisect_right(ordered, b))) for b in bounds]  # values <= b
@@ -77,8 +79,10 @@ class StoreCollector(Collector):
                 fam.add_metric([phase], counts.get(phase, 0))
             yield fam
         yield HistogramMetricFamily(
-            DURATION_METRIC, "Seconds from a Deployment's creation (the push) until it went live",
-            buckets=histogram_buckets(durations), sum_value=sum(durations),
+            DURATION_METRIC,
+            "Seconds from a Deployment's creation (the push) until it went live",
+            buckets=histogram_buckets(durations),
+            sum_value=sum(durations),
         )
         online = sum(1 for n in nodes if n.status.is_true("Ready"))
         yield GaugeMetricFamily("forge_agents_online", "Nodes whose Ready condition is True", value=online)
@@ -89,12 +93,16 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.clock = clock
         self.requests = Counter(
-            "forge_api_requests", "API requests by route template, method and status",
-            ["route", "method", "status"], registry=self.registry,
+            "forge_api_requests",
+            "API requests by route template, method and status",
+            ["route", "method", "status"],
+            registry=self.registry,
         )
         self.latency = Histogram(
-            "forge_api_request_duration_seconds", "API request latency until the response starts",
-            ["route", "method"], registry=self.registry,
+            "forge_api_request_duration_seconds",
+            "API request latency until the response starts",
+            ["route", "method"],
+            registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
         )
         store_metrics = StoreCollector(store)
@@ -119,7 +127,9 @@ class MetricsMiddleware:
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         req.context.started = self.metrics.clock.monotonic()
 
-    def process_response(self, req: falcon.Request, resp: falcon.Response, resource: object, ok: bool) -> None:
+    def process_response(
+        self, req: falcon.Request, resp: falcon.Response, resource: object, ok: bool
+    ) -> None:
         route = req.uri_template or "unmatched"
         status = str(resp.status_code)
         self.metrics.requests.labels(route, req.method, status).inc()

@@ -30,14 +30,23 @@ def _add_schema(schemas: dict[str, Any], model: type[BaseModel]) -> str:
 
 
 def _errors(*codes: int) -> dict[str, Any]:
-    text = {400: "Invalid input (details name the field path)", 401: "Missing or invalid token",
-            403: "Not allowed for this token", 404: "Not found", 409: "Conflict (stale resourceVersion or exists)",
-            410: "Watch revision compacted", 413: "Body over 1 MiB", 415: "Unsupported content type",
-            503: "A dependency is unavailable"}
+    text = {
+        400: "Invalid input (details name the field path)",
+        401: "Missing or invalid token",
+        403: "Not allowed for this token",
+        404: "Not found",
+        409: "Conflict (stale resourceVersion or exists)",
+        410: "Watch revision compacted",
+        413: "Body over 1 MiB",
+        415: "Unsupported content type",
+        503: "A dependency is unavailable",
+    }
     return {str(c): {"description": text[c], "content": {JSON: {"schema": _ref("Error")}}} for c in codes}
 
 
-def _ok(schema: dict[str, Any], code: int = 200, description: str = "OK", media: str = JSON) -> dict[str, Any]:
+def _ok(
+    schema: dict[str, Any], code: int = 200, description: str = "OK", media: str = JSON
+) -> dict[str, Any]:
     return {str(code): {"description": description, "content": {media: {"schema": schema}}}}
 
 
@@ -62,34 +71,72 @@ def _record_paths(plural: str, cls: type[Resource]) -> dict[str, Any]:
         {"name": "labelSelector", "in": "query", "schema": {"type": "string"}},
         {"name": "watch", "in": "query", "schema": {"type": "boolean"}},
         {"name": "resourceVersion", "in": "query", "schema": {"type": "integer", "minimum": 0}},
-        {"name": "timeoutSeconds", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1800}},
+        {
+            "name": "timeoutSeconds",
+            "in": "query",
+            "schema": {"type": "integer", "minimum": 1, "maximum": 1800},
+        },
     ]
-    list_ok = {"200": {"description": "The list, or with watch=true an NDJSON stream of WatchEvents",
-                       "content": {JSON: {"schema": lst}, NDJSON: {"schema": _ref("WatchEvent")}}}}
+    list_ok = {
+        "200": {
+            "description": "The list, or with watch=true an NDJSON stream of WatchEvents",
+            "content": {JSON: {"schema": lst}, NDJSON: {"schema": _ref("WatchEvent")}},
+        }
+    }
     return {
         f"/api/v1/{plural}": {
-            "get": _op(f"list{k}", f"List or watch {plural}", {**list_ok, **_errors(400, 401, 403, 410)},
-                       parameters=list_params),
-            "post": _op(f"create{k}", f"Create a {k}", {**_ok(item, 201, "Created"), **_errors(*WRITE)},
-                        requestBody=_body(item)),
+            "get": _op(
+                f"list{k}",
+                f"List or watch {plural}",
+                {**list_ok, **_errors(400, 401, 403, 410)},
+                parameters=list_params,
+            ),
+            "post": _op(
+                f"create{k}",
+                f"Create a {k}",
+                {**_ok(item, 201, "Created"), **_errors(*WRITE)},
+                requestBody=_body(item),
+            ),
         },
         f"/api/v1/{plural}/{{name}}": {
             "parameters": [NAME],
             "get": _op(f"get{k}", f"Read a {k}", {**_ok(item), **_errors(*AUTHED)}),
-            "put": _op(f"replace{k}", f"Replace a {k} (metadata.resourceVersion required)",
-                       {**_ok(item), **_errors(*WRITE)}, requestBody=_body(item)),
-            "patch": _op(f"patch{k}", f"Merge-patch a {k} (RFC 7386)", {**_ok(item), **_errors(*WRITE)},
-                         requestBody=patch),
-            "delete": _op(f"delete{k}", f"Delete a {k}", {**_ok(item), **_errors(*AUTHED, 409)}, parameters=[
-                {"name": "resourceVersion", "in": "query", "schema": {"type": "integer", "minimum": 0}}]),
+            "put": _op(
+                f"replace{k}",
+                f"Replace a {k} (metadata.resourceVersion required)",
+                {**_ok(item), **_errors(*WRITE)},
+                requestBody=_body(item),
+            ),
+            "patch": _op(
+                f"patch{k}",
+                f"Merge-patch a {k} (RFC 7386)",
+                {**_ok(item), **_errors(*WRITE)},
+                requestBody=patch,
+            ),
+            "delete": _op(
+                f"delete{k}",
+                f"Delete a {k}",
+                {**_ok(item), **_errors(*AUTHED, 409)},
+                parameters=[
+                    {"name": "resourceVersion", "in": "query", "schema": {"type": "integer", "minimum": 0}}
+                ],
+            ),
         },
         f"/api/v1/{plural}/{{name}}/status": {
             "parameters": [NAME],
             "get": _op(f"get{k}Status", f"Read a {k} with its status", {**_ok(item), **_errors(*AUTHED)}),
-            "put": _op(f"replace{k}Status", f"Replace the status of a {k}", {**_ok(item), **_errors(*WRITE)},
-                       requestBody=_body(item)),
-            "patch": _op(f"patch{k}Status", f"Merge-patch the status of a {k}", {**_ok(item), **_errors(*WRITE)},
-                         requestBody=patch),
+            "put": _op(
+                f"replace{k}Status",
+                f"Replace the status of a {k}",
+                {**_ok(item), **_errors(*WRITE)},
+                requestBody=_body(item),
+            ),
+            "patch": _op(
+                f"patch{k}Status",
+                f"Merge-patch the status of a {k}",
+                {**_ok(item), **_errors(*WRITE)},
+                requestBody=patch,
+            ),
         },
     }
 
@@ -98,74 +145,185 @@ def _extra_paths() -> dict[str, Any]:
     obj = {"type": "object"}
     public = {"security": []}
     return {
-        "/api/v1/apps/{name}/deploy": {"parameters": [NAME], "post": _op(
-            "deployApp", "Write a new Deployment of a commit", {**_ok(_ref("Deployment"), 201), **_errors(*WRITE)},
-            requestBody=_body(_ref("DeployRequest")))},
-        "/api/v1/apps/{name}/rollback": {"parameters": [NAME], "post": _op(
-            "rollbackApp", "Write a Deployment of an earlier release", {**_ok(_ref("Deployment"), 201),
-                                                                       **_errors(*WRITE)},
-            requestBody=_body(_ref("RollbackRequest"), required=False))},
-        "/api/v1/apps/{name}/logs": {"parameters": [NAME], "get": _op(
-            "appLogs", "Build and app log lines (NDJSON)", {**_ok(_ref("LogLine"), media=NDJSON), **_errors(*AUTHED)},
-            parameters=[
-                {"name": "follow", "in": "query", "schema": {"type": "boolean"}},
-                {"name": "deployment", "in": "query", "schema": {"type": "string"}},
-                {"name": "source", "in": "query", "schema": {"type": "string", "enum": ["build", "app"]}},
-                {"name": "since", "in": "query", "schema": {"type": "string"}},
-                {"name": "tail", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": 100000}},
-                {"name": "timeoutSeconds", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 3600}},
-            ])},
-        "/api/v1/nodes/{name}/token": {"parameters": [NAME], "post": _op(
-            "mintNodeToken", "Mint a node token (shown once)", {**_ok(_ref("TokenResponse"), 201),
-                                                                **_errors(400, 401, 403, 409)})},
-        "/api/v1/instances/{name}/events": {"parameters": [NAME], "post": _op(
-            "recordInstanceEvent", "An agent records what it saw on its Instance (merged, counted)",
-            {**_ok({"type": "object"}, 201), **_errors(*AUTHED)}, requestBody=_body(_ref("AgentEventRequest")))},
-        "/api/v1/nodes/{name}/events": {"parameters": [NAME], "post": _op(
-            "recordNodeEvent", "An agent records what it saw on its Node (merged, counted)",
-            {**_ok({"type": "object"}, 201), **_errors(*AUTHED)}, requestBody=_body(_ref("AgentEventRequest")))},
-        "/api/v1/ui/signin": {"post": _op(
-            "dashboardSignIn", "Trade a one-time sign-in link's code for the admin token",
-            {**_ok(_ref("TokenResponse")), **_errors(400, 401)}, requestBody=_body(_ref("SignInRequest")),
-            security=[])},
-        "/api/v1/instances/{name}/secrets": {"parameters": [NAME], "get": _op(
-            "instanceSecrets", "Decrypted secret env of an Instance", {**_ok(_ref("SecretEnv")), **_errors(*AUTHED)})},
-        "/api/v1/instances/{name}/gitcredential": {"parameters": [NAME], "get": _op(
-            "instanceGitCredential", "Git credential for an Instance's repository (owner/repo scope over owner)",
-            {**_ok(_ref("GitCredential")), **_errors(*AUTHED)})},
-        "/api/v1/instances/{name}/logs": {"parameters": [NAME], "post": _op(
-            "shipLogs", "Append log lines of an Instance", {**_ok(_ref("LogsAccepted")), **_errors(*WRITE)},
-            requestBody=_body(_ref("LogBatch")))},
-        "/api/v1/secrets/rotate-key": {"post": _op(
-            "rotateSecretKey", "Re-encrypt every secret under a new key", {**_ok(obj), **_errors(401, 403, 409)})},
-        "/api/v1/tls/ask": {"get": _op(
-            "tlsAsk", "May Caddy issue a certificate for this host?", {**_ok(obj), "404": {"description": "No"}},
-            parameters=[{"name": "domain", "in": "query", "required": True, "schema": {"type": "string"}}], **public)},
+        "/api/v1/apps/{name}/deploy": {
+            "parameters": [NAME],
+            "post": _op(
+                "deployApp",
+                "Write a new Deployment of a commit",
+                {**_ok(_ref("Deployment"), 201), **_errors(*WRITE)},
+                requestBody=_body(_ref("DeployRequest")),
+            ),
+        },
+        "/api/v1/apps/{name}/rollback": {
+            "parameters": [NAME],
+            "post": _op(
+                "rollbackApp",
+                "Write a Deployment of an earlier release",
+                {**_ok(_ref("Deployment"), 201), **_errors(*WRITE)},
+                requestBody=_body(_ref("RollbackRequest"), required=False),
+            ),
+        },
+        "/api/v1/apps/{name}/logs": {
+            "parameters": [NAME],
+            "get": _op(
+                "appLogs",
+                "Build and app log lines (NDJSON)",
+                {**_ok(_ref("LogLine"), media=NDJSON), **_errors(*AUTHED)},
+                parameters=[
+                    {"name": "follow", "in": "query", "schema": {"type": "boolean"}},
+                    {"name": "deployment", "in": "query", "schema": {"type": "string"}},
+                    {"name": "source", "in": "query", "schema": {"type": "string", "enum": ["build", "app"]}},
+                    {"name": "since", "in": "query", "schema": {"type": "string"}},
+                    {
+                        "name": "tail",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 0, "maximum": 100000},
+                    },
+                    {
+                        "name": "timeoutSeconds",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 3600},
+                    },
+                ],
+            ),
+        },
+        "/api/v1/nodes/{name}/token": {
+            "parameters": [NAME],
+            "post": _op(
+                "mintNodeToken",
+                "Mint a node token (shown once)",
+                {**_ok(_ref("TokenResponse"), 201), **_errors(400, 401, 403, 409)},
+            ),
+        },
+        "/api/v1/instances/{name}/events": {
+            "parameters": [NAME],
+            "post": _op(
+                "recordInstanceEvent",
+                "An agent records what it saw on its Instance (merged, counted)",
+                {**_ok({"type": "object"}, 201), **_errors(*AUTHED)},
+                requestBody=_body(_ref("AgentEventRequest")),
+            ),
+        },
+        "/api/v1/nodes/{name}/events": {
+            "parameters": [NAME],
+            "post": _op(
+                "recordNodeEvent",
+                "An agent records what it saw on its Node (merged, counted)",
+                {**_ok({"type": "object"}, 201), **_errors(*AUTHED)},
+                requestBody=_body(_ref("AgentEventRequest")),
+            ),
+        },
+        "/api/v1/ui/signin": {
+            "post": _op(
+                "dashboardSignIn",
+                "Trade a one-time sign-in link's code for the admin token",
+                {**_ok(_ref("TokenResponse")), **_errors(400, 401)},
+                requestBody=_body(_ref("SignInRequest")),
+                security=[],
+            )
+        },
+        "/api/v1/instances/{name}/secrets": {
+            "parameters": [NAME],
+            "get": _op(
+                "instanceSecrets",
+                "Decrypted secret env of an Instance",
+                {**_ok(_ref("SecretEnv")), **_errors(*AUTHED)},
+            ),
+        },
+        "/api/v1/instances/{name}/gitcredential": {
+            "parameters": [NAME],
+            "get": _op(
+                "instanceGitCredential",
+                "Git credential for an Instance's repository (owner/repo scope over owner)",
+                {**_ok(_ref("GitCredential")), **_errors(*AUTHED)},
+            ),
+        },
+        "/api/v1/instances/{name}/logs": {
+            "parameters": [NAME],
+            "post": _op(
+                "shipLogs",
+                "Append log lines of an Instance",
+                {**_ok(_ref("LogsAccepted")), **_errors(*WRITE)},
+                requestBody=_body(_ref("LogBatch")),
+            ),
+        },
+        "/api/v1/secrets/rotate-key": {
+            "post": _op(
+                "rotateSecretKey",
+                "Re-encrypt every secret under a new key",
+                {**_ok(obj), **_errors(401, 403, 409)},
+            )
+        },
+        "/api/v1/tls/ask": {
+            "get": _op(
+                "tlsAsk",
+                "May Caddy issue a certificate for this host?",
+                {**_ok(obj), "404": {"description": "No"}},
+                parameters=[
+                    {"name": "domain", "in": "query", "required": True, "schema": {"type": "string"}}
+                ],
+                **public,
+            )
+        },
         "/healthz": {"get": _op("healthz", "Liveness", _ok(obj), **public)},
-        "/readyz": {"get": _op("readyz", "Readiness (store reachable)",
-                               {**_ok(obj), "503": {"description": "Store unreachable"}}, **public)},
-        "/metrics": {"get": _op("metrics", "Prometheus metrics", _ok({"type": "string"}, media="text/plain"),
-                                **public)},
+        "/readyz": {
+            "get": _op(
+                "readyz",
+                "Readiness (store reachable)",
+                {**_ok(obj), "503": {"description": "Store unreachable"}},
+                **public,
+            )
+        },
+        "/metrics": {
+            "get": _op("metrics", "Prometheus metrics", _ok({"type": "string"}, media="text/plain"), **public)
+        },
         "/api/v1/openapi.json": {"get": _op("openapi", "This document", _ok(obj), **public)},
     }
 
 
 def build_openapi(webhook: bool = False) -> dict[str, Any]:
     schemas: dict[str, Any] = {
-        "Error": {"type": "object", "required": ["error", "message", "details"], "properties": {
-            "error": {"type": "string"}, "message": {"type": "string"},
-            "details": {"type": "array", "items": {"type": "object"}}, "requestId": {"type": "string"}}},
-        "WatchEvent": {"type": "object", "required": ["type", "object"], "properties": {
-            "type": {"type": "string", "enum": ["ADDED", "MODIFIED", "DELETED", "BOOKMARK", "ERROR"]},
-            "object": {"type": "object"}}},
-        "TokenResponse": {"type": "object", "required": ["token"], "properties": {"token": {"type": "string"}}},
-        "SecretEnv": {"type": "object", "required": ["env"], "properties": {
-            "env": {"type": "object", "additionalProperties": {"type": "string"}}}},
-        "GitCredential": {"type": "object", "required": ["username", "token"], "properties": {
-            "username": {"type": "string"}, "token": {"type": "string"}}},
+        "Error": {
+            "type": "object",
+            "required": ["error", "message", "details"],
+            "properties": {
+                "error": {"type": "string"},
+                "message": {"type": "string"},
+                "details": {"type": "array", "items": {"type": "object"}},
+                "requestId": {"type": "string"},
+            },
+        },
+        "WatchEvent": {
+            "type": "object",
+            "required": ["type", "object"],
+            "properties": {
+                "type": {"type": "string", "enum": ["ADDED", "MODIFIED", "DELETED", "BOOKMARK", "ERROR"]},
+                "object": {"type": "object"},
+            },
+        },
+        "TokenResponse": {
+            "type": "object",
+            "required": ["token"],
+            "properties": {"token": {"type": "string"}},
+        },
+        "SecretEnv": {
+            "type": "object",
+            "required": ["env"],
+            "properties": {"env": {"type": "object", "additionalProperties": {"type": "string"}}},
+        },
+        "GitCredential": {
+            "type": "object",
+            "required": ["username", "token"],
+            "properties": {"username": {"type": "string"}, "token": {"type": "string"}},
+        },
         "LogsAccepted": {"type": "object", "properties": {"accepted": {"type": "integer"}}},
-        "LogLine": {"type": "object", "properties": {k: {"type": "string"} for k in (
-            "time", "instance", "deployment", "source", "line")} | {"id": {"type": "integer"}}},
+        "LogLine": {
+            "type": "object",
+            "properties": {
+                k: {"type": "string"} for k in ("time", "instance", "deployment", "source", "line")
+            }
+            | {"id": {"type": "integer"}},
+        },
     }
     for model in (DeployRequest, RollbackRequest, LogBatch, AgentEventRequest, SignInRequest):
         _add_schema(schemas, model)
@@ -173,24 +331,39 @@ def build_openapi(webhook: bool = False) -> dict[str, Any]:
     for plural in EXPOSED:
         cls = PLURALS[plural]
         _add_schema(schemas, cls)
-        schemas[f"{cls.KIND}List"] = {"type": "object", "properties": {
-            "apiVersion": {"type": "string"}, "kind": {"type": "string"},
-            "metadata": {"type": "object", "properties": {"resourceVersion": {"type": "integer"}}},
-            "items": {"type": "array", "items": _ref(cls.KIND)}}}
+        schemas[f"{cls.KIND}List"] = {
+            "type": "object",
+            "properties": {
+                "apiVersion": {"type": "string"},
+                "kind": {"type": "string"},
+                "metadata": {"type": "object", "properties": {"resourceVersion": {"type": "integer"}}},
+                "items": {"type": "array", "items": _ref(cls.KIND)},
+            },
+        }
         paths.update(_record_paths(plural, cls))
     paths.update(_extra_paths())
     if webhook:
-        paths["/api/v1/webhook/github"] = {"post": _op(
-            "githubWebhook", "GitHub push webhook (authenticated by its HMAC signature)",
-            {**_ok({"type": "object"}), "202": {"description": "Accepted"}, **_errors(400, 401, 413)},
-            requestBody=_body({"type": "object"}, (JSON, "application/x-www-form-urlencoded")), security=[])}
+        paths["/api/v1/webhook/github"] = {
+            "post": _op(
+                "githubWebhook",
+                "GitHub push webhook (authenticated by its HMAC signature)",
+                {**_ok({"type": "object"}), "202": {"description": "Accepted"}, **_errors(400, 401, 413)},
+                requestBody=_body({"type": "object"}, (JSON, "application/x-www-form-urlencoded")),
+                security=[],
+            )
+        }
     return {
         "openapi": "3.1.0",
-        "info": {"title": "Forge API", "version": "v1",
-                 "description": "Declarative records of a self-hosted PaaS (group forge/v1)."},
+        "info": {
+            "title": "Forge API",
+            "version": "v1",
+            "description": "Declarative records of a self-hosted PaaS (group forge/v1).",
+        },
         "servers": [{"url": "/"}],
         "security": [{"bearer": []}],
         "paths": paths,
-        "components": {"schemas": schemas,
-                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
     }

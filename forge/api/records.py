@@ -75,8 +75,10 @@ class _Base:
             if taken:
                 host = sorted(taken)[0]
                 path = "metadata.name" if host == f"{obj.name}.{domain}".lower() else "spec.domains"
-                raise Conflict(f"{host} already belongs to app {other.name}; a host is served by one app only",
-                               [{"path": path, "message": f"{host} belongs to app {other.name}"}])
+                raise Conflict(
+                    f"{host} already belongs to app {other.name}; a host is served by one app only",
+                    [{"path": path, "message": f"{host} belongs to app {other.name}"}],
+                )
 
     def _seal_full(self, obj: Resource, body: dict[str, Any], stored: Resource | None) -> str | None:
         """Seal plaintext from a create/PUT body; keep stored values the body left out.
@@ -126,14 +128,23 @@ class CollectionResource(_Base):
             selector[LABEL_NODE] = p.node or ""
         if q_bool(req, "watch"):
             rv = q_int(req, "resourceVersion", None, 0, 2**62)
-            timeout = q_int(req, "timeoutSeconds", self.ctx.default_watch_seconds, 1, self.ctx.max_watch_seconds)
-            start_watch(self.ctx, resp, self.kind, selector, rv, self.ctx.stream_seconds(float(timeout or 1)), render)
+            timeout = q_int(
+                req, "timeoutSeconds", self.ctx.default_watch_seconds, 1, self.ctx.max_watch_seconds
+            )
+            start_watch(
+                self.ctx, resp, self.kind, selector, rv, self.ctx.stream_seconds(float(timeout or 1)), render
+            )
             return
         items, rev = self.ctx.store.list(self.kind, selector or None)
-        send(resp, {
-            "apiVersion": API_VERSION, "kind": f"{self.kind}List",
-            "metadata": {"resourceVersion": rev}, "items": [render(o) for o in items],
-        })
+        send(
+            resp,
+            {
+                "apiVersion": API_VERSION,
+                "kind": f"{self.kind}List",
+                "metadata": {"resourceVersion": rev},
+                "items": [render(o) for o in items],
+            },
+        )
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = read_object(req)
@@ -141,10 +152,14 @@ class CollectionResource(_Base):
         obj = validate(self.cls, body)
         self._authorize(auth.principal(req), "create", obj.name)
         # Server-owned fields are the store's to set; status is the controllers' to write.
-        fresh = obj.model_copy(update={
-            "metadata": ObjectMeta(name=obj.name, labels=obj.metadata.labels, owner_ref=obj.metadata.owner_ref),
-            "status": type(obj.status)(),
-        })
+        fresh = obj.model_copy(
+            update={
+                "metadata": ObjectMeta(
+                    name=obj.name, labels=obj.metadata.labels, owner_ref=obj.metadata.owner_ref
+                ),
+                "status": type(obj.status)(),
+            }
+        )
         self._check_hosts(fresh)
         digest = self._seal_full(fresh, body, None)
         if self.kind == "Secret":  # created with its status in the same write
@@ -189,7 +204,9 @@ class ItemResource(_Base):
             data_patch = spec_patch["data"]
             patch = {**patch, "spec": {k: v for k, v in spec_patch.items() if k != "data"}}
             if data_patch is not None and not isinstance(data_patch, dict):
-                raise BadRequest("spec.data must be an object", [{"path": "spec.data", "message": "must be an object"}])
+                raise BadRequest(
+                    "spec.data must be an object", [{"path": "spec.data", "message": "must be an object"}]
+                )
         for attempt in range(PATCH_RETRIES):
             stored = self._load(req, "patch", name)
             doc = merge_patch(stored.dump(), patch)
@@ -208,8 +225,9 @@ class ItemResource(_Base):
             send(resp, render(written))
             return
 
-    def _apply_sealed_patch(self, obj: Resource, stored: Resource, patch: dict[str, Any],
-                            data_patch: Any) -> tuple[bool, str | None]:
+    def _apply_sealed_patch(
+        self, obj: Resource, stored: Resource, patch: dict[str, Any], data_patch: Any
+    ) -> tuple[bool, str | None]:
         """Seal a patch's plaintext; (whether Secret data changed, the new values' digest)."""
         if self.kind == "RepoCredential":
             spec = patch.get("spec") if isinstance(patch.get("spec"), dict) else {}
@@ -220,8 +238,10 @@ class ItemResource(_Base):
             return False, None
         for key, value in data_patch.items():
             if value is not None and not isinstance(value, str):
-                raise BadRequest(f"spec.data.{key} must be a string or null",
-                                 [{"path": f"spec.data.{key}", "message": "must be a string or null"}])
+                raise BadRequest(
+                    f"spec.data.{key} must be a string or null",
+                    [{"path": f"spec.data.{key}", "message": "must be a string or null"}],
+                )
         adds = {k: v for k, v in data_patch.items() if v is not None}
         validate_data(adds)
         kept = {k: v for k, v in stored.spec.data.items() if k not in data_patch}
@@ -239,8 +259,10 @@ def validate_data(data: dict[str, str]) -> None:
     try:
         SecretSpec(app="x", data=data)
     except ValueError as exc:
-        raise Invalid(f"invalid Secret: spec.data: {str(exc).splitlines()[-1].strip()}",
-                      [{"path": "spec.data", "message": "invalid key name"}]) from None
+        raise Invalid(
+            f"invalid Secret: spec.data: {str(exc).splitlines()[-1].strip()}",
+            [{"path": "spec.data", "message": "invalid key name"}],
+        ) from None
 
 
 class StatusResource(_Base):
@@ -252,8 +274,10 @@ class StatusResource(_Base):
         check_envelope(body, self.cls, name)
         rv = body_resource_version(body)
         if rv is None:
-            raise Invalid("metadata.resourceVersion is required on PUT",
-                          [{"path": "metadata.resourceVersion", "message": "field required"}])
+            raise Invalid(
+                "metadata.resourceVersion is required on PUT",
+                [{"path": "metadata.resourceVersion", "message": "field required"}],
+            )
         stored = self._load(req, "status", name)
         base = stored.dump()
         base.pop("status", None)
@@ -275,8 +299,10 @@ class StatusResource(_Base):
         try:
             mine = ipaddress.ip_network(obj.status.instance_subnet, strict=False)
         except ValueError:
-            raise Invalid(f"status.instanceSubnet {obj.status.instance_subnet!r} is not an IP network",
-                          [{"path": "status.instanceSubnet", "message": "not an IP network"}]) from None
+            raise Invalid(
+                f"status.instanceSubnet {obj.status.instance_subnet!r} is not an IP network",
+                [{"path": "status.instanceSubnet", "message": "not an IP network"}],
+            ) from None
         for other in self.ctx.store.list(Node)[0]:
             if other.metadata.name == obj.metadata.name or not other.status.instance_subnet:
                 continue
@@ -285,8 +311,10 @@ class StatusResource(_Base):
             except ValueError:
                 continue
             if mine.overlaps(theirs):
-                raise SubnetTaken(f"instanceSubnet {mine} overlaps node {other.metadata.name}'s ({theirs}); "
-                               "each node needs its own (FORGE_INSTANCE_SUBNET)")
+                raise SubnetTaken(
+                    f"instanceSubnet {mine} overlaps node {other.metadata.name}'s ({theirs}); "
+                    "each node needs its own (FORGE_INSTANCE_SUBNET)"
+                )
 
     def on_patch(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
         patch = read_object(req)

@@ -58,7 +58,9 @@ def app_deployments(store: Store, app: str) -> list[Deployment]:
     return sorted(deps, key=lambda d: deployment_number(d.name))
 
 
-def rollback_target(app: App, deployments: list[Deployment], to: str | None, force: bool = False) -> Deployment:
+def rollback_target(
+    app: App, deployments: list[Deployment], to: str | None, force: bool = False
+) -> Deployment:
     """The release to go back to: ``to``, or the newest once-Live release older than the live one.
 
     A release that had Failed is refused unless ``force``: the refusal says why it failed, since
@@ -69,19 +71,28 @@ def rollback_target(app: App, deployments: list[Deployment], to: str | None, for
         if target is None:
             raise NotFound(f"Deployment {to!r} of app {app.name!r} not found")
         if to == live:
-            raise BadRequest(f"{to} is already the live release of {app.name}",
-                             [{"path": "to", "message": "already live"}])
+            raise BadRequest(
+                f"{to} is already the live release of {app.name}", [{"path": "to", "message": "already live"}]
+            )
         if target.status.phase == "Failed" and not force:
             why = f"{target.status.reason}: {target.status.message}".strip(": ") or "no reason recorded"
-            raise Conflict(f"{to} had failed ({why}); roll back to it anyway with force (forge rollback --force)",
-                           [{"path": "to", "message": f"release failed: {target.status.reason or 'Failed'}"}])
+            raise Conflict(
+                f"{to} had failed ({why}); roll back to it anyway with force (forge rollback --force)",
+                [{"path": "to", "message": f"release failed: {target.status.reason or 'Failed'}"}],
+            )
         return target
     if not live:
-        raise BadRequest(f"app {app.name!r} has no live release to roll back from; name one with {{\"to\": \"APP-N\"}}")
+        raise BadRequest(
+            f'app {app.name!r} has no live release to roll back from; name one with {{"to": "APP-N"}}'
+        )
     live_n = deployment_number(live)
-    older = [d for d in deployments if deployment_number(d.name) < live_n and d.status.live_time and d.name != live]
+    older = [
+        d for d in deployments if deployment_number(d.name) < live_n and d.status.live_time and d.name != live
+    ]
     if not older:
-        raise BadRequest(f"app {app.name!r} has no earlier release that was ever live; nothing to roll back to")
+        raise BadRequest(
+            f"app {app.name!r} has no earlier release that was ever live; nothing to roll back to"
+        )
     return older[-1]
 
 
@@ -106,13 +117,17 @@ def redeploy_source(app: App, deployments: list[Deployment]) -> Deployment:
     live = next((d for d in deployments if d.name == app.status.live_deployment), None)
     source = live or (deployments[-1] if deployments else None)
     if source is None:
-        raise BadRequest(f"app {app.name!r} has no release yet; name the commit to deploy",
-                         [{"path": "commit", "message": "required for the first release"}])
+        raise BadRequest(
+            f"app {app.name!r} has no release yet; name the commit to deploy",
+            [{"path": "commit", "message": "required for the first release"}],
+        )
     return source
 
 
 def create_next_release(
-    store: Store, app: str, make: Callable[[int, list[Deployment]], tuple[Deployment, bool]],
+    store: Store,
+    app: str,
+    make: Callable[[int, list[Deployment]], tuple[Deployment, bool]],
 ) -> tuple[Deployment, bool]:
     """The one place release numbers are taken (API deploys and rollbacks, webhook pushes).
 
@@ -128,14 +143,22 @@ def create_next_release(
             return store.create(dep), True  # type: ignore[return-value]
         except AlreadyExists:
             continue
-    raise Conflict(f"could not pick a release number for {app} after {CREATE_ATTEMPTS} tries: "
-                   "too many concurrent deploys")
+    raise Conflict(
+        f"could not pick a release number for {app} after {CREATE_ATTEMPTS} tries: "
+        "too many concurrent deploys"
+    )
 
 
 def create_next(store: Store, app: App, spec: DeploymentSpec) -> Deployment:
     """Create ``APP-(N+1)`` with ``spec``."""
-    return create_next_release(store, app.name, lambda n, _deps: (Deployment(
-        metadata=ObjectMeta(name=f"{app.name}-{n}", labels={LABEL_APP: app.name}), spec=spec), True))[0]
+    return create_next_release(
+        store,
+        app.name,
+        lambda n, _deps: (
+            Deployment(metadata=ObjectMeta(name=f"{app.name}-{n}", labels={LABEL_APP: app.name}), spec=spec),
+            True,
+        ),
+    )[0]
 
 
 def _parse(model: type[Model], body: dict[str, Any]) -> Any:
@@ -160,9 +183,12 @@ class DeployResource:
         elif commit is None:
             source = redeploy_source(app, app_deployments(self.ctx.store, name))
             commit, ref = source.spec.commit, source.spec.ref
-        config = DeploymentConfig(env=dict(app.spec.env), replicas=app.spec.replicas, domains=list(app.spec.domains))
-        spec = DeploymentSpec(app=name, commit=commit, ref=ref, repo=app.spec.repo,
-                              trigger=Trigger(type="api"), config=config)
+        config = DeploymentConfig(
+            env=dict(app.spec.env), replicas=app.spec.replicas, domains=list(app.spec.domains)
+        )
+        spec = DeploymentSpec(
+            app=name, commit=commit, ref=ref, repo=app.spec.repo, trigger=Trigger(type="api"), config=config
+        )
         send(resp, render(create_next(self.ctx.store, app, spec)), 201)
 
 
@@ -177,8 +203,12 @@ class RollbackResource:
         assert isinstance(app, App)
         target = rollback_target(app, app_deployments(self.ctx.store, name), body.to, body.force)
         spec = DeploymentSpec(
-            app=name, commit=target.spec.commit, ref=target.spec.ref, repo=target.spec.repo or app.spec.repo,
-            trigger=Trigger(type="rollback"), rollback_of=target.name,
+            app=name,
+            commit=target.spec.commit,
+            ref=target.spec.ref,
+            repo=target.spec.repo or app.spec.repo,
+            trigger=Trigger(type="rollback"),
+            rollback_of=target.name,
             config=target.spec.config.model_copy(deep=True) if target.spec.config else None,
         )
         send(resp, render(create_next(self.ctx.store, app, spec)), 201)

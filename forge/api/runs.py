@@ -49,8 +49,10 @@ class RunRequest(Model):
     def shell(self) -> str:
         text = self.command if self.command is not None else shlex.join(self.argv or [])
         if len(text) > 4096 or "\x00" in text:
-            raise Invalid("command must be at most 4096 characters without NUL bytes",
-                          [{"path": "command", "message": "too long or has NUL bytes"}])
+            raise Invalid(
+                "command must be at most 4096 characters without NUL bytes",
+                [{"path": "command", "message": "too long or has NUL bytes"}],
+            )
         return text
 
 
@@ -83,8 +85,12 @@ class AppRunsResource:
         except NotFound:
             secret = None
         cfg = ds.effective_config(app, dep, secret)
-        oneshot = OneShot(type="run", command=body.shell(), timeout_seconds=body.timeout_seconds,
-                          interactive=body.interactive)
+        oneshot = OneShot(
+            type="run",
+            command=body.shell(),
+            timeout_seconds=body.timeout_seconds,
+            interactive=body.interactive,
+        )
         run_name = f"{name}-run-{secrets.token_hex(3)}"
         inst = ds.oneshot_instance(app, dep, cfg, secret, run_name, oneshot)
         created = store.create(inst)
@@ -120,8 +126,11 @@ class InstanceStdinResource:
             entries.append((chunk.offset, now, chunk.data))
         if chunk.eof:
             entries.append((chunk.offset + len(raw), now, EOF_MARK))
-        n = self.ctx.store.append_logs(inst.name, inst.spec.app, inst.spec.deployment, STDIN_SOURCE, entries) \
-            if entries else 0
+        n = (
+            self.ctx.store.append_logs(inst.name, inst.spec.app, inst.spec.deployment, STDIN_SOURCE, entries)
+            if entries
+            else 0
+        )
         send(resp, {"accepted": n})
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
@@ -144,10 +153,18 @@ class InstanceStdinResource:
     def _read(self, inst: Instance, after: int) -> list[dict[str, Any]]:
         out = []
         while True:
-            page = self.ctx.store.read_logs(inst.spec.app, deployment=inst.spec.deployment, source=STDIN_SOURCE,
-                                            after_id=after, limit=1000)
-            out += [{"id": r.id, "data": "" if r.line == EOF_MARK else r.line, "eof": r.line == EOF_MARK}
-                    for r in page if r.instance == inst.name]
+            page = self.ctx.store.read_logs(
+                inst.spec.app,
+                deployment=inst.spec.deployment,
+                source=STDIN_SOURCE,
+                after_id=after,
+                limit=1000,
+            )
+            out += [
+                {"id": r.id, "data": "" if r.line == EOF_MARK else r.line, "eof": r.line == EOF_MARK}
+                for r in page
+                if r.instance == inst.name
+            ]
             if len(page) < 1000:
                 return out
             after = page[-1].id

@@ -39,7 +39,9 @@ def parse_listen(listen: str) -> tuple[str, int]:
 
 
 class ForgeApiServer(BaseApplication):  # type: ignore[misc]
-    def __init__(self, config: Config, options: dict[str, Any], stream_cap_seconds: float | None = None) -> None:
+    def __init__(
+        self, config: Config, options: dict[str, Any], stream_cap_seconds: float | None = None
+    ) -> None:
         self.forge_config = config
         self.stream_cap_seconds = stream_cap_seconds
         self.options = options
@@ -66,8 +68,12 @@ class ForgeApiServer(BaseApplication):  # type: ignore[misc]
 
             signal.signal(sig, handler)
         threads = int(self.options.get("threads") or 1)
-        return create_app(self.forge_config, stream_cap_seconds=self.stream_cap_seconds, closing=closing,
-                          max_streams=max_streams(threads))
+        return create_app(
+            self.forge_config,
+            stream_cap_seconds=self.stream_cap_seconds,
+            closing=closing,
+            max_streams=max_streams(threads),
+        )
 
 
 def max_streams(threads: int) -> int:
@@ -101,7 +107,10 @@ def gunicorn_options(listen: str, workers: int, threads: int) -> dict[str, Any]:
 
 
 def serve(
-    config: Config, listen: str = "127.0.0.1:8080", workers: int = 2, threads: int = 8,
+    config: Config,
+    listen: str = "127.0.0.1:8080",
+    workers: int = 2,
+    threads: int = 8,
     stream_cap_seconds: float | None = None,
 ) -> None:
     """Run the API until SIGINT/SIGTERM (gunicorn's master handles signals and graceful stop)."""
@@ -123,8 +132,12 @@ def prepare_multiprocess_metrics(config: Config) -> Path:
     from prometheus_client import values
 
     shm = Path("/dev/shm")
-    path = Path(tempfile.mkdtemp(prefix=f"forge-api-metrics-{os.getpid()}-",
-                                 dir=str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None))
+    path = Path(
+        tempfile.mkdtemp(
+            prefix=f"forge-api-metrics-{os.getpid()}-",
+            dir=str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None,
+        )
+    )
     master = os.getpid()
 
     def remove() -> None:
@@ -163,11 +176,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=8)
-    parser.add_argument("--max-stream-seconds", type=float, default=None,
-                        help="clamp watch and log streams (tests; clients re-watch anyway)")
+    parser.add_argument(
+        "--max-stream-seconds",
+        type=float,
+        default=None,
+        help="clamp watch and log streams (tests; clients re-watch anyway)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    serve(Config.from_env(data_dir=args.data_dir), args.listen, args.workers, args.threads, args.max_stream_seconds)
+    serve(
+        Config.from_env(data_dir=args.data_dir),
+        args.listen,
+        args.workers,
+        args.threads,
+        args.max_stream_seconds,
+    )
 
 
 if __name__ == "__main__":

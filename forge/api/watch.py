@@ -39,8 +39,9 @@ def _bookmark(rv: int) -> bytes:
     return _line("BOOKMARK", {"metadata": {"resourceVersion": rv}})
 
 
-def _watch(ctx: ApiContext, kind: str, selector: dict[str, str], since: int,
-           timeout: float) -> tuple[list[WatchEvent], int]:
+def _watch(
+    ctx: ApiContext, kind: str, selector: dict[str, str], since: int, timeout: float
+) -> tuple[list[WatchEvent], int]:
     """Changes after ``since`` (those matching ``selector`` where the store can filter them
     itself) and the revision to resume from."""
     selected = getattr(ctx.store, "watch_selected", None)
@@ -52,8 +53,13 @@ def _watch(ctx: ApiContext, kind: str, selector: dict[str, str], since: int,
 
 
 def start_watch(
-    ctx: ApiContext, resp: falcon.Response, kind: str, selector: dict[str, str], rv: int | None,
-    timeout: float, render: Callable[[Resource], dict[str, Any]],
+    ctx: ApiContext,
+    resp: falcon.Response,
+    kind: str,
+    selector: dict[str, str],
+    rv: int | None,
+    timeout: float,
+    render: Callable[[Resource], dict[str, Any]],
 ) -> None:
     """Check the revision (410 here, while a status can still be sent), then stream."""
     if rv:
@@ -69,8 +75,13 @@ def start_watch(
 
 
 def _stream(
-    ctx: ApiContext, kind: str, selector: dict[str, str], since: int, first: list[WatchEvent],
-    timeout: float, render: Callable[[Resource], dict[str, Any]],
+    ctx: ApiContext,
+    kind: str,
+    selector: dict[str, str],
+    since: int,
+    first: list[WatchEvent],
+    timeout: float,
+    render: Callable[[Resource], dict[str, Any]],
 ) -> Iterator[bytes]:
     clock = ctx.clock
     deadline = clock.monotonic() + timeout

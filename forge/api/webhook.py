@@ -48,7 +48,14 @@ from forge.webhook import (
 log = logging.getLogger(__name__)
 
 OUTCOMES: Final[tuple[str, ...]] = (
-    "created", "ignored", "duplicate", "invalid_signature", "bad_request", "too_large", "ping", "error",
+    "created",
+    "ignored",
+    "duplicate",
+    "invalid_signature",
+    "bad_request",
+    "too_large",
+    "ping",
+    "error",
 )
 
 
@@ -74,19 +81,26 @@ class GithubWebhookResource:
             # GitHub does not retry: say exactly which delivery to redeliver, here and in the log.
             self.deliveries.labels(_outcome_of(exc)).inc()
             what = f"delivery {delivery}" if delivery else "this delivery"
-            log.error("webhook %s was NOT recorded (%s): redeliver it from the repository's "
-                      "Settings → Webhooks → Recent Deliveries once the store is writable", what, exc.message)
-            raise Unavailable(f"{exc.message}; {what} was not recorded: redeliver it from the repository's "
-                              "Settings → Webhooks → Recent Deliveries once Forge's store is writable again",
-                              [{"path": "X-GitHub-Delivery", "message": delivery or "(none)"}]) from None
+            log.error(
+                "webhook %s was NOT recorded (%s): redeliver it from the repository's "
+                "Settings → Webhooks → Recent Deliveries once the store is writable",
+                what,
+                exc.message,
+            )
+            raise Unavailable(
+                f"{exc.message}; {what} was not recorded: redeliver it from the repository's "
+                "Settings → Webhooks → Recent Deliveries once Forge's store is writable again",
+                [{"path": "X-GitHub-Delivery", "message": delivery or "(none)"}],
+            ) from None
         except ForgeError as exc:
             self.deliveries.labels(_outcome_of(exc)).inc()
             raise
         self.deliveries.labels(outcome).inc()
         resp.status = falcon.code_to_http_status(status)
         resp.media = body
-        log.info("webhook delivery %s: %s in %.1f ms", delivery, outcome,
-                 (self.clock.monotonic() - started) * 1000)
+        log.info(
+            "webhook delivery %s: %s in %.1f ms", delivery, outcome, (self.clock.monotonic() - started) * 1000
+        )
 
     # ------------------------------------------------------------------ steps
 
@@ -104,15 +118,21 @@ class GithubWebhookResource:
             log.warning("webhook delivery %s refused: %s", (delivery or "-")[:128], why)
             raise Unauthorized(f"webhook delivery refused: {why}")
         if delivery is not None and not DELIVERY_ID.match(delivery):
-            raise Invalid("X-GitHub-Delivery is not a delivery id",
-                          [{"path": "X-GitHub-Delivery", "message": "at most 128 letters, digits, '-', '.', ':'"}])
+            raise Invalid(
+                "X-GitHub-Delivery is not a delivery id",
+                [{"path": "X-GitHub-Delivery", "message": "at most 128 letters, digits, '-', '.', ':'"}],
+            )
         payload = decode_payload(raw, req.content_type)
         event = (req.get_header("X-GitHub-Event") or "").strip()
         base = {"event": event, "deliveryId": delivery}
         if event == "ping":
             return 200, {"ok": True, **base, "zen": str(payload.get("zen", ""))[:200]}, "ping"
         if event != "push":
-            return 202, {**base, "created": [], "reason": f"event {event or '(none)'!r} deploys nothing"}, "ignored"
+            return (
+                202,
+                {**base, "created": [], "reason": f"event {event or '(none)'!r} deploys nothing"},
+                "ignored",
+            )
         push = parse_push(payload)
         reason = ignore_reason(push)
         apps: list[App] = []
@@ -133,9 +153,12 @@ class GithubWebhookResource:
 
     def _deploy(self, app: App, push: Push, delivery: str | None) -> tuple[str, bool]:
         """Create the next release of ``app`` unless this delivery already made one."""
+
         def make(n: int, deployments: list[Deployment]) -> tuple[Deployment, bool]:
             earlier = find_delivery(deployments, delivery)
-            return (earlier, False) if earlier is not None else (build_deployment(app, n, push, delivery), True)
+            return (
+                (earlier, False) if earlier is not None else (build_deployment(app, n, push, delivery), True)
+            )
 
         dep, new = create_next_release(self.store, app.metadata.name, make)
         if new:

@@ -108,7 +108,9 @@ class CgroupDriver(abc.ABC):
 
     version: Literal["v1", "v2"]
 
-    def __init__(self, root: str | Path = "/sys/fs/cgroup", parent: str = "forge", clock: Clock | None = None):
+    def __init__(
+        self, root: str | Path = "/sys/fs/cgroup", parent: str = "forge", clock: Clock | None = None
+    ):
         self.root = Path(root)
         self.parent = check_parent(parent)
         self.clock = clock or SystemClock()
@@ -123,7 +125,9 @@ class CgroupDriver(abc.ABC):
         """Ensure the group exists in every hierarchy (idempotent)."""
 
     @abc.abstractmethod
-    def set_limits(self, name: str, memory_bytes: int | None, cpu_cores: float | None, pids: int | None) -> None:
+    def set_limits(
+        self, name: str, memory_bytes: int | None, cpu_cores: float | None, pids: int | None
+    ) -> None:
         """Set memory (no swap), CPU quota and pids limits; None means unlimited."""
 
     @abc.abstractmethod

@@ -66,13 +66,19 @@ class CgroupV1Driver(CgroupDriver):
             except OSError as e:
                 raise Unavailable(f"cannot create cgroup {d}: {e.strerror}") from None
 
-    def set_limits(self, name: str, memory_bytes: int | None, cpu_cores: float | None, pids: int | None) -> None:
+    def set_limits(
+        self, name: str, memory_bytes: int | None, cpu_cores: float | None, pids: int | None
+    ) -> None:
         if not self.exists(name):
             raise Unavailable(f"cgroup {name} does not exist")
         self._set_memory(self._ctl("memory", name), memory_bytes)
         cpu = self._ctl("cpu", name)
         write_text(cpu / "cpu.cfs_period_us", str(CPU_PERIOD_US))
-        quota = -1 if cpu_cores is None or cpu_cores <= 0 else max(CPU_MIN_QUOTA_US, round(cpu_cores * CPU_PERIOD_US))
+        quota = (
+            -1
+            if cpu_cores is None or cpu_cores <= 0
+            else max(CPU_MIN_QUOTA_US, round(cpu_cores * CPU_PERIOD_US))
+        )
         write_text(cpu / "cpu.cfs_quota_us", str(quota))
         write_text(self._ctl("pids", name) / "pids.max", "max" if pids is None else str(int(pids)))
 

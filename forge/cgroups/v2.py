@@ -73,7 +73,9 @@ class CgroupV2Driver(CgroupDriver):
                 + (" (the cgroup has processes of its own)" if e.errno == errno.EBUSY else "")
             ) from None
 
-    def set_limits(self, name: str, memory_bytes: int | None, cpu_cores: float | None, pids: int | None) -> None:
+    def set_limits(
+        self, name: str, memory_bytes: int | None, cpu_cores: float | None, pids: int | None
+    ) -> None:
         d = self._dir(name)
         if not d.is_dir():
             raise Unavailable(f"cgroup {name} does not exist")

@@ -103,5 +103,7 @@ def main() -> None:
     except BrokenPipeError:
         sys.exit(0)
     except OSError as exc:
-        click.echo(f"error: {exc.strerror or exc}{': ' + str(exc.filename) if exc.filename else ''}", err=True)
+        click.echo(
+            f"error: {exc.strerror or exc}{': ' + str(exc.filename) if exc.filename else ''}", err=True
+        )
         sys.exit(1)

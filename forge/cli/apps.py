@@ -31,7 +31,9 @@ def _patch_app(ctx: Ctx, name: str, mutate: Any) -> dict:
         if not mutate(app["spec"]):
             return app
         try:
-            return ctx.client.replace("apps", name, {k: app[k] for k in ("apiVersion", "kind", "metadata", "spec")})
+            return ctx.client.replace(
+                "apps", name, {k: app[k] for k in ("apiVersion", "kind", "metadata", "spec")}
+            )
         except Conflict:
             if attempt == 4:
                 raise
@@ -48,26 +50,53 @@ def apps(cctx: click.Context, fmt: str) -> None:
     """List apps, or manage them (create, delete)."""
     if cctx.invoked_subcommand is None:
         items, _ = cctx.ensure_object(Ctx).client.list("apps")
-        click.echo(render(items, "App", fmt) if items or fmt != "table" else "no apps yet: forge apps create NAME --repo OWNER/REPO")
+        click.echo(
+            render(items, "App", fmt)
+            if items or fmt != "table"
+            else "no apps yet: forge apps create NAME --repo OWNER/REPO"
+        )
 
 
 @apps.command("create")
 @click.argument("name")
 @click.option("--repo", required=True, help="GitHub repository, owner/name.")
-@click.option("--branch", "branches", multiple=True, help="Branch to deploy on push (repeatable; default main).")
+@click.option(
+    "--branch", "branches", multiple=True, help="Branch to deploy on push (repeatable; default main)."
+)
 @click.option("--domain", "domains", multiple=True, help="Custom domain (repeatable).")
 @click.option("--replicas", type=click.IntRange(0, 100), default=1, show_default=True)
 @click.option("--no-auto-deploy", is_flag=True, help="Do not deploy on push.")
 @OUTPUT
 @pass_ctx
-def apps_create(ctx: Ctx, name: str, repo: str, branches: tuple[str, ...], domains: tuple[str, ...],
-                replicas: int, no_auto_deploy: bool, fmt: str) -> None:
+def apps_create(
+    ctx: Ctx,
+    name: str,
+    repo: str,
+    branches: tuple[str, ...],
+    domains: tuple[str, ...],
+    replicas: int,
+    no_auto_deploy: bool,
+    fmt: str,
+) -> None:
     """Register an app that deploys REPO on push."""
-    body = {"apiVersion": "forge/v1", "kind": "App", "metadata": {"name": name},
-            "spec": {"repo": repo, "branches": list(branches) or ["main"], "domains": list(domains),
-                     "replicas": replicas, "autoDeploy": not no_auto_deploy}}
+    body = {
+        "apiVersion": "forge/v1",
+        "kind": "App",
+        "metadata": {"name": name},
+        "spec": {
+            "repo": repo,
+            "branches": list(branches) or ["main"],
+            "domains": list(domains),
+            "replicas": replicas,
+            "autoDeploy": not no_auto_deploy,
+        },
+    }
     obj = ctx.client.create("apps", body)
-    emit(obj, fmt, lambda: f"app/{name} created; push to {repo} ({', '.join(body['spec']['branches'])}) to deploy")
+    emit(
+        obj,
+        fmt,
+        lambda: f"app/{name} created; push to {repo} ({', '.join(body['spec']['branches'])}) to deploy",
+    )
 
 
 @apps.command("delete")
@@ -88,7 +117,9 @@ def apps_delete(ctx: Ctx, name: str, yes: bool) -> None:
             ctx.client.delete("secrets", name)
     except NotFound:
         pass
-    click.echo(f"app/{name} deleted" + (f"; its persistent storage on node {node} is deleted too" if node else ""))
+    click.echo(
+        f"app/{name} deleted" + (f"; its persistent storage on node {node} is deleted too" if node else "")
+    )
 
 
 # ----------------------------------------------------------------------------- status / releases
@@ -121,29 +152,61 @@ def status(ctx: Ctx, name: str, fmt: str) -> None:
         lines = [
             f"App:       {name}  ({dig(app, 'spec.repo')} @ {','.join(dig(app, 'spec.branches', []))})",
             f"URL:       {dig(app, 'status.url') or '-'}",
-            f"Live:      {live or 'none'}" + (f"  commit {dig(live_rel, 'spec.commit', '')[:12]}" if live_rel else ""),
+            f"Live:      {live or 'none'}"
+            + (f"  commit {dig(live_rel, 'spec.commit', '')[:12]}" if live_rel else ""),
         ]
         if releases and releases[0]["metadata"]["name"] != live:
             r = releases[0]
-            lines.append(f"Latest:    {r['metadata']['name']}  {dig(r, 'status.phase') or 'Pending'}"
-                         + (f"  {dig(r, 'status.reason')}: {printable(str(dig(r, 'status.message')))}" if dig(r, "status.reason") else ""))
+            lines.append(
+                f"Latest:    {r['metadata']['name']}  {dig(r, 'status.phase') or 'Pending'}"
+                + (
+                    f"  {dig(r, 'status.reason')}: {printable(str(dig(r, 'status.message')))}"
+                    if dig(r, "status.reason")
+                    else ""
+                )
+            )
         manifest = dig(live_rel, "status.manifest") or {}
         if manifest.get("storage"):
             node = dig(app, "status.storageNode")
-            lines.append(f"Storage:   {manifest['storage'].get('size', 0) // 2**20} MiB at /storage"
-                         + (f", on node {node} (the app is pinned to it)" if node else " (not placed yet)"))
+            lines.append(
+                f"Storage:   {manifest['storage'].get('size', 0) // 2**20} MiB at /storage"
+                + (f", on node {node} (the app is pinned to it)" if node else " (not placed yet)")
+            )
         procs = {"web": dig(app, "spec.replicas", 1)}
         for proc, spec in (manifest.get("processes") or {}).items():
             procs[proc] = (dig(app, "spec.processes") or {}).get(proc, spec.get("replicas", 1))
-        lines.append("Processes: " + ", ".join(f"{k}={v}" for k, v in procs.items())
-                     + (f"; {len(manifest.get('cron') or [])} cron schedule(s) (forge cron {name})"
-                        if manifest.get("cron") else ""))
+        lines.append(
+            "Processes: "
+            + ", ".join(f"{k}={v}" for k, v in procs.items())
+            + (
+                f"; {len(manifest.get('cron') or [])} cron schedule(s) (forge cron {name})"
+                if manifest.get("cron")
+                else ""
+            )
+        )
         active = [i for i in insts if dig(i, "spec.desired") == "Running"]
-        lines += ["", "Instances:", table(
-            ["NAME", "TYPE", "NODE", "PHASE", "ADDRESS", "READY", "RESTARTS", "REASON"],
-            [[dig(i, "metadata.name"), dig(i, "spec.oneshot.type") or dig(i, "spec.process") or "web", dig(i, "spec.node"),
-              dig(i, "status.phase"), instance_address(i), dig(i, "status.ready"), dig(i, "status.restarts", 0),
-              dig(i, "status.reason")] for i in active]) if active else "  none"]
+        lines += [
+            "",
+            "Instances:",
+            table(
+                ["NAME", "TYPE", "NODE", "PHASE", "ADDRESS", "READY", "RESTARTS", "REASON"],
+                [
+                    [
+                        dig(i, "metadata.name"),
+                        dig(i, "spec.oneshot.type") or dig(i, "spec.process") or "web",
+                        dig(i, "spec.node"),
+                        dig(i, "status.phase"),
+                        instance_address(i),
+                        dig(i, "status.ready"),
+                        dig(i, "status.restarts", 0),
+                        dig(i, "status.reason"),
+                    ]
+                    for i in active
+                ],
+            )
+            if active
+            else "  none",
+        ]
         lines += ["", "Events:"] + ([event_line(e) for e in evs] or ["  none"])
         return "\n".join(lines)
 
@@ -158,11 +221,28 @@ def releases(ctx: Ctx, name: str, fmt: str) -> None:
     """Release history: release, commit, trigger, phase, reason, age."""
     ctx.client.get("apps", name)
     items = _releases(ctx, name)
-    emit(items, fmt, lambda: table(
-        ["RELEASE", "COMMIT", "TRIGGER", "PHASE", "REASON", "AGE"],
-        [[d["metadata"]["name"], dig(d, "spec.commit", "")[:7], dig(d, "spec.trigger.type"),
-          dig(d, "status.phase") or "Pending", dig(d, "status.reason"), age(dig(d, "metadata.createdAt"))] for d in items])
-        if items else "no releases yet")
+    emit(
+        items,
+        fmt,
+        lambda: (
+            table(
+                ["RELEASE", "COMMIT", "TRIGGER", "PHASE", "REASON", "AGE"],
+                [
+                    [
+                        d["metadata"]["name"],
+                        dig(d, "spec.commit", "")[:7],
+                        dig(d, "spec.trigger.type"),
+                        dig(d, "status.phase") or "Pending",
+                        dig(d, "status.reason"),
+                        age(dig(d, "metadata.createdAt")),
+                    ]
+                    for d in items
+                ],
+            )
+            if items
+            else "no releases yet"
+        ),
+    )
 
 
 def follow_release(ctx: Ctx, name: str, app: str) -> dict:
@@ -181,8 +261,9 @@ def follow_release(ctx: Ctx, name: str, app: str) -> dict:
 
     def tail_build() -> None:
         try:
-            for line in ctx.client.stream_lines(f"/api/v1/apps/{app}/logs",
-                                                {**params, "follow": "true", "timeoutSeconds": 900}):
+            for line in ctx.client.stream_lines(
+                f"/api/v1/apps/{app}/logs", {**params, "follow": "true", "timeoutSeconds": 900}
+            ):
                 if stop.is_set():
                     return
                 show(line)
@@ -206,8 +287,15 @@ def follow_release(ctx: Ctx, name: str, app: str) -> dict:
         if phase in TERMINAL:
             drain_build()
         if phase != seen_phase:
-            click.echo(f"{name}: {phase}" + (f" ({dig(dep, 'status.reason')}: {printable(str(dig(dep, 'status.message')))})"
-                                            if dig(dep, "status.reason") else ""), err=True)
+            click.echo(
+                f"{name}: {phase}"
+                + (
+                    f" ({dig(dep, 'status.reason')}: {printable(str(dig(dep, 'status.message')))})"
+                    if dig(dep, "status.reason")
+                    else ""
+                ),
+                err=True,
+            )
             seen_phase = phase
         if phase in TERMINAL:
             return dep
@@ -226,8 +314,14 @@ def follow_release(ctx: Ctx, name: str, app: str) -> dict:
 
 @cli.command()
 @click.argument("name")
-@click.option("--ref", default=None, help="Branch or tag to deploy (its commit on the remote now); with --commit, just recorded.")
-@click.option("--commit", default=None, help="Commit SHA (40 hex) to deploy; default: the live release's commit.")
+@click.option(
+    "--ref",
+    default=None,
+    help="Branch or tag to deploy (its commit on the remote now); with --commit, just recorded.",
+)
+@click.option(
+    "--commit", default=None, help="Commit SHA (40 hex) to deploy; default: the live release's commit."
+)
 @click.option("--wait", is_flag=True, help="Follow the release; exit 0 only when it is Live.")
 @OUTPUT
 @pass_ctx
@@ -251,15 +345,27 @@ def deploy(ctx: Ctx, name: str, ref: str | None, commit: str | None, wait: bool,
 def _wait_and_exit(ctx: Ctx, dname: str, app: str, fmt: str) -> None:
     final = follow_release(ctx, dname, app)
     phase = dig(final, "status.phase")
-    emit(final, fmt, lambda: f"{dname} is {phase}" + (f": {dig(final, 'status.reason')}: {printable(str(dig(final, 'status.message')))}"
-                                                      if phase != "Live" else ""))
+    emit(
+        final,
+        fmt,
+        lambda: (
+            f"{dname} is {phase}"
+            + (
+                f": {dig(final, 'status.reason')}: {printable(str(dig(final, 'status.message')))}"
+                if phase != "Live"
+                else ""
+            )
+        ),
+    )
     if phase != "Live":
         raise SystemExit(1)
 
 
 @cli.command()
 @click.argument("name")
-@click.option("--to", "to", default=None, help="Release to go back to (APP-N); default: the one before the live one.")
+@click.option(
+    "--to", "to", default=None, help="Release to go back to (APP-N); default: the one before the live one."
+)
 @click.option("--wait", is_flag=True, help="Follow the rollback release until it is Live.")
 @click.option("--force", is_flag=True, help="Go back to a release even though it had failed.")
 @OUTPUT
@@ -290,12 +396,23 @@ _SINCE = re.compile(r"^(\d+)([smhd])$")
 @click.option("--since", default=None, help="Only lines newer than this (10s, 5m, 2h, 1d).")
 @click.option("--all", "both", is_flag=True, help="Build and app output together.")
 @click.option("--raw", is_flag=True, help="Print the app's bytes as they are (control characters included).")
-@click.option("--release", "release_cmd", is_flag=True,
-              help="The release command's output (with --deployment APP-N).")
+@click.option(
+    "--release", "release_cmd", is_flag=True, help="The release command's output (with --deployment APP-N)."
+)
 @click.option("--instance", default=None, help="Only this Instance (a cron or forge run record, a replica).")
 @pass_ctx
-def logs(ctx: Ctx, name: str, follow: bool, build: bool, deployment: str | None, since: str | None, both: bool,
-         raw: bool, release_cmd: bool, instance: str | None) -> None:
+def logs(
+    ctx: Ctx,
+    name: str,
+    follow: bool,
+    build: bool,
+    deployment: str | None,
+    since: str | None,
+    both: bool,
+    raw: bool,
+    release_cmd: bool,
+    instance: str | None,
+) -> None:
     """Print an app's logs (runtime by default; --build for the build). Control characters in
     the app's output are shown escaped (\\x1b), never sent to the terminal, unless --raw."""
     params: dict[str, Any] = {"follow": "true" if follow else "false"}
@@ -317,8 +434,11 @@ def logs(ctx: Ctx, name: str, follow: bool, build: bool, deployment: str | None,
         params["timeoutSeconds"] = 3600
     for line in ctx.client.stream_lines(f"/api/v1/apps/{name}/logs", params):
         text = str(line.get("line", ""))
-        click.echo(f"{line.get('time', '')} {line.get('instance', '')} [{line.get('source', '')}] "
-                   f"{text if raw else printable(text)}", color=True if raw else None)  # --raw: bytes as they are
+        click.echo(
+            f"{line.get('time', '')} {line.get('instance', '')} [{line.get('source', '')}] "
+            f"{text if raw else printable(text)}",
+            color=True if raw else None,
+        )  # --raw: bytes as they are
 
 
 # ----------------------------------------------------------------------------- env / scale / domains
@@ -329,7 +449,9 @@ def _parse_pairs(pairs: tuple[str, ...]) -> dict[str, str]:
     for p in pairs:
         key, sep, value = p.partition("=")
         if not sep or not ENV_KEY.match(key):
-            raise click.BadParameter(f"{p.split('=')[0]!r}: use KEY=VALUE with a valid variable name", param_hint="K=V")
+            raise click.BadParameter(
+                f"{p.split('=')[0]!r}: use KEY=VALUE with a valid variable name", param_hint="K=V"
+            )
         out[key] = value
     return out
 
@@ -350,10 +472,12 @@ def env_set(ctx: Ctx, name: str, pairs: tuple[str, ...], secret: bool) -> None:
     if secret:
         _set_secrets(ctx, name, values)
     else:
+
         def mutate(spec: dict) -> bool:
             old = dict(spec.get("env", {}))
             spec["env"] = {**old, **values}
             return spec["env"] != old
+
         _patch_app(ctx, name, mutate)
     click.echo(f"set {', '.join(sorted(values))} on {name}")
 
@@ -365,8 +489,15 @@ def _set_secrets(ctx: Ctx, app: str, values: dict[str, Any]) -> None:
     except NotFound:
         if any(v is None for v in values.values()):
             return
-        ctx.client.create("secrets", {"apiVersion": "forge/v1", "kind": "Secret", "metadata": {"name": app,
-                                      "labels": {LABEL_APP: app}}, "spec": {"app": app, "data": values}})
+        ctx.client.create(
+            "secrets",
+            {
+                "apiVersion": "forge/v1",
+                "kind": "Secret",
+                "metadata": {"name": app, "labels": {LABEL_APP: app}},
+                "spec": {"app": app, "data": values},
+            },
+        )
 
 
 @env.command("unset")
@@ -399,7 +530,11 @@ def env_list(ctx: Ctx, name: str, fmt: str) -> None:
     except NotFound:
         secret = []
     rows = [[k, "env"] for k in plain] + [[k, "secret"] for k in secret]
-    emit({"env": plain, "secrets": secret}, fmt, lambda: table(["NAME", "KIND"], rows) if rows else "no variables")
+    emit(
+        {"env": plain, "secrets": secret},
+        fmt,
+        lambda: table(["NAME", "KIND"], rows) if rows else "no variables",
+    )
 
 
 def parse_scale(args: tuple[str, ...]) -> dict[str, int]:
@@ -412,12 +547,14 @@ def parse_scale(args: tuple[str, ...]) -> dict[str, int]:
         if not n.isdigit() or not 0 <= int(n) <= 100:
             raise click.BadParameter(f"{arg!r}: replicas are a number from 0 to 100", param_hint="TYPE=N")
         if not sep or not is_dns_label(kind, 30) or (kind != "web" and kind in RESERVED_PROCESS_NAMES):
-            raise click.BadParameter(f"{arg!r}: use N or TYPE=N with a process type from forge.yaml",
-                                     param_hint="TYPE=N")
+            raise click.BadParameter(
+                f"{arg!r}: use N or TYPE=N with a process type from forge.yaml", param_hint="TYPE=N"
+            )
         out[kind] = int(n)
     if not out:
-        raise click.BadParameter("say how many: forge scale APP 3, or forge scale APP web=2 worker=3",
-                                 param_hint="TYPE=N")
+        raise click.BadParameter(
+            "say how many: forge scale APP 3, or forge scale APP web=2 worker=3", param_hint="TYPE=N"
+        )
     return out
 
 
@@ -435,6 +572,7 @@ def scale(ctx: Ctx, name: str, counts: tuple[str, ...]) -> None:
             spec["replicas"] = want["web"]
         spec["processes"] = {**(spec.get("processes") or {}), **{k: v for k, v in want.items() if k != "web"}}
         return before != (spec.get("replicas"), spec["processes"])
+
     _patch_app(ctx, name, mutate)
     if list(want) == ["web"]:
         click.echo(f"{name} scaled to {want['web']}")
@@ -454,11 +592,13 @@ def domains() -> None:
 def domains_add(ctx: Ctx, name: str, domain: str) -> None:
     """Serve the app at DOMAIN too."""
     d = domain.lower().rstrip(".")
+
     def mutate(spec: dict) -> bool:
         if d in spec.get("domains", []):
             return False
         spec["domains"] = spec.get("domains", []) + [d]
         return True
+
     _patch_app(ctx, name, mutate)
     click.echo(f"{d} added to {name}")
 
@@ -470,11 +610,13 @@ def domains_add(ctx: Ctx, name: str, domain: str) -> None:
 def domains_remove(ctx: Ctx, name: str, domain: str) -> None:
     """Stop serving the app at DOMAIN."""
     d = domain.lower().rstrip(".")
+
     def mutate(spec: dict) -> bool:
         if d not in spec.get("domains", []):
             raise Invalid(f"{name} has no domain {d}")
         spec["domains"] = [x for x in spec["domains"] if x != d]
         return True
+
     _patch_app(ctx, name, mutate)
     click.echo(f"{d} removed from {name}")
 
@@ -497,8 +639,12 @@ def creds_set(ctx: Ctx, scope: str, token_stdin: bool) -> None:
     if not token:
         raise Invalid("no token on standard input")
     name = re.sub(r"[^a-z0-9-]+", "-", scope.lower()).strip("-")[:63] or "cred"
-    body = {"apiVersion": "forge/v1", "kind": "RepoCredential", "metadata": {"name": name},
-            "spec": {"scope": scope, "token": token}}
+    body = {
+        "apiVersion": "forge/v1",
+        "kind": "RepoCredential",
+        "metadata": {"name": name},
+        "spec": {"scope": scope, "token": token},
+    }
     try:
         cur = ctx.client.get("repocredentials", name)
         body["metadata"] = cur["metadata"]
@@ -519,5 +665,7 @@ def secrets_rotate(ctx: Ctx) -> None:
     """Re-encrypt every secret under a fresh key."""
     out = ctx.client.request("POST", "/api/v1/secrets/rotate-key", json={})
     count = out.get("rotated", out.get("reencrypted"))
-    click.echo(f"re-encrypted {count if isinstance(count, int) else 'every'} secret value(s) under a new key"
-               + (f" {out['keyId']}" if out.get("keyId") else ""))
+    click.echo(
+        f"re-encrypted {count if isinstance(count, int) else 'every'} secret value(s) under a new key"
+        + (f" {out['keyId']}" if out.get("keyId") else "")
+    )

@@ -51,8 +51,12 @@ def stop_on_signals() -> threading.Event:
     return stop
 
 
-DATA_DIR = click.option("--data-dir", type=click.Path(file_okay=False), default=None,
-                        help="Where Forge keeps its store, keys and releases (default $FORGE_DATA_DIR or ~/.local/share/forge).")
+DATA_DIR = click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Where Forge keeps its store, keys and releases (default $FORGE_DATA_DIR or ~/.local/share/forge).",
+)
 
 
 def load_config(data_dir: str | None, **overrides: object) -> Config:
@@ -64,8 +68,13 @@ def load_config(data_dir: str | None, **overrides: object) -> Config:
 @cli.command()
 @click.option("--listen", default="127.0.0.1:8080", show_default=True, help="HOST:PORT for the API.")
 @click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True)
-@click.option("--threads", type=click.IntRange(1, 1024), default=32, show_default=True,
-              help="Threads per worker; each open watch or log stream holds one.")
+@click.option(
+    "--threads",
+    type=click.IntRange(1, 1024),
+    default=32,
+    show_default=True,
+    help="Threads per worker; each open watch or log stream holds one.",
+)
 @DATA_DIR
 def server(listen: str, workers: int, threads: int, data_dir: str | None) -> None:
     """Serve the Forge API (falcon under gunicorn)."""
@@ -80,16 +89,38 @@ def server(listen: str, workers: int, threads: int, data_dir: str | None) -> Non
 @DATA_DIR
 @click.option("--metrics-listen", default=None, help="HOST:PORT to serve controller metrics on.")
 @click.option("--domain", default=None, help="Apps are served at APP.DOMAIN.")
-@click.option("--caddy-admin", default=None, help="Caddy Admin API: unix//PATH or HOST:PORT (default: DATA_DIR/caddy/admin.sock).")
+@click.option(
+    "--caddy-admin",
+    default=None,
+    help="Caddy Admin API: unix//PATH or HOST:PORT (default: DATA_DIR/caddy/admin.sock).",
+)
 @click.option("--tls", type=click.Choice(["off", "internal", "on-demand"]), default=None)
-@click.option("--http-listen", default=None, help="Where Caddy serves apps (used when the router rebuilds Caddy's config).")
+@click.option(
+    "--http-listen",
+    default=None,
+    help="Where Caddy serves apps (used when the router rebuilds Caddy's config).",
+)
 @click.option("--https-listen", default=None, help="Where Caddy serves HTTPS when --tls is on.")
 @click.option("--api-listen", default=None, help="The API's HOST:PORT (Caddy's on-demand TLS asks it).")
-@click.option("--lease-seconds", envvar="FORGE_LEADER_LEASE_SECONDS", type=click.FloatRange(3, 300), default=15.0,
-              show_default=True, help="Leader lease: a standby takes over this long after the leader stops renewing.")
-def controllers(data_dir: str | None, metrics_listen: str | None, domain: str | None, caddy_admin: str | None,
-                tls: str | None, http_listen: str | None, https_listen: str | None, api_listen: str | None,
-                lease_seconds: float) -> None:
+@click.option(
+    "--lease-seconds",
+    envvar="FORGE_LEADER_LEASE_SECONDS",
+    type=click.FloatRange(3, 300),
+    default=15.0,
+    show_default=True,
+    help="Leader lease: a standby takes over this long after the leader stops renewing.",
+)
+def controllers(
+    data_dir: str | None,
+    metrics_listen: str | None,
+    domain: str | None,
+    caddy_admin: str | None,
+    tls: str | None,
+    http_listen: str | None,
+    https_listen: str | None,
+    api_listen: str | None,
+    lease_seconds: float,
+) -> None:
     """Run the controllers (leader-elected) against the store."""
     from forge.clock import SystemClock
     from forge.controllers.manager import run_controllers
@@ -103,43 +134,93 @@ def controllers(data_dir: str | None, metrics_listen: str | None, domain: str | 
         overrides["caddy_admin"] = check_admin(caddy_admin, "--caddy-admin")
     if tls:
         overrides["tls"] = tls
-    for key, value in (("http_listen", http_listen), ("https_listen", https_listen), ("api_listen", api_listen)):
+    for key, value in (
+        ("http_listen", http_listen),
+        ("https_listen", https_listen),
+        ("api_listen", api_listen),
+    ):
         if value:
             overrides[key] = check_listen(value, "--" + key.replace("_", "-"))
     cfg = load_config(data_dir, **overrides)
     stop = stop_on_signals()
     store = open_store(cfg.effective_store_url)
     try:
-        run_controllers(cfg, store, SystemClock(), stop, lease_seconds=lease_seconds,
-                        metrics_listen=check_listen(metrics_listen, "--metrics-listen") if metrics_listen else None)
+        run_controllers(
+            cfg,
+            store,
+            SystemClock(),
+            stop,
+            lease_seconds=lease_seconds,
+            metrics_listen=check_listen(metrics_listen, "--metrics-listen") if metrics_listen else None,
+        )
     finally:
         store.close()
 
 
 @cli.command()
 @click.option("--api", "api_url", required=True, help="URL of the Forge API.")
-@click.option("--token", envvar="FORGE_NODE_TOKEN", required=True,
-              help="Node join token (or $FORGE_NODE_TOKEN, which keeps it out of the process list).")
+@click.option(
+    "--token",
+    envvar="FORGE_NODE_TOKEN",
+    required=True,
+    help="Node join token (or $FORGE_NODE_TOKEN, which keeps it out of the process list).",
+)
 @click.option("--name", default=None, help="Node name (default: the hostname).")
 @DATA_DIR
-@click.option("--address", default="127.0.0.1", show_default=True, help="Address the router dials this node's apps on.")
+@click.option(
+    "--address", default="127.0.0.1", show_default=True, help="Address the router dials this node's apps on."
+)
 @click.option("--metrics-listen", default="127.0.0.1:9108", show_default=True)
-@click.option("--instance-subnet", envvar="FORGE_INSTANCE_SUBNET", default="",
-              help="IPv4 network (/16-/28) this node's Instances get addresses from (default: a free /24 of 10.213.0.0/16).")
-@click.option("--app-host-ports", envvar="FORGE_APP_HOST_PORTS", default="",
-              help="Host TCP ports apps may reach at their gateway address, e.g. 5432,6379 (default: none).")
-@click.option("--build-env", envvar="FORGE_BUILD_ENV", default="",
-              help="Names of this agent's environment variables builds get, e.g. PIP_INDEX_URL,NPM_CONFIG_REGISTRY.")
-@click.option("--build-files", envvar="FORGE_BUILD_FILES", default="",
-              help="Host files bound read-only into builds: /etc/pip.conf,/root/.npmrc:/etc/npmrc.")
-@click.option("--proxy-from", envvar="FORGE_PROXY_FROM", default=None,
-              help="IPv4 addresses/networks the proxy dials this node's Instances from, e.g. 10.0.0.2 "
-                   "(default: the API host's address unless it is loopback; with several control-plane hosts list them all).")
-@click.option("--stop-apps-on-exit", is_flag=True,
-              help="Stop this node's apps when the agent exits (forge up); by default they keep serving.")
-def agent(api_url: str, token: str, name: str | None, data_dir: str | None, address: str, metrics_listen: str,
-          instance_subnet: str, app_host_ports: str, build_env: str, build_files: str, proxy_from: str | None,
-          stop_apps_on_exit: bool) -> None:
+@click.option(
+    "--instance-subnet",
+    envvar="FORGE_INSTANCE_SUBNET",
+    default="",
+    help="IPv4 network (/16-/28) this node's Instances get addresses from (default: a free /24 of 10.213.0.0/16).",
+)
+@click.option(
+    "--app-host-ports",
+    envvar="FORGE_APP_HOST_PORTS",
+    default="",
+    help="Host TCP ports apps may reach at their gateway address, e.g. 5432,6379 (default: none).",
+)
+@click.option(
+    "--build-env",
+    envvar="FORGE_BUILD_ENV",
+    default="",
+    help="Names of this agent's environment variables builds get, e.g. PIP_INDEX_URL,NPM_CONFIG_REGISTRY.",
+)
+@click.option(
+    "--build-files",
+    envvar="FORGE_BUILD_FILES",
+    default="",
+    help="Host files bound read-only into builds: /etc/pip.conf,/root/.npmrc:/etc/npmrc.",
+)
+@click.option(
+    "--proxy-from",
+    envvar="FORGE_PROXY_FROM",
+    default=None,
+    help="IPv4 addresses/networks the proxy dials this node's Instances from, e.g. 10.0.0.2 "
+    "(default: the API host's address unless it is loopback; with several control-plane hosts list them all).",
+)
+@click.option(
+    "--stop-apps-on-exit",
+    is_flag=True,
+    help="Stop this node's apps when the agent exits (forge up); by default they keep serving.",
+)
+def agent(
+    api_url: str,
+    token: str,
+    name: str | None,
+    data_dir: str | None,
+    address: str,
+    metrics_listen: str,
+    instance_subnet: str,
+    app_host_ports: str,
+    build_env: str,
+    build_files: str,
+    proxy_from: str | None,
+    stop_apps_on_exit: bool,
+) -> None:
     """Run the node agent: build and supervise this machine's Instances."""
     from forge.clock import SystemClock
     from forge.nodeagent.agent import run_agent
@@ -165,10 +246,20 @@ def agent(api_url: str, token: str, name: str | None, data_dir: str | None, addr
     node = name or socket.gethostname().lower()
     stop = stop_on_signals()
     run_agent(
-        api_url=api_url, token=token, name=node, data_dir=str(cfg.data_dir), address=address,
-        metrics_listen=check_listen(metrics_listen, "--metrics-listen"), mode=cfg.mode,
-        git_url_template=cfg.git_url_template, stop_event=stop, clock=SystemClock(),
-        instance_subnet=instance_subnet, app_host_ports=ports, build_env=builds_env, build_files=builds_files,
+        api_url=api_url,
+        token=token,
+        name=node,
+        data_dir=str(cfg.data_dir),
+        address=address,
+        metrics_listen=check_listen(metrics_listen, "--metrics-listen"),
+        mode=cfg.mode,
+        git_url_template=cfg.git_url_template,
+        stop_event=stop,
+        clock=SystemClock(),
+        instance_subnet=instance_subnet,
+        app_host_ports=ports,
+        build_env=builds_env,
+        build_files=builds_files,
         proxy_sources=proxies,
     )
     if stop_apps_on_exit:
@@ -220,8 +311,10 @@ def stop_local_apps(data_dir: Path, node: str, grace: float = 10.0) -> None:
         if group or pid:
             sandbox.stop(group, pid, grace, clock)
 
-    threads = [threading.Thread(target=stop_one, args=(st.cgroup, st.pid, st.pid_start))
-               for st in state.instances.values()]
+    threads = [
+        threading.Thread(target=stop_one, args=(st.cgroup, st.pid, st.pid_start))
+        for st in state.instances.values()
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -239,23 +332,60 @@ def stop_local_apps(data_dir: Path, node: str, grace: float = 10.0) -> None:
 @DATA_DIR
 @click.option("--api-listen", default="127.0.0.1:8080", show_default=True)
 @click.option("--http-listen", default="127.0.0.1:8000", show_default=True, help="Where Caddy serves apps.")
-@click.option("--caddy-admin", default="", help="Caddy's Admin API: HOST:PORT, or unix//PATH "
-              "(default: a 0600 unix socket DATA_DIR/caddy/admin.sock that no app can reach).")
+@click.option(
+    "--caddy-admin",
+    default="",
+    help="Caddy's Admin API: HOST:PORT, or unix//PATH "
+    "(default: a 0600 unix socket DATA_DIR/caddy/admin.sock that no app can reach).",
+)
 @click.option("--domain", default="localhost", show_default=True, help="Apps are served at APP.DOMAIN.")
-@click.option("--tls", type=click.Choice(["off", "internal", "on-demand"]), default="off", show_default=True,
-              help="internal: HTTPS with Caddy's internal CA (testable offline); on-demand: ACME with the tls/ask gate.")
-@click.option("--https-listen", default=None, help="Where Caddy serves HTTPS with --tls (default: HTTP port + 443, or :443).")
-@click.option("--metrics-listen", default="127.0.0.1:9108", show_default=True, help="The local agent's metrics.")
-@click.option("--controllers-metrics-listen", default="127.0.0.1:9109", show_default=True,
-              help="The controllers' metrics (reconciles, queue depth, router).")
+@click.option(
+    "--tls",
+    type=click.Choice(["off", "internal", "on-demand"]),
+    default="off",
+    show_default=True,
+    help="internal: HTTPS with Caddy's internal CA (testable offline); on-demand: ACME with the tls/ask gate.",
+)
+@click.option(
+    "--https-listen",
+    default=None,
+    help="Where Caddy serves HTTPS with --tls (default: HTTP port + 443, or :443).",
+)
+@click.option(
+    "--metrics-listen", default="127.0.0.1:9108", show_default=True, help="The local agent's metrics."
+)
+@click.option(
+    "--controllers-metrics-listen",
+    default="127.0.0.1:9109",
+    show_default=True,
+    help="The controllers' metrics (reconciles, queue depth, router).",
+)
 @click.option("--node-name", default=None, help="Name of the local node (default: the hostname).")
-@click.option("--store-url", envvar="FORGE_STORE_URL", default="",
-              help="An external store, postgresql://USER@HOST/DB (default: SQLite in the data dir).")
-@click.option("--no-agent", is_flag=True,
-              help="Control plane only (API, controllers, Caddy): this machine runs no apps; workers join with forge agent.")
-def up(data_dir: str | None, api_listen: str, http_listen: str, caddy_admin: str, domain: str, tls: str,
-       https_listen: str | None, metrics_listen: str, controllers_metrics_listen: str, node_name: str | None,
-       store_url: str, no_agent: bool) -> None:
+@click.option(
+    "--store-url",
+    envvar="FORGE_STORE_URL",
+    default="",
+    help="An external store, postgresql://USER@HOST/DB (default: SQLite in the data dir).",
+)
+@click.option(
+    "--no-agent",
+    is_flag=True,
+    help="Control plane only (API, controllers, Caddy): this machine runs no apps; workers join with forge agent.",
+)
+def up(
+    data_dir: str | None,
+    api_listen: str,
+    http_listen: str,
+    caddy_admin: str,
+    domain: str,
+    tls: str,
+    https_listen: str | None,
+    metrics_listen: str,
+    controllers_metrics_listen: str,
+    node_name: str | None,
+    store_url: str,
+    no_agent: bool,
+) -> None:
     """Everything on one machine: API, controllers, a local agent and Caddy."""
     from forge.up import Supervisor
 
@@ -265,18 +395,27 @@ def up(data_dir: str | None, api_listen: str, http_listen: str, caddy_admin: str
 
         if not store_url.startswith(("postgresql://", "postgres://", "sqlite://")):
             raise Invalid("--store-url must be postgresql://… or sqlite:///PATH")
-        probe = open_store(store_url)  # a clear error now (unreachable, bad credentials), not in a child's log
+        probe = open_store(
+            store_url
+        )  # a clear error now (unreachable, bad credentials), not in a child's log
         probe.close()
         os.environ["FORGE_STORE_URL"] = store_url  # the API and controllers get it through the environment
     cfg = load_config(
-        data_dir, api_listen=check_listen(api_listen, "--api-listen"),
+        data_dir,
+        api_listen=check_listen(api_listen, "--api-listen"),
         http_listen=check_listen(http_listen, "--http-listen"),
-        caddy_admin=check_admin(caddy_admin, "--caddy-admin") if caddy_admin else "", domain=domain.lower(), tls=tls,
+        caddy_admin=check_admin(caddy_admin, "--caddy-admin") if caddy_admin else "",
+        domain=domain.lower(),
+        tls=tls,
         https_listen=check_listen(https_listen, "--https-listen") if https_listen else None,
     )
-    sup = Supervisor(cfg, metrics_listen=check_listen(metrics_listen, "--metrics-listen"),
-                     node_name=node_name or socket.gethostname().lower(), env=dict(os.environ),
-                     controllers_metrics_listen=check_listen(controllers_metrics_listen, "--controllers-metrics-listen"),
-                     local_agent=not no_agent)
+    sup = Supervisor(
+        cfg,
+        metrics_listen=check_listen(metrics_listen, "--metrics-listen"),
+        node_name=node_name or socket.gethostname().lower(),
+        env=dict(os.environ),
+        controllers_metrics_listen=check_listen(controllers_metrics_listen, "--controllers-metrics-listen"),
+        local_agent=not no_agent,
+    )
     stop = stop_on_signals()
     sup.run(stop)

@@ -36,7 +36,9 @@ def is_active(inst: dict) -> bool:
     return dig(inst, "spec.desired") == "Running" and dig(inst, "status.phase") not in TERMINAL
 
 
-def node_rows(nodes: list[dict], instances: list[dict], leases: dict[str, dict], now: float) -> list[list[Any]]:
+def node_rows(
+    nodes: list[dict], instances: list[dict], leases: dict[str, dict], now: float
+) -> list[list[Any]]:
     """One table row per node: status, capacity vs requests, Instances, lease age, conditions."""
     rows = []
     for n in nodes:
@@ -51,18 +53,35 @@ def node_rows(nodes: list[dict], instances: list[dict], leases: dict[str, dict],
         elif dig(n, "spec.unschedulable"):
             status += ",SchedulingDisabled"
         lease = leases.get(f"node.{name}")
-        conds = " ".join(f"{c.get('type')}={c.get('status')}" + (f"({c['reason']})" if c.get("reason") else "")
-                         for c in dig(n, "status.conditions", []) or [])
-        rows.append([
-            name, status, dig(n, "spec.address"),
-            f"{cpu:g}/{dig(n, 'status.allocatable.cpu', 0):g}",
-            f"{_mi(mem)}/{_mi(dig(n, 'status.allocatable.memory', 0) or 0)}",
-            len(mine), age(dig(lease, "spec.renewTime") if lease else None, now), conds,
-        ])
+        conds = " ".join(
+            f"{c.get('type')}={c.get('status')}" + (f"({c['reason']})" if c.get("reason") else "")
+            for c in dig(n, "status.conditions", []) or []
+        )
+        rows.append(
+            [
+                name,
+                status,
+                dig(n, "spec.address"),
+                f"{cpu:g}/{dig(n, 'status.allocatable.cpu', 0):g}",
+                f"{_mi(mem)}/{_mi(dig(n, 'status.allocatable.memory', 0) or 0)}",
+                len(mine),
+                age(dig(lease, "spec.renewTime") if lease else None, now),
+                conds,
+            ]
+        )
     return rows
 
 
-HEADERS = ["NAME", "STATUS", "ADDRESS", "CPU(req/alloc)", "MEMORY(req/alloc)", "INSTANCES", "LEASE", "CONDITIONS"]
+HEADERS = [
+    "NAME",
+    "STATUS",
+    "ADDRESS",
+    "CPU(req/alloc)",
+    "MEMORY(req/alloc)",
+    "INSTANCES",
+    "LEASE",
+    "CONDITIONS",
+]
 
 
 @cli.group(invoke_without_command=True)
@@ -127,17 +146,27 @@ def nodes_uncordon(ctx: Ctx, name: str) -> None:
 def replacement_of(old: dict, instances: list[dict]) -> dict | None:
     """The newest incarnation of ``old``'s replica slot, when it is another Instance."""
     slot = (dig(old, "spec.deployment"), dig(old, "spec.process", "web"), dig(old, "spec.index", 0))
-    same = [i for i in instances
-            if (dig(i, "spec.deployment"), dig(i, "spec.process", "web"), dig(i, "spec.index", 0)) == slot
-            and not dig(i, "spec.oneshot") and i["metadata"]["name"] != old["metadata"]["name"]
-            and i["metadata"]["name"].startswith(old["metadata"]["name"] + "-r")]
+    same = [
+        i
+        for i in instances
+        if (dig(i, "spec.deployment"), dig(i, "spec.process", "web"), dig(i, "spec.index", 0)) == slot
+        and not dig(i, "spec.oneshot")
+        and i["metadata"]["name"] != old["metadata"]["name"]
+        and i["metadata"]["name"].startswith(old["metadata"]["name"] + "-r")
+    ]
     return max(same, key=lambda i: i["metadata"]["name"], default=None) if same else None
 
 
 @nodes.command("drain")
 @click.argument("name")
-@click.option("--timeout", "timeout", type=click.FloatRange(1, 3600), default=300, show_default=True,
-              help="Seconds to wait for the node to empty.")
+@click.option(
+    "--timeout",
+    "timeout",
+    type=click.FloatRange(1, 3600),
+    default=300,
+    show_default=True,
+    help="Seconds to wait for the node to empty.",
+)
 @pass_ctx
 def nodes_drain(ctx: Ctx, name: str, timeout: float) -> None:
     """Cordon NAME and move its Instances elsewhere, each replacement ready before the old one stops."""
@@ -146,10 +175,17 @@ def nodes_drain(ctx: Ctx, name: str, timeout: float) -> None:
     selector = {LABEL_NODE: name}
     start, _ = client.list("instances", selector)
     moving = {i["metadata"]["name"]: i for i in start if is_active(i)}
-    pinned_apps = {a["metadata"]["name"] for a in client.list("apps")[0] if dig(a, "status.storageNode") == name}
-    click.echo(f"node {name} cordoned and draining: {len(moving)} Instance(s) to move"
-               + (f"; apps pinned here by persistent storage stay: {', '.join(sorted(pinned_apps))}"
-                  if pinned_apps else ""))
+    pinned_apps = {
+        a["metadata"]["name"] for a in client.list("apps")[0] if dig(a, "status.storageNode") == name
+    }
+    click.echo(
+        f"node {name} cordoned and draining: {len(moving)} Instance(s) to move"
+        + (
+            f"; apps pinned here by persistent storage stay: {', '.join(sorted(pinned_apps))}"
+            if pinned_apps
+            else ""
+        )
+    )
     clock = SystemClock()
     deadline = clock.monotonic() + timeout
     while clock.monotonic() < deadline:
@@ -158,8 +194,9 @@ def nodes_drain(ctx: Ctx, name: str, timeout: float) -> None:
         if not _movable(current.values(), pinned_apps):
             break
         try:  # follow this node's Instances until none is left to move (bounded by the deadline)
-            for type_, obj in client.watch("instances", rv, selector,
-                                           timeout_seconds=max(1, int(min(30, deadline - clock.monotonic())))):
+            for type_, obj in client.watch(
+                "instances", rv, selector, timeout_seconds=max(1, int(min(30, deadline - clock.monotonic())))
+            ):
                 if type_ == "BOOKMARK":
                     continue  # the stream's keep-alive (and its first line): nothing changed
                 if type_ == "DELETED":
@@ -184,12 +221,18 @@ def nodes_drain(ctx: Ctx, name: str, timeout: float) -> None:
         click.echo(table(["INSTANCE", "MOVED TO", "NODE"], rows))
     left = _left(client, selector, pinned_apps)
     if left:
-        click.echo(f"error: node {name} still runs {', '.join(sorted(i['metadata']['name'] for i in left))} "
-                   f"after {timeout:g}s (see forge events)", err=True)
+        click.echo(
+            f"error: node {name} still runs {', '.join(sorted(i['metadata']['name'] for i in left))} "
+            f"after {timeout:g}s (see forge events)",
+            err=True,
+        )
         raise SystemExit(EXIT_TIMEOUT)
     if pinned_apps:
-        click.echo(f"node {name} drained except the apps pinned to it: {', '.join(sorted(pinned_apps))} "
-                   "(their storage lives on this node)", err=True)
+        click.echo(
+            f"node {name} drained except the apps pinned to it: {', '.join(sorted(pinned_apps))} "
+            "(their storage lives on this node)",
+            err=True,
+        )
         raise SystemExit(EXIT_PINNED)
     click.echo(f"node {name} drained: it runs no Instances")
 

@@ -28,7 +28,9 @@ def age(ts: str | None, now: float | None = None) -> str:
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    cells = [[str(h) for h in headers]] + [["-" if c is None or c == "" else printable(str(c)) for c in r] for r in rows]
+    cells = [[str(h) for h in headers]] + [
+        ["-" if c is None or c == "" else printable(str(c)) for c in r] for r in rows
+    ]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells)
 
@@ -75,7 +77,14 @@ COLUMNS: dict[str, list[Column]] = {
         ("NODE", lambda o: dig(o, "spec.node")),
         ("DESIRED", lambda o: dig(o, "spec.desired")),
         ("PHASE", lambda o: dig(o, "status.phase")),
-        ("ADDRESS", lambda o: f"{dig(o, 'status.address') or '?'}:{dig(o, 'status.port')}" if dig(o, "status.port") else None),
+        (
+            "ADDRESS",
+            lambda o: (
+                f"{dig(o, 'status.address') or '?'}:{dig(o, 'status.port')}"
+                if dig(o, "status.port")
+                else None
+            ),
+        ),
         ("READY", lambda o: dig(o, "status.ready")),
         ("RESTARTS", lambda o: dig(o, "status.restarts", 0)),
         ("REASON", lambda o: dig(o, "status.reason")),
@@ -87,15 +96,25 @@ COLUMNS: dict[str, list[Column]] = {
         ("ADDRESS", lambda o: dig(o, "spec.address")),
         ("CPU", lambda o: dig(o, "status.capacity.cpu")),
         ("MEMORY", lambda o: f"{int(dig(o, 'status.capacity.memory', 0) or 0) // (1 << 20)}Mi"),
-        ("ISOLATION", lambda o: f"cgroups={dig(o, 'status.isolation.cgroups')} bwrap={dig(o, 'status.isolation.bwrap')} "
-                                f"network={dig(o, 'status.isolation.network')}"),
+        (
+            "ISOLATION",
+            lambda o: (
+                f"cgroups={dig(o, 'status.isolation.cgroups')} bwrap={dig(o, 'status.isolation.bwrap')} "
+                f"network={dig(o, 'status.isolation.network')}"
+            ),
+        ),
         ("HEARTBEAT", lambda o: age(dig(o, "status.lastHeartbeatTime"))),
     ],
     "Event": [
         ("LAST", lambda o: age(dig(o, "spec.lastTime"))),
         ("TYPE", lambda o: dig(o, "spec.type")),
         ("REASON", lambda o: dig(o, "spec.reason")),
-        ("OBJECT", lambda o: f"{dig(o, 'spec.involvedObject.kind', '').lower()}/{dig(o, 'spec.involvedObject.name')}"),
+        (
+            "OBJECT",
+            lambda o: (
+                f"{dig(o, 'spec.involvedObject.kind', '').lower()}/{dig(o, 'spec.involvedObject.name')}"
+            ),
+        ),
         ("COUNT", lambda o: dig(o, "spec.count")),
         ("MESSAGE", lambda o: dig(o, "spec.message")),
     ],

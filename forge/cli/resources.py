@@ -16,8 +16,15 @@ from forge.errors import Conflict, Gone, Invalid, NotFound
 from forge.models import kind_class
 from forge.textsafe import printable
 
-OUTPUT = click.option("-o", "--output", "fmt", type=click.Choice(["table", "json", "yaml"]), default="table",
-                      show_default=True, help="Output format.")
+OUTPUT = click.option(
+    "-o",
+    "--output",
+    "fmt",
+    type=click.Choice(["table", "json", "yaml"]),
+    default="table",
+    show_default=True,
+    help="Output format.",
+)
 
 
 def resolve_kind(kind: str) -> tuple[str, str]:
@@ -79,7 +86,13 @@ def load_documents(path: str) -> list[dict]:
 
 
 @cli.command()
-@click.option("-f", "--filename", "path", required=True, help="File with one or more records (YAML or JSON); - for stdin.")
+@click.option(
+    "-f",
+    "--filename",
+    "path",
+    required=True,
+    help="File with one or more records (YAML or JSON); - for stdin.",
+)
 @pass_ctx
 def apply(ctx: Ctx, path: str) -> None:
     """Create or update the records in a file."""
@@ -123,9 +136,11 @@ def delete(ctx: Ctx, kind: str, name: str) -> None:
 def event_line(e: dict) -> str:
     spec = e.get("spec", {})
     obj = spec.get("involvedObject", {})
-    return printable(f"{spec.get('lastTime', '')}  {spec.get('type', ''):7}  {spec.get('reason', ''):24}  "
-                     f"{obj.get('kind', '').lower()}/{obj.get('name', '')}  {spec.get('message', '')}"
-                     + (f"  (x{spec['count']})" if spec.get("count", 1) > 1 else ""))
+    return printable(
+        f"{spec.get('lastTime', '')}  {spec.get('type', ''):7}  {spec.get('reason', ''):24}  "
+        f"{obj.get('kind', '').lower()}/{obj.get('name', '')}  {spec.get('message', '')}"
+        + (f"  (x{spec['count']})" if spec.get("count", 1) > 1 else "")
+    )
 
 
 @cli.command()

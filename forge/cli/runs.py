@@ -57,8 +57,12 @@ class _Output:
             sys.stdout.flush()
 
     def _lines(self, follow: bool) -> Iterator[dict[str, Any]]:
-        params = {"follow": "true" if follow else "false", "source": "app", "instance": self.inst,
-                  "timeoutSeconds": 3600}
+        params = {
+            "follow": "true" if follow else "false",
+            "source": "app",
+            "instance": self.inst,
+            "timeoutSeconds": 3600,
+        }
         yield from self.ctx.client.stream_lines(f"/api/v1/apps/{self.app}/logs", params)
 
     def follow(self) -> None:
@@ -109,7 +113,9 @@ def _wait(ctx: Ctx, app: str, inst: dict[str, Any]) -> dict[str, Any]:
             for _type, obj in ctx.client.watch("instances", rv, {LABEL_APP: app}, timeout_seconds=300):
                 meta = obj.get("metadata") or {}
                 rv = max(rv, int(meta.get("resourceVersion") or 0))
-                if meta.get("name") == name and ((obj.get("status") or {}).get("phase") in ENDED or _type == "DELETED"):
+                if meta.get("name") == name and (
+                    (obj.get("status") or {}).get("phase") in ENDED or _type == "DELETED"
+                ):
                     return obj
         except Gone:
             pass
@@ -140,8 +146,11 @@ def run(ctx: Ctx, name: str, command: tuple[str, ...], interactive: bool, timeou
         raise click.BadParameter(str(exc), param_hint="--timeout") from None
     if not 1 <= seconds <= 86400:
         raise click.BadParameter("between 1s and 24h", param_hint="--timeout")
-    inst = ctx.client.request("POST", f"/api/v1/apps/{name}/runs",
-                              json={"argv": argv, "interactive": interactive, "timeoutSeconds": seconds})
+    inst = ctx.client.request(
+        "POST",
+        f"/api/v1/apps/{name}/runs",
+        json={"argv": argv, "interactive": interactive, "timeoutSeconds": seconds},
+    )
     iname = inst["metadata"]["name"]
     click.echo(f"running {shlex.join(argv)} as {iname} ({inst['spec']['deployment']})", err=True)
     done = threading.Event()
@@ -187,20 +196,44 @@ def cron(ctx: Ctx, name: str, fmt: str) -> None:
     rows, data = [], []
     now = time.time()
     for job in jobs:
-        mine = sorted((r for r in runs if r["metadata"].get("labels", {}).get(LABEL_CRON) == job["name"]),
-                      key=lambda r: r["spec"]["oneshot"].get("scheduledTime") or "")
+        mine = sorted(
+            (r for r in runs if r["metadata"].get("labels", {}).get(LABEL_CRON) == job["name"]),
+            key=lambda r: r["spec"]["oneshot"].get("scheduledTime") or "",
+        )
         last = mine[-1] if mine else None
         nxt = next_after(job["schedule"], job.get("timezone"), now)
         last_desc = "never"
         if last is not None:
             st = last.get("status") or {}
-            last_desc = f"{st.get('phase') or 'Pending'} {age(last['spec']['oneshot'].get('scheduledTime'))} ago"
+            last_desc = (
+                f"{st.get('phase') or 'Pending'} {age(last['spec']['oneshot'].get('scheduledTime'))} ago"
+            )
             if st.get("exitCode") is not None:
                 last_desc += f" (exit {st['exitCode']})"
         next_text = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(nxt))
-        rows.append([job["name"], job["schedule"] + ("" if job.get("timezone", "UTC") == "UTC" else f" {job['timezone']}"),
-                     last_desc, next_text, job["command"][:40]])
-        data.append({**job, "lastRun": last["metadata"]["name"] if last else None,
-                     "lastPhase": (last or {}).get("status", {}).get("phase"), "nextRun": next_text})
-    emit(data, fmt, lambda: table(["NAME", "SCHEDULE", "LAST", "NEXT", "COMMAND"], rows) if rows
-         else f"{live} has no cron schedules")
+        rows.append(
+            [
+                job["name"],
+                job["schedule"] + ("" if job.get("timezone", "UTC") == "UTC" else f" {job['timezone']}"),
+                last_desc,
+                next_text,
+                job["command"][:40],
+            ]
+        )
+        data.append(
+            {
+                **job,
+                "lastRun": last["metadata"]["name"] if last else None,
+                "lastPhase": (last or {}).get("status", {}).get("phase"),
+                "nextRun": next_text,
+            }
+        )
+    emit(
+        data,
+        fmt,
+        lambda: (
+            table(["NAME", "SCHEDULE", "LAST", "NEXT", "COMMAND"], rows)
+            if rows
+            else f"{live} has no cron schedules"
+        ),
+    )

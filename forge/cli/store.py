@@ -12,14 +12,21 @@ from forge.cli import cli
 def _sqlite_path(url: str) -> Path | None:
     """The file of a SQLite store URL (or bare path); None for any other scheme."""
     if url.startswith("sqlite://"):
-        return Path(url[len("sqlite://"):])
+        return Path(url[len("sqlite://") :])
     return None if "://" in url else Path(url)
 
 
 @cli.command("migrate-store")
-@click.option("--from", "source", required=True, metavar="URL",
-              help="The store to copy: sqlite:///PATH or postgresql://…")
-@click.option("--to", "target", required=True, metavar="URL", help="The store to fill: sqlite:///PATH or postgresql://…")
+@click.option(
+    "--from",
+    "source",
+    required=True,
+    metavar="URL",
+    help="The store to copy: sqlite:///PATH or postgresql://…",
+)
+@click.option(
+    "--to", "target", required=True, metavar="URL", help="The store to fill: sqlite:///PATH or postgresql://…"
+)
 @click.option("--overwrite", is_flag=True, help="Replace the target's contents when it is not empty.")
 def migrate_store(source: str, target: str, overwrite: bool) -> None:
     """Copy every record (revisions, uids, resourceVersions and timestamps intact), the change
@@ -46,4 +53,6 @@ def migrate_store(source: str, target: str, overwrite: bool) -> None:
     finally:
         src.close()
     click.echo(f"copied {snap.summary()}")
-    click.echo(f"from {redact_url(source)} to {redact_url(target)}: verified (counts, counters, revisions match)")
+    click.echo(
+        f"from {redact_url(source)} to {redact_url(target)}: verified (counts, counters, revisions match)"
+    )

@@ -36,7 +36,9 @@ class Controller:
     # was 5,000 Apps × five controllers of idle work at 5,000 Apps (controller-runtime: 10 h).
     resync_seconds: ClassVar[float] = 600.0
 
-    def __init__(self, store: Store, clock: Clock, config: Config, recorder: EventRecorder | None = None) -> None:
+    def __init__(
+        self, store: Store, clock: Clock, config: Config, recorder: EventRecorder | None = None
+    ) -> None:
         self.store, self.clock, self.config = store, clock, config
         self.recorder = recorder or EventRecorder(store, clock, source=self.name or type(self).__name__)
 

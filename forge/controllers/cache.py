@@ -41,11 +41,13 @@ def _spec_field(name: str) -> Callable[[Resource], str | None]:
     def value(obj: Resource) -> str | None:
         got = getattr(getattr(obj, "spec", None), name, None)
         return got if isinstance(got, str) and got else None
+
     return value
 
 
 INDEXED_FIELDS: dict[str, Callable[[Resource], str | None]] = {
-    "spec.app": _spec_field("app"), "spec.node": _spec_field("node"),
+    "spec.app": _spec_field("app"),
+    "spec.node": _spec_field("node"),
 }
 
 
@@ -63,7 +65,8 @@ class _Entry:
 class _Kind:
     entries: dict[str, _Entry] = field(default_factory=dict)
     index: dict[str, dict[str, set[str]]] = field(
-        default_factory=lambda: {k: {} for k in (*INDEXED_LABELS, *INDEXED_FIELDS)})
+        default_factory=lambda: {k: {} for k in (*INDEXED_LABELS, *INDEXED_FIELDS)}
+    )
     deleted: dict[str, int] = field(default_factory=dict)  # name → revision of a delete ahead of the watch
     revision: int = 0  # the newest revision the watch delivered
     version: int = 0  # moves on every change held (InformerCache's tick: never repeats, even across a refill)
@@ -200,7 +203,9 @@ class InformerCache:
     @overload
     def list(self, kind: str, selector: dict[str, str] | None = None) -> tuple[list[Resource], int]: ...
 
-    def list(self, kind: str | type[Resource], selector: dict[str, str] | None = None) -> tuple[list[Any], int]:
+    def list(
+        self, kind: str | type[Resource], selector: dict[str, str] | None = None
+    ) -> tuple[list[Any], int]:
         k = resolve_kind(kind)
         cls = kind_class(k)
         with self._lock:
@@ -256,7 +261,9 @@ class CachedStore:
     @overload
     def list(self, kind: str, selector: dict[str, str] | None = None) -> tuple[list[Resource], int]: ...
 
-    def list(self, kind: str | type[Resource], selector: dict[str, str] | None = None) -> tuple[list[Any], int]:
+    def list(
+        self, kind: str | type[Resource], selector: dict[str, str] | None = None
+    ) -> tuple[list[Any], int]:
         if resolve_kind(kind) in self.cache:
             return self.cache.list(kind, selector)
         return self.backend.list(kind, selector)
@@ -306,12 +313,20 @@ class CachedStore:
     def close(self) -> None:
         """The runtime's view closes nothing: the store belongs to whoever opened it."""
 
-    def append_logs(self, instance: str, app: str, deployment: str, source: str,
-                    entries: list[tuple[int, str, str]]) -> int:
+    def append_logs(
+        self, instance: str, app: str, deployment: str, source: str, entries: list[tuple[int, str, str]]
+    ) -> int:
         return self.backend.append_logs(instance, app, deployment, source, entries)
 
-    def read_logs(self, app: str, deployment: str | None = None, source: str | None = None, after_id: int = 0,
-                  limit: int = 1000, since_time: float | str | None = None) -> list[LogLine]:
+    def read_logs(
+        self,
+        app: str,
+        deployment: str | None = None,
+        source: str | None = None,
+        after_id: int = 0,
+        limit: int = 1000,
+        since_time: float | str | None = None,
+    ) -> list[LogLine]:
         return self.backend.read_logs(app, deployment, source, after_id, limit, since_time)
 
     def wait_logs(self, after_id: int, timeout: float = 10.0) -> bool:

@@ -48,7 +48,9 @@ ENDED = frozenset({"Succeeded", "Failed", "Stopped", "Lost", "Skipped"})
 
 def schedules_of(manifest: dict[str, Any] | None) -> list[dict[str, Any]]:
     jobs = (manifest or {}).get("cron") or []
-    return [j for j in jobs if isinstance(j, dict) and j.get("name") and j.get("schedule") and j.get("command")]
+    return [
+        j for j in jobs if isinstance(j, dict) and j.get("name") and j.get("schedule") and j.get("command")
+    ]
 
 
 def run_name(app: str, job: str, due: float) -> str:
@@ -57,7 +59,11 @@ def run_name(app: str, job: str, due: float) -> str:
 
 
 def scheduled(inst: Instance) -> float:
-    return parse_iso(inst.spec.oneshot.scheduled_time) if inst.spec.oneshot and inst.spec.oneshot.scheduled_time else 0.0
+    return (
+        parse_iso(inst.spec.oneshot.scheduled_time)
+        if inst.spec.oneshot and inst.spec.oneshot.scheduled_time
+        else 0.0
+    )
 
 
 @dataclass
@@ -101,10 +107,16 @@ def plan_upkeep(oneshots: list[Instance]) -> Upkeep:
         groups.setdefault(key, []).append(inst)
     for key, items in groups.items():
         keep = KEEP_RUNS if key.startswith("cron/") else KEEP_ONE_OFF
-        done = [i for i in items if i.status.phase in ENDED and (i.spec.desired == "Stopped" or i.status.phase == "Skipped")]
-        done.sort(key=lambda i: scheduled(i) or (parse_iso(i.metadata.created_at) if i.metadata.created_at else 0.0))
+        done = [
+            i
+            for i in items
+            if i.status.phase in ENDED and (i.spec.desired == "Stopped" or i.status.phase == "Skipped")
+        ]
+        done.sort(
+            key=lambda i: scheduled(i) or (parse_iso(i.metadata.created_at) if i.metadata.created_at else 0.0)
+        )
         excess = len(items) - keep
-        out.delete += done[:max(0, excess)]
+        out.delete += done[: max(0, excess)]
     return out
 
 
@@ -113,8 +125,11 @@ class CronController(AppKeyedController):
     watches: ClassVar[tuple[str, ...]] = ("App", "Deployment", "Instance")
 
     def reconcile(self, key: str) -> Result | None:
-        insts = [i for i in self.store.list("Instance", {LABEL_APP: key})[0]
-                 if isinstance(i, Instance) and i.spec.app == key and i.spec.oneshot is not None]
+        insts = [
+            i
+            for i in self.store.list("Instance", {LABEL_APP: key})[0]
+            if isinstance(i, Instance) and i.spec.app == key and i.spec.oneshot is not None
+        ]
         self._upkeep(insts)
         try:
             app: App = self.store.get(App, key)
@@ -135,28 +150,50 @@ class CronController(AppKeyedController):
             plan = plan_job(job, runs, now, since)
             wakes.append(plan.wake)
             if plan.create or plan.skip:
-                self._record(app, live, job, plan.create or plan.skip or "", skipped=plan.skip is not None,
-                             busy=[r for r in runs if r.status.phase not in ENDED])
+                self._record(
+                    app,
+                    live,
+                    job,
+                    plan.create or plan.skip or "",
+                    skipped=plan.skip is not None,
+                    busy=[r for r in runs if r.status.phase not in ENDED],
+                )
         return Result(requeue_after=max(0.5, min(wakes))) if wakes else DONE
 
     @staticmethod
     def _active_since(job: str, deps: list[Deployment]) -> float:
         """When the job first went live: the earliest live time of a release whose manifest has it."""
-        times = [parse_iso(d.status.live_time) for d in deps if d.status.live_time
-                 and any(j.get("name") == job for j in schedules_of(d.status.manifest))]
+        times = [
+            parse_iso(d.status.live_time)
+            for d in deps
+            if d.status.live_time and any(j.get("name") == job for j in schedules_of(d.status.manifest))
+        ]
         return min(times) if times else float("inf")
 
-    def _record(self, app: App, live: Deployment, job: dict[str, Any], due: str, skipped: bool,
-                busy: list[Instance]) -> None:
+    def _record(
+        self, app: App, live: Deployment, job: dict[str, Any], due: str, skipped: bool, busy: list[Instance]
+    ) -> None:
         try:
             secret: Secret | None = self.store.get(Secret, app.metadata.name)
         except NotFound:
             secret = None
         cfg = ds.effective_config(app, live, secret)
-        oneshot = OneShot(type="cron", command=str(job["command"]), timeout_seconds=float(job.get("timeoutSeconds") or 1800),
-                          schedule=str(job["name"]), scheduled_time=due)
-        inst = ds.oneshot_instance(app, live, cfg, secret, run_name(app.metadata.name, job["name"], parse_iso(due)),
-                                   oneshot, labels={LABEL_CRON: str(job["name"])})
+        oneshot = OneShot(
+            type="cron",
+            command=str(job["command"]),
+            timeout_seconds=float(job.get("timeoutSeconds") or 1800),
+            schedule=str(job["name"]),
+            scheduled_time=due,
+        )
+        inst = ds.oneshot_instance(
+            app,
+            live,
+            cfg,
+            secret,
+            run_name(app.metadata.name, job["name"], parse_iso(due)),
+            oneshot,
+            labels={LABEL_CRON: str(job["name"])},
+        )
         if skipped:
             inst.spec.desired = "Stopped"
         try:
@@ -166,12 +203,20 @@ class CronController(AppKeyedController):
         if skipped:
             created.status.phase = "Skipped"
             created.status.reason = "PreviousRunActive"
-            created.status.message = f"{busy[0].metadata.name} was still running" if busy else "a run was still going"
+            created.status.message = (
+                f"{busy[0].metadata.name} was still running" if busy else "a run was still going"
+            )
             created = self.store.update_status(created)  # type: ignore[assignment]
-            self.recorder.record(created, "Warning", "CronSkipped",
-                                 f"{job['name']} due {due} skipped: {created.status.message}")
+            self.recorder.record(
+                created,
+                "Warning",
+                "CronSkipped",
+                f"{job['name']} due {due} skipped: {created.status.message}",
+            )
         else:
-            self.recorder.record(created, "Normal", "CronStarted", f"{job['name']} due {due}: {job['command'][:200]}")
+            self.recorder.record(
+                created, "Normal", "CronStarted", f"{job['name']} due {due}: {job['command'][:200]}"
+            )
 
     def _upkeep(self, oneshots: list[Instance]) -> None:
         plan = plan_upkeep(oneshots)

@@ -48,7 +48,9 @@ from forge.models import (
 from forge.store.base import Store
 
 # Reasons an agent reports that mean the release itself is broken (not the machine).
-FAILING_REASONS: frozenset[str] = frozenset({"BuildFailed", "HealthCheckFailed", "CrashLoopBackOff", "OOMKilled"})
+FAILING_REASONS: frozenset[str] = frozenset(
+    {"BuildFailed", "HealthCheckFailed", "CrashLoopBackOff", "OOMKilled"}
+)
 # Instance phases before the process exists: a slot in one of these is still building.
 BUILDING_PHASES: frozenset[str] = frozenset({"", "Pending", "Scheduled", "Building"})
 # Phases in which a not-ready Instance says something about the release's health.
@@ -88,9 +90,14 @@ def time_of(text: str | None, default: float) -> float:
 
 
 def same_config(a: DeploymentConfig, b: DeploymentConfig) -> bool:
-    return (a.env, a.replicas, a.processes or {}, sorted(a.domains), a.secrets_version, a.node_selector or {}) == (
-        b.env, b.replicas, b.processes or {}, sorted(b.domains), b.secrets_version, b.node_selector or {}
-    )
+    return (
+        a.env,
+        a.replicas,
+        a.processes or {},
+        sorted(a.domains),
+        a.secrets_version,
+        a.node_selector or {},
+    ) == (b.env, b.replicas, b.processes or {}, sorted(b.domains), b.secrets_version, b.node_selector or {})
 
 
 def pins_config(dep: Deployment) -> bool:
@@ -177,7 +184,11 @@ def min_ready_wait(dep: Deployment, instances: Iterable[Instance], now: float) -
 
 def restarts_of(dep_name: str, instances: Iterable[Instance]) -> int:
     """Restarts of the release's current Instances, as their agents count them."""
-    return sum(i.status.restarts for i in current_by_slot(dep_name, instances).values() if i.spec.desired == "Running")
+    return sum(
+        i.status.restarts
+        for i in current_by_slot(dep_name, instances).values()
+        if i.spec.desired == "Running"
+    )
 
 
 def is_failing(inst: Instance) -> bool:
@@ -199,14 +210,24 @@ def needs_replacement(inst: Instance, live: bool) -> bool:
     return inst.status.phase == "Failed" and (live or inst.status.reason not in FAILING_REASONS)
 
 
-def new_instance(app: App, dep: Deployment, cfg: DeploymentConfig, secret: Secret | None,
-                 index: int, replacement: int = 0, process: str = WEB) -> Instance:
+def new_instance(
+    app: App,
+    dep: Deployment,
+    cfg: DeploymentConfig,
+    secret: Secret | None,
+    index: int,
+    replacement: int = 0,
+    process: str = WEB,
+) -> Instance:
     name = dep.metadata.name
     return Instance(
         metadata=ObjectMeta(
             name=instance_name(name, index, replacement, process),
-            labels={LABEL_APP: app.metadata.name, LABEL_DEPLOYMENT: name,
-                    **({LABEL_PROCESS: process} if process != WEB else {})},
+            labels={
+                LABEL_APP: app.metadata.name,
+                LABEL_DEPLOYMENT: name,
+                **({LABEL_PROCESS: process} if process != WEB else {}),
+            },
             owner_ref=OwnerRef(kind="Deployment", name=name, uid=dep.metadata.uid),
         ),
         spec=instance_spec(app, dep, cfg, secret, index, process),
@@ -232,10 +253,16 @@ def app_available(app: App, deployments: list[Deployment], instances: list[Insta
     live = live_deployment(app, deployments)
     if live is None:
         return "False", "NoLiveRelease", "no release is live yet"
-    slots = [i for i in current_by_slot(live.metadata.name, instances).values() if i.spec.desired == "Running"]
+    slots = [
+        i for i in current_by_slot(live.metadata.name, instances).values() if i.spec.desired == "Running"
+    ]
     ready = sum(1 for i in slots if is_ready(i))
     if ready:
-        return "True", "MinimumReplicasAvailable", f"{ready}/{len(slots)} instances of {live.metadata.name} ready"
+        return (
+            "True",
+            "MinimumReplicasAvailable",
+            f"{ready}/{len(slots)} instances of {live.metadata.name} ready",
+        )
     if not slots:
         return "False", "NoInstances", f"{live.metadata.name} has no running instances"
     return "False", "NoReadyInstances", f"0/{len(slots)} instances of {live.metadata.name} ready"
@@ -253,9 +280,13 @@ def last_good_before(dep: Deployment, deployments: list[Deployment]) -> Deployme
     """The newest release older than ``dep`` that went live and was not rolled back or failed."""
     n = deployment_number(dep.metadata.name)
     good = [
-        d for d in by_number(deployments)
-        if deployment_number(d.metadata.name) < n and d.status.live_time and d.status.phase == "Superseded"
-        and d.status.reason != "RolledBack" and d.status.manifest is not None
+        d
+        for d in by_number(deployments)
+        if deployment_number(d.metadata.name) < n
+        and d.status.live_time
+        and d.status.phase == "Superseded"
+        and d.status.reason != "RolledBack"
+        and d.status.manifest is not None
     ]
     return good[-1] if good else None
 

@@ -72,7 +72,11 @@ def instances_to_delete(
     """Finished, stopped-on-purpose Instances of finished or vanished Deployments, old enough."""
     out = []
     for inst in instances:
-        if inst.spec.oneshot is not None and inst.spec.oneshot.type != "release" and inst.spec.deployment in deployments:
+        if (
+            inst.spec.oneshot is not None
+            and inst.spec.oneshot.type != "release"
+            and inst.spec.deployment in deployments
+        ):
             continue  # cron and one-off runs: their history is the cron controller's (KEEP_RUNS)
         dep = deployments.get(inst.spec.deployment)
         if dep is not None and dep.status.phase not in DEPLOYMENT_TERMINAL:
@@ -91,8 +95,14 @@ class GcController(Controller):
     watches: ClassVar[tuple[str, ...]] = ()  # resync-driven: nothing here is urgent
     resync_seconds: ClassVar[float] = 300.0  # nothing here is urgent; a pass reads every App
 
-    def __init__(self, store: Store, clock: Clock, config: Config, recorder: EventRecorder | None = None,
-                 settings: GcSettings | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        config: Config,
+        recorder: EventRecorder | None = None,
+        settings: GcSettings | None = None,
+    ) -> None:
         super().__init__(store, clock, config, recorder)
         self.settings = settings or GcSettings()
 
@@ -123,8 +133,12 @@ class GcController(Controller):
         now = self.clock.now()
         gone_instances = instances_to_delete(instances, by_name, now, self.settings.instance_min_age)
         # the Instances of a doomed Deployment go with it once none is still running
-        busy = {i.spec.deployment for i in instances if i.spec.deployment in doomed_names
-                and not (i.status.phase in INSTANCE_TERMINAL or i.status.phase == "")}
+        busy = {
+            i.spec.deployment
+            for i in instances
+            if i.spec.deployment in doomed_names
+            and not (i.status.phase in INSTANCE_TERMINAL or i.status.phase == "")
+        }
         extra = [i for i in instances if i.spec.deployment in doomed_names - busy and i not in gone_instances]
         for inst in gone_instances + extra:
             self._delete("Instance", inst.metadata.name, inst.metadata.resource_version)

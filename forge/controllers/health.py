@@ -28,12 +28,15 @@ from forge.models import (
 )
 
 
-def deployment_health(app: App | None, dep: Deployment, instances: list[Instance], now_iso: str) -> DeploymentStatus:
+def deployment_health(
+    app: App | None, dep: Deployment, instances: list[Instance], now_iso: str
+) -> DeploymentStatus:
     """The Deployment's status with replicas, readyReplicas and Ready recomputed."""
     st = dep.status.model_copy(deep=True)
     name = dep.metadata.name
     running = [
-        i for i in ds.current_by_slot(name, instances).values()
+        i
+        for i in ds.current_by_slot(name, instances).values()
         if i.spec.desired == "Running" and i.status.phase not in INSTANCE_TERMINAL
     ]
     st.replicas = len(running)
@@ -43,9 +46,13 @@ def deployment_health(app: App | None, dep: Deployment, instances: list[Instance
         return st
     want = ds.effective_config(app, dep, None).replicas
     if st.ready_replicas >= want:
-        set_condition(st, "Ready", "True", "AllReplicasReady", f"{st.ready_replicas}/{want} instances ready", now_iso)
+        set_condition(
+            st, "Ready", "True", "AllReplicasReady", f"{st.ready_replicas}/{want} instances ready", now_iso
+        )
     else:
-        set_condition(st, "Ready", "False", "ReplicasNotReady", f"{st.ready_replicas}/{want} instances ready", now_iso)
+        set_condition(
+            st, "Ready", "False", "ReplicasNotReady", f"{st.ready_replicas}/{want} instances ready", now_iso
+        )
     return st
 
 

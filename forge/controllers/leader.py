@@ -73,8 +73,12 @@ class LeaderElector:
         except NotFound:
             fresh = Lease(
                 metadata=ObjectMeta(name=self.lease_name),
-                spec=LeaseSpec(holder=self.identity, renew_time=now_iso, acquire_time=now_iso,
-                               duration_seconds=self.duration),
+                spec=LeaseSpec(
+                    holder=self.identity,
+                    renew_time=now_iso,
+                    acquire_time=now_iso,
+                    duration_seconds=self.duration,
+                ),
             )
             try:
                 created = self.store.create(fresh)

@@ -38,12 +38,22 @@ from forge.store.base import Store
 log = logging.getLogger(__name__)
 
 CONTROLLERS: tuple[type[Controller], ...] = (
-    SourceController, RolloutController, SchedulerController, HealthController, RollbackController,
-    RouterController, NodesController, GcController, TallyController, CronController,
+    SourceController,
+    RolloutController,
+    SchedulerController,
+    HealthController,
+    RollbackController,
+    RouterController,
+    NodesController,
+    GcController,
+    TallyController,
+    CronController,
 )
 
 
-def build_controllers(config: Config, store: Store, clock: Clock, registry: CollectorRegistry) -> list[Controller]:
+def build_controllers(
+    config: Config, store: Store, clock: Clock, registry: CollectorRegistry
+) -> list[Controller]:
     out: list[Controller] = []
     for cls in CONTROLLERS:
         kwargs: dict[str, Any] = {}
@@ -58,9 +68,13 @@ def _serve_metrics(listen: str, registry: CollectorRegistry) -> Any:
     than being scraped (a Prometheus target-down alert tells the operator; so does this log)."""
     host, _, port = listen.rpartition(":")
     try:
-        server, _thread = start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1", registry=registry)
+        server, _thread = start_http_server(
+            int(port), addr=host.strip("[]") or "127.0.0.1", registry=registry
+        )
     except OSError as exc:
-        log.error("cannot serve controller metrics on %s: %s; running without a metrics endpoint", listen, exc)
+        log.error(
+            "cannot serve controller metrics on %s: %s; running without a metrics endpoint", listen, exc
+        )
         return None
     log.info("controller metrics on http://%s/metrics", listen)
     return server
@@ -84,8 +98,9 @@ def run_controllers(
     controllers += list(extra or [])
     runtime = ControllerRuntime(store, clock, controllers, registry)
     identity = identity or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    leader = Gauge("forge_controller_leader", "1 while this process holds the controllers lease",
-                   registry=registry)
+    leader = Gauge(
+        "forge_controller_leader", "1 while this process holds the controllers lease", registry=registry
+    )
 
     def started() -> None:
         leader.set(1)
@@ -95,8 +110,9 @@ def run_controllers(
         leader.set(0)
         runtime.stop()
 
-    elector = LeaderElector(store, clock, identity, started, stopped, duration_seconds=lease_seconds,
-                            fence_store=store)
+    elector = LeaderElector(
+        store, clock, identity, started, stopped, duration_seconds=lease_seconds, fence_store=store
+    )
     server = _serve_metrics(metrics_listen, registry) if metrics_listen else None
     log.info("controllers %s waiting for leadership as %s", ", ".join(c.name for c in controllers), identity)
     elector.start()

@@ -56,8 +56,14 @@ class NodesController(Controller):
     watches: ClassVar[tuple[str, ...]] = ("Node", "Lease")
     resync_seconds: ClassVar[float] = 30.0
 
-    def __init__(self, store: Store, clock: Clock, config: Config, recorder: EventRecorder | None = None,
-                 grace_seconds: float = DEFAULT_GRACE) -> None:
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        config: Config,
+        recorder: EventRecorder | None = None,
+        grace_seconds: float = DEFAULT_GRACE,
+    ) -> None:
         super().__init__(store, clock, config, recorder)
         self.grace = grace_seconds
         self._seen: dict[str, _Seen] = {}  # node name → its Lease as last observed
@@ -73,7 +79,7 @@ class NodesController(Controller):
             return (name,)
         if not name.startswith(LEASE_PREFIX):
             return ()
-        node = name[len(LEASE_PREFIX):]
+        node = name[len(LEASE_PREFIX) :]
         # A renewal is only an observation: the node's timer (requeued at its expiry) looks at it
         # then. Only a node we hold to be lost (or one we have never looked at) needs a look now,
         # so 200 nodes renewing every 2 s cost no reconciles.
@@ -149,13 +155,15 @@ class NodesController(Controller):
         nodes: list[Node] = self.store.list("Node")[0]  # type: ignore[assignment]
         for lease in self.store.list("Lease")[0]:  # a lapse is rare: look at every node's Lease afresh
             if lease.metadata.name.startswith(LEASE_PREFIX):
-                self._observe(lease.metadata.name[len(LEASE_PREFIX):], lease)  # type: ignore[arg-type]
+                self._observe(lease.metadata.name[len(LEASE_PREFIX) :], lease)  # type: ignore[arg-type]
         lapsed = sum(1 for n in nodes if self._expiry(n.metadata.name) <= now)
         if lapsed == len(nodes) or (lapsed > 1 and lapsed > DISRUPTION_SHARE * len(nodes)):
             if not self._frozen:
                 self._frozen = True
-                msg = (f"{lapsed} of {len(nodes)} nodes missed their heartbeats at once; suspecting the control "
-                       "plane itself (a stall, a partition on its side), so nothing is evicted until they renew")
+                msg = (
+                    f"{lapsed} of {len(nodes)} nodes missed their heartbeats at once; suspecting the control "
+                    "plane itself (a stall, a partition on its side), so nothing is evicted until they renew"
+                )
                 log.warning(msg)
                 self.recorder.record(node, "Warning", REASON_FROZEN, msg)
             return DONE
@@ -196,13 +204,19 @@ class NodesController(Controller):
             node.status.phase = "NotReady"
             node = self.store.update_status(node)  # type: ignore[assignment]
             names = ", ".join(i.metadata.name for i in victims[:20]) + (" …" if len(victims) > 20 else "")
-            self.recorder.record(node, "Warning", REASON_NODE_LOST,
-                                 f"{msg}; {len(victims)} Instance(s) lost and replaced elsewhere"
-                                 + (f": {names}" if victims else ""))
+            self.recorder.record(
+                node,
+                "Warning",
+                REASON_NODE_LOST,
+                f"{msg}; {len(victims)} Instance(s) lost and replaced elsewhere"
+                + (f": {names}" if victims else ""),
+            )
         for inst in victims:
             inst.status.phase, inst.status.reason = "Lost", REASON_NODE_LOST
             inst.status.message = f"node {name} stopped renewing its lease"
             inst.status.ready = False
-            set_condition(inst.status, READY, "False", REASON_NODE_LOST, inst.status.message, self.clock.now_iso())
+            set_condition(
+                inst.status, READY, "False", REASON_NODE_LOST, inst.status.message, self.clock.now_iso()
+            )
             inst = self.store.update_status(inst)  # type: ignore[assignment]
             self.recorder.record(inst, "Warning", REASON_NODE_LOST, inst.status.message)

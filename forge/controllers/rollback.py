@@ -77,21 +77,32 @@ def restarted_instance(dep_name: str, instances: list[Instance]) -> Instance | N
     return next((i for i in current if i.spec.desired == "Running" and i.status.restarts > 0), None)
 
 
-def rollback_deployment(app: App, bad: Deployment, target: Deployment, deployments: list[Deployment]) -> Deployment:
+def rollback_deployment(
+    app: App, bad: Deployment, target: Deployment, deployments: list[Deployment]
+) -> Deployment:
     cfg = target.status.applied_config or target.spec.config
     config = cfg.model_copy(update={"secrets_version": None}) if cfg is not None else None
     return Deployment(
-        metadata=ObjectMeta(name=ds.next_deployment_name(app.metadata.name, deployments),
-                            labels={LABEL_APP: app.metadata.name},
-                            owner_ref=OwnerRef(kind="App", name=app.metadata.name, uid=app.metadata.uid)),
-        spec=DeploymentSpec(app=app.metadata.name, commit=target.spec.commit, ref=target.spec.ref,
-                            repo=target.spec.repo, trigger=Trigger(type="rollback"),
-                            rollback_of=target.metadata.name, config=config),
+        metadata=ObjectMeta(
+            name=ds.next_deployment_name(app.metadata.name, deployments),
+            labels={LABEL_APP: app.metadata.name},
+            owner_ref=OwnerRef(kind="App", name=app.metadata.name, uid=app.metadata.uid),
+        ),
+        spec=DeploymentSpec(
+            app=app.metadata.name,
+            commit=target.spec.commit,
+            ref=target.spec.ref,
+            repo=target.spec.repo,
+            trigger=Trigger(type="rollback"),
+            rollback_of=target.metadata.name,
+            config=config,
+        ),
     )
 
 
-def plan_rollback(app: App, deployments: list[Deployment], instances: list[Instance], now: float,
-                  settings: RollbackSettings) -> RollbackPlan:
+def plan_rollback(
+    app: App, deployments: list[Deployment], instances: list[Instance], now: float, settings: RollbackSettings
+) -> RollbackPlan:
     plan, now_iso = RollbackPlan(), iso(now)
     deps = ds.by_number(deployments)
     live = ds.live_deployment(app, deps)
@@ -111,13 +122,18 @@ def plan_rollback(app: App, deployments: list[Deployment], instances: list[Insta
             # A restart before promotion (inside min_ready) fails the release even when the
             # process came back ready: it would crash again once it took traffic.
             st.phase, st.reason, st.finished_time = "Failed", REASON_CRASH_LOOP, now_iso
-            st.message = (f"instance {restarted.metadata.name} restarted {restarted.status.restarts} time(s) "
-                          f"before the release went live")
+            st.message = (
+                f"instance {restarted.metadata.name} restarted {restarted.status.restarts} time(s) "
+                f"before the release went live"
+            )
         else:
             continue
         plan.notes.setdefault(name, []).append(
-            ("Warning", st.reason, f"{name} failed: {st.message}; {serving} keeps serving"))
-        plan.stop += [i.metadata.name for i in ds.instances_of(name, instances) if i.spec.desired == "Running"]
+            ("Warning", st.reason, f"{name} failed: {st.message}; {serving} keeps serving")
+        )
+        plan.stop += [
+            i.metadata.name for i in ds.instances_of(name, instances) if i.spec.desired == "Running"
+        ]
 
     if live is not None and work[live.metadata.name].phase == "Live":
         _judge_live(app, live, deps, instances, work[live.metadata.name], now, settings, plan)
@@ -128,8 +144,16 @@ def plan_rollback(app: App, deployments: list[Deployment], instances: list[Insta
     return plan
 
 
-def _judge_live(app: App, live: Deployment, deps: list[Deployment], instances: list[Instance],
-                st: DeploymentStatus, now: float, settings: RollbackSettings, plan: RollbackPlan) -> None:
+def _judge_live(
+    app: App,
+    live: Deployment,
+    deps: list[Deployment],
+    instances: list[Instance],
+    st: DeploymentStatus,
+    now: float,
+    settings: RollbackSettings,
+    plan: RollbackPlan,
+) -> None:
     name, now_iso, window = live.metadata.name, iso(now), settings.unhealthy_window_seconds
     health = ds.health_of(name, instances)
     reason, message = {
@@ -154,12 +178,15 @@ def _judge_live(app: App, live: Deployment, deps: list[Deployment], instances: l
     elif st.failing_since is not None and health == "True":
         stable = ds.min_ready_seconds(live)
         healthy = st.condition("Healthy")
-        since_ok = max(ds.time_of(healthy.last_transition_time if healthy else None, now),
-                       ds.time_of(st.last_restart_time, 0.0))
+        since_ok = max(
+            ds.time_of(healthy.last_transition_time if healthy else None, now),
+            ds.time_of(st.last_restart_time, 0.0),
+        )
         if now - since_ok >= stable:
             st.failing_since, st.failing_restarts = None, 0  # stable for a whole min_ready: over
             plan.notes.setdefault(name, []).append(
-                ("Normal", "Recovered", f"{name} has been ready for {stable:g}s without a restart"))
+                ("Normal", "Recovered", f"{name} has been ready for {stable:g}s without a restart")
+            )
             return
         plan.requeue_after = since_ok + stable - now
     if st.failing_since is None:
@@ -169,8 +196,11 @@ def _judge_live(app: App, live: Deployment, deps: list[Deployment], instances: l
     if now - since < window and not crash_loop:
         plan.requeue_after = min(plan.requeue_after or window, since + window - now)
         return
-    why = (f"restarted {st.failing_restarts} times in {now - since:.0f}s" if crash_loop
-           else f"failing for {window:g}s (restarting or no instance ready)")
+    why = (
+        f"restarted {st.failing_restarts} times in {now - since:.0f}s"
+        if crash_loop
+        else f"failing for {window:g}s (restarting or no instance ready)"
+    )
     if not app.spec.rollback_on_failure or st.reason == "RolledBack":
         return
     n = deployment_number(name)
@@ -181,14 +211,23 @@ def _judge_live(app: App, live: Deployment, deps: list[Deployment], instances: l
     if handled is None:
         target = ds.last_good_before(live, deps)
         if target is None:
-            set_condition(st, "RollbackPossible", "False", "NoEarlierRelease",
-                          f"no earlier release of {app.metadata.name} went live cleanly", now_iso)
+            set_condition(
+                st,
+                "RollbackPossible",
+                "False",
+                "NoEarlierRelease",
+                f"no earlier release of {app.metadata.name} went live cleanly",
+                now_iso,
+            )
             return
         handled = plan.new_deployment = rollback_deployment(app, live, target, deps)
-        plan.notes.setdefault(name, []).append((
-            "Warning", "RollingBack",
-            f"rolling back {name} to {target.metadata.name}: {why} (release {handled.metadata.name})",
-        ))
+        plan.notes.setdefault(name, []).append(
+            (
+                "Warning",
+                "RollingBack",
+                f"rolling back {name} to {target.metadata.name}: {why} (release {handled.metadata.name})",
+            )
+        )
     st.reason = "RolledBack"
     st.message = f"{why}; rolled back to {handled.spec.rollback_of or handled.spec.commit[:7]} ({handled.metadata.name})"
 
@@ -197,8 +236,15 @@ class RollbackController(AppKeyedController):
     name = "rollback"
     watches = ("App", "Deployment", "Instance")
 
-    def __init__(self, store: Store, clock: Clock, config: Config, recorder: EventRecorder | None = None,
-                 *, settings: RollbackSettings | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        config: Config,
+        recorder: EventRecorder | None = None,
+        *,
+        settings: RollbackSettings | None = None,
+    ) -> None:
         super().__init__(store, clock, config, recorder)
         self.settings = settings or RollbackSettings()
 

@@ -106,12 +106,21 @@ def rollout_phase(current: str, slots: dict[ds.Slot, Instance], replicas: int) -
 def is_moving_off(inst: Instance, app: App, draining: frozenset[str]) -> bool:
     """Running on a node being drained, and free to move (its app's storage lives elsewhere)."""
     node = inst.spec.node
-    return (node is not None and node in draining and inst.spec.desired == "Running"
-            and inst.status.phase not in INSTANCE_TERMINAL and app.status.storage_node != node)
+    return (
+        node is not None
+        and node in draining
+        and inst.spec.desired == "Running"
+        and inst.status.phase not in INSTANCE_TERMINAL
+        and app.status.storage_node != node
+    )
 
 
 def ensure_slots(
-    app: App, dep: Deployment, instances: list[Instance], secret: Secret | None, live: bool,
+    app: App,
+    dep: Deployment,
+    instances: list[Instance],
+    secret: Secret | None,
+    live: bool,
     draining: frozenset[str] = frozenset(),
 ) -> tuple[list[Instance], list[str]]:
     """Instances to create (missing or replacement) and to stop (replaced, out of range).
@@ -127,10 +136,14 @@ def ensure_slots(
         if inst is None:
             create.append(ds.new_instance(app, dep, cfg, secret, idx, process=proc))
         elif ds.needs_replacement(inst, live) and ds.replacement_of(inst) < MAX_REPLACEMENTS:
-            create.append(ds.new_instance(app, dep, cfg, secret, idx, ds.replacement_of(inst) + 1, process=proc))
+            create.append(
+                ds.new_instance(app, dep, cfg, secret, idx, ds.replacement_of(inst) + 1, process=proc)
+            )
             stop.append(inst.metadata.name)
         elif is_moving_off(inst, app, draining) and ds.replacement_of(inst) < MAX_REPLACEMENTS:
-            create.append(ds.new_instance(app, dep, cfg, secret, idx, ds.replacement_of(inst) + 1, process=proc))
+            create.append(
+                ds.new_instance(app, dep, cfg, secret, idx, ds.replacement_of(inst) + 1, process=proc)
+            )
     keep = set(wanted)
     stop += [i.metadata.name for slot, i in cur.items() if slot not in keep and i.spec.desired == "Running"]
     return create, stop
@@ -145,8 +158,15 @@ def release_command(dep: Deployment) -> dict[str, Any] | None:
     return rel
 
 
-def release_gate(app: App, dep: Deployment, st: DeploymentStatus, instances: list[Instance],
-                 secret: Secret | None, plan: RolloutPlan, note: Any) -> bool:
+def release_gate(
+    app: App,
+    dep: Deployment,
+    st: DeploymentStatus,
+    instances: list[Instance],
+    secret: Secret | None,
+    plan: RolloutPlan,
+    note: Any,
+) -> bool:
     """Run the release command once before any Instance of ``dep`` starts; True once it succeeded.
     Its end is recorded in ``status.releasePhase`` (this controller's field), so it runs at most
     once per Deployment whatever restarts: the one-shot Instance has a fixed name."""
@@ -161,32 +181,69 @@ def release_gate(app: App, dep: Deployment, st: DeploymentStatus, instances: lis
     inst = next((i for i in instances if i.metadata.name == name), None)
     if st.release_phase is None:
         st.release_phase = ReleasePhase(instance=name)
-        note(dep.metadata.name, "Normal", "ReleaseCommandStarted", f"{dep.metadata.name}: running {rel['command']!r}")
+        note(
+            dep.metadata.name,
+            "Normal",
+            "ReleaseCommandStarted",
+            f"{dep.metadata.name}: running {rel['command']!r}",
+        )
     if inst is None:
         cfg = ds.effective_config(app, dep, secret)
-        plan.create.append(ds.oneshot_instance(app, dep, cfg, secret, name, OneShot(
-            type="release", command=str(rel["command"]), timeout_seconds=float(rel.get("timeoutSeconds") or 600.0))))
+        plan.create.append(
+            ds.oneshot_instance(
+                app,
+                dep,
+                cfg,
+                secret,
+                name,
+                OneShot(
+                    type="release",
+                    command=str(rel["command"]),
+                    timeout_seconds=float(rel.get("timeoutSeconds") or 600.0),
+                ),
+            )
+        )
         return False
     rp = st.release_phase
     if inst.status.phase == "Succeeded":
-        rp.phase, rp.exit_code, rp.reason, rp.message = "Succeeded", inst.status.exit_code, "", "exited with code 0"
-        note(dep.metadata.name, "Normal", "ReleaseCommandSucceeded", f"{dep.metadata.name}: release command succeeded")
+        rp.phase, rp.exit_code, rp.reason, rp.message = (
+            "Succeeded",
+            inst.status.exit_code,
+            "",
+            "exited with code 0",
+        )
+        note(
+            dep.metadata.name,
+            "Normal",
+            "ReleaseCommandSucceeded",
+            f"{dep.metadata.name}: release command succeeded",
+        )
         return True
-    if inst.status.phase in ("Failed", "Lost") or (inst.spec.desired == "Stopped" and inst.status.phase == "Stopped"):
+    if inst.status.phase in ("Failed", "Lost") or (
+        inst.spec.desired == "Stopped" and inst.status.phase == "Stopped"
+    ):
         timeout = inst.status.reason == "Timeout"
         rp.phase, rp.exit_code = "Failed", inst.status.exit_code
         rp.reason = "ReleaseCommandTimeout" if timeout else "ReleaseCommandFailed"
         rp.message = (inst.status.message or inst.status.reason or inst.status.phase)[:300]
         st.phase, st.reason, st.finished_time = "Failed", rp.reason, iso_now(plan)
-        st.message = (f"release command {'timed out' if timeout else 'failed'}: {rp.message} "
-                      f"(forge logs --deployment {dep.metadata.name} --release)")
+        st.message = (
+            f"release command {'timed out' if timeout else 'failed'}: {rp.message} "
+            f"(forge logs --deployment {dep.metadata.name} --release)"
+        )
         note(dep.metadata.name, "Warning", rp.reason, f"{dep.metadata.name} failed: {st.message}")
     return False
 
 
 def plan_rollout(
-    app: App, deployments: list[Deployment], instances: list[Instance], secret: Secret | None,
-    now: float, settings: RolloutSettings, url: str, draining: frozenset[str] = frozenset(),
+    app: App,
+    deployments: list[Deployment],
+    instances: list[Instance],
+    secret: Secret | None,
+    now: float,
+    settings: RolloutSettings,
+    url: str,
+    draining: frozenset[str] = frozenset(),
 ) -> RolloutPlan:
     plan, now_iso = RolloutPlan(), iso(now)
     deps = ds.by_number(deployments)
@@ -212,19 +269,32 @@ def plan_rollout(
         st.message = f"{newest.metadata.name} was pushed before it went live"  # type: ignore[union-attr]
         note(d.metadata.name, "Normal", "Cancelled", f"{d.metadata.name} cancelled: {st.message}")
 
-    wanted = newest if newest is not None and newest is not live and not (
-        work[newest.metadata.name].phase in DEPLOYMENT_TERMINAL or work[newest.metadata.name].phase == "Live"
-    ) else None
+    wanted = (
+        newest
+        if newest is not None
+        and newest is not live
+        and not (
+            work[newest.metadata.name].phase in DEPLOYMENT_TERMINAL
+            or work[newest.metadata.name].phase == "Live"
+        )
+        else None
+    )
     plan.now_iso = now_iso
     if wanted is not None:
         name, st = wanted.metadata.name, work[wanted.metadata.name]
         rel = release_command(wanted)
-        deadline = ds.time_of(st.created_time, now) + settings.progress_deadline_seconds + (
-            float(rel.get("timeoutSeconds") or 600.0) if rel is not None else 0.0)
+        deadline = (
+            ds.time_of(st.created_time, now)
+            + settings.progress_deadline_seconds
+            + (float(rel.get("timeoutSeconds") or 600.0) if rel is not None else 0.0)
+        )
         cfg = ds.effective_config(app, wanted, secret)
         n_slots = len(ds.wanted_slots(cfg, st.manifest))
-        all_ready = st.manifest is not None and ds.count_ready(name, instances) >= n_slots and (
-            rel is None or (st.release_phase is not None and st.release_phase.phase == "Succeeded"))
+        all_ready = (
+            st.manifest is not None
+            and ds.count_ready(name, instances) >= n_slots
+            and (rel is None or (st.release_phase is not None and st.release_phase.phase == "Succeeded"))
+        )
         # Ready is not enough: every Instance must *stay* ready for health.min_ready first, so a
         # release that passes one probe and then dies never takes a request.
         settle = ds.min_ready_wait(wanted, instances, now) if all_ready else 0.0
@@ -288,8 +358,13 @@ def plan_rollout(
     return plan
 
 
-def _stops(work: dict[str, DeploymentStatus], instances: list[Instance],
-           now: float, settings: RolloutSettings, wakes: list[float]) -> list[str]:
+def _stops(
+    work: dict[str, DeploymentStatus],
+    instances: list[Instance],
+    now: float,
+    settings: RolloutSettings,
+    wakes: list[float],
+) -> list[str]:
     stop: list[str] = []
     slots = {n: ds.current_by_slot(n, instances) for n in {i.spec.deployment for i in instances}}
     for inst in instances:
@@ -300,13 +375,23 @@ def _stops(work: dict[str, DeploymentStatus], instances: list[Instance],
         if inst.spec.oneshot is not None:
             if inst.spec.oneshot.type != "release":
                 continue  # cron and one-off runs belong to their own owners
-            if inst.status.phase in ("Succeeded", "Failed") or st is None or st.phase in ("Failed", "Cancelled"):
+            if (
+                inst.status.phase in ("Succeeded", "Failed")
+                or st is None
+                or st.phase in ("Failed", "Cancelled")
+            ):
                 stop.append(inst.metadata.name)  # ended (its record stays) or its release is gone
             continue
         current = slots[dep_name].get(ds.slot_of(inst))
-        if (st is not None and st.phase not in ("Failed", "Cancelled", "Superseded") and current is not None
-                and current is not inst and ds.is_ready(inst)
-                and current.spec.desired == "Running" and current.status.phase not in INSTANCE_TERMINAL):
+        if (
+            st is not None
+            and st.phase not in ("Failed", "Cancelled", "Superseded")
+            and current is not None
+            and current is not inst
+            and ds.is_ready(inst)
+            and current.spec.desired == "Running"
+            and current.status.phase not in INSTANCE_TERMINAL
+        ):
             # Moving (a drain): the old one serves until its replacement is ready, then drains
             # like a superseded release before it is asked to stop.
             if not ds.is_ready(current):
@@ -328,8 +413,16 @@ def _stops(work: dict[str, DeploymentStatus], instances: list[Instance],
     return stop
 
 
-def _app_status(app: App, deps: list[Deployment], work: dict[str, DeploymentStatus], instances: list[Instance],
-                live: Deployment | None, wanted: Deployment | None, url: str, now_iso: str) -> AppStatus | None:
+def _app_status(
+    app: App,
+    deps: list[Deployment],
+    work: dict[str, DeploymentStatus],
+    instances: list[Instance],
+    live: Deployment | None,
+    wanted: Deployment | None,
+    url: str,
+    now_iso: str,
+) -> AppStatus | None:
     new = app.status.model_copy(deep=True)
     new.observed_generation = app.metadata.generation
     if deps:
@@ -349,12 +442,19 @@ def _app_status(app: App, deps: list[Deployment], work: dict[str, DeploymentStat
         msg = f"{newest.metadata.name} failed: {st.message or st.reason}"
         set_condition(new, "Progressing", "False", st.reason or "ReleaseFailed", msg, now_iso)
     elif live is not None:
-        set_condition(new, "Progressing", "True", "ReleaseAvailable", f"{live.metadata.name} is live", now_iso)
+        set_condition(
+            new, "Progressing", "True", "ReleaseAvailable", f"{live.metadata.name} is live", now_iso
+        )
     return new if new.model_dump() != app.status.model_dump() else None
 
 
-def _config_release(app: App, deps: list[Deployment], work: dict[str, DeploymentStatus],
-                    live: Deployment | None, secret: Secret | None) -> Deployment | None:
+def _config_release(
+    app: App,
+    deps: list[Deployment],
+    work: dict[str, DeploymentStatus],
+    live: Deployment | None,
+    secret: Secret | None,
+) -> Deployment | None:
     """A new release of the live commit when the App's config moved past the newest release."""
     if live is None or live.status.manifest is None or not deps:
         return None
@@ -370,20 +470,32 @@ def _config_release(app: App, deps: list[Deployment], work: dict[str, Deployment
         return None
     name = ds.next_deployment_name(app.metadata.name, deps)
     return Deployment(
-        metadata=ObjectMeta(name=name, labels={LABEL_APP: app.metadata.name},
-                            owner_ref=OwnerRef(kind="App", name=app.metadata.name, uid=app.metadata.uid)),
-        spec=DeploymentSpec(app=app.metadata.name, commit=live.spec.commit, ref=live.spec.ref,
-                            repo=live.spec.repo, trigger=Trigger(type="config"), config=want),
+        metadata=ObjectMeta(
+            name=name,
+            labels={LABEL_APP: app.metadata.name},
+            owner_ref=OwnerRef(kind="App", name=app.metadata.name, uid=app.metadata.uid),
+        ),
+        spec=DeploymentSpec(
+            app=app.metadata.name,
+            commit=live.spec.commit,
+            ref=live.spec.ref,
+            repo=live.spec.repo,
+            trigger=Trigger(type="config"),
+            config=want,
+        ),
     )
 
 
-def plan_teardown(deployments: list[Deployment], instances: list[Instance]) -> tuple[list[str], list[str], list[str]]:
+def plan_teardown(
+    deployments: list[Deployment], instances: list[Instance]
+) -> tuple[list[str], list[str], list[str]]:
     """App gone: (instances to stop, instances to delete, deployments to delete)."""
     stop = [i.metadata.name for i in instances if i.spec.desired == "Running"]
     gone = [
-        i.metadata.name for i in instances
-        if i.spec.desired == "Stopped" and (i.status.phase in INSTANCE_TERMINAL or (
-            i.status.phase in ("", "Pending") and not i.spec.node))
+        i.metadata.name
+        for i in instances
+        if i.spec.desired == "Stopped"
+        and (i.status.phase in INSTANCE_TERMINAL or (i.status.phase in ("", "Pending") and not i.spec.node))
     ]
     left = {i.spec.deployment for i in instances if i.metadata.name not in gone}
     return stop, gone, [d.metadata.name for d in deployments if d.metadata.name not in left]
@@ -393,8 +505,15 @@ class RolloutController(AppKeyedController):
     name = "rollout"
     watches = ("App", "Deployment", "Instance", "Secret", "Node")
 
-    def __init__(self, store: Store, clock: Clock, config: Config, recorder: EventRecorder | None = None,
-                 *, settings: RolloutSettings | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        config: Config,
+        recorder: EventRecorder | None = None,
+        *,
+        settings: RolloutSettings | None = None,
+    ) -> None:
         super().__init__(store, clock, config, recorder)
         self.settings = settings or RolloutSettings()
 
@@ -442,7 +561,9 @@ class RolloutController(AppKeyedController):
         if secret is not None and secret.spec.app != key:
             secret = None
         url = ds.app_url(key, self.config.domain, self.config.tls, self.config.http_listen)
-        plan = plan_rollout(app, deps, insts, secret, self.clock.now(), self.settings, url, self._draining(insts))
+        plan = plan_rollout(
+            app, deps, insts, secret, self.clock.now(), self.settings, url, self._draining(insts)
+        )
         self._apply(app, deps, insts, plan)
         return Result(requeue_after=plan.requeue_after) if plan.requeue_after is not None else DONE
 
@@ -466,16 +587,34 @@ class RolloutController(AppKeyedController):
                 continue  # created by an earlier run we did not see finish
         ds.stop_instances(self.store, [i for i in insts if i.metadata.name in plan.stop])
         for inst in plan.create:
-            moved = next((i for i in insts if i.spec.deployment == inst.spec.deployment
-                          and ds.slot_of(i) == ds.slot_of(inst) and i.spec.node and i.metadata.name not in plan.stop
-                          and i.status.phase not in INSTANCE_TERMINAL and i.spec.desired == "Running"), None)
+            moved = next(
+                (
+                    i
+                    for i in insts
+                    if i.spec.deployment == inst.spec.deployment
+                    and ds.slot_of(i) == ds.slot_of(inst)
+                    and i.spec.node
+                    and i.metadata.name not in plan.stop
+                    and i.status.phase not in INSTANCE_TERMINAL
+                    and i.spec.desired == "Running"
+                ),
+                None,
+            )
             if moved is not None:
-                self.recorder.record(moved, "Normal", REASON_MOVING,
-                                     f"node {moved.spec.node} is draining: {inst.metadata.name} replaces it elsewhere")
+                self.recorder.record(
+                    moved,
+                    "Normal",
+                    REASON_MOVING,
+                    f"node {moved.spec.node} is draining: {inst.metadata.name} replaces it elsewhere",
+                )
         if plan.new_deployment is not None:
             created = self.store.create(plan.new_deployment)
-            self.recorder.record(app, "Normal", "ConfigChanged",
-                                 f"config changed: releasing {created.metadata.name} (commit {created.spec.commit[:7]})")
+            self.recorder.record(
+                app,
+                "Normal",
+                "ConfigChanged",
+                f"config changed: releasing {created.metadata.name} (commit {created.spec.commit[:7]})",
+            )
 
     def _teardown(self, key: str) -> Result:
         deps, insts = self._read(key)

@@ -78,8 +78,12 @@ _AUTO: Final = object()
 
 def host_inputs(app: App) -> tuple[Any, ...]:
     """What of an App its hosts in Caddy's config derive from (``service_routes``, ``_allocate``)."""
-    return (app.metadata.deletion_timestamp is None, tuple(app.spec.domains), bool(app.status.live_deployment),
-            app.status.service_address)
+    return (
+        app.metadata.deletion_timestamp is None,
+        tuple(app.spec.domains),
+        bool(app.status.live_deployment),
+        app.status.service_address,
+    )
 
 
 def tls_ask_url(config: Config) -> str:
@@ -88,16 +92,22 @@ def tls_ask_url(config: Config) -> str:
     return f"http://{host}:{port}/api/v1/tls/ask"
 
 
-def router_base_config(config: Config, routes: dict[str, list[str]] | None = None,
-                       kernel: bool = False) -> dict[str, Any]:
+def router_base_config(
+    config: Config, routes: dict[str, list[str]] | None = None, kernel: bool = False
+) -> dict[str, Any]:
     """The whole Caddy config for this Forge (``forge up`` starts Caddy with it, routes empty).
 
     In kernel mode Caddy opens a new upstream connection per request (no upstream keep-alive):
     every request then meets the kernel's current map, so a switch takes effect at once and
     no pooled connection to a stopped release can fail a request."""
     return base_config(
-        config.http_listen, config.effective_caddy_admin, config.tls, tls_ask_url(config), config.domain,
-        https_listen=getattr(config, "https_listen", None) or None, routes=routes,
+        config.http_listen,
+        config.effective_caddy_admin,
+        config.tls,
+        tls_ask_url(config),
+        config.domain,
+        https_listen=getattr(config, "https_listen", None) or None,
+        routes=routes,
         upstream_keepalive=not kernel,
     )
 
@@ -108,13 +118,17 @@ class _Metrics:
             "forge_router_updates_total", "Changes applied to Caddy", ["method"], registry=registry
         )
         self.seconds = Histogram(
-            "forge_router_update_seconds", "Time of one Caddy update", registry=registry,
+            "forge_router_update_seconds",
+            "Time of one Caddy update",
+            registry=registry,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
         )
         self.failures = Counter(
             "forge_router_resync_failures_total", "Reconciles that could not reach Caddy", registry=registry
         )
-        self.hosts = Gauge("forge_router_hosts", "Hostnames routed to at least one instance", registry=registry)
+        self.hosts = Gauge(
+            "forge_router_hosts", "Hostnames routed to at least one instance", registry=registry
+        )
 
 
 class RouterController(Controller):
@@ -159,7 +173,9 @@ class RouterController(Controller):
         self.services: ServiceMap | None = self._service_map(config) if services is _AUTO else services
         self.mode = "kernel" if self.services is not None else "caddy"
         if node_routes is _AUTO:
-            node_routes = NodeRoutes(config.data_dir) if services is _AUTO and self.services is not None else None
+            node_routes = (
+                NodeRoutes(config.data_dir) if services is _AUTO and self.services is not None else None
+            )
         self.node_routes: NodeRoutes | None = node_routes
         self._route_problems: dict[str, str] = {}
 
@@ -168,7 +184,9 @@ class RouterController(Controller):
         missing = nft_available()
         if missing is None:
             return ServiceMap(config.data_dir, config.service_address)
-        log.warning("router: Caddy dials Instances directly (%s); every switch rewrites Caddy's host map", missing)
+        log.warning(
+            "router: Caddy dials Instances directly (%s); every switch rewrites Caddy's host map", missing
+        )
         return None
 
     def keys_for(self, event: WatchEvent) -> Iterable[str]:
@@ -189,7 +207,14 @@ class RouterController(Controller):
         # A Node: its address and existence decide the dials of the Instances bound to it; its
         # address and instance subnet, the routes to it.
         routes = (KEY_NODE_ROUTES,) if self.node_routes is not None else ()
-        return routes + tuple(sorted({APP_BACKENDS + i.spec.app for i in read_only_field(self.store, Instance, "spec.node", obj.metadata.name)}))
+        return routes + tuple(
+            sorted(
+                {
+                    APP_BACKENDS + i.spec.app
+                    for i in read_only_field(self.store, Instance, "spec.node", obj.metadata.name)
+                }
+            )
+        )
 
     def all_keys(self) -> Iterable[str]:
         if self.mode == "caddy":
@@ -207,7 +232,9 @@ class RouterController(Controller):
         if self._want is None or version is None or version != self._want_version:
             apps, instances, nodes = self._snapshot()
             want = service_backends(apps, instances, nodes, self.services.address)
-            self._port_of = {a.metadata.name: p for a in apps if (p := service_port(a, self.services.address)) in want}
+            self._port_of = {
+                a.metadata.name: p for a in apps if (p := service_port(a, self.services.address)) in want
+            }
             self._want, self._want_version = want, version
         return dict(self._want)
 
@@ -231,7 +258,7 @@ class RouterController(Controller):
         if key == KEY_NODE_ROUTES and self.node_routes is not None:
             return self._reconcile_node_routes()
         if key.startswith(APP_BACKENDS) and self.services is not None:
-            return self._reconcile_app_backends(key[len(APP_BACKENDS):])
+            return self._reconcile_app_backends(key[len(APP_BACKENDS) :])
         if key == KEY_BACKENDS and self.services is not None:
             return self._reconcile_backends()
         if key == KEY_HOSTS and self.services is not None:
@@ -251,8 +278,12 @@ class RouterController(Controller):
             return Result(requeue_after=RETRY_SECONDS)
         if self._unreachable:
             self._unreachable = False
-            self.recorder.record(self._subject, "Normal", REASON_REACHABLE, f"caddy admin API at "
-                                 f"{self.caddy.admin_url} answers again")
+            self.recorder.record(
+                self._subject,
+                "Normal",
+                REASON_REACHABLE,
+                f"caddy admin API at {self.caddy.admin_url} answers again",
+            )
         return None
 
     # ------------------------------------------------------------------ kernel mode
@@ -273,7 +304,11 @@ class RouterController(Controller):
             inputs = {a.metadata.name: host_inputs(a) for a in apps}
             if self._hosts is None or inputs != self._host_inputs:
                 routes = service_routes(apps, self.config.domain)
-                self._hosts = routes, routes_digest(routes), router_base_config(self.config, routes, kernel=True)
+                self._hosts = (
+                    routes,
+                    routes_digest(routes),
+                    router_base_config(self.config, routes, kernel=True),
+                )
                 self._host_inputs = inputs
         routes, digest, want = self._hosts
         self.metrics.hosts.set(len(routes))
@@ -289,7 +324,9 @@ class RouterController(Controller):
         assert self.services is not None
         ip = self.services.address
         held = {a.metadata.name: p for a in apps if (p := service_port(a, ip)) is not None}
-        new = allocate_ports(sorted(a.metadata.name for a in apps if a.metadata.deletion_timestamp is None), held)
+        new = allocate_ports(
+            sorted(a.metadata.name for a in apps if a.metadata.deletion_timestamp is None), held
+        )
         wrote = False
         for app in apps:
             port = new.get(app.metadata.name)
@@ -324,12 +361,20 @@ class RouterController(Controller):
         self.metrics.seconds.observe(self.clock.monotonic() - start)
         self.metrics.updates.labels(method="load").inc()
         if have is None:
-            self.recorder.record(self._subject, "Normal", REASON_RELOADED,
-                                 "caddy had no config (restarted?); the whole config was loaded")
+            self.recorder.record(
+                self._subject,
+                "Normal",
+                REASON_RELOADED,
+                "caddy had no config (restarted?); the whole config was loaded",
+            )
         elif self._caddy_want is not None and have != self._caddy_want:
             # Not a change of ours: Caddy holds something Forge never loaded. Repaired.
-            self.recorder.record(self._subject, "Warning", REASON_DRIFT,
-                                 "caddy's config differed from the one Forge loaded; the whole config was loaded again")
+            self.recorder.record(
+                self._subject,
+                "Warning",
+                REASON_DRIFT,
+                "caddy's config differed from the one Forge loaded; the whole config was loaded again",
+            )
         self._caddy_want = want
         log.info("router: caddy config loaded")
 
@@ -372,8 +417,12 @@ class RouterController(Controller):
                 if self.services.ensure():
                     log.info("router: service table %s created", self.services.table)
                 if self.services.verify(backends) and self._next_verify:
-                    self.recorder.record(self._map_subject, "Warning", REASON_MAP_REPAIRED,
-                                         f"nftables map {self.services.table} differed from the store; repaired")
+                    self.recorder.record(
+                        self._map_subject,
+                        "Warning",
+                        REASON_MAP_REPAIRED,
+                        f"nftables map {self.services.table} differed from the store; repaired",
+                    )
                 self._next_verify = start + VERIFY_SECONDS
                 changed = []
             else:
@@ -405,12 +454,17 @@ class RouterController(Controller):
         by_name = {n.metadata.name: n for n in nodes}
         for name, why in problems.items():
             if self._route_problems.get(name) != why and name in by_name:
-                self.recorder.record(by_name[name], "Warning", REASON_ROUTE_FAILED,
-                                     f"the proxy cannot reach node {name}'s Instances: {why}")
+                self.recorder.record(
+                    by_name[name],
+                    "Warning",
+                    REASON_ROUTE_FAILED,
+                    f"the proxy cannot reach node {name}'s Instances: {why}",
+                )
         for name in set(self._route_problems) - set(problems):
             if name in by_name:
-                self.recorder.record(by_name[name], "Normal", REASON_ROUTED,
-                                     f"node {name}'s instance subnet is routed again")
+                self.recorder.record(
+                    by_name[name], "Normal", REASON_ROUTED, f"node {name}'s instance subnet is routed again"
+                )
         self._route_problems = problems
         return Result(requeue_after=ROUTES_VERIFY_SECONDS)  # a route someone removed comes back
 
@@ -426,8 +480,12 @@ class RouterController(Controller):
     def _caddy_back(self) -> None:
         if self._unreachable:
             self._unreachable = False
-            self.recorder.record(self._subject, "Normal", REASON_REACHABLE, f"caddy admin API at "
-                                 f"{self.caddy.admin_url} answers again")
+            self.recorder.record(
+                self._subject,
+                "Normal",
+                REASON_REACHABLE,
+                f"caddy admin API at {self.caddy.admin_url} answers again",
+            )
 
     # ------------------------------------------------------------------ caddy mode
     def _apply(self, routes: dict[str, list[str]]) -> None:
@@ -438,8 +496,12 @@ class RouterController(Controller):
         if stamp is None:
             self.caddy.load(router_base_config(self.config, routes))
             method = "load"
-            self.recorder.record(self._subject, "Normal", REASON_RELOADED,
-                                 "caddy had no Forge config (restarted?); base config and routes loaded")
+            self.recorder.record(
+                self._subject,
+                "Normal",
+                REASON_RELOADED,
+                "caddy had no Forge config (restarted?); base config and routes loaded",
+            )
         else:
             self.caddy.patch_id(HOSTMAP_ID, "/handle", hostmap_handlers(routes))
             method = "patch"

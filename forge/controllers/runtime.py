@@ -65,15 +65,22 @@ class Backoff:
 class _Metrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.total = Counter(
-            "forge_controller_reconcile_total", "Reconciles by controller and result",
-            ["controller", "result"], registry=registry,
+            "forge_controller_reconcile_total",
+            "Reconciles by controller and result",
+            ["controller", "result"],
+            registry=registry,
         )
         self.seconds = Histogram(
-            "forge_controller_reconcile_seconds", "Time spent in one reconcile", ["controller"],
-            registry=registry, buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            "forge_controller_reconcile_seconds",
+            "Time spent in one reconcile",
+            ["controller"],
+            registry=registry,
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
         self.depth = Gauge(
-            "forge_controller_queue_depth", "Keys waiting in a controller's work queue", ["controller"],
+            "forge_controller_queue_depth",
+            "Keys waiting in a controller's work queue",
+            ["controller"],
             registry=registry,
         )
 
@@ -144,8 +151,13 @@ class ControllerRuntime:
             for c in self.controllers:
                 if c.resync_seconds and c.resync_seconds > 0:
                     self._scheduler.add_job(
-                        self._add_all, "interval", seconds=c.resync_seconds, args=(c, "resync"),
-                        id=f"resync-{c.name}", coalesce=True, max_instances=1,
+                        self._add_all,
+                        "interval",
+                        seconds=c.resync_seconds,
+                        args=(c, "resync"),
+                        id=f"resync-{c.name}",
+                        coalesce=True,
+                        max_instances=1,
                     )
             self._scheduler.start()
         log.info("controller runtime started: %s", ", ".join(c.name for c in self.controllers))
@@ -240,7 +252,9 @@ class ControllerRuntime:
             try:
                 keys = list(c.keys_for(ev))
             except Exception:
-                log.exception("%s: keys_for(%s %s/%s) failed", c.name, ev.type, ev.object.kind, ev.object.name)
+                log.exception(
+                    "%s: keys_for(%s %s/%s) failed", c.name, ev.type, ev.object.kind, ev.object.name
+                )
                 continue
             self._add(c, keys, from_change=True)
 
@@ -307,7 +321,12 @@ class ControllerRuntime:
             delay = backoff.next(key)
             log.error(
                 "%s: reconcile %s failed (attempt %d, retry in %.2fs): %s: %s",
-                c.name, key, backoff.failures(key), delay, type(exc).__name__, exc,
+                c.name,
+                key,
+                backoff.failures(key),
+                delay,
+                type(exc).__name__,
+                exc,
                 exc_info=backoff.failures(key) == 1,
             )
             q.add_after(key, delay)

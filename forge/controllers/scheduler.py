@@ -48,8 +48,12 @@ TOPOLOGY_ZONE: Final[str] = "topology.forge.dev/zone"
 
 def is_node_ready(node: Node) -> bool:
     """Ready and open for new Instances (not cordoned, not draining, not being deleted)."""
-    return (node.status.is_true("Ready") and not node.spec.unschedulable and not node.spec.drain
-            and node.metadata.deletion_timestamp is None)
+    return (
+        node.status.is_true("Ready")
+        and not node.spec.unschedulable
+        and not node.spec.drain
+        and node.metadata.deletion_timestamp is None
+    )
 
 
 def needs_binding(inst: Instance) -> bool:
@@ -63,7 +67,9 @@ def needs_binding(inst: Instance) -> bool:
 
 def needs_status(inst: Instance) -> bool:
     """Bound, but the Scheduled status did not get written (a crash between the two writes)."""
-    return bool(inst.spec.node) and inst.status.phase in ("", "Pending") and not inst.status.is_true(SCHEDULED)
+    return (
+        bool(inst.spec.node) and inst.status.phase in ("", "Pending") and not inst.status.is_true(SCHEDULED)
+    )
 
 
 def _fmt_mem(n: float) -> str:
@@ -98,23 +104,35 @@ def compute_usage(instances: Iterable[Instance], skip: str = "") -> dict[str, No
     return used
 
 
-def choose_node(instance: Instance, nodes: list[Node], instances: list[Instance],
-                pinned: str | None = None, usage: dict[str, NodeUsage] | None = None) -> tuple[Node | None, str]:
+def choose_node(
+    instance: Instance,
+    nodes: list[Node],
+    instances: list[Instance],
+    pinned: str | None = None,
+    usage: dict[str, NodeUsage] | None = None,
+) -> tuple[Node | None, str]:
     """Pick a node for ``instance`` (pure). Returns (node, "") or (None, why nothing fits).
 
     ``instances``: at least every Instance of the same Deployment (they decide the spread);
     ``usage``: every node's summed requests (computed from ``instances`` when not given).
     ``pinned``: the only node it may go to (the one holding its app's persistent storage)."""
     if pinned is not None:
-        node, why = choose_node(instance, [n for n in nodes if n.metadata.name == pinned], instances, usage=usage)
+        node, why = choose_node(
+            instance, [n for n in nodes if n.metadata.name == pinned], instances, usage=usage
+        )
         return node, why and f"pinned to node {pinned}, which holds the app's storage: {why}"
     want = instance.spec.resources
     me = instance.metadata.name
     used = usage if usage is not None else compute_usage(instances, skip=me)
     same_node: dict[str, int] = {}  # node → replicas of this Deployment already there
     for other in instances:
-        if (other.spec.deployment == instance.spec.deployment and other.spec.node and other.metadata.name != me
-                and other.status.phase not in INSTANCE_TERMINAL and other.spec.desired == "Running"):
+        if (
+            other.spec.deployment == instance.spec.deployment
+            and other.spec.node
+            and other.metadata.name != me
+            and other.status.phase not in INSTANCE_TERMINAL
+            and other.spec.desired == "Running"
+        ):
             same_node[other.spec.node] = same_node.get(other.spec.node, 0) + 1
     candidates: list[tuple[Node, float]] = []  # (node, memory fraction allocated once it is placed)
     cordoned = not_ready = unmatched = short_cpu = short_mem = 0
@@ -181,7 +199,9 @@ class SchedulerController(Controller):
         return (inst.metadata.name,) if needs_binding(inst) or needs_status(inst) else ()
 
     def all_keys(self) -> Iterable[str]:
-        return [i.metadata.name for i in read_only(self.store, Instance) if needs_binding(i) or needs_status(i)]
+        return [
+            i.metadata.name for i in read_only(self.store, Instance) if needs_binding(i) or needs_status(i)
+        ]
 
     def reconcile(self, key: str) -> Result | None:
         try:
@@ -196,8 +216,9 @@ class SchedulerController(Controller):
         usage = compute_usage(read_only(self.store, Instance), skip=inst.metadata.name)
         siblings = read_only_field(self.store, Instance, "spec.app", inst.spec.app)  # they decide the spread
         app = self._storage_app(inst)
-        node, why = choose_node(inst, nodes, siblings, app.status.storage_node if app is not None else None,
-                                usage=usage)
+        node, why = choose_node(
+            inst, nodes, siblings, app.status.storage_node if app is not None else None, usage=usage
+        )
         now = self.clock.now_iso()
         if node is None:
             msg = f"{why}; retrying"
@@ -234,8 +255,12 @@ class SchedulerController(Controller):
             return
         why = "lost" if old.status.phase == "Lost" else "draining" if node.spec.drain else ""
         if why:
-            self.recorder.record(node, "Normal", REASON_MOVED,
-                                 f"{before} ({why}) replaced by {inst.metadata.name} on node {name}")
+            self.recorder.record(
+                node,
+                "Normal",
+                REASON_MOVED,
+                f"{before} ({why}) replaced by {inst.metadata.name} on node {name}",
+            )
 
     def _storage_app(self, inst: Instance) -> App | None:
         """The App when this Instance mounts its persistent storage (then it is pinned)."""

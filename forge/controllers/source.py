@@ -77,9 +77,16 @@ class SourceController(Controller):
     watches: ClassVar[tuple[str, ...]] = ("Deployment",)
     resync_seconds: ClassVar[float] = 60.0
 
-    def __init__(self, store: Store, clock: Clock, config: Config, recorder: EventRecorder | None = None,
-                 git: GitSource | None = None, fetch_attempts: int = FETCH_ATTEMPTS,
-                 fetch_deadline: float = FETCH_DEADLINE) -> None:
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        config: Config,
+        recorder: EventRecorder | None = None,
+        git: GitSource | None = None,
+        fetch_attempts: int = FETCH_ATTEMPTS,
+        fetch_deadline: float = FETCH_DEADLINE,
+    ) -> None:
         super().__init__(store, clock, config, recorder)
         self.git = git or GitSource(Path(config.data_dir) / "source-cache")
         self.fetch_attempts, self.fetch_deadline = fetch_attempts, fetch_deadline
@@ -109,8 +116,9 @@ class SourceController(Controller):
         changed = False
         if not dep.status.phase:
             dep.status.phase, changed = "Pending", True
-        changed |= set_condition(dep.status, SOURCE_READY, "Unknown", REASON_FETCHING,
-                                 f"fetching {commit[:12]}", now)
+        changed |= set_condition(
+            dep.status, SOURCE_READY, "Unknown", REASON_FETCHING, f"fetching {commit[:12]}", now
+        )
         if changed:
             dep = self.store.update_status(dep)  # type: ignore[assignment]
 
@@ -119,8 +127,11 @@ class SourceController(Controller):
             try:
                 repo = self.store.get(App, dep.spec.app).spec.repo
             except NotFound:
-                return self._fail(dep, REASON_FETCH_FAILED, f"App {dep.spec.app} not found and the "
-                                  "Deployment names no repository")
+                return self._fail(
+                    dep,
+                    REASON_FETCH_FAILED,
+                    f"App {dep.spec.app} not found and the Deployment names no repository",
+                )
         token = self._token(repo)
         url = self.config.git_url_template.format(full_name=repo)
         stale_head: str | None = None
@@ -136,7 +147,9 @@ class SourceController(Controller):
             patient = attempts < self.fetch_attempts or self.clock.monotonic() - first < self.fetch_deadline
             if exc.transient and patient:
                 self._failures[key] = (attempts, first)
-                if set_condition(dep.status, SOURCE_READY, "Unknown", REASON_RETRYING, msg, self.clock.now_iso()):
+                if set_condition(
+                    dep.status, SOURCE_READY, "Unknown", REASON_RETRYING, msg, self.clock.now_iso()
+                ):
                     self.store.update_status(dep)
                 raise GitError(f"{msg} (attempt {attempts})") from None
             self._failures.pop(key, None)
@@ -152,8 +165,14 @@ class SourceController(Controller):
             return self._fail(dep, REASON_INVALID, scrub(describe_invalid(exc), token))
         dep.status.manifest = manifest.to_status()
         dep.status.observed_generation = dep.metadata.generation
-        set_condition(dep.status, SOURCE_READY, "True", REASON_FETCHED,
-                      f"{MANIFEST_FILE} at {commit[:12]} is valid", self.clock.now_iso())
+        set_condition(
+            dep.status,
+            SOURCE_READY,
+            "True",
+            REASON_FETCHED,
+            f"{MANIFEST_FILE} at {commit[:12]} is valid",
+            self.clock.now_iso(),
+        )
         dep = self.store.update_status(dep)  # type: ignore[assignment]
         self.recorder.record(dep, "Normal", REASON_FETCHED, f"{MANIFEST_FILE} at {commit[:12]} is valid")
         return DONE
@@ -180,8 +199,10 @@ class SourceController(Controller):
     def _stale(self, dep: Deployment, head: str) -> Result:
         ref = dep.spec.ref.removeprefix("refs/heads/")
         where = "no longer exists" if head == "(deleted)" else f"now points at {head[:12]}"
-        message = (f"{ref} {where}, not at {dep.spec.commit[:12]}: a newer push or a replayed delivery; "
-                   "only a branch's current head is deployed")
+        message = (
+            f"{ref} {where}, not at {dep.spec.commit[:12]}: a newer push or a replayed delivery; "
+            "only a branch's current head is deployed"
+        )
         return self._fail(dep, REASON_STALE, message, phase="Cancelled")
 
     # ------------------------------------------------------------------ helpers

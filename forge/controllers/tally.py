@@ -86,7 +86,11 @@ class TallyController(Controller):
         return (f"{event.object.KIND}/{event.object.metadata.name}",)
 
     def all_keys(self) -> Iterable[str]:
-        return [f"{cls.KIND}/{obj.metadata.name}" for cls in (Deployment, Instance) for obj in read_only(self.store, cls)]
+        return [
+            f"{cls.KIND}/{obj.metadata.name}"
+            for cls in (Deployment, Instance)
+            for obj in read_only(self.store, cls)
+        ]
 
     def reconcile(self, key: str) -> Result | None:
         kind, name = split_key(key)

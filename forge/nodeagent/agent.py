@@ -70,22 +70,44 @@ def node_cgroup_parent(node: str, data_dir: str | Path) -> str:
 
 class Agent:
     def __init__(
-        self, client: ForgeClient, name: str, data_dir: Path, address: str, metrics_listen: str | None,
-        mode: str, git_url_template: str, stop: threading.Event, clock: Clock,
-        heartbeat_seconds: float = HEARTBEAT_SECONDS, workers: int = 4, log_cap_bytes: int = 10 * 1024 * 1024,
-        driver: Any = _AUTO, cgroup_parent: str | None = None, network: Any = _AUTO,
-        instance_subnet: str = "", app_host_ports: tuple[int, ...] = (),
-        build_env: dict[str, str] | None = None, build_files: tuple[tuple[str, str], ...] = (),
-        disk_fence: Any = _AUTO, proxy_sources: tuple[str, ...] | None = None,
+        self,
+        client: ForgeClient,
+        name: str,
+        data_dir: Path,
+        address: str,
+        metrics_listen: str | None,
+        mode: str,
+        git_url_template: str,
+        stop: threading.Event,
+        clock: Clock,
+        heartbeat_seconds: float = HEARTBEAT_SECONDS,
+        workers: int = 4,
+        log_cap_bytes: int = 10 * 1024 * 1024,
+        driver: Any = _AUTO,
+        cgroup_parent: str | None = None,
+        network: Any = _AUTO,
+        instance_subnet: str = "",
+        app_host_ports: tuple[int, ...] = (),
+        build_env: dict[str, str] | None = None,
+        build_files: tuple[tuple[str, str], ...] = (),
+        disk_fence: Any = _AUTO,
+        proxy_sources: tuple[str, ...] | None = None,
     ) -> None:
         self.client, self.name, self.address, self.clock, self.stop = client, name, address, clock, stop
         self.data_dir = Path(data_dir).resolve()
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.metrics_listen, self.heartbeat_seconds, self.n_workers = metrics_listen, heartbeat_seconds, workers
+        self.metrics_listen, self.heartbeat_seconds, self.n_workers = (
+            metrics_listen,
+            heartbeat_seconds,
+            workers,
+        )
         # One subtree per node under forge/: two agents on one machine (a dev box, CI) never
         # mistake each other's apps for orphans.
-        self.driver = (detect_driver(parent=cgroup_parent or node_cgroup_parent(name, self.data_dir))
-                       if driver is _AUTO else driver)
+        self.driver = (
+            detect_driver(parent=cgroup_parent or node_cgroup_parent(name, self.data_dir))
+            if driver is _AUTO
+            else driver
+        )
         self.sandbox = Sandbox(self.driver, mode=mode, clock=clock)
         self.isolation = self.sandbox.check()  # production without isolation raises Unavailable here
         if network is _AUTO:
@@ -117,28 +139,58 @@ class Agent:
         # lapse of the lease (the control plane may have replaced this node's Instances).
         self.fencing = True
         self.exits = ExitWatcher(self.queue.add)
-        self.shipper = Shipper(client, self.state, self.data_dir / "logs", clock, stop, cap_bytes=log_cap_bytes)
-        builder = Builder(self.data_dir, git_url_template, self.sandbox, self.driver, clock, SandboxSpec, self._owner,
-                          credentials=api_credentials(client), network=self.network,
-                          build_env=build_env, build_files=build_files, fence=self.fence)
+        self.shipper = Shipper(
+            client, self.state, self.data_dir / "logs", clock, stop, cap_bytes=log_cap_bytes
+        )
+        builder = Builder(
+            self.data_dir,
+            git_url_template,
+            self.sandbox,
+            self.driver,
+            clock,
+            SandboxSpec,
+            self._owner,
+            credentials=api_credentials(client),
+            network=self.network,
+            build_env=build_env,
+            build_files=build_files,
+            fence=self.fence,
+        )
         self.supervisor = Supervisor(self.sandbox, self.driver, clock, SandboxSpec, self._owner)
         status = StatusWriter(client, clock, self._remember)
-        self.reconciler = Reconciler(client, name, self.data_dir, self.state, builder, self.supervisor,
-                                     self.shipper, status, clock, self.exits.watch, network=self.network,
-                                     node_address=address)
-        self.diskgc = DiskGC(self.data_dir / "releases", self._releases_in_use, builder.release_lock,
-                             fence=self.fence)
+        self.reconciler = Reconciler(
+            client,
+            name,
+            self.data_dir,
+            self.state,
+            builder,
+            self.supervisor,
+            self.shipper,
+            status,
+            clock,
+            self.exits.watch,
+            network=self.network,
+            node_address=address,
+        )
+        self.diskgc = DiskGC(
+            self.data_dir / "releases", self._releases_in_use, builder.release_lock, fence=self.fence
+        )
         self.threads: list[threading.Thread] = []
         self.metrics_server: Any = None
 
-    def _own_network(self, mode: str, subnet: str, host_ports: tuple[int, ...],
-                     proxy_sources: tuple[str, ...]) -> NodeNetwork | None:
+    def _own_network(
+        self, mode: str, subnet: str, host_ports: tuple[int, ...], proxy_sources: tuple[str, ...]
+    ) -> NodeNetwork | None:
         """This node's data plane, or None (the shared host network) where it cannot be built."""
         missing = nft_available()
         if missing is None:
-            return NodeNetwork(self.data_dir, subnet=subnet, host_ports=host_ports, proxy_sources=proxy_sources)
+            return NodeNetwork(
+                self.data_dir, subnet=subnet, host_ports=host_ports, proxy_sources=proxy_sources
+            )
         if mode == "production":
-            raise errors.Unavailable(f"refusing to run apps without their own network (FORGE_MODE=production): {missing}")
+            raise errors.Unavailable(
+                f"refusing to run apps without their own network (FORGE_MODE=production): {missing}"
+            )
         log.warning("apps share the host's network (dev mode): %s", missing)
         self.isolation.missing.append(f"network namespaces ({missing})")
         return None
@@ -161,19 +213,33 @@ class Agent:
         self.shipper.start()
         if self.metrics_listen:
             self.metrics_server, _ = serve_metrics(
-                self.metrics_listen, AgentCollector(self.state, self.driver, lambda: self.last_heartbeat,
-                                                    lambda: self.diskgc.removed_total,
-                                                    lambda: self.shipper.dropped_total))
+                self.metrics_listen,
+                AgentCollector(
+                    self.state,
+                    self.driver,
+                    lambda: self.last_heartbeat,
+                    lambda: self.diskgc.removed_total,
+                    lambda: self.shipper.dropped_total,
+                ),
+            )
         self.schedule_timers()
         self.threads = [threading.Thread(target=self._watch_loop, name="forge-watch", daemon=True)]
-        self.threads += [threading.Thread(target=self._work, name=f"forge-work-{i}", daemon=True)
-                         for i in range(self.n_workers)]
-        self.threads.append(threading.Thread(target=self._work, args=(self.beats,), name="forge-heartbeat",
-                                             daemon=True))
+        self.threads += [
+            threading.Thread(target=self._work, name=f"forge-work-{i}", daemon=True)
+            for i in range(self.n_workers)
+        ]
+        self.threads.append(
+            threading.Thread(target=self._work, args=(self.beats,), name="forge-heartbeat", daemon=True)
+        )
         for t in self.threads:
             t.start()
-        log.info("agent %s running (isolation: cgroups %s, namespaces %s, network %s)", self.name,
-                 self.isolation.cgroups, self.isolation.namespaces, self.isolation.network)
+        log.info(
+            "agent %s running (isolation: cgroups %s, namespaces %s, network %s)",
+            self.name,
+            self.isolation.cgroups,
+            self.isolation.namespaces,
+            self.isolation.network,
+        )
         self.stop.wait()
         self.shutdown()
 
@@ -195,8 +261,15 @@ class Agent:
         metrics = self.metrics_listen
         while not self.stop.is_set():
             try:
-                nodeinfo.register(self.client, self.name, self.address, self.isolation, metrics, self.clock,
-                                  subnet=str(self.network.subnet) if self.network is not None else None)
+                nodeinfo.register(
+                    self.client,
+                    self.name,
+                    self.address,
+                    self.isolation,
+                    metrics,
+                    self.clock,
+                    subnet=str(self.network.subnet) if self.network is not None else None,
+                )
                 return
             except errors.SubnetTaken as exc:
                 if self.network is not None and self.network.reselect():
@@ -317,9 +390,15 @@ class Agent:
                 log.warning("cannot delete the storage of %s: %s", app, exc)
                 continue
             try:
-                self.client.request("POST", f"/api/v1/nodes/{self.name}/events", json={
-                    "type": "Normal", "reason": "StorageDeleted",
-                    "message": f"deleted the persistent storage of app {app} (the app was deleted)"})
+                self.client.request(
+                    "POST",
+                    f"/api/v1/nodes/{self.name}/events",
+                    json={
+                        "type": "Normal",
+                        "reason": "StorageDeleted",
+                        "message": f"deleted the persistent storage of app {app} (the app was deleted)",
+                    },
+                )
             except errors.ForgeError:
                 pass
         return pending
@@ -336,8 +415,12 @@ class Agent:
     def _heartbeat(self) -> float:
         mono = self.clock.monotonic()
         if not self.fencing and self._renewed_mono and mono - self._renewed_mono > self.lease_seconds:
-            log.warning("lease of node %s lapsed (%.1fs since the last renewal): stopping whatever is no longer "
-                        "assigned here before renewing it", self.name, mono - self._renewed_mono)
+            log.warning(
+                "lease of node %s lapsed (%.1fs since the last renewal): stopping whatever is no longer "
+                "assigned here before renewing it",
+                self.name,
+                mono - self._renewed_mono,
+            )
             self.fencing = True
             self._relist({LABEL_NODE: self.name})  # the cache may predate the control plane's verdict
         if self.fencing:
@@ -350,13 +433,17 @@ class Agent:
                 return FENCE_RETRY_SECONDS
             self.fencing = False
         try:
-            self._lease = nodeinfo.renew_lease(self.client, self.name, self.lease_seconds, self.clock, self._lease)
+            self._lease = nodeinfo.renew_lease(
+                self.client, self.name, self.lease_seconds, self.clock, self._lease
+            )
         except errors.Conflict:
             self._lease = None
             return 0.2
         took = self.clock.monotonic() - mono
         if took > self.heartbeat_seconds:
-            log.warning("renewing the lease of node %s took %.1fs (lease %.0fs)", self.name, took, self.lease_seconds)
+            log.warning(
+                "renewing the lease of node %s took %.1fs (lease %.0fs)", self.name, took, self.lease_seconds
+            )
         self._renewed_mono = mono
         self.last_heartbeat = self.clock.now()
         return self.heartbeat_seconds
@@ -412,16 +499,24 @@ class Agent:
                 if group.startswith("build-") or (group.startswith("inst-") and group not in known):
                     log.warning("stopping orphaned cgroup %s", group)
                     self.sandbox.stop(group, None, 10.0, self.clock)
-                    self._node_event("Warning", "OrphanStopped",
-                                     f"stopped the processes of cgroup {group}: no Instance of this node explains them")
+                    self._node_event(
+                        "Warning",
+                        "OrphanStopped",
+                        f"stopped the processes of cgroup {group}: no Instance of this node explains them",
+                    )
         if self.network is not None:
             for ns in self.network.sweep(keep=assigned | set(self.state.names())):
-                self._node_event("Warning", "OrphanStopped", f"removed network namespace of {ns}: no Instance explains it")
+                self._node_event(
+                    "Warning", "OrphanStopped", f"removed network namespace of {ns}: no Instance explains it"
+                )
 
     def _node_event(self, type_: str, reason: str, message: str) -> None:
         try:
-            self.client.request("POST", f"/api/v1/nodes/{self.name}/events",
-                                json={"type": type_, "reason": reason, "message": message[:1000]})
+            self.client.request(
+                "POST",
+                f"/api/v1/nodes/{self.name}/events",
+                json={"type": type_, "reason": reason, "message": message[:1000]},
+            )
         except errors.ForgeError as exc:
             log.info("could not record %s on node %s: %s", reason, self.name, exc)
 
@@ -457,17 +552,34 @@ class Agent:
 
 
 def run_agent(
-    api_url: str, token: str, name: str | None = None, data_dir: str | Path | None = None,
-    address: str | None = None, metrics_listen: str | None = "127.0.0.1:9108", mode: str = "dev",
-    git_url_template: str = "https://github.com/{full_name}.git", stop_event: threading.Event | None = None,
-    clock: Clock | None = None, **options: Any,
+    api_url: str,
+    token: str,
+    name: str | None = None,
+    data_dir: str | Path | None = None,
+    address: str | None = None,
+    metrics_listen: str | None = "127.0.0.1:9108",
+    mode: str = "dev",
+    git_url_template: str = "https://github.com/{full_name}.git",
+    stop_event: threading.Event | None = None,
+    clock: Clock | None = None,
+    **options: Any,
 ) -> None:
     """Run the agent until ``stop_event`` is set (apps it started keep running afterwards)."""
     node_name = (name or socket.gethostname()).lower()
     stop = stop_event or threading.Event()
     client = ForgeClient(api_url, token, timeout=15.0)
-    agent = Agent(client, node_name, Path(data_dir or Path.cwd() / ".forge" / "agent"), address or "127.0.0.1",
-                  metrics_listen, mode, git_url_template, stop, clock or SystemClock(), **options)
+    agent = Agent(
+        client,
+        node_name,
+        Path(data_dir or Path.cwd() / ".forge" / "agent"),
+        address or "127.0.0.1",
+        metrics_listen,
+        mode,
+        git_url_template,
+        stop,
+        clock or SystemClock(),
+        **options,
+    )
     agent.run()
 
 
@@ -485,15 +597,26 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--heartbeat-seconds", type=float, default=HEARTBEAT_SECONDS)
     p.add_argument("--cgroup-parent", default=None, help="default: forge/NODE")
     a = p.parse_args(argv)
-    logging.basicConfig(level=os.environ.get("FORGE_LOG_LEVEL", "INFO"), format="%(asctime)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=os.environ.get("FORGE_LOG_LEVEL", "INFO"), format="%(asctime)s %(name)s %(message)s"
+    )
     token = a.token or os.environ.pop("FORGE_NODE_TOKEN", "")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    run_agent(a.api, token, a.name, a.data_dir, a.address, a.metrics_listen or None,
-              os.environ.get("FORGE_MODE", "dev"),
-              os.environ.get("FORGE_GIT_URL_TEMPLATE", "https://github.com/{full_name}.git"), stop,
-              heartbeat_seconds=a.heartbeat_seconds, cgroup_parent=a.cgroup_parent)
+    run_agent(
+        a.api,
+        token,
+        a.name,
+        a.data_dir,
+        a.address,
+        a.metrics_listen or None,
+        os.environ.get("FORGE_MODE", "dev"),
+        os.environ.get("FORGE_GIT_URL_TEMPLATE", "https://github.com/{full_name}.git"),
+        stop,
+        heartbeat_seconds=a.heartbeat_seconds,
+        cgroup_parent=a.cgroup_parent,
+    )
 
 
 if __name__ == "__main__":

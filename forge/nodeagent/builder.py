@@ -114,11 +114,21 @@ def api_credentials(client: Any) -> Credentials:
 
 class Builder:
     def __init__(
-        self, data_dir: Path, git_url_template: str, sandbox: Any, driver: Any, clock: Clock,
-        spec_factory: Callable[..., Any], owner_for: Callable[[str], tuple[int | None, int | None]],
-        credentials: Credentials | None = None, network: Any = None,
-        build_env: dict[str, str] | None = None, build_files: tuple[tuple[str, str], ...] = (),
-        min_free_bytes: int = MIN_FREE_BYTES, min_free_ratio: float = MIN_FREE_RATIO, fence: Any = None,
+        self,
+        data_dir: Path,
+        git_url_template: str,
+        sandbox: Any,
+        driver: Any,
+        clock: Clock,
+        spec_factory: Callable[..., Any],
+        owner_for: Callable[[str], tuple[int | None, int | None]],
+        credentials: Credentials | None = None,
+        network: Any = None,
+        build_env: dict[str, str] | None = None,
+        build_files: tuple[tuple[str, str], ...] = (),
+        min_free_bytes: int = MIN_FREE_BYTES,
+        min_free_ratio: float = MIN_FREE_RATIO,
+        fence: Any = None,
     ) -> None:
         self.fence = fence  # DiskFence: each release its own size-limited tree (None: unlimited, tests)
         self.min_free_bytes, self.min_free_ratio = min_free_bytes, min_free_ratio
@@ -166,8 +176,17 @@ class Builder:
                 self.fence.discard(release)
 
     def ensure_built(
-        self, instance: str, app: str, deployment: str, repo: str, commit: str, run: RunSpec,
-        env: dict[str, str], limits: tuple[int, float, int], build_log: Path, disk: int = 0,
+        self,
+        instance: str,
+        app: str,
+        deployment: str,
+        repo: str,
+        commit: str,
+        run: RunSpec,
+        env: dict[str, str],
+        limits: tuple[int, float, int],
+        build_log: Path,
+        disk: int = 0,
     ) -> Path:
         """Return the built release dir, building it once; ``BuildError`` on failure. ``disk``
         bytes is the release tree's limit (``resources.disk``) where a fence enforces one."""
@@ -195,8 +214,10 @@ class Builder:
         free, total = free_space(self.data_dir)
         need = max(self.min_free_bytes, int(total * self.min_free_ratio))
         if free < need:
-            raise DiskLow(f"this node's data dir has {free // 2**20} MiB free (builds need {need // 2**20} MiB); "
-                          "the build waits until space is freed")
+            raise DiskLow(
+                f"this node's data dir has {free // 2**20} MiB free (builds need {need // 2**20} MiB); "
+                "the build waits until space is freed"
+            )
 
     # -- fetch -----------------------------------------------------------------
     @staticmethod
@@ -207,8 +228,14 @@ class Builder:
     def _git(self, args: list[str], build_log: Path, auth: GitAuth | None = None) -> tuple[int, bytes]:
         env = git_env(self.data_dir)
         try:
-            proc = subprocess.run(self.git_argv(args, auth), env=auth.apply(env) if auth is not None else env,
-                                  stdin=subprocess.DEVNULL, capture_output=True, timeout=GIT_TIMEOUT, check=False)
+            proc = subprocess.run(
+                self.git_argv(args, auth),
+                env=auth.apply(env) if auth is not None else env,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=GIT_TIMEOUT,
+                check=False,
+            )
         except subprocess.TimeoutExpired:
             return 124, b"git timed out\n"
         output = proc.stdout + proc.stderr
@@ -254,21 +281,41 @@ class Builder:
             if release.exists() or release.is_symlink():
                 shutil.rmtree(release)  # a half-built leftover (no marker): start clean (never follows links)
             release.mkdir(parents=True)
-        archive = subprocess.Popen(["git", f"--git-dir={cache}", "archive", "--format=tar", commit],
-                                   env=git_env(self.data_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        untar = subprocess.run(["tar", "-x", "-C", str(release)], stdin=archive.stdout,
-                               capture_output=True, check=False, timeout=GIT_TIMEOUT)
+        archive = subprocess.Popen(
+            ["git", f"--git-dir={cache}", "archive", "--format=tar", commit],
+            env=git_env(self.data_dir),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        untar = subprocess.run(
+            ["tar", "-x", "-C", str(release)],
+            stdin=archive.stdout,
+            capture_output=True,
+            check=False,
+            timeout=GIT_TIMEOUT,
+        )
         assert archive.stdout is not None and archive.stderr is not None
         archive.stdout.close()
         err = archive.stderr.read()
         archive.stderr.close()
         if archive.wait() != 0 or untar.returncode != 0:
-            raise BuildError(REASON_FETCH_FAILED, f"cannot check out {commit[:12]}: {tail(err + untar.stderr)}")
+            raise BuildError(
+                REASON_FETCH_FAILED, f"cannot check out {commit[:12]}: {tail(err + untar.stderr)}"
+            )
 
     # -- build commands ----------------------------------------------------------
     def _run_commands(
-        self, instance: str, app: str, release: Path, run: RunSpec, env: dict[str, str],
-        limits: tuple[int, float, int], build_log: Path, uid: int | None, gid: int | None, disk: int = 0,
+        self,
+        instance: str,
+        app: str,
+        release: Path,
+        run: RunSpec,
+        env: dict[str, str],
+        limits: tuple[int, float, int],
+        build_log: Path,
+        uid: int | None,
+        gid: int | None,
+        disk: int = 0,
     ) -> None:
         if not run.build_commands:
             return
@@ -288,19 +335,35 @@ class Builder:
                 try:
                     self.network.attach(f"build.{instance}")
                 except errors.ForgeError as exc:
-                    raise BuildError(REASON_BUILD_FAILED, f"cannot give the build a network: {exc.message}") from None
-                net = {"netns": self.network.netns_path(f"build.{instance}"), "resolv_conf": self.network.dns_text}
+                    raise BuildError(
+                        REASON_BUILD_FAILED, f"cannot give the build a network: {exc.message}"
+                    ) from None
+                net = {
+                    "netns": self.network.netns_path(f"build.{instance}"),
+                    "resolv_conf": self.network.dns_text,
+                }
             for cmd in run.build_commands:
                 start = build_log.stat().st_size if build_log.exists() else 0
                 buildlog.append(build_log, self.clock, f"==> $ {cmd}")
                 left = deadline - self.clock.monotonic()
                 if left <= 0:
-                    raise BuildError(REASON_BUILD_FAILED, f"build timed out after {run.build_timeout:g}s before {cmd!r}")
+                    raise BuildError(
+                        REASON_BUILD_FAILED, f"build timed out after {run.build_timeout:g}s before {cmd!r}"
+                    )
                 spec = self.spec_factory(
-                    app=app, workdir=str(release), command=cmd, env={**self.build_env, **env},
-                    uid=uid, gid=gid, cgroup=cgroup if self.driver is not None else None,
-                    stdout_path=str(build_log), stderr_path=str(build_log), ro_files=self.build_files,
-                    fsize_limit=disk if disk and self.fence is not None and self.fence.mode == "watcher" else None,
+                    app=app,
+                    workdir=str(release),
+                    command=cmd,
+                    env={**self.build_env, **env},
+                    uid=uid,
+                    gid=gid,
+                    cgroup=cgroup if self.driver is not None else None,
+                    stdout_path=str(build_log),
+                    stderr_path=str(build_log),
+                    ro_files=self.build_files,
+                    fsize_limit=disk
+                    if disk and self.fence is not None and self.fence.mode == "watcher"
+                    else None,
                     **net,
                 )
                 pipe = buildlog.StampingPipe(build_log, self.clock)  # each line stamped when produced
@@ -315,7 +378,9 @@ class Builder:
                         output = buildlog.strip_stamps(f.read())
                     what = "timed out" if code is None else f"exited with code {code}"
                     if self.fence is not None and self.fence.exceeded(release, disk):
-                        what += f" after filling the release's disk limit of {disk // 2**20} MiB (resources.disk)"
+                        what += (
+                            f" after filling the release's disk limit of {disk // 2**20} MiB (resources.disk)"
+                        )
                     buildlog.append(build_log, self.clock, f"==> build command {what}")
                     raise BuildError(REASON_BUILD_FAILED, f"build command {cmd!r} {what}:\n{tail(output)}")
         finally:
@@ -333,4 +398,3 @@ class Builder:
             return None
         except errors.ForgeError as exc:
             raise BuildError(REASON_BUILD_FAILED, f"cannot run build command: {exc.message}") from None
-

@@ -61,8 +61,8 @@ def _unescape(field: str) -> str:
     """mountinfo escapes space, tab, newline and backslash as octal ``\\NNN``."""
     out, i = [], 0
     while i < len(field):
-        if field[i] == "\\" and len(field[i + 1:i + 4]) == 3 and field[i + 1:i + 4].isdigit():
-            out.append(chr(int(field[i + 1:i + 4], 8)))
+        if field[i] == "\\" and len(field[i + 1 : i + 4]) == 3 and field[i + 1 : i + 4].isdigit():
+            out.append(chr(int(field[i + 1 : i + 4], 8)))
             i += 4
         else:
             out.append(field[i])
@@ -90,8 +90,9 @@ def mount_points(under: Path) -> list[str]:
 def _run(argv: list[str]) -> None:
     env = {"PATH": "/usr/sbin:/sbin:/usr/bin:/bin", "LC_ALL": "C"}
     try:
-        proc = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, capture_output=True,
-                              timeout=TOOL_TIMEOUT, check=False)
+        proc = subprocess.run(
+            argv, env=env, stdin=subprocess.DEVNULL, capture_output=True, timeout=TOOL_TIMEOUT, check=False
+        )
     except subprocess.TimeoutExpired:
         raise errors.Unavailable(f"{argv[0]} timed out") from None
     if proc.returncode != 0:
@@ -144,7 +145,9 @@ class DiskFence:
                     os.close(fd)
                 owner = f"{uid if uid is not None else 0}:{gid if gid is not None else 0}"
                 try:
-                    _run(["mkfs.ext4", "-q", "-F", "-m", "0", "-E", f"nodiscard,root_owner={owner}", str(img)])
+                    _run(
+                        ["mkfs.ext4", "-q", "-F", "-m", "0", "-E", f"nodiscard,root_owner={owner}", str(img)]
+                    )
                 except errors.Unavailable:
                     img.unlink(missing_ok=True)
                     raise

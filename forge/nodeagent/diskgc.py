@@ -41,7 +41,9 @@ def _newest_first(names: Iterable[str]) -> list[str]:
 
 
 def releases_to_remove(
-    release_dirs: dict[str, list[str]], in_use: set[Release], keep: int = DEFAULT_KEEP,
+    release_dirs: dict[str, list[str]],
+    in_use: set[Release],
+    keep: int = DEFAULT_KEEP,
     unfinished: set[Release] | frozenset[Release] = frozenset(),
 ) -> list[Release]:
     """The (app, deployment) release dirs to delete, oldest first within each app, apps sorted."""
@@ -49,8 +51,8 @@ def releases_to_remove(
     for app in sorted(release_dirs):
         ordered = _newest_first(set(release_dirs[app]))
         finished = [d for d in ordered if (app, d) not in unfinished]
-        kept = set(finished[:max(keep, 0)])
-        newest_overall = set(ordered[:max(keep, 0)])
+        kept = set(finished[: max(keep, 0)])
+        newest_overall = set(ordered[: max(keep, 0)])
         oldest_kept = min((deployment_number(d) for d in kept), default=None)
         for dep in reversed(ordered):
             if (app, dep) in in_use or dep in kept:
@@ -112,8 +114,12 @@ class DiskGC:
     """One pass per ``run()``; ``removed_total`` feeds ``forge_agent_release_dirs_removed_total``."""
 
     def __init__(
-        self, releases_root: Path, in_use: Callable[[], set[Release]],
-        lock_for: Callable[[str, str], threading.Lock], keep: int = DEFAULT_KEEP, fence: Any = None,
+        self,
+        releases_root: Path,
+        in_use: Callable[[], set[Release]],
+        lock_for: Callable[[str, str], threading.Lock],
+        keep: int = DEFAULT_KEEP,
+        fence: Any = None,
     ) -> None:
         self.fence = fence  # DiskFence: a release dir may be its own filesystem (unmounted first)
         self.root = Path(releases_root)
@@ -134,7 +140,11 @@ class DiskGC:
         """``ROOT/APP/DEP`` when its realpath is exactly that (no component is a symlink)."""
         root = os.path.realpath(self.root)
         path = os.path.join(root, app, dep)
-        if os.path.realpath(path) != path or os.path.dirname(path) != os.path.join(root, app) or "/" in app + dep:
+        if (
+            os.path.realpath(path) != path
+            or os.path.dirname(path) != os.path.join(root, app)
+            or "/" in app + dep
+        ):
             log.warning("not removing release dir %s/%s: it resolves outside %s", app, dep, root)
             return None
         return path
@@ -157,7 +167,9 @@ class DiskGC:
 
             def onerror(func: Any, target: str, exc_info: Any) -> None:
                 failed.append(target)
-                log.warning("removing %s: %s failed: %s", target, getattr(func, "__name__", func), exc_info[1])
+                log.warning(
+                    "removing %s: %s failed: %s", target, getattr(func, "__name__", func), exc_info[1]
+                )
 
             shutil.rmtree(path, onerror=onerror)
         finally:

@@ -59,8 +59,10 @@ class RateLimit:
         """The line that says what was dropped (at the first dropped line's offset), once."""
         if not self.dropped or self.first_dropped is None:
             return None
-        text = (f"[forge] {self.dropped} log lines dropped: more than {self.burst} lines in "
-                f"{self.window:g}s (the log rate limit)")
+        text = (
+            f"[forge] {self.dropped} log lines dropped: more than {self.burst} lines in "
+            f"{self.window:g}s (the log rate limit)"
+        )
         out = (self.first_dropped, text)
         self.dropped, self.first_dropped = 0, None
         return out
@@ -102,7 +104,9 @@ def rotate_if_needed(path: Path, cursor: LogCursor, cap_bytes: int, persist: Cal
     return True
 
 
-def read_pending(path: Path, cursor: LogCursor, max_bytes: int = 256 * 1024) -> tuple[list[tuple[int, str]], int]:
+def read_pending(
+    path: Path, cursor: LogCursor, max_bytes: int = 256 * 1024
+) -> tuple[list[tuple[int, str]], int]:
     """Complete lines after ``cursor.shipped`` as ``[(logical offset, text)]`` and the new position."""
     pos = max(cursor.shipped, cursor.prev_base)
     if pos < cursor.cur_base:
@@ -161,7 +165,7 @@ def _split(data: bytes, base: int, final: bool) -> tuple[list[tuple[int, str]], 
             if not final and len(data) - start < MAX_LINE:
                 break  # an unfinished line: wait for its end
             nl = len(data) - 1 if final else start + MAX_LINE - 1
-        chunk = data[start:nl + 1]
+        chunk = data[start : nl + 1]
         out.append((base + start, chunk.rstrip(b"\r\n").decode("utf-8", "replace")))
         start = nl + 1
     return out, start
@@ -171,15 +175,23 @@ class Shipper:
     """Tails every Instance's logs and posts them in batches; woken by ``wake()`` or a bounded wait."""
 
     def __init__(
-        self, client: ForgeClient, state: AgentState, logs_dir: Path, clock: Clock,
-        stop: threading.Event, interval: float = 1.0, cap_bytes: int = 10 * 1024 * 1024,
+        self,
+        client: ForgeClient,
+        state: AgentState,
+        logs_dir: Path,
+        clock: Clock,
+        stop: threading.Event,
+        interval: float = 1.0,
+        cap_bytes: int = 10 * 1024 * 1024,
     ) -> None:
         self.client, self.state, self.logs_dir, self.clock = client, state, Path(logs_dir), clock
         self.stop, self.interval, self.cap_bytes = stop, interval, cap_bytes
         self._wake = threading.Event()
         self._lock = threading.Lock()
         self.limits: dict[tuple[str, str], RateLimit] = {}
-        self.dropped_total: dict[str, int] = {}  # instance → lines dropped (forge_agent_log_lines_dropped_total)
+        self.dropped_total: dict[
+            str, int
+        ] = {}  # instance → lines dropped (forge_agent_log_lines_dropped_total)
         self._flooding = False
         self.thread = threading.Thread(target=self._run, name="forge-logship", daemon=True)
 
@@ -272,6 +284,8 @@ class Shipper:
             when, text = unstamp(raw)  # build lines carry the time they were produced
             entries.append({"offset": off, "time": when or now, "line": text})
         try:
-            self.client.request("POST", f"/api/v1/instances/{name}/logs", json={"source": source, "entries": entries})
+            self.client.request(
+                "POST", f"/api/v1/instances/{name}/logs", json={"source": source, "entries": entries}
+            )
         except errors.NotFound:
             log.info("instance %s is gone; dropping %d %s log lines", name, len(entries), source)

@@ -34,9 +34,14 @@ def cpu_times(path: str = "/proc/stat") -> tuple[float, float]:
 
 
 class AgentCollector(Collector):
-    def __init__(self, state: AgentState, driver: Any, last_heartbeat: Callable[[], float],
-                 release_dirs_removed: Callable[[], float] | None = None,
-                 log_drops: Callable[[], dict[str, int]] | None = None) -> None:
+    def __init__(
+        self,
+        state: AgentState,
+        driver: Any,
+        last_heartbeat: Callable[[], float],
+        release_dirs_removed: Callable[[], float] | None = None,
+        log_drops: Callable[[], dict[str, int]] | None = None,
+    ) -> None:
         self.state, self.driver, self.last_heartbeat = state, driver, last_heartbeat
         self.release_dirs_removed = release_dirs_removed
         self.log_drops = log_drops
@@ -54,19 +59,34 @@ class AgentCollector(Collector):
     def collect(self) -> Iterator[Any]:
         mem = meminfo()
         total = mem.get("MemTotal", 0)
-        yield GaugeMetricFamily("forge_agent_cpu_used", "Fraction of the node's CPU in use since the last scrape",
-                                value=self._cpu_used())
-        yield GaugeMetricFamily("forge_agent_memory_used_bytes", "Node memory in use (MemTotal - MemAvailable)",
-                                value=total - mem.get("MemAvailable", total))
+        yield GaugeMetricFamily(
+            "forge_agent_cpu_used",
+            "Fraction of the node's CPU in use since the last scrape",
+            value=self._cpu_used(),
+        )
+        yield GaugeMetricFamily(
+            "forge_agent_memory_used_bytes",
+            "Node memory in use (MemTotal - MemAvailable)",
+            value=total - mem.get("MemAvailable", total),
+        )
         yield GaugeMetricFamily("forge_agent_memory_capacity_bytes", "Node memory capacity", value=total)
-        yield GaugeMetricFamily("forge_agent_last_heartbeat_seconds",
-                                "Unix time of the last successful Lease renewal", value=self.last_heartbeat())
-        mem_g = GaugeMetricFamily("forge_instance_memory_bytes", "Memory used by the Instance's cgroup", labels=LABELS)
-        cpu_c = CounterMetricFamily("forge_instance_cpu_seconds", "CPU time used by the Instance's cgroup",
-                                    labels=LABELS)
-        restarts = CounterMetricFamily("forge_instance_restarts", "Restarts of the Instance on this node",
-                                       labels=LABELS)
-        ooms = CounterMetricFamily("forge_instance_oom_kills", "OOM kills in the Instance's cgroup", labels=LABELS)
+        yield GaugeMetricFamily(
+            "forge_agent_last_heartbeat_seconds",
+            "Unix time of the last successful Lease renewal",
+            value=self.last_heartbeat(),
+        )
+        mem_g = GaugeMetricFamily(
+            "forge_instance_memory_bytes", "Memory used by the Instance's cgroup", labels=LABELS
+        )
+        cpu_c = CounterMetricFamily(
+            "forge_instance_cpu_seconds", "CPU time used by the Instance's cgroup", labels=LABELS
+        )
+        restarts = CounterMetricFamily(
+            "forge_instance_restarts", "Restarts of the Instance on this node", labels=LABELS
+        )
+        ooms = CounterMetricFamily(
+            "forge_instance_oom_kills", "OOM kills in the Instance's cgroup", labels=LABELS
+        )
         processes = 0
         with self.state.lock:
             instances = list(self.state.instances.values())
@@ -85,15 +105,20 @@ class AgentCollector(Collector):
         yield GaugeMetricFamily("forge_agent_processes", "Processes supervised by the agent", value=processes)
         yield from (mem_g, cpu_c, restarts, ooms)
         if self.log_drops is not None:
-            drops = CounterMetricFamily("forge_agent_log_lines_dropped",
-                                        "Log lines an Instance printed past the log rate limit (not shipped)",
-                                        labels=["instance"])
+            drops = CounterMetricFamily(
+                "forge_agent_log_lines_dropped",
+                "Log lines an Instance printed past the log rate limit (not shipped)",
+                labels=["instance"],
+            )
             for inst, n in sorted(dict(self.log_drops()).items()):
                 drops.add_metric([inst], n)
             yield drops
         if self.release_dirs_removed is not None:
-            yield CounterMetricFamily("forge_agent_release_dirs_removed", "Release dirs deleted by the agent's disk GC",
-                                      value=self.release_dirs_removed())
+            yield CounterMetricFamily(
+                "forge_agent_release_dirs_removed",
+                "Release dirs deleted by the agent's disk GC",
+                value=self.release_dirs_removed(),
+            )
 
     def _stats(self, cgroup: str) -> Any:
         if self.driver is None:

@@ -164,7 +164,9 @@ def parse_subnet(text: str) -> ipaddress.IPv4Network:
     return net
 
 
-def resolv_conf(etc: str = "/etc/resolv.conf", resolved: str = "/run/systemd/resolve/resolv.conf") -> tuple[str, str | None]:
+def resolv_conf(
+    etc: str = "/etc/resolv.conf", resolved: str = "/run/systemd/resolve/resolv.conf"
+) -> tuple[str, str | None]:
     """(resolv.conf for the namespaces, loopback resolver to DNAT the gateway to, or None)."""
     for path in (etc, resolved):
         servers, rest = _read_resolv(path)
@@ -201,8 +203,14 @@ def _is_loopback(addr: str) -> bool:
 class NodeNetwork:
     """Bridge, filter table and per-Instance namespaces of one node install."""
 
-    def __init__(self, data_dir: str | Path, subnet: str = "", host_ports: tuple[int, ...] = (),
-                 nft: Nft | None = None, proxy_sources: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        data_dir: str | Path,
+        subnet: str = "",
+        host_ports: tuple[int, ...] = (),
+        nft: Nft | None = None,
+        proxy_sources: tuple[str, ...] = (),
+    ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.names = NetNames(install_hash(self.data_dir))
         self.host_ports = host_ports
@@ -236,8 +244,11 @@ class NodeNetwork:
         # A fixed MAC: a bridge without one takes the lowest MAC of its ports, so a new veth
         # could change the gateway's MAC under every running app (their ARP entries then point
         # nowhere until they expire: seconds of lost replies).
-        ip(f"link set {br} address {self.names.bridge_mac}", f"addr replace {gw}/{self.subnet.prefixlen} dev {br}",
-           f"link set {br} up")
+        ip(
+            f"link set {br} address {self.names.bridge_mac}",
+            f"addr replace {gw}/{self.subnet.prefixlen} dev {br}",
+            f"link set {br} up",
+        )
         self.dns_text, self.dns_loopback = resolv_conf()
         if self.dns_loopback:
             _write_sysctl(f"/proc/sys/net/ipv4/conf/{br}/route_localnet", "1")
@@ -256,16 +267,22 @@ class NodeNetwork:
         ports = ", ".join(str(p) for p in self.host_ports)
         proxies = ""
         if self.proxy_sources:  # the proxy hosts of a multi-node cluster dial Instances here
-            proxies = (f'    ip saddr {{ {", ".join(self.proxy_sources)} }} oifname "{br}" meta l4proto tcp '
-                       "ct state new accept\n")
+            proxies = (
+                f'    ip saddr {{ {", ".join(self.proxy_sources)} }} oifname "{br}" meta l4proto tcp '
+                "ct state new accept\n"
+            )
         open_ports = f'    iifname "{br}" ip daddr {gw} tcp dport {{ {ports} }} accept\n' if ports else ""
         dns_in = dns_nat = ""
         if self.dns_loopback:
-            dns_in = (f'    iifname "{br}" ip daddr {self.dns_loopback} meta l4proto {{ tcp, udp }} th dport 53 '
-                      "ct status dnat accept\n")
-            dns_nat = (f"  chain prerouting {{\n    type nat hook prerouting priority -100; policy accept;\n"
-                       f'    iifname "{br}" ip daddr {gw} meta l4proto {{ tcp, udp }} th dport 53 '
-                       f"dnat ip to {self.dns_loopback}\n  }}\n")
+            dns_in = (
+                f'    iifname "{br}" ip daddr {self.dns_loopback} meta l4proto {{ tcp, udp }} th dport 53 '
+                "ct status dnat accept\n"
+            )
+            dns_nat = (
+                f"  chain prerouting {{\n    type nat hook prerouting priority -100; policy accept;\n"
+                f'    iifname "{br}" ip daddr {gw} meta l4proto {{ tcp, udp }} th dport 53 '
+                f"dnat ip to {self.dns_loopback}\n  }}\n"
+            )
         return (
             f"table inet {t} {{}}\ndelete table inet {t}\n"
             f"table inet {t} {{\n"
@@ -327,19 +344,36 @@ class NodeNetwork:
         veth = self.names.veth(ns)
         mtu = self.mtu
         try:
-            ip(f"neigh flush to {addr} dev {self.names.bridge}",  # the address's last owner
-               f"netns add {ns}",
-               f"link add {veth} mtu {mtu} type veth peer name eth0 mtu {mtu} netns {ns}",
-               f"link set {veth} master {self.names.bridge}",
-               f"link set dev {veth} type bridge_slave isolated on",
-               f"link set {veth} up")
-            ip(f"addr add {addr}/{self.subnet.prefixlen} dev eth0", "link set eth0 up", "link set lo up",
-               f"route add default via {self.gateway}", netns=ns)
-            script = ("table ip forge {\n  chain prerouting {\n"
-                      "    type nat hook prerouting priority -100; policy accept;\n"
-                      f'    iifname "eth0" ip daddr {addr} meta l4proto tcp dnat ip to 127.0.0.1\n  }}\n}}\n')
-            in_netns(ns, ["sh", "-c", "echo 1 > /proc/sys/net/ipv4/conf/eth0/route_localnet && "
-                          "echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6 && exec nft -f -"], script.encode())
+            ip(
+                f"neigh flush to {addr} dev {self.names.bridge}",  # the address's last owner
+                f"netns add {ns}",
+                f"link add {veth} mtu {mtu} type veth peer name eth0 mtu {mtu} netns {ns}",
+                f"link set {veth} master {self.names.bridge}",
+                f"link set dev {veth} type bridge_slave isolated on",
+                f"link set {veth} up",
+            )
+            ip(
+                f"addr add {addr}/{self.subnet.prefixlen} dev eth0",
+                "link set eth0 up",
+                "link set lo up",
+                f"route add default via {self.gateway}",
+                netns=ns,
+            )
+            script = (
+                "table ip forge {\n  chain prerouting {\n"
+                "    type nat hook prerouting priority -100; policy accept;\n"
+                f'    iifname "eth0" ip daddr {addr} meta l4proto tcp dnat ip to 127.0.0.1\n  }}\n}}\n'
+            )
+            in_netns(
+                ns,
+                [
+                    "sh",
+                    "-c",
+                    "echo 1 > /proc/sys/net/ipv4/conf/eth0/route_localnet && "
+                    "echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6 && exec nft -f -",
+                ],
+                script.encode(),
+            )
         except NetError:
             self._remove(ns)
             raise
@@ -380,7 +414,7 @@ class NodeNetwork:
             entries = os.listdir(NETNS_DIR)
         except FileNotFoundError:
             return []
-        return sorted(e[len(prefix):] for e in entries if e.startswith(prefix))
+        return sorted(e[len(prefix) :] for e in entries if e.startswith(prefix))
 
     def teardown(self) -> None:
         """Everything this install made on the machine: namespaces, bridge, table."""
@@ -448,8 +482,11 @@ def _avoided(state: dict[str, object]) -> list[ipaddress.IPv4Network]:
 
 
 def _routed_networks(exclude_dev: str) -> list[ipaddress.IPv4Network]:
-    return [r.net for r in ipv4_routes("table", "all")
-            if r.dev != exclude_dev and r.type not in ("broadcast", "local")]
+    return [
+        r.net
+        for r in ipv4_routes("table", "all")
+        if r.dev != exclude_dev and r.type not in ("broadcast", "local")
+    ]
 
 
 def _uplink_mtu() -> int:

@@ -14,8 +14,22 @@ from forge.models import Capacity, Isolation, Node, NodeStatus, set_condition
 
 AGENT_VERSION = "0.1.0"
 RUNTIME_CANDIDATES: tuple[str, ...] = (
-    "python3", "python3.10", "python3.11", "python3.12", "python3.13", "node", "deno", "bun", "ruby",
-    "go", "java", "php", "perl", "dotnet", "rustc", "cargo",
+    "python3",
+    "python3.10",
+    "python3.11",
+    "python3.12",
+    "python3.13",
+    "node",
+    "deno",
+    "bun",
+    "ruby",
+    "go",
+    "java",
+    "php",
+    "perl",
+    "dotnet",
+    "rustc",
+    "cargo",
 )
 RESERVED_CPU = 0.1  # cores kept back for the agent and the system
 RESERVED_MEMORY = 256 * 1024 * 1024
@@ -38,7 +52,9 @@ def capacity() -> tuple[Capacity, Capacity]:
     """(capacity, allocatable): CPUs and MemTotal, minus a small reserve for allocatable."""
     cpu = float(os.cpu_count() or 1)
     mem = meminfo().get("MemTotal", 0)
-    alloc = Capacity(cpu=max(0.0, round(cpu - RESERVED_CPU, 3)), memory=max(0, mem - min(RESERVED_MEMORY, mem // 4)))
+    alloc = Capacity(
+        cpu=max(0.0, round(cpu - RESERVED_CPU, 3)), memory=max(0, mem - min(RESERVED_MEMORY, mem // 4))
+    )
     return Capacity(cpu=cpu, memory=mem), alloc
 
 
@@ -46,8 +62,13 @@ def runtimes(path: str = "/usr/local/bin:/usr/bin:/bin") -> list[str]:
     return [r for r in RUNTIME_CANDIDATES if shutil.which(r, path=path)]
 
 
-def node_status(current: dict[str, Any], isolation: Isolation, metrics_address: str | None, now_iso: str,
-                subnet: str | None = None) -> dict[str, Any]:
+def node_status(
+    current: dict[str, Any],
+    isolation: Isolation,
+    metrics_address: str | None,
+    now_iso: str,
+    subnet: str | None = None,
+) -> dict[str, Any]:
     cap, alloc = capacity()
     status = NodeStatus.model_validate(current or {})
     status.capacity, status.allocatable = cap, alloc
@@ -63,13 +84,22 @@ def node_status(current: dict[str, Any], isolation: Isolation, metrics_address: 
         # Lease, which the agent does only after stopping what is no longer assigned here.
         return status.dump()
     status.phase = "Ready"
-    message = "agent is running" + (f"; isolation missing: {'; '.join(isolation.missing)}" if isolation.missing else "")
+    message = "agent is running" + (
+        f"; isolation missing: {'; '.join(isolation.missing)}" if isolation.missing else ""
+    )
     set_condition(status, "Ready", "True", REASON_AGENT_READY, message, now_iso)
     return status.dump()
 
 
-def register(client: ForgeClient, name: str, address: str, isolation: Isolation,
-             metrics_address: str | None, clock: Clock, subnet: str | None = None) -> dict[str, Any]:
+def register(
+    client: ForgeClient,
+    name: str,
+    address: str,
+    isolation: Isolation,
+    metrics_address: str | None,
+    clock: Clock,
+    subnet: str | None = None,
+) -> dict[str, Any]:
     """Create or update our Node (spec.address), then write its status; returns the Node."""
     try:
         node = client.get("nodes", name)
@@ -83,7 +113,9 @@ def register(client: ForgeClient, name: str, address: str, isolation: Isolation,
         node["spec"] = {**node.get("spec", {}), "address": address}
         node = client.replace("nodes", name, node)
     for _ in range(5):
-        node["status"] = node_status(node.get("status") or {}, isolation, metrics_address, clock.now_iso(), subnet)
+        node["status"] = node_status(
+            node.get("status") or {}, isolation, metrics_address, clock.now_iso(), subnet
+        )
         try:
             return client.replace_status("nodes", name, node)
         except errors.SubnetTaken:
@@ -93,8 +125,9 @@ def register(client: ForgeClient, name: str, address: str, isolation: Isolation,
     raise errors.Conflict(f"node {name}: status kept changing under us")
 
 
-def renew_lease(client: ForgeClient, name: str, duration: float, clock: Clock,
-                last: dict[str, Any] | None = None) -> dict[str, Any]:
+def renew_lease(
+    client: ForgeClient, name: str, duration: float, clock: Clock, last: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Renew (or create) Lease ``node.NAME`` held by this node; returns the Lease as written.
 
     ``last``: the Lease this agent wrote last time. Renewing it is one PUT with its
@@ -111,8 +144,10 @@ def renew_lease(client: ForgeClient, name: str, duration: float, clock: Clock,
     try:
         lease = client.get("leases", lease_name)
     except errors.NotFound:
-        body = {"metadata": {"name": lease_name}, "spec": {"holder": name, "renewTime": now, "acquireTime": now,
-                                                            "durationSeconds": duration}}
+        body = {
+            "metadata": {"name": lease_name},
+            "spec": {"holder": name, "renewTime": now, "acquireTime": now, "durationSeconds": duration},
+        }
         try:
             return dict(client.create("leases", body))
         except errors.AlreadyExists:

@@ -40,10 +40,14 @@ class HealthSpec:
         path = str(h.get("path") or "/")
         return cls(
             path=path if path.startswith("/") else "/" + path,
-            interval_seconds=max(0.2, float(h.get("intervalSeconds", h.get("interval_seconds", 10.0)) or 10.0)),
+            interval_seconds=max(
+                0.2, float(h.get("intervalSeconds", h.get("interval_seconds", 10.0)) or 10.0)
+            ),
             timeout_seconds=max(0.1, float(h.get("timeoutSeconds", h.get("timeout_seconds", 3.0)) or 3.0)),
             retries=max(1, int(h.get("retries", 3) or 3)),
-            start_period_seconds=max(0.0, float(h.get("startPeriodSeconds", h.get("start_period_seconds", 0.0)) or 0.0)),
+            start_period_seconds=max(
+                0.0, float(h.get("startPeriodSeconds", h.get("start_period_seconds", 0.0)) or 0.0)
+            ),
         )
 
 

@@ -55,9 +55,19 @@ STABLE_SECONDS = BACKOFF_CAP  # running this long after being ready resets the c
 
 class Reconciler:
     def __init__(
-        self, client: ForgeClient, node: str, data_dir: Path, state: AgentState, builder: Builder,
-        supervisor: Supervisor, shipper: Shipper, status: StatusWriter, clock: Clock, watch_exit: Any,
-        network: Any = None, node_address: str = "127.0.0.1",
+        self,
+        client: ForgeClient,
+        node: str,
+        data_dir: Path,
+        state: AgentState,
+        builder: Builder,
+        supervisor: Supervisor,
+        shipper: Shipper,
+        status: StatusWriter,
+        clock: Clock,
+        watch_exit: Any,
+        network: Any = None,
+        node_address: str = "127.0.0.1",
     ) -> None:
         self.network = network  # NodeNetwork, or None: the host's network (dev without root)
         self.node_address = node_address
@@ -73,8 +83,12 @@ class Reconciler:
 
     def reconcile(self, name: str, inst: Instance | None) -> float | None:
         st = self.state.get(name)
-        if (inst is None or inst.spec.desired == "Stopped" or inst.spec.node not in (None, self.node)
-                or inst.status.phase == "Lost"):
+        if (
+            inst is None
+            or inst.spec.desired == "Stopped"
+            or inst.spec.node not in (None, self.node)
+            or inst.status.phase == "Lost"
+        ):
             # Lost: the control plane wrote this node off while it was away and replaced the
             # Instance under another name; running it again would serve twice.
             return self._stop(name, st, inst)
@@ -86,26 +100,52 @@ class Reconciler:
             if st is None and inst.status.started_time:
                 # Started by this node before its state was lost: running it again could run a
                 # migration twice. It ends Failed instead; whoever asked decides what next.
-                gone = InstanceState(name=name, app=inst.spec.app, deployment=inst.spec.deployment,
-                                     cgroup=f"inst-{name}", release_dir="", reason=REASON_INTERRUPTED,
-                                     message="the node lost track of this run while it ran; it is not run again",
-                                     finished_time=self.clock.now())
+                gone = InstanceState(
+                    name=name,
+                    app=inst.spec.app,
+                    deployment=inst.spec.deployment,
+                    cgroup=f"inst-{name}",
+                    release_dir="",
+                    reason=REASON_INTERRUPTED,
+                    message="the node lost track of this run while it ran; it is not run again",
+                    finished_time=self.clock.now(),
+                )
                 self.status.write(inst, gone, "Failed", None)
                 return None
         run = RunSpec.for_instance(inst.spec)
         if st is None:
-            st = InstanceState(name=name, app=inst.spec.app, deployment=inst.spec.deployment, cgroup=f"inst-{name}",
-                               release_dir=str(self.builder.release_dir(inst.spec.app, inst.spec.deployment)),
-                               restarts=inst.status.restarts)
+            st = InstanceState(
+                name=name,
+                app=inst.spec.app,
+                deployment=inst.spec.deployment,
+                cgroup=f"inst-{name}",
+                release_dir=str(self.builder.release_dir(inst.spec.app, inst.spec.deployment)),
+                restarts=inst.status.restarts,
+            )
             self.state.put(st)
-        limits = (inst.spec.resources.memory or None, inst.spec.resources.cpu or None, inst.spec.resources.pids)
+        limits = (
+            inst.spec.resources.memory or None,
+            inst.spec.resources.cpu or None,
+            inst.spec.resources.pids,
+        )
         if not self.builder.is_built(Path(st.release_dir), inst.spec.commit):
             inst = self.status.write(inst, st, "Building", None)
-            env = build_env(inst.spec.app, inst.spec.deployment, name, st.release_dir, None, run.env, inst.spec.env)
+            env = build_env(
+                inst.spec.app, inst.spec.deployment, name, st.release_dir, None, run.env, inst.spec.env
+            )
             try:
-                self.builder.ensure_built(name, inst.spec.app, inst.spec.deployment, inst.spec.repo, inst.spec.commit,
-                                          run, env, limits, log_path(self.logs_dir, name, "build"),
-                                          disk=inst.spec.resources.disk)
+                self.builder.ensure_built(
+                    name,
+                    inst.spec.app,
+                    inst.spec.deployment,
+                    inst.spec.repo,
+                    inst.spec.commit,
+                    run,
+                    env,
+                    limits,
+                    log_path(self.logs_dir, name, "build"),
+                    disk=inst.spec.resources.disk,
+                )
             except DiskLow as exc:
                 st.reason, st.message = exc.reason, exc.message  # not the release's fault: it waits
                 self.status.write(inst, st, "Building", None)
@@ -126,7 +166,9 @@ class Reconciler:
                     self.shipper.ship_instance(name)
                 except errors.ForgeError as exc:
                     log.info("%s: output not shipped yet (%s); it follows", name, exc)
-                self.status.write(inst, st, "Succeeded" if st.exit_code == 0 and not st.reason else "Failed", None)
+                self.status.write(
+                    inst, st, "Succeeded" if st.exit_code == 0 and not st.reason else "Failed", None
+                )
                 return None
         now = self.clock.now()
         if not st.pid:
@@ -155,13 +197,29 @@ class Reconciler:
             self.status.write(inst, st, "Running" if st.ready else "Starting", tracker)
             return due - mono
         uid, gid = self.supervisor.owner_for(inst.spec.app)
-        net = {"netns": self.network.netns_path(st.name), "resolv_conf": self.network.dns_text} \
-            if self.network is not None else {}
-        env = build_env(inst.spec.app, inst.spec.deployment, st.name, st.release_dir, st.port, run.env, inst.spec.env)
-        storage = str(self.builder.fence.storage_dir(inst.spec.app)) \
-            if inst.spec.storage and self.builder.fence is not None else None
-        spec = self.supervisor.spec_factory(app=inst.spec.app, workdir=st.release_dir, command=run.health_command,
-                                            env=env, uid=uid, gid=gid, storage=storage, **net)
+        net = (
+            {"netns": self.network.netns_path(st.name), "resolv_conf": self.network.dns_text}
+            if self.network is not None
+            else {}
+        )
+        env = build_env(
+            inst.spec.app, inst.spec.deployment, st.name, st.release_dir, st.port, run.env, inst.spec.env
+        )
+        storage = (
+            str(self.builder.fence.storage_dir(inst.spec.app))
+            if inst.spec.storage and self.builder.fence is not None
+            else None
+        )
+        spec = self.supervisor.spec_factory(
+            app=inst.spec.app,
+            workdir=st.release_dir,
+            command=run.health_command,
+            env=env,
+            uid=uid,
+            gid=gid,
+            storage=storage,
+            **net,
+        )
         try:
             code = self.supervisor.sandbox.run(spec, run.health.timeout_seconds)
             result = ProbeResult(code == 0, f"health command exited with code {code}")
@@ -172,8 +230,12 @@ class Reconciler:
         if verdict == READY:
             self._mark_ready(st)
         elif verdict == UNHEALTHY:
-            return self._unhealthy(inst, st, run, f"health command failed {tracker.failures} times in a row", result)
-        self.status.write(inst, st, "Running" if st.ready else "Starting", tracker, probe_result=result.detail)
+            return self._unhealthy(
+                inst, st, run, f"health command failed {tracker.failures} times in a row", result
+            )
+        self.status.write(
+            inst, st, "Running" if st.ready else "Starting", tracker, probe_result=result.detail
+        )
         return run.health.interval_seconds
 
     # -- one-shots and workers --------------------------------------------------------
@@ -187,8 +249,14 @@ class Reconciler:
                 if st is None or not st.pid or st.finished_time:
                     return
                 try:
-                    body = self.client.request("GET", f"/api/v1/instances/{name}/stdin",
-                                               params={"after": after, "waitSeconds": 5}) or {}
+                    body = (
+                        self.client.request(
+                            "GET",
+                            f"/api/v1/instances/{name}/stdin",
+                            params={"after": after, "waitSeconds": 5},
+                        )
+                        or {}
+                    )
                 except errors.Unavailable:
                     self.clock.sleep(1.0)  # the control plane blinked: the run keeps its stdin
                     continue
@@ -198,7 +266,7 @@ class Reconciler:
                         return
                     data = base64.b64decode(str(chunk.get("data") or ""))
                     while data:
-                        data = data[os.write(fd, data):]
+                        data = data[os.write(fd, data) :]
         except (OSError, ValueError, errors.ForgeError) as exc:
             log.info("%s: stdin closed: %s", name, exc)
         finally:
@@ -238,7 +306,9 @@ class Reconciler:
         return max(STABLE_SECONDS - up, 0.0) or None
 
     # -- start / exit ----------------------------------------------------------
-    def _start(self, inst: Instance, st: InstanceState, run: RunSpec, limits: tuple[Any, ...]) -> float | None:
+    def _start(
+        self, inst: Instance, st: InstanceState, run: RunSpec, limits: tuple[Any, ...]
+    ) -> float | None:
         held = self.state.ports_held(exclude=st.name)
         net: dict[str, str] | None = None
         try:
@@ -252,7 +322,11 @@ class Reconciler:
                 port = st.port or choose_port(held, is_free=lambda _p: True)
             else:
                 st.address = self.node_address
-                port = st.port if st.port and st.port not in held and port_is_free(st.port) else choose_port(held)
+                port = (
+                    st.port
+                    if st.port and st.port not in held and port_is_free(st.port)
+                    else choose_port(held)
+                )
         except (OSError, errors.ForgeError) as exc:
             st.reason, st.message = REASON_START_FAILED, f"cannot set up the network: {exc}"[:500]
             self._schedule_restart(st)
@@ -263,7 +337,16 @@ class Reconciler:
         if inst.spec.secret:
             body = self.client.request("GET", f"/api/v1/instances/{st.name}/secrets") or {}
             secrets = {str(k): str(v) for k, v in (body.get("env") or {}).items()}
-        env = build_env(inst.spec.app, inst.spec.deployment, st.name, st.release_dir, port, run.env, inst.spec.env, secrets)
+        env = build_env(
+            inst.spec.app,
+            inst.spec.deployment,
+            st.name,
+            st.release_dir,
+            port,
+            run.env,
+            inst.spec.env,
+            secrets,
+        )
         moved = port != st.port
         st.port, st.ready, st.next_start = port, False, None
         # Written before the process exists. When it cannot be (a full disk) the start goes on
@@ -274,8 +357,9 @@ class Reconciler:
         except OSError as exc:
             if moved:
                 raise
-            log.warning("%s: cannot save the agent state (%s); restarting it at the same address anyway",
-                        st.name, exc)
+            log.warning(
+                "%s: cannot save the agent state (%s); restarting it at the same address anyway", st.name, exc
+            )
         fence = self.builder.fence
         fsize = inst.spec.resources.disk if fence is not None and fence.mode == "watcher" else None
         storage: str | None = None
@@ -292,14 +376,25 @@ class Reconciler:
                 exit_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
                 exit_file.unlink(missing_ok=True)
             try:
-                self.supervisor.start(st, run, env, limits, log_path(self.logs_dir, st.name, "app"), net, fsize,
-                                      storage, pipe[0] if pipe else None, str(exit_file) if exit_file else None)
+                self.supervisor.start(
+                    st,
+                    run,
+                    env,
+                    limits,
+                    log_path(self.logs_dir, st.name, "app"),
+                    net,
+                    fsize,
+                    storage,
+                    pipe[0] if pipe else None,
+                    str(exit_file) if exit_file else None,
+                )
             finally:
                 if pipe is not None:
                     os.close(pipe[0])
             if pipe is not None:
-                threading.Thread(target=self._pump_stdin, args=(st.name, pipe[1]), daemon=True,
-                                 name=f"stdin-{st.name}").start()
+                threading.Thread(
+                    target=self._pump_stdin, args=(st.name, pipe[1]), daemon=True, name=f"stdin-{st.name}"
+                ).start()
                 pipe = None
         except (OSError, errors.Invalid, errors.Unavailable) as exc:
             if pipe is not None:
@@ -314,7 +409,9 @@ class Reconciler:
         self.watch_exit(st.pid, st.name)
         tracker = ProbeTracker(run.health.retries, run.health.start_period_seconds)
         self.trackers[st.name] = tracker
-        self.next_probe[st.name] = self.clock.monotonic() + min(FIRST_PROBE_DELAY, run.health.interval_seconds)
+        self.next_probe[st.name] = self.clock.monotonic() + min(
+            FIRST_PROBE_DELAY, run.health.interval_seconds
+        )
         self.probe_step.pop(st.name, None)
         self.last_fail.pop(st.name, None)
         self.status.write(inst, st, "Starting", tracker)
@@ -358,7 +455,8 @@ class Reconciler:
             return
         st.reason = REASON_OOM if ooms > st.oom_kills else REASON_CRASH_LOOP
         st.message = (f"process exited with code {code}" if code is not None else "process exited") + (
-            " after an out-of-memory kill" if st.reason == REASON_OOM else "")
+            " after an out-of-memory kill" if st.reason == REASON_OOM else ""
+        )
         st.oom_kills = max(st.oom_kills, ooms)
         st.exit_code = code
         self.supervisor.remove_cgroup(st.cgroup)
@@ -409,8 +507,10 @@ class Reconciler:
         limit = inst.spec.resources.disk
         self.supervisor.stop(st, run.stop_timeout)
         st.reason = REASON_DISK_LIMIT
-        st.message = (f"wrote past its disk limit of {limit // 2**20} MiB (resources.disk); stopped, it restarts "
-                      "on a fresh copy of its release")
+        st.message = (
+            f"wrote past its disk limit of {limit // 2**20} MiB (resources.disk); stopped, it restarts "
+            "on a fresh copy of its release"
+        )
         self._schedule_restart(st)
         self._persist(st)
         with self.state.lock:
@@ -436,8 +536,12 @@ class Reconciler:
         result = probe(st.port, run.health.path, run.health.timeout_seconds, host=self._probe_host(st))
         since_start = self.clock.now() - (st.started_time or self.clock.now())
         last_fail = self.last_fail.get(st.name)
-        if not result.ok and not tracker.ready and last_fail is not None \
-                and mono - last_fail < run.health.interval_seconds:
+        if (
+            not result.ok
+            and not tracker.ready
+            and last_fail is not None
+            and mono - last_fail < run.health.interval_seconds
+        ):
             verdict = WAITING  # a quick look before the first success: failures count once per interval
         else:
             verdict = tracker.record(result, since_start)
@@ -446,7 +550,9 @@ class Reconciler:
         if tracker.ready:
             step = run.health.interval_seconds
         else:  # not ready yet: look again soon, backing off toward the interval
-            step = min(run.health.interval_seconds, max(FIRST_PROBE_DELAY, 2 * self.probe_step.get(st.name, 0.0)))
+            step = min(
+                run.health.interval_seconds, max(FIRST_PROBE_DELAY, 2 * self.probe_step.get(st.name, 0.0))
+            )
         self.probe_step[st.name] = step
         self.next_probe[st.name] = self.clock.monotonic() + step
         if verdict == READY:
@@ -455,8 +561,12 @@ class Reconciler:
                 st.crash_streak = 0
                 self._persist(st)
         elif verdict == UNHEALTHY:
-            return self._unhealthy(inst, st, run, f"{run.health.path} failed {tracker.failures} probes in a row", result)
-        self.status.write(inst, st, "Running" if st.ready else "Starting", tracker, probe_result=result.detail)
+            return self._unhealthy(
+                inst, st, run, f"{run.health.path} failed {tracker.failures} probes in a row", result
+            )
+        self.status.write(
+            inst, st, "Running" if st.ready else "Starting", tracker, probe_result=result.detail
+        )
         return step
 
     def _mark_ready(self, st: InstanceState) -> None:
@@ -465,7 +575,9 @@ class Reconciler:
             st.reason, st.message = "", ""
             self._persist(st)
 
-    def _unhealthy(self, inst: Instance, st: InstanceState, run: RunSpec, what: str, result: ProbeResult) -> float | None:
+    def _unhealthy(
+        self, inst: Instance, st: InstanceState, run: RunSpec, what: str, result: ProbeResult
+    ) -> float | None:
         """Failed its checks ``retries`` times in a row: restart it (with back-off), say so."""
         st.reason = REASON_HEALTH
         st.message = f"{what}; last: {result.detail}"
@@ -482,15 +594,21 @@ class Reconciler:
         try:
             self.state.save()
         except OSError as exc:
-            log.warning("%s: cannot save the agent state (%s); carrying on, it is saved at the next change",
-                        st.name, exc)
+            log.warning(
+                "%s: cannot save the agent state (%s); carrying on, it is saved at the next change",
+                st.name,
+                exc,
+            )
 
     def event(self, instance: str, type_: str, reason: str, message: str) -> None:
         """Record what happened on this node as an Event on the Instance (best effort: an
         Event is history for people, never a reason for the agent to stop working)."""
         try:
-            self.client.request("POST", f"/api/v1/instances/{instance}/events",
-                                json={"type": type_, "reason": reason, "message": message[:1000]})
+            self.client.request(
+                "POST",
+                f"/api/v1/instances/{instance}/events",
+                json={"type": type_, "reason": reason, "message": message[:1000]},
+            )
         except errors.ForgeError as exc:
             log.info("could not record %s on %s: %s", reason, instance, exc)
 
@@ -515,7 +633,11 @@ class Reconciler:
             self.probe_step.pop(name, None)
             self.last_fail.pop(name, None)
             self.state.save()
-        finished = inst is not None and inst.spec.oneshot is not None and inst.status.phase in ("Succeeded", "Failed")
+        finished = (
+            inst is not None
+            and inst.spec.oneshot is not None
+            and inst.status.phase in ("Succeeded", "Failed")
+        )
         if inst is not None and inst.spec.desired == "Stopped" and not finished:
             self.status.write(inst, st, "Stopped", None)
         if st is not None:

@@ -73,10 +73,31 @@ JOIN_RECORD: Final[str] = (
 )
 SYSTEM_DIRS: Final = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 ETC_FILES: Final = (
-    "resolv.conf", "hosts", "host.conf", "nsswitch.conf", "gai.conf", "ssl", "ca-certificates",
-    "ca-certificates.conf", "pki", "alternatives", "ld.so.cache", "ld.so.conf", "ld.so.conf.d",
-    "localtime", "timezone", "mime.types", "protocols", "services", "os-release", "debian_version",
-    "python3", "python3.11", "python3.12", "pip.conf", "gitconfig",
+    "resolv.conf",
+    "hosts",
+    "host.conf",
+    "nsswitch.conf",
+    "gai.conf",
+    "ssl",
+    "ca-certificates",
+    "ca-certificates.conf",
+    "pki",
+    "alternatives",
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "localtime",
+    "timezone",
+    "mime.types",
+    "protocols",
+    "services",
+    "os-release",
+    "debian_version",
+    "python3",
+    "python3.11",
+    "python3.12",
+    "pip.conf",
+    "gitconfig",
 )
 STOP_STEP: Final[float] = 0.1
 UID_BASE: Final[int] = 200_000
@@ -237,33 +258,67 @@ class Sandbox:
             drop += [prlimit, f"--fsize={int(spec.fsize_limit)}:{int(spec.fsize_limit)}", "--"]
         if spec.netns:
             if unprivileged_agent:
-                raise Invalid(f"cannot put {spec.app} in network namespace {spec.netns}: the agent is not root")
+                raise Invalid(
+                    f"cannot put {spec.app} in network namespace {spec.netns}: the agent is not root"
+                )
             # Before the uid drop: entering a namespace needs CAP_SYS_ADMIN, which the app never has.
             drop += [str(self.nsenter or "nsenter"), f"--net={spec.netns}", "--"]
         if spec.uid is not None and not unprivileged_agent:
             gid = spec.gid if spec.gid is not None else spec.uid
-            drop += [str(self.setpriv or "setpriv"), f"--reuid={spec.uid}", f"--regid={gid}", "--clear-groups", "--"]
+            drop += [
+                str(self.setpriv or "setpriv"),
+                f"--reuid={spec.uid}",
+                f"--regid={gid}",
+                "--clear-groups",
+                "--",
+            ]
         fds: list[int] = []
         try:
             if self.bwrap and iso.namespaces:
-                inner = self._bwrap_argv(spec, unprivileged=unprivileged_agent or spec.uid is not None, fds=fds)
+                inner = self._bwrap_argv(
+                    spec, unprivileged=unprivileged_agent or spec.uid is not None, fds=fds
+                )
             else:
                 inner = ["/bin/sh", "-c", spec.command]
             if spec.exit_file:
-                argv = ["/bin/sh", "-c", JOIN_RECORD, "forge-join", str(len(files)), spec.exit_file, *files, "--",
-                        *drop, *inner]
+                argv = [
+                    "/bin/sh",
+                    "-c",
+                    JOIN_RECORD,
+                    "forge-join",
+                    str(len(files)),
+                    spec.exit_file,
+                    *files,
+                    "--",
+                    *drop,
+                    *inner,
+                ]
             else:
                 argv = ["/bin/sh", "-c", JOIN, "forge-join", str(len(files)), *files, "--", *drop, *inner]
             if spec.output_fd is not None:
                 proc = subprocess.Popen(
-                    argv, env=env, cwd=spec.workdir, stdin=_stdin(spec), stdout=spec.output_fd,
-                    stderr=spec.output_fd, start_new_session=True, close_fds=True, pass_fds=fds,
+                    argv,
+                    env=env,
+                    cwd=spec.workdir,
+                    stdin=_stdin(spec),
+                    stdout=spec.output_fd,
+                    stderr=spec.output_fd,
+                    start_new_session=True,
+                    close_fds=True,
+                    pass_fds=fds,
                 )
             else:
                 with open(spec.stdout_path, "ab") as out, open(spec.stderr_path, "ab") as err:
                     proc = subprocess.Popen(
-                        argv, env=env, cwd=spec.workdir, stdin=_stdin(spec), stdout=out, stderr=err,
-                        start_new_session=True, close_fds=True, pass_fds=fds,
+                        argv,
+                        env=env,
+                        cwd=spec.workdir,
+                        stdin=_stdin(spec),
+                        stdout=out,
+                        stderr=err,
+                        start_new_session=True,
+                        close_fds=True,
+                        pass_fds=fds,
                     )
         finally:
             for fd in fds:
@@ -286,7 +341,13 @@ class Sandbox:
                 a += ["--ro-bind", d, d]
         for name in ETC_FILES:
             if name == "resolv.conf" and spec.resolv_conf is not None:
-                a += ["--perms", "0644", "--ro-bind-data", str(_data_fd(spec.resolv_conf, fds)), "/etc/resolv.conf"]
+                a += [
+                    "--perms",
+                    "0644",
+                    "--ro-bind-data",
+                    str(_data_fd(spec.resolv_conf, fds)),
+                    "/etc/resolv.conf",
+                ]
             else:
                 a += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
         uid = spec.uid if spec.uid is not None else os.geteuid()
@@ -366,7 +427,10 @@ def _data_fd(text: str, fds: list[int]) -> int:
 def _user_db(app: str, uid: int, gid: int, home: str) -> list[tuple[str, str]]:
     """/etc/passwd and /etc/group naming only root, nobody and this app's user."""
     name = "root" if uid == 0 else _user_name(uid, app)
-    users = ["root:x:0:0:root:/nonexistent:/usr/sbin/nologin", "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin"]
+    users = [
+        "root:x:0:0:root:/nonexistent:/usr/sbin/nologin",
+        "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin",
+    ]
     groups = ["root:x:0:", "nogroup:x:65534:"]
     if uid not in (0, 65534):
         users.append(f"{name}:x:{uid}:{gid}:{app}:{home}:/bin/sh")
@@ -402,7 +466,9 @@ class UidAllocator:
             if app in table:
                 return table[app]
             used = set(table.values())
-            uid = UID_BASE + zlib.crc32(f"{self.salt}/{app}".encode() if self.salt else app.encode()) % UID_SPAN
+            uid = (
+                UID_BASE + zlib.crc32(f"{self.salt}/{app}".encode() if self.salt else app.encode()) % UID_SPAN
+            )
             for _ in range(UID_SPAN):
                 if uid not in used:
                     break
@@ -446,8 +512,11 @@ def prepare_workdir(workdir: str | Path, uid: int, gid: int) -> None:
         if not mode & stat.S_IXOTH:
             # Only where it is missing (and never o+r): a data dir under a private directory
             # (a home dir) needs it; the default /var/lib/forge never does.
-            log.warning("giving %s the search bit (o+x) so app uids can reach their release dirs "
-                        "(FORGE_DATA_DIR under /var/lib avoids this)", parent)
+            log.warning(
+                "giving %s the search bit (o+x) so app uids can reach their release dirs "
+                "(FORGE_DATA_DIR under /var/lib avoids this)",
+                parent,
+            )
             os.chmod(parent, stat.S_IMODE(mode) | stat.S_IXOTH)
     os.lchown(top, uid, gid)
     os.chmod(top, 0o700)

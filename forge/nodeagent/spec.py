@@ -63,7 +63,9 @@ class RunSpec:
         """What to run for an Instance's spec: its process type's command, or its one-shot's."""
         base = cls.from_manifest(spec.manifest)
         if spec.oneshot is not None:
-            return replace(base, command=spec.oneshot.command, kind="oneshot", timeout=spec.oneshot.timeout_seconds)
+            return replace(
+                base, command=spec.oneshot.command, kind="oneshot", timeout=spec.oneshot.timeout_seconds
+            )
         if spec.process == "web":
             return base
         m = _normalize(dict(spec.manifest or {}))
@@ -71,10 +73,15 @@ class RunSpec:
         proc = procs.get(spec.process) if isinstance(procs.get(spec.process), dict) else {}
         env = proc.get("env") if isinstance(proc.get("env"), dict) else {}
         stop = _get(proc, "stopTimeoutSeconds", "stop_timeout_seconds", default=base.stop_timeout)
-        return replace(base, command=str(proc.get("command") or ""), kind="worker",
-                       env={**base.env, **{str(k): str(v) for k, v in env.items()}}, stop_timeout=float(stop),
-                       min_running=float(_get(proc, "minRunningSeconds", "min_running_seconds", default=10.0)),
-                       health_command=_get(proc, "healthCommand", "health_command"))
+        return replace(
+            base,
+            command=str(proc.get("command") or ""),
+            kind="worker",
+            env={**base.env, **{str(k): str(v) for k, v in env.items()}},
+            stop_timeout=float(stop),
+            min_running=float(_get(proc, "minRunningSeconds", "min_running_seconds", default=10.0)),
+            health_command=_get(proc, "healthCommand", "health_command"),
+        )
 
     @classmethod
     def from_manifest(cls, manifest: dict[str, Any] | None) -> RunSpec:
@@ -87,10 +94,19 @@ class RunSpec:
         env = m.get("env") if isinstance(m.get("env"), dict) else {}
         return cls(
             build_commands=tuple(str(c) for c in cmds),
-            build_timeout=float(_get(build, "timeoutSeconds", "timeout_seconds", "timeout", default=DEFAULT_BUILD_TIMEOUT)),
+            build_timeout=float(
+                _get(build, "timeoutSeconds", "timeout_seconds", "timeout", default=DEFAULT_BUILD_TIMEOUT)
+            ),
             command=str(_get(run, "command", default="") or ""),
-            stop_timeout=float(_get(run, "stopTimeoutSeconds", "stop_timeout_seconds", "stop_timeout",
-                                    default=DEFAULT_STOP_TIMEOUT)),
+            stop_timeout=float(
+                _get(
+                    run,
+                    "stopTimeoutSeconds",
+                    "stop_timeout_seconds",
+                    "stop_timeout",
+                    default=DEFAULT_STOP_TIMEOUT,
+                )
+            ),
             health=HealthSpec.from_manifest(m),
             env={str(k): str(v) for k, v in env.items()},
         )

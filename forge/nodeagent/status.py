@@ -23,7 +23,11 @@ CONFLICT_RETRIES = 4
 
 
 def compute_instance_status(
-    current: InstanceStatus, st: InstanceState | None, phase: str, generation: int, now_iso: str,
+    current: InstanceStatus,
+    st: InstanceState | None,
+    phase: str,
+    generation: int,
+    now_iso: str,
     probe_result: str | None = None,
 ) -> InstanceStatus:
     s = current.model_copy(deep=True)
@@ -69,14 +73,23 @@ def _comparable(s: InstanceStatus) -> dict[str, Any]:
 
 
 class StatusWriter:
-    def __init__(self, client: ForgeClient, clock: Clock, on_written: Callable[[dict[str, Any]], None]) -> None:
+    def __init__(
+        self, client: ForgeClient, clock: Clock, on_written: Callable[[dict[str, Any]], None]
+    ) -> None:
         self.client, self.clock, self.on_written = client, clock, on_written
 
-    def write(self, inst: Instance, st: InstanceState | None, phase: str, tracker: ProbeTracker | None,
-              probe_result: str | None = None) -> Instance:
+    def write(
+        self,
+        inst: Instance,
+        st: InstanceState | None,
+        phase: str,
+        tracker: ProbeTracker | None,
+        probe_result: str | None = None,
+    ) -> Instance:
         for _ in range(CONFLICT_RETRIES):
-            new = compute_instance_status(inst.status, st, phase, inst.metadata.generation, self.clock.now_iso(),
-                                          probe_result)
+            new = compute_instance_status(
+                inst.status, st, phase, inst.metadata.generation, self.clock.now_iso(), probe_result
+            )
             if _comparable(new) == _comparable(inst.status):
                 return inst
             body = inst.dump()

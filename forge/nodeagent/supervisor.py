@@ -45,8 +45,12 @@ def port_is_free(port: int) -> bool:
 
 
 def choose_port(
-    held: Iterable[int], rng: random.Random | None = None, is_free: Callable[[int], bool] = port_is_free,
-    lo: int = PORT_MIN, hi: int = PORT_MAX, attempts: int = 200,
+    held: Iterable[int],
+    rng: random.Random | None = None,
+    is_free: Callable[[int], bool] = port_is_free,
+    lo: int = PORT_MIN,
+    hi: int = PORT_MAX,
+    attempts: int = 200,
 ) -> int:
     """A port in [lo, hi] that no Instance here holds and that binds; OSError when none is found."""
     taken = set(held)
@@ -62,8 +66,14 @@ def choose_port(
 
 
 def build_env(
-    app: str, deployment: str, instance: str, home: str, port: int | None,
-    manifest_env: dict[str, str], app_env: dict[str, str], secrets: dict[str, str] | None = None,
+    app: str,
+    deployment: str,
+    instance: str,
+    home: str,
+    port: int | None,
+    manifest_env: dict[str, str],
+    app_env: dict[str, str],
+    secrets: dict[str, str] | None = None,
 ) -> dict[str, str]:
     """The complete environment of a build or an app; later sources win, platform keys last."""
     env: dict[str, str] = {"PATH": SANE_PATH, "HOME": home, "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1"}
@@ -82,21 +92,37 @@ def process_start_ticks(pid: int) -> int | None:
         raw = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = raw[raw.rfind(")") + 2:].split()
+    fields = raw[raw.rfind(")") + 2 :].split()
     if fields[0] in ("Z", "X"):
         return None
     return int(fields[19])
 
 
 class Supervisor:
-    def __init__(self, sandbox: Any, driver: Any, clock: Clock, spec_factory: Callable[..., Any],
-                 owner_for: Callable[[str], tuple[int | None, int | None]]) -> None:
+    def __init__(
+        self,
+        sandbox: Any,
+        driver: Any,
+        clock: Clock,
+        spec_factory: Callable[..., Any],
+        owner_for: Callable[[str], tuple[int | None, int | None]],
+    ) -> None:
         self.sandbox, self.driver, self.clock = sandbox, driver, clock
         self.spec_factory, self.owner_for = spec_factory, owner_for
 
-    def start(self, st: InstanceState, run: RunSpec, env: dict[str, str], limits: tuple[int, float, int],
-              app_log: Path, net: dict[str, str] | None = None, fsize_limit: int | None = None,
-              storage: str | None = None, stdin_fd: int | None = None, exit_file: str | None = None) -> None:
+    def start(
+        self,
+        st: InstanceState,
+        run: RunSpec,
+        env: dict[str, str],
+        limits: tuple[int, float, int],
+        app_log: Path,
+        net: dict[str, str] | None = None,
+        fsize_limit: int | None = None,
+        storage: str | None = None,
+        stdin_fd: int | None = None,
+        exit_file: str | None = None,
+    ) -> None:
         """Spawn the app detached into its cgroup (and its network namespace when ``net`` names
         one: ``{"netns": path, "resolv_conf": text}``); fills pid, start time and pid_start."""
         app_log.parent.mkdir(parents=True, exist_ok=True)
@@ -109,10 +135,20 @@ class Supervisor:
             self.driver.set_limits(st.cgroup, *limits)
         uid, gid = self.owner_for(st.app)
         spec = self.spec_factory(
-            app=st.app, workdir=st.release_dir, command=run.command, env=env, uid=uid, gid=gid,
+            app=st.app,
+            workdir=st.release_dir,
+            command=run.command,
+            env=env,
+            uid=uid,
+            gid=gid,
             cgroup=st.cgroup if self.driver is not None else None,
-            stdout_path=str(app_log), stderr_path=str(app_log), fsize_limit=fsize_limit, storage=storage,
-            stdin_fd=stdin_fd, exit_file=exit_file, **(net or {}),
+            stdout_path=str(app_log),
+            stderr_path=str(app_log),
+            fsize_limit=fsize_limit,
+            storage=storage,
+            stdin_fd=stdin_fd,
+            exit_file=exit_file,
+            **(net or {}),
         )
         pid = int(self.sandbox.spawn(spec))
         st.pid, st.pid_start = pid, process_start_ticks(pid)

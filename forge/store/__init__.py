@@ -16,5 +16,15 @@ from forge.store.base import (
     selector_matches,
 )
 
-__all__ = ["LogLine", "LogStore", "MarkStore", "RecordStore", "Store", "WatchEvent", "open_store",
-           "parse_selector", "redact_url", "selector_matches"]
+__all__ = [
+    "LogLine",
+    "LogStore",
+    "MarkStore",
+    "RecordStore",
+    "Store",
+    "WatchEvent",
+    "open_store",
+    "parse_selector",
+    "redact_url",
+    "selector_matches",
+]

@@ -75,8 +75,12 @@ class LogLine:
 
     def to_dict(self) -> dict[str, object]:
         return {
-            "id": self.id, "time": self.time, "instance": self.instance,
-            "deployment": self.deployment, "source": self.source, "line": self.line,
+            "id": self.id,
+            "time": self.time,
+            "instance": self.instance,
+            "deployment": self.deployment,
+            "source": self.source,
+            "line": self.line,
         }
 
 
@@ -103,7 +107,9 @@ class RecordStore(Protocol):
 
     def update_status(self, obj: R) -> R: ...
 
-    def delete(self, kind: str | type[Resource], name: str, resource_version: int | None = None) -> Resource: ...
+    def delete(
+        self, kind: str | type[Resource], name: str, resource_version: int | None = None
+    ) -> Resource: ...
 
     def watch(self, kind: str | None, since: int, timeout: float = 10.0) -> list[WatchEvent]: ...
 
@@ -127,8 +133,13 @@ class LogStore(Protocol):
     ) -> int: ...
 
     def read_logs(
-        self, app: str, deployment: str | None = None, source: str | None = None, after_id: int = 0,
-        limit: int = 1000, since_time: float | str | None = None,
+        self,
+        app: str,
+        deployment: str | None = None,
+        source: str | None = None,
+        after_id: int = 0,
+        limit: int = 1000,
+        since_time: float | str | None = None,
     ) -> list[LogLine]: ...
 
     def wait_logs(self, after_id: int, timeout: float = 10.0) -> bool: ...
@@ -197,11 +208,13 @@ def open_store(url: str) -> Store:
 
         return PostgresStore(url)
     if "://" in url and not url.startswith("sqlite://"):
-        raise Invalid(f"store URL {redact_url(url)!r}: use sqlite:///PATH or postgresql://…",
-                      [{"path": "FORGE_STORE_URL", "message": "unknown scheme"}])
+        raise Invalid(
+            f"store URL {redact_url(url)!r}: use sqlite:///PATH or postgresql://…",
+            [{"path": "FORGE_STORE_URL", "message": "unknown scheme"}],
+        )
     from forge.store.sqlite import SqliteStore
 
-    path = url[len("sqlite://"):] if url.startswith("sqlite://") else url
+    path = url[len("sqlite://") :] if url.startswith("sqlite://") else url
     if path.startswith("/") and url.startswith("sqlite:///"):
         path = path[1:] if path.startswith("//") else path
     return SqliteStore(path)
@@ -228,8 +241,13 @@ class LogsAndMarks:
         return int(self.logs.append_logs(instance, app, deployment, source, entries))
 
     def read_logs(
-        self, app: str, deployment: str | None = None, source: str | None = None, after_id: int = 0,
-        limit: int = 1000, since_time: float | str | None = None,
+        self,
+        app: str,
+        deployment: str | None = None,
+        source: str | None = None,
+        after_id: int = 0,
+        limit: int = 1000,
+        since_time: float | str | None = None,
     ) -> list[LogLine]:
         return list(self.logs.read_logs(app, deployment, source, after_id, limit, since_time))
 

@@ -95,7 +95,11 @@ class PgDb:
             self._orphans.append(self._pool)
         self._pid = os.getpid()
         self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
-            self.url, min_size=self.min_size, max_size=self.max_size, open=False, timeout=CONNECT_TIMEOUT * 2,
+            self.url,
+            min_size=self.min_size,
+            max_size=self.max_size,
+            open=False,
+            timeout=CONNECT_TIMEOUT * 2,
             kwargs={"autocommit": True, "application_name": "forge", "connect_timeout": CONNECT_TIMEOUT},
             name="forge-store",
         )
@@ -156,8 +160,11 @@ class PgDb:
             try:
                 return once()
             except _AmbiguousCommit as amb:
-                log.warning("store %s: connection lost during COMMIT (%s); checking whether it committed",
-                            self.name, describe(amb.cause, self._secret))
+                log.warning(
+                    "store %s: connection lost during COMMIT (%s); checking whether it committed",
+                    self.name,
+                    describe(amb.cause, self._secret),
+                )
                 xid = amb.xid
                 if self.retrying(lambda: self._xact_committed(xid)):
                     return amb.result  # type: ignore[no-any-return]
@@ -216,7 +223,9 @@ class PgDb:
                 f"{self.retry_seconds:g} s): {describe(exc, self._secret)}"
             ) from None
         except _RetryWrite:
-            raise Unavailable(f"store {self.name}: a write kept failing at commit; it did not happen") from None
+            raise Unavailable(
+                f"store {self.name}: a write kept failing at commit; it did not happen"
+            ) from None
         except psycopg.Error as exc:
             raise Unavailable(f"store {self.name}: {describe(exc, self._secret)}") from None
 
@@ -288,8 +297,11 @@ class PgDb:
                 if self._stop.is_set():
                     break
                 failures += 1
-                log.warning("store %s: listener connection lost (%s); reconnecting",
-                            self.name, describe(exc, self._secret))
+                log.warning(
+                    "store %s: listener connection lost (%s); reconnecting",
+                    self.name,
+                    describe(exc, self._secret),
+                )
                 self.wake()
                 self._stop.wait(min(2.0, 0.05 * 2 ** min(failures, 6)))
             finally:

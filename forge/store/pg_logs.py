@@ -52,7 +52,9 @@ class PgLogStore:
                 # Retention per app: everything older than its newest N lines goes.
                 conn.execute(
                     "DELETE FROM logs WHERE app = %s AND id <= (SELECT id FROM logs WHERE app = %s "
-                    "ORDER BY id DESC OFFSET %s LIMIT 1)", (app, app, self.keep_lines_per_app))
+                    "ORDER BY id DESC OFFSET %s LIMIT 1)",
+                    (app, app, self.keep_lines_per_app),
+                )
             return added
 
         return self._db.write(tx)
@@ -94,21 +96,28 @@ class PgLogStore:
     def prune_logs(self, before_time: float | str) -> int:
         """Delete lines older than ``before_time``; returns how many went."""
         cutoff = time_ms(before_time)
-        return self._db.write(lambda conn: max(0, conn.execute("DELETE FROM logs WHERE time < %s", (cutoff,)).rowcount))
+        return self._db.write(
+            lambda conn: max(0, conn.execute("DELETE FROM logs WHERE time < %s", (cutoff,)).rowcount)
+        )
 
     # ------------------------------------------------------------------ migrate-store
 
     def dump(self) -> list[tuple[Any, ...]]:
-        return self._db.read(lambda conn: conn.execute(f"SELECT {COLUMNS} FROM logs ORDER BY id".encode()).fetchall())
+        return self._db.read(
+            lambda conn: conn.execute(f"SELECT {COLUMNS} FROM logs ORDER BY id".encode()).fetchall()
+        )
 
     def load(self, rows: list[tuple[Any, ...]]) -> None:
         def tx(conn: Conn) -> None:
             with conn.cursor() as cur:
-                cur.executemany(f"INSERT INTO logs ({COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)".encode(),
-                                rows)
+                cur.executemany(
+                    f"INSERT INTO logs ({COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)".encode(), rows
+                )
             # Explicit ids leave the sequence behind: move it past them.
-            conn.execute("SELECT setval(pg_get_serial_sequence('logs', 'id'), "
-                         "COALESCE((SELECT MAX(id) FROM logs), 0) + 1, false)")
+            conn.execute(
+                "SELECT setval(pg_get_serial_sequence('logs', 'id'), "
+                "COALESCE((SELECT MAX(id) FROM logs), 0) + 1, false)"
+            )
 
         self._db.write(tx)
 
@@ -124,28 +133,43 @@ class PgMarkStore:
         """Record that ``uid`` reached ``label`` of ``metric``; True if it was not marked before."""
         check_mark(metric, uid)
         args = (metric, uid, label, None if value is None else float(value))
-        return self._db.write(lambda conn: conn.execute(
-            "INSERT INTO marks (metric, uid, label, value) VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
-            args).rowcount == 1)
+        return self._db.write(
+            lambda conn: (
+                conn.execute(
+                    "INSERT INTO marks (metric, uid, label, value) VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                    args,
+                ).rowcount
+                == 1
+            )
+        )
 
     def tally(self, metric: str) -> dict[str, int]:
         """How many records reached each label of ``metric``."""
-        rows = self._db.read(lambda conn: conn.execute(
-            "SELECT label, COUNT(*) FROM marks WHERE metric = %s GROUP BY label ORDER BY label", (metric,)).fetchall())
+        rows = self._db.read(
+            lambda conn: conn.execute(
+                "SELECT label, COUNT(*) FROM marks WHERE metric = %s GROUP BY label ORDER BY label", (metric,)
+            ).fetchall()
+        )
         return {str(label): int(n) for label, n in rows}
 
     def observations(self, metric: str, label: str) -> list[float]:
         """The values marked for ``metric``/``label`` (marks without a value are left out)."""
-        rows = self._db.read(lambda conn: conn.execute(
-            "SELECT value FROM marks WHERE metric = %s AND label = %s AND value IS NOT NULL ORDER BY value",
-            (metric, label)).fetchall())
+        rows = self._db.read(
+            lambda conn: conn.execute(
+                "SELECT value FROM marks WHERE metric = %s AND label = %s AND value IS NOT NULL ORDER BY value",
+                (metric, label),
+            ).fetchall()
+        )
         return [float(r[0]) for r in rows]
 
     # ------------------------------------------------------------------ migrate-store
 
     def dump(self) -> list[tuple[Any, ...]]:
-        return self._db.read(lambda conn: conn.execute(
-            "SELECT metric, uid, label, value FROM marks ORDER BY metric, uid, label").fetchall())
+        return self._db.read(
+            lambda conn: conn.execute(
+                "SELECT metric, uid, label, value FROM marks ORDER BY metric, uid, label"
+            ).fetchall()
+        )
 
     def load(self, rows: list[tuple[Any, ...]]) -> None:
         def tx(conn: Conn) -> None:

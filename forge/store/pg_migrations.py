@@ -107,8 +107,9 @@ def schema_version(conn: psycopg.Connection[Any]) -> int:
     return int(row[0]) if row else 0
 
 
-def migrate(conn: psycopg.Connection[Any], clock: Clock,
-            migrations: tuple[Migration, ...] = MIGRATIONS) -> tuple[int, int]:
+def migrate(
+    conn: psycopg.Connection[Any], clock: Clock, migrations: tuple[Migration, ...] = MIGRATIONS
+) -> tuple[int, int]:
     """Apply every step newer than the database's version under the advisory lock; returns
     (version reached, steps applied by this call). ``conn`` must be in autocommit mode."""
     known = migrations[-1].version if migrations else 0

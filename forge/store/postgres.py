@@ -56,13 +56,16 @@ class _PgTx:
         self.conn = conn
         # The revision row lock serialises every writer; the counters read under it stay
         # true for the whole transaction (only this transaction can move them now).
-        rows = conn.execute("SELECT name, value FROM counters WHERE name IN ('revision', 'compacted') "
-                            "ORDER BY name FOR UPDATE").fetchall()
+        rows = conn.execute(
+            "SELECT name, value FROM counters WHERE name IN ('revision', 'compacted') "
+            "ORDER BY name FOR UPDATE"
+        ).fetchall()
         self._counters = {str(n): int(v) for n, v in rows}
 
     def row(self, kind: str, name: str) -> tuple[dict[str, Any], int] | None:
-        row = self.conn.execute("SELECT data, created FROM records WHERE kind = %s AND name = %s",
-                                (kind, name)).fetchone()
+        row = self.conn.execute(
+            "SELECT data, created FROM records WHERE kind = %s AND name = %s", (kind, name)
+        ).fetchone()
         return None if row is None else (json.loads(row[0]), int(row[1]))
 
     def counter(self, name: str) -> int:
@@ -70,7 +73,8 @@ class _PgTx:
 
     def next_revision(self) -> int:
         row = self.conn.execute(
-            "UPDATE counters SET value = value + 1 WHERE name = 'revision' RETURNING value").fetchone()
+            "UPDATE counters SET value = value + 1 WHERE name = 'revision' RETURNING value"
+        ).fetchone()
         assert row is not None
         self._counters["revision"] = int(row[0])
         return int(row[0])
@@ -119,8 +123,13 @@ class PostgresStore(LogsAndMarks):
         self.clock = clock or SystemClock()
         self.auto_compact_keep = auto_compact_keep
         self.fence: Fence | None = None  # set by a leader: every write checks it (see base.Fence)
-        self._db = PgDb(url, channels=(CHANGES_CHANNEL, LOGS_CHANNEL), max_size=pool_size,
-                        retry_seconds=retry_seconds, resync_seconds=resync_seconds)
+        self._db = PgDb(
+            url,
+            channels=(CHANGES_CHANNEL, LOGS_CHANNEL),
+            max_size=pool_size,
+            retry_seconds=retry_seconds,
+            resync_seconds=resync_seconds,
+        )
         self.url = self._db.name  # redacted: safe to log
         try:
             self.schema_version, self.migrated = self._db.retrying(self._migrate)
@@ -146,8 +155,11 @@ class PostgresStore(LogsAndMarks):
 
     def get(self, kind: str | type[Resource], name: str) -> Resource:
         kind = resolve_kind(kind)
-        row = self._db.read(lambda conn: conn.execute(
-            "SELECT data FROM records WHERE kind = %s AND name = %s", (kind, name)).fetchone())
+        row = self._db.read(
+            lambda conn: conn.execute(
+                "SELECT data FROM records WHERE kind = %s AND name = %s", (kind, name)
+            ).fetchone()
+        )
         if row is None:
             raise records.not_found(kind, name)
         return parse_record(json.loads(row[0]), kind)
@@ -157,11 +169,13 @@ class PostgresStore(LogsAndMarks):
     @overload
     def list(self, kind: str, selector: dict[str, str] | None = None) -> tuple[list[Resource], int]: ...
 
-    def list(self, kind: str | type[Resource], selector: dict[str, str] | None = None) -> tuple[list[Any], int]:
+    def list(
+        self, kind: str | type[Resource], selector: dict[str, str] | None = None
+    ) -> tuple[list[Any], int]:
         kind = resolve_kind(kind)
         # One statement, one snapshot: the revision is the one the items were read at (the
         # LEFT JOIN from the counter row answers a row even when no record matches).
-        sql = ("SELECT c.value, r.data FROM counters c LEFT JOIN records r ON r.kind = %s")
+        sql = "SELECT c.value, r.data FROM counters c LEFT JOIN records r ON r.kind = %s"
         args: list[Any] = [kind]
         for key, value in (selector or {}).items():
             sql += " AND r.labels ->> %s = %s"
@@ -173,8 +187,9 @@ class PostgresStore(LogsAndMarks):
         return [o for o in items if selector_matches(o.metadata.labels, selector)], rev
 
     def _counter(self, name: str) -> int:
-        row = self._db.read(lambda conn: conn.execute("SELECT value FROM counters WHERE name = %s",
-                                                      (name,)).fetchone())
+        row = self._db.read(
+            lambda conn: conn.execute("SELECT value FROM counters WHERE name = %s", (name,)).fetchone()
+        )
         return int(row[0]) if row else 0
 
     def revision(self) -> int:
@@ -190,24 +205,35 @@ class PostgresStore(LogsAndMarks):
 
     def create(self, obj: R) -> R:
         now, now_iso = self._now()
-        return self._db.write(lambda conn: records.create(_PgTx(conn), obj, now, now_iso, self.auto_compact_keep, self.fence))
+        return self._db.write(
+            lambda conn: records.create(_PgTx(conn), obj, now, now_iso, self.auto_compact_keep, self.fence)
+        )
 
     def update(self, obj: R, force: bool = False) -> R:
         now, now_iso = self._now()
         return self._db.write(
-            lambda conn: records.update(_PgTx(conn), obj, force, now, now_iso, self.auto_compact_keep, self.fence))
+            lambda conn: records.update(
+                _PgTx(conn), obj, force, now, now_iso, self.auto_compact_keep, self.fence
+            )
+        )
 
     def update_status(self, obj: R) -> R:
         now, now_iso = self._now()
         return self._db.write(
-            lambda conn: records.update_status(_PgTx(conn), obj, now, now_iso, self.auto_compact_keep, self.fence))
+            lambda conn: records.update_status(
+                _PgTx(conn), obj, now, now_iso, self.auto_compact_keep, self.fence
+            )
+        )
 
     def delete(self, kind: str | type[Resource], name: str, resource_version: int | None = None) -> Resource:
         """Remove a record; ``resource_version`` None or 0 means unconditional."""
         kind = resolve_kind(kind)
         now, _ = self._now()
         return self._db.write(
-            lambda conn: records.delete(_PgTx(conn), kind, name, resource_version, now, self.auto_compact_keep, self.fence))
+            lambda conn: records.delete(
+                _PgTx(conn), kind, name, resource_version, now, self.auto_compact_keep, self.fence
+            )
+        )
 
     # ------------------------------------------------------------------ watch and compaction
 
@@ -217,8 +243,10 @@ class PostgresStore(LogsAndMarks):
         """Changes with revision > ``since`` (oldest first, at most ``limit``), blocking up to
         ``timeout`` seconds while there are none; ``Gone`` when ``since`` was compacted away."""
         kind = resolve_kind(kind) if kind else None
-        sql = ("SELECT c.value, ch.revision, ch.type, ch.kind, ch.data FROM counters c LEFT JOIN LATERAL "
-               "(SELECT revision, type, kind, data FROM changes WHERE revision > %s")
+        sql = (
+            "SELECT c.value, ch.revision, ch.type, ch.kind, ch.data FROM counters c LEFT JOIN LATERAL "
+            "(SELECT revision, type, kind, data FROM changes WHERE revision > %s"
+        )
         sql += " AND kind = %s" if kind else ""
         sql += " ORDER BY revision LIMIT %s) ch ON true WHERE c.name = 'compacted' ORDER BY ch.revision"
         args: tuple[Any, ...] = (since, kind, limit) if kind else (since, limit)
@@ -231,7 +259,9 @@ class PostgresStore(LogsAndMarks):
             return [r[1:] for r in rows if r[1] is not None]
 
         rows = self._db.wait_for(CHANGES_CHANNEL, check, timeout)
-        return [WatchEvent(type=t, object=parse_record(json.loads(d), k), revision=int(r)) for r, t, k, d in rows]
+        return [
+            WatchEvent(type=t, object=parse_record(json.loads(d), k), revision=int(r)) for r, t, k, d in rows
+        ]
 
     def compact(self, keep: int = 10_000) -> int:
         """Drop all but the newest ``keep`` changes; returns the compacted revision."""
@@ -255,11 +285,16 @@ class PostgresStore(LogsAndMarks):
         def tx(conn: Conn) -> tuple[dict[str, int], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
             conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             try:
-                counters = {str(n): int(v) for n, v in conn.execute("SELECT name, value FROM counters").fetchall()}
+                counters = {
+                    str(n): int(v) for n, v in conn.execute("SELECT name, value FROM counters").fetchall()
+                }
                 recs = conn.execute(
                     "SELECT kind, name, uid, revision, generation, created, updated, labels::text, data "
-                    "FROM records ORDER BY revision").fetchall()
-                changes = conn.execute(f"SELECT {CHANGE_COLUMNS} FROM changes ORDER BY revision".encode()).fetchall()
+                    "FROM records ORDER BY revision"
+                ).fetchall()
+                changes = conn.execute(
+                    f"SELECT {CHANGE_COLUMNS} FROM changes ORDER BY revision".encode()
+                ).fetchall()
             finally:
                 if not conn.broken:
                     conn.execute("ROLLBACK")
@@ -267,17 +302,24 @@ class PostgresStore(LogsAndMarks):
 
         return self._db.read(tx)
 
-    def load_records(self, counters: dict[str, int], recs: list[tuple[Any, ...]],
-                     changes: list[tuple[Any, ...]]) -> None:
+    def load_records(
+        self, counters: dict[str, int], recs: list[tuple[Any, ...]], changes: list[tuple[Any, ...]]
+    ) -> None:
         def tx(conn: Conn) -> None:
             _PgTx(conn)  # the revision lock: no store write interleaves with the copy
             with conn.cursor() as cur:
-                cur.executemany(f"INSERT INTO records ({RECORD_COLUMNS}) VALUES "
-                                "(%s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s)".encode(), recs)
-                cur.executemany(f"INSERT INTO changes ({CHANGE_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s)".encode(),
-                                changes)
-                cur.executemany("UPDATE counters SET value = %s WHERE name = %s",
-                                [(v, n) for n, v in counters.items()])
+                cur.executemany(
+                    f"INSERT INTO records ({RECORD_COLUMNS}) VALUES "
+                    "(%s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s)".encode(),
+                    recs,
+                )
+                cur.executemany(
+                    f"INSERT INTO changes ({CHANGE_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s)".encode(),
+                    changes,
+                )
+                cur.executemany(
+                    "UPDATE counters SET value = %s WHERE name = %s", [(v, n) for n, v in counters.items()]
+                )
 
         self._db.write(tx)
 

@@ -51,7 +51,9 @@ def resolve_kind(kind: str | type[Resource]) -> str:
     try:
         return kind_class(kind).KIND
     except KeyError:
-        raise Invalid(f"unknown kind {kind!r}", [{"path": "kind", "message": f"unknown kind {kind!r}"}]) from None
+        raise Invalid(
+            f"unknown kind {kind!r}", [{"path": "kind", "message": f"unknown kind {kind!r}"}]
+        ) from None
 
 
 def object_kind(obj: Resource) -> str:
@@ -74,8 +76,10 @@ def check_version(kind: str, cur: dict[str, Any], expected: int) -> None:
 
 
 def gone_message(since: int, compacted: int) -> str:
-    return (f"revision {since} is older than the oldest kept ({compacted}); list again and "
-            "watch from the list's revision")
+    return (
+        f"revision {since} is older than the oldest kept ({compacted}); list again and "
+        "watch from the list's revision"
+    )
 
 
 def check_fence(tx: RecordTx, fence: Fence | None, kind: str, name: str) -> None:
@@ -87,8 +91,10 @@ def check_fence(tx: RecordTx, fence: Fence | None, kind: str, name: str) -> None
     spec = (row[0].get("spec") or {}) if row is not None else {}
     holder, generation = spec.get("holder", ""), int(spec.get("transitions", 0) or 0)
     if holder != fence.holder or generation != fence.generation:
-        raise Fenced(f"{fence.holder} no longer leads (Lease {fence.lease} names {holder or 'nobody'} at "
-                     f"generation {generation}, this write carried generation {fence.generation}); not written")
+        raise Fenced(
+            f"{fence.holder} no longer leads (Lease {fence.lease} names {holder or 'nobody'} at "
+            f"generation {generation}, this write carried generation {fence.generation}); not written"
+        )
 
 
 def _current(tx: RecordTx, kind: str, name: str) -> tuple[dict[str, Any], int]:
@@ -115,7 +121,9 @@ def compact(tx: RecordTx, keep: int, rev: int | None = None) -> int:
     return target
 
 
-def create(tx: RecordTx, obj: R, now: int, now_iso: str, auto_compact_keep: int, fence: Fence | None = None) -> R:
+def create(
+    tx: RecordTx, obj: R, now: int, now_iso: str, auto_compact_keep: int, fence: Fence | None = None
+) -> R:
     kind = object_kind(obj)
     data = obj.dump()
     name = data["metadata"]["name"]
@@ -123,16 +131,24 @@ def create(tx: RecordTx, obj: R, now: int, now_iso: str, auto_compact_keep: int,
     if tx.row(kind, name) is not None:
         raise AlreadyExists(f"{kind} {name!r} already exists")
     rev = next_revision(tx, auto_compact_keep)
-    data["metadata"].update(uid=str(uuid.uuid4()), resourceVersion=rev, generation=1,
-                            createdAt=now_iso, updatedAt=now_iso)
+    data["metadata"].update(
+        uid=str(uuid.uuid4()), resourceVersion=rev, generation=1, createdAt=now_iso, updatedAt=now_iso
+    )
     out = parse_record(data, kind)
     tx.put(kind, out, now, now, insert=True)
     tx.log(rev, "ADDED", out, now)
     return out  # type: ignore[return-value]  # parse_record(kind of obj) is obj's class
 
 
-def update(tx: RecordTx, obj: R, force: bool, now: int, now_iso: str, auto_compact_keep: int,
-           fence: Fence | None = None) -> R:
+def update(
+    tx: RecordTx,
+    obj: R,
+    force: bool,
+    now: int,
+    now_iso: str,
+    auto_compact_keep: int,
+    fence: Fence | None = None,
+) -> R:
     kind = object_kind(obj)
     check_fence(tx, fence, kind, obj.metadata.name)
     new = obj.dump()
@@ -162,8 +178,9 @@ def update(tx: RecordTx, obj: R, force: bool, now: int, now_iso: str, auto_compa
     return out  # type: ignore[return-value]
 
 
-def update_status(tx: RecordTx, obj: R, now: int, now_iso: str, auto_compact_keep: int,
-                  fence: Fence | None = None) -> R:
+def update_status(
+    tx: RecordTx, obj: R, now: int, now_iso: str, auto_compact_keep: int, fence: Fence | None = None
+) -> R:
     kind = object_kind(obj)
     check_fence(tx, fence, kind, obj.metadata.name)
     new = obj.dump()
@@ -181,8 +198,15 @@ def update_status(tx: RecordTx, obj: R, now: int, now_iso: str, auto_compact_kee
     return out  # type: ignore[return-value]
 
 
-def delete(tx: RecordTx, kind: str, name: str, resource_version: int | None, now: int,
-           auto_compact_keep: int, fence: Fence | None = None) -> Resource:
+def delete(
+    tx: RecordTx,
+    kind: str,
+    name: str,
+    resource_version: int | None,
+    now: int,
+    auto_compact_keep: int,
+    fence: Fence | None = None,
+) -> Resource:
     """Remove a record; ``resource_version`` None or 0 means unconditional."""
     check_fence(tx, fence, kind, name)
     cur, _created = _current(tx, kind, name)

@@ -43,6 +43,8 @@ def node_topic(kind: str, node: str) -> str:
     """The wake-up topic of ``kind`` records labelled with one node: a node agent's watch waits
     on its own, so a write wakes one agent's stream instead of all of them."""
     return f"{kind}/{LABEL_NODE}={node}"
+
+
 CHANGE_COLUMNS = "revision, kind, name, type, time, data"
 
 
@@ -59,14 +61,18 @@ class _SqliteTx:
         self.kinds: set[str] = set() if kinds is None else kinds
 
     def row(self, kind: str, name: str) -> tuple[dict[str, Any], int] | None:
-        row = self.conn.execute("SELECT data, created FROM records WHERE kind = ? AND name = ?", (kind, name)).fetchone()
+        row = self.conn.execute(
+            "SELECT data, created FROM records WHERE kind = ? AND name = ?", (kind, name)
+        ).fetchone()
         return None if row is None else (json.loads(row[0]), int(row[1]))
 
     def counter(self, name: str) -> int:
         return int(self.conn.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()[0])
 
     def next_revision(self) -> int:
-        row = self.conn.execute("UPDATE counters SET value = value + 1 WHERE name = 'revision' RETURNING value").fetchone()
+        row = self.conn.execute(
+            "UPDATE counters SET value = value + 1 WHERE name = 'revision' RETURNING value"
+        ).fetchone()
         return int(row[0])
 
     def put(self, kind: str, obj: Resource, created: int, updated: int, insert: bool) -> None:
@@ -119,8 +125,9 @@ class SqliteStore(LogsAndMarks):
         parent = os.path.dirname(os.path.abspath(path))
         os.makedirs(parent, exist_ok=True)
         self._tailed: int | None = None  # the revision up to which the tailer reported kinds
-        self._db = SqliteDb(path, busy_timeout=busy_timeout, poll_seconds=poll_seconds,
-                            changed_topics=self._changed_kinds)
+        self._db = SqliteDb(
+            path, busy_timeout=busy_timeout, poll_seconds=poll_seconds, changed_topics=self._changed_kinds
+        )
         with self._db.conn() as conn:
             try:
                 conn.execute("PRAGMA journal_mode = WAL")  # persistent in the file
@@ -156,7 +163,9 @@ class SqliteStore(LogsAndMarks):
     def get(self, kind: str | type[Resource], name: str) -> Resource:
         kind = resolve_kind(kind)
         with self._db.read() as conn:
-            row = conn.execute("SELECT data FROM records WHERE kind = ? AND name = ?", (kind, name)).fetchone()
+            row = conn.execute(
+                "SELECT data FROM records WHERE kind = ? AND name = ?", (kind, name)
+            ).fetchone()
         if row is None:
             raise records.not_found(kind, name)
         return parse_record(json.loads(row[0]), kind)
@@ -166,7 +175,9 @@ class SqliteStore(LogsAndMarks):
     @overload
     def list(self, kind: str, selector: dict[str, str] | None = None) -> tuple[list[Resource], int]: ...
 
-    def list(self, kind: str | type[Resource], selector: dict[str, str] | None = None) -> tuple[list[Any], int]:
+    def list(
+        self, kind: str | type[Resource], selector: dict[str, str] | None = None
+    ) -> tuple[list[Any], int]:
         kind = resolve_kind(kind)
         sql = "SELECT data FROM records WHERE kind = ?"
         args: list[Any] = [kind]
@@ -203,10 +214,13 @@ class SqliteStore(LogsAndMarks):
         self._tailed = tx.counter("revision")
         if since is None or since < tx.counter("compacted"):
             return None
-        rows = conn.execute("SELECT DISTINCT kind, json_extract(data, ?) FROM changes "
-                            "WHERE revision > ? AND revision <= ?",
-                            (f'$.metadata.labels."{LABEL_NODE}"', since, self._tailed)).fetchall()
-        return {str(r[0]) for r in rows} | {node_topic(str(r[0]), str(r[1])) for r in rows if r[1] is not None}
+        rows = conn.execute(
+            "SELECT DISTINCT kind, json_extract(data, ?) FROM changes WHERE revision > ? AND revision <= ?",
+            (f'$.metadata.labels."{LABEL_NODE}"', since, self._tailed),
+        ).fetchall()
+        return {str(r[0]) for r in rows} | {
+            node_topic(str(r[0]), str(r[1])) for r in rows if r[1] is not None
+        }
 
     # ------------------------------------------------------------------ writes
 
@@ -274,8 +288,10 @@ class SqliteStore(LogsAndMarks):
             if LABEL_KEY.match(key):  # as in list: the Python check below covers any other key
                 match += " AND json_extract(data, ?) = ?"
                 match_args += [f'$.metadata.labels."{key}"', value]
-        sql = (f"SELECT revision, type, CASE WHEN {match} THEN data END FROM changes "
-               "WHERE kind = ? AND revision > ? ORDER BY revision LIMIT ?")
+        sql = (
+            f"SELECT revision, type, CASE WHEN {match} THEN data END FROM changes "
+            "WHERE kind = ? AND revision > ? ORDER BY revision LIMIT ?"
+        )
         reached = since
 
         def check() -> list[tuple[int, str, str]]:
@@ -291,7 +307,9 @@ class SqliteStore(LogsAndMarks):
 
         node = selector.get(LABEL_NODE)
         rows = self._db.wait_for(check, timeout, topic=kind if node is None else node_topic(kind, node))
-        events = [WatchEvent(type=t, object=parse_record(json.loads(d), kind), revision=r) for r, t, d in rows]
+        events = [
+            WatchEvent(type=t, object=parse_record(json.loads(d), kind), revision=r) for r, t, d in rows
+        ]
         return [e for e in events if selector_matches(e.object.metadata.labels, selector)], reached
 
     def compact(self, keep: int = 10_000) -> int:
@@ -326,10 +344,13 @@ class SqliteStore(LogsAndMarks):
             changes = conn.execute(f"SELECT {CHANGE_COLUMNS} FROM changes ORDER BY revision").fetchall()
         return counters, recs, changes
 
-    def load_records(self, counters: dict[str, int], recs: list[tuple[Any, ...]],
-                     changes: list[tuple[Any, ...]]) -> None:
+    def load_records(
+        self, counters: dict[str, int], recs: list[tuple[Any, ...]], changes: list[tuple[Any, ...]]
+    ) -> None:
         with self._db.write() as conn:
-            conn.executemany(f"INSERT INTO records ({RECORD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", recs)
+            conn.executemany(
+                f"INSERT INTO records ({RECORD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", recs
+            )
             conn.executemany(f"INSERT INTO changes ({CHANGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", changes)
             for name, value in counters.items():
                 conn.execute("UPDATE counters SET value = ? WHERE name = ?", (value, name))

@@ -37,8 +37,13 @@ Topics = Collection[str] | None  # what a write touched / a waiter waits for; No
 
 
 class SqliteDb:
-    def __init__(self, path: str, busy_timeout: float = 10.0, poll_seconds: float = 0.01,
-                 changed_topics: Callable[[sqlite3.Connection], Topics] | None = None) -> None:
+    def __init__(
+        self,
+        path: str,
+        busy_timeout: float = 10.0,
+        poll_seconds: float = 0.01,
+        changed_topics: Callable[[sqlite3.Connection], Topics] | None = None,
+    ) -> None:
         self.path = path
         self.busy_timeout = busy_timeout
         self.poll_seconds = poll_seconds

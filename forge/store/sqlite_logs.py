@@ -75,7 +75,9 @@ class SqliteLogStore:
                 # DELETE; a flood of one app never pushes out another app's lines).
                 conn.execute(
                     "DELETE FROM logs WHERE app = ? AND id <= (SELECT id FROM logs WHERE app = ? "
-                    "ORDER BY id DESC LIMIT 1 OFFSET ?)", (app, app, self.keep_lines_per_app))
+                    "ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                    (app, app, self.keep_lines_per_app),
+                )
             return added
 
     def read_logs(

@@ -57,7 +57,9 @@ class SqliteMarkStore:
 
     def dump(self) -> list[tuple[Any, ...]]:
         with self._db.read() as conn:
-            return conn.execute("SELECT metric, uid, label, value FROM marks ORDER BY metric, uid, label").fetchall()
+            return conn.execute(
+                "SELECT metric, uid, label, value FROM marks ORDER BY metric, uid, label"
+            ).fetchall()
 
     def load(self, rows: list[tuple[Any, ...]]) -> None:
         with self._db.write(set()) as conn:  # no watcher waits on marks

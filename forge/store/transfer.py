@@ -56,19 +56,31 @@ class Snapshot:
     @classmethod
     def of(cls, store: Transferable) -> Snapshot:
         counters, recs, changes = store.dump_records()
-        return cls({k: counters.get(k, 0) for k in ("revision", "compacted")}, recs, changes,
-                   store.logs.dump(), store.marks.dump())
+        return cls(
+            {k: counters.get(k, 0) for k in ("revision", "compacted")},
+            recs,
+            changes,
+            store.logs.dump(),
+            store.marks.dump(),
+        )
 
     def normalised(self) -> Snapshot:
         """Rows in a backend-neutral form (labels parsed: jsonb prints them its own way)."""
         recs = [(*r[:7], json.loads(r[7]), r[8]) for r in self.records]
-        return Snapshot(self.counters, sorted(recs, key=lambda r: (r[0], r[1])), sorted(self.changes),
-                        sorted(self.logs), sorted(self.marks, key=lambda r: (r[0], r[1], r[2])))
+        return Snapshot(
+            self.counters,
+            sorted(recs, key=lambda r: (r[0], r[1])),
+            sorted(self.changes),
+            sorted(self.logs),
+            sorted(self.marks, key=lambda r: (r[0], r[1], r[2])),
+        )
 
     def summary(self) -> str:
-        return (f"{len(self.records)} records (revision {self.counters['revision']}, compacted "
-                f"{self.counters['compacted']}), {len(self.changes)} changes, {len(self.logs)} log lines, "
-                f"{len(self.marks)} marks")
+        return (
+            f"{len(self.records)} records (revision {self.counters['revision']}, compacted "
+            f"{self.counters['compacted']}), {len(self.changes)} changes, {len(self.logs)} log lines, "
+            f"{len(self.marks)} marks"
+        )
 
 
 def is_empty(store: Transferable) -> bool:
@@ -79,8 +91,10 @@ def copy_store(source: Transferable, target: Transferable, overwrite: bool = Fal
     """Copy ``source`` into ``target`` and verify; returns what was copied."""
     if not is_empty(target):
         if not overwrite:
-            raise Conflict(f"target store {target.url} is not empty (revision {target.revision()}); "
-                           "refusing to overwrite it (--overwrite replaces its contents)")
+            raise Conflict(
+                f"target store {target.url} is not empty (revision {target.revision()}); "
+                "refusing to overwrite it (--overwrite replaces its contents)"
+            )
         target.clear_records()
         target.logs.clear()
         target.marks.clear()
@@ -97,8 +111,12 @@ def verify(want: Snapshot, got: Snapshot, where: str) -> None:
     problems = []
     if a.counters != b.counters:
         problems.append(f"counters {b.counters} instead of {a.counters}")
-    for what, x, y in (("records", a.records, b.records), ("changes", a.changes, b.changes),
-                       ("log lines", a.logs, b.logs), ("marks", a.marks, b.marks)):
+    for what, x, y in (
+        ("records", a.records, b.records),
+        ("changes", a.changes, b.changes),
+        ("log lines", a.logs, b.logs),
+        ("marks", a.marks, b.marks),
+    ):
         if len(x) != len(y):
             problems.append(f"{len(y)} {what} instead of {len(x)}")
         elif x != y:
