@@ -32,6 +32,7 @@ Record semantics (the conformance suite in tests/store pins them down):
 
 from __future__ import annotations
 
+import builtins
 import re
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar, overload, runtime_checkable
@@ -111,7 +112,7 @@ class RecordStore(Protocol):
         self, kind: str | type[Resource], name: str, resource_version: int | None = None
     ) -> Resource: ...
 
-    def watch(self, kind: str | None, since: int, timeout: float = 10.0) -> list[WatchEvent]: ...
+    def watch(self, kind: str | None, since: int, timeout: float = 10.0) -> builtins.list[WatchEvent]: ...
 
     def revision(self) -> int: ...
 
