@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 APT_PKGS := caddy bubblewrap git prometheus chromium nftables iproute2 postgresql
 PYTEST_ARGS ?=
 
-.PHONY: setup run test system-packages clean bench
+.PHONY: setup run test lint system-packages clean bench
 
 setup: system-packages $(STAMP)
 
@@ -42,7 +42,15 @@ $(STAMP): pyproject.toml
 run: setup
 	$(BIN)/forge up
 
-test: setup
+# Static checks over forge/: ruff's lint rules, ruff's formatting, mypy (settings in pyproject.toml).
+lint: setup
+	$(BIN)/ruff check forge tests bench
+	$(BIN)/ruff format --check forge
+	$(BIN)/mypy
+	@if grep -rn --include='*.py' "type: ignore" forge; then echo "forge/ takes no '# type: ignore': type the code instead"; exit 1; fi
+
+# A lint failure fails the tests: lint runs first (it takes seconds), then pytest.
+test: setup lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 bench: setup

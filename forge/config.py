@@ -7,6 +7,7 @@ import binascii
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from forge.errors import Invalid
 
@@ -74,7 +75,7 @@ class Config:
 
     @classmethod
     def from_env(
-        cls, data_dir: str | Path | None = None, env: dict[str, str] | None = None, **overrides: object
+        cls, data_dir: str | Path | None = None, env: dict[str, str] | None = None, **overrides: Any
     ) -> Config:
         e = os.environ if env is None else env
         mode = (e.get("FORGE_MODE") or "dev").strip().lower()
@@ -92,4 +93,4 @@ class Config:
             domain=e.get("FORGE_DOMAIN") or "localhost",
             service_address=(e.get("FORGE_SERVICE_ADDRESS") or "").strip(),
         )
-        return replace(cfg, **overrides) if overrides else cfg  # type: ignore[arg-type]
+        return replace(cfg, **overrides) if overrides else cfg

@@ -54,7 +54,7 @@ class EventRecorder:
         now = self.clock.now_iso()
         for _ in range(2):
             try:
-                cur = self.store.get("Event", ev_name)
+                cur = self.store.get(Event, ev_name)
             except NotFound:
                 labels = {"forge.dev/kind": kind.lower()}
                 if len(name) <= 63:
@@ -76,13 +76,13 @@ class EventRecorder:
                     ),
                 )
                 try:
-                    return self.store.create(ev)  # type: ignore[return-value]
+                    return self.store.create(ev)
                 except AlreadyExists:
                     continue
             cur.spec.count += 1
             cur.spec.last_time = now
             try:
-                return self.store.update(cur)  # type: ignore[return-value]
+                return self.store.update(cur)
             except (Conflict, NotFound):
                 continue
         log.warning("could not record event %s for %s/%s", reason, kind, name)

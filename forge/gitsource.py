@@ -129,7 +129,7 @@ class GitSource:
             else [f"refs/heads/{ref}", f"refs/tags/{ref}^{{}}", f"refs/tags/{ref}"]
         )
         out = self._git(["ls-remote", "--", url, *names], None, token, timeout)
-        found = dict(reversed(line.split("\t", 1)) for line in out.splitlines() if "\t" in line)
+        found = dict(line.split("\t", 1)[::-1] for line in out.splitlines() if "\t" in line)
         for name in names:
             sha = found.get(name, "")
             if re.fullmatch(r"[0-9a-f]{40}", sha):

@@ -127,7 +127,8 @@ class NodeRoutes:
                     changed.append(f"-{subnet} via {via}")
             kept: Routes = {}
             for subnet, via in sorted(want.items()):
-                have = kernel.get(ipaddress.ip_network(subnet))
+                net = ipaddress.ip_network(subnet)
+                have = kernel.get(net) if isinstance(net, ipaddress.IPv4Network) else None
                 if have is not None and have[1] == via and ours.get(subnet) == via:
                     kept[subnet] = via
                     continue

@@ -366,7 +366,11 @@ class Supervisor:
         )
 
     def supervise(self, stop: threading.Event) -> None:
-        threading.Thread(target=lambda: (stop.wait(), self.exits.put("")), daemon=True).start()
+        def wake() -> None:
+            stop.wait()
+            self.exits.put("")
+
+        threading.Thread(target=wake, daemon=True).start()
         while not stop.is_set():
             name = self.exits.get()
             if stop.is_set() or not name:
@@ -401,7 +405,8 @@ class Supervisor:
             if (c := self.children.get(n)) is not None and c.proc is not None and c.proc.poll() is None
         ]
         for child in running:
-            child.proc.terminate()  # type: ignore[union-attr]
+            assert child.proc is not None
+            child.proc.terminate()
         start = self.clock.monotonic()
         for child in running:
             assert child.proc is not None

@@ -24,7 +24,7 @@ from forge.api.context import ApiContext
 from forge.errors import Invalid, NotFound, pydantic_errors
 from forge.events import EventRecorder
 from forge.gitauth import USERNAME, open_token, select_credential
-from forge.models import App, Instance, Model, Node, RepoCredential, is_dns_name
+from forge.models import App, Instance, Model, Node, RepoCredential, Secret, is_dns_name
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +42,10 @@ class LogBatch(Model):
 
 def load_instance(ctx: ApiContext, req: falcon.Request, name: str, what: str) -> Instance:
     p = auth.principal(req)
-    inst = ctx.store.get("Instance", name)
+    inst = ctx.store.get(Instance, name)
     if not p.admin and not auth.instance_on_node(inst, p.node or ""):
         raise auth.forbid(p, f"{what} of Instance {name} (it is not bound to this node)")
-    return inst  # type: ignore[return-value]
+    return inst
 
 
 class NodeTokenResource:
@@ -72,7 +72,7 @@ class InstanceSecretsResource:
         inst = load_instance(self.ctx, req, name, "read secrets")
         env: dict[str, str] = {}
         if inst.spec.secret:
-            secret = self.ctx.store.get("Secret", inst.spec.secret)
+            secret = self.ctx.store.get(Secret, inst.spec.secret)
             env = self.ctx.sealer.open_values("Secret", secret.name, secret.spec.data)
         resp.set_header("Cache-Control", "no-store")
         send(resp, {"env": env})
@@ -94,6 +94,7 @@ class AgentEventResource:
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
         p = auth.principal(req)
+        obj: Instance | Node
         if self.kind == "Instance":
             obj = load_instance(self.ctx, req, name, "record an Event")
         else:
@@ -121,7 +122,7 @@ class InstanceGitCredentialResource:
         creds: list[RepoCredential] = self.ctx.store.list(RepoCredential)[0]
         cred = select_credential(creds, repo) if repo else None
         token = open_token(self.ctx.sealer.keyring, cred)
-        if token is None:
+        if token is None or cred is None:  # no token without a credential
             raise NotFound(f"no RepoCredential applies to {repo or 'the repository of Instance ' + name}")
         log.info("handed the git credential %s for %s to %s", cred.metadata.name, repo, auth.principal(req))
         resp.set_header("Cache-Control", "no-store")
@@ -171,7 +172,7 @@ class NodeStorageResource:
             raise auth.forbid(p, f"read the storage list of Node {name}")
         apps = [
             a.metadata.name
-            for a in self.ctx.store.list("App")[0]
+            for a in self.ctx.store.list(App)[0]
             if isinstance(a, App) and a.status.storage_node == name
         ]
         send(resp, {"apps": sorted(apps)})

@@ -74,8 +74,7 @@ def _http_error(req: falcon.Request, resp: falcon.Response, ex: falcon.HTTPError
     message = ex.description or (f"no route for {req.method} {req.path}" if code == 404 else str(ex.title))
     if code == 405:
         message = f"method {req.method} is not allowed on {req.path}"
-    for name, value in (ex.headers or {}).items():
-        resp.set_header(name, value)
+    resp.set_headers(ex.headers or {})
     _render(resp, code, {"error": reason, "message": message, "details": []})
 
 
@@ -129,7 +128,7 @@ def create_app(
         threading.Thread(target=_wake_on, args=(closing, wake), name="forge-api-closing", daemon=True).start()
         ctx.closing_check_seconds = None
     metrics = Metrics(store, clock)
-    app = falcon.App(
+    app: falcon.App[falcon.Request, falcon.Response] = falcon.App(
         middleware=[
             RequestIdMiddleware(),
             MetricsMiddleware(metrics),

@@ -63,7 +63,7 @@ def mint_node_token(store: Store, node: str) -> str:
     record = NodeToken(metadata=ObjectMeta(name=node), spec=NodeTokenSpec(token_sha256=token_digest(token)))
     for _ in range(3):
         try:
-            cur = store.get("NodeToken", node)
+            cur = store.get(NodeToken, node)
         except NotFound:
             try:
                 store.create(record)
@@ -104,7 +104,7 @@ class Authenticator:
         node = split_node_token(token)
         if node is not None:
             try:
-                stored = self._store.get("NodeToken", node)
+                stored = self._store.get(NodeToken, node)
             except NotFound:
                 stored = None
             if stored is not None and hmac.compare_digest(

@@ -20,7 +20,7 @@ from forge.api.body import dumps, q_bool, q_int
 from forge.api.context import ApiContext
 from forge.clock import iso, parse_iso
 from forge.errors import BadRequest
-from forge.models import is_dns_label
+from forge.models import App, is_dns_label
 
 PAGE = 1000
 DURATION = re.compile(r"^(\d+)(s|m|h|d)$")
@@ -64,7 +64,7 @@ class AppLogsResource:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
         auth.require_admin(req)
-        self.ctx.store.get("App", name)
+        self.ctx.store.get(App, name)
         source = req.get_param("source") or None
         if source not in (None, "build", "app"):
             raise BadRequest(

@@ -143,7 +143,7 @@ def _record_paths(plural: str, cls: type[Resource]) -> dict[str, Any]:
 
 def _extra_paths() -> dict[str, Any]:
     obj = {"type": "object"}
-    public = {"security": []}
+    public: dict[str, Any] = {"security": []}
     return {
         "/api/v1/apps/{name}/deploy": {
             "parameters": [NAME],

@@ -24,7 +24,7 @@ from forge.api.context import ApiContext, body_resource_version, check_envelope,
 from forge.api.sealing import redact
 from forge.api.watch import start_watch
 from forge.errors import BadRequest, Conflict, Invalid, SubnetTaken
-from forge.models import API_VERSION, LABEL_NODE, App, Node, ObjectMeta, Resource, SecretSpec
+from forge.models import API_VERSION, LABEL_NODE, App, Node, ObjectMeta, Resource, Secret, SecretSpec
 from forge.routing import app_hosts
 from forge.store.base import parse_selector
 
@@ -68,7 +68,7 @@ class _Base:
             return
         domain = self.ctx.config.domain
         mine = {h.lower().rstrip(".") for h in app_hosts(obj, domain)}
-        for other in self.ctx.store.list("App")[0]:
+        for other in self.ctx.store.list(App)[0]:
             if not isinstance(other, App) or other.name == obj.name:
                 continue
             taken = mine & {h.lower().rstrip(".") for h in app_hosts(other, domain)}
@@ -84,7 +84,7 @@ class _Base:
         """Seal plaintext from a create/PUT body; keep stored values the body left out.
 
         Returns the digest of a Secret's new plaintext values (None when they were kept)."""
-        spec = body.get("spec") if isinstance(body.get("spec"), dict) else {}
+        spec = body["spec"] if isinstance(body.get("spec"), dict) else {}
         if self.kind == "Secret":
             if "data" in spec or stored is None:
                 digest = self.ctx.sealer.digest(obj.spec.data)
@@ -113,7 +113,7 @@ class _Base:
             try:
                 return self.ctx.store.update_status(obj)
             except Conflict:
-                obj = self.ctx.store.get("Secret", written.name)
+                obj = self.ctx.store.get(Secret, written.name)
         raise Conflict(f"Secret {written.name} keeps changing; its status.keys may be stale, retry")
 
 
@@ -230,7 +230,7 @@ class ItemResource(_Base):
     ) -> tuple[bool, str | None]:
         """Seal a patch's plaintext; (whether Secret data changed, the new values' digest)."""
         if self.kind == "RepoCredential":
-            spec = patch.get("spec") if isinstance(patch.get("spec"), dict) else {}
+            spec = patch["spec"] if isinstance(patch.get("spec"), dict) else {}
             if spec.get("token"):
                 obj.spec.token = self.ctx.sealer.seal_token(obj.name, obj.spec.token)
             return False, None

@@ -53,7 +53,7 @@ class RollbackRequest(Model):
 
 
 def app_deployments(store: Store, app: str) -> list[Deployment]:
-    items, _ = store.list("Deployment", {LABEL_APP: app})
+    items, _ = store.list(Deployment, {LABEL_APP: app})
     deps = [d for d in items if isinstance(d, Deployment) and d.spec.app == app]
     return sorted(deps, key=lambda d: deployment_number(d.name))
 
@@ -140,7 +140,7 @@ def create_next_release(
         if not new:
             return dep, False
         try:
-            return store.create(dep), True  # type: ignore[return-value]
+            return store.create(dep), True
         except AlreadyExists:
             continue
     raise Conflict(
@@ -175,7 +175,7 @@ class DeployResource:
     def on_post(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
         auth.require_admin(req)
         body: DeployRequest = _parse(DeployRequest, read_object(req))
-        app = self.ctx.store.get("App", name)
+        app = self.ctx.store.get(App, name)
         assert isinstance(app, App)
         commit, ref = body.commit, body.ref
         if commit is None and ref:
@@ -199,7 +199,7 @@ class RollbackResource:
     def on_post(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
         auth.require_admin(req)
         body: RollbackRequest = _parse(RollbackRequest, read_object(req, required=False))
-        app = self.ctx.store.get("App", name)
+        app = self.ctx.store.get(App, name)
         assert isinstance(app, App)
         target = rollback_target(app, app_deployments(self.ctx.store, name), body.to, body.force)
         spec = DeploymentSpec(

@@ -38,7 +38,7 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-class ForgeApiServer(BaseApplication):  # type: ignore[misc]
+class ForgeApiServer(BaseApplication):
     def __init__(
         self, config: Config, options: dict[str, Any], stream_cap_seconds: float | None = None
     ) -> None:

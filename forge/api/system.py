@@ -48,7 +48,7 @@ class TlsAskResource:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         host = req.get_param("domain") or ""
-        apps, _ = self.ctx.store.list("App")
+        apps, _ = self.ctx.store.list(App)
         ok = is_servable_host(host, [a for a in apps if isinstance(a, App)], self.ctx.config.domain)
         send(resp, {"domain": host[:253], "allowed": ok}, 200 if ok else 404)
 

@@ -137,7 +137,7 @@ class GithubWebhookResource:
         reason = ignore_reason(push)
         apps: list[App] = []
         if reason is None:
-            all_apps, _ = self.store.list("App")
+            all_apps, _ = self.store.list(App)
             apps, reason = select_apps([a for a in all_apps if isinstance(a, App)], push)
         if reason is not None:
             return 202, {**base, "created": [], "reason": reason}, "ignored"

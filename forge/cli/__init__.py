@@ -11,12 +11,16 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from forge import __version__
 from forge.config import default_data_dir
 from forge.errors import ForgeError
+
+if TYPE_CHECKING:
+    from forge.client import ForgeClient
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 
@@ -25,10 +29,10 @@ class Ctx:
     """Lazily built API client, shared by the verbs of one invocation."""
 
     def __init__(self) -> None:
-        self._client = None
+        self._client: ForgeClient | None = None
 
     @property
-    def client(self):  # type: ignore[no-untyped-def]
+    def client(self) -> ForgeClient:
         if self._client is None:
             from forge.client import ForgeClient
 

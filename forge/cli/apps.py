@@ -79,7 +79,7 @@ def apps_create(
     fmt: str,
 ) -> None:
     """Register an app that deploys REPO on push."""
-    body = {
+    body: dict[str, Any] = {
         "apiVersion": "forge/v1",
         "kind": "App",
         "metadata": {"name": name},

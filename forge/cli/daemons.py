@@ -8,6 +8,7 @@ import signal
 import socket
 import threading
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -59,7 +60,7 @@ DATA_DIR = click.option(
 )
 
 
-def load_config(data_dir: str | None, **overrides: object) -> Config:
+def load_config(data_dir: str | None, **overrides: Any) -> Config:
     cfg = Config.from_env(data_dir=data_dir, **overrides)
     Path(cfg.data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
     return cfg

@@ -35,7 +35,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells)
 
 
-def dig(obj: dict, path: str, default: Any = None) -> Any:
+def dig(obj: dict | None, path: str, default: Any = None) -> Any:
     cur: Any = obj
     for part in path.split("."):
         if not isinstance(cur, dict) or part not in cur:

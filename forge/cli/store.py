@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import click
 
@@ -36,7 +37,7 @@ def migrate_store(source: str, target: str, overwrite: bool) -> None:
     (FORGE_STORE_URL).
     """
     from forge.store.base import open_store, redact_url
-    from forge.store.transfer import copy_store
+    from forge.store.transfer import Transferable, copy_store
 
     if source == target:
         raise click.BadParameter("--from and --to are the same store", param_hint="--to")
@@ -47,7 +48,8 @@ def migrate_store(source: str, target: str, overwrite: bool) -> None:
     try:
         dst = open_store(target)
         try:
-            snap = copy_store(src, dst, overwrite=overwrite)  # type: ignore[arg-type]
+            # open_store returns a SqliteStore or PostgresStore: both implement Transferable.
+            snap = copy_store(cast(Transferable, src), cast(Transferable, dst), overwrite=overwrite)
         finally:
             dst.close()
     finally:

@@ -23,6 +23,7 @@ controller-runtime's informer cache, in Python. Without it every reconcile lists
 
 from __future__ import annotations
 
+import builtins
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -214,16 +215,16 @@ class InformerCache:
         return [cls.model_validate_json(e.json) for e in entries], rev
 
     @overload
-    def scan(self, kind: type[R], selector: dict[str, str] | None = None) -> list[R]: ...
+    def scan(self, kind: type[R], selector: dict[str, str] | None = None) -> builtins.list[R]: ...
     @overload
-    def scan(self, kind: str, selector: dict[str, str] | None = None) -> list[Resource]: ...
+    def scan(self, kind: str, selector: dict[str, str] | None = None) -> builtins.list[Resource]: ...
 
-    def scan(self, kind: str | type[Resource], selector: dict[str, str] | None = None) -> list[Any]:
+    def scan(self, kind: str | type[Resource], selector: dict[str, str] | None = None) -> builtins.list[Any]:
         """The cache's own objects, no copies: for reading only (never mutate them)."""
         with self._lock:
             return [e.obj for e in self._data[resolve_kind(kind)].select(selector)]
 
-    def scan_field(self, kind: type[R], field_name: str, value: str) -> list[R]:
+    def scan_field(self, kind: type[R], field_name: str, value: str) -> builtins.list[R]:
         """Like ``scan``, of the records whose ``field_name`` (see ``INDEXED_FIELDS``) is ``value``."""
         with self._lock:
             data = self._data[resolve_kind(kind)]
@@ -268,7 +269,7 @@ class CachedStore:
             return self.cache.list(kind, selector)
         return self.backend.list(kind, selector)
 
-    def scan(self, kind: type[R], selector: dict[str, str] | None = None) -> list[R]:
+    def scan(self, kind: type[R], selector: dict[str, str] | None = None) -> builtins.list[R]:
         if resolve_kind(kind) in self.cache:
             return self.cache.scan(kind, selector)
         return self.backend.list(kind, selector)[0]
@@ -295,7 +296,7 @@ class CachedStore:
 
     # ------------------------------------------------------------------ the rest: the store's own
 
-    def watch(self, kind: str | None, since: int, timeout: float = 10.0) -> list[WatchEvent]:
+    def watch(self, kind: str | None, since: int, timeout: float = 10.0) -> builtins.list[WatchEvent]:
         return self.backend.watch(kind, since, timeout)
 
     def revision(self) -> int:
@@ -314,7 +315,12 @@ class CachedStore:
         """The runtime's view closes nothing: the store belongs to whoever opened it."""
 
     def append_logs(
-        self, instance: str, app: str, deployment: str, source: str, entries: list[tuple[int, str, str]]
+        self,
+        instance: str,
+        app: str,
+        deployment: str,
+        source: str,
+        entries: builtins.list[tuple[int, str, str]],
     ) -> int:
         return self.backend.append_logs(instance, app, deployment, source, entries)
 
@@ -326,7 +332,7 @@ class CachedStore:
         after_id: int = 0,
         limit: int = 1000,
         since_time: float | str | None = None,
-    ) -> list[LogLine]:
+    ) -> builtins.list[LogLine]:
         return self.backend.read_logs(app, deployment, source, after_id, limit, since_time)
 
     def wait_logs(self, after_id: int, timeout: float = 10.0) -> bool:
@@ -341,7 +347,7 @@ class CachedStore:
     def tally(self, metric: str) -> dict[str, int]:
         return self.backend.tally(metric)
 
-    def observations(self, metric: str, label: str) -> list[float]:
+    def observations(self, metric: str, label: str) -> builtins.list[float]:
         return self.backend.observations(metric, label)
 
 

@@ -127,7 +127,7 @@ class CronController(AppKeyedController):
     def reconcile(self, key: str) -> Result | None:
         insts = [
             i
-            for i in self.store.list("Instance", {LABEL_APP: key})[0]
+            for i in self.store.list(Instance, {LABEL_APP: key})[0]
             if isinstance(i, Instance) and i.spec.app == key and i.spec.oneshot is not None
         ]
         self._upkeep(insts)
@@ -135,7 +135,7 @@ class CronController(AppKeyedController):
             app: App = self.store.get(App, key)
         except NotFound:
             return DONE
-        deps = [d for d in self.store.list("Deployment", {LABEL_APP: key})[0] if isinstance(d, Deployment)]
+        deps = [d for d in self.store.list(Deployment, {LABEL_APP: key})[0] if isinstance(d, Deployment)]
         live = ds.live_deployment(app, deps)
         if live is None or live.status.manifest is None:
             return DONE
@@ -197,7 +197,7 @@ class CronController(AppKeyedController):
         if skipped:
             inst.spec.desired = "Stopped"
         try:
-            created: Instance = self.store.create(inst)  # type: ignore[assignment]
+            created: Instance = self.store.create(inst)
         except AlreadyExists:
             return
         if skipped:
@@ -206,7 +206,7 @@ class CronController(AppKeyedController):
             created.status.message = (
                 f"{busy[0].metadata.name} was still running" if busy else "a run was still going"
             )
-            created = self.store.update_status(created)  # type: ignore[assignment]
+            created = self.store.update_status(created)
             self.recorder.record(
                 created,
                 "Warning",
@@ -226,7 +226,7 @@ class CronController(AppKeyedController):
             pass  # changed meanwhile: the change wakes this key again
         for inst in plan.delete:
             try:
-                self.store.delete("Instance", inst.metadata.name, inst.metadata.resource_version)
+                self.store.delete(Instance, inst.metadata.name, inst.metadata.resource_version)
             except (Conflict, NotFound):
                 continue
 

@@ -36,6 +36,7 @@ from forge.models import (
     LABEL_PROCESS,
     WEB,
     App,
+    ConditionStatus,
     Deployment,
     DeploymentConfig,
     Instance,
@@ -237,7 +238,7 @@ def new_instance(
 # --------------------------------------------------------------------------- health
 
 
-def health_of(dep_name: str, instances: Iterable[Instance]) -> str:
+def health_of(dep_name: str, instances: Iterable[Instance]) -> ConditionStatus:
     """``True`` some replica serves; ``False`` none does and at least one runs the release and
     fails; ``Unknown`` nothing is running yet (building, replaced after a node loss)."""
     current = [i for i in current_by_slot(dep_name, instances).values() if i.spec.desired == "Running"]
@@ -248,7 +249,9 @@ def health_of(dep_name: str, instances: Iterable[Instance]) -> str:
     return "Unknown"
 
 
-def app_available(app: App, deployments: list[Deployment], instances: list[Instance]) -> tuple[str, str, str]:
+def app_available(
+    app: App, deployments: list[Deployment], instances: list[Instance]
+) -> tuple[ConditionStatus, str, str]:
     """(status, reason, message) of the App's Available condition."""
     live = live_deployment(app, deployments)
     if live is None:

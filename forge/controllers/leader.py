@@ -69,7 +69,7 @@ class LeaderElector:
         """One election round: True when this identity holds the Lease afterwards."""
         now_iso, mono = self.clock.now_iso(), self.clock.monotonic()
         try:
-            lease = self.store.get("Lease", self.lease_name)
+            lease = self.store.get(Lease, self.lease_name)
         except NotFound:
             fresh = Lease(
                 metadata=ObjectMeta(name=self.lease_name),
@@ -167,7 +167,7 @@ class LeaderElector:
 
     def release(self) -> None:
         try:
-            lease = self.store.get("Lease", self.lease_name)
+            lease = self.store.get(Lease, self.lease_name)
             if lease.spec.holder != self.identity:
                 return
             lease.spec.holder, lease.spec.renew_time = "", None

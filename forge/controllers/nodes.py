@@ -20,7 +20,7 @@ import logging
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import ClassVar, Final
+from typing import ClassVar, Final, cast
 
 from forge.clock import Clock
 from forge.config import Config
@@ -83,14 +83,14 @@ class NodesController(Controller):
         # A renewal is only an observation: the node's timer (requeued at its expiry) looks at it
         # then. Only a node we hold to be lost (or one we have never looked at) needs a look now,
         # so 200 nodes renewing every 2 s cost no reconciles.
-        lease: Lease = event.object  # type: ignore[assignment]
+        lease = cast(Lease, event.object)  # the other kind watched, Node, returned above
         fresh = self._observe(node, lease if event.type != "DELETED" else None)
         with self._lock:
             urgent = node in self._lost
         return (node,) if urgent or fresh else ()
 
     def all_keys(self) -> Iterable[str]:
-        return [n.metadata.name for n in self.store.list("Node")[0]]
+        return [n.metadata.name for n in self.store.list(Node)[0]]
 
     # ------------------------------------------------------------------ liveness
 
@@ -112,7 +112,7 @@ class NodesController(Controller):
     def _look(self, node: str) -> None:
         """Read ``node``'s Lease and observe it (the watch observes renewals too, sooner)."""
         try:
-            lease: Lease | None = self.store.get("Lease", LEASE_PREFIX + node)  # type: ignore[assignment]
+            lease: Lease | None = self.store.get(Lease, LEASE_PREFIX + node)
         except NotFound:
             lease = None
         self._observe(node, lease)
@@ -138,7 +138,7 @@ class NodesController(Controller):
         if now < expiry and fast:
             return Result(requeue_after=expiry - now)  # alive, and no verdict of ours to undo
         try:
-            node: Node = self.store.get("Node", key)  # type: ignore[assignment]
+            node: Node = self.store.get(Node, key)
         except NotFound:
             with self._lock:
                 self._seen.pop(key, None)
@@ -152,10 +152,10 @@ class NodesController(Controller):
             self._frozen = False
             self._mark_alive(node)
             return Result(requeue_after=expiry - now)
-        nodes: list[Node] = self.store.list("Node")[0]  # type: ignore[assignment]
-        for lease in self.store.list("Lease")[0]:  # a lapse is rare: look at every node's Lease afresh
+        nodes: list[Node] = self.store.list(Node)[0]
+        for lease in self.store.list(Lease)[0]:  # a lapse is rare: look at every node's Lease afresh
             if lease.metadata.name.startswith(LEASE_PREFIX):
-                self._observe(lease.metadata.name[len(LEASE_PREFIX) :], lease)  # type: ignore[arg-type]
+                self._observe(lease.metadata.name[len(LEASE_PREFIX) :], lease)
         lapsed = sum(1 for n in nodes if self._expiry(n.metadata.name) <= now)
         if lapsed == len(nodes) or (lapsed > 1 and lapsed > DISRUPTION_SHARE * len(nodes)):
             if not self._frozen:
@@ -186,7 +186,7 @@ class NodesController(Controller):
         msg = f"lease {LEASE_PREFIX}{name} renewed"
         set_condition(node.status, READY, "True", REASON_LEASE_RENEWED, msg, self.clock.now_iso())
         node.status.phase = "Ready"
-        node = self.store.update_status(node)  # type: ignore[assignment]
+        node = self.store.update_status(node)
         with self._lock:
             self._lost.discard(name)
         self.recorder.record(node, "Normal", REASON_LEASE_RENEWED, f"node is back: {msg}")
@@ -195,14 +195,14 @@ class NodesController(Controller):
         name = node.metadata.name
         with self._lock:
             self._lost.add(name)
-        instances: list[Instance] = self.store.list("Instance", {LABEL_NODE: name})[0]  # type: ignore[assignment]
+        instances: list[Instance] = self.store.list(Instance, {LABEL_NODE: name})[0]
         victims = [i for i in instances if i.spec.node == name and i.status.phase not in INSTANCE_TERMINAL]
         cond = node.status.condition(READY)
         if cond is None or cond.status != "False" or cond.reason != REASON_NODE_LOST:
             msg = f"lease {LEASE_PREFIX}{name} not renewed for {silent_for:.1f}s (grace {self.grace:g}s)"
             set_condition(node.status, READY, "False", REASON_NODE_LOST, msg, self.clock.now_iso())
             node.status.phase = "NotReady"
-            node = self.store.update_status(node)  # type: ignore[assignment]
+            node = self.store.update_status(node)
             names = ", ".join(i.metadata.name for i in victims[:20]) + (" …" if len(victims) > 20 else "")
             self.recorder.record(
                 node,
@@ -218,5 +218,5 @@ class NodesController(Controller):
             set_condition(
                 inst.status, READY, "False", REASON_NODE_LOST, inst.status.message, self.clock.now_iso()
             )
-            inst = self.store.update_status(inst)  # type: ignore[assignment]
+            inst = self.store.update_status(inst)
             self.recorder.record(inst, "Warning", REASON_NODE_LOST, inst.status.message)

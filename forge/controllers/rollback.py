@@ -161,7 +161,7 @@ def _judge_live(
         "False": ("NoReadyInstances", f"no instance of {name} is ready"),
         "Unknown": ("NoRunningInstances", f"no instance of {name} is running yet"),
     }[health]
-    set_condition(st, "Healthy", health, reason, message, now_iso)  # type: ignore[arg-type]
+    set_condition(st, "Healthy", health, reason, message, now_iso)
     restarts, restarted = ds.restarts_of(name, instances), False
     if st.restarts_seen is None or restarts < st.restarts_seen:
         st.restarts_seen = restarts  # the baseline: what it had when it went live (or was replaced)
@@ -253,9 +253,9 @@ class RollbackController(AppKeyedController):
             app: App = self.store.get(App, key)
         except NotFound:
             return DONE  # rollout tears a deleted App's releases down
-        deps = [d for d in self.store.list("Deployment", {LABEL_APP: key})[0] if d.spec.app == key]
-        insts = [i for i in self.store.list("Instance", {LABEL_APP: key})[0] if i.spec.app == key]
-        plan = plan_rollback(app, deps, insts, self.clock.now(), self.settings)  # type: ignore[arg-type]
+        deps = [d for d in self.store.list(Deployment, {LABEL_APP: key})[0] if d.spec.app == key]
+        insts = [i for i in self.store.list(Instance, {LABEL_APP: key})[0] if i.spec.app == key]
+        plan = plan_rollback(app, deps, insts, self.clock.now(), self.settings)
         if plan.new_deployment is not None:  # before marking the bad one, so a crash cannot lose it
             self.store.create(plan.new_deployment)
         by_name = {d.metadata.name: d for d in deps}
@@ -265,5 +265,5 @@ class RollbackController(AppKeyedController):
             written = self.store.update_status(obj)
             for type_, reason, message in plan.notes.get(name, []):
                 self.recorder.record(written, type_, reason, message)
-        ds.stop_instances(self.store, [i for i in insts if i.metadata.name in set(plan.stop)])  # type: ignore[misc]
+        ds.stop_instances(self.store, [i for i in insts if i.metadata.name in set(plan.stop)])
         return Result(requeue_after=plan.requeue_after) if plan.requeue_after is not None else DONE

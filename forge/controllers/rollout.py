@@ -46,6 +46,7 @@ from forge.models import (
     App,
     AppStatus,
     Deployment,
+    DeploymentPhase,
     DeploymentSpec,
     DeploymentStatus,
     Instance,
@@ -96,10 +97,10 @@ class RolloutPlan:
     now_iso: str = ""
 
 
-def rollout_phase(current: str, slots: dict[ds.Slot, Instance], replicas: int) -> str:
+def rollout_phase(current: DeploymentPhase, slots: dict[ds.Slot, Instance], replicas: int) -> DeploymentPhase:
     """Building while any replica is not yet a process, then Starting; never moves back."""
     building = len(slots) < replicas or any(i.status.phase in ds.BUILDING_PHASES for i in slots.values())
-    computed = "Building" if building else "Starting"
+    computed: DeploymentPhase = "Building" if building else "Starting"
     return computed if PHASE_ORDER[computed] > PHASE_ORDER.get(current, 0) else current
 
 
@@ -266,7 +267,7 @@ def plan_rollout(
         if st.phase in DEPLOYMENT_TERMINAL or st.phase == "Live" or d is live:
             continue
         st.phase, st.reason, st.finished_time = "Cancelled", "NewerRelease", now_iso
-        st.message = f"{newest.metadata.name} was pushed before it went live"  # type: ignore[union-attr]
+        st.message = f"{deps[-1].metadata.name} was pushed before it went live"
         note(d.metadata.name, "Normal", "Cancelled", f"{d.metadata.name} cancelled: {st.message}")
 
     wanted = (
@@ -526,7 +527,7 @@ class RolloutController(AppKeyedController):
         obj = event.object
         if obj.kind != "Node":
             return super().keys_for(event)
-        if not obj.spec.drain or event.type == "DELETED":  # type: ignore[attr-defined]
+        if not obj.spec.drain or event.type == "DELETED":
             return ()
         insts = read_only(self.store, Instance, {LABEL_NODE: obj.metadata.name})
         return sorted({i.spec.app for i in insts if i.spec.desired == "Running"})
@@ -536,7 +537,7 @@ class RolloutController(AppKeyedController):
         out = set()
         for name in sorted({i.spec.node for i in insts if i.spec.node and i.spec.desired == "Running"}):
             try:
-                node: Node = self.store.get("Node", name)  # type: ignore[assignment]
+                node: Node = self.store.get(Node, name)
             except NotFound:
                 continue
             if node.spec.drain:
@@ -544,18 +545,18 @@ class RolloutController(AppKeyedController):
         return frozenset(out)
 
     def _read(self, key: str) -> tuple[list[Deployment], list[Instance]]:
-        deps = [d for d in self.store.list("Deployment", {LABEL_APP: key})[0] if d.spec.app == key]
-        insts = [i for i in self.store.list("Instance", {LABEL_APP: key})[0] if i.spec.app == key]
-        return deps, insts  # type: ignore[return-value]
+        deps = [d for d in self.store.list(Deployment, {LABEL_APP: key})[0] if d.spec.app == key]
+        insts = [i for i in self.store.list(Instance, {LABEL_APP: key})[0] if i.spec.app == key]
+        return deps, insts
 
     def reconcile(self, key: str) -> Result | None:
         try:
-            app: App = self.store.get("App", key)  # type: ignore[assignment]
+            app: App = self.store.get(App, key)
         except NotFound:
             return self._teardown(key)
         deps, insts = self._read(key)
         try:
-            secret: Secret | None = self.store.get("Secret", key)  # type: ignore[assignment]
+            secret: Secret | None = self.store.get(Secret, key)
         except NotFound:
             secret = None
         if secret is not None and secret.spec.app != key:
@@ -622,12 +623,12 @@ class RolloutController(AppKeyedController):
         ds.stop_instances(self.store, [i for i in insts if i.metadata.name in stop])
         for name in gone:
             try:
-                self.store.delete("Instance", name)
+                self.store.delete(Instance, name)
             except NotFound:
                 continue
         for name in dead:
             try:
-                self.store.delete("Deployment", name)
+                self.store.delete(Deployment, name)
             except NotFound:
                 continue
         return DONE

@@ -19,10 +19,11 @@ single controllers call ``reconcile`` directly with a ``FakeClock`` instead).
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -113,7 +114,7 @@ class ControllerRuntime:
         self._scheduler: BackgroundScheduler | None = None
         self._running = False
         for c in self.controllers:
-            self.metrics.depth.labels(c.name).set_function(lambda n=c.name: self._depth(n))
+            self.metrics.depth.labels(c.name).set_function(functools.partial(self._depth, c.name))
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -216,8 +217,8 @@ class ControllerRuntime:
 
     # ------------------------------------------------------------------ plumbing
 
-    def _spawn(self, name: str, target: object, *args: object) -> None:
-        t = threading.Thread(target=target, args=args, name=f"forge-{name}", daemon=True)  # type: ignore[arg-type]
+    def _spawn(self, name: str, target: Callable[..., object], *args: object) -> None:
+        t = threading.Thread(target=target, args=args, name=f"forge-{name}", daemon=True)
         self._threads.append(t)
         t.start()
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import ClassVar, Final
+from typing import ClassVar, Final, cast
 
 from forge.controllers.base import DONE, Controller, Result
 from forge.controllers.cache import read_only, read_only_field
@@ -195,7 +195,7 @@ class SchedulerController(Controller):
             return self.all_keys()
         if event.type == "DELETED":
             return ()
-        inst: Instance = event.object  # type: ignore[assignment]
+        inst = cast(Instance, event.object)  # the other kind watched, Node, returned above
         return (inst.metadata.name,) if needs_binding(inst) or needs_status(inst) else ()
 
     def all_keys(self) -> Iterable[str]:
@@ -205,7 +205,7 @@ class SchedulerController(Controller):
 
     def reconcile(self, key: str) -> Result | None:
         try:
-            inst: Instance = self.store.get("Instance", key)  # type: ignore[assignment]
+            inst: Instance = self.store.get(Instance, key)
         except NotFound:
             return DONE
         if needs_status(inst):
@@ -224,7 +224,7 @@ class SchedulerController(Controller):
             msg = f"{why}; retrying"
             if set_condition(inst.status, SCHEDULED, "False", REASON_UNSCHEDULABLE, msg, now):
                 inst.status.phase = inst.status.phase or "Pending"
-                inst = self.store.update_status(inst)  # type: ignore[assignment]
+                inst = self.store.update_status(inst)
                 self.recorder.record(inst, "Warning", REASON_UNSCHEDULABLE, msg)
             return Result(requeue_after=RETRY_SECONDS)
         name = node.metadata.name
@@ -236,7 +236,7 @@ class SchedulerController(Controller):
             self.recorder.record(app, "Normal", "StoragePinned", f"persistent storage lives on node {name}")
         inst.spec.node = name
         inst.metadata.labels = {**inst.metadata.labels, LABEL_NODE: name}
-        inst = self.store.update(inst)  # type: ignore[assignment]
+        inst = self.store.update(inst)
         self._record_move(inst, name)
         return self._mark_scheduled(inst, name)
 
@@ -247,8 +247,8 @@ class SchedulerController(Controller):
             return
         before = head if int(k) <= 1 else f"{head}-r{int(k) - 1}"
         try:
-            old: Instance = self.store.get("Instance", before)  # type: ignore[assignment]
-            node: Node = self.store.get("Node", old.spec.node or "")  # type: ignore[assignment]
+            old: Instance = self.store.get(Instance, before)
+            node: Node = self.store.get(Node, old.spec.node or "")
         except NotFound:
             return
         if node.metadata.name == name:
@@ -267,7 +267,7 @@ class SchedulerController(Controller):
         if not inst.spec.storage:
             return None
         try:
-            return self.store.get("App", inst.spec.app)  # type: ignore[return-value]
+            return self.store.get(App, inst.spec.app)
         except NotFound:
             return None
 
@@ -276,6 +276,6 @@ class SchedulerController(Controller):
         inst.status.phase = "Scheduled"
         inst.status.observed_generation = inst.metadata.generation
         set_condition(inst.status, SCHEDULED, "True", REASON_SCHEDULED, f"bound to {name}", now)
-        inst = self.store.update_status(inst)  # type: ignore[assignment]
+        inst = self.store.update_status(inst)
         self.recorder.record(inst, "Normal", REASON_SCHEDULED, f"bound to {name}")
         return DONE

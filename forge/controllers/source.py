@@ -27,7 +27,7 @@ import logging
 import threading
 from collections.abc import Iterable
 from pathlib import Path
-from typing import ClassVar, Final
+from typing import ClassVar, Final, cast
 
 from forge.clock import Clock
 from forge.config import Config
@@ -38,7 +38,7 @@ from forge.events import EventRecorder
 from forge.gitauth import open_token, scrub, select_credential
 from forge.gitsource import GitError, GitSource
 from forge.manifest import parse_manifest
-from forge.models import DEPLOYMENT_TERMINAL, App, Deployment, RepoCredential, set_condition
+from forge.models import DEPLOYMENT_TERMINAL, App, Deployment, DeploymentPhase, RepoCredential, set_condition
 from forge.store.base import Store, WatchEvent
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ class SourceController(Controller):
         self._locks_guard = threading.Lock()
 
     def keys_for(self, event: WatchEvent) -> Iterable[str]:
-        if event.type == "DELETED" or not needs_source(event.object):  # type: ignore[arg-type]
+        if event.type == "DELETED" or not needs_source(cast(Deployment, event.object)):
             self._failures.pop(event.object.metadata.name, None)
             return ()
         return (event.object.metadata.name,)
@@ -120,7 +120,7 @@ class SourceController(Controller):
             dep.status, SOURCE_READY, "Unknown", REASON_FETCHING, f"fetching {commit[:12]}", now
         )
         if changed:
-            dep = self.store.update_status(dep)  # type: ignore[assignment]
+            dep = self.store.update_status(dep)
 
         repo = dep.spec.repo
         if not repo:
@@ -173,7 +173,7 @@ class SourceController(Controller):
             f"{MANIFEST_FILE} at {commit[:12]} is valid",
             self.clock.now_iso(),
         )
-        dep = self.store.update_status(dep)  # type: ignore[assignment]
+        dep = self.store.update_status(dep)
         self.recorder.record(dep, "Normal", REASON_FETCHED, f"{MANIFEST_FILE} at {commit[:12]} is valid")
         return DONE
 
@@ -220,13 +220,13 @@ class SourceController(Controller):
 
         return open_token(Keyring.load(self.config), cred)
 
-    def _fail(self, dep: Deployment, reason: str, message: str, phase: str = "Failed") -> Result:
+    def _fail(self, dep: Deployment, reason: str, message: str, phase: DeploymentPhase = "Failed") -> Result:
         now = self.clock.now_iso()
-        dep.status.phase, dep.status.reason, dep.status.message = phase, reason, message  # type: ignore[assignment]
+        dep.status.phase, dep.status.reason, dep.status.message = phase, reason, message
         dep.status.finished_time = dep.status.finished_time or now
         dep.status.observed_generation = dep.metadata.generation
         set_condition(dep.status, SOURCE_READY, "False", reason, message, now)
-        dep = self.store.update_status(dep)  # type: ignore[assignment]
+        dep = self.store.update_status(dep)
         self.recorder.record(dep, "Warning", reason, message)
         log.info("deployment %s failed: %s: %s", dep.metadata.name, reason, message)
         return DONE

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import Final, NamedTuple
+from typing import Final, NamedTuple, cast
 
 from forge.clock import parse_iso
 from forge.controllers.base import DONE, Controller, Result
@@ -104,7 +104,7 @@ class TallyController(Controller):
         uid = obj.metadata.uid
         if not uid:
             return DONE
-        marks = deployment_marks(obj) if isinstance(obj, Deployment) else instance_marks(obj)  # type: ignore[arg-type]
+        marks = deployment_marks(obj) if isinstance(obj, Deployment) else instance_marks(cast(Instance, obj))
         for m in marks:
             if self.store.mark(m.metric, uid, m.label, m.value):
                 log.debug("tally: %s reached %s %s", key, m.metric, m.label)

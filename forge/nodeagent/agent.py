@@ -312,6 +312,7 @@ class Agent:
     def process(self, key: str) -> None:
         """Handle one key from the queue and requeue it when it asks to run again."""
         queue = self.beats if key == HEARTBEAT_KEY else self.queue
+        after: float | None
         try:
             if key == HEARTBEAT_KEY:
                 after = self._heartbeat()

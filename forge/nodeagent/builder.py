@@ -184,7 +184,7 @@ class Builder:
         commit: str,
         run: RunSpec,
         env: dict[str, str],
-        limits: tuple[int, float, int],
+        limits: tuple[int | None, float | None, int | None],
         build_log: Path,
         disk: int = 0,
     ) -> Path:
@@ -311,7 +311,7 @@ class Builder:
         release: Path,
         run: RunSpec,
         env: dict[str, str],
-        limits: tuple[int, float, int],
+        limits: tuple[int | None, float | None, int | None],
         build_log: Path,
         uid: int | None,
         gid: int | None,

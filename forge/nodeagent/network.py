@@ -35,7 +35,7 @@ import socket
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 from forge.errors import Invalid
@@ -44,7 +44,7 @@ from forge.nodeagent.state import write_atomic
 
 log = logging.getLogger(__name__)
 
-SUBNET_POOL: Final = ipaddress.ip_network("10.213.0.0/16")  # /24 per node; rare on LANs
+SUBNET_POOL: Final = ipaddress.IPv4Network("10.213.0.0/16")  # /24 per node; rare on LANs
 NETNS_DIR: Final[str] = "/run/netns"
 LOOPBACK_RESOLVER: Final[str] = "127.0.0.53"
 
@@ -390,7 +390,7 @@ class NodeNetwork:
         self._remove(self.names.netns(name))
         with self._lock:
             state = self._load()
-            addrs = dict(state.get("addresses") or {})  # type: ignore[call-overload]
+            addrs = dict(state.get("addresses") or {})
             if addrs.pop(name, None) is not None:
                 state["addresses"] = addrs
                 try:
@@ -436,14 +436,14 @@ class NodeNetwork:
         assert self.subnet is not None
         with self._lock:
             state = self._load()
-            addrs: dict[str, str] = dict(state.get("addresses") or {})  # type: ignore[call-overload]
+            addrs: dict[str, str] = dict(state.get("addresses") or {})
             if name in addrs and ipaddress.ip_address(addrs[name]) in self.subnet:
                 return addrs[name]
             used = set(addrs.values())
             hosts = list(self.subnet.hosts())[1:]  # the first is the gateway
             # Round-robin from where the last allocation stopped: a freed address is reused as
             # late as possible, so no peer holds a stale ARP entry for it (attach flushes too).
-            start = int(state.get("next", 0)) % len(hosts)  # type: ignore[call-overload]
+            start = int(state.get("next", 0)) % len(hosts)
             order = hosts[start:] + hosts[:start]
             i, free = next(((i, str(h)) for i, h in enumerate(order) if str(h) not in used), (0, None))
             if free is None:
@@ -453,7 +453,7 @@ class NodeNetwork:
             self._save(state)
             return free
 
-    def _load(self) -> dict[str, object]:
+    def _load(self) -> dict[str, Any]:
         try:
             data = json.loads(self._path.read_text())
         except FileNotFoundError:

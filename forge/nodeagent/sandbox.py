@@ -45,7 +45,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, Literal
 
 from forge.cgroups import CgroupDriver
 from forge.clock import Clock, SystemClock
@@ -179,7 +179,7 @@ class Sandbox:
 
     def _probe(self) -> Isolation:
         missing: list[str] = []
-        cg = "none"
+        cg: Literal["v1", "v2", "none"] = "none"
         if self.driver is not None and self.driver.available():
             cg = self.driver.version
         else:
@@ -204,7 +204,7 @@ class Sandbox:
                 missing.append(f"namespaces (bwrap cannot create them unprivileged: {err})")
         if os.geteuid() == 0 and not self.setpriv:
             missing.append("setpriv (util-linux; needed to run apps as their own uid)")
-        return Isolation(cgroups=cg, namespaces=namespaces, bwrap=bool(self.bwrap), missing=missing)  # type: ignore[arg-type]
+        return Isolation(cgroups=cg, namespaces=namespaces, bwrap=bool(self.bwrap), missing=missing)
 
     # ------------------------------------------------------------------ start
     def spawn(self, spec: SandboxSpec) -> int:

@@ -69,9 +69,9 @@ class RunSpec:
         if spec.process == "web":
             return base
         m = _normalize(dict(spec.manifest or {}))
-        procs = m.get("processes") if isinstance(m.get("processes"), dict) else {}
-        proc = procs.get(spec.process) if isinstance(procs.get(spec.process), dict) else {}
-        env = proc.get("env") if isinstance(proc.get("env"), dict) else {}
+        procs = m["processes"] if isinstance(m.get("processes"), dict) else {}
+        proc = procs[spec.process] if isinstance(procs.get(spec.process), dict) else {}
+        env = proc["env"] if isinstance(proc.get("env"), dict) else {}
         stop = _get(proc, "stopTimeoutSeconds", "stop_timeout_seconds", default=base.stop_timeout)
         return replace(
             base,
@@ -86,12 +86,12 @@ class RunSpec:
     @classmethod
     def from_manifest(cls, manifest: dict[str, Any] | None) -> RunSpec:
         m = _normalize(dict(manifest or {}))
-        build = m.get("build") if isinstance(m.get("build"), dict) else {}
-        run = m.get("run") if isinstance(m.get("run"), dict) else {}
+        build = m["build"] if isinstance(m.get("build"), dict) else {}
+        run = m["run"] if isinstance(m.get("run"), dict) else {}
         cmds = _get(build, "commands", default=[]) or []
         if isinstance(cmds, str):
             cmds = [cmds]
-        env = m.get("env") if isinstance(m.get("env"), dict) else {}
+        env = m["env"] if isinstance(m.get("env"), dict) else {}
         return cls(
             build_commands=tuple(str(c) for c in cmds),
             build_timeout=float(

@@ -14,7 +14,7 @@ from typing import Any
 from forge import errors
 from forge.client import ForgeClient
 from forge.clock import Clock, iso
-from forge.models import Instance, InstanceStatus, set_condition
+from forge.models import Instance, InstancePhase, InstanceStatus, set_condition
 from forge.nodeagent.prober import ProbeTracker
 from forge.nodeagent.state import InstanceState
 
@@ -25,14 +25,14 @@ CONFLICT_RETRIES = 4
 def compute_instance_status(
     current: InstanceStatus,
     st: InstanceState | None,
-    phase: str,
+    phase: InstancePhase,
     generation: int,
     now_iso: str,
     probe_result: str | None = None,
 ) -> InstanceStatus:
     s = current.model_copy(deep=True)
     s.observed_generation = generation
-    s.phase = phase  # type: ignore[assignment]
+    s.phase = phase
     running = phase in ("Starting", "Running")
     if st is not None:
         s.port = st.port if running else None
@@ -82,7 +82,7 @@ class StatusWriter:
         self,
         inst: Instance,
         st: InstanceState | None,
-        phase: str,
+        phase: InstancePhase,
         tracker: ProbeTracker | None,
         probe_result: str | None = None,
     ) -> Instance:

@@ -24,7 +24,9 @@ Record semantics (the conformance suite in tests/store pins them down):
   kind (kind None = all), blocking up to ``timeout`` seconds when there are none yet; raises
   ``Gone`` when ``since`` is older than the oldest revision compaction kept.
 - ``get``/``list`` take a kind name or a model class; given the class they return that type
-  (``store.get(Deployment, "hello-1")`` is a ``Deployment``).
+  (``store.get(Deployment, "hello-1")`` is a ``Deployment``). Code that knows the kind passes the
+  class, so its reads are typed; the name form serves code that handles any kind (the generic
+  records API, watch, gc).
 - Returned objects are fresh copies: callers may mutate them freely.
 - A backend that cannot reach its database raises ``Unavailable`` naming the store (never
   its password).
@@ -32,6 +34,7 @@ Record semantics (the conformance suite in tests/store pins them down):
 
 from __future__ import annotations
 
+import builtins
 import re
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar, overload, runtime_checkable
@@ -111,7 +114,7 @@ class RecordStore(Protocol):
         self, kind: str | type[Resource], name: str, resource_version: int | None = None
     ) -> Resource: ...
 
-    def watch(self, kind: str | None, since: int, timeout: float = 10.0) -> list[WatchEvent]: ...
+    def watch(self, kind: str | None, since: int, timeout: float = 10.0) -> builtins.list[WatchEvent]: ...
 
     def revision(self) -> int: ...
 

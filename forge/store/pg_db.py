@@ -142,7 +142,9 @@ class PgDb:
                 cur = conn.execute("BEGIN; SELECT pg_current_xact_id()::text")
                 try:
                     cur.nextset()
-                    xid = cur.fetchone()[0]  # type: ignore[index]
+                    row = cur.fetchone()
+                    assert row is not None  # the SELECT returns one row
+                    xid = row[0]
                     result = fn(conn)
                 except BaseException:
                     # Roll back here, quietly: Conflict and AlreadyExists are routine, and the
@@ -167,7 +169,7 @@ class PgDb:
                 )
                 xid = amb.xid
                 if self.retrying(lambda: self._xact_committed(xid)):
-                    return amb.result  # type: ignore[no-any-return]
+                    return amb.result
                 raise _RetryWrite() from amb
 
         return self.retrying(attempt)
@@ -331,6 +333,7 @@ class PgDb:
 
 def _password(url: str) -> str | None:
     try:
-        return psycopg.conninfo.conninfo_to_dict(url).get("password") or None  # type: ignore[return-value]
+        password = psycopg.conninfo.conninfo_to_dict(url).get("password")
+        return str(password) if password else None
     except psycopg.ProgrammingError:
         return None

@@ -23,6 +23,7 @@ trips). Connection loss and restarts are retried with bounded back-off; see ``Pg
 
 from __future__ import annotations
 
+import builtins
 import json
 from typing import Any, TypeVar, overload
 
@@ -239,7 +240,7 @@ class PostgresStore(LogsAndMarks):
 
     def watch(
         self, kind: str | None, since: int, timeout: float = 10.0, limit: int = WATCH_LIMIT
-    ) -> list[WatchEvent]:
+    ) -> builtins.list[WatchEvent]:
         """Changes with revision > ``since`` (oldest first, at most ``limit``), blocking up to
         ``timeout`` seconds while there are none; ``Gone`` when ``since`` was compacted away."""
         kind = resolve_kind(kind) if kind else None
@@ -279,7 +280,9 @@ class PostgresStore(LogsAndMarks):
 
     # ------------------------------------------------------------------ migrate-store
 
-    def dump_records(self) -> tuple[dict[str, int], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    def dump_records(
+        self,
+    ) -> tuple[dict[str, int], builtins.list[tuple[Any, ...]], builtins.list[tuple[Any, ...]]]:
         """Counters, record rows and change rows, read in one snapshot (``forge.store.transfer``)."""
 
         def tx(conn: Conn) -> tuple[dict[str, int], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
@@ -303,7 +306,10 @@ class PostgresStore(LogsAndMarks):
         return self._db.read(tx)
 
     def load_records(
-        self, counters: dict[str, int], recs: list[tuple[Any, ...]], changes: list[tuple[Any, ...]]
+        self,
+        counters: dict[str, int],
+        recs: builtins.list[tuple[Any, ...]],
+        changes: builtins.list[tuple[Any, ...]],
     ) -> None:
         def tx(conn: Conn) -> None:
             _PgTx(conn)  # the revision lock: no store write interleaves with the copy

@@ -10,7 +10,7 @@ dialect, run inside one write transaction in which it holds the store's write se
 from __future__ import annotations
 
 import uuid
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 from forge.errors import AlreadyExists, Conflict, Fenced, Invalid, NotFound
 from forge.models import Resource, kind_class, parse_record
@@ -137,7 +137,7 @@ def create(
     out = parse_record(data, kind)
     tx.put(kind, out, now, now, insert=True)
     tx.log(rev, "ADDED", out, now)
-    return out  # type: ignore[return-value]  # parse_record(kind of obj) is obj's class
+    return cast(R, out)  # parse_record(kind of obj) is obj's class
 
 
 def update(
@@ -175,7 +175,7 @@ def update(
     out = parse_record(data, kind)
     tx.put(kind, out, created, now, insert=False)
     tx.log(rev, "MODIFIED", out, now)
-    return out  # type: ignore[return-value]
+    return cast(R, out)
 
 
 def update_status(
@@ -195,7 +195,7 @@ def update_status(
     out = parse_record(data, kind)
     tx.put(kind, out, created, now, insert=False)
     tx.log(rev, "MODIFIED", out, now)
-    return out  # type: ignore[return-value]
+    return cast(R, out)
 
 
 def delete(

@@ -14,6 +14,7 @@ sees every revision below it. Log lines live in ``forge-logs.db`` beside the rec
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import sqlite3
@@ -256,7 +257,7 @@ class SqliteStore(LogsAndMarks):
 
     def watch(
         self, kind: str | None, since: int, timeout: float = 10.0, limit: int = WATCH_LIMIT
-    ) -> list[WatchEvent]:
+    ) -> builtins.list[WatchEvent]:
         """Changes with revision > ``since`` (oldest first, at most ``limit``), blocking up to
         ``timeout`` seconds while there are none; ``Gone`` when ``since`` was compacted away."""
         kind = resolve_kind(kind) if kind else None
@@ -265,7 +266,7 @@ class SqliteStore(LogsAndMarks):
         sql += " ORDER BY revision LIMIT ?"
         args: tuple[Any, ...] = (since, kind, limit) if kind else (since, limit)
 
-        def check() -> list[tuple[int, str, str, str]]:
+        def check() -> list[tuple[int, EventType, str, str]]:
             with self._db.read() as conn:
                 compacted = _SqliteTx(conn).counter("compacted")
                 if since < compacted:
@@ -277,7 +278,7 @@ class SqliteStore(LogsAndMarks):
 
     def watch_selected(
         self, kind: str, since: int, timeout: float, selector: dict[str, str], limit: int = WATCH_LIMIT
-    ) -> tuple[list[WatchEvent], int]:
+    ) -> tuple[builtins.list[WatchEvent], int]:
         """``watch`` of the changes whose record matches ``selector``, filtered inside SQLite, and
         the revision the scan reached (a watcher resumes from there, past the changes it was not
         shown). 200 node agents watching their own Instances parse only their own changes, and
@@ -294,7 +295,7 @@ class SqliteStore(LogsAndMarks):
         )
         reached = since
 
-        def check() -> list[tuple[int, str, str]]:
+        def check() -> list[tuple[int, EventType, str]]:
             nonlocal reached
             with self._db.read() as conn:
                 compacted = _SqliteTx(conn).counter("compacted")
@@ -335,7 +336,9 @@ class SqliteStore(LogsAndMarks):
 
     # ------------------------------------------------------------------ migrate-store
 
-    def dump_records(self) -> tuple[dict[str, int], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    def dump_records(
+        self,
+    ) -> tuple[dict[str, int], builtins.list[tuple[Any, ...]], builtins.list[tuple[Any, ...]]]:
         """Counters, record rows and change rows, read in one snapshot (``forge.store.transfer``)."""
         with self._db.read() as conn:
             tx = _SqliteTx(conn)
@@ -345,7 +348,10 @@ class SqliteStore(LogsAndMarks):
         return counters, recs, changes
 
     def load_records(
-        self, counters: dict[str, int], recs: list[tuple[Any, ...]], changes: list[tuple[Any, ...]]
+        self,
+        counters: dict[str, int],
+        recs: builtins.list[tuple[Any, ...]],
+        changes: builtins.list[tuple[Any, ...]],
     ) -> None:
         with self._db.write() as conn:
             conn.executemany(

@@ -149,9 +149,9 @@ class SqliteDb:
                 return
             for topic in topics:
                 self._topic_seq[topic] = self._topic_seq.get(topic, 0) + 1
-                cond = self._topic_conds.get(topic)
-                if cond is not None:
-                    cond.notify_all()
+                topic_cond = self._topic_conds.get(topic)
+                if topic_cond is not None:
+                    topic_cond.notify_all()
 
     def interrupt(self) -> None:
         """Every blocked ``wait_for`` returns now with its last result, as on a timeout."""
@@ -223,6 +223,7 @@ class SqliteDb:
                         self._tailer = None
                         return
                 topics: Topics = None
+                version: int | None
                 try:
                     if conn is None:
                         conn = self.connect()

@@ -34,7 +34,9 @@ class _Table(Protocol):
 class Transferable(Store, Protocol):
     """What both backends offer for a copy (besides the Store interface)."""
 
-    url: str
+    @property
+    def url(self) -> str: ...
+
     logs: Any
     marks: Any
 
