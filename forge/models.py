@@ -32,6 +32,7 @@ BRANCH = re.compile(
 
 # Labels the control plane puts on child records.
 LABEL_APP: str = "forge.dev/app"
+LABEL_PREVIEW_OF: Final[str] = "forge.dev/preview-of"  # on a pull request's preview App: its App
 LABEL_DEPLOYMENT: str = "forge.dev/deployment"
 LABEL_NODE: str = "forge.dev/node"
 LABEL_PROCESS: str = "forge.dev/process"  # a non-web Instance's process type (worker, release, cron, run)
@@ -389,6 +390,16 @@ class DeploymentStatus(Status):
     last_restart_time: str | None = None
     # Written by the rollout controller: the release command's one run (forge.yaml ``release``).
     release_phase: ReleasePhase | None = None
+    # Written by the github controller only: how far this release's report to GitHub got.
+    github: GithubReport | None = None
+
+
+class GithubReport(Model):
+    """The github controller's own slot: the GitHub Deployment it created and the steps it sent."""
+
+    deployment_id: int | None = None
+    sent: list[str] = Field(default_factory=list)
+    message: str = ""  # why the last attempt did not go out (no secrets), "" once it did
 
 
 class ReleasePhase(Model):

@@ -22,6 +22,7 @@ from forge.config import Config
 from forge.controllers.base import Controller
 from forge.controllers.cron import CronController
 from forge.controllers.gc import GcController
+from forge.controllers.github import GithubController
 from forge.controllers.health import HealthController
 from forge.controllers.leader import DEFAULT_DURATION as LEASE_SECONDS
 from forge.controllers.leader import LeaderElector
@@ -60,6 +61,8 @@ def build_controllers(
         if "registry" in inspect.signature(cls).parameters:
             kwargs["registry"] = registry
         out.append(cls(store, clock, config, **kwargs))
+    if config.github_enabled:  # reporting back to GitHub only when configured
+        out.append(GithubController(store, clock, config))
     return out
 
 
