@@ -327,6 +327,7 @@ class Trigger(Model):
     type: TriggerType = "api"
     delivery_id: str | None = Field(default=None, max_length=128)
     user: str | None = Field(default=None, max_length=128)
+    installation_id: int | None = None  # the GitHub App installation that delivered the push
 
 
 class DeploymentConfig(Model):
@@ -652,6 +653,25 @@ class RepoCredential(Resource):
     status: Status = Field(default_factory=Status)
 
 
+class GithubAppSpec(Model):
+    """The GitHub App ``forge github connect`` created (one record, named ``github``). ``privateKey``
+    and ``webhookSecret`` are sealed like Secret values and never leave the server."""
+
+    app_id: int
+    slug: str = ""
+    html_url: str = ""
+    owner: str = ""
+    private_key: str = ""  # sealed PEM (AAD ``GithubApp/NAME/privateKey``)
+    webhook_secret: str = ""  # sealed (AAD ``GithubApp/NAME/webhookSecret``)
+
+
+class GithubApp(Resource):
+    KIND: ClassVar[str] = "GithubApp"
+    PLURAL: ClassVar[str] = "githubapps"
+    spec: GithubAppSpec
+    status: Status = Field(default_factory=Status)
+
+
 # --------------------------------------------------------------------------- Lease / NodeToken
 
 
@@ -688,7 +708,8 @@ class NodeToken(Resource):
 
 
 KINDS: dict[str, type[Resource]] = {
-    c.KIND: c for c in (App, Deployment, Instance, Node, Event, Secret, RepoCredential, Lease, NodeToken)
+    c.KIND: c
+    for c in (App, Deployment, Instance, Node, Event, Secret, RepoCredential, Lease, NodeToken, GithubApp)
 }
 PLURALS: dict[str, type[Resource]] = {c.PLURAL: c for c in KINDS.values()}
 

@@ -32,6 +32,7 @@ from forge.api.webhook import GithubWebhookResource
 from forge.clock import Clock, SystemClock
 from forge.config import Config
 from forge.errors import ForgeError
+from forge.github.auth import app_tokens
 from forge.models import PLURALS
 from forge.store.base import Store, open_store
 
@@ -120,6 +121,7 @@ def create_app(
         stream_cap_seconds=stream_cap_seconds,
         closing=closing or threading.Event(),
         max_streams=max_streams,
+        github_app=app_tokens(config, clock, store),
     )
     wake = getattr(store, "wake_waiters", None)
     if closing is None:

@@ -30,6 +30,7 @@ from forge.api.releases import create_next_release
 from forge.clock import Clock
 from forge.config import Config
 from forge.errors import ForgeError, Invalid, PayloadTooLarge, Unauthorized, Unavailable
+from forge.github.hooks import installation_id
 from forge.models import App, Deployment
 from forge.store.base import Store
 from forge.webhook import (
@@ -143,22 +144,27 @@ class GithubWebhookResource:
             return 202, {**base, "created": [], "reason": reason}, "ignored"
         created: list[str] = []
         duplicates: list[str] = []
+        installation = installation_id(payload)
         for app in apps:
-            name, is_new = self._deploy(app, push, delivery)
+            name, is_new = self._deploy(app, push, delivery, installation)
             (created if is_new else duplicates).append(name)
         body: dict[str, Any] = {**base, "created": created}
         if duplicates:
             body.update(duplicate=not created, existing=duplicates)
         return 202, body, "created" if created else "duplicate"
 
-    def _deploy(self, app: App, push: Push, delivery: str | None) -> tuple[str, bool]:
+    def _deploy(
+        self, app: App, push: Push, delivery: str | None, installation: int | None = None
+    ) -> tuple[str, bool]:
         """Create the next release of ``app`` unless this delivery already made one."""
 
         def make(n: int, deployments: list[Deployment]) -> tuple[Deployment, bool]:
             earlier = find_delivery(deployments, delivery)
-            return (
-                (earlier, False) if earlier is not None else (build_deployment(app, n, push, delivery), True)
-            )
+            if earlier is not None:
+                return earlier, False
+            dep = build_deployment(app, n, push, delivery)
+            dep.spec.trigger.installation_id = installation  # the App that sent it reports back
+            return dep, True
 
         dep, new = create_next_release(self.store, app.metadata.name, make)
         if new:

@@ -30,9 +30,9 @@ from forge.clock import Clock, iso, parse_iso
 from forge.config import Config
 from forge.controllers.base import DONE, Controller, Result
 from forge.controllers.cache import read_only
-from forge.errors import Conflict, NotFound, TerminalError
+from forge.errors import Conflict, Invalid, NotFound, TerminalError
 from forge.events import EventRecorder
-from forge.github.auth import tokens_from_config
+from forge.github.auth import AppTokens, tokens_from_config
 from forge.github.client import GithubClient, GithubError, RateLimited
 from forge.github.reports import (
     REPORT_HORIZON_SECONDS,
@@ -87,7 +87,10 @@ class GithubController(Controller):
         client: GithubClient | None = None,
     ) -> None:
         super().__init__(store, clock, config, recorder)
-        self.client = client or GithubClient(config.github_api_url, tokens_from_config(config, clock), clock)
+        tokens = client.tokens if client is not None else tokens_from_config(config, clock, store)
+        if tokens is None:
+            raise Invalid("the github controller needs FORGE_GITHUB_TOKEN or a GitHub App")
+        self.client = client or GithubClient(config.github_api_url, tokens, clock)
 
     def close(self) -> None:
         self.client.close()
@@ -116,24 +119,29 @@ class GithubController(Controller):
         repo = dep.spec.repo or (app.spec.repo if app is not None else "")
         if not repo or "/" not in repo:
             return DONE
+        installation = dep.spec.trigger.installation_id
+        if installation is not None and isinstance(self.client.tokens, AppTokens):
+            self.client.tokens.remember_installation(repo, installation)
         report = dep.status.github or GithubReport()
         todo = pending_steps(report_path(dep), report.sent)
+        try:
+            return self._send_all(dep, app, repo, todo)
+        except RateLimited as exc:
+            self._note(dep, f"GitHub rate limit: reports resume at {iso(exc.until)}")
+            return Result(requeue_after=max(1.0, exc.until - self.clock.now()))
+        except GithubError as exc:
+            self._note(dep, exc.message)
+            if exc.transient:
+                raise
+            self.recorder.record(dep, "Warning", REASON_REPORT_FAILED, exc.message)
+            raise TerminalError(exc.message) from None
+
+    def _send_all(self, dep: Deployment, app: App | None, repo: str, todo: list[Step]) -> Result:
         blocked = self.client.blocked_until(repo)
         if blocked is not None:
-            self._note(dep, f"GitHub rate limit: reports resume at {iso(blocked)}")
-            return Result(requeue_after=max(1.0, blocked - now))
+            raise RateLimited("GitHub rate limit", blocked)
         for step in todo:
-            try:
-                gh_id = self._send(dep, app, repo, step)
-            except RateLimited as exc:
-                self._note(dep, f"GitHub rate limit: reports resume at {iso(exc.until)}")
-                return Result(requeue_after=max(1.0, exc.until - self.clock.now()))
-            except GithubError as exc:
-                self._note(dep, exc.message)
-                if exc.transient:
-                    raise
-                self.recorder.record(dep, "Warning", REASON_REPORT_FAILED, exc.message)
-                raise TerminalError(exc.message) from None
+            gh_id = self._send(dep, app, repo, step)
             dep = self._mark_sent(dep, step, gh_id)
         return DONE
 
@@ -193,6 +201,10 @@ class GithubController(Controller):
 
     def _note(self, dep: Deployment, message: str) -> None:
         """Say in the slot why reports wait (written only when the reason changes)."""
+        try:
+            dep = self.store.get(Deployment, dep.metadata.name)  # steps may have been recorded since
+        except NotFound:
+            return
         report = dep.status.github or GithubReport()
         if report.message == message:
             return

@@ -34,6 +34,7 @@ from forge.controllers.runtime import ControllerRuntime
 from forge.controllers.scheduler import SchedulerController
 from forge.controllers.source import SourceController
 from forge.controllers.tally import TallyController
+from forge.github.auth import stored_app
 from forge.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ def build_controllers(
         if "registry" in inspect.signature(cls).parameters:
             kwargs["registry"] = registry
         out.append(cls(store, clock, config, **kwargs))
-    if config.github_enabled:  # reporting back to GitHub only when configured
+    if config.github_enabled or stored_app(store) is not None:  # reporting back only when configured
         out.append(GithubController(store, clock, config))
     return out
 

@@ -36,6 +36,8 @@ from forge.controllers.cache import read_only
 from forge.errors import Invalid, NotFound
 from forge.events import EventRecorder
 from forge.gitauth import open_token, scrub, select_credential
+from forge.github.auth import app_tokens
+from forge.github.client import GithubError
 from forge.gitsource import GitError, GitSource
 from forge.manifest import parse_manifest
 from forge.models import DEPLOYMENT_TERMINAL, App, Deployment, RepoCredential, set_condition
@@ -93,6 +95,7 @@ class SourceController(Controller):
         self._failures: dict[str, tuple[int, float]] = {}  # key → (failed attempts, first failure)
         self._repo_locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
+        self.app_tokens = app_tokens(config, clock, store)  # a GitHub App fetches private repos
 
     def keys_for(self, event: WatchEvent) -> Iterable[str]:
         if event.type == "DELETED" or not needs_source(event.object):  # type: ignore[arg-type]
@@ -215,10 +218,27 @@ class SourceController(Controller):
         creds: list[RepoCredential] = self.store.list(RepoCredential)[0]
         cred = select_credential(creds, repo)
         if cred is None or not cred.spec.token:
-            return None
+            return self._app_token(repo)
         from forge.secrets import Keyring  # only when a private repo needs it
 
         return open_token(Keyring.load(self.config), cred)
+
+    def close(self) -> None:
+        if self.app_tokens is not None:
+            self.app_tokens.close()
+
+    def _app_token(self, repo: str) -> str | None:
+        """With a GitHub App and no RepoCredential: the installation's token (cached by AppTokens)."""
+        if self.app_tokens is None:
+            return None
+        try:
+            return self.app_tokens.token_for(repo)[1]
+        except GithubError as exc:
+            if exc.code == 404:
+                return None  # the App is not installed there: fetch as anyone may (a public repo)
+            raise GitError(
+                f"no GitHub App token for {repo}: {exc.message}", transient=exc.transient
+            ) from None
 
     def _fail(self, dep: Deployment, reason: str, message: str, phase: str = "Failed") -> Result:
         now = self.clock.now_iso()

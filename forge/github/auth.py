@@ -21,8 +21,10 @@ import jwt
 
 from forge.clock import Clock, parse_iso
 from forge.config import Config
-from forge.errors import Invalid
+from forge.errors import Invalid, NotFound
 from forge.github.client import GithubClient, GithubError, StaticToken, TokenSource
+from forge.models import GithubApp
+from forge.store.base import Store
 
 JWT_LIFETIME: Final[float] = 540.0  # GitHub allows 10 minutes; keep a margin
 JWT_BACKDATE: Final[float] = 60.0
@@ -52,6 +54,9 @@ class AppTokens:
 
     def __repr__(self) -> str:
         return f"AppTokens(app_id={self.app_id})"
+
+    def close(self) -> None:
+        self.api.close()
 
     @classmethod
     def from_file(cls, app_id: str, key_path: str, api_url: str, clock: Clock) -> AppTokens:
@@ -130,13 +135,49 @@ class _AppJwt:
     def token_for(self, repo: str | None) -> tuple[str, str]:
         return "app", self.app.app_jwt()
 
+    def close(self) -> None:
+        pass
 
-def tokens_from_config(config: Config, clock: Clock) -> TokenSource:
-    """The App when one is configured, else the token (``github_enabled`` must be true)."""
+
+STORED_APP: Final[str] = "github"  # the GithubApp record ``forge github connect`` writes
+
+
+def key_aad(name: str) -> str:
+    return f"GithubApp/{name}/privateKey"
+
+
+def secret_aad(name: str) -> str:
+    return f"GithubApp/{name}/webhookSecret"
+
+
+def stored_app(store: Store) -> GithubApp | None:
+    try:
+        return store.get(GithubApp, STORED_APP)
+    except NotFound:
+        return None
+
+
+def app_tokens(config: Config, clock: Clock, store: Store | None = None) -> AppTokens | None:
+    """The GitHub App Forge acts as: the environment's (``FORGE_GITHUB_APP_ID`` + key path) or
+    the one ``forge github connect`` stored; None when there is none."""
     if config.github_app_id and config.github_app_private_key:
         return AppTokens.from_file(
             config.github_app_id, config.github_app_private_key, config.github_api_url, clock
         )
+    record = stored_app(store) if store is not None else None
+    if record is None or not record.spec.private_key:
+        return None
+    from forge.secrets import Keyring  # only when a stored App needs it
+
+    pem = Keyring.load(config).decrypt(record.spec.private_key, key_aad(record.metadata.name))
+    return AppTokens(str(record.spec.app_id), pem.encode(), config.github_api_url, clock)
+
+
+def tokens_from_config(config: Config, clock: Clock, store: Store | None = None) -> TokenSource | None:
+    """Who Forge is to GitHub: a GitHub App (configured or stored), else the token, else None."""
+    app = app_tokens(config, clock, store)
+    if app is not None:
+        return app
     if config.github_token:
         return StaticToken(config.github_token)
-    raise Invalid("GitHub is not configured: set FORGE_GITHUB_TOKEN or FORGE_GITHUB_APP_ID and _PRIVATE_KEY")
+    return None

@@ -54,6 +54,8 @@ class TokenSource(Protocol):
 
     def token_for(self, repo: str | None) -> tuple[str, str]: ...
 
+    def close(self) -> None: ...
+
 
 class StaticToken:
     """``FORGE_GITHUB_TOKEN``: one token for every repository."""
@@ -66,6 +68,9 @@ class StaticToken:
 
     def token_for(self, repo: str | None) -> tuple[str, str]:
         return "token", self._token
+
+    def close(self) -> None:
+        pass
 
 
 def limit_until(resp: httpx.Response, now: float) -> float | None:
@@ -110,6 +115,7 @@ class GithubClient:
 
     def close(self) -> None:
         self.http.close()
+        self.tokens.close()
 
     def blocked_until(self, repo: str | None) -> float | None:
         scope, _ = self.tokens.token_for(repo)

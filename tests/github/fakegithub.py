@@ -56,6 +56,7 @@ class FakeGithub:
     app_id: str | None = None
     app_public_key: bytes | None = None
     installations: list[Installation] = field(default_factory=list)
+    mint: Callable[[], str] | None = None  # the next installation token's text (a git remote's)
 
     def __post_init__(self) -> None:
         self.requests: list[Seen] = []
@@ -247,7 +248,7 @@ class FakeGithub:
             inst_id = int(segs[2])
             if not any(i.id == inst_id for i in self.installations):
                 return 404, {"message": "Not Found"}
-            token = "ghs_" + secrets.token_hex(18)
+            token = self.mint() if self.mint is not None else "ghs_" + secrets.token_hex(18)
             expires = self.clock.now() + 3600
             self.installation_tokens[token] = (inst_id, expires)
             out = example_response(template, "post", "201")
