@@ -20,7 +20,7 @@ from typing import Any
 
 import falcon
 
-from forge.api import agents, logs, records, releases, runs, system
+from forge.api import agents, github, logs, records, releases, runs, system
 from forge.api.auth import Authenticator, AuthMiddleware
 from forge.api.body import dumps
 from forge.api.context import ApiContext
@@ -172,5 +172,7 @@ def create_app(
     app.add_route("/readyz", system.ReadyResource(ctx))
     app.add_route("/metrics", MetricsResource(metrics))
     app.add_route("/api/v1/webhook/github", GithubWebhookResource(store, config, clock, metrics.registry))
+    app.add_route("/api/v1/github/connect", github.GithubConnectResource(ctx))
+    app.add_route("/api/v1/github/app", github.GithubAppResource(ctx))
     app.add_route("/api/v1/openapi.json", system.OpenApiResource(build_openapi(webhook=True)))
     return app

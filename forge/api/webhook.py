@@ -30,6 +30,7 @@ from forge.api.releases import create_next_release
 from forge.clock import Clock
 from forge.config import Config
 from forge.errors import ForgeError, Invalid, PayloadTooLarge, Unauthorized, Unavailable
+from forge.github.auth import secret_aad, stored_app
 from forge.github.hooks import installation_id
 from forge.models import App, Deployment
 from forge.store.base import Store
@@ -71,6 +72,7 @@ class GithubWebhookResource:
         for outcome in OUTCOMES:
             self.deliveries.labels(outcome)
         self._warned_no_secret = False
+        self._keyring: Any = None
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         started = self.clock.monotonic()
@@ -106,15 +108,15 @@ class GithubWebhookResource:
     # ------------------------------------------------------------------ steps
 
     def _handle(self, req: falcon.Request, delivery: str | None) -> tuple[int, dict[str, Any], str]:
-        secret = self.config.webhook_secret
-        if not secret:
+        secrets = [s for s in (self.config.webhook_secret, self._app_secret()) if s]
+        if not secrets:
             if not self._warned_no_secret:
                 self._warned_no_secret = True
                 log.warning("FORGE_GITHUB_WEBHOOK_SECRET is not set: refusing every GitHub delivery")
             raise Unauthorized("webhook secret is not configured on this server; deliveries are refused")
         raw = read_raw(req, MAX_BODY)
         signature = req.get_header("X-Hub-Signature-256")
-        if not verify_signature(secret, raw, signature):
+        if not any(verify_signature(secret, raw, signature) for secret in secrets):
             why = "missing X-Hub-Signature-256 header" if not signature else "signature does not match"
             log.warning("webhook delivery %s refused: %s", (delivery or "-")[:128], why)
             raise Unauthorized(f"webhook delivery refused: {why}")
@@ -152,6 +154,17 @@ class GithubWebhookResource:
         if duplicates:
             body.update(duplicate=not created, existing=duplicates)
         return 202, body, "created" if created else "duplicate"
+
+    def _app_secret(self) -> str:
+        """The webhook secret of the GitHub App ``forge github connect`` stored ("" when none)."""
+        app = stored_app(self.store)
+        if app is None or not app.spec.webhook_secret:
+            return ""
+        if self._keyring is None:
+            from forge.secrets import Keyring
+
+            self._keyring = Keyring.load(self.config)
+        return str(self._keyring.decrypt(app.spec.webhook_secret, secret_aad(app.metadata.name)))
 
     def _deploy(
         self, app: App, push: Push, delivery: str | None, installation: int | None = None

@@ -143,8 +143,9 @@ class GithubClient:
             "Accept": "application/vnd.github+json",
             "X-GitHub-Api-Version": API_VERSION,
             "User-Agent": USER_AGENT,
-            "Authorization": f"Bearer {secret}",
         }
+        if secret:  # the manifest code exchange is the one call made without credentials
+            headers["Authorization"] = f"Bearer {secret}"
         try:
             resp = self.http.request(method, self.api_url + path, headers=headers, json=json, params=params)
         except httpx.HTTPError as exc:
