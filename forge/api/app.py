@@ -26,6 +26,7 @@ from forge.api.body import dumps
 from forge.api.context import ApiContext
 from forge.api.metrics import Metrics, MetricsMiddleware, MetricsResource
 from forge.api.openapi import EXPOSED, build_openapi
+from forge.api.previews import PreviewApproveResource
 from forge.api.sealing import Sealer
 from forge.api.ui import SignInResource, UiResource
 from forge.api.webhook import GithubWebhookResource
@@ -174,5 +175,6 @@ def create_app(
     app.add_route("/api/v1/webhook/github", GithubWebhookResource(store, config, clock, metrics.registry))
     app.add_route("/api/v1/github/connect", github.GithubConnectResource(ctx))
     app.add_route("/api/v1/github/app", github.GithubAppResource(ctx))
+    app.add_route("/api/v1/previews/{name}/approve", PreviewApproveResource(ctx))
     app.add_route("/api/v1/openapi.json", system.OpenApiResource(build_openapi(webhook=True)))
     return app

@@ -26,6 +26,7 @@ import falcon
 from prometheus_client import CollectorRegistry, Counter
 
 from forge.api.body import read_raw
+from forge.api.previews import PreviewDeliveries
 from forge.api.releases import create_next_release
 from forge.clock import Clock
 from forge.config import Config
@@ -73,6 +74,7 @@ class GithubWebhookResource:
             self.deliveries.labels(outcome)
         self._warned_no_secret = False
         self._keyring: Any = None
+        self.previews = PreviewDeliveries(store, clock)
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         started = self.clock.monotonic()
@@ -130,6 +132,8 @@ class GithubWebhookResource:
         base = {"event": event, "deliveryId": delivery}
         if event == "ping":
             return 200, {"ok": True, **base, "zen": str(payload.get("zen", ""))[:200]}, "ping"
+        if event in ("pull_request", "issue_comment"):  # previews (forge.previews)
+            return self.previews.handle(event, payload, base)
         if event != "push":
             return (
                 202,

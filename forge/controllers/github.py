@@ -43,9 +43,10 @@ from forge.github.reports import (
     find_release,
     pending_steps,
     report_path,
+    short,
     status_body,
 )
-from forge.models import DEPLOYMENT_TERMINAL, App, Deployment, GithubReport
+from forge.models import DEPLOYMENT_TERMINAL, App, Deployment, GithubReport, Preview, PreviewGithub
 from forge.store.base import Store, WatchEvent
 
 log = logging.getLogger(__name__)
@@ -119,6 +120,8 @@ class GithubController(Controller):
         repo = dep.spec.repo or (app.spec.repo if app is not None else "")
         if not repo or "/" not in repo:
             return DONE
+        if self._preview_gone(dep.spec.app):
+            return DONE  # its teardown marks the environment inactive (github-previews)
         installation = dep.spec.trigger.installation_id
         if installation is not None and isinstance(self.client.tokens, AppTokens):
             self.client.tokens.remember_installation(repo, installation)
@@ -215,6 +218,13 @@ class GithubController(Controller):
         except Conflict:
             pass  # only a note; the next attempt writes it
 
+    def _preview_gone(self, app: str) -> bool:
+        try:
+            preview = self.store.get(Preview, app)
+        except NotFound:
+            return False
+        return preview.status.phase in PREVIEW_GONE
+
     # ------------------------------------------------------------------ links
 
     def _app(self, name: str) -> App | None:
@@ -230,3 +240,106 @@ class GithubController(Controller):
         if app is not None and app.status.url:
             return app.status.url
         return f"http://{dep.spec.app}.{self.config.domain}"
+
+
+PREVIEW_GONE: Final[frozenset[str]] = frozenset({"Closed", "Expired"})
+
+
+def preview_needs(preview: Preview) -> str | None:
+    """What GitHub must hear about a Preview: ``teardown`` (its environment is gone), ``waiting``
+    (its head waits for approval), or None."""
+    slot = preview.status.github or PreviewGithub()
+    if preview.status.phase in PREVIEW_GONE and slot.inactive_generation != preview.metadata.generation:
+        return "teardown"
+    if preview.status.phase == "AwaitingApproval" and slot.waiting_sha != preview.spec.head_sha:
+        return "waiting"
+    return None
+
+
+class GithubPreviewsController(Controller):
+    """Pull-request previews on GitHub: a head waiting for approval gets a pending commit status
+    that says so (context ``forge/APP-pr-N``); a closed or expired preview's environment is
+    marked inactive (every GitHub Deployment of environment ``APP-pr-N``, found on GitHub, so
+    nothing depends on release records that are being deleted). Its slot is
+    ``Preview.status.github``; the same back-off and rate-limit rules as the github controller."""
+
+    name: ClassVar[str] = "github-previews"
+    watches: ClassVar[tuple[str, ...]] = ("Preview",)
+    resync_seconds: ClassVar[float] = 600.0
+
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        config: Config,
+        recorder: EventRecorder | None = None,
+        client: GithubClient | None = None,
+    ) -> None:
+        super().__init__(store, clock, config, recorder)
+        tokens = client.tokens if client is not None else tokens_from_config(config, clock, store)
+        if tokens is None:
+            raise Invalid("the github-previews controller needs FORGE_GITHUB_TOKEN or a GitHub App")
+        self.client = client or GithubClient(config.github_api_url, tokens, clock)
+        self._owns_client = client is None
+
+    def close(self) -> None:
+        if self._owns_client:
+            self.client.close()
+
+    def keys_for(self, event: WatchEvent) -> Iterable[str]:
+        p = event.object
+        if event.type == "DELETED" or not isinstance(p, Preview):
+            return ()
+        return (p.metadata.name,) if preview_needs(p) else ()
+
+    def all_keys(self) -> Iterable[str]:
+        return sorted(p.metadata.name for p in read_only(self.store, Preview) if preview_needs(p))
+
+    def reconcile(self, key: str) -> Result | None:
+        try:
+            preview = self.store.get(Preview, key)
+        except NotFound:
+            return DONE
+        need = preview_needs(preview)
+        if need is None:
+            return DONE
+        owner, name = split_repo(preview.spec.repo)
+        base, repo = f"/repos/{owner}/{name}", preview.spec.repo
+        log_url = f"{self.config.dashboard_url}/ui/index.html#/apps/{key}"
+        try:
+            blocked = self.client.blocked_until(repo)
+            if blocked is not None:
+                raise RateLimited("GitHub rate limit", blocked)
+            slot = (preview.status.github or PreviewGithub()).model_copy(deep=True)
+            if need == "teardown":
+                found = self.client.request(
+                    "GET", f"{base}/deployments", repo, params={"environment": key, "per_page": 100}
+                )
+                why = short(f"{key}: {preview.status.message or 'the preview was deleted'}")
+                for gh in found if isinstance(found, list) else []:
+                    if isinstance(gh.get("id"), int):
+                        body = {"state": "inactive", "log_url": log_url, "description": why}
+                        self.client.request(
+                            "POST", f"{base}/deployments/{gh['id']}/statuses", repo, json=body
+                        )
+                slot.inactive_generation = preview.metadata.generation
+            else:
+                body = {
+                    "state": "pending",
+                    "target_url": log_url,
+                    "description": short(preview.status.message or "waits for approval"),
+                    "context": f"forge/{key}",
+                }
+                self.client.request("POST", f"{base}/statuses/{preview.spec.head_sha}", repo, json=body)
+                slot.waiting_sha = preview.spec.head_sha
+        except RateLimited as exc:
+            return Result(requeue_after=max(1.0, exc.until - self.clock.now()))
+        except GithubError as exc:
+            if exc.transient:
+                raise
+            self.recorder.record(preview, "Warning", REASON_REPORT_FAILED, exc.message)
+            raise TerminalError(exc.message) from None
+        new = preview.model_copy(deep=True)
+        new.status.github = slot
+        self.store.update_status(new)
+        return DONE

@@ -22,11 +22,12 @@ from forge.config import Config
 from forge.controllers.base import Controller
 from forge.controllers.cron import CronController
 from forge.controllers.gc import GcController
-from forge.controllers.github import GithubController
+from forge.controllers.github import GithubController, GithubPreviewsController
 from forge.controllers.health import HealthController
 from forge.controllers.leader import DEFAULT_DURATION as LEASE_SECONDS
 from forge.controllers.leader import LeaderElector
 from forge.controllers.nodes import NodesController
+from forge.controllers.previews import PreviewsController
 from forge.controllers.rollback import RollbackController
 from forge.controllers.rollout import RolloutController
 from forge.controllers.router import RouterController
@@ -50,6 +51,7 @@ CONTROLLERS: tuple[type[Controller], ...] = (
     GcController,
     TallyController,
     CronController,
+    PreviewsController,
 )
 
 
@@ -63,7 +65,8 @@ def build_controllers(
             kwargs["registry"] = registry
         out.append(cls(store, clock, config, **kwargs))
     if config.github_enabled or stored_app(store) is not None:  # reporting back only when configured
-        out.append(GithubController(store, clock, config))
+        reports = GithubController(store, clock, config)
+        out += [reports, GithubPreviewsController(store, clock, config, client=reports.client)]
     return out
 
 

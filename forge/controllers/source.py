@@ -140,7 +140,7 @@ class SourceController(Controller):
         stale_head: str | None = None
         try:
             with self._lock_for(repo):
-                cache = self.git.fetch(repo, url, commit, token)
+                cache = self.git.fetch(repo, url, commit, token, ref=dep.spec.ref or None)
                 text = self.git.show(cache, commit, MANIFEST_FILE)
                 stale_head = self._stale_head(dep, url, token)
         except GitError as exc:
