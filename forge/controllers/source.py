@@ -40,7 +40,7 @@ from forge.github.auth import app_tokens
 from forge.github.client import GithubError
 from forge.gitsource import GitError, GitSource
 from forge.manifest import parse_manifest
-from forge.models import DEPLOYMENT_TERMINAL, App, Deployment, RepoCredential, set_condition
+from forge.models import DEPLOYMENT_TERMINAL, LABEL_PREVIEW_OF, App, Deployment, RepoCredential, set_condition
 from forge.store.base import Store, WatchEvent
 
 log = logging.getLogger(__name__)
@@ -163,7 +163,7 @@ class SourceController(Controller):
         if text is None:
             return self._fail(dep, REASON_INVALID, f"{MANIFEST_FILE} not found at {commit}")
         try:
-            manifest = parse_manifest(text, dep.spec.app)
+            manifest = parse_manifest(text, self._manifest_name(dep))
         except Invalid as exc:
             return self._fail(dep, REASON_INVALID, scrub(describe_invalid(exc), token))
         dep.status.manifest = manifest.to_status()
@@ -222,6 +222,14 @@ class SourceController(Controller):
         from forge.secrets import Keyring  # only when a private repo needs it
 
         return open_token(Keyring.load(self.config), cred)
+
+    def _manifest_name(self, dep: Deployment) -> str:
+        """The name forge.yaml may carry: a pull request's preview runs its App's forge.yaml."""
+        try:
+            app = self.store.get(App, dep.spec.app)
+        except NotFound:
+            return dep.spec.app
+        return app.metadata.labels.get(LABEL_PREVIEW_OF, dep.spec.app)
 
     def close(self) -> None:
         if self.app_tokens is not None:
