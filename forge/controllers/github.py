@@ -120,8 +120,10 @@ class GithubController(Controller):
         repo = dep.spec.repo or (app.spec.repo if app is not None else "")
         if not repo or "/" not in repo:
             return DONE
-        if self._preview_gone(dep.spec.app):
-            return DONE  # its teardown marks the environment inactive (github-previews)
+        if app is None or self._preview_gone(dep.spec.app):
+            # the App was deleted (a preview's teardown marks its environment inactive, from the
+            # github-previews controller): nothing of it may report after that
+            return DONE
         installation = dep.spec.trigger.installation_id
         if installation is not None and isinstance(self.client.tokens, AppTokens):
             self.client.tokens.remember_installation(repo, installation)

@@ -352,3 +352,17 @@ def test_any_interleaving_reports_in_order(ctl, store, clock, fake, make_app, ma
         assert commits == sorted(commits, key=["pending", "success", "failure", "error"].index)
     assert fake.violations == []
     assert all(d <= 121 for d in delays.values())
+
+
+def test_a_deleted_apps_releases_report_nothing_more(
+    ctl, store, clock, fake, make_app, make_deployment
+) -> None:
+    """Once the App is gone (a closed preview's teardown already said inactive), a release that
+    still had reports waiting sends none of them: nothing newer may follow the teardown."""
+    make_app("hello")
+    make_deployment("hello", 1, phase="Pending")
+    ctl.reconcile("hello-1")
+    move(store, clock, "hello-1", "Live")
+    store.delete(App, "hello")
+    ctl.reconcile("hello-1")
+    assert fake.states_of("hello-1") == ["in_progress"]
