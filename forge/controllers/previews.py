@@ -58,7 +58,7 @@ REASON_PREVIEW_DELETED: Final[str] = "PreviewDeleted"
 
 class PreviewsController(Controller):
     name: ClassVar[str] = "previews"
-    watches: ClassVar[tuple[str, ...]] = ("Preview", "App", "Deployment")
+    watches: ClassVar[tuple[str, ...]] = ("Preview", "App", "Deployment", "Secret")
     resync_seconds: ClassVar[float] = 300.0
 
     def __init__(
@@ -71,6 +71,8 @@ class PreviewsController(Controller):
         obj = event.object
         if isinstance(obj, Preview):
             return (obj.metadata.name,)
+        if isinstance(obj, Secret) and LABEL_PREVIEW_OF not in obj.metadata.labels:
+            return [p.metadata.name for p in read_only(self.store, Preview, {LABEL_PREVIEW_OF: obj.spec.app})]
         if isinstance(obj, App):
             if LABEL_PREVIEW_OF in obj.metadata.labels:
                 return (obj.metadata.name,)

@@ -95,7 +95,8 @@ class CallbackServer:
                 pass
 
         self.server = ThreadingHTTPServer((host or "127.0.0.1", int(port or 0)), Handler)
-        self.url = f"http://{self.server.server_address[0]}:{self.server.server_address[1]}"
+        bound_host, bound_port = str(self.server.server_address[0]), int(self.server.server_address[1])
+        self.url = f"http://{bound_host}:{bound_port}"
         self.manifest = manifest_for(f"{self.url}/callback")
         self.action = action_for(self.state)
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True, name="forge-connect")
@@ -157,7 +158,8 @@ def exchange_code(api_url: str, code: str, clock: Clock) -> dict[str, Any]:
 
 def store_app(store: Store, seal: Callable[[str, str], str], made: dict[str, Any]) -> GithubApp:
     """The ``GithubApp`` record ``github`` from a conversion answer, key and secret sealed."""
-    owner = made.get("owner") if isinstance(made.get("owner"), dict) else {}
+    owner_field = made.get("owner")
+    owner: dict[str, Any] = owner_field if isinstance(owner_field, dict) else {}
     spec = GithubAppSpec(
         app_id=int(made["id"]),
         slug=str(made.get("slug") or ""),

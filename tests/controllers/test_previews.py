@@ -329,3 +329,22 @@ def test_github_sees_waiting_then_live_then_inactive(store, clock, config, hooks
         assert fake.violations == []
     finally:
         reports.close()
+
+
+def test_secret_change_reaches_the_preview(store, clock, config, hooks, previews, parent) -> None:
+    """A change of the App's Secret wakes its previews and their copy follows it."""
+    from forge.store.base import WatchEvent
+
+    hooks.handle("pull_request", pr_event(clock, "opened", SHA1), {})
+    previews.reconcile("hello-pr-7")
+    keyring = Keyring.load(config)
+    s = store.get(Secret, "hello")
+    s.spec.data = {"DB": keyring.encrypt("postgres://y", aad_for("Secret", "hello", "DB"))}
+    s = store.update(s)
+    s.status.data_digest = "hs256:digest-2"
+    s = store.update_status(s)
+    assert list(previews.keys_for(WatchEvent("MODIFIED", s, 0))) == ["hello-pr-7"]
+    previews.reconcile("hello-pr-7")
+    mine = store.get(Secret, "hello-pr-7")
+    assert keyring.decrypt(mine.spec.data["DB"], aad_for("Secret", "hello-pr-7", "DB")) == "postgres://y"
+    assert mine.status.data_digest == "hs256:digest-2"
