@@ -177,7 +177,7 @@ class GithubController(Controller):
     def _ensure_deployment(self, dep: Deployment, app: App | None, repo: str, base: str) -> int:
         params = {"sha": dep.spec.commit, "environment": environment_of(dep), "per_page": 100}
         found = self.client.request("GET", f"{base}/deployments", repo, params=params)
-        existing = find_release(found if isinstance(found, list) else [], dep.metadata.name)
+        existing = find_release(found if isinstance(found, list) else [], dep.metadata.name, dep.metadata.uid)
         if existing is not None:
             return existing
         made: Any = self.client.request("POST", f"{base}/deployments", repo, json=deployment_body(dep, app))

@@ -114,7 +114,7 @@ def deployment_body(dep: Deployment, app: App | None) -> dict[str, Any]:
         "transient_environment": preview,
         "auto_merge": False,
         "required_contexts": [],
-        "payload": {"forge": {"release": dep.metadata.name, "app": dep.spec.app}},
+        "payload": {"forge": {"release": dep.metadata.name, "app": dep.spec.app, "uid": dep.metadata.uid}},
         "description": short(f"Forge release {dep.metadata.name}"),
     }
 
@@ -142,11 +142,17 @@ def commit_body(dep: Deployment, step: Step, log_url: str) -> dict[str, Any]:
     }
 
 
-def find_release(deployments: list[dict[str, Any]], release: str) -> int | None:
-    """The id of the GitHub Deployment an earlier (interrupted) report created for ``release``."""
+def find_release(deployments: list[dict[str, Any]], release: str, uid: str = "") -> int | None:
+    """The id of the GitHub Deployment an earlier (interrupted) report created for this very
+    record: its name and uid (a name comes back when a deleted App is created again)."""
     for d in deployments:
         payload = d.get("payload")
         forge = payload.get("forge") if isinstance(payload, dict) else None
-        if isinstance(forge, dict) and forge.get("release") == release and isinstance(d.get("id"), int):
+        if (
+            isinstance(forge, dict)
+            and forge.get("release") == release
+            and forge.get("uid", "") == uid
+            and isinstance(d.get("id"), int)
+        ):
             return int(d["id"])
     return None

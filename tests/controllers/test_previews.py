@@ -348,3 +348,41 @@ def test_secret_change_reaches_the_preview(store, clock, config, hooks, previews
     mine = store.get(Secret, "hello-pr-7")
     assert keyring.decrypt(mine.spec.data["DB"], aad_for("Secret", "hello-pr-7", "DB")) == "postgres://y"
     assert mine.status.data_digest == "hs256:digest-2"
+
+
+def test_ttl_marks_the_environment_inactive_on_github(store, clock, config, hooks, parent, fake) -> None:
+    """The ttl deletes the preview and GitHub hears its environment is inactive; a later push
+    brings a new preview whose release reports afresh."""
+    cfg = dataclasses.replace(config, github_api_url=fake.url, github_token=TOKEN)
+    previews = PreviewsController(store, clock, cfg)
+    reports = GithubController(store, clock, cfg)
+    gh_previews = GithubPreviewsController(store, clock, cfg, client=reports.client)
+    try:
+        hooks.handle("pull_request", pr_event(clock, "opened", SHA1), {})
+        previews.reconcile("hello-pr-7")
+        [dep] = deployments(store, "hello-pr-7")
+        reports.reconcile(dep.metadata.name)
+        assert fake.states_of(dep.metadata.name) == ["in_progress"]
+        clock.advance(3601)
+        previews.reconcile("hello-pr-7")
+        assert (
+            store.get(Preview, "hello-pr-7").status.phase == "Expired"
+            and get(store, App, "hello-pr-7") is None
+        )
+        gh_previews.reconcile("hello-pr-7")
+        assert fake.states_of(dep.metadata.name) == ["in_progress", "inactive"]
+        previews.reconcile("hello-pr-7")
+        assert get(store, Preview, "hello-pr-7") is not None, (
+            "an expired preview's record stays for the next push"
+        )
+        store.delete(Deployment, dep.metadata.name)  # what the rollout controller does for a deleted App
+
+        hooks.handle("pull_request", pr_event(clock, "synchronize", SHA3), {})
+        previews.reconcile("hello-pr-7")
+        [dep2] = deployments(store, "hello-pr-7")
+        reports.reconcile(dep2.metadata.name)
+        assert dep2.spec.commit == SHA3 and fake.states_of(dep2.metadata.name) == ["in_progress"]
+        assert len(fake.deployments) == 2, "a new record of a reused name is a new GitHub Deployment"
+        assert fake.violations == []
+    finally:
+        reports.close()

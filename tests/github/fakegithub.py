@@ -115,8 +115,9 @@ class FakeGithub:
     # ------------------------------------------------------------------ views for tests
 
     def states_of(self, release: str) -> list[str]:
-        """The deployment statuses GitHub received for a Forge release, in order."""
-        for dep_id, dep in self.deployments.items():
+        """The deployment statuses GitHub received for a Forge release (the newest GitHub
+        Deployment of that name: names come back when an App is created again), in order."""
+        for dep_id, dep in sorted(self.deployments.items(), reverse=True):
             if dep["payload"].get("forge", {}).get("release") == release:
                 return [s["state"] for s in self.statuses.get(dep_id, [])]
         return []
