@@ -28,12 +28,26 @@ from tests.e2e.test_previews import PREVIEW_APP_PY, pr_event  # noqa: E402
 
 
 def pr_head(remote: Remote, number: int, version: str) -> str:
-    files = {"app.py": PREVIEW_APP_PY, "version.txt": version + "\n",
-             "forge.yaml": MANIFEST.format(name="bench", version=version, extra="", min_ready="0s")}
+    files = {
+        "app.py": PREVIEW_APP_PY,
+        "version.txt": version + "\n",
+        "forge.yaml": MANIFEST.format(name="bench", version=version, extra="", min_ready="0s"),
+    }
     for rel, text in files.items():
         (remote.work / rel).write_text(text)
     git("-C", str(remote.work), "add", "-A")
-    git("-C", str(remote.work), "-c", "user.name=B", "-c", "user.email=b@example.com", "commit", "-q", "-m", version)
+    git(
+        "-C",
+        str(remote.work),
+        "-c",
+        "user.name=B",
+        "-c",
+        "user.email=b@example.com",
+        "commit",
+        "-q",
+        "-m",
+        version,
+    )
     git("-C", str(remote.work), "push", "-q", "-f", "origin", f"HEAD:refs/pull/{number}/head")
     return git("-C", str(remote.work), "rev-parse", "HEAD").strip()
 
@@ -49,8 +63,13 @@ def main() -> None:
     previews, pushes = [], []
     try:
         with forge.client as c:
-            c.post("/api/v1/apps", json={"metadata": {"name": "bench"}, "spec": {
-                "repo": "acme/bench", "branches": ["main"], "previews": {"enabled": True}}}).raise_for_status()
+            c.post(
+                "/api/v1/apps",
+                json={
+                    "metadata": {"name": "bench"},
+                    "spec": {"repo": "acme/bench", "branches": ["main"], "previews": {"enabled": True}},
+                },
+            ).raise_for_status()
         for i in range(args.rounds):
             commit = remote.app_release("bench", f"main{i}", min_ready="0s")
             r = forge.webhook("push", push_payload("acme/bench", "refs/heads/main", commit))
@@ -67,8 +86,10 @@ def main() -> None:
             t0 = time.monotonic()
             host = f"bench-pr-{100 + i}.localhost"
             previews.append(first_200(f"{forge.http}/", {"Host": host}, t0 + 120, f"pr{i}") - t0)
-            print(f"round {i}: push -> live {pushes[-1]:.3f}s   PR opened -> preview serving {previews[-1]:.3f}s",
-                  flush=True)
+            print(
+                f"round {i}: push -> live {pushes[-1]:.3f}s   PR opened -> preview serving {previews[-1]:.3f}s",
+                flush=True,
+            )
     finally:
         forge.stop()
         shutil.rmtree(root, ignore_errors=True)
