@@ -98,9 +98,9 @@ class PreviewsController(Controller):
             return self._teardown(preview, plan)
         assert parent is not None
         deployment, url, phase = preview.status.deployment, preview.status.url, plan.phase
+        self._ensure_secret(preview, parent)  # an untrusted head never finds the App's secrets there
         if plan.action == "deploy":
             app = self._ensure_app(preview, parent)
-            self._ensure_secret(preview, parent)
             dep = self._ensure_release(preview, app)
             deployment, url = dep.metadata.name, app.status.url
             phase = {"Live": "Live", "Failed": "Failed", "Cancelled": "Deploying"}.get(

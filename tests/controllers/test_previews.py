@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from forge.api.previews import PreviewDeliveries
-from forge.clock import FakeClock, iso
+from forge.clock import FakeClock, iso, parse_iso
 from forge.config import Config
 from forge.controllers.github import GithubController, GithubPreviewsController
 from forge.controllers.previews import PreviewsController
@@ -386,3 +386,105 @@ def test_ttl_marks_the_environment_inactive_on_github(store, clock, config, hook
         assert fake.violations == []
     finally:
         reports.close()
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_any_sequence_keeps_forks_fenced(store, clock, hooks, previews, parent, seed) -> None:
+    """Random sequences of pushes (own branch or fork), approvals (in time, too early, by whom),
+    drafts, closes, reopenings, ttl expiries and late or repeated reconciles: a release is only
+    ever made of a head that was trusted or approved for exactly that head, a fork's preview never
+    has a Secret, and a closed or expired preview has no App once reconciled."""
+    import random
+
+    rnd = random.Random(seed)
+    shas = [commit_for(f"seq-{seed}-{i}") for i in range(12)]
+    allowed: set[str] = set()  # heads that may build: trusted, or approved after their push
+    fork, head, draft = False, shas[0], False
+    for step in range(40):
+        action = rnd.choice(
+            [
+                "push",
+                "push",
+                "approve",
+                "early",
+                "stranger",
+                "draft",
+                "ready",
+                "close",
+                "reopen",
+                "reconcile",
+                "reconcile",
+                "wait",
+                "cli",
+            ]
+        )
+        if action in ("push", "reopen") or step == 0:
+            fork = rnd.random() < 0.5 if action == "push" or step == 0 else fork
+            head = shas[rnd.randrange(len(shas))] if action == "push" or step == 0 else head
+            kind = "opened" if step == 0 else ("synchronize" if action == "push" else "reopened")
+            assoc = "CONTRIBUTOR" if fork else "MEMBER"
+            hooks.handle(
+                "pull_request",
+                pr_event(
+                    clock,
+                    kind,
+                    head,
+                    head_repo="forker/hello" if fork else "acme/hello",
+                    association=assoc,
+                    draft=draft,
+                ),
+                {},
+            )
+            if not fork:
+                allowed.add(head)
+        elif action in ("approve", "early", "stranger"):
+            clock.advance(1)
+            assoc = "NONE" if action == "stranger" else "OWNER"
+            cur = get(store, Preview, "hello-pr-7")
+            # "early": written a second before the current head was pushed
+            ago = (
+                clock.now() - parse_iso(cur.spec.head_time) + 1
+                if action == "early" and cur and cur.spec.head_time
+                else 0
+            )
+            _, body, _ = hooks.handle(
+                "issue_comment", comment_event(clock, "/forge approve", assoc, ago=ago), {}
+            )
+            before = cur is not None and cur.spec.approved_sha == cur.spec.head_sha
+            if body.get("approved"):
+                assert action == "approve" or before, f"step {step}: an {action} comment approved"
+                allowed.add(store.get(Preview, "hello-pr-7").spec.head_sha)
+        elif action in ("draft", "ready"):
+            draft = action == "draft"
+            hooks.handle(
+                "pull_request",
+                pr_event(
+                    clock,
+                    "converted_to_draft" if draft else "ready_for_review",
+                    head,
+                    head_repo="forker/hello" if fork else "acme/hello",
+                    association="CONTRIBUTOR" if fork else "MEMBER",
+                    draft=draft,
+                ),
+                {},
+            )
+        elif action == "close":
+            hooks.handle("pull_request", pr_event(clock, "closed", head), {})
+        elif action == "cli":
+            p = get(store, Preview, "hello-pr-7")
+            if p is not None and p.spec.state == "open":
+                store.update(_approved(p))
+                allowed.add(p.spec.head_sha)
+        elif action == "wait":
+            clock.advance(rnd.choice([60, 1800, 3700]))
+        else:
+            previews.reconcile("hello-pr-7")
+        for d in deployments(store, "hello-pr-7"):
+            assert d.spec.commit in allowed, (
+                f"step {step}: {d.spec.commit[:12]} built without trust or approval"
+            )
+        p = get(store, Preview, "hello-pr-7")
+        if p is not None and p.spec.head_repo != "acme/hello" and action == "reconcile":
+            assert get(store, Secret, "hello-pr-7") is None, f"step {step}: a fork's preview has a Secret"
+        if p is not None and p.status.phase in ("Closed", "Expired") and action == "reconcile":
+            assert get(store, App, "hello-pr-7") is None
