@@ -83,15 +83,28 @@ class GitSource:
         except GitError:
             return False
 
-    def fetch(self, repo: str, url: str, commit: str, token: str | None = None) -> Path:
+    def fetch(
+        self, repo: str, url: str, commit: str, token: str | None = None, ref: str | None = None
+    ) -> Path:
         """Make ``commit`` present in the cache of ``repo``; ``GitError(transient=False)`` when the
-        remote answered but does not have it."""
+        remote answered but does not have it. A pull request's head (``ref`` =
+        ``refs/pull/N/head``) is fetched by that ref first: a fork's commits live in the base
+        repository only under it."""
         cache = self.cache_path(repo)
         if not (cache / "HEAD").exists():
             cache.parent.mkdir(parents=True, exist_ok=True)
             self._git(["init", "--bare", "--quiet", str(cache)], None, None, LOCAL_TIMEOUT)
         if self.has_commit(cache, commit):
             return cache
+        if ref is not None and re.fullmatch(r"refs/pull/\d+/head", ref):
+            self._git(
+                ["fetch", "--quiet", "--no-tags", "--depth", "1", url, f"+{ref}:refs/forge/{ref[5:]}"],
+                cache,
+                token,
+                self.fetch_timeout,
+            )
+            if self.has_commit(cache, commit):
+                return cache  # else the pull request moved on meanwhile: ask for the commit itself
         try:
             self._git(
                 ["fetch", "--quiet", "--no-tags", "--depth", "1", url, commit],

@@ -11,7 +11,17 @@ from forge.api.releases import DeployRequest, RollbackRequest
 from forge.api.ui import SignInRequest
 from forge.models import PLURALS, Resource
 
-EXPOSED = ("apps", "deployments", "instances", "nodes", "events", "secrets", "repocredentials", "leases")
+EXPOSED = (
+    "apps",
+    "deployments",
+    "instances",
+    "nodes",
+    "events",
+    "secrets",
+    "repocredentials",
+    "leases",
+    "previews",
+)
 REF = "#/components/schemas/{model}"
 JSON = "application/json"
 NDJSON = "application/x-ndjson"

@@ -36,9 +36,19 @@ from forge.controllers.cache import read_only
 from forge.errors import Invalid, NotFound
 from forge.events import EventRecorder
 from forge.gitauth import open_token, scrub, select_credential
+from forge.github.auth import app_tokens
+from forge.github.client import GithubError
 from forge.gitsource import GitError, GitSource
 from forge.manifest import parse_manifest
-from forge.models import DEPLOYMENT_TERMINAL, App, Deployment, DeploymentPhase, RepoCredential, set_condition
+from forge.models import (
+    DEPLOYMENT_TERMINAL,
+    LABEL_PREVIEW_OF,
+    App,
+    Deployment,
+    DeploymentPhase,
+    RepoCredential,
+    set_condition,
+)
 from forge.store.base import Store, WatchEvent
 
 log = logging.getLogger(__name__)
@@ -93,6 +103,7 @@ class SourceController(Controller):
         self._failures: dict[str, tuple[int, float]] = {}  # key → (failed attempts, first failure)
         self._repo_locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
+        self.app_tokens = app_tokens(config, clock, store)  # a GitHub App fetches private repos
 
     def keys_for(self, event: WatchEvent) -> Iterable[str]:
         if event.type == "DELETED" or not needs_source(cast(Deployment, event.object)):
@@ -137,7 +148,7 @@ class SourceController(Controller):
         stale_head: str | None = None
         try:
             with self._lock_for(repo):
-                cache = self.git.fetch(repo, url, commit, token)
+                cache = self.git.fetch(repo, url, commit, token, ref=dep.spec.ref or None)
                 text = self.git.show(cache, commit, MANIFEST_FILE)
                 stale_head = self._stale_head(dep, url, token)
         except GitError as exc:
@@ -160,7 +171,7 @@ class SourceController(Controller):
         if text is None:
             return self._fail(dep, REASON_INVALID, f"{MANIFEST_FILE} not found at {commit}")
         try:
-            manifest = parse_manifest(text, dep.spec.app)
+            manifest = parse_manifest(text, self._manifest_name(dep))
         except Invalid as exc:
             return self._fail(dep, REASON_INVALID, scrub(describe_invalid(exc), token))
         dep.status.manifest = manifest.to_status()
@@ -215,10 +226,35 @@ class SourceController(Controller):
         creds: list[RepoCredential] = self.store.list(RepoCredential)[0]
         cred = select_credential(creds, repo)
         if cred is None or not cred.spec.token:
-            return None
+            return self._app_token(repo)
         from forge.secrets import Keyring  # only when a private repo needs it
 
         return open_token(Keyring.load(self.config), cred)
+
+    def _manifest_name(self, dep: Deployment) -> str:
+        """The name forge.yaml may carry: a pull request's preview runs its App's forge.yaml."""
+        try:
+            app = self.store.get(App, dep.spec.app)
+        except NotFound:
+            return dep.spec.app
+        return app.metadata.labels.get(LABEL_PREVIEW_OF, dep.spec.app)
+
+    def close(self) -> None:
+        if self.app_tokens is not None:
+            self.app_tokens.close()
+
+    def _app_token(self, repo: str) -> str | None:
+        """With a GitHub App and no RepoCredential: the installation's token (cached by AppTokens)."""
+        if self.app_tokens is None:
+            return None
+        try:
+            return self.app_tokens.token_for(repo)[1]
+        except GithubError as exc:
+            if exc.code == 404:
+                return None  # the App is not installed there: fetch as anyone may (a public repo)
+            raise GitError(
+                f"no GitHub App token for {repo}: {exc.message}", transient=exc.transient
+            ) from None
 
     def _fail(self, dep: Deployment, reason: str, message: str, phase: DeploymentPhase = "Failed") -> Result:
         now = self.clock.now_iso()
