@@ -50,7 +50,7 @@ from forge.store.base import Store
 
 # Reasons an agent reports that mean the release itself is broken (not the machine).
 FAILING_REASONS: frozenset[str] = frozenset(
-    {"BuildFailed", "HealthCheckFailed", "CrashLoopBackOff", "OOMKilled"}
+    {"BuildFailed", "HealthCheckFailed", "CrashLoopBackOff", "OOMKilled", "WrongPort"}
 )
 # Instance phases before the process exists: a slot in one of these is still building.
 BUILDING_PHASES: frozenset[str] = frozenset({"", "Pending", "Scheduled", "Building"})

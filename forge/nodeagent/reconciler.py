@@ -22,6 +22,7 @@ from forge.clock import Clock
 from forge.models import Instance
 from forge.nodeagent.builder import REASON_BUILD_FAILED, REASON_FETCH_FAILED, Builder, BuildError, DiskLow
 from forge.nodeagent.diskfence import REASON_DISK_LIMIT
+from forge.nodeagent.listening import REASON_WRONG_PORT, Listener, listening, port_verdict
 from forge.nodeagent.logship import Shipper, log_path
 from forge.nodeagent.prober import READY, UNHEALTHY, WAITING, ProbeResult, ProbeTracker, probe
 from forge.nodeagent.sandbox import SandboxTimeout
@@ -50,6 +51,8 @@ REASON_INTERRUPTED: Final[str] = "Interrupted"
 DISK_RETRY_SECONDS = 30.0
 FIRST_PROBE_DELAY = 0.05  # then doubling up to health.interval until the first success: a fast
 # app is seen ready within tens of milliseconds, a slow one is not hammered
+WRONG_PORT_GRACE = 1.0  # an app seen listening only elsewhere this long is on the wrong port
+# (not merely opening a side port a moment before $PORT)
 STABLE_SECONDS = BACKOFF_CAP  # running this long after being ready resets the crash streak
 
 
@@ -79,6 +82,7 @@ class Reconciler:
         self.next_probe: dict[str, float] = {}
         self.probe_step: dict[str, float] = {}
         self.last_fail: dict[str, float] = {}
+        self.wrong_port_since: dict[str, float] = {}
         self.over_limit: set[str] = set()  # release dirs the disk check found full (their Instances stop)
 
     def reconcile(self, name: str, inst: Instance | None) -> float | None:
@@ -547,6 +551,12 @@ class Reconciler:
             verdict = tracker.record(result, since_start)
             if not result.ok:
                 self.last_fail[st.name] = mono
+        if not result.ok and not tracker.ready:
+            wrong = self._wrong_port(st, mono)
+            if wrong is not None:
+                return self._unhealthy(inst, st, run, wrong, result, REASON_WRONG_PORT)
+        else:
+            self.wrong_port_since.pop(st.name, None)
         if tracker.ready:
             step = run.health.interval_seconds
         else:  # not ready yet: look again soon, backing off toward the interval
@@ -561,13 +571,31 @@ class Reconciler:
                 st.crash_streak = 0
                 self._persist(st)
         elif verdict == UNHEALTHY:
-            return self._unhealthy(
-                inst, st, run, f"{run.health.path} failed {tracker.failures} probes in a row", result
-            )
+            what = f"{run.health.path} failed {tracker.failures} probes in a row"
+            return self._unhealthy(inst, st, run, what + self._ports_note(st), result)
         self.status.write(
             inst, st, "Running" if st.ready else "Starting", tracker, probe_result=result.detail
         )
         return step
+
+    def _listeners(self, st: InstanceState) -> list[Listener]:
+        return listening(self.supervisor.app_pids(st))
+
+    def _wrong_port(self, st: InstanceState, mono: float) -> str | None:
+        """What is wrong with where the app listens, once it has been so for WRONG_PORT_GRACE."""
+        assert st.port is not None
+        why = port_verdict(st.port, self._listeners(st), self._probe_host(st))
+        if why is None:
+            self.wrong_port_since.pop(st.name, None)
+            return None
+        since = self.wrong_port_since.setdefault(st.name, mono)
+        return why if mono - since >= WRONG_PORT_GRACE else None
+
+    def _ports_note(self, st: InstanceState) -> str:
+        """For a failed probe: the port Forge gave and where the app does listen."""
+        found = self._listeners(st)
+        where = ", ".join(str(x) for x in found) if found else "no TCP port"
+        return f" (Forge gave it $PORT={st.port}; it listens on {where})"
 
     def _mark_ready(self, st: InstanceState) -> None:
         if not st.ready:
@@ -576,15 +604,23 @@ class Reconciler:
             self._persist(st)
 
     def _unhealthy(
-        self, inst: Instance, st: InstanceState, run: RunSpec, what: str, result: ProbeResult
+        self,
+        inst: Instance,
+        st: InstanceState,
+        run: RunSpec,
+        what: str,
+        result: ProbeResult,
+        reason: str = REASON_HEALTH,
     ) -> float | None:
-        """Failed its checks ``retries`` times in a row: restart it (with back-off), say so."""
-        st.reason = REASON_HEALTH
+        """Failed its checks ``retries`` times in a row (or listens on the wrong port): restart
+        it (with back-off), say so."""
+        st.reason = reason
         st.message = f"{what}; last: {result.detail}"
+        self.wrong_port_since.pop(st.name, None)
         self.supervisor.stop(st, run.stop_timeout)
         self._schedule_restart(st)
         self._persist(st)
-        self.event(st.name, "Warning", REASON_HEALTH, f"{st.message}; restarting it")
+        self.event(st.name, "Warning", reason, f"{st.message}; restarting it")
         self.status.write(inst, st, "Starting", None, probe_result=result.detail)
         return st.next_start - self.clock.now() if st.next_start else None
 
@@ -632,6 +668,7 @@ class Reconciler:
             self.next_probe.pop(name, None)
             self.probe_step.pop(name, None)
             self.last_fail.pop(name, None)
+            self.wrong_port_since.pop(name, None)
             self.state.save()
         finished = (
             inst is not None

@@ -1,0 +1,87 @@
+"""The first hour: failures a newcomer provokes explain themselves, end to end (real forge up,
+real git, real apps)."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+
+from tests.e2e.harness import Forge, Remote, free_port, push_payload
+
+pytestmark = [pytest.mark.e2e]
+
+WRONG_PORT_APP = """\
+import os
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class H(BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"hi")
+
+
+print("PORT is", os.environ["PORT"], "but I listen on {port}", flush=True)
+ThreadingHTTPServer(("0.0.0.0", {port}), H).serve_forever()
+"""
+
+MANIFEST = """name: {name}
+runtime: python3.11
+run:
+  command: exec python3 app.py
+resources: {{memory: 128M, cpu: 0.5}}
+health: {{path: /, interval: 3s, timeout: 1s, retries: 8}}
+{extra}"""
+
+
+def register(forge: Forge, name: str, repo: str) -> None:
+    body = {
+        "apiVersion": "forge/v1",
+        "kind": "App",
+        "metadata": {"name": name},
+        "spec": {"repo": repo, "branches": ["main"]},
+    }
+    with forge.client as c:
+        r = c.post("/api/v1/apps", json=body)
+        assert r.status_code == 201, r.text
+
+
+def push(forge: Forge, repo: str, commit: str) -> None:
+    r = forge.webhook("push", push_payload(repo, "refs/heads/main", commit))
+    assert r.status_code == 202, r.text
+
+
+def test_app_on_the_wrong_port_fails_naming_both_ports(forge: Forge) -> None:
+    """An app that listens on another port than $PORT fails with WrongPort, naming the port Forge
+    gave it and the one it bound — long before its probes (8 × 3 s) would run out."""
+    wrong = free_port()
+    remote = Remote(forge.root, "acme/wrongport")
+    register(forge, "wrongport", "acme/wrongport")
+    sha = remote.commit(
+        {
+            "app.py": WRONG_PORT_APP.replace("{port}", str(wrong)),
+            "forge.yaml": MANIFEST.format(name="wrongport", extra=""),
+        },
+        "wrong port",
+    )
+    t0 = time.monotonic()
+    push(forge, "acme/wrongport", sha)
+    dep = forge.wait_phase("wrongport-1", {"Failed", "Live"}, timeout=60)
+    took = time.monotonic() - t0
+    st = dep["status"]
+    assert st["phase"] == "Failed" and st["reason"] == "WrongPort", st
+    m = re.search(r"\$PORT=(\d+)", st["message"])
+    assert m, st["message"]
+    given = int(m.group(1))
+    assert given != wrong
+    assert f":{wrong}" in st["message"] and "not on $PORT" in st["message"], st["message"]
+    insts = forge.list("instances", "forge.dev/deployment=wrongport-1")
+    assert insts and all(i["status"]["reason"] == "WrongPort" for i in insts if i["status"].get("reason")), (
+        insts
+    )
+    events = [e["spec"]["message"] for e in forge.list("events") if e["spec"]["reason"] == "WrongPort"]
+    assert any(f"$PORT={given}" in e and str(wrong) in e for e in events), events
+    print(f"wrong port reported {took:.1f}s after the push")
