@@ -302,3 +302,21 @@ def stop_instances(store: Store, instances: Iterable[Instance]) -> None:
         obj = inst.copy_deep()
         obj.spec.desired = "Stopped"
         store.update(obj)
+
+
+def deadline_message(
+    dep_name: str, seconds: float, manifest: dict[str, Any] | None, instances: list[Instance]
+) -> str:
+    """Why a release missed its progress deadline, naming the build when it was still building."""
+    base = f"not ready within {seconds:g}s of its creation"
+    building = sorted(
+        i.metadata.name for i in current_by_slot(dep_name, instances).values() if i.status.phase == "Building"
+    )
+    if not building:
+        return base
+    build = (manifest or {}).get("build") or {}
+    limit = float(build.get("timeoutSeconds") or 600.0)
+    return (
+        f"{base}: its build was still running (instance {building[0]}; build.timeout is {limit:g}s); "
+        "make the build faster, or raise build.timeout in forge.yaml (build: {timeout: 20m}, up to 2h)"
+    )

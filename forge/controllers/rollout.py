@@ -304,7 +304,9 @@ def plan_rollout(
             st.applied_config = cfg
         elif now >= deadline:
             st.phase, st.reason, st.finished_time = "Failed", "ProgressDeadlineExceeded", now_iso
-            st.message = f"not ready within {settings.progress_deadline_seconds:g}s of its creation"
+            st.message = ds.deadline_message(
+                name, deadline - ds.time_of(st.created_time, now), st.manifest, instances
+            )
             note(name, "Warning", "ProgressDeadlineExceeded", f"{name} failed: {st.message}")
         elif st.manifest is not None:
             st.applied_config = cfg

@@ -32,6 +32,7 @@ from typing import Any, Final
 from forge import errors
 from forge.clock import Clock
 from forge.gitauth import GitAuth, git_auth
+from forge.manifest import fmt_duration
 from forge.nodeagent import buildlog
 from forge.nodeagent.sandbox import SandboxTimeout, prepare_workdir
 from forge.nodeagent.spec import RunSpec
@@ -110,6 +111,14 @@ def api_credentials(client: Any) -> Credentials:
         return str(token) if token else None
 
     return fetch
+
+
+def out_of_time(build_timeout: float, where: str) -> str:
+    """A build past ``build.timeout``: say which limit it was and how to raise it."""
+    return (
+        f"the build ran out of time{' ' + where if where else ''}: build.timeout is "
+        f"{fmt_duration(build_timeout)}; raise it in forge.yaml (build: {{timeout: 20m}}, up to 2h)"
+    )
 
 
 class Builder:
@@ -347,9 +356,7 @@ class Builder:
                 buildlog.append(build_log, self.clock, f"==> $ {cmd}")
                 left = deadline - self.clock.monotonic()
                 if left <= 0:
-                    raise BuildError(
-                        REASON_BUILD_FAILED, f"build timed out after {run.build_timeout:g}s before {cmd!r}"
-                    )
+                    raise BuildError(REASON_BUILD_FAILED, out_of_time(run.build_timeout, f"before {cmd!r}"))
                 spec = self.spec_factory(
                     app=app,
                     workdir=str(release),
@@ -376,7 +383,13 @@ class Builder:
                     with open(build_log, "rb") as f:
                         f.seek(start)
                         output = buildlog.strip_stamps(f.read())
-                    what = "timed out" if code is None else f"exited with code {code}"
+                    if code is None:
+                        what = out_of_time(run.build_timeout, "")
+                        buildlog.append(build_log, self.clock, f"==> {what}")
+                        raise BuildError(
+                            REASON_BUILD_FAILED, f"build command {cmd!r}: {what}\n{tail(output)}"
+                        )
+                    what = f"exited with code {code}"
                     if self.fence is not None and self.fence.exceeded(release, disk):
                         what += (
                             f" after filling the release's disk limit of {disk // 2**20} MiB (resources.disk)"

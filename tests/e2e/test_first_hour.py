@@ -85,3 +85,18 @@ def test_app_on_the_wrong_port_fails_naming_both_ports(forge: Forge) -> None:
     events = [e["spec"]["message"] for e in forge.list("events") if e["spec"]["reason"] == "WrongPort"]
     assert any(f"$PORT={given}" in e and str(wrong) in e for e in events), events
     print(f"wrong port reported {took:.1f}s after the push")
+
+
+def test_build_out_of_time_names_build_timeout(forge: Forge) -> None:
+    """A build past build.timeout fails the release naming the build, build.timeout and how to raise it."""
+    remote = Remote(forge.root, "acme/slowbuild")
+    register(forge, "slowbuild", "acme/slowbuild")
+    manifest = MANIFEST.format(name="slowbuild", extra="").replace(
+        "run:", 'build:\n  commands: ["echo compiling", "sleep 60"]\n  timeout: 2s\nrun:'
+    )
+    sha = remote.commit({"app.py": "print('never')\n", "forge.yaml": manifest}, "slow build")
+    push(forge, "acme/slowbuild", sha)
+    st = forge.wait_phase("slowbuild-1", {"Failed", "Live"}, timeout=60)["status"]
+    assert st["phase"] == "Failed" and st["reason"] == "BuildFailed", st
+    for words in ("'sleep 60'", "the build ran out of time", "build.timeout is 2s", "raise it in forge.yaml"):
+        assert words in st["message"], st["message"]
