@@ -58,6 +58,15 @@ def admin_token() -> str:
 pass_ctx = click.make_pass_decorator(Ctx, ensure=True)
 
 
+class ListByDefault(click.Group):
+    """A verb group whose bare form lists: ``forge domains APP`` is ``forge domains list APP``."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and not args[0].startswith("-") and args[0] not in self.commands and "list" in self.commands:
+            args = ["list", *args]
+        return super().parse_args(ctx, args)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, "--version", prog_name="forge")
 def cli() -> None:
@@ -82,7 +91,7 @@ def completion(shell: str) -> None:
 
 
 def main() -> None:
-    from forge.cli import apps, daemons, github, nodes, previews, resources, runs, store  # noqa: F401  (registers verbs)
+    from forge.cli import apps, daemons, domains, github, nodes, previews, resources, runs, secrets, store  # noqa: F401  (registers verbs)
 
     try:
         cli.main(prog_name="forge", standalone_mode=False)

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from forge.cli import Ctx, cli, pass_ctx
+from forge.cli import Ctx, ListByDefault, cli, pass_ctx
 from forge.cli.output import age, dig, emit, render, table
 from forge.cli.resources import OUTPUT, event_line
 from forge.errors import Conflict, ForgeError, Gone, Invalid, NotFound
@@ -580,7 +580,7 @@ def scale(ctx: Ctx, name: str, counts: tuple[str, ...]) -> None:
         click.echo(f"{name} scaled: " + ", ".join(f"{k}={v}" for k, v in want.items()))
 
 
-@cli.group()
+@cli.group(cls=ListByDefault)
 def domains() -> None:
     """Custom domains of an app."""
 
@@ -654,9 +654,9 @@ def creds_set(ctx: Ctx, scope: str, token_stdin: bool) -> None:
     click.echo(f"credential for {scope} stored")
 
 
-@cli.group()
+@cli.group(cls=ListByDefault)
 def secrets() -> None:
-    """Encrypted secrets."""
+    """An app's encrypted secrets (env vars whose values are never shown): set, unset, list."""
 
 
 @secrets.command("rotate-key")
