@@ -56,7 +56,10 @@ DATA_DIR = click.option(
     "--data-dir",
     type=click.Path(file_okay=False),
     default=None,
-    help="Where Forge keeps its store, keys and releases (default $FORGE_DATA_DIR or ~/.local/share/forge).",
+    help=(
+        "Where Forge keeps its store, keys and releases (default: $FORGE_DATA_DIR, else "
+        "/var/lib/forge as root, else ~/.local/share/forge)."
+    ),
 )
 
 

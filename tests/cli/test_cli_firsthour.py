@@ -4,6 +4,11 @@ CLI finds its install."""
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -68,3 +73,80 @@ def test_domains_lists_dns_target_and_says_certificate_state_unknown(vault: str)
     assert forge(vault, "domains", "list", "vault").stdout == r.stdout
     r = forge(vault, "domains", "nope")
     assert r.returncode == 1 and "nope" in r.stderr
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _bare_forge(*args: str, **env_extra: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FORGE_")}
+    env.update(env_extra)
+    return subprocess.run(
+        [sys.executable, "-m", "forge", *args], env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_help_says_how_the_cli_finds_its_install() -> None:
+    """forge --help names FORGE_URL, FORGE_ADMIN_TOKEN, FORGE_DATA_DIR and the order they are tried in."""
+    out = " ".join(_bare_forge("--help").stdout.split())
+    order = [
+        "$FORGE_URL",
+        "api-url file",
+        "http://127.0.0.1:8080",
+        "$FORGE_ADMIN_TOKEN",
+        "admin-token",
+        "$FORGE_DATA_DIR",
+        "/var/lib/forge as root",
+        "~/.local/share/forge",
+    ]
+    positions = [out.find(w) for w in order]
+    assert -1 not in positions and positions == sorted(positions), (positions, out)
+    up = " ".join(_bare_forge("up", "--help").stdout.split())
+    assert "$FORGE_DATA_DIR, else /var/lib/forge as root, else ~/.local/share/forge" in up, up
+
+
+@pytest.mark.parametrize("source", ["env", "data-dir", "default"])
+def test_unreachable_install_says_which_url_where_from_and_what_to_set(tmp_path: Path, source: str) -> None:
+    """A bare forge apps that cannot connect names the URL, where it came from, and FORGE_URL/FORGE_DATA_DIR."""
+    port = _closed_port()
+    env = {"FORGE_DATA_DIR": str(tmp_path)}
+    if source == "env":
+        env["FORGE_URL"], want = f"http://127.0.0.1:{port}", "is from $FORGE_URL"
+    elif source == "data-dir":
+        (tmp_path / "api-url").write_text(f"http://127.0.0.1:{port}\n")
+        want = f"is from {tmp_path / 'api-url'} (written by forge up)"
+    else:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", 8080)) == 0:
+                pytest.skip("something listens on 127.0.0.1:8080 on this machine")
+        port, want = 8080, f"is the default: $FORGE_URL is unset and {tmp_path / 'api-url'} does not exist"
+    r = _bare_forge("apps", **env)
+    assert r.returncode == 1, r
+    err = " ".join(r.stderr.split())
+    for words in (
+        f"cannot reach the Forge API at http://127.0.0.1:{port}",
+        want,
+        "forge up",
+        "FORGE_DATA_DIR=DIR",
+        "FORGE_URL=http://HOST:PORT",
+        "FORGE_ADMIN_TOKEN",
+    ):
+        assert words in err, err
+
+
+def test_up_banner_says_how_other_shells_find_this_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """forge up's CLI line: nothing to set for the default data dir; FORGE_DATA_DIR=DIR for another."""
+    from forge.config import default_data_dir
+    from forge.up import cli_hint
+
+    monkeypatch.delenv("FORGE_DATA_DIR", raising=False)
+    assert "the default data dir" in cli_hint(default_data_dir())
+    hint = cli_hint(tmp_path)
+    assert f"export FORGE_DATA_DIR={tmp_path}" in hint and "FORGE_URL and FORGE_ADMIN_TOKEN" in hint
+    monkeypatch.setenv("FORGE_DATA_DIR", str(tmp_path))  # forge up ran with it set: other shells need it too
+    assert f"export FORGE_DATA_DIR={tmp_path}" in cli_hint(tmp_path)
