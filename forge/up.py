@@ -410,6 +410,7 @@ class Supervisor:
         """Stop every child at once (each stops its own work: the agent its apps, with their
         stop timeouts), then wait for each; a child past its deadline is killed."""
         self.stopping.set()
+        log.info("stopping every child")
         order = ("agent", "controllers", "api", "caddy")
         running = [
             c

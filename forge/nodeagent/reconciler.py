@@ -84,8 +84,13 @@ class Reconciler:
         self.last_fail: dict[str, float] = {}
         self.wrong_port_since: dict[str, float] = {}
         self.over_limit: set[str] = set()  # release dirs the disk check found full (their Instances stop)
+        # Set when the agent stops: nothing more is started, restarted or judged (forge up stops
+        # the apps from outside at the same moment; an app exiting then is not a crash).
+        self.stopping = threading.Event()
 
     def reconcile(self, name: str, inst: Instance | None) -> float | None:
+        if self.stopping.is_set():
+            return None
         st = self.state.get(name)
         if (
             inst is None

@@ -173,6 +173,7 @@ class Supervisor:
         )
         pid = int(self.sandbox.spawn(spec))
         st.pid, st.pid_start = pid, process_start_ticks(pid)
+        st.stop_timeout = run.stop_timeout
         st.started_time = self.clock.now()
         st.exit_code = None
 
