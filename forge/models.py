@@ -524,6 +524,9 @@ class InstanceSpec(Model):
     oneshot: OneShot | None = None
     storage: int = 0  # bytes of the app's persistent storage (forge.yaml storage.size), 0: none
     node_selector: dict[str, str] = Field(default_factory=dict)  # labels its node must carry
+    # forge restart: a new value asks the agent to restart the process in place (same release,
+    # no build); a restart asked for is not a crash (restarts is not counted).
+    restart_generation: int = 0
 
 
 InstancePhase = Literal[

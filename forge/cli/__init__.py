@@ -122,7 +122,20 @@ def completion(shell: str) -> None:
 
 
 def main() -> None:
-    from forge.cli import apps, daemons, domains, github, nodes, previews, resources, runs, secrets, store  # noqa: F401  (registers verbs)
+    from forge.cli import (  # noqa: F401  (registers verbs)
+        apps,
+        daemons,
+        domains,
+        github,
+        nodes,
+        previews,
+        ps,
+        resources,
+        restart,
+        runs,
+        secrets,
+        store,
+    )
 
     try:
         cli.main(prog_name="forge", standalone_mode=False)

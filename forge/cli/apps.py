@@ -95,8 +95,22 @@ def apps_create(
     emit(
         obj,
         fmt,
-        lambda: f"app/{name} created; push to {repo} ({', '.join(body['spec']['branches'])}) to deploy",
+        lambda: created_message(ctx, name, repo, body["spec"]["branches"], not no_auto_deploy),
     )
+
+
+def created_message(ctx: Ctx, name: str, repo: str, branches: list[str], auto: bool) -> str:
+    """What to do next: deploy by hand now; a push deploys only once GitHub reaches this install."""
+    lines = [
+        f"app/{name} created. Deploy it now: forge deploy {name} --ref {branches[0]} --wait",
+    ]
+    if auto:
+        lines.append(
+            f"Pushes to {repo} ({', '.join(branches)}) deploy it once GitHub sends this install its "
+            f"webhooks: forge github connect, or a webhook to {ctx.client.url}/api/v1/webhook/github "
+            "(see README, With GitHub)."
+        )
+    return "\n".join(lines)
 
 
 @apps.command("delete")
@@ -134,11 +148,17 @@ def instance_address(inst: dict[str, Any]) -> str | None:
 
 
 @cli.command()
-@click.argument("name")
+@click.argument("name", required=False)
 @OUTPUT
 @pass_ctx
-def status(ctx: Ctx, name: str, fmt: str) -> None:
-    """Live release, commit, URL, Instances and the last Events of an app."""
+def status(ctx: Ctx, name: str | None, fmt: str) -> None:
+    """Live release, commit, URL, Instances and the last Events of an app; with no NAME, an
+    overview of every app."""
+    if name is None:
+        from forge.cli.overview import overview
+
+        overview(ctx, fmt)
+        return
     app = ctx.client.get("apps", name)
     releases = _releases(ctx, name)
     live = dig(app, "status.liveDeployment")

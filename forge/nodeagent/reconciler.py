@@ -48,6 +48,7 @@ REASON_TIMEOUT: Final[str] = "Timeout"  # a one-shot ran past its timeout
 REASON_ERROR: Final[str] = "Error"  # a one-shot exited non-zero
 REASON_EXIT_UNKNOWN: Final[str] = "ExitUnknown"
 REASON_INTERRUPTED: Final[str] = "Interrupted"
+REASON_RESTARTED: Final[str] = "Restarted"  # forge restart: a restart asked for, not a crash
 DISK_RETRY_SECONDS = 30.0
 FIRST_PROBE_DELAY = 0.05  # then doubling up to health.interval until the first success: a fast
 # app is seen ready within tens of milliseconds, a slow one is not hammered
@@ -130,6 +131,7 @@ class Reconciler:
                 cgroup=f"inst-{name}",
                 release_dir=str(self.builder.release_dir(inst.spec.app, inst.spec.deployment)),
                 restarts=inst.status.restarts,
+                restart_generation=inst.spec.restart_generation,
             )
             self.state.put(st)
         limits = (
@@ -168,6 +170,8 @@ class Reconciler:
                 return None
             finally:
                 self.shipper.wake()
+        if st.pid and inst.spec.restart_generation != st.restart_generation and run.kind != "oneshot":
+            return self._restart_in_place(inst, st, run, limits)
         if st.pid and not self.supervisor.is_running(st):
             self._exited(st, run)
             if st.finished_time:
@@ -426,6 +430,21 @@ class Reconciler:
         self.status.write(inst, st, "Starting", tracker)
         self.shipper.wake()
         return min(FIRST_PROBE_DELAY, run.health.interval_seconds)
+
+    def _restart_in_place(
+        self, inst: Instance, st: InstanceState, run: RunSpec, limits: tuple[Any, ...]
+    ) -> float | None:
+        """forge restart: stop the process (its stop_timeout) and start it again at once, same
+        release, address and port; not a crash (no restart counted, no back-off)."""
+        self.supervisor.stop(st, run.stop_timeout)
+        st.pid, st.pid_start, st.ready, st.next_start = None, None, False, None
+        st.reason, st.message = "", ""
+        st.restart_generation = inst.spec.restart_generation
+        self.trackers.pop(st.name, None)
+        self.wrong_port_since.pop(st.name, None)
+        self._persist(st)
+        self.event(st.name, "Normal", REASON_RESTARTED, "restarted on request (forge restart)")
+        return self._start(inst, st, run, limits)
 
     def exit_file(self, name: str) -> Path:
         """Where a one-shot's exit code is recorded (agent territory: no app can write there)."""

@@ -3,7 +3,10 @@ real git, real apps)."""
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 import time
 
 import pytest
@@ -100,3 +103,64 @@ def test_build_out_of_time_names_build_timeout(forge: Forge) -> None:
     assert st["phase"] == "Failed" and st["reason"] == "BuildFailed", st
     for words in ("'sleep 60'", "the build ran out of time", "build.timeout is 2s", "raise it in forge.yaml"):
         assert words in st["message"], st["message"]
+
+
+def cli(forge: Forge, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**forge.env, "FORGE_URL": forge.api, "FORGE_DATA_DIR": "/nonexistent-forge-first-hour"}
+    env.pop("DISPLAY", None)
+    env.pop("BROWSER", None)
+    return subprocess.run([sys.executable, "-m", "forge", *args], env=env, capture_output=True, text=True, timeout=180)
+
+
+def test_restart_ps_open_status_overview_and_create(forge: Forge) -> None:
+    """apps create says how to deploy without GitHub; forge restart restarts the live Instances in
+    place (new pid, same release, no restart counted, no new Deployment); ps, open and a bare status
+    show them."""
+    r = cli(forge, "apps", "create", "again", "--repo", "acme/again")
+    assert r.returncode == 0, r.stderr
+    assert "forge deploy again --ref main --wait" in r.stdout and "webhook" in r.stdout, r.stdout
+    remote = Remote(forge.root, "acme/again")
+    with forge.client as c:
+        app = c.get("/api/v1/apps/again").json()
+        app["spec"]["replicas"] = 2
+        c.put("/api/v1/apps/again", json={k: app[k] for k in ("apiVersion", "kind", "metadata", "spec")}).raise_for_status()
+    push(forge, "acme/again", remote.app_release("again", "v1"))
+    forge.wait_phase("again-1", {"Live"}, timeout=120)
+    before = {i["metadata"]["name"]: i for i in forge.list("instances", "forge.dev/deployment=again-1")}
+    assert len(before) == 2
+
+    r = cli(forge, "restart", "again")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "2 Instance(s) of again-1 restarted" in r.stdout, r.stdout
+    after = {i["metadata"]["name"]: i for i in forge.list("instances", "forge.dev/deployment=again-1")}
+    assert set(after) == set(before)
+    for name, inst in after.items():
+        st, old = inst["status"], before[name]["status"]
+        assert st["ready"] and st["pid"] != old["pid"] and st["restarts"] == old["restarts"], (st, old)
+        assert st["port"] == old["port"]
+    assert [d["metadata"]["name"] for d in forge.list("deployments", "forge.dev/app=again")] == ["again-1"]
+    assert forge.get("deployments", "again-1")["status"]["phase"] == "Live"
+    restarted = [e for e in forge.list("events") if e["spec"]["reason"] == "Restarted"
+                 and e["spec"]["involvedObject"]["name"] in after]
+    assert len(restarted) == 2 and all(e["spec"]["type"] == "Normal" for e in restarted), restarted
+    assert not [e for e in forge.list("events") if e["spec"]["reason"] in ("CrashLoopBackOff", "Unhealthy")
+                and "again" in e["spec"]["involvedObject"]["name"]]
+    assert forge.serves("again.localhost", "v1")
+
+    r = cli(forge, "ps", "again")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].split() == ["NAME", "TYPE", "STATE", "NODE", "ADDRESS", "RESTARTS", "AGE"]
+    assert sorted(line.split()[0] for line in lines[1:]) == sorted(after)
+    assert all(" web " in line and "Running" in line for line in lines[1:]), r.stdout
+
+    r = cli(forge, "open", "again")
+    assert r.returncode == 0 and r.stdout.strip() == forge.get("apps", "again")["status"]["url"], r
+
+    r = cli(forge, "status")
+    assert r.returncode == 0, r.stderr
+    row = next(line for line in r.stdout.splitlines() if line.startswith("again "))
+    assert "again-1" in row and "2/2" in row, r.stdout
+    r = cli(forge, "status", "-o", "json")
+    assert {"name": "again", "live": "again-1"}.items() <= next(
+        a for a in json.loads(r.stdout)["apps"] if a["name"] == "again").items()
