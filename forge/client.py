@@ -87,7 +87,7 @@ class ForgeClient:
             hint = self.unreachable_hint if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout) else ""
             raise errors.Unavailable(
                 f"cannot reach the Forge API at {self.url}: {exc.__class__.__name__}: {exc}"
-                + (f"\n{hint}" if hint else "")
+                + (f". {hint}" if hint else "")
             ) from None
         _raise_for(resp)
         if not resp.content:
