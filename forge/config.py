@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from forge.errors import Invalid
+from forge.subnets import DEFAULT_POOL, parse_pool
 
 DEFAULT_GIT_URL_TEMPLATE = "https://github.com/{full_name}.git"
 
@@ -59,6 +61,11 @@ class Config:
     service_address: str = (
         ""  # the install's service IP (FORGE_SERVICE_ADDRESS); "" = derived from the data dir
     )
+    instance_pool: str = DEFAULT_POOL  # FORGE_INSTANCE_POOL: where every node's instance subnet lies
+
+    @property
+    def pool(self) -> ipaddress.IPv4Network:
+        return parse_pool(self.instance_pool)
 
     @property
     def effective_caddy_admin(self) -> str:
@@ -91,5 +98,6 @@ class Config:
             store_url=e.get("FORGE_STORE_URL") or "",
             domain=e.get("FORGE_DOMAIN") or "localhost",
             service_address=(e.get("FORGE_SERVICE_ADDRESS") or "").strip(),
+            instance_pool=str(parse_pool(e.get("FORGE_INSTANCE_POOL") or DEFAULT_POOL)),
         )
         return replace(cfg, **overrides) if overrides else cfg  # type: ignore[arg-type]

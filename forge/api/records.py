@@ -27,6 +27,7 @@ from forge.errors import BadRequest, Conflict, Invalid, SubnetTaken
 from forge.models import API_VERSION, LABEL_NODE, App, Node, ObjectMeta, Resource, SecretSpec
 from forge.routing import app_hosts
 from forge.store.base import parse_selector
+from forge.subnets import check_subnet, host_networks
 
 PATCH_RETRIES = 3
 
@@ -289,21 +290,19 @@ class StatusResource(_Base):
         send(resp, render(self.ctx.store.update_status(stored)))
 
     def _check_subnet(self, stored: Resource, obj: Resource) -> None:
-        """A Node's ``instanceSubnet`` must not overlap another node's: the proxy routes each
-        subnet to one node. (Two agents registering at the same instant can still both pass;
-        the router then routes the older node's and names the clash in a NodeRouteFailed Event.)"""
+        """A Node's ``instanceSubnet`` must be one the proxy may route (``forge.subnets``: inside
+        the instance pool, a sane size, clear of special ranges and of this host's own networks)
+        and must not overlap another node's: the proxy routes each subnet to one node. (Two
+        agents registering at the same instant can still both pass the overlap check; the router
+        then routes the older node's and names the clash in a NodeRouteFailed Event.)"""
         if not isinstance(obj, Node) or not isinstance(stored, Node) or not obj.status.instance_subnet:
             return
         if obj.status.instance_subnet == stored.status.instance_subnet:
             return
-        try:
-            mine = ipaddress.ip_network(obj.status.instance_subnet, strict=False)
-        except ValueError:
-            raise Invalid(
-                f"status.instanceSubnet {obj.status.instance_subnet!r} is not an IP network",
-                [{"path": "status.instanceSubnet", "message": "not an IP network"}],
-            ) from None
-        for other in self.ctx.store.list(Node)[0]:
+        nodes = self.ctx.store.list(Node)[0]
+        routed = [(n.status.instance_subnet, n.spec.address or "") for n in nodes if n.status.instance_subnet]
+        mine = check_subnet(obj.status.instance_subnet, self.ctx.config.pool, host_networks(routed))
+        for other in nodes:
             if other.metadata.name == obj.metadata.name or not other.status.instance_subnet:
                 continue
             try:

@@ -237,12 +237,12 @@ def agent(
     builds_env = parse_build_env(build_env, dict(os.environ))
     builds_files = parse_build_files(build_files)
     proxies = parse_proxy_sources(proxy_from) if proxy_from is not None else None
-    if instance_subnet:
-        parse_subnet(instance_subnet)
     if not token.startswith("forge-node."):
         raise Invalid("--token is not a node token (mint one with: forge nodes token create NAME)")
     os.environ.pop("FORGE_NODE_TOKEN", None)  # nothing the agent starts may inherit it
     cfg = load_config(data_dir)
+    if instance_subnet:
+        parse_subnet(instance_subnet, cfg.pool)
     node = name or socket.gethostname().lower()
     stop = stop_on_signals()
     run_agent(
@@ -257,6 +257,7 @@ def agent(
         stop_event=stop,
         clock=SystemClock(),
         instance_subnet=instance_subnet,
+        instance_pool=cfg.instance_pool,
         app_host_ports=ports,
         build_env=builds_env,
         build_files=builds_files,

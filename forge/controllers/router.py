@@ -174,7 +174,9 @@ class RouterController(Controller):
         self.mode = "kernel" if self.services is not None else "caddy"
         if node_routes is _AUTO:
             node_routes = (
-                NodeRoutes(config.data_dir) if services is _AUTO and self.services is not None else None
+                NodeRoutes(config.data_dir, config.pool)
+                if services is _AUTO and self.services is not None
+                else None
             )
         self.node_routes: NodeRoutes | None = node_routes
         self._route_problems: dict[str, str] = {}

@@ -87,6 +87,7 @@ class Agent:
         cgroup_parent: str | None = None,
         network: Any = _AUTO,
         instance_subnet: str = "",
+        instance_pool: str = "",
         app_host_ports: tuple[int, ...] = (),
         build_env: dict[str, str] | None = None,
         build_files: tuple[tuple[str, str], ...] = (),
@@ -113,7 +114,7 @@ class Agent:
         if network is _AUTO:
             if proxy_sources is None:
                 proxy_sources = default_proxy_sources(str(getattr(client, "url", "")))
-            network = self._own_network(mode, instance_subnet, app_host_ports, proxy_sources)
+            network = self._own_network(mode, instance_subnet, app_host_ports, proxy_sources, instance_pool)
         self.network = network
         self.isolation.network = "netns" if self.network is not None else "host"
         self.fence = DiskFence(self.data_dir) if disk_fence is _AUTO else disk_fence
@@ -179,13 +180,18 @@ class Agent:
         self.metrics_server: Any = None
 
     def _own_network(
-        self, mode: str, subnet: str, host_ports: tuple[int, ...], proxy_sources: tuple[str, ...]
+        self,
+        mode: str,
+        subnet: str,
+        host_ports: tuple[int, ...],
+        proxy_sources: tuple[str, ...],
+        pool: str = "",
     ) -> NodeNetwork | None:
         """This node's data plane, or None (the shared host network) where it cannot be built."""
         missing = nft_available()
         if missing is None:
             return NodeNetwork(
-                self.data_dir, subnet=subnet, host_ports=host_ports, proxy_sources=proxy_sources
+                self.data_dir, subnet=subnet, host_ports=host_ports, proxy_sources=proxy_sources, pool=pool
             )
         if mode == "production":
             raise errors.Unavailable(
