@@ -60,6 +60,9 @@ DATA_DIR = click.option(
 
 
 def load_config(data_dir: str | None, **overrides: object) -> Config:
+    from forge.hostperms import private_umask
+
+    private_umask()  # records, logs, keys, tokens: Forge's user only (forge.hostperms)
     cfg = Config.from_env(data_dir=data_dir, **overrides)
     Path(cfg.data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
     return cfg
@@ -82,6 +85,10 @@ def server(listen: str, workers: int, threads: int, data_dir: str | None) -> Non
 
     setup_logging()
     cfg = load_config(data_dir, api_listen=check_listen(listen, "--listen"))
+    from forge.hostperms import secure_data_dir
+
+    node_dir = Path(cfg.data_dir) / "node"
+    secure_data_dir(Path(cfg.data_dir), node_dir if node_dir.is_dir() else None)
     serve(cfg, listen=listen, workers=workers, threads=threads)
 
 

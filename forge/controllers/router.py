@@ -185,7 +185,7 @@ class RouterController(Controller):
     def _service_map(config: Config) -> ServiceMap | None:
         missing = nft_available()
         if missing is None:
-            return ServiceMap(config.data_dir, config.service_address)
+            return ServiceMap(config.data_dir, config.service_address, pool=config.instance_pool)
         log.warning(
             "router: Caddy dials Instances directly (%s); every switch rewrites Caddy's host map", missing
         )

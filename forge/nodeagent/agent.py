@@ -22,6 +22,7 @@ from forge import errors
 from forge.cgroups import detect_driver
 from forge.client import ForgeClient
 from forge.clock import Clock, SystemClock
+from forge.hostperms import secure_agent_dir
 from forge.models import LABEL_NODE, Instance
 from forge.nft import install_hash, nft_available
 from forge.nodeagent import node as nodeinfo
@@ -209,6 +210,7 @@ class Agent:
 
     # -- lifecycle -------------------------------------------------------------
     def run(self) -> None:
+        secure_agent_dir(self.data_dir, self.uids.known())  # an install from before: made private
         if self.network is not None:
             self.network.setup()  # idempotent: a restarted agent keeps the bridge and every namespace
         self._register()

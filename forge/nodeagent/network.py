@@ -39,6 +39,7 @@ from typing import Final
 from urllib.parse import urlsplit
 
 from forge.errors import Invalid
+from forge.hostperms import allowed_uids, nft_uids
 from forge.nft import NetError, Nft, in_netns, install_hash, ip, ip_json, ipv4_routes
 from forge.nodeagent.state import write_atomic
 from forge.subnets import DEFAULT_POOL, check_subnet, host_networks, parse_pool
@@ -266,6 +267,7 @@ class NodeNetwork:
         assert self.subnet is not None
         t, br, gw, net = self.names.table, self.names.bridge, self.gateway, self.subnet
         ports = ", ".join(str(p) for p in self.host_ports)
+        uids = nft_uids(allowed_uids())
         proxies = ""
         if self.proxy_sources:  # the proxy hosts of a multi-node cluster dial Instances here
             proxies = (
@@ -298,6 +300,11 @@ class NodeNetwork:
             f'    oifname "{br}" drop\n  }}\n'
             f"  chain postrouting {{\n    type nat hook postrouting priority 100; policy accept;\n"
             f'    ip saddr {net} oifname != "{br}" masquerade\n  }}\n{dns_nat}'
+            # Local users reach Instances only through Caddy: a new connection from this host into
+            # the bridge must come from root (the agent's probes, Caddy under forge up) or Forge's user.
+            f"  chain output {{\n    type filter hook output priority -10; policy accept;\n"
+            f'    oifname "{br}" meta l4proto tcp ct state new meta skuid != {uids} reject with tcp reset\n'
+            f'    oifname "{br}" ct state new meta skuid != {uids} reject\n  }}\n'
             f"}}\n"
         )
 

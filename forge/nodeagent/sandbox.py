@@ -25,8 +25,9 @@ How a process starts (the combination that works as root on cgroup v1 *and* unpr
    namespace, so the app (no capabilities there) cannot change its addresses, routes or rules.
 
 The app uid needs to *reach* its release dir to bind it, so ``prepare_workdir`` gives its
-ancestors the search bit (o+x, never o+r) — directory listings stay closed and every
-release dir is 0700 owned by its own app uid.
+ancestors the search bit (o+x, never o+r) — directory listings stay closed — except
+``releases/APP``, which only the app's own gid may pass (root:GID 0710); every release dir is
+0700 owned by its own app uid (``forge.hostperms``: the whole permission model).
 """
 
 from __future__ import annotations
@@ -505,9 +506,11 @@ class UidAllocator:
 
 def prepare_workdir(workdir: str | Path, uid: int, gid: int) -> None:
     """Hand a release dir to its app uid: chown the tree (never following symlinks), make the
-    top 0700, and give each ancestor the search bit (o+x only) so the app uid can reach it."""
+    top 0700, its parent (``releases/APP``) passable by the app's gid only (root:GID 0710), and
+    give each further ancestor the search bit (o+x only) so the app uid can reach it."""
     top = Path(workdir).resolve()
-    for parent in top.parents:
+    app_dir = top.parent
+    for parent in app_dir.parents:
         mode = parent.stat().st_mode
         if not mode & stat.S_IXOTH:
             # Only where it is missing (and never o+r): a data dir under a private directory
@@ -518,6 +521,11 @@ def prepare_workdir(workdir: str | Path, uid: int, gid: int) -> None:
                 parent,
             )
             os.chmod(parent, stat.S_IMODE(mode) | stat.S_IXOTH)
+    st = os.lstat(app_dir)
+    if st.st_gid != gid:
+        os.lchown(app_dir, -1, gid)
+    if stat.S_IMODE(st.st_mode) != 0o710:
+        os.chmod(app_dir, 0o710)  # not o+x: other apps' uids cannot even pass
     os.lchown(top, uid, gid)
     os.chmod(top, 0o700)
     for dirpath, dirnames, filenames in os.walk(top):
