@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import socket
 import threading
 from pathlib import Path
@@ -26,8 +27,8 @@ from forge.hostperms import secure_agent_dir
 from forge.models import LABEL_NODE, Instance
 from forge.nft import install_hash, nft_available
 from forge.nodeagent import node as nodeinfo
-from forge.nodeagent.builder import Builder, api_credentials
-from forge.nodeagent.diskfence import DiskFence, image_mode_missing
+from forge.nodeagent.builder import BUILT_DIR, Builder, api_credentials
+from forge.nodeagent.diskfence import IMAGES_DIR, DiskFence, image_mode_missing
 from forge.nodeagent.diskgc import DiskGC, Release
 from forge.nodeagent.exitwatch import ExitWatcher
 from forge.nodeagent.logship import Shipper
@@ -45,7 +46,8 @@ log = logging.getLogger("forge.agent")
 HEARTBEAT_KEY = "~heartbeat"
 DISKGC_KEY = "~diskgc"
 DISKGC_SECONDS = 600.0  # release dirs on disk are collected every 10 minutes ...
-DISKGC_AFTER_STOP_SECONDS = 30.0  # ... and shortly after an Instance of this node was stopped and forgotten
+DISKGC_AFTER_STOP_SECONDS = 5.0  # ... and shortly after an Instance of this node was stopped and forgotten
+# (a deleted app's releases, images, storage and uid are gone well within 30 s of its deletion)
 DISK_KEY = "~disk"
 DISK_CHECK_SECONDS = 5.0  # how often running releases are measured against resources.disk
 WATCH_TIMEOUT = 60
@@ -365,10 +367,50 @@ class Agent:
     def _collect_disk(self) -> float:
         if not self.synced.is_set():
             return DISKGC_AFTER_STOP_SECONDS  # until the first list, the cache cannot say what is in use
-        self.diskgc.run()
-        if self._collect_storage():
+        gone = self._gone_apps()
+        self.diskgc.run(gone)
+        pending = self._collect_storage()
+        self._retire(gone)
+        if pending:
             return DISKGC_AFTER_STOP_SECONDS  # a deleted app's Instances are still stopping: look again soon
         return DISKGC_SECONDS
+
+    def _apps_with_files(self) -> set[str]:
+        """Apps this node holds anything of: release dirs, storage, a uid."""
+        apps = set(self.uids.known())
+        for sub in ("releases", "storage"):
+            try:
+                apps |= {e.name for e in os.scandir(self.data_dir / sub) if e.is_dir(follow_symlinks=False)}
+            except FileNotFoundError:
+                continue
+        return apps
+
+    def _gone_apps(self) -> set[str]:
+        """Apps with files here that no longer exist and that no Instance of this node uses."""
+        in_use = {app for app, _ in self._releases_in_use()}
+        candidates = sorted(self._apps_with_files() - in_use)
+        if not candidates:
+            return set()
+        exist: set[str] = set()
+        for i in range(0, len(candidates), 500):
+            batch = candidates[i : i + 500]
+            answer = self.client.request(
+                "GET", f"/api/v1/nodes/{self.name}/apps", params={"names": ",".join(batch)}
+            )
+            exist |= set((answer or {}).get("apps") or [])
+        return set(candidates) - exist
+
+    def _retire(self, gone: set[str]) -> None:
+        """A gone app whose files here are all deleted: its uid is never handed out again, and
+        the empty dirs it had go (the next app of that name starts from nothing)."""
+        for app in sorted(gone):
+            if any((self.data_dir / sub / app).exists() for sub in ("releases", "storage")):
+                continue  # still being deleted (a build's lock, an unmount that failed): next pass
+            for sub in (BUILT_DIR, IMAGES_DIR):
+                shutil.rmtree(self.data_dir / sub / app, ignore_errors=True)
+            uid = self.uids.retire(app)
+            if uid is not None:
+                log.info("app %s is gone and its files deleted: uid %d retired", app, uid)
 
     def _collect_storage(self) -> bool:
         """Delete the persistent storage of apps that are gone: on disk here, not in use by any

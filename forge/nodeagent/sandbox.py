@@ -454,7 +454,12 @@ class UidAllocator:
     """A stable unprivileged uid (= gid) per app: ``200000 + crc32(salt/app) % 100000``, moved
     to the next free one on a collision; the map lives in a small JSON file (0600). The salt is
     the install's identity, so an app named ``hello`` in two installs on one machine runs as two
-    different uids (never one uid that could reach the other's files or processes)."""
+    different uids (never one uid that could reach the other's files or processes).
+
+    When an app is gone and its files here are deleted, its uid is *retired* (``retire``): never
+    handed to any app again, so a new app of the same name can never own a file of the old one
+    that was missed. (The file: ``{"apps": {APP: UID}, "retired": [UID…]}``; the flat
+    ``{APP: UID}`` of older installs is read as apps.)"""
 
     def __init__(self, path: str | Path, salt: str = "") -> None:
         self.path = Path(path)
@@ -463,10 +468,10 @@ class UidAllocator:
 
     def uid_for(self, app: str) -> int:
         with self._lock:
-            table = self._load()
+            table, retired = self._load()
             if app in table:
                 return table[app]
-            used = set(table.values())
+            used = set(table.values()) | retired
             uid = (
                 UID_BASE + zlib.crc32(f"{self.salt}/{app}".encode() if self.salt else app.encode()) % UID_SPAN
             )
@@ -477,28 +482,42 @@ class UidAllocator:
             else:
                 raise Unavailable(f"no free app uid left in {UID_BASE}..{UID_BASE + UID_SPAN - 1}")
             table[app] = uid
-            self._save(table)
+            self._save(table, retired)
             return uid
 
     def known(self) -> dict[str, int]:
         with self._lock:
-            return dict(self._load())
+            return dict(self._load()[0])
 
-    def _load(self) -> dict[str, int]:
+    def retire(self, app: str) -> int | None:
+        """Forget ``app`` (gone, its files deleted) and never hand its uid out again; the uid."""
+        with self._lock:
+            table, retired = self._load()
+            uid = table.pop(app, None)
+            if uid is None:
+                return None
+            self._save(table, retired | {uid})
+            return uid
+
+    def _load(self) -> tuple[dict[str, int], set[int]]:
         try:
             raw = json.loads(self.path.read_text())
         except FileNotFoundError:
-            return {}
+            return {}, set()
         except (OSError, ValueError) as e:
             raise Unavailable(f"cannot read the app uid map {self.path}: {e}") from None
-        return {str(k): int(v) for k, v in raw.items()}
+        if isinstance(raw.get("apps"), dict):
+            return {str(k): int(v) for k, v in raw["apps"].items()}, {
+                int(u) for u in raw.get("retired") or []
+            }
+        return {str(k): int(v) for k, v in raw.items()}, set()
 
-    def _save(self, table: dict[str, int]) -> None:
+    def _save(self, table: dict[str, int], retired: set[int]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
-            json.dump(table, f, indent=1, sort_keys=True)
+            json.dump({"apps": table, "retired": sorted(retired)}, f, indent=1, sort_keys=True)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)

@@ -88,7 +88,8 @@ def forge() -> Iterator[Forge]:
 
 def test_no_other_uid_reads_the_data_dir_beyond_its_own_app(forge: Forge) -> None:
     node = forge.data / "node"
-    uids = json.loads((node / "uids.json").read_text())
+    raw = json.loads((node / "uids.json").read_text())
+    uids = raw.get("apps", raw)
     alpha = uids["alpha"]
     paths = every_path(forge.data)
     assert any(p.endswith("forge-logs.db") for p in paths) and any("/source-cache/" in p for p in paths)
