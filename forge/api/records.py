@@ -24,7 +24,7 @@ from forge.api.context import ApiContext, body_resource_version, check_envelope,
 from forge.api.sealing import redact
 from forge.api.watch import start_watch
 from forge.errors import BadRequest, Conflict, Invalid, SubnetTaken
-from forge.models import API_VERSION, LABEL_NODE, App, Node, ObjectMeta, Resource, SecretSpec
+from forge.models import API_VERSION, LABEL_APP, LABEL_NODE, App, Node, ObjectMeta, Resource, SecretSpec
 from forge.routing import app_hosts
 from forge.store.base import parse_selector
 from forge.subnets import check_subnet, host_networks
@@ -62,6 +62,29 @@ class _Base:
         return stored
 
     # -- write-only values ---------------------------------------------------------------
+    def _check_not_deleting(self, obj: Resource) -> None:
+        """A deleted App's name is free again once its Instances are gone: its nodes delete its
+        releases, storage and uid before they report the last one stopped, so a new App of that
+        name can never inherit them (nor adopt the old one's Deployments)."""
+        if not isinstance(obj, App):
+            return
+        left = [
+            i.metadata.name
+            for i in self.ctx.store.list("Instance", {LABEL_APP: obj.name})[0]
+            if getattr(i.spec, "app", None) == obj.name
+        ]
+        left += [
+            d.metadata.name
+            for d in self.ctx.store.list("Deployment", {LABEL_APP: obj.name})[0]
+            if getattr(d.spec, "app", None) == obj.name
+        ]
+        if left:
+            raise Conflict(
+                f"app {obj.name} is still being deleted ({', '.join(sorted(left)[:5])} left); "
+                "create it again once they are gone",
+                [{"path": "metadata.name", "message": "an app of this name is still being deleted"}],
+            )
+
     def _check_hosts(self, obj: Resource) -> None:
         """A host belongs to one App: ``NAME.DOMAIN`` and every custom domain. A claim of a host
         another App answers on is refused (409) naming that App."""
@@ -162,6 +185,7 @@ class CollectionResource(_Base):
             }
         )
         self._check_hosts(fresh)
+        self._check_not_deleting(fresh)
         digest = self._seal_full(fresh, body, None)
         if self.kind == "Secret":  # created with its status in the same write
             fresh.status.keys = sorted(fresh.spec.data)

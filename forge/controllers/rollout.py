@@ -629,15 +629,16 @@ class RolloutController(AppKeyedController):
                 self.store.delete("Instance", name)
             except NotFound:
                 continue
+        if len(gone) == len(insts) and len(dead) == len(deps):
+            # Nothing of the App is left to ship lines (its Instances are gone, the API refuses
+            # theirs): its shipped logs go with it — before its last Deployments, which keep the
+            # name taken (the API refuses a new App of it), so a new App starts with none.
+            removed = self.store.delete_app_logs(key)
+            if removed:
+                log.info("rollout: deleted %d log lines of deleted app %s", removed, key)
         for name in dead:
             try:
                 self.store.delete("Deployment", name)
             except NotFound:
                 continue
-        if len(gone) == len(insts) and len(dead) == len(deps):
-            # Nothing of the App is left to ship lines (its Instances are gone, the API refuses
-            # theirs): its shipped logs go with it, so a new App of that name starts with none.
-            removed = self.store.delete_app_logs(key)
-            if removed:
-                log.info("rollout: deleted %d log lines of deleted app %s", removed, key)
         return DONE

@@ -179,6 +179,7 @@ class Agent:
         self.diskgc = DiskGC(
             self.data_dir / "releases", self._releases_in_use, builder.release_lock, fence=self.fence
         )
+        self.reconciler.on_last_stopped = self.purge_if_gone
         self.threads: list[threading.Thread] = []
         self.metrics_server: Any = None
 
@@ -399,6 +400,25 @@ class Agent:
             )
             exist |= set((answer or {}).get("apps") or [])
         return set(candidates) - exist
+
+    def purge_if_gone(self, app: str) -> None:
+        """The last Instance of ``app`` here has stopped: when the App no longer exists, delete
+        its release dirs (images unmounted), storage and uid now, before the stop is reported —
+        the API frees the name only once every Instance is gone, so a new App of that name
+        never meets a file, or the uid, of the old one. Raises (to retry) when files remain."""
+        answer = self.client.request("GET", f"/api/v1/nodes/{self.name}/apps", params={"names": app})
+        if app in set((answer or {}).get("apps") or []):
+            return
+        left = [] if self.diskgc.purge(app) else ["releases"]
+        if self.fence is not None and self.fence.storage_dir(app).exists():
+            try:
+                self.fence.remove_storage(app)
+            except (OSError, errors.ForgeError) as exc:
+                left.append(f"storage ({exc})")
+        if left:
+            raise errors.Unavailable(f"deleting the files of deleted app {app}: {', '.join(left)} remain")
+        self._retire({app})
+        log.info("app %s is gone: its releases, storage and uid here are deleted", app)
 
     def _retire(self, gone: set[str]) -> None:
         """A gone app whose files here are all deleted: its uid is never handed out again, and

@@ -142,6 +142,15 @@ class DiskGC:
         self._remove_empty_apps()
         return removed
 
+    def purge(self, app: str) -> bool:
+        """Every release dir of ``app`` (deleted; its last Instance here has stopped), in use or
+        not; True when none is left."""
+        dirs, _ = scan(self.root)
+        for dep in dirs.get(app, []):
+            self._remove(app, dep, force=True)
+        self._remove_empty_apps()
+        return not os.path.lexists(os.path.join(self.root, app))
+
     def _safe_path(self, app: str, dep: str) -> str | None:
         """``ROOT/APP/DEP`` when its realpath is exactly that (no component is a symlink)."""
         root = os.path.realpath(self.root)
@@ -155,7 +164,7 @@ class DiskGC:
             return None
         return path
 
-    def _remove(self, app: str, dep: str) -> Removed | None:
+    def _remove(self, app: str, dep: str, force: bool = False) -> Removed | None:
         path = self._safe_path(app, dep)
         if path is None:
             return None
@@ -164,7 +173,7 @@ class DiskGC:
             log.info("release dir %s/%s is being built; leaving it for the next pass", app, dep)
             return None
         try:
-            if (app, dep) in self.in_use():  # an Instance arrived since the scan
+            if not force and (app, dep) in self.in_use():  # an Instance arrived since the scan
                 return None
             size = tree_bytes(path)
             if self.fence is not None:
