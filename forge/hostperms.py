@@ -13,11 +13,13 @@
   ``releases/APP/DEPLOYMENT`` and ``storage/APP`` are 0700, owned by the app's uid.
 
 Connections to instance and service addresses are the kernel's to refuse (an owner match in
-the output hook: ``forge.nodeagent.network`` and ``forge.servicemap``); see ``allowed_uids``.
+the output hook: ``forge.nodeagent.network`` and ``forge.servicemap``): only root, Forge's own
+user and group, and the ``forge`` group (Caddy's, under systemd) pass; see ``owner_refused``.
 """
 
 from __future__ import annotations
 
+import grp
 import logging
 import os
 import stat
@@ -28,6 +30,7 @@ from typing import Final
 log = logging.getLogger(__name__)
 
 UMASK: Final[int] = 0o077
+SERVICE_GROUP: Final[str] = "forge"
 APP_TREES: Final = ("releases", "storage")  # under an agent's data dir: the apps' own
 SEARCH_ONLY: Final[int] = 0o701
 APP_DIR_MODE: Final[int] = 0o710  # releases/APP: root and the app's gid
@@ -42,6 +45,22 @@ def allowed_uids() -> tuple[int, ...]:
     """The uids that may open connections to instance and service addresses: root (the agent's
     probes, Caddy under ``forge up``) and the user Forge runs as."""
     return tuple(sorted({0, os.geteuid()}))
+
+
+def allowed_gids() -> tuple[int, ...]:
+    """And the groups: root's, Forge's own, and the ``forge`` group where it exists (the systemd
+    units run Forge's daemons and Caddy, as user ``caddy``, with ``Group=forge``)."""
+    gids = {0, os.getegid()}
+    try:
+        gids.add(grp.getgrnam(SERVICE_GROUP).gr_gid)
+    except KeyError:
+        pass
+    return tuple(sorted(gids))
+
+
+def owner_refused() -> str:
+    """The nftables match for a socket of anyone else: ``meta skuid != … meta skgid != …``."""
+    return f"meta skuid != {nft_uids(allowed_uids())} meta skgid != {nft_uids(allowed_gids())}"
 
 
 def nft_uids(uids: Iterable[int]) -> str:

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from forge.errors import Invalid
-from forge.hostperms import allowed_uids, nft_uids
+from forge.hostperms import owner_refused
 from forge.nft import NetError, Nft, install_hash, ip, ip_json
 from forge.subnets import DEFAULT_POOL
 
@@ -157,7 +157,7 @@ class ServiceMap:
             # other nodes are reached through the pool's routes, so the pool is guarded too.
             f"  chain guard {{\n    type filter hook output priority -150; policy accept;\n"
             f"    ip daddr {{ {a}, {self.pool} }} meta l4proto tcp ct state new "
-            f"meta skuid != {nft_uids(allowed_uids())} reject with tcp reset\n  }}\n"
+            f"{owner_refused()} reject with tcp reset\n  }}\n"
             f"}}\n"
         )
 

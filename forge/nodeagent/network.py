@@ -15,6 +15,9 @@ Layout on a node (names derived from the agent's data dir, so two installs never
   sshd — nothing on the host answers an app. Link-local (169.254/16, cloud metadata) is
   dropped in ``forward``; everything else leaves through masquerade (egress stays open).
   IPv6 is off inside the namespaces, so none of this can be sidestepped over link-local v6.
+* ``output``: a new connection from this host into the bridge must come from root, Forge's own
+  user or the ``forge`` group (Caddy's under systemd; ``forge.hostperms.owner_refused``): other
+  local users reach apps through Caddy only.
 * DNS: the namespace gets its own ``resolv.conf`` (see ``resolv_conf``): the host's non-loopback
   resolvers, systemd-resolved's upstreams, or — when the host has only a loopback resolver —
   the gateway, DNAT-ed to that resolver.
@@ -39,7 +42,7 @@ from typing import Final
 from urllib.parse import urlsplit
 
 from forge.errors import Invalid
-from forge.hostperms import allowed_uids, nft_uids
+from forge.hostperms import owner_refused
 from forge.nft import NetError, Nft, in_netns, install_hash, ip, ip_json, ipv4_routes
 from forge.nodeagent.state import write_atomic
 from forge.subnets import DEFAULT_POOL, check_subnet, host_networks, parse_pool
@@ -267,7 +270,7 @@ class NodeNetwork:
         assert self.subnet is not None
         t, br, gw, net = self.names.table, self.names.bridge, self.gateway, self.subnet
         ports = ", ".join(str(p) for p in self.host_ports)
-        uids = nft_uids(allowed_uids())
+        others = owner_refused()
         proxies = ""
         if self.proxy_sources:  # the proxy hosts of a multi-node cluster dial Instances here
             proxies = (
@@ -303,8 +306,8 @@ class NodeNetwork:
             # Local users reach Instances only through Caddy: a new connection from this host into
             # the bridge must come from root (the agent's probes, Caddy under forge up) or Forge's user.
             f"  chain output {{\n    type filter hook output priority -10; policy accept;\n"
-            f'    oifname "{br}" meta l4proto tcp ct state new meta skuid != {uids} reject with tcp reset\n'
-            f'    oifname "{br}" ct state new meta skuid != {uids} reject\n  }}\n'
+            f'    oifname "{br}" meta l4proto tcp ct state new {others} reject with tcp reset\n'
+            f'    oifname "{br}" ct state new {others} reject\n  }}\n'
             f"}}\n"
         )
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from forge.hostperms import nft_uids, secure_agent_dir, secure_data_dir
+from forge.hostperms import nft_uids, owner_refused, secure_agent_dir, secure_data_dir
 
 
 def mode(p: Path) -> int:
@@ -87,4 +87,7 @@ def test_a_control_plane_without_an_agent_keeps_its_data_dir_closed(tmp_path: Pa
 
 
 def test_owner_operands_for_nftables() -> None:
+    """Root's uid and group always pass; anyone else's socket matches the refusal."""
     assert nft_uids([0]) == "0" and nft_uids([1000, 0, 0]) == "{ 0, 1000 }"
+    match = owner_refused()
+    assert match.startswith("meta skuid != ") and " meta skgid != " in match
