@@ -395,9 +395,12 @@ class Agent:
         exist: set[str] = set()
         for i in range(0, len(candidates), 500):
             batch = candidates[i : i + 500]
-            answer = self.client.request(
-                "GET", f"/api/v1/nodes/{self.name}/apps", params={"names": ",".join(batch)}
-            )
+            try:
+                answer = self.client.request(
+                    "GET", f"/api/v1/nodes/{self.name}/apps", params={"names": ",".join(batch)}
+                )
+            except errors.NotFound:  # a control plane from before this endpoint: nothing is gone
+                return set()
             exist |= set((answer or {}).get("apps") or [])
         return set(candidates) - exist
 
@@ -406,7 +409,10 @@ class Agent:
         its release dirs (images unmounted), storage and uid now, before the stop is reported —
         the API frees the name only once every Instance is gone, so a new App of that name
         never meets a file, or the uid, of the old one. Raises (to retry) when files remain."""
-        answer = self.client.request("GET", f"/api/v1/nodes/{self.name}/apps", params={"names": app})
+        try:
+            answer = self.client.request("GET", f"/api/v1/nodes/{self.name}/apps", params={"names": app})
+        except errors.NotFound:  # a control plane from before this endpoint: the disk GC's pass decides
+            return
         if app in set((answer or {}).get("apps") or []):
             return
         left = [] if self.diskgc.purge(app) else ["releases"]

@@ -648,7 +648,8 @@ class Reconciler:
             and inst.status.phase in ("Succeeded", "Failed")
         )
         if inst is not None and inst.spec.desired == "Stopped" and not finished:
-            if self.on_last_stopped is not None and not self._others_running(inst.spec.app, name):
+            last = st is not None and not self._others_running(inst.spec.app, name)
+            if self.on_last_stopped is not None and last:
                 self.on_last_stopped(inst.spec.app)  # raises to retry: Stopped is not reported yet
             self.status.write(inst, st, "Stopped", None)
         if st is not None:
