@@ -114,6 +114,13 @@ def _set_mode(path: Path, mode: int, gid: int | None = None) -> None:
         os.chmod(path, mode)
 
 
+def _subdirs(path: Path) -> list[Path]:
+    try:
+        return [Path(e.path) for e in os.scandir(path) if e.is_dir(follow_symlinks=False)]
+    except FileNotFoundError:
+        return []
+
+
 def secure_data_dir(data_dir: Path, agent_dir: Path | None = None) -> int:
     """A control plane's data dir (``forge up``, ``forge server``): private, except the agent's
     data dir under it (``agent_dir``, which ``secure_agent_dir`` handles) and the search bit on
@@ -144,6 +151,10 @@ def secure_agent_dir(agent_dir: Path, app_gids: Mapping[str, int]) -> int:
     for entry in apps:
         gid = app_gids.get(entry.name)
         _set_mode(Path(entry.path), APP_DIR_MODE if gid is not None else 0o700, gid if gid is not None else 0)
+        for release in _subdirs(Path(entry.path)):
+            _set_mode(release, 0o700)  # the app's own tree: its top is closed, inside is the app's
+    for storage in _subdirs(agent_dir / "storage"):
+        _set_mode(storage, 0o700)
     if changed:
         log.info("made %d entries of %s readable by Forge's user only", changed, agent_dir)
     return changed

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import Forge, Remote, push_payload, running_forge
+from tests.e2e.harness import Forge, Remote, push_payload, running_forge, wait_for
 
 pytestmark = [pytest.mark.timeout(600)]
 
@@ -121,3 +121,21 @@ def test_only_root_dials_instance_and_service_addresses(forge: Forge) -> None:
     refused = as_uid(NOBODY, ["/usr/bin/python3", "-c", DIAL, *targets]).split()
     assert "open" not in refused, dict(zip(targets, refused, strict=True))
     assert forge.serves("alpha.localhost", "v1"), "Caddy still reaches it"
+
+
+def test_an_install_left_readable_is_made_private_when_it_starts(forge: Forge) -> None:
+    """An install from before (everything go+rX, as the old umask left it) is fixed by the next
+    forge up: nobody reads nothing again, and the apps come back."""
+    forge.stop()
+    # (all but the secret key file, which Forge has always kept 0600 and refuses to use otherwise)
+    subprocess.run(["find", str(forge.data), "!", "-name", "secret-keys.json", "-exec", "chmod", "go+rX", "{}", "+"],
+                   check=True, timeout=120)
+    paths = every_path(forge.data)
+    loose = json.loads(as_uid(NOBODY, ["/usr/bin/python3", "-c", WALKER], json.dumps(paths)))
+    assert any(p.endswith("forge.db") for p in loose), "the setup really left it readable"
+    forge.start()
+    forge.wait_phase("alpha-1", {"Live"}, 120)
+    paths = every_path(forge.data)
+    read_by_nobody = json.loads(as_uid(NOBODY, ["/usr/bin/python3", "-c", WALKER], json.dumps(paths)))
+    assert read_by_nobody == [], f"nobody read {len(read_by_nobody)} paths, e.g. {read_by_nobody[:12]}"
+    wait_for(lambda: forge.serves("alpha.localhost", "v1"), 60, "alpha served again")

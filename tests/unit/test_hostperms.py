@@ -71,7 +71,8 @@ def test_an_old_install_is_made_private_except_the_apps_own_trees(tmp_path: Path
     assert mode(data / "node/releases") == 0o701 and mode(data / "node/storage") == 0o701
     app_dir = data / "node/releases/hello"
     assert mode(app_dir) == 0o710 and os.lstat(app_dir).st_gid == 201234
-    # The apps' own trees are theirs: untouched.
+    # The apps' own trees are theirs: closed at the top, untouched inside.
+    assert mode(data / "node/releases/hello/hello-1") == 0o700 and mode(data / "node/storage/hello") == 0o700
     assert mode(data / "node/releases/hello/hello-1/app.py") == 0o644
     assert mode(data / "node/storage/hello/data.txt") == 0o644
     assert os.readlink(data / "logs" / "link") == "/etc/passwd" and mode(Path("/etc/passwd")) == 0o644
