@@ -41,3 +41,15 @@ def test_a_node_token_can_claim_only_a_subnet_inside_the_instance_pool(api: Api)
     r = api.req("PATCH", "/api/v1/nodes/w1/status", json={"status": {"instanceSubnet": "10.213.9.0/24"}},
                 token=token)
     assert r.status_code == 200, r.text
+
+
+def test_a_node_asks_only_about_its_own_apps_which_still_exist(api: Api) -> None:
+    """GET /nodes/NAME/apps?names=: the named Apps that exist; another node's token is refused."""
+    for name in ("w1", "w2"):
+        api.create("nodes", {"metadata": {"name": name}, "spec": {"address": "10.0.0.3"}})
+    api.create("apps", {"metadata": {"name": "alive"}, "spec": {"repo": "acme/alive"}})
+    token = api.req("POST", "/api/v1/nodes/w1/token", json={}).json["token"]
+    r = api.req("GET", "/api/v1/nodes/w1/apps?names=alive,deleted", token=token)
+    assert r.status_code == 200 and r.json == {"apps": ["alive"]}
+    assert api.req("GET", "/api/v1/nodes/w2/apps?names=alive", token=token).status_code == 403
+    assert api.req("GET", "/api/v1/nodes/w1/apps", token=token).json == {"apps": []}
