@@ -160,6 +160,7 @@ def create_app(
     app.add_route("/api/v1/instances/{name}/events", agents.AgentEventResource(ctx, "Instance"))
     app.add_route("/api/v1/nodes/{name}/events", agents.AgentEventResource(ctx, "Node"))
     app.add_route("/api/v1/nodes/{name}/storage", agents.NodeStorageResource(ctx))
+    app.add_route("/api/v1/nodes/{name}/apps", agents.NodeAppsResource(ctx))
     app.add_route("/api/v1/instances/{name}/gitcredential", agents.InstanceGitCredentialResource(ctx))
     app.add_route("/api/v1/instances/{name}/logs", agents.InstanceLogsResource(ctx))
     app.add_route("/api/v1/secrets/rotate-key", agents.RotateKeyResource(ctx))

@@ -101,16 +101,28 @@ def apps_create(
 
 @apps.command("delete")
 @click.argument("name")
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--yes", is_flag=True, help="Do not ask; required without a terminal.")
 @pass_ctx
 def apps_delete(ctx: Ctx, name: str, yes: bool) -> None:
-    """Delete an app: its processes stop, its routes go away, and its persistent storage (if it
-    has any) is deleted from its node."""
+    """Delete an app: its processes stop, its routes go away, and within 30 s its releases, logs
+    and persistent storage (if it has any) are deleted from its nodes. Asks first; without a
+    terminal it needs --yes."""
     app = ctx.client.get("apps", name)
     node = dig(app, "status.storageNode")
-    storage = f" and DELETE its persistent storage on node {node}" if node else ""
-    if not yes and sys.stdin.isatty():
-        click.confirm(f"delete app {name}, stop all its processes{storage}?", abort=True)
+    releases = _releases(ctx, name)
+    lost = [
+        f"{len(releases)} release(s)" + (f" ({releases[0]['metadata']['name']} newest)" if releases else ""),
+        "its logs",
+    ]
+    if node:
+        lost.insert(0, f"its PERSISTENT STORAGE on node {node}")
+    what = ", ".join(lost)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise click.ClickException(
+                f"not deleting app {name} without --yes (no terminal to ask on): it would delete {what}"
+            )
+        click.confirm(f"delete app {name}, stop all its processes and delete {what}?", abort=True)
     ctx.client.delete("apps", name)
     try:  # its secret env goes with it: a later app of the same name must not inherit it
         if dig(ctx.client.get("secrets", name), "spec.app") == name:

@@ -22,11 +22,13 @@ and ``now``); ``RolloutController.reconcile`` reads the world, asks for a plan a
   Deployment with the live commit and ``trigger.type: config`` goes through the same gate.
   A rollback pins its older config until the App is edited again (``status.appGeneration``).
 - **App deleted**: every Instance is asked to stop; Instances that have stopped (or never ran)
-  are deleted, then Deployments without Instances. gc need not know about it.
+  are deleted, then Deployments without Instances, then the App's shipped log lines. gc need
+  not know about it.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
@@ -64,6 +66,8 @@ from forge.store.base import Store, WatchEvent
 REASON_MOVING: Final[str] = "Moving"
 MAX_REPLACEMENTS = 10  # per replica slot, so a machine-killing release cannot spawn forever
 PHASE_ORDER = {"": 0, "Pending": 1, "Building": 2, "Starting": 3, "Live": 4}
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -626,6 +630,13 @@ class RolloutController(AppKeyedController):
                 self.store.delete(Instance, name)
             except NotFound:
                 continue
+        if len(gone) == len(insts) and len(dead) == len(deps):
+            # Nothing of the App is left to ship lines (its Instances are gone, the API refuses
+            # theirs): its shipped logs go with it — before its last Deployments, which keep the
+            # name taken (the API refuses a new App of it), so a new App starts with none.
+            removed = self.store.delete_app_logs(key)
+            if removed:
+                log.info("rollout: deleted %d log lines of deleted app %s", removed, key)
         for name in dead:
             try:
                 self.store.delete(Deployment, name)

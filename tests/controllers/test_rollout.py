@@ -285,14 +285,19 @@ def test_key_rotation_is_not_a_config_change(ctl: RolloutController, store: Stor
 
 
 def test_app_deleted_stops_then_deletes_everything(ctl: RolloutController, store: Store, live_v1: App) -> None:
-    """Deleting the App stops its Instances, then deletes them and its Deployments once stopped."""
+    """Deleting the App stops its Instances, then deletes them, its Deployments and its shipped
+    log lines once stopped (another app's lines stay)."""
+    store.append_logs("hello-1-0", "hello", "hello-1", "app", [(0, "2026-01-01T00:00:00Z", "secret")])
+    store.append_logs("other-1-0", "other", "other-1", "app", [(0, "2026-01-01T00:00:00Z", "kept")])
     store.delete("App", "hello")
     ctl.reconcile("hello")
     assert instances(store, "hello-1")[0].spec.desired == "Stopped"
     assert store.list("Deployment")[0]
+    assert store.read_logs("hello"), "lines stay while an Instance may still ship"
     report(store, "hello-1-0", "Stopped")
     ctl.reconcile("hello")
     assert not store.list("Instance")[0] and not store.list("Deployment")[0]
+    assert store.read_logs("hello") == [] and [ln.line for ln in store.read_logs("other")] == ["kept"]
     assert_idempotent(ctl, store)
 
 
