@@ -52,6 +52,31 @@ def app_config(app: App, secret: Secret | None) -> DeploymentConfig:
     )
 
 
+def same_config(
+    a: DeploymentConfig, b: DeploymentConfig, *, secrets: bool = True, counts: bool = True
+) -> bool:
+    """Whether two configs run a release the same way; ``secrets=False`` ignores the Secret's
+    version, ``counts=False`` the replica counts (a scale changes those in place)."""
+
+    def key(c: DeploymentConfig) -> tuple[Any, ...]:
+        return (
+            c.env,
+            sorted(c.domains),
+            c.secrets_version if secrets else None,
+            c.node_selector or {},
+            (c.replicas, c.processes or {}) if counts else None,
+        )
+
+    return key(a) == key(b)
+
+
+def with_counts(cfg: DeploymentConfig, app: App) -> DeploymentConfig:
+    """``cfg`` with the App's replica counts: a scale is applied to the live release in place."""
+    return cfg.model_copy(
+        update={"replicas": app.spec.replicas, "processes": dict(app.spec.processes) or None}
+    )
+
+
 def effective_config(app: App | None, dep: Deployment, secret: Secret | None) -> DeploymentConfig:
     """The config a release runs with: what rollout applied, else its snapshot, else the App's."""
     if dep.status.applied_config is not None:

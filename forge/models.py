@@ -326,6 +326,7 @@ class Trigger(Model):
     type: TriggerType = "api"
     delivery_id: str | None = Field(default=None, max_length=128)
     user: str | None = Field(default=None, max_length=128)
+    force: bool | None = None  # forge deploy --force: released and built anew even when already live
 
 
 class DeploymentConfig(Model):
@@ -466,6 +467,12 @@ class InstanceSpec(Model):
     oneshot: OneShot | None = None
     storage: int = 0  # bytes of the app's persistent storage (forge.yaml storage.size), 0: none
     node_selector: dict[str, str] = Field(default_factory=dict)  # labels its node must carry
+    # Set by rollout when a scale-down retires this Instance: the router stops sending it traffic
+    # at once and rollout asks it to stop a drain later. The agent leaves the process alone.
+    unrouted_time: str | None = None
+    # What the release's build is keyed by (commit and build inputs): every release of that
+    # commit and build shares one built tree on a node — a config release or a rollback reuses it.
+    build: str = ""
 
 
 InstancePhase = Literal[

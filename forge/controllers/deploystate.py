@@ -27,7 +27,9 @@ from forge.instancespec import (  # noqa: F401  (re-exported: the controllers' o
     instance_spec,
     manifest_processes,
     oneshot_instance,
+    same_config,
     secret_version,
+    with_counts,
 )
 from forge.models import (
     DEPLOYMENT_TERMINAL,
@@ -45,6 +47,7 @@ from forge.models import (
     deployment_number,
     next_release_number,
 )
+from forge.release import rollback_candidate
 from forge.store.base import Store
 
 # Reasons an agent reports that mean the release itself is broken (not the machine).
@@ -87,17 +90,6 @@ def time_of(text: str | None, default: float) -> float:
 
 
 # --------------------------------------------------------------------------- config
-
-
-def same_config(a: DeploymentConfig, b: DeploymentConfig) -> bool:
-    return (
-        a.env,
-        a.replicas,
-        a.processes or {},
-        sorted(a.domains),
-        a.secrets_version,
-        a.node_selector or {},
-    ) == (b.env, b.replicas, b.processes or {}, sorted(b.domains), b.secrets_version, b.node_selector or {})
 
 
 def pins_config(dep: Deployment) -> bool:
@@ -277,18 +269,8 @@ def app_url(app_name: str, domain: str, tls: str, http_listen: str) -> str:
 
 
 def last_good_before(dep: Deployment, deployments: list[Deployment]) -> Deployment | None:
-    """The newest release older than ``dep`` that went live and was not rolled back or failed."""
-    n = deployment_number(dep.metadata.name)
-    good = [
-        d
-        for d in by_number(deployments)
-        if deployment_number(d.metadata.name) < n
-        and d.status.live_time
-        and d.status.phase == "Superseded"
-        and d.status.reason != "RolledBack"
-        and d.status.manifest is not None
-    ]
-    return good[-1] if good else None
+    """The release to roll ``dep`` back to: ``forge.release.rollback_candidate``, the one rule."""
+    return rollback_candidate(dep, deployments)
 
 
 def stop_instances(store: Store, instances: Iterable[Instance]) -> None:

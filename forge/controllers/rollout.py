@@ -46,21 +46,23 @@ from forge.models import (
     App,
     AppStatus,
     Deployment,
-    DeploymentSpec,
+    DeploymentConfig,
     DeploymentStatus,
     Instance,
     Node,
-    ObjectMeta,
     OneShot,
-    OwnerRef,
     ReleasePhase,
     Secret,
     Trigger,
+    next_release_number,
     set_condition,
 )
+from forge.release import create_next_release, new_release, renumber
 from forge.store.base import Store, WatchEvent
 
 REASON_MOVING: Final[str] = "Moving"
+REASON_SCALED_DOWN: Final[str] = "ScaledDown"
+REASON_STALE_PUSH: Final[str] = "StalePush"  # the source controller's verdict on a late push
 MAX_REPLACEMENTS = 10  # per replica slot, so a machine-killing release cannot spawn forever
 PHASE_ORDER = {"": 0, "Pending": 1, "Building": 2, "Starting": 3, "Live": 4}
 
@@ -91,9 +93,20 @@ class RolloutPlan:
     notes: dict[str, list[Note]] = field(default_factory=dict)
     create: list[Instance] = field(default_factory=list)
     stop: list[str] = field(default_factory=list)
+    unroute: list[str] = field(default_factory=list)  # out of routing now, stopped after the drain
     new_deployment: Deployment | None = None
     requeue_after: float | None = None
     now_iso: str = ""
+
+
+def is_ordered(dep: Deployment) -> bool:
+    """Whether ``dep`` may cancel older releases: anything but a push the source controller has
+    not yet ordered by history (no manifest, not ended), and never a push it found stale."""
+    if dep.status.reason == REASON_STALE_PUSH:
+        return False
+    if dep.spec.trigger.type != "webhook":
+        return True
+    return dep.status.manifest is not None or dep.status.phase in DEPLOYMENT_TERMINAL
 
 
 def rollout_phase(current: str, slots: dict[ds.Slot, Instance], replicas: int) -> str:
@@ -122,12 +135,14 @@ def ensure_slots(
     secret: Secret | None,
     live: bool,
     draining: frozenset[str] = frozenset(),
+    cfg: DeploymentConfig | None = None,
 ) -> tuple[list[Instance], list[str]]:
-    """Instances to create (missing or replacement) and to stop (replaced, out of range).
+    """Instances to create (missing or replacement) and to stop (replaced; out of range, except
+    for the live release, whose surplus ``scale_down`` takes out of routing first).
 
     An Instance on a draining node gets a replacement too, but is not stopped here: ``_stops``
     keeps a ready older incarnation serving until the slot's new one is ready."""
-    cfg = ds.effective_config(app, dep, secret)
+    cfg = cfg or ds.effective_config(app, dep, secret)
     create, stop = [], []
     cur = ds.current_by_slot(dep.metadata.name, instances)
     wanted = ds.wanted_slots(cfg, dep.status.manifest)
@@ -145,8 +160,41 @@ def ensure_slots(
                 ds.new_instance(app, dep, cfg, secret, idx, ds.replacement_of(inst) + 1, process=proc)
             )
     keep = set(wanted)
-    stop += [i.metadata.name for slot, i in cur.items() if slot not in keep and i.spec.desired == "Running"]
+    if not live:
+        stop += [
+            i.metadata.name for slot, i in cur.items() if slot not in keep and i.spec.desired == "Running"
+        ]
     return create, stop
+
+
+def scale_down(
+    dep: Deployment,
+    cfg: DeploymentConfig,
+    instances: list[Instance],
+    now: float,
+    drain_seconds: float,
+    wakes: list[float],
+) -> tuple[list[str], list[str]]:
+    """The live release's Instances beyond its counts: (to take out of routing, to stop).
+
+    Scaling in place never replaces what stays; a surplus Instance first leaves routing
+    (``spec.unroutedTime``; the router skips it) and is stopped ``drain_seconds`` later, so no
+    request is sent to a process that is shutting down."""
+    keep = set(ds.wanted_slots(cfg, dep.status.manifest))
+    unroute, stop = [], []
+    for slot, inst in sorted(ds.current_by_slot(dep.metadata.name, instances).items()):
+        if slot in keep or inst.spec.desired != "Running":
+            continue
+        if inst.spec.unrouted_time is None:
+            unroute.append(inst.metadata.name)
+            wakes.append(drain_seconds)
+            continue
+        until = ds.time_of(inst.spec.unrouted_time, now) + drain_seconds
+        if now >= until:
+            stop.append(inst.metadata.name)
+        else:
+            wakes.append(until - now)
+    return unroute, stop
 
 
 def release_command(dep: Deployment) -> dict[str, Any] | None:
@@ -259,26 +307,28 @@ def plan_rollout(
             st.created_time = st.created_time or now_iso
             st.app_generation = st.app_generation or app.metadata.generation
     live = ds.live_deployment(app, deps)
-    newest = deps[-1] if deps else None
-
-    for d in deps[:-1]:  # a newer release wins over every older one not yet live
+    # A newer release wins over every older one not yet live — once it is known to be newer: a
+    # push counts only after the source controller has ordered it by history (it has a
+    # manifest, or ended for a reason of its own); a late or replayed older push never cancels.
+    winner: Deployment | None = None
+    for d in reversed(deps):
         st = work[d.metadata.name]
-        if st.phase in DEPLOYMENT_TERMINAL or st.phase == "Live" or d is live:
-            continue
-        st.phase, st.reason, st.finished_time = "Cancelled", "NewerRelease", now_iso
-        st.message = f"{newest.metadata.name} was pushed before it went live"  # type: ignore[union-attr]
-        note(d.metadata.name, "Normal", "Cancelled", f"{d.metadata.name} cancelled: {st.message}")
+        if (
+            winner is not None
+            and st.phase not in DEPLOYMENT_TERMINAL
+            and st.phase != "Live"
+            and d is not live
+        ):
+            st.phase, st.reason, st.finished_time = "Cancelled", "NewerRelease", now_iso
+            st.message = f"{winner.metadata.name} was released before it went live"
+            note(d.metadata.name, "Normal", "Cancelled", f"{d.metadata.name} cancelled: {st.message}")
+        elif winner is None and is_ordered(d):
+            winner = d
 
-    wanted = (
-        newest
-        if newest is not None
-        and newest is not live
-        and not (
-            work[newest.metadata.name].phase in DEPLOYMENT_TERMINAL
-            or work[newest.metadata.name].phase == "Live"
-        )
-        else None
-    )
+    in_flight = [
+        d for d in deps if d is not live and work[d.metadata.name].phase not in DEPLOYMENT_TERMINAL | {"Live"}
+    ]
+    wanted = in_flight[-1] if in_flight else None
     plan.now_iso = now_iso
     if wanted is not None:
         name, st = wanted.metadata.name, work[wanted.metadata.name]
@@ -340,10 +390,15 @@ def plan_rollout(
                 note(name, "Normal", "Superseded", f"{name} superseded by {successor}; draining")
 
     if live is not None and live is not wanted and live.status.manifest is not None:
-        create, stop = ensure_slots(app, live, instances, secret, live=True, draining=draining)
+        cfg = ds.effective_config(app, live, secret)
+        if not config_pinned(app, deps, work):
+            cfg = ds.with_counts(cfg, app)  # a scale applies to the live release in place
+        create, stop = ensure_slots(app, live, instances, secret, live=True, draining=draining, cfg=cfg)
+        unroute, surplus = scale_down(live, cfg, instances, now, settings.drain_seconds, wakes)
         plan.create += create
-        plan.stop += stop
-        work[live.metadata.name].applied_config = ds.effective_config(app, live, secret)
+        plan.stop += stop + surplus
+        plan.unroute += unroute
+        work[live.metadata.name].applied_config = cfg
     plan.stop += _stops(work, instances, now, settings, wakes)
 
     for d in deps:
@@ -448,6 +503,22 @@ def _app_status(
     return new if new.model_dump() != app.status.model_dump() else None
 
 
+def config_basis(deps: list[Deployment], work: dict[str, DeploymentStatus]) -> Deployment | None:
+    """The newest release that counts for config: a push found stale never ran anything."""
+    counted = [d for d in deps if work[d.metadata.name].reason != REASON_STALE_PUSH]
+    return counted[-1] if counted else None
+
+
+def config_pinned(app: App, deps: list[Deployment], work: dict[str, DeploymentStatus]) -> bool:
+    """A rollback restored an older config (counts too) and the App has not been edited since."""
+    basis = config_basis(deps, work)
+    return (
+        basis is not None
+        and ds.pins_config(basis)
+        and app.metadata.generation <= work[basis.metadata.name].app_generation
+    )
+
+
 def _config_release(
     app: App,
     deps: list[Deployment],
@@ -455,34 +526,30 @@ def _config_release(
     live: Deployment | None,
     secret: Secret | None,
 ) -> Deployment | None:
-    """A new release of the live commit when the App's config moved past the newest release."""
-    if live is None or live.status.manifest is None or not deps:
+    """A new release of the live commit when the App's config moved past the newest release.
+
+    Replica counts are not config a release is made for: they change in place."""
+    newest = config_basis(deps, work)
+    if live is None or live.status.manifest is None or newest is None:
         return None
-    newest = deps[-1]
     st = work[newest.metadata.name]
     if newest is not live and st.phase != "Failed":
         return None  # something is in flight; it decides first
-    if ds.pins_config(newest) and app.metadata.generation <= st.app_generation:
+    if config_pinned(app, deps, work):
         return None
     have = st.applied_config or ds.effective_config(app, newest, secret)
     want = ds.app_config(app, secret)
-    if ds.same_config(want, have):
+    if ds.same_config(want, have, counts=False):
         return None
-    name = ds.next_deployment_name(app.metadata.name, deps)
-    return Deployment(
-        metadata=ObjectMeta(
-            name=name,
-            labels={LABEL_APP: app.metadata.name},
-            owner_ref=OwnerRef(kind="App", name=app.metadata.name, uid=app.metadata.uid),
-        ),
-        spec=DeploymentSpec(
-            app=app.metadata.name,
-            commit=live.spec.commit,
-            ref=live.spec.ref,
-            repo=live.spec.repo,
-            trigger=Trigger(type="config"),
-            config=want,
-        ),
+    return new_release(
+        app,
+        next_release_number(deps),
+        commit=live.spec.commit,
+        ref=live.spec.ref,
+        repo=live.spec.repo,
+        trigger=Trigger(type="config"),
+        config=want,
+        owned=True,
     )
 
 
@@ -607,8 +674,22 @@ class RolloutController(AppKeyedController):
                     REASON_MOVING,
                     f"node {moved.spec.node} is draining: {inst.metadata.name} replaces it elsewhere",
                 )
+        for inst in insts:
+            if inst.metadata.name in plan.unroute and inst.spec.unrouted_time is None:
+                obj = inst.copy_deep()
+                obj.spec.unrouted_time = plan.now_iso
+                self.store.update(obj)
+                self.recorder.record(
+                    obj,
+                    "Normal",
+                    REASON_SCALED_DOWN,
+                    f"{obj.metadata.name} left routing; it stops after draining",
+                )
         if plan.new_deployment is not None:
-            created = self.store.create(plan.new_deployment)
+            planned = plan.new_deployment
+            created, _ = create_next_release(
+                self.store, app.metadata.name, lambda n, _deps: (renumber(planned, n), True)
+            )
             self.recorder.record(
                 app,
                 "Normal",

@@ -208,14 +208,13 @@ def test_zero_replicas_promotes_without_instances(ctl: RolloutController, store:
 
 @pytest.mark.parametrize("change,expect", [
     ({"env": {"A": "2"}}, {"env": {"A": "2"}, "replicas": 1}),
-    ({"replicas": 3}, {"env": {"A": "1"}, "replicas": 3}),
     ({"domains": ["www.example.com"]}, {"env": {"A": "1"}, "domains": ["www.example.com"]}),
-], ids=["env", "replicas", "domains"])
+], ids=["env", "domains"])
 def test_config_change_creates_config_release(
     ctl: RolloutController, store: Store, make_app: Callable[..., App],
     make_deployment: Callable[..., Deployment], change: dict[str, Any], expect: dict[str, Any],
 ) -> None:
-    """Editing the App's env/replicas/domains makes a new release of the live commit (trigger config)."""
+    """Editing the App's env/domains makes a new release of the live commit (trigger config)."""
     make_app("hello", env={"A": "1"})
     make_deployment("hello", 1, manifest=True, ref="refs/heads/main", config=DeploymentConfig(env={"A": "1"}))
     ctl.reconcile("hello")
@@ -235,6 +234,42 @@ def test_config_change_creates_config_release(
     assert events_for(store, "hello", "ConfigChanged")
     ctl.reconcile("hello")  # v2 has no manifest yet: it waits, and no third release appears
     assert [d.metadata.name for d in store.list("Deployment")[0]] == ["hello-1", "hello-2"]
+
+
+def test_scale_changes_live_release_in_place(
+    ctl: RolloutController, store: Store, clock: FakeClock, make_app: Callable[..., App],
+    make_deployment: Callable[..., Deployment],
+) -> None:
+    """A scale adds or retires Instances of the live release (no new release); the Instances that
+    stay are untouched, and a retired one leaves routing a drain before it is asked to stop."""
+    make_app("hello", env={"A": "1"})
+    make_deployment("hello", 1, manifest=True, config=DeploymentConfig(env={"A": "1"}))
+    ctl.reconcile("hello")
+    serve_all(store, "hello-1")
+    ctl.reconcile("hello")
+    first = get(store, "Instance", "hello-1-0")
+    app = get(store, "App", "hello")
+    app.spec.replicas = 3
+    store.update(app)
+    ctl.reconcile("hello")
+    assert [d.metadata.name for d in store.list("Deployment")[0]] == ["hello-1"]
+    assert sorted(i.metadata.name for i in instances(store, "hello-1")) == ["hello-1-0", "hello-1-1", "hello-1-2"]
+    assert get(store, "Instance", "hello-1-0").spec == first.spec  # untouched: same record, same spec
+    serve_all(store, "hello-1")
+    ctl.reconcile("hello")
+    assert_idempotent(ctl, store)
+    app = get(store, "App", "hello")
+    app.spec.replicas = 1
+    store.update(app)
+    ctl.reconcile("hello")
+    gone = [get(store, "Instance", f"hello-1-{i}") for i in (1, 2)]
+    assert all(i.spec.unrouted_time and i.spec.desired == "Running" for i in gone)
+    clock.advance(11)
+    ctl.reconcile("hello")
+    assert [get(store, "Instance", f"hello-1-{i}").spec.desired for i in (0, 1, 2)] == ["Running", "Stopped", "Stopped"]
+    assert get(store, "Instance", "hello-1-0").spec == first.spec
+    assert [d.metadata.name for d in store.list("Deployment")[0]] == ["hello-1"]
+    assert get(store, "Deployment", "hello-1").status.applied_config.replicas == 1  # type: ignore[union-attr]
 
 
 def test_secret_change_creates_config_release(ctl: RolloutController, store: Store, live_v1: App) -> None:
