@@ -89,6 +89,19 @@ def effective_config(app: App | None, dep: Deployment, secret: Secret | None) ->
     return DeploymentConfig(replicas=1, secrets_version=secret_version(secret))
 
 
+def build_inputs(manifest: dict[str, Any] | None) -> tuple[Any, ...]:
+    """What a release's build depends on besides its commit: runtime, build section, tree size."""
+    m = manifest or {}
+    res = m.get("resources") if isinstance(m.get("resources"), dict) else {}
+    return (m.get("runtime"), m.get("build"), (res or {}).get("disk"))
+
+
+def build_name(dep: Deployment) -> str:
+    """The built tree a release's Instances run: the first release of the same commit and build
+    inputs (``status.build``, set by rollout), else its own."""
+    return dep.status.build or dep.metadata.name
+
+
 def manifest_processes(manifest: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
     procs = (manifest or {}).get("processes") or {}
     return {str(k): v for k, v in procs.items() if isinstance(v, dict)} if isinstance(procs, dict) else {}
@@ -135,6 +148,7 @@ def instance_spec(
         oneshot=oneshot,
         storage=int(storage or 0),
         node_selector=dict(cfg.node_selector or app.spec.node_selector),
+        build=build_name(dep),
     )
 
 

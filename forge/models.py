@@ -390,6 +390,9 @@ class DeploymentStatus(Status):
     last_restart_time: str | None = None
     # Written by the rollout controller: the release command's one run (forge.yaml ``release``).
     release_phase: ReleasePhase | None = None
+    # Written by the rollout controller: the release whose build this one runs (the first of the
+    # same commit and build inputs; itself when empty). Nodes keep builds by that name.
+    build: str = ""
 
 
 class ReleasePhase(Model):

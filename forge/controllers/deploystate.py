@@ -23,6 +23,7 @@ from forge.instancespec import (  # noqa: F401  (re-exported: the controllers' o
     DEFAULT_CPU,
     DEFAULT_MEMORY,
     app_config,
+    build_inputs,
     effective_config,
     instance_spec,
     manifest_processes,

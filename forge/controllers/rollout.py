@@ -63,6 +63,7 @@ from forge.store.base import Store, WatchEvent
 REASON_MOVING: Final[str] = "Moving"
 REASON_SCALED_DOWN: Final[str] = "ScaledDown"
 REASON_STALE_PUSH: Final[str] = "StalePush"  # the source controller's verdict on a late push
+BUILD_FAILURES: Final[frozenset[str]] = frozenset({"BuildFailed", "FetchFailed"})
 MAX_REPLACEMENTS = 10  # per replica slot, so a machine-killing release cannot spawn forever
 PHASE_ORDER = {"": 0, "Pending": 1, "Building": 2, "Starting": 3, "Live": 4}
 
@@ -97,6 +98,31 @@ class RolloutPlan:
     new_deployment: Deployment | None = None
     requeue_after: float | None = None
     now_iso: str = ""
+
+
+def reusable_build(
+    dep: Deployment, manifest: dict[str, Any], deps: list[Deployment], work: dict[str, DeploymentStatus]
+) -> str:
+    """The build ``dep`` runs: the first earlier release of the same commit and build inputs whose
+    build did not fail (a config release, a rollback, a replayed push reuse it on every node that
+    still has it, and rebuild it under that name where it is gone); ``forge deploy --force``
+    builds its own."""
+    if dep.spec.trigger.force:
+        return dep.metadata.name
+    key = ds.build_inputs(manifest)
+    for d in deps:
+        st = work[d.metadata.name]
+        if d is dep:
+            break
+        if (
+            d.spec.commit == dep.spec.commit
+            and st.manifest is not None
+            and ds.build_inputs(st.manifest) == key
+            and st.reason not in BUILD_FAILURES
+            and (st.live_time or st.phase == "Live")
+        ):
+            return st.build or d.metadata.name
+    return dep.metadata.name
 
 
 def is_ordered(dep: Deployment) -> bool:
@@ -357,8 +383,10 @@ def plan_rollout(
             note(name, "Warning", "ProgressDeadlineExceeded", f"{name} failed: {st.message}")
         elif st.manifest is not None:
             st.applied_config = cfg
-            if release_gate(app, wanted, st, instances, secret, plan, note):
-                create, stop = ensure_slots(app, wanted, instances, secret, live=False, draining=draining)
+            st.build = st.build or reusable_build(wanted, st.manifest, deps, work)
+            view = wanted.model_copy(update={"status": st})  # its Instances run st.build
+            if release_gate(app, view, st, instances, secret, plan, note):
+                create, stop = ensure_slots(app, view, instances, secret, live=False, draining=draining)
                 plan.create += create
                 plan.stop += stop
                 slots = ds.current_by_slot(name, instances + create)

@@ -119,7 +119,9 @@ class Reconciler:
                 app=inst.spec.app,
                 deployment=inst.spec.deployment,
                 cgroup=f"inst-{name}",
-                release_dir=str(self.builder.release_dir(inst.spec.app, inst.spec.deployment)),
+                release_dir=str(
+                    self.builder.release_dir(inst.spec.app, inst.spec.build or inst.spec.deployment)
+                ),
                 restarts=inst.status.restarts,
             )
             self.state.put(st)
@@ -137,7 +139,7 @@ class Reconciler:
                 self.builder.ensure_built(
                     name,
                     inst.spec.app,
-                    inst.spec.deployment,
+                    Path(st.release_dir).name,
                     inst.spec.repo,
                     inst.spec.commit,
                     run,
