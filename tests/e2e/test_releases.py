@@ -1,0 +1,167 @@
+"""Releases you can trust, driven through a real ``forge up``, real git and real processes: one
+release per change (scale or env, then a push), pushes ordered by history (a late older push after
+a newer one), idempotent pushes (a replayed push of the live commit), builds reused by rollbacks
+and scales that leave running Instances alone."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+
+import pytest
+
+from tests.e2e.harness import Forge, Remote, push_payload, wait_for
+from tests.e2e.test_cli_live import cli
+from tests.e2e.test_push_to_live import push, register
+
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(os.geteuid() != 0 or shutil.which("caddy") is None,
+                                                  reason="needs root and caddy")]
+
+WORKER = """
+import os, time
+print("worker up", os.getpid(), flush=True)
+while True:
+    time.sleep(1)
+"""
+PROCESSES = "processes:\n  worker: {command: exec python3 worker.py, replicas: 1}\n"
+
+
+def ok(forge: Forge, *args: str) -> str:
+    r = cli(forge, *args)
+    assert r.returncode == 0, r
+    return r.stdout
+
+
+def releases(forge: Forge, app: str) -> list[dict]:
+    items = forge.list("deployments", f"forge.dev/app={app}")
+    return sorted(items, key=lambda d: int(d["metadata"]["name"].rsplit("-", 1)[1]))
+
+
+def running(forge: Forge, app: str, deployment: str | None = None, process: str = "web") -> list[dict]:
+    return [i for i in forge.list("instances", f"forge.dev/app={app}")
+            if i["spec"]["desired"] == "Running" and not i["spec"].get("oneshot")
+            and (i["spec"].get("process") or "web") == process
+            and (deployment is None or i["spec"]["deployment"] == deployment)]
+
+
+def builds(forge: Forge, app: str) -> int:
+    """How many builds ran for ``app`` (the builder logs one line per finished build)."""
+    with forge.client as c:
+        r = c.get(f"/api/v1/apps/{app}/logs", params={"source": "build"})
+        r.raise_for_status()
+    return sum(1 for line in r.text.splitlines() if "==> build succeeded" in line)
+
+
+def live_app(forge: Forge, name: str, extra: str = "") -> tuple[Remote, str]:
+    remote = Remote(forge.root, f"acme/{name}")
+    sha = remote.commit({"worker.py": WORKER}, "worker") and remote.app_release(name, "v1", extra=extra)
+    register(forge, name, f"acme/{name}")
+    assert push(forge, f"acme/{name}", sha) == [f"{name}-1"]
+    forge.wait_phase(f"{name}-1", {"Live"}, timeout=120)
+    return remote, sha
+
+
+def settle(forge: Forge, app: str, seconds: float = 3.0) -> None:
+    """Give the controllers time to make any release they would make (a bounded quiet period)."""
+    time.sleep(seconds)
+    assert not [d for d in releases(forge, app) if d["status"].get("phase") not in ("Live", "Superseded", "Failed", "Cancelled")]
+
+
+def test_scale_then_push_makes_one_release_with_the_scaled_workers(forge: Forge) -> None:
+    """After scale worker=2, a push makes exactly one release, and it runs 2 workers (no second
+    ConfigChanged release, no release with 1 worker)."""
+    remote, _ = live_app(forge, "rel-scale", extra=PROCESSES)
+    ok(forge, "scale", "rel-scale", "worker=2", "--wait")
+    assert [d["metadata"]["name"] for d in releases(forge, "rel-scale")] == ["rel-scale-1"]
+    assert len(running(forge, "rel-scale", "rel-scale-1", "worker")) == 2
+    sha2 = remote.app_release("rel-scale", "v2", extra=PROCESSES)
+    assert push(forge, "acme/rel-scale", sha2) == ["rel-scale-2"]
+    forge.wait_phase("rel-scale-2", {"Live"}, timeout=120)
+    settle(forge, "rel-scale")
+    names = [d["metadata"]["name"] for d in releases(forge, "rel-scale")]
+    assert names == ["rel-scale-1", "rel-scale-2"], names
+    wait_for(lambda: len(running(forge, "rel-scale", process="worker")) == 2, 30, "old workers to stop")
+    assert {i["spec"]["deployment"] for i in running(forge, "rel-scale", process="worker")} == {"rel-scale-2"}
+
+
+def test_env_then_push_makes_one_release_carrying_the_env(forge: Forge) -> None:
+    """After env set (its config release live), a push makes exactly one release with that env."""
+    remote, _ = live_app(forge, "rel-env")
+    ok(forge, "env", "set", "rel-env", "GREETING=blue", "--wait")
+    assert wait_for(lambda: forge.serves("rel-env.localhost", "v1 blue"), 30, "the env to be served")
+    before = [d["metadata"]["name"] for d in releases(forge, "rel-env")]
+    assert before == ["rel-env-1", "rel-env-2"]
+    sha2 = remote.app_release("rel-env", "v2")
+    assert push(forge, "acme/rel-env", sha2) == ["rel-env-3"]
+    forge.wait_phase("rel-env-3", {"Live"}, timeout=120)
+    settle(forge, "rel-env")
+    assert [d["metadata"]["name"] for d in releases(forge, "rel-env")] == [*before, "rel-env-3"]
+    assert wait_for(lambda: forge.serves("rel-env.localhost", "v2 blue"), 30, "v2 with the env")
+
+
+def test_late_older_push_never_cancels_the_newer_release(forge: Forge) -> None:
+    """Live at A, push B, then the push of A again under a new delivery id (late or replayed):
+    B goes live, and the late push of A never cancels it."""
+    remote, sha_a = live_app(forge, "rel-late")
+    sha_b = remote.app_release("rel-late", "v2")
+    assert push(forge, "acme/rel-late", sha_b) == ["rel-late-2"]
+    time.sleep(0.3)
+    late = forge.webhook("push", push_payload("acme/rel-late", "refs/heads/main", sha_a))
+    assert late.status_code == 202, late.text
+    forge.wait_phase("rel-late-2", {"Live"}, timeout=120)
+    assert wait_for(lambda: forge.serves("rel-late.localhost", "v2"), 30, "v2 to be served")
+    settle(forge, "rel-late")
+    by_name = {d["metadata"]["name"]: d for d in releases(forge, "rel-late")}
+    assert by_name["rel-late-2"]["status"]["phase"] == "Live"
+    for name, d in by_name.items():
+        if name not in ("rel-late-1", "rel-late-2"):  # whatever the late push made never went live
+            assert d["status"]["phase"] == "Cancelled" and d["status"]["reason"] == "StalePush", d["status"]
+    assert forge.get("apps", "rel-late")["status"]["liveDeployment"] == "rel-late-2"
+
+
+def test_replayed_push_of_the_live_commit_makes_no_release(forge: Forge) -> None:
+    """A signed push of the live commit replayed under new delivery ids creates nothing; an Event
+    says it is already live; forge deploy --force releases it anyway."""
+    _, sha = live_app(forge, "rel-replay")
+    for _ in range(3):
+        r = forge.webhook("push", push_payload("acme/rel-replay", "refs/heads/main", sha))
+        assert r.status_code == 202 and r.json()["created"] == [], r.text
+    settle(forge, "rel-replay", 2.0)
+    assert [d["metadata"]["name"] for d in releases(forge, "rel-replay")] == ["rel-replay-1"]
+    events = [e["spec"] for e in forge.list("events") if e["spec"]["reason"] == "AlreadyLive"
+              and e["spec"]["involvedObject"]["name"] == "rel-replay"]
+    assert events and "already live" in events[0]["message"]
+    r = cli(forge, "deploy", "rel-replay", "--force", "--wait")
+    assert r.returncode == 0 and r.stdout.strip() == "rel-replay-2 is Live", r
+    wait_for(lambda: builds(forge, "rel-replay") == 2, 20, "a second build")  # --force rebuilds on purpose
+
+
+def test_rollback_reuses_the_build_and_scale_keeps_running_instances(forge: Forge) -> None:
+    """A rollback runs the build still on the node (no second build of v1), and scaling 1→3→1
+    starts and stops Instances of the live release in place: the first one keeps its pid."""
+    remote, _ = live_app(forge, "rel-reuse")
+    wait_for(lambda: builds(forge, "rel-reuse") == 1, 20, "the first build's log")
+    sha2 = remote.app_release("rel-reuse", "v2")
+    assert push(forge, "acme/rel-reuse", sha2) == ["rel-reuse-2"]
+    forge.wait_phase("rel-reuse-2", {"Live"}, timeout=120)
+    wait_for(lambda: builds(forge, "rel-reuse") == 2, 20, "the second build's log")
+    r = cli(forge, "rollback", "rel-reuse", "--wait")
+    assert r.returncode == 0 and r.stdout.strip() == "rel-reuse-3 is Live", r
+    assert wait_for(lambda: forge.serves("rel-reuse.localhost", "v1"), 30, "v1 to be served again")
+    assert builds(forge, "rel-reuse") == 2, "the rollback rebuilt v1"
+
+    first = running(forge, "rel-reuse", "rel-reuse-3")
+    assert len(first) == 1
+    pid = first[0]["status"]["pid"]
+    ok(forge, "scale", "rel-reuse", "3", "--wait")
+    now = running(forge, "rel-reuse", "rel-reuse-3")
+    assert len(now) == 3
+    assert all(i["status"].get("ready") for i in now)
+    same = next(i for i in now if i["metadata"]["name"] == first[0]["metadata"]["name"])
+    assert same["status"]["pid"] == pid
+    ok(forge, "scale", "rel-reuse", "1", "--wait")
+    left = running(forge, "rel-reuse", "rel-reuse-3")
+    assert [i["metadata"]["name"] for i in left] == [first[0]["metadata"]["name"]] and left[0]["status"]["pid"] == pid
+    assert [d["metadata"]["name"] for d in releases(forge, "rel-reuse")][-1] == "rel-reuse-3"
+    assert builds(forge, "rel-reuse") == 2
