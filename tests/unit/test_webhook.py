@@ -10,8 +10,8 @@ from urllib.parse import urlencode
 import pytest
 
 from forge.errors import BadRequest
-from forge.release import release_config
 from forge.models import App, AppSpec, Deployment, DeploymentSpec, ObjectMeta, next_release_number
+from forge.release import release_config
 from forge.webhook import (
     Push,
     build_deployment,
