@@ -15,7 +15,7 @@ from forge.cli.output import age, dig, emit, render, table
 from forge.cli.resources import OUTPUT, event_line
 from forge.errors import Conflict, ForgeError, Gone, Invalid, NotFound
 from forge.models import COMMIT, ENV_KEY, LABEL_APP, deployment_number
-from forge.textsafe import printable
+from forge.textsafe import printable, printable_text
 
 TERMINAL = {"Live", "Failed", "Cancelled", "Superseded"}
 
@@ -178,7 +178,7 @@ def status(ctx: Ctx, name: str, fmt: str) -> None:
             lines.append(
                 f"Latest:    {r['metadata']['name']}  {dig(r, 'status.phase') or 'Pending'}"
                 + (
-                    f"  {dig(r, 'status.reason')}: {printable(str(dig(r, 'status.message')))}"
+                    f"  {dig(r, 'status.reason')}: {printable_text(str(dig(r, 'status.message')))}"
                     if dig(r, "status.reason")
                     else ""
                 )
@@ -313,7 +313,7 @@ def follow_release(ctx: Ctx, name: str, app: str) -> dict:
             click.echo(
                 f"{name}: {phase}"
                 + (
-                    f" ({dig(dep, 'status.reason')}: {printable(str(dig(dep, 'status.message')))})"
+                    f" ({dig(dep, 'status.reason')}: {printable_text(str(dig(dep, 'status.message')))})"
                     if dig(dep, "status.reason")
                     else ""
                 ),
@@ -389,7 +389,7 @@ def _wait_and_exit(ctx: Ctx, dname: str, app: str, fmt: str) -> None:
         lambda: (
             f"{dname} is {phase}"
             + (
-                f": {dig(final, 'status.reason')}: {printable(str(dig(final, 'status.message')))}"
+                f": {dig(final, 'status.reason')}: {printable_text(str(dig(final, 'status.message')))}"
                 if phase != "Live"
                 else ""
             )

@@ -14,10 +14,11 @@ from typing import Any, Final
 
 import click
 
-from forge.cli.output import dig, printable
+from forge.cli.output import dig
 from forge.clock import SystemClock
 from forge.errors import ForgeError, Gone
 from forge.models import LABEL_APP, deployment_number
+from forge.textsafe import printable_text
 
 TERMINAL: Final[frozenset[str]] = frozenset({"Failed", "Cancelled", "Superseded"})
 WAIT_SECONDS: Final[float] = 600.0
@@ -41,7 +42,7 @@ def verdict(
     failed = [d for d in mine if dig(d, "status.phase") == "Failed"]
     if failed and failed[-1] is mine[-1]:
         d = failed[-1]
-        return f"{d['metadata']['name']} failed: {dig(d, 'status.reason')}: {printable(str(dig(d, 'status.message')))}"
+        return f"{d['metadata']['name']} failed: {dig(d, 'status.reason')}: {printable_text(str(dig(d, 'status.message')))}"
     if any(dig(d, "status.phase") not in TERMINAL | {"Live"} for d in deps):
         return None
     live = next((d for d in deps if d["metadata"]["name"] == dig(app, "status.liveDeployment")), None)
