@@ -47,6 +47,7 @@ from forge.models import (
     deployment_number,
     set_condition,
 )
+from forge.release import create_next_release, renumber
 from forge.store.base import Store
 
 REASON_CRASH_LOOP: Final[str] = "CrashLoopBackOff"
@@ -257,7 +258,8 @@ class RollbackController(AppKeyedController):
         insts = [i for i in self.store.list("Instance", {LABEL_APP: key})[0] if i.spec.app == key]
         plan = plan_rollback(app, deps, insts, self.clock.now(), self.settings)  # type: ignore[arg-type]
         if plan.new_deployment is not None:  # before marking the bad one, so a crash cannot lose it
-            self.store.create(plan.new_deployment)
+            planned = plan.new_deployment
+            create_next_release(self.store, key, lambda n, _deps: (renumber(planned, n), True))
         by_name = {d.metadata.name: d for d in deps}
         for name, status in plan.deployments.items():
             obj = by_name[name].copy_deep()
