@@ -11,7 +11,7 @@ import pytest
 from forge.clock import FakeClock
 from forge.config import Config
 from forge.controllers.rollout import RolloutController, RolloutSettings
-from forge.models import App, Deployment, DeploymentConfig, ObjectMeta, Secret, SecretSpec, SecretStatus
+from forge.models import App, Deployment, DeploymentConfig, ObjectMeta, Secret, SecretSpec, SecretStatus, Trigger
 from forge.store.base import Store
 from tests.controllers.conftest import condition_of, events_for, snapshot
 from tests.controllers.release_helpers import Crash, CrashingStore, get, instances, report, serve_all
@@ -446,3 +446,23 @@ def test_restart_inside_min_ready_fails_the_release(ctl: RolloutController, stor
     clock.advance(60)
     ctl.reconcile("hello")
     assert get(store, "App", "hello").status.live_deployment == "hello-1"
+
+
+def test_unordered_push_never_cancels_and_a_stale_one_lets_the_older_release_go_on(
+    ctl: RolloutController, store: Store, live_v1: App, make_deployment: Callable[..., Deployment],
+) -> None:
+    """A newer push the source controller has not ordered yet (no manifest) cancels nothing; once
+    it is found stale (Cancelled StalePush) the release it would have replaced goes on to Live."""
+    make_deployment("hello", 2, manifest=True, trigger=Trigger(type="webhook", delivery_id="b"))
+    ctl.reconcile("hello")
+    make_deployment("hello", 3, trigger=Trigger(type="webhook", delivery_id="a-late"))
+    ctl.reconcile("hello")
+    assert get(store, "Deployment", "hello-2").status.phase not in ("Cancelled", "Failed")
+    late = get(store, "Deployment", "hello-3")
+    late.status.phase, late.status.reason = "Cancelled", "StalePush"
+    store.update_status(late)
+    ctl.reconcile("hello")
+    assert instances(store, "hello-2")
+    serve_all(store, "hello-2")
+    ctl.reconcile("hello")
+    assert get(store, "Deployment", "hello-2").status.phase in ("Starting", "Live")
