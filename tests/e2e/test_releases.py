@@ -185,3 +185,20 @@ def test_rollback_reuses_the_build_and_scale_keeps_running_instances(forge: Forg
     assert [i["metadata"]["name"] for i in left] == [first[0]["metadata"]["name"]] and left[0]["status"]["pid"] == pid
     assert [d["metadata"]["name"] for d in releases(forge, "rel-reuse")][-1] == "rel-reuse-3"
     assert builds(forge, "rel-reuse") == 2
+
+
+def test_forge_run_finds_the_release_virtualenv_on_path(forge: Forge) -> None:
+    """Every process of a release has the release's .venv/bin first on PATH: ``forge run APP --
+    python …`` runs the virtualenv's python (the host has no plain ``python``)."""
+    remote = Remote(forge.root, "acme/rel-venv")
+    remote.app_release("rel-venv", "v1")
+    text = (remote.work / "forge.yaml").read_text().replace(
+        'commands: ["echo building v1", "test -f app.py"]',
+        'commands: ["python3 -m venv --without-pip .venv", "test -x .venv/bin/python"]')
+    sha = remote.commit({"forge.yaml": text}, "with a virtualenv")
+    register(forge, "rel-venv", "acme/rel-venv")
+    assert push(forge, "acme/rel-venv", sha) == ["rel-venv-1"]
+    forge.wait_phase("rel-venv-1", {"Live"}, timeout=120)
+    r = cli(forge, "run", "rel-venv", "--", "python", "-c", "import sys; print(sys.prefix)")
+    assert r.returncode == 0, r
+    assert r.stdout.strip().endswith("/.venv"), r.stdout
