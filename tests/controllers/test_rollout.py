@@ -11,7 +11,16 @@ import pytest
 from forge.clock import FakeClock
 from forge.config import Config
 from forge.controllers.rollout import RolloutController, RolloutSettings
-from forge.models import App, Deployment, DeploymentConfig, ObjectMeta, Secret, SecretSpec, SecretStatus, Trigger
+from forge.models import (
+    App,
+    Deployment,
+    DeploymentConfig,
+    ObjectMeta,
+    Secret,
+    SecretSpec,
+    SecretStatus,
+    Trigger,
+)
 from forge.store.base import Store
 from tests.controllers.conftest import condition_of, events_for, snapshot
 from tests.controllers.release_helpers import Crash, CrashingStore, get, instances, report, serve_all
