@@ -33,7 +33,6 @@ from forge.models import (
     OwnerRef,
     Secret,
     Trigger,
-    TriggerType,
     deployment_number,
     next_release_number,
 )
@@ -190,7 +189,3 @@ def rollback_release(app: App, number: int, target: Deployment, owned: bool = Fa
         config=cfg.model_copy(update={"secrets_version": None}, deep=True) if cfg is not None else None,
         owned=owned,
     )
-
-
-def trigger_of(kind: TriggerType, delivery_id: str | None = None) -> Trigger:
-    return Trigger(type=kind, delivery_id=delivery_id)

@@ -38,16 +38,13 @@ from forge.models import (
     LABEL_APP,
     App,
     Deployment,
-    DeploymentSpec,
     DeploymentStatus,
     Instance,
-    ObjectMeta,
-    OwnerRef,
-    Trigger,
     deployment_number,
+    next_release_number,
     set_condition,
 )
-from forge.release import create_next_release, renumber
+from forge.release import create_next_release, renumber, rollback_release
 from forge.store.base import Store
 
 REASON_CRASH_LOOP: Final[str] = "CrashLoopBackOff"
@@ -81,24 +78,8 @@ def restarted_instance(dep_name: str, instances: list[Instance]) -> Instance | N
 def rollback_deployment(
     app: App, bad: Deployment, target: Deployment, deployments: list[Deployment]
 ) -> Deployment:
-    cfg = target.status.applied_config or target.spec.config
-    config = cfg.model_copy(update={"secrets_version": None}) if cfg is not None else None
-    return Deployment(
-        metadata=ObjectMeta(
-            name=ds.next_deployment_name(app.metadata.name, deployments),
-            labels={LABEL_APP: app.metadata.name},
-            owner_ref=OwnerRef(kind="App", name=app.metadata.name, uid=app.metadata.uid),
-        ),
-        spec=DeploymentSpec(
-            app=app.metadata.name,
-            commit=target.spec.commit,
-            ref=target.spec.ref,
-            repo=target.spec.repo,
-            trigger=Trigger(type="rollback"),
-            rollback_of=target.metadata.name,
-            config=config,
-        ),
-    )
+    """The automatic rollback release: ``forge.release.rollback_release``, the one builder."""
+    return rollback_release(app, next_release_number(deployments), target, owned=True)
 
 
 def plan_rollback(

@@ -133,7 +133,7 @@ def test_rotate_key_keeps_every_app_serving(forge: Forge) -> None:
     raw = _raw_db(forge)
     assert f"fsec1:{new_primary}:".encode() in raw and old_ct != raw
 
-    r = cli(forge, "deploy", "cfg-rot", "--wait")  # a process started after the rotation
+    r = cli(forge, "deploy", "cfg-rot", "--force", "--wait")  # a process started after the rotation
     assert r.returncode == 0 and r.stdout.strip() == "cfg-rot-3 is Live", r
     serves(forge, "cfg-rot.localhost", "v1 rotated-ok")
 
