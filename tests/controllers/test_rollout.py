@@ -475,3 +475,23 @@ def test_unordered_push_never_cancels_and_a_stale_one_lets_the_older_release_go_
     serve_all(store, "hello-2")
     ctl.reconcile("hello")
     assert get(store, "Deployment", "hello-2").status.phase in ("Starting", "Live")
+
+
+@pytest.mark.parametrize(("trigger", "same_commit", "build"), [
+    (Trigger(type="config"), True, "hello-1"),
+    (Trigger(type="rollback"), True, "hello-1"),
+    (Trigger(type="webhook", delivery_id="again"), True, "hello-1"),
+    (Trigger(type="api", force=True), True, "hello-2"),
+    (Trigger(type="webhook", delivery_id="new"), False, "hello-2"),
+], ids=["config", "rollback", "push-of-same-commit", "deploy-force", "new-commit"])
+def test_release_reuses_the_build_of_the_same_commit(
+    ctl: RolloutController, store: Store, live_v1: App, make_deployment: Callable[..., Deployment],
+    trigger: Trigger, same_commit: bool, build: str,
+) -> None:
+    """A release of a commit (and build inputs) that already went live runs that build: its
+    Instances name it, so a node that has it starts them without a fetch or a build."""
+    commit = get(store, "Deployment", "hello-1").spec.commit if same_commit else "e" * 40
+    make_deployment("hello", 2, commit=commit, manifest=True, trigger=trigger)
+    ctl.reconcile("hello")
+    assert get(store, "Deployment", "hello-2").status.build == build
+    assert {i.spec.build for i in instances(store, "hello-2")} == {build}
