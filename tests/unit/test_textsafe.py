@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from forge.textsafe import printable, printable_text
+from forge.textsafe import printable, printable_lines, printable_text
 
 
 @pytest.mark.parametrize(("raw", "want"), [
@@ -29,3 +29,8 @@ def test_printable(raw: str, want: str) -> None:
 def test_printable_text(raw: str, want: str) -> None:
     """A message people read keeps its line breaks (indented), never a literal \\x0a."""
     assert printable_text(raw) == want
+
+
+def test_printable_lines_keeps_line_breaks_only() -> None:
+    """A stored message keeps its line breaks; every other control character is shown."""
+    assert printable_lines("a\r\nb\x1b[2Kc\n") == "a\nb\\x1b[2Kc\n"
