@@ -46,7 +46,6 @@ from forge.models import (
     OwnerRef,
     Secret,
     deployment_number,
-    next_release_number,
 )
 from forge.release import rollback_candidate
 from forge.store.base import Store
@@ -80,10 +79,6 @@ def live_deployment(app: App | None, deployments: list[Deployment]) -> Deploymen
             return d
     lives = [d for d in by_number(deployments) if d.status.phase == "Live"]
     return lives[-1] if lives else None
-
-
-def next_deployment_name(app_name: str, deployments: list[Deployment]) -> str:
-    return f"{app_name}-{next_release_number(deployments)}"
 
 
 def time_of(text: str | None, default: float) -> float:
