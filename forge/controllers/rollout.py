@@ -3,24 +3,32 @@
 Decisions live in ``plan_rollout`` / ``plan_teardown`` (pure functions of the App's records
 and ``now``); ``RolloutController.reconcile`` reads the world, asks for a plan and applies it.
 
-- The **wanted** release is the newest Deployment when it is neither live nor finished.
-  Once it has a manifest it gets ``replicas`` Instances ``APP-N-I`` beside the live ones;
+- The **wanted** release is the newest Deployment that is neither live nor finished.
+  Once it has a manifest it runs the build ``status.build`` names (the first release of the
+  same commit and build inputs that went live, so config releases and rollbacks need no build)
+  and gets ``replicas`` Instances ``APP-N-I`` beside the live ones;
   when every replica is ready *and has stayed ready for* ``health.min_ready`` (default 10 s;
   not for a rollback, whose release proved itself before) it is promoted:
   ``App.status.liveDeployment`` is written first
   (that is the traffic switch the router follows), then the Deployment becomes Live and the
   one before Superseded. Superseded Instances drain for ``drain_seconds`` (default 10 s) and
   are then asked to stop. ``replicas: 0`` promotes at once with no Instances (scaled to zero).
-- A newer Deployment Cancels every older one not yet live, whatever the newer one's fate.
+- A newer Deployment Cancels every older one not yet live, whatever the newer one's fate —
+  once it is known to be newer: a push counts only after the source controller ordered it by
+  history (it has a manifest, or ended for a reason other than ``StalePush``), so a late or
+  replayed older push never cancels a newer release.
 - The **progress deadline** (default 120 s) runs from ``status.createdTime`` — set by the API
   on create, else by this controller the first time it sees the Deployment — so source fetch,
   build and start all count. Past it the release is Failed (ProgressDeadlineExceeded) and its
   Instances stop; the live release is untouched.
 - Lost Instances (and Failed ones of the live release) are replaced: ``APP-N-I-rK``.
-- **Config changes roll out like code**: when the App's env/replicas/domains or its Secret's
+- **Config changes roll out like code**: when the App's env/domains/nodeSelector or its Secret's
   version differ from what the newest release applied (and nothing is in flight), a new
   Deployment with the live commit and ``trigger.type: config`` goes through the same gate.
   A rollback pins its older config until the App is edited again (``status.appGeneration``).
+- **Scale in place**: replica counts (web and each process type) are applied to the live
+  release itself — missing slots get Instances, the ones that stay are untouched, and a
+  surplus Instance first leaves routing (``spec.unroutedTime``) and is stopped a drain later.
 - **App deleted**: every Instance is asked to stop; Instances that have stopped (or never ran)
   are deleted, then Deployments without Instances. gc need not know about it.
 """
