@@ -102,7 +102,9 @@ class RolloutPlan:
     notes: dict[str, list[Note]] = field(default_factory=dict)
     create: list[Instance] = field(default_factory=list)
     stop: list[str] = field(default_factory=list)
-    unroute: list[str] = field(default_factory=list)  # out of routing now, stopped after the drain
+    unroute: list[str] = field(
+        default_factory=list
+    )  # routing toggled: out (surplus) or back in (wanted again)
     new_deployment: Deployment | None = None
     requeue_after: float | None = None
     now_iso: str = ""
@@ -209,7 +211,8 @@ def scale_down(
     drain_seconds: float,
     wakes: list[float],
 ) -> tuple[list[str], list[str]]:
-    """The live release's Instances beyond its counts: (to take out of routing, to stop).
+    """The live release's Instances beyond its counts: (to toggle routing for, to stop) — out
+    of routing when surplus, back in when a scale up wants the slot again before it stopped.
 
     Scaling in place never replaces what stays; a surplus Instance first leaves routing
     (``spec.unroutedTime``; the router skips it) and is stopped ``drain_seconds`` later, so no
@@ -217,7 +220,11 @@ def scale_down(
     keep = set(ds.wanted_slots(cfg, dep.status.manifest))
     unroute, stop = [], []
     for slot, inst in sorted(ds.current_by_slot(dep.metadata.name, instances).items()):
-        if slot in keep or inst.spec.desired != "Running":
+        if inst.spec.desired != "Running":
+            continue
+        if slot in keep:
+            if inst.spec.unrouted_time is not None:
+                unroute.append(inst.metadata.name)  # scaled back up before it stopped: route it again
             continue
         if inst.spec.unrouted_time is None:
             unroute.append(inst.metadata.name)
@@ -711,10 +718,12 @@ class RolloutController(AppKeyedController):
                     f"node {moved.spec.node} is draining: {inst.metadata.name} replaces it elsewhere",
                 )
         for inst in insts:
-            if inst.metadata.name in plan.unroute and inst.spec.unrouted_time is None:
-                obj = inst.copy_deep()
-                obj.spec.unrouted_time = plan.now_iso
-                self.store.update(obj)
+            if inst.metadata.name not in plan.unroute:
+                continue
+            obj = inst.copy_deep()  # toggles: out of routing, or back in when scaled up again
+            obj.spec.unrouted_time = plan.now_iso if inst.spec.unrouted_time is None else None
+            self.store.update(obj)
+            if obj.spec.unrouted_time is not None:
                 self.recorder.record(
                     obj,
                     "Normal",

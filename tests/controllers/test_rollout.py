@@ -273,6 +273,16 @@ def test_scale_changes_live_release_in_place(
     ctl.reconcile("hello")
     gone = [get(store, "Instance", f"hello-1-{i}") for i in (1, 2)]
     assert all(i.spec.unrouted_time and i.spec.desired == "Running" for i in gone)
+    app = get(store, "App", "hello")  # up to 2 again before the drain ended: hello-1-1 is routed again
+    app.spec.replicas = 2
+    store.update(app)
+    ctl.reconcile("hello")
+    assert get(store, "Instance", "hello-1-1").spec.unrouted_time is None
+    assert get(store, "Instance", "hello-1-2").spec.unrouted_time is not None
+    app = get(store, "App", "hello")
+    app.spec.replicas = 1
+    store.update(app)
+    ctl.reconcile("hello")
     clock.advance(11)
     ctl.reconcile("hello")
     assert [get(store, "Instance", f"hello-1-{i}").spec.desired for i in (0, 1, 2)] == ["Running", "Stopped", "Stopped"]
