@@ -11,10 +11,13 @@ runtime's per-key back-off (the reconcile raises, and ``SourceReady`` says it is
 until at least ``FETCH_ATTEMPTS`` attempts over at least ``FETCH_DEADLINE`` seconds failed,
 then the Deployment fails. A remote that answers but lacks the commit fails it at once.
 
-A push (trigger ``webhook``) deploys only what its branch still points at: when ``git
-ls-remote`` shows the branch elsewhere (a newer push, or a captured delivery replayed later)
-the Deployment ends ``Cancelled`` with reason ``StalePush`` and a Warning Event; it never
-builds and never takes traffic. ``forge deploy`` and rollbacks are a person's choice and exempt.
+A push (trigger ``webhook``) deploys only the newest history of its branch: when ``git
+ls-remote`` shows the branch elsewhere and that head is not an ancestor of the pushed commit (a
+newer push, or a captured delivery replayed or arriving late) the Deployment ends ``Cancelled``
+with reason ``StalePush`` and a Warning Event; it never builds and never takes traffic. This is
+decided before the push's release cancels anything: rollout cancels older releases only for a
+newer one that has passed this check (it has a manifest). ``forge deploy`` and rollbacks are a
+person's choice and exempt.
 
 Private repos: the RepoCredential whose scope is ``owner/repo`` wins over one scoped to
 ``owner`` (``forge.gitauth.select_credential``); its token is decrypted with the Keyring and handed to git through the environment
@@ -150,7 +153,7 @@ class SourceController(Controller):
             with self._lock_for(repo):
                 cache = self.git.fetch(repo, url, commit, token, ref=dep.spec.ref or None)
                 text = self.git.show(cache, commit, MANIFEST_FILE)
-                stale_head = self._stale_head(dep, url, token)
+                stale_head = self._stale_head(dep, repo, url, token)
         except GitError as exc:
             msg = scrub(f"fetching {repo}@{commit[:12]} failed: {exc.message}", token)
             attempts, first = self._failures.get(key, (0, self.clock.monotonic()))
@@ -190,12 +193,16 @@ class SourceController(Controller):
 
     # ------------------------------------------------------------------ stale pushes
 
-    def _stale_head(self, dep: Deployment, url: str, token: str | None) -> str | None:
-        """For a push (webhook), what its branch points at now when that is not the pushed commit.
+    def _stale_head(self, dep: Deployment, repo: str, url: str, token: str | None) -> str | None:
+        """For a push (webhook), the branch's head when the pushed commit is history behind it.
 
-        GitHub's signature covers the body only and the delivery id is the sender's choice, so a
-        captured delivery can be replayed: a push is a signal to deploy the branch's head, never
-        an order to deploy an old commit. Deploys and rollbacks a person asked for are exempt."""
+        GitHub does not order deliveries and its signature does not cover the delivery id, so a
+        push may arrive late or be replayed: a push is a signal to deploy the branch's head,
+        never an order to go back. Ordered by history, not by arrival: the push is stale when the
+        branch points elsewhere and its head is not behind the pushed commit (a remote that has
+        not caught up with this push yet is not a reason to drop it). The pushed commit being
+        the head — a force-push back to an older commit — deploys it. Deploys and rollbacks a
+        person asked for are exempt."""
         ref = dep.spec.ref
         if dep.spec.trigger.type != "webhook" or not ref.startswith("refs/heads/"):
             return None
@@ -205,7 +212,11 @@ class SourceController(Controller):
             if exc.transient:
                 raise
             return "(deleted)"  # the branch is gone: nothing to deploy from it
-        return None if head == dep.spec.commit else head
+        if head == dep.spec.commit:
+            return None
+        if self.git.descends_from(repo, url, dep.spec.commit, head, token):
+            return None  # the remote lags behind this push: it is the newest known
+        return head
 
     def _stale(self, dep: Deployment, head: str) -> Result:
         ref = dep.spec.ref.removeprefix("refs/heads/")

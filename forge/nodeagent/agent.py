@@ -361,9 +361,11 @@ class Agent:
     def _releases_in_use(self) -> set[Release]:
         """Releases any Instance in the agent state or assigned to this node (the watch cache) uses."""
         with self.state.lock:
-            used = {(st.app, st.deployment) for st in self.state.instances.values()}
+            used = {
+                (st.app, Path(st.release_dir).name or st.deployment) for st in self.state.instances.values()
+            }
         with self.cache_lock:
-            used |= {(i.spec.app, i.spec.deployment) for i in self.cache.values()}
+            used |= {(i.spec.app, i.spec.build or i.spec.deployment) for i in self.cache.values()}
         return used
 
     def _collect_disk(self) -> float:

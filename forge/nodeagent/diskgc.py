@@ -1,5 +1,9 @@
 """Garbage-collects release dirs on this node (``DATA/releases/APP/DEPLOYMENT``): the agent owns its disk.
 
+A dir is a *build*, named after the first release that made it (``Instance.spec.build``): config
+releases, rollbacks and repeated pushes of that commit run it too, so keeping the newest few
+dirs keeps the last few distinct builds of an app.
+
 The decision is a pure function of (dirs on disk, releases in use, keep, apps gone): per app the ``keep``
 newest finished builds by release number stay so a rollback reuses its build, every release an
 Instance of this node uses (the agent state or the watched Instances) stays however old, the

@@ -123,7 +123,9 @@ class Reconciler:
                 app=inst.spec.app,
                 deployment=inst.spec.deployment,
                 cgroup=f"inst-{name}",
-                release_dir=str(self.builder.release_dir(inst.spec.app, inst.spec.deployment)),
+                release_dir=str(
+                    self.builder.release_dir(inst.spec.app, inst.spec.build or inst.spec.deployment)
+                ),
                 restarts=inst.status.restarts,
             )
             self.state.put(st)
@@ -141,7 +143,7 @@ class Reconciler:
                 self.builder.ensure_built(
                     name,
                     inst.spec.app,
-                    inst.spec.deployment,
+                    Path(st.release_dir).name,
                     inst.spec.repo,
                     inst.spec.commit,
                     run,
