@@ -12,10 +12,12 @@ and ``now``); ``RolloutController.reconcile`` reads the world, asks for a plan a
   one before Superseded. Superseded Instances drain for ``drain_seconds`` (default 10 s) and
   are then asked to stop. ``replicas: 0`` promotes at once with no Instances (scaled to zero).
 - A newer Deployment Cancels every older one not yet live, whatever the newer one's fate.
-- The **progress deadline** (default 120 s) runs from ``status.createdTime`` — set by the API
-  on create, else by this controller the first time it sees the Deployment — so source fetch,
-  build and start all count. Past it the release is Failed (ProgressDeadlineExceeded) and its
-  Instances stop; the live release is untouched.
+- The **progress deadline** (default 120 s, plus the release's own ``build.timeout`` and
+  release-command timeout once its manifest is known) runs from ``status.createdTime`` — set by
+  the API on create, else by this controller the first time it sees the Deployment — so source
+  fetch, build and start all count. Past it the release is Failed (ProgressDeadlineExceeded)
+  and its Instances stop; the live release is untouched. It and ``min_ready`` are measured by
+  a ``Stopwatch``: monotonic from this process's first look, so a wall-clock step moves neither.
 - Lost Instances (and Failed ones of the live release) are replaced: ``APP-N-I-rK``.
 - **Config changes roll out like code**: when the App's env/replicas/domains or its Secret's
   version differ from what the newest release applied (and nothing is in flight), a new
@@ -31,7 +33,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
-from forge.clock import Clock, iso
+from forge.clock import Clock, Stopwatch, iso
 from forge.config import Config
 from forge.controllers import deploystate as ds
 from forge.controllers.base import DONE, AppKeyedController, Result
@@ -244,7 +246,10 @@ def plan_rollout(
     settings: RolloutSettings,
     url: str,
     draining: frozenset[str] = frozenset(),
+    watch: Stopwatch | None = None,
 ) -> RolloutPlan:
+    """``watch`` measures the waits (progress deadline, min_ready) where they are observed;
+    without one they are read off the wall clock."""
     plan, now_iso = RolloutPlan(), iso(now)
     deps = ds.by_number(deployments)
     work = {d.metadata.name: d.status.model_copy(deep=True) for d in deps}
@@ -283,11 +288,14 @@ def plan_rollout(
     if wanted is not None:
         name, st = wanted.metadata.name, work[wanted.metadata.name]
         rel = release_command(wanted)
-        deadline = (
-            ds.time_of(st.created_time, now)
-            + settings.progress_deadline_seconds
+        # The deadline covers the time the release may take by its own manifest (its build's
+        # timeout, its release command's) on top of the progress allowance for fetch and start.
+        allowed = (
+            settings.progress_deadline_seconds
+            + ds.build_timeout_seconds(wanted.model_copy(update={"status": st}))
             + (float(rel.get("timeoutSeconds") or 600.0) if rel is not None else 0.0)
         )
+        deadline = now + allowed - ds.age(watch, f"created/{name}", st.created_time, now)
         cfg = ds.effective_config(app, wanted, secret)
         n_slots = len(ds.wanted_slots(cfg, st.manifest))
         all_ready = (
@@ -297,13 +305,13 @@ def plan_rollout(
         )
         # Ready is not enough: every Instance must *stay* ready for health.min_ready first, so a
         # release that passes one probe and then dies never takes a request.
-        settle = ds.min_ready_wait(wanted, instances, now) if all_ready else 0.0
+        settle = ds.min_ready_wait(wanted, instances, now, watch) if all_ready else 0.0
         if all_ready and settle <= 0:
             live = wanted  # promote: everything below follows the new live release
             st.applied_config = cfg
         elif now >= deadline:
             st.phase, st.reason, st.finished_time = "Failed", "ProgressDeadlineExceeded", now_iso
-            st.message = f"not ready within {settings.progress_deadline_seconds:g}s of its creation"
+            st.message = f"not ready within {allowed:g}s of its creation"
             note(name, "Warning", "ProgressDeadlineExceeded", f"{name} failed: {st.message}")
         elif st.manifest is not None:
             st.applied_config = cfg
@@ -516,6 +524,7 @@ class RolloutController(AppKeyedController):
     ) -> None:
         super().__init__(store, clock, config, recorder)
         self.settings = settings or RolloutSettings()
+        self.watch = Stopwatch(clock)
 
     def all_keys(self) -> Iterable[str]:
         """Every App, plus apps that are gone but still have releases to tear down."""
@@ -562,7 +571,7 @@ class RolloutController(AppKeyedController):
             secret = None
         url = ds.app_url(key, self.config.domain, self.config.tls, self.config.http_listen)
         plan = plan_rollout(
-            app, deps, insts, secret, self.clock.now(), self.settings, url, self._draining(insts)
+            app, deps, insts, secret, self.clock.now(), self.settings, url, self._draining(insts), self.watch
         )
         self._apply(app, deps, insts, plan)
         return Result(requeue_after=plan.requeue_after) if plan.requeue_after is not None else DONE

@@ -80,6 +80,9 @@ class Reconciler:
         self.probe_step: dict[str, float] = {}
         self.last_fail: dict[str, float] = {}
         self.over_limit: set[str] = set()  # release dirs the disk check found full (their Instances stop)
+        # Processes found gone when this agent started: their end was never observed, so it is
+        # not the app's failure (forge up stopped them, the machine rebooted) and no crash counts.
+        self.gone_at_start: set[str] = set()
 
     def reconcile(self, name: str, inst: Instance | None) -> float | None:
         st = self.state.get(name)
@@ -160,6 +163,9 @@ class Reconciler:
             finally:
                 self.shipper.wake()
         if st.pid and not self.supervisor.is_running(st):
+            if name in self.gone_at_start and run.kind != "oneshot":
+                self._gone_at_start(st)
+                return self._start(inst, st, run, limits)
             self._exited(st, run)
             if st.finished_time:
                 try:  # its output is in the store before its end is: whoever waits on the end has it all
@@ -466,6 +472,18 @@ class Reconciler:
         # One message per cause, so repeats merge into one Event with a count (the restart count
         # and back-off are in the Instance's status).
         self.event(st.name, "Warning", st.reason, f"{st.message}; restarting it with back-off")
+
+    def _gone_at_start(self, st: InstanceState) -> None:
+        """A process that ended while no agent watched it is started again at once, as the
+        platform's own restart: no crash counted, no back-off, no failure reason (a one-shot's
+        end is still read from its exit file: it never runs twice)."""
+        self.gone_at_start.discard(st.name)
+        st.pid, st.pid_start, st.ready, st.next_start = None, None, False, None
+        st.reason, st.message, st.exit_code = "", "", None
+        self.supervisor.remove_cgroup(st.cgroup)
+        self.trackers.pop(st.name, None)
+        self.next_probe.pop(st.name, None)
+        log.info("%s: its process ended while the agent was away; starting it again", st.name)
 
     def _schedule_restart(self, st: InstanceState) -> None:
         st.pid, st.pid_start, st.ready = None, None, False
