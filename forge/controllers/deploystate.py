@@ -16,7 +16,7 @@ Everything here is a function of records already read (and ``now`` where time ma
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Final
 
 from forge.clock import Stopwatch, parse_iso
 from forge.instancespec import (  # noqa: F401  (re-exported: the controllers' one vocabulary)
@@ -54,6 +54,32 @@ FAILING_REASONS: frozenset[str] = frozenset(
 # Instance phases before the process exists: a slot in one of these is still building.
 BUILDING_PHASES: frozenset[str] = frozenset({"", "Pending", "Scheduled", "Building"})
 DEFAULT_MIN_READY = 10.0
+
+
+# Verdicts other controllers hand the rollout controller (the one writer of a Deployment's
+# phase, reason and message) as conditions they own; ``verdict`` turns them into a phase.
+COND_SOURCE: Final[str] = "SourceReady"  # source: False = the commit cannot be deployed
+COND_FAILING: Final[str] = "Failing"  # rollback: True = a release not yet live must fail
+COND_ROLLED_BACK: Final[str] = "RolledBack"  # rollback: True = the live release is being undone
+REASON_STALE_PUSH: Final[str] = "StalePush"  # a SourceReady reason that cancels, not fails
+
+
+def verdict(dep: Deployment) -> tuple[str, str, str] | None:
+    """(phase, reason, message) the release must end in by another controller's verdict, or
+    None: source said the commit cannot be deployed (Failed; Cancelled for a stale push), or
+    rollback said a release not yet live fails. A pure function of the record."""
+    src = dep.status.condition(COND_SOURCE)
+    if src is not None and src.status == "False":
+        return ("Cancelled" if src.reason == REASON_STALE_PUSH else "Failed"), src.reason, src.message
+    failing = dep.status.condition(COND_FAILING)
+    if failing is not None and failing.status == "True" and not dep.status.live_time:
+        return "Failed", failing.reason, failing.message
+    return None
+
+
+def is_rolled_back(dep: Deployment) -> bool:
+    cond = dep.status.condition(COND_ROLLED_BACK)
+    return cond is not None and cond.status == "True"
 
 
 def by_number(deployments: Iterable[Deployment]) -> list[Deployment]:
@@ -320,6 +346,7 @@ def last_good_before(dep: Deployment, deployments: list[Deployment]) -> Deployme
         and d.status.live_time
         and d.status.phase == "Superseded"
         and d.status.reason != "RolledBack"
+        and not is_rolled_back(d)
         and d.status.manifest is not None
     ]
     return good[-1] if good else None

@@ -119,25 +119,29 @@ def plan_rollback(
 
     for d in deps:
         name, st = d.metadata.name, work[d.metadata.name]
-        if d is live or st.phase in DEPLOYMENT_TERMINAL or st.phase == "Live":
+        if d is live or st.phase in DEPLOYMENT_TERMINAL or st.phase == "Live" or d.status.live_time:
             continue
+        if ds.verdict(d) is not None:
+            continue  # already decided (here or by source); rollout ends it
         bad = failing_instance(name, instances)
         restarted = restarted_instance(name, instances) if bad is None else None
         if bad is not None:
-            st.phase, st.reason, st.finished_time = "Failed", bad.status.reason, now_iso
-            st.message = f"instance {bad.metadata.name}: {bad.status.message or bad.status.reason}"
+            reason = bad.status.reason
+            message = f"instance {bad.metadata.name}: {bad.status.message or bad.status.reason}"
         elif restarted is not None:
             # A restart before promotion (inside min_ready) fails the release even when the
             # process came back ready: it would crash again once it took traffic.
-            st.phase, st.reason, st.finished_time = "Failed", REASON_CRASH_LOOP, now_iso
-            st.message = (
+            reason = REASON_CRASH_LOOP
+            message = (
                 f"instance {restarted.metadata.name} restarted {restarted.status.restarts} time(s) "
                 f"before the release went live"
             )
         else:
             continue
+        # The verdict, not the phase: rollout (the phase's one writer) ends the release on it.
+        set_condition(st, ds.COND_FAILING, "True", reason, message, now_iso)
         plan.notes.setdefault(name, []).append(
-            ("Warning", st.reason, f"{name} failed: {st.message}; {serving} keeps serving")
+            ("Warning", reason, f"{name} failed: {message}; {serving} keeps serving")
         )
         plan.stop += [
             i.metadata.name for i in ds.instances_of(name, instances) if i.spec.desired == "Running"
@@ -223,7 +227,8 @@ def _judge_live(
         if repeated
         else f"failing for {window:g}s (no instance ready)"
     )
-    if not app.spec.rollback_on_failure or st.reason == "RolledBack":
+    rolled = st.condition(ds.COND_ROLLED_BACK)
+    if not app.spec.rollback_on_failure or (rolled is not None and rolled.status == "True"):
         return
     n = deployment_number(name)
     newer = [d for d in deps if deployment_number(d.metadata.name) > n]
@@ -250,8 +255,15 @@ def _judge_live(
                 f"rolling back {name} to {target.metadata.name}: {why} (release {handled.metadata.name})",
             )
         )
-    st.reason = "RolledBack"
-    st.message = f"{why}; rolled back to {handled.spec.rollback_of or handled.spec.commit[:7]} ({handled.metadata.name})"
+    # The verdict: rollout (the phase's one writer) ends it Failed/RolledBack once replaced.
+    set_condition(
+        st,
+        ds.COND_ROLLED_BACK,
+        "True",
+        "RolledBack",
+        f"{why}; rolled back to {handled.spec.rollback_of or handled.spec.commit[:7]} ({handled.metadata.name})",
+        now_iso,
+    )
 
 
 class RollbackController(AppKeyedController):

@@ -263,6 +263,12 @@ def plan_rollout(
         if st.phase not in DEPLOYMENT_TERMINAL:
             st.created_time = st.created_time or now_iso
             st.app_generation = st.app_generation or app.metadata.generation
+            ended = ds.verdict(d)
+            if ended is not None and st.phase != "Live":
+                # Another controller's verdict (source: cannot deploy; rollback: fails before
+                # going live): this controller alone writes the phase, and ends it here.
+                st.phase, st.reason, st.message = ended  # type: ignore[assignment]
+                st.finished_time = st.finished_time or now_iso
     live = ds.live_deployment(app, deps)
     newest = deps[-1] if deps else None
 
@@ -339,8 +345,10 @@ def plan_rollout(
             note(name, "Normal", "Live", f"{name} is live (commit {d.spec.commit[:7]})")
         elif d is not live and st.phase == "Live":
             successor = live.metadata.name if live else "nothing"
-            if st.reason == "RolledBack":
-                st.phase, st.finished_time = "Failed", now_iso
+            if ds.is_rolled_back(d):
+                cond = d.status.condition(ds.COND_ROLLED_BACK)
+                st.phase, st.finished_time, st.reason = "Failed", now_iso, "RolledBack"
+                st.message = cond.message if cond is not None else ""
                 note(name, "Warning", "RolledBack", f"{name} rolled back: {successor} is live")
             else:
                 st.phase, st.reason, st.superseded_time = "Superseded", "Superseded", now_iso
@@ -437,10 +445,7 @@ def _app_status(
         new.latest_deployment = deps[-1].metadata.name
     if live is not None:
         new.url = url
-        if new.live_deployment != live.metadata.name:
-            new.live_deployment = live.metadata.name
-            probe = app.model_copy(update={"status": new})
-            set_condition(new, "Available", *ds.app_available(probe, deps, instances), now_iso)
+        new.live_deployment = live.metadata.name  # Available follows from it (health's field)
     newest = deps[-1] if deps else None
     if wanted is not None and work[wanted.metadata.name].phase not in DEPLOYMENT_TERMINAL | {"Live"}:
         wn = wanted.metadata.name
