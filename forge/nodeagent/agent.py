@@ -548,6 +548,10 @@ class Agent:
                             self.cache.pop(name, None)
                     else:
                         self._remember(obj)
+                    if typ == "DELETED" or (obj.get("spec") or {}).get("desired") == "Stopped":
+                        # Its release failed or was cancelled: a build in flight stops now, not
+                        # when it ends (the key's own worker is busy running it).
+                        self.reconciler.cancel_build(name)
                     self.queue.add(name)
                 delay = 0.5
             except errors.Gone:
