@@ -311,7 +311,10 @@ def plan_rollout(
         )
         # Ready is not enough: every Instance must *stay* ready for health.min_ready first, so a
         # release that passes one probe and then dies never takes a request.
-        settle = ds.min_ready_wait(wanted, instances, now, watch) if all_ready else 0.0
+        # Asked on every look, not only once all are ready: the Stopwatch starts each
+        # Instance's wait when it is first seen ready (a later first look is bounded, slower).
+        waited = ds.min_ready_wait(wanted, instances, now, watch)
+        settle = waited if all_ready else 0.0
         if all_ready and settle <= 0:
             live = wanted  # promote: everything below follows the new live release
             st.applied_config = cfg

@@ -194,3 +194,25 @@ def test_wall_clock_step_moves_no_unhealthy_window(
     clock.advance(1)
     rb.reconcile("hello")
     assert [d.metadata.name for d in store.list("Deployment")[0]] == ["hello-1", "hello-2", "hello-3"]
+
+
+def test_each_instance_waits_from_when_it_was_seen_ready(
+    ctl: RolloutController, store: Store, clock: FakeClock, make_app: Callable[..., App],
+    make_deployment: Callable[..., Deployment],
+) -> None:
+    """Two replicas ready 8 s apart, seen by a controller that has been watching: the release is
+    promoted 10 s after the *second* one is ready, not 10 s after the controller first saw all of
+    them ready plus the bounded first look of the first one."""
+    make_app("hello", replicas=2)
+    make_deployment("hello", 1, manifest=manifest())
+    clock.advance(30)
+    ctl.reconcile("hello")
+    report(store, "hello-1-0", "Running", ready=True, ready_time=clock.now_iso())
+    ctl.reconcile("hello")
+    clock.advance(8)
+    report(store, "hello-1-1", "Running", ready=True, ready_time=clock.now_iso())
+    res = ctl.reconcile("hello")
+    assert res is not None and res.requeue_after == pytest.approx(10.0)
+    clock.advance(10)
+    ctl.reconcile("hello")
+    assert get(store, "App", "hello").status.live_deployment == "hello-1"
