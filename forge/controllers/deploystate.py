@@ -38,6 +38,7 @@ from forge.models import (
     App,
     Deployment,
     DeploymentConfig,
+    DeploymentPhase,
     Instance,
     ObjectMeta,
     OwnerRef,
@@ -64,7 +65,7 @@ COND_ROLLED_BACK: Final[str] = "RolledBack"  # rollback: True = the live release
 REASON_STALE_PUSH: Final[str] = "StalePush"  # a SourceReady reason that cancels, not fails
 
 
-def verdict(dep: Deployment) -> tuple[str, str, str] | None:
+def verdict(dep: Deployment) -> tuple[DeploymentPhase, str, str] | None:
     """(phase, reason, message) the release must end in by another controller's verdict, or
     None: source said the commit cannot be deployed (Failed; Cancelled for a stale push), or
     rollback said a release not yet live fails. A pure function of the record."""

@@ -288,9 +288,13 @@ class RollbackController(AppKeyedController):
             app: App = self.store.get(App, key)
         except NotFound:
             return DONE  # rollout tears a deleted App's releases down
-        deps = [d for d in self.store.list("Deployment", {LABEL_APP: key})[0] if d.spec.app == key]
-        insts = [i for i in self.store.list("Instance", {LABEL_APP: key})[0] if i.spec.app == key]
-        plan = plan_rollback(app, deps, insts, self.clock.now(), self.settings, self.watch)  # type: ignore[arg-type]
+        deps: list[Deployment] = [
+            d for d in self.store.list(Deployment, {LABEL_APP: key})[0] if d.spec.app == key
+        ]
+        insts: list[Instance] = [
+            i for i in self.store.list(Instance, {LABEL_APP: key})[0] if i.spec.app == key
+        ]
+        plan = plan_rollback(app, deps, insts, self.clock.now(), self.settings, self.watch)
         if plan.new_deployment is not None:  # before marking the bad one, so a crash cannot lose it
             self.store.create(plan.new_deployment)
         by_name = {d.metadata.name: d for d in deps}

@@ -267,7 +267,7 @@ def plan_rollout(
             if ended is not None and st.phase != "Live":
                 # Another controller's verdict (source: cannot deploy; rollback: fails before
                 # going live): this controller alone writes the phase, and ends it here.
-                st.phase, st.reason, st.message = ended  # type: ignore[assignment]
+                st.phase, st.reason, st.message = ended
                 st.finished_time = st.finished_time or now_iso
     live = ds.live_deployment(app, deps)
     newest = deps[-1] if deps else None
