@@ -3,7 +3,7 @@
 For 10, 1,000 and 5,000 apps (two replicas each) it times changing one app's backends,
 median of ``--repeat`` changes:
 
-- ``kernel``: what Forge does now (``forge.servicemap``): one nftables batch deleting the
+- ``kernel``: what Forge does now (``forge.proxy.servicemap``): one nftables batch deleting the
   app's 60 slots and adding the new ones, in a real table holding every app (needs root);
   Caddy is not touched at all.
 
@@ -12,7 +12,7 @@ through the Admin API:
 
 - ``naive``: one route per app (host matcher + its own ``reverse_proxy``), change =
   PATCH ``/id/app-N/handle/0/upstreams`` — the baseline, measured in the same run;
-- ``hostmap``: Forge's layout (``forge.caddy``), change = the router's real update, one PATCH
+- ``hostmap``: Forge's layout (``forge.proxy.caddy``), change = the router's real update, one PATCH
   of ``/id/forge-hostmap/handle`` (digest + whole map);
 - ``hostmap-entry``: the same layout, PATCH of the one changed mapping entry only (shows
   whether sending less helps when Caddy re-provisions everything anyway).
@@ -31,10 +31,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from forge.caddy import HOSTMAP_ID, CaddyAdmin, CaddyProcess, base_config, hostmap_handlers, pack
 from forge.clock import SystemClock
-from forge.nft import nft_available
-from forge.servicemap import ServiceMap
+from forge.proxy.caddy import HOSTMAP_ID, CaddyAdmin, CaddyProcess, base_config, hostmap_handlers, pack
+from forge.proxy.nft import nft_available
+from forge.proxy.servicemap import ServiceMap
 
 CLOCK = SystemClock()
 

@@ -96,7 +96,7 @@ class FakeServiceMap:
         return False
 
     def apply(self, backends: dict[int, list[str]]) -> list[int]:
-        # A dict walk, as forge.servicemap's own diff: the fake must not cost more than the map.
+        # A dict walk, as forge.proxy.servicemap's own diff: the fake must not cost more than the map.
         have = self.backends
         changed = [p for p, d in backends.items() if have.get(p) != d]
         changed += [p for p in have if p not in backends]
@@ -254,7 +254,7 @@ def seed(store: Any, config: Config, n_apps: int, nodes: list[str], commit: str,
     from forge.controllers.rollout import RolloutSettings, plan_rollout
     from forge.controllers.tally import deployment_marks, instance_marks
     from forge.manifest import parse_manifest
-    from forge.servicemap import allocate_ports
+    from forge.proxy.servicemap import allocate_ports
 
     manifest = parse_manifest(FORGE_YAML).to_status()
     now = CLOCK.now_iso()

@@ -178,7 +178,7 @@ class Supervisor:
 
     def _caddy_child(self) -> Child:
         from forge.controllers.router import router_base_config
-        from forge.nft import nft_available
+        from forge.proxy.nft import nft_available
 
         caddy_dir = self.data / "caddy"
         caddy_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -212,7 +212,7 @@ class Supervisor:
         return owned_by(child.proc.pid, int(listen.rpartition(":")[2]))
 
     def _caddy_ready(self) -> bool:
-        from forge.caddy import CaddyAdmin
+        from forge.proxy.caddy import CaddyAdmin
 
         admin = CaddyAdmin(self.caddy_admin, timeout=1.0)
         try:
@@ -418,10 +418,10 @@ class Supervisor:
     def _remove_network(self) -> None:
         """The service table and, should the agent not have done it, the node's namespaces,
         bridge and table: nothing of this install's data plane outlives ``forge up``."""
-        from forge.cli.daemons import remove_node_network, unmount_release_disks
-        from forge.nft import NetError, nft_available
-        from forge.noderoutes import NodeRoutes
-        from forge.servicemap import ServiceMap
+        from forge.nodeagent.teardown import remove_node_network, unmount_release_disks
+        from forge.proxy.nft import NetError, nft_available
+        from forge.proxy.noderoutes import NodeRoutes
+        from forge.proxy.servicemap import ServiceMap
 
         try:
             unmount_release_disks(self.data / "node")

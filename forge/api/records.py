@@ -25,7 +25,7 @@ from forge.api.sealing import redact
 from forge.api.watch import start_watch
 from forge.errors import BadRequest, Conflict, Invalid, SubnetTaken
 from forge.models import API_VERSION, LABEL_NODE, App, Node, ObjectMeta, Resource, SecretSpec
-from forge.routing import app_hosts
+from forge.proxy.routing import app_hosts
 from forge.store.base import parse_selector
 
 PATCH_RETRIES = 3

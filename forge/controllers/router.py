@@ -5,7 +5,7 @@ Two modes, chosen once at start:
 **kernel** (root with nftables; what ``forge up`` runs): every App gets a stable service
 address (``App.status.serviceAddress``, this controller's field). Caddy maps each served host
 to that address — its config changes only when the *set of hosts* changes (an App first goes
-live, is deleted, gains or loses a domain, TLS mode) — and ``forge.servicemap`` points the
+live, is deleted, gains or loses a domain, TLS mode) — and ``forge.proxy.servicemap`` points the
 address at the live release's ready Instances with one atomic nftables batch. The keys:
 
 * ``hosts`` (App changes, resync): allocate missing service addresses; compare Caddy's *whole*
@@ -20,13 +20,13 @@ address at the live release's ready Instances with one atomic nftables batch. Th
   repaired. Under the runtime the desired Caddy config and map are memoised on the informer
   cache's version of the records they derive from, so an idle resync recomputes nothing.
 * ``node-routes`` (Node changes, every ``ROUTES_VERIFY_SECONDS``): a route to each other node's
-  instance subnet via that node's address (``forge.noderoutes``), so a backend on another
+  instance subnet via that node's address (``forge.proxy.noderoutes``), so a backend on another
   machine is reached through the same map. A node that cannot be routed (its subnet overlaps
   another's or a network of this host, ``ip route`` refused it) gets a ``NodeRouteFailed``
   Warning Event naming why; a node off this host's links is left to the network.
 
 **caddy** (no root or no nftables: a laptop, a non-root dev run): the previous design — the
-ready dials themselves live in Caddy's host map, one PATCH per change (``forge.caddy``).
+ready dials themselves live in Caddy's host map, one PATCH per change (``forge.proxy.caddy``).
 
 Caddy or the kernel unreachable: one Warning Event per outage, a failure counter, and a
 requeue after ``RETRY_SECONDS`` (not the runtime's growing back-off).
@@ -40,7 +40,6 @@ from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from forge.caddy import HOSTMAP_ID, CaddyAdmin, base_config, hostmap_handlers, routes_digest
 from forge.clock import Clock
 from forge.config import Config
 from forge.controllers.base import Controller, Result
@@ -48,10 +47,11 @@ from forge.controllers.cache import cache_version, read_only, read_only_field
 from forge.errors import Conflict, ForgeError, NotFound, Unavailable
 from forge.events import EventRecorder
 from forge.models import App, Instance, Node, ObjectMeta, Resource
-from forge.nft import NetError, nft_available
-from forge.noderoutes import NodeRoutes
-from forge.routing import desired_routes, service_backends, service_port, service_routes
-from forge.servicemap import ServiceMap, allocate_ports
+from forge.proxy.caddy import HOSTMAP_ID, CaddyAdmin, base_config, hostmap_handlers, routes_digest
+from forge.proxy.nft import NetError, nft_available
+from forge.proxy.noderoutes import NodeRoutes
+from forge.proxy.routing import desired_routes, service_backends, service_port, service_routes
+from forge.proxy.servicemap import ServiceMap, allocate_ports
 from forge.store.base import Store, WatchEvent
 
 log = logging.getLogger(__name__)

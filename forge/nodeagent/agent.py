@@ -23,7 +23,6 @@ from forge.cgroups import detect_driver
 from forge.client import ForgeClient
 from forge.clock import Clock, SystemClock
 from forge.models import LABEL_NODE, Instance
-from forge.nft import install_hash, nft_available
 from forge.nodeagent import node as nodeinfo
 from forge.nodeagent.builder import Builder, api_credentials
 from forge.nodeagent.diskfence import DiskFence, image_mode_missing
@@ -37,6 +36,7 @@ from forge.nodeagent.sandbox import Sandbox, SandboxSpec, UidAllocator
 from forge.nodeagent.state import AgentState
 from forge.nodeagent.status import StatusWriter
 from forge.nodeagent.supervisor import Supervisor
+from forge.proxy.nft import install_hash, nft_available
 from forge.workqueue import WorkQueue
 
 log = logging.getLogger("forge.agent")

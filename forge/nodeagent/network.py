@@ -38,9 +38,9 @@ from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit
 
+from forge.atomicfile import write_atomic
 from forge.errors import Invalid
-from forge.nft import NetError, Nft, in_netns, install_hash, ip, ip_json, ipv4_routes
-from forge.nodeagent.state import write_atomic
+from forge.proxy.nft import NetError, Nft, in_netns, install_hash, ip, ip_json, ipv4_routes
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,6 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
-from forge.caddy import NOT_FOUND_BODY, CaddyAdmin, CaddyProcess
 from forge.clock import FakeClock
 from forge.config import Config
 from forge.controllers.router import KEY, REASON_UNREACHABLE, RouterController, router_base_config
@@ -32,7 +31,8 @@ from forge.models import (
     NodeSpec,
     ObjectMeta,
 )
-from forge.routing import desired_routes
+from forge.proxy.caddy import NOT_FOUND_BODY, CaddyAdmin, CaddyProcess
+from forge.proxy.routing import desired_routes
 from forge.store.base import Store
 from tests.controllers.conftest import events_for
 

@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from forge.caddy import CaddyAdmin, count_admin_writes
 from forge.clock import FakeClock
 from forge.config import Config
 from forge.controllers.router import (
@@ -32,8 +31,9 @@ from forge.controllers.router import (
     router_base_config,
 )
 from forge.models import App, Instance, Node
-from forge.nft import nft_available
-from forge.servicemap import ServiceMap
+from forge.proxy.caddy import CaddyAdmin, count_admin_writes
+from forge.proxy.nft import nft_available
+from forge.proxy.servicemap import ServiceMap
 from forge.store.base import Store
 from tests.controllers.conftest import events_for
 from tests.controllers.test_router import Caddy, backends  # noqa: F401 - the module fixture

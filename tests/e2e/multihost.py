@@ -31,8 +31,8 @@ from pathlib import Path
 
 import httpx
 
-from forge.nft import install_hash, ip, ipv4_routes
 from forge.nodeagent.network import NetNames
+from forge.proxy.nft import install_hash, ip, ipv4_routes
 from tests.e2e.harness import ADMIN_TOKEN, WEBHOOK_SECRET, wait_for
 
 POOL = ipaddress.ip_network("10.216.0.0/16")  # the hosts' network; instance subnets live elsewhere
@@ -210,7 +210,7 @@ class Cluster:
 
     # ------------------------------------------------------------------ teardown
     def stop(self) -> None:
-        from forge.cli.daemons import unmount_release_disks
+        from forge.nodeagent.teardown import unmount_release_disks
 
         cp = self.cp
         if cp.proc is not None and cp.proc.poll() is None:
@@ -225,7 +225,7 @@ class Cluster:
             if name != "cp" and host.data.exists():
                 unmount_release_disks(host.data)
                 subprocess.run(["nsenter", f"--net=/run/netns/{host.netns}", "--", sys.executable, "-c",
-                                "import sys; from pathlib import Path; from forge.cli.daemons import remove_node_network;"
+                                "import sys; from pathlib import Path; from forge.nodeagent.teardown import remove_node_network;"
                                 " remove_node_network(Path(sys.argv[1]))", str(host.data)],
                                check=False, timeout=60, capture_output=True,
                                cwd=str(Path(__file__).resolve().parents[2]))

@@ -92,9 +92,9 @@ def test_agent_sigkill_apps_keep_serving_through_their_namespaces(forge: Forge, 
 
 def leftovers(forge: Forge) -> list[str]:
     """This install's network namespaces, links, nftables tables and service address still on the machine."""
-    from forge.nft import install_hash
     from forge.nodeagent.network import NetNames
-    from forge.servicemap import ServiceMap
+    from forge.proxy.nft import install_hash
+    from forge.proxy.servicemap import ServiceMap
 
     names = NetNames(install_hash(forge.data.resolve() / "node"))
     svc = ServiceMap(forge.data.resolve())

@@ -17,15 +17,16 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
-from forge.caddy import NOT_FOUND_BODY, CaddyProcess
 from forge.clock import SystemClock
 from forge.config import Config
 from forge.controllers.router import RouterController, router_base_config
 from forge.controllers.runtime import ControllerRuntime
 from forge.errors import Conflict
 from forge.models import App, AppSpec, Instance, InstanceSpec, Node, ObjectMeta
-from forge.routing import is_servable_host
-from forge.store.base import Store, open_store
+from forge.proxy.caddy import NOT_FOUND_BODY, CaddyProcess
+from forge.proxy.routing import is_servable_host
+from forge.store.base import Store
+from forge.store.factory import open_store
 from tests.controllers.conftest import remove_service_map
 from tests.e2e.harness import https_get
 

@@ -20,7 +20,7 @@ netlink batch: delete its slots, add the new ones — the kernel applies both or
 its cost does not depend on how many Apps exist (``bench/route_update.py``). Established
 connections keep the backend conntrack recorded for them; only new connections see the new
 map. A backend on another node is just another ``ip . port``: the proxy host routes each
-node's instance subnet to that node (``forge.noderoutes``, see ``docs/data-plane.md``).
+node's instance subnet to that node (``forge.proxy.noderoutes``, see ``docs/data-plane.md``).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from forge.errors import Invalid
-from forge.nft import NetError, Nft, install_hash, ip, ip_json
+from forge.proxy.nft import NetError, Nft, install_hash, ip, ip_json
 
 log = logging.getLogger(__name__)
 

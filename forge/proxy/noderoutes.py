@@ -25,9 +25,9 @@ import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from forge.atomicfile import write_atomic
 from forge.models import Node
-from forge.nft import NetError, ip, ip_json, ipv4_routes
-from forge.nodeagent.state import write_atomic
+from forge.proxy.nft import NetError, ip, ip_json, ipv4_routes
 
 log = logging.getLogger(__name__)
 
