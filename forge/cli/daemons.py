@@ -158,6 +158,55 @@ def controllers(
 
 
 @cli.command()
+@click.option("--api", "api_url", required=True, help="URL of the Forge API (any control-plane host).")
+@click.option(
+    "--token",
+    envvar="FORGE_ADMIN_TOKEN",
+    required=True,
+    help="The admin token (or $FORGE_ADMIN_TOKEN, which keeps it out of the process list).",
+)
+@DATA_DIR
+@click.option("--domain", default=None, help="Apps are served at APP.DOMAIN (as the control plane's).")
+@click.option(
+    "--caddy-admin",
+    default=None,
+    help="This host's Caddy Admin API: unix//PATH or HOST:PORT (default: DATA_DIR/caddy/admin.sock).",
+)
+@click.option("--tls", type=click.Choice(["off", "internal", "on-demand"]), default=None)
+@click.option("--http-listen", default=None, help="Where this host's Caddy serves apps.")
+@click.option("--https-listen", default=None, help="Where this host's Caddy serves HTTPS when --tls is on.")
+def proxy(
+    api_url: str,
+    token: str,
+    data_dir: str | None,
+    domain: str | None,
+    caddy_admin: str | None,
+    tls: str | None,
+    http_listen: str | None,
+    https_listen: str | None,
+) -> None:
+    """Program this host's Caddy, service map and node routes from the records (one per serving host)."""
+    from forge.clock import SystemClock
+    from forge.proxy.daemon import run_proxy
+
+    setup_logging()
+    overrides: dict[str, object] = {}
+    if domain:
+        overrides["domain"] = domain.lower()
+    if caddy_admin:
+        overrides["caddy_admin"] = check_admin(caddy_admin, "--caddy-admin")
+    if tls:
+        overrides["tls"] = tls
+    for key, value in (("http_listen", http_listen), ("https_listen", https_listen)):
+        if value:
+            overrides[key] = check_listen(value, "--" + key.replace("_", "-"))
+    os.environ.pop("FORGE_ADMIN_TOKEN", None)
+    cfg = load_config(data_dir, **overrides)
+    stop = stop_on_signals()
+    run_proxy(cfg, api_url.rstrip("/"), token, stop, SystemClock())
+
+
+@cli.command()
 @click.option("--api", "api_url", required=True, help="URL of the Forge API.")
 @click.option(
     "--token",
