@@ -26,6 +26,8 @@ from forge.config import Config
 from forge.models import App, Instance, Node
 from forge.proxy.caddy import NOT_FOUND_BODY, CaddyAdmin, CaddyProcess, count_admin_writes, forge_config
 from forge.proxy.daemon import Proxy, caddy_config_file
+from forge.proxy.nft import nft_available
+from forge.proxy.servicemap import ServiceMap
 from forge.store.base import Store
 
 pytestmark = pytest.mark.skipif(shutil.which("caddy") is None, reason="caddy is not installed")
@@ -252,3 +254,51 @@ def test_api_outage_keeps_serving_and_the_watch_catches_up(
     assert set(answers(pcfg, "web.localhost")) == {"b0"}
     api.start()
     wait_for(lambda: set(answers(pcfg, "web.localhost")) == {"b0", "b1"}, 20, "the proxy to catch up")
+
+
+@pytest.fixture
+def kproxy(pcfg: Config, api: Api, tmp_path: Path) -> Iterator[tuple[Proxy, ServiceMap]]:
+    """Kernel mode: Caddy dials each App's service address, the proxy's nftables map picks the backend."""
+    if nft_available() is not None:
+        pytest.skip(f"needs nftables as root: {nft_available()}")
+    caddy = CaddyProcess(forge_config(pcfg, kernel=True, ask_url=f"{api.url}/api/v1/tls/ask"), tmp_path / "kcaddy")
+    caddy.start()
+    services = ServiceMap(pcfg.data_dir)
+    client = ForgeClient(api.url, pcfg.admin_token)
+    p = Proxy(pcfg, client, services=services, node_routes=False)
+    p.start()
+    try:
+        yield p, services
+    finally:
+        p.close()
+        client.close()
+        caddy.stop()
+        services.teardown()
+
+
+def test_kernel_mode_switches_a_release_in_the_map_and_repairs_drift(
+    pcfg: Config, store: Store, kproxy: tuple[Proxy, ServiceMap], live_app: Callable[..., App],
+    make_deployment: Callable[..., Any], make_instance: Callable[..., Instance], backends: list[int],
+) -> None:
+    """The router decides the port, the proxy serves it from the kernel map; a new release moves
+    the map (no Caddy write), and a map emptied behind the proxy's back is refilled."""
+    from forge.controllers.router import KEY, RouterController
+
+    _, services = kproxy
+    app = live_app("web", ready=(0,))
+    for inst in store.list(Instance)[0]:
+        inst.status.address = "127.0.0.1"
+        store.update_status(inst)
+    RouterController(store, SystemClock(), pcfg).reconcile(KEY)
+    wait_for(lambda: get(pcfg, "web.localhost").text == "b0", 10, "web through its service address")
+    before = count_admin_writes(CaddyAdmin(pcfg.caddy_admin))
+    dep = make_deployment(app, 2, phase="Live")
+    make_instance(dep, index=0, node="n1", phase="Running", ready=True, port=backends[1], address="127.0.0.1")
+    app = store.get(App, "web")
+    app.status.live_deployment = dep.metadata.name
+    store.update_status(app)
+    wait_for(lambda: set(answers(pcfg, "web.localhost")) == {"b1"}, 10, "the switch to release 2")
+    assert count_admin_writes(CaddyAdmin(pcfg.caddy_admin)) == before
+    services.nft.run(f"flush map ip {services.table} backends\n")
+    assert get(pcfg, "web.localhost").status_code == 502
+    wait_for(lambda: get(pcfg, "web.localhost").text == "b1", 15, "the map to be repaired")
