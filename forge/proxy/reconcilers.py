@@ -146,12 +146,16 @@ class ServiceMapReconciler:
             return MAP_VERIFY_SECONDS if key == self.ALL else None
         entry = self._entry(key)
         old = self._port_of.pop(key, None)
+        updates: dict[int, list[str]] = {}
         if old is not None:
             self._want.pop(old, None)
+            updates[old] = []
         for port, dials in entry.items():
             self._want[port] = dials
             self._port_of[key] = port
-        self.services.apply(dict(self._want))
+            updates[port] = dials
+        if updates:
+            self.services.update(updates)  # this App's ports alone: the cost does not grow with the Apps
         return None
 
 

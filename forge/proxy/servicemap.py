@@ -167,6 +167,20 @@ class ServiceMap:
                 self.applied = self.read()
                 return self._apply(desired)
 
+    def update(self, entries: Mapping[int, list[str]]) -> list[int]:
+        """Apply only ``entries`` (port → its backends, sorted and distinct; [] removes the port) in
+        ONE batch; the ports changed. One App's switch costs the same at 10 or 5,000 Apps: nothing
+        else of the map is walked."""
+        with self._lock:
+            if not self._known:
+                self.applied, self._known = self.read(), True
+            try:
+                return self._write(entries, list(entries))
+            except NetError as exc:
+                log.warning("service map out of step (%s); re-reading it", exc.message)
+                self.applied = self.read()
+                return self._write(entries, list(entries))
+
     def verify(self, desired: Backends) -> bool:
         """Compare the whole kernel map with ``desired`` and repair it; True when it had drifted."""
         with self._lock:
@@ -183,6 +197,12 @@ class ServiceMap:
         applied = self.applied
         changed = [p for p, b in desired.items() if b and applied.get(p) != b]
         changed += [p for p in applied if not desired.get(p)]
+        return self._write(desired, changed)
+
+    def _write(self, desired: Mapping[int, list[str]], ports: list[int]) -> list[int]:
+        """One batch making each of ``ports`` hold ``desired[port]`` (absent or []: no slots)."""
+        applied = self.applied
+        changed = [p for p in ports if (desired.get(p) or None) != (applied.get(p) or None)]
         if not changed:
             return []
         want = {p: desired[p] for p in changed if desired.get(p)}
