@@ -175,6 +175,7 @@ def controllers(
 @click.option("--tls", type=click.Choice(["off", "internal", "on-demand"]), default=None)
 @click.option("--http-listen", default=None, help="Where this host's Caddy serves apps.")
 @click.option("--https-listen", default=None, help="Where this host's Caddy serves HTTPS when --tls is on.")
+@click.option("--metrics-listen", default=None, help="HOST:PORT to serve the proxy's metrics on.")
 def proxy(
     api_url: str,
     token: str,
@@ -184,6 +185,7 @@ def proxy(
     tls: str | None,
     http_listen: str | None,
     https_listen: str | None,
+    metrics_listen: str | None,
 ) -> None:
     """Program this host's Caddy, service map and node routes from the records (one per serving host)."""
     from forge.clock import SystemClock
@@ -203,7 +205,14 @@ def proxy(
     os.environ.pop("FORGE_ADMIN_TOKEN", None)
     cfg = load_config(data_dir, **overrides)
     stop = stop_on_signals()
-    run_proxy(cfg, api_url.rstrip("/"), token, stop, SystemClock())
+    run_proxy(
+        cfg,
+        api_url.rstrip("/"),
+        token,
+        stop,
+        SystemClock(),
+        metrics_listen=check_listen(metrics_listen, "--metrics-listen") if metrics_listen else None,
+    )
 
 
 @cli.command()

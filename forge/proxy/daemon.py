@@ -19,6 +19,8 @@ import threading
 from pathlib import Path
 from typing import Final, Protocol
 
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+
 from forge import errors
 from forge.client import ForgeClient
 from forge.clock import Clock, SystemClock
@@ -61,11 +63,33 @@ def caddy_config_file(data_dir: str | Path) -> Path:
     return Path(data_dir).resolve() / "proxy" / "caddy.json"
 
 
+class ProxyMetrics:
+    """``forge_proxy_*``: reconciles, failures (what the ForgeProxyFailing alert watches), their time."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.reconciles = Counter(
+            "forge_proxy_reconcile_total", "Reconciles of one proxy host", ["reconciler"], registry=registry
+        )
+        self.failures = Counter(
+            "forge_proxy_failures_total",
+            "Reconciles that could not program this host (Caddy, nftables, routes, the host map)",
+            ["reconciler"],
+            registry=registry,
+        )
+        self.seconds = Histogram(
+            "forge_proxy_reconcile_seconds",
+            "Time of one reconcile (a switch: one App's entry of the kernel map)",
+            ["reconciler"],
+            registry=registry,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+        )
+
+
 class Worker:
     """One reconciler's queue and thread: retries with per-key back-off, requeues when asked."""
 
-    def __init__(self, reconciler: Reconciler, clock: Clock) -> None:
-        self.reconciler, self.clock = reconciler, clock
+    def __init__(self, reconciler: Reconciler, clock: Clock, metrics: ProxyMetrics) -> None:
+        self.reconciler, self.clock, self.metrics = reconciler, clock, metrics
         self.queue = WorkQueue(clock)
         self._failures: dict[str, int] = {}
         self.thread = threading.Thread(target=self._run, name=f"proxy-{reconciler.name}", daemon=True)
@@ -75,10 +99,15 @@ class Worker:
             key = self.queue.get()
             if key is None:
                 return
+            name = self.reconciler.name
+            start = self.clock.monotonic()
             try:
                 again = self.reconciler.reconcile(key)
                 self._failures.pop(key, None)
+                self.metrics.reconciles.labels(reconciler=name).inc()
+                self.metrics.seconds.labels(reconciler=name).observe(self.clock.monotonic() - start)
             except RECOVERABLE as exc:
+                self.metrics.failures.labels(reconciler=name).inc()
                 n = self._failures[key] = self._failures.get(key, 0) + 1
                 again = min(RETRY_SECONDS * 2 ** (n - 1), MAX_BACKOFF)
                 message = getattr(exc, "message", None) or str(exc)
@@ -102,6 +131,7 @@ class Proxy:
         caddy: CaddyAdmin | None = None,
         services: ServiceMap | None | bool = True,
         node_routes: NodeRoutes | None | bool = True,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         self.config, self.client = config, client
         self.clock = clock or SystemClock()
@@ -137,7 +167,9 @@ class Proxy:
             reconcilers.append(ServiceMapReconciler(self.records, self.services))
         if self.node_routes is not None:
             reconcilers.append(NodeRoutesReconciler(self.records, self.node_routes, self._node_event))
-        self.workers = {r.name: Worker(r, self.clock) for r in reconcilers}
+        self.registry = registry or CollectorRegistry()
+        metrics = ProxyMetrics(self.registry)
+        self.workers = {r.name: Worker(r, self.clock, metrics) for r in reconcilers}
         self._started = False
         self.watches = [KindWatch(client, plural, self.records, self._changed, self.stop) for plural in KINDS]
 
@@ -191,11 +223,23 @@ class Proxy:
 
 
 def run_proxy(
-    config: Config, api_url: str, token: str, stop: threading.Event, clock: Clock | None = None
+    config: Config,
+    api_url: str,
+    token: str,
+    stop: threading.Event,
+    clock: Clock | None = None,
+    metrics_listen: str | None = None,
 ) -> None:
     """Serve until ``stop``; what was applied stays applied (the host keeps serving after exit)."""
     with ForgeClient(api_url, token) as client:
         proxy = Proxy(config, client, clock)
+        server = None
+        if metrics_listen:
+            host, _, port = metrics_listen.rpartition(":")
+            try:
+                server, _thread = start_http_server(int(port), addr=host.strip("[]"), registry=proxy.registry)
+            except OSError as exc:  # programming the host matters more than being scraped
+                log.error("proxy: cannot serve metrics on %s: %s", metrics_listen, exc)
         proxy.start()
         log.info(
             "proxy: %s mode, host map %s, Caddy admin %s, API %s",
@@ -208,3 +252,5 @@ def run_proxy(
             stop.wait()
         finally:
             proxy.close()
+            if server is not None:
+                server.shutdown()

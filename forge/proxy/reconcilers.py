@@ -236,7 +236,7 @@ class CaddyReconciler:
 
 def write_caddy_config(path: Path, config: dict[str, Any]) -> None:
     """The file Caddy (re)starts from: complete, so a restart serves every app at once."""
-    write_atomic(path, json.dumps(config, indent=1).encode(), mode=0o600)
+    write_atomic(path, json.dumps(config, indent=1).encode(), mode=0o640)  # Caddy reads it (group)
 
 
 RECOVERABLE: Final = (NetError, ForgeError, OSError)
