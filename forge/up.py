@@ -250,7 +250,11 @@ class Supervisor:
         api.ready = lambda: (
             self._owns_port(api, self.cfg.api_listen) and self._http_ok(f"{self.api_url}/readyz")
         )
+        # The controllers write App.status.url from the domain, TLS mode and listeners.
         ctrl_args = ["controllers", "--data-dir", str(self.data), "--domain", self.cfg.domain]
+        ctrl_args += ["--tls", self.cfg.tls, "--http-listen", self.cfg.http_listen]
+        if self.cfg.https_listen:
+            ctrl_args += ["--https-listen", self.cfg.https_listen]
         if self.controllers_metrics_listen:
             ctrl_args += ["--metrics-listen", self.controllers_metrics_listen]
         ctrl = Child("controllers", self._forge(*ctrl_args), env, logs / "controllers.log")
