@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Final, Protocol
 
@@ -49,11 +50,14 @@ MAX_BACKOFF: Final[float] = 10.0
 
 
 class Reconciler(Protocol):
+    """One concern of the host: its keys for a change, every key, and one key's reconcile
+    (returning when to look again, in seconds, or None)."""
+
     name: str
 
-    def keys_for(self, old: Resource | None, new: Resource | None) -> object: ...
+    def keys_for(self, old: Resource | None, new: Resource | None) -> Iterable[str]: ...
 
-    def all_keys(self) -> object: ...
+    def all_keys(self) -> Iterable[str]: ...
 
     def reconcile(self, key: str) -> float | None: ...
 
@@ -171,6 +175,7 @@ class Proxy:
         metrics = ProxyMetrics(self.registry)
         self.workers = {r.name: Worker(r, self.clock, metrics) for r in reconcilers}
         self._started = False
+        self._start_lock = threading.Lock()
         self.watches = [KindWatch(client, plural, self.records, self._changed, self.stop) for plural in KINDS]
 
     def _node_event(self, node: str, type_: str, reason: str, message: str) -> None:
@@ -186,21 +191,22 @@ class Proxy:
     def _changed(self, old: Resource | None, new: Resource | None) -> None:
         """A record changed (``old``/``new``), or (None, None): a kind was listed."""
         if not self._started:
-            if not self.records.is_synced():
-                return  # the first full pass after every kind is listed covers this change
-            self._start_reconcilers()
-            return
+            with self._start_lock:
+                if not self._started:
+                    if self.records.is_synced():
+                        self._start_reconcilers()  # the first full pass covers every change so far
+                    return
         if old is None and new is None:
             return
         for worker in self.workers.values():
-            for key in worker.reconciler.keys_for(old, new):  # type: ignore[attr-defined]
+            for key in worker.reconciler.keys_for(old, new):
                 worker.queue.add(key)
 
     def _start_reconcilers(self) -> None:
         self._started = True
         log.info("proxy: records listed; reconciling")
         for worker in self.workers.values():
-            for key in worker.reconciler.all_keys():  # type: ignore[attr-defined]
+            for key in worker.reconciler.all_keys():
                 worker.queue.add(key)
 
     def start(self) -> None:

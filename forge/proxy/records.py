@@ -100,7 +100,8 @@ class Records:
 
     def instances_on(self, node: str) -> list[Instance]:
         with self._lock:
-            return [i for i in self._by_kind[Instance].values() if getattr(i.spec, "node", None) == node]  # type: ignore[attr-defined]
+            instances: list[Instance] = list(self._by_kind[Instance].values())  # type: ignore[arg-type]
+        return [i for i in instances if i.spec.node == node]
 
     def is_synced(self) -> bool:
         return all(e.is_set() for e in self.synced.values())
