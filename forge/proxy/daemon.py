@@ -110,13 +110,19 @@ class Worker:
                 self._failures.pop(key, None)
                 self.metrics.reconciles.labels(reconciler=name).inc()
                 self.metrics.seconds.labels(reconciler=name).observe(self.clock.monotonic() - start)
-            except RECOVERABLE as exc:
+            except Exception as exc:  # noqa: BLE001 - the per-item boundary: a bug must not end the worker
                 self.metrics.failures.labels(reconciler=name).inc()
                 n = self._failures[key] = self._failures.get(key, 0) + 1
                 again = min(RETRY_SECONDS * 2 ** (n - 1), MAX_BACKOFF)
                 message = getattr(exc, "message", None) or str(exc)
-                log.warning(
-                    "proxy: %s %s failed (%s); again in %.1fs", self.reconciler.name, key, message, again
+                log.log(
+                    logging.WARNING if isinstance(exc, RECOVERABLE) else logging.ERROR,
+                    "proxy: %s %s failed (%s); again in %.1fs",
+                    self.reconciler.name,
+                    key,
+                    message,
+                    again,
+                    exc_info=not isinstance(exc, RECOVERABLE),
                 )
             finally:
                 self.queue.done(key)

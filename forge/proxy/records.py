@@ -168,3 +168,8 @@ class KindWatch:
                 log.warning("proxy: %s watch failed (%s); retrying in %.1fs", self.plural, exc, delay)
                 self.stop.wait(delay)
                 delay = min(delay * 2, MAX_BACKOFF)
+            except (ValueError, KeyError, TypeError) as exc:  # a line it cannot read: start over
+                log.error("proxy: %s watch read garbage (%s); relisting in %.1fs", self.plural, exc, delay)
+                rv = None
+                self.stop.wait(delay)
+                delay = min(delay * 2, MAX_BACKOFF)
