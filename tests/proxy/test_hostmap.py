@@ -90,3 +90,15 @@ def test_records_keep_the_newest_version_and_relist_reports_differences() -> Non
     r.replace(App, [])
     r.replace(Node, [])
     assert r.is_synced()
+
+
+def test_documented_caddy_config_is_current() -> None:
+    """manifests/caddy/base.json is exactly the static config a proxy keeps with default settings
+    (data dir /var/lib/forge, kernel mode: admin on a unix socket, no upstream keep-alive)."""
+    import json
+
+    from forge.config import Config
+    from forge.proxy.caddy import forge_config
+
+    path = Path(__file__).resolve().parents[2] / "manifests" / "caddy" / "base.json"
+    assert json.loads(path.read_text()) == forge_config(Config(data_dir=Path("/var/lib/forge")), kernel=True)
