@@ -13,7 +13,7 @@
   ``releases/APP/DEPLOYMENT`` and ``storage/APP`` are 0700, owned by the app's uid.
 
 Connections to instance and service addresses are the kernel's to refuse (an owner match in
-the output hook: ``forge.nodeagent.network`` and ``forge.servicemap``): only root, Forge's own
+the output hook: ``forge.nodeagent.network`` and ``forge.proxy.servicemap``): only root, Forge's own
 user and group, and the ``forge`` group (Caddy's, under systemd) pass; see ``owner_refused``.
 """
 

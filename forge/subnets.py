@@ -27,7 +27,7 @@ from collections.abc import Iterable, Sequence
 from typing import Final
 
 from forge.errors import Invalid
-from forge.nft import NetError, ip_json, ipv4_routes
+from forge.proxy.nft import NetError, ip_json, ipv4_routes
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,8 @@ from forge.config import Config
 from forge.errors import ForgeError
 from forge.github.auth import app_tokens
 from forge.models import PLURALS
-from forge.store.base import Store, open_store
+from forge.store.base import Store
+from forge.store.factory import open_store
 
 log = logging.getLogger(__name__)
 

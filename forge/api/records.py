@@ -35,7 +35,7 @@ from forge.models import (
     Secret,
     SecretSpec,
 )
-from forge.routing import app_hosts
+from forge.proxy.routing import app_hosts
 from forge.store.base import parse_selector
 from forge.subnets import check_subnet, host_networks
 

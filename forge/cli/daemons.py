@@ -166,6 +166,64 @@ def controllers(
 
 
 @cli.command()
+@click.option("--api", "api_url", required=True, help="URL of the Forge API (any control-plane host).")
+@click.option(
+    "--token",
+    envvar="FORGE_ADMIN_TOKEN",
+    required=True,
+    help="The admin token (or $FORGE_ADMIN_TOKEN, which keeps it out of the process list).",
+)
+@DATA_DIR
+@click.option("--domain", default=None, help="Apps are served at APP.DOMAIN (as the control plane's).")
+@click.option(
+    "--caddy-admin",
+    default=None,
+    help="This host's Caddy Admin API: unix//PATH or HOST:PORT (default: DATA_DIR/caddy/admin.sock).",
+)
+@click.option("--tls", type=click.Choice(["off", "internal", "on-demand"]), default=None)
+@click.option("--http-listen", default=None, help="Where this host's Caddy serves apps.")
+@click.option("--https-listen", default=None, help="Where this host's Caddy serves HTTPS when --tls is on.")
+@click.option("--metrics-listen", default=None, help="HOST:PORT to serve the proxy's metrics on.")
+def proxy(
+    api_url: str,
+    token: str,
+    data_dir: str | None,
+    domain: str | None,
+    caddy_admin: str | None,
+    tls: str | None,
+    http_listen: str | None,
+    https_listen: str | None,
+    metrics_listen: str | None,
+) -> None:
+    """Program this host's Caddy, service map and node routes from the records (one per serving host)."""
+    from forge.clock import SystemClock
+    from forge.proxy.daemon import run_proxy
+
+    setup_logging()
+    overrides: dict[str, object] = {}
+    if domain:
+        overrides["domain"] = domain.lower()
+    if caddy_admin:
+        overrides["caddy_admin"] = check_admin(caddy_admin, "--caddy-admin")
+    if tls:
+        overrides["tls"] = tls
+    for key, value in (("http_listen", http_listen), ("https_listen", https_listen)):
+        if value:
+            overrides[key] = check_listen(value, "--" + key.replace("_", "-"))
+    os.environ.pop("FORGE_ADMIN_TOKEN", None)
+    cfg = load_config(data_dir, **overrides)
+    stop = stop_on_signals()
+    run_proxy(
+        cfg,
+        api_url.rstrip("/"),
+        token,
+        stop,
+        SystemClock(),
+        metrics_listen=check_listen(metrics_listen, "--metrics-listen") if metrics_listen else None,
+    )
+
+
+@cli.command()
 @click.option("--api", "api_url", required=True, help="URL of the Forge API.")
 @click.option(
     "--token",
@@ -239,6 +297,7 @@ def agent(
         parse_proxy_sources,
         parse_subnet,
     )
+    from forge.nodeagent.teardown import remove_node_network, stop_local_apps, unmount_release_disks
 
     setup_logging()
     ports = parse_ports(app_host_ports)
@@ -275,66 +334,6 @@ def agent(
         stop_local_apps(Path(cfg.data_dir), node)
         remove_node_network(Path(cfg.data_dir))
         unmount_release_disks(Path(cfg.data_dir))
-
-
-def unmount_release_disks(data_dir: Path) -> None:
-    """The release filesystems of this node install (``forge up`` on exit; images stay, the next
-    start mounts them again)."""
-    from forge.nodeagent.diskfence import DiskFence, image_mode_missing
-
-    if image_mode_missing() is None:
-        DiskFence(data_dir, mode="image").unmount_all()
-
-
-def remove_node_network(data_dir: Path) -> None:
-    """Namespaces, bridge and nftables table of this node install (``forge up`` on exit)."""
-    from forge.nft import nft_available
-    from forge.nodeagent.network import NodeNetwork
-
-    if nft_available() is None:
-        NodeNetwork(data_dir).teardown()
-
-
-def stop_local_apps(data_dir: Path, node: str, grace: float = 10.0) -> None:
-    """Stop every process the agent's state file lists (SIGTERM → grace → SIGKILL of the cgroup).
-
-    The state file keeps the entries: the next agent start finds the processes gone and
-    starts them again from the stored desired state, which is how ``forge up`` comes back.
-    """
-    from forge.cgroups import detect_driver
-    from forge.clock import SystemClock
-    from forge.nodeagent.agent import node_cgroup_parent
-    from forge.nodeagent.sandbox import Sandbox
-    from forge.nodeagent.state import AgentState
-    from forge.nodeagent.supervisor import process_start_ticks
-
-    state = AgentState(data_dir / "agent-state.json").load()
-    driver = detect_driver(parent=node_cgroup_parent(node, data_dir))
-    sandbox = Sandbox(driver, mode="dev")
-    clock = SystemClock()
-
-    def stop_one(cgroup: str | None, pid: int | None, pid_start: int | None) -> None:
-        if pid and process_start_ticks(pid) != pid_start:
-            pid = None  # exited already, and the number may belong to someone else now
-        group = cgroup if driver is not None and cgroup and driver.exists(cgroup) else None
-        if group or pid:
-            sandbox.stop(group, pid, grace, clock)
-
-    threads = [
-        threading.Thread(target=stop_one, args=(st.cgroup, st.pid, st.pid_start))
-        for st in state.instances.values()
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=grace + 15)
-    if driver is not None:
-        for group in driver.list_groups():  # builds cut short, anything the state did not name
-            driver.thaw(group)
-            driver.kill_all(group)
-            driver.remove(group)
-        driver.remove_parent()  # forge/NODE itself: nothing of this node is left in the hierarchy
-    logging.getLogger("forge.agent").info("stopped %d app process(es) on exit", len(threads))
 
 
 @cli.command()

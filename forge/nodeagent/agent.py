@@ -25,7 +25,6 @@ from forge.client import ForgeClient
 from forge.clock import Clock, SystemClock
 from forge.hostperms import secure_agent_dir
 from forge.models import LABEL_NODE, Instance
-from forge.nft import install_hash, nft_available
 from forge.nodeagent import node as nodeinfo
 from forge.nodeagent.builder import BUILT_DIR, Builder, api_credentials
 from forge.nodeagent.diskfence import IMAGES_DIR, DiskFence, image_mode_missing
@@ -39,6 +38,7 @@ from forge.nodeagent.sandbox import Sandbox, SandboxSpec, UidAllocator
 from forge.nodeagent.state import AgentState
 from forge.nodeagent.status import StatusWriter
 from forge.nodeagent.supervisor import Supervisor
+from forge.proxy.nft import install_hash, nft_available
 from forge.workqueue import WorkQueue
 
 log = logging.getLogger("forge.agent")

@@ -30,13 +30,13 @@ from pathlib import Path
 from typing import Any, Final
 
 from forge import errors
+from forge.atomicfile import write_atomic
 from forge.clock import Clock
 from forge.gitauth import scrub
 from forge.gitsource import GitError, GitSource
 from forge.nodeagent import buildlog
 from forge.nodeagent.sandbox import SandboxTimeout, prepare_workdir
 from forge.nodeagent.spec import RunSpec
-from forge.nodeagent.state import write_atomic
 
 log = logging.getLogger(__name__)
 

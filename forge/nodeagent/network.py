@@ -41,10 +41,10 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
 
+from forge.atomicfile import write_atomic
 from forge.errors import Invalid
 from forge.hostperms import owner_refused
-from forge.nft import NetError, Nft, in_netns, install_hash, ip, ip_json, ipv4_routes
-from forge.nodeagent.state import write_atomic
+from forge.proxy.nft import NetError, Nft, in_netns, install_hash, ip, ip_json, ipv4_routes
 from forge.subnets import DEFAULT_POOL, check_subnet, host_networks, parse_pool
 
 log = logging.getLogger(__name__)

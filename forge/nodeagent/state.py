@@ -9,11 +9,12 @@ here: the process environment lives only in memory and in the running process.
 from __future__ import annotations
 
 import json
-import os
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from forge.atomicfile import write_atomic
 
 STATE_VERSION = 1
 
@@ -122,21 +123,3 @@ class AgentState:
         with self._lock:
             body = {"version": STATE_VERSION, "instances": {n: asdict(i) for n, i in self.instances.items()}}
             write_atomic(self.path, json.dumps(body, indent=1, sort_keys=True).encode())
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """tmp + fsync + rename + fsync(dir): after a crash the file is either old or new, never torn."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)

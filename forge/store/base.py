@@ -206,34 +206,6 @@ def is_postgres_url(url: str) -> bool:
     return url.startswith(("postgresql://", "postgres://"))
 
 
-def open_store(url: str, wait_seconds: float | None = None) -> Store:
-    """``sqlite:///abs/path.db`` (or a bare path) → SqliteStore; ``postgresql://…`` → PostgresStore.
-
-    ``wait_seconds`` bounds how long one call waits for a store that cannot take it (SQLite
-    locked by another process, PostgreSQL refusing connections) before ``Unavailable``: the
-    API passes a few seconds so a request is answered 503 instead of hanging; the default
-    (None) is each backend's own, longer patience, fit for controllers and tools."""
-    if is_postgres_url(url):
-        from forge.store.postgres import PostgresStore
-
-        if wait_seconds is not None:
-            return PostgresStore(url, retry_seconds=wait_seconds)
-        return PostgresStore(url)
-    if "://" in url and not url.startswith("sqlite://"):
-        raise Invalid(
-            f"store URL {redact_url(url)!r}: use sqlite:///PATH or postgresql://…",
-            [{"path": "FORGE_STORE_URL", "message": "unknown scheme"}],
-        )
-    from forge.store.sqlite import SqliteStore
-
-    path = url[len("sqlite://") :] if url.startswith("sqlite://") else url
-    if path.startswith("/") and url.startswith("sqlite:///"):
-        path = path[1:] if path.startswith("//") else path
-    if wait_seconds is not None:
-        return SqliteStore(path, busy_timeout=wait_seconds)
-    return SqliteStore(path)
-
-
 class LogsAndMarks:
     """A store's log and mark methods, handed to its ``logs`` and ``marks`` parts (every backend
     composes a records store with a LogStore and a MarkStore of its own dialect)."""

@@ -25,7 +25,7 @@ from forge.api.app import STORE_WAIT_SECONDS
 from forge.clock import SystemClock
 from forge.config import Config
 from forge.models import App, AppSpec, ObjectMeta
-from forge.store.base import open_store
+from forge.store.factory import open_store
 
 TOKEN = "admin-test-token-0123456789"
 SECRET = "webhook-test-secret"

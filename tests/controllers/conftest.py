@@ -87,8 +87,8 @@ def config(tmp_path: Path) -> Iterator[Config]:
 
 def remove_service_map(data_dir: Path) -> None:
     """A router in kernel mode (root) made this install's service table and address: remove them."""
-    from forge.nft import Nft, nft_available
-    from forge.servicemap import ServiceMap
+    from forge.proxy.nft import Nft, nft_available
+    from forge.proxy.servicemap import ServiceMap
 
     if nft_available() is None:
         services = ServiceMap(data_dir)

@@ -15,7 +15,7 @@ from forge.controllers import cron as cronmod
 from forge.controllers.cron import CronController, plan_job
 from forge.controllers.rollout import RolloutController
 from forge.models import App, Deployment, Instance, InstanceSpec, ObjectMeta, OneShot
-from forge.routing import live_dials
+from forge.proxy.routing import live_dials
 from forge.store.base import Store
 from tests.controllers.conftest import DEFAULT_MANIFEST, events_for
 from tests.controllers.release_helpers import get, instances, report

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from forge.store.base import open_store
+from forge.store.factory import open_store
 from tests.e2e.harness import ADMIN_TOKEN, APP_PY, Forge, Remote, push_payload, running_forge, wait_for
 
 pytestmark = [pytest.mark.timeout(600)]

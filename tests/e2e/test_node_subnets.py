@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from forge.models import Node
-from forge.store.base import open_store
+from forge.store.factory import open_store
 from tests.e2e.harness import needs_caddy, wait_for
 from tests.e2e.multihost import Cluster
 

@@ -1,4 +1,4 @@
-"""The proxy host's routes to other nodes' instance subnets (``forge.noderoutes.plan``), the
+"""The proxy host's routes to other nodes' instance subnets (``forge.proxy.noderoutes.plan``), the
 node side's proxy sources (the API's refusal of overlapping subnets: tests/api/test_node_subnets.py)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 from forge.errors import Invalid
 from forge.models import Node
 from forge.nodeagent.network import NodeNetwork, _avoided, default_proxy_sources, parse_proxy_sources
-from forge.noderoutes import plan
+from forge.proxy.noderoutes import plan
 
 
 def node(name: str, address: str, subnet: str | None, created: str = "2026-01-01T00:00:00Z") -> Node:

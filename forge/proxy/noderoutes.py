@@ -27,10 +27,10 @@ import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from forge.atomicfile import write_atomic
 from forge.errors import Invalid
 from forge.models import Node
-from forge.nft import NetError, ip, ip_json, ipv4_routes
-from forge.nodeagent.state import write_atomic
+from forge.proxy.nft import NetError, ip, ip_json, ipv4_routes
 from forge.subnets import DEFAULT_POOL, HostNetworks, check_subnet, host_networks, parse_pool
 
 log = logging.getLogger(__name__)
