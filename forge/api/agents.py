@@ -214,5 +214,5 @@ class NodeAppsResource:
                 f"at most {self.MAX_NAMES} names per request",
                 [{"path": "names", "message": f"more than {self.MAX_NAMES} names"}],
             )
-        apps = {a.metadata.name for a in self.ctx.store.list("App")[0] if isinstance(a, App)}
+        apps = {a.metadata.name for a in self.ctx.store.list(App)[0]}
         send(resp, {"apps": sorted(names & apps)})

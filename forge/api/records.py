@@ -29,6 +29,8 @@ from forge.models import (
     LABEL_APP,
     LABEL_NODE,
     App,
+    Deployment,
+    Instance,
     Node,
     ObjectMeta,
     Resource,
@@ -80,12 +82,12 @@ class _Base:
             return
         left = [
             i.metadata.name
-            for i in self.ctx.store.list("Instance", {LABEL_APP: obj.name})[0]
+            for i in self.ctx.store.list(Instance, {LABEL_APP: obj.name})[0]
             if getattr(i.spec, "app", None) == obj.name
         ]
         left += [
             d.metadata.name
-            for d in self.ctx.store.list("Deployment", {LABEL_APP: obj.name})[0]
+            for d in self.ctx.store.list(Deployment, {LABEL_APP: obj.name})[0]
             if getattr(d.spec, "app", None) == obj.name
         ]
         if left:
