@@ -30,6 +30,7 @@ from forge.nodeagent.diskfence import DiskFence, image_mode_missing
 from forge.nodeagent.diskgc import DiskGC, Release
 from forge.nodeagent.exitwatch import ExitWatcher
 from forge.nodeagent.logship import Shipper
+from forge.nodeagent.logwriter import DEFAULT_CAP as DEFAULT_LOG_CAP
 from forge.nodeagent.metrics import AgentCollector, serve_metrics
 from forge.nodeagent.network import NodeNetwork, default_proxy_sources
 from forge.nodeagent.reconciler import Reconciler
@@ -82,7 +83,7 @@ class Agent:
         clock: Clock,
         heartbeat_seconds: float = HEARTBEAT_SECONDS,
         workers: int = 4,
-        log_cap_bytes: int = 10 * 1024 * 1024,
+        log_cap_bytes: int = DEFAULT_LOG_CAP,
         driver: Any = _AUTO,
         cgroup_parent: str | None = None,
         network: Any = _AUTO,
@@ -155,8 +156,11 @@ class Agent:
             build_env=build_env,
             build_files=build_files,
             fence=self.fence,
+            log_cap=log_cap_bytes,
         )
-        self.supervisor = Supervisor(self.sandbox, self.driver, clock, SandboxSpec, self._owner)
+        self.supervisor = Supervisor(
+            self.sandbox, self.driver, clock, SandboxSpec, self._owner, log_cap=log_cap_bytes
+        )
         status = StatusWriter(client, clock, self._remember)
         self.reconciler = Reconciler(
             client,

@@ -3,7 +3,9 @@
 Pure parts: ``choose_port`` (a free port in 20000–39999 no other Instance here holds),
 ``backoff_delay`` (1 s, 2 s, 4 s … capped at 60 s) and ``build_env`` (built from scratch:
 nothing of the agent's own environment reaches an app). The shell: ``Supervisor`` spawns
-through the sandbox into cgroup ``inst-NAME``, tells whether a recorded pid is still the
+through the sandbox into cgroup ``inst-NAME`` with its output going to the Instance's log
+writer (``forge.nodeagent.logwriter``: a process in the same cgroup that owns the pipe, bounds
+what reaches the disk and outlives the agent), tells whether a recorded pid is still the
 process it started (alive, same start time, and in its cgroup) and stops through the sandbox.
 """
 
@@ -14,11 +16,13 @@ import os
 import random
 import select
 import socket
+import subprocess
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from forge.clock import Clock
+from forge.nodeagent import logwriter
 from forge.nodeagent.spec import RunSpec
 from forge.nodeagent.state import InstanceState
 
@@ -106,9 +110,12 @@ class Supervisor:
         clock: Clock,
         spec_factory: Callable[..., Any],
         owner_for: Callable[[str], tuple[int | None, int | None]],
+        log_cap: int = logwriter.DEFAULT_CAP,
     ) -> None:
         self.sandbox, self.driver, self.clock = sandbox, driver, clock
         self.spec_factory, self.owner_for = spec_factory, owner_for
+        self.log_cap = log_cap  # bytes of an Instance's app log kept on this node
+        self._writers: list[subprocess.Popen[bytes]] = []  # started in this agent's lifetime: reaped here
 
     def start(
         self,
@@ -124,9 +131,12 @@ class Supervisor:
         exit_file: str | None = None,
     ) -> None:
         """Spawn the app detached into its cgroup (and its network namespace when ``net`` names
-        one: ``{"netns": path, "resolv_conf": text}``); fills pid, start time and pid_start."""
+        one: ``{"netns": path, "resolv_conf": text}``), its output piped to a log writer in the
+        same cgroup that writes ``app_log``'s segments; fills pid, start time and pid_start."""
+        self.reap_writers()
         app_log.parent.mkdir(parents=True, exist_ok=True)
-        app_log.touch(exist_ok=True)
+        for legacy in (app_log, app_log.with_name(app_log.name + ".1")):
+            legacy.unlink(missing_ok=True)  # a plain file from before log writers: never shipped again
         if self.driver is not None:
             if self.driver.exists(st.cgroup):
                 self.driver.kill_all(st.cgroup)
@@ -134,6 +144,44 @@ class Supervisor:
             self.driver.create(st.cgroup)
             self.driver.set_limits(st.cgroup, *limits)
         uid, gid = self.owner_for(st.app)
+        r, w = os.pipe()
+        try:
+            files = self.driver.procs_files(st.cgroup) if self.driver is not None else []
+            self._writers.append(
+                logwriter.spawn(
+                    r,
+                    app_log.parent,
+                    app_log.name.removesuffix(".log"),
+                    self.log_cap,
+                    cgroup_files=files,
+                    first=st.cursor("app").shipped,
+                )
+            )
+            os.close(r)
+            r = -1
+            pid = self._spawn_app(st, run, env, uid, gid, w, fsize_limit, storage, stdin_fd, exit_file, net)
+        finally:
+            for fd in (r, w):
+                if fd >= 0:
+                    os.close(fd)  # the app and its writer have their own copies; the agent keeps none
+        st.pid, st.pid_start = pid, process_start_ticks(pid)
+        st.started_time = self.clock.now()
+        st.exit_code = None
+
+    def _spawn_app(
+        self,
+        st: InstanceState,
+        run: RunSpec,
+        env: dict[str, str],
+        uid: int | None,
+        gid: int | None,
+        output_fd: int,
+        fsize_limit: int | None,
+        storage: str | None,
+        stdin_fd: int | None,
+        exit_file: str | None,
+        net: dict[str, str] | None,
+    ) -> int:
         spec = self.spec_factory(
             app=st.app,
             workdir=st.release_dir,
@@ -142,18 +190,18 @@ class Supervisor:
             uid=uid,
             gid=gid,
             cgroup=st.cgroup if self.driver is not None else None,
-            stdout_path=str(app_log),
-            stderr_path=str(app_log),
             fsize_limit=fsize_limit,
             storage=storage,
             stdin_fd=stdin_fd,
             exit_file=exit_file,
             **(net or {}),
         )
-        pid = int(self.sandbox.spawn(spec))
-        st.pid, st.pid_start = pid, process_start_ticks(pid)
-        st.started_time = self.clock.now()
-        st.exit_code = None
+        spec.output_fd = output_fd
+        return int(self.sandbox.spawn(spec))
+
+    def reap_writers(self) -> None:
+        """Collect log writers of this agent's lifetime that have ended (each ends at its EOF)."""
+        self._writers = [w for w in self._writers if w.poll() is None]
 
     def is_running(self, st: InstanceState) -> bool:
         """The recorded pid is still the process we started (not a reused pid, not a zombie)."""
@@ -182,6 +230,7 @@ class Supervisor:
             self.sandbox.stop(cgroup, st.pid, grace, self.clock)
         code = self.sandbox.poll(st.pid) if st.pid else None
         self.remove_cgroup(st.cgroup)
+        self.reap_writers()
         return code
 
     def exit_code(self, pid: int | None, wait: float = 1.0) -> int | None:
