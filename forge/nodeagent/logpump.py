@@ -23,6 +23,9 @@ READ_CHUNK = 64 * 1024
 # Like journald's RateLimitIntervalSec=30s / RateLimitBurst=10000: per Instance and source.
 RATE_WINDOW_SECONDS = 30.0
 RATE_BURST_LINES = 10_000
+# … and at most this many bytes in a window, whichever comes first: without it 10,000 lines of
+# 16 KiB would be 160 MB a window, shipped into the control plane's logs database.
+RATE_BURST_BYTES = 8 * 2**20
 STATS_EVERY_SECONDS = 1.0
 STAMP = b"\x1e"
 SEP = b"\x1f"
@@ -173,11 +176,13 @@ class Pump:
         stamp: bool = False,
         burst: int = RATE_BURST_LINES,
         window: float = RATE_WINDOW_SECONDS,
+        burst_bytes: int = RATE_BURST_BYTES,
     ) -> None:
         self.log, self.clock, self.stamp = log, clock, stamp
-        self.burst, self.window = burst, window
+        self.burst, self.window, self.burst_bytes = burst, window, burst_bytes
         self.start = float("-inf")
         self.used = 0
+        self.used_bytes = 0
         self.dropped = 0  # lines dropped in the current window (the next marker says how many)
         self.pending = b""
         self.total_dropped = read_dropped(log.dir, log.source)  # a counter across the writers of one log
@@ -207,20 +212,26 @@ class Pump:
             for _ in range(take):
                 end = lines.index(b"\n", end + 1)
             lines = lines[: end + 1]
+        room = max(0, self.burst_bytes - self.used_bytes)
+        if len(lines) > room:
+            lines = lines[: lines.rfind(b"\n", 0, room) + 1]
+            take = lines.count(b"\n")
+        if take < n:
             self.dropped += n - take
             self.total_dropped += n - take
         self.used += take
+        self.used_bytes += len(lines)
         if lines:
             self._write(lines)
 
     def _window(self, now: float) -> None:
         if now - self.start < self.window:
             return
-        self.start, self.used = now, 0
+        self.start, self.used, self.used_bytes = now, 0, 0
         if self.dropped:
             text = (
-                f"[forge] {self.dropped} log lines dropped: more than {self.burst} lines in "
-                f"{self.window:g}s (the log rate limit)\n"
+                f"[forge] {self.dropped} log lines dropped: more than {self.burst} lines or "
+                f"{self.burst_bytes // 2**20} MiB in {self.window:g}s (the log rate limit)\n"
             )
             self.dropped = 0
             self._write(text.encode())

@@ -3,7 +3,7 @@
 An app's stdout and stderr are the write end of a pipe; the read end belongs to one
 ``python -m forge.nodeagent.logwriter`` process, started by the agent just before the app and
 joined to the app's cgroup. The writer applies the rate limit (10,000 lines / 30 s per log, like
-journald) *before* anything reaches the disk, writes what passes into size-capped segments,
+journald, and at most 8 MiB a window) *before* anything reaches the disk, writes what passes into size-capped segments,
 and leaves a marker line for what it dropped (plus a counter file the agent's metrics read).
 
 Why a process of its own and not the agent: an app starts detached so that an agent restart
@@ -39,6 +39,7 @@ from forge.nodeagent.logpump import (
     DEFAULT_CAP,
     MAX_LINE,
     MIN_CAP,
+    RATE_BURST_BYTES,
     RATE_BURST_LINES,
     RATE_WINDOW_SECONDS,
     SEP,
@@ -54,6 +55,7 @@ __all__ = [
     "DEFAULT_CAP",
     "MAX_LINE",
     "MIN_CAP",
+    "RATE_BURST_BYTES",
     "RATE_BURST_LINES",
     "RATE_WINDOW_SECONDS",
     "SEP",

@@ -14,6 +14,7 @@ import pytest
 
 from forge.clock import FakeClock
 from forge.nodeagent.logwriter import (
+    RATE_BURST_BYTES,
     RATE_BURST_LINES,
     RATE_WINDOW_SECONDS,
     Pump,
@@ -66,11 +67,27 @@ def test_rate_limit_drops_counts_and_marks_before_the_disk(tmp_path: Path) -> No
     pump.feed(b"after the flood\n")
     lines = read_all(tmp_path, "app").splitlines()
     assert lines[-2:] == [
-        b"[forge] 20000 log lines dropped: more than 10000 lines in 30s (the log rate limit)",
+        b"[forge] 20000 log lines dropped: more than 10000 lines or 8 MiB in 30s (the log rate limit)",
         b"after the flood",
     ]
     assert read_dropped(tmp_path, "app") == 20_000
     pump.close()
+
+
+def test_long_lines_meet_the_byte_budget_first(tmp_path: Path) -> None:
+    """1,000 lines of 16,000 bytes in one window: only whole lines up to 8 MiB reach the disk;
+    the rest are counted and marked like lines over the line limit."""
+    pump, clock = _pump(tmp_path, cap=64 << 20)
+    line = b"y" * 15_999 + b"\n"
+    for _ in range(100):
+        pump.feed(line * 10)
+    kept = read_all(tmp_path, "app")
+    assert len(kept) == (RATE_BURST_BYTES // len(line)) * len(line) and kept.endswith(b"\n")
+    clock.advance(RATE_WINDOW_SECONDS)
+    pump.tick()
+    dropped = 1000 - RATE_BURST_BYTES // len(line)
+    assert read_all(tmp_path, "app").endswith(
+        f"[forge] {dropped} log lines dropped: more than 10000 lines or 8 MiB in 30s (the log rate limit)\n".encode())
 
 
 def test_the_counter_survives_a_new_writer(tmp_path: Path) -> None:
