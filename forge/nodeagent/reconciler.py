@@ -21,7 +21,7 @@ from forge.client import ForgeClient
 from forge.clock import Clock
 from forge.models import Instance
 from forge.nodeagent.builder import REASON_BUILD_FAILED, REASON_FETCH_FAILED, Builder, BuildError, DiskLow
-from forge.nodeagent.diskfence import REASON_DISK_LIMIT
+from forge.nodeagent.diskfence import REASON_DISK_LIMIT, REASON_STORAGE_REPAIRED, StorageUnavailable
 from forge.nodeagent.logship import Shipper, log_path
 from forge.nodeagent.prober import READY, UNHEALTHY, WAITING, ProbeResult, ProbeTracker, probe
 from forge.nodeagent.sandbox import SandboxTimeout
@@ -367,7 +367,15 @@ class Reconciler:
         try:
             if inst.spec.storage and fence is not None:
                 uid, gid = self.supervisor.owner_for(inst.spec.app)
-                storage = str(fence.ensure_storage(inst.spec.app, inst.spec.storage, uid, gid))
+                storage = str(
+                    fence.ensure_storage(
+                        inst.spec.app,
+                        inst.spec.storage,
+                        uid,
+                        gid,
+                        report=lambda msg: self.event(st.name, "Warning", REASON_STORAGE_REPAIRED, msg),
+                    )
+                )
             if inst.spec.oneshot is not None and inst.spec.oneshot.interactive:
                 pipe = os.pipe()
             exit_file = None
@@ -400,6 +408,9 @@ class Reconciler:
             if pipe is not None:
                 os.close(pipe[1])
             st.reason, st.message = REASON_START_FAILED, str(exc)[:500]
+            if isinstance(exc, StorageUnavailable):  # no room for it, or damaged: say so, retry later
+                st.reason = exc.reason
+                self.event(st.name, "Warning", exc.reason, exc.message)
             self._schedule_restart(st)
             self.state.save()
             self.status.write(inst, st, "Starting", None)
