@@ -15,6 +15,7 @@ import errno
 import os
 import random
 import select
+import signal
 import socket
 import subprocess
 from collections.abc import Callable, Iterable
@@ -29,6 +30,8 @@ from forge.nodeagent.state import InstanceState
 PORT_MIN, PORT_MAX = 20000, 39999
 BACKOFF_BASE, BACKOFF_CAP = 1.0, 60.0
 JOIN_GRACE = 10.0
+DRAIN_SECONDS = 2.0  # how long an ended app's log writer may take to write what is left in its pipe
+DRAIN_STEP = 0.02
 SANE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -88,6 +91,14 @@ def build_env(
     if port is not None:
         env["PORT"] = str(port)
     return env
+
+
+def is_log_writer(pid: int) -> bool:
+    """Is ``pid`` an Instance's log writer (``forge.nodeagent.logpump``)?"""
+    try:
+        return b"forge.nodeagent.logpump" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
 
 
 def process_start_ticks(pid: int) -> int | None:
@@ -254,6 +265,27 @@ class Supervisor:
         return self.sandbox.poll(pid)
 
     def remove_cgroup(self, cgroup: str) -> None:
+        """Kill what is left in the group and remove it — the log writer last, once it has
+        written what the app printed before it ended (its crash trace is in the pipe)."""
         if self.driver is not None and self.driver.exists(cgroup):
+            self._drain_writers(cgroup)
             self.driver.kill_all(cgroup)
             self.driver.remove(cgroup)
+        self.reap_writers()
+
+    def _drain_writers(self, cgroup: str) -> None:
+        """SIGKILL every process of the group but its log writers, then give those (bounded)
+        time to reach EOF and end by themselves."""
+        procs = set(self.driver.procs(cgroup))
+        writers = {p for p in procs if is_log_writer(p)}
+        for pid in procs - writers:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                continue
+        deadline = self.clock.monotonic() + DRAIN_SECONDS
+        while writers and self.clock.monotonic() < deadline:
+            self.reap_writers()
+            writers &= set(self.driver.procs(cgroup))
+            if writers:
+                self.clock.sleep(DRAIN_STEP)

@@ -87,7 +87,8 @@ def test_long_lines_meet_the_byte_budget_first(tmp_path: Path) -> None:
     pump.tick()
     dropped = 1000 - RATE_BURST_BYTES // len(line)
     assert read_all(tmp_path, "app").endswith(
-        f"[forge] {dropped} log lines dropped: more than 10000 lines or 8 MiB in 30s (the log rate limit)\n".encode())
+        f"[forge] {dropped} log lines dropped: more than 10000 lines or 8 MiB in 30s (the log rate limit)\n".encode()
+    )
 
 
 def test_the_counter_survives_a_new_writer(tmp_path: Path) -> None:
@@ -225,3 +226,48 @@ def test_a_full_disk_drops_output_instead_of_blocking_the_app(tmp_path: Path) ->
         assert "bytes of log lost: the node's disk refused them" in text and text.endswith("after\n")
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (cgroups)")
+@pytest.mark.parametrize("rounds", range(3))
+def test_an_apps_last_words_reach_the_log_when_it_ends(tmp_path: Path, rounds: int) -> None:
+    """An app prints 1.8 MB (under the rate limit) and exits with an error: after the agent saw it exit and removed its
+    cgroup, the log ends with its last line (the writer, in the same cgroup, drained the pipe
+    before it was removed) — and the writer ran inside the app's cgroup."""
+    import uuid
+
+    from forge.cgroups import detect_driver
+    from forge.clock import SystemClock
+    from forge.nodeagent.sandbox import Sandbox, SandboxSpec
+    from forge.nodeagent.spec import RunSpec
+    from forge.nodeagent.state import InstanceState
+    from forge.nodeagent.supervisor import Supervisor, is_log_writer
+
+    driver = detect_driver(parent=f"forge-test-logwriter-{uuid.uuid4().hex[:8]}")
+    sup = Supervisor(Sandbox(driver), driver, SystemClock(), SandboxSpec, lambda _app: (None, None))
+    release = tmp_path / "release"
+    release.mkdir()
+    st = InstanceState(
+        name="last-1-0", app="last", deployment="last-1", cgroup="inst-last-1-0", release_dir=str(release)
+    )
+    command = (
+        "python3 -c \"import sys\nfor i in range(9000): print('line', i, 'x' * 200)\n"
+        "print('the last words', flush=True); sys.exit(3)\""
+    )
+    try:
+        sup.start(
+            st,
+            RunSpec(command=command),
+            {"PATH": "/usr/bin:/bin"},
+            (256 << 20, 1.0, 64),
+            tmp_path / "logs" / "app.log",
+        )
+        assert any(is_log_writer(p) for p in driver.procs(st.cgroup)), "the writer is in the app's cgroup"
+        assert sup.exit_code(st.pid, wait=30) == 3
+        sup.remove_cgroup(st.cgroup)
+        assert read_all(tmp_path / "logs", "app").endswith(b"the last words\n")
+    finally:
+        for g in driver.list_groups():
+            driver.kill_all(g)
+            driver.remove(g)
+        driver.remove_parent()
