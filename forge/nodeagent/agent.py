@@ -408,11 +408,13 @@ class Agent:
         return pending
 
     def _check_disk(self) -> float:
-        """Measure running releases against their ``resources.disk``; full ones' Instances are
-        queued and stop in their own reconcile (one writer per Instance)."""
+        """Measure running releases against their ``resources.disk`` and look at their storage;
+        full or damaged ones' Instances are queued and stop in their own reconcile (one writer per
+        Instance)."""
         with self.cache_lock:
             limits = {name: inst.spec.resources.disk for name, inst in self.cache.items()}
-        for name in self.reconciler.check_disk(limits):
+            storage = {name for name, inst in self.cache.items() if inst.spec.storage}
+        for name in self.reconciler.check_disk(limits, storage):
             self.queue.add(name)
         return DISK_CHECK_SECONDS
 

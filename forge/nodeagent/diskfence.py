@@ -130,9 +130,25 @@ def _run(argv: list[str]) -> None:
 
 
 def loop_devices(img: Path) -> list[str]:
-    """Loop devices backed by ``img`` (one is attached while the image is mounted anywhere)."""
-    code, out = _run_code(["losetup", "-j", str(img)])
-    return [ln.split(":", 1)[0] for ln in out.splitlines() if ln.strip()] if code == 0 else []
+    """Loop devices backed by ``img`` — one stays attached while the image is mounted in any mount
+    namespace (a sandbox's included), so none means nobody has it mounted. Read from sysfs; an
+    unreadable ``/sys/block`` raises (a repair must never run on a filesystem still in use)."""
+    want = {str(img), os.path.realpath(img)}
+    found = []
+    with os.scandir("/sys/block") as it:
+        for e in it:
+            if not e.name.startswith("loop"):
+                continue
+            try:
+                with open(
+                    os.path.join(e.path, "loop", "backing_file"), encoding="utf-8", errors="replace"
+                ) as f:
+                    backing = f.read().rstrip("\n").removesuffix(" (deleted)")
+            except FileNotFoundError:
+                continue  # not attached
+            if backing in want:
+                found.append(f"/dev/{e.name}")
+    return found
 
 
 def mount_source(point: Path) -> str | None:
@@ -174,6 +190,15 @@ class DiskFence:
             if missing is not None:
                 log.warning("disk limits are watched, not enforced by the kernel: %s", missing)
         self.mode: Mode = mode
+        self._storage_locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+
+    def _storage_lock(self, app: str) -> threading.Lock:
+        """One per app: two Instances of an app starting at once (a rollout, a node restart) must
+        never mount, check or repair its storage at the same time (two e2fsck, or one on a mounted
+        image, would destroy it)."""
+        with self._locks_guard:
+            return self._storage_locks.setdefault(app, threading.Lock())
 
     def image(self, release: Path) -> Path:
         return self.images / release.parent.name / f"{release.name}.img"
@@ -192,6 +217,12 @@ class DiskFence:
         its data must survive a crash, its blocks allocated up front), owned by the app's uid; it
         outlives every release. A filesystem found read-only or with errors is repaired first
         (``report`` hears of it: the caller's Event); ``StorageUnavailable`` when it cannot be."""
+        with self._storage_lock(app):
+            return self._ensure_storage(app, size, uid, gid, report)
+
+    def _ensure_storage(
+        self, app: str, size: int, uid: int | None, gid: int | None, report: Report | None
+    ) -> Path:
         path = self.storage_dir(app)
         path.parent.mkdir(parents=True, exist_ok=True)
         os.chmod(path.parent, 0o711)
@@ -263,9 +294,15 @@ class DiskFence:
         finally:
             os.close(fd)
 
-    def _healthy(self, path: Path) -> bool:
-        """Writable and without recorded errors: a write (and fsync) of a fresh file goes through,
-        and ext4 counts no error on the device."""
+    def storage_damaged(self, app: str) -> bool:
+        """Is the app's mounted storage read-only or with recorded errors (the agent's periodic
+        check: no write, a statvfs and a sysfs read)?"""
+        path = self.storage_dir(app)
+        return self.mode == "image" and self.mounted(path) and not self._healthy(path, write=False)
+
+    def _healthy(self, path: Path, write: bool = True) -> bool:
+        """Writable and without recorded errors: ext4 counts no error on the device, the mount is
+        not read-only, and (``write``) a write and fsync of a fresh file goes through."""
         dev = mount_source(path)
         if dev and dev.startswith("/dev/"):
             try:
@@ -275,6 +312,8 @@ class DiskFence:
                 pass
         if os.statvfs(path).f_flag & os.ST_RDONLY:
             return False
+        if not write:
+            return True
         probe = path / f".forge-write-check-{os.getpid()}-{threading.get_ident()}"
         try:
             fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
@@ -330,6 +369,10 @@ class DiskFence:
 
     def remove_storage(self, app: str) -> None:
         """Delete an app's storage for good (the app was deleted)."""
+        with self._storage_lock(app):
+            self._remove_storage(app)
+
+    def _remove_storage(self, app: str) -> None:
         path = self.storage_dir(app)
         for point in mount_points(path):
             _run(["umount", "-l", point])

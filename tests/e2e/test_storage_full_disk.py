@@ -69,7 +69,7 @@ health: {path: /health, interval: 1s, timeout: 1s, retries: 2, min_ready: 1s}
 """
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def small() -> Iterator[tuple[Forge, Path]]:
     root = Path(tempfile.mkdtemp(prefix="forge-e2e-storage-full-"))
     image = Path(tempfile.mkdtemp(prefix="forge-e2e-storage-full-img-")) / "fs.img"
@@ -162,3 +162,39 @@ def test_storage_takes_writes_again_after_a_full_host_disk_and_loses_nothing_ack
     assert r.status_code == 200, r.text
     stored = {int(name) for name in r.text.split() if name.isdigit()}
     assert not set(acked) - stored, f"acknowledged records lost: {sorted(set(acked) - stored)}"
+
+
+def test_storage_turned_read_only_by_an_error_is_repaired_before_the_app_runs_again(
+        small: tuple[Forge, Path]) -> None:
+    """An ext4 error on the live app's storage (the kernel remounts it read-only): the agent's disk
+    check stops the Instance (StorageDamaged), its next start repairs the image with e2fsck and
+    mounts it again (StorageRepaired), and the app writes again with every acknowledged record kept."""
+    from forge.nodeagent.diskfence import mount_source
+
+    forge, _mnt = small
+    if not any(d["metadata"]["name"] == "rec-1" for d in forge.list("deployments")):
+        pytest.skip("needs the app of the test before")
+    before = httpx.get(f"{forge.http}/read", headers={"Host": "rec.localhost"}, timeout=5).text.split()
+    dev = mount_source(forge.data / "node" / "storage" / "rec")
+    assert dev and dev.startswith("/dev/loop"), dev
+    Path(f"/sys/fs/ext4/{dev[5:]}/trigger_fs_error").write_text("forge e2e: simulated I/O error\n")
+    assert not append(forge, 5000), "the storage is read-only now"
+    n = 5000
+
+    def writes_again() -> bool:
+        nonlocal n
+        n += 1
+        return append(forge, n)
+
+    wait_for(writes_again, 90, "the storage to be repaired and the app to write again", step=0.5)
+    reasons = {e["spec"]["reason"] for e in forge.list("events")}
+    assert {"StorageDamaged", "StorageRepaired"} <= reasons, reasons
+    after = httpx.get(f"{forge.http}/read", headers={"Host": "rec.localhost"}, timeout=5).text.split()
+    lost = set(before) - set(after)
+    if lost:  # say what the node did, for whoever reads the failure
+        events = [(e["spec"]["reason"], e["spec"]["message"][:200]) for e in forge.list("events")][-15:]
+        agent = [ln for ln in (forge.data / "logs" / "agent.log").read_text().splitlines()
+                 if "torage" in ln or "e2fsck" in ln][-15:]
+        pytest.fail(f"{len(lost)} acknowledged records lost in the repair: {sorted(lost)[:10]}\n"
+                    f"events: {events}\nagent: {agent}")
+    assert set(before) <= set(after) and str(n) in after

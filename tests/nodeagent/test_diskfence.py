@@ -191,3 +191,72 @@ def test_storage_read_only_after_an_error_is_repaired_before_the_next_start(data
     told.clear()
     fence.ensure_storage("hurt", 48 * MiB, None, None, report=told.append)
     assert told == [], "a healthy storage is left alone"
+
+
+@needs_image
+def test_storage_still_held_elsewhere_is_not_repaired_until_it_is_free(data: Path, tmp_path: Path) -> None:
+    """Another mount of the damaged storage still exists (another process of the app): no e2fsck
+    on a filesystem in use — StorageDamaged, and the repair happens once that mount is gone."""
+    import subprocess
+
+    from forge.nodeagent.diskfence import StorageUnavailable, loop_devices, mount_source
+
+    fence = DiskFence(data, mode="image")
+    path = fence.ensure_storage("held", 48 * MiB, None, None)
+    with open(path / "kept", "w") as f:  # acknowledged: on the disk before the error
+        f.write("yes\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.sync()
+    other = tmp_path / "other"
+    other.mkdir()
+    subprocess.run(["mount", "--bind", str(path), str(other)], check=True)
+    try:
+        dev = mount_source(path)
+        assert dev and loop_devices(fence.storage_image("held")) == [dev]
+        Path(f"/sys/fs/ext4/{dev[5:]}/trigger_fs_error").write_text("forge test: simulated I/O error\n")
+        with pytest.raises(StorageUnavailable) as busy:
+            fence.ensure_storage("held", 48 * MiB, None, None)
+        assert busy.value.reason == "StorageDamaged"
+    finally:
+        subprocess.run(["umount", str(other)], check=False)
+    told: list[str] = []
+    fence.ensure_storage("held", 48 * MiB, None, None, report=told.append)
+    assert told and (path / "kept").read_text() == "yes\n"
+    (path / "new").write_text("writable\n")
+
+
+@needs_image
+def test_two_instances_starting_at_once_repair_the_storage_once(data: Path) -> None:
+    """Two Instances of the app start together on a damaged storage: one repairs it, the other
+    waits for that and finds it healthy — never two e2fsck, or one on a mounted image."""
+    import threading
+
+    from forge.nodeagent.diskfence import mount_source
+
+    fence = DiskFence(data, mode="image")
+    path = fence.ensure_storage("two", 48 * MiB, None, None)
+    with open(path / "kept", "w") as f:
+        f.write("yes\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.sync()
+    dev = mount_source(path)
+    assert dev
+    Path(f"/sys/fs/ext4/{dev[5:]}/trigger_fs_error").write_text("forge test: simulated I/O error\n")
+    told: list[str] = []
+    failed: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            fence.ensure_storage("two", 48 * MiB, None, None, report=told.append)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            failed.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not failed and len(told) == 1, (failed, told)
+    assert (path / "kept").read_text() == "yes\n" and len(mount_points(path)) == 1
