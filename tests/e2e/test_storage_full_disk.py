@@ -169,13 +169,13 @@ def test_storage_turned_read_only_by_an_error_is_repaired_before_the_app_runs_ag
     """An ext4 error on the live app's storage (the kernel remounts it read-only): the agent's disk
     check stops the Instance (StorageDamaged), its next start repairs the image with e2fsck and
     mounts it again (StorageRepaired), and the app writes again with every acknowledged record kept."""
-    from forge.nodeagent.diskfence import mount_source
-
     forge, _mnt = small
     if not any(d["metadata"]["name"] == "rec-1" for d in forge.list("deployments")):
         pytest.skip("needs the app of the test before")
     before = httpx.get(f"{forge.http}/read", headers={"Host": "rec.localhost"}, timeout=5).text.split()
-    dev = mount_source(forge.data / "node" / "storage" / "rec")
+    point = str(forge.data.resolve() / "node" / "storage" / "rec")
+    dev = next((ln.split(" - ", 1)[1].split()[1] for ln in Path("/proc/self/mountinfo").read_text().splitlines()
+                if ln.split()[4] == point), None)
     assert dev and dev.startswith("/dev/loop"), dev
     Path(f"/sys/fs/ext4/{dev[5:]}/trigger_fs_error").write_text("forge e2e: simulated I/O error\n")
     assert not append(forge, 5000), "the storage is read-only now"
