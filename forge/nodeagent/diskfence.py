@@ -363,7 +363,7 @@ class DiskFence:
                 if force
                 else f"e2fsck fixed the persistent storage of app {app} before mounting it (exit {code})"
             )
-            log.warning("%s: %s", msg, out[-300:])
+            log.warning("%s: %s", msg, out[-1500:])
             if report is not None:
                 report(msg)
 
