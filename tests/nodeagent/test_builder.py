@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from forge.cgroups import detect_driver
-from forge.nodeagent.logwriter import read_all
 from forge.nodeagent.builder import REASON_BUILD_FAILED, REASON_FETCH_FAILED, Builder, BuildError, tail
+from forge.nodeagent.logwriter import read_all
 from forge.nodeagent.sandbox import Sandbox, SandboxSpec, UidAllocator
 from forge.nodeagent.spec import RunSpec
 from tests.nodeagent.test_agent_harness import CLOCK, NEEDS, make_repo

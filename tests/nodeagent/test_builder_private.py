@@ -18,8 +18,8 @@ import pytest
 from forge import errors
 from forge.cgroups import detect_driver
 from forge.client import ForgeClient
-from forge.nodeagent.logwriter import read_all
 from forge.nodeagent.builder import REASON_FETCH_FAILED, Builder, BuildError, api_credentials
+from forge.nodeagent.logwriter import read_all
 from forge.nodeagent.sandbox import Sandbox, SandboxSpec, UidAllocator
 from forge.nodeagent.spec import RunSpec
 from tests.githttp import PrivateGitServer
