@@ -269,6 +269,14 @@ def proxy(
     "(default: the API host's address unless it is loopback; with several control-plane hosts list them all).",
 )
 @click.option(
+    "--log-cap",
+    envvar="FORGE_LOG_CAP",
+    default="64M",
+    show_default=True,
+    help="Bytes of log kept on this node per Instance log and per build log (rotations included); "
+    "output past it, or past 10,000 lines in 30 s, is dropped where it is made, with a marker line.",
+)
+@click.option(
     "--stop-apps-on-exit",
     is_flag=True,
     help="Stop this node's apps when the agent exits (forge up); by default they keep serving.",
@@ -285,6 +293,7 @@ def agent(
     build_env: str,
     build_files: str,
     proxy_from: str | None,
+    log_cap: str,
     stop_apps_on_exit: bool,
 ) -> None:
     """Run the node agent: build and supervise this machine's Instances."""
@@ -304,6 +313,7 @@ def agent(
     builds_env = parse_build_env(build_env, dict(os.environ))
     builds_files = parse_build_files(build_files)
     proxies = parse_proxy_sources(proxy_from) if proxy_from is not None else None
+    log_cap_bytes = parse_log_cap(log_cap)
     if not token.startswith("forge-node."):
         raise Invalid("--token is not a node token (mint one with: forge nodes token create NAME)")
     os.environ.pop("FORGE_NODE_TOKEN", None)  # nothing the agent starts may inherit it
@@ -329,11 +339,26 @@ def agent(
         build_env=builds_env,
         build_files=builds_files,
         proxy_sources=proxies,
+        log_cap_bytes=log_cap_bytes,
     )
     if stop_apps_on_exit:
         stop_local_apps(Path(cfg.data_dir), node)
         remove_node_network(Path(cfg.data_dir))
         unmount_release_disks(Path(cfg.data_dir))
+
+
+def parse_log_cap(value: str) -> int:
+    """``--log-cap`` as bytes: a size (64M, 1G), at least 1 MiB."""
+    from forge.manifest import parse_size
+    from forge.nodeagent.logwriter import MIN_CAP
+
+    try:
+        cap = parse_size(value)
+    except ValueError as exc:
+        raise Invalid(f"--log-cap: {exc}") from None
+    if cap < MIN_CAP:
+        raise Invalid(f"--log-cap: {value} is below the minimum of 1M")
+    return cap
 
 
 @cli.command()

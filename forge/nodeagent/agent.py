@@ -31,6 +31,7 @@ from forge.nodeagent.diskfence import IMAGES_DIR, DiskFence, image_mode_missing
 from forge.nodeagent.diskgc import DiskGC, Release
 from forge.nodeagent.exitwatch import ExitWatcher
 from forge.nodeagent.logship import Shipper
+from forge.nodeagent.logwriter import DEFAULT_CAP as DEFAULT_LOG_CAP
 from forge.nodeagent.metrics import AgentCollector, serve_metrics
 from forge.nodeagent.network import NodeNetwork, default_proxy_sources
 from forge.nodeagent.reconciler import Reconciler
@@ -85,7 +86,7 @@ class Agent:
         clock: Clock,
         heartbeat_seconds: float = HEARTBEAT_SECONDS,
         workers: int = 4,
-        log_cap_bytes: int = 10 * 1024 * 1024,
+        log_cap_bytes: int = DEFAULT_LOG_CAP,
         driver: Any = _AUTO,
         cgroup_parent: str | None = None,
         network: Any = _AUTO,
@@ -159,8 +160,11 @@ class Agent:
             build_env=build_env,
             build_files=build_files,
             fence=self.fence,
+            log_cap=log_cap_bytes,
         )
-        self.supervisor = Supervisor(self.sandbox, self.driver, clock, SandboxSpec, self._owner)
+        self.supervisor = Supervisor(
+            self.sandbox, self.driver, clock, SandboxSpec, self._owner, log_cap=log_cap_bytes
+        )
         status = StatusWriter(client, clock, self._remember)
         self.reconciler = Reconciler(
             client,
@@ -490,11 +494,13 @@ class Agent:
         return pending
 
     def _check_disk(self) -> float:
-        """Measure running releases against their ``resources.disk``; full ones' Instances are
-        queued and stop in their own reconcile (one writer per Instance)."""
+        """Measure running releases against their ``resources.disk`` and look at their storage;
+        full or damaged ones' Instances are queued and stop in their own reconcile (one writer per
+        Instance)."""
         with self.cache_lock:
             limits = {name: inst.spec.resources.disk for name, inst in self.cache.items()}
-        for name in self.reconciler.check_disk(limits):
+            storage = {name for name, inst in self.cache.items() if inst.spec.storage}
+        for name in self.reconciler.check_disk(limits, storage):
             self.queue.add(name)
         return DISK_CHECK_SECONDS
 

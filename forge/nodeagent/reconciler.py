@@ -22,7 +22,12 @@ from forge.client import ForgeClient
 from forge.clock import Clock
 from forge.models import Instance
 from forge.nodeagent.builder import REASON_BUILD_FAILED, REASON_FETCH_FAILED, Builder, BuildError, DiskLow
-from forge.nodeagent.diskfence import REASON_DISK_LIMIT
+from forge.nodeagent.diskfence import (
+    REASON_DISK_LIMIT,
+    REASON_STORAGE_DAMAGED,
+    REASON_STORAGE_REPAIRED,
+    StorageUnavailable,
+)
 from forge.nodeagent.logship import Shipper, log_path
 from forge.nodeagent.prober import READY, UNHEALTHY, WAITING, ProbeResult, ProbeTracker, probe
 from forge.nodeagent.sandbox import SandboxTimeout
@@ -90,6 +95,7 @@ class Reconciler:
         self._builds_lock = threading.Lock()
         self.building: set[str] = set()  # Instances whose build runs now
         self.cancelled: set[str] = set()  # of those, the ones no longer wanted (their build is killed)
+        self.storage_damaged: set[str] = set()  # Instances whose storage the disk check found read-only
 
     def reconcile(self, name: str, inst: Instance | None) -> float | None:
         st = self.state.get(name)
@@ -201,6 +207,8 @@ class Reconciler:
             return self._start(inst, st, run, limits)
         if st.release_dir in self.over_limit:
             return self._disk_exceeded(inst, st, run)
+        if name in self.storage_damaged:
+            return self._storage_damaged(inst, st, run)
         if run.kind == "oneshot":
             return self._watch_oneshot(inst, st, run)
         if run.kind == "worker":
@@ -390,7 +398,15 @@ class Reconciler:
         try:
             if inst.spec.storage and fence is not None:
                 uid, gid = self.supervisor.owner_for(inst.spec.app)
-                storage = str(fence.ensure_storage(inst.spec.app, inst.spec.storage, uid, gid))
+                storage = str(
+                    fence.ensure_storage(
+                        inst.spec.app,
+                        inst.spec.storage,
+                        uid,
+                        gid,
+                        report=lambda msg: self.event(st.name, "Warning", REASON_STORAGE_REPAIRED, msg),
+                    )
+                )
             if inst.spec.oneshot is not None and inst.spec.oneshot.interactive:
                 pipe = os.pipe()
             exit_file = None
@@ -423,6 +439,9 @@ class Reconciler:
             if pipe is not None:
                 os.close(pipe[1])
             st.reason, st.message = REASON_START_FAILED, str(exc)[:500]
+            if isinstance(exc, StorageUnavailable):  # no room for it, or damaged: say so, retry later
+                st.reason = exc.reason
+                self.event(st.name, "Warning", exc.reason, exc.message)
             self._schedule_restart(st)
             self.state.save()
             self.status.write(inst, st, "Starting", None)
@@ -553,18 +572,36 @@ class Reconciler:
         self.next_probe.pop(st.name, None)
 
     # -- disk limit ----------------------------------------------------------------
-    def check_disk(self, limits: dict[str, int]) -> list[str]:
+    def check_disk(
+        self, limits: dict[str, int], storage: set[str] | frozenset[str] = frozenset()
+    ) -> list[str]:
         """The disk check (the agent's ``~disk`` timer): running Instances whose release tree is at
-        its limit (``limits``: Instance name -> ``resources.disk``). Their releases are marked;
-        each Instance's own reconcile then stops it (``_disk_exceeded``)."""
+        its limit (``limits``: Instance name -> ``resources.disk``), or whose persistent storage
+        (``storage``: the Instances that have one) turned read-only after an I/O error. They are
+        marked; each Instance's own reconcile then stops it (``_disk_exceeded``,
+        ``_storage_damaged``) and its next start repairs the storage."""
         fence = self.builder.fence
         if fence is None:
             return []
         due: list[str] = []
         checked: dict[str, bool] = {}
+        damaged: dict[str, bool] = {}
         for name in self.state.names():
             st = self.state.get(name)
-            if st is None or not st.pid or name not in limits:
+            if st is None or not st.pid:
+                continue
+            if name in storage:
+                if st.app not in damaged:
+                    try:
+                        damaged[st.app] = fence.storage_damaged(st.app)
+                    except OSError as exc:
+                        log.warning("%s: cannot check the storage of %s: %s", name, st.app, exc)
+                        damaged[st.app] = False
+                if damaged[st.app]:
+                    self.storage_damaged.add(name)
+                    due.append(name)
+                    continue
+            if name not in limits:
                 continue
             full = checked.get(st.release_dir)
             if full is None:
@@ -598,6 +635,22 @@ class Reconciler:
         self.event(st.name, "Warning", REASON_DISK_LIMIT, st.message)
         self.status.write(inst, st, "Starting", None)
         return self._backoff_left(st) if st.next_start else None
+
+    def _storage_damaged(self, inst: Instance, st: InstanceState, run: RunSpec) -> float | None:
+        """Stop an Instance whose persistent storage turned read-only (an I/O error): once no
+        process of the app holds it, its next start repairs it (``DiskFence.ensure_storage``)."""
+        self.supervisor.stop(st, run.stop_timeout)
+        self.storage_damaged.discard(st.name)
+        st.reason = REASON_STORAGE_DAMAGED
+        st.message = (
+            "its persistent storage turned read-only after an I/O error; stopped so that it is "
+            "repaired (e2fsck) before it starts again"
+        )
+        self._schedule_restart(st)
+        self._persist(st)
+        self.event(st.name, "Warning", REASON_STORAGE_DAMAGED, st.message)
+        self.status.write(inst, st, "Starting", None)
+        return st.next_start - self.clock.now() if st.next_start else None
 
     # -- probe -----------------------------------------------------------------
     def _probe(self, inst: Instance, st: InstanceState, run: RunSpec) -> float | None:

@@ -21,16 +21,15 @@ STATE_VERSION = 1
 
 @dataclass
 class LogCursor:
-    """Position of the shipper in one log (logical stream offsets, monotonically increasing).
-
-    ``cur_base`` is the logical offset of the first byte of the live file, ``prev_base`` that
-    of the rotated ``.1`` file (which ends at ``cur_base``); ``shipped`` is the logical offset
-    up to which the control plane acknowledged every line.
-    """
+    """Position of the shipper in one log: the logical offset (``forge.nodeagent.logwriter``:
+    segments named by the offset of their first byte) up to which the control plane
+    acknowledged every line."""
 
     shipped: int = 0
-    cur_base: int = 0
-    prev_base: int = 0
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LogCursor:
+        return cls(shipped=int(data.get("shipped") or 0))
 
 
 @dataclass
@@ -65,7 +64,7 @@ class InstanceState:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> InstanceState:
-        logs = {k: LogCursor(**v) for k, v in (data.get("logs") or {}).items()}
+        logs = {k: LogCursor.from_dict(v) for k, v in (data.get("logs") or {}).items()}
         known = {f for f in cls.__dataclass_fields__ if f != "logs"}
         return cls(**{k: v for k, v in data.items() if k in known}, logs=logs)
 
