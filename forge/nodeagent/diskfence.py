@@ -278,7 +278,7 @@ class DiskFence:
             f"{'growing' if grow else 'creating'} the persistent storage of app {app} ({size // 2**20} MiB)"
         )
         if need + STORAGE_HEADROOM > free:
-            raise StorageDamaged(
+            raise StorageUnavailable(
                 f"{what} does not fit on this node: it needs {need // 2**20} MiB and the node's data dir "
                 f"has {free // 2**20} MiB free ({STORAGE_HEADROOM // 2**20} MiB must stay free)"
             )
@@ -289,7 +289,9 @@ class DiskFence:
         except OSError as exc:
             if not grow:
                 os.ftruncate(fd, 0)
-            raise StorageDamaged(f"{what} failed: {exc.strerror} ({free // 2**20} MiB were free)") from None
+            raise StorageUnavailable(
+                f"{what} failed: {exc.strerror} ({free // 2**20} MiB were free)"
+            ) from None
         finally:
             os.close(fd)
 
@@ -334,7 +336,7 @@ class DiskFence:
         when nothing else still has it mounted (a running Instance's sandbox): then it waits."""
         _run(["umount", str(path)])
         if loop_devices(img):
-            raise StorageUnavailable(
+            raise StorageDamaged(
                 f"the persistent storage of app {app} is read-only after an I/O error and another "
                 "process of the app still has it open; it is repaired once they have stopped",
             )
@@ -349,7 +351,7 @@ class DiskFence:
             argv = ["e2fsck", "-f", "-y", str(img)]
             code, out = _run_code(argv)
         if code >= 4:
-            raise StorageUnavailable(
+            raise StorageDamaged(
                 f"the persistent storage of app {app} is damaged and e2fsck cannot repair it "
                 f"(exit {code}): {out[-300:]}",
             )
