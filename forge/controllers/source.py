@@ -1,5 +1,8 @@
 """Source controller: a new Deployment's commit → validated ``forge.yaml`` in its status.
 
+Without a ``forge.yaml`` (or with one that leaves ``build`` out) the build is detected from the
+commit's files by ``forge.detect`` (reason ``DetectionFailed`` when it cannot be).
+
 For a Deployment with no manifest that is not finished: Pending + ``SourceReady Unknown``;
 fetch the commit into ``DATA_DIR/source-cache`` (``forge.gitsource``), read ``forge.yaml``
 there, validate it with ``forge.manifest.parse_manifest`` and store ``Manifest.to_status()``
@@ -33,11 +36,12 @@ from forge.clock import Clock
 from forge.config import Config
 from forge.controllers.base import DONE, Controller, Result
 from forge.controllers.cache import read_only
+from forge.detect import DetectionFailed, read_files, resolve_manifest, wants_detection
 from forge.errors import Invalid, NotFound
 from forge.events import EventRecorder
 from forge.gitauth import open_token, scrub, select_credential
 from forge.gitsource import GitError, GitSource
-from forge.manifest import parse_manifest
+from forge.manifest import Manifest
 from forge.models import DEPLOYMENT_TERMINAL, App, Deployment, DeploymentPhase, RepoCredential, set_condition
 from forge.store.base import Store, WatchEvent
 
@@ -50,6 +54,7 @@ REASON_INVALID: Final[str] = "InvalidManifest"
 REASON_FETCH_FAILED: Final[str] = "FetchFailed"
 REASON_RETRYING: Final[str] = "FetchRetrying"
 REASON_STALE: Final[str] = "StalePush"
+REASON_UNDETECTED: Final[str] = DetectionFailed.reason
 FETCH_ATTEMPTS = 5
 FETCH_DEADLINE = 120.0
 MANIFEST_FILE = "forge.yaml"
@@ -70,6 +75,12 @@ def describe_invalid(exc: Invalid) -> str:
     parts = [f"{d['path']}: {d['message']}" if d.get("path") else d["message"] for d in exc.details[:5]]
     more = f" (and {len(exc.details) - 5} more)" if len(exc.details) > 5 else ""
     return f"{MANIFEST_FILE}: " + "; ".join(parts) + more
+
+
+def _valid_message(manifest: Manifest, commit: str) -> str:
+    if manifest.build.detected:
+        return f"build detected at {commit[:12]}: {manifest.build.detected[0]}"
+    return f"{MANIFEST_FILE} at {commit[:12]} is valid"
 
 
 class SourceController(Controller):
@@ -139,6 +150,7 @@ class SourceController(Controller):
             with self._lock_for(repo):
                 cache = self.git.fetch(repo, url, commit, token)
                 text = self.git.show(cache, commit, MANIFEST_FILE)
+                files = read_files(lambda p: self.git.show(cache, commit, p)) if wants_detection(text) else {}
                 stale_head = self._stale_head(dep, url, token)
         except GitError as exc:
             msg = scrub(f"fetching {repo}@{commit[:12]} failed: {exc.message}", token)
@@ -157,10 +169,10 @@ class SourceController(Controller):
         self._failures.pop(key, None)
         if stale_head is not None:
             return self._stale(dep, stale_head)
-        if text is None:
-            return self._fail(dep, REASON_INVALID, f"{MANIFEST_FILE} not found at {commit}")
         try:
-            manifest = parse_manifest(text, dep.spec.app)
+            manifest = resolve_manifest(text, files, dep.spec.app)
+        except DetectionFailed as exc:
+            return self._fail(dep, REASON_UNDETECTED, scrub(exc.message, token))
         except Invalid as exc:
             return self._fail(dep, REASON_INVALID, scrub(describe_invalid(exc), token))
         dep.status.manifest = manifest.to_status()
@@ -170,11 +182,11 @@ class SourceController(Controller):
             SOURCE_READY,
             "True",
             REASON_FETCHED,
-            f"{MANIFEST_FILE} at {commit[:12]} is valid",
+            _valid_message(manifest, commit),
             self.clock.now_iso(),
         )
         dep = self.store.update_status(dep)
-        self.recorder.record(dep, "Normal", REASON_FETCHED, f"{MANIFEST_FILE} at {commit[:12]} is valid")
+        self.recorder.record(dep, "Normal", REASON_FETCHED, _valid_message(manifest, commit))
         return DONE
 
     # ------------------------------------------------------------------ stale pushes

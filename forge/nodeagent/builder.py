@@ -32,7 +32,7 @@ from typing import Any, Final
 from forge import errors
 from forge.clock import Clock
 from forge.gitauth import GitAuth, git_auth
-from forge.nodeagent import buildlog
+from forge.nodeagent import buildcache, buildlog
 from forge.nodeagent.sandbox import SandboxTimeout, prepare_workdir
 from forge.nodeagent.spec import RunSpec
 from forge.nodeagent.state import write_atomic
@@ -129,7 +129,9 @@ class Builder:
         min_free_bytes: int = MIN_FREE_BYTES,
         min_free_ratio: float = MIN_FREE_RATIO,
         fence: Any = None,
+        build_cache: bool = True,
     ) -> None:
+        self.build_cache = build_cache  # each App's build cache bound into its builds (forge.buildsteps)
         self.fence = fence  # DiskFence: each release its own size-limited tree (None: unlimited, tests)
         self.min_free_bytes, self.min_free_ratio = min_free_bytes, min_free_ratio
         self.data_dir = Path(data_dir)
@@ -196,6 +198,8 @@ class Builder:
                 return release
             self._check_space()
             build_log.parent.mkdir(parents=True, exist_ok=True)
+            for note in run.build_notes:  # a detected build says what was detected, first
+                buildlog.append(build_log, self.clock, f"==> {note}")
             buildlog.append(build_log, self.clock, f"==> fetching {repo}@{commit[:12]}")
             cache = self._fetch(instance, repo, commit, build_log)
             self._export(cache, commit, release, build_log, disk)
@@ -328,6 +332,7 @@ class Builder:
             self.driver.create(cgroup)
             self.driver.set_limits(cgroup, *limits)
         net: dict[str, Any] = {}
+        cache_dir = buildcache.ensure_app_dir(self.data_dir, app, uid, gid) if self.build_cache else None
         try:
             if self.network is not None:
                 # "build." cannot start an Instance name (DNS labels have no dots), so a build's
@@ -361,6 +366,7 @@ class Builder:
                     stdout_path=str(build_log),
                     stderr_path=str(build_log),
                     ro_files=self.build_files,
+                    build_cache=cache_dir,
                     fsize_limit=disk
                     if disk and self.fence is not None and self.fence.mode == "watcher"
                     else None,
