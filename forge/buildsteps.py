@@ -103,7 +103,7 @@ print("\\n".join(k + v.get("version", "") for k, v in d.items() if "version" in 
 .venv/bin/pip install --no-input -r /tmp/forge-requirements.txt
 """,
     "uv": _tool("uv")
-    + 'UV_PROJECT_ENVIRONMENT="$PWD/.venv" UV_PYTHON_DOWNLOADS=never '
+    + 'UV_PROJECT_ENVIRONMENT="$PWD/.venv" UV_PYTHON_DOWNLOADS=never UV_NATIVE_TLS=1 '
     + 'uv sync --frozen --no-dev --no-install-project --python "$PY"\n',
     "poetry": _tool("poetry")
     + '"$PY" -m venv .venv\nPOETRY_VIRTUALENVS_IN_PROJECT=true VIRTUAL_ENV="$PWD/.venv" '

@@ -57,7 +57,8 @@ def deploy(forge: Forge, remote: Remote, app: str, files: dict[str, str], n: int
     commit = remote.commit({**files, "version.txt": version + "\n"}, version)
     assert push(forge, remote.full_name, commit) == [f"{app}-{n}"]
     dep = forge.wait_phase(f"{app}-{n}", {"Live", "Failed"}, timeout=300)
-    assert dep["status"]["phase"] == "Live", dep["status"]
+    status = dep["status"]
+    assert status["phase"] == "Live", (status.get("reason"), status.get("message"))
     return dep
 
 
