@@ -39,7 +39,7 @@ INSTALL_WORDS: Final[dict[str, str]] = {
     "yarn": "yarn install --frozen-lockfile",
 }
 
-_CACHE_SETUP = f"""C={CACHE_PATH}; if [ -d "$C" ] && [ -w "$C" ]; then mkdir -p "$C/env"; else C=; fi
+_CACHE_SETUP = f"""C=${{FORGE_BUILD_CACHE:-{CACHE_PATH}}}; if [ -d "$C" ] && [ -w "$C" ]; then mkdir -p "$C/env"; else C=; fi
 ARCH="$(uname -m) $( (ldd --version 2>&1 || true) | head -n 1)"
 """
 
