@@ -6,9 +6,25 @@ STAMP := $(VENV)/.installed
 APT_PKGS := caddy bubblewrap git prometheus chromium nftables iproute2 postgresql
 PYTEST_ARGS ?=
 
-.PHONY: setup run test lint system-packages clean bench
+.PHONY: setup run test lint system-packages github-fixtures clean bench
 
-setup: system-packages $(STAMP)
+setup: system-packages $(STAMP) github-fixtures
+
+# GitHub's published OpenAPI description and webhook examples (npm @octokit/openapi and
+# @octokit/webhooks-examples, pinned in tests/github/package.json): the fake GitHub the tests
+# run against validates every request Forge sends against them. Installed into
+# tests/github/node_modules (gitignored); npm itself comes from Debian when it is missing.
+GH_FIXTURES := tests/github/node_modules/.installed
+github-fixtures: $(GH_FIXTURES)
+
+$(GH_FIXTURES): tests/github/package.json
+	@command -v npm >/dev/null || { \
+	  if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian packages: npm"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm >/dev/null; \
+	  else echo "warning: npm is missing (run make setup as root on Debian to install it)"; fi; }
+	cd tests/github && npm install --no-audit --no-fund --silent
+	touch $(GH_FIXTURES)
 
 # Debian packages Forge drives for real: caddy (router), bwrap (sandbox), git (source),
 # promtool (metrics/rules checks), chromium (dashboard browser test), nftables (libnftables:

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from forge.errors import Invalid
+from forge.subnets import DEFAULT_POOL, parse_pool
 
 DEFAULT_GIT_URL_TEMPLATE = "https://github.com/{full_name}.git"
+DEFAULT_GITHUB_API_URL = "https://api.github.com"
 
 
 def default_data_dir(env: os._Environ[str] | dict[str, str] | None = None, euid: int | None = None) -> Path:
@@ -60,6 +63,27 @@ class Config:
     service_address: str = (
         ""  # the install's service IP (FORGE_SERVICE_ADDRESS); "" = derived from the data dir
     )
+    instance_pool: str = DEFAULT_POOL  # FORGE_INSTANCE_POOL: where every node's instance subnet lies
+
+    @property
+    def pool(self) -> ipaddress.IPv4Network:
+        return parse_pool(self.instance_pool)
+
+    # Reporting back to GitHub (forge.github): the REST API's base URL, and either a token or a
+    # GitHub App (its id and the path of its PEM private key). None of them set: no reports.
+    github_api_url: str = DEFAULT_GITHUB_API_URL
+    github_token: str = field(default="", repr=False)
+    github_app_id: str = ""
+    github_app_private_key: str = ""  # a path, never the key itself
+    public_url: str = ""  # the dashboard's base URL for links sent to GitHub ("" = http://API_LISTEN)
+
+    @property
+    def github_enabled(self) -> bool:
+        return bool(self.github_token or (self.github_app_id and self.github_app_private_key))
+
+    @property
+    def dashboard_url(self) -> str:
+        return (self.public_url or f"http://{self.api_listen}").rstrip("/")
 
     @property
     def effective_caddy_admin(self) -> str:
@@ -92,5 +116,11 @@ class Config:
             store_url=e.get("FORGE_STORE_URL") or "",
             domain=e.get("FORGE_DOMAIN") or "localhost",
             service_address=(e.get("FORGE_SERVICE_ADDRESS") or "").strip(),
+            github_api_url=(e.get("FORGE_GITHUB_API_URL") or DEFAULT_GITHUB_API_URL).strip().rstrip("/"),
+            github_token=(e.get("FORGE_GITHUB_TOKEN") or "").strip(),
+            github_app_id=(e.get("FORGE_GITHUB_APP_ID") or "").strip(),
+            github_app_private_key=(e.get("FORGE_GITHUB_APP_PRIVATE_KEY") or "").strip(),
+            public_url=(e.get("FORGE_PUBLIC_URL") or "").strip(),
+            instance_pool=str(parse_pool(e.get("FORGE_INSTANCE_POOL") or DEFAULT_POOL)),
         )
         return replace(cfg, **overrides) if overrides else cfg

@@ -32,6 +32,8 @@ BRANCH = re.compile(
 
 # Labels the control plane puts on child records.
 LABEL_APP: str = "forge.dev/app"
+LABEL_PREVIEW_OF: Final[str] = "forge.dev/preview-of"  # on a pull request's preview App: its App
+LABEL_PR: Final[str] = "forge.dev/pr"  # on a preview App and its Preview: the pull request number
 LABEL_DEPLOYMENT: str = "forge.dev/deployment"
 LABEL_NODE: str = "forge.dev/node"
 LABEL_PROCESS: str = "forge.dev/process"  # a non-web Instance's process type (worker, release, cron, run)
@@ -236,6 +238,7 @@ class AppSpec(Model):
     rollback_on_failure: bool = True
     # Only nodes carrying every one of these labels run the app (``{"disk": "ssd"}``).
     node_selector: dict[str, str] = Field(default_factory=dict, max_length=20)
+    previews: PreviewSettings | None = None  # pull-request previews (forge.previews)
 
     @field_validator("node_selector")
     @classmethod
@@ -277,6 +280,50 @@ class AppSpec(Model):
     @classmethod
     def _processes(cls, v: dict[str, int]) -> dict[str, int]:
         return check_process_replicas(v)
+
+
+_TTL = re.compile(r"^(\d+)([smhd])$")
+_TTL_UNITS: Final[dict[str, int]] = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+DEFAULT_PREVIEW_TTL: Final[str] = "7d"
+
+
+def ttl_seconds(value: str | int) -> int:
+    """``7d`` / ``48h`` / ``90m`` / ``3600s`` / a number of seconds → seconds; ValueError."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        n = value
+    else:
+        m = _TTL.match(str(value).strip())
+        if m is None:
+            raise ValueError(f"{value!r} is not a time to live (use 7d, 48h, 90m or seconds)")
+        n = int(m.group(1)) * _TTL_UNITS[m.group(2)]
+    if not 60 <= n <= 365 * 86400:
+        raise ValueError("a preview's ttl must be between 1 minute and 365 days")
+    return n
+
+
+class PreviewSettings(Model):
+    """``App.spec.previews``: each pull request against one of the App's branches gets a preview
+    App ``APP-pr-N`` until it closes or goes ``ttl`` without a push."""
+
+    enabled: bool = False
+    ttl: str | int = DEFAULT_PREVIEW_TTL
+    secrets: Literal["none", "inherit"] = "none"  # inherit: the App's Secret (never for forks)
+    env: dict[str, str] = Field(default_factory=dict)  # overrides of the App's env in previews
+
+    @field_validator("ttl")
+    @classmethod
+    def _ttl(cls, v: str | int) -> str | int:
+        ttl_seconds(v)
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: dict[str, str]) -> dict[str, str]:
+        return check_env(v)
+
+    @property
+    def ttl_seconds(self) -> int:
+        return ttl_seconds(self.ttl)
 
 
 def check_process_replicas(v: dict[str, int]) -> dict[str, int]:
@@ -326,6 +373,8 @@ class Trigger(Model):
     type: TriggerType = "api"
     delivery_id: str | None = Field(default=None, max_length=128)
     user: str | None = Field(default=None, max_length=128)
+    installation_id: int | None = None  # the GitHub App installation that delivered the push
+    force: bool | None = None  # forge deploy --force: released and built anew even when already live
 
 
 class DeploymentConfig(Model):
@@ -389,6 +438,19 @@ class DeploymentStatus(Status):
     last_restart_time: str | None = None
     # Written by the rollout controller: the release command's one run (forge.yaml ``release``).
     release_phase: ReleasePhase | None = None
+    # Written by the rollout controller: the release whose build this one runs (the first of the
+    # same commit and build inputs; itself when empty). Nodes keep builds by that name.
+    build: str = ""
+    # Written by the github controller only: how far this release's report to GitHub got.
+    github: GithubReport | None = None
+
+
+class GithubReport(Model):
+    """The github controller's own slot: the GitHub Deployment it created and the steps it sent."""
+
+    deployment_id: int | None = None
+    sent: list[str] = Field(default_factory=list)
+    message: str = ""  # why the last attempt did not go out (no secrets), "" once it did
 
 
 class ReleasePhase(Model):
@@ -466,6 +528,12 @@ class InstanceSpec(Model):
     oneshot: OneShot | None = None
     storage: int = 0  # bytes of the app's persistent storage (forge.yaml storage.size), 0: none
     node_selector: dict[str, str] = Field(default_factory=dict)  # labels its node must carry
+    # Set by rollout when a scale-down retires this Instance: the router stops sending it traffic
+    # at once and rollout asks it to stop a drain later. The agent leaves the process alone.
+    unrouted_time: str | None = None
+    # What the release's build is keyed by (commit and build inputs): every release of that
+    # commit and build shares one built tree on a node — a config release or a rollback reuses it.
+    build: str = ""
 
 
 InstancePhase = Literal[
@@ -641,6 +709,80 @@ class RepoCredential(Resource):
     status: Status = Field(default_factory=Status)
 
 
+TRUSTED_ASSOCIATIONS: Final[frozenset[str]] = frozenset({"OWNER", "MEMBER", "COLLABORATOR"})
+PreviewState = Literal["open", "closed"]
+
+
+class PreviewSpec(Model):
+    """One pull request of an App, as the webhook (and ``forge previews approve``) last saw it.
+
+    ``trusted``: the head is in the base repository and its author is an OWNER, MEMBER or
+    COLLABORATOR. An untrusted head builds only once ``approvedSha`` equals ``headSha``."""
+
+    app: str
+    number: int = Field(ge=1)
+    repo: str  # the base repository, owner/name
+    base_ref: str = ""
+    head_sha: str
+    head_repo: str = ""
+    author: str = ""
+    author_association: str = ""
+    draft: bool = False
+    state: PreviewState = "open"
+    trusted: bool = False
+    approved_sha: str | None = None
+    approved_by: str | None = None
+    head_time: str | None = None  # when the head was pushed (the ttl runs from here)
+
+    @field_validator("head_sha")
+    @classmethod
+    def _sha(cls, v: str) -> str:
+        if not COMMIT.match(v):
+            raise ValueError(f"{v!r} is not a commit (40 lowercase hex characters)")
+        return v
+
+
+class PreviewGithub(Model):
+    """The github-previews controller's own slot."""
+
+    waiting_sha: str | None = None  # the head whose "waits for approval" commit status was sent
+    inactive_generation: int = 0  # the Preview generation whose teardown GitHub was told of
+
+
+class PreviewStatus(Status):
+    # phase: Draft | AwaitingApproval | Deploying | Live | Failed | Closed | Expired (previews controller)
+    deployment: str | None = None
+    url: str | None = None
+    message: str = ""
+    github: PreviewGithub | None = None  # written by the github-previews controller only
+
+
+class Preview(Resource):
+    KIND: ClassVar[str] = "Preview"
+    PLURAL: ClassVar[str] = "previews"
+    spec: PreviewSpec
+    status: PreviewStatus = Field(default_factory=PreviewStatus)
+
+
+class GithubAppSpec(Model):
+    """The GitHub App ``forge github connect`` created (one record, named ``github``). ``privateKey``
+    and ``webhookSecret`` are sealed like Secret values and never leave the server."""
+
+    app_id: int
+    slug: str = ""
+    html_url: str = ""
+    owner: str = ""
+    private_key: str = ""  # sealed PEM (AAD ``GithubApp/NAME/privateKey``)
+    webhook_secret: str = ""  # sealed (AAD ``GithubApp/NAME/webhookSecret``)
+
+
+class GithubApp(Resource):
+    KIND: ClassVar[str] = "GithubApp"
+    PLURAL: ClassVar[str] = "githubapps"
+    spec: GithubAppSpec
+    status: Status = Field(default_factory=Status)
+
+
 # --------------------------------------------------------------------------- Lease / NodeToken
 
 
@@ -677,7 +819,20 @@ class NodeToken(Resource):
 
 
 KINDS: dict[str, type[Resource]] = {
-    c.KIND: c for c in (App, Deployment, Instance, Node, Event, Secret, RepoCredential, Lease, NodeToken)
+    c.KIND: c
+    for c in (
+        App,
+        Deployment,
+        Instance,
+        Node,
+        Event,
+        Secret,
+        RepoCredential,
+        Lease,
+        NodeToken,
+        GithubApp,
+        Preview,
+    )
 }
 PLURALS: dict[str, type[Resource]] = {c.PLURAL: c for c in KINDS.values()}
 

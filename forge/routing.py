@@ -31,7 +31,13 @@ def instance_dial(inst: Instance, nodes: dict[str, Node]) -> str | None:
     The address is the Instance's own (its network namespace) when the agent reported one,
     else its node's address (a node on the shared host network)."""
     st = inst.status
-    if inst.spec.desired != "Running" or st.phase != "Running" or not st.ready or not st.port:
+    if (
+        inst.spec.desired != "Running"
+        or inst.spec.unrouted_time
+        or st.phase != "Running"
+        or not st.ready
+        or not st.port
+    ):
         return None
     node = nodes.get(inst.spec.node or "")
     if node is None:

@@ -360,6 +360,13 @@ def _rotate_record(store: Store, keyring: Keyring, kind: str, name: str) -> int:
                 new = _reseal(keyring, kind, name, k, v)
                 if new is not None:
                     obj.spec.data[k], changed = new, changed + 1
+        elif kind == "GithubApp":  # forge github connect: the App's key and webhook secret
+            for attr, field_name in (("private_key", "privateKey"), ("webhook_secret", "webhookSecret")):
+                value = getattr(obj.spec, attr)
+                new = _reseal(keyring, kind, name, field_name, value) if value else None
+                if new is not None:
+                    setattr(obj.spec, attr, new)
+                    changed += 1
         else:
             new = _reseal(keyring, kind, name, "token", obj.spec.token)
             if new is not None:
@@ -379,7 +386,7 @@ def rotate_all(store: Store, keyring: Keyring) -> int:
     new = keyring.rotate()
     total = 0
     for _sweep in range(2):
-        for kind in ("Secret", "RepoCredential"):
+        for kind in ("Secret", "RepoCredential", "GithubApp"):
             items, _ = store.list(kind)
             for obj in items:
                 total += _rotate_record(store, keyring, kind, obj.metadata.name)

@@ -12,6 +12,8 @@ on the proxy host turns it into a backend::
       chain refuse  (filter, hook input)  ip daddr SERVICE_IP → port unreachable (no backend: refused
                                            never a host listener on 0.0.0.0:PORT)
       chain postrouting (nat)             ip saddr SERVICE_IP → masquerade (leaves with a host address)
+      chain guard (filter, hook output)   a new connection to SERVICE_IP or the instance pool from
+                                           any uid but root's or Forge's → reset (past Caddy: none)
 
 Each App owns ``SLOTS`` (60) keys ``PORT . 0 … PORT . 59``; slot i holds ready replica
 ``i % n``, so n = 1–6, 10, 12, 15, 20, 30, 60 replicas split exactly and any other n within
@@ -33,7 +35,9 @@ from pathlib import Path
 from typing import Any, Final
 
 from forge.errors import Invalid
+from forge.hostperms import owner_refused
 from forge.nft import NetError, Nft, install_hash, ip, ip_json
+from forge.subnets import DEFAULT_POOL
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +97,11 @@ def slot_elements(port: int, backends: list[str], slots: int = SLOTS) -> list[st
 class ServiceMap:
     """The proxy host's service table and service IP; ``apply`` is one atomic kernel batch."""
 
-    def __init__(self, data_dir: str | Path, address: str = "", nft: Nft | None = None) -> None:
+    def __init__(
+        self, data_dir: str | Path, address: str = "", nft: Nft | None = None, pool: str = DEFAULT_POOL
+    ) -> None:
         h = install_hash(data_dir, SVC)
+        self.pool = pool
         self.table = f"fgs{h}"
         self.address = choose_service_ip(data_dir, address)
         self.nft = nft or Nft()
@@ -121,9 +128,15 @@ class ServiceMap:
         try:
             text = self.nft.run(f"list chain ip {self.table} output")
             text += self.nft.run(f"list chain ip {self.table} postrouting")
+            guard = self.nft.run(f"list chain ip {self.table} guard")
         except NetError:
             return False
-        return f"ip daddr {self.address} " in text and f"ip saddr {self.address} " in text
+        return (
+            f"ip daddr {self.address} " in text
+            and f"ip saddr {self.address} " in text
+            and self.pool in guard
+            and "skuid" in guard
+        )
 
     def table_script(self) -> str:
         t, a = self.table, self.address
@@ -140,6 +153,11 @@ class ServiceMap:
             # (the node routes its replies, and accepts the proxy host, by that address).
             f"  chain postrouting {{\n    type nat hook postrouting priority 100; policy accept;\n"
             f'    ip saddr {a} oifname != "lo" masquerade\n  }}\n'
+            # Before the DNAT above (priority -100) so it sees the service address; Instances on
+            # other nodes are reached through the pool's routes, so the pool is guarded too.
+            f"  chain guard {{\n    type filter hook output priority -150; policy accept;\n"
+            f"    ip daddr {{ {a}, {self.pool} }} meta l4proto tcp ct state new "
+            f"{owner_refused()} reject with tcp reset\n  }}\n"
             f"}}\n"
         )
 

@@ -155,9 +155,13 @@ class Supervisor:
     # ------------------------------------------------------------------ setup
     def prepare(self) -> dict[str, str]:
         self.data.mkdir(parents=True, exist_ok=True, mode=0o700)
+        from forge.hostperms import private_umask, secure_data_dir
+
+        private_umask()
+        secure_data_dir(self.data, self.data / "node" if self.local_agent else None)
         token, where = ensure_admin_token(self.cfg, self.base_env)
         self.admin_token_source = where
-        (self.data / "api-url").write_text(self.api_url + "\n")
+        write_private(self.data / "api-url", self.api_url + "\n")
         if not self.cfg.webhook_secret:
             log.warning(
                 "FORGE_GITHUB_WEBHOOK_SECRET is not set: every GitHub webhook delivery will be refused"

@@ -5,7 +5,8 @@
   secret value leaves the server, decrypted from the Secret named by ``spec.secret``.
 - ``GET /api/v1/instances/{name}/gitcredential`` (that instance's node, or admin): the token of
   the RepoCredential that applies to the Instance's ``spec.repo`` (``owner/repo`` over
-  ``owner``), for the agent's fetch; 404 when none does.
+  ``owner``), for the agent's fetch; else, with a GitHub App, an installation token for the
+  repository; 404 when none applies.
 - ``POST /api/v1/instances/{name}/logs`` (that instance's node, or admin): ship log lines.
 - ``POST /api/v1/secrets/rotate-key`` (admin): re-encrypt every sealed value.
 """
@@ -21,9 +22,10 @@ from pydantic import Field, ValidationError
 from forge.api import auth
 from forge.api.body import read_object, send
 from forge.api.context import ApiContext
-from forge.errors import Invalid, NotFound, pydantic_errors
+from forge.errors import Invalid, NotFound, Unavailable, pydantic_errors
 from forge.events import EventRecorder
 from forge.gitauth import USERNAME, open_token, select_credential
+from forge.github.client import GithubError
 from forge.models import App, Instance, Model, Node, RepoCredential, Secret, is_dns_name
 
 log = logging.getLogger(__name__)
@@ -122,11 +124,25 @@ class InstanceGitCredentialResource:
         creds: list[RepoCredential] = self.ctx.store.list(RepoCredential)[0]
         cred = select_credential(creds, repo) if repo else None
         token = open_token(self.ctx.sealer.keyring, cred)
-        if token is None or cred is None:  # no token without a credential
+        source = cred.metadata.name if cred is not None else ""
+        if token is None and repo and self.ctx.github_app is not None:
+            token, source = self._installation_token(repo), "of the GitHub App"
+        if token is None:
             raise NotFound(f"no RepoCredential applies to {repo or 'the repository of Instance ' + name}")
-        log.info("handed the git credential %s for %s to %s", cred.metadata.name, repo, auth.principal(req))
+        log.info("handed the git credential %s for %s to %s", source, repo, auth.principal(req))
         resp.set_header("Cache-Control", "no-store")
         send(resp, {"username": USERNAME, "token": token})
+
+    def _installation_token(self, repo: str) -> str | None:
+        """The App's installation token for ``repo``; None when the App is not installed there."""
+        app = self.ctx.github_app
+        assert app is not None
+        try:
+            return app.token_for(repo)[1]
+        except GithubError as exc:
+            if exc.code == 404:
+                return None
+            raise Unavailable(f"GitHub did not hand out a token for {repo}: {exc.message}") from None
 
 
 class InstanceLogsResource:
@@ -176,3 +192,27 @@ class NodeStorageResource:
             if isinstance(a, App) and a.status.storage_node == name
         ]
         send(resp, {"apps": sorted(apps)})
+
+
+class NodeAppsResource:
+    """``GET /api/v1/nodes/NAME/apps?names=a,b``: which of the named Apps still exist. The node's
+    agent asks about the apps it holds files of (releases, storage, a uid); the files of an app
+    that is gone are deleted and its uid is never handed out again."""
+
+    MAX_NAMES = 1000
+
+    def __init__(self, ctx: ApiContext) -> None:
+        self.ctx = ctx
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
+        p = auth.principal(req)
+        if not p.admin and p.node != name:
+            raise auth.forbid(p, f"ask about the apps of Node {name}")
+        names = {n for n in (req.get_param("names") or "").split(",") if n}
+        if len(names) > self.MAX_NAMES:
+            raise Invalid(
+                f"at most {self.MAX_NAMES} names per request",
+                [{"path": "names", "message": f"more than {self.MAX_NAMES} names"}],
+            )
+        apps = {a.metadata.name for a in self.ctx.store.list("App")[0] if isinstance(a, App)}
+        send(resp, {"apps": sorted(names & apps)})

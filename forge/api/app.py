@@ -20,18 +20,20 @@ from typing import Any
 
 import falcon
 
-from forge.api import agents, logs, records, releases, runs, system
+from forge.api import agents, github, logs, records, releases, runs, system
 from forge.api.auth import Authenticator, AuthMiddleware
 from forge.api.body import dumps
 from forge.api.context import ApiContext
 from forge.api.metrics import Metrics, MetricsMiddleware, MetricsResource
 from forge.api.openapi import EXPOSED, build_openapi
+from forge.api.previews import PreviewApproveResource
 from forge.api.sealing import Sealer
 from forge.api.ui import SignInResource, UiResource
 from forge.api.webhook import GithubWebhookResource
 from forge.clock import Clock, SystemClock
 from forge.config import Config
 from forge.errors import ForgeError
+from forge.github.auth import app_tokens
 from forge.models import PLURALS
 from forge.store.base import Store, open_store
 
@@ -119,6 +121,7 @@ def create_app(
         stream_cap_seconds=stream_cap_seconds,
         closing=closing or threading.Event(),
         max_streams=max_streams,
+        github_app=app_tokens(config, clock, store),
     )
     wake = getattr(store, "wake_waiters", None)
     if closing is None:
@@ -157,6 +160,7 @@ def create_app(
     app.add_route("/api/v1/instances/{name}/events", agents.AgentEventResource(ctx, "Instance"))
     app.add_route("/api/v1/nodes/{name}/events", agents.AgentEventResource(ctx, "Node"))
     app.add_route("/api/v1/nodes/{name}/storage", agents.NodeStorageResource(ctx))
+    app.add_route("/api/v1/nodes/{name}/apps", agents.NodeAppsResource(ctx))
     app.add_route("/api/v1/instances/{name}/gitcredential", agents.InstanceGitCredentialResource(ctx))
     app.add_route("/api/v1/instances/{name}/logs", agents.InstanceLogsResource(ctx))
     app.add_route("/api/v1/secrets/rotate-key", agents.RotateKeyResource(ctx))
@@ -169,5 +173,8 @@ def create_app(
     app.add_route("/readyz", system.ReadyResource(ctx))
     app.add_route("/metrics", MetricsResource(metrics))
     app.add_route("/api/v1/webhook/github", GithubWebhookResource(store, config, clock, metrics.registry))
+    app.add_route("/api/v1/github/connect", github.GithubConnectResource(ctx))
+    app.add_route("/api/v1/github/app", github.GithubAppResource(ctx))
+    app.add_route("/api/v1/previews/{name}/approve", PreviewApproveResource(ctx))
     app.add_route("/api/v1/openapi.json", system.OpenApiResource(build_openapi(webhook=True)))
     return app

@@ -13,6 +13,7 @@ from forge.api.sealing import Sealer
 from forge.clock import Clock
 from forge.config import Config
 from forge.errors import BadRequest, Invalid, TooManyRequests, pydantic_errors
+from forge.github.auth import AppTokens
 from forge.models import API_VERSION, Resource
 from forge.store.base import Store
 
@@ -36,6 +37,9 @@ class ApiContext:
     # this many at once per worker, so plain requests — an agent renewing its lease — always find
     # a thread, whatever a client does with watches. None: no cap (in-process tests).
     max_streams: int | None = None
+    # The GitHub App Forge acts as (forge.github.auth.app_tokens), or None: it hands agents
+    # installation tokens for private repositories that no RepoCredential covers.
+    github_app: AppTokens | None = None
     _streams: int = 0
     _streams_lock: threading.Lock = field(default_factory=threading.Lock)
 

@@ -11,7 +11,17 @@ from forge.api.releases import DeployRequest, RollbackRequest
 from forge.api.ui import SignInRequest
 from forge.models import PLURALS, Resource
 
-EXPOSED = ("apps", "deployments", "instances", "nodes", "events", "secrets", "repocredentials", "leases")
+EXPOSED = (
+    "apps",
+    "deployments",
+    "instances",
+    "nodes",
+    "events",
+    "secrets",
+    "repocredentials",
+    "leases",
+    "previews",
+)
 REF = "#/components/schemas/{model}"
 JSON = "application/json"
 NDJSON = "application/x-ndjson"
@@ -149,8 +159,8 @@ def _extra_paths() -> dict[str, Any]:
             "parameters": [NAME],
             "post": _op(
                 "deployApp",
-                "Write a new Deployment of a commit",
-                {**_ok(_ref("Deployment"), 201), **_errors(*WRITE)},
+                "Write a new Deployment of a commit (200: the release already running that commit and config)",
+                {**_ok(_ref("Deployment"), 201), **_ok(_ref("Deployment")), **_errors(*WRITE)},
                 requestBody=_body(_ref("DeployRequest")),
             ),
         },

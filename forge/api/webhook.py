@@ -26,11 +26,15 @@ import falcon
 from prometheus_client import CollectorRegistry, Counter
 
 from forge.api.body import read_raw
-from forge.api.releases import create_next_release
+from forge.api.previews import PreviewDeliveries
 from forge.clock import Clock
 from forge.config import Config
 from forge.errors import ForgeError, Invalid, PayloadTooLarge, Unauthorized, Unavailable
+from forge.events import EventRecorder
+from forge.github.auth import secret_aad, stored_app
+from forge.github.hooks import installation_id
 from forge.models import App, Deployment
+from forge.release import app_secret, create_next_release, release_config, releasing
 from forge.store.base import Store
 from forge.webhook import (
     DELIVERY_ID,
@@ -47,6 +51,7 @@ from forge.webhook import (
 
 log = logging.getLogger(__name__)
 
+REASON_ALREADY_LIVE: Final[str] = "AlreadyLive"
 OUTCOMES: Final[tuple[str, ...]] = (
     "created",
     "ignored",
@@ -64,12 +69,15 @@ class GithubWebhookResource:
 
     def __init__(self, store: Store, config: Config, clock: Clock, metrics: CollectorRegistry) -> None:
         self.store, self.config, self.clock = store, config, clock
+        self.recorder = EventRecorder(store, clock, "webhook")
         self.deliveries = Counter(
             "forge_webhook_deliveries", "GitHub webhook deliveries by outcome", ["outcome"], registry=metrics
         )
         for outcome in OUTCOMES:
             self.deliveries.labels(outcome)
         self._warned_no_secret = False
+        self._keyring: Any = None
+        self.previews = PreviewDeliveries(store, clock)
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         started = self.clock.monotonic()
@@ -105,15 +113,15 @@ class GithubWebhookResource:
     # ------------------------------------------------------------------ steps
 
     def _handle(self, req: falcon.Request, delivery: str | None) -> tuple[int, dict[str, Any], str]:
-        secret = self.config.webhook_secret
-        if not secret:
+        secrets = [s for s in (self.config.webhook_secret, self._app_secret()) if s]
+        if not secrets:
             if not self._warned_no_secret:
                 self._warned_no_secret = True
                 log.warning("FORGE_GITHUB_WEBHOOK_SECRET is not set: refusing every GitHub delivery")
             raise Unauthorized("webhook secret is not configured on this server; deliveries are refused")
         raw = read_raw(req, MAX_BODY)
         signature = req.get_header("X-Hub-Signature-256")
-        if not verify_signature(secret, raw, signature):
+        if not any(verify_signature(secret, raw, signature) for secret in secrets):
             why = "missing X-Hub-Signature-256 header" if not signature else "signature does not match"
             log.warning("webhook delivery %s refused: %s", (delivery or "-")[:128], why)
             raise Unauthorized(f"webhook delivery refused: {why}")
@@ -127,6 +135,8 @@ class GithubWebhookResource:
         base = {"event": event, "deliveryId": delivery}
         if event == "ping":
             return 200, {"ok": True, **base, "zen": str(payload.get("zen", ""))[:200]}, "ping"
+        if event in ("pull_request", "issue_comment"):  # previews (forge.previews)
+            return self.previews.handle(event, payload, base)
         if event != "push":
             return (
                 202,
@@ -143,26 +153,61 @@ class GithubWebhookResource:
             return 202, {**base, "created": [], "reason": reason}, "ignored"
         created: list[str] = []
         duplicates: list[str] = []
+        installation = installation_id(payload)
         for app in apps:
-            name, is_new = self._deploy(app, push, delivery)
+            name, is_new = self._deploy(app, push, delivery, installation)
             (created if is_new else duplicates).append(name)
         body: dict[str, Any] = {**base, "created": created}
         if duplicates:
             body.update(duplicate=not created, existing=duplicates)
         return 202, body, "created" if created else "duplicate"
 
-    def _deploy(self, app: App, push: Push, delivery: str | None) -> tuple[str, bool]:
-        """Create the next release of ``app`` unless this delivery already made one."""
+    def _app_secret(self) -> str:
+        """The webhook secret of the GitHub App ``forge github connect`` stored ("" when none)."""
+        app = stored_app(self.store)
+        if app is None or not app.spec.webhook_secret:
+            return ""
+        if self._keyring is None:
+            from forge.secrets import Keyring
+
+            self._keyring = Keyring.load(self.config)
+        return str(self._keyring.decrypt(app.spec.webhook_secret, secret_aad(app.metadata.name)))
+
+    def _deploy(
+        self, app: App, push: Push, delivery: str | None, installation: int | None = None
+    ) -> tuple[str, bool]:
+        """Create the next release of ``app`` unless this delivery already made one, or the
+        pushed commit is already live (or on its way) with the App's config: a redelivery with a
+        new id or a replayed push then makes nothing (an Event says so)."""
+        config = release_config(app, app_secret(self.store, app.metadata.name))
+        already: list[Deployment] = []
 
         def make(n: int, deployments: list[Deployment]) -> tuple[Deployment, bool]:
             earlier = find_delivery(deployments, delivery)
-            return (
-                (earlier, False) if earlier is not None else (build_deployment(app, n, push, delivery), True)
-            )
+            if earlier is not None:
+                return earlier, False
+            same = releasing(deployments, app.status.live_deployment, push.after, config)
+            if same is not None:
+                already.append(same)
+                return same, False
+            dep = build_deployment(app, n, push, delivery, config)
+            dep.spec.trigger.installation_id = installation  # the App that sent it reports back
+            return dep, True
 
         dep, new = create_next_release(self.store, app.metadata.name, make)
         if new:
             log.info("webhook: created Deployment %s (%s@%s)", dep.metadata.name, push.ref, push.after[:12])
+        elif already:
+            what = (
+                "live" if dep.status.phase == "Live" else f"being released ({dep.status.phase or 'Pending'})"
+            )
+            self.recorder.record(
+                app,
+                "Normal",
+                REASON_ALREADY_LIVE,
+                f"push of {push.after[:12]} to {push.ref}: {dep.metadata.name} is already {what} with "
+                "this commit and config; nothing new to release (forge deploy --force rebuilds it)",
+            )
         return dep.metadata.name, new
 
 

@@ -82,7 +82,7 @@ def completion(shell: str) -> None:
 
 
 def main() -> None:
-    from forge.cli import apps, daemons, nodes, resources, runs, store  # noqa: F401  (registers verbs)
+    from forge.cli import apps, daemons, github, nodes, previews, resources, runs, store  # noqa: F401  (registers verbs)
 
     try:
         cli.main(prog_name="forge", standalone_mode=False)

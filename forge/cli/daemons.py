@@ -61,6 +61,9 @@ DATA_DIR = click.option(
 
 
 def load_config(data_dir: str | None, **overrides: Any) -> Config:
+    from forge.hostperms import private_umask
+
+    private_umask()  # records, logs, keys, tokens: Forge's user only (forge.hostperms)
     cfg = Config.from_env(data_dir=data_dir, **overrides)
     Path(cfg.data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
     return cfg
@@ -83,6 +86,10 @@ def server(listen: str, workers: int, threads: int, data_dir: str | None) -> Non
 
     setup_logging()
     cfg = load_config(data_dir, api_listen=check_listen(listen, "--listen"))
+    from forge.hostperms import secure_data_dir
+
+    node_dir = Path(cfg.data_dir) / "node"
+    secure_data_dir(Path(cfg.data_dir), node_dir if node_dir.is_dir() else None)
     serve(cfg, listen=listen, workers=workers, threads=threads)
 
 
@@ -238,12 +245,12 @@ def agent(
     builds_env = parse_build_env(build_env, dict(os.environ))
     builds_files = parse_build_files(build_files)
     proxies = parse_proxy_sources(proxy_from) if proxy_from is not None else None
-    if instance_subnet:
-        parse_subnet(instance_subnet)
     if not token.startswith("forge-node."):
         raise Invalid("--token is not a node token (mint one with: forge nodes token create NAME)")
     os.environ.pop("FORGE_NODE_TOKEN", None)  # nothing the agent starts may inherit it
     cfg = load_config(data_dir)
+    if instance_subnet:
+        parse_subnet(instance_subnet, cfg.pool)
     node = name or socket.gethostname().lower()
     stop = stop_on_signals()
     run_agent(
@@ -258,6 +265,7 @@ def agent(
         stop_event=stop,
         clock=SystemClock(),
         instance_subnet=instance_subnet,
+        instance_pool=cfg.instance_pool,
         app_host_ports=ports,
         build_env=builds_env,
         build_files=builds_files,

@@ -23,11 +23,14 @@ from forge.instancespec import (  # noqa: F401  (re-exported: the controllers' o
     DEFAULT_CPU,
     DEFAULT_MEMORY,
     app_config,
+    build_inputs,
     effective_config,
     instance_spec,
     manifest_processes,
     oneshot_instance,
+    same_config,
     secret_version,
+    with_counts,
 )
 from forge.models import (
     DEPLOYMENT_TERMINAL,
@@ -44,8 +47,8 @@ from forge.models import (
     OwnerRef,
     Secret,
     deployment_number,
-    next_release_number,
 )
+from forge.release import rollback_candidate
 from forge.store.base import Store
 
 # Reasons an agent reports that mean the release itself is broken (not the machine).
@@ -79,26 +82,11 @@ def live_deployment(app: App | None, deployments: list[Deployment]) -> Deploymen
     return lives[-1] if lives else None
 
 
-def next_deployment_name(app_name: str, deployments: list[Deployment]) -> str:
-    return f"{app_name}-{next_release_number(deployments)}"
-
-
 def time_of(text: str | None, default: float) -> float:
     return parse_iso(text) if text else default
 
 
 # --------------------------------------------------------------------------- config
-
-
-def same_config(a: DeploymentConfig, b: DeploymentConfig) -> bool:
-    return (
-        a.env,
-        a.replicas,
-        a.processes or {},
-        sorted(a.domains),
-        a.secrets_version,
-        a.node_selector or {},
-    ) == (b.env, b.replicas, b.processes or {}, sorted(b.domains), b.secrets_version, b.node_selector or {})
 
 
 def pins_config(dep: Deployment) -> bool:
@@ -280,18 +268,8 @@ def app_url(app_name: str, domain: str, tls: str, http_listen: str) -> str:
 
 
 def last_good_before(dep: Deployment, deployments: list[Deployment]) -> Deployment | None:
-    """The newest release older than ``dep`` that went live and was not rolled back or failed."""
-    n = deployment_number(dep.metadata.name)
-    good = [
-        d
-        for d in by_number(deployments)
-        if deployment_number(d.metadata.name) < n
-        and d.status.live_time
-        and d.status.phase == "Superseded"
-        and d.status.reason != "RolledBack"
-        and d.status.manifest is not None
-    ]
-    return good[-1] if good else None
+    """The release to roll ``dep`` back to: ``forge.release.rollback_candidate``, the one rule."""
+    return rollback_candidate(dep, deployments)
 
 
 def stop_instances(store: Store, instances: Iterable[Instance]) -> None:

@@ -22,10 +22,12 @@ from forge.config import Config
 from forge.controllers.base import Controller
 from forge.controllers.cron import CronController
 from forge.controllers.gc import GcController
+from forge.controllers.github import GithubController, GithubPreviewsController
 from forge.controllers.health import HealthController
 from forge.controllers.leader import DEFAULT_DURATION as LEASE_SECONDS
 from forge.controllers.leader import LeaderElector
 from forge.controllers.nodes import NodesController
+from forge.controllers.previews import PreviewsController
 from forge.controllers.rollback import RollbackController
 from forge.controllers.rollout import RolloutController
 from forge.controllers.router import RouterController
@@ -33,6 +35,7 @@ from forge.controllers.runtime import ControllerRuntime
 from forge.controllers.scheduler import SchedulerController
 from forge.controllers.source import SourceController
 from forge.controllers.tally import TallyController
+from forge.github.auth import stored_app
 from forge.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -48,6 +51,7 @@ CONTROLLERS: tuple[type[Controller], ...] = (
     GcController,
     TallyController,
     CronController,
+    PreviewsController,
 )
 
 
@@ -60,6 +64,9 @@ def build_controllers(
         if "registry" in inspect.signature(cls).parameters:
             kwargs["registry"] = registry
         out.append(cls(store, clock, config, **kwargs))
+    if config.github_enabled or stored_app(store) is not None:  # reporting back only when configured
+        reports = GithubController(store, clock, config)
+        out += [reports, GithubPreviewsController(store, clock, config, client=reports.client)]
     return out
 
 

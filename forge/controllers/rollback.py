@@ -38,15 +38,13 @@ from forge.models import (
     LABEL_APP,
     App,
     Deployment,
-    DeploymentSpec,
     DeploymentStatus,
     Instance,
-    ObjectMeta,
-    OwnerRef,
-    Trigger,
     deployment_number,
+    next_release_number,
     set_condition,
 )
+from forge.release import create_next_release, renumber, rollback_release
 from forge.store.base import Store
 
 REASON_CRASH_LOOP: Final[str] = "CrashLoopBackOff"
@@ -80,24 +78,8 @@ def restarted_instance(dep_name: str, instances: list[Instance]) -> Instance | N
 def rollback_deployment(
     app: App, bad: Deployment, target: Deployment, deployments: list[Deployment]
 ) -> Deployment:
-    cfg = target.status.applied_config or target.spec.config
-    config = cfg.model_copy(update={"secrets_version": None}) if cfg is not None else None
-    return Deployment(
-        metadata=ObjectMeta(
-            name=ds.next_deployment_name(app.metadata.name, deployments),
-            labels={LABEL_APP: app.metadata.name},
-            owner_ref=OwnerRef(kind="App", name=app.metadata.name, uid=app.metadata.uid),
-        ),
-        spec=DeploymentSpec(
-            app=app.metadata.name,
-            commit=target.spec.commit,
-            ref=target.spec.ref,
-            repo=target.spec.repo,
-            trigger=Trigger(type="rollback"),
-            rollback_of=target.metadata.name,
-            config=config,
-        ),
-    )
+    """The automatic rollback release: ``forge.release.rollback_release``, the one builder."""
+    return rollback_release(app, next_release_number(deployments), target, owned=True)
 
 
 def plan_rollback(
@@ -257,7 +239,8 @@ class RollbackController(AppKeyedController):
         insts = [i for i in self.store.list(Instance, {LABEL_APP: key})[0] if i.spec.app == key]
         plan = plan_rollback(app, deps, insts, self.clock.now(), self.settings)
         if plan.new_deployment is not None:  # before marking the bad one, so a crash cannot lose it
-            self.store.create(plan.new_deployment)
+            planned = plan.new_deployment
+            create_next_release(self.store, key, lambda n, _deps: (renumber(planned, n), True))
         by_name = {d.metadata.name: d for d in deps}
         for name, status in plan.deployments.items():
             obj = by_name[name].copy_deep()

@@ -174,7 +174,9 @@ class RouterController(Controller):
         self.mode = "kernel" if self.services is not None else "caddy"
         if node_routes is _AUTO:
             node_routes = (
-                NodeRoutes(config.data_dir) if services is _AUTO and self.services is not None else None
+                NodeRoutes(config.data_dir, config.pool)
+                if services is _AUTO and self.services is not None
+                else None
             )
         self.node_routes: NodeRoutes | None = node_routes
         self._route_problems: dict[str, str] = {}
@@ -183,7 +185,7 @@ class RouterController(Controller):
     def _service_map(config: Config) -> ServiceMap | None:
         missing = nft_available()
         if missing is None:
-            return ServiceMap(config.data_dir, config.service_address)
+            return ServiceMap(config.data_dir, config.service_address, pool=config.instance_pool)
         log.warning(
             "router: Caddy dials Instances directly (%s); every switch rewrites Caddy's host map", missing
         )

@@ -14,10 +14,13 @@ runtime's per-key back-off (the reconcile raises, and ``SourceReady`` says it is
 until at least ``FETCH_ATTEMPTS`` attempts over at least ``FETCH_DEADLINE`` seconds failed,
 then the Deployment fails. A remote that answers but lacks the commit fails it at once.
 
-A push (trigger ``webhook``) deploys only what its branch still points at: when ``git
-ls-remote`` shows the branch elsewhere (a newer push, or a captured delivery replayed later)
-the Deployment ends ``Cancelled`` with reason ``StalePush`` and a Warning Event; it never
-builds and never takes traffic. ``forge deploy`` and rollbacks are a person's choice and exempt.
+A push (trigger ``webhook``) deploys only the newest history of its branch: when ``git
+ls-remote`` shows the branch elsewhere and that head is not an ancestor of the pushed commit (a
+newer push, or a captured delivery replayed or arriving late) the Deployment ends ``Cancelled``
+with reason ``StalePush`` and a Warning Event; it never builds and never takes traffic. This is
+decided before the push's release cancels anything: rollout cancels older releases only for a
+newer one that has passed this check (it has a manifest). ``forge deploy`` and rollbacks are a
+person's choice and exempt.
 
 Private repos: the RepoCredential whose scope is ``owner/repo`` wins over one scoped to
 ``owner`` (``forge.gitauth.select_credential``); its token is decrypted with the Keyring and handed to git through the environment
@@ -40,9 +43,19 @@ from forge.detect import DetectionFailed, read_files, resolve_manifest, wants_de
 from forge.errors import Invalid, NotFound
 from forge.events import EventRecorder
 from forge.gitauth import open_token, scrub, select_credential
+from forge.github.auth import app_tokens
+from forge.github.client import GithubError
 from forge.gitsource import GitError, GitSource
 from forge.manifest import Manifest
-from forge.models import DEPLOYMENT_TERMINAL, App, Deployment, DeploymentPhase, RepoCredential, set_condition
+from forge.models import (
+    DEPLOYMENT_TERMINAL,
+    LABEL_PREVIEW_OF,
+    App,
+    Deployment,
+    DeploymentPhase,
+    RepoCredential,
+    set_condition,
+)
 from forge.store.base import Store, WatchEvent
 
 log = logging.getLogger(__name__)
@@ -104,6 +117,7 @@ class SourceController(Controller):
         self._failures: dict[str, tuple[int, float]] = {}  # key → (failed attempts, first failure)
         self._repo_locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
+        self.app_tokens = app_tokens(config, clock, store)  # a GitHub App fetches private repos
 
     def keys_for(self, event: WatchEvent) -> Iterable[str]:
         if event.type == "DELETED" or not needs_source(cast(Deployment, event.object)):
@@ -148,10 +162,10 @@ class SourceController(Controller):
         stale_head: str | None = None
         try:
             with self._lock_for(repo):
-                cache = self.git.fetch(repo, url, commit, token)
+                cache = self.git.fetch(repo, url, commit, token, ref=dep.spec.ref or None)
                 text = self.git.show(cache, commit, MANIFEST_FILE)
                 files = read_files(lambda p: self.git.show(cache, commit, p)) if wants_detection(text) else {}
-                stale_head = self._stale_head(dep, url, token)
+                stale_head = self._stale_head(dep, repo, url, token)
         except GitError as exc:
             msg = scrub(f"fetching {repo}@{commit[:12]} failed: {exc.message}", token)
             attempts, first = self._failures.get(key, (0, self.clock.monotonic()))
@@ -170,7 +184,7 @@ class SourceController(Controller):
         if stale_head is not None:
             return self._stale(dep, stale_head)
         try:
-            manifest = resolve_manifest(text, files, dep.spec.app)
+            manifest = resolve_manifest(text, files, self._manifest_name(dep))
         except DetectionFailed as exc:
             return self._fail(dep, REASON_UNDETECTED, scrub(exc.message, token))
         except Invalid as exc:
@@ -191,12 +205,16 @@ class SourceController(Controller):
 
     # ------------------------------------------------------------------ stale pushes
 
-    def _stale_head(self, dep: Deployment, url: str, token: str | None) -> str | None:
-        """For a push (webhook), what its branch points at now when that is not the pushed commit.
+    def _stale_head(self, dep: Deployment, repo: str, url: str, token: str | None) -> str | None:
+        """For a push (webhook), the branch's head when the pushed commit is history behind it.
 
-        GitHub's signature covers the body only and the delivery id is the sender's choice, so a
-        captured delivery can be replayed: a push is a signal to deploy the branch's head, never
-        an order to deploy an old commit. Deploys and rollbacks a person asked for are exempt."""
+        GitHub does not order deliveries and its signature does not cover the delivery id, so a
+        push may arrive late or be replayed: a push is a signal to deploy the branch's head,
+        never an order to go back. Ordered by history, not by arrival: the push is stale when the
+        branch points elsewhere and its head is not behind the pushed commit (a remote that has
+        not caught up with this push yet is not a reason to drop it). The pushed commit being
+        the head — a force-push back to an older commit — deploys it. Deploys and rollbacks a
+        person asked for are exempt."""
         ref = dep.spec.ref
         if dep.spec.trigger.type != "webhook" or not ref.startswith("refs/heads/"):
             return None
@@ -206,7 +224,11 @@ class SourceController(Controller):
             if exc.transient:
                 raise
             return "(deleted)"  # the branch is gone: nothing to deploy from it
-        return None if head == dep.spec.commit else head
+        if head == dep.spec.commit:
+            return None
+        if self.git.descends_from(repo, url, dep.spec.commit, head, token):
+            return None  # the remote lags behind this push: it is the newest known
+        return head
 
     def _stale(self, dep: Deployment, head: str) -> Result:
         ref = dep.spec.ref.removeprefix("refs/heads/")
@@ -227,10 +249,35 @@ class SourceController(Controller):
         creds: list[RepoCredential] = self.store.list(RepoCredential)[0]
         cred = select_credential(creds, repo)
         if cred is None or not cred.spec.token:
-            return None
+            return self._app_token(repo)
         from forge.secrets import Keyring  # only when a private repo needs it
 
         return open_token(Keyring.load(self.config), cred)
+
+    def _manifest_name(self, dep: Deployment) -> str:
+        """The name forge.yaml may carry: a pull request's preview runs its App's forge.yaml."""
+        try:
+            app = self.store.get(App, dep.spec.app)
+        except NotFound:
+            return dep.spec.app
+        return app.metadata.labels.get(LABEL_PREVIEW_OF, dep.spec.app)
+
+    def close(self) -> None:
+        if self.app_tokens is not None:
+            self.app_tokens.close()
+
+    def _app_token(self, repo: str) -> str | None:
+        """With a GitHub App and no RepoCredential: the installation's token (cached by AppTokens)."""
+        if self.app_tokens is None:
+            return None
+        try:
+            return self.app_tokens.token_for(repo)[1]
+        except GithubError as exc:
+            if exc.code == 404:
+                return None  # the App is not installed there: fetch as anyone may (a public repo)
+            raise GitError(
+                f"no GitHub App token for {repo}: {exc.message}", transient=exc.transient
+            ) from None
 
     def _fail(self, dep: Deployment, reason: str, message: str, phase: DeploymentPhase = "Failed") -> Result:
         now = self.clock.now_iso()

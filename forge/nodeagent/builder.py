@@ -31,7 +31,8 @@ from typing import Any, Final
 
 from forge import errors
 from forge.clock import Clock
-from forge.gitauth import GitAuth, git_auth
+from forge.gitauth import scrub
+from forge.gitsource import GitError, GitSource
 from forge.nodeagent import buildcache, buildlog
 from forge.nodeagent.sandbox import SandboxTimeout, prepare_workdir
 from forge.nodeagent.spec import RunSpec
@@ -224,54 +225,29 @@ class Builder:
             )
 
     # -- fetch -----------------------------------------------------------------
-    @staticmethod
-    def git_argv(args: list[str], auth: GitAuth | None = None) -> list[str]:
-        """The argv of one git run: ``auth.args`` are ``-c`` options, never the token."""
-        return ["git", *(auth.args if auth is not None else []), *args]
-
-    def _git(self, args: list[str], build_log: Path, auth: GitAuth | None = None) -> tuple[int, bytes]:
-        env = git_env(self.data_dir)
-        try:
-            proc = subprocess.run(
-                self.git_argv(args, auth),
-                env=auth.apply(env) if auth is not None else env,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                timeout=GIT_TIMEOUT,
-                check=False,
-            )
-        except subprocess.TimeoutExpired:
-            return 124, b"git timed out\n"
-        output = proc.stdout + proc.stderr
-        if auth is not None and auth.token:
-            output = auth.scrub(output.decode("utf-8", "replace")).encode()
-        if output:
-            buildlog.append(build_log, self.clock, output.decode("utf-8", "replace").rstrip("\n"))
-        return proc.returncode, output
-
     def _fetch(self, instance: str, repo: str, commit: str, build_log: Path) -> Path:
-        owner, _, name = repo.partition("/")
-        cache = self.data_dir / "git" / owner / f"{name}.git"
+        """The commit in the node's bare cache of ``repo``, through ``forge.gitsource`` — the one
+        git fetch path the source controller uses too (shallow first, every branch when the
+        remote refuses a sha; tokens only through the environment). Credentials are asked for
+        only when the commit has to be fetched."""
+        source = GitSource(self.data_dir / "git", fetch_timeout=GIT_TIMEOUT)
+        cache = source.cache_path(repo)
         with self._lock(str(cache)):
-            if not (cache / "HEAD").exists():
-                cache.parent.mkdir(parents=True, exist_ok=True)
-                rc, out = self._git(["init", "-q", "--bare", str(cache)], build_log)
-                if rc != 0:
-                    raise BuildError(REASON_FETCH_FAILED, f"git init failed: {tail(out)}")
-            gd = f"--git-dir={cache}"
-            if self._git([gd, "cat-file", "-e", f"{commit}^{{commit}}"], Path(os.devnull))[0] == 0:
+            if (cache / "HEAD").exists() and source.has_commit(cache, commit):
                 return cache
             url = self.git_url_template.format(full_name=repo)
             token = self.credentials(instance) if self.credentials is not None else None
-            with git_auth(token, self.data_dir / "git") as auth:
-                rc, out = self._git([gd, "fetch", "-q", "--depth", "1", url, commit], build_log, auth)
-                if rc != 0:
-                    rc, out = self._git([gd, "fetch", "-q", url, commit], build_log, auth)
-            del token
-            if rc != 0:
-                raise BuildError(REASON_FETCH_FAILED, f"cannot fetch {repo}@{commit[:12]}: {tail(out)}")
-            # A ref keeps the fetched objects safe from git's pruning of unreachable objects.
-            self._git([gd, "update-ref", f"refs/forge/{commit}", commit], build_log)
+            try:
+                cache = source.fetch(repo, url, commit, token)
+            except GitError as exc:
+                message = exc.message if not token else scrub(exc.message, token)
+                buildlog.append(build_log, self.clock, message)
+                raise BuildError(
+                    REASON_FETCH_FAILED, f"cannot fetch {repo}@{commit[:12]}: {message}"
+                ) from None
+            finally:
+                del token
+            buildlog.append(build_log, self.clock, f"fetched {commit[:12]}")
             return cache
 
     def _export(self, cache: Path, commit: str, release: Path, build_log: Path, disk: int = 0) -> None:

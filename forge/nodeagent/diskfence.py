@@ -129,7 +129,7 @@ class DiskFence:
         its data must survive a crash), owned by the app's uid; it outlives every release."""
         path = self.storage_dir(app)
         path.parent.mkdir(parents=True, exist_ok=True)
-        os.chmod(path.parent, 0o711)
+        os.chmod(path.parent, 0o701)  # search only: storage/APP is 0700, the app's uid's
         if path.is_symlink():
             path.unlink()
         path.mkdir(exist_ok=True)

@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -80,6 +81,9 @@ class Reconciler:
         self.probe_step: dict[str, float] = {}
         self.last_fail: dict[str, float] = {}
         self.over_limit: set[str] = set()  # release dirs the disk check found full (their Instances stop)
+        # Called with the app's name when its last Instance here has stopped, before that is
+        # reported: the agent deletes a deleted app's files then (Agent.purge_if_gone).
+        self.on_last_stopped: Callable[[str], None] | None = None
 
     def reconcile(self, name: str, inst: Instance | None) -> float | None:
         st = self.state.get(name)
@@ -119,7 +123,9 @@ class Reconciler:
                 app=inst.spec.app,
                 deployment=inst.spec.deployment,
                 cgroup=f"inst-{name}",
-                release_dir=str(self.builder.release_dir(inst.spec.app, inst.spec.deployment)),
+                release_dir=str(
+                    self.builder.release_dir(inst.spec.app, inst.spec.build or inst.spec.deployment)
+                ),
                 restarts=inst.status.restarts,
             )
             self.state.put(st)
@@ -137,7 +143,7 @@ class Reconciler:
                 self.builder.ensure_built(
                     name,
                     inst.spec.app,
-                    inst.spec.deployment,
+                    Path(st.release_dir).name,
                     inst.spec.repo,
                     inst.spec.commit,
                     run,
@@ -600,6 +606,11 @@ class Reconciler:
                 exc,
             )
 
+    def _others_running(self, app: str, name: str) -> bool:
+        """Another Instance of ``app`` still has a process here."""
+        with self.state.lock:
+            return any(st.app == app and st.pid for n, st in self.state.instances.items() if n != name)
+
     def event(self, instance: str, type_: str, reason: str, message: str) -> None:
         """Record what happened on this node as an Event on the Instance (best effort: an
         Event is history for people, never a reason for the agent to stop working)."""
@@ -639,6 +650,9 @@ class Reconciler:
             and inst.status.phase in ("Succeeded", "Failed")
         )
         if inst is not None and inst.spec.desired == "Stopped" and not finished:
+            last = st is not None and not self._others_running(inst.spec.app, name)
+            if self.on_last_stopped is not None and last:
+                self.on_last_stopped(inst.spec.app)  # raises to retry: Stopped is not reported yet
             self.status.write(inst, st, "Stopped", None)
         if st is not None:
             try:

@@ -65,6 +65,9 @@ def choose_port(
     raise OSError(errno.EADDRINUSE, f"no free port in {lo}-{hi}")
 
 
+RELEASE_TOOL_DIRS: tuple[str, ...] = (".venv/bin", "venv/bin", "node_modules/.bin", "bin")
+
+
 def build_env(
     app: str,
     deployment: str,
@@ -75,8 +78,14 @@ def build_env(
     app_env: dict[str, str],
     secrets: dict[str, str] | None = None,
 ) -> dict[str, str]:
-    """The complete environment of a build or an app; later sources win, platform keys last."""
-    env: dict[str, str] = {"PATH": SANE_PATH, "HOME": home, "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1"}
+    """The complete environment of a build or an app; later sources win, platform keys last.
+
+    The release's own tool directories lead ``PATH`` (like Heroku's ``.profile.d``), so every
+    process of a release — ``forge run APP -- python …`` too — finds its virtualenv's ``python``
+    and ``node_modules/.bin``; a ``PATH`` the app sets replaces the whole of it."""
+    tools = [f"{home}/{d}" for d in RELEASE_TOOL_DIRS] if home else []
+    path = ":".join([*tools, SANE_PATH])
+    env: dict[str, str] = {"PATH": path, "HOME": home, "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1"}
     env.update(manifest_env)
     env.update(app_env)
     env.update(secrets or {})

@@ -149,6 +149,8 @@ class LogStore(Protocol):
 
     def prune_logs(self, before_time: float | str) -> int: ...
 
+    def delete_app_logs(self, app: str) -> int: ...
+
 
 @runtime_checkable
 class MarkStore(Protocol):
@@ -262,6 +264,9 @@ class LogsAndMarks:
 
     def prune_logs(self, before_time: float | str) -> int:
         return int(self.logs.prune_logs(before_time))
+
+    def delete_app_logs(self, app: str) -> int:
+        return int(self.logs.delete_app_logs(app))
 
     def mark(self, metric: str, uid: str, label: str, value: float | None = None) -> bool:
         return bool(self.marks.mark(metric, uid, label, value))

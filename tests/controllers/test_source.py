@@ -237,6 +237,41 @@ def test_push_of_the_current_head_deploys(tmp_path, store, source, make_app, mak
     assert store.get("Deployment", "hello-1").status.manifest is not None
 
 
+def test_push_ahead_of_a_lagging_remote_is_not_stale(tmp_path, store, source, make_app, make_deployment) -> None:
+    """Ordered by history: when the branch's head on the remote is an ancestor of the pushed commit
+    (the remote has not caught up with the push yet), the push deploys."""
+    from forge.models import Trigger
+
+    push_commit(tmp_path, "acme/hello", {"forge.yaml": GOOD})
+    work = tmp_path / "work" / "acme/hello"
+    (work / "extra.txt").write_text("newer\n")
+    git(work, "add", "-A")
+    git(work, "commit", "-q", "-m", "newer")
+    git(work, "push", "-q", "origin", "HEAD:refs/heads/incoming")  # the remote has it; main lags
+    newer = git(work, "rev-parse", "HEAD")
+    dep = make_deployment(make_app("hello"), 1, newer)
+    dep.spec.trigger, dep.spec.ref = Trigger(type="webhook", delivery_id="d-3"), "refs/heads/main"
+    store.update(dep)
+    source.reconcile("hello-1")
+    got = store.get("Deployment", "hello-1")
+    assert got.status.manifest is not None and got.status.reason != "StalePush", got.status
+
+
+def test_a_git_failure_reading_forge_yaml_is_not_file_not_found(tmp_path) -> None:
+    """``show`` answers None only when the commit has no such file; a git error (here: the commit
+    is not in the cache) is a transient GitError, never read as "forge.yaml not found"."""
+    from forge.gitsource import GitError, GitSource
+
+    sha = push_commit(tmp_path, "acme/hello", {"forge.yaml": GOOD})
+    src = GitSource(tmp_path / "cache")
+    cache = src.fetch("acme/hello", f"file://{tmp_path}/remotes/acme/hello.git", sha)
+    assert src.show(cache, sha, "forge.yaml") is not None
+    assert src.show(cache, sha, "missing.yaml") is None
+    with pytest.raises(GitError) as err:
+        src.show(cache, "f" * 40, "forge.yaml")
+    assert err.value.transient
+
+
 def test_detected_build_is_stored_without_forge_yaml(tmp_path, store, source, make_app, make_deployment) -> None:
     """No forge.yaml: requirements.txt + Procfile become the stored manifest, with the notes."""
     files = {
