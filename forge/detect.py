@@ -125,6 +125,12 @@ def wants_detection(yaml_text: bytes | None) -> bool:
         return False  # parse_manifest reports it
 
 
+def has_dependency_files(files: Mapping[str, bytes]) -> bool:
+    """Whether ``files`` hold anything a build could be detected from."""
+    locks = [lock for lock, _ in (*PY_LOCKS, *NODE_LOCKS)]
+    return any(n in files for n in ("requirements.txt", "Pipfile.lock", "package.json", *locks))
+
+
 def read_files(read: Callable[[str], bytes | None]) -> dict[str, bytes]:
     """``DETECT_FILES`` present at a commit, through ``read(path)`` (None: absent)."""
     out: dict[str, bytes] = {}
@@ -138,9 +144,8 @@ def read_files(read: Callable[[str], bytes | None]) -> dict[str, bytes]:
 def resolve_manifest(yaml_text: bytes | None, files: Mapping[str, bytes], app: str | None) -> Manifest:
     """The commit's manifest: forge.yaml as written when it has ``build``, else the detected plan
     with forge.yaml's fields on top. ``Invalid`` (``DetectionFailed`` for detection problems)."""
-    if not wants_detection(yaml_text):
-        assert yaml_text is not None
-        return parse_manifest(yaml_text, app)
+    if yaml_text is not None and (not wants_detection(yaml_text) or not has_dependency_files(files)):
+        return parse_manifest(yaml_text, app)  # as written: a build of its own, or nothing to install
     data: dict[str, Any] = dict(load_yaml(yaml_text)) if yaml_text is not None else {}
     plan = detect(files)
     merged = {**plan.manifest_data(), **data}

@@ -189,3 +189,9 @@ def test_nothing_to_detect() -> None:
     """A repository with nothing Forge knows fails with a hint, pyproject without a lock included."""
     with pytest.raises(DetectionFailed, match="pyproject.toml without a lockfile"):
         detect({"pyproject.toml": b""})
+
+
+def test_forge_yaml_without_build_or_dependency_files_runs_as_written() -> None:
+    """A forge.yaml with only run.command and nothing to install stays as it was: no build."""
+    m = resolve_manifest(b"run:\n  command: python3 -m http.server $PORT\n", {"app.py": b""}, "hello")
+    assert m.build.commands == [] and m.build.detected == [] and m.run.command.startswith("python3")
