@@ -43,18 +43,18 @@ _CACHE_SETUP = f"""C=${{FORGE_BUILD_CACHE:-{CACHE_PATH}}}; if [ -d "$C" ] && [ -
 ARCH="$(uname -m) $( (ldd --version 2>&1 || true) | head -n 1)"
 """
 
-_RESTORE = """if [ -n "$C" ] && [ -d "$E" ]; then
+_RESTORE = """if [ -n "$C" ] && [ -n "$E" ] && [ -d "$E" ] && cp -a "$E" "$DEST" 2>/dev/null; then
   echo "==> build cache hit: $WHAT from ${E#$C/} (no download)"
-  cp -a "$E" "$DEST"
   touch "$E"
   HIT=1
 else
-  [ -n "$C" ] && echo "==> build cache miss: ${E#$C/}; installing from the registry"
+  rm -rf "$DEST"  # a copy cut short (the entry pruned meanwhile): install instead
+  [ -n "$C" ] && [ -n "$E" ] && echo "==> build cache miss: ${E#$C/}; installing from the registry"
   HIT=
 fi
 """
 
-_STORE = """if [ -n "$C" ] && [ -z "$HIT" ]; then
+_STORE = """if [ -n "$C" ] && [ -n "$E" ] && [ -z "$HIT" ]; then
   rm -rf "$E.tmp.$$"; cp -a "$DEST" "$E.tmp.$$" && rm -rf "$E" && mv "$E.tmp.$$" "$E"
   echo "==> stored $WHAT in the build cache as ${E#$C/}"
 fi
@@ -120,8 +120,22 @@ _PY_KEY_FILES: Final[dict[str, str]] = {
 }
 
 
-def python_install(installer: str, dep_file: str, version: str | None, source: str | None) -> str:
-    """One shell step: check the interpreter, restore ``.venv`` from the cache or install it."""
+def python_install(
+    installer: str,
+    dep_file: str,
+    version: str | None,
+    source: str | None,
+    also_keyed: tuple[str, ...] = (),
+    reusable: bool = True,
+) -> str:
+    """One shell step: check the interpreter, restore ``.venv`` from the cache or install it.
+
+    ``also_keyed``: more files the dependency set depends on (``-r``/``-c`` of requirements.txt);
+    ``reusable`` False (it installs the repository's own code, ``-e .``): never reuse an installed
+    set, only the download caches."""
+    key_files = " ".join(shlex.quote(f) for f in (*_PY_KEY_FILES[installer].split(), *also_keyed))
+    entry = 'E="$C/env/py-$KEY"' if reusable else 'E=; echo "==> installs the repository itself: no reuse"'
+
     caches = (
         'if [ -n "$C" ]; then export PIP_CACHE_DIR="$C/pip" UV_CACHE_DIR="$C/uv" '
         'POETRY_CACHE_DIR="$C/poetry" PDM_CACHE_DIR="$C/pdm"; fi\n'
@@ -131,9 +145,9 @@ def python_install(installer: str, dep_file: str, version: str | None, source: s
         + _CACHE_SETUP
         + _python_pick(version, source)
         + 'V=$("$PY" -c \'import sys; print("%d.%d.%d" % sys.version_info[:3])\')\n'
-        + f'KEY=$( {{ sha256sum {_PY_KEY_FILES[installer]}; echo "python $V {installer}"; echo "$ARCH"; }}'
+        + f'KEY=$( {{ sha256sum {key_files}; echo "python $V {installer}"; echo "$ARCH"; }}'
         + " | sha256sum | cut -c1-24)\n"
-        + 'E="$C/env/py-$KEY"; DEST=.venv; WHAT="Python $V dependencies"\n'
+        + f'{entry}; DEST=.venv; WHAT="Python $V dependencies"\n'
         + _RESTORE
         + 'if [ -n "$HIT" ]; then\n'
         # the scripts' shebangs name the venv the entry was made in; aim them at this one

@@ -274,13 +274,28 @@ def _python(files: Mapping[str, bytes], dep_file: str) -> BuildPlan:
     if dep_file in dict(PY_LOCKS):
         _check_pyproject(files)
     names = _requirement_names(files, dep_file)
-    build = [buildsteps.python_install(installer, dep_file, version, source)]
+    refs, local = requirement_refs(_text(files, dep_file)) if dep_file == "requirements.txt" else ((), False)
+    build = [buildsteps.python_install(installer, dep_file, version, source, refs, reusable=not local)]
     run, why = _python_default(files, names)
     notes.append(why)
     prefix = buildsteps.path_prefix("python")
     return BuildPlan(
         "python", installer, dep_file, version, build, prefix + run if run else None, notes=notes
     )
+
+
+def requirement_refs(text: str) -> tuple[tuple[str, ...], bool]:
+    """(files requirements.txt includes with -r/-c, whether it installs local code: -e, paths)."""
+    refs: list[str] = []
+    local = False
+    for raw in text.splitlines():
+        line = raw.split(" #", 1)[0].strip()
+        m = re.match(r"^(?:-r|-c|--requirement|--constraint)[\s=]+(\S+)$", line)
+        if m:
+            refs.append(m.group(1))
+        elif line.startswith(("-e", "--editable", ".", "/", "file:")) or "@ file:" in line:
+            local = True
+    return tuple(refs), local
 
 
 def _check_pyproject(files: Mapping[str, bytes]) -> None:

@@ -143,3 +143,40 @@ def test_node_engines_mismatch_names_both(tmp_path: Path) -> None:
     step = buildsteps.node_install("npm", "package.json", 99, ">=", ">=99")
     done = _sh(step, tmp_path, tmp_path / "no-cache")
     assert done.returncode == 1 and "Node >=99 is asked for by package.json engines.node but this node has Node" in done.stderr
+
+
+def test_included_requirements_change_the_key_and_local_code_is_never_reused(tmp_path: Path) -> None:
+    """A change in a -r file is another dependency set; -e . installs are never reused."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    rel = tmp_path / "r"
+    rel.mkdir()
+    (rel / "requirements.txt").write_text("-r base.txt\n")
+    (rel / "base.txt").write_text("# v1\n")
+    step = buildsteps.python_install("pip", "requirements.txt", None, None, ("base.txt",))
+    assert "build cache miss" in _sh(step, rel, cache).stdout
+    assert "build cache hit" in _sh(step, rel, cache).stdout
+    (rel / "base.txt").write_text("# v2\n")
+    assert "build cache miss" in _sh(step, rel, cache).stdout
+    local = buildsteps.python_install("pip", "requirements.txt", None, None, reusable=False)
+    for _ in range(2):
+        done = _sh(local, rel, cache)
+        assert done.returncode == 0 and "hit" not in done.stdout and "no reuse" in done.stdout
+
+
+def test_an_entry_pruned_during_the_copy_falls_back_to_installing(tmp_path: Path) -> None:
+    """A hit whose copy fails (the entry removed meanwhile) installs instead of failing the build."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    rel = tmp_path / "r"
+    rel.mkdir()
+    (rel / "requirements.txt").write_text("")
+    step = buildsteps.python_install("pip", "requirements.txt", None, None)
+    assert _sh(step, rel, cache).returncode == 0
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "cp").write_text('#!/bin/sh\ncase "$*" in *"/env/py-"*" .venv") exit 1;; esac\nexec /bin/cp "$@"\n')
+    (shim / "cp").chmod(0o755)  # the copy out of the cache fails, as on an entry vanishing under it
+    done = _sh(f'export PATH="{shim}:$PATH"\n' + step, rel, cache)
+    assert done.returncode == 0, done.stderr
+    assert "build cache hit" not in done.stdout and (rel / ".venv" / "bin" / "python").exists()

@@ -195,3 +195,24 @@ def test_forge_yaml_without_build_or_dependency_files_runs_as_written() -> None:
     """A forge.yaml with only run.command and nothing to install stays as it was: no build."""
     m = resolve_manifest(b"run:\n  command: python3 -m http.server $PORT\n", {"app.py": b""}, "hello")
     assert m.build.commands == [] and m.build.detected == [] and m.run.command.startswith("python3")
+
+
+@pytest.mark.parametrize(
+    ("text", "refs", "local"),
+    [
+        ("flask\n-r base.txt\n--constraint=c.txt\n", ("base.txt", "c.txt"), False),
+        ("-e .\n", (), True),
+        ("./libs/mine\n", (), True),
+        ("mine @ file:///src/mine\n", (), True),
+        ("flask==3.0  # pinned\n", (), False),
+    ],
+    ids=["includes", "editable", "path", "file-url", "plain"],
+)
+def test_requirements_includes_and_local_code(text, refs, local) -> None:
+    """Included files join the cache key; installing the repo's own code turns reuse off."""
+    from forge.detect import requirement_refs
+
+    assert requirement_refs(text) == (refs, local)
+    step = detect({"requirements.txt": text.encode()}).build[0]
+    assert all(f" {r}" in step.split("KEY=")[1].split("\n")[0] for r in refs)
+    assert ("no reuse" in step) == local
