@@ -164,7 +164,13 @@ def rollback_candidate(before: Deployment, deployments: Iterable[Deployment]) ->
     )
     for d in older:
         st = d.status
-        if not st.live_time or st.phase == "Failed" or st.reason == REASON_ROLLED_BACK:
+        undone = st.condition(REASON_ROLLED_BACK)  # the rollback controller's verdict
+        if (
+            not st.live_time
+            or st.phase == "Failed"
+            or st.reason == REASON_ROLLED_BACK
+            or (undone is not None and undone.status == "True")
+        ):
             continue
         cfg = config_of(d)
         same = d.spec.commit == before.spec.commit and (

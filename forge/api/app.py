@@ -39,6 +39,10 @@ from forge.store.base import Store, open_store
 
 log = logging.getLogger(__name__)
 
+# How long one request waits for a store that cannot take it (SQLite locked, PostgreSQL
+# refusing connections) before it is answered 503: well inside GitHub's 10 s for a webhook.
+STORE_WAIT_SECONDS = 4.0
+
 _HTTP_REASONS = {
     400: "BadRequest",
     401: "Unauthorized",
@@ -112,7 +116,7 @@ def create_app(
     """``stream_cap_seconds`` bounds every watch/log stream below what clients ask (tests, bench);
     ``closing``, once set, ends every open stream within half a second (the server's stop)."""
     clock = clock or SystemClock()
-    store = store if store is not None else open_store(config.effective_store_url)
+    store = store if store is not None else open_store(config.effective_store_url, STORE_WAIT_SECONDS)
     ctx = ApiContext(
         config=config,
         store=store,

@@ -17,10 +17,12 @@ and ``now``); ``RolloutController.reconcile`` reads the world, asks for a plan a
   once it is known to be newer: a push counts only after the source controller ordered it by
   history (it has a manifest, or ended for a reason other than ``StalePush``), so a late or
   replayed older push never cancels a newer release.
-- The **progress deadline** (default 120 s) runs from ``status.createdTime`` — set by the API
-  on create, else by this controller the first time it sees the Deployment — so source fetch,
-  build and start all count. Past it the release is Failed (ProgressDeadlineExceeded) and its
-  Instances stop; the live release is untouched.
+- The **progress deadline** (default 120 s, plus the release's own ``build.timeout`` and
+  release-command timeout once its manifest is known) runs from ``status.createdTime`` — set by
+  the API on create, else by this controller the first time it sees the Deployment — so source
+  fetch, build and start all count. Past it the release is Failed (ProgressDeadlineExceeded)
+  and its Instances stop; the live release is untouched. It and ``min_ready`` are measured by
+  a ``Stopwatch``: monotonic from this process's first look, so a wall-clock step moves neither.
 - Lost Instances (and Failed ones of the live release) are replaced: ``APP-N-I-rK``.
 - **Config changes roll out like code**: when the App's env/domains/nodeSelector or its Secret's
   version differ from what the newest release applied (and nothing is in flight), a new
@@ -41,7 +43,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
-from forge.clock import Clock, iso
+from forge.clock import Clock, Stopwatch, iso
 from forge.config import Config
 from forge.controllers import deploystate as ds
 from forge.controllers.base import DONE, AppKeyedController, Result
@@ -142,12 +144,20 @@ def reusable_build(
 
 def is_ordered(dep: Deployment) -> bool:
     """Whether ``dep`` may cancel older releases: anything but a push the source controller has
-    not yet ordered by history (no manifest, not ended), and never a push it found stale."""
-    if dep.status.reason == REASON_STALE_PUSH:
+    not yet ordered by history (no manifest, no verdict, not ended), and never a push it found
+    stale (``SourceReady`` False with ``StalePush``, whichever of its writes is seen)."""
+    src = dep.status.condition(ds.COND_SOURCE)
+    if dep.status.reason == REASON_STALE_PUSH or (
+        src is not None and src.status == "False" and src.reason == REASON_STALE_PUSH
+    ):
         return False
     if dep.spec.trigger.type != "webhook":
         return True
-    return dep.status.manifest is not None or dep.status.phase in DEPLOYMENT_TERMINAL
+    return (
+        dep.status.manifest is not None
+        or dep.status.phase in DEPLOYMENT_TERMINAL
+        or ds.verdict(dep) is not None
+    )
 
 
 def rollout_phase(current: DeploymentPhase, slots: dict[ds.Slot, Instance], replicas: int) -> DeploymentPhase:
@@ -338,7 +348,10 @@ def plan_rollout(
     settings: RolloutSettings,
     url: str,
     draining: frozenset[str] = frozenset(),
+    watch: Stopwatch | None = None,
 ) -> RolloutPlan:
+    """``watch`` measures the waits (progress deadline, min_ready) where they are observed;
+    without one they are read off the wall clock."""
     plan, now_iso = RolloutPlan(), iso(now)
     deps = ds.by_number(deployments)
     work = {d.metadata.name: d.status.model_copy(deep=True) for d in deps}
@@ -352,6 +365,12 @@ def plan_rollout(
         if st.phase not in DEPLOYMENT_TERMINAL:
             st.created_time = st.created_time or now_iso
             st.app_generation = st.app_generation or app.metadata.generation
+            ended = ds.verdict(d)
+            if ended is not None and st.phase != "Live":
+                # Another controller's verdict (source: cannot deploy; rollback: fails before
+                # going live): this controller alone writes the phase, and ends it here.
+                st.phase, st.reason, st.message = ended
+                st.finished_time = st.finished_time or now_iso
     live = ds.live_deployment(app, deps)
     # A newer release wins over every older one not yet live — once it is known to be newer: a
     # push counts only after the source controller has ordered it by history (it has a
@@ -379,11 +398,14 @@ def plan_rollout(
     if wanted is not None:
         name, st = wanted.metadata.name, work[wanted.metadata.name]
         rel = release_command(wanted)
-        deadline = (
-            ds.time_of(st.created_time, now)
-            + settings.progress_deadline_seconds
+        # The deadline covers the time the release may take by its own manifest (its build's
+        # timeout, its release command's) on top of the progress allowance for fetch and start.
+        allowed = (
+            settings.progress_deadline_seconds
+            + ds.build_timeout_seconds(wanted.model_copy(update={"status": st}))
             + (float(rel.get("timeoutSeconds") or 600.0) if rel is not None else 0.0)
         )
+        deadline = now + allowed - ds.age(watch, f"created/{name}", st.created_time, now)
         cfg = ds.effective_config(app, wanted, secret)
         n_slots = len(ds.wanted_slots(cfg, st.manifest))
         all_ready = (
@@ -393,13 +415,16 @@ def plan_rollout(
         )
         # Ready is not enough: every Instance must *stay* ready for health.min_ready first, so a
         # release that passes one probe and then dies never takes a request.
-        settle = ds.min_ready_wait(wanted, instances, now) if all_ready else 0.0
+        # Asked on every look, not only once all are ready: the Stopwatch starts each
+        # Instance's wait when it is first seen ready (a later first look is bounded, slower).
+        waited = ds.min_ready_wait(wanted, instances, now, watch)
+        settle = waited if all_ready else 0.0
         if all_ready and settle <= 0:
             live = wanted  # promote: everything below follows the new live release
             st.applied_config = cfg
         elif now >= deadline:
             st.phase, st.reason, st.finished_time = "Failed", "ProgressDeadlineExceeded", now_iso
-            st.message = f"not ready within {settings.progress_deadline_seconds:g}s of its creation"
+            st.message = f"not ready within {allowed:g}s of its creation"
             note(name, "Warning", "ProgressDeadlineExceeded", f"{name} failed: {st.message}")
         elif st.manifest is not None:
             st.applied_config = cfg
@@ -429,8 +454,10 @@ def plan_rollout(
             note(name, "Normal", "Live", f"{name} is live (commit {d.spec.commit[:7]})")
         elif d is not live and st.phase == "Live":
             successor = live.metadata.name if live else "nothing"
-            if st.reason == "RolledBack":
-                st.phase, st.finished_time = "Failed", now_iso
+            if ds.is_rolled_back(d):
+                cond = d.status.condition(ds.COND_ROLLED_BACK)
+                st.phase, st.finished_time, st.reason = "Failed", now_iso, "RolledBack"
+                st.message = cond.message if cond is not None else ""
                 note(name, "Warning", "RolledBack", f"{name} rolled back: {successor} is live")
             else:
                 st.phase, st.reason, st.superseded_time = "Superseded", "Superseded", now_iso
@@ -532,10 +559,7 @@ def _app_status(
         new.latest_deployment = deps[-1].metadata.name
     if live is not None:
         new.url = url
-        if new.live_deployment != live.metadata.name:
-            new.live_deployment = live.metadata.name
-            probe = app.model_copy(update={"status": new})
-            set_condition(new, "Available", *ds.app_available(probe, deps, instances), now_iso)
+        new.live_deployment = live.metadata.name  # Available follows from it (health's field)
     newest = deps[-1] if deps else None
     if wanted is not None and work[wanted.metadata.name].phase not in DEPLOYMENT_TERMINAL | {"Live"}:
         wn = wanted.metadata.name
@@ -631,6 +655,7 @@ class RolloutController(AppKeyedController):
     ) -> None:
         super().__init__(store, clock, config, recorder)
         self.settings = settings or RolloutSettings()
+        self.watch = Stopwatch(clock)
 
     def all_keys(self) -> Iterable[str]:
         """Every App, plus apps that are gone but still have releases to tear down."""
@@ -677,7 +702,7 @@ class RolloutController(AppKeyedController):
             secret = None
         url = ds.app_url(key, self.config.domain, self.config.tls, self.config.http_listen)
         plan = plan_rollout(
-            app, deps, insts, secret, self.clock.now(), self.settings, url, self._draining(insts)
+            app, deps, insts, secret, self.clock.now(), self.settings, url, self._draining(insts), self.watch
         )
         self._apply(app, deps, insts, plan)
         return Result(requeue_after=plan.requeue_after) if plan.requeue_after is not None else DONE

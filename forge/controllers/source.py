@@ -3,11 +3,12 @@
 Without a ``forge.yaml`` (or with one that leaves ``build`` out) the build is detected from the
 commit's files by ``forge.detect`` (reason ``DetectionFailed`` when it cannot be).
 
-For a Deployment with no manifest that is not finished: Pending + ``SourceReady Unknown``;
+For a Deployment with no manifest that is not finished: ``SourceReady Unknown``;
 fetch the commit into ``DATA_DIR/source-cache`` (``forge.gitsource``), read ``forge.yaml``
 there, validate it with ``forge.manifest.parse_manifest`` and store ``Manifest.to_status()``
-with ``SourceReady True``. Failures end the Deployment: ``Failed`` with ``InvalidManifest``
-(the message names the field path) or ``FetchFailed``, a ``finishedTime`` and a Warning Event.
+with ``SourceReady True``. A failure is this controller's verdict, ``SourceReady False`` with
+``InvalidManifest`` (the message names the field path) or ``FetchFailed`` and a Warning Event;
+the rollout controller, the one writer of ``phase``, then ends the Deployment ``Failed``.
 
 Fetch failures that may be transient (network, remote down, timeouts) are retried with the
 runtime's per-key back-off (the reconcile raises, and ``SourceReady`` says it is retrying)
@@ -16,8 +17,8 @@ then the Deployment fails. A remote that answers but lacks the commit fails it a
 
 A push (trigger ``webhook``) deploys only the newest history of its branch: when ``git
 ls-remote`` shows the branch elsewhere and that head is not an ancestor of the pushed commit (a
-newer push, or a captured delivery replayed or arriving late) the Deployment ends ``Cancelled``
-with reason ``StalePush`` and a Warning Event; it never builds and never takes traffic. This is
+newer push, or a captured delivery replayed or arriving late) ``SourceReady`` is False with reason
+``StalePush`` and the Deployment ends ``Cancelled`` (rollout's write) with a Warning Event; it never builds and never takes traffic. This is
 decided before the push's release cancels anything: rollout cancels older releases only for a
 newer one that has passed this check (it has a manifest). ``forge deploy`` and rollbacks are a
 person's choice and exempt.
@@ -37,6 +38,7 @@ from typing import ClassVar, Final, cast
 
 from forge.clock import Clock
 from forge.config import Config
+from forge.controllers import deploystate as ds
 from forge.controllers.base import DONE, Controller, Result
 from forge.controllers.cache import read_only
 from forge.detect import DetectionFailed, read_files, resolve_manifest, wants_detection
@@ -52,7 +54,6 @@ from forge.models import (
     LABEL_PREVIEW_OF,
     App,
     Deployment,
-    DeploymentPhase,
     RepoCredential,
     set_condition,
 )
@@ -66,7 +67,7 @@ REASON_FETCHED: Final[str] = "ManifestValid"
 REASON_INVALID: Final[str] = "InvalidManifest"
 REASON_FETCH_FAILED: Final[str] = "FetchFailed"
 REASON_RETRYING: Final[str] = "FetchRetrying"
-REASON_STALE: Final[str] = "StalePush"
+REASON_STALE: Final[str] = ds.REASON_STALE_PUSH
 REASON_UNDETECTED: Final[str] = DetectionFailed.reason
 FETCH_ATTEMPTS = 5
 FETCH_DEADLINE = 120.0
@@ -74,9 +75,11 @@ MANIFEST_FILE = "forge.yaml"
 
 
 def needs_source(dep: Deployment) -> bool:
+    src = dep.status.condition(SOURCE_READY)
     return (
         dep.status.manifest is None
         and dep.status.phase not in DEPLOYMENT_TERMINAL
+        and not (src is not None and src.status == "False")  # its verdict is given: rollout ends it
         and dep.metadata.deletion_timestamp is None
     )
 
@@ -138,10 +141,7 @@ class SourceController(Controller):
             return DONE
         commit = dep.spec.commit
         now = self.clock.now_iso()
-        changed = False
-        if not dep.status.phase:
-            dep.status.phase, changed = "Pending", True
-        changed |= set_condition(
+        changed = set_condition(
             dep.status, SOURCE_READY, "Unknown", REASON_FETCHING, f"fetching {commit[:12]}", now
         )
         if changed:
@@ -190,7 +190,6 @@ class SourceController(Controller):
         except Invalid as exc:
             return self._fail(dep, REASON_INVALID, scrub(describe_invalid(exc), token))
         dep.status.manifest = manifest.to_status()
-        dep.status.observed_generation = dep.metadata.generation
         set_condition(
             dep.status,
             SOURCE_READY,
@@ -237,7 +236,7 @@ class SourceController(Controller):
             f"{ref} {where}, not at {dep.spec.commit[:12]}: a newer push or a replayed delivery; "
             "only a branch's current head is deployed"
         )
-        return self._fail(dep, REASON_STALE, message, phase="Cancelled")
+        return self._fail(dep, REASON_STALE, message)
 
     # ------------------------------------------------------------------ helpers
 
@@ -279,11 +278,11 @@ class SourceController(Controller):
                 f"no GitHub App token for {repo}: {exc.message}", transient=exc.transient
             ) from None
 
-    def _fail(self, dep: Deployment, reason: str, message: str, phase: DeploymentPhase = "Failed") -> Result:
+    def _fail(self, dep: Deployment, reason: str, message: str) -> Result:
+        """The verdict, as this controller's condition: SourceReady False with the reason. The
+        rollout controller (the phase's one writer) ends the Deployment on it — Failed, or
+        Cancelled for a stale push (``deploystate.verdict``)."""
         now = self.clock.now_iso()
-        dep.status.phase, dep.status.reason, dep.status.message = phase, reason, message
-        dep.status.finished_time = dep.status.finished_time or now
-        dep.status.observed_generation = dep.metadata.generation
         set_condition(dep.status, SOURCE_READY, "False", reason, message, now)
         dep = self.store.update_status(dep)
         self.recorder.record(dep, "Warning", reason, message)

@@ -306,9 +306,16 @@ class Agent:
                 self.driver.thaw(group)
         for name in self.state.names():
             st = self.state.get(name)
-            if st is not None and st.pid and self.supervisor.is_running(st):
+            if st is None or not st.pid:
+                continue
+            if self.supervisor.is_running(st):
                 log.info("re-adopted %s (pid %s, port %s)", name, st.pid, st.port)
                 self.exits.watch(st.pid, name)
+            else:
+                # Gone while no agent watched it: stopped by forge up on its way out, by a
+                # reboot, or by the kill of this agent's parent. Nobody saw the app fail, so
+                # it is started again without counting a crash (see Reconciler.gone_at_start).
+                self.reconciler.gone_at_start.add(name)
 
     # -- work loop -------------------------------------------------------------
     def schedule_timers(self) -> None:
@@ -626,6 +633,10 @@ class Agent:
                             self.cache.pop(name, None)
                     else:
                         self._remember(obj)
+                    if typ == "DELETED" or (obj.get("spec") or {}).get("desired") == "Stopped":
+                        # Its release failed or was cancelled: a build in flight stops now, not
+                        # when it ends (the key's own worker is busy running it).
+                        self.reconciler.cancel_build(name)
                     self.queue.add(name)
                 delay = 0.5
             except errors.Gone:

@@ -84,6 +84,12 @@ class Reconciler:
         # Called with the app's name when its last Instance here has stopped, before that is
         # reported: the agent deletes a deleted app's files then (Agent.purge_if_gone).
         self.on_last_stopped: Callable[[str], None] | None = None
+        # Processes found gone when this agent started: their end was never observed, so it is
+        # not the app's failure (forge up stopped them, the machine rebooted) and no crash counts.
+        self.gone_at_start: set[str] = set()
+        self._builds_lock = threading.Lock()
+        self.building: set[str] = set()  # Instances whose build runs now
+        self.cancelled: set[str] = set()  # of those, the ones no longer wanted (their build is killed)
 
     def reconcile(self, name: str, inst: Instance | None) -> float | None:
         st = self.state.get(name)
@@ -139,6 +145,8 @@ class Reconciler:
             env = build_env(
                 inst.spec.app, inst.spec.deployment, name, st.release_dir, None, run.env, inst.spec.env
             )
+            with self._builds_lock:
+                self.building.add(name)
             try:
                 self.builder.ensure_built(
                     name,
@@ -158,14 +166,23 @@ class Reconciler:
                 self.event(name, "Warning", exc.reason, exc.message)
                 return DISK_RETRY_SECONDS
             except BuildError as exc:
+                if self._was_cancelled(name):
+                    return 0.0  # killed because it is no longer wanted: the next run stops it
                 st.reason, st.message = exc.reason, exc.message
                 self.state.save()
                 self.shipper.wake()
                 self.status.write(inst, st, "Failed", None)
                 return None
             finally:
+                with self._builds_lock:
+                    self.building.discard(name)
                 self.shipper.wake()
+            if self._was_cancelled(name):
+                return 0.0
         if st.pid and not self.supervisor.is_running(st):
+            if name in self.gone_at_start and run.kind != "oneshot":
+                self._gone_at_start(st)
+                return self._start(inst, st, run, limits)
             self._exited(st, run)
             if st.finished_time:
                 try:  # its output is in the store before its end is: whoever waits on the end has it all
@@ -176,11 +193,11 @@ class Reconciler:
                     inst, st, "Succeeded" if st.exit_code == 0 and not st.reason else "Failed", None
                 )
                 return None
-        now = self.clock.now()
         if not st.pid:
-            if st.next_start and now < st.next_start:
+            wait = self._backoff_left(st)
+            if wait > 0:
                 self.status.write(inst, st, "Starting", self.trackers.get(name))
-                return st.next_start - now
+                return wait
             return self._start(inst, st, run, limits)
         if st.release_dir in self.over_limit:
             return self._disk_exceeded(inst, st, run)
@@ -280,7 +297,7 @@ class Reconciler:
 
     def _watch_oneshot(self, inst: Instance, st: InstanceState, run: RunSpec) -> float | None:
         """A one-shot runs until it exits (the exit watcher wakes its key) or its timeout."""
-        elapsed = self.clock.now() - (st.started_time or self.clock.now())
+        elapsed = self._up(st)
         timeout = run.timeout or 600.0
         if elapsed < timeout:
             self.status.write(inst, st, "Running", None)
@@ -298,7 +315,7 @@ class Reconciler:
 
     def _watch_worker(self, inst: Instance, st: InstanceState, run: RunSpec) -> float | None:
         """A worker has no HTTP check: it is ready once it has run ``min_running`` without a crash."""
-        up = self.clock.now() - (st.started_time or self.clock.now())
+        up = self._up(st)
         if up < run.min_running:
             self.status.write(inst, st, "Starting", None)
             return run.min_running - up
@@ -338,7 +355,7 @@ class Reconciler:
             self._schedule_restart(st)
             self.state.save()
             self.status.write(inst, st, "Starting", None)
-            return st.next_start - self.clock.now() if st.next_start else None
+            return self._backoff_left(st) if st.next_start else None
         secrets: dict[str, str] = {}
         if inst.spec.secret:
             body = self.client.request("GET", f"/api/v1/instances/{st.name}/secrets") or {}
@@ -354,7 +371,7 @@ class Reconciler:
             secrets,
         )
         moved = port != st.port
-        st.port, st.ready, st.next_start = port, False, None
+        st.port, st.ready, st.next_start, st.next_start_mono = port, False, None, None
         # Written before the process exists. When it cannot be (a full disk) the start goes on
         # only if the Instance keeps the address:port it had — what the store says stays true,
         # so the router keeps sending traffic to the right place; a move waits for the disk.
@@ -409,7 +426,7 @@ class Reconciler:
             self._schedule_restart(st)
             self.state.save()
             self.status.write(inst, st, "Starting", None)
-            return st.next_start - self.clock.now() if st.next_start else None
+            return self._backoff_left(st) if st.next_start else None
         del env, secrets
         self._persist(st)  # the process runs: keep watching and probing it even if this fails
         self.watch_exit(st.pid, st.name)
@@ -473,11 +490,65 @@ class Reconciler:
         # and back-off are in the Instance's status).
         self.event(st.name, "Warning", st.reason, f"{st.message}; restarting it with back-off")
 
+    def cancel_build(self, name: str) -> bool:
+        """The Instance was asked to stop (or deleted) while its build runs — its release failed or
+        was cancelled: kill the build now (its cgroup), instead of letting it run to its end.
+        Called from the watch thread; the build's own reconcile then ends without a BuildFailed."""
+        with self._builds_lock:
+            if name not in self.building:
+                return False
+            self.cancelled.add(name)
+        driver = self.supervisor.driver
+        group = f"build-{name}"
+        if driver is not None and driver.exists(group):
+            driver.kill_all(group)
+        log.info("%s: no longer wanted; its build was stopped", name)
+        return True
+
+    def _was_cancelled(self, name: str) -> bool:
+        with self._builds_lock:
+            if name in self.cancelled:
+                self.cancelled.discard(name)
+                return True
+        return False
+
+    def _gone_at_start(self, st: InstanceState) -> None:
+        """A process that ended while no agent watched it is started again at once, as the
+        platform's own restart: no crash counted, no back-off, no failure reason (a one-shot's
+        end is still read from its exit file: it never runs twice)."""
+        self.gone_at_start.discard(st.name)
+        st.pid, st.pid_start, st.ready, st.next_start, st.next_start_mono = None, None, False, None, None
+        st.reason, st.message, st.exit_code = "", "", None
+        self.supervisor.remove_cgroup(st.cgroup)
+        self.trackers.pop(st.name, None)
+        self.next_probe.pop(st.name, None)
+        log.info("%s: its process ended while the agent was away; starting it again", st.name)
+
+    def _up(self, st: InstanceState) -> float:
+        """Seconds since the process started, by the monotonic clock (the system's, so it holds
+        across an agent restart); a wall-clock step on this machine cannot move it. Falls back
+        to the wall clock, never negative, for a start recorded before (or a reboot ago)."""
+        mono = self.clock.monotonic()
+        if st.started_mono is not None and st.started_mono <= mono:
+            return mono - st.started_mono
+        return max(0.0, self.clock.now() - (st.started_time or self.clock.now()))
+
+    def _backoff_left(self, st: InstanceState) -> float:
+        """Seconds left of a crash back-off, by the system's monotonic clock (it survives an
+        agent restart); never more than the longest back-off, whatever any clock did (a reboot
+        resets the monotonic clock; an old state file has only the wall time)."""
+        if not st.next_start:
+            return 0.0
+        if st.next_start_mono is not None:  # this boot's monotonic clock: no step moves it
+            return min(max(0.0, st.next_start_mono - self.clock.monotonic()), BACKOFF_CAP)
+        return min(max(0.0, st.next_start - self.clock.now()), BACKOFF_CAP)
+
     def _schedule_restart(self, st: InstanceState) -> None:
         st.pid, st.pid_start, st.ready = None, None, False
         st.restarts += 1
         st.crash_streak += 1
-        st.next_start = self.clock.now() + backoff_delay(st.crash_streak)
+        delay = backoff_delay(st.crash_streak)
+        st.next_start, st.next_start_mono = self.clock.now() + delay, self.clock.monotonic() + delay
         self.trackers.pop(st.name, None)
         self.next_probe.pop(st.name, None)
 
@@ -526,7 +597,7 @@ class Reconciler:
             self.over_limit.discard(st.release_dir)
         self.event(st.name, "Warning", REASON_DISK_LIMIT, st.message)
         self.status.write(inst, st, "Starting", None)
-        return st.next_start - self.clock.now() if st.next_start else None
+        return self._backoff_left(st) if st.next_start else None
 
     # -- probe -----------------------------------------------------------------
     def _probe(self, inst: Instance, st: InstanceState, run: RunSpec) -> float | None:
@@ -540,7 +611,7 @@ class Reconciler:
             return due - mono
         assert st.port is not None
         result = probe(st.port, run.health.path, run.health.timeout_seconds, host=self._probe_host(st))
-        since_start = self.clock.now() - (st.started_time or self.clock.now())
+        since_start = self._up(st)
         last_fail = self.last_fail.get(st.name)
         if (
             not result.ok
@@ -592,7 +663,7 @@ class Reconciler:
         self._persist(st)
         self.event(st.name, "Warning", REASON_HEALTH, f"{st.message}; restarting it")
         self.status.write(inst, st, "Starting", None, probe_result=result.detail)
-        return st.next_start - self.clock.now() if st.next_start else None
+        return self._backoff_left(st) if st.next_start else None
 
     def _persist(self, st: InstanceState) -> None:
         """Save the state where a failure must not stop the work (a full disk): what it would

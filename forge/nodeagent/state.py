@@ -44,11 +44,13 @@ class InstanceState:
     pid: int | None = None
     pid_start: int | None = None  # /proc start ticks: tells our process from a reused pid
     started_time: float | None = None
+    started_mono: float | None = None  # the system's monotonic clock at the start (durations)
     ready: bool = False
     ever_ready: bool = False
     restarts: int = 0
     crash_streak: int = 0
     next_start: float | None = None  # wall time before which a crashed instance is not restarted
+    next_start_mono: float | None = None  # the same on the system's monotonic clock (what counts)
     oom_kills: int = 0
     exit_code: int | None = None
     reason: str = ""

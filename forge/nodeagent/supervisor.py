@@ -161,7 +161,7 @@ class Supervisor:
         )
         pid = int(self.sandbox.spawn(spec))
         st.pid, st.pid_start = pid, process_start_ticks(pid)
-        st.started_time = self.clock.now()
+        st.started_time, st.started_mono = self.clock.now(), self.clock.monotonic()
         st.exit_code = None
 
     def is_running(self, st: InstanceState) -> bool:

@@ -104,7 +104,7 @@ def recovered(w: World) -> None:
     unhealthy(w)
     serve_all(w.store, "hello-2")
     w.tick()
-    w.clock.advance(1)
+    w.clock.advance(30)  # ready for the stable period (30 s) without another failure
     w.tick()
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from forge.clock import FakeClock
 from forge.config import Config
+from forge.controllers.health import HealthController
 from forge.controllers.rollout import RolloutController, RolloutSettings
 from forge.models import (
     App,
@@ -20,6 +21,7 @@ from forge.models import (
     SecretSpec,
     SecretStatus,
     Trigger,
+    set_condition,
 )
 from forge.store.base import Store
 from tests.controllers.conftest import condition_of, events_for, snapshot
@@ -76,11 +78,12 @@ def test_first_deploy_goes_live(ctl: RolloutController, store: Store, make_app: 
     app, dep = get(store, "App", "hello"), get(store, "Deployment", "hello-1")
     assert (dep.status.phase, app.status.live_deployment) == ("Live", "hello-1")
     assert app.status.url == "http://hello.localhost:8000" and dep.status.live_time
-    assert condition_of(app, "Available").status == "True"
     assert condition_of(app, "Progressing").reason == "ReleaseAvailable"
     [ev] = events_for(store, "hello-1", "Live")
     assert ev.spec.message == f"hello-1 is live (commit {dep.spec.commit[:7]})"
     assert_idempotent(ctl, store)
+    HealthController(store, ctl.clock, ctl.config).reconcile("hello")  # Available is health's field
+    assert condition_of(get(store, "App", "hello"), "Available").status == "True"
 
 
 def test_blue_green_keeps_v1_until_v2_ready_then_drains(
@@ -212,6 +215,7 @@ def test_zero_replicas_promotes_without_instances(ctl: RolloutController, store:
     ctl.reconcile("hello")
     assert get(store, "Deployment", "hello-1").status.phase == "Live"
     assert not instances(store, "hello-1")
+    HealthController(store, ctl.clock, ctl.config).reconcile("hello")  # Available is health's field
     assert condition_of(get(store, "App", "hello"), "Available").reason == "NoInstances"
 
 
@@ -359,8 +363,8 @@ def test_rolled_back_release_is_failed_when_replaced(ctl: RolloutController, sto
                                                     make_deployment: Callable[..., Deployment]) -> None:
     """A live release marked RolledBack ends Failed (not Superseded) when the rollback goes live."""
     v1 = get(store, "Deployment", "hello-1")
-    v1.status.reason = "RolledBack"
-    store.update_status(v1)
+    set_condition(v1.status, "RolledBack", "True", "RolledBack", "rolled back to hello-0", "2027-01-01T00:00:00Z")
+    store.update_status(v1)  # rollback's verdict, as its own condition
     make_deployment("hello", 2, manifest=True, trigger={"type": "rollback"}, rollback_of="hello-0")
     ctl.reconcile("hello")
     serve_all(store, "hello-2")

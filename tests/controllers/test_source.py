@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from forge.config import Config
+from forge.controllers import deploystate as ds
+from forge.controllers.rollout import RolloutController
 from forge.controllers.source import SourceController
 from forge.gitauth import select_credential
 from forge.gitsource import GitError
@@ -59,6 +61,11 @@ def source(store, clock, config) -> SourceController:
     return SourceController(store, clock, config, fetch_attempts=2, fetch_deadline=30)
 
 
+def end(source: SourceController, app: str) -> None:
+    """The rollout controller's turn: it alone writes phase, ending the release on source's verdict."""
+    RolloutController(source.store, source.clock, source.config).reconcile(app)
+
+
 def test_valid_manifest_is_stored(tmp_path, store, source, make_app, make_deployment) -> None:
     """A valid forge.yaml ends up normalised in status.manifest with SourceReady True."""
     sha = push_commit(tmp_path, "acme/hello", {"forge.yaml": GOOD})
@@ -66,7 +73,7 @@ def test_valid_manifest_is_stored(tmp_path, store, source, make_app, make_deploy
     make_deployment(app, 1, sha)
     source.reconcile("hello-1")
     dep = store.get("Deployment", "hello-1")
-    assert dep.status.phase == "Pending"
+    assert ds.verdict(dep) is None
     assert dep.status.manifest["resources"]["memory"] == 128 * 1024 * 1024
     assert dep.status.manifest["run"]["command"] == "python3 -m http.server $PORT"
     assert condition_of(dep, "SourceReady").status == "True"
@@ -114,6 +121,7 @@ def test_invalid_manifest_fails_deployment(
     sha = push_commit(tmp_path, "acme/hello", files)
     make_deployment(make_app("hello"), 1, sha)
     source.reconcile("hello-1")
+    end(source, "hello")
     dep = store.get("Deployment", "hello-1")
     assert (dep.status.phase, dep.status.reason) == ("Failed", reason)
     assert needle in dep.status.message
@@ -131,6 +139,7 @@ def test_missing_commit_fails_fetch(tmp_path, store, source, make_app, make_depl
     push_commit(tmp_path, "acme/hello", {"forge.yaml": GOOD})
     make_deployment(make_app("hello"), 1, "0123456789abcdef0123456789abcdef01234567")
     source.reconcile("hello-1")
+    end(source, "hello")
     dep = store.get("Deployment", "hello-1")
     assert (dep.status.phase, dep.status.reason) == ("Failed", "FetchFailed")
     assert "not found" in dep.status.message
@@ -146,11 +155,12 @@ def test_unreachable_remote_retries_then_fails(store, clock, source, make_app, m
             source.reconcile("ghost-1")
         clock.advance(10)
     dep = store.get("Deployment", "ghost-1")
-    assert dep.status.phase == "Pending"
+    assert ds.verdict(dep) is None
     assert condition_of(dep, "SourceReady").reason == "FetchRetrying"
     assert not events_for(store, "ghost-1", "FetchFailed")
     clock.advance(10)
     source.reconcile("ghost-1")
+    end(source, "ghost")
     dep = store.get("Deployment", "ghost-1")
     assert (dep.status.phase, dep.status.reason) == ("Failed", "FetchFailed")
 
@@ -169,8 +179,8 @@ def test_credential_token_never_leaks(tmp_path, store, source, config: Config, m
     with caplog.at_level(logging.DEBUG):
         source.reconcile("hello-1")
         source.reconcile("hello-2")
-    assert store.get("Deployment", "hello-1").status.reason == "InvalidManifest"
-    assert store.get("Deployment", "hello-2").status.reason == "FetchFailed"
+    assert condition_of(store.get("Deployment", "hello-1"), "SourceReady").reason == "InvalidManifest"
+    assert condition_of(store.get("Deployment", "hello-2"), "SourceReady").reason == "FetchFailed"
     everything = [e.model_dump_json() for e in store.list("Event")[0]]
     everything += [d.model_dump_json() for d in store.list("Deployment")[0]]
     everything += [r.getMessage() for r in caplog.records]
@@ -215,6 +225,7 @@ def test_stale_push_is_never_deployed(tmp_path, store, source, make_app, make_de
     dep.spec.trigger, dep.spec.ref = Trigger(type=trigger, delivery_id="d-1" if trigger == "webhook" else None), ref
     store.update(dep)
     source.reconcile("hello-1")
+    end(source, "hello")
     got = store.get("Deployment", "hello-1")
     if stale:
         assert (got.status.phase, got.status.reason) == ("Cancelled", "StalePush"), got.status
@@ -222,7 +233,7 @@ def test_stale_push_is_never_deployed(tmp_path, store, source, make_app, make_de
         [ev] = events_for(store, "hello-1", "StalePush")
         assert ev.spec.type == "Warning"
     else:
-        assert got.status.manifest is not None and got.status.phase == "Pending"
+        assert got.status.manifest is not None and ds.verdict(got) is None
 
 
 def test_push_of_the_current_head_deploys(tmp_path, store, source, make_app, make_deployment) -> None:
@@ -284,7 +295,7 @@ def test_detected_build_is_stored_without_forge_yaml(tmp_path, store, source, ma
     source.reconcile("hello-1")
     dep = store.get("Deployment", "hello-1")
     m = dep.status.manifest
-    assert dep.status.phase == "Pending" and condition_of(dep, "SourceReady").status == "True"
+    assert condition_of(dep, "SourceReady").status == "True"
     assert m["run"]["command"].endswith("gunicorn app:app")
     assert m["release"]["command"].endswith("flask db upgrade")
     assert m["processes"]["worker"]["command"].endswith("python worker.py")
