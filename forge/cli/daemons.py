@@ -262,6 +262,12 @@ def proxy(
     help="Host files bound read-only into builds: /etc/pip.conf,/root/.npmrc:/etc/npmrc.",
 )
 @click.option(
+    "--build-cache-size",
+    envvar="FORGE_BUILD_CACHE_SIZE",
+    default="4G",
+    help="What all Apps' build caches on this node may hold together (least recently used go first).",
+)
+@click.option(
     "--proxy-from",
     envvar="FORGE_PROXY_FROM",
     default=None,
@@ -292,12 +298,14 @@ def agent(
     app_host_ports: str,
     build_env: str,
     build_files: str,
+    build_cache_size: str,
     proxy_from: str | None,
     log_cap: str,
     stop_apps_on_exit: bool,
 ) -> None:
     """Run the node agent: build and supervise this machine's Instances."""
     from forge.clock import SystemClock
+    from forge.manifest import parse_size
     from forge.nodeagent.agent import run_agent
     from forge.nodeagent.network import (
         parse_build_env,
@@ -312,6 +320,10 @@ def agent(
     ports = parse_ports(app_host_ports)
     builds_env = parse_build_env(build_env, dict(os.environ))
     builds_files = parse_build_files(build_files)
+    try:
+        cache_size = parse_size(build_cache_size)
+    except ValueError as exc:
+        raise Invalid(f"FORGE_BUILD_CACHE_SIZE: {exc}") from None
     proxies = parse_proxy_sources(proxy_from) if proxy_from is not None else None
     log_cap_bytes = parse_log_cap(log_cap)
     if not token.startswith("forge-node."):
@@ -338,6 +350,7 @@ def agent(
         app_host_ports=ports,
         build_env=builds_env,
         build_files=builds_files,
+        build_cache_size=cache_size,
         proxy_sources=proxies,
         log_cap_bytes=log_cap_bytes,
     )

@@ -1,5 +1,8 @@
 """Source controller: a new Deployment's commit → validated ``forge.yaml`` in its status.
 
+Without a ``forge.yaml`` (or with one that leaves ``build`` out) the build is detected from the
+commit's files by ``forge.detect`` (reason ``DetectionFailed`` when it cannot be).
+
 For a Deployment with no manifest that is not finished: ``SourceReady Unknown``;
 fetch the commit into ``DATA_DIR/source-cache`` (``forge.gitsource``), read ``forge.yaml``
 there, validate it with ``forge.manifest.parse_manifest`` and store ``Manifest.to_status()``
@@ -38,13 +41,14 @@ from forge.config import Config
 from forge.controllers import deploystate as ds
 from forge.controllers.base import DONE, Controller, Result
 from forge.controllers.cache import read_only
+from forge.detect import DetectionFailed, read_files, resolve_manifest, wants_detection
 from forge.errors import Invalid, NotFound
 from forge.events import EventRecorder
 from forge.gitauth import open_token, scrub, select_credential
 from forge.github.auth import app_tokens
 from forge.github.client import GithubError
 from forge.gitsource import GitError, GitSource
-from forge.manifest import parse_manifest
+from forge.manifest import Manifest
 from forge.models import (
     DEPLOYMENT_TERMINAL,
     LABEL_PREVIEW_OF,
@@ -64,6 +68,7 @@ REASON_INVALID: Final[str] = "InvalidManifest"
 REASON_FETCH_FAILED: Final[str] = "FetchFailed"
 REASON_RETRYING: Final[str] = "FetchRetrying"
 REASON_STALE: Final[str] = ds.REASON_STALE_PUSH
+REASON_UNDETECTED: Final[str] = DetectionFailed.reason
 FETCH_ATTEMPTS = 5
 FETCH_DEADLINE = 120.0
 MANIFEST_FILE = "forge.yaml"
@@ -86,6 +91,12 @@ def describe_invalid(exc: Invalid) -> str:
     parts = [f"{d['path']}: {d['message']}" if d.get("path") else d["message"] for d in exc.details[:5]]
     more = f" (and {len(exc.details) - 5} more)" if len(exc.details) > 5 else ""
     return f"{MANIFEST_FILE}: " + "; ".join(parts) + more
+
+
+def _valid_message(manifest: Manifest, commit: str) -> str:
+    if manifest.build.detected:
+        return f"build detected at {commit[:12]}: {manifest.build.detected[0]}"
+    return f"{MANIFEST_FILE} at {commit[:12]} is valid"
 
 
 class SourceController(Controller):
@@ -153,6 +164,7 @@ class SourceController(Controller):
             with self._lock_for(repo):
                 cache = self.git.fetch(repo, url, commit, token, ref=dep.spec.ref or None)
                 text = self.git.show(cache, commit, MANIFEST_FILE)
+                files = read_files(lambda p: self.git.show(cache, commit, p)) if wants_detection(text) else {}
                 stale_head = self._stale_head(dep, repo, url, token)
         except GitError as exc:
             msg = scrub(f"fetching {repo}@{commit[:12]} failed: {exc.message}", token)
@@ -171,10 +183,10 @@ class SourceController(Controller):
         self._failures.pop(key, None)
         if stale_head is not None:
             return self._stale(dep, stale_head)
-        if text is None:
-            return self._fail(dep, REASON_INVALID, f"{MANIFEST_FILE} not found at {commit}")
         try:
-            manifest = parse_manifest(text, self._manifest_name(dep))
+            manifest = resolve_manifest(text, files, self._manifest_name(dep))
+        except DetectionFailed as exc:
+            return self._fail(dep, REASON_UNDETECTED, scrub(exc.message, token))
         except Invalid as exc:
             return self._fail(dep, REASON_INVALID, scrub(describe_invalid(exc), token))
         dep.status.manifest = manifest.to_status()
@@ -183,11 +195,11 @@ class SourceController(Controller):
             SOURCE_READY,
             "True",
             REASON_FETCHED,
-            f"{MANIFEST_FILE} at {commit[:12]} is valid",
+            _valid_message(manifest, commit),
             self.clock.now_iso(),
         )
         dep = self.store.update_status(dep)
-        self.recorder.record(dep, "Normal", REASON_FETCHED, f"{MANIFEST_FILE} at {commit[:12]} is valid")
+        self.recorder.record(dep, "Normal", REASON_FETCHED, _valid_message(manifest, commit))
         return DONE
 
     # ------------------------------------------------------------------ stale pushes

@@ -25,6 +25,7 @@ from forge.client import ForgeClient
 from forge.clock import Clock, SystemClock
 from forge.hostperms import secure_agent_dir
 from forge.models import LABEL_NODE, Instance
+from forge.nodeagent import buildcache
 from forge.nodeagent import node as nodeinfo
 from forge.nodeagent.builder import BUILT_DIR, Builder, api_credentials
 from forge.nodeagent.diskfence import IMAGES_DIR, DiskFence, image_mode_missing
@@ -97,6 +98,7 @@ class Agent:
         build_files: tuple[tuple[str, str], ...] = (),
         disk_fence: Any = _AUTO,
         proxy_sources: tuple[str, ...] | None = None,
+        build_cache_size: int = buildcache.DEFAULT_LIMIT,
     ) -> None:
         self.client, self.name, self.address, self.clock, self.stop = client, name, address, clock, stop
         self.data_dir = Path(data_dir).resolve()
@@ -181,7 +183,11 @@ class Agent:
             node_address=address,
         )
         self.diskgc = DiskGC(
-            self.data_dir / "releases", self._releases_in_use, builder.release_lock, fence=self.fence
+            self.data_dir / "releases",
+            self._releases_in_use,
+            builder.release_lock,
+            fence=self.fence,
+            build_cache_limit=build_cache_size,
         )
         self.reconciler.on_last_stopped = self.purge_if_gone
         self.threads: list[threading.Thread] = []
@@ -446,7 +452,7 @@ class Agent:
         for app in sorted(gone):
             if any((self.data_dir / sub / app).exists() for sub in ("releases", "storage")):
                 continue  # still being deleted (a build's lock, an unmount that failed): next pass
-            for sub in (BUILT_DIR, IMAGES_DIR):
+            for sub in (BUILT_DIR, IMAGES_DIR, buildcache.CACHE_DIR):  # the build cache: files of its uid
                 shutil.rmtree(self.data_dir / sub / app, ignore_errors=True)
             uid = self.uids.retire(app)
             if uid is not None:

@@ -38,7 +38,7 @@ from forge.atomicfile import write_atomic
 from forge.clock import Clock
 from forge.gitauth import scrub
 from forge.gitsource import GitError, GitSource
-from forge.nodeagent import buildlog, logwriter
+from forge.nodeagent import buildcache, buildlog, logwriter
 from forge.nodeagent.sandbox import SandboxTimeout, prepare_workdir
 from forge.nodeagent.spec import RunSpec
 
@@ -135,8 +135,10 @@ class Builder:
         min_free_ratio: float = MIN_FREE_RATIO,
         fence: Any = None,
         log_cap: int = logwriter.DEFAULT_CAP,
+        build_cache: bool = True,
     ) -> None:
         self.log_cap = log_cap  # bytes of a build log kept on this node
+        self.build_cache = build_cache  # each App's build cache bound into its builds (forge.buildsteps)
         self.fence = fence  # DiskFence: each release its own size-limited tree (None: unlimited, tests)
         self.min_free_bytes, self.min_free_ratio = min_free_bytes, min_free_ratio
         self.data_dir = Path(data_dir)
@@ -203,6 +205,8 @@ class Builder:
                 return release
             self._check_space()
             build_log.parent.mkdir(parents=True, exist_ok=True)
+            for note in run.build_notes:  # a detected build says what was detected, first
+                self._note(build_log, f"==> {note}")
             self._note(build_log, f"==> fetching {repo}@{commit[:12]}")
             cache = self._fetch(instance, repo, commit, build_log)
             self._export(cache, commit, release, build_log, disk)
@@ -315,6 +319,7 @@ class Builder:
             self.driver.create(cgroup)
             self.driver.set_limits(cgroup, *limits)
         net: dict[str, Any] = {}
+        cache_dir = buildcache.ensure_app_dir(self.data_dir, app, uid, gid) if self.build_cache else None
         try:
             if self.network is not None:
                 # "build." cannot start an Instance name (DNS labels have no dots), so a build's
@@ -348,6 +353,7 @@ class Builder:
                         gid=gid,
                         cgroup=cgroup if self.driver is not None else None,
                         ro_files=self.build_files,
+                        build_cache=cache_dir,
                         fsize_limit=disk
                         if disk and self.fence is not None and self.fence.mode == "watcher"
                         else None,

@@ -16,7 +16,8 @@ The shell is thin and careful: it runs from the agent's work queue (the ``~diskg
 deletes only paths whose realpath is exactly ``DATA/releases/APP/DEPLOYMENT`` (no symlink
 leads it outside), holds the builder's per-release lock while deleting (a dir whose lock is
 held is being built: skipped until the next pass), re-reads what is in use under that lock,
-and removes app dirs left empty.
+and removes app dirs left empty. Each pass also bounds the Apps' build caches
+(``forge.nodeagent.buildcache.prune``: least recently used first, beyond a per-node size).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from forge.models import deployment_number
+from forge.nodeagent import buildcache
 from forge.nodeagent.builder import BUILT_DIR
 
 log = logging.getLogger(__name__)
@@ -129,7 +131,9 @@ class DiskGC:
         lock_for: Callable[[str, str], threading.Lock],
         keep: int = DEFAULT_KEEP,
         fence: Any = None,
+        build_cache_limit: int = buildcache.DEFAULT_LIMIT,
     ) -> None:
+        self.build_cache_limit = build_cache_limit  # all Apps' build caches together (LRU beyond it)
         self.fence = fence  # DiskFence: a release dir may be its own filesystem (unmounted first)
         self.root = Path(releases_root)
         self.in_use, self.lock_for, self.keep = in_use, lock_for, keep
@@ -144,6 +148,7 @@ class DiskGC:
             if done is not None:
                 removed.append(done)
         self._remove_empty_apps()
+        buildcache.prune(self.root.parent / buildcache.CACHE_DIR, self.build_cache_limit)
         return removed
 
     def purge(self, app: str) -> bool:

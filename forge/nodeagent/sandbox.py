@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
 
+from forge.buildsteps import CACHE_PATH
 from forge.cgroups import CgroupDriver
 from forge.clock import Clock, SystemClock
 from forge.errors import Invalid, TerminalError, Unavailable
@@ -112,6 +113,7 @@ class SandboxTimeout(TerminalError):
 
 
 STORAGE_PATH: Final[str] = "/storage"  # where an app's persistent storage appears in its sandbox
+BUILD_CACHE_PATH: Final[str] = CACHE_PATH  # where a build finds its App's build cache (forge.buildsteps)
 
 
 @dataclass
@@ -133,6 +135,7 @@ class SandboxSpec:
     storage: str | None = None  # the app's persistent storage dir: writable, at STORAGE_PATH in the sandbox
     stdin_fd: int | None = None  # the process's stdin (an interactive run's pipe); /dev/null otherwise
     exit_file: str | None = None  # a one-shot: where the root shell records the exit code (agent-owned)
+    build_cache: str | None = None  # a build: its App's own cache dir, writable at BUILD_CACHE_PATH
 
 
 @dataclass
@@ -363,6 +366,8 @@ class Sandbox:
         a += ["--bind", spec.workdir, spec.workdir]
         if spec.storage:
             a += ["--bind", spec.storage, STORAGE_PATH]
+        if spec.build_cache:
+            a += ["--bind", spec.build_cache, BUILD_CACHE_PATH]
         # The sandbox root is a tmpfs bwrap fills; without this, /etc and the (empty)
         # ancestors of the release dir would be writable scratch space.
         a += ["--remount-ro", "/", "--chdir", spec.workdir, "/bin/sh", "-c", spec.command]

@@ -100,9 +100,19 @@ def test_second_commit_fetched_into_same_cache(tmp_path, store, source, make_app
     [
         ({"forge.yaml": BAD_MEMORY}, "InvalidManifest", "forge.yaml: resources.memory"),
         ({"forge.yaml": UNKNOWN_FIELD}, "InvalidManifest", "colour"),
-        ({"README": "no manifest"}, "InvalidManifest", "forge.yaml not found at"),
+        ({"README": "no manifest"}, "DetectionFailed", "no forge.yaml and no dependency file"),
+        (
+            {"requirements.txt": "flask\n", "Pipfile.lock": "{}", "Procfile": "web: x"},
+            "DetectionFailed",
+            "requirements.txt and Pipfile.lock",
+        ),
+        (
+            {"package.json": "{}", "package-lock.json": "{}", "yarn.lock": "", "Procfile": "web: x"},
+            "DetectionFailed",
+            "package-lock.json and yarn.lock",
+        ),
     ],
-    ids=["bad-memory", "unknown-field", "missing-file"],
+    ids=["bad-memory", "unknown-field", "nothing-to-detect", "two-python-files", "two-lockfiles"],
 )
 def test_invalid_manifest_fails_deployment(
     tmp_path, store, source, make_app, make_deployment, files, reason, needle
@@ -271,3 +281,52 @@ def test_a_git_failure_reading_forge_yaml_is_not_file_not_found(tmp_path) -> Non
     with pytest.raises(GitError) as err:
         src.show(cache, "f" * 40, "forge.yaml")
     assert err.value.transient
+
+
+def test_detected_build_is_stored_without_forge_yaml(tmp_path, store, source, make_app, make_deployment) -> None:
+    """No forge.yaml: requirements.txt + Procfile become the stored manifest, with the notes."""
+    files = {
+        "requirements.txt": "flask\ngunicorn\n",
+        "app.py": "app = None\n",
+        "Procfile": "web: gunicorn app:app\nrelease: flask db upgrade\nworker: python worker.py\n",
+    }
+    sha = push_commit(tmp_path, "acme/hello", files)
+    make_deployment(make_app("hello"), 1, sha)
+    source.reconcile("hello-1")
+    dep = store.get("Deployment", "hello-1")
+    m = dep.status.manifest
+    assert condition_of(dep, "SourceReady").status == "True"
+    assert m["run"]["command"].endswith("gunicorn app:app")
+    assert m["release"]["command"].endswith("flask db upgrade")
+    assert m["processes"]["worker"]["command"].endswith("python worker.py")
+    assert "requirements.txt" in m["build"]["commands"][0]
+    assert m["build"]["detected"][0].startswith("detected Python: requirements.txt")
+    assert "build detected" in condition_of(dep, "SourceReady").message
+
+
+def test_forge_yaml_fields_win_over_detection(tmp_path, store, source, make_app, make_deployment) -> None:
+    """forge.yaml without build: detection fills the build, forge.yaml's run and resources win."""
+    files = {
+        "forge.yaml": "run:\n  command: python serve.py\nresources:\n  memory: 64M\n",
+        "package.json": '{"scripts": {"start": "node server.js"}}',
+        "package-lock.json": "{}",
+        "Procfile": "web: node other.js\nclock: node clock.js\n",
+    }
+    sha = push_commit(tmp_path, "acme/hello", files)
+    make_deployment(make_app("hello"), 1, sha)
+    source.reconcile("hello-1")
+    m = store.get("Deployment", "hello-1").status.manifest
+    assert m["run"]["command"] == "python serve.py"
+    assert m["resources"]["memory"] == 64 * 1024**2
+    assert "npm ci" in m["build"]["commands"][0]
+    assert m["processes"]["clock"]["command"].endswith("node clock.js")
+
+
+def test_forge_yaml_with_build_is_not_detected(tmp_path, store, source, make_app, make_deployment) -> None:
+    """A forge.yaml that says how to build is taken as written, even beside conflicting lockfiles."""
+    files = {"forge.yaml": GOOD, "package-lock.json": "{}", "yarn.lock": "", "package.json": "{}"}
+    sha = push_commit(tmp_path, "acme/hello", files)
+    make_deployment(make_app("hello"), 1, sha)
+    source.reconcile("hello-1")
+    m = store.get("Deployment", "hello-1").status.manifest
+    assert m["build"]["detected"] == [] and condition_of(store.get("Deployment", "hello-1"), "SourceReady").status == "True"
