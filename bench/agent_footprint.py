@@ -42,6 +42,25 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
+def writers_pss(data_dir: Path) -> tuple[int, int]:
+    """How many log writer processes serve this agent's Instances, and their summed PSS (bytes)."""
+    count, pss = 0, 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes()
+            if b"forge.nodeagent.logpump" not in cmd or str(data_dir).encode() not in cmd:
+                continue
+            for line in Path(f"/proc/{entry}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    pss += int(line.split()[1]) * 1024
+            count += 1
+        except OSError:
+            continue
+    return count, pss
+
+
 def measure(pids: dict[str, int], window: float) -> dict[str, tuple[int, float]]:
     """RSS at the end and CPU fraction of one core over ``window`` seconds, per process."""
     start = {k: cpu_seconds(p) for k, p in pids.items()}
@@ -89,6 +108,9 @@ def main() -> None:
         print(f"baseline RSS {b_rss / 2**20:6.1f} MB   idle CPU {b_cpu * 100:5.2f} % of a core  "
               f"(python3 -c 'import time; time.sleep(…)')")
         print(f"ratio    RSS x{a_rss / max(b_rss, 1):.2f}   agent RSS - baseline = {(a_rss - b_rss) / 2**20:.1f} MB")
+        n_writers, w_pss = writers_pss(tmp / "agent")
+        print(f"log writers {n_writers} processes (one per Instance, in its cgroup, outside the agent): "
+              f"PSS {w_pss / 2**20:.1f} MB in all, {w_pss / max(n_writers, 1) / 2**20:.1f} MB each")
         print(f"targets  RSS <= 60 MB: {'met' if a_rss <= 60 * 2**20 else 'MISSED'};  "
               f"idle CPU <= 1 %: {'met' if a_cpu <= 0.01 else 'MISSED'}")
     finally:

@@ -4,8 +4,9 @@ Each size runs in its own child process (``--one N``) so CPU and RSS are its own
 
 - the real API (``forge.api.create_app`` over a SQLite store, a threading WSGI server on a
   loopback port) and the real controllers (``ControllerRuntime`` over ``build_controllers``),
-  except that the router's outside effects are fakes: Caddy is an in-memory admin stub and the
-  kernel service map a dict (what the router *applies* is what is measured);
+  and the real ``forge proxy`` (``forge.proxy.daemon.Proxy``) watching through that API, whose
+  outside effects are fakes: Caddy is an in-memory admin stub and the kernel service map a dict
+  (what the proxy *applies* is what is measured);
 - 200 **hollow nodes**: in-process agents that speak the real agent protocol over HTTP with
   their own node tokens — register the Node, renew the Lease every 2 s (one PUT), watch their
   Instances with the ``forge.dev/node`` selector and report them Running and ready at an
@@ -16,7 +17,7 @@ Each size runs in its own child process (``--one N``) so CPU and RSS are its own
   settle.
 
 Printed per size: one change — a deploy of one app (``POST /api/v1/deployments``, a real git
-fetch of a local repo by the source controller) — from the write until the router applied
+fetch of a local repo by the source controller) — from the write until the proxy applied
 the new Instance to the service map, p50 and p99 over ``--deploys``; the control plane's CPU
 (% of one core: process CPU minus the hollow nodes' threads) and RSS while idle for
 ``--idle`` seconds; and the API request rate the 200 idle nodes generate. Then the ratio of
@@ -80,7 +81,7 @@ health: {path: /, interval: 10s, timeout: 3s, retries: 3, min_ready: 0s}
 
 
 class FakeServiceMap:
-    """The kernel map as a dict: what the router applied, and when each dial first appeared."""
+    """The kernel map as a dict: what the proxy applied, and when each dial first appeared."""
 
     def __init__(self, address: str = "10.255.0.1") -> None:
         self.address, self.table = address, "forge_bench"
@@ -96,7 +97,7 @@ class FakeServiceMap:
         return False
 
     def apply(self, backends: dict[int, list[str]]) -> list[int]:
-        # A dict walk, as forge.servicemap's own diff: the fake must not cost more than the map.
+        # A dict walk, as forge.proxy.servicemap's own diff: the fake must not cost more than the map.
         have = self.backends
         changed = [p for p, d in backends.items() if have.get(p) != d]
         changed += [p for p in have if p not in backends]
@@ -112,6 +113,20 @@ class FakeServiceMap:
                         del have[p]
                 self.cond.notify_all()
         return changed
+
+    def update(self, entries: dict[int, list[str]]) -> list[int]:
+        """One App's ports (the proxy's per-App switch); [] removes a port."""
+        now = CLOCK.monotonic()
+        with self.cond:
+            for p, dials in entries.items():
+                if dials:
+                    self.backends[p] = list(dials)
+                    for dial in dials:
+                        self.seen.setdefault(dial, now)
+                else:
+                    self.backends.pop(p, None)
+            self.cond.notify_all()
+        return list(entries)
 
     def wait_dial(self, dial: str, timeout: float) -> float | None:
         deadline = CLOCK.monotonic() + timeout
@@ -254,7 +269,7 @@ def seed(store: Any, config: Config, n_apps: int, nodes: list[str], commit: str,
     from forge.controllers.rollout import RolloutSettings, plan_rollout
     from forge.controllers.tally import deployment_marks, instance_marks
     from forge.manifest import parse_manifest
-    from forge.servicemap import allocate_ports
+    from forge.proxy.servicemap import allocate_ports
 
     manifest = parse_manifest(FORGE_YAML).to_status()
     now = CLOCK.now_iso()
@@ -332,9 +347,10 @@ def run_one(n_apps: int, n_nodes: int, deploys: int, idle: float) -> dict[str, A
     from prometheus_client import CollectorRegistry
 
     from forge.api import create_app
+    from forge.client import ForgeClient
     from forge.controllers.manager import CONTROLLERS
-    from forge.controllers.router import RouterController
     from forge.controllers.runtime import ControllerRuntime
+    from forge.proxy.daemon import Proxy
     from forge.store.sqlite import SqliteStore
 
     logging.basicConfig(level=logging.WARNING)
@@ -404,15 +420,15 @@ def run_one(n_apps: int, n_nodes: int, deploys: int, idle: float) -> dict[str, A
     registry = CollectorRegistry()
     controllers = []
     for cls in CONTROLLERS:
-        if cls is RouterController:  # the real one, with Caddy and the kernel map faked
-            controllers.append(RouterController(store, CLOCK, config, caddy=FakeCaddy(),  # type: ignore[arg-type]
-                                                registry=registry, services=services))
-            continue
         kwargs = {"registry": registry} if "registry" in inspect.signature(cls).parameters else {}
         controllers.append(cls(store, CLOCK, config, **kwargs))
     runtime = ControllerRuntime(store, CLOCK, controllers, registry)
     t0 = CLOCK.monotonic()
     runtime.start()
+    # The real proxy, through the API, with Caddy and the kernel map faked (what it applies is measured)
+    proxy_client = ForgeClient(url, ADMIN)
+    proxy = Proxy(config, proxy_client, caddy=FakeCaddy(), services=services, node_routes=False)  # type: ignore[arg-type]
+    proxy.start()
     runtime.wait_idle(timeout=600)
     settled = CLOCK.monotonic() - t0
     say(f"controllers settled in {settled:.1f}s")
@@ -471,6 +487,8 @@ def run_one(n_apps: int, n_nodes: int, deploys: int, idle: float) -> dict[str, A
         "idle_req_per_s": round((req1 - req0) / wall, 1),
     }
     stop.set()
+    proxy.close()
+    proxy_client.close()
     runtime.close()
     server.shutdown()
     server.server_close()

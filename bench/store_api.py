@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from forge.models import App, AppSpec, ObjectMeta  # noqa: E402
-from forge.store.base import open_store  # noqa: E402
+from forge.store.factory import open_store  # noqa: E402
 from tests.pgcluster import PgCluster  # noqa: E402
 
 TOKEN = "bench-token"

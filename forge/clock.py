@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as _dt
 import threading
 import time as _time
+from collections import OrderedDict
 
 
 def iso(ts: float) -> str:
@@ -67,5 +68,53 @@ class FakeClock(Clock):
             self._now += seconds
             self._mono += seconds
 
+    def step(self, seconds: float) -> None:
+        """Step the wall clock alone (an operator's ``date -s``, an NTP correction): monotonic
+        time does not move."""
+        with self._lock:
+            self._now += seconds
+
     def sleep(self, seconds: float) -> None:
         self.advance(max(0.0, seconds))
+
+
+class Stopwatch:
+    """How long ago a recorded wall-clock instant was, measured where it is observed.
+
+    A record carries the wall time something started (``createdTime``, ``readyTime``,
+    ``lastTransitionTime``), written by whichever machine saw it — with that machine's clock.
+    The first time this process asks about one (``key`` + that text) it reads the age off the
+    wall clocks, within bounds; from then on the age grows with this process's monotonic clock,
+    so a step of any wall clock (or skew between machines) cannot move it. The bounds on the
+    first reading: never negative; and once this process has been watching for ``watching``
+    seconds, a start it asks about for the first time happened while it watched (the store's
+    watch wakes it within moments), so it is at most ``slack`` seconds old. A step can then
+    shorten a wait by ``slack`` at most, and lengthen one only before the process first looked.
+    """
+
+    def __init__(self, clock: Clock, watching: float = 10.0, slack: float = 2.0, size: int = 20_000) -> None:
+        self.clock, self.watching, self.slack, self.size = clock, watching, slack, size
+        self._born: float | None = None
+        self._marks: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def elapsed(self, key: str, start_iso: str | None) -> float:
+        """Seconds since ``start_iso`` (0 when there is none)."""
+        if not start_iso:
+            return 0.0
+        mono = self.clock.monotonic()
+        with self._lock:
+            if self._born is None:
+                self._born = mono
+            mark = self._marks.get((key, start_iso))
+            if mark is None:
+                age = max(0.0, self.clock.now() - parse_iso(start_iso))
+                if mono - self._born >= self.watching:
+                    age = min(age, self.slack)
+                mark = mono - age
+                self._marks[(key, start_iso)] = mark
+                while len(self._marks) > self.size:
+                    self._marks.popitem(last=False)
+            else:
+                self._marks.move_to_end((key, start_iso))
+        return max(0.0, mono - mark)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from forge.errors import Invalid
+from forge.subnets import DEFAULT_POOL, parse_pool
 
 DEFAULT_GIT_URL_TEMPLATE = "https://github.com/{full_name}.git"
 DEFAULT_GITHUB_API_URL = "https://api.github.com"
@@ -61,6 +63,12 @@ class Config:
     service_address: str = (
         ""  # the install's service IP (FORGE_SERVICE_ADDRESS); "" = derived from the data dir
     )
+    instance_pool: str = DEFAULT_POOL  # FORGE_INSTANCE_POOL: where every node's instance subnet lies
+
+    @property
+    def pool(self) -> ipaddress.IPv4Network:
+        return parse_pool(self.instance_pool)
+
     # Reporting back to GitHub (forge.github): the REST API's base URL, and either a token or a
     # GitHub App (its id and the path of its PEM private key). None of them set: no reports.
     github_api_url: str = DEFAULT_GITHUB_API_URL
@@ -113,5 +121,6 @@ class Config:
             github_app_id=(e.get("FORGE_GITHUB_APP_ID") or "").strip(),
             github_app_private_key=(e.get("FORGE_GITHUB_APP_PRIVATE_KEY") or "").strip(),
             public_url=(e.get("FORGE_PUBLIC_URL") or "").strip(),
+            instance_pool=str(parse_pool(e.get("FORGE_INSTANCE_POOL") or DEFAULT_POOL)),
         )
         return replace(cfg, **overrides) if overrides else cfg

@@ -14,7 +14,7 @@ from forge.clock import Clock
 from forge.errors import AlreadyExists, Conflict, NotFound
 from forge.models import Event, EventSpec, ObjectMeta, ObjectRef, Resource
 from forge.store.base import Store
-from forge.textsafe import printable
+from forge.textsafe import printable_lines
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,9 @@ class EventRecorder:
         self, obj: Resource, type_: Literal["Normal", "Warning"], reason: str, message: str
     ) -> Event | None:
         kind, name = obj.KIND or obj.kind, obj.metadata.name
-        message = printable(message)  # messages quote app output (build tails): no control characters
+        # Messages quote app output (build tails): no control characters, but their line breaks
+        # stay so they print as text (the CLI indents the continuation lines).
+        message = printable_lines(message)
         if not self._allowed(f"{kind}/{name}"):
             log.info("event rate limit hit for %s/%s, dropping %s", kind, name, reason)
             return None

@@ -22,6 +22,7 @@ from forge.gitauth import git_auth
 FETCH_TIMEOUT = 120.0
 LOCAL_TIMEOUT = 30.0
 LS_REMOTE_TIMEOUT = 15.0
+HISTORY_DEPTH = 200  # how far back a push's history is read to order it against the branch's head
 _SHA_WANT_REFUSED = re.compile(
     r"not our ref|unadvertised object|couldn't find remote ref|no such remote ref|"
     r"upload-pack: not our|Server does not allow request for unadvertised",
@@ -150,10 +151,11 @@ class GitSource:
         raise GitError(f"{ref!r} is not a branch or tag of the repository", transient=False)
 
     def show(self, cache: Path, commit: str, path: str) -> bytes | None:
-        """The bytes of ``path`` at ``commit``; None when the file does not exist there."""
-        try:
-            self._git(["cat-file", "-e", f"{commit}:{path}"], cache, None, LOCAL_TIMEOUT)
-        except GitError:
+        """The bytes of ``path`` at ``commit``; None only when git says the commit has no such
+        file. Any other failure (a missing object, a timeout, a broken cache) is a transient
+        ``GitError``: it is never read as "the file is not there"."""
+        listed = self._git(["ls-tree", "--name-only", commit, "--", path], cache, None, LOCAL_TIMEOUT)
+        if path not in listed.splitlines():
             return None
         cmd = ["git", "-C", str(cache), "cat-file", "blob", f"{commit}:{path}"]
         try:
@@ -165,3 +167,37 @@ class GitSource:
                 f"reading {path} at {commit[:12]} failed: {proc.stderr.decode(errors='replace')[-300:]}"
             )
         return proc.stdout
+
+    def descends_from(
+        self, repo: str, url: str, commit: str, ancestor: str, token: str | None = None
+    ) -> bool:
+        """Whether ``ancestor`` is in ``commit``'s history (within ``HISTORY_DEPTH`` commits).
+
+        The cache holds shallow fetches, so ``commit`` is deepened first; a commit further back
+        than that is taken as not an ancestor."""
+        cache = self.fetch(repo, url, ancestor, token)
+        self.fetch(repo, url, commit, token)
+        try:
+            self._git(
+                ["fetch", "--quiet", "--no-tags", f"--depth={HISTORY_DEPTH}", url, commit],
+                cache,
+                token,
+                self.fetch_timeout,
+            )
+        except GitError as exc:
+            if not _SHA_WANT_REFUSED.search(exc.message):
+                raise
+            self._git(
+                ["fetch", "--quiet", "--no-tags", url, "+refs/heads/*:refs/remotes/origin/*"],
+                cache,
+                token,
+                self.fetch_timeout,
+            )
+        argv = self.git_argv(["merge-base", "--is-ancestor", ancestor, commit], cache, [])
+        try:
+            proc = subprocess.run(argv, capture_output=True, timeout=LOCAL_TIMEOUT, stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            raise GitError("git merge-base timed out") from None
+        if proc.returncode in (0, 1):
+            return proc.returncode == 0
+        raise GitError(f"git merge-base failed: {proc.stderr.decode(errors='replace')[-300:]}")

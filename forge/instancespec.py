@@ -52,6 +52,31 @@ def app_config(app: App, secret: Secret | None) -> DeploymentConfig:
     )
 
 
+def same_config(
+    a: DeploymentConfig, b: DeploymentConfig, *, secrets: bool = True, counts: bool = True
+) -> bool:
+    """Whether two configs run a release the same way; ``secrets=False`` ignores the Secret's
+    version, ``counts=False`` the replica counts (a scale changes those in place)."""
+
+    def key(c: DeploymentConfig) -> tuple[Any, ...]:
+        return (
+            c.env,
+            sorted(c.domains),
+            c.secrets_version if secrets else None,
+            c.node_selector or {},
+            (c.replicas, c.processes or {}) if counts else None,
+        )
+
+    return key(a) == key(b)
+
+
+def with_counts(cfg: DeploymentConfig, app: App) -> DeploymentConfig:
+    """``cfg`` with the App's replica counts: a scale is applied to the live release in place."""
+    return cfg.model_copy(
+        update={"replicas": app.spec.replicas, "processes": dict(app.spec.processes) or None}
+    )
+
+
 def effective_config(app: App | None, dep: Deployment, secret: Secret | None) -> DeploymentConfig:
     """The config a release runs with: what rollout applied, else its snapshot, else the App's."""
     if dep.status.applied_config is not None:
@@ -62,6 +87,19 @@ def effective_config(app: App | None, dep: Deployment, secret: Secret | None) ->
     if app is not None:
         return app_config(app, secret)
     return DeploymentConfig(replicas=1, secrets_version=secret_version(secret))
+
+
+def build_inputs(manifest: dict[str, Any] | None) -> tuple[Any, ...]:
+    """What a release's build depends on besides its commit: runtime, build section, tree size."""
+    m = manifest or {}
+    res = m.get("resources") if isinstance(m.get("resources"), dict) else {}
+    return (m.get("runtime"), m.get("build"), (res or {}).get("disk"))
+
+
+def build_name(dep: Deployment) -> str:
+    """The built tree a release's Instances run: the first release of the same commit and build
+    inputs (``status.build``, set by rollout), else its own."""
+    return dep.status.build or dep.metadata.name
 
 
 def manifest_processes(manifest: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
@@ -110,6 +148,7 @@ def instance_spec(
         oneshot=oneshot,
         storage=int(storage or 0),
         node_selector=dict(cfg.node_selector or app.spec.node_selector),
+        build=build_name(dep),
     )
 
 

@@ -80,6 +80,7 @@ _DUR_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 class BuildSpec(Model):
     commands: list[str] = Field(default_factory=list)
     timeout_seconds: float = 600.0
+    detected: list[str] = Field(default_factory=list)  # forge.detect's notes (never from forge.yaml)
 
 
 class RunSpec(Model):
@@ -312,7 +313,11 @@ Check = Callable[[Any, str, list[dict[str, str]]], Any]
 
 def parse_manifest(text: str | bytes, app_name: str | None = None) -> Manifest:
     """Parse forge.yaml text into a normalised ``Manifest``; ``Invalid`` listing every problem."""
-    data = load_yaml(text)
+    return validate_data(load_yaml(text), app_name)
+
+
+def validate_data(data: dict[str, Any], app_name: str | None = None) -> Manifest:
+    """forge.yaml-shaped data (loaded YAML, or merged with a detected build) → ``Manifest``."""
     errs: list[dict[str, str]] = []
     out = _TOP(data, "", errs)
     if app_name is not None and isinstance(out.get("name"), str) and out["name"] != app_name:

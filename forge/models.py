@@ -374,6 +374,7 @@ class Trigger(Model):
     delivery_id: str | None = Field(default=None, max_length=128)
     user: str | None = Field(default=None, max_length=128)
     installation_id: int | None = None  # the GitHub App installation that delivered the push
+    force: bool | None = None  # forge deploy --force: released and built anew even when already live
 
 
 class DeploymentConfig(Model):
@@ -437,6 +438,9 @@ class DeploymentStatus(Status):
     last_restart_time: str | None = None
     # Written by the rollout controller: the release command's one run (forge.yaml ``release``).
     release_phase: ReleasePhase | None = None
+    # Written by the rollout controller: the release whose build this one runs (the first of the
+    # same commit and build inputs; itself when empty). Nodes keep builds by that name.
+    build: str = ""
     # Written by the github controller only: how far this release's report to GitHub got.
     github: GithubReport | None = None
 
@@ -524,6 +528,12 @@ class InstanceSpec(Model):
     oneshot: OneShot | None = None
     storage: int = 0  # bytes of the app's persistent storage (forge.yaml storage.size), 0: none
     node_selector: dict[str, str] = Field(default_factory=dict)  # labels its node must carry
+    # Set by rollout when a scale-down retires this Instance: the router stops sending it traffic
+    # at once and rollout asks it to stop a drain later. The agent leaves the process alone.
+    unrouted_time: str | None = None
+    # What the release's build is keyed by (commit and build inputs): every release of that
+    # commit and build shares one built tree on a node — a config release or a rollback reuses it.
+    build: str = ""
     # forge restart: a new value asks the agent to restart the process in place (same release,
     # no build); a restart asked for is not a crash (restarts is not counted).
     restart_generation: int = 0

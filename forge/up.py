@@ -10,7 +10,6 @@ live releases back from the stored desired state.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import queue
@@ -166,9 +165,13 @@ class Supervisor:
     # ------------------------------------------------------------------ setup
     def prepare(self) -> dict[str, str]:
         self.data.mkdir(parents=True, exist_ok=True, mode=0o700)
+        from forge.hostperms import private_umask, secure_data_dir
+
+        private_umask()
+        secure_data_dir(self.data, self.data / "node" if self.local_agent else None)
         token, where = ensure_admin_token(self.cfg, self.base_env)
         self.admin_token_source = where
-        (self.data / "api-url").write_text(self.api_url + "\n")
+        write_private(self.data / "api-url", self.api_url + "\n")
         if not self.cfg.webhook_secret:
             log.warning(
                 "FORGE_GITHUB_WEBHOOK_SECRET is not set: every GitHub webhook delivery will be refused"
@@ -188,15 +191,23 @@ class Supervisor:
         return env
 
     def _caddy_child(self) -> Child:
-        from forge.controllers.router import router_base_config
-        from forge.nft import nft_available
+        from forge.proxy.caddy import forge_config, hosts_dir
+        from forge.proxy.daemon import caddy_config_file
+        from forge.proxy.nft import nft_available
+        from forge.proxy.reconcilers import write_caddy_config
 
         caddy_dir = self.data / "caddy"
         caddy_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(caddy_dir, 0o700)  # the admin socket lives here: only root reaches it
         (self.data / "logs").mkdir(parents=True, exist_ok=True)
-        conf = router_base_config(self.cfg, None, kernel=nft_available() is None)
-        (caddy_dir / "config.json").write_text(json.dumps(conf, indent=2))
+        # Caddy starts from the config the proxy keeps: static (no app in it; the host map is on
+        # disk), so a Caddy restart serves every app at once.
+        conf = forge_config(
+            self.cfg, kernel=nft_available() is None, ask_url=f"{self.api_url}/api/v1/tls/ask"
+        )
+        config_file = caddy_config_file(self.data)
+        write_caddy_config(config_file, conf)
+        hosts_dir(self.data).mkdir(parents=True, exist_ok=True)
         caddy = shutil.which("caddy")
         if caddy is None:
             raise Unavailable("caddy is not installed (run make setup as root, or apt-get install caddy)")
@@ -208,7 +219,7 @@ class Supervisor:
         }
         child = Child(
             "caddy",
-            [caddy, "run", "--config", str(caddy_dir / "config.json")],
+            [caddy, "run", "--config", str(config_file)],
             env,
             self.data / "logs" / "caddy.log",
         )
@@ -223,7 +234,7 @@ class Supervisor:
         return owned_by(child.proc.pid, int(listen.rpartition(":")[2]))
 
     def _caddy_ready(self) -> bool:
-        from forge.caddy import CaddyAdmin
+        from forge.proxy.caddy import CaddyAdmin
 
         admin = CaddyAdmin(self.caddy_admin, timeout=1.0)
         try:
@@ -254,8 +265,22 @@ class Supervisor:
         api.ready = lambda: (
             self._owns_port(api, self.cfg.api_listen) and self._http_ok(f"{self.api_url}/readyz")
         )
-        ctrl_args = [
-            "controllers",
+        # The controllers write App.status.url from the domain, TLS mode and listeners.
+        ctrl_args = ["controllers", "--data-dir", str(self.data), "--domain", self.cfg.domain]
+        ctrl_args += ["--tls", self.cfg.tls, "--http-listen", self.cfg.http_listen]
+        if self.cfg.https_listen:
+            ctrl_args += ["--https-listen", self.cfg.https_listen]
+        if self.controllers_metrics_listen:
+            ctrl_args += ["--metrics-listen", self.controllers_metrics_listen]
+        ctrl = Child("controllers", self._forge(*ctrl_args), env, logs / "controllers.log")
+        return [self._caddy_child(), api, ctrl, self.proxy_child(env)]
+
+    def proxy_child(self, env: dict[str, str]) -> Child:
+        """This host's proxy: programs its Caddy, service map and node routes from the records."""
+        args = [
+            "proxy",
+            "--api",
+            self.api_url,
             "--data-dir",
             str(self.data),
             "--domain",
@@ -266,15 +291,10 @@ class Supervisor:
             self.cfg.tls,
             "--http-listen",
             self.cfg.http_listen,
-            "--api-listen",
-            self.cfg.api_listen,
         ]
         if self.cfg.https_listen:
-            ctrl_args += ["--https-listen", self.cfg.https_listen]
-        if self.controllers_metrics_listen:
-            ctrl_args += ["--metrics-listen", self.controllers_metrics_listen]
-        ctrl = Child("controllers", self._forge(*ctrl_args), env, logs / "controllers.log")
-        return [self._caddy_child(), api, ctrl]
+            args += ["--https-listen", self.cfg.https_listen]
+        return Child("proxy", self._forge(*args), env, self.data / "logs" / "proxy.log")
 
     def mint_node_token(self) -> str:
         """The local node's token: the one kept in ``DATA/node-token`` while the API still accepts
@@ -346,7 +366,7 @@ class Supervisor:
         for child in self.build_children(env):
             self.children[child.name] = child
             self._spawn(child)
-            if child.name != "controllers":
+            if child.name not in ("controllers", "proxy"):
                 self._wait_ready(child)
         if self.local_agent:
             agent = self.agent_child(env, self.mint_node_token())
@@ -411,7 +431,7 @@ class Supervisor:
         stop timeouts), then wait for each; a child past its deadline is killed."""
         self.stopping.set()
         log.info("stopping every child")
-        order = ("agent", "controllers", "api", "caddy")
+        order = ("agent", "proxy", "controllers", "api", "caddy")
         running = [
             c
             for n in order
@@ -436,10 +456,10 @@ class Supervisor:
     def _remove_network(self) -> None:
         """The service table and, should the agent not have done it, the node's namespaces,
         bridge and table: nothing of this install's data plane outlives ``forge up``."""
-        from forge.cli.daemons import remove_node_network, unmount_release_disks
-        from forge.nft import NetError, nft_available
-        from forge.noderoutes import NodeRoutes
-        from forge.servicemap import ServiceMap
+        from forge.nodeagent.teardown import remove_node_network, unmount_release_disks
+        from forge.proxy.nft import NetError, nft_available
+        from forge.proxy.noderoutes import NodeRoutes
+        from forge.proxy.servicemap import ServiceMap
 
         try:
             unmount_release_disks(self.data / "node")

@@ -23,14 +23,12 @@ from urllib.parse import parse_qs
 from forge.errors import BadRequest
 from forge.models import (
     COMMIT,
-    LABEL_APP,
     App,
     Deployment,
     DeploymentConfig,
-    DeploymentSpec,
-    ObjectMeta,
     Trigger,
 )
+from forge.release import new_release
 
 MAX_BODY: Final[int] = 25 * 1024 * 1024
 ZERO_COMMIT: Final[str] = "0" * 40
@@ -151,18 +149,16 @@ def find_delivery(deployments: list[Deployment], delivery_id: str | None) -> Dep
     return next((d for d in deployments if d.spec.trigger.delivery_id == delivery_id), None)
 
 
-def build_deployment(app: App, number: int, push: Push, delivery_id: str | None) -> Deployment:
-    """Release ``APP-N`` of the pushed commit with a snapshot of the App's config (spec only)."""
-    return Deployment(
-        metadata=ObjectMeta(name=f"{app.metadata.name}-{number}", labels={LABEL_APP: app.metadata.name}),
-        spec=DeploymentSpec(
-            app=app.metadata.name,
-            commit=push.after,
-            ref=push.ref,
-            repo=app.spec.repo,
-            trigger=Trigger(type="webhook", delivery_id=delivery_id),
-            config=DeploymentConfig(
-                env=dict(app.spec.env), replicas=app.spec.replicas, domains=list(app.spec.domains)
-            ),
-        ),
+def build_deployment(
+    app: App, number: int, push: Push, delivery_id: str | None, config: DeploymentConfig
+) -> Deployment:
+    """Release ``APP-N`` of the pushed commit with ``config`` — ``forge.release.release_config``
+    of the App and its Secret, the one builder every writer uses (spec only)."""
+    return new_release(
+        app,
+        number,
+        commit=push.after,
+        ref=push.ref,
+        trigger=Trigger(type="webhook", delivery_id=delivery_id),
+        config=config,
     )

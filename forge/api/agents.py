@@ -192,3 +192,27 @@ class NodeStorageResource:
             if isinstance(a, App) and a.status.storage_node == name
         ]
         send(resp, {"apps": sorted(apps)})
+
+
+class NodeAppsResource:
+    """``GET /api/v1/nodes/NAME/apps?names=a,b``: which of the named Apps still exist. The node's
+    agent asks about the apps it holds files of (releases, storage, a uid); the files of an app
+    that is gone are deleted and its uid is never handed out again."""
+
+    MAX_NAMES = 1000
+
+    def __init__(self, ctx: ApiContext) -> None:
+        self.ctx = ctx
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
+        p = auth.principal(req)
+        if not p.admin and p.node != name:
+            raise auth.forbid(p, f"ask about the apps of Node {name}")
+        names = {n for n in (req.get_param("names") or "").split(",") if n}
+        if len(names) > self.MAX_NAMES:
+            raise Invalid(
+                f"at most {self.MAX_NAMES} names per request",
+                [{"path": "names", "message": f"more than {self.MAX_NAMES} names"}],
+            )
+        apps = {a.metadata.name for a in self.ctx.store.list(App)[0]}
+        send(resp, {"apps": sorted(names & apps)})

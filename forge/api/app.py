@@ -36,9 +36,14 @@ from forge.config import Config
 from forge.errors import ForgeError
 from forge.github.auth import app_tokens
 from forge.models import PLURALS
-from forge.store.base import Store, open_store
+from forge.store.base import Store
+from forge.store.factory import open_store
 
 log = logging.getLogger(__name__)
+
+# How long one request waits for a store that cannot take it (SQLite locked, PostgreSQL
+# refusing connections) before it is answered 503: well inside GitHub's 10 s for a webhook.
+STORE_WAIT_SECONDS = 4.0
 
 _HTTP_REASONS = {
     400: "BadRequest",
@@ -113,7 +118,7 @@ def create_app(
     """``stream_cap_seconds`` bounds every watch/log stream below what clients ask (tests, bench);
     ``closing``, once set, ends every open stream within half a second (the server's stop)."""
     clock = clock or SystemClock()
-    store = store if store is not None else open_store(config.effective_store_url)
+    store = store if store is not None else open_store(config.effective_store_url, STORE_WAIT_SECONDS)
     ctx = ApiContext(
         config=config,
         store=store,
@@ -162,6 +167,7 @@ def create_app(
     app.add_route("/api/v1/instances/{name}/events", agents.AgentEventResource(ctx, "Instance"))
     app.add_route("/api/v1/nodes/{name}/events", agents.AgentEventResource(ctx, "Node"))
     app.add_route("/api/v1/nodes/{name}/storage", agents.NodeStorageResource(ctx))
+    app.add_route("/api/v1/nodes/{name}/apps", agents.NodeAppsResource(ctx))
     app.add_route("/api/v1/instances/{name}/gitcredential", agents.InstanceGitCredentialResource(ctx))
     app.add_route("/api/v1/instances/{name}/logs", agents.InstanceLogsResource(ctx))
     app.add_route("/api/v1/secrets/rotate-key", agents.RotateKeyResource(ctx))

@@ -4,7 +4,7 @@ point, and the state of its certificate.
 The DNS target is derived from the install's configuration (``FORGE_DOMAIN``): a custom domain
 is a CNAME to ``APP.DOMAIN``, and ``APP.DOMAIN`` itself needs the wildcard ``*.DOMAIN`` pointed
 at the server. The certificate state comes from the proxy's own records: the TLS mode from the
-Caddy config ``forge up`` wrote (``DATA/caddy/config.json``) and the certificates from Caddy's
+Caddy config this host's proxy applied (``DATA/proxy/caddy.json``) and the certificates from Caddy's
 storage (``DATA/caddy/data/caddy/certificates/ISSUER/HOST/HOST.crt``). Where those are not on
 this machine (a control plane without the router), the state is plainly ``unknown``.
 """
@@ -22,7 +22,8 @@ from forge.api import auth
 from forge.api.body import send
 from forge.api.context import ApiContext
 from forge.models import App
-from forge.routing import app_hosts
+from forge.proxy.daemon import caddy_config_file
+from forge.proxy.routing import app_hosts
 
 LOCAL_SUFFIXES = ("localhost", ".localhost", ".test", ".local", ".internal")
 
@@ -88,7 +89,7 @@ def certificate_state(host: str, mode: str | None, storage: Path, now: float) ->
 
 def read_caddy_config(data_dir: Path) -> dict[str, Any] | None:
     try:
-        loaded = json.loads((data_dir / "caddy" / "config.json").read_text())
+        loaded = json.loads(caddy_config_file(data_dir).read_text())
     except (OSError, ValueError):
         return None
     return loaded if isinstance(loaded, dict) else None

@@ -32,7 +32,7 @@ from prometheus_client.utils import floatToGoString
 from forge.clock import Clock
 from forge.errors import ForgeError
 from forge.marks import DEPLOYMENTS_METRIC, DURATION_LABEL, DURATION_METRIC, TASKS_METRIC
-from forge.models import DeploymentPhase, InstancePhase
+from forge.models import DeploymentPhase, InstancePhase, Node
 from forge.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ class StoreCollector(Collector):
             deployments = self.store.tally(DEPLOYMENTS_METRIC)
             tasks = self.store.tally(TASKS_METRIC)
             durations = self.store.observations(DURATION_METRIC, DURATION_LABEL)
-            nodes, _ = self.store.list("Node")
+            nodes, _ = self.store.list(Node)
         except ForgeError as exc:
             log.warning("metrics: cannot read the store: %s", exc.message)
             return

@@ -159,8 +159,8 @@ def _extra_paths() -> dict[str, Any]:
             "parameters": [NAME],
             "post": _op(
                 "deployApp",
-                "Write a new Deployment of a commit",
-                {**_ok(_ref("Deployment"), 201), **_errors(*WRITE)},
+                "Write a new Deployment of a commit (200: the release already running that commit and config)",
+                {**_ok(_ref("Deployment"), 201), **_ok(_ref("Deployment")), **_errors(*WRITE)},
                 requestBody=_body(_ref("DeployRequest")),
             ),
         },

@@ -24,9 +24,22 @@ from forge.api.context import ApiContext, body_resource_version, check_envelope,
 from forge.api.sealing import redact
 from forge.api.watch import start_watch
 from forge.errors import BadRequest, Conflict, Invalid, SubnetTaken
-from forge.models import API_VERSION, LABEL_NODE, App, Node, ObjectMeta, Resource, Secret, SecretSpec
-from forge.routing import app_hosts
+from forge.models import (
+    API_VERSION,
+    LABEL_APP,
+    LABEL_NODE,
+    App,
+    Deployment,
+    Instance,
+    Node,
+    ObjectMeta,
+    Resource,
+    Secret,
+    SecretSpec,
+)
+from forge.proxy.routing import app_hosts
 from forge.store.base import parse_selector
+from forge.subnets import check_subnet, host_networks
 
 PATCH_RETRIES = 3
 
@@ -61,6 +74,29 @@ class _Base:
         return stored
 
     # -- write-only values ---------------------------------------------------------------
+    def _check_not_deleting(self, obj: Resource) -> None:
+        """A deleted App's name is free again once its Instances are gone: its nodes delete its
+        releases, storage and uid before they report the last one stopped, so a new App of that
+        name can never inherit them (nor adopt the old one's Deployments)."""
+        if not isinstance(obj, App):
+            return
+        left = [
+            i.metadata.name
+            for i in self.ctx.store.list(Instance, {LABEL_APP: obj.name})[0]
+            if getattr(i.spec, "app", None) == obj.name
+        ]
+        left += [
+            d.metadata.name
+            for d in self.ctx.store.list(Deployment, {LABEL_APP: obj.name})[0]
+            if getattr(d.spec, "app", None) == obj.name
+        ]
+        if left:
+            raise Conflict(
+                f"app {obj.name} is still being deleted ({', '.join(sorted(left)[:5])} left); "
+                "create it again once they are gone",
+                [{"path": "metadata.name", "message": "an app of this name is still being deleted"}],
+            )
+
     def _check_hosts(self, obj: Resource) -> None:
         """A host belongs to one App: ``NAME.DOMAIN`` and every custom domain. A claim of a host
         another App answers on is refused (409) naming that App."""
@@ -161,6 +197,7 @@ class CollectionResource(_Base):
             }
         )
         self._check_hosts(fresh)
+        self._check_not_deleting(fresh)
         digest = self._seal_full(fresh, body, None)
         if self.kind == "Secret":  # created with its status in the same write
             fresh.status.keys = sorted(fresh.spec.data)
@@ -289,21 +326,19 @@ class StatusResource(_Base):
         send(resp, render(self.ctx.store.update_status(stored)))
 
     def _check_subnet(self, stored: Resource, obj: Resource) -> None:
-        """A Node's ``instanceSubnet`` must not overlap another node's: the proxy routes each
-        subnet to one node. (Two agents registering at the same instant can still both pass;
-        the router then routes the older node's and names the clash in a NodeRouteFailed Event.)"""
+        """A Node's ``instanceSubnet`` must be one the proxy may route (``forge.subnets``: inside
+        the instance pool, a sane size, clear of special ranges and of this host's own networks)
+        and must not overlap another node's: the proxy routes each subnet to one node. (Two
+        agents registering at the same instant can still both pass the overlap check; the router
+        then routes the older node's and names the clash in a NodeRouteFailed Event.)"""
         if not isinstance(obj, Node) or not isinstance(stored, Node) or not obj.status.instance_subnet:
             return
         if obj.status.instance_subnet == stored.status.instance_subnet:
             return
-        try:
-            mine = ipaddress.ip_network(obj.status.instance_subnet, strict=False)
-        except ValueError:
-            raise Invalid(
-                f"status.instanceSubnet {obj.status.instance_subnet!r} is not an IP network",
-                [{"path": "status.instanceSubnet", "message": "not an IP network"}],
-            ) from None
-        for other in self.ctx.store.list(Node)[0]:
+        nodes = self.ctx.store.list(Node)[0]
+        routed = [(n.status.instance_subnet, n.spec.address or "") for n in nodes if n.status.instance_subnet]
+        mine = check_subnet(obj.status.instance_subnet, self.ctx.config.pool, host_networks(routed))
+        for other in nodes:
             if other.metadata.name == obj.metadata.name or not other.status.instance_subnet:
                 continue
             try:

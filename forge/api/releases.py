@@ -5,9 +5,8 @@ Both only write desired state (a new Deployment ``APP-N``); the controllers do t
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 import falcon
 from pydantic import Field, ValidationError
@@ -16,26 +15,20 @@ from forge.api import auth
 from forge.api.body import read_object, send
 from forge.api.context import ApiContext
 from forge.api.records import render
-from forge.errors import AlreadyExists, BadRequest, Conflict, Invalid, NotFound, Unavailable, pydantic_errors
+from forge.errors import BadRequest, Conflict, Invalid, NotFound, Unavailable, pydantic_errors
 from forge.gitauth import open_token, select_credential
 from forge.gitsource import GitError, GitSource
-from forge.models import (
-    COMMIT,
-    LABEL_APP,
-    App,
-    Deployment,
-    DeploymentConfig,
-    DeploymentSpec,
-    Model,
-    ObjectMeta,
-    RepoCredential,
-    Trigger,
-    deployment_number,
-    next_release_number,
+from forge.models import COMMIT, App, Deployment, Model, RepoCredential, Trigger
+from forge.release import (  # noqa: F401  (app_deployments, create_next_release: re-exported)
+    app_deployments,
+    app_secret,
+    create_next_release,
+    new_release,
+    release_config,
+    releasing,
+    rollback_candidate,
+    rollback_release,
 )
-from forge.store.base import Store
-
-CREATE_ATTEMPTS: Final[int] = 20  # concurrent writers (webhook deliveries, deploys) each take the next number
 
 
 class DeployRequest(Model):
@@ -45,6 +38,7 @@ class DeployRequest(Model):
 
     commit: str | None = Field(default=None, pattern=COMMIT.pattern)
     ref: str = Field(default="", max_length=255)
+    force: bool = False  # release (and rebuild) even when this commit and config are already live
 
 
 class RollbackRequest(Model):
@@ -52,16 +46,11 @@ class RollbackRequest(Model):
     force: bool = False  # roll back to a release that had Failed, knowing why
 
 
-def app_deployments(store: Store, app: str) -> list[Deployment]:
-    items, _ = store.list(Deployment, {LABEL_APP: app})
-    deps = [d for d in items if isinstance(d, Deployment) and d.spec.app == app]
-    return sorted(deps, key=lambda d: deployment_number(d.name))
-
-
 def rollback_target(
     app: App, deployments: list[Deployment], to: str | None, force: bool = False
 ) -> Deployment:
-    """The release to go back to: ``to``, or the newest once-Live release older than the live one.
+    """The release to go back to: ``to``, or ``forge.release.rollback_candidate`` of the live one
+    (the newest earlier release that went Live with a different commit or config).
 
     A release that had Failed is refused unless ``force``: the refusal says why it failed, since
     going back to it would most likely fail (or crash-loop) the same way."""
@@ -81,19 +70,18 @@ def rollback_target(
                 [{"path": "to", "message": f"release failed: {target.status.reason or 'Failed'}"}],
             )
         return target
-    if not live:
+    current = next((d for d in deployments if d.name == live), None) if live else None
+    if current is None:
         raise BadRequest(
             f'app {app.name!r} has no live release to roll back from; name one with {{"to": "APP-N"}}'
         )
-    live_n = deployment_number(live)
-    older = [
-        d for d in deployments if deployment_number(d.name) < live_n and d.status.live_time and d.name != live
-    ]
-    if not older:
+    target = rollback_candidate(current, deployments)
+    if target is None:
         raise BadRequest(
-            f"app {app.name!r} has no earlier release that was ever live; nothing to roll back to"
+            f"app {app.name!r} has no earlier release that went live with a different commit or "
+            "config; nothing to roll back to"
         )
-    return older[-1]
+    return target
 
 
 def resolve_ref(ctx: ApiContext, app: App, ref: str) -> str:
@@ -124,43 +112,6 @@ def redeploy_source(app: App, deployments: list[Deployment]) -> Deployment:
     return source
 
 
-def create_next_release(
-    store: Store,
-    app: str,
-    make: Callable[[int, list[Deployment]], tuple[Deployment, bool]],
-) -> tuple[Deployment, bool]:
-    """The one place release numbers are taken (API deploys and rollbacks, webhook pushes).
-
-    ``make(n, deployments)`` builds ``APP-n`` from the App's current releases — or answers an
-    existing one and False (a redelivered webhook). A concurrent writer taking ``n`` first just
-    moves us to the next number; (the Deployment, created?) comes back."""
-    for _ in range(CREATE_ATTEMPTS):
-        deployments = app_deployments(store, app)
-        dep, new = make(next_release_number(deployments), deployments)
-        if not new:
-            return dep, False
-        try:
-            return store.create(dep), True
-        except AlreadyExists:
-            continue
-    raise Conflict(
-        f"could not pick a release number for {app} after {CREATE_ATTEMPTS} tries: "
-        "too many concurrent deploys"
-    )
-
-
-def create_next(store: Store, app: App, spec: DeploymentSpec) -> Deployment:
-    """Create ``APP-(N+1)`` with ``spec``."""
-    return create_next_release(
-        store,
-        app.name,
-        lambda n, _deps: (
-            Deployment(metadata=ObjectMeta(name=f"{app.name}-{n}", labels={LABEL_APP: app.name}), spec=spec),
-            True,
-        ),
-    )[0]
-
-
 def _parse(model: type[Model], body: dict[str, Any]) -> Any:
     try:
         return model.model_validate(body)
@@ -175,21 +126,25 @@ class DeployResource:
     def on_post(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
         auth.require_admin(req)
         body: DeployRequest = _parse(DeployRequest, read_object(req))
-        app = self.ctx.store.get(App, name)
-        assert isinstance(app, App)
+        store = self.ctx.store
+        app = store.get(App, name)
         commit, ref = body.commit, body.ref
         if commit is None and ref:
             commit = resolve_ref(self.ctx, app, ref)
         elif commit is None:
-            source = redeploy_source(app, app_deployments(self.ctx.store, name))
+            source = redeploy_source(app, app_deployments(store, name))
             commit, ref = source.spec.commit, source.spec.ref
-        config = DeploymentConfig(
-            env=dict(app.spec.env), replicas=app.spec.replicas, domains=list(app.spec.domains)
-        )
-        spec = DeploymentSpec(
-            app=name, commit=commit, ref=ref, repo=app.spec.repo, trigger=Trigger(type="api"), config=config
-        )
-        send(resp, render(create_next(self.ctx.store, app, spec)), 201)
+        config = release_config(app, app_secret(store, name))
+        trigger = Trigger(type="api", force=body.force or None)
+
+        def make(n: int, deployments: list[Deployment]) -> tuple[Deployment, bool]:
+            same = None if body.force else releasing(deployments, app.status.live_deployment, commit, config)
+            if same is not None:
+                return same, False
+            return new_release(app, n, commit=commit, ref=ref, trigger=trigger, config=config), True
+
+        dep, created = create_next_release(store, name, make)
+        send(resp, render(dep), 201 if created else 200)
 
 
 class RollbackResource:
@@ -199,16 +154,8 @@ class RollbackResource:
     def on_post(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
         auth.require_admin(req)
         body: RollbackRequest = _parse(RollbackRequest, read_object(req, required=False))
-        app = self.ctx.store.get(App, name)
-        assert isinstance(app, App)
-        target = rollback_target(app, app_deployments(self.ctx.store, name), body.to, body.force)
-        spec = DeploymentSpec(
-            app=name,
-            commit=target.spec.commit,
-            ref=target.spec.ref,
-            repo=target.spec.repo or app.spec.repo,
-            trigger=Trigger(type="rollback"),
-            rollback_of=target.name,
-            config=target.spec.config.model_copy(deep=True) if target.spec.config else None,
-        )
-        send(resp, render(create_next(self.ctx.store, app, spec)), 201)
+        store = self.ctx.store
+        app = store.get(App, name)
+        target = rollback_target(app, app_deployments(store, name), body.to, body.force)
+        dep, _ = create_next_release(store, name, lambda n, _deps: (rollback_release(app, n, target), True))
+        send(resp, render(dep), 201)

@@ -167,7 +167,7 @@ def prepare_multiprocess_metrics(config: Config) -> Path:
 
 def _prepare(config: Config) -> None:
     """Create the store schema and the key file once, before any worker exists."""
-    from forge.store.base import open_store
+    from forge.store.factory import open_store
 
     store = open_store(config.effective_store_url)
     store.close()

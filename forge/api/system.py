@@ -10,7 +10,7 @@ import falcon
 from forge.api.body import send
 from forge.api.context import ApiContext
 from forge.models import App
-from forge.routing import is_servable_host
+from forge.proxy.routing import is_servable_host
 
 log = logging.getLogger(__name__)
 

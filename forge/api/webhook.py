@@ -27,13 +27,14 @@ from prometheus_client import CollectorRegistry, Counter
 
 from forge.api.body import read_raw
 from forge.api.previews import PreviewDeliveries
-from forge.api.releases import create_next_release
 from forge.clock import Clock
 from forge.config import Config
 from forge.errors import ForgeError, Invalid, PayloadTooLarge, Unauthorized, Unavailable
+from forge.events import EventRecorder
 from forge.github.auth import secret_aad, stored_app
 from forge.github.hooks import installation_id
 from forge.models import App, Deployment
+from forge.release import app_secret, create_next_release, release_config, releasing
 from forge.store.base import Store
 from forge.webhook import (
     DELIVERY_ID,
@@ -50,6 +51,7 @@ from forge.webhook import (
 
 log = logging.getLogger(__name__)
 
+REASON_ALREADY_LIVE: Final[str] = "AlreadyLive"
 OUTCOMES: Final[tuple[str, ...]] = (
     "created",
     "ignored",
@@ -67,6 +69,7 @@ class GithubWebhookResource:
 
     def __init__(self, store: Store, config: Config, clock: Clock, metrics: CollectorRegistry) -> None:
         self.store, self.config, self.clock = store, config, clock
+        self.recorder = EventRecorder(store, clock, "webhook")
         self.deliveries = Counter(
             "forge_webhook_deliveries", "GitHub webhook deliveries by outcome", ["outcome"], registry=metrics
         )
@@ -173,19 +176,38 @@ class GithubWebhookResource:
     def _deploy(
         self, app: App, push: Push, delivery: str | None, installation: int | None = None
     ) -> tuple[str, bool]:
-        """Create the next release of ``app`` unless this delivery already made one."""
+        """Create the next release of ``app`` unless this delivery already made one, or the
+        pushed commit is already live (or on its way) with the App's config: a redelivery with a
+        new id or a replayed push then makes nothing (an Event says so)."""
+        config = release_config(app, app_secret(self.store, app.metadata.name))
+        already: list[Deployment] = []
 
         def make(n: int, deployments: list[Deployment]) -> tuple[Deployment, bool]:
             earlier = find_delivery(deployments, delivery)
             if earlier is not None:
                 return earlier, False
-            dep = build_deployment(app, n, push, delivery)
+            same = releasing(deployments, app.status.live_deployment, push.after, config)
+            if same is not None:
+                already.append(same)
+                return same, False
+            dep = build_deployment(app, n, push, delivery, config)
             dep.spec.trigger.installation_id = installation  # the App that sent it reports back
             return dep, True
 
         dep, new = create_next_release(self.store, app.metadata.name, make)
         if new:
             log.info("webhook: created Deployment %s (%s@%s)", dep.metadata.name, push.ref, push.after[:12])
+        elif already:
+            what = (
+                "live" if dep.status.phase == "Live" else f"being released ({dep.status.phase or 'Pending'})"
+            )
+            self.recorder.record(
+                app,
+                "Normal",
+                REASON_ALREADY_LIVE,
+                f"push of {push.after[:12]} to {push.ref}: {dep.metadata.name} is already {what} with "
+                "this commit and config; nothing new to release (forge deploy --force rebuilds it)",
+            )
         return dep.metadata.name, new
 
 

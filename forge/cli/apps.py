@@ -10,11 +10,12 @@ from typing import Any
 import click
 
 from forge.cli import Ctx, ListByDefault, cli, pass_ctx
+from forge.cli.converge import newest_number, wait_converged
 from forge.cli.output import age, dig, emit, render, table
 from forge.cli.resources import OUTPUT, event_line
 from forge.errors import Conflict, ForgeError, Gone, Invalid, NotFound
 from forge.models import COMMIT, ENV_KEY, LABEL_APP, deployment_number
-from forge.textsafe import printable
+from forge.textsafe import printable, printable_text
 
 TERMINAL = {"Live", "Failed", "Cancelled", "Superseded"}
 
@@ -115,16 +116,28 @@ def created_message(ctx: Ctx, name: str, repo: str, branches: list[str], auto: b
 
 @apps.command("delete")
 @click.argument("name")
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--yes", is_flag=True, help="Do not ask; required without a terminal.")
 @pass_ctx
 def apps_delete(ctx: Ctx, name: str, yes: bool) -> None:
-    """Delete an app: its processes stop, its routes go away, and its persistent storage (if it
-    has any) is deleted from its node."""
+    """Delete an app: its processes stop, its routes go away, and within 30 s its releases, logs
+    and persistent storage (if it has any) are deleted from its nodes. Asks first; without a
+    terminal it needs --yes."""
     app = ctx.client.get("apps", name)
     node = dig(app, "status.storageNode")
-    storage = f" and DELETE its persistent storage on node {node}" if node else ""
-    if not yes and sys.stdin.isatty():
-        click.confirm(f"delete app {name}, stop all its processes{storage}?", abort=True)
+    releases = _releases(ctx, name)
+    lost = [
+        f"{len(releases)} release(s)" + (f" ({releases[0]['metadata']['name']} newest)" if releases else ""),
+        "its logs",
+    ]
+    if node:
+        lost.insert(0, f"its PERSISTENT STORAGE on node {node}")
+    what = ", ".join(lost)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise click.ClickException(
+                f"not deleting app {name} without --yes (no terminal to ask on): it would delete {what}"
+            )
+        click.confirm(f"delete app {name}, stop all its processes and delete {what}?", abort=True)
     ctx.client.delete("apps", name)
     try:  # its secret env goes with it: a later app of the same name must not inherit it
         if dig(ctx.client.get("secrets", name), "spec.app") == name:
@@ -145,6 +158,23 @@ def instance_address(inst: dict[str, Any]) -> str | None:
     if not port:
         return None
     return f"{dig(inst, 'status.address') or '?'}:{port}"
+
+
+def config_differences(spec: dict[str, Any], applied: dict[str, Any], procs: dict[str, int]) -> list[str]:
+    """What the App's spec asks for that its live release does not run (yet)."""
+    out = []
+    if int(spec.get("replicas", 1)) != procs.get("web"):
+        out.append(f"web={spec.get('replicas', 1)} (runs {procs.get('web')})")
+    for proc, n in (spec.get("processes") or {}).items():
+        if proc in procs and procs[proc] != n:
+            out.append(f"{proc}={n} (runs {procs[proc]})")
+    env, live_env = spec.get("env") or {}, applied.get("env") or {}
+    changed = sorted(k for k in set(env) | set(live_env) if env.get(k) != live_env.get(k))
+    if changed:
+        out.append("env " + ", ".join(changed))
+    if sorted(spec.get("domains") or []) != sorted(applied.get("domains") or []):
+        out.append("domains")
+    return out
 
 
 @cli.command()
@@ -180,7 +210,7 @@ def status(ctx: Ctx, name: str | None, fmt: str) -> None:
             lines.append(
                 f"Latest:    {r['metadata']['name']}  {dig(r, 'status.phase') or 'Pending'}"
                 + (
-                    f"  {dig(r, 'status.reason')}: {printable(str(dig(r, 'status.message')))}"
+                    f"  {dig(r, 'status.reason')}: {printable_text(str(dig(r, 'status.message')))}"
                     if dig(r, "status.reason")
                     else ""
                 )
@@ -192,9 +222,14 @@ def status(ctx: Ctx, name: str | None, fmt: str) -> None:
                 f"Storage:   {manifest['storage'].get('size', 0) // 2**20} MiB at /storage"
                 + (f", on node {node} (the app is pinned to it)" if node else " (not placed yet)")
             )
-        procs = {"web": dig(app, "spec.replicas", 1)}
+        applied = dig(live_rel, "status.appliedConfig") or dig(live_rel, "spec.config") or {}
+        procs = {"web": applied.get("replicas", dig(app, "spec.replicas", 1))}
         for proc, spec in (manifest.get("processes") or {}).items():
-            procs[proc] = (dig(app, "spec.processes") or {}).get(proc, spec.get("replicas", 1))
+            procs[proc] = (applied.get("processes") or {}).get(proc, spec.get("replicas", 1))
+        if live_rel is not None:
+            differs = config_differences(app["spec"], applied, procs)
+            if differs:
+                lines.append(f"Pending:   the App's spec differs from {live}: {'; '.join(differs)}")
         lines.append(
             "Processes: "
             + ", ".join(f"{k}={v}" for k, v in procs.items())
@@ -310,7 +345,7 @@ def follow_release(ctx: Ctx, name: str, app: str) -> dict:
             click.echo(
                 f"{name}: {phase}"
                 + (
-                    f" ({dig(dep, 'status.reason')}: {printable(str(dig(dep, 'status.message')))})"
+                    f" ({dig(dep, 'status.reason')}: {printable_text(str(dig(dep, 'status.message')))})"
                     if dig(dep, "status.reason")
                     else ""
                 ),
@@ -343,10 +378,16 @@ def follow_release(ctx: Ctx, name: str, app: str) -> dict:
     "--commit", default=None, help="Commit SHA (40 hex) to deploy; default: the live release's commit."
 )
 @click.option("--wait", is_flag=True, help="Follow the release; exit 0 only when it is Live.")
+@click.option(
+    "--force", is_flag=True, help="Release and rebuild even when this commit and config are already live."
+)
 @OUTPUT
 @pass_ctx
-def deploy(ctx: Ctx, name: str, ref: str | None, commit: str | None, wait: bool, fmt: str) -> None:
-    """Write a new release (Deployment) for an app."""
+def deploy(
+    ctx: Ctx, name: str, ref: str | None, commit: str | None, wait: bool, force: bool, fmt: str
+) -> None:
+    """Write a new release (Deployment) for an app (nothing new when its commit and config are
+    already live or on their way, unless --force)."""
     if commit is not None and not COMMIT.match(commit):
         raise click.BadParameter("must be 40 lowercase hex characters", param_hint="--commit")
     body: dict[str, Any] = {}
@@ -354,10 +395,19 @@ def deploy(ctx: Ctx, name: str, ref: str | None, commit: str | None, wait: bool,
         body["ref"] = ref
     if commit:
         body["commit"] = commit
+    if force:
+        body["force"] = True
     dep = ctx.client.request("POST", f"/api/v1/apps/{name}/deploy", json=body)
     dname = dep["metadata"]["name"]
     if not wait:
-        emit(dep, fmt, lambda: f"{dname} created (commit {dig(dep, 'spec.commit', '')[:12]})")
+        phase = dig(dep, "status.phase")
+        what = (
+            f"{dname} is already {'live' if phase == 'Live' else 'on its way'} with this commit and config "
+            "(--force releases it again)"
+            if phase
+            else f"{dname} created"
+        )
+        emit(dep, fmt, lambda: f"{what} (commit {dig(dep, 'spec.commit', '')[:12]})")
         return
     _wait_and_exit(ctx, dname, name, fmt)
 
@@ -371,7 +421,7 @@ def _wait_and_exit(ctx: Ctx, dname: str, app: str, fmt: str) -> None:
         lambda: (
             f"{dname} is {phase}"
             + (
-                f": {dig(final, 'status.reason')}: {printable(str(dig(final, 'status.message')))}"
+                f": {dig(final, 'status.reason')}: {printable_text(str(dig(final, 'status.message')))}"
                 if phase != "Live"
                 else ""
             )
@@ -485,10 +535,14 @@ def env() -> None:
 @click.argument("name")
 @click.argument("pairs", nargs=-1, required=True)
 @click.option("--secret", is_flag=True, help="Store as encrypted secrets instead of plain env.")
+@click.option(
+    "--wait", is_flag=True, help="Return once the live release runs the change (exit 1 if it fails)."
+)
 @pass_ctx
-def env_set(ctx: Ctx, name: str, pairs: tuple[str, ...], secret: bool) -> None:
+def env_set(ctx: Ctx, name: str, pairs: tuple[str, ...], secret: bool, wait: bool) -> None:
     """Set K=V pairs."""
     values = _parse_pairs(pairs)
+    after = newest_number(ctx.client, name)
     if secret:
         _set_secrets(ctx, name, values)
     else:
@@ -500,6 +554,8 @@ def env_set(ctx: Ctx, name: str, pairs: tuple[str, ...], secret: bool) -> None:
 
         _patch_app(ctx, name, mutate)
     click.echo(f"set {', '.join(sorted(values))} on {name}")
+    if wait:
+        wait_converged(ctx.client, name, after)
 
 
 def _set_secrets(ctx: Ctx, app: str, values: dict[str, Any]) -> None:
@@ -523,9 +579,13 @@ def _set_secrets(ctx: Ctx, app: str, values: dict[str, Any]) -> None:
 @env.command("unset")
 @click.argument("name")
 @click.argument("keys", nargs=-1, required=True)
+@click.option(
+    "--wait", is_flag=True, help="Return once the live release runs the change (exit 1 if it fails)."
+)
 @pass_ctx
-def env_unset(ctx: Ctx, name: str, keys: tuple[str, ...]) -> None:
+def env_unset(ctx: Ctx, name: str, keys: tuple[str, ...], wait: bool) -> None:
     """Remove variables (plain and secret)."""
+    after = newest_number(ctx.client, name)
     _patch_app(ctx, name, lambda spec: any(spec.get("env", {}).pop(k, None) is not None for k in list(keys)))
     try:
         sec = ctx.client.get("secrets", name)
@@ -535,6 +595,8 @@ def env_unset(ctx: Ctx, name: str, keys: tuple[str, ...]) -> None:
     except NotFound:
         pass
     click.echo(f"unset {', '.join(keys)} on {name}")
+    if wait:
+        wait_converged(ctx.client, name, after)
 
 
 @env.command("list")
@@ -581,10 +643,17 @@ def parse_scale(args: tuple[str, ...]) -> dict[str, int]:
 @cli.command()
 @click.argument("name")
 @click.argument("counts", nargs=-1, required=True, metavar="N | TYPE=N...")
+@click.option(
+    "--wait", is_flag=True, help="Return once the live release runs the change (exit 1 if it fails)."
+)
 @pass_ctx
-def scale(ctx: Ctx, name: str, counts: tuple[str, ...]) -> None:
-    """Set the number of Instances of an app's web process (N) or of each process type (TYPE=N)."""
+def scale(ctx: Ctx, name: str, counts: tuple[str, ...], wait: bool) -> None:
+    """Set the number of Instances of an app's web process (N) or of each process type (TYPE=N).
+
+    The live release is scaled in place: Instances are started or stopped, no new release is made
+    and the Instances that stay keep running."""
     want = parse_scale(counts)
+    after = newest_number(ctx.client, name)
 
     def mutate(spec: dict) -> bool:
         before = (spec.get("replicas"), dict(spec.get("processes") or {}))
@@ -598,6 +667,8 @@ def scale(ctx: Ctx, name: str, counts: tuple[str, ...]) -> None:
         click.echo(f"{name} scaled to {want['web']}")
     else:
         click.echo(f"{name} scaled: " + ", ".join(f"{k}={v}" for k, v in want.items()))
+    if wait:
+        wait_converged(ctx.client, name, after)
 
 
 @cli.group(cls=ListByDefault)
@@ -608,8 +679,11 @@ def domains() -> None:
 @domains.command("add")
 @click.argument("name")
 @click.argument("domain")
+@click.option(
+    "--wait", is_flag=True, help="Return once the live release runs the change (exit 1 if it fails)."
+)
 @pass_ctx
-def domains_add(ctx: Ctx, name: str, domain: str) -> None:
+def domains_add(ctx: Ctx, name: str, domain: str, wait: bool) -> None:
     """Serve the app at DOMAIN too."""
     d = domain.lower().rstrip(".")
 
@@ -619,15 +693,21 @@ def domains_add(ctx: Ctx, name: str, domain: str) -> None:
         spec["domains"] = spec.get("domains", []) + [d]
         return True
 
+    after = newest_number(ctx.client, name)
     _patch_app(ctx, name, mutate)
     click.echo(f"{d} added to {name}")
+    if wait:
+        wait_converged(ctx.client, name, after)
 
 
 @domains.command("remove")
 @click.argument("name")
 @click.argument("domain")
+@click.option(
+    "--wait", is_flag=True, help="Return once the live release runs the change (exit 1 if it fails)."
+)
 @pass_ctx
-def domains_remove(ctx: Ctx, name: str, domain: str) -> None:
+def domains_remove(ctx: Ctx, name: str, domain: str, wait: bool) -> None:
     """Stop serving the app at DOMAIN."""
     d = domain.lower().rstrip(".")
 
@@ -637,8 +717,11 @@ def domains_remove(ctx: Ctx, name: str, domain: str) -> None:
         spec["domains"] = [x for x in spec["domains"] if x != d]
         return True
 
+    after = newest_number(ctx.client, name)
     _patch_app(ctx, name, mutate)
     click.echo(f"{d} removed from {name}")
+    if wait:
+        wait_converged(ctx.client, name, after)
 
 
 # ----------------------------------------------------------------------------- creds / secrets / nodes

@@ -75,6 +75,9 @@ DATA_DIR = click.option(
 
 
 def load_config(data_dir: str | None, **overrides: Any) -> Config:
+    from forge.hostperms import private_umask
+
+    private_umask()  # records, logs, keys, tokens: Forge's user only (forge.hostperms)
     cfg = Config.from_env(data_dir=data_dir, **overrides)
     Path(cfg.data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
     return cfg
@@ -97,6 +100,10 @@ def server(listen: str, workers: int, threads: int, data_dir: str | None) -> Non
 
     setup_logging()
     cfg = load_config(data_dir, api_listen=check_listen(listen, "--listen"))
+    from forge.hostperms import secure_data_dir
+
+    node_dir = Path(cfg.data_dir) / "node"
+    secure_data_dir(Path(cfg.data_dir), node_dir if node_dir.is_dir() else None)
     serve(cfg, listen=listen, workers=workers, threads=threads)
 
 
@@ -174,6 +181,64 @@ def controllers(
 
 
 @cli.command()
+@click.option("--api", "api_url", required=True, help="URL of the Forge API (any control-plane host).")
+@click.option(
+    "--token",
+    envvar="FORGE_ADMIN_TOKEN",
+    required=True,
+    help="The admin token (or $FORGE_ADMIN_TOKEN, which keeps it out of the process list).",
+)
+@DATA_DIR
+@click.option("--domain", default=None, help="Apps are served at APP.DOMAIN (as the control plane's).")
+@click.option(
+    "--caddy-admin",
+    default=None,
+    help="This host's Caddy Admin API: unix//PATH or HOST:PORT (default: DATA_DIR/caddy/admin.sock).",
+)
+@click.option("--tls", type=click.Choice(["off", "internal", "on-demand"]), default=None)
+@click.option("--http-listen", default=None, help="Where this host's Caddy serves apps.")
+@click.option("--https-listen", default=None, help="Where this host's Caddy serves HTTPS when --tls is on.")
+@click.option("--metrics-listen", default=None, help="HOST:PORT to serve the proxy's metrics on.")
+def proxy(
+    api_url: str,
+    token: str,
+    data_dir: str | None,
+    domain: str | None,
+    caddy_admin: str | None,
+    tls: str | None,
+    http_listen: str | None,
+    https_listen: str | None,
+    metrics_listen: str | None,
+) -> None:
+    """Program this host's Caddy, service map and node routes from the records (one per serving host)."""
+    from forge.clock import SystemClock
+    from forge.proxy.daemon import run_proxy
+
+    setup_logging()
+    overrides: dict[str, object] = {}
+    if domain:
+        overrides["domain"] = domain.lower()
+    if caddy_admin:
+        overrides["caddy_admin"] = check_admin(caddy_admin, "--caddy-admin")
+    if tls:
+        overrides["tls"] = tls
+    for key, value in (("http_listen", http_listen), ("https_listen", https_listen)):
+        if value:
+            overrides[key] = check_listen(value, "--" + key.replace("_", "-"))
+    os.environ.pop("FORGE_ADMIN_TOKEN", None)
+    cfg = load_config(data_dir, **overrides)
+    stop = stop_on_signals()
+    run_proxy(
+        cfg,
+        api_url.rstrip("/"),
+        token,
+        stop,
+        SystemClock(),
+        metrics_listen=check_listen(metrics_listen, "--metrics-listen") if metrics_listen else None,
+    )
+
+
+@cli.command()
 @click.option("--api", "api_url", required=True, help="URL of the Forge API.")
 @click.option(
     "--token",
@@ -212,11 +277,25 @@ def controllers(
     help="Host files bound read-only into builds: /etc/pip.conf,/root/.npmrc:/etc/npmrc.",
 )
 @click.option(
+    "--build-cache-size",
+    envvar="FORGE_BUILD_CACHE_SIZE",
+    default="4G",
+    help="What all Apps' build caches on this node may hold together (least recently used go first).",
+)
+@click.option(
     "--proxy-from",
     envvar="FORGE_PROXY_FROM",
     default=None,
     help="IPv4 addresses/networks the proxy dials this node's Instances from, e.g. 10.0.0.2 "
     "(default: the API host's address unless it is loopback; with several control-plane hosts list them all).",
+)
+@click.option(
+    "--log-cap",
+    envvar="FORGE_LOG_CAP",
+    default="64M",
+    show_default=True,
+    help="Bytes of log kept on this node per Instance log and per build log (rotations included); "
+    "output past it, or past 10,000 lines in 30 s, is dropped where it is made, with a marker line.",
 )
 @click.option(
     "--stop-apps-on-exit",
@@ -234,11 +313,14 @@ def agent(
     app_host_ports: str,
     build_env: str,
     build_files: str,
+    build_cache_size: str,
     proxy_from: str | None,
+    log_cap: str,
     stop_apps_on_exit: bool,
 ) -> None:
     """Run the node agent: build and supervise this machine's Instances."""
     from forge.clock import SystemClock
+    from forge.manifest import parse_size
     from forge.nodeagent.agent import run_agent
     from forge.nodeagent.network import (
         parse_build_env,
@@ -247,18 +329,24 @@ def agent(
         parse_proxy_sources,
         parse_subnet,
     )
+    from forge.nodeagent.teardown import remove_node_network, stop_local_apps, unmount_release_disks
 
     setup_logging()
     ports = parse_ports(app_host_ports)
     builds_env = parse_build_env(build_env, dict(os.environ))
     builds_files = parse_build_files(build_files)
+    try:
+        cache_size = parse_size(build_cache_size)
+    except ValueError as exc:
+        raise Invalid(f"FORGE_BUILD_CACHE_SIZE: {exc}") from None
     proxies = parse_proxy_sources(proxy_from) if proxy_from is not None else None
-    if instance_subnet:
-        parse_subnet(instance_subnet)
+    log_cap_bytes = parse_log_cap(log_cap)
     if not token.startswith("forge-node."):
         raise Invalid("--token is not a node token (mint one with: forge nodes token create NAME)")
     os.environ.pop("FORGE_NODE_TOKEN", None)  # nothing the agent starts may inherit it
     cfg = load_config(data_dir)
+    if instance_subnet:
+        parse_subnet(instance_subnet, cfg.pool)
     node = name or socket.gethostname().lower()
     stop = stop_on_signals()
     early: threading.Thread | None = None
@@ -284,10 +372,13 @@ def agent(
         stop_event=stop,
         clock=SystemClock(),
         instance_subnet=instance_subnet,
+        instance_pool=cfg.instance_pool,
         app_host_ports=ports,
         build_env=builds_env,
         build_files=builds_files,
+        build_cache_size=cache_size,
         proxy_sources=proxies,
+        log_cap_bytes=log_cap_bytes,
     )
     if stop_apps_on_exit:
         clock = SystemClock()
@@ -308,70 +399,18 @@ def agent(
     exit_now()
 
 
-def unmount_release_disks(data_dir: Path) -> None:
-    """The release filesystems of this node install (``forge up`` on exit; images stay, the next
-    start mounts them again)."""
-    from forge.nodeagent.diskfence import DiskFence, image_mode_missing
+def parse_log_cap(value: str) -> int:
+    """``--log-cap`` as bytes: a size (64M, 1G), at least 1 MiB."""
+    from forge.manifest import parse_size
+    from forge.nodeagent.logwriter import MIN_CAP
 
-    if image_mode_missing() is None:
-        DiskFence(data_dir, mode="image").unmount_all()
-
-
-def remove_node_network(data_dir: Path) -> None:
-    """Namespaces, bridge and nftables table of this node install (``forge up`` on exit)."""
-    from forge.nft import nft_available
-    from forge.nodeagent.network import NodeNetwork
-
-    if nft_available() is None:
-        NodeNetwork(data_dir).teardown()
-
-
-def stop_local_apps(data_dir: Path, node: str, grace: float | None = None) -> None:
-    """Stop every process the agent's state file lists, all at once: SIGTERM → its own
-    ``run.stop_timeout`` (or ``grace``) → SIGKILL of the cgroup. An app that exits on SIGTERM
-    costs nothing; the whole stop takes about the longest stop_timeout an app actually needs.
-
-    The state file keeps the entries: the next agent start finds the processes gone and
-    starts them again from the stored desired state, which is how ``forge up`` comes back.
-    """
-    from forge.cgroups import detect_driver
-    from forge.clock import SystemClock
-    from forge.nodeagent.agent import node_cgroup_parent
-    from forge.nodeagent.sandbox import Sandbox
-    from forge.nodeagent.state import AgentState
-    from forge.nodeagent.supervisor import process_start_ticks
-
-    state = AgentState(data_dir / "agent-state.json").load()
-    driver = detect_driver(parent=node_cgroup_parent(node, data_dir))
-    sandbox = Sandbox(driver, mode="dev")
-    clock = SystemClock()
-
-    def stop_one(cgroup: str | None, pid: int | None, pid_start: int | None, wait: float) -> None:
-        if pid and process_start_ticks(pid) != pid_start:
-            pid = None  # exited already, and the number may belong to someone else now
-        group = cgroup if driver is not None and cgroup and driver.exists(cgroup) else None
-        if group or pid:
-            sandbox.stop(group, pid, wait, clock)
-
-    waits = {
-        name: grace if grace is not None else (st.stop_timeout if st.stop_timeout is not None else 10.0)
-        for name, st in state.instances.items()
-    }
-    threads = [
-        threading.Thread(target=stop_one, args=(st.cgroup, st.pid, st.pid_start, waits[name]))
-        for name, st in state.instances.items()
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=max(waits.values(), default=0.0) + 15)
-    if driver is not None:
-        for group in driver.list_groups():  # builds cut short, anything the state did not name
-            driver.thaw(group)
-            driver.kill_all(group)
-            driver.remove(group)
-        driver.remove_parent()  # forge/NODE itself: nothing of this node is left in the hierarchy
-    logging.getLogger("forge.agent").info("stopped %d app process(es) on exit", len(threads))
+    try:
+        cap = parse_size(value)
+    except ValueError as exc:
+        raise Invalid(f"--log-cap: {exc}") from None
+    if cap < MIN_CAP:
+        raise Invalid(f"--log-cap: {value} is below the minimum of 1M")
+    return cap
 
 
 @cli.command()

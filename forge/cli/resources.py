@@ -14,7 +14,7 @@ from forge.cli import Ctx, cli, pass_ctx
 from forge.cli.output import render
 from forge.errors import Conflict, Gone, Invalid, NotFound
 from forge.models import kind_class
-from forge.textsafe import printable
+from forge.textsafe import printable_text
 
 OUTPUT = click.option(
     "-o",
@@ -136,7 +136,7 @@ def delete(ctx: Ctx, kind: str, name: str) -> None:
 def event_line(e: dict) -> str:
     spec = e.get("spec", {})
     obj = spec.get("involvedObject", {})
-    return printable(
+    return printable_text(
         f"{spec.get('lastTime', '')}  {spec.get('type', ''):7}  {spec.get('reason', ''):24}  "
         f"{obj.get('kind', '').lower()}/{obj.get('name', '')}  {spec.get('message', '')}"
         + (f"  (x{spec['count']})" if spec.get("count", 1) > 1 else "")

@@ -36,7 +36,8 @@ def migrate_store(source: str, target: str, overwrite: bool) -> None:
     Stop the API and controllers first; start them on the new store afterwards
     (FORGE_STORE_URL).
     """
-    from forge.store.base import open_store, redact_url
+    from forge.store.base import redact_url
+    from forge.store.factory import open_store
     from forge.store.transfer import Transferable, copy_store
 
     if source == target:

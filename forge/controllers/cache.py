@@ -341,6 +341,9 @@ class CachedStore:
     def prune_logs(self, before_time: float | str) -> int:
         return self.backend.prune_logs(before_time)
 
+    def delete_app_logs(self, app: str) -> int:
+        return self.backend.delete_app_logs(app)
+
     def mark(self, metric: str, uid: str, label: str, value: float | None = None) -> bool:
         return self.backend.mark(metric, uid, label, value)
 

@@ -16,18 +16,21 @@ Everything here is a function of records already read (and ``now`` where time ma
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Final
 
-from forge.clock import parse_iso
+from forge.clock import Stopwatch, parse_iso
 from forge.instancespec import (  # noqa: F401  (re-exported: the controllers' one vocabulary)
     DEFAULT_CPU,
     DEFAULT_MEMORY,
     app_config,
+    build_inputs,
     effective_config,
     instance_spec,
     manifest_processes,
     oneshot_instance,
+    same_config,
     secret_version,
+    with_counts,
 )
 from forge.models import (
     DEPLOYMENT_TERMINAL,
@@ -39,13 +42,14 @@ from forge.models import (
     ConditionStatus,
     Deployment,
     DeploymentConfig,
+    DeploymentPhase,
     Instance,
     ObjectMeta,
     OwnerRef,
     Secret,
     deployment_number,
-    next_release_number,
 )
+from forge.release import rollback_candidate
 from forge.store.base import Store
 
 # Reasons an agent reports that mean the release itself is broken (not the machine).
@@ -54,9 +58,33 @@ FAILING_REASONS: frozenset[str] = frozenset(
 )
 # Instance phases before the process exists: a slot in one of these is still building.
 BUILDING_PHASES: frozenset[str] = frozenset({"", "Pending", "Scheduled", "Building"})
-# Phases in which a not-ready Instance says something about the release's health.
-RUNNING_PHASES: frozenset[str] = frozenset({"Starting", "Running", "Failed"})
 DEFAULT_MIN_READY = 10.0
+
+
+# Verdicts other controllers hand the rollout controller (the one writer of a Deployment's
+# phase, reason and message) as conditions they own; ``verdict`` turns them into a phase.
+COND_SOURCE: Final[str] = "SourceReady"  # source: False = the commit cannot be deployed
+COND_FAILING: Final[str] = "Failing"  # rollback: True = a release not yet live must fail
+COND_ROLLED_BACK: Final[str] = "RolledBack"  # rollback: True = the live release is being undone
+REASON_STALE_PUSH: Final[str] = "StalePush"  # a SourceReady reason that cancels, not fails
+
+
+def verdict(dep: Deployment) -> tuple[DeploymentPhase, str, str] | None:
+    """(phase, reason, message) the release must end in by another controller's verdict, or
+    None: source said the commit cannot be deployed (Failed; Cancelled for a stale push), or
+    rollback said a release not yet live fails. A pure function of the record."""
+    src = dep.status.condition(COND_SOURCE)
+    if src is not None and src.status == "False":
+        return ("Cancelled" if src.reason == REASON_STALE_PUSH else "Failed"), src.reason, src.message
+    failing = dep.status.condition(COND_FAILING)
+    if failing is not None and failing.status == "True" and not dep.status.live_time:
+        return "Failed", failing.reason, failing.message
+    return None
+
+
+def is_rolled_back(dep: Deployment) -> bool:
+    cond = dep.status.condition(COND_ROLLED_BACK)
+    return cond is not None and cond.status == "True"
 
 
 def by_number(deployments: Iterable[Deployment]) -> list[Deployment]:
@@ -79,26 +107,11 @@ def live_deployment(app: App | None, deployments: list[Deployment]) -> Deploymen
     return lives[-1] if lives else None
 
 
-def next_deployment_name(app_name: str, deployments: list[Deployment]) -> str:
-    return f"{app_name}-{next_release_number(deployments)}"
-
-
 def time_of(text: str | None, default: float) -> float:
     return parse_iso(text) if text else default
 
 
 # --------------------------------------------------------------------------- config
-
-
-def same_config(a: DeploymentConfig, b: DeploymentConfig) -> bool:
-    return (
-        a.env,
-        a.replicas,
-        a.processes or {},
-        sorted(a.domains),
-        a.secrets_version,
-        a.node_selector or {},
-    ) == (b.env, b.replicas, b.processes or {}, sorted(b.domains), b.secrets_version, b.node_selector or {})
 
 
 def pins_config(dep: Deployment) -> bool:
@@ -168,7 +181,22 @@ def min_ready_seconds(dep: Deployment) -> float:
     return float(value) if isinstance(value, (int, float)) else DEFAULT_MIN_READY
 
 
-def min_ready_wait(dep: Deployment, instances: Iterable[Instance], now: float) -> float:
+def age(watch: Stopwatch | None, key: str, since: str | None, now: float) -> float:
+    """Seconds since ``since``: from the controller's Stopwatch (monotonic where it observes,
+    so wall-clock steps cannot move it), or plainly from the wall clock (pure callers, tests)."""
+    if watch is not None:
+        return watch.elapsed(key, since)
+    return max(0.0, now - time_of(since, now))
+
+
+def ready_since(inst: Instance) -> str | None:
+    cond = inst.status.condition("Ready")
+    return inst.status.ready_time or (cond.last_transition_time if cond is not None else None)
+
+
+def min_ready_wait(
+    dep: Deployment, instances: Iterable[Instance], now: float, watch: Stopwatch | None = None
+) -> float:
     """Seconds until every current ready Instance of ``dep`` has been ready for ``min_ready``
     (0: long enough). A rollback goes back to a release that already proved itself: no wait."""
     if dep.spec.trigger.type == "rollback":
@@ -177,10 +205,16 @@ def min_ready_wait(dep: Deployment, instances: Iterable[Instance], now: float) -
     wait = 0.0
     for slot, inst in current_by_slot(dep.metadata.name, instances).items():
         if is_ready(inst) and slot[0] == WEB:  # workers proved themselves by min_running already
-            cond = inst.status.condition("Ready")
-            since = inst.status.ready_time or (cond.last_transition_time if cond is not None else None)
-            wait = max(wait, time_of(since, now) + need - now)
+            ready_for = age(watch, f"ready/{inst.metadata.name}", ready_since(inst), now)
+            wait = max(wait, need - ready_for)
     return wait
+
+
+def build_timeout_seconds(dep: Deployment) -> float:
+    """``build.timeout`` of the release's manifest (0 before the manifest is known)."""
+    build = (dep.status.manifest or {}).get("build") or {}
+    value = build.get("timeoutSeconds") if isinstance(build, dict) else None
+    return float(value) if isinstance(value, (int, float)) else 0.0
 
 
 def restarts_of(dep_name: str, instances: Iterable[Instance]) -> int:
@@ -238,13 +272,28 @@ def new_instance(
 # --------------------------------------------------------------------------- health
 
 
+def is_failing_now(inst: Instance) -> bool:
+    """Runs the release and fails at it: Failed, restarting after the app's own failure (a
+    crash, failed checks, an OOM kill), or running but no longer ready. A process the platform
+    (re)started that is not ready *yet* is starting, not failing: after a ``forge up`` restart
+    or a replacement, readiness is judged by its probes, not by the wait for them."""
+    if inst.status.ready and inst.status.phase == "Running":
+        return False
+    if inst.status.phase == "Failed":
+        return True
+    if inst.status.phase == "Running":
+        return True  # it was up and its checks now fail (short of a restart so far)
+    return inst.status.phase == "Starting" and inst.status.reason in FAILING_REASONS
+
+
 def health_of(dep_name: str, instances: Iterable[Instance]) -> ConditionStatus:
     """``True`` some replica serves; ``False`` none does and at least one runs the release and
-    fails; ``Unknown`` nothing is running yet (building, replaced after a node loss)."""
+    fails (``is_failing_now``); ``Unknown`` nothing is running or failing yet (building,
+    starting, replaced after a node loss or restarted by the platform)."""
     current = [i for i in current_by_slot(dep_name, instances).values() if i.spec.desired == "Running"]
     if any(is_ready(i) for i in current):
         return "True"
-    if any(i.status.phase in RUNNING_PHASES for i in current):
+    if any(is_failing_now(i) for i in current):
         return "False"
     return "Unknown"
 
@@ -280,18 +329,8 @@ def app_url(app_name: str, domain: str, tls: str, http_listen: str) -> str:
 
 
 def last_good_before(dep: Deployment, deployments: list[Deployment]) -> Deployment | None:
-    """The newest release older than ``dep`` that went live and was not rolled back or failed."""
-    n = deployment_number(dep.metadata.name)
-    good = [
-        d
-        for d in by_number(deployments)
-        if deployment_number(d.metadata.name) < n
-        and d.status.live_time
-        and d.status.phase == "Superseded"
-        and d.status.reason != "RolledBack"
-        and d.status.manifest is not None
-    ]
-    return good[-1] if good else None
+    """The release to roll ``dep`` back to: ``forge.release.rollback_candidate``, the one rule."""
+    return rollback_candidate(dep, deployments)
 
 
 def stop_instances(store: Store, instances: Iterable[Instance]) -> None:

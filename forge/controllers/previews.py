@@ -45,9 +45,9 @@ from forge.models import (
     Resource,
     Secret,
     SecretSpec,
-    next_release_number,
 )
 from forge.previews import CLOSED_RECORD_GRACE, PreviewPlan, gets_secrets, plan_preview, preview_env, pull_ref
+from forge.release import app_secret, create_next_release, release_config
 from forge.store.base import Store, WatchEvent
 from forge.webhook import Push, build_deployment
 
@@ -201,11 +201,10 @@ class PreviewsController(Controller):
         push = Push(
             repo=app.spec.repo, ref=pull_ref(preview.spec.number), after=preview.spec.head_sha, deleted=False
         )
-        dep = build_deployment(app, next_release_number(deps), push, None)
-        try:
-            made = self.store.create(dep)
-        except AlreadyExists:
-            raise Conflict(f"release {dep.metadata.name} appeared meanwhile") from None
+        config = release_config(app, app_secret(self.store, name))
+        made, _ = create_next_release(
+            self.store, name, lambda n, _deps: (build_deployment(app, n, push, None, config), True)
+        )
         self.recorder.record(
             preview,
             "Normal",

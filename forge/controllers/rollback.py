@@ -8,13 +8,15 @@
 - **A release not yet live** whose Instance restarted (inside ``health.min_ready``, before
   promotion) fails the same way, with ``CrashLoopBackOff``, even if it came back ready.
 - **The live release** carries a ``Healthy`` condition (False when no replica is ready while
-  at least one runs the release; Unknown while nothing runs yet — replacements after a node
-  loss are not the release's fault) and ``status.failingSince``: set at the first failure (no
-  ready replica, or a restart, counted from ``status.restartsSeen``) with a Warning
-  ``Unhealthy`` Event, and cleared only after a whole ``health.min_ready`` ready without a
-  restart — so a crash loop whose restarts flip readiness back on for a moment stays one
-  incident. Failing for ``unhealthy_window_seconds`` (default 10 s), or ``crash_loop_restarts``
-  (3) restarts within the incident, with ``App.spec.rollbackOnFailure`` on → a new Deployment (trigger rollback,
+  at least one fails at running it; Unknown while nothing runs or fails yet — replacements
+  after a node loss, processes the platform restarted that are still starting, are not the
+  release's fault) and ``status.failingSince``: set at the first failure (a restart the agent
+  counted — it counts only the app's own — or a turn to Healthy False) with a Warning
+  ``Unhealthy`` Event, and cleared only after ``stable_seconds`` (30 s, at least min_ready)
+  ready without a failure — so a flapping release whose crashes are separated by brief
+  recoveries stays one incident. A second failure in the incident (``failures_to_roll_back``),
+  or no replica ready for ``unhealthy_window_seconds`` (10 s), with
+  ``App.spec.rollbackOnFailure`` on → a new Deployment (trigger rollback,
   ``rollbackOf`` = the last release that went live and was superseded cleanly, its commit and
   config) goes through the rollout gate, and the bad release is marked ``reason: RolledBack``
   at once (rollout turns it Failed when the rollback is promoted). Idempotent: a rollback
@@ -27,7 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
-from forge.clock import Clock, iso
+from forge.clock import Clock, Stopwatch, iso
 from forge.config import Config
 from forge.controllers import deploystate as ds
 from forge.controllers.base import DONE, AppKeyedController, Result
@@ -38,15 +40,13 @@ from forge.models import (
     LABEL_APP,
     App,
     Deployment,
-    DeploymentSpec,
     DeploymentStatus,
     Instance,
-    ObjectMeta,
-    OwnerRef,
-    Trigger,
     deployment_number,
+    next_release_number,
     set_condition,
 )
+from forge.release import create_next_release, renumber, rollback_release
 from forge.store.base import Store
 
 REASON_CRASH_LOOP: Final[str] = "CrashLoopBackOff"
@@ -54,8 +54,9 @@ REASON_CRASH_LOOP: Final[str] = "CrashLoopBackOff"
 
 @dataclass(frozen=True)
 class RollbackSettings:
-    unhealthy_window_seconds: float = 10.0
-    crash_loop_restarts: int = 3  # this many restarts in one incident roll back at once
+    unhealthy_window_seconds: float = 10.0  # no instance ready this long: roll back
+    failures_to_roll_back: int = 2  # this many failures in one incident roll back at once
+    stable_seconds: float = 30.0  # ready this long (at least min_ready) without a failure ends it
 
 
 @dataclass
@@ -80,28 +81,17 @@ def restarted_instance(dep_name: str, instances: list[Instance]) -> Instance | N
 def rollback_deployment(
     app: App, bad: Deployment, target: Deployment, deployments: list[Deployment]
 ) -> Deployment:
-    cfg = target.status.applied_config or target.spec.config
-    config = cfg.model_copy(update={"secrets_version": None}) if cfg is not None else None
-    return Deployment(
-        metadata=ObjectMeta(
-            name=ds.next_deployment_name(app.metadata.name, deployments),
-            labels={LABEL_APP: app.metadata.name},
-            owner_ref=OwnerRef(kind="App", name=app.metadata.name, uid=app.metadata.uid),
-        ),
-        spec=DeploymentSpec(
-            app=app.metadata.name,
-            commit=target.spec.commit,
-            ref=target.spec.ref,
-            repo=target.spec.repo,
-            trigger=Trigger(type="rollback"),
-            rollback_of=target.metadata.name,
-            config=config,
-        ),
-    )
+    """The automatic rollback release: ``forge.release.rollback_release``, the one builder."""
+    return rollback_release(app, next_release_number(deployments), target, owned=True)
 
 
 def plan_rollback(
-    app: App, deployments: list[Deployment], instances: list[Instance], now: float, settings: RollbackSettings
+    app: App,
+    deployments: list[Deployment],
+    instances: list[Instance],
+    now: float,
+    settings: RollbackSettings,
+    watch: Stopwatch | None = None,
 ) -> RollbackPlan:
     plan, now_iso = RollbackPlan(), iso(now)
     deps = ds.by_number(deployments)
@@ -111,32 +101,36 @@ def plan_rollback(
 
     for d in deps:
         name, st = d.metadata.name, work[d.metadata.name]
-        if d is live or st.phase in DEPLOYMENT_TERMINAL or st.phase == "Live":
+        if d is live or st.phase in DEPLOYMENT_TERMINAL or st.phase == "Live" or d.status.live_time:
             continue
+        if ds.verdict(d) is not None:
+            continue  # already decided (here or by source); rollout ends it
         bad = failing_instance(name, instances)
         restarted = restarted_instance(name, instances) if bad is None else None
         if bad is not None:
-            st.phase, st.reason, st.finished_time = "Failed", bad.status.reason, now_iso
-            st.message = f"instance {bad.metadata.name}: {bad.status.message or bad.status.reason}"
+            reason = bad.status.reason
+            message = f"instance {bad.metadata.name}: {bad.status.message or bad.status.reason}"
         elif restarted is not None:
             # A restart before promotion (inside min_ready) fails the release even when the
             # process came back ready: it would crash again once it took traffic.
-            st.phase, st.reason, st.finished_time = "Failed", REASON_CRASH_LOOP, now_iso
-            st.message = (
+            reason = REASON_CRASH_LOOP
+            message = (
                 f"instance {restarted.metadata.name} restarted {restarted.status.restarts} time(s) "
                 f"before the release went live"
             )
         else:
             continue
+        # The verdict, not the phase: rollout (the phase's one writer) ends the release on it.
+        set_condition(st, ds.COND_FAILING, "True", reason, message, now_iso)
         plan.notes.setdefault(name, []).append(
-            ("Warning", st.reason, f"{name} failed: {st.message}; {serving} keeps serving")
+            ("Warning", reason, f"{name} failed: {message}; {serving} keeps serving")
         )
         plan.stop += [
             i.metadata.name for i in ds.instances_of(name, instances) if i.spec.desired == "Running"
         ]
 
     if live is not None and work[live.metadata.name].phase == "Live":
-        _judge_live(app, live, deps, instances, work[live.metadata.name], now, settings, plan)
+        _judge_live(app, live, deps, instances, work[live.metadata.name], now, settings, plan, watch)
 
     for d in deps:
         if work[d.metadata.name].model_dump() != d.status.model_dump():
@@ -153,6 +147,7 @@ def _judge_live(
     now: float,
     settings: RollbackSettings,
     plan: RollbackPlan,
+    watch: Stopwatch | None = None,
 ) -> None:
     name, now_iso, window = live.metadata.name, iso(now), settings.unhealthy_window_seconds
     health = ds.health_of(name, instances)
@@ -161,47 +156,61 @@ def _judge_live(
         "False": ("NoReadyInstances", f"no instance of {name} is ready"),
         "Unknown": ("NoRunningInstances", f"no instance of {name} is running yet"),
     }[health]
+    before = st.condition("Healthy")
+    was = before.status if before is not None else None
     set_condition(st, "Healthy", health, reason, message, now_iso)
     restarts, restarted = ds.restarts_of(name, instances), False
     if st.restarts_seen is None or restarts < st.restarts_seen:
         st.restarts_seen = restarts  # the baseline: what it had when it went live (or was replaced)
     elif restarts > st.restarts_seen:
-        st.restarts_seen, st.last_restart_time, restarted = restarts, now_iso, True
-    if restarted and st.failing_since is not None:
-        st.failing_restarts += 1
-    if (health == "False" or restarted) and st.failing_since is None:
-        # The incident starts at the first failure; a restart that makes it ready again for a
-        # moment does not start it anew (that reset is what let a crash-looping release live on).
-        st.failing_since, st.failing_restarts = now_iso, int(restarted)
-        what = message if health == "False" else f"an instance of {name} restarted ({restarts} restarts)"
-        plan.notes.setdefault(name, []).append(("Warning", "Unhealthy", f"{what}; it still takes traffic"))
-    elif st.failing_since is not None and health == "True":
-        stable = ds.min_ready_seconds(live)
-        healthy = st.condition("Healthy")
-        since_ok = max(
-            ds.time_of(healthy.last_transition_time if healthy else None, now),
-            ds.time_of(st.last_restart_time, 0.0),
-        )
-        if now - since_ok >= stable:
-            st.failing_since, st.failing_restarts = None, 0  # stable for a whole min_ready: over
+        st.restarts_seen, restarted = restarts, True
+    # One failure: the app's own restart (the agent counts only those) or a turn to failing.
+    # A crash seen in one look is both; it counts once.
+    failure = restarted or (health == "False" and was != "False")
+    if failure:
+        st.last_restart_time = now_iso  # the last failure of the incident
+        if st.failing_since is None:
+            st.failing_since, st.failing_restarts = now_iso, 1
+            what = message if health == "False" else f"an instance of {name} restarted ({restarts} restarts)"
             plan.notes.setdefault(name, []).append(
-                ("Normal", "Recovered", f"{name} has been ready for {stable:g}s without a restart")
+                ("Warning", "Unhealthy", f"{what}; it still takes traffic")
             )
-            return
-        plan.requeue_after = since_ok + stable - now
+        else:
+            st.failing_restarts += 1
     if st.failing_since is None:
         return
-    since = ds.time_of(st.failing_since, now)
-    crash_loop = st.failing_restarts >= settings.crash_loop_restarts
-    if now - since < window and not crash_loop:
-        plan.requeue_after = min(plan.requeue_after or window, since + window - now)
-        return
-    why = (
-        f"restarted {st.failing_restarts} times in {now - since:.0f}s"
-        if crash_loop
-        else f"failing for {window:g}s (restarting or no instance ready)"
+    stable = max(settings.stable_seconds, ds.min_ready_seconds(live))
+    healthy = st.condition("Healthy")
+    if health == "True" and healthy is not None:
+        # Over only after a whole stable period ready without a failure: a release whose
+        # crashes are separated by brief recoveries stays one incident (flapping is one).
+        quiet_since = max(healthy.last_transition_time or now_iso, st.last_restart_time or now_iso)
+        quiet = ds.age(watch, f"quiet/{name}", quiet_since, now)
+        if quiet >= stable:
+            st.failing_since, st.failing_restarts = None, 0
+            plan.notes.setdefault(name, []).append(
+                ("Normal", "Recovered", f"{name} has been ready for {stable:g}s without a failure")
+            )
+            return
+        plan.requeue_after = stable - quiet
+    repeated = st.failing_restarts >= settings.failures_to_roll_back
+    down = (
+        ds.age(watch, f"down/{name}", healthy.last_transition_time, now)
+        if (health == "False" and healthy is not None)
+        else 0.0
     )
-    if not app.spec.rollback_on_failure or st.reason == "RolledBack":
+    if not repeated and down < window:
+        if health == "False":
+            plan.requeue_after = min(plan.requeue_after or window, window - down)
+        return
+    incident = ds.age(watch, f"incident/{name}", st.failing_since, now)
+    why = (
+        f"failed {st.failing_restarts} times in {incident:.0f}s (restarts or failing checks)"
+        if repeated
+        else f"failing for {window:g}s (no instance ready)"
+    )
+    rolled = st.condition(ds.COND_ROLLED_BACK)
+    if not app.spec.rollback_on_failure or (rolled is not None and rolled.status == "True"):
         return
     n = deployment_number(name)
     newer = [d for d in deps if deployment_number(d.metadata.name) > n]
@@ -228,8 +237,15 @@ def _judge_live(
                 f"rolling back {name} to {target.metadata.name}: {why} (release {handled.metadata.name})",
             )
         )
-    st.reason = "RolledBack"
-    st.message = f"{why}; rolled back to {handled.spec.rollback_of or handled.spec.commit[:7]} ({handled.metadata.name})"
+    # The verdict: rollout (the phase's one writer) ends it Failed/RolledBack once replaced.
+    set_condition(
+        st,
+        ds.COND_ROLLED_BACK,
+        "True",
+        "RolledBack",
+        f"{why}; rolled back to {handled.spec.rollback_of or handled.spec.commit[:7]} ({handled.metadata.name})",
+        now_iso,
+    )
 
 
 class RollbackController(AppKeyedController):
@@ -247,6 +263,7 @@ class RollbackController(AppKeyedController):
     ) -> None:
         super().__init__(store, clock, config, recorder)
         self.settings = settings or RollbackSettings()
+        self.watch = Stopwatch(clock)
 
     def reconcile(self, key: str) -> Result | None:
         try:
@@ -255,9 +272,10 @@ class RollbackController(AppKeyedController):
             return DONE  # rollout tears a deleted App's releases down
         deps = [d for d in self.store.list(Deployment, {LABEL_APP: key})[0] if d.spec.app == key]
         insts = [i for i in self.store.list(Instance, {LABEL_APP: key})[0] if i.spec.app == key]
-        plan = plan_rollback(app, deps, insts, self.clock.now(), self.settings)
+        plan = plan_rollback(app, deps, insts, self.clock.now(), self.settings, self.watch)
         if plan.new_deployment is not None:  # before marking the bad one, so a crash cannot lose it
-            self.store.create(plan.new_deployment)
+            planned = plan.new_deployment
+            create_next_release(self.store, key, lambda n, _deps: (renumber(planned, n), True))
         by_name = {d.metadata.name: d for d in deps}
         for name, status in plan.deployments.items():
             obj = by_name[name].copy_deep()

@@ -3,35 +3,47 @@
 Decisions live in ``plan_rollout`` / ``plan_teardown`` (pure functions of the App's records
 and ``now``); ``RolloutController.reconcile`` reads the world, asks for a plan and applies it.
 
-- The **wanted** release is the newest Deployment when it is neither live nor finished.
-  Once it has a manifest it gets ``replicas`` Instances ``APP-N-I`` beside the live ones;
+- The **wanted** release is the newest Deployment that is neither live nor finished.
+  Once it has a manifest it runs the build ``status.build`` names (the first release of the
+  same commit and build inputs that went live, so config releases and rollbacks need no build)
+  and gets ``replicas`` Instances ``APP-N-I`` beside the live ones;
   when every replica is ready *and has stayed ready for* ``health.min_ready`` (default 10 s;
   not for a rollback, whose release proved itself before) it is promoted:
   ``App.status.liveDeployment`` is written first
   (that is the traffic switch the router follows), then the Deployment becomes Live and the
   one before Superseded. Superseded Instances drain for ``drain_seconds`` (default 10 s) and
   are then asked to stop. ``replicas: 0`` promotes at once with no Instances (scaled to zero).
-- A newer Deployment Cancels every older one not yet live, whatever the newer one's fate.
-- The **progress deadline** (default 120 s) runs from ``status.createdTime`` — set by the API
-  on create, else by this controller the first time it sees the Deployment — so source fetch,
-  build and start all count. Past it the release is Failed (ProgressDeadlineExceeded) and its
-  Instances stop; the live release is untouched.
+- A newer Deployment Cancels every older one not yet live, whatever the newer one's fate —
+  once it is known to be newer: a push counts only after the source controller ordered it by
+  history (it has a manifest, or ended for a reason other than ``StalePush``), so a late or
+  replayed older push never cancels a newer release.
+- The **progress deadline** (default 120 s, plus the release's own ``build.timeout`` and
+  release-command timeout once its manifest is known) runs from ``status.createdTime`` — set by
+  the API on create, else by this controller the first time it sees the Deployment — so source
+  fetch, build and start all count. Past it the release is Failed (ProgressDeadlineExceeded)
+  and its Instances stop; the live release is untouched. It and ``min_ready`` are measured by
+  a ``Stopwatch``: monotonic from this process's first look, so a wall-clock step moves neither.
 - Lost Instances (and Failed ones of the live release) are replaced: ``APP-N-I-rK``.
-- **Config changes roll out like code**: when the App's env/replicas/domains or its Secret's
+- **Config changes roll out like code**: when the App's env/domains/nodeSelector or its Secret's
   version differ from what the newest release applied (and nothing is in flight), a new
   Deployment with the live commit and ``trigger.type: config`` goes through the same gate.
   A rollback pins its older config until the App is edited again (``status.appGeneration``).
+- **Scale in place**: replica counts (web and each process type) are applied to the live
+  release itself — missing slots get Instances, the ones that stay are untouched, and a
+  surplus Instance first leaves routing (``spec.unroutedTime``) and is stopped a drain later.
 - **App deleted**: every Instance is asked to stop; Instances that have stopped (or never ran)
-  are deleted, then Deployments without Instances. gc need not know about it.
+  are deleted, then Deployments without Instances, then the App's shipped log lines. gc need
+  not know about it.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
-from forge.clock import Clock, iso
+from forge.clock import Clock, Stopwatch, iso
 from forge.config import Config
 from forge.controllers import deploystate as ds
 from forge.controllers.base import DONE, AppKeyedController, Result
@@ -46,24 +58,29 @@ from forge.models import (
     App,
     AppStatus,
     Deployment,
+    DeploymentConfig,
     DeploymentPhase,
-    DeploymentSpec,
     DeploymentStatus,
     Instance,
     Node,
-    ObjectMeta,
     OneShot,
-    OwnerRef,
     ReleasePhase,
     Secret,
     Trigger,
+    next_release_number,
     set_condition,
 )
+from forge.release import create_next_release, new_release, renumber
 from forge.store.base import Store, WatchEvent
 
 REASON_MOVING: Final[str] = "Moving"
+REASON_SCALED_DOWN: Final[str] = "ScaledDown"
+REASON_STALE_PUSH: Final[str] = "StalePush"  # the source controller's verdict on a late push
+BUILD_FAILURES: Final[frozenset[str]] = frozenset({"BuildFailed", "FetchFailed"})
 MAX_REPLACEMENTS = 10  # per replica slot, so a machine-killing release cannot spawn forever
 PHASE_ORDER = {"": 0, "Pending": 1, "Building": 2, "Starting": 3, "Live": 4}
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -92,9 +109,55 @@ class RolloutPlan:
     notes: dict[str, list[Note]] = field(default_factory=dict)
     create: list[Instance] = field(default_factory=list)
     stop: list[str] = field(default_factory=list)
+    unroute: list[str] = field(
+        default_factory=list
+    )  # routing toggled: out (surplus) or back in (wanted again)
     new_deployment: Deployment | None = None
     requeue_after: float | None = None
     now_iso: str = ""
+
+
+def reusable_build(
+    dep: Deployment, manifest: dict[str, Any], deps: list[Deployment], work: dict[str, DeploymentStatus]
+) -> str:
+    """The build ``dep`` runs: the first earlier release of the same commit and build inputs whose
+    build did not fail (a config release, a rollback, a replayed push reuse it on every node that
+    still has it, and rebuild it under that name where it is gone); ``forge deploy --force``
+    builds its own."""
+    if dep.spec.trigger.force:
+        return dep.metadata.name
+    key = ds.build_inputs(manifest)
+    for d in deps:
+        st = work[d.metadata.name]
+        if d is dep:
+            break
+        if (
+            d.spec.commit == dep.spec.commit
+            and st.manifest is not None
+            and ds.build_inputs(st.manifest) == key
+            and st.reason not in BUILD_FAILURES
+            and (st.live_time or st.phase == "Live")
+        ):
+            return st.build or d.metadata.name
+    return dep.metadata.name
+
+
+def is_ordered(dep: Deployment) -> bool:
+    """Whether ``dep`` may cancel older releases: anything but a push the source controller has
+    not yet ordered by history (no manifest, no verdict, not ended), and never a push it found
+    stale (``SourceReady`` False with ``StalePush``, whichever of its writes is seen)."""
+    src = dep.status.condition(ds.COND_SOURCE)
+    if dep.status.reason == REASON_STALE_PUSH or (
+        src is not None and src.status == "False" and src.reason == REASON_STALE_PUSH
+    ):
+        return False
+    if dep.spec.trigger.type != "webhook":
+        return True
+    return (
+        dep.status.manifest is not None
+        or dep.status.phase in DEPLOYMENT_TERMINAL
+        or ds.verdict(dep) is not None
+    )
 
 
 def rollout_phase(current: DeploymentPhase, slots: dict[ds.Slot, Instance], replicas: int) -> DeploymentPhase:
@@ -123,12 +186,14 @@ def ensure_slots(
     secret: Secret | None,
     live: bool,
     draining: frozenset[str] = frozenset(),
+    cfg: DeploymentConfig | None = None,
 ) -> tuple[list[Instance], list[str]]:
-    """Instances to create (missing or replacement) and to stop (replaced, out of range).
+    """Instances to create (missing or replacement) and to stop (replaced; out of range, except
+    for the live release, whose surplus ``scale_down`` takes out of routing first).
 
     An Instance on a draining node gets a replacement too, but is not stopped here: ``_stops``
     keeps a ready older incarnation serving until the slot's new one is ready."""
-    cfg = ds.effective_config(app, dep, secret)
+    cfg = cfg or ds.effective_config(app, dep, secret)
     create, stop = [], []
     cur = ds.current_by_slot(dep.metadata.name, instances)
     wanted = ds.wanted_slots(cfg, dep.status.manifest)
@@ -146,8 +211,46 @@ def ensure_slots(
                 ds.new_instance(app, dep, cfg, secret, idx, ds.replacement_of(inst) + 1, process=proc)
             )
     keep = set(wanted)
-    stop += [i.metadata.name for slot, i in cur.items() if slot not in keep and i.spec.desired == "Running"]
+    if not live:
+        stop += [
+            i.metadata.name for slot, i in cur.items() if slot not in keep and i.spec.desired == "Running"
+        ]
     return create, stop
+
+
+def scale_down(
+    dep: Deployment,
+    cfg: DeploymentConfig,
+    instances: list[Instance],
+    now: float,
+    drain_seconds: float,
+    wakes: list[float],
+) -> tuple[list[str], list[str]]:
+    """The live release's Instances beyond its counts: (to toggle routing for, to stop) — out
+    of routing when surplus, back in when a scale up wants the slot again before it stopped.
+
+    Scaling in place never replaces what stays; a surplus Instance first leaves routing
+    (``spec.unroutedTime``; the router skips it) and is stopped ``drain_seconds`` later, so no
+    request is sent to a process that is shutting down."""
+    keep = set(ds.wanted_slots(cfg, dep.status.manifest))
+    unroute, stop = [], []
+    for slot, inst in sorted(ds.current_by_slot(dep.metadata.name, instances).items()):
+        if inst.spec.desired != "Running":
+            continue
+        if slot in keep:
+            if inst.spec.unrouted_time is not None:
+                unroute.append(inst.metadata.name)  # scaled back up before it stopped: route it again
+            continue
+        if inst.spec.unrouted_time is None:
+            unroute.append(inst.metadata.name)
+            wakes.append(drain_seconds)
+            continue
+        until = ds.time_of(inst.spec.unrouted_time, now) + drain_seconds
+        if now >= until:
+            stop.append(inst.metadata.name)
+        else:
+            wakes.append(until - now)
+    return unroute, stop
 
 
 def release_command(dep: Deployment) -> dict[str, Any] | None:
@@ -245,7 +348,10 @@ def plan_rollout(
     settings: RolloutSettings,
     url: str,
     draining: frozenset[str] = frozenset(),
+    watch: Stopwatch | None = None,
 ) -> RolloutPlan:
+    """``watch`` measures the waits (progress deadline, min_ready) where they are observed;
+    without one they are read off the wall clock."""
     plan, now_iso = RolloutPlan(), iso(now)
     deps = ds.by_number(deployments)
     work = {d.metadata.name: d.status.model_copy(deep=True) for d in deps}
@@ -259,36 +365,47 @@ def plan_rollout(
         if st.phase not in DEPLOYMENT_TERMINAL:
             st.created_time = st.created_time or now_iso
             st.app_generation = st.app_generation or app.metadata.generation
+            ended = ds.verdict(d)
+            if ended is not None and st.phase != "Live":
+                # Another controller's verdict (source: cannot deploy; rollback: fails before
+                # going live): this controller alone writes the phase, and ends it here.
+                st.phase, st.reason, st.message = ended
+                st.finished_time = st.finished_time or now_iso
     live = ds.live_deployment(app, deps)
-    newest = deps[-1] if deps else None
-
-    for d in deps[:-1]:  # a newer release wins over every older one not yet live
+    # A newer release wins over every older one not yet live — once it is known to be newer: a
+    # push counts only after the source controller has ordered it by history (it has a
+    # manifest, or ended for a reason of its own); a late or replayed older push never cancels.
+    winner: Deployment | None = None
+    for d in reversed(deps):
         st = work[d.metadata.name]
-        if st.phase in DEPLOYMENT_TERMINAL or st.phase == "Live" or d is live:
-            continue
-        st.phase, st.reason, st.finished_time = "Cancelled", "NewerRelease", now_iso
-        st.message = f"{deps[-1].metadata.name} was pushed before it went live"
-        note(d.metadata.name, "Normal", "Cancelled", f"{d.metadata.name} cancelled: {st.message}")
+        if (
+            winner is not None
+            and st.phase not in DEPLOYMENT_TERMINAL
+            and st.phase != "Live"
+            and d is not live
+        ):
+            st.phase, st.reason, st.finished_time = "Cancelled", "NewerRelease", now_iso
+            st.message = f"{winner.metadata.name} was released before it went live"
+            note(d.metadata.name, "Normal", "Cancelled", f"{d.metadata.name} cancelled: {st.message}")
+        elif winner is None and is_ordered(d):
+            winner = d
 
-    wanted = (
-        newest
-        if newest is not None
-        and newest is not live
-        and not (
-            work[newest.metadata.name].phase in DEPLOYMENT_TERMINAL
-            or work[newest.metadata.name].phase == "Live"
-        )
-        else None
-    )
+    in_flight = [
+        d for d in deps if d is not live and work[d.metadata.name].phase not in DEPLOYMENT_TERMINAL | {"Live"}
+    ]
+    wanted = in_flight[-1] if in_flight else None
     plan.now_iso = now_iso
     if wanted is not None:
         name, st = wanted.metadata.name, work[wanted.metadata.name]
         rel = release_command(wanted)
-        deadline = (
-            ds.time_of(st.created_time, now)
-            + settings.progress_deadline_seconds
+        # The deadline covers the time the release may take by its own manifest (its build's
+        # timeout, its release command's) on top of the progress allowance for fetch and start.
+        allowed = (
+            settings.progress_deadline_seconds
+            + ds.build_timeout_seconds(wanted.model_copy(update={"status": st}))
             + (float(rel.get("timeoutSeconds") or 600.0) if rel is not None else 0.0)
         )
+        deadline = now + allowed - ds.age(watch, f"created/{name}", st.created_time, now)
         cfg = ds.effective_config(app, wanted, secret)
         n_slots = len(ds.wanted_slots(cfg, st.manifest))
         all_ready = (
@@ -298,20 +415,23 @@ def plan_rollout(
         )
         # Ready is not enough: every Instance must *stay* ready for health.min_ready first, so a
         # release that passes one probe and then dies never takes a request.
-        settle = ds.min_ready_wait(wanted, instances, now) if all_ready else 0.0
+        # Asked on every look, not only once all are ready: the Stopwatch starts each
+        # Instance's wait when it is first seen ready (a later first look is bounded, slower).
+        waited = ds.min_ready_wait(wanted, instances, now, watch)
+        settle = waited if all_ready else 0.0
         if all_ready and settle <= 0:
             live = wanted  # promote: everything below follows the new live release
             st.applied_config = cfg
         elif now >= deadline:
             st.phase, st.reason, st.finished_time = "Failed", "ProgressDeadlineExceeded", now_iso
-            st.message = ds.deadline_message(
-                name, deadline - ds.time_of(st.created_time, now), st.manifest, instances
-            )
+            st.message = ds.deadline_message(name, allowed, st.manifest, instances)
             note(name, "Warning", "ProgressDeadlineExceeded", f"{name} failed: {st.message}")
         elif st.manifest is not None:
             st.applied_config = cfg
-            if release_gate(app, wanted, st, instances, secret, plan, note):
-                create, stop = ensure_slots(app, wanted, instances, secret, live=False, draining=draining)
+            st.build = st.build or reusable_build(wanted, st.manifest, deps, work)
+            view = wanted.model_copy(update={"status": st})  # its Instances run st.build
+            if release_gate(app, view, st, instances, secret, plan, note):
+                create, stop = ensure_slots(app, view, instances, secret, live=False, draining=draining)
                 plan.create += create
                 plan.stop += stop
                 slots = ds.current_by_slot(name, instances + create)
@@ -334,8 +454,10 @@ def plan_rollout(
             note(name, "Normal", "Live", f"{name} is live (commit {d.spec.commit[:7]})")
         elif d is not live and st.phase == "Live":
             successor = live.metadata.name if live else "nothing"
-            if st.reason == "RolledBack":
-                st.phase, st.finished_time = "Failed", now_iso
+            if ds.is_rolled_back(d):
+                cond = d.status.condition(ds.COND_ROLLED_BACK)
+                st.phase, st.finished_time, st.reason = "Failed", now_iso, "RolledBack"
+                st.message = cond.message if cond is not None else ""
                 note(name, "Warning", "RolledBack", f"{name} rolled back: {successor} is live")
             else:
                 st.phase, st.reason, st.superseded_time = "Superseded", "Superseded", now_iso
@@ -343,10 +465,15 @@ def plan_rollout(
                 note(name, "Normal", "Superseded", f"{name} superseded by {successor}; draining")
 
     if live is not None and live is not wanted and live.status.manifest is not None:
-        create, stop = ensure_slots(app, live, instances, secret, live=True, draining=draining)
+        cfg = ds.effective_config(app, live, secret)
+        if not config_pinned(app, deps, work):
+            cfg = ds.with_counts(cfg, app)  # a scale applies to the live release in place
+        create, stop = ensure_slots(app, live, instances, secret, live=True, draining=draining, cfg=cfg)
+        unroute, surplus = scale_down(live, cfg, instances, now, settings.drain_seconds, wakes)
         plan.create += create
-        plan.stop += stop
-        work[live.metadata.name].applied_config = ds.effective_config(app, live, secret)
+        plan.stop += stop + surplus
+        plan.unroute += unroute
+        work[live.metadata.name].applied_config = cfg
     plan.stop += _stops(work, instances, now, settings, wakes)
 
     for d in deps:
@@ -432,10 +559,7 @@ def _app_status(
         new.latest_deployment = deps[-1].metadata.name
     if live is not None:
         new.url = url
-        if new.live_deployment != live.metadata.name:
-            new.live_deployment = live.metadata.name
-            probe = app.model_copy(update={"status": new})
-            set_condition(new, "Available", *ds.app_available(probe, deps, instances), now_iso)
+        new.live_deployment = live.metadata.name  # Available follows from it (health's field)
     newest = deps[-1] if deps else None
     if wanted is not None and work[wanted.metadata.name].phase not in DEPLOYMENT_TERMINAL | {"Live"}:
         wn = wanted.metadata.name
@@ -451,6 +575,22 @@ def _app_status(
     return new if new.model_dump() != app.status.model_dump() else None
 
 
+def config_basis(deps: list[Deployment], work: dict[str, DeploymentStatus]) -> Deployment | None:
+    """The newest release that counts for config: a push found stale never ran anything."""
+    counted = [d for d in deps if work[d.metadata.name].reason != REASON_STALE_PUSH]
+    return counted[-1] if counted else None
+
+
+def config_pinned(app: App, deps: list[Deployment], work: dict[str, DeploymentStatus]) -> bool:
+    """A rollback restored an older config (counts too) and the App has not been edited since."""
+    basis = config_basis(deps, work)
+    return (
+        basis is not None
+        and ds.pins_config(basis)
+        and app.metadata.generation <= work[basis.metadata.name].app_generation
+    )
+
+
 def _config_release(
     app: App,
     deps: list[Deployment],
@@ -458,34 +598,30 @@ def _config_release(
     live: Deployment | None,
     secret: Secret | None,
 ) -> Deployment | None:
-    """A new release of the live commit when the App's config moved past the newest release."""
-    if live is None or live.status.manifest is None or not deps:
+    """A new release of the live commit when the App's config moved past the newest release.
+
+    Replica counts are not config a release is made for: they change in place."""
+    newest = config_basis(deps, work)
+    if live is None or live.status.manifest is None or newest is None:
         return None
-    newest = deps[-1]
     st = work[newest.metadata.name]
     if newest is not live and st.phase != "Failed":
         return None  # something is in flight; it decides first
-    if ds.pins_config(newest) and app.metadata.generation <= st.app_generation:
+    if config_pinned(app, deps, work):
         return None
     have = st.applied_config or ds.effective_config(app, newest, secret)
     want = ds.app_config(app, secret)
-    if ds.same_config(want, have):
+    if ds.same_config(want, have, counts=False):
         return None
-    name = ds.next_deployment_name(app.metadata.name, deps)
-    return Deployment(
-        metadata=ObjectMeta(
-            name=name,
-            labels={LABEL_APP: app.metadata.name},
-            owner_ref=OwnerRef(kind="App", name=app.metadata.name, uid=app.metadata.uid),
-        ),
-        spec=DeploymentSpec(
-            app=app.metadata.name,
-            commit=live.spec.commit,
-            ref=live.spec.ref,
-            repo=live.spec.repo,
-            trigger=Trigger(type="config"),
-            config=want,
-        ),
+    return new_release(
+        app,
+        next_release_number(deps),
+        commit=live.spec.commit,
+        ref=live.spec.ref,
+        repo=live.spec.repo,
+        trigger=Trigger(type="config"),
+        config=want,
+        owned=True,
     )
 
 
@@ -519,6 +655,7 @@ class RolloutController(AppKeyedController):
     ) -> None:
         super().__init__(store, clock, config, recorder)
         self.settings = settings or RolloutSettings()
+        self.watch = Stopwatch(clock)
 
     def all_keys(self) -> Iterable[str]:
         """Every App, plus apps that are gone but still have releases to tear down."""
@@ -565,7 +702,7 @@ class RolloutController(AppKeyedController):
             secret = None
         url = ds.app_url(key, self.config.domain, self.config.tls, self.config.http_listen)
         plan = plan_rollout(
-            app, deps, insts, secret, self.clock.now(), self.settings, url, self._draining(insts)
+            app, deps, insts, secret, self.clock.now(), self.settings, url, self._draining(insts), self.watch
         )
         self._apply(app, deps, insts, plan)
         return Result(requeue_after=plan.requeue_after) if plan.requeue_after is not None else DONE
@@ -610,8 +747,24 @@ class RolloutController(AppKeyedController):
                     REASON_MOVING,
                     f"node {moved.spec.node} is draining: {inst.metadata.name} replaces it elsewhere",
                 )
+        for inst in insts:
+            if inst.metadata.name not in plan.unroute:
+                continue
+            obj = inst.copy_deep()  # toggles: out of routing, or back in when scaled up again
+            obj.spec.unrouted_time = plan.now_iso if inst.spec.unrouted_time is None else None
+            self.store.update(obj)
+            if obj.spec.unrouted_time is not None:
+                self.recorder.record(
+                    obj,
+                    "Normal",
+                    REASON_SCALED_DOWN,
+                    f"{obj.metadata.name} left routing; it stops after draining",
+                )
         if plan.new_deployment is not None:
-            created = self.store.create(plan.new_deployment)
+            planned = plan.new_deployment
+            created, _ = create_next_release(
+                self.store, app.metadata.name, lambda n, _deps: (renumber(planned, n), True)
+            )
             self.recorder.record(
                 app,
                 "Normal",
@@ -628,6 +781,13 @@ class RolloutController(AppKeyedController):
                 self.store.delete(Instance, name)
             except NotFound:
                 continue
+        if len(gone) == len(insts) and len(dead) == len(deps):
+            # Nothing of the App is left to ship lines (its Instances are gone, the API refuses
+            # theirs): its shipped logs go with it — before its last Deployments, which keep the
+            # name taken (the API refuses a new App of it), so a new App starts with none.
+            removed = self.store.delete_app_logs(key)
+            if removed:
+                log.info("rollout: deleted %d log lines of deleted app %s", removed, key)
         for name in dead:
             try:
                 self.store.delete(Deployment, name)

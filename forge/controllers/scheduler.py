@@ -223,7 +223,7 @@ class SchedulerController(Controller):
         if node is None:
             msg = f"{why}; retrying"
             if set_condition(inst.status, SCHEDULED, "False", REASON_UNSCHEDULABLE, msg, now):
-                inst.status.phase = inst.status.phase or "Pending"
+                # Its own condition only: the phase is the agent's ("" reads as Pending).
                 inst = self.store.update_status(inst)
                 self.recorder.record(inst, "Warning", REASON_UNSCHEDULABLE, msg)
             return Result(requeue_after=RETRY_SECONDS)
@@ -273,8 +273,8 @@ class SchedulerController(Controller):
 
     def _mark_scheduled(self, inst: Instance, name: str) -> Result:
         now = self.clock.now_iso()
-        inst.status.phase = "Scheduled"
-        inst.status.observed_generation = inst.metadata.generation
+        # Its own condition only: the phase is the agent's, reported once it has the Instance
+        # ("" until then, shown as Pending; BUILDING_PHASES reads it as not yet a process).
         set_condition(inst.status, SCHEDULED, "True", REASON_SCHEDULED, f"bound to {name}", now)
         inst = self.store.update_status(inst)
         self.recorder.record(inst, "Normal", REASON_SCHEDULED, f"bound to {name}")

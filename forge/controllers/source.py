@@ -1,20 +1,27 @@
 """Source controller: a new Deployment's commit → validated ``forge.yaml`` in its status.
 
-For a Deployment with no manifest that is not finished: Pending + ``SourceReady Unknown``;
+Without a ``forge.yaml`` (or with one that leaves ``build`` out) the build is detected from the
+commit's files by ``forge.detect`` (reason ``DetectionFailed`` when it cannot be).
+
+For a Deployment with no manifest that is not finished: ``SourceReady Unknown``;
 fetch the commit into ``DATA_DIR/source-cache`` (``forge.gitsource``), read ``forge.yaml``
 there, validate it with ``forge.manifest.parse_manifest`` and store ``Manifest.to_status()``
-with ``SourceReady True``. Failures end the Deployment: ``Failed`` with ``InvalidManifest``
-(the message names the field path) or ``FetchFailed``, a ``finishedTime`` and a Warning Event.
+with ``SourceReady True``. A failure is this controller's verdict, ``SourceReady False`` with
+``InvalidManifest`` (the message names the field path) or ``FetchFailed`` and a Warning Event;
+the rollout controller, the one writer of ``phase``, then ends the Deployment ``Failed``.
 
 Fetch failures that may be transient (network, remote down, timeouts) are retried with the
 runtime's per-key back-off (the reconcile raises, and ``SourceReady`` says it is retrying)
 until at least ``FETCH_ATTEMPTS`` attempts over at least ``FETCH_DEADLINE`` seconds failed,
 then the Deployment fails. A remote that answers but lacks the commit fails it at once.
 
-A push (trigger ``webhook``) deploys only what its branch still points at: when ``git
-ls-remote`` shows the branch elsewhere (a newer push, or a captured delivery replayed later)
-the Deployment ends ``Cancelled`` with reason ``StalePush`` and a Warning Event; it never
-builds and never takes traffic. ``forge deploy`` and rollbacks are a person's choice and exempt.
+A push (trigger ``webhook``) deploys only the newest history of its branch: when ``git
+ls-remote`` shows the branch elsewhere and that head is not an ancestor of the pushed commit (a
+newer push, or a captured delivery replayed or arriving late) ``SourceReady`` is False with reason
+``StalePush`` and the Deployment ends ``Cancelled`` (rollout's write) with a Warning Event; it never builds and never takes traffic. This is
+decided before the push's release cancels anything: rollout cancels older releases only for a
+newer one that has passed this check (it has a manifest). ``forge deploy`` and rollbacks are a
+person's choice and exempt.
 
 Private repos: the RepoCredential whose scope is ``owner/repo`` wins over one scoped to
 ``owner`` (``forge.gitauth.select_credential``); its token is decrypted with the Keyring and handed to git through the environment
@@ -31,21 +38,22 @@ from typing import ClassVar, Final, cast
 
 from forge.clock import Clock
 from forge.config import Config
+from forge.controllers import deploystate as ds
 from forge.controllers.base import DONE, Controller, Result
 from forge.controllers.cache import read_only
+from forge.detect import DetectionFailed, read_files, resolve_manifest, wants_detection
 from forge.errors import Invalid, NotFound
 from forge.events import EventRecorder
 from forge.gitauth import open_token, scrub, select_credential
 from forge.github.auth import app_tokens
 from forge.github.client import GithubError
 from forge.gitsource import GitError, GitSource
-from forge.manifest import parse_manifest
+from forge.manifest import Manifest
 from forge.models import (
     DEPLOYMENT_TERMINAL,
     LABEL_PREVIEW_OF,
     App,
     Deployment,
-    DeploymentPhase,
     RepoCredential,
     set_condition,
 )
@@ -59,16 +67,19 @@ REASON_FETCHED: Final[str] = "ManifestValid"
 REASON_INVALID: Final[str] = "InvalidManifest"
 REASON_FETCH_FAILED: Final[str] = "FetchFailed"
 REASON_RETRYING: Final[str] = "FetchRetrying"
-REASON_STALE: Final[str] = "StalePush"
+REASON_STALE: Final[str] = ds.REASON_STALE_PUSH
+REASON_UNDETECTED: Final[str] = DetectionFailed.reason
 FETCH_ATTEMPTS = 5
 FETCH_DEADLINE = 120.0
 MANIFEST_FILE = "forge.yaml"
 
 
 def needs_source(dep: Deployment) -> bool:
+    src = dep.status.condition(SOURCE_READY)
     return (
         dep.status.manifest is None
         and dep.status.phase not in DEPLOYMENT_TERMINAL
+        and not (src is not None and src.status == "False")  # its verdict is given: rollout ends it
         and dep.metadata.deletion_timestamp is None
     )
 
@@ -80,6 +91,12 @@ def describe_invalid(exc: Invalid) -> str:
     parts = [f"{d['path']}: {d['message']}" if d.get("path") else d["message"] for d in exc.details[:5]]
     more = f" (and {len(exc.details) - 5} more)" if len(exc.details) > 5 else ""
     return f"{MANIFEST_FILE}: " + "; ".join(parts) + more
+
+
+def _valid_message(manifest: Manifest, commit: str) -> str:
+    if manifest.build.detected:
+        return f"build detected at {commit[:12]}: {manifest.build.detected[0]}"
+    return f"{MANIFEST_FILE} at {commit[:12]} is valid"
 
 
 class SourceController(Controller):
@@ -124,10 +141,7 @@ class SourceController(Controller):
             return DONE
         commit = dep.spec.commit
         now = self.clock.now_iso()
-        changed = False
-        if not dep.status.phase:
-            dep.status.phase, changed = "Pending", True
-        changed |= set_condition(
+        changed = set_condition(
             dep.status, SOURCE_READY, "Unknown", REASON_FETCHING, f"fetching {commit[:12]}", now
         )
         if changed:
@@ -150,7 +164,8 @@ class SourceController(Controller):
             with self._lock_for(repo):
                 cache = self.git.fetch(repo, url, commit, token, ref=dep.spec.ref or None)
                 text = self.git.show(cache, commit, MANIFEST_FILE)
-                stale_head = self._stale_head(dep, url, token)
+                files = read_files(lambda p: self.git.show(cache, commit, p)) if wants_detection(text) else {}
+                stale_head = self._stale_head(dep, repo, url, token)
         except GitError as exc:
             msg = scrub(f"fetching {repo}@{commit[:12]} failed: {exc.message}", token)
             attempts, first = self._failures.get(key, (0, self.clock.monotonic()))
@@ -168,34 +183,37 @@ class SourceController(Controller):
         self._failures.pop(key, None)
         if stale_head is not None:
             return self._stale(dep, stale_head)
-        if text is None:
-            return self._fail(dep, REASON_INVALID, f"{MANIFEST_FILE} not found at {commit}")
         try:
-            manifest = parse_manifest(text, self._manifest_name(dep))
+            manifest = resolve_manifest(text, files, self._manifest_name(dep))
+        except DetectionFailed as exc:
+            return self._fail(dep, REASON_UNDETECTED, scrub(exc.message, token))
         except Invalid as exc:
             return self._fail(dep, REASON_INVALID, scrub(describe_invalid(exc), token))
         dep.status.manifest = manifest.to_status()
-        dep.status.observed_generation = dep.metadata.generation
         set_condition(
             dep.status,
             SOURCE_READY,
             "True",
             REASON_FETCHED,
-            f"{MANIFEST_FILE} at {commit[:12]} is valid",
+            _valid_message(manifest, commit),
             self.clock.now_iso(),
         )
         dep = self.store.update_status(dep)
-        self.recorder.record(dep, "Normal", REASON_FETCHED, f"{MANIFEST_FILE} at {commit[:12]} is valid")
+        self.recorder.record(dep, "Normal", REASON_FETCHED, _valid_message(manifest, commit))
         return DONE
 
     # ------------------------------------------------------------------ stale pushes
 
-    def _stale_head(self, dep: Deployment, url: str, token: str | None) -> str | None:
-        """For a push (webhook), what its branch points at now when that is not the pushed commit.
+    def _stale_head(self, dep: Deployment, repo: str, url: str, token: str | None) -> str | None:
+        """For a push (webhook), the branch's head when the pushed commit is history behind it.
 
-        GitHub's signature covers the body only and the delivery id is the sender's choice, so a
-        captured delivery can be replayed: a push is a signal to deploy the branch's head, never
-        an order to deploy an old commit. Deploys and rollbacks a person asked for are exempt."""
+        GitHub does not order deliveries and its signature does not cover the delivery id, so a
+        push may arrive late or be replayed: a push is a signal to deploy the branch's head,
+        never an order to go back. Ordered by history, not by arrival: the push is stale when the
+        branch points elsewhere and its head is not behind the pushed commit (a remote that has
+        not caught up with this push yet is not a reason to drop it). The pushed commit being
+        the head — a force-push back to an older commit — deploys it. Deploys and rollbacks a
+        person asked for are exempt."""
         ref = dep.spec.ref
         if dep.spec.trigger.type != "webhook" or not ref.startswith("refs/heads/"):
             return None
@@ -205,7 +223,11 @@ class SourceController(Controller):
             if exc.transient:
                 raise
             return "(deleted)"  # the branch is gone: nothing to deploy from it
-        return None if head == dep.spec.commit else head
+        if head == dep.spec.commit:
+            return None
+        if self.git.descends_from(repo, url, dep.spec.commit, head, token):
+            return None  # the remote lags behind this push: it is the newest known
+        return head
 
     def _stale(self, dep: Deployment, head: str) -> Result:
         ref = dep.spec.ref.removeprefix("refs/heads/")
@@ -214,7 +236,7 @@ class SourceController(Controller):
             f"{ref} {where}, not at {dep.spec.commit[:12]}: a newer push or a replayed delivery; "
             "only a branch's current head is deployed"
         )
-        return self._fail(dep, REASON_STALE, message, phase="Cancelled")
+        return self._fail(dep, REASON_STALE, message)
 
     # ------------------------------------------------------------------ helpers
 
@@ -256,11 +278,11 @@ class SourceController(Controller):
                 f"no GitHub App token for {repo}: {exc.message}", transient=exc.transient
             ) from None
 
-    def _fail(self, dep: Deployment, reason: str, message: str, phase: DeploymentPhase = "Failed") -> Result:
+    def _fail(self, dep: Deployment, reason: str, message: str) -> Result:
+        """The verdict, as this controller's condition: SourceReady False with the reason. The
+        rollout controller (the phase's one writer) ends the Deployment on it — Failed, or
+        Cancelled for a stale push (``deploystate.verdict``)."""
         now = self.clock.now_iso()
-        dep.status.phase, dep.status.reason, dep.status.message = phase, reason, message
-        dep.status.finished_time = dep.status.finished_time or now
-        dep.status.observed_generation = dep.metadata.generation
         set_condition(dep.status, SOURCE_READY, "False", reason, message, now)
         dep = self.store.update_status(dep)
         self.recorder.record(dep, "Warning", reason, message)

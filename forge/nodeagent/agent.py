@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import socket
 import threading
 from pathlib import Path
@@ -22,14 +23,16 @@ from forge import errors
 from forge.cgroups import detect_driver
 from forge.client import ForgeClient
 from forge.clock import Clock, SystemClock
+from forge.hostperms import secure_agent_dir
 from forge.models import LABEL_NODE, Instance
-from forge.nft import install_hash, nft_available
+from forge.nodeagent import buildcache
 from forge.nodeagent import node as nodeinfo
-from forge.nodeagent.builder import Builder, api_credentials
-from forge.nodeagent.diskfence import DiskFence, image_mode_missing
+from forge.nodeagent.builder import BUILT_DIR, Builder, api_credentials
+from forge.nodeagent.diskfence import IMAGES_DIR, DiskFence, image_mode_missing
 from forge.nodeagent.diskgc import DiskGC, Release
 from forge.nodeagent.exitwatch import ExitWatcher
 from forge.nodeagent.logship import Shipper
+from forge.nodeagent.logwriter import DEFAULT_CAP as DEFAULT_LOG_CAP
 from forge.nodeagent.metrics import AgentCollector, serve_metrics
 from forge.nodeagent.network import NodeNetwork, default_proxy_sources
 from forge.nodeagent.reconciler import Reconciler
@@ -37,6 +40,7 @@ from forge.nodeagent.sandbox import Sandbox, SandboxSpec, UidAllocator
 from forge.nodeagent.state import AgentState
 from forge.nodeagent.status import StatusWriter
 from forge.nodeagent.supervisor import Supervisor
+from forge.proxy.nft import install_hash, nft_available
 from forge.workqueue import WorkQueue
 
 log = logging.getLogger("forge.agent")
@@ -44,7 +48,8 @@ log = logging.getLogger("forge.agent")
 HEARTBEAT_KEY = "~heartbeat"
 DISKGC_KEY = "~diskgc"
 DISKGC_SECONDS = 600.0  # release dirs on disk are collected every 10 minutes ...
-DISKGC_AFTER_STOP_SECONDS = 30.0  # ... and shortly after an Instance of this node was stopped and forgotten
+DISKGC_AFTER_STOP_SECONDS = 5.0  # ... and shortly after an Instance of this node was stopped and forgotten
+# (a deleted app's releases, images, storage and uid are gone well within 30 s of its deletion)
 DISK_KEY = "~disk"
 DISK_CHECK_SECONDS = 5.0  # how often running releases are measured against resources.disk
 WATCH_TIMEOUT = 60
@@ -82,16 +87,18 @@ class Agent:
         clock: Clock,
         heartbeat_seconds: float = HEARTBEAT_SECONDS,
         workers: int = 4,
-        log_cap_bytes: int = 10 * 1024 * 1024,
+        log_cap_bytes: int = DEFAULT_LOG_CAP,
         driver: Any = _AUTO,
         cgroup_parent: str | None = None,
         network: Any = _AUTO,
         instance_subnet: str = "",
+        instance_pool: str = "",
         app_host_ports: tuple[int, ...] = (),
         build_env: dict[str, str] | None = None,
         build_files: tuple[tuple[str, str], ...] = (),
         disk_fence: Any = _AUTO,
         proxy_sources: tuple[str, ...] | None = None,
+        build_cache_size: int = buildcache.DEFAULT_LIMIT,
     ) -> None:
         self.client, self.name, self.address, self.clock, self.stop = client, name, address, clock, stop
         self.data_dir = Path(data_dir).resolve()
@@ -113,7 +120,7 @@ class Agent:
         if network is _AUTO:
             if proxy_sources is None:
                 proxy_sources = default_proxy_sources(str(getattr(client, "url", "")))
-            network = self._own_network(mode, instance_subnet, app_host_ports, proxy_sources)
+            network = self._own_network(mode, instance_subnet, app_host_ports, proxy_sources, instance_pool)
         self.network = network
         self.isolation.network = "netns" if self.network is not None else "host"
         self.fence = DiskFence(self.data_dir) if disk_fence is _AUTO else disk_fence
@@ -155,8 +162,11 @@ class Agent:
             build_env=build_env,
             build_files=build_files,
             fence=self.fence,
+            log_cap=log_cap_bytes,
         )
-        self.supervisor = Supervisor(self.sandbox, self.driver, clock, SandboxSpec, self._owner)
+        self.supervisor = Supervisor(
+            self.sandbox, self.driver, clock, SandboxSpec, self._owner, log_cap=log_cap_bytes
+        )
         status = StatusWriter(client, clock, self._remember)
         self.reconciler = Reconciler(
             client,
@@ -173,19 +183,29 @@ class Agent:
             node_address=address,
         )
         self.diskgc = DiskGC(
-            self.data_dir / "releases", self._releases_in_use, builder.release_lock, fence=self.fence
+            self.data_dir / "releases",
+            self._releases_in_use,
+            builder.release_lock,
+            fence=self.fence,
+            build_cache_limit=build_cache_size,
         )
+        self.reconciler.on_last_stopped = self.purge_if_gone
         self.threads: list[threading.Thread] = []
         self.metrics_server: Any = None
 
     def _own_network(
-        self, mode: str, subnet: str, host_ports: tuple[int, ...], proxy_sources: tuple[str, ...]
+        self,
+        mode: str,
+        subnet: str,
+        host_ports: tuple[int, ...],
+        proxy_sources: tuple[str, ...],
+        pool: str = "",
     ) -> NodeNetwork | None:
         """This node's data plane, or None (the shared host network) where it cannot be built."""
         missing = nft_available()
         if missing is None:
             return NodeNetwork(
-                self.data_dir, subnet=subnet, host_ports=host_ports, proxy_sources=proxy_sources
+                self.data_dir, subnet=subnet, host_ports=host_ports, proxy_sources=proxy_sources, pool=pool
             )
         if mode == "production":
             raise errors.Unavailable(
@@ -203,6 +223,7 @@ class Agent:
 
     # -- lifecycle -------------------------------------------------------------
     def run(self) -> None:
+        secure_agent_dir(self.data_dir, self.uids.known())  # an install from before: made private
         if self.network is not None:
             self.network.setup()  # idempotent: a restarted agent keeps the bridge and every namespace
         self._register()
@@ -292,9 +313,16 @@ class Agent:
                 self.driver.thaw(group)
         for name in self.state.names():
             st = self.state.get(name)
-            if st is not None and st.pid and self.supervisor.is_running(st):
+            if st is None or not st.pid:
+                continue
+            if self.supervisor.is_running(st):
                 log.info("re-adopted %s (pid %s, port %s)", name, st.pid, st.port)
                 self.exits.watch(st.pid, name)
+            else:
+                # Gone while no agent watched it: stopped by forge up on its way out, by a
+                # reboot, or by the kill of this agent's parent. Nobody saw the app fail, so
+                # it is started again without counting a crash (see Reconciler.gone_at_start).
+                self.reconciler.gone_at_start.add(name)
 
     # -- work loop -------------------------------------------------------------
     def schedule_timers(self) -> None:
@@ -353,18 +381,85 @@ class Agent:
     def _releases_in_use(self) -> set[Release]:
         """Releases any Instance in the agent state or assigned to this node (the watch cache) uses."""
         with self.state.lock:
-            used = {(st.app, st.deployment) for st in self.state.instances.values()}
+            used = {
+                (st.app, Path(st.release_dir).name or st.deployment) for st in self.state.instances.values()
+            }
         with self.cache_lock:
-            used |= {(i.spec.app, i.spec.deployment) for i in self.cache.values()}
+            used |= {(i.spec.app, i.spec.build or i.spec.deployment) for i in self.cache.values()}
         return used
 
     def _collect_disk(self) -> float:
         if not self.synced.is_set():
             return DISKGC_AFTER_STOP_SECONDS  # until the first list, the cache cannot say what is in use
-        self.diskgc.run()
-        if self._collect_storage():
+        gone = self._gone_apps()
+        self.diskgc.run(gone)
+        pending = self._collect_storage()
+        self._retire(gone)
+        if pending:
             return DISKGC_AFTER_STOP_SECONDS  # a deleted app's Instances are still stopping: look again soon
         return DISKGC_SECONDS
+
+    def _apps_with_files(self) -> set[str]:
+        """Apps this node holds anything of: release dirs, storage, a uid."""
+        apps = set(self.uids.known())
+        for sub in ("releases", "storage"):
+            try:
+                apps |= {e.name for e in os.scandir(self.data_dir / sub) if e.is_dir(follow_symlinks=False)}
+            except FileNotFoundError:
+                continue
+        return apps
+
+    def _gone_apps(self) -> set[str]:
+        """Apps with files here that no longer exist and that no Instance of this node uses."""
+        in_use = {app for app, _ in self._releases_in_use()}
+        candidates = sorted(self._apps_with_files() - in_use)
+        if not candidates:
+            return set()
+        exist: set[str] = set()
+        for i in range(0, len(candidates), 500):
+            batch = candidates[i : i + 500]
+            try:
+                answer = self.client.request(
+                    "GET", f"/api/v1/nodes/{self.name}/apps", params={"names": ",".join(batch)}
+                )
+            except errors.NotFound:  # a control plane from before this endpoint: nothing is gone
+                return set()
+            exist |= set((answer or {}).get("apps") or [])
+        return set(candidates) - exist
+
+    def purge_if_gone(self, app: str) -> None:
+        """The last Instance of ``app`` here has stopped: when the App no longer exists, delete
+        its release dirs (images unmounted), storage and uid now, before the stop is reported —
+        the API frees the name only once every Instance is gone, so a new App of that name
+        never meets a file, or the uid, of the old one. Raises (to retry) when files remain."""
+        try:
+            answer = self.client.request("GET", f"/api/v1/nodes/{self.name}/apps", params={"names": app})
+        except errors.NotFound:  # a control plane from before this endpoint: the disk GC's pass decides
+            return
+        if app in set((answer or {}).get("apps") or []):
+            return
+        left = [] if self.diskgc.purge(app) else ["releases"]
+        if self.fence is not None and self.fence.storage_dir(app).exists():
+            try:
+                self.fence.remove_storage(app)
+            except (OSError, errors.ForgeError) as exc:
+                left.append(f"storage ({exc})")
+        if left:
+            raise errors.Unavailable(f"deleting the files of deleted app {app}: {', '.join(left)} remain")
+        self._retire({app})
+        log.info("app %s is gone: its releases, storage and uid here are deleted", app)
+
+    def _retire(self, gone: set[str]) -> None:
+        """A gone app whose files here are all deleted: its uid is never handed out again, and
+        the empty dirs it had go (the next app of that name starts from nothing)."""
+        for app in sorted(gone):
+            if any((self.data_dir / sub / app).exists() for sub in ("releases", "storage")):
+                continue  # still being deleted (a build's lock, an unmount that failed): next pass
+            for sub in (BUILT_DIR, IMAGES_DIR, buildcache.CACHE_DIR):  # the build cache: files of its uid
+                shutil.rmtree(self.data_dir / sub / app, ignore_errors=True)
+            uid = self.uids.retire(app)
+            if uid is not None:
+                log.info("app %s is gone and its files deleted: uid %d retired", app, uid)
 
     def _collect_storage(self) -> bool:
         """Delete the persistent storage of apps that are gone: on disk here, not in use by any
@@ -408,11 +503,13 @@ class Agent:
         return pending
 
     def _check_disk(self) -> float:
-        """Measure running releases against their ``resources.disk``; full ones' Instances are
-        queued and stop in their own reconcile (one writer per Instance)."""
+        """Measure running releases against their ``resources.disk`` and look at their storage;
+        full or damaged ones' Instances are queued and stop in their own reconcile (one writer per
+        Instance)."""
         with self.cache_lock:
             limits = {name: inst.spec.resources.disk for name, inst in self.cache.items()}
-        for name in self.reconciler.check_disk(limits):
+            storage = {name for name, inst in self.cache.items() if inst.spec.storage}
+        for name in self.reconciler.check_disk(limits, storage):
             self.queue.add(name)
         return DISK_CHECK_SECONDS
 
@@ -545,6 +642,10 @@ class Agent:
                             self.cache.pop(name, None)
                     else:
                         self._remember(obj)
+                    if typ == "DELETED" or (obj.get("spec") or {}).get("desired") == "Stopped":
+                        # Its release failed or was cancelled: a build in flight stops now, not
+                        # when it ends (the key's own worker is busy running it).
+                        self.reconciler.cancel_build(name)
                     self.queue.add(name)
                 delay = 0.5
             except errors.Gone:

@@ -5,7 +5,10 @@ releases; the commit is fetched shallowly (falling back to a full fetch when the
 a sha want), exported with ``git archive | tar -x`` (no shared index, so releases of one repo
 may be extracted side by side), and ``build.commands`` run one by one with ``sh -c`` in the
 sandbox inside a build cgroup, under the manifest's timeout. Output goes to the Instance's
-build log. Instances of one Deployment on this node share a build: a lock per release dir and a
+build log through one log writer per build (``forge.nodeagent.logwriter --stamp``, in the build
+cgroup: rate-limited and capped on disk like an app's log); the agent's own lines go through
+the same pipe while the writer runs, and straight into the capped log before and after.
+Instances of one Deployment on this node share a build: a lock per release dir and a
 marker holding the commit, ``DATA/built/APP/DEPLOYMENT`` — outside the release dir on purpose:
 after the build (run as the app's uid) the release tree is the app's, and the agent, as root,
 never writes, reads or follows anything in it (a symlink planted there must not aim root's
@@ -23,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import threading
 from collections.abc import Callable
@@ -30,13 +34,14 @@ from pathlib import Path
 from typing import Any, Final
 
 from forge import errors
+from forge.atomicfile import write_atomic
 from forge.clock import Clock
-from forge.gitauth import GitAuth, git_auth
+from forge.gitauth import scrub
+from forge.gitsource import GitError, GitSource
 from forge.manifest import fmt_duration
-from forge.nodeagent import buildlog
+from forge.nodeagent import buildcache, buildlog, logwriter
 from forge.nodeagent.sandbox import SandboxTimeout, prepare_workdir
 from forge.nodeagent.spec import RunSpec
-from forge.nodeagent.state import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +143,11 @@ class Builder:
         min_free_bytes: int = MIN_FREE_BYTES,
         min_free_ratio: float = MIN_FREE_RATIO,
         fence: Any = None,
+        log_cap: int = logwriter.DEFAULT_CAP,
+        build_cache: bool = True,
     ) -> None:
+        self.log_cap = log_cap  # bytes of a build log kept on this node
+        self.build_cache = build_cache  # each App's build cache bound into its builds (forge.buildsteps)
         self.fence = fence  # DiskFence: each release its own size-limited tree (None: unlimited, tests)
         self.min_free_bytes, self.min_free_ratio = min_free_bytes, min_free_ratio
         self.data_dir = Path(data_dir)
@@ -205,7 +214,9 @@ class Builder:
                 return release
             self._check_space()
             build_log.parent.mkdir(parents=True, exist_ok=True)
-            buildlog.append(build_log, self.clock, f"==> fetching {repo}@{commit[:12]}")
+            for note in run.build_notes:  # a detected build says what was detected, first
+                self._note(build_log, f"==> {note}")
+            self._note(build_log, f"==> fetching {repo}@{commit[:12]}")
             cache = self._fetch(instance, repo, commit, build_log)
             self._export(cache, commit, release, build_log, disk)
             uid, gid = self.owner_for(app)
@@ -213,8 +224,13 @@ class Builder:
                 prepare_workdir(release, uid, gid if gid is not None else uid)
             self._run_commands(instance, app, release, run, env, limits, build_log, uid, gid, disk)
             write_atomic(self.marker(release), (commit + "\n").encode())
-            buildlog.append(build_log, self.clock, "==> build succeeded")
+            self._note(build_log, "==> build succeeded")
             return release
+
+    def _note(self, build_log: Path, text: str) -> None:
+        """A line of the agent's own into the build log (no writer runs for it now)."""
+        if build_log != Path(os.devnull):
+            buildlog.append(build_log, self.clock, text, self.log_cap)
 
     def _check_space(self) -> None:
         """The node-level guard: no new build while the data dir's filesystem is nearly full, so a
@@ -229,54 +245,29 @@ class Builder:
             )
 
     # -- fetch -----------------------------------------------------------------
-    @staticmethod
-    def git_argv(args: list[str], auth: GitAuth | None = None) -> list[str]:
-        """The argv of one git run: ``auth.args`` are ``-c`` options, never the token."""
-        return ["git", *(auth.args if auth is not None else []), *args]
-
-    def _git(self, args: list[str], build_log: Path, auth: GitAuth | None = None) -> tuple[int, bytes]:
-        env = git_env(self.data_dir)
-        try:
-            proc = subprocess.run(
-                self.git_argv(args, auth),
-                env=auth.apply(env) if auth is not None else env,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                timeout=GIT_TIMEOUT,
-                check=False,
-            )
-        except subprocess.TimeoutExpired:
-            return 124, b"git timed out\n"
-        output = proc.stdout + proc.stderr
-        if auth is not None and auth.token:
-            output = auth.scrub(output.decode("utf-8", "replace")).encode()
-        if output:
-            buildlog.append(build_log, self.clock, output.decode("utf-8", "replace").rstrip("\n"))
-        return proc.returncode, output
-
     def _fetch(self, instance: str, repo: str, commit: str, build_log: Path) -> Path:
-        owner, _, name = repo.partition("/")
-        cache = self.data_dir / "git" / owner / f"{name}.git"
+        """The commit in the node's bare cache of ``repo``, through ``forge.gitsource`` — the one
+        git fetch path the source controller uses too (shallow first, every branch when the
+        remote refuses a sha; tokens only through the environment). Credentials are asked for
+        only when the commit has to be fetched."""
+        source = GitSource(self.data_dir / "git", fetch_timeout=GIT_TIMEOUT)
+        cache = source.cache_path(repo)
         with self._lock(str(cache)):
-            if not (cache / "HEAD").exists():
-                cache.parent.mkdir(parents=True, exist_ok=True)
-                rc, out = self._git(["init", "-q", "--bare", str(cache)], build_log)
-                if rc != 0:
-                    raise BuildError(REASON_FETCH_FAILED, f"git init failed: {tail(out)}")
-            gd = f"--git-dir={cache}"
-            if self._git([gd, "cat-file", "-e", f"{commit}^{{commit}}"], Path(os.devnull))[0] == 0:
+            if (cache / "HEAD").exists() and source.has_commit(cache, commit):
                 return cache
             url = self.git_url_template.format(full_name=repo)
             token = self.credentials(instance) if self.credentials is not None else None
-            with git_auth(token, self.data_dir / "git") as auth:
-                rc, out = self._git([gd, "fetch", "-q", "--depth", "1", url, commit], build_log, auth)
-                if rc != 0:
-                    rc, out = self._git([gd, "fetch", "-q", url, commit], build_log, auth)
-            del token
-            if rc != 0:
-                raise BuildError(REASON_FETCH_FAILED, f"cannot fetch {repo}@{commit[:12]}: {tail(out)}")
-            # A ref keeps the fetched objects safe from git's pruning of unreachable objects.
-            self._git([gd, "update-ref", f"refs/forge/{commit}", commit], build_log)
+            try:
+                cache = source.fetch(repo, url, commit, token)
+            except GitError as exc:
+                message = exc.message if not token else scrub(exc.message, token)
+                self._note(build_log, message)
+                raise BuildError(
+                    REASON_FETCH_FAILED, f"cannot fetch {repo}@{commit[:12]}: {message}"
+                ) from None
+            finally:
+                del token
+            self._note(build_log, f"fetched {commit[:12]}")
             return cache
 
     def _export(self, cache: Path, commit: str, release: Path, build_log: Path, disk: int = 0) -> None:
@@ -337,6 +328,7 @@ class Builder:
             self.driver.create(cgroup)
             self.driver.set_limits(cgroup, *limits)
         net: dict[str, Any] = {}
+        cache_dir = buildcache.ensure_app_dir(self.data_dir, app, uid, gid) if self.build_cache else None
         try:
             if self.network is not None:
                 # "build." cannot start an Instance name (DNS labels have no dots), so a build's
@@ -351,51 +343,52 @@ class Builder:
                     "netns": self.network.netns_path(f"build.{instance}"),
                     "resolv_conf": self.network.dns_text,
                 }
-            for cmd in run.build_commands:
-                start = build_log.stat().st_size if build_log.exists() else 0
-                buildlog.append(build_log, self.clock, f"==> $ {cmd}")
-                left = deadline - self.clock.monotonic()
-                if left <= 0:
-                    raise BuildError(REASON_BUILD_FAILED, out_of_time(run.build_timeout, f"before {cmd!r}"))
-                spec = self.spec_factory(
-                    app=app,
-                    workdir=str(release),
-                    command=cmd,
-                    env={**self.build_env, **env},
-                    uid=uid,
-                    gid=gid,
-                    cgroup=cgroup if self.driver is not None else None,
-                    stdout_path=str(build_log),
-                    stderr_path=str(build_log),
-                    ro_files=self.build_files,
-                    fsize_limit=disk
-                    if disk and self.fence is not None and self.fence.mode == "watcher"
-                    else None,
-                    **net,
-                )
-                pipe = buildlog.StampingPipe(build_log, self.clock)  # each line stamped when produced
-                spec.output_fd = pipe.fd
-                try:
-                    code = self._run_one(spec, left)
-                finally:
-                    pipe.join(timeout=2.0)  # a daemon still holding the pipe ends with the build cgroup
-                if code != 0:
-                    with open(build_log, "rb") as f:
-                        f.seek(start)
-                        output = buildlog.strip_stamps(f.read())
-                    if code is None:
-                        what = out_of_time(run.build_timeout, "")
-                        buildlog.append(build_log, self.clock, f"==> {what}")
+            writer = _BuildWriter(build_log, self.log_cap, self.driver, cgroup)
+            try:
+                for cmd in run.build_commands:
+                    writer.note(f"==> $ {cmd}")
+                    left = deadline - self.clock.monotonic()
+                    if left <= 0:
                         raise BuildError(
-                            REASON_BUILD_FAILED, f"build command {cmd!r}: {what}\n{tail(output)}"
+                            REASON_BUILD_FAILED, out_of_time(run.build_timeout, f"before {cmd!r}")
                         )
-                    what = f"exited with code {code}"
-                    if self.fence is not None and self.fence.exceeded(release, disk):
-                        what += (
-                            f" after filling the release's disk limit of {disk // 2**20} MiB (resources.disk)"
+                    spec = self.spec_factory(
+                        app=app,
+                        workdir=str(release),
+                        command=cmd,
+                        env={**self.build_env, **env},
+                        uid=uid,
+                        gid=gid,
+                        cgroup=cgroup if self.driver is not None else None,
+                        ro_files=self.build_files,
+                        build_cache=cache_dir,
+                        fsize_limit=disk
+                        if disk and self.fence is not None and self.fence.mode == "watcher"
+                        else None,
+                        **net,
+                    )
+                    spec.output_fd = writer.fd
+                    code = self._run_one(spec, left)
+                    if code != 0:
+                        writer.finish()  # everything the command printed is in the log now
+                        output = _after_last_step(
+                            buildlog.strip_stamps(logwriter.read_tail(build_log.parent, "build"))
                         )
-                    buildlog.append(build_log, self.clock, f"==> build command {what}")
-                    raise BuildError(REASON_BUILD_FAILED, f"build command {cmd!r} {what}:\n{tail(output)}")
+                        if code is None:
+                            what = out_of_time(run.build_timeout, "")
+                            self._note(build_log, f"==> {what}")
+                            raise BuildError(
+                                REASON_BUILD_FAILED, f"build command {cmd!r}: {what}\n{tail(output)}"
+                            )
+                        what = f"exited with code {code}"
+                        if self.fence is not None and self.fence.exceeded(release, disk):
+                            what += f" after filling the release's disk limit of {disk // 2**20} MiB (resources.disk)"
+                        self._note(build_log, f"==> build command {what}")
+                        raise BuildError(
+                            REASON_BUILD_FAILED, f"build command {cmd!r} {what}:\n{tail(output)}"
+                        )
+            finally:
+                writer.finish()
         finally:
             if self.driver is not None and self.driver.exists(cgroup):
                 self.driver.kill_all(cgroup)
@@ -411,3 +404,66 @@ class Builder:
             return None
         except errors.ForgeError as exc:
             raise BuildError(REASON_BUILD_FAILED, f"cannot run build command: {exc.message}") from None
+
+
+def _after_last_step(data: bytes) -> bytes:
+    """The output of the last build command: what follows its ``==> $ cmd`` line."""
+    at = data.rfind(b"==> $ ")
+    if at < 0:
+        return data
+    nl = data.find(b"\n", at)
+    return data[nl + 1 :] if nl >= 0 else b""
+
+
+class _BuildWriter:
+    """One build's log writer: a process in the build cgroup reading a pipe whose write end every
+    build command gets as stdout and stderr (the agent writes its ``==> $`` lines into it too)."""
+
+    FINISH_SECONDS: Final = 5.0
+
+    def __init__(self, build_log: Path, cap: int, driver: Any, cgroup: str) -> None:
+        self.driver, self.cgroup = driver, cgroup
+        r, self.fd = os.pipe()
+        try:
+            self.proc: subprocess.Popen[bytes] | None = logwriter.spawn(
+                r,
+                build_log.parent,
+                "build",
+                cap,
+                stamp=True,
+                cgroup_files=driver.procs_files(cgroup) if driver is not None else (),
+                first=logwriter.log_end(build_log.parent, "build"),
+            )
+        except BaseException:
+            os.close(self.fd)
+            raise
+        finally:
+            os.close(r)
+
+    def note(self, text: str) -> None:
+        try:
+            os.write(self.fd, text.encode() + b"\n")
+        except OSError as exc:  # the writer is gone (killed with a timed-out build): not the build's fault
+            log.info("build log writer gone: %s", exc)
+
+    def finish(self) -> None:
+        """Close the pipe and let the writer drain it and end; processes a command left behind
+        (holding the pipe open) are killed first — the build is over for them anyway."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        if self.proc is None:
+            return
+        if self.driver is not None and self.driver.exists(self.cgroup):
+            for pid in self.driver.procs(self.cgroup):
+                if pid != self.proc.pid:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        continue
+        try:
+            self.proc.wait(timeout=self.FINISH_SECONDS)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()  # a leftover outside any cgroup still holds the pipe: stop waiting
+            self.proc.wait()
+        self.proc = None

@@ -1,18 +1,23 @@
 """Garbage-collects release dirs on this node (``DATA/releases/APP/DEPLOYMENT``): the agent owns its disk.
 
-The decision is a pure function of (dirs on disk, releases in use, keep): per app the ``keep``
+A dir is a *build*, named after the first release that made it (``Instance.spec.build``): config
+releases, rollbacks and repeated pushes of that commit run it too, so keeping the newest few
+dirs keeps the last few distinct builds of an app.
+
+The decision is a pure function of (dirs on disk, releases in use, keep, apps gone): per app the ``keep``
 newest finished builds by release number stay so a rollback reuses its build, every release an
 Instance of this node uses (the agent state or the watched Instances) stays however old, the
 rest goes. A dir without the builder's marker ``DATA/built/APP/DEPLOYMENT`` (a build that failed, was
 interrupted, or is running) goes only when it is not in use and older than the kept ones — or
 when it is not among the ``keep`` newest dirs at all, so an app whose every push fails cannot
-fill the disk.
+fill the disk. An app that was deleted keeps nothing (its images are unmounted and removed too).
 
 The shell is thin and careful: it runs from the agent's work queue (the ``~diskgc`` timer),
 deletes only paths whose realpath is exactly ``DATA/releases/APP/DEPLOYMENT`` (no symlink
 leads it outside), holds the builder's per-release lock while deleting (a dir whose lock is
 held is being built: skipped until the next pass), re-reads what is in use under that lock,
-and removes app dirs left empty.
+and removes app dirs left empty. Each pass also bounds the Apps' build caches
+(``forge.nodeagent.buildcache.prune``: least recently used first, beyond a per-node size).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from forge.models import deployment_number
+from forge.nodeagent import buildcache
 from forge.nodeagent.builder import BUILT_DIR
 
 log = logging.getLogger(__name__)
@@ -45,11 +51,16 @@ def releases_to_remove(
     in_use: set[Release],
     keep: int = DEFAULT_KEEP,
     unfinished: set[Release] | frozenset[Release] = frozenset(),
+    gone: set[str] | frozenset[str] = frozenset(),
 ) -> list[Release]:
-    """The (app, deployment) release dirs to delete, oldest first within each app, apps sorted."""
+    """The (app, deployment) release dirs to delete, oldest first within each app, apps sorted.
+    An app in ``gone`` (deleted) keeps nothing but what an Instance here still uses."""
     remove: list[Release] = []
     for app in sorted(release_dirs):
         ordered = _newest_first(set(release_dirs[app]))
+        if app in gone:
+            remove += [(app, d) for d in reversed(ordered) if (app, d) not in in_use]
+            continue
         finished = [d for d in ordered if (app, d) not in unfinished]
         kept = set(finished[: max(keep, 0)])
         newest_overall = set(ordered[: max(keep, 0)])
@@ -120,21 +131,34 @@ class DiskGC:
         lock_for: Callable[[str, str], threading.Lock],
         keep: int = DEFAULT_KEEP,
         fence: Any = None,
+        build_cache_limit: int = buildcache.DEFAULT_LIMIT,
     ) -> None:
+        self.build_cache_limit = build_cache_limit  # all Apps' build caches together (LRU beyond it)
         self.fence = fence  # DiskFence: a release dir may be its own filesystem (unmounted first)
         self.root = Path(releases_root)
         self.in_use, self.lock_for, self.keep = in_use, lock_for, keep
         self.removed_total = 0
 
-    def run(self) -> list[Removed]:
+    def run(self, gone: set[str] | frozenset[str] = frozenset()) -> list[Removed]:
+        """One pass; the apps in ``gone`` (deleted) lose every release dir no Instance uses."""
         dirs, unfinished = scan(self.root)
         removed: list[Removed] = []
-        for app, dep in releases_to_remove(dirs, self.in_use(), self.keep, unfinished):
+        for app, dep in releases_to_remove(dirs, self.in_use(), self.keep, unfinished, gone):
             done = self._remove(app, dep)
             if done is not None:
                 removed.append(done)
         self._remove_empty_apps()
+        buildcache.prune(self.root.parent / buildcache.CACHE_DIR, self.build_cache_limit)
         return removed
+
+    def purge(self, app: str) -> bool:
+        """Every release dir of ``app`` (deleted; its last Instance here has stopped), in use or
+        not; True when none is left."""
+        dirs, _ = scan(self.root)
+        for dep in dirs.get(app, []):
+            self._remove(app, dep, force=True)
+        self._remove_empty_apps()
+        return not os.path.lexists(os.path.join(self.root, app))
 
     def _safe_path(self, app: str, dep: str) -> str | None:
         """``ROOT/APP/DEP`` when its realpath is exactly that (no component is a symlink)."""
@@ -149,7 +173,7 @@ class DiskGC:
             return None
         return path
 
-    def _remove(self, app: str, dep: str) -> Removed | None:
+    def _remove(self, app: str, dep: str, force: bool = False) -> Removed | None:
         path = self._safe_path(app, dep)
         if path is None:
             return None
@@ -158,7 +182,7 @@ class DiskGC:
             log.info("release dir %s/%s is being built; leaving it for the next pass", app, dep)
             return None
         try:
-            if (app, dep) in self.in_use():  # an Instance arrived since the scan
+            if not force and (app, dep) in self.in_use():  # an Instance arrived since the scan
                 return None
             size = tree_bytes(path)
             if self.fence is not None:

@@ -15,6 +15,9 @@ Layout on a node (names derived from the agent's data dir, so two installs never
   sshd — nothing on the host answers an app. Link-local (169.254/16, cloud metadata) is
   dropped in ``forward``; everything else leaves through masquerade (egress stays open).
   IPv6 is off inside the namespaces, so none of this can be sidestepped over link-local v6.
+* ``output``: a new connection from this host into the bridge must come from root, Forge's own
+  user or the ``forge`` group (Caddy's under systemd; ``forge.hostperms.owner_refused``): other
+  local users reach apps through Caddy only.
 * DNS: the namespace gets its own ``resolv.conf`` (see ``resolv_conf``): the host's non-loopback
   resolvers, systemd-resolved's upstreams, or — when the host has only a loopback resolver —
   the gateway, DNAT-ed to that resolver.
@@ -38,13 +41,15 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
 
+from forge.atomicfile import write_atomic
 from forge.errors import Invalid
-from forge.nft import NetError, Nft, in_netns, install_hash, ip, ip_json, ipv4_routes
-from forge.nodeagent.state import write_atomic
+from forge.hostperms import owner_refused
+from forge.proxy.nft import NetError, Nft, in_netns, install_hash, ip, ip_json, ipv4_routes
+from forge.subnets import DEFAULT_POOL, check_subnet, host_networks, parse_pool
 
 log = logging.getLogger(__name__)
 
-SUBNET_POOL: Final = ipaddress.IPv4Network("10.213.0.0/16")  # /24 per node; rare on LANs
+SUBNET_POOL: Final = parse_pool(DEFAULT_POOL)  # /24 per node; rare on LANs (FORGE_INSTANCE_POOL)
 NETNS_DIR: Final[str] = "/run/netns"
 LOOPBACK_RESOLVER: Final[str] = "127.0.0.53"
 
@@ -154,14 +159,12 @@ def default_proxy_sources(api_url: str) -> tuple[str, ...]:
     return tuple(sorted(a for a in addrs if not ipaddress.ip_address(a).is_loopback))
 
 
-def parse_subnet(text: str) -> ipaddress.IPv4Network:
+def parse_subnet(text: str, pool: ipaddress.IPv4Network = SUBNET_POOL) -> ipaddress.IPv4Network:
+    """``FORGE_INSTANCE_SUBNET``: the API's rule (``forge.subnets``), checked before the API refuses it."""
     try:
-        net = ipaddress.ip_network(text.strip(), strict=True)
-    except ValueError as exc:
-        raise Invalid(f"FORGE_INSTANCE_SUBNET: {exc}") from None
-    if not isinstance(net, ipaddress.IPv4Network) or not 16 <= net.prefixlen <= 28:
-        raise Invalid(f"FORGE_INSTANCE_SUBNET: {text!r} must be an IPv4 network from /16 to /28")
-    return net
+        return check_subnet(text, pool)
+    except Invalid as exc:
+        raise Invalid(f"FORGE_INSTANCE_SUBNET: {exc.message}") from None
 
 
 def resolv_conf(
@@ -210,12 +213,14 @@ class NodeNetwork:
         host_ports: tuple[int, ...] = (),
         nft: Nft | None = None,
         proxy_sources: tuple[str, ...] = (),
+        pool: str = "",
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
+        self.pool = parse_pool(pool) if pool else SUBNET_POOL
         self.names = NetNames(install_hash(self.data_dir))
         self.host_ports = host_ports
         self.proxy_sources = proxy_sources
-        self._wanted_subnet = parse_subnet(subnet) if subnet else None
+        self._wanted_subnet = parse_subnet(subnet, self.pool) if subnet else None
         self.nft = nft or Nft()
         self._path = self.data_dir / "network.json"
         self._lock = threading.Lock()
@@ -265,6 +270,7 @@ class NodeNetwork:
         assert self.subnet is not None
         t, br, gw, net = self.names.table, self.names.bridge, self.gateway, self.subnet
         ports = ", ".join(str(p) for p in self.host_ports)
+        others = owner_refused()
         proxies = ""
         if self.proxy_sources:  # the proxy hosts of a multi-node cluster dial Instances here
             proxies = (
@@ -297,6 +303,11 @@ class NodeNetwork:
             f'    oifname "{br}" drop\n  }}\n'
             f"  chain postrouting {{\n    type nat hook postrouting priority 100; policy accept;\n"
             f'    ip saddr {net} oifname != "{br}" masquerade\n  }}\n{dns_nat}'
+            # Local users reach Instances only through Caddy: a new connection from this host into
+            # the bridge must come from root (the agent's probes, Caddy under forge up) or Forge's user.
+            f"  chain output {{\n    type filter hook output priority -10; policy accept;\n"
+            f'    oifname "{br}" meta l4proto tcp ct state new {others} reject with tcp reset\n'
+            f'    oifname "{br}" ct state new {others} reject\n  }}\n'
             f"}}\n"
         )
 
@@ -320,16 +331,20 @@ class NodeNetwork:
         if self._wanted_subnet is not None:
             return self._wanted_subnet
         if isinstance(state.get("subnet"), str):
-            return parse_subnet(str(state["subnet"]))
+            try:
+                return parse_subnet(str(state["subnet"]), self.pool)
+            except Invalid as exc:  # the pool changed under it: pick again
+                log.warning("network state: %s; choosing another subnet", exc.message)
         taken = _routed_networks(exclude_dev=self.names.bridge)
+        taken += [net for net, _what in host_networks()]  # this host's own addresses too
         taken += _avoided(state)
-        pool = list(SUBNET_POOL.subnets(new_prefix=24))
+        pool = list(self.pool.subnets(new_prefix=max(24, self.pool.prefixlen)))
         start = int(self.names.hash, 16) % len(pool)
         for i in range(len(pool)):
             net = pool[(start + i) % len(pool)]
             if not any(net.overlaps(t) for t in taken):
                 return net
-        raise NetError(f"no free /24 left in {SUBNET_POOL} for instance addresses; set FORGE_INSTANCE_SUBNET")
+        raise NetError(f"no free /24 left in {self.pool} for instance addresses; set FORGE_INSTANCE_SUBNET")
 
     # ------------------------------------------------------------------ per namespace
     def attach(self, name: str) -> str:

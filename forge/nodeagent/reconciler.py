@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -21,7 +22,12 @@ from forge.client import ForgeClient
 from forge.clock import Clock
 from forge.models import Instance
 from forge.nodeagent.builder import REASON_BUILD_FAILED, REASON_FETCH_FAILED, Builder, BuildError, DiskLow
-from forge.nodeagent.diskfence import REASON_DISK_LIMIT
+from forge.nodeagent.diskfence import (
+    REASON_DISK_LIMIT,
+    REASON_STORAGE_DAMAGED,
+    REASON_STORAGE_REPAIRED,
+    StorageUnavailable,
+)
 from forge.nodeagent.listening import REASON_WRONG_PORT, Listener, listening, port_verdict
 from forge.nodeagent.logship import Shipper, log_path
 from forge.nodeagent.prober import READY, UNHEALTHY, WAITING, ProbeResult, ProbeTracker, probe
@@ -88,6 +94,16 @@ class Reconciler:
         # Set when the agent stops: nothing more is started, restarted or judged (forge up stops
         # the apps from outside at the same moment; an app exiting then is not a crash).
         self.stopping = threading.Event()
+        # Called with the app's name when its last Instance here has stopped, before that is
+        # reported: the agent deletes a deleted app's files then (Agent.purge_if_gone).
+        self.on_last_stopped: Callable[[str], None] | None = None
+        # Processes found gone when this agent started: their end was never observed, so it is
+        # not the app's failure (forge up stopped them, the machine rebooted) and no crash counts.
+        self.gone_at_start: set[str] = set()
+        self._builds_lock = threading.Lock()
+        self.building: set[str] = set()  # Instances whose build runs now
+        self.cancelled: set[str] = set()  # of those, the ones no longer wanted (their build is killed)
+        self.storage_damaged: set[str] = set()  # Instances whose storage the disk check found read-only
 
     def reconcile(self, name: str, inst: Instance | None) -> float | None:
         if self.stopping.is_set():
@@ -129,7 +145,9 @@ class Reconciler:
                 app=inst.spec.app,
                 deployment=inst.spec.deployment,
                 cgroup=f"inst-{name}",
-                release_dir=str(self.builder.release_dir(inst.spec.app, inst.spec.deployment)),
+                release_dir=str(
+                    self.builder.release_dir(inst.spec.app, inst.spec.build or inst.spec.deployment)
+                ),
                 restarts=inst.status.restarts,
                 restart_generation=inst.spec.restart_generation,
             )
@@ -144,11 +162,13 @@ class Reconciler:
             env = build_env(
                 inst.spec.app, inst.spec.deployment, name, st.release_dir, None, run.env, inst.spec.env
             )
+            with self._builds_lock:
+                self.building.add(name)
             try:
                 self.builder.ensure_built(
                     name,
                     inst.spec.app,
-                    inst.spec.deployment,
+                    Path(st.release_dir).name,
                     inst.spec.repo,
                     inst.spec.commit,
                     run,
@@ -163,16 +183,25 @@ class Reconciler:
                 self.event(name, "Warning", exc.reason, exc.message)
                 return DISK_RETRY_SECONDS
             except BuildError as exc:
+                if self._was_cancelled(name):
+                    return 0.0  # killed because it is no longer wanted: the next run stops it
                 st.reason, st.message = exc.reason, exc.message
                 self.state.save()
                 self.shipper.wake()
                 self.status.write(inst, st, "Failed", None)
                 return None
             finally:
+                with self._builds_lock:
+                    self.building.discard(name)
                 self.shipper.wake()
+            if self._was_cancelled(name):
+                return 0.0
         if st.pid and inst.spec.restart_generation != st.restart_generation and run.kind != "oneshot":
             return self._restart_in_place(inst, st, run, limits)
         if st.pid and not self.supervisor.is_running(st):
+            if name in self.gone_at_start and run.kind != "oneshot":
+                self._gone_at_start(st)
+                return self._start(inst, st, run, limits)
             self._exited(st, run)
             if st.finished_time:
                 try:  # its output is in the store before its end is: whoever waits on the end has it all
@@ -183,14 +212,16 @@ class Reconciler:
                     inst, st, "Succeeded" if st.exit_code == 0 and not st.reason else "Failed", None
                 )
                 return None
-        now = self.clock.now()
         if not st.pid:
-            if st.next_start and now < st.next_start:
+            wait = self._backoff_left(st)
+            if wait > 0:
                 self.status.write(inst, st, "Starting", self.trackers.get(name))
-                return st.next_start - now
+                return wait
             return self._start(inst, st, run, limits)
         if st.release_dir in self.over_limit:
             return self._disk_exceeded(inst, st, run)
+        if name in self.storage_damaged:
+            return self._storage_damaged(inst, st, run)
         if run.kind == "oneshot":
             return self._watch_oneshot(inst, st, run)
         if run.kind == "worker":
@@ -287,7 +318,7 @@ class Reconciler:
 
     def _watch_oneshot(self, inst: Instance, st: InstanceState, run: RunSpec) -> float | None:
         """A one-shot runs until it exits (the exit watcher wakes its key) or its timeout."""
-        elapsed = self.clock.now() - (st.started_time or self.clock.now())
+        elapsed = self._up(st)
         timeout = run.timeout or 600.0
         if elapsed < timeout:
             self.status.write(inst, st, "Running", None)
@@ -305,7 +336,7 @@ class Reconciler:
 
     def _watch_worker(self, inst: Instance, st: InstanceState, run: RunSpec) -> float | None:
         """A worker has no HTTP check: it is ready once it has run ``min_running`` without a crash."""
-        up = self.clock.now() - (st.started_time or self.clock.now())
+        up = self._up(st)
         if up < run.min_running:
             self.status.write(inst, st, "Starting", None)
             return run.min_running - up
@@ -345,7 +376,7 @@ class Reconciler:
             self._schedule_restart(st)
             self.state.save()
             self.status.write(inst, st, "Starting", None)
-            return st.next_start - self.clock.now() if st.next_start else None
+            return self._backoff_left(st) if st.next_start else None
         secrets: dict[str, str] = {}
         if inst.spec.secret:
             body = self.client.request("GET", f"/api/v1/instances/{st.name}/secrets") or {}
@@ -361,7 +392,7 @@ class Reconciler:
             secrets,
         )
         moved = port != st.port
-        st.port, st.ready, st.next_start = port, False, None
+        st.port, st.ready, st.next_start, st.next_start_mono = port, False, None, None
         # Written before the process exists. When it cannot be (a full disk) the start goes on
         # only if the Instance keeps the address:port it had — what the store says stays true,
         # so the router keeps sending traffic to the right place; a move waits for the disk.
@@ -380,7 +411,15 @@ class Reconciler:
         try:
             if inst.spec.storage and fence is not None:
                 uid, gid = self.supervisor.owner_for(inst.spec.app)
-                storage = str(fence.ensure_storage(inst.spec.app, inst.spec.storage, uid, gid))
+                storage = str(
+                    fence.ensure_storage(
+                        inst.spec.app,
+                        inst.spec.storage,
+                        uid,
+                        gid,
+                        report=lambda msg: self.event(st.name, "Warning", REASON_STORAGE_REPAIRED, msg),
+                    )
+                )
             if inst.spec.oneshot is not None and inst.spec.oneshot.interactive:
                 pipe = os.pipe()
             exit_file = None
@@ -413,10 +452,13 @@ class Reconciler:
             if pipe is not None:
                 os.close(pipe[1])
             st.reason, st.message = REASON_START_FAILED, str(exc)[:500]
+            if isinstance(exc, StorageUnavailable):  # no room for it, or damaged: say so, retry later
+                st.reason = exc.reason
+                self.event(st.name, "Warning", exc.reason, exc.message)
             self._schedule_restart(st)
             self.state.save()
             self.status.write(inst, st, "Starting", None)
-            return st.next_start - self.clock.now() if st.next_start else None
+            return self._backoff_left(st) if st.next_start else None
         del env, secrets
         self._persist(st)  # the process runs: keep watching and probing it even if this fails
         self.watch_exit(st.pid, st.name)
@@ -437,7 +479,7 @@ class Reconciler:
         """forge restart: stop the process (its stop_timeout) and start it again at once, same
         release, address and port; not a crash (no restart counted, no back-off)."""
         self.supervisor.stop(st, run.stop_timeout)
-        st.pid, st.pid_start, st.ready, st.next_start = None, None, False, None
+        st.pid, st.pid_start, st.ready, st.next_start, st.next_start_mono = None, None, False, None, None
         st.reason, st.message = "", ""
         st.restart_generation = inst.spec.restart_generation
         self.trackers.pop(st.name, None)
@@ -495,27 +537,99 @@ class Reconciler:
         # and back-off are in the Instance's status).
         self.event(st.name, "Warning", st.reason, f"{st.message}; restarting it with back-off")
 
+    def cancel_build(self, name: str) -> bool:
+        """The Instance was asked to stop (or deleted) while its build runs — its release failed or
+        was cancelled: kill the build now (its cgroup), instead of letting it run to its end.
+        Called from the watch thread; the build's own reconcile then ends without a BuildFailed."""
+        with self._builds_lock:
+            if name not in self.building:
+                return False
+            self.cancelled.add(name)
+        driver = self.supervisor.driver
+        group = f"build-{name}"
+        if driver is not None and driver.exists(group):
+            driver.kill_all(group)
+        log.info("%s: no longer wanted; its build was stopped", name)
+        return True
+
+    def _was_cancelled(self, name: str) -> bool:
+        with self._builds_lock:
+            if name in self.cancelled:
+                self.cancelled.discard(name)
+                return True
+        return False
+
+    def _gone_at_start(self, st: InstanceState) -> None:
+        """A process that ended while no agent watched it is started again at once, as the
+        platform's own restart: no crash counted, no back-off, no failure reason (a one-shot's
+        end is still read from its exit file: it never runs twice)."""
+        self.gone_at_start.discard(st.name)
+        st.pid, st.pid_start, st.ready, st.next_start, st.next_start_mono = None, None, False, None, None
+        st.reason, st.message, st.exit_code = "", "", None
+        self.supervisor.remove_cgroup(st.cgroup)
+        self.trackers.pop(st.name, None)
+        self.next_probe.pop(st.name, None)
+        log.info("%s: its process ended while the agent was away; starting it again", st.name)
+
+    def _up(self, st: InstanceState) -> float:
+        """Seconds since the process started, by the monotonic clock (the system's, so it holds
+        across an agent restart); a wall-clock step on this machine cannot move it. Falls back
+        to the wall clock, never negative, for a start recorded before (or a reboot ago)."""
+        mono = self.clock.monotonic()
+        if st.started_mono is not None and st.started_mono <= mono:
+            return mono - st.started_mono
+        return max(0.0, self.clock.now() - (st.started_time or self.clock.now()))
+
+    def _backoff_left(self, st: InstanceState) -> float:
+        """Seconds left of a crash back-off, by the system's monotonic clock (it survives an
+        agent restart); never more than the longest back-off, whatever any clock did (a reboot
+        resets the monotonic clock; an old state file has only the wall time)."""
+        if not st.next_start:
+            return 0.0
+        if st.next_start_mono is not None:  # this boot's monotonic clock: no step moves it
+            return min(max(0.0, st.next_start_mono - self.clock.monotonic()), BACKOFF_CAP)
+        return min(max(0.0, st.next_start - self.clock.now()), BACKOFF_CAP)
+
     def _schedule_restart(self, st: InstanceState) -> None:
         st.pid, st.pid_start, st.ready = None, None, False
         st.restarts += 1
         st.crash_streak += 1
-        st.next_start = self.clock.now() + backoff_delay(st.crash_streak)
+        delay = backoff_delay(st.crash_streak)
+        st.next_start, st.next_start_mono = self.clock.now() + delay, self.clock.monotonic() + delay
         self.trackers.pop(st.name, None)
         self.next_probe.pop(st.name, None)
 
     # -- disk limit ----------------------------------------------------------------
-    def check_disk(self, limits: dict[str, int]) -> list[str]:
+    def check_disk(
+        self, limits: dict[str, int], storage: set[str] | frozenset[str] = frozenset()
+    ) -> list[str]:
         """The disk check (the agent's ``~disk`` timer): running Instances whose release tree is at
-        its limit (``limits``: Instance name -> ``resources.disk``). Their releases are marked;
-        each Instance's own reconcile then stops it (``_disk_exceeded``)."""
+        its limit (``limits``: Instance name -> ``resources.disk``), or whose persistent storage
+        (``storage``: the Instances that have one) turned read-only after an I/O error. They are
+        marked; each Instance's own reconcile then stops it (``_disk_exceeded``,
+        ``_storage_damaged``) and its next start repairs the storage."""
         fence = self.builder.fence
         if fence is None:
             return []
         due: list[str] = []
         checked: dict[str, bool] = {}
+        damaged: dict[str, bool] = {}
         for name in self.state.names():
             st = self.state.get(name)
-            if st is None or not st.pid or name not in limits:
+            if st is None or not st.pid:
+                continue
+            if name in storage:
+                if st.app not in damaged:
+                    try:
+                        damaged[st.app] = fence.storage_damaged(st.app)
+                    except OSError as exc:
+                        log.warning("%s: cannot check the storage of %s: %s", name, st.app, exc)
+                        damaged[st.app] = False
+                if damaged[st.app]:
+                    self.storage_damaged.add(name)
+                    due.append(name)
+                    continue
+            if name not in limits:
                 continue
             full = checked.get(st.release_dir)
             if full is None:
@@ -548,6 +662,22 @@ class Reconciler:
             self.over_limit.discard(st.release_dir)
         self.event(st.name, "Warning", REASON_DISK_LIMIT, st.message)
         self.status.write(inst, st, "Starting", None)
+        return self._backoff_left(st) if st.next_start else None
+
+    def _storage_damaged(self, inst: Instance, st: InstanceState, run: RunSpec) -> float | None:
+        """Stop an Instance whose persistent storage turned read-only (an I/O error): once no
+        process of the app holds it, its next start repairs it (``DiskFence.ensure_storage``)."""
+        self.supervisor.stop(st, run.stop_timeout)
+        self.storage_damaged.discard(st.name)
+        st.reason = REASON_STORAGE_DAMAGED
+        st.message = (
+            "its persistent storage turned read-only after an I/O error; stopped so that it is "
+            "repaired (e2fsck) before it starts again"
+        )
+        self._schedule_restart(st)
+        self._persist(st)
+        self.event(st.name, "Warning", REASON_STORAGE_DAMAGED, st.message)
+        self.status.write(inst, st, "Starting", None)
         return st.next_start - self.clock.now() if st.next_start else None
 
     # -- probe -----------------------------------------------------------------
@@ -562,7 +692,7 @@ class Reconciler:
             return due - mono
         assert st.port is not None
         result = probe(st.port, run.health.path, run.health.timeout_seconds, host=self._probe_host(st))
-        since_start = self.clock.now() - (st.started_time or self.clock.now())
+        since_start = self._up(st)
         last_fail = self.last_fail.get(st.name)
         if (
             not result.ok
@@ -646,7 +776,7 @@ class Reconciler:
         self._persist(st)
         self.event(st.name, "Warning", reason, f"{st.message}; restarting it")
         self.status.write(inst, st, "Starting", None, probe_result=result.detail)
-        return st.next_start - self.clock.now() if st.next_start else None
+        return self._backoff_left(st) if st.next_start else None
 
     def _persist(self, st: InstanceState) -> None:
         """Save the state where a failure must not stop the work (a full disk): what it would
@@ -659,6 +789,11 @@ class Reconciler:
                 st.name,
                 exc,
             )
+
+    def _others_running(self, app: str, name: str) -> bool:
+        """Another Instance of ``app`` still has a process here."""
+        with self.state.lock:
+            return any(st.app == app and st.pid for n, st in self.state.instances.items() if n != name)
 
     def event(self, instance: str, type_: str, reason: str, message: str) -> None:
         """Record what happened on this node as an Event on the Instance (best effort: an
@@ -700,6 +835,9 @@ class Reconciler:
             and inst.status.phase in ("Succeeded", "Failed")
         )
         if inst is not None and inst.spec.desired == "Stopped" and not finished:
+            last = st is not None and not self._others_running(inst.spec.app, name)
+            if self.on_last_stopped is not None and last:
+                self.on_last_stopped(inst.spec.app)  # raises to retry: Stopped is not reported yet
             self.status.write(inst, st, "Stopped", None)
         if st is not None:
             try:

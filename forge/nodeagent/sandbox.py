@@ -25,8 +25,9 @@ How a process starts (the combination that works as root on cgroup v1 *and* unpr
    namespace, so the app (no capabilities there) cannot change its addresses, routes or rules.
 
 The app uid needs to *reach* its release dir to bind it, so ``prepare_workdir`` gives its
-ancestors the search bit (o+x, never o+r) — directory listings stay closed and every
-release dir is 0700 owned by its own app uid.
+ancestors the search bit (o+x, never o+r) — directory listings stay closed — except
+``releases/APP``, which only the app's own gid may pass (root:GID 0710); every release dir is
+0700 owned by its own app uid (``forge.hostperms``: the whole permission model).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
 
+from forge.buildsteps import CACHE_PATH
 from forge.cgroups import CgroupDriver
 from forge.clock import Clock, SystemClock
 from forge.errors import Invalid, TerminalError, Unavailable
@@ -111,6 +113,7 @@ class SandboxTimeout(TerminalError):
 
 
 STORAGE_PATH: Final[str] = "/storage"  # where an app's persistent storage appears in its sandbox
+BUILD_CACHE_PATH: Final[str] = CACHE_PATH  # where a build finds its App's build cache (forge.buildsteps)
 
 
 @dataclass
@@ -132,6 +135,7 @@ class SandboxSpec:
     storage: str | None = None  # the app's persistent storage dir: writable, at STORAGE_PATH in the sandbox
     stdin_fd: int | None = None  # the process's stdin (an interactive run's pipe); /dev/null otherwise
     exit_file: str | None = None  # a one-shot: where the root shell records the exit code (agent-owned)
+    build_cache: str | None = None  # a build: its App's own cache dir, writable at BUILD_CACHE_PATH
 
 
 @dataclass
@@ -362,6 +366,8 @@ class Sandbox:
         a += ["--bind", spec.workdir, spec.workdir]
         if spec.storage:
             a += ["--bind", spec.storage, STORAGE_PATH]
+        if spec.build_cache:
+            a += ["--bind", spec.build_cache, BUILD_CACHE_PATH]
         # The sandbox root is a tmpfs bwrap fills; without this, /etc and the (empty)
         # ancestors of the release dir would be writable scratch space.
         a += ["--remount-ro", "/", "--chdir", spec.workdir, "/bin/sh", "-c", spec.command]
@@ -453,7 +459,12 @@ class UidAllocator:
     """A stable unprivileged uid (= gid) per app: ``200000 + crc32(salt/app) % 100000``, moved
     to the next free one on a collision; the map lives in a small JSON file (0600). The salt is
     the install's identity, so an app named ``hello`` in two installs on one machine runs as two
-    different uids (never one uid that could reach the other's files or processes)."""
+    different uids (never one uid that could reach the other's files or processes).
+
+    When an app is gone and its files here are deleted, its uid is *retired* (``retire``): never
+    handed to any app again, so a new app of the same name can never own a file of the old one
+    that was missed. (The file: ``{"apps": {APP: UID}, "retired": [UID…]}``; the flat
+    ``{APP: UID}`` of older installs is read as apps.)"""
 
     def __init__(self, path: str | Path, salt: str = "") -> None:
         self.path = Path(path)
@@ -462,10 +473,10 @@ class UidAllocator:
 
     def uid_for(self, app: str) -> int:
         with self._lock:
-            table = self._load()
+            table, retired = self._load()
             if app in table:
                 return table[app]
-            used = set(table.values())
+            used = set(table.values()) | retired
             uid = (
                 UID_BASE + zlib.crc32(f"{self.salt}/{app}".encode() if self.salt else app.encode()) % UID_SPAN
             )
@@ -476,28 +487,42 @@ class UidAllocator:
             else:
                 raise Unavailable(f"no free app uid left in {UID_BASE}..{UID_BASE + UID_SPAN - 1}")
             table[app] = uid
-            self._save(table)
+            self._save(table, retired)
             return uid
 
     def known(self) -> dict[str, int]:
         with self._lock:
-            return dict(self._load())
+            return dict(self._load()[0])
 
-    def _load(self) -> dict[str, int]:
+    def retire(self, app: str) -> int | None:
+        """Forget ``app`` (gone, its files deleted) and never hand its uid out again; the uid."""
+        with self._lock:
+            table, retired = self._load()
+            uid = table.pop(app, None)
+            if uid is None:
+                return None
+            self._save(table, retired | {uid})
+            return uid
+
+    def _load(self) -> tuple[dict[str, int], set[int]]:
         try:
             raw = json.loads(self.path.read_text())
         except FileNotFoundError:
-            return {}
+            return {}, set()
         except (OSError, ValueError) as e:
             raise Unavailable(f"cannot read the app uid map {self.path}: {e}") from None
-        return {str(k): int(v) for k, v in raw.items()}
+        if isinstance(raw.get("apps"), dict):
+            return {str(k): int(v) for k, v in raw["apps"].items()}, {
+                int(u) for u in raw.get("retired") or []
+            }
+        return {str(k): int(v) for k, v in raw.items()}, set()
 
-    def _save(self, table: dict[str, int]) -> None:
+    def _save(self, table: dict[str, int], retired: set[int]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
-            json.dump(table, f, indent=1, sort_keys=True)
+            json.dump({"apps": table, "retired": sorted(retired)}, f, indent=1, sort_keys=True)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
@@ -505,9 +530,11 @@ class UidAllocator:
 
 def prepare_workdir(workdir: str | Path, uid: int, gid: int) -> None:
     """Hand a release dir to its app uid: chown the tree (never following symlinks), make the
-    top 0700, and give each ancestor the search bit (o+x only) so the app uid can reach it."""
+    top 0700, its parent (``releases/APP``) passable by the app's gid only (root:GID 0710), and
+    give each further ancestor the search bit (o+x only) so the app uid can reach it."""
     top = Path(workdir).resolve()
-    for parent in top.parents:
+    app_dir = top.parent
+    for parent in app_dir.parents:
         mode = parent.stat().st_mode
         if not mode & stat.S_IXOTH:
             # Only where it is missing (and never o+r): a data dir under a private directory
@@ -518,6 +545,11 @@ def prepare_workdir(workdir: str | Path, uid: int, gid: int) -> None:
                 parent,
             )
             os.chmod(parent, stat.S_IMODE(mode) | stat.S_IXOTH)
+    st = os.lstat(app_dir)
+    if st.st_gid != gid:
+        os.lchown(app_dir, -1, gid)
+    if stat.S_IMODE(st.st_mode) != 0o710:
+        os.chmod(app_dir, 0o710)  # not o+x: other apps' uids cannot even pass
     os.lchown(top, uid, gid)
     os.chmod(top, 0o700)
     for dirpath, dirnames, filenames in os.walk(top):

@@ -49,6 +49,7 @@ def _normalize(manifest: dict[str, Any]) -> dict[str, Any]:
 class RunSpec:
     build_commands: tuple[str, ...] = ()
     build_timeout: float = DEFAULT_BUILD_TIMEOUT
+    build_notes: tuple[str, ...] = ()  # forge.detect: what was detected and why (the build log's start)
     command: str = ""
     stop_timeout: float = DEFAULT_STOP_TIMEOUT
     health: HealthSpec = field(default_factory=HealthSpec)
@@ -94,6 +95,7 @@ class RunSpec:
         env = m["env"] if isinstance(m.get("env"), dict) else {}
         return cls(
             build_commands=tuple(str(c) for c in cmds),
+            build_notes=tuple(str(n) for n in (_get(build, "detected", default=[]) or [])),
             build_timeout=float(
                 _get(build, "timeoutSeconds", "timeout_seconds", "timeout", default=DEFAULT_BUILD_TIMEOUT)
             ),

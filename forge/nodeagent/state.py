@@ -9,27 +9,27 @@ here: the process environment lives only in memory and in the running process.
 from __future__ import annotations
 
 import json
-import os
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from forge.atomicfile import write_atomic
 
 STATE_VERSION = 1
 
 
 @dataclass
 class LogCursor:
-    """Position of the shipper in one log (logical stream offsets, monotonically increasing).
-
-    ``cur_base`` is the logical offset of the first byte of the live file, ``prev_base`` that
-    of the rotated ``.1`` file (which ends at ``cur_base``); ``shipped`` is the logical offset
-    up to which the control plane acknowledged every line.
-    """
+    """Position of the shipper in one log: the logical offset (``forge.nodeagent.logwriter``:
+    segments named by the offset of their first byte) up to which the control plane
+    acknowledged every line."""
 
     shipped: int = 0
-    cur_base: int = 0
-    prev_base: int = 0
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LogCursor:
+        return cls(shipped=int(data.get("shipped") or 0))
 
 
 @dataclass
@@ -44,11 +44,13 @@ class InstanceState:
     pid: int | None = None
     pid_start: int | None = None  # /proc start ticks: tells our process from a reused pid
     started_time: float | None = None
+    started_mono: float | None = None  # the system's monotonic clock at the start (durations)
     ready: bool = False
     ever_ready: bool = False
     restarts: int = 0
     crash_streak: int = 0
     next_start: float | None = None  # wall time before which a crashed instance is not restarted
+    next_start_mono: float | None = None  # the same on the system's monotonic clock (what counts)
     oom_kills: int = 0
     exit_code: int | None = None
     reason: str = ""
@@ -64,7 +66,7 @@ class InstanceState:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> InstanceState:
-        logs = {k: LogCursor(**v) for k, v in (data.get("logs") or {}).items()}
+        logs = {k: LogCursor.from_dict(v) for k, v in (data.get("logs") or {}).items()}
         known = {f for f in cls.__dataclass_fields__ if f != "logs"}
         return cls(**{k: v for k, v in data.items() if k in known}, logs=logs)
 
@@ -122,21 +124,3 @@ class AgentState:
         with self._lock:
             body = {"version": STATE_VERSION, "instances": {n: asdict(i) for n, i in self.instances.items()}}
             write_atomic(self.path, json.dumps(body, indent=1, sort_keys=True).encode())
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """tmp + fsync + rename + fsync(dir): after a crash the file is either old or new, never torn."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)

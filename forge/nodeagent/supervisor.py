@@ -3,7 +3,9 @@
 Pure parts: ``choose_port`` (a free port in 20000–39999 no other Instance here holds),
 ``backoff_delay`` (1 s, 2 s, 4 s … capped at 60 s) and ``build_env`` (built from scratch:
 nothing of the agent's own environment reaches an app). The shell: ``Supervisor`` spawns
-through the sandbox into cgroup ``inst-NAME``, tells whether a recorded pid is still the
+through the sandbox into cgroup ``inst-NAME`` with its output going to the Instance's log
+writer (``forge.nodeagent.logwriter``: a process in the same cgroup that owns the pipe, bounds
+what reaches the disk and outlives the agent), tells whether a recorded pid is still the
 process it started (alive, same start time, and in its cgroup) and stops through the sandbox.
 """
 
@@ -13,18 +15,23 @@ import errno
 import os
 import random
 import select
+import signal
 import socket
+import subprocess
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from forge.clock import Clock
+from forge.nodeagent import logwriter
 from forge.nodeagent.spec import RunSpec
 from forge.nodeagent.state import InstanceState
 
 PORT_MIN, PORT_MAX = 20000, 39999
 BACKOFF_BASE, BACKOFF_CAP = 1.0, 60.0
 JOIN_GRACE = 10.0
+DRAIN_SECONDS = 2.0  # how long an ended app's log writer may take to write what is left in its pipe
+DRAIN_STEP = 0.02
 SANE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -65,6 +72,9 @@ def choose_port(
     raise OSError(errno.EADDRINUSE, f"no free port in {lo}-{hi}")
 
 
+RELEASE_TOOL_DIRS: tuple[str, ...] = (".venv/bin", "venv/bin", "node_modules/.bin", "bin")
+
+
 def build_env(
     app: str,
     deployment: str,
@@ -75,8 +85,14 @@ def build_env(
     app_env: dict[str, str],
     secrets: dict[str, str] | None = None,
 ) -> dict[str, str]:
-    """The complete environment of a build or an app; later sources win, platform keys last."""
-    env: dict[str, str] = {"PATH": SANE_PATH, "HOME": home, "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1"}
+    """The complete environment of a build or an app; later sources win, platform keys last.
+
+    The release's own tool directories lead ``PATH`` (like Heroku's ``.profile.d``), so every
+    process of a release — ``forge run APP -- python …`` too — finds its virtualenv's ``python``
+    and ``node_modules/.bin``; a ``PATH`` the app sets replaces the whole of it."""
+    tools = [f"{home}/{d}" for d in RELEASE_TOOL_DIRS] if home else []
+    path = ":".join([*tools, SANE_PATH])
+    env: dict[str, str] = {"PATH": path, "HOME": home, "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1"}
     env.update(manifest_env)
     env.update(app_env)
     env.update(secrets or {})
@@ -84,6 +100,14 @@ def build_env(
     if port is not None:
         env["PORT"] = str(port)
     return env
+
+
+def is_log_writer(pid: int) -> bool:
+    """Is ``pid`` an Instance's log writer (``forge.nodeagent.logpump``)?"""
+    try:
+        return b"forge.nodeagent.logpump" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
 
 
 def process_start_ticks(pid: int) -> int | None:
@@ -127,9 +151,12 @@ class Supervisor:
         clock: Clock,
         spec_factory: Callable[..., Any],
         owner_for: Callable[[str], tuple[int | None, int | None]],
+        log_cap: int = logwriter.DEFAULT_CAP,
     ) -> None:
         self.sandbox, self.driver, self.clock = sandbox, driver, clock
         self.spec_factory, self.owner_for = spec_factory, owner_for
+        self.log_cap = log_cap  # bytes of an Instance's app log kept on this node
+        self._writers: list[subprocess.Popen[bytes]] = []  # started in this agent's lifetime: reaped here
 
     def start(
         self,
@@ -145,9 +172,12 @@ class Supervisor:
         exit_file: str | None = None,
     ) -> None:
         """Spawn the app detached into its cgroup (and its network namespace when ``net`` names
-        one: ``{"netns": path, "resolv_conf": text}``); fills pid, start time and pid_start."""
+        one: ``{"netns": path, "resolv_conf": text}``), its output piped to a log writer in the
+        same cgroup that writes ``app_log``'s segments; fills pid, start time and pid_start."""
+        self.reap_writers()
         app_log.parent.mkdir(parents=True, exist_ok=True)
-        app_log.touch(exist_ok=True)
+        for legacy in (app_log, app_log.with_name(app_log.name + ".1")):
+            legacy.unlink(missing_ok=True)  # a plain file from before log writers: never shipped again
         if self.driver is not None:
             if self.driver.exists(st.cgroup):
                 self.driver.kill_all(st.cgroup)
@@ -155,6 +185,45 @@ class Supervisor:
             self.driver.create(st.cgroup)
             self.driver.set_limits(st.cgroup, *limits)
         uid, gid = self.owner_for(st.app)
+        r, w = os.pipe()
+        try:
+            files = self.driver.procs_files(st.cgroup) if self.driver is not None else []
+            self._writers.append(
+                logwriter.spawn(
+                    r,
+                    app_log.parent,
+                    app_log.name.removesuffix(".log"),
+                    self.log_cap,
+                    cgroup_files=files,
+                    first=st.cursor("app").shipped,
+                )
+            )
+            os.close(r)
+            r = -1
+            pid = self._spawn_app(st, run, env, uid, gid, w, fsize_limit, storage, stdin_fd, exit_file, net)
+        finally:
+            for fd in (r, w):
+                if fd >= 0:
+                    os.close(fd)  # the app and its writer have their own copies; the agent keeps none
+        st.pid, st.pid_start = pid, process_start_ticks(pid)
+        st.stop_timeout = run.stop_timeout
+        st.started_time, st.started_mono = self.clock.now(), self.clock.monotonic()
+        st.exit_code = None
+
+    def _spawn_app(
+        self,
+        st: InstanceState,
+        run: RunSpec,
+        env: dict[str, str],
+        uid: int | None,
+        gid: int | None,
+        output_fd: int,
+        fsize_limit: int | None,
+        storage: str | None,
+        stdin_fd: int | None,
+        exit_file: str | None,
+        net: dict[str, str] | None,
+    ) -> int:
         spec = self.spec_factory(
             app=st.app,
             workdir=st.release_dir,
@@ -163,19 +232,18 @@ class Supervisor:
             uid=uid,
             gid=gid,
             cgroup=st.cgroup if self.driver is not None else None,
-            stdout_path=str(app_log),
-            stderr_path=str(app_log),
             fsize_limit=fsize_limit,
             storage=storage,
             stdin_fd=stdin_fd,
             exit_file=exit_file,
             **(net or {}),
         )
-        pid = int(self.sandbox.spawn(spec))
-        st.pid, st.pid_start = pid, process_start_ticks(pid)
-        st.stop_timeout = run.stop_timeout
-        st.started_time = self.clock.now()
-        st.exit_code = None
+        spec.output_fd = output_fd
+        return int(self.sandbox.spawn(spec))
+
+    def reap_writers(self) -> None:
+        """Collect log writers of this agent's lifetime that have ended (each ends at its EOF)."""
+        self._writers = [w for w in self._writers if w.poll() is None]
 
     def is_running(self, st: InstanceState) -> bool:
         """The recorded pid is still the process we started (not a reused pid, not a zombie)."""
@@ -213,6 +281,7 @@ class Supervisor:
             self.sandbox.stop(cgroup, st.pid, grace, self.clock)
         code = self.sandbox.poll(st.pid) if st.pid else None
         self.remove_cgroup(st.cgroup)
+        self.reap_writers()
         return code
 
     def exit_code(self, pid: int | None, wait: float = 1.0) -> int | None:
@@ -236,6 +305,27 @@ class Supervisor:
         return self.sandbox.poll(pid)
 
     def remove_cgroup(self, cgroup: str) -> None:
+        """Kill what is left in the group and remove it — the log writer last, once it has
+        written what the app printed before it ended (its crash trace is in the pipe)."""
         if self.driver is not None and self.driver.exists(cgroup):
+            self._drain_writers(cgroup)
             self.driver.kill_all(cgroup)
             self.driver.remove(cgroup)
+        self.reap_writers()
+
+    def _drain_writers(self, cgroup: str) -> None:
+        """SIGKILL every process of the group but its log writers, then give those (bounded)
+        time to reach EOF and end by themselves."""
+        procs = set(self.driver.procs(cgroup))
+        writers = {p for p in procs if is_log_writer(p)}
+        for pid in procs - writers:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                continue
+        deadline = self.clock.monotonic() + DRAIN_SECONDS
+        while writers and self.clock.monotonic() < deadline:
+            self.reap_writers()
+            writers &= set(self.driver.procs(cgroup))
+            if writers:
+                self.clock.sleep(DRAIN_STEP)

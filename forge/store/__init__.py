@@ -10,11 +10,11 @@ from forge.store.base import (
     RecordStore,
     Store,
     WatchEvent,
-    open_store,
     parse_selector,
     redact_url,
     selector_matches,
 )
+from forge.store.factory import open_store
 
 __all__ = [
     "LogLine",

@@ -149,6 +149,8 @@ class LogStore(Protocol):
 
     def prune_logs(self, before_time: float | str) -> int: ...
 
+    def delete_app_logs(self, app: str) -> int: ...
+
 
 @runtime_checkable
 class MarkStore(Protocol):
@@ -204,25 +206,6 @@ def is_postgres_url(url: str) -> bool:
     return url.startswith(("postgresql://", "postgres://"))
 
 
-def open_store(url: str) -> Store:
-    """``sqlite:///abs/path.db`` (or a bare path) → SqliteStore; ``postgresql://…`` → PostgresStore."""
-    if is_postgres_url(url):
-        from forge.store.postgres import PostgresStore
-
-        return PostgresStore(url)
-    if "://" in url and not url.startswith("sqlite://"):
-        raise Invalid(
-            f"store URL {redact_url(url)!r}: use sqlite:///PATH or postgresql://…",
-            [{"path": "FORGE_STORE_URL", "message": "unknown scheme"}],
-        )
-    from forge.store.sqlite import SqliteStore
-
-    path = url[len("sqlite://") :] if url.startswith("sqlite://") else url
-    if path.startswith("/") and url.startswith("sqlite:///"):
-        path = path[1:] if path.startswith("//") else path
-    return SqliteStore(path)
-
-
 class LogsAndMarks:
     """A store's log and mark methods, handed to its ``logs`` and ``marks`` parts (every backend
     composes a records store with a LogStore and a MarkStore of its own dialect)."""
@@ -262,6 +245,9 @@ class LogsAndMarks:
 
     def prune_logs(self, before_time: float | str) -> int:
         return int(self.logs.prune_logs(before_time))
+
+    def delete_app_logs(self, app: str) -> int:
+        return int(self.logs.delete_app_logs(app))
 
     def mark(self, metric: str, uid: str, label: str, value: float | None = None) -> bool:
         return bool(self.marks.mark(metric, uid, label, value))

@@ -99,8 +99,14 @@ class PgDb:
             min_size=self.min_size,
             max_size=self.max_size,
             open=False,
-            timeout=CONNECT_TIMEOUT * 2,
-            kwargs={"autocommit": True, "application_name": "forge", "connect_timeout": CONNECT_TIMEOUT},
+            # One wait for a connection never outlasts the caller's whole patience: a refused or
+            # silent server must end in Unavailable after ``retry_seconds``, not after the pool's.
+            timeout=min(CONNECT_TIMEOUT * 2, max(1.0, self.retry_seconds)),
+            kwargs={
+                "autocommit": True,
+                "application_name": "forge",
+                "connect_timeout": max(1, min(CONNECT_TIMEOUT, int(self.retry_seconds))),
+            },
             name="forge-store",
         )
         self._pool.open(wait=False)

@@ -100,6 +100,12 @@ class PgLogStore:
             lambda conn: max(0, conn.execute("DELETE FROM logs WHERE time < %s", (cutoff,)).rowcount)
         )
 
+    def delete_app_logs(self, app: str) -> int:
+        """Delete every line of ``app`` (the App was deleted); returns how many went."""
+        return self._db.write(
+            lambda conn: max(0, conn.execute("DELETE FROM logs WHERE app = %s", (app,)).rowcount)
+        )
+
     # ------------------------------------------------------------------ migrate-store
 
     def dump(self) -> list[tuple[Any, ...]]:

@@ -121,6 +121,11 @@ class SqliteLogStore:
         with self._db.write() as conn:
             return int(conn.execute("DELETE FROM logs WHERE time < ?", (time_ms(before_time),)).rowcount)
 
+    def delete_app_logs(self, app: str) -> int:
+        """Delete every line of ``app`` (the App was deleted); returns how many went."""
+        with self._db.write() as conn:
+            return int(conn.execute("DELETE FROM logs WHERE app = ?", (app,)).rowcount)
+
     # ------------------------------------------------------------------ migrate-store
 
     def dump(self) -> list[tuple[Any, ...]]:

@@ -93,7 +93,7 @@ function releaseRows(rels, live) {
     <td>${esc(d.spec.commit.slice(0, 7))}</td><td>${esc(d.spec.trigger?.type)}</td>
     <td class="phase phase-${esc(d.status?.phase || "Pending")}">${esc(d.status?.phase || "Pending")}</td>
     <td>${esc(d.status?.reason)}${d.status?.message ? `: ${esc(d.status.message)}` : ""}</td><td>${age(d.metadata.createdAt)}</td>
-    <td>${d.status?.liveTime && d.metadata.name !== live ? `<button class="rollback" data-to="${esc(d.metadata.name)}">Roll back to this</button>` : ""}</td></tr>`);
+    <td>${live && d.status?.liveTime && d.metadata.name !== live ? `<button class="rollback" data-to="${esc(d.metadata.name)}">Roll back to this</button>` : ""}</td></tr>`);
 }
 
 async function viewApp(name) {
@@ -126,6 +126,8 @@ async function viewApp(name) {
   const render = () => {
     const live = app.status?.liveDeployment;
     $("#live").textContent = live || "none";
+    // Only an app with a live release has something to roll back from.
+    $("#rollback-prev").hidden = !live;
     $("#url").innerHTML = app.status?.url ? `<a href="${esc(app.status.url)}">${esc(app.status.url)}</a>` : "";
     const sorted = [...rels.values()].sort((a, b) => num(b) - num(a));
     $("#releases").innerHTML = sorted.length ? releaseRows(sorted, live).join("") : `<tr><td colspan="7">no releases yet</td></tr>`;

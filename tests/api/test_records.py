@@ -222,3 +222,18 @@ def test_a_host_belongs_to_one_app(api, first: dict, second: dict, owner: str) -
                     headers={"Content-Type": "application/merge-patch+json"})
         assert r.status_code == 409 and f"belongs to app {owner}" in r.json["message"], r.text
         assert api.req("GET", f"/api/v1/apps/{second['name']}").json["spec"]["domains"] == []
+
+
+def test_an_app_name_is_free_again_only_once_its_old_records_are_gone(api: Api) -> None:
+    """Creating an App while Deployments or Instances of a deleted one of that name remain is a
+    409 naming them (its nodes are still deleting its files); afterwards it is created."""
+    from forge.models import LABEL_APP, Deployment
+
+    api.store.create(Deployment.model_validate({
+        "metadata": {"name": "gone-1", "labels": {LABEL_APP: "gone"}},
+        "spec": {"app": "gone", "commit": "a" * 40, "ref": "refs/heads/main", "trigger": {"type": "api"}}}))
+    body = {"metadata": {"name": "gone"}, "spec": {"repo": "acme/gone", "branches": ["main"]}}
+    r = api.req("POST", "/api/v1/apps", json=body)
+    assert r.status_code == 409 and "still being deleted" in r.json["message"] and "gone-1" in r.json["message"]
+    api.store.delete("Deployment", "gone-1")
+    assert api.req("POST", "/api/v1/apps", json=body).status_code == 201

@@ -1,11 +1,11 @@
-"""Health, readiness, tls/ask (and forge.routing), metrics and the OpenAPI document."""
+"""Health, readiness, tls/ask (and forge.proxy.routing), metrics and the OpenAPI document."""
 
 from __future__ import annotations
 
 import pytest
 
 from forge.models import App, AppSpec, AppStatus, ObjectMeta
-from forge.routing import app_hosts, is_servable_host
+from forge.proxy.routing import app_hosts, is_servable_host
 from tests.api.conftest import Api, app_body
 
 

@@ -20,7 +20,7 @@ from forge.api.webhook import GithubWebhookResource
 from forge.clock import FakeClock
 from forge.config import Config
 from forge.errors import ForgeError
-from forge.models import App, AppSpec, Deployment, DeploymentSpec, ObjectMeta
+from forge.models import App, AppSpec, Deployment, DeploymentSpec, Event, ObjectMeta
 from forge.store.sqlite import SqliteStore
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "github"  # copied from shared/fixtures
@@ -147,7 +147,32 @@ def test_replayed_delivery_creates_one(env: Env) -> None:
     assert again.json["created"] == [] and again.json["existing"] == ["hello-1"]
     assert [d.metadata.name for d in env.deployments()] == ["hello-1"]
     assert (env.count("created"), env.count("duplicate")) == (1, 1)
-    assert deliver(env, push(), delivery="another").json["created"] == ["hello-2"]
+    assert deliver(env, push(after=SHA2), delivery="another").json["created"] == ["hello-2"]
+
+
+def test_replay_with_new_delivery_id_of_live_commit_creates_nothing(env: Env) -> None:
+    """A push of the commit already live with the App's config — a replay under a new delivery id
+    (the signature does not cover it) — creates no release; an Event says it is already live.
+    A new commit, or the same commit after a config change, still releases."""
+    assert deliver(env, push(), delivery="d-1").json["created"] == ["hello-1"]
+    dep = env.store.get(Deployment, "hello-1")
+    dep.status.phase, dep.status.live_time = "Live", "2027-01-01T00:00:00.000Z"
+    dep.status.applied_config = dep.spec.config
+    env.store.update_status(dep)
+    app = env.store.get(App, "hello")
+    app.status.live_deployment = "hello-1"
+    env.store.update_status(app)
+    for i in range(3):
+        again = deliver(env, push(), delivery=f"replay-{i}")
+        assert again.json["created"] == [] and again.json["existing"] == ["hello-1"]
+    assert [d.metadata.name for d in env.deployments()] == ["hello-1"]
+    events = [e.spec for e in env.store.list(Event)[0] if e.spec.reason == "AlreadyLive"]
+    assert events and "already live" in events[0].message and events[0].count == 3
+    app = env.store.get(App, "hello")
+    app.spec.env = {"COLOR": "blue"}
+    env.store.update(app)
+    assert deliver(env, push(), delivery="after-env").json["created"] == ["hello-2"]
+    assert env.store.get(Deployment, "hello-2").spec.config.env == {"COLOR": "blue"}  # type: ignore[union-attr]
 
 
 def test_ping_writes_nothing(env: Env) -> None:

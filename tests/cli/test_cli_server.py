@@ -161,3 +161,16 @@ def test_nodes_cordon_uncordon_drain(server: str) -> None:
     assert r.returncode == 2 and "pinned" in r.stderr and "Traceback" not in r.stderr
     r = forge(server, "nodes", "cordon", "ghost")
     assert r.returncode == 1 and r.stderr.startswith("error: no node 'ghost'")
+
+
+def test_apps_delete_without_a_terminal_needs_yes(server: str) -> None:
+    """``forge apps delete NAME </dev/null`` deletes nothing and exits non-zero, saying what would
+    be lost; with --yes it deletes."""
+    r = forge(server, "apps", "create", "doomed", "--repo", "acme/doomed")
+    assert r.returncode == 0, r.stderr
+    r = forge(server, "apps", "delete", "doomed", stdin="y\n")
+    assert r.returncode != 0 and "--yes" in r.stderr and "release" in r.stderr and "logs" in r.stderr, r
+    assert forge(server, "get", "apps", "doomed").returncode == 0, "still there"
+    r = forge(server, "apps", "delete", "doomed", "--yes")
+    assert r.returncode == 0 and r.stdout.startswith("app/doomed deleted"), r.stderr
+    assert forge(server, "get", "apps", "doomed").returncode == 1

@@ -43,6 +43,7 @@ from forge.models import (
     set_condition,
 )
 from forge.store.base import Store
+from tests.controllers.ownership import record_writers
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -86,8 +87,8 @@ def config(tmp_path: Path) -> Iterator[Config]:
 
 def remove_service_map(data_dir: Path) -> None:
     """A router in kernel mode (root) made this install's service table and address: remove them."""
-    from forge.nft import Nft, nft_available
-    from forge.servicemap import ServiceMap
+    from forge.proxy.nft import Nft, nft_available
+    from forge.proxy.servicemap import ServiceMap
 
     if nft_available() is None:
         services = ServiceMap(data_dir)
@@ -101,8 +102,11 @@ def store(tmp_path: Path, clock: FakeClock) -> Iterator[Store]:
     from forge.store.sqlite import SqliteStore
 
     s = SqliteStore(str(tmp_path / "forge.db"), clock=clock)
+    writes = record_writers(s)  # one writer per status field (docs/CONTRACTS.md), in every test
     yield s
     s.close()
+    bad = writes.violations()
+    assert not bad, "status fields written by a controller that does not own them:\n" + "\n".join(bad)
 
 
 def _write_status(store: Store, created: Resource, status_fields: dict[str, Any]) -> Resource:

@@ -42,8 +42,8 @@ def test_controller_metrics_pass_promtool(
     store: Store, config: Config, make_app: Callable[..., Any], make_deployment: Callable[..., Any],
     make_node: Callable[..., Any],
 ) -> None:
-    """Runtime, leader, router and tally metrics served by run_controllers are promtool-clean."""
-    cfg = dataclasses.replace(config, caddy_admin="127.0.0.1:1")  # never a real Caddy: router failures count
+    """Runtime, leader and tally metrics served by run_controllers are promtool-clean."""
+    cfg = config
     make_node("n1")
     make_deployment(make_app("hello"), 1, manifest=True)
     port = free_port()
@@ -56,7 +56,7 @@ def test_controller_metrics_pass_promtool(
                 "forge_controller_leader 1.0")
 
         def ready(text: str) -> bool:
-            return all(w in text for w in want) and parse_exposition(text).value("forge_router_resync_failures_total") > 0
+            return all(w in text for w in want)
 
         text = scrape_until(f"http://127.0.0.1:{port}/metrics", ready)
     finally:
@@ -69,8 +69,6 @@ def test_controller_metrics_pass_promtool(
     assert exp.types["forge_controller_reconcile_total"] == "counter"
     assert exp.types["forge_controller_reconcile_seconds"] == "histogram"
     assert exp.types["forge_controller_queue_depth"] == "gauge"
-    assert exp.types["forge_router_resync_failures_total"] == "counter"
-    assert exp.types["forge_router_update_seconds"] == "histogram"
     depth = exp.by_label("forge_controller_queue_depth", "controller")
     assert {"tally", "rollout", "router", "scheduler", "gc"} <= set(depth)
     assert store.tally("forge_deployments_total").get("Pending", 0) >= 1  # the tally ran for real

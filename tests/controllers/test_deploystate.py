@@ -161,8 +161,21 @@ def test_last_good_skips_failed_and_rolled_back() -> None:
     """The rollback target went live and was superseded cleanly; never a rolled-back one."""
     deps = [dep(1, "Superseded", live_time="t"), dep(2, "Failed"), dep(3, "Failed", live_time="t", reason="RolledBack"),
             dep(4, "Superseded", reason="RolledBack", live_time="t"), dep(5, "Live", live_time="t")]
+    deps[0].spec.commit = "1" * 40  # a different commit from the live one
     assert ds.last_good_before(deps[-1], deps).metadata.name == "hello-1"  # type: ignore[union-attr]
     assert ds.last_good_before(deps[0], deps) is None
+
+
+def test_rollback_target_differs_in_commit_or_config() -> None:
+    """The default rollback target skips releases with the live one's commit and config."""
+    deps = [dep(1, "Superseded", live_time="t"), dep(2, "Superseded", live_time="t"),
+            dep(3, "Superseded", live_time="t"), dep(4, "Live", live_time="t")]
+    deps[0].spec.commit = "1" * 40
+    for d in deps:
+        d.status.applied_config = DeploymentConfig(env={"A": "1"})
+    assert ds.last_good_before(deps[-1], deps).metadata.name == "hello-1"  # type: ignore[union-attr]
+    deps[1].status.applied_config = DeploymentConfig(env={"A": "2"})  # same commit, other config
+    assert ds.last_good_before(deps[-1], deps).metadata.name == "hello-2"  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize("current,slots,replicas,phase", [

@@ -8,7 +8,7 @@ import pytest
 from forge.controllers.rollout import RolloutController
 from forge.controllers.scheduler import SchedulerController
 from forge.models import Instance
-from forge.routing import live_dials
+from forge.proxy.routing import live_dials
 from tests.controllers.conftest import events_for, snapshot
 from tests.controllers.release_helpers import report
 

@@ -174,4 +174,5 @@ def test_without_the_app_the_private_fetch_fails(
         sha = push_commit(tmp_path, "acme/secret", {"forge.yaml": GOOD})
         make_deployment(make_app("secret"), 1, sha)
         SourceController(store, clock, cfg, fetch_attempts=1, fetch_deadline=0).reconcile("secret-1")
-        assert store.get(Deployment, "secret-1").status.phase == "Failed"
+        source = store.get(Deployment, "secret-1").status.condition("SourceReady")
+        assert source is not None and (source.status, source.reason) == ("False", "FetchFailed")

@@ -8,7 +8,7 @@ import pytest
 from forge.controllers.nodes import DEFAULT_GRACE, NodesController
 from forge.controllers.rollout import RolloutController
 from forge.controllers.scheduler import SchedulerController
-from forge.routing import live_dials
+from forge.proxy.routing import live_dials
 from tests.controllers.conftest import condition_of, events_for
 from tests.controllers.release_helpers import report
 

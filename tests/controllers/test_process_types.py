@@ -15,7 +15,7 @@ from forge.controllers import cron as cronmod
 from forge.controllers.cron import CronController, plan_job
 from forge.controllers.rollout import RolloutController
 from forge.models import App, Deployment, Instance, InstanceSpec, ObjectMeta, OneShot
-from forge.routing import live_dials
+from forge.proxy.routing import live_dials
 from forge.store.base import Store
 from tests.controllers.conftest import DEFAULT_MANIFEST, events_for
 from tests.controllers.release_helpers import get, instances, report
@@ -121,16 +121,16 @@ def test_promotion_waits_for_workers_to_run_min_time_and_only_web_is_routed(
     insts = store.list("Instance")[0]  # type: ignore[assignment]
     dials = live_dials([app], insts, store.list("Node")[0])  # type: ignore[arg-type]
     assert dials == {"hello": ["127.0.0.1:20000"]}  # workers take no traffic
-    # scaling a process type is a config change: a new release with 1 worker
+    # scaling a process type changes the live release in place: no new release; the surplus
+    # workers leave (they take no traffic) after the drain, worker-0 stays untouched
     app.spec.processes = {"worker": 1}
     store.update(app)
     ctl.reconcile("hello")
-    v2 = get(store, "Deployment", "hello-2")
-    assert v2.spec.trigger.type == "config" and v2.spec.config.processes == {"worker": 1}
-    v2.status.manifest = dict(WITH_WORKER)  # what the source controller writes
-    store.update_status(v2)
+    assert [d.metadata.name for d in store.list("Deployment")[0]] == ["hello-1"]
+    clock.advance(11)
     ctl.reconcile("hello")
-    assert names(store, "hello-2") == ["hello-2-0", "hello-2-worker-0"]
+    running = [i.metadata.name for i in store.list("Instance")[0] if i.spec.desired == "Running"]
+    assert sorted(running) == ["hello-1-0", "hello-1-worker-0"]
 
 
 def make_node_record(store: Store) -> str:

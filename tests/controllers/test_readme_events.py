@@ -104,7 +104,7 @@ def recovered(w: World) -> None:
     unhealthy(w)
     serve_all(w.store, "hello-2")
     w.tick()
-    w.clock.advance(1)
+    w.clock.advance(30)  # ready for the stable period (30 s) without another failure
     w.tick()
 
 
@@ -137,6 +137,34 @@ def cancelled(w: World) -> None:
     w.live(1)
     w.push(2)
     w.push(3)
+
+
+def scaled_down(w: World) -> None:
+    w.live(1)
+    app = get(w.store, "App", "hello")
+    app.spec.replicas = 2
+    w.store.update(app)
+    w.tick()
+    serve_all(w.store, "hello-1")
+    app = get(w.store, "App", "hello")
+    app.spec.replicas = 1
+    w.store.update(app)
+    w.tick()
+
+
+def already_live(w: World) -> None:
+    """The webhook (no controller) records it: a push of the live commit and config."""
+    from prometheus_client import CollectorRegistry
+
+    from forge.api.webhook import GithubWebhookResource
+    from forge.webhook import Push
+
+    w.live(1)
+    live = get(w.store, "Deployment", "hello-1")
+    hook = GithubWebhookResource(w.store, w.config, w.clock, CollectorRegistry())
+    app = get(w.store, "App", "hello")
+    name, created = hook._deploy(app, Push(app.spec.repo, "refs/heads/main", live.spec.commit, False), "d-replay")
+    assert (name, created) == ("hello-1", False)
 
 
 def deadline(w: World) -> None:
@@ -219,6 +247,8 @@ SCENARIOS: dict[str, tuple[Callable[[World], None], str]] = {
     "Live": (lambda w: w.live(1), "hello-1"),
     "Superseded": (lambda w: (w.live(1), w.live(2)), "hello-1"),
     "Cancelled": (cancelled, "hello-2"),
+    "ScaledDown": (scaled_down, "hello-1-1"),
+    "AlreadyLive": (already_live, "hello"),
     "ProgressDeadlineExceeded": (deadline, "hello-2"),
     "BuildFailed": (fail_new_release("BuildFailed", "Failed"), "hello-2"),
     "HealthCheckFailed": (fail_new_release("HealthCheckFailed", "Starting"), "hello-2"),

@@ -69,6 +69,8 @@ def test_failing_new_release_fails_and_v1_keeps_serving(
     report(store, "hello-2-0", "Running", ready=True)
     report(store, "hello-2-1", phase, reason=reason, message="exit status 1 at step 2")
     ctl.reconcile("hello")
+    assert condition_of(get(store, "Deployment", "hello-2"), "Failing").reason == reason  # type: ignore[union-attr]
+    rollout.reconcile("hello")  # the phase's one writer ends it on rollback's verdict
     v2 = get(store, "Deployment", "hello-2")
     assert (v2.status.phase, v2.status.reason) == ("Failed", reason)
     assert v2.status.message == "instance hello-2-1: exit status 1 at step 2"
@@ -132,7 +134,7 @@ def test_unhealthy_live_rolls_back_to_last_good(
     v1, v2, v3 = (get(store, "Deployment", f"hello-{n}") for n in (1, 2, 3))
     assert (v3.spec.trigger.type, v3.spec.rollback_of, v3.spec.commit) == ("rollback", "hello-1", v1.spec.commit)
     assert v3.spec.config.env == {"V": "1"}  # type: ignore[union-attr]
-    assert (v2.status.phase, v2.status.reason) == ("Live", "RolledBack")
+    assert v2.status.phase == "Live" and condition_of(v2, "RolledBack").status == "True"  # type: ignore[union-attr]
     [ev] = events_for(store, "hello-2", "RollingBack")
     assert ev.spec.type == "Warning" and ev.spec.message.startswith("rolling back hello-2 to hello-1: ")
     assert_idempotent(ctl, store)
@@ -165,7 +167,7 @@ def test_rollback_off_only_warns(ctl: RollbackController, store: Store, clock: F
     clock.advance(300)
     ctl.reconcile("hello")
     assert len(store.list("Deployment")[0]) == 2
-    assert get(store, "Deployment", "hello-2").status.reason != "RolledBack"
+    assert condition_of(get(store, "Deployment", "hello-2"), "RolledBack") is None
     assert sum(e.spec.count for e in events_for(store, "hello-2", "Unhealthy")) == 1
     assert_idempotent(ctl, store)
 
@@ -203,8 +205,8 @@ def test_brief_recovery_does_not_restart_the_clock(ctl: RollbackController, stor
 
 def test_stable_recovery_ends_the_incident(ctl: RollbackController, store: Store, clock: FakeClock,
                                            make_app: Callable[..., App], release: Callable[[int], None]) -> None:
-    """Ready again for a whole min_ready without a restart: the incident is over (Recovered), and a
-    later failure starts a new one with its own full window."""
+    """Ready again for a whole stable period (30 s) without a failure: the incident is over
+    (Recovered), and a later failure starts a new one with its own full window."""
     make_app("hello")
     release(1)
     release(2)
@@ -213,8 +215,11 @@ def test_stable_recovery_ends_the_incident(ctl: RollbackController, store: Store
     ctl.reconcile("hello")
     clock.advance(2)
     serve_all(store, "hello-2")
+    assert ctl.reconcile("hello").requeue_after == pytest.approx(30.0)  # type: ignore[union-attr]
+    clock.advance(29)
     ctl.reconcile("hello")
-    clock.advance(5)
+    assert get(store, "Deployment", "hello-2").status.failing_since is not None
+    clock.advance(1)
     ctl.reconcile("hello")
     assert get(store, "Deployment", "hello-2").status.failing_since is None
     assert events_for(store, "hello-2", "Recovered")
@@ -338,7 +343,7 @@ def test_crash_while_rolling_back_makes_one_rollback(store: Store, clock: FakeCl
     ctl = RollbackController(store, clock, config, settings=settings)
     ctl.reconcile("hello")
     assert [d.metadata.name for d in store.list("Deployment")[0]] == ["hello-1", "hello-2", "hello-3"]
-    assert get(store, "Deployment", "hello-2").status.reason == "RolledBack"
+    assert condition_of(get(store, "Deployment", "hello-2"), "RolledBack").status == "True"  # type: ignore[union-attr]
     assert_idempotent(ctl, store)
 
 
@@ -380,15 +385,101 @@ def test_three_controllers_converge_without_flapping(
 
 def test_crash_loop_rolls_back_before_the_window(ctl: RollbackController, store: Store, clock: FakeClock,
                                                  make_app: Callable[..., App], release: Callable[[int], None]) -> None:
-    """Three restarts inside one incident roll back at once, well before the 10 s window."""
+    """A second restart inside one incident rolls back at once, well before the 10 s window."""
     make_app("hello")
     release(1)
     release(2)
     ctl.reconcile("hello")
-    for k in range(1, 4):
-        report(store, "hello-2-0", "Running", ready=False, reason="CrashLoopBackOff", restarts=k)
+    for k in range(1, 3):
+        assert len(store.list("Deployment")[0]) == 2
+        report(store, "hello-2-0", "Starting", ready=False, reason="CrashLoopBackOff", restarts=k)
         ctl.reconcile("hello")
         clock.advance(1)
     v3 = get(store, "Deployment", "hello-3")
     assert v3.spec.trigger.type == "rollback"
-    assert "restarted 3 times" in get(store, "Deployment", "hello-2").status.message
+    assert "failed 2 times" in condition_of(get(store, "Deployment", "hello-2"), "RolledBack").message  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("gap,kind", [
+    (14.0, "crash"), (13.0, "probes"), (5.0, "crash"), (25.0, "probes"),
+], ids=["crash-every-14s", "probes-fail-every-13s", "crash-every-5s", "probes-fail-every-25s"])
+def test_flapping_release_is_rolled_back_at_its_second_failure(
+    ctl: RollbackController, store: Store, clock: FakeClock, make_app: Callable[..., App],
+    release: Callable[[int], None], gap: float, kind: str,
+) -> None:
+    """A live release failing every ``gap`` seconds (a crash, or probes failing until the agent
+    restarts it), ready again for a moment in between (a "Recovered" look), is one incident: it
+    is rolled back when the second failure is seen — within 15 s of the first for a ~15 s flap
+    — not after four crashes."""
+    make_app("hello")
+    release(1)
+    release(2)
+    set_min_ready(store, "hello-2", 10)
+    ctl.reconcile("hello")
+    first = clock.now()
+    for k in (1, 2):
+        if kind == "crash":
+            report(store, "hello-2-0", "Starting", ready=False, reason="CrashLoopBackOff", restarts=k)
+        else:
+            report(store, "hello-2-0", "Starting", ready=False, reason="HealthCheckFailed", restarts=k)
+        ctl.reconcile("hello")
+        if k == 1:
+            assert len(store.list("Deployment")[0]) == 2, "one failure alone is not a rollback"
+            clock.advance(2)
+            report(store, "hello-2-0", "Running", ready=True, restarts=k)  # brief recovery
+            ctl.reconcile("hello")
+            clock.advance(gap - 2)
+            ctl.reconcile("hello")
+            assert not events_for(store, "hello-2", "Recovered")
+    assert clock.now() - first <= 25.0
+    v3 = get(store, "Deployment", "hello-3")
+    assert v3.spec.trigger.type == "rollback" and v3.spec.rollback_of == "hello-1"
+    assert condition_of(get(store, "Deployment", "hello-2"), "RolledBack").status == "True"  # type: ignore[union-attr]
+    assert sum(e.spec.count for e in events_for(store, "hello-2", "Unhealthy")) == 1
+
+
+def test_one_failure_then_stability_is_not_a_rollback(
+    ctl: RollbackController, store: Store, clock: FakeClock, make_app: Callable[..., App],
+    release: Callable[[int], None],
+) -> None:
+    """One crash that comes back ready within the window, then stays up: Recovered, no rollback;
+    a failure after that is a new incident, not a second failure of the old one."""
+    make_app("hello")
+    release(1)
+    release(2)
+    ctl.reconcile("hello")
+    report(store, "hello-2-0", "Starting", ready=False, reason="CrashLoopBackOff", restarts=1)
+    ctl.reconcile("hello")
+    clock.advance(3)
+    report(store, "hello-2-0", "Running", ready=True, restarts=1)
+    ctl.reconcile("hello")
+    clock.advance(30)
+    ctl.reconcile("hello")
+    assert events_for(store, "hello-2", "Recovered")
+    clock.advance(5)
+    report(store, "hello-2-0", "Starting", ready=False, reason="CrashLoopBackOff", restarts=2)
+    ctl.reconcile("hello")
+    assert len(store.list("Deployment")[0]) == 2
+
+
+@pytest.mark.parametrize("phase,reason", [("Starting", ""), ("Building", ""), ("Pending", "")],
+                         ids=["starting", "building", "pending"])
+def test_platform_restart_of_a_live_release_is_not_a_failure(
+    ctl: RollbackController, store: Store, clock: FakeClock, make_app: Callable[..., App],
+    release: Callable[[int], None], phase: str, reason: str,
+) -> None:
+    """After forge up or its agent restarted, the live release's processes start again (not ready
+    yet, no crash counted, no failure reason): Healthy is Unknown, no incident, no rollback — its
+    readiness is judged by its probes, not by min_ready or the window."""
+    make_app("hello")
+    release(1)
+    release(2)
+    ctl.reconcile("hello")
+    report(store, "hello-2-0", phase, ready=False, reason=reason, restarts=0)
+    ctl.reconcile("hello")
+    clock.advance(60)
+    ctl.reconcile("hello")
+    v2 = get(store, "Deployment", "hello-2")
+    assert condition_of(v2, "Healthy").status == "Unknown"
+    assert v2.status.failing_since is None and not events_for(store, "hello-2", "Unhealthy")
+    assert len(store.list("Deployment")[0]) == 2

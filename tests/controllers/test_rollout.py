@@ -10,8 +10,19 @@ import pytest
 
 from forge.clock import FakeClock
 from forge.config import Config
+from forge.controllers.health import HealthController
 from forge.controllers.rollout import RolloutController, RolloutSettings
-from forge.models import App, Deployment, DeploymentConfig, ObjectMeta, Secret, SecretSpec, SecretStatus
+from forge.models import (
+    App,
+    Deployment,
+    DeploymentConfig,
+    ObjectMeta,
+    Secret,
+    SecretSpec,
+    SecretStatus,
+    Trigger,
+    set_condition,
+)
 from forge.store.base import Store
 from tests.controllers.conftest import DEFAULT_MANIFEST, condition_of, events_for, snapshot
 from tests.controllers.release_helpers import Crash, CrashingStore, get, instances, report, serve_all
@@ -67,11 +78,12 @@ def test_first_deploy_goes_live(ctl: RolloutController, store: Store, make_app: 
     app, dep = get(store, "App", "hello"), get(store, "Deployment", "hello-1")
     assert (dep.status.phase, app.status.live_deployment) == ("Live", "hello-1")
     assert app.status.url == "http://hello.localhost:8000" and dep.status.live_time
-    assert condition_of(app, "Available").status == "True"
     assert condition_of(app, "Progressing").reason == "ReleaseAvailable"
     [ev] = events_for(store, "hello-1", "Live")
     assert ev.spec.message == f"hello-1 is live (commit {dep.spec.commit[:7]})"
     assert_idempotent(ctl, store)
+    HealthController(store, ctl.clock, ctl.config).reconcile("hello")  # Available is health's field
+    assert condition_of(get(store, "App", "hello"), "Available").status == "True"
 
 
 def test_blue_green_keeps_v1_until_v2_ready_then_drains(
@@ -226,19 +238,19 @@ def test_zero_replicas_promotes_without_instances(ctl: RolloutController, store:
     ctl.reconcile("hello")
     assert get(store, "Deployment", "hello-1").status.phase == "Live"
     assert not instances(store, "hello-1")
+    HealthController(store, ctl.clock, ctl.config).reconcile("hello")  # Available is health's field
     assert condition_of(get(store, "App", "hello"), "Available").reason == "NoInstances"
 
 
 @pytest.mark.parametrize("change,expect", [
     ({"env": {"A": "2"}}, {"env": {"A": "2"}, "replicas": 1}),
-    ({"replicas": 3}, {"env": {"A": "1"}, "replicas": 3}),
     ({"domains": ["www.example.com"]}, {"env": {"A": "1"}, "domains": ["www.example.com"]}),
-], ids=["env", "replicas", "domains"])
+], ids=["env", "domains"])
 def test_config_change_creates_config_release(
     ctl: RolloutController, store: Store, make_app: Callable[..., App],
     make_deployment: Callable[..., Deployment], change: dict[str, Any], expect: dict[str, Any],
 ) -> None:
-    """Editing the App's env/replicas/domains makes a new release of the live commit (trigger config)."""
+    """Editing the App's env/domains makes a new release of the live commit (trigger config)."""
     make_app("hello", env={"A": "1"})
     make_deployment("hello", 1, manifest=True, ref="refs/heads/main", config=DeploymentConfig(env={"A": "1"}))
     ctl.reconcile("hello")
@@ -258,6 +270,52 @@ def test_config_change_creates_config_release(
     assert events_for(store, "hello", "ConfigChanged")
     ctl.reconcile("hello")  # v2 has no manifest yet: it waits, and no third release appears
     assert [d.metadata.name for d in store.list("Deployment")[0]] == ["hello-1", "hello-2"]
+
+
+def test_scale_changes_live_release_in_place(
+    ctl: RolloutController, store: Store, clock: FakeClock, make_app: Callable[..., App],
+    make_deployment: Callable[..., Deployment],
+) -> None:
+    """A scale adds or retires Instances of the live release (no new release); the Instances that
+    stay are untouched, and a retired one leaves routing a drain before it is asked to stop."""
+    make_app("hello", env={"A": "1"})
+    make_deployment("hello", 1, manifest=True, config=DeploymentConfig(env={"A": "1"}))
+    ctl.reconcile("hello")
+    serve_all(store, "hello-1")
+    ctl.reconcile("hello")
+    first = get(store, "Instance", "hello-1-0")
+    app = get(store, "App", "hello")
+    app.spec.replicas = 3
+    store.update(app)
+    ctl.reconcile("hello")
+    assert [d.metadata.name for d in store.list("Deployment")[0]] == ["hello-1"]
+    assert sorted(i.metadata.name for i in instances(store, "hello-1")) == ["hello-1-0", "hello-1-1", "hello-1-2"]
+    assert get(store, "Instance", "hello-1-0").spec == first.spec  # untouched: same record, same spec
+    serve_all(store, "hello-1")
+    ctl.reconcile("hello")
+    assert_idempotent(ctl, store)
+    app = get(store, "App", "hello")
+    app.spec.replicas = 1
+    store.update(app)
+    ctl.reconcile("hello")
+    gone = [get(store, "Instance", f"hello-1-{i}") for i in (1, 2)]
+    assert all(i.spec.unrouted_time and i.spec.desired == "Running" for i in gone)
+    app = get(store, "App", "hello")  # up to 2 again before the drain ended: hello-1-1 is routed again
+    app.spec.replicas = 2
+    store.update(app)
+    ctl.reconcile("hello")
+    assert get(store, "Instance", "hello-1-1").spec.unrouted_time is None
+    assert get(store, "Instance", "hello-1-2").spec.unrouted_time is not None
+    app = get(store, "App", "hello")
+    app.spec.replicas = 1
+    store.update(app)
+    ctl.reconcile("hello")
+    clock.advance(11)
+    ctl.reconcile("hello")
+    assert [get(store, "Instance", f"hello-1-{i}").spec.desired for i in (0, 1, 2)] == ["Running", "Stopped", "Stopped"]
+    assert get(store, "Instance", "hello-1-0").spec == first.spec
+    assert [d.metadata.name for d in store.list("Deployment")[0]] == ["hello-1"]
+    assert get(store, "Deployment", "hello-1").status.applied_config.replicas == 1  # type: ignore[union-attr]
 
 
 def test_secret_change_creates_config_release(ctl: RolloutController, store: Store, live_v1: App) -> None:
@@ -308,14 +366,19 @@ def test_key_rotation_is_not_a_config_change(ctl: RolloutController, store: Stor
 
 
 def test_app_deleted_stops_then_deletes_everything(ctl: RolloutController, store: Store, live_v1: App) -> None:
-    """Deleting the App stops its Instances, then deletes them and its Deployments once stopped."""
+    """Deleting the App stops its Instances, then deletes them, its Deployments and its shipped
+    log lines once stopped (another app's lines stay)."""
+    store.append_logs("hello-1-0", "hello", "hello-1", "app", [(0, "2026-01-01T00:00:00Z", "secret")])
+    store.append_logs("other-1-0", "other", "other-1", "app", [(0, "2026-01-01T00:00:00Z", "kept")])
     store.delete("App", "hello")
     ctl.reconcile("hello")
     assert instances(store, "hello-1")[0].spec.desired == "Stopped"
     assert store.list("Deployment")[0]
+    assert store.read_logs("hello"), "lines stay while an Instance may still ship"
     report(store, "hello-1-0", "Stopped")
     ctl.reconcile("hello")
     assert not store.list("Instance")[0] and not store.list("Deployment")[0]
+    assert store.read_logs("hello") == [] and [ln.line for ln in store.read_logs("other")] == ["kept"]
     assert_idempotent(ctl, store)
 
 
@@ -323,8 +386,8 @@ def test_rolled_back_release_is_failed_when_replaced(ctl: RolloutController, sto
                                                     make_deployment: Callable[..., Deployment]) -> None:
     """A live release marked RolledBack ends Failed (not Superseded) when the rollback goes live."""
     v1 = get(store, "Deployment", "hello-1")
-    v1.status.reason = "RolledBack"
-    store.update_status(v1)
+    set_condition(v1.status, "RolledBack", "True", "RolledBack", "rolled back to hello-0", "2027-01-01T00:00:00Z")
+    store.update_status(v1)  # rollback's verdict, as its own condition
     make_deployment("hello", 2, manifest=True, trigger={"type": "rollback"}, rollback_of="hello-0")
     ctl.reconcile("hello")
     serve_all(store, "hello-2")
@@ -434,3 +497,43 @@ def test_restart_inside_min_ready_fails_the_release(ctl: RolloutController, stor
     clock.advance(60)
     ctl.reconcile("hello")
     assert get(store, "App", "hello").status.live_deployment == "hello-1"
+
+
+def test_unordered_push_never_cancels_and_a_stale_one_lets_the_older_release_go_on(
+    ctl: RolloutController, store: Store, live_v1: App, make_deployment: Callable[..., Deployment],
+) -> None:
+    """A newer push the source controller has not ordered yet (no manifest) cancels nothing; once
+    it is found stale (Cancelled StalePush) the release it would have replaced goes on to Live."""
+    make_deployment("hello", 2, manifest=True, trigger=Trigger(type="webhook", delivery_id="b"))
+    ctl.reconcile("hello")
+    make_deployment("hello", 3, trigger=Trigger(type="webhook", delivery_id="a-late"))
+    ctl.reconcile("hello")
+    assert get(store, "Deployment", "hello-2").status.phase not in ("Cancelled", "Failed")
+    late = get(store, "Deployment", "hello-3")
+    late.status.phase, late.status.reason = "Cancelled", "StalePush"
+    store.update_status(late)
+    ctl.reconcile("hello")
+    assert instances(store, "hello-2")
+    serve_all(store, "hello-2")
+    ctl.reconcile("hello")
+    assert get(store, "Deployment", "hello-2").status.phase in ("Starting", "Live")
+
+
+@pytest.mark.parametrize(("trigger", "same_commit", "build"), [
+    (Trigger(type="config"), True, "hello-1"),
+    (Trigger(type="rollback"), True, "hello-1"),
+    (Trigger(type="webhook", delivery_id="again"), True, "hello-1"),
+    (Trigger(type="api", force=True), True, "hello-2"),
+    (Trigger(type="webhook", delivery_id="new"), False, "hello-2"),
+], ids=["config", "rollback", "push-of-same-commit", "deploy-force", "new-commit"])
+def test_release_reuses_the_build_of_the_same_commit(
+    ctl: RolloutController, store: Store, live_v1: App, make_deployment: Callable[..., Deployment],
+    trigger: Trigger, same_commit: bool, build: str,
+) -> None:
+    """A release of a commit (and build inputs) that already went live runs that build: its
+    Instances name it, so a node that has it starts them without a fetch or a build."""
+    commit = get(store, "Deployment", "hello-1").spec.commit if same_commit else "e" * 40
+    make_deployment("hello", 2, commit=commit, manifest=True, trigger=trigger)
+    ctl.reconcile("hello")
+    assert get(store, "Deployment", "hello-2").status.build == build
+    assert {i.spec.build for i in instances(store, "hello-2")} == {build}

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from forge.config import Config
+from forge.controllers import deploystate as ds
+from forge.controllers.rollout import RolloutController
 from forge.controllers.source import SourceController
 from forge.gitauth import select_credential
 from forge.gitsource import GitError
@@ -59,6 +61,11 @@ def source(store, clock, config) -> SourceController:
     return SourceController(store, clock, config, fetch_attempts=2, fetch_deadline=30)
 
 
+def end(source: SourceController, app: str) -> None:
+    """The rollout controller's turn: it alone writes phase, ending the release on source's verdict."""
+    RolloutController(source.store, source.clock, source.config).reconcile(app)
+
+
 def test_valid_manifest_is_stored(tmp_path, store, source, make_app, make_deployment) -> None:
     """A valid forge.yaml ends up normalised in status.manifest with SourceReady True."""
     sha = push_commit(tmp_path, "acme/hello", {"forge.yaml": GOOD})
@@ -66,7 +73,7 @@ def test_valid_manifest_is_stored(tmp_path, store, source, make_app, make_deploy
     make_deployment(app, 1, sha)
     source.reconcile("hello-1")
     dep = store.get("Deployment", "hello-1")
-    assert dep.status.phase == "Pending"
+    assert ds.verdict(dep) is None
     assert dep.status.manifest["resources"]["memory"] == 128 * 1024 * 1024
     assert dep.status.manifest["run"]["command"] == "python3 -m http.server $PORT"
     assert condition_of(dep, "SourceReady").status == "True"
@@ -93,9 +100,19 @@ def test_second_commit_fetched_into_same_cache(tmp_path, store, source, make_app
     [
         ({"forge.yaml": BAD_MEMORY}, "InvalidManifest", "forge.yaml: resources.memory"),
         ({"forge.yaml": UNKNOWN_FIELD}, "InvalidManifest", "colour"),
-        ({"README": "no manifest"}, "InvalidManifest", "forge.yaml not found at"),
+        ({"README": "no manifest"}, "DetectionFailed", "no forge.yaml and no dependency file"),
+        (
+            {"requirements.txt": "flask\n", "Pipfile.lock": "{}", "Procfile": "web: x"},
+            "DetectionFailed",
+            "requirements.txt and Pipfile.lock",
+        ),
+        (
+            {"package.json": "{}", "package-lock.json": "{}", "yarn.lock": "", "Procfile": "web: x"},
+            "DetectionFailed",
+            "package-lock.json and yarn.lock",
+        ),
     ],
-    ids=["bad-memory", "unknown-field", "missing-file"],
+    ids=["bad-memory", "unknown-field", "nothing-to-detect", "two-python-files", "two-lockfiles"],
 )
 def test_invalid_manifest_fails_deployment(
     tmp_path, store, source, make_app, make_deployment, files, reason, needle
@@ -104,6 +121,7 @@ def test_invalid_manifest_fails_deployment(
     sha = push_commit(tmp_path, "acme/hello", files)
     make_deployment(make_app("hello"), 1, sha)
     source.reconcile("hello-1")
+    end(source, "hello")
     dep = store.get("Deployment", "hello-1")
     assert (dep.status.phase, dep.status.reason) == ("Failed", reason)
     assert needle in dep.status.message
@@ -121,6 +139,7 @@ def test_missing_commit_fails_fetch(tmp_path, store, source, make_app, make_depl
     push_commit(tmp_path, "acme/hello", {"forge.yaml": GOOD})
     make_deployment(make_app("hello"), 1, "0123456789abcdef0123456789abcdef01234567")
     source.reconcile("hello-1")
+    end(source, "hello")
     dep = store.get("Deployment", "hello-1")
     assert (dep.status.phase, dep.status.reason) == ("Failed", "FetchFailed")
     assert "not found" in dep.status.message
@@ -136,11 +155,12 @@ def test_unreachable_remote_retries_then_fails(store, clock, source, make_app, m
             source.reconcile("ghost-1")
         clock.advance(10)
     dep = store.get("Deployment", "ghost-1")
-    assert dep.status.phase == "Pending"
+    assert ds.verdict(dep) is None
     assert condition_of(dep, "SourceReady").reason == "FetchRetrying"
     assert not events_for(store, "ghost-1", "FetchFailed")
     clock.advance(10)
     source.reconcile("ghost-1")
+    end(source, "ghost")
     dep = store.get("Deployment", "ghost-1")
     assert (dep.status.phase, dep.status.reason) == ("Failed", "FetchFailed")
 
@@ -159,8 +179,8 @@ def test_credential_token_never_leaks(tmp_path, store, source, config: Config, m
     with caplog.at_level(logging.DEBUG):
         source.reconcile("hello-1")
         source.reconcile("hello-2")
-    assert store.get("Deployment", "hello-1").status.reason == "InvalidManifest"
-    assert store.get("Deployment", "hello-2").status.reason == "FetchFailed"
+    assert condition_of(store.get("Deployment", "hello-1"), "SourceReady").reason == "InvalidManifest"
+    assert condition_of(store.get("Deployment", "hello-2"), "SourceReady").reason == "FetchFailed"
     everything = [e.model_dump_json() for e in store.list("Event")[0]]
     everything += [d.model_dump_json() for d in store.list("Deployment")[0]]
     everything += [r.getMessage() for r in caplog.records]
@@ -205,6 +225,7 @@ def test_stale_push_is_never_deployed(tmp_path, store, source, make_app, make_de
     dep.spec.trigger, dep.spec.ref = Trigger(type=trigger, delivery_id="d-1" if trigger == "webhook" else None), ref
     store.update(dep)
     source.reconcile("hello-1")
+    end(source, "hello")
     got = store.get("Deployment", "hello-1")
     if stale:
         assert (got.status.phase, got.status.reason) == ("Cancelled", "StalePush"), got.status
@@ -212,7 +233,7 @@ def test_stale_push_is_never_deployed(tmp_path, store, source, make_app, make_de
         [ev] = events_for(store, "hello-1", "StalePush")
         assert ev.spec.type == "Warning"
     else:
-        assert got.status.manifest is not None and got.status.phase == "Pending"
+        assert got.status.manifest is not None and ds.verdict(got) is None
 
 
 def test_push_of_the_current_head_deploys(tmp_path, store, source, make_app, make_deployment) -> None:
@@ -225,3 +246,87 @@ def test_push_of_the_current_head_deploys(tmp_path, store, source, make_app, mak
     store.update(dep)
     source.reconcile("hello-1")
     assert store.get("Deployment", "hello-1").status.manifest is not None
+
+
+def test_push_ahead_of_a_lagging_remote_is_not_stale(tmp_path, store, source, make_app, make_deployment) -> None:
+    """Ordered by history: when the branch's head on the remote is an ancestor of the pushed commit
+    (the remote has not caught up with the push yet), the push deploys."""
+    from forge.models import Trigger
+
+    push_commit(tmp_path, "acme/hello", {"forge.yaml": GOOD})
+    work = tmp_path / "work" / "acme/hello"
+    (work / "extra.txt").write_text("newer\n")
+    git(work, "add", "-A")
+    git(work, "commit", "-q", "-m", "newer")
+    git(work, "push", "-q", "origin", "HEAD:refs/heads/incoming")  # the remote has it; main lags
+    newer = git(work, "rev-parse", "HEAD")
+    dep = make_deployment(make_app("hello"), 1, newer)
+    dep.spec.trigger, dep.spec.ref = Trigger(type="webhook", delivery_id="d-3"), "refs/heads/main"
+    store.update(dep)
+    source.reconcile("hello-1")
+    got = store.get("Deployment", "hello-1")
+    assert got.status.manifest is not None and got.status.reason != "StalePush", got.status
+
+
+def test_a_git_failure_reading_forge_yaml_is_not_file_not_found(tmp_path) -> None:
+    """``show`` answers None only when the commit has no such file; a git error (here: the commit
+    is not in the cache) is a transient GitError, never read as "forge.yaml not found"."""
+    from forge.gitsource import GitError, GitSource
+
+    sha = push_commit(tmp_path, "acme/hello", {"forge.yaml": GOOD})
+    src = GitSource(tmp_path / "cache")
+    cache = src.fetch("acme/hello", f"file://{tmp_path}/remotes/acme/hello.git", sha)
+    assert src.show(cache, sha, "forge.yaml") is not None
+    assert src.show(cache, sha, "missing.yaml") is None
+    with pytest.raises(GitError) as err:
+        src.show(cache, "f" * 40, "forge.yaml")
+    assert err.value.transient
+
+
+def test_detected_build_is_stored_without_forge_yaml(tmp_path, store, source, make_app, make_deployment) -> None:
+    """No forge.yaml: requirements.txt + Procfile become the stored manifest, with the notes."""
+    files = {
+        "requirements.txt": "flask\ngunicorn\n",
+        "app.py": "app = None\n",
+        "Procfile": "web: gunicorn app:app\nrelease: flask db upgrade\nworker: python worker.py\n",
+    }
+    sha = push_commit(tmp_path, "acme/hello", files)
+    make_deployment(make_app("hello"), 1, sha)
+    source.reconcile("hello-1")
+    dep = store.get("Deployment", "hello-1")
+    m = dep.status.manifest
+    assert condition_of(dep, "SourceReady").status == "True"
+    assert m["run"]["command"].endswith("gunicorn app:app")
+    assert m["release"]["command"].endswith("flask db upgrade")
+    assert m["processes"]["worker"]["command"].endswith("python worker.py")
+    assert "requirements.txt" in m["build"]["commands"][0]
+    assert m["build"]["detected"][0].startswith("detected Python: requirements.txt")
+    assert "build detected" in condition_of(dep, "SourceReady").message
+
+
+def test_forge_yaml_fields_win_over_detection(tmp_path, store, source, make_app, make_deployment) -> None:
+    """forge.yaml without build: detection fills the build, forge.yaml's run and resources win."""
+    files = {
+        "forge.yaml": "run:\n  command: python serve.py\nresources:\n  memory: 64M\n",
+        "package.json": '{"scripts": {"start": "node server.js"}}',
+        "package-lock.json": "{}",
+        "Procfile": "web: node other.js\nclock: node clock.js\n",
+    }
+    sha = push_commit(tmp_path, "acme/hello", files)
+    make_deployment(make_app("hello"), 1, sha)
+    source.reconcile("hello-1")
+    m = store.get("Deployment", "hello-1").status.manifest
+    assert m["run"]["command"] == "python serve.py"
+    assert m["resources"]["memory"] == 64 * 1024**2
+    assert "npm ci" in m["build"]["commands"][0]
+    assert m["processes"]["clock"]["command"].endswith("node clock.js")
+
+
+def test_forge_yaml_with_build_is_not_detected(tmp_path, store, source, make_app, make_deployment) -> None:
+    """A forge.yaml that says how to build is taken as written, even beside conflicting lockfiles."""
+    files = {"forge.yaml": GOOD, "package-lock.json": "{}", "yarn.lock": "", "package.json": "{}"}
+    sha = push_commit(tmp_path, "acme/hello", files)
+    make_deployment(make_app("hello"), 1, sha)
+    source.reconcile("hello-1")
+    m = store.get("Deployment", "hello-1").status.manifest
+    assert m["build"]["detected"] == [] and condition_of(store.get("Deployment", "hello-1"), "SourceReady").status == "True"

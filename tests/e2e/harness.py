@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 import pytest
 
-from forge.caddy import CaddyAdmin
+from forge.proxy.caddy import CaddyAdmin
 
 WEBHOOK_SECRET = "e2e-webhook-secret"
 ADMIN_TOKEN = "e2e-admin-token-0123456789"
@@ -194,7 +194,7 @@ class Forge:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=10)
-        from forge.cli.daemons import unmount_release_disks
+        from forge.nodeagent.teardown import unmount_release_disks
 
         unmount_release_disks(self.data / "node")  # forge up does it on exit; a killed one cannot
 

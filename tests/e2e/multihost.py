@@ -31,8 +31,8 @@ from pathlib import Path
 
 import httpx
 
-from forge.nft import install_hash, ip, ipv4_routes
 from forge.nodeagent.network import NetNames
+from forge.proxy.nft import install_hash, ip, ipv4_routes
 from tests.e2e.harness import ADMIN_TOKEN, WEBHOOK_SECRET, wait_for
 
 POOL = ipaddress.ip_network("10.216.0.0/16")  # the hosts' network; instance subnets live elsewhere
@@ -59,6 +59,7 @@ class Host:
 class Cluster:
     root: Path
     workers: int = 3
+    control_planes: int = 1  # cp, cp2, …: each its own forge up --no-agent (API, controllers, Caddy, proxy)
     hosts: dict[str, Host] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -68,14 +69,15 @@ class Cluster:
         self.net = _free_net(int(h, 16))
         addrs = list(self.net.hosts())
         self.gateway = str(addrs[0])
-        names = ["cp"] + [f"w{i}" for i in range(1, self.workers + 1)]
+        self.cps = ["cp"] + [f"cp{i}" for i in range(2, self.control_planes + 1)]
+        names = self.cps + [f"w{i}" for i in range(1, self.workers + 1)]
         for i, name in enumerate(names):
             ns = f"fh{h}-{name}"
             self.hosts[name] = Host(name, ns, str(addrs[i + 1]), "fx" + hashlib.sha256(ns.encode()).hexdigest()[:11],
                                     self.root / name / "data")
         # Instance subnets: each worker's own, routed by the control plane (from 10.213/16, the
         # agents' pool; inside the worker namespaces nothing else uses it).
-        for i, name in enumerate(names[1:]):
+        for i, name in enumerate(names[len(self.cps):]):
             self.hosts[name].subnet = f"10.213.{(int(h, 16) + i * 37) % 250 + 1}.0/24"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("FORGE_")}
         self.env.update(FORGE_ADMIN_TOKEN=ADMIN_TOKEN, FORGE_GITHUB_WEBHOOK_SECRET=WEBHOOK_SECRET,
@@ -94,6 +96,13 @@ class Cluster:
     @property
     def http(self) -> str:
         return f"http://{self.cp.address}:{HTTP_PORT}"
+
+    def http_of(self, name: str) -> str:
+        """Where a control-plane host's Caddy serves apps."""
+        return f"http://{self.hosts[name].address}:{HTTP_PORT}"
+
+    def api_of(self, name: str) -> str:
+        return f"http://{self.hosts[name].address}:{API_PORT}"
 
     def node(self, worker: str) -> str:
         return f"{worker}-{self.tag}"
@@ -126,11 +135,11 @@ class Cluster:
                                          stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                                          cwd=str(host.data.parent))
 
-    def start_control_plane(self) -> None:
-        cp = self.cp
+    def start_control_plane(self, name: str = "cp", **env: str) -> None:
+        cp = self.hosts[name]
         self._spawn(cp, [sys.executable, "-m", "forge", "up", "--no-agent", "--data-dir", str(cp.data),
                          "--api-listen", f"{cp.address}:{API_PORT}", "--http-listen", f"{cp.address}:{HTTP_PORT}"],
-                    self.env)
+                    dict(self.env, **env))
         assert cp.log is not None and cp.proc is not None
         wait_for(lambda: cp.proc.poll() is not None or "Forge is up" in cp.log.read_text(errors="replace"),
                  120, "the control plane to be up")
@@ -150,6 +159,8 @@ class Cluster:
         self._spawn(host, [sys.executable, "-m", "forge", "agent", "--api", self.api, "--name", self.node(name),
                            "--data-dir", str(host.data), "--address", host.address,
                            *(["--instance-subnet", host.subnet] if host.subnet else []),
+                           # every control-plane host's proxy dials the Instances
+                           "--proxy-from", ",".join(self.hosts[n].address for n in self.cps),
                            "--metrics-listen", "127.0.0.1:9108"], env)
         wait_for(lambda: self.node_ready_since(name, started), 60, f"node {name} to be Ready")
 
@@ -210,22 +221,24 @@ class Cluster:
 
     # ------------------------------------------------------------------ teardown
     def stop(self) -> None:
-        from forge.cli.daemons import unmount_release_disks
+        from forge.nodeagent.teardown import unmount_release_disks
 
-        cp = self.cp
-        if cp.proc is not None and cp.proc.poll() is None:
-            cp.proc.send_signal(signal.SIGTERM)
-            try:
-                cp.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(cp.proc.pid, signal.SIGKILL)
+        for cp in (self.hosts[n] for n in self.cps):
+            if cp.proc is not None and cp.proc.poll() is None:
+                cp.proc.send_signal(signal.SIGTERM)
+        for cp in (self.hosts[n] for n in self.cps):
+            if cp.proc is not None:
+                try:
+                    cp.proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    os.killpg(cp.proc.pid, signal.SIGKILL)
         for name, host in self.hosts.items():
             if os.path.exists(f"/run/netns/{host.netns}"):
                 self.kill(name)
-            if name != "cp" and host.data.exists():
+            if name not in self.cps and host.data.exists():
                 unmount_release_disks(host.data)
                 subprocess.run(["nsenter", f"--net=/run/netns/{host.netns}", "--", sys.executable, "-c",
-                                "import sys; from pathlib import Path; from forge.cli.daemons import remove_node_network;"
+                                "import sys; from pathlib import Path; from forge.nodeagent.teardown import remove_node_network;"
                                 " remove_node_network(Path(sys.argv[1]))", str(host.data)],
                                check=False, timeout=60, capture_output=True,
                                cwd=str(Path(__file__).resolve().parents[2]))

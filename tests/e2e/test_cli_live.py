@@ -150,13 +150,16 @@ def test_apps_create_list_status_and_deploy_wait(forge: Forge) -> None:
 
 
 def test_deploy_without_commit_redeploys_the_live_commit(forge: Forge) -> None:
-    """deploy --wait with no commit releases the live release's commit again and exits 0."""
+    """deploy with no commit names the live release's commit: already live with the App's config,
+    it makes nothing new (and says so); --force releases and rebuilds it again."""
     _, sha = live_app(forge, "cli-re")
-    r = cli(forge, "deploy", "cli-re", "--wait")
+    same = cli(forge, "deploy", "cli-re")
+    assert same.returncode == 0 and "cli-re-1 is already live" in same.stdout, same
+    r = cli(forge, "deploy", "cli-re", "--force", "--wait")
     assert r.returncode == 0 and r.stdout.strip() == "cli-re-2 is Live", r
     dep = forge.get("deployments", "cli-re-2")
     assert dep["spec"]["commit"] == sha and dep["spec"]["trigger"]["type"] == "api"
-    out = json.loads(ok(forge, "deploy", "cli-re", "-o", "json"))  # without --wait: the record, at once
+    out = json.loads(ok(forge, "deploy", "cli-re", "--force", "-o", "json"))  # without --wait: the record, at once
     assert out["metadata"]["name"] == "cli-re-3" and out["spec"]["commit"] == sha
     forge.wait_phase("cli-re-3", {"Live"})
     bad = cli(forge, "deploy", "cli-re", "--commit", "abc")
@@ -297,7 +300,7 @@ def test_creds_nodes_events_and_completion(forge: Forge) -> None:
     watch = Streaming(forge, "events", "-w", "--for", "cli-ev")
     try:
         watch.wait_line(lambda ln: "deployment/cli-ev-1" in ln, "the existing events")
-        ok(forge, "deploy", "cli-ev")
+        ok(forge, "deploy", "cli-ev", "--force")
         line = watch.wait_line(lambda ln: "deployment/cli-ev-2" in ln and "Live" in ln, "cli-ev-2's Live event", 60)
         assert "Normal" in line and "cli-ev-2 is live" in line
     finally:

@@ -133,7 +133,7 @@ def test_rotate_key_keeps_every_app_serving(forge: Forge) -> None:
     raw = _raw_db(forge)
     assert f"fsec1:{new_primary}:".encode() in raw and old_ct != raw
 
-    r = cli(forge, "deploy", "cfg-rot", "--wait")  # a process started after the rotation
+    r = cli(forge, "deploy", "cfg-rot", "--force", "--wait")  # a process started after the rotation
     assert r.returncode == 0 and r.stdout.strip() == "cfg-rot-3 is Live", r
     serves(forge, "cfg-rot.localhost", "v1 rotated-ok")
 
@@ -143,25 +143,27 @@ def _raw_db(forge: Forge) -> bytes:
 
 
 def test_scale_to_two_serves_from_both_instances(forge: Forge) -> None:
-    """scale 2 is a config release with two ready Instances, and Caddy spreads requests over both."""
+    """scale 2 starts a second Instance of the live release in place (no new release), and Caddy
+    spreads requests over both."""
     _, sha = live_app(forge, "cfg-scale")
-    assert ok(forge, "scale", "cfg-scale", "2").strip() == "cfg-scale scaled to 2"
-    dep = released(forge, "cfg-scale-2")
-    assert dep["spec"]["trigger"]["type"] == "config" and dep["spec"]["commit"] == sha
+    assert ok(forge, "scale", "cfg-scale", "2", "--wait").strip() == "cfg-scale scaled to 2"
+    assert releases_of(forge, "cfg-scale") == ["cfg-scale-1"]
     status = json.loads(ok(forge, "status", "cfg-scale", "-o", "json"))
     ready = sorted(i["metadata"]["name"] for i in status["instances"]
-                   if i["spec"]["deployment"] == "cfg-scale-2" and i["status"].get("ready"))
-    assert ready == ["cfg-scale-2-0", "cfg-scale-2-1"]
-    assert len({i["status"]["port"] for i in status["instances"] if i["spec"]["deployment"] == "cfg-scale-2"}) == 2
+                   if i["spec"]["deployment"] == "cfg-scale-1" and i["status"].get("ready")
+                   and i["spec"]["desired"] == "Running")
+    assert ready == ["cfg-scale-1-0", "cfg-scale-1-1"]
+    assert len({i["status"]["port"] for i in status["instances"] if i["spec"]["deployment"] == "cfg-scale-1"}) == 2
     for _ in range(30):
         assert body(forge, "cfg-scale.localhost") == (200, "v1")
 
     def served_by() -> set[str]:
-        lines = ok(forge, "logs", "cfg-scale", "--deployment", "cfg-scale-2").splitlines()
+        lines = ok(forge, "logs", "cfg-scale", "--deployment", "cfg-scale-1").splitlines()
         return {ln.split()[1] for ln in lines if ln.endswith("[app] request /")}
 
-    wait_for(lambda: served_by() == {"cfg-scale-2-0", "cfg-scale-2-1"}, 15, "both Instances to have served a request")
+    wait_for(lambda: served_by() == {"cfg-scale-1-0", "cfg-scale-1-1"}, 15, "both Instances to have served a request")
     assert ok(forge, "scale", "cfg-scale", "2").strip() == "cfg-scale scaled to 2"  # unchanged: no release
+    assert releases_of(forge, "cfg-scale") == ["cfg-scale-1"]
     bad = cli(forge, "scale", "cfg-scale", "-1")
     assert bad.returncode == 2
 

@@ -28,8 +28,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from forge.caddy import count_admin_writes
-from forge.nft import nft_available
+from forge.proxy.caddy import count_admin_writes
+from forge.proxy.nft import nft_available
 from tests.e2e.harness import MANIFEST, Forge, Remote, wait_for
 from tests.e2e.test_push_to_live import push, register
 

@@ -1,5 +1,5 @@
-"""Router end to end: the controller runtime + RouterController against a real Caddy, and HTTPS
-from Caddy's internal CA for hosts the tls/ask truth approves."""
+"""HTTPS from Caddy's internal CA, issued on demand only for hosts the tls/ask truth approves,
+with the proxy's static Caddy config and its host map."""
 
 from __future__ import annotations
 
@@ -9,24 +9,25 @@ import socket
 import ssl
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import httpx
 import pytest
-from prometheus_client import CollectorRegistry
 
-from forge.caddy import NOT_FOUND_BODY, CaddyProcess
 from forge.clock import SystemClock
 from forge.config import Config
-from forge.controllers.router import RouterController, router_base_config
-from forge.controllers.runtime import ControllerRuntime
 from forge.errors import Conflict
 from forge.models import App, AppSpec, Instance, InstanceSpec, Node, ObjectMeta
-from forge.routing import is_servable_host
-from forge.store.base import Store, open_store
-from tests.controllers.conftest import remove_service_map
+from forge.proxy.caddy import CaddyProcess, forge_config, hosts_dir
+from forge.proxy.hostmap import HostMap
+from forge.proxy.reconcilers import HostsReconciler
+from forge.proxy.records import Records
+from forge.proxy.routing import is_servable_host
+from forge.store.base import Store
+from forge.store.factory import open_store
 from tests.e2e.harness import https_get
 
 pytestmark = [pytest.mark.e2e,
@@ -105,33 +106,6 @@ def seed_live_app(store: Store, name: str, port: int, domains: tuple[str, ...] =
     set_live(store, name, f"{name}-1")
 
 
-def test_runtime_routes_changes_and_restores_after_restart(tmp_path: Path, store: Store, backend: int) -> None:
-    """Store changes reach Caddy through the runtime alone, and a restarted Caddy is re-routed by the resync."""
-    cfg = Config(data_dir=tmp_path, http_listen=f"127.0.0.1:{free_port()}", caddy_admin=f"127.0.0.1:{free_port()}")
-    caddy = CaddyProcess(router_base_config(cfg), tmp_path / "caddy")
-    caddy.start()
-    runtime = ControllerRuntime(store, CLOCK, [RouterController(store, CLOCK, cfg, registry=CollectorRegistry())])
-    runtime.start()
-
-    def get(host: str) -> httpx.Response:
-        return httpx.get(f"http://{cfg.http_listen}/", headers={"Host": host}, timeout=5)
-
-    try:
-        assert get("hello.localhost").text == NOT_FOUND_BODY
-        seed_live_app(store, "hello", backend)
-        wait_for(lambda: get("hello.localhost").status_code == 200, 5, "the route to appear")
-        caddy.kill()
-        caddy.start()  # same base file, same admin port: an empty host map
-        # Restoration is bounded by the router's 2 s resync (+ one reconcile); allow slack for a busy box.
-        wait_for(lambda: get("hello.localhost").status_code == 200, 8, "routes restored after the restart")
-        set_live(store, "hello", None)
-        wait_for(lambda: get("hello.localhost").status_code == 404, 5, "the route to go away")
-    finally:
-        runtime.close()
-        caddy.stop()
-        remove_service_map(tmp_path)
-
-
 def test_tls_internal_serves_https_for_servable_hosts_only(tmp_path: Path, store: Store, backend: int) -> None:
     """With tls=internal, an app host gets a certificate from Caddy's internal CA; an unknown host gets none."""
     asked: list[str] = []
@@ -146,17 +120,16 @@ def test_tls_internal_serves_https_for_servable_hosts_only(tmp_path: Path, store
     https_port = free_port()
     cfg = Config(data_dir=tmp_path, http_listen=f"127.0.0.1:{free_port()}", caddy_admin=f"127.0.0.1:{free_port()}",
                  api_listen=f"127.0.0.1:{ask_srv.server_address[1]}", tls="internal")
-    config = router_base_config(cfg)
-    config["apps"]["http"]["servers"]["forge"]["listen"][1] = f"127.0.0.1:{https_port}"
-    config["apps"]["http"]["https_port"] = https_port
-    caddy = CaddyProcess(config, tmp_path / "caddy")
+    cfg = replace(cfg, https_listen=f"127.0.0.1:{https_port}")
+    caddy = CaddyProcess(forge_config(cfg, kernel=False), tmp_path / "caddy")
     caddy.start()
-    # Caddy mode: the test moves the HTTPS listener in the base config, which kernel mode's
-    # whole-config repair would (rightly) undo.
-    router = RouterController(store, CLOCK, cfg, registry=CollectorRegistry(), services=None)
+    records = Records()
+    hosts = HostsReconciler(records, HostMap(hosts_dir(cfg.data_dir)), "localhost", None, CLOCK)  # caddy mode
     try:
         seed_live_app(store, "secure", backend, domains=("secure.example.com",))
-        router.reconcile("routes")
+        for kind in (App, Instance, Node):
+            records.replace(kind, store.list(kind)[0])
+        hosts.reconcile(hosts.KEY)
         root = tmp_path / "caddy" / "data" / "caddy" / "pki" / "authorities" / "local" / "root.crt"
         assert https_get(https_port, "secure.localhost", root) == ("HTTP/1.1 200 OK", "hello from the app")
         assert https_get(https_port, "secure.example.com", root)[0] == "HTTP/1.1 200 OK"
@@ -167,7 +140,6 @@ def test_tls_internal_serves_https_for_servable_hosts_only(tmp_path: Path, store
         r = httpx.get(f"http://{cfg.http_listen}/", headers={"Host": "secure.localhost"}, timeout=5)
         assert (r.status_code, r.text) == (200, "hello from the app")
     finally:
-        router.close()
         caddy.stop()
         ask_srv.shutdown()
         ask_srv.server_close()

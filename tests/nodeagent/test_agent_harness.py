@@ -62,9 +62,9 @@ http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve
 def remove_network(agent_data_dir: Path) -> None:
     """What an agent made of its data plane there: namespaces, bridge, nftables table — and
     its release filesystems (mounts)."""
-    from forge.cli.daemons import unmount_release_disks
-    from forge.nft import nft_available
     from forge.nodeagent.network import NodeNetwork
+    from forge.nodeagent.teardown import unmount_release_disks
+    from forge.proxy.nft import nft_available
 
     if nft_available() is None:
         NodeNetwork(agent_data_dir).teardown()

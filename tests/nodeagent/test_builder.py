@@ -14,6 +14,7 @@ import pytest
 
 from forge.cgroups import detect_driver
 from forge.nodeagent.builder import REASON_BUILD_FAILED, REASON_FETCH_FAILED, Builder, BuildError, tail
+from forge.nodeagent.logwriter import read_all
 from forge.nodeagent.sandbox import Sandbox, SandboxSpec, UidAllocator
 from forge.nodeagent.spec import RunSpec
 from tests.nodeagent.test_agent_harness import CLOCK, NEEDS, make_repo
@@ -72,7 +73,7 @@ def test_build_fetches_once_per_repo_and_marks_release(rig: Rig) -> None:
     rig.build("hello-2-0", "hello-2", [])
     packs_after = sorted(p.name for p in (cache / "objects").rglob("*") if p.is_file())
     assert packs_before == packs_after
-    assert "fetching" in (rig.tmp / "logs" / "hello-2-0" / "build.log").read_text()
+    assert b"fetching" in read_all(rig.tmp / "logs" / "hello-2-0", "build")
 
 
 def test_instances_of_one_deployment_share_a_build(rig: Rig) -> None:
@@ -184,7 +185,7 @@ def test_build_lines_carry_the_time_they_were_produced(rig: Rig) -> None:
     from forge.nodeagent.buildlog import unstamp
 
     rig.build("hello-7-0", "hello-7", ["echo first", "sleep 1.5", "echo second"])
-    raw = (rig.tmp / "logs" / "hello-7-0" / "build.log").read_text()
+    raw = read_all(rig.tmp / "logs" / "hello-7-0", "build").decode()
     lines = [unstamp(ln) for ln in raw.split("\n") if ln]  # (str.splitlines would split at \x1e too)
     assert all(when is not None for when, _ in lines), "every line is stamped"
     times = {text: parse_iso(when) for when, text in lines if when}

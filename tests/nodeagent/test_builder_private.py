@@ -19,6 +19,7 @@ from forge import errors
 from forge.cgroups import detect_driver
 from forge.client import ForgeClient
 from forge.nodeagent.builder import REASON_FETCH_FAILED, Builder, BuildError, api_credentials
+from forge.nodeagent.logwriter import read_all
 from forge.nodeagent.sandbox import Sandbox, SandboxSpec, UidAllocator
 from forge.nodeagent.spec import RunSpec
 from tests.githttp import PrivateGitServer
@@ -110,7 +111,7 @@ def test_private_repo_builds_with_the_api_credential(rig: Rig, argvs: list[list[
     assert rig.remote.argv_leaks == [], "a live process carried the token in its argv"
     fetches = [a for a in argvs if "fetch" in a]
     assert fetches and all(a[0] == "git" for a in fetches)
-    _no_token_in(*(" ".join(a) for a in argvs), rig.build_log("private-1-0").read_text())
+    _no_token_in(*(" ".join(a) for a in argvs), read_all(rig.build_log("private-1-0").parent, "build").decode())
     leftovers = [p for p in (rig.tmp / "data").rglob("*") if p.is_file() and TOKEN.encode() in p.read_bytes()]
     assert leftovers == [], "the token was written to disk"
     assert not list((rig.tmp / "data" / "git").glob(".askpass-*")), "the askpass dir is removed"
@@ -128,7 +129,7 @@ def test_fetch_failure_names_no_token(rig: Rig, instance: str, repo: str) -> Non
         rig.build(instance, repo)
     assert exc.value.reason == REASON_FETCH_FAILED
     assert "Authentication failed" in exc.value.message or "could not read Username" in exc.value.message
-    _no_token_in(exc.value.message, rig.build_log(instance).read_text())
+    _no_token_in(exc.value.message, read_all(rig.build_log(instance).parent, "build").decode())
     assert rig.remote.argv_leaks == []
 
 

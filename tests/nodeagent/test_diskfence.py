@@ -128,3 +128,135 @@ def test_watcher_mode_caps_each_file_with_rlimit_fsize(tmp_path: Path) -> None:
     assert (wd / "big").stat().st_size <= MiB
     assert (wd / "rc").read_text().strip() != "rc=0"  # head died of SIGXFSZ (or saw EFBIG)
     assert shutil.which("prlimit")
+
+
+@needs_image
+def test_storage_is_allocated_when_it_is_made(data: Path) -> None:
+    """Every block of a storage image is on the host's disk from the start (no sparse holes a
+    full host could refuse later), and the filesystem inside takes writes."""
+    fence = DiskFence(data, mode="image")
+    path = fence.ensure_storage("keep", 48 * MiB, None, None)
+    img = fence.storage_image("keep")
+    assert img.stat().st_blocks * 512 >= 48 * MiB
+    (path / "note").write_text("kept\n")
+    assert "errors=remount-ro" in Path("/proc/self/mountinfo").read_text()
+
+
+@needs_image
+def test_storage_that_does_not_fit_is_refused_naming_size_and_room(tmp_path: Path) -> None:
+    """A 256 MiB storage on a data dir with 128 MiB: refused with a clear error, nothing left behind."""
+    import subprocess
+
+    from forge.nodeagent.diskfence import StorageUnavailable
+
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128m", "tmpfs", str(small)], check=True)
+    try:
+        fence = DiskFence(small, mode="image")
+        with pytest.raises(StorageUnavailable) as refused:
+            fence.ensure_storage("big", 256 * MiB, None, None)
+        assert refused.value.reason == "InsufficientStorage"
+        msg = refused.value.message
+        assert "persistent storage of app big (256 MiB) does not fit" in msg and "MiB free" in msg, msg
+        assert not fence.storage_image("big").exists() and not fence.mounted(fence.storage_dir("big"))
+    finally:
+        DiskFence(small, mode="image").unmount_all()
+        subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+@needs_image
+def test_storage_read_only_after_an_error_is_repaired_before_the_next_start(data: Path) -> None:
+    """An ext4 error remounts the storage read-only; the next ensure_storage (the app starting
+    again) unmounts it, repairs it with e2fsck, mounts it writable again, says so — and the
+    data written before is all there."""
+    from forge.nodeagent.diskfence import mount_source
+
+    fence = DiskFence(data, mode="image")
+    path = fence.ensure_storage("hurt", 48 * MiB, None, None)
+    with open(path / "acked", "w") as f:
+        f.write("1\n2\n3\n")
+        f.flush()
+        os.fsync(f.fileno())
+    dev = mount_source(path)
+    assert dev and dev.startswith("/dev/loop")
+    Path(f"/sys/fs/ext4/{dev[5:]}/trigger_fs_error").write_text("forge test: simulated I/O error\n")
+    with pytest.raises(OSError):
+        (path / "after").write_text("x")  # read-only now
+    told: list[str] = []
+    again = fence.ensure_storage("hurt", 48 * MiB, None, None, report=told.append)
+    assert again == path and told and "e2fsck repaired it" in told[0]
+    assert (path / "acked").read_text() == "1\n2\n3\n"
+    (path / "after").write_text("writable again\n")
+    told.clear()
+    fence.ensure_storage("hurt", 48 * MiB, None, None, report=told.append)
+    assert told == [], "a healthy storage is left alone"
+
+
+@needs_image
+def test_storage_still_held_elsewhere_is_not_repaired_until_it_is_free(data: Path, tmp_path: Path) -> None:
+    """Another mount of the damaged storage still exists (another process of the app): no e2fsck
+    on a filesystem in use — StorageDamaged, and the repair happens once that mount is gone."""
+    import subprocess
+
+    from forge.nodeagent.diskfence import StorageUnavailable, loop_devices, mount_source
+
+    fence = DiskFence(data, mode="image")
+    path = fence.ensure_storage("held", 48 * MiB, None, None)
+    with open(path / "kept", "w") as f:  # acknowledged: on the disk before the error
+        f.write("yes\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.sync()
+    other = tmp_path / "other"
+    other.mkdir()
+    subprocess.run(["mount", "--bind", str(path), str(other)], check=True)
+    try:
+        dev = mount_source(path)
+        assert dev and loop_devices(fence.storage_image("held")) == [dev]
+        Path(f"/sys/fs/ext4/{dev[5:]}/trigger_fs_error").write_text("forge test: simulated I/O error\n")
+        with pytest.raises(StorageUnavailable) as busy:
+            fence.ensure_storage("held", 48 * MiB, None, None)
+        assert busy.value.reason == "StorageDamaged"
+    finally:
+        subprocess.run(["umount", str(other)], check=False)
+    told: list[str] = []
+    fence.ensure_storage("held", 48 * MiB, None, None, report=told.append)
+    assert told and (path / "kept").read_text() == "yes\n"
+    (path / "new").write_text("writable\n")
+
+
+@needs_image
+def test_two_instances_starting_at_once_repair_the_storage_once(data: Path) -> None:
+    """Two Instances of the app start together on a damaged storage: one repairs it, the other
+    waits for that and finds it healthy — never two e2fsck, or one on a mounted image."""
+    import threading
+
+    from forge.nodeagent.diskfence import mount_source
+
+    fence = DiskFence(data, mode="image")
+    path = fence.ensure_storage("two", 48 * MiB, None, None)
+    with open(path / "kept", "w") as f:
+        f.write("yes\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.sync()
+    dev = mount_source(path)
+    assert dev
+    Path(f"/sys/fs/ext4/{dev[5:]}/trigger_fs_error").write_text("forge test: simulated I/O error\n")
+    told: list[str] = []
+    failed: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            fence.ensure_storage("two", 48 * MiB, None, None, report=told.append)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            failed.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not failed and len(told) == 1, (failed, told)
+    assert (path / "kept").read_text() == "yes\n" and len(mount_points(path)) == 1

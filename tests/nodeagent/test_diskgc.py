@@ -193,3 +193,12 @@ def test_removed_counter_is_promtool_clean(tmp_path: Path) -> None:
     exp = parse_exposition(text)
     assert exp.types["forge_agent_release_dirs_removed_total"] == "counter"
     assert exp.value("forge_agent_release_dirs_removed_total") == 4.0
+
+
+def test_a_deleted_app_keeps_no_release_but_one_in_use() -> None:
+    """An app that no longer exists keeps none of its newest releases, finished or not, except
+    what an Instance here still uses; other apps keep theirs."""
+    dirs = {app: [f"{app}-{n}" for n in range(1, 5)] for app in ("gone", "kept")}
+    out = releases_to_remove(dirs, {("gone", "gone-4")}, keep=3, unfinished={("gone", "gone-3")},
+                             gone={"gone"})
+    assert out == [("gone", "gone-1"), ("gone", "gone-2"), ("gone", "gone-3"), ("kept", "kept-1")]

@@ -1,20 +1,23 @@
-"""Log files as one logical stream: line offsets, partial lines, rotation without losing position."""
+"""Log segments as one logical stream: line offsets, partial lines, segments deleted unshipped."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
 
-from forge.nodeagent.logship import MAX_LINE, read_pending, rotate_if_needed, rotated
-from forge.nodeagent.state import LogCursor
+from forge.clock import FakeClock
+from forge.nodeagent.logship import MAX_LINE, Shipper, log_path, read_pending
+from forge.nodeagent.logwriter import SegmentLog, segment_path
+from forge.nodeagent.state import AgentState, InstanceState, LogCursor
 
 
 def _ship_all(path: Path, cur: LogCursor) -> list[tuple[int, str]]:
     """Drain like the shipper does: read, acknowledge, repeat until the position stops moving."""
     out: list[tuple[int, str]] = []
     while True:
-        lines, pos = read_pending(path, cur)
+        lines, pos, _lost = read_pending(path, cur)
         out += lines
         if pos == cur.shipped:
             return out
@@ -34,51 +37,47 @@ def _ship_all(path: Path, cur: LogCursor) -> list[tuple[int, str]]:
 )
 def test_read_pending_offsets(tmp_path: Path, content: bytes, lines: list[tuple[int, str]]) -> None:
     """Each complete line carries the byte offset of its start; an unfinished line waits."""
-    p = tmp_path / "app.log"
-    p.write_bytes(content)
-    assert _ship_all(p, LogCursor()) == lines
+    segment_path(tmp_path, "app", 0).write_bytes(content)
+    assert _ship_all(tmp_path / "app.log", LogCursor()) == lines
 
 
 def test_overlong_line_is_split(tmp_path: Path) -> None:
     """A line longer than the cap is shipped in pieces instead of blocking the stream forever."""
-    p = tmp_path / "app.log"
-    p.write_bytes(b"x" * (MAX_LINE + 10))
-    got = _ship_all(p, LogCursor())
-    assert got == [(0, "x" * MAX_LINE)]
+    segment_path(tmp_path, "app", 0).write_bytes(b"x" * (MAX_LINE + 10))
+    assert _ship_all(tmp_path / "app.log", LogCursor()) == [(0, "x" * MAX_LINE)]
 
 
-def test_rotation_keeps_logical_offsets(tmp_path: Path) -> None:
-    """After copy-truncate rotation, offsets keep increasing and unshipped lines in .1 still ship."""
-    p = tmp_path / "app.log"
-    cur = LogCursor()
-    saved: list[LogCursor] = []
-    p.write_bytes(b"one\ntwo\n")
-    assert _ship_all(p, cur) == [(0, "one"), (4, "two")]
-    with open(p, "ab") as f:
-        f.write(b"three\n")
-    assert rotate_if_needed(p, cur, cap_bytes=10, persist=lambda: saved.append(LogCursor(**vars(cur))))
-    assert p.stat().st_size == 0 and rotated(p).read_bytes() == b"one\ntwo\nthree\n"
-    assert saved and saved[-1].cur_base == 14
-    with open(p, "ab") as f:
-        f.write(b"four\n")
-    assert _ship_all(p, cur) == [(8, "three"), (14, "four")]
-    assert not rotate_if_needed(p, cur, cap_bytes=10, persist=lambda: None)
+def test_offsets_run_on_across_segments(tmp_path: Path) -> None:
+    """Lines written through a SegmentLog ship in order with offsets that keep increasing over
+    segment boundaries, and a second shipping from the same cursor yields the same (idempotent)."""
+    seg = SegmentLog(str(tmp_path), "app", cap=1 << 20)
+    want, off = [], 0
+    for i in range(30_000):  # ~0.5 MB: several 256 KiB segments
+        line = b"line %06d\n" % i
+        seg.write(line)
+        want.append((off, line.decode().rstrip("\n")))
+        off += len(line)
+    seg.close()
+    assert len(list(tmp_path.glob("app.log.*"))) >= 2
+    assert (
+        _ship_all(tmp_path / "app.log", LogCursor()) == want == _ship_all(tmp_path / "app.log", LogCursor())
+    )
 
 
-def test_reshipping_from_an_old_cursor_is_identical(tmp_path: Path) -> None:
-    """A cursor that was not acknowledged (outage) yields the same offsets again: idempotent on the server."""
-    p = tmp_path / "build.log"
-    p.write_bytes(b"l1\nl2\nl3\n")
-    first = _ship_all(p, LogCursor())
-    assert _ship_all(p, LogCursor()) == first == [(0, "l1"), (3, "l2"), (6, "l3")]
-
-
-def test_lost_rotated_file_skips_to_live_file(tmp_path: Path) -> None:
-    """When .1 is gone (rotated twice during an outage) the shipper skips to the live file."""
-    p = tmp_path / "app.log"
-    p.write_bytes(b"new\n")
-    cur = LogCursor(shipped=0, cur_base=100, prev_base=50)
-    assert _ship_all(p, cur) == [(100, "new")]
+def test_segments_deleted_unshipped_are_skipped_counted_and_marked(tmp_path: Path) -> None:
+    """A cursor behind the oldest segment left (a long control-plane outage) skips to it; the
+    shipper posts a marker at the first lost offset and counts the bytes."""
+    state = AgentState(tmp_path / "state.json")
+    state.put(InstanceState(name="a-1-0", app="a", deployment="a-1", cgroup="inst-a-1-0", release_dir="/x"))
+    sink = _Sink()
+    shipper = Shipper(sink, state, tmp_path / "logs", FakeClock(), threading.Event(), cap_bytes=1 << 20)  # type: ignore[arg-type]
+    segment_path(tmp_path / "logs" / "a-1-0", "app", 5000).parent.mkdir(parents=True)
+    segment_path(tmp_path / "logs" / "a-1-0", "app", 5000).write_bytes(b"kept\n")
+    assert shipper.ship_instance("a-1-0")
+    assert sink.lines[0][0] == 0 and "5000 bytes of log were deleted on the node" in sink.lines[0][1]
+    assert sink.lines[1:] == [(5000, "kept")]
+    assert shipper.lost_bytes == {"a-1-0": 5000}
+    assert state.get("a-1-0").cursor("app").shipped == 5005  # type: ignore[union-attr]
 
 
 class _Sink:
@@ -93,36 +92,23 @@ class _Sink:
         return {}
 
 
-def test_a_flood_is_rate_limited_counted_marked_and_capped(tmp_path: Path) -> None:
-    """30,000 lines at once: 10,000 ship, the rest are counted as dropped, the next window ships
-    a marker saying how many (before its own lines), and the file on the node stays under its cap."""
-    import threading
-
-    from forge.clock import FakeClock
-    from forge.nodeagent.logship import RATE_BURST_LINES, RATE_WINDOW_SECONDS, Shipper, log_path
-    from forge.nodeagent.state import AgentState, InstanceState
-
-    clock = FakeClock()
+def test_shipper_ships_a_build_log_with_the_times_it_carries(tmp_path: Path) -> None:
+    """Stamped build lines are shipped with their own time, without the stamp."""
     state = AgentState(tmp_path / "state.json")
-    state.put(InstanceState(name="loud-1-0", app="loud", deployment="loud-1", cgroup="inst-loud-1-0", release_dir="/x"))
+    state.put(InstanceState(name="b-1-0", app="b", deployment="b-1", cgroup="inst-b-1-0", release_dir="/x"))
     sink = _Sink()
-    cap = 256 * 1024
-    shipper = Shipper(sink, state, tmp_path / "logs", clock, threading.Event(), cap_bytes=cap)  # type: ignore[arg-type]
-    path = log_path(tmp_path / "logs", "loud-1-0", "app")
+    posted: list[dict] = []
+    orig = sink.request
+
+    def request(method: str, path: str, json: dict | None = None, **kw: object) -> dict:
+        posted.append(json or {})
+        return orig(method, path, json, **kw)
+
+    sink.request = request  # type: ignore[method-assign]
+    shipper = Shipper(sink, state, tmp_path / "logs", FakeClock(), threading.Event())  # type: ignore[arg-type]
+    path = log_path(tmp_path / "logs", "b-1-0", "build")
     path.parent.mkdir(parents=True)
-    with open(path, "ab") as f:
-        for i in range(30_000):
-            f.write(b"flood line %06d\n" % i)
-    for _ in range(20):
-        shipper.ship_instance("loud-1-0")
-    assert len(sink.lines) == RATE_BURST_LINES and sink.lines[-1][1] == "flood line 009999"
-    assert shipper.dropped_total == {"loud-1-0": 20_000}
-    assert path.stat().st_size <= cap, "the node keeps the file under its cap during the flood"
-    clock.advance(RATE_WINDOW_SECONDS)
-    with open(path, "ab") as f:
-        f.write(b"after the flood\n")
-    shipper.ship_instance("loud-1-0")
-    marker, after = sink.lines[-2], sink.lines[-1]
-    assert marker[1] == "[forge] 20000 log lines dropped: more than 10000 lines in 30s (the log rate limit)"
-    assert marker[0] == len(b"flood line 000000\n") * RATE_BURST_LINES  # where the first dropped line began
-    assert after[1] == "after the flood"
+    segment_path(path.parent, "build", 0).write_bytes(b"\x1e2026-01-01T00:00:00.000Z\x1fstep one\n")
+    shipper.ship_instance("b-1-0")
+    assert sink.lines == [(0, "step one")]
+    assert posted[0]["entries"][0]["time"] == "2026-01-01T00:00:00.000Z"

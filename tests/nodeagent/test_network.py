@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from forge.errors import Invalid
-from forge.nft import Nft, nft_available
 from forge.nodeagent.network import NodeNetwork, parse_ports, parse_subnet, resolv_conf
-from forge.servicemap import SLOTS, ServiceMap, allocate_ports, choose_service_ip, slot_elements
+from forge.proxy.nft import Nft, nft_available
+from forge.proxy.servicemap import SLOTS, ServiceMap, allocate_ports, choose_service_ip, slot_elements
 
 NEEDS_NET = pytest.mark.skipif(nft_available() is not None, reason=f"needs root and nftables: {nft_available()}")
 

@@ -457,3 +457,15 @@ def test_unprivileged_agent_sandboxes_with_a_user_namespace(tmp_path: Path) -> N
             os.close(fd)
     assert done.returncode == 0 and done.stdout.strip() == "0", done.stderr
     assert (base / "out").read_text().split() == [str(uid), "pid=2", "etc=ro"]
+
+
+def test_a_retired_uid_is_never_handed_out_again(tmp_path: Path) -> None:
+    """An app gone and its files deleted: its uid is retired, so a new app of the same name (the
+    same hash) gets another one, and the retirement survives a restart (a new allocator)."""
+    path = tmp_path / "uids.json"
+    old = UidAllocator(path).uid_for("hello")
+    assert UidAllocator(path).retire("hello") == old and UidAllocator(path).retire("hello") is None
+    new = UidAllocator(path).uid_for("hello")
+    assert new != old and UidAllocator(path).uid_for("hello") == new
+    assert old not in UidAllocator(path).known().values()
+    assert json.loads(path.read_text())["retired"] == [old]

@@ -9,9 +9,9 @@ import threading
 import time
 from pathlib import Path
 
-from forge.cli.daemons import stop_local_apps
 from forge.nodeagent.state import AgentState, InstanceState
 from forge.nodeagent.supervisor import process_start_ticks
+from forge.nodeagent.teardown import stop_local_apps
 
 POLITE = "import time; print('up', flush=True); time.sleep(60)"
 STUBBORN = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(60)"

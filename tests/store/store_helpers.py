@@ -11,7 +11,8 @@ from pathlib import Path
 
 from forge.clock import Clock, SystemClock
 from forge.models import App, AppSpec, ObjectMeta
-from forge.store.base import Store, open_store
+from forge.store.base import Store
+from forge.store.factory import open_store
 from forge.store.postgres import PostgresStore
 from forge.store.sqlite import SqliteStore
 

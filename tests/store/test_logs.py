@@ -92,6 +92,13 @@ def test_wait_logs_wakes_on_append(store: Store) -> None:
     assert call.value() is True
 
 
+def test_delete_app_logs_drops_that_apps_lines_only(seeded: Store) -> None:
+    """delete_app_logs (the App was deleted) removes every line of that app and no other's."""
+    assert seeded.delete_app_logs("hello") == 7
+    assert seeded.read_logs("hello") == [] and len(seeded.read_logs("other")) == 2
+    assert seeded.delete_app_logs("hello") == 0
+
+
 def test_prune_drops_only_older_lines(seeded: Store) -> None:
     """prune_logs deletes lines older than the cut-off and keeps the rest."""
     assert seeded.prune_logs(T0 + 1) == 4

@@ -14,7 +14,7 @@ import pytest
 
 from forge.clock import SystemClock
 from forge.errors import Unavailable
-from forge.store.base import open_store
+from forge.store.factory import open_store
 from forge.store.pg_migrations import LATEST, MIGRATIONS
 from forge.store.postgres import PostgresStore
 from tests.pgcluster import PgCluster

@@ -10,7 +10,7 @@ import pytest
 
 from forge.clock import FakeClock
 from forge.errors import Gone, Unavailable
-from forge.store.base import open_store
+from forge.store.factory import open_store
 from forge.store.migrations import LATEST, MIGRATIONS, Migration, migrate, schema_version
 from forge.store.sqlite import SqliteStore
 from tests.store.store_helpers import app

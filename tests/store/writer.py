@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 
 from forge.models import App, AppSpec, ObjectMeta
-from forge.store.base import open_store
+from forge.store.factory import open_store
 
 
 def main(argv: list[str]) -> None:

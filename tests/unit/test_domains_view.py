@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from forge.api.domains import certificate_state, dns_target, tls_mode
-from forge.caddy import base_config
+from forge.proxy.caddy import base_config
 
 NOW = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
 
@@ -35,7 +35,13 @@ def test_dns_target(host: str, domain: str, want: str) -> None:
 @pytest.mark.parametrize("mode", ["off", "internal", "on-demand"])
 def test_tls_mode_is_read_back_from_the_generated_caddy_config(mode: str) -> None:
     """The mode forge up gave Caddy is what the view reads from its config."""
-    conf = base_config("127.0.0.1:8000", "unix//tmp/x.sock", tls_mode=mode, ask_url="http://127.0.0.1:1/ask")
+    conf = base_config(
+        "127.0.0.1:8000",
+        "unix//tmp/x.sock",
+        tls_mode=mode,
+        ask_url="http://127.0.0.1:1/ask",
+        hosts_dir="/tmp/h",
+    )
     assert tls_mode(conf) == mode
 
 

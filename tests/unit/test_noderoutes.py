@@ -1,4 +1,4 @@
-"""The proxy host's routes to other nodes' instance subnets (``forge.noderoutes.plan``), the
+"""The proxy host's routes to other nodes' instance subnets (``forge.proxy.noderoutes.plan``), the
 node side's proxy sources (the API's refusal of overlapping subnets: tests/api/test_node_subnets.py)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 from forge.errors import Invalid
 from forge.models import Node
 from forge.nodeagent.network import NodeNetwork, _avoided, default_proxy_sources, parse_proxy_sources
-from forge.noderoutes import plan
+from forge.proxy.noderoutes import plan
 
 
 def node(name: str, address: str, subnet: str | None, created: str = "2026-01-01T00:00:00Z") -> Node:
@@ -46,12 +46,25 @@ def test_an_overlapping_subnet_is_refused_for_the_younger_node_and_named() -> No
 
 
 def test_a_subnet_clashing_with_a_network_of_this_host_is_not_routed() -> None:
-    want, problems = plan([node("a", "10.0.0.3", "10.0.0.0/25")], set(), LAN, {})
+    wide = ipaddress.ip_network("10.0.0.0/8")  # an operator's pool that takes in the LAN
+    want, problems = plan([node("a", "10.0.0.3", "10.0.0.0/25")], set(), LAN, {}, pool=wide)
     assert want == {} and "already has on eth0" in problems["a"]
+    want, problems = plan([node("a", "10.0.0.3", "10.0.0.0/25")], set(), [], {}, pool=wide, host=LAN)
+    assert want == {} and "overlaps eth0 of this host" in problems["a"]
     # ... unless the clashing route is the one we installed for that very node.
     mine = [(ipaddress.ip_network("10.213.1.0/24"), "eth0")]
     want, problems = plan([node("a", "10.0.0.3", "10.213.1.0/24")], set(), mine, {"10.213.1.0/24": "10.0.0.3"})
     assert want == {"10.213.1.0/24": "10.0.0.3"} and problems == {}
+
+
+@pytest.mark.parametrize("subnet", ["140.82.112.0/20", "169.254.169.0/24", "127.0.0.0/16", "10.214.0.0/24",
+                                    "10.213.0.0/8", "224.0.0.0/24", "10.213.1.0/30"])
+def test_a_subnet_the_api_would_refuse_is_not_routed_and_named(subnet: str) -> None:
+    """A record written past the API (straight into the store) routes nothing: the same rule."""
+    want, problems = plan([node("rogue", "10.0.0.3", subnet), node("good", "10.0.0.4", "10.213.2.0/24")],
+                          set(), LAN, {})
+    assert want == {"10.213.2.0/24": "10.0.0.4"}
+    assert "refused" in problems["rogue"] and "10.213.0.0/16" in problems["rogue"], problems
 
 
 def test_a_node_off_this_hosts_links_is_left_to_the_network() -> None:

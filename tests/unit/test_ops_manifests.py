@@ -46,7 +46,7 @@ def test_no_online_agents_rule_is_as_specified() -> None:
     import yaml
 
     rules = {r["alert"]: r for g in yaml.safe_load((PROM / "forge-rules.yml").read_text())["groups"] for r in g["rules"]}
-    assert {"ForgeNoOnlineAgents", "ForgeDeploysFailing", "ForgeAgentHeartbeatStale", "ForgeRouterResyncFailing"} <= set(rules)
+    assert {"ForgeNoOnlineAgents", "ForgeDeploysFailing", "ForgeAgentHeartbeatStale", "ForgeProxyFailing"} <= set(rules)
     r = rules["ForgeNoOnlineAgents"]
     assert (r["expr"], r["for"], r["labels"]["severity"]) == ("forge_agents_online == 0", "2m", "page")
 
@@ -68,7 +68,7 @@ def test_grafana_dashboard_imports_cleanly() -> None:
 
 
 @pytest.mark.parametrize("unit", ["forge-server.service", "forge-controllers.service", "forge-agent.service",
-                                  "forge-caddy.service"])
+                                  "forge-caddy.service", "forge-proxy.service"])
 def test_systemd_units_are_hardened(unit: str) -> None:
     """Every unit sets NoNewPrivileges and ProtectSystem; the agent delegates its cgroup subtree."""
     cp = configparser.ConfigParser(strict=False, interpolation=None)
@@ -82,7 +82,9 @@ def test_systemd_units_are_hardened(unit: str) -> None:
         return
     assert svc["ExecStart"].startswith("/opt/forge/venv/bin/forge ")
     if unit == "forge-controllers.service":
-        assert svc["CapabilityBoundingSet"] == "CAP_NET_ADMIN"  # the service map, nothing more
+        assert svc["CapabilityBoundingSet"] == ""  # they decide in records; the proxy programs the host
+    if unit == "forge-proxy.service":
+        assert svc["CapabilityBoundingSet"] == "CAP_NET_ADMIN"  # the service map and routes, nothing more
     if unit == "forge-agent.service":
         assert svc["Delegate"] == "yes" and svc["KillMode"] == "process"
     else:

@@ -11,6 +11,7 @@ import pytest
 
 from forge.errors import BadRequest
 from forge.models import App, AppSpec, Deployment, DeploymentSpec, ObjectMeta, next_release_number
+from forge.release import release_config
 from forge.webhook import (
     Push,
     build_deployment,
@@ -180,11 +181,16 @@ def test_find_delivery() -> None:
 
 
 def test_build_deployment_is_spec_only() -> None:
-    """The Deployment carries commit, ref, repo, trigger and a config snapshot; status stays empty."""
-    dep = build_deployment(APPS[2], 4, Push("acme/hello", "refs/heads/main", SHA, False), "d-9")
+    """The Deployment carries commit, ref, repo, trigger and the App's whole config (processes and
+    node selector too, from the one config builder); status stays empty."""
+    app = APPS[2].copy_deep()
+    app.spec.processes, app.spec.node_selector = {"worker": 2}, {"disk": "ssd"}
+    dep = build_deployment(app, 4, Push("acme/hello", "refs/heads/main", SHA, False), "d-9",
+                           release_config(app, None))
     assert dep.metadata.name == "mirror-4" and dep.metadata.labels == {"forge.dev/app": "mirror"}
     spec = dep.dump()["spec"]
     assert spec == {"app": "mirror", "commit": SHA, "ref": "refs/heads/main", "repo": "Acme/Hello",
                     "trigger": {"type": "webhook", "deliveryId": "d-9"},
-                    "config": {"env": {"A": "1"}, "replicas": 2, "domains": ["hello.example.com"]}}
+                    "config": {"env": {"A": "1"}, "replicas": 2, "domains": ["hello.example.com"],
+                               "processes": {"worker": 2}, "nodeSelector": {"disk": "ssd"}}}
     assert dep.status.phase == ""

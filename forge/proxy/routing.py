@@ -31,7 +31,13 @@ def instance_dial(inst: Instance, nodes: dict[str, Node]) -> str | None:
     The address is the Instance's own (its network namespace) when the agent reported one,
     else its node's address (a node on the shared host network)."""
     st = inst.status
-    if inst.spec.desired != "Running" or st.phase != "Running" or not st.ready or not st.port:
+    if (
+        inst.spec.desired != "Running"
+        or inst.spec.unrouted_time
+        or st.phase != "Running"
+        or not st.ready
+        or not st.port
+    ):
         return None
     node = nodes.get(inst.spec.node or "")
     if node is None:
@@ -92,37 +98,40 @@ def desired_routes(
     return host_table(apps, domain, live_dials(apps, instances, nodes))
 
 
-def service_routes(apps: Iterable[App], domain: str) -> dict[str, list[str]]:
-    """host → [the App's service address] for every App with a live release and an address.
+def service_routes(apps: Iterable[App], domain: str, service_ip: str) -> dict[str, list[str]]:
+    """host → [``service_ip``:the App's service port] for every App with a live release and a port.
 
-    What Caddy holds in kernel mode: it changes only when the set of served hosts does (an App
-    goes live for the first time, is deleted, gains or loses a domain) — never on a deploy,
-    rollback, scale or restart, which only move the kernel's backends behind the address."""
+    What a proxy host's host map holds in kernel mode: it changes only when the set of served
+    hosts does (an App goes live for the first time, is deleted, gains or loses a domain) —
+    never on a deploy, rollback, scale or restart, which only move the kernel's backends behind
+    the address. The port is the App's (``App.status.serviceAddress``, the router's decision);
+    the IP is this host's own service address, so every proxy host serves the same port map on
+    its own IP."""
     apps = list(apps)
     targets = {
-        a.metadata.name: [a.status.service_address]
+        a.metadata.name: [f"{service_ip}:{port}"]
         for a in apps
-        if a.status.live_deployment and a.status.service_address
+        if a.status.live_deployment and (port := service_port(a)) is not None
     }
     return host_table(apps, domain, targets)
 
 
 def service_backends(
-    apps: Iterable[App], instances: Iterable[Instance], nodes: Iterable[Node], service_ip: str
+    apps: Iterable[App], instances: Iterable[Instance], nodes: Iterable[Node]
 ) -> dict[int, list[str]]:
     """service port → dials of the App's live, ready Instances (the kernel map's content)."""
     apps = list(apps)
     dials = live_dials(apps, instances, nodes)
     out: dict[int, list[str]] = {}
     for app in apps:
-        port = service_port(app, service_ip)
+        port = service_port(app)
         if port is not None and app.metadata.name in dials:
             out[port] = [d for d in dials[app.metadata.name] if not d.startswith("[")]  # the map is IPv4
     return out
 
 
-def service_port(app: App, service_ip: str) -> int | None:
-    """The App's service port when its address is on ``service_ip``; else None (not allocated yet)."""
+def service_port(app: App) -> int | None:
+    """The App's service port (``status.serviceAddress`` is ``IP:PORT``); None until allocated."""
     addr = app.status.service_address or ""
-    host, _, port = addr.rpartition(":")
-    return int(port) if host == service_ip and port.isdigit() else None
+    _, _, port = addr.rpartition(":")
+    return int(port) if port.isdigit() else None

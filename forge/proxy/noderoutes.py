@@ -8,7 +8,9 @@ accepts new connections to its bridge from the proxy host's address (``FORGE_PRO
 
 Only what this module added is ever removed: the routes it installed are kept in
 ``DATA/node-routes.json`` and deleted with their exact gateway. A node whose address is one of
-this host's own (the local agent of ``forge up``) needs no route; a subnet that overlaps a
+this host's own (the local agent of ``forge up``) needs no route; a subnet the API would refuse
+(``forge.subnets``: outside the instance pool, a special range, one of this host's own addresses
+or routes — a record written past the API) gets no route, nor does one that overlaps a
 network this host already has (its own bridge, a LAN) or another node's subnet gets no route
 and a reason, which the router turns into a Warning Event on that Node. A node on a link of
 this host gets a host route, as with host-gw; a node elsewhere (another subnet of a VPC, behind
@@ -25,9 +27,11 @@ import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from forge.atomicfile import write_atomic
+from forge.errors import Invalid
 from forge.models import Node
-from forge.nft import NetError, ip, ip_json, ipv4_routes
-from forge.nodeagent.state import write_atomic
+from forge.proxy.nft import NetError, ip, ip_json, ipv4_routes
+from forge.subnets import DEFAULT_POOL, HostNetworks, check_subnet, host_networks, parse_pool
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +44,8 @@ def plan(
     connected: list[tuple[ipaddress.IPv4Network, str]],
     ours: Routes,
     on_link: list[ipaddress.IPv4Network] | None = None,
+    pool: ipaddress.IPv4Network | None = None,
+    host: HostNetworks = (),
 ) -> tuple[Routes, dict[str, str]]:
     """(subnet → via for every node that needs a route, node name → why it gets none).
 
@@ -68,6 +74,11 @@ def plan(
         if address in local_addresses or via.is_loopback:
             claimed.append((subnet, node.metadata.name))  # this host's own agent: its bridge is here
             continue
+        try:  # the API's rule again: a record written past it routes nothing
+            check_subnet(subnet_text, pool or parse_pool(DEFAULT_POOL), host)
+        except Invalid as exc:
+            problems[node.metadata.name] = f"refused: {exc.message}"
+            continue
         other = next((who for net, who in claimed if net.overlaps(subnet)), None)
         if other is not None:
             problems[node.metadata.name] = (
@@ -92,8 +103,9 @@ def plan(
 class NodeRoutes:
     """The routes of one proxy host (the router controller's, next to its service map)."""
 
-    def __init__(self, data_dir: str | Path) -> None:
+    def __init__(self, data_dir: str | Path, pool: ipaddress.IPv4Network | None = None) -> None:
         self._path = Path(data_dir) / "node-routes.json"
+        self.pool = pool or parse_pool(DEFAULT_POOL)
         self._lock = threading.Lock()
 
     def installed(self) -> Routes:
@@ -119,7 +131,8 @@ class NodeRoutes:
                 (net, dev) for net, (dev, via) in kernel.items() if via is None or ours.get(str(net)) != via
             ]
             on_link = [net for net, (_dev, via) in kernel.items() if via is None]
-            want, problems = plan(nodes, local, connected, ours, on_link)
+            host = host_networks(exempt=ours.items())
+            want, problems = plan(nodes, local, connected, ours, on_link, self.pool, host)
             changed: list[str] = []
             for subnet, via in sorted(ours.items()):
                 if want.get(subnet) != via:

@@ -1,38 +1,28 @@
-"""Caddy, driven only through its Admin API: base config, the host map, a client and a child process.
+"""Caddy, driven only through its Admin API: its one static config, a client and a child process.
 
-Layout (chosen by measurement, ``bench/route_update.py``). Caddy re-provisions its *whole*
-config on every Admin API change, even a PATCH by ``@id`` of one string, so the cost of a
-change is set by the size of the whole config (JSON values Caddy re-encodes, decodes and
-provisions), not by the size of the PATCH: one route per app (host matcher + its own
-``reverse_proxy``) costs about 0.2-0.35 s per change at 5,000 apps here. Forge's server holds
-three routes whatever the number of apps:
+Caddy 2.6 closes every hijacked connection (websockets) of every app whenever its config is
+loaded, and re-provisions the whole config on any Admin API change, even a PATCH of one string.
+So Forge's config holds no app, host or route: it depends only on the install's settings
+(listeners, TLS mode, admin address, the host map's directory) and is loaded once. Which host
+dials what is looked up per request in the host map on disk (``forge.proxy.hostmap``);
+measurements and the choice are in ``docs/data-plane.md``. The server holds two routes:
 
-1. ``@id forge-hostmap`` — a ``vars`` handler carrying the digest of the routing table (so every
-   reconcile can tell with one tiny GET whether Caddy still holds what we applied, e.g. after a
-   restart) and one ``map``: ``{http.request.host}`` → ONE string per host, its dials packed and
-   space-separated (``"10.0.0.5:20001 10.0.0.6:20007"``); unknown hosts map to "".
-2. ``@id forge-proxy`` — matches when that string is not empty. A static second ``map`` unpacks
-   it with one regexp per replica count N (1..K): slot i = replica ``i % N``, so all K slots
-   dial something real and round-robin over them is an even split for N dividing K
-   (K = ``UPSTREAM_SLOTS`` = 12: exact for 1, 2, 3, 4, 6 replicas; at most K replicas get
-   traffic). ONE ``reverse_proxy`` dials the K slot placeholders, with a short
-   ``try_duration`` so a refused connection (an instance that just stopped) is retried on the
-   next slot, i.e. the next replica. Passive health checks stay off on purpose: Caddy keys
-   upstream health by the *unexpanded* dial string, so one app's dead replica would mark a
-   slot down for every app. Readiness is the control plane's job (unready Instances leave the map).
-3. ``@id forge-catchall`` — 404 with a short body, never Caddy's empty 200.
-
-Measured (Debian Caddy 2.6.2, 2 cores, median of 10): at 5,000 apps one change costs ~66 ms
-with this layout against ~216-350 ms per-app routes in the same run; K dial outputs per host
-instead of one packed string cost ~150 ms, so packing is what keeps it in the tens of ms. A
-change rewrites ``/id/forge-hostmap/handle`` (digest + map) in one PATCH; patching only the
-changed mapping entry saves ~25% but needs a second write for the digest, so one PATCH of the
-whole map it is. The map matches hosts by a linear scan per request (microseconds at 5,000).
+1. ``@id forge-proxy`` — a ``file`` matcher finds ``HOSTS/{http.request.host}/*`` (one file,
+   named after the host's dials, packed and space-separated); a ``map`` takes the name out of
+   the matched path, a second static ``map`` unpacks it with one regexp per replica count N
+   (1..K): slot i = replica ``i % N``, so all K slots dial something real and round-robin over
+   them is an even split for N dividing K (K = ``UPSTREAM_SLOTS`` = 12). ONE
+   ``reverse_proxy`` dials the K slot placeholders, with a short ``try_duration`` so a refused
+   connection (an instance that just stopped) is retried on the next slot. Passive health
+   checks stay off on purpose: Caddy keys upstream health by the *unexpanded* dial string, so
+   one app's dead replica would mark a slot down for every app. In kernel mode (the default
+   with root) the one dial is the App's service address and the kernel's map picks the
+   Instance (``forge.proxy.servicemap``).
+2. ``@id forge-catchall`` — 404 with a short body, never Caddy's empty 200.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -43,19 +33,18 @@ from typing import Any, Final
 import httpx
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, stop_after_delay, wait_exponential
 
+from forge.config import Config
 from forge.errors import ForgeError, Invalid, Unavailable
+from forge.proxy.hostmap import SLOTS
 
-HOSTMAP_ID: Final[str] = "forge-hostmap"
 PROXY_ID: Final[str] = "forge-proxy"
 CATCHALL_ID: Final[str] = "forge-catchall"
 SERVER_NAME: Final[str] = "forge"
 NOT_FOUND_BODY: Final[str] = "no app is served at this host\n"
-UPSTREAM_SLOTS: Final[int] = 12
+UPSTREAM_SLOTS: Final[int] = SLOTS
 PACKED_VAR: Final[str] = "forge_upstreams"
 TLS_MODES: Final[tuple[str, ...]] = ("off", "internal", "on-demand")
 ADMIN_SOCKET_HOST: Final[str] = "caddy-admin"
-
-Routes = dict[str, list[str]]  # host -> sorted dial addresses ("10.0.0.5:20001")
 
 
 def slot_var(i: int) -> str:
@@ -64,35 +53,6 @@ def slot_var(i: int) -> str:
 
 def ph(name: str) -> str:
     return "{" + name + "}"
-
-
-def routes_digest(routes: Routes) -> str:
-    """A stable digest of a routing table, stored beside the map in Caddy."""
-    text = json.dumps(sorted((h, sorted(d)) for h, d in routes.items()), separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
-
-
-def pack(dials: list[str], slots: int = UPSTREAM_SLOTS) -> str:
-    """One host's map output: its (first ``slots``) dials, space-separated."""
-    return " ".join(sorted(dials)[:slots])
-
-
-def hostmap_handlers(routes: Routes, slots: int = UPSTREAM_SLOTS) -> list[dict[str, Any]]:
-    """The ``handle`` list of the ``forge-hostmap`` route: digest vars + the host map."""
-    return [
-        {"handler": "vars", "forge_routes": routes_digest(routes)},
-        {
-            "handler": "map",
-            "source": "{http.request.host}",
-            "destinations": [ph(PACKED_VAR)],
-            "defaults": [""],
-            "mappings": [
-                {"input": host, "outputs": [pack(dials, slots)]}
-                for host, dials in sorted(routes.items())
-                if dials
-            ],
-        },
-    ]
 
 
 def slot_map(slots: int = UPSTREAM_SLOTS) -> dict[str, Any]:
@@ -116,7 +76,7 @@ DIAL_TIMEOUT = "1s"  # backends are on this host or the nodes' LAN: a SYN answer
 
 
 def server_routes(
-    routes: Routes, slots: int = UPSTREAM_SLOTS, upstream_keepalive: bool = True
+    hosts_dir: str, slots: int = UPSTREAM_SLOTS, upstream_keepalive: bool = True
 ) -> list[dict[str, Any]]:
     proxy: dict[str, Any] = {
         "handler": "reverse_proxy",
@@ -132,12 +92,18 @@ def server_routes(
     proxy["transport"] = {"protocol": "http", "dial_timeout": DIAL_TIMEOUT}
     if not upstream_keepalive:
         proxy["transport"]["keep_alive"] = {"enabled": False}
+    entry = {
+        "handler": "map",
+        "source": "{http.matchers.file.relative}",
+        "destinations": [ph(PACKED_VAR)],
+        "defaults": [""],
+        "mappings": [{"input_regexp": "^/[^/]+/(.+)$", "outputs": ["${1}"]}],
+    }
     return [
-        {"@id": HOSTMAP_ID, "handle": hostmap_handlers(routes, slots)},
         {
             "@id": PROXY_ID,
-            "match": [{"not": [{"vars": {ph(PACKED_VAR): [""]}}]}],
-            "handle": [slot_map(slots), proxy],
+            "match": [{"file": {"root": hosts_dir, "try_files": ["/{http.request.host}/*"]}}],
+            "handle": [entry, slot_map(slots), proxy],
             "terminal": True,
         },
         {
@@ -170,22 +136,22 @@ def base_config(
     domain: str = "localhost",
     *,
     https_listen: str | None = None,
-    routes: Routes | None = None,
+    hosts_dir: str,
     slots: int = UPSTREAM_SLOTS,
     upstream_keepalive: bool = True,
 ) -> dict[str, Any]:
-    """The whole Caddy JSON config Forge runs with (``routes`` empty unless given).
+    """The whole Caddy JSON config Forge runs with; the hosts it serves are ``hosts_dir``'s.
 
     ``tls_mode``: ``off`` (plain HTTP on ``http_listen``), ``internal`` (also HTTPS on
     ``https_listen`` with certificates from Caddy's internal CA, issued on demand for hosts the
     ask endpoint approves) or ``on-demand`` (the same with Caddy's default ACME issuers).
-    ``domain`` is informational here: which hosts are served is decided by the map alone.
+    ``domain`` is informational here: which hosts are served is decided by the host map alone.
     """
     if tls_mode not in TLS_MODES:
         raise Invalid(f"tls mode {tls_mode!r} must be one of {', '.join(TLS_MODES)}")
     server: dict[str, Any] = {
         "listen": [http_listen],
-        "routes": server_routes(routes or {}, slots, upstream_keepalive),
+        "routes": server_routes(hosts_dir, slots, upstream_keepalive),
     }
     http_app: dict[str, Any] = {"servers": {SERVER_NAME: server}}
     apps: dict[str, Any] = {"http": http_app}
@@ -379,3 +345,33 @@ class CaddyProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+
+def hosts_dir(data_dir: str | Path) -> Path:
+    """Where a proxy host keeps its host map (``forge.proxy.hostmap``), which its Caddy reads."""
+    return Path(data_dir).resolve() / "proxy" / "hosts"
+
+
+def tls_ask_url(api_listen: str) -> str:
+    host, _, port = api_listen.rpartition(":")
+    host = "127.0.0.1" if host in ("", "0.0.0.0") else host
+    return f"http://{host}:{port}/api/v1/tls/ask"
+
+
+def forge_config(config: Config, kernel: bool, ask_url: str | None = None) -> dict[str, Any]:
+    """The whole Caddy config of one proxy host (what Caddy starts from and what the proxy keeps
+    loaded): static, whatever apps exist.
+
+    In kernel mode Caddy opens a new upstream connection per request (no upstream keep-alive):
+    every request then meets the kernel's current map, so a switch takes effect at once and
+    no pooled connection to a stopped release can fail a request."""
+    return base_config(
+        config.http_listen,
+        config.effective_caddy_admin,
+        config.tls,
+        ask_url or tls_ask_url(config.api_listen),
+        config.domain,
+        https_listen=config.https_listen or None,
+        hosts_dir=str(hosts_dir(config.data_dir)),
+        upstream_keepalive=not kernel,
+    )

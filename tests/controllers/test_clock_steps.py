@@ -1,0 +1,218 @@
+"""Deadlines and waits that fit the release and survive steps of the wall clock.
+
+The rollout and rollback controllers measure the progress deadline, ``min_ready`` and the
+unhealthy window with a ``Stopwatch`` (monotonic from their first look), so ``FakeClock.step``
+— the wall clock alone jumping, as ``date -s`` or an NTP correction does — must move none of
+them; ``advance`` (real time passing) moves them all."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from forge.clock import FakeClock, iso
+from forge.config import Config
+from forge.controllers.rollback import RollbackController
+from forge.controllers.rollout import RolloutController
+from forge.models import App, Deployment
+from forge.store.base import Store
+from tests.controllers.release_helpers import get, instances, report, serve_all
+
+STEPS = [7200.0, -4 * 3600.0]
+STEP_IDS = ["plus-2h", "minus-4h"]
+
+
+@pytest.fixture
+def ctl(store: Store, clock: FakeClock, config: Config) -> RolloutController:
+    return RolloutController(store, clock, config)
+
+
+@pytest.fixture
+def live_v1(
+    ctl: RolloutController,
+    store: Store,
+    make_app: Callable[..., App],
+    make_deployment: Callable[..., Deployment],
+) -> App:
+    app = make_app("hello")
+    make_deployment(app, 1, manifest=True)
+    ctl.reconcile("hello")
+    serve_all(store, "hello-1")
+    ctl.reconcile("hello")
+    assert get(store, "App", "hello").status.live_deployment == "hello-1"
+    return app
+
+
+def manifest(build_timeout: float = 600.0, min_ready: float = 10.0, **extra: Any) -> dict[str, Any]:
+    return {
+        "run": {"command": "x"},
+        "build": {"commands": ["sleep 150"], "timeoutSeconds": build_timeout},
+        "health": {"minReadySeconds": min_ready},
+        **extra,
+    }
+
+
+def phase(store: Store, name: str) -> tuple[str, str]:
+    d = get(store, "Deployment", name)
+    return d.status.phase, d.status.reason
+
+
+@pytest.mark.parametrize("step", STEPS, ids=STEP_IDS)
+def test_wall_clock_step_during_a_build_moves_no_deadline(
+    ctl: RolloutController,
+    store: Store,
+    clock: FakeClock,
+    live_v1: App,
+    make_deployment: Callable[..., Deployment],
+    step: float,
+) -> None:
+    """A step of the leader's wall clock during a build neither fails the release at once (+2 h)
+    nor stretches its deadline (−4 h): it fails exactly when its allowance has really passed."""
+    make_deployment("hello", 2, manifest=manifest(build_timeout=300))
+    ctl.reconcile("hello")
+    report(store, "hello-2-0", "Building")
+    clock.advance(5)
+    clock.step(step)
+    res = ctl.reconcile("hello")
+    assert phase(store, "hello-2")[0] == "Building"
+    assert res is not None and res.requeue_after == pytest.approx(120 + 300 - 5)
+    clock.advance(120 + 300 - 5 - 0.5)
+    ctl.reconcile("hello")
+    assert phase(store, "hello-2")[0] == "Building"
+    clock.advance(0.5)
+    ctl.reconcile("hello")
+    assert phase(store, "hello-2") == ("Failed", "ProgressDeadlineExceeded")
+
+
+@pytest.mark.parametrize("step", STEPS, ids=STEP_IDS)
+def test_wall_clock_step_during_min_ready_moves_no_promotion(
+    ctl: RolloutController,
+    store: Store,
+    clock: FakeClock,
+    live_v1: App,
+    make_deployment: Callable[..., Deployment],
+    step: float,
+) -> None:
+    """Waiting out min_ready, the leader's clock steps: +2 h does not promote early, −4 h does
+    not leave the release in Starting; it is promoted after 10 s of real time."""
+    make_deployment("hello", 2, manifest=manifest())
+    ctl.reconcile("hello")
+    report(store, "hello-2-0", "Running", ready=True, ready_time=clock.now_iso())
+    ctl.reconcile("hello")
+    clock.step(step)
+    clock.advance(9.5)
+    res = ctl.reconcile("hello")
+    assert get(store, "App", "hello").status.live_deployment == "hello-1"
+    assert res is not None and res.requeue_after == pytest.approx(0.5)
+    clock.advance(0.5)
+    ctl.reconcile("hello")
+    assert get(store, "App", "hello").status.live_deployment == "hello-2"
+    assert phase(store, "hello-2")[0] == "Live"
+
+
+@pytest.mark.parametrize("skew", STEPS, ids=STEP_IDS)
+def test_ready_time_from_a_skewed_clock_is_bounded(
+    ctl: RolloutController,
+    store: Store,
+    clock: FakeClock,
+    live_v1: App,
+    make_deployment: Callable[..., Deployment],
+    skew: float,
+) -> None:
+    """A controller that has been watching sees an Instance turn ready whose readyTime comes
+    from a clock hours off (the agent's machine, or the leader stepped just before): min_ready
+    is cut short by at most the Stopwatch's 2 s slack, never skipped nor stretched by hours."""
+    clock.advance(30)  # the controller has been watching for a while
+    ctl.reconcile("hello")
+    make_deployment("hello", 2, manifest=manifest())
+    ctl.reconcile("hello")
+    report(store, "hello-2-0", "Running", ready=True, ready_time=iso(clock.now() - skew))
+    res = ctl.reconcile("hello")
+    assert get(store, "App", "hello").status.live_deployment == "hello-1"
+    assert res is not None and 8.0 <= res.requeue_after <= 10.0  # type: ignore[operator]
+    clock.advance(res.requeue_after)  # type: ignore[arg-type]
+    ctl.reconcile("hello")
+    assert get(store, "App", "hello").status.live_deployment == "hello-2"
+
+
+def test_progress_deadline_covers_build_and_release_command_timeouts(
+    ctl: RolloutController,
+    store: Store,
+    clock: FakeClock,
+    live_v1: App,
+    make_deployment: Callable[..., Deployment],
+) -> None:
+    """build.timeout 5m: a 150 s build is still Building at 150 s (the old deadline was 120 s);
+    the deadline is 120 s + the build's timeout + the release command's."""
+    make_deployment(
+        "hello", 2, manifest=manifest(build_timeout=300, release={"command": "migrate", "timeoutSeconds": 60})
+    )
+    res = ctl.reconcile("hello")
+    assert res is not None and res.requeue_after == pytest.approx(120 + 300 + 60)
+    clock.advance(150)
+    ctl.reconcile("hello")
+    assert phase(store, "hello-2")[0] != "Failed"
+    clock.advance(120 + 300 + 60 - 150)
+    ctl.reconcile("hello")
+    assert phase(store, "hello-2") == ("Failed", "ProgressDeadlineExceeded")
+    assert "480s" in get(store, "Deployment", "hello-2").status.message
+    assert all(i.spec.desired == "Stopped" for i in instances(store, "hello-2"))
+
+
+@pytest.mark.parametrize("step", STEPS, ids=STEP_IDS)
+def test_wall_clock_step_moves_no_unhealthy_window(
+    store: Store,
+    clock: FakeClock,
+    config: Config,
+    ctl: RolloutController,
+    make_app: Callable[..., App],
+    make_deployment: Callable[..., Deployment],
+    step: float,
+) -> None:
+    """A live release with no ready Instance is rolled back 10 s of real time after it went
+    down, whatever the wall clock does meanwhile (+2 h: not at once; −4 h: not hours later)."""
+    rb = RollbackController(store, clock, config)
+    make_app("hello")
+    for n in (1, 2):
+        make_deployment("hello", n, manifest=True)
+        ctl.reconcile("hello")
+        serve_all(store, f"hello-{n}")
+        ctl.reconcile("hello")
+        clock.advance(10)
+        ctl.reconcile("hello")
+    rb.reconcile("hello")
+    for inst in instances(store, "hello-2"):
+        if inst.spec.desired == "Running":
+            report(store, inst.metadata.name, "Running", ready=False, reason="HealthCheckFailed")
+    rb.reconcile("hello")
+    clock.step(step)
+    clock.advance(9)
+    rb.reconcile("hello")
+    assert len(store.list("Deployment")[0]) == 2
+    clock.advance(1)
+    rb.reconcile("hello")
+    assert [d.metadata.name for d in store.list("Deployment")[0]] == ["hello-1", "hello-2", "hello-3"]
+
+
+def test_each_instance_waits_from_when_it_was_seen_ready(
+    ctl: RolloutController, store: Store, clock: FakeClock, make_app: Callable[..., App],
+    make_deployment: Callable[..., Deployment],
+) -> None:
+    """Two replicas ready 8 s apart, seen by a controller that has been watching: the release is
+    promoted 10 s after the *second* one is ready, not 10 s after the controller first saw all of
+    them ready plus the bounded first look of the first one."""
+    make_app("hello", replicas=2)
+    make_deployment("hello", 1, manifest=manifest())
+    clock.advance(30)
+    ctl.reconcile("hello")
+    report(store, "hello-1-0", "Running", ready=True, ready_time=clock.now_iso())
+    ctl.reconcile("hello")
+    clock.advance(8)
+    report(store, "hello-1-1", "Running", ready=True, ready_time=clock.now_iso())
+    res = ctl.reconcile("hello")
+    assert res is not None and res.requeue_after == pytest.approx(10.0)
+    clock.advance(10)
+    ctl.reconcile("hello")
+    assert get(store, "App", "hello").status.live_deployment == "hello-1"
