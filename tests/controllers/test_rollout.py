@@ -175,9 +175,9 @@ def test_progress_deadline_fails_release(ctl: RolloutController, store: Store, c
 
 
 @pytest.mark.parametrize(("phase", "words", "absent"), [
-    ("Building", ["not ready within 120s", "build was still running", "hello-2-0", "build.timeout is 900s",
+    ("Building", ["not ready within 1020s", "build was still running", "hello-2-0", "build.timeout is 900s",
                   "raise build.timeout in forge.yaml"], []),
-    ("Starting", ["not ready within 120s of its creation"], ["build"]),
+    ("Starting", ["not ready within 1020s of its creation"], ["build"]),
 ], ids=["still-building", "starting"])
 def test_progress_deadline_message_names_a_build_still_running(
         ctl: RolloutController, store: Store, clock: FakeClock, live_v1: App,
@@ -187,7 +187,7 @@ def test_progress_deadline_message_names_a_build_still_running(
     make_deployment("hello", 2, manifest=manifest)
     ctl.reconcile("hello")
     report(store, "hello-2-0", phase)
-    clock.advance(121)
+    clock.advance(120 + 900 + 1)  # the deadline covers the build's own timeout
     ctl.reconcile("hello")
     msg = get(store, "Deployment", "hello-2").status.message
     for w in words:
