@@ -21,7 +21,6 @@ from typing import Final
 
 TCP_LISTEN: Final[str] = "0A"
 REASON_WRONG_PORT: Final[str] = "WrongPort"
-LOOPBACK_PREFIXES: Final[tuple[str, ...]] = ("127.", "::1", "::ffff:127.")
 
 
 @dataclass(frozen=True)
@@ -96,13 +95,10 @@ def listening(pids: list[int], proc: Path = Path("/proc")) -> list[Listener]:
     return sorted(found.values(), key=lambda x: (x.port, x.address))
 
 
-def is_loopback(address: str) -> bool:
-    return address.startswith(LOOPBACK_PREFIXES)
-
-
-def port_verdict(port: int, listeners: list[Listener], probe_host: str) -> str | None:
-    """Why the probe at ``probe_host:port`` cannot succeed given what the app listens on, or None
-    when nothing is known to be wrong (it listens where it should, or listens nowhere yet)."""
+def port_verdict(port: int, listeners: list[Listener]) -> str | None:
+    """Why the probe of ``$PORT`` cannot succeed given what the app listens on, or None when
+    nothing is known to be wrong (it listens on $PORT at any address — the node reaches a
+    loopback-bound app in its namespace too — or listens nowhere yet)."""
     if not listeners:
         return None
     on_port = [x for x in listeners if x.port == port]
@@ -113,12 +109,5 @@ def port_verdict(port: int, listeners: list[Listener], probe_host: str) -> str |
             "make it listen on the port in the PORT environment variable (e.g. "
             "gunicorn -b 0.0.0.0:$PORT, flask run --host 0.0.0.0 --port $PORT, "
             "app.listen(process.env.PORT))"
-        )
-    if not is_loopback(probe_host) and all(is_loopback(x.address) for x in on_port):
-        bound = ", ".join(str(x) for x in on_port)
-        return (
-            f"the app listens on $PORT={port} at {bound} only, which is not reachable from "
-            f"outside its network namespace (Forge reaches it at {probe_host}:{port}): "
-            f"listen on 0.0.0.0:$PORT instead"
         )
     return None

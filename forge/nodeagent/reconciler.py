@@ -705,8 +705,8 @@ class Reconciler:
             verdict = tracker.record(result, since_start)
             if not result.ok:
                 self.last_fail[st.name] = mono
-        if not result.ok and not tracker.ready:
-            wrong = self._wrong_port(st, mono)
+        if not result.ok and not tracker.ready and not result.detail.startswith("HTTP "):
+            wrong = self._wrong_port(st, mono)  # nothing answered on $PORT: is it elsewhere?
             if wrong is not None:
                 return self._unhealthy(inst, st, run, wrong, result, REASON_WRONG_PORT)
         else:
@@ -738,7 +738,7 @@ class Reconciler:
     def _wrong_port(self, st: InstanceState, mono: float) -> str | None:
         """What is wrong with where the app listens, once it has been so for WRONG_PORT_GRACE."""
         assert st.port is not None
-        why = port_verdict(st.port, self._listeners(st), self._probe_host(st))
+        why = port_verdict(st.port, self._listeners(st))
         if why is None:
             self.wrong_port_since.pop(st.name, None)
             return None
