@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 APT_PKGS := caddy bubblewrap git prometheus chromium nftables iproute2 postgresql
 PYTEST_ARGS ?=
+ARGS ?=
 
 .PHONY: setup run test lint system-packages github-fixtures clean bench
 
@@ -56,8 +57,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
 
-run: setup
-	$(BIN)/forge up
+run: setup  # flags for forge up: make run ARGS='--data-dir /tmp/f --http-listen 127.0.0.1:8100'
+	$(BIN)/forge up $(ARGS)
 
 # Static checks over forge/: ruff's lint rules, ruff's formatting, mypy (settings in pyproject.toml).
 lint: setup

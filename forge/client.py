@@ -55,8 +55,9 @@ def _raise_for(resp: httpx.Response) -> None:
 
 
 class ForgeClient:
-    def __init__(self, url: str, token: str, timeout: float = 10.0) -> None:
+    def __init__(self, url: str, token: str, timeout: float = 10.0, unreachable_hint: str = "") -> None:
         self.url = url.rstrip("/")
+        self.unreachable_hint = unreachable_hint  # said when nothing answers at the URL at all
         self._http = httpx.Client(
             base_url=self.url,
             headers={"Authorization": f"Bearer {token}"} if token else {},
@@ -83,8 +84,10 @@ class ForgeClient:
         try:
             resp = self._http.request(method, path, json=json, params=params, headers=headers)
         except httpx.HTTPError as exc:
+            hint = self.unreachable_hint if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout) else ""
             raise errors.Unavailable(
                 f"cannot reach the Forge API at {self.url}: {exc.__class__.__name__}: {exc}"
+                + (f". {hint}" if hint else "")
             ) from None
         _raise_for(resp)
         if not resp.content:

@@ -209,8 +209,19 @@ def _fmt_size(n: float) -> str:
 def _cpu(value: Any) -> float:
     cpu = parse_cpu(value)
     if not 0 < cpu <= 64:
-        raise ValueError(f"{_show(value)} is out of range (more than 0, at most 64 cores)")
+        hint = ""
+        if 64 < cpu <= 64000 and _is_bare_number(value) and float(value) == int(float(value)):
+            hint = f"; a bare number is cores: did you mean {int(float(value))}m ({cpu / 1000:g} cores)?"
+        raise ValueError(f"{_show(value)} is out of range (more than 0, at most 64 cores){hint}")
     return cpu
+
+
+# Units tried, in order, when a bare number is out of range; what a bare number means.
+SUGGESTED_UNITS: dict[Callable[[Any], float], tuple[str, ...]] = {
+    parse_size: ("M", "G"),
+    parse_duration: ("ms", "m"),
+}
+UNIT_MEANING: dict[Callable[[Any], float], str] = {parse_size: "bytes", parse_duration: "seconds"}
 
 
 def _show(value: Any) -> str:
@@ -378,11 +389,39 @@ def _value(fn: Callable[[Any], Any]) -> Check:
     return check
 
 
+def _is_bare_number(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, (int, float)):
+        return math.isfinite(value)
+    return isinstance(value, str) and re.match(r"^\d+(\.\d+)?$", value.strip()) is not None
+
+
+def did_you_mean_unit(
+    value: Any, parse: Callable[[Any], float], lo: float, hi: float, units: tuple[str, ...]
+) -> str:
+    """For a bare number out of range: the same number with the first unit that puts it in
+    range (``256`` → ``256M`` for a memory size), as a hint to append; "" when none does."""
+    if not _is_bare_number(value):
+        return ""
+    text = str(value).strip()
+    for unit in units:
+        try:
+            if lo <= parse(text + unit) <= hi:
+                return f"; a bare number is {UNIT_MEANING[parse]}: did you mean {text}{unit}?"
+        except ValueError:
+            continue
+    return ""
+
+
 def _bounded(parse: Callable[[Any], float], lo: float, hi: float, show: Callable[[float], str]) -> Check:
+    units = SUGGESTED_UNITS.get(parse, ())
+
     def fn(value: Any) -> float:
         v = parse(value)
         if not lo <= v <= hi:
-            raise ValueError(f"{_show(value)} is out of range ({show(lo)} to {show(hi)})")
+            hint = did_you_mean_unit(value, parse, lo, hi, units)
+            raise ValueError(f"{_show(value)} is out of range ({show(lo)} to {show(hi)}){hint}")
         return v
 
     return _value(fn)

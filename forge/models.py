@@ -534,6 +534,9 @@ class InstanceSpec(Model):
     # What the release's build is keyed by (commit and build inputs): every release of that
     # commit and build shares one built tree on a node — a config release or a rollback reuses it.
     build: str = ""
+    # forge restart: a new value asks the agent to restart the process in place (same release,
+    # no build); a restart asked for is not a crash (restarts is not counted).
+    restart_generation: int = 0
 
 
 InstancePhase = Literal[

@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 
 from forge.clock import Clock, SystemClock, parse_iso
-from forge.config import Config
+from forge.config import Config, default_data_dir
 from forge.errors import ForgeError, Unavailable
 from forge.upguard import UpLock, die_with_parent, owned_by
 
@@ -57,6 +57,17 @@ def ensure_admin_token(cfg: Config, env: dict[str, str]) -> tuple[str, str]:
     token = secrets.token_urlsafe(32)
     write_private(path, token + "\n")
     return token, str(path)
+
+
+def cli_hint(data: Path) -> str:
+    """How another shell's ``forge`` finds this install (it reads api-url and admin-token here)."""
+    env_default = {k: v for k, v in os.environ.items() if k != "FORGE_DATA_DIR"}
+    if Path(data).resolve() == default_data_dir(env_default).resolve():
+        return f"forge apps, forge status … find this install in {data} (the default data dir)"
+    return (
+        f"export FORGE_DATA_DIR={data} in other shells (forge reads api-url and admin-token "
+        "there), or FORGE_URL and FORGE_ADMIN_TOKEN; see forge --help"
+    )
 
 
 @dataclass
@@ -381,6 +392,7 @@ class Supervisor:
             f"              (a one-time sign-in link, valid {TTL_SECONDS / 60:.0f} min; after that sign in with the token)\n"
             f"  Metrics:    {metrics}\n{nodes}"
             f"  Logs:       {self.data / 'logs'}\n"
+            f"  CLI:        {cli_hint(self.data)}\n"
             f"Press Ctrl-C to stop everything.",
             flush=True,
         )
@@ -418,6 +430,7 @@ class Supervisor:
         """Stop every child at once (each stops its own work: the agent its apps, with their
         stop timeouts), then wait for each; a child past its deadline is killed."""
         self.stopping.set()
+        log.info("stopping every child")
         order = ("agent", "proxy", "controllers", "api", "caddy")
         running = [
             c

@@ -24,6 +24,7 @@ from forge.api import agents, github, logs, records, releases, runs, system
 from forge.api.auth import Authenticator, AuthMiddleware
 from forge.api.body import dumps
 from forge.api.context import ApiContext
+from forge.api.domains import AppDomainsResource
 from forge.api.metrics import Metrics, MetricsMiddleware, MetricsResource
 from forge.api.openapi import EXPOSED, build_openapi
 from forge.api.previews import PreviewApproveResource
@@ -159,6 +160,7 @@ def create_app(
     app.add_route("/api/v1/apps/{name}/rollback", releases.RollbackResource(ctx))
     app.add_route("/api/v1/apps/{name}/logs", logs.AppLogsResource(ctx))
     app.add_route("/api/v1/apps/{name}/runs", runs.AppRunsResource(ctx))
+    app.add_route("/api/v1/apps/{name}/domains", AppDomainsResource(ctx))
     app.add_route("/api/v1/instances/{name}/stdin", runs.InstanceStdinResource(ctx))
     app.add_route("/api/v1/nodes/{name}/token", agents.NodeTokenResource(ctx))
     app.add_route("/api/v1/instances/{name}/secrets", agents.InstanceSecretsResource(ctx))

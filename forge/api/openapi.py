@@ -173,6 +173,14 @@ def _extra_paths() -> dict[str, Any]:
                 requestBody=_body(_ref("RollbackRequest"), required=False),
             ),
         },
+        "/api/v1/apps/{name}/domains": {
+            "parameters": [NAME],
+            "get": _op(
+                "appDomains",
+                "The App's hostnames with their DNS targets and certificate states",
+                {**_ok(obj), **_errors(*AUTHED)},
+            ),
+        },
         "/api/v1/apps/{name}/logs": {
             "parameters": [NAME],
             "get": _op(

@@ -36,7 +36,8 @@ class Ctx:
         if self._client is None:
             from forge.client import ForgeClient
 
-            self._client = ForgeClient(api_url(), admin_token())
+            url, source = locate()
+            self._client = ForgeClient(url, admin_token(), unreachable_hint=unreachable_hint(url, source))
         return self._client
 
 
@@ -47,8 +48,36 @@ def _read(path: Path) -> str:
         return ""
 
 
+DISCOVERY = (
+    "How the CLI finds its install: the API URL is $FORGE_URL, else the api-url file that forge "
+    "up writes in its data dir, else http://127.0.0.1:8080; the token is $FORGE_ADMIN_TOKEN, else "
+    "the data dir's admin-token. The data dir is $FORGE_DATA_DIR, else /var/lib/forge as root, "
+    "else ~/.local/share/forge. For an install started with forge up --data-dir DIR, set "
+    "FORGE_DATA_DIR=DIR; for a remote one, FORGE_URL and FORGE_ADMIN_TOKEN."
+)
+
+
+def locate() -> tuple[str, str]:
+    """The API URL the CLI uses and where it came from (for messages)."""
+    if os.environ.get("FORGE_URL"):
+        return os.environ["FORGE_URL"], "from $FORGE_URL"
+    path = default_data_dir() / "api-url"
+    found = _read(path)
+    if found:
+        return found, f"from {path} (written by forge up)"
+    return DEFAULT_URL, f"the default: $FORGE_URL is unset and {path} does not exist"
+
+
+def unreachable_hint(url: str, source: str) -> str:
+    return (
+        f"{url} is {source}. Start Forge with forge up, or point the CLI at a running install: "
+        "FORGE_DATA_DIR=DIR (the --data-dir it was started with), or FORGE_URL=http://HOST:PORT "
+        "with FORGE_ADMIN_TOKEN=TOKEN."
+    )
+
+
 def api_url() -> str:
-    return os.environ.get("FORGE_URL") or _read(default_data_dir() / "api-url") or DEFAULT_URL
+    return locate()[0]
 
 
 def admin_token() -> str:
@@ -58,7 +87,18 @@ def admin_token() -> str:
 pass_ctx = click.make_pass_decorator(Ctx, ensure=True)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class ListByDefault(click.Group):
+    """A verb group whose bare form lists: ``forge domains APP`` is ``forge domains list APP``."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and not args[0].startswith("-") and args[0] not in self.commands and "list" in self.commands:
+            args = ["list", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}, epilog=DISCOVERY
+)
 @click.version_option(__version__, "--version", prog_name="forge")
 def cli() -> None:
     """Forge: push to GitHub, get a live, health-checked app on your own servers."""
@@ -82,7 +122,20 @@ def completion(shell: str) -> None:
 
 
 def main() -> None:
-    from forge.cli import apps, daemons, github, nodes, previews, resources, runs, store  # noqa: F401  (registers verbs)
+    from forge.cli import (  # noqa: F401  (registers verbs)
+        apps,
+        daemons,
+        domains,
+        github,
+        nodes,
+        previews,
+        ps,
+        resources,
+        restart,
+        runs,
+        secrets,
+        store,
+    )
 
     try:
         cli.main(prog_name="forge", standalone_mode=False)

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from forge.cli import Ctx, cli, pass_ctx
+from forge.cli import Ctx, ListByDefault, cli, pass_ctx
 from forge.cli.converge import newest_number, wait_converged
 from forge.cli.output import age, dig, emit, render, table
 from forge.cli.resources import OUTPUT, event_line
@@ -96,8 +96,22 @@ def apps_create(
     emit(
         obj,
         fmt,
-        lambda: f"app/{name} created; push to {repo} ({', '.join(body['spec']['branches'])}) to deploy",
+        lambda: created_message(ctx, name, repo, body["spec"]["branches"], not no_auto_deploy),
     )
+
+
+def created_message(ctx: Ctx, name: str, repo: str, branches: list[str], auto: bool) -> str:
+    """What to do next: deploy by hand now; a push deploys only once GitHub reaches this install."""
+    lines = [
+        f"app/{name} created. Deploy it now: forge deploy {name} --ref {branches[0]} --wait",
+    ]
+    if auto:
+        lines.append(
+            f"Pushes to {repo} ({', '.join(branches)}) deploy it once GitHub sends this install its "
+            f"webhooks: forge github connect, or a webhook to {ctx.client.url}/api/v1/webhook/github "
+            "(see README, With GitHub)."
+        )
+    return "\n".join(lines)
 
 
 @apps.command("delete")
@@ -164,11 +178,17 @@ def config_differences(spec: dict[str, Any], applied: dict[str, Any], procs: dic
 
 
 @cli.command()
-@click.argument("name")
+@click.argument("name", required=False)
 @OUTPUT
 @pass_ctx
-def status(ctx: Ctx, name: str, fmt: str) -> None:
-    """Live release, commit, URL, Instances and the last Events of an app."""
+def status(ctx: Ctx, name: str | None, fmt: str) -> None:
+    """Live release, commit, URL, Instances and the last Events of an app; with no NAME, an
+    overview of every app."""
+    if name is None:
+        from forge.cli.overview import overview
+
+        overview(ctx, fmt)
+        return
     app = ctx.client.get("apps", name)
     releases = _releases(ctx, name)
     live = dig(app, "status.liveDeployment")
@@ -651,7 +671,7 @@ def scale(ctx: Ctx, name: str, counts: tuple[str, ...], wait: bool) -> None:
         wait_converged(ctx.client, name, after)
 
 
-@cli.group()
+@cli.group(cls=ListByDefault)
 def domains() -> None:
     """Custom domains of an app."""
 
@@ -737,9 +757,9 @@ def creds_set(ctx: Ctx, scope: str, token_stdin: bool) -> None:
     click.echo(f"credential for {scope} stored")
 
 
-@cli.group()
+@cli.group(cls=ListByDefault)
 def secrets() -> None:
-    """Encrypted secrets."""
+    """An app's encrypted secrets (env vars whose values are never shown): set, unset, list."""
 
 
 @secrets.command("rotate-key")

@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,16 @@ def check_admin(value: str, what: str) -> str:
     return check_listen(value, what)
 
 
+def exit_now() -> None:
+    """End a daemon whose work is done, skipping the interpreter's teardown of its modules:
+    that alone takes 0.5 s and more on a loaded machine, and forge up's Ctrl-C waits on it.
+    Everything it must leave behind is written (logs flushed here; state files are fsynced)."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 def stop_on_signals() -> threading.Event:
     stop = threading.Event()
 
@@ -56,7 +67,10 @@ DATA_DIR = click.option(
     "--data-dir",
     type=click.Path(file_okay=False),
     default=None,
-    help="Where Forge keeps its store, keys and releases (default $FORGE_DATA_DIR or ~/.local/share/forge).",
+    help=(
+        "Where Forge keeps its store, keys and releases (default: $FORGE_DATA_DIR, else "
+        "/var/lib/forge as root, else ~/.local/share/forge)."
+    ),
 )
 
 
@@ -163,6 +177,7 @@ def controllers(
         )
     finally:
         store.close()
+    exit_now()
 
 
 @cli.command()
@@ -334,6 +349,17 @@ def agent(
         parse_subnet(instance_subnet, cfg.pool)
     node = name or socket.gethostname().lower()
     stop = stop_on_signals()
+    early: threading.Thread | None = None
+    if stop_apps_on_exit:
+        # Ask the apps to stop the moment the agent is (while its threads wind down): most exit on
+        # SIGTERM at once. The pass after run_agent returns catches anything restarted meanwhile.
+
+        def stop_early() -> None:
+            stop.wait()
+            stop_local_apps(Path(cfg.data_dir), node)
+
+        early = threading.Thread(target=stop_early, name="forge-stop-apps", daemon=True)
+        early.start()
     run_agent(
         api_url=api_url,
         token=token,
@@ -355,9 +381,22 @@ def agent(
         log_cap_bytes=log_cap_bytes,
     )
     if stop_apps_on_exit:
+        clock = SystemClock()
+        t0 = clock.monotonic()
+        if early is not None:
+            early.join()
         stop_local_apps(Path(cfg.data_dir), node)
+        t1 = clock.monotonic()
         remove_node_network(Path(cfg.data_dir))
+        t2 = clock.monotonic()
         unmount_release_disks(Path(cfg.data_dir))
+        logging.getLogger("forge.agent").info(
+            "on exit: apps stopped in %.2fs, network removed in %.2fs, disks unmounted in %.2fs",
+            t1 - t0,
+            t2 - t1,
+            clock.monotonic() - t2,
+        )
+    exit_now()
 
 
 def parse_log_cap(value: str) -> int:
@@ -465,3 +504,4 @@ def up(
     )
     stop = stop_on_signals()
     sup.run(stop)
+    exit_now()  # everything is stopped and cleaned up: Ctrl-C should not wait on the teardown

@@ -54,7 +54,7 @@ from forge.store.base import Store
 
 # Reasons an agent reports that mean the release itself is broken (not the machine).
 FAILING_REASONS: frozenset[str] = frozenset(
-    {"BuildFailed", "HealthCheckFailed", "CrashLoopBackOff", "OOMKilled"}
+    {"BuildFailed", "HealthCheckFailed", "CrashLoopBackOff", "OOMKilled", "WrongPort"}
 )
 # Instance phases before the process exists: a slot in one of these is still building.
 BUILDING_PHASES: frozenset[str] = frozenset({"", "Pending", "Scheduled", "Building"})
@@ -341,3 +341,21 @@ def stop_instances(store: Store, instances: Iterable[Instance]) -> None:
         obj = inst.copy_deep()
         obj.spec.desired = "Stopped"
         store.update(obj)
+
+
+def deadline_message(
+    dep_name: str, seconds: float, manifest: dict[str, Any] | None, instances: list[Instance]
+) -> str:
+    """Why a release missed its progress deadline, naming the build when it was still building."""
+    base = f"not ready within {seconds:g}s of its creation"
+    building = sorted(
+        i.metadata.name for i in current_by_slot(dep_name, instances).values() if i.status.phase == "Building"
+    )
+    if not building:
+        return base
+    build = (manifest or {}).get("build") or {}
+    limit = float(build.get("timeoutSeconds") or 600.0)
+    return (
+        f"{base}: its build was still running (instance {building[0]}; build.timeout is {limit:g}s); "
+        "make the build faster, or raise build.timeout in forge.yaml (build: {timeout: 20m}, up to 2h)"
+    )

@@ -424,7 +424,7 @@ def plan_rollout(
             st.applied_config = cfg
         elif now >= deadline:
             st.phase, st.reason, st.finished_time = "Failed", "ProgressDeadlineExceeded", now_iso
-            st.message = f"not ready within {allowed:g}s of its creation"
+            st.message = ds.deadline_message(name, allowed, st.manifest, instances)
             note(name, "Warning", "ProgressDeadlineExceeded", f"{name} failed: {st.message}")
         elif st.manifest is not None:
             st.applied_config = cfg

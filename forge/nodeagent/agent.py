@@ -262,7 +262,10 @@ class Agent:
             self.isolation.network,
         )
         self.stop.wait()
+        t0 = self.clock.monotonic()
+        self.reconciler.stopping.set()
         self.shutdown()
+        log.info("agent %s stopped its threads in %.2fs", self.name, self.clock.monotonic() - t0)
 
     def shutdown(self) -> None:
         """Stop the agent's own threads; apps keep running (they are detached on purpose)."""

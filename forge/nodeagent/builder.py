@@ -38,6 +38,7 @@ from forge.atomicfile import write_atomic
 from forge.clock import Clock
 from forge.gitauth import scrub
 from forge.gitsource import GitError, GitSource
+from forge.manifest import fmt_duration
 from forge.nodeagent import buildcache, buildlog, logwriter
 from forge.nodeagent.sandbox import SandboxTimeout, prepare_workdir
 from forge.nodeagent.spec import RunSpec
@@ -115,6 +116,14 @@ def api_credentials(client: Any) -> Credentials:
         return str(token) if token else None
 
     return fetch
+
+
+def out_of_time(build_timeout: float, where: str) -> str:
+    """A build past ``build.timeout``: say which limit it was and how to raise it."""
+    return (
+        f"the build ran out of time{' ' + where if where else ''}: build.timeout is "
+        f"{fmt_duration(build_timeout)}; raise it in forge.yaml (build: {{timeout: 20m}}, up to 2h)"
+    )
 
 
 class Builder:
@@ -341,8 +350,7 @@ class Builder:
                     left = deadline - self.clock.monotonic()
                     if left <= 0:
                         raise BuildError(
-                            REASON_BUILD_FAILED,
-                            f"build timed out after {run.build_timeout:g}s before {cmd!r}",
+                            REASON_BUILD_FAILED, out_of_time(run.build_timeout, f"before {cmd!r}")
                         )
                     spec = self.spec_factory(
                         app=app,
@@ -366,7 +374,13 @@ class Builder:
                         output = _after_last_step(
                             buildlog.strip_stamps(logwriter.read_tail(build_log.parent, "build"))
                         )
-                        what = "timed out" if code is None else f"exited with code {code}"
+                        if code is None:
+                            what = out_of_time(run.build_timeout, "")
+                            self._note(build_log, f"==> {what}")
+                            raise BuildError(
+                                REASON_BUILD_FAILED, f"build command {cmd!r}: {what}\n{tail(output)}"
+                            )
+                        what = f"exited with code {code}"
                         if self.fence is not None and self.fence.exceeded(release, disk):
                             what += f" after filling the release's disk limit of {disk // 2**20} MiB (resources.disk)"
                         self._note(build_log, f"==> build command {what}")

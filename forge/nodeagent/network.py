@@ -433,8 +433,12 @@ class NodeNetwork:
 
     def teardown(self) -> None:
         """Everything this install made on the machine: namespaces, bridge, table."""
-        for name in self.namespaces():
-            self.detach(name)
+        # In parallel: each namespace costs a few `ip` calls, and forge up's Ctrl-C waits on this.
+        workers = [threading.Thread(target=self.detach, args=(name,)) for name in self.namespaces()]
+        for t in workers:
+            t.start()
+        for t in workers:
+            t.join()
         ip(f"link del {self.names.bridge}", check=False)
         try:
             self.nft.run(f"table inet {self.names.table} {{}}\ndelete table inet {self.names.table}\n")

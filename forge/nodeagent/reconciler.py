@@ -28,6 +28,7 @@ from forge.nodeagent.diskfence import (
     REASON_STORAGE_REPAIRED,
     StorageUnavailable,
 )
+from forge.nodeagent.listening import REASON_WRONG_PORT, Listener, listening, port_verdict
 from forge.nodeagent.logship import Shipper, log_path
 from forge.nodeagent.prober import READY, UNHEALTHY, WAITING, ProbeResult, ProbeTracker, probe
 from forge.nodeagent.sandbox import SandboxTimeout
@@ -53,9 +54,12 @@ REASON_TIMEOUT: Final[str] = "Timeout"  # a one-shot ran past its timeout
 REASON_ERROR: Final[str] = "Error"  # a one-shot exited non-zero
 REASON_EXIT_UNKNOWN: Final[str] = "ExitUnknown"
 REASON_INTERRUPTED: Final[str] = "Interrupted"
+REASON_RESTARTED: Final[str] = "Restarted"  # forge restart: a restart asked for, not a crash
 DISK_RETRY_SECONDS = 30.0
 FIRST_PROBE_DELAY = 0.05  # then doubling up to health.interval until the first success: a fast
 # app is seen ready within tens of milliseconds, a slow one is not hammered
+WRONG_PORT_GRACE = 1.0  # an app seen listening only elsewhere this long is on the wrong port
+# (not merely opening a side port a moment before $PORT)
 STABLE_SECONDS = BACKOFF_CAP  # running this long after being ready resets the crash streak
 
 
@@ -85,7 +89,11 @@ class Reconciler:
         self.next_probe: dict[str, float] = {}
         self.probe_step: dict[str, float] = {}
         self.last_fail: dict[str, float] = {}
+        self.wrong_port_since: dict[str, float] = {}
         self.over_limit: set[str] = set()  # release dirs the disk check found full (their Instances stop)
+        # Set when the agent stops: nothing more is started, restarted or judged (forge up stops
+        # the apps from outside at the same moment; an app exiting then is not a crash).
+        self.stopping = threading.Event()
         # Called with the app's name when its last Instance here has stopped, before that is
         # reported: the agent deletes a deleted app's files then (Agent.purge_if_gone).
         self.on_last_stopped: Callable[[str], None] | None = None
@@ -98,6 +106,8 @@ class Reconciler:
         self.storage_damaged: set[str] = set()  # Instances whose storage the disk check found read-only
 
     def reconcile(self, name: str, inst: Instance | None) -> float | None:
+        if self.stopping.is_set():
+            return None
         st = self.state.get(name)
         if (
             inst is None
@@ -139,6 +149,7 @@ class Reconciler:
                     self.builder.release_dir(inst.spec.app, inst.spec.build or inst.spec.deployment)
                 ),
                 restarts=inst.status.restarts,
+                restart_generation=inst.spec.restart_generation,
             )
             self.state.put(st)
         limits = (
@@ -185,6 +196,8 @@ class Reconciler:
                 self.shipper.wake()
             if self._was_cancelled(name):
                 return 0.0
+        if st.pid and inst.spec.restart_generation != st.restart_generation and run.kind != "oneshot":
+            return self._restart_in_place(inst, st, run, limits)
         if st.pid and not self.supervisor.is_running(st):
             if name in self.gone_at_start and run.kind != "oneshot":
                 self._gone_at_start(st)
@@ -460,6 +473,21 @@ class Reconciler:
         self.shipper.wake()
         return min(FIRST_PROBE_DELAY, run.health.interval_seconds)
 
+    def _restart_in_place(
+        self, inst: Instance, st: InstanceState, run: RunSpec, limits: tuple[Any, ...]
+    ) -> float | None:
+        """forge restart: stop the process (its stop_timeout) and start it again at once, same
+        release, address and port; not a crash (no restart counted, no back-off)."""
+        self.supervisor.stop(st, run.stop_timeout)
+        st.pid, st.pid_start, st.ready, st.next_start, st.next_start_mono = None, None, False, None, None
+        st.reason, st.message = "", ""
+        st.restart_generation = inst.spec.restart_generation
+        self.trackers.pop(st.name, None)
+        self.wrong_port_since.pop(st.name, None)
+        self._persist(st)
+        self.event(st.name, "Normal", REASON_RESTARTED, "restarted on request (forge restart)")
+        return self._start(inst, st, run, limits)
+
     def exit_file(self, name: str) -> Path:
         """Where a one-shot's exit code is recorded (agent territory: no app can write there)."""
         return self.data_dir / "exits" / name
@@ -677,6 +705,12 @@ class Reconciler:
             verdict = tracker.record(result, since_start)
             if not result.ok:
                 self.last_fail[st.name] = mono
+        if not result.ok and not tracker.ready and not result.detail.startswith("HTTP "):
+            wrong = self._wrong_port(st, mono)  # nothing answered on $PORT: is it elsewhere?
+            if wrong is not None:
+                return self._unhealthy(inst, st, run, wrong, result, REASON_WRONG_PORT)
+        else:
+            self.wrong_port_since.pop(st.name, None)
         if tracker.ready:
             step = run.health.interval_seconds
         else:  # not ready yet: look again soon, backing off toward the interval
@@ -691,13 +725,31 @@ class Reconciler:
                 st.crash_streak = 0
                 self._persist(st)
         elif verdict == UNHEALTHY:
-            return self._unhealthy(
-                inst, st, run, f"{run.health.path} failed {tracker.failures} probes in a row", result
-            )
+            what = f"{run.health.path} failed {tracker.failures} probes in a row"
+            return self._unhealthy(inst, st, run, what + self._ports_note(st), result)
         self.status.write(
             inst, st, "Running" if st.ready else "Starting", tracker, probe_result=result.detail
         )
         return step
+
+    def _listeners(self, st: InstanceState) -> list[Listener]:
+        return listening(self.supervisor.app_pids(st))
+
+    def _wrong_port(self, st: InstanceState, mono: float) -> str | None:
+        """What is wrong with where the app listens, once it has been so for WRONG_PORT_GRACE."""
+        assert st.port is not None
+        why = port_verdict(st.port, self._listeners(st))
+        if why is None:
+            self.wrong_port_since.pop(st.name, None)
+            return None
+        since = self.wrong_port_since.setdefault(st.name, mono)
+        return why if mono - since >= WRONG_PORT_GRACE else None
+
+    def _ports_note(self, st: InstanceState) -> str:
+        """For a failed probe: the port Forge gave and where the app does listen."""
+        found = self._listeners(st)
+        where = ", ".join(str(x) for x in found) if found else "no TCP port"
+        return f" (Forge gave it $PORT={st.port}; it listens on {where})"
 
     def _mark_ready(self, st: InstanceState) -> None:
         if not st.ready:
@@ -706,15 +758,23 @@ class Reconciler:
             self._persist(st)
 
     def _unhealthy(
-        self, inst: Instance, st: InstanceState, run: RunSpec, what: str, result: ProbeResult
+        self,
+        inst: Instance,
+        st: InstanceState,
+        run: RunSpec,
+        what: str,
+        result: ProbeResult,
+        reason: str = REASON_HEALTH,
     ) -> float | None:
-        """Failed its checks ``retries`` times in a row: restart it (with back-off), say so."""
-        st.reason = REASON_HEALTH
+        """Failed its checks ``retries`` times in a row (or listens on the wrong port): restart
+        it (with back-off), say so."""
+        st.reason = reason
         st.message = f"{what}; last: {result.detail}"
+        self.wrong_port_since.pop(st.name, None)
         self.supervisor.stop(st, run.stop_timeout)
         self._schedule_restart(st)
         self._persist(st)
-        self.event(st.name, "Warning", REASON_HEALTH, f"{st.message}; restarting it")
+        self.event(st.name, "Warning", reason, f"{st.message}; restarting it")
         self.status.write(inst, st, "Starting", None, probe_result=result.detail)
         return self._backoff_left(st) if st.next_start else None
 
@@ -767,6 +827,7 @@ class Reconciler:
             self.next_probe.pop(name, None)
             self.probe_step.pop(name, None)
             self.last_fail.pop(name, None)
+            self.wrong_port_since.pop(name, None)
             self.state.save()
         finished = (
             inst is not None

@@ -57,6 +57,8 @@ class InstanceState:
     message: str = ""
     ready_time: str | None = None
     finished_time: float | None = None  # a one-shot's end (it never starts again)
+    restart_generation: int = 0  # the InstanceSpec.restart_generation its process was started for
+    stop_timeout: float | None = None  # run.stop_timeout of what runs: how long a stop on exit waits
     logs: dict[str, LogCursor] = field(default_factory=dict)
 
     def cursor(self, source: str) -> LogCursor:

@@ -122,6 +122,27 @@ def process_start_ticks(pid: int) -> int | None:
     return int(fields[19])
 
 
+def descendants(pid: int, proc: Path = Path("/proc")) -> list[int]:
+    """Every live descendant of ``pid`` (children, grandchildren …), from /proc/*/stat."""
+    children: dict[int, list[int]] = {}
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    out: list[int] = []
+    todo = [pid]
+    while todo and len(out) < 10000:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
 class Supervisor:
     def __init__(
         self,
@@ -185,6 +206,7 @@ class Supervisor:
                 if fd >= 0:
                     os.close(fd)  # the app and its writer have their own copies; the agent keeps none
         st.pid, st.pid_start = pid, process_start_ticks(pid)
+        st.stop_timeout = run.stop_timeout
         st.started_time, st.started_mono = self.clock.now(), self.clock.monotonic()
         st.exit_code = None
 
@@ -237,6 +259,15 @@ class Supervisor:
         # Just spawned: the join shim writes itself into the group a moment after fork (and
         # exits 125 if it cannot), so a young live process outside the group is still joining.
         return bool(st.started_time) and self.clock.now() - (st.started_time or 0.0) < JOIN_GRACE
+
+    def app_pids(self, st: InstanceState) -> list[int]:
+        """The Instance's processes, its main one first: its cgroup's, or (no cgroups) the
+        recorded pid and its descendants."""
+        if not st.pid:
+            return []
+        if self.driver is not None and self.driver.exists(st.cgroup):
+            return [st.pid, *(p for p in self.driver.procs(st.cgroup) if p != st.pid)]
+        return [st.pid, *descendants(st.pid)]
 
     def oom_kills(self, cgroup: str) -> int:
         if self.driver is None or not self.driver.exists(cgroup):

@@ -26,8 +26,10 @@ def remove_node_network(data_dir: Path) -> None:
         NodeNetwork(data_dir).teardown()
 
 
-def stop_local_apps(data_dir: Path, node: str, grace: float = 10.0) -> None:
-    """Stop every process the agent's state file lists (SIGTERM → grace → SIGKILL of the cgroup).
+def stop_local_apps(data_dir: Path, node: str, grace: float | None = None) -> None:
+    """Stop every process the agent's state file lists, all at once: SIGTERM → its own
+    ``run.stop_timeout`` (or ``grace``) → SIGKILL of the cgroup. An app that exits on SIGTERM
+    costs nothing; the whole stop takes about the longest stop_timeout an app actually needs.
 
     The state file keeps the entries: the next agent start finds the processes gone and
     starts them again from the stored desired state, which is how ``forge up`` comes back.
@@ -44,21 +46,25 @@ def stop_local_apps(data_dir: Path, node: str, grace: float = 10.0) -> None:
     sandbox = Sandbox(driver, mode="dev")
     clock = SystemClock()
 
-    def stop_one(cgroup: str | None, pid: int | None, pid_start: int | None) -> None:
+    def stop_one(cgroup: str | None, pid: int | None, pid_start: int | None, wait: float) -> None:
         if pid and process_start_ticks(pid) != pid_start:
             pid = None  # exited already, and the number may belong to someone else now
         group = cgroup if driver is not None and cgroup and driver.exists(cgroup) else None
         if group or pid:
-            sandbox.stop(group, pid, grace, clock)
+            sandbox.stop(group, pid, wait, clock)
 
+    waits = {
+        name: grace if grace is not None else (st.stop_timeout if st.stop_timeout is not None else 10.0)
+        for name, st in state.instances.items()
+    }
     threads = [
-        threading.Thread(target=stop_one, args=(st.cgroup, st.pid, st.pid_start))
-        for st in state.instances.values()
+        threading.Thread(target=stop_one, args=(st.cgroup, st.pid, st.pid_start, waits[name]))
+        for name, st in state.instances.items()
     ]
     for t in threads:
         t.start()
     for t in threads:
-        t.join(timeout=grace + 15)
+        t.join(timeout=max(waits.values(), default=0.0) + 15)
     if driver is not None:
         for group in driver.list_groups():  # builds cut short, anything the state did not name
             driver.thaw(group)

@@ -24,7 +24,7 @@ from forge.models import (
     set_condition,
 )
 from forge.store.base import Store
-from tests.controllers.conftest import condition_of, events_for, snapshot
+from tests.controllers.conftest import DEFAULT_MANIFEST, condition_of, events_for, snapshot
 from tests.controllers.release_helpers import Crash, CrashingStore, get, instances, report, serve_all
 
 
@@ -171,6 +171,29 @@ def test_progress_deadline_fails_release(ctl: RolloutController, store: Store, c
     assert condition_of(app, "Progressing").reason == "ProgressDeadlineExceeded"
     assert events_for(store, "hello-2", "ProgressDeadlineExceeded")[0].spec.type == "Warning"
     assert get(store, "Deployment", "hello-1").status.phase == "Live"
+    assert_idempotent(ctl, store)
+
+
+@pytest.mark.parametrize(("phase", "words", "absent"), [
+    ("Building", ["not ready within 1020s", "build was still running", "hello-2-0", "build.timeout is 900s",
+                  "raise build.timeout in forge.yaml"], []),
+    ("Starting", ["not ready within 1020s of its creation"], ["build"]),
+], ids=["still-building", "starting"])
+def test_progress_deadline_message_names_a_build_still_running(
+        ctl: RolloutController, store: Store, clock: FakeClock, live_v1: App,
+        make_deployment: Callable[..., Deployment], phase: str, words: list[str], absent: list[str]) -> None:
+    """A release past its deadline while its build still runs says so and names build.timeout."""
+    manifest = {**DEFAULT_MANIFEST, "build": {"commands": ["make"], "timeoutSeconds": 900.0}}
+    make_deployment("hello", 2, manifest=manifest)
+    ctl.reconcile("hello")
+    report(store, "hello-2-0", phase)
+    clock.advance(120 + 900 + 1)  # the deadline covers the build's own timeout
+    ctl.reconcile("hello")
+    msg = get(store, "Deployment", "hello-2").status.message
+    for w in words:
+        assert w in msg, msg
+    for w in absent:
+        assert w not in msg, msg
     assert_idempotent(ctl, store)
 
 

@@ -108,7 +108,8 @@ def test_apps_create_list_status_and_deploy_wait(forge: Forge) -> None:
     sha = rem.app_release("cli-a", "v1")
     out = ok(forge, "apps", "create", "cli-a", "--repo", "acme/cli-a", "--branch", "main", "--branch", "prod",
              "--domain", "cli-a.example.test")
-    assert out.strip() == "app/cli-a created; push to acme/cli-a (main, prod) to deploy"
+    assert out.startswith("app/cli-a created. Deploy it now: forge deploy cli-a --ref main --wait\n"), out
+    assert "Pushes to acme/cli-a (main, prod) deploy it once GitHub sends this install its webhooks" in out
     dup = cli(forge, "apps", "create", "cli-a", "--repo", "acme/cli-a")
     assert dup.returncode == 1 and dup.stderr.startswith("error: ") and len(dup.stderr.strip().splitlines()) == 1
 

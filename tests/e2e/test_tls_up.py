@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import ssl
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -70,3 +73,26 @@ def test_forge_up_tls_internal_serves_https_for_live_apps_only(tls_forge: tuple[
         https_get(https_port, "nobody.localhost", root)
     assert not isinstance(refused.value, ssl.SSLCertVerificationError)  # no certificate was issued at all
     assert forge.get("apps", "secure")["status"]["url"].startswith("https://secure.localhost")
+
+
+def test_forge_domains_shows_dns_target_and_certificate_state(tls_forge: tuple[Forge, int]) -> None:
+    """forge domains APP: the default host's certificate (issued by Caddy's internal CA after the
+    HTTPS request above) and a custom domain's (pending), each with where to point DNS."""
+    forge, https_port = tls_forge
+    with forge.client as c:
+        app = c.get("/api/v1/apps/secure").json()
+        app["spec"]["domains"] = ["www.example.org"]
+        c.put("/api/v1/apps/secure", json={k: app[k] for k in ("apiVersion", "kind", "metadata", "spec")}).raise_for_status()
+    env = {**forge.env, "FORGE_URL": forge.api, "FORGE_DATA_DIR": "/nonexistent"}
+    r = subprocess.run([sys.executable, "-m", "forge", "domains", "secure", "-o", "json"], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    items = {d["domain"]: d for d in json.loads(r.stdout)["items"]}
+    assert items["secure.localhost"]["certificate"]["state"] == "issued", items
+    assert items["secure.localhost"]["certificate"]["issuer"] == "local"
+    assert items["www.example.org"]["certificate"]["state"] == "pending", items
+    assert "on the first HTTPS request" in items["www.example.org"]["certificate"]["message"]
+    assert "A/AAAA record" in items["www.example.org"]["dnsTarget"]  # FORGE_DOMAIN=localhost: no name to CNAME to
+    r = subprocess.run([sys.executable, "-m", "forge", "domains", "secure"], env=env, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0 and "POINT DNS AT" in r.stdout and "valid until" in r.stdout, r.stdout + r.stderr

@@ -93,7 +93,7 @@ def test_instances_of_one_deployment_share_a_build(rig: Rig) -> None:
     ("commands", "timeout", "reason", "needle"),
     [
         (["echo one", "echo 'fatal: it broke' >&2; exit 4"], 60, REASON_BUILD_FAILED, "fatal: it broke"),
-        (["sleep 30"], 1, REASON_BUILD_FAILED, "timed out"),
+        (["sleep 30"], 1, REASON_BUILD_FAILED, "'sleep 30': the build ran out of time: build.timeout is 1s; raise it"),
     ],
     ids=["failing-command", "timeout"],
 )

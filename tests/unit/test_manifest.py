@@ -133,6 +133,14 @@ BAD = [
     ("memory-unit", "resources: {memory: 12Q}", "resources.memory",
      '"12Q" is not a size (use 128M, 1G, 512Mi)'),
     ("memory-too-small", "resources: {memory: 8M}", "resources.memory", "out of range (16Mi to 64Gi)"),
+    ("memory-bare-number", "resources: {memory: 256}", "resources.memory",
+     "256 is out of range (16Mi to 64Gi); a bare number is bytes: did you mean 256M?"),
+    ("memory-bare-string", "resources: {memory: '2'}", "resources.memory", "did you mean 2G?"),
+    ("disk-bare-number", "resources: {disk: 512}", "resources.disk", "did you mean 512M?"),
+    ("cpu-millicores-without-m", "resources: {cpu: 500}", "resources.cpu",
+     "a bare number is cores: did you mean 500m (0.5 cores)?"),
+    ("stop-timeout-ms-without-unit", "run: {command: x, stop_timeout: 30000}", "run.stop_timeout",
+     "a bare number is seconds: did you mean 30000ms?"),
     ("memory-too-big", "resources: {memory: 65G}", "resources.memory", "out of range"),
     ("memory-fraction-bytes", "resources: {memory: 1.5}", "resources.memory", "is not a size"),
     ("memory-bool", "resources: {memory: true}", "resources.memory", "is not a size"),
@@ -199,6 +207,19 @@ def test_bad_manifest_one_clear_error(body: str, path: str, message: str) -> Non
     assert message in exc.value.details[0]["message"]
     assert exc.value.message.startswith(f"invalid forge.yaml: {path}: ")
     assert "Traceback" not in exc.value.message
+
+
+@pytest.mark.parametrize(
+    "body",
+    ["resources: {memory: 8M}", "resources: {memory: 999999999999999}", "resources: {cpu: 99999}",
+     "health: {interval: 500ms}"],
+    ids=["has-a-unit", "no-unit-fits", "not-millicores-either", "duration-with-unit"],
+)
+def test_no_unit_hint_where_no_unit_helps(body: str) -> None:
+    """"did you mean" only for a bare number that a unit puts in range."""
+    with pytest.raises(Invalid) as exc:
+        parse_manifest(body + "\n" + RUN, app_name="hello")
+    assert "out of range" in exc.value.message and "did you mean" not in exc.value.message
 
 
 DOC_ERRORS = [
