@@ -41,8 +41,8 @@ class Entry:
 def ensure_app_dir(data_dir: Path, app: str, uid: int | None, gid: int | None) -> str:
     """The App's cache dir, made if missing, owned by its uid, marked used now."""
     root = Path(data_dir) / CACHE_DIR
-    root.mkdir(mode=0o711, parents=True, exist_ok=True)
-    os.chmod(root, 0o711)
+    root.mkdir(mode=0o701, parents=True, exist_ok=True)
+    os.chmod(root, 0o701)  # search-only, as forge.hostperms has every shared dir: never listable
     path = root / app
     if path.is_symlink() or (path.exists() and not path.is_dir()):
         path.unlink()  # never the agent's to follow

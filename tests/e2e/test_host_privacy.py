@@ -3,8 +3,8 @@ install and cannot dial its apps past Caddy.
 
 Two apps run (``alpha`` with persistent storage, ``beta``); root lists every path under the data
 dir, and a walker running as ``nobody`` and as alpha's uid (``setpriv``) tries to read each file
-and list each directory. ``nobody`` reaches nothing; alpha's uid reaches its own release tree
-and storage only. Then ``nobody`` dials alpha's instance address and service address (refused)
+and list each directory. ``nobody`` reaches nothing; alpha's uid reaches its own release tree,
+storage and build cache only. Then ``nobody`` dials alpha's instance address and service address (refused)
 while root, as Caddy and the agent's probes do, still gets through.
 """
 
@@ -97,7 +97,12 @@ def test_no_other_uid_reads_the_data_dir_beyond_its_own_app(forge: Forge) -> Non
     read_by_nobody = json.loads(as_uid(NOBODY, ["/usr/bin/python3", "-c", WALKER], json.dumps(paths)))
     assert read_by_nobody == [], f"nobody read {len(read_by_nobody)} paths, e.g. {read_by_nobody[:12]}"
 
-    own = (str(node / "releases" / "alpha" / ""), str(node / "storage" / "alpha"))
+    # Its own: its release tree, its storage and its build cache (written by its own builds).
+    own = (
+        str(node / "releases" / "alpha" / ""),
+        str(node / "storage" / "alpha"),
+        str(node / "buildcache" / "alpha"),
+    )
     read_by_alpha = json.loads(as_uid(alpha, ["/usr/bin/python3", "-c", WALKER], json.dumps(paths)))
     outside = [p for p in read_by_alpha if not p.startswith(own)]
     assert outside == [], f"alpha's uid read {len(outside)} paths outside its app, e.g. {outside[:12]}"

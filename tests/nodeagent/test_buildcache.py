@@ -70,7 +70,7 @@ def test_app_dir_is_owned_by_the_app_and_private(tmp_path: Path) -> None:
     path = Path(buildcache.ensure_app_dir(tmp_path, "beta", 50123, 50123))
     st = os.lstat(path)
     assert (st.st_uid, oct(st.st_mode & 0o777)) == (50123, "0o700") and not path.is_symlink()
-    assert oct((tmp_path / "buildcache").stat().st_mode & 0o777) == "0o711"
+    assert oct((tmp_path / "buildcache").stat().st_mode & 0o777) == "0o701"
 
 
 @needs_all
