@@ -30,7 +30,7 @@ from forge.nodeagent.state import InstanceState
 PORT_MIN, PORT_MAX = 20000, 39999
 BACKOFF_BASE, BACKOFF_CAP = 1.0, 60.0
 JOIN_GRACE = 10.0
-DRAIN_SECONDS = 2.0  # how long an ended app's log writer may take to write what is left in its pipe
+DRAIN_SECONDS = 5.0  # how long an ended app's log writer may take to write what is left in its pipe
 DRAIN_STEP = 0.02
 SANE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
