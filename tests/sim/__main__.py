@@ -1,0 +1,126 @@
+"""``python -m tests.sim``: ``--seeds N`` (how many passed), ``--seed S`` (one seed's trace),
+``--selftest`` (each planted fault caught). ``make sim`` / ``make sim-selftest`` call this."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+
+from tests.sim.plan import KNOWN_BUG_TRIGGERS, generate, included, run, shrink
+from tests.sim.planted import PLANTED
+
+
+def _hash_seed() -> None:
+    """Set iteration order is part of a trace: pin Python's string hashing, then run again."""
+    if os.environ.get("PYTHONHASHSEED") != "0":
+        os.environ["PYTHONHASHSEED"] = "0"
+        os.execv(sys.executable, [sys.executable, "-m", "tests.sim", *sys.argv[1:]])
+
+
+def report_failure(seed: int, shrink_budget: float) -> None:
+    plan = generate(seed)
+    first = run(seed, plan)
+    if first.violation is None:
+        return
+    print(f"seed {seed} FAILED: {first.violation}")
+    small = shrink(seed, plan, first.violation.name, budget=shrink_budget)
+    print(f"  shrunk to {len([o for o in small if not o.setup])} actions/faults (+ setup):")
+    for op in small:
+        print(f"    {op}{'  [setup]' if op.setup else ''}")
+
+
+def cmd_seeds(n: int, start: int, shrink_budget: float, max_reports: int) -> int:
+    t0 = time.monotonic()
+    failed: list[int] = []
+    steps = 0
+    for seed in range(start, start + n):
+        out = run(seed, generate(seed))
+        steps += out.steps
+        if not out.passed:
+            failed.append(seed)
+            print(f"seed {seed}: {out.violation}", flush=True)
+    took = time.monotonic() - t0
+    on = sorted(included())
+    off = sorted(set(KNOWN_BUG_TRIGGERS) - set(on))
+    print(
+        f"{n - len(failed)}/{n} seeds passed in {took:.1f}s ({steps} steps); "
+        f"known-bug families off: {', '.join(off) or 'none'}; on: {', '.join(on) or 'none'}"
+    )
+    for seed in failed[:max_reports]:
+        report_failure(seed, shrink_budget)
+    return 1 if failed else 0
+
+
+def cmd_seed(seed: int) -> int:
+    plan = generate(seed)
+    print(f"seed {seed}: plan")
+    for op in plan:
+        print(f"  {op}{'  [setup]' if op.setup else ''}")
+    out = run(seed, plan)
+    print(f"seed {seed}: trace")
+    for line in out.lines:
+        print(line)
+    print(
+        f"seed {seed}: {'passed' if out.passed else f'FAILED: {out.violation}'} ({out.steps} steps, {out.sim_seconds:.1f}s simulated)"
+    )
+    if not out.passed:
+        assert out.violation is not None
+        small = shrink(seed, plan, out.violation.name, budget=90.0)
+        print(f"seed {seed}: shrunk to")
+        for op in small:
+            print(f"  {op}{'  [setup]' if op.setup else ''}")
+    return 0 if out.passed else 1
+
+
+def selftest_one(fault: str, max_seeds: int = 60) -> tuple[int, str] | None:
+    """A seed that passes as the code is and fails with ``fault`` planted (None: missed)."""
+    for seed in range(max_seeds):
+        plan = generate(seed)
+        planted = run(seed, plan, planted=fault)
+        if planted.passed:
+            continue
+        if run(seed, plan).passed:
+            assert planted.violation is not None
+            return seed, str(planted.violation)
+    return None
+
+
+def cmd_selftest(only: list[str]) -> int:
+    missed = []
+    for fault in only or list(PLANTED):
+        t0 = time.monotonic()
+        got = selftest_one(fault)
+        took = time.monotonic() - t0
+        if got is None:
+            missed.append(fault)
+            print(f"MISSED {fault}: {PLANTED[fault]} ({took:.1f}s)", flush=True)
+        else:
+            print(f"caught {fault}: seed {got[0]}: {got[1][:150]} ({took:.1f}s)", flush=True)
+    print(f"{len(only or PLANTED) - len(missed)} caught, {len(missed)} missed")
+    return 1 if missed else 0
+
+
+def main() -> int:
+    _hash_seed()
+    logging.disable(logging.CRITICAL)
+    p = argparse.ArgumentParser(prog="python -m tests.sim")
+    p.add_argument("--seeds", type=int)
+    p.add_argument("--start", type=int, default=0)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--selftest", action="store_true")
+    p.add_argument("--fault", action="append", default=[])
+    p.add_argument("--shrink-budget", type=float, default=60.0)
+    p.add_argument("--reports", type=int, default=3)
+    a = p.parse_args()
+    if a.selftest:
+        return cmd_selftest(a.fault)
+    if a.seed is not None:
+        return cmd_seed(a.seed)
+    return cmd_seeds(a.seeds or 100, a.start, a.shrink_budget, a.reports)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
