@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from tests.sim.fakes import FakeServiceMap, SimStore
     from tests.sim.world import World
 
+LEADER_ROUND = 5.0  # the elector's renew interval (15 s lease / 3)
 ROUTE_GRACE = 3.0  # seconds a dial may lag behind the truth (watch delays are bounded by 2 s)
 FINAL = ("Live", "Superseded", "Failed", "Cancelled")
 EXCUSING_FAULTS = ("node-loss", "partition", "disk-full", "git-down")
@@ -154,6 +155,25 @@ class Checker:
                 if len(names) > 1:
                     raise Violation("one-live", f"{app} has {len(names)} Live releases: {sorted(names)}")
         self.check_routes(self.world.services, at_apply=False)
+        self.check_leadership()
+
+    def check_leadership(self) -> None:
+        """A control plane restarted on the same host leads within one election round (plus a
+        second): it must not wait out the lease of its own dead predecessor. Judged only when
+        the ``up-restart`` family is on (the known bug of #20; see plan.KNOWN_BUG_TRIGGERS)."""
+        w = self.world
+        if "up-restart" not in w.families or not w.restarts or not self.on("leader-after-restart"):
+            return
+        host, since = w.restarts[-1]
+        if w.leader() is not None:
+            w.restarts.clear()
+            return
+        if w.now() - since > LEADER_ROUND + 1.0:
+            raise Violation(
+                "leader-after-restart",
+                f"the control plane restarted on {host} at {since:.1f}s has not led for "
+                f"{w.now() - since:.1f}s: it waits out its dead predecessor's lease",
+            )
 
     def _app(self, ev: WatchEvent, app: App) -> None:
         name = app.metadata.name

@@ -94,13 +94,18 @@ BEHAVIORS: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
-def generate(seed: int, families: set[str] | None = None) -> list[Op]:
-    """The plan of one seed. ``families``: the known-bug families to allow (default: the switch)."""
+FOCUS = ("config-rollback", "stale-settled", "leader-pause", "scale-proc", "cp-crash")
+
+
+def generate(seed: int, families: set[str] | None = None, focus: str | None = None) -> list[Op]:
+    """The plan of one seed. ``families``: the known-bug families to allow (default: the switch);
+    ``focus``: one combination (``FOCUS``) the plan must contain at least once (the self-test
+    uses it to reach a planted fault's sequence in a few seeds, not a few hundred)."""
     allow = included() if families is None else families
-    rng = random.Random(f"plan-{seed}")
+    rng = random.Random(f"plan-{seed}" + (f"-{focus}" if focus else ""))
     n_nodes = rng.choice((1, 2, 2, 3))
     n_apps = rng.choice((1, 1, 2))
-    ha = rng.random() < 0.25
+    ha = rng.random() < 0.25 or focus == "leader-pause"
     ops: list[Op] = [Op(0.0, "control-plane", ("cp0",), True)]
     if ha:
         ops.append(Op(0.0, "control-plane", ("cp1",), True))
@@ -119,6 +124,7 @@ def generate(seed: int, families: set[str] | None = None) -> list[Op]:
         ("env", 1),
         ("domain", 1),
         ("rollback", 1),
+        ("config-rollback", 1),
         ("deploy-ref", 1),
         ("delete", 1),
         ("cordon", 1),
@@ -144,11 +150,13 @@ def generate(seed: int, families: set[str] | None = None) -> list[Op]:
         kinds.append(("clock-step", 2))
     bag = [k for k, w in kinds for _ in range(w)]
     t = 1.0
+    if focus is not None:
+        assert focus in FOCUS and focus in {k for k, _ in kinds}, focus
     deleted: set[str] = set()
     configured: set[str] = set()  # apps with a config change in the plan so far
-    for _ in range(rng.randint(2, 7)):
+    for step in range(rng.randint(2, 7)):
         t += rng.choice((0.3, 1.0, 3.0, 8.0, 20.0))
-        kind = rng.choice(bag)
+        kind = focus if focus is not None and step == 1 else rng.choice(bag)
         live_apps = [a for a in apps if a not in deleted]
         if not live_apps:
             break
@@ -164,8 +172,15 @@ def generate(seed: int, families: set[str] | None = None) -> list[Op]:
         elif kind == "stale-inflight":
             ops.append(Op(round(t, 2), "push", (a, "healthy", False)))
             ops.append(Op(round(t + rng.uniform(0.3, 2.0), 2), "stale", (a,)))
-        elif kind == "stale-settled":
+        elif kind == "stale-settled":  # a newer push goes live, then the older one arrives again
+            ops.append(Op(round(t, 2), "push", (a, "healthy", False)))
+            t += rng.uniform(25, 45)
             ops.append(Op(round(t, 2), "stale", (a,)))
+        elif kind == "config-rollback":  # a config release, then back to the one before it
+            configured.add(a)
+            ops.append(Op(round(t, 2), "env", (a, f"v{rng.randrange(100)}")))
+            t += rng.uniform(20, 40)
+            ops.append(Op(round(t, 2), "rollback", (a,)))
         elif kind == "scale":
             ops.append(Op(round(t, 2), "scale", (a, rng.choice((1, 2, 3)))))
         elif kind == "scale-proc":
@@ -210,8 +225,9 @@ def generate(seed: int, families: set[str] | None = None) -> list[Op]:
                     ("cp0", mode, round(rng.uniform(2, 30), 1), round(rng.uniform(0.1, 2.0), 2)),
                 )
             )
-        elif kind == "leader-pause":
-            ops.append(Op(round(t, 2), kind, (round(rng.uniform(16, 30), 1),)))
+        elif kind == "leader-pause":  # a leader stopped mid-rollout (SIGSTOP, a long GC) and resumed
+            ops.append(Op(round(t, 2), "push", (a, "healthy", False)))
+            ops.append(Op(round(t + rng.uniform(0.0, 0.5), 2), kind, (round(rng.uniform(16, 30), 1),)))
         elif kind == "up-restart":
             ops.append(Op(round(t, 2), kind, (rng.random() < 0.5,)))
         elif kind == "clock-step":
@@ -462,10 +478,11 @@ def _length(op: Op) -> float:
 # ---------------------------------------------------------------------------------------- running
 
 
-def run(seed: int, plan: list[Op], planted: str | None = None, trace: bool = False) -> Outcome:
+def run(seed: int, plan: list[Op], planted: str | None = None, families: set[str] | None = None) -> Outcome:
     from tests.sim.planted import planted_patches
 
     world = World(seed, planted=planted)
+    world.families = included() if families is None else set(families)
     checker = Checker(world)
     player = Player(world)
     out = Outcome(seed, plan, None)
@@ -504,14 +521,19 @@ def run(seed: int, plan: list[Op], planted: str | None = None, trace: bool = Fal
 
 
 def shrink(
-    seed: int, plan: list[Op], name: str, planted: str | None = None, budget: float = 120.0
+    seed: int,
+    plan: list[Op],
+    name: str,
+    planted: str | None = None,
+    budget: float = 120.0,
+    families: set[str] | None = None,
 ) -> list[Op]:
     """Drop ops (not the setup) while the same invariant still breaks: chunks, then one by one."""
     start = time.monotonic()
     cur = list(plan)
 
     def fails(candidate: list[Op]) -> bool:
-        o = run(seed, candidate, planted)
+        o = run(seed, candidate, planted, families)
         return o.violation is not None and o.violation.name == name
 
     chunk = max(1, len([o for o in cur if not o.setup]) // 2)

@@ -281,6 +281,8 @@ class World:
         self.cordoned: set[str] = set()
         self.crashes: dict[str, int] = {}  # instance → times its app really exited (ground truth)
         self.settle_for = 0.0
+        self.restarts: list[tuple[str, float]] = []  # (host, when) a control plane started again
+        self.families: set[str] = set()  # the known-bug families this run has on
 
     # ------------------------------------------------------------------ plumbing
 
@@ -393,6 +395,9 @@ class World:
     # ------------------------------------------------------------------ pieces
 
     def start_control_plane(self, host: str = "cp0") -> ControlPlane:
+        dead = [c for c in self.cps if c.host == host and not c.alive]
+        if dead:
+            self.restarts.append((host, self.now()))
         self.cp_count += 1
         cp = ControlPlane(self, f"{host}-pid{self.cp_count}", host)
         self.cps.append(cp)
