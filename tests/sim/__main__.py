@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import multiprocessing
 import os
 import sys
 import time
@@ -16,7 +17,7 @@ from tests.sim.planted import PLANTED
 SELFTEST_FOCUS: dict[str, tuple[str | None, set[str] | None]] = {
     "webhook-drops-processes": ("scale-proc", {"scale-then-push"}),
     "rollback-ignores-config": ("config-rollback", None),
-    "source-ignores-stale": ("stale-settled", None),
+    "source-ignores-stale": ("stale-settled", {"stale-then-config"}),
     "leader-fence-off": ("leader-pause", None),
     "gc-deletes-live": ("cp-crash", None),
 }
@@ -41,16 +42,27 @@ def report_failure(seed: int, shrink_budget: float) -> None:
         print(f"    {op}{'  [setup]' if op.setup else ''}")
 
 
-def cmd_seeds(n: int, start: int, shrink_budget: float, max_reports: int) -> int:
+def one_seed(seed: int) -> tuple[int, str | None, int]:
+    out = run(seed, generate(seed))
+    return seed, None if out.passed else str(out.violation), out.steps
+
+
+def cmd_seeds(n: int, start: int, shrink_budget: float, max_reports: int, jobs: int) -> int:
     t0 = time.monotonic()
     failed: list[int] = []
     steps = 0
-    for seed in range(start, start + n):
-        out = run(seed, generate(seed))
-        steps += out.steps
-        if not out.passed:
+    seeds = range(start, start + n)
+    if jobs > 1:
+        ctx = multiprocessing.get_context("fork")
+        with ctx.Pool(jobs) as pool:
+            results = list(pool.imap(one_seed, seeds, chunksize=4))
+    else:
+        results = [one_seed(s) for s in seeds]
+    for seed, violation, took_steps in results:
+        steps += took_steps
+        if violation is not None:
             failed.append(seed)
-            print(f"seed {seed}: {out.violation}", flush=True)
+            print(f"seed {seed}: {violation}", flush=True)
     took = time.monotonic() - t0
     on = sorted(included())
     off = sorted(set(KNOWN_BUG_TRIGGERS) - set(on))
@@ -63,7 +75,7 @@ def cmd_seeds(n: int, start: int, shrink_budget: float, max_reports: int) -> int
     return 1 if failed else 0
 
 
-def cmd_seed(seed: int) -> int:
+def cmd_seed(seed: int, do_shrink: bool) -> int:
     plan = generate(seed)
     print(f"seed {seed}: plan")
     for op in plan:
@@ -75,7 +87,7 @@ def cmd_seed(seed: int) -> int:
     print(
         f"seed {seed}: {'passed' if out.passed else f'FAILED: {out.violation}'} ({out.steps} steps, {out.sim_seconds:.1f}s simulated)"
     )
-    if not out.passed:
+    if not out.passed and do_shrink:
         assert out.violation is not None
         small = shrink(seed, plan, out.violation.name, budget=90.0)
         print(f"seed {seed}: shrunk to")
@@ -130,12 +142,19 @@ def main() -> int:
     p.add_argument("--fault", action="append", default=[])
     p.add_argument("--shrink-budget", type=float, default=60.0)
     p.add_argument("--reports", type=int, default=3)
+    p.add_argument("--no-shrink", action="store_true")
+    p.add_argument(
+        "--jobs", type=int, default=int(os.environ.get("FORGE_SIM_JOBS", "0")) or min(2, os.cpu_count() or 1)
+    )
+    p.add_argument("--include", default=None, help="known-bug families to turn on (FORGE_SIM_INCLUDE)")
     a = p.parse_args()
+    if a.include is not None:
+        os.environ["FORGE_SIM_INCLUDE"] = a.include
     if a.selftest:
         return cmd_selftest(a.fault)
     if a.seed is not None:
-        return cmd_seed(a.seed)
-    return cmd_seeds(a.seeds or 100, a.start, a.shrink_budget, a.reports)
+        return cmd_seed(a.seed, not a.no_shrink)
+    return cmd_seeds(a.seeds or 100, a.start, a.shrink_budget, a.reports, a.jobs)
 
 
 if __name__ == "__main__":

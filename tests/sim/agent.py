@@ -99,13 +99,13 @@ class HollowAgent:
         return self.queue.depth() > 0
 
     def wants_relist(self) -> bool:
-        return self.world.instance_rev > self.seen_rev
+        return self.world.node_rev.get(self.name, 0) > self.seen_rev
 
     # ------------------------------------------------------------------ steps
 
     def relist(self) -> None:
         assert self.client is not None
-        rev = self.world.instance_rev
+        rev = self.world.node_rev.get(self.name, 0)
         items, _ = self.client.list("instances", {LABEL_NODE: self.name})
         self.seen_rev = rev
         fresh = {i["metadata"]["name"]: Instance.model_validate(i) for i in items}

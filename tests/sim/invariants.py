@@ -147,15 +147,37 @@ class Checker:
                     app = app.rsplit("-", 1)[0]
                 self.rollback_events[app] = self.world.now()
         if self.on("one-live"):
-            live: dict[str, list[str]] = {}
-            for d in self.deps.values():
-                if d.status.phase == "Live":
-                    live.setdefault(d.spec.app, []).append(d.metadata.name)
-            for app, names in sorted(live.items()):
-                if len(names) > 1:
-                    raise Violation("one-live", f"{app} has {len(names)} Live releases: {sorted(names)}")
+            self.check_one_live()
         self.check_routes(self.world.services, at_apply=False)
         self.check_leadership()
+
+    def check_one_live(self) -> None:
+        """At most one Live release per App. Two writes make a switch (the new one Live, the old
+        one Superseded), so a controller that dies between them leaves two until a leader acts
+        again: allowed for ROUTE_GRACE seconds of an active leader, never longer."""
+        live: dict[str, list[str]] = {}
+        for d in self.deps.values():
+            if d.status.phase == "Live":
+                live.setdefault(d.spec.app, []).append(d.metadata.name)
+        now = self.world.now()
+        leader = self.world.leader()
+        for app, names in sorted(live.items()):
+            key = f"one-live/{app}"
+            if len(names) <= 1:
+                self.bad_since.pop(key, None)
+                continue
+            if leader is None or leader.paused:
+                self.bad_since[key] = now
+                continue
+            first = self.bad_since.setdefault(key, now)
+            if now - first >= ROUTE_GRACE:
+                raise Violation(
+                    "one-live",
+                    f"{app} has {len(names)} Live releases: {sorted(names)} for {now - first:.1f}s with a leader",
+                )
+        for key in [k for k in self.bad_since if k.startswith("one-live/")]:
+            if key[len("one-live/") :] not in live or len(live[key[len("one-live/") :]]) <= 1:
+                del self.bad_since[key]
 
     def check_leadership(self) -> None:
         """A control plane restarted on the same host leads within one election round (plus a
@@ -345,7 +367,8 @@ class Checker:
         now = self.world.now()
         leader = self.world.leader()
         if leader is None or leader.paused:
-            self.bad_since.clear()  # nobody can act on what changed: the grace starts with a leader
+            for key in [k for k in self.bad_since if not k.startswith("one-live/")]:
+                del self.bad_since[key]  # nobody can act on what changed: the grace starts with a leader
             return
         by_dial = {
             f"{i.status.address}:{i.status.port}": i
@@ -368,7 +391,7 @@ class Checker:
                         f"traffic for service port {port} goes to {dial}: {why} for {now - first:.1f}s",
                     )
         for key in list(self.bad_since):
-            if key not in seen:
+            if key not in seen and not key.startswith("one-live/"):
                 del self.bad_since[key]
 
     def _bad_dial(self, dial: str, by_dial: dict[str, Instance]) -> str | None:
@@ -421,6 +444,15 @@ class Checker:
             live = self.deps.get(app.status.live_deployment or "")
             head = w.github.heads.get((app.spec.repo, "refs/heads/main"))
             head_ok = live is not None and live.spec.commit == head
+            head_ok = (
+                head_ok
+                or any(  # the infrastructure failed it (a lost node): redeploying is a person's call
+                    d.spec.commit == head
+                    and d.status.phase == "Failed"
+                    and w.fault_overlapped(self.born.get(n, 0.0), EXCUSING_FAULTS)
+                    for n, d in self.deps.items()
+                )
+            )
             if self.on("head-live") and last == "push" and head and w.is_healthy(head) and not head_ok:
                 raise Violation(
                     "head-live",

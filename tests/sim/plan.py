@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from forge.errors import ForgeError
+from forge.errors import ForgeError, Unavailable
 from tests.sim.fakes import sha_for
 from tests.sim.invariants import Checker, Violation
 from tests.sim.world import World
@@ -39,6 +39,8 @@ KNOWN_BUG_TRIGGERS: dict[str, str] = {
     "reports in its own clock, so a release is promoted before its Instances were ready for min_ready",
     "git-down": "GitHub unreachable: the source controller flips SourceReady Fetching→FetchRetrying on "
     "every attempt, each write wakes it again past its back-off: a hot loop fetching as fast as it can",
+    "stale-then-config": "a config change (scale, env) made after a late older push was Cancelled "
+    "StalePush is never released: rollout takes the Cancelled push as the newest release",
     "scale-then-bad-push": "a config change (scale, env, domains) whose release is cancelled by a newer push "
     "that then fails is lost: the live release keeps the old config and nothing releases the App's",
 }
@@ -119,7 +121,6 @@ def generate(seed: int, families: set[str] | None = None, focus: str | None = No
     kinds = [
         ("push", 5),
         ("replay", 1),
-        ("stale-settled", 1),
         ("scale", 2),
         ("env", 1),
         ("domain", 1),
@@ -137,9 +138,13 @@ def generate(seed: int, families: set[str] | None = None, focus: str | None = No
         ("disk-full", 1),
     ]
     if "git-down" in allow:
-        kinds.append(("git-down", 1))
+        kinds.append(("git-down", 2))
+    if "scale-then-bad-push" in allow:
+        kinds.append(("scale-bad-push", 2))
     if ha:
         kinds.append(("leader-pause", 2))
+    if "stale-then-config" in allow:
+        kinds.append(("stale-settled", 1))
     if "scale-then-push" in allow:
         kinds += [("scale-proc", 2), ("secret", 1)]
     if "stale-inflight" in allow:
@@ -176,6 +181,15 @@ def generate(seed: int, families: set[str] | None = None, focus: str | None = No
             ops.append(Op(round(t, 2), "push", (a, "healthy", False)))
             t += rng.uniform(25, 45)
             ops.append(Op(round(t, 2), "stale", (a,)))
+            if "stale-then-config" in allow and rng.random() < 0.5:
+                t += rng.uniform(1, 10)
+                ops.append(Op(round(t, 2), "scale", (a, rng.choice((2, 3)))))
+                configured.add(a)
+        elif kind == "scale-bad-push":  # a scale, then at once a push whose release fails
+            ops.append(Op(round(t, 2), "scale", (a, rng.choice((2, 3)))))
+            bad = rng.choice([n for n, _ in BEHAVIORS if n != "flap"])
+            ops.append(Op(round(t + rng.uniform(0.2, 2.0), 2), "push", (a, bad, bad == "release-fails")))
+            configured.add(a)
         elif kind == "config-rollback":  # a config release, then back to the one before it
             configured.add(a)
             ops.append(Op(round(t, 2), "env", (a, f"v{rng.randrange(100)}")))
@@ -232,8 +246,11 @@ def generate(seed: int, families: set[str] | None = None, focus: str | None = No
             ops.append(Op(round(t, 2), kind, (rng.random() < 0.5,)))
         elif kind == "clock-step":
             ops.append(Op(round(t, 2), kind, (rng.choice((-4 * 3600.0, -600.0, 600.0, 2 * 3600.0)),)))
-        elif kind in ("disk-full", "git-down"):
+        elif kind == "disk-full":
             ops.append(Op(round(t, 2), kind, (round(rng.uniform(1, 20), 1),)))
+        elif kind == "git-down":  # GitHub unreachable while a push comes in
+            ops.append(Op(round(t, 2), kind, (round(rng.uniform(5, 30), 1),)))
+            ops.append(Op(round(t + 0.3, 2), "push", (a, "healthy", False)))
     return sorted(ops, key=lambda o: (o.t, not o.setup))
 
 
@@ -265,13 +282,19 @@ class Player:
     def schedule(self, op: Op) -> None:
         self.w.at(op.t, str(op).split(" ", 1)[1].strip(), lambda: self.apply(op))
 
-    def apply(self, op: Op) -> None:
+    def apply(self, op: Op, attempt: int = 0) -> None:
         w = self.w
         fn: Callable[..., None] = getattr(self, "op_" + op.kind.replace("-", "_"))
-        if op.kind not in ("control-plane", "node", "node-back", "uncordon"):
+        if op.kind not in ("control-plane", "node", "node-back", "uncordon") and not attempt:
             w.faults.append((op.kind, w.now(), w.now() + _length(op)))
         try:
             fn(*op.args)
+        except Unavailable as exc:  # 503: the operator tries again a little later
+            w.trace(f"  -> Unavailable: {str(exc)[:100]}")
+            if attempt < 3:
+                w.after(
+                    10.0, f"again: {str(op).split(' ', 1)[1].strip()}", lambda: self.apply(op, attempt + 1)
+                )
         except (ForgeError, httpx.HTTPError) as exc:
             w.trace(f"  -> {type(exc).__name__}: {str(exc)[:100]}")
 
@@ -370,9 +393,9 @@ class Player:
         self.w.admin.request("POST", f"/api/v1/apps/{app}/deploy", json={"ref": "refs/heads/main"})
 
     def op_delete(self, app: str) -> None:
+        self.w.admin.delete("apps", app)
         self.w.deleted_apps.add(app)
         self.w.last_op.pop(app, None)
-        self.w.admin.delete("apps", app)
 
     def op_cordon(self, node: str) -> None:
         self.w.cordoned.add(node)
@@ -516,6 +539,10 @@ def run(seed: int, plan: list[Op], planted: str | None = None, families: set[str
         world.trace(f"VIOLATION {v}")
     finally:
         out.lines, out.steps, out.sim_seconds = world.lines, world.steps, world.now()
+        out.lines += [
+            f"    release {n}: {d.status.phase or 'new'} {d.status.reason} {d.status.message[:120]}".rstrip()
+            for n, d in sorted(checker.deps.items())
+        ]
         world.close()
     return out
 

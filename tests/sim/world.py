@@ -37,6 +37,7 @@ from forge.controllers.router import RouterController
 from forge.controllers.runtime import ControllerRuntime
 from forge.controllers.source import SourceController
 from forge.errors import ForgeError
+from forge.models import LABEL_NODE
 from forge.store.base import WatchEvent
 from forge.store.sqlite import SqliteStore
 from tests.sim.agent import HollowAgent, NodeDisk
@@ -259,7 +260,7 @@ class World:
         self.api_store.full = self.disk_is_full
         self.api_store.on_write = self.on_write
         self.observer = SqliteStore(str(self.db_path), clock=self.cp_clock)
-        self.instance_rev = 0
+        self.node_rev: dict[str, int] = {}  # node → revision of the last change its agent must see
         self._revision = 0
         self._unseen: list[WatchEvent] = []
         self.dirty = True  # something was written since the last look at the store
@@ -488,8 +489,23 @@ class World:
         events = self.observer.watch(None, since=self._revision, timeout=0)
         for ev in events:
             self._revision = max(self._revision, ev.revision)
-            if ev.object.kind == "Instance":
-                self.instance_rev = ev.revision
+            obj = ev.object
+            if obj.kind == "Instance":
+                # a node's agent watches its own Instances (label forge.dev/node): wake only it,
+                # and not for the version it wrote itself
+                node = obj.metadata.labels.get(LABEL_NODE) or obj.spec.node
+                agent = self.agents.get(node or "")
+                if agent is not None:
+                    mine = agent.cache.get(obj.metadata.name)
+                    if (
+                        ev.type == "DELETED"
+                        or mine is None
+                        or (mine.metadata.resource_version != obj.metadata.resource_version)
+                    ):
+                        self.node_rev[agent.name] = ev.revision
+                for name in self.agents:  # moved away from a node: that node's watch sees it go
+                    if name != node and obj.metadata.name in self.agents[name].cache:
+                        self.node_rev[name] = ev.revision
         self._unseen += events
 
     def observe(self) -> list[WatchEvent]:
@@ -534,7 +550,7 @@ class World:
                 who.relist()
                 self.trace(f"agent {who.name} relist")
             except (ForgeError, httpx.HTTPError) as exc:
-                who.seen_rev = self.instance_rev
+                who.seen_rev = self.node_rev.get(who.name, 0)
                 self.trace(f"agent {who.name} relist failed: {type(exc).__name__}")
         return True
 
