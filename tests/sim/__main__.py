@@ -96,6 +96,22 @@ def cmd_seed(seed: int, do_shrink: bool) -> int:
     return 0 if out.passed else 1
 
 
+def cmd_regression(name: str) -> int:
+    from tests.sim.regressions import REGRESSIONS, plan_of
+
+    family, seed, invariant, what, _ = REGRESSIONS[name]
+    plan = plan_of(name)
+    print(f"regression {name} (seed {seed}, family {family}): {what}")
+    for op in plan:
+        print(f"  {op}{'  [setup]' if op.setup else ''}")
+    out = run(seed, plan, families={family})
+    for line in out.lines:
+        print(line)
+    verdict = "passed" if out.passed else f"FAILED: {out.violation}"
+    print(f"regression {name}: {verdict} ({out.steps} steps, {out.sim_seconds:.1f}s simulated)")
+    return 0 if out.passed else 1
+
+
 def selftest_one(fault: str, max_seeds: int = 40) -> tuple[int, str] | None:
     """A seed that passes as the code is and fails with ``fault`` planted (None: missed). Where an
     open bug already breaks the same invariant on every such seed, a seed failing planted is
@@ -146,12 +162,15 @@ def main() -> int:
     p.add_argument(
         "--jobs", type=int, default=int(os.environ.get("FORGE_SIM_JOBS", "0")) or min(2, os.cpu_count() or 1)
     )
+    p.add_argument("--regression", default=None, help="replay a pinned regression (tests/sim/regressions.py)")
     p.add_argument("--include", default=None, help="known-bug families to turn on (FORGE_SIM_INCLUDE)")
     a = p.parse_args()
     if a.include is not None:
         os.environ["FORGE_SIM_INCLUDE"] = a.include
     if a.selftest:
         return cmd_selftest(a.fault)
+    if a.regression is not None:
+        return cmd_regression(a.regression)
     if a.seed is not None:
         return cmd_seed(a.seed, not a.no_shrink)
     return cmd_seeds(a.seeds or 100, a.start, a.shrink_budget, a.reports, a.jobs)

@@ -462,6 +462,7 @@ class Checker:
             if (
                 self.on("config-live")
                 and live is not None
+                and w.rollback_at.get(app_name, -1.0) <= w.config_at.get(app_name, 0.0)
                 and last in ("push", "config")
                 and w.is_healthy(live.spec.commit)
             ):

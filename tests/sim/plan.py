@@ -41,6 +41,11 @@ KNOWN_BUG_TRIGGERS: dict[str, str] = {
     "every attempt, each write wakes it again past its back-off: a hot loop fetching as fast as it can",
     "stale-then-config": "a config change (scale, env) made after a late older push was Cancelled "
     "StalePush is never released: rollout takes the Cancelled push as the newest release",
+    "drain-rollback": "draining a node makes the rollback controller roll the healthy release whose "
+    "Instances it moves back (RolledBack: failing for 10s, no instance ready): the platform's own move "
+    "is judged as the app failing",
+    "second-node-loss": "a second node lost a minute after the first freezes evictions for good: the "
+    "55 % rule counts every node whose lease ever lapsed, not the ones that lapsed together",
     "scale-then-bad-push": "a config change (scale, env, domains) whose release is cancelled by a newer push "
     "that then fails is lost: the live release keeps the old config and nothing releases the App's",
 }
@@ -129,7 +134,6 @@ def generate(seed: int, families: set[str] | None = None, focus: str | None = No
         ("deploy-ref", 1),
         ("delete", 1),
         ("cordon", 1),
-        ("drain", 1),
         ("cp-crash", 2),
         ("watch-fault", 2),
         ("agent-restart", 1),
@@ -139,6 +143,8 @@ def generate(seed: int, families: set[str] | None = None, focus: str | None = No
     ]
     if "git-down" in allow:
         kinds.append(("git-down", 2))
+    if "drain-rollback" in allow:
+        kinds.append(("drain", 2))
     if "scale-then-bad-push" in allow:
         kinds.append(("scale-bad-push", 2))
     if ha:
@@ -159,6 +165,7 @@ def generate(seed: int, families: set[str] | None = None, focus: str | None = No
         assert focus in FOCUS and focus in {k for k, _ in kinds}, focus
     deleted: set[str] = set()
     configured: set[str] = set()  # apps with a config change in the plan so far
+    lost = 0  # nodes lost for good so far
     for step in range(rng.randint(2, 7)):
         t += rng.choice((0.3, 1.0, 3.0, 8.0, 20.0))
         kind = focus if focus is not None and step == 1 else rng.choice(bag)
@@ -217,8 +224,13 @@ def generate(seed: int, families: set[str] | None = None, focus: str | None = No
         elif kind in ("replay", "rollback", "deploy-ref"):
             ops.append(Op(round(t, 2), kind, (a,)))
         elif kind in ("cordon", "drain", "agent-restart", "node-loss"):
+            back = kind != "node-loss" or rng.random() < 0.5
+            if kind == "node-loss" and not back:
+                if lost and "second-node-loss" not in allow:
+                    continue
+                lost += 1
             ops.append(Op(round(t, 2), kind, (node,)))
-            if kind in ("cordon", "drain") or rng.random() < 0.5:
+            if back and kind != "agent-restart":
                 ops.append(
                     Op(
                         round(t + rng.uniform(5, 40), 2),
@@ -358,6 +370,7 @@ class Player:
     def _patch_app(self, app: str, spec: dict[str, Any], what: str = "config") -> None:
         self.w.admin.patch("apps", app, {"spec": spec})
         self.w.last_op[app] = what
+        self.w.config_at[app] = self.w.now()
 
     def op_scale(self, app: str, n: int) -> None:
         self._patch_app(app, {"replicas": n})
@@ -373,6 +386,7 @@ class Player:
 
     def op_secret(self, app: str, value: str) -> None:
         self.w.last_op[app] = "config"
+        self.w.config_at[app] = self.w.now()
         try:
             self.w.admin.patch("secrets", app, {"spec": {"data": {"TOKEN": value}}})
         except ForgeError:
@@ -386,6 +400,7 @@ class Player:
 
     def op_rollback(self, app: str) -> None:
         self.w.last_op[app] = "rollback"
+        self.w.rollback_at[app] = self.w.now()
         self.w.admin.request("POST", f"/api/v1/apps/{app}/rollback", json={})
 
     def op_deploy_ref(self, app: str) -> None:

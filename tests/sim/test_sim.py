@@ -1,6 +1,7 @@
 """The simulator in the suite: seeds pass, planted faults are caught, traces replay byte for byte,
-and each known bug of issue #20 keeps a seed that reproduces it (strict xfail: it turns into a
-failure the moment the fix lands, and the lead then moves it to ``FIXED``).
+and each bug the simulator found keeps its pinned seed (``regressions.py``): a strict xfail while
+its family is in ``plan.KNOWN_BUG_TRIGGERS``; after the fix merges, delete the family there and the
+seed becomes a plain regression test.
 
 Every run is a subprocess of ``python -m tests.sim`` (as ``make sim`` runs it): a trace depends on
 set iteration order, which the module pins by running with ``PYTHONHASHSEED=0``.
@@ -12,12 +13,14 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.sim.invariants import owner_table
 from tests.sim.plan import KNOWN_BUG_TRIGGERS, generate
 from tests.sim.planted import PLANTED
+from tests.sim.regressions import REGRESSIONS
 
 ROOT = Path(__file__).resolve().parents[2]
 SEEDS = int(os.environ.get("FORGE_SIM_TEST_SEEDS", "1000"))
@@ -38,66 +41,7 @@ def sim(*args: str, timeout: float = 600, include: str | None = None) -> subproc
     )
 
 
-# (known-bug family, seed, the invariant it breaks, what the seed shows). Each is a strict xfail
-# until its fix merges; then the entry moves to FIXED (a plain regression test).
-KNOWN_BUGS: list[tuple[str, int, str, str]] = [
-    (
-        "scale-then-push",
-        5,
-        "release-config",
-        "forge scale worker=2, then a push: its release has processes=None",
-    ),
-    (
-        "scale-then-push",
-        4,
-        "release-config",
-        "a secret set, then a push: its release drops the secrets version",
-    ),
-    (
-        "stale-inflight",
-        15,
-        "head-live",
-        "an older push delivered again 0.3-2 s after a newer one: head never live",
-    ),
-    (
-        "stale-inflight",
-        16,
-        "head-live",
-        "the same, two apps: the newest push Cancelled, nothing Live at the head",
-    ),
-    (
-        "clock-step",
-        15,
-        "healthy-not-failed",
-        "the leader's wall clock steps: ProgressDeadlineExceeded at once",
-    ),
-    (
-        "clock-step",
-        16,
-        "healthy-not-failed",
-        "the leader's wall clock steps during the first release: it fails",
-    ),
-    (
-        "up-restart",
-        7,
-        "leader-after-restart",
-        "forge up killed and started again waits out its own dead lease",
-    ),
-    ("up-restart", 9, "leader-after-restart", "the same after a Ctrl-C restart mid-rollout"),
-    ("node-skew", 0, "min-ready", "node clocks behind the leader's: promoted before min_ready"),
-    ("git-down", 5, "busy-loop", "GitHub down during a push: the source controller spins on its own writes"),
-    ("git-down", 14, "busy-loop", "the same, another interleaving"),
-    ("scale-then-bad-push", 13, "config-live", "scale, then a push whose release fails: the scale is lost"),
-    (
-        "stale-then-config",
-        17,
-        "config-live",
-        "a late older push Cancelled StalePush, then scale: never released",
-    ),
-]
-FIXED: list[tuple[str, int, str, str]] = []  # entries of KNOWN_BUGS whose fix merged
-
-
+@pytest.mark.timeout(3600)
 def test_default_seeds_pass() -> None:
     """``make sim``'s run: every seed of the default families passes (known-bug families off)."""
     got = sim("--seeds", str(SEEDS), "--reports", "1", "--shrink-budget", "30", timeout=3600)
@@ -105,6 +49,7 @@ def test_default_seeds_pass() -> None:
     assert f"{SEEDS}/{SEEDS} seeds passed" in got.stdout
 
 
+@pytest.mark.timeout(3600)
 def test_selftest_catches_every_planted_fault() -> None:
     """``make sim-selftest``: each planted fault makes a seed fail that passes without it."""
     got = sim("--selftest", timeout=3600)
@@ -138,35 +83,34 @@ class OtherFailure(Exception):
     """The seed fails, but not the way its bug does (not covered by the xfail)."""
 
 
-def _bug_case(family: str, seed: int, invariant: str) -> None:
-    got = sim("--seed", str(seed), "--no-shrink", include=family, timeout=600)
+def _regression(name: str) -> None:
+    invariant = REGRESSIONS[name][2]
+    got = sim("--regression", name, timeout=600)
     if got.returncode != 0 and f"FAILED: {invariant}" not in got.stdout:
         raise OtherFailure(got.stdout[-3000:] + got.stderr[-2000:])
     assert got.returncode == 0, got.stdout[-3000:]
 
 
-@pytest.mark.parametrize(
-    ("family", "seed", "invariant"),
-    [
-        pytest.param(
-            f, s, inv, id=f"{f}-{s}", marks=pytest.mark.xfail(strict=True, reason=f"open bug: {why}")
-        )
-        for f, s, inv, why in KNOWN_BUGS
-    ],
-)
-def test_known_bug_seed(family: str, seed: int, invariant: str) -> None:
-    """A seed of a known bug's family passes (xfail strict until the bug is fixed)."""
-    _bug_case(family, seed, invariant)
+def _cases() -> list[Any]:
+    out = []
+    for name, (family, _seed, _inv, what, _plan) in sorted(REGRESSIONS.items()):
+        marks = []
+        if family in KNOWN_BUG_TRIGGERS:  # still open: xfail until the fix lands, then it XPASSes (fails)
+            marks.append(pytest.mark.xfail(strict=True, raises=AssertionError, reason=f"open bug: {what}"))
+        out.append(pytest.param(name, id=name, marks=marks))
+    return out
 
 
-@pytest.mark.parametrize(
-    ("family", "seed", "invariant"),
-    [(f, s, i) for f, s, i, _ in FIXED]
-    or [pytest.param("", 0, "", marks=pytest.mark.skip(reason="none fixed yet"))],
-)
-def test_fixed_bug_stays_fixed(family: str, seed: int, invariant: str) -> None:
-    """A seed that reproduced a bug before its fix passes now."""
-    _bug_case(family, seed, invariant)
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("name", _cases())
+def test_regression(name: str) -> None:
+    """A pinned seed of a bug the simulator found passes (strict xfail while the bug is open)."""
+    _regression(name)
+
+
+def test_regressions_cover_every_known_bug_family() -> None:
+    """Each family left out of the default run keeps at least one pinned seed."""
+    assert set(KNOWN_BUG_TRIGGERS) <= {f for f, *_ in REGRESSIONS.values()}
 
 
 def test_owner_table_is_read_when_contracts_has_one(tmp_path: Path) -> None:

@@ -280,6 +280,8 @@ class World:
         self.deleted_apps: set[str] = set()
         self.lost_nodes: set[str] = set()
         self.cordoned: set[str] = set()
+        self.rollback_at: dict[str, float] = {}  # app → when a person last asked for a rollback
+        self.config_at: dict[str, float] = {}  # app → when its config last changed
         self.crashes: dict[str, int] = {}  # instance → times its app really exited (ground truth)
         self.settle_for = 0.0
         self.restarts: list[tuple[str, float]] = []  # (host, when) a control plane started again
