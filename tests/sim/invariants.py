@@ -26,6 +26,7 @@ LEADER_ROUND = 5.0  # the elector's renew interval (15 s lease / 3)
 ROUTE_GRACE = 3.0  # seconds a dial may lag behind the truth (watch delays are bounded by 2 s)
 FINAL = ("Live", "Superseded", "Failed", "Cancelled")
 EXCUSING_FAULTS = ("node-loss", "partition", "disk-full", "git-down")
+BLAMING_REASONS = ("RolledBack", "CrashLoopBackOff", "HealthCheckFailed", "Unhealthy", "OOMKilled")
 
 
 class Violation(Exception):
@@ -301,7 +302,11 @@ class Checker:
         crashed = sum(n for i, n in self.world.crashes.items() if i.startswith(name + "-"))
         if crashed:
             return
-        excused = self.world.fault_overlapped(self.born.get(name, 0.0), EXCUSING_FAULTS)
+        # A release the platform could not place (nodes lost, cordoned, drained; a full disk;
+        # GitHub down) may fail; one failed *as the app's fault* only when its processes were lost.
+        blamed = dep.status.reason in BLAMING_REASONS
+        excuses = ("node-loss", "partition") if blamed else (*EXCUSING_FAULTS, "cordon", "drain")
+        excused = self.world.fault_overlapped(self.born.get(name, 0.0), excuses)
         if excused:
             return
         raise Violation(

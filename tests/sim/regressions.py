@@ -17,6 +17,21 @@ from tests.sim.plan import Op
 Entry = tuple[str, int, str, str, list[tuple[float, str, tuple[Any, ...], bool]]]
 
 REGRESSIONS: dict[str, Entry] = {
+    "clock-step-back-stalls-rollout": (
+        "clock-step",
+        58,
+        "releases-end",
+        "the leader's wall clock steps back: the release never ends (time read across a step; #20)",
+        [
+            (0.0, "control-plane", ("cp0",), True),
+            (0.0, "node", ("n0", 0.0), True),
+            (0.0, "node", ("n1", 0.0), True),
+            (0.0, "node", ("n2", 0.0), True),
+            (0.1, "app", ("a0", 0.0, False), True),
+            (0.2, "push", ("a0", "healthy", False), True),
+            (1.3, "clock-step", (-600.0,), False),
+        ],
+    ),
     "clock-step-fails-rollout": (
         "clock-step",
         2,
@@ -30,6 +45,25 @@ REGRESSIONS: dict[str, Entry] = {
             (0.1, "app", ("a0", 10.0, False), True),
             (0.2, "push", ("a0", "healthy", True), True),
             (4.0, "clock-step", (600.0,), False),
+        ],
+    ),
+    "config-lost-after-stale-push": (
+        "stale-then-config",
+        30,
+        "config-live",
+        "a late older push Cancelled StalePush, then scale: rollout takes the "
+        "Cancelled push as newest, the scale is never released (found by the "
+        "simulator)",
+        [
+            (0.0, "control-plane", ("cp0",), True),
+            (0.0, "control-plane", ("cp1",), True),
+            (0.0, "node", ("n0", 0.0), True),
+            (0.0, "node", ("n1", 0.0), True),
+            (0.1, "app", ("a0", 2.0, False), True),
+            (0.2, "push", ("a0", "healthy", False), True),
+            (3.0, "push", ("a0", "healthy", False), False),
+            (45.58, "stale", ("a0",), False),
+            (47.02, "scale", ("a0", 2), False),
         ],
     ),
     "late-older-push-blocks-head": (
@@ -111,7 +145,76 @@ REGRESSIONS: dict[str, Entry] = {
             (21.98, "push", ("a0", "release-fails", True), False),
         ],
     ),
+    "source-spins-while-github-down": (
+        "git-down",
+        1,
+        "busy-loop",
+        "GitHub down during a push: the source controller's own status writes "
+        "wake it past its back-off, a hot loop (found by the simulator)",
+        [
+            (0.0, "control-plane", ("cp0",), True),
+            (0.0, "control-plane", ("cp1",), True),
+            (0.0, "node", ("n0", 0.0), True),
+            (0.1, "app", ("a0", 10.0, False), True),
+            (0.2, "push", ("a0", "healthy", True), True),
+            (9.0, "disk-full", (1.1,), False),
+            (17.0, "env", ("a0", "v57"), False),
+            (20.0, "git-down", (7.9,), False),
+            (20.3, "push", ("a0", "healthy", False), False),
+        ],
+    ),
 }
+
+# Pinned by hand from the shrunk output of `make sim SEEDS=300` (before these families left the default run).
+REGRESSIONS.setdefault(
+    "second-node-loss-freezes",
+    (
+        "second-node-loss",
+        198,
+        "config-live",
+        "a node lost a minute after another freezes evictions for good: the 55 % rule counts every "
+        "lapsed node, not the ones that lapsed together (stale history; found by the simulator)",
+        [
+            (0.0, "control-plane", ("cp0",), True),
+            (0.0, "node", ("n0", 0.0), True),
+            (0.0, "node", ("n1", 0.0), True),
+            (0.0, "node", ("n2", 0.0), True),
+            (0.1, "app", ("a0", 10.0, False), True),
+            (0.1, "app", ("a1", 0.0, False), True),
+            (0.2, "push", ("a0", "healthy", False), True),
+            (0.2, "push", ("a1", "healthy", False), True),
+            (4.3, "node-loss", ("n1",), False),
+            (66.91, "node-loss", ("n0",), False),
+        ],
+    ),
+)
+REGRESSIONS.setdefault(
+    "drain-rolls-back-healthy",
+    (
+        "drain-rollback",
+        249,
+        "healthy-not-failed",
+        "draining a node rolls back the healthy release whose Instances it moves: the platform's "
+        "own move is judged as the app failing (found by the simulator)",
+        [
+            (0.0, "control-plane", ("cp0",), True),
+            (0.0, "node", ("n0", 0.0), True),
+            (0.1, "app", ("a0", 0.0, False), True),
+            (0.1, "app", ("a1", 10.0, False), True),
+            (0.2, "push", ("a0", "healthy", True), True),
+            (0.2, "push", ("a1", "healthy", False), True),
+            (1.3, "disk-full", (18.0,), False),
+            (2.3, "env", ("a1", "v24"), False),
+            (34.85, "rollback", ("a1",), False),
+            (54.85, "cordon", ("n0",), False),
+            (57.85, "drain", ("n0",), False),
+            (65.85, "env", ("a0", "v73"), False),
+            (75.46, "uncordon", ("n0",), False),
+            (77.0, "uncordon", ("n0",), False),
+            (89.33, "rollback", ("a0",), False),
+        ],
+    ),
+)
 
 
 def plan_of(name: str) -> list[Op]:
