@@ -15,6 +15,7 @@ from tests.sim.planted import PLANTED
 
 # planted fault → (the combination its seeds contain, the known-bug families it needs on)
 SELFTEST_FOCUS: dict[str, tuple[str | None, set[str] | None]] = {
+    "router-unready": ("crash-live", None),
     "webhook-drops-processes": ("scale-proc", {"scale-then-push"}),
     "rollback-ignores-config": ("config-rollback", None),
     "source-ignores-stale": ("stale-settled", {"stale-then-config"}),

@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     from tests.sim.world import World
 
 LEADER_ROUND = 5.0  # the elector's renew interval (15 s lease / 3)
-ROUTE_GRACE = 3.0  # seconds a dial may lag behind the truth (watch delays are bounded by 2 s)
+ROUTE_GRACE = 3.0  # seconds a switch may stay half-done while a leader acts
+ROUTE_LAG = 0.5  # seconds traffic may follow the store late, beyond the watch delay in effect
 FINAL = ("Live", "Superseded", "Failed", "Cancelled")
 EXCUSING_FAULTS = ("node-loss", "partition", "disk-full", "git-down")
 BLAMING_REASONS = ("RolledBack", "CrashLoopBackOff", "HealthCheckFailed", "Unhealthy", "OOMKilled")
@@ -390,7 +391,7 @@ class Checker:
                     self.bad_since.pop(key, None)
                     continue
                 first = self.bad_since.setdefault(key, now)
-                if now - first >= ROUTE_GRACE:
+                if now - first >= ROUTE_LAG + self.world.max_watch_delay():
                     raise Violation(
                         "routes",
                         f"traffic for service port {port} goes to {dial}: {why} for {now - first:.1f}s",

@@ -101,7 +101,7 @@ BEHAVIORS: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
-FOCUS = ("config-rollback", "stale-settled", "leader-pause", "scale-proc", "cp-crash")
+FOCUS = ("config-rollback", "stale-settled", "leader-pause", "scale-proc", "cp-crash", "crash-live")
 
 
 def generate(seed: int, families: set[str] | None = None, focus: str | None = None) -> list[Op]:
@@ -159,6 +159,8 @@ def generate(seed: int, families: set[str] | None = None, focus: str | None = No
         kinds.append(("up-restart", 2))
     if "clock-step" in allow:
         kinds.append(("clock-step", 2))
+    if focus == "crash-live":
+        kinds.append(("crash-live", 0))  # only as the focus: a release that goes live, then crashes
     bag = [k for k, w in kinds for _ in range(w)]
     t = 1.0
     if focus is not None:
@@ -184,6 +186,8 @@ def generate(seed: int, families: set[str] | None = None, focus: str | None = No
         elif kind == "stale-inflight":
             ops.append(Op(round(t, 2), "push", (a, "healthy", False)))
             ops.append(Op(round(t + rng.uniform(0.3, 2.0), 2), "stale", (a,)))
+        elif kind == "crash-live":
+            ops.append(Op(round(t, 2), "push", (a, "crash-after", False)))
         elif kind == "stale-settled":  # a newer push goes live, then the older one arrives again
             ops.append(Op(round(t, 2), "push", (a, "healthy", False)))
             t += rng.uniform(25, 45)

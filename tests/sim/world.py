@@ -55,6 +55,7 @@ from tests.sim.fakes import (
 ADMIN_TOKEN = "sim-admin-token"
 WEBHOOK_SECRET = "sim-webhook-secret"
 LEASE_SECONDS = 15.0
+STEP_SECONDS = 1e-6
 
 
 class Unreachable(httpx.BaseTransport):
@@ -341,6 +342,17 @@ class World:
         mode, until, delay = self.watch_faults.get(cp.ident, ("", -1.0, 0.0))
         return delay if mode == "delay" and self.now() < until else 0.0
 
+    def max_watch_delay(self) -> float:
+        """The longest watch delay any control plane has now (or had until a moment ago)."""
+        return max(
+            (
+                d
+                for mode, until, d in self.watch_faults.values()
+                if mode == "delay" and self.now() < until + d
+            ),
+            default=0.0,
+        )
+
     def watch_mode(self, cp: ControlPlane) -> str:
         mode, until, _ = self.watch_faults.get(cp.ident, ("", -1.0, 0.0))
         return mode if self.now() < until else ""
@@ -528,6 +540,10 @@ class World:
             return True
         kind, who, what = work[self.rng.randrange(len(work))]
         self.steps += 1
+        # Work takes time: a microsecond a step (4 ulps of the wall clock). Without it a reconcile
+        # that asks to run again "in 2.4e-07 s" (a deadline a rounding error away) spins forever
+        # at one frozen instant, which no real clock allows.
+        self.clock.advance(STEP_SECONDS)
         if kind == "timer":
             t = heapq.heappop(self.timers)
             self.trace(t.label)
