@@ -55,12 +55,17 @@ def _raise_for(resp: httpx.Response) -> None:
 
 
 class ForgeClient:
-    def __init__(self, url: str, token: str, timeout: float = 10.0) -> None:
+    def __init__(
+        self, url: str, token: str, timeout: float = 10.0, transport: httpx.BaseTransport | None = None
+    ) -> None:
+        """``transport``: another way to the API than the network (``httpx.WSGITransport`` over
+        ``create_app`` in the simulator: the same requests, in process)."""
         self.url = url.rstrip("/")
         self._http = httpx.Client(
             base_url=self.url,
             headers={"Authorization": f"Bearer {token}"} if token else {},
             timeout=timeout,
+            transport=transport,
         )
 
     def close(self) -> None:
