@@ -97,7 +97,9 @@ class FakeGitSource:
     def has_commit(self, cache: Path, commit: str) -> bool:
         return commit in self.github.commits
 
-    def fetch(self, repo: str, url: str, commit: str, token: str | None = None) -> Path:
+    def fetch(
+        self, repo: str, url: str, commit: str, token: str | None = None, ref: str | None = None
+    ) -> Path:
         if self.github.down:
             raise GitError("github.sim: connection refused", transient=True)
         if commit not in self.github.commits:
@@ -120,6 +122,13 @@ class FakeGitSource:
 
     def is_ancestor(self, url: str, older: str, newer: str, *_: Any, **__: Any) -> bool:
         return self.github.is_ancestor(older, newer)
+
+    def descends_from(
+        self, repo: str, url: str, commit: str, ancestor: str, token: str | None = None
+    ) -> bool:
+        for sha in (ancestor, commit):
+            self.fetch(repo, url, sha, token)
+        return self.github.is_ancestor(ancestor, commit)
 
 
 # ---------------------------------------------------------------------------------------- router
@@ -188,7 +197,7 @@ class FakeServiceMap:
 
     def apply(self, desired: dict[int, list[str]]) -> list[int]:
         if self.fail:
-            from forge.nft import NetError
+            from forge.proxy.nft import NetError
 
             raise NetError("nft: simulated failure")
         changed = sorted(
@@ -198,6 +207,13 @@ class FakeServiceMap:
         if changed and self.on_apply is not None:
             self.on_apply(self)
         return changed
+
+    def update(self, entries: dict[int, list[str]]) -> list[int]:
+        """Some ports' entries (an empty list removes the port), the rest as it is."""
+        desired = {p: list(v) for p, v in self.backends.items()}
+        for port, dials in entries.items():
+            desired[port] = list(dials)
+        return self.apply(desired)
 
     def verify(self, desired: dict[int, list[str]]) -> bool:
         return bool(self.apply(desired))

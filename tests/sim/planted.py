@@ -48,7 +48,7 @@ def planted_patches(world: World, planted: str | None) -> Iterator[None]:
         # forge deploy --ref resolves the ref through git: GitHub here is the simulator's
         stack.enter_context(_patched(releases, "GitSource", lambda _root: FakeGitSource(world.github)))
         if planted == "router-unready":
-            import forge.routing as routing
+            import forge.proxy.routing as routing
             from forge.models import Instance, Node
 
             def any_dial(inst: Instance, nodes: dict[str, Node]) -> str | None:

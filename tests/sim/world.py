@@ -33,11 +33,12 @@ from forge.config import Config
 from forge.controllers.base import Controller
 from forge.controllers.leader import LeaderElector
 from forge.controllers.manager import CONTROLLERS
-from forge.controllers.router import RouterController
 from forge.controllers.runtime import ControllerRuntime
 from forge.controllers.source import SourceController
 from forge.errors import ForgeError
 from forge.models import LABEL_NODE
+from forge.proxy.reconcilers import ServiceMapReconciler
+from forge.proxy.records import Records
 from forge.store.base import WatchEvent
 from forge.store.sqlite import SqliteStore
 from tests.sim.agent import HollowAgent, NodeDisk
@@ -85,6 +86,61 @@ class Timer:
     fn: Callable[[], None] = field(compare=False)
 
 
+class SimProxy:
+    """``forge proxy`` on one host: its record cache (``forge.proxy.records``) fed from the
+    store's changes as its API watches deliver them, and the real ``ServiceMapReconciler`` over
+    the simulator's service map, one key per step."""
+
+    KINDS = ("App", "Instance", "Node")
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self.records = Records()
+        self.rec = ServiceMapReconciler(self.records, world.services)  # type: ignore[arg-type]
+        self.events: list[WatchEvent] = []
+        self.due: dict[str, float] = {}  # key → when it is to be reconciled (monotonic)
+        for key in self.rec.all_keys():
+            self.due[key] = world.clock.monotonic()
+
+    def feed(self, ev: WatchEvent) -> None:
+        if ev.object.kind in self.KINDS:
+            self.events.append(ev)
+
+    def has_work(self) -> bool:
+        now = self.world.clock.monotonic()
+        return bool(self.events) or any(d <= now for d in self.due.values())
+
+    def next_due(self) -> float | None:
+        return min(self.due.values()) if self.due else None
+
+    def step(self) -> str:
+        now = self.world.clock.monotonic()
+        if self.events:
+            ev = self.events.pop(0)
+            obj = ev.object
+            if ev.type == "DELETED":
+                old = self.records.delete(type(obj), obj.metadata.name)
+                new = None
+            else:
+                old, stored = self.records.put(obj)
+                new = obj if stored else None
+                if not stored:
+                    return f"watch {obj.kind}/{obj.metadata.name} (older)"
+            for key in self.rec.keys_for(old, new if ev.type != "DELETED" else None):
+                self.due[key] = min(self.due.get(key, now), now)
+            return f"watch {obj.kind}/{obj.metadata.name}"
+        key = min((k for k, d in self.due.items() if d <= now), key=lambda k: (self.due[k], k))
+        del self.due[key]
+        try:
+            again = self.rec.reconcile(key)
+        except ForgeError as exc:
+            self.due[key] = now + 1.0
+            return f"{key} failed: {exc}"
+        if again is not None:
+            self.due[key] = min(self.due.get(key, now + again), now + again)
+        return key
+
+
 class ControlPlane:
     """One ``forge controllers`` process: its own store connection (fenced), runtime, elector."""
 
@@ -102,8 +158,6 @@ class ControlPlane:
                 kwargs["registry"] = registry
             if cls is SourceController:
                 kwargs["git"] = FakeGitSource(world.github)
-            if cls is RouterController:
-                kwargs.update(caddy=world.caddy, services=world.services, node_routes=None)
             self.controllers.append(cls(self.store, world.cp_clock, world.config, **kwargs))
         world.plant_controllers(self)
         self.runtime = ControllerRuntime(
@@ -250,6 +304,7 @@ class World:
         self.github = FakeGithub()
         self.caddy = FakeCaddy()
         self.services = FakeServiceMap()
+        self.proxy = SimProxy(self)
         self.lines: list[str] = []
         self.timers: list[Timer] = []
         self._seq = 0
@@ -475,12 +530,17 @@ class World:
                 out.append(("agent", a, None))
             if a.wants_relist():
                 out.append(("relist", a, None))
+        if self.proxy.has_work():
+            out.append(("proxy", self.proxy, None))
         if self.timers and self.timers[0].due <= self.clock.monotonic():
             out.append(("timer", None, None))
         return out
 
     def next_due(self) -> float | None:
         due = [self.timers[0].due] if self.timers else []
+        proxy_due = self.proxy.next_due()
+        if proxy_due is not None:
+            due.append(proxy_due)
         for cp in self.cps:
             if cp.active:
                 d = cp.next_due()
@@ -520,6 +580,8 @@ class World:
                 for name in self.agents:  # moved away from a node: that node's watch sees it go
                     if name != node and obj.metadata.name in self.agents[name].cache:
                         self.node_rev[name] = ev.revision
+        for ev in events:
+            self.proxy.feed(ev)
         self._unseen += events
 
     def observe(self) -> list[WatchEvent]:
@@ -560,6 +622,8 @@ class World:
                 self.crashed(who, exc)
             finally:
                 who.store.actor = ""
+        elif kind == "proxy":
+            self.trace(f"proxy {who.step()}")
         elif kind == "agent":
             key = who.step()
             self.trace(f"agent {who.name} {key}")
