@@ -42,7 +42,7 @@ KNOWN_BUG_TRIGGERS: dict[str, str] = {
 }
 
 SETTLE_MIN = 40.0  # after the last action or fault: at least this long before judging
-SETTLE_MAX = 780.0  # the progress deadline (120 s) + a release command's default timeout (600 s) + slack
+SETTLE_MAX = 2580.0  # the longest default deadline: progress (120 s) + build.timeout (600 s) + a release command (1,800 s) + slack
 MAX_STEPS = 12_000  # a seed takes well under 2,000: far more means two parts chase each other  # and at most this long: a release still open then never ends
 
 
