@@ -55,13 +55,23 @@ def _raise_for(resp: httpx.Response) -> None:
 
 
 class ForgeClient:
-    def __init__(self, url: str, token: str, timeout: float = 10.0, unreachable_hint: str = "") -> None:
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        timeout: float = 10.0,
+        unreachable_hint: str = "",
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        """``transport``: another way to the API than the network (``httpx.WSGITransport`` over
+        ``create_app`` in the simulator: the same requests, in process)."""
         self.url = url.rstrip("/")
         self.unreachable_hint = unreachable_hint  # said when nothing answers at the URL at all
         self._http = httpx.Client(
             base_url=self.url,
             headers={"Authorization": f"Bearer {token}"} if token else {},
             timeout=timeout,
+            transport=transport,
         )
 
     def close(self) -> None:

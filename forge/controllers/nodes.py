@@ -8,7 +8,8 @@ renewed "now", so a restarted control plane never evicts on stale data.
 
 When a node lapses: ``Ready False / NodeLost`` with one Warning Event, and each non-terminal
 Instance bound to it goes ``Lost`` (status only), so the rollout controller replaces it
-elsewhere. If every node — or more than 55 % of them, more than one — lapses at once the fault
+elsewhere. If every node — or more than 55 % of them, more than one — lapses at once (within a
+grace period of each other; a node lost earlier does not count) the fault
 is more likely ours (partition, paused or starved process, store trouble): freeze, evict
 nothing, say so once (``NodesLapsedTogether``). A returning node (its Lease moves
 again) is Ready again; its agent itself stops processes whose Instances are no longer its own.
@@ -156,7 +157,13 @@ class NodesController(Controller):
         for lease in self.store.list(Lease)[0]:  # a lapse is rare: look at every node's Lease afresh
             if lease.metadata.name.startswith(LEASE_PREFIX):
                 self._observe(lease.metadata.name[len(LEASE_PREFIX) :], lease)
-        lapsed = sum(1 for n in nodes if self._expiry(n.metadata.name) <= now)
+        # Together: lapsed within one grace period of this node. A node lost a minute earlier
+        # (already judged, its Instances replaced) is no sign of a fault on our side now; counting
+        # every node that ever lapsed froze evictions for good after a second loss.
+        window = max(self.grace, self._durations.get(key, 0.0))
+        lapsed = sum(
+            1 for n in nodes if abs((e := self._expiry(n.metadata.name)) - expiry) <= window and e <= now
+        )
         if lapsed == len(nodes) or (lapsed > 1 and lapsed > DISRUPTION_SHARE * len(nodes)):
             if not self._frozen:
                 self._frozen = True

@@ -46,15 +46,18 @@ WATCH_TIMEOUT = 0.5  # bounds how long stop() waits for a watcher blocked in sto
 class Backoff:
     """Per-key exponential back-off with equal jitter: ``base·2ⁿ`` capped, halved + random half."""
 
-    def __init__(self, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP) -> None:
+    def __init__(
+        self, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP, rng: random.Random | None = None
+    ) -> None:
         self.base, self.cap = base, cap
+        self._rng = rng or random.Random()
         self._failures: dict[str, int] = {}
 
     def next(self, key: str) -> float:
         n = self._failures.get(key, 0)
         self._failures[key] = n + 1
-        delay = min(self.cap, self.base * (2**n))
-        return delay / 2 + random.uniform(0, delay / 2)
+        delay = min(self.cap, self.base * (2 ** min(n, 32)))  # 2**1024 overflows a float
+        return delay / 2 + self._rng.uniform(0, delay / 2)
 
     def failures(self, key: str) -> int:
         return self._failures.get(key, 0)
@@ -96,13 +99,21 @@ class ControllerRuntime:
         controllers: list[Controller],
         registry: CollectorRegistry | None = None,
         workers_per_controller: int = 1,
+        rng: random.Random | None = None,
+        threaded: bool = True,
     ) -> None:
+        """``threaded=False`` starts no thread and no resync job: whoever drives the runtime (the
+        simulator in ``tests/sim``) delivers watch events, processes queued keys and resyncs one
+        step at a time through ``deliver``, ``process_one`` and ``resync``, on the real code
+        paths. ``rng`` makes the back-off jitter reproducible."""
         names = [c.name for c in controllers]
         if len(set(names)) != len(names) or not all(names):
             raise ValueError(f"controller names must be unique and non-empty: {names}")
         self.store, self.clock, self.controllers = store, clock, list(controllers)
         self.workers_per_controller = max(1, workers_per_controller)
         self.metrics = _Metrics(registry or CollectorRegistry())
+        self.rng = rng or random.Random()
+        self.threaded = threaded
         self.queues: dict[str, WorkQueue] = {}
         self._backoff: dict[str, Backoff] = {}
         self._terminal: dict[str, set[str]] = {}
@@ -129,7 +140,7 @@ class ControllerRuntime:
             self._running = True
             self._stop = threading.Event()
             self.queues = {c.name: WorkQueue(self.clock) for c in self.controllers}
-            self._backoff = {c.name: Backoff() for c in self.controllers}
+            self._backoff = {c.name: Backoff(rng=self.rng) for c in self.controllers}
             self._terminal = {c.name: set() for c in self.controllers}
             self._threads = []
             kinds = sorted({k for c in self.controllers for k in c.watches})
@@ -137,14 +148,18 @@ class ControllerRuntime:
             for kind in kinds:
                 rev = self.cache.fill(kind)
                 self._delivered[kind] = rev
-                self._spawn(f"watch-{kind}", self._watch_loop, kind, rev)
+                if self.threaded:
+                    self._spawn(f"watch-{kind}", self._watch_loop, kind, rev)
             view = CachedStore(self.store, self.cache)
             for c in self.controllers:
                 c.store = view
             for c in self.controllers:
                 self._add_all(c, reason="start")
-                for i in range(self.workers_per_controller):
+                for i in range(self.workers_per_controller if self.threaded else 0):
                     self._spawn(f"{c.name}-worker-{i}", self._worker_loop, c)
+            if not self.threaded:
+                log.debug("controller runtime started (stepped)")
+                return
             aps = logging.getLogger("apscheduler")
             if aps.level == logging.NOTSET:  # a line per resync job run drowns the useful ones
                 aps.setLevel(logging.WARNING)
@@ -214,6 +229,47 @@ class ControllerRuntime:
             except Gone:
                 return False
         return all(q.idle() for q in self.queues.values())
+
+    # ------------------------------------------------------------------ stepped (threaded=False)
+
+    def deliver(self, kind: str, events: list[WatchEvent]) -> None:
+        """What one pass of ``_watch_loop`` does with the events it got: into the cache first,
+        then the keys they map to into the queues."""
+        cache = self.cache
+        since = self._delivered.get(kind, 0)
+        for ev in events:
+            if cache is not None:
+                cache.apply(ev)
+            self._dispatch(ev)
+            since = max(since, ev.revision)
+        self._delivered[kind] = since
+
+    def relist(self, kind: str) -> int:
+        """What ``_watch_loop`` does on ``Gone``: refill ``kind`` and queue every key of its watchers."""
+        since = self.cache.fill(kind) if self.cache is not None else self.store.revision()
+        self._delivered[kind] = since
+        for c in self.controllers:
+            if kind in c.watches:
+                self._add_all(c, reason="relist")
+        return since
+
+    def process_one(self, c: Controller) -> str | None:
+        """Take ``c``'s next ready key (if any) and reconcile it, as one worker pass does."""
+        q = self.queues.get(c.name)
+        if q is None:
+            return None
+        key = q.get(timeout=0)
+        if key is None:
+            return None
+        try:
+            self._process(c, q, key)
+        finally:
+            q.done(key)
+        return key
+
+    def resync(self, c: Controller) -> None:
+        """The periodic job's body: every key of ``c``, behind the changes."""
+        self._add_all(c, reason="resync")
 
     # ------------------------------------------------------------------ plumbing
 
@@ -311,7 +367,7 @@ class ControllerRuntime:
         except Conflict as exc:
             outcome = "conflict"
             log.debug("%s: %s: conflict (%s), requeueing", c.name, key, exc)
-            q.add_after(key, CONFLICT_DELAY + random.uniform(0, CONFLICT_DELAY))
+            q.add_after(key, CONFLICT_DELAY + self.rng.uniform(0, CONFLICT_DELAY))
         except TerminalError as exc:
             outcome = "terminal"
             backoff.forget(key)

@@ -141,10 +141,14 @@ class SourceController(Controller):
             return DONE
         commit = dep.spec.commit
         now = self.clock.now_iso()
-        changed = set_condition(
+        # Fetching once, at the first attempt: while retrying, the condition keeps saying why
+        # (FetchRetrying). Flipping it back on every attempt made two writes per attempt, and each
+        # write's watch event woke this key again past its back-off: a hot loop while GitHub is down.
+        src = dep.status.condition(SOURCE_READY)
+        retrying = src is not None and src.status == "Unknown" and src.reason == REASON_RETRYING
+        if not retrying and set_condition(
             dep.status, SOURCE_READY, "Unknown", REASON_FETCHING, f"fetching {commit[:12]}", now
-        )
-        if changed:
+        ):
             dep = self.store.update_status(dep)
 
         repo = dep.spec.repo

@@ -103,6 +103,28 @@ def test_most_nodes_lapsing_together_freezes_one_of_three_is_evicted(store, cloc
     assert store.get("Instance", "web-1-0").status.phase == "Lost"
 
 
+def test_second_loss_a_minute_later_is_evicted(store, clock, nodes, two_nodes, make_node, make_lease) -> None:
+    """Found by the simulator (tests/sim regression second-node-loss-freezes, seed 198): one of
+    three nodes lost, then another a minute later. The second did not lapse together with the
+    first: it is lost and its Instances replaced, not frozen for good by a 2-of-3 count."""
+    make_node("n3")
+    make_lease("node.n3")
+    for n in ("n1", "n2", "n3"):
+        nodes.reconcile(n)
+    for _ in range(8):  # n1 silent from the start; n2 and n3 renew every 10 s
+        clock.advance(10)
+        renew(store, "n2"), renew(store, "n3")
+        nodes.reconcile("n1"), nodes.reconcile("n2"), nodes.reconcile("n3")
+    assert condition_of(store.get("Node", "n1"), "Ready").reason == "NodeLost"
+    for _ in range(3):  # now n2 goes silent too, a minute after n1; n3 keeps renewing
+        clock.advance(10)
+        renew(store, "n3")
+        nodes.reconcile("n1"), nodes.reconcile("n2"), nodes.reconcile("n3")
+    assert condition_of(store.get("Node", "n2"), "Ready").reason == "NodeLost"
+    assert store.get("Instance", "web-1-1").status.phase == "Lost"
+    assert not events_for(store, reason="NodesLapsedTogether")
+
+
 def test_restart_grants_grace(store, clock, config, two_nodes) -> None:
     """A new controller (control-plane restart) treats every lease as just renewed."""
     clock.advance(3600)  # leases were written an hour ago by the store's reckoning

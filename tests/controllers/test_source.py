@@ -165,6 +165,24 @@ def test_unreachable_remote_retries_then_fails(store, clock, source, make_app, m
     assert (dep.status.phase, dep.status.reason) == ("Failed", "FetchFailed")
 
 
+def test_retries_while_remote_down_write_no_status(store, clock, source, make_app, make_deployment) -> None:
+    """Found by the simulator (tests/sim regression source-spins-while-github-down, seed 1): each
+    retry flipped SourceReady back to Fetching and then to FetchRetrying, two writes per attempt,
+    and each write's watch event woke the key again past its back-off. The retries after the
+    first must write nothing (the condition already says FetchRetrying with the same message)."""
+    make_deployment(make_app("ghost"), 1)
+    with pytest.raises(GitError):
+        source.reconcile("ghost-1")
+    version = store.get("Deployment", "ghost-1").metadata.resource_version
+    for _ in range(3):
+        clock.advance(5)
+        with pytest.raises(GitError):
+            source.reconcile("ghost-1")
+        dep = store.get("Deployment", "ghost-1")
+        assert dep.metadata.resource_version == version, "a retry wrote the Deployment's status"
+        assert condition_of(dep, "SourceReady").reason == "FetchRetrying"
+
+
 def test_credential_token_never_leaks(tmp_path, store, source, config: Config, make_app, make_deployment,
                                       caplog) -> None:
     """With a RepoCredential the token reaches no Event, status or log line (even on failure)."""
