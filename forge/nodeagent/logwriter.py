@@ -160,7 +160,7 @@ def spawn(
     if cgroup_files:
         argv = ["/bin/sh", "-c", JOIN, "forge-logwriter", str(len(cgroup_files)), *cgroup_files, "--", *argv]
     Path(log_dir).mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         argv,
         stdin=read_fd,
         stdout=subprocess.DEVNULL,
@@ -170,3 +170,13 @@ def spawn(
         start_new_session=True,
         close_fds=True,
     )
+    # The shim joins too, but only once it runs: moving it from here as well means the writer is
+    # in the app's cgroup when this returns, before the app starts (a loaded node may not have
+    # scheduled the shim yet). A write that fails (the shim exited) is the shim's to report.
+    for procs in cgroup_files:
+        try:
+            with open(procs, "w") as f:
+                f.write(str(proc.pid))
+        except OSError:
+            pass
+    return proc
