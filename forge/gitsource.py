@@ -106,26 +106,25 @@ class GitSource:
             )
             if self.has_commit(cache, commit):
                 return cache  # else the pull request moved on meanwhile: ask for the commit itself
+        self._fetch_sha(cache, url, commit, token, "--depth=1")
+        if not self.has_commit(cache, commit):
+            raise GitError(f"commit {commit} not found in {repo}", transient=False)
+        return cache
+
+    def _fetch_sha(self, cache: Path, url: str, commit: str, token: str | None, depth: str) -> None:
+        """Fetch ``commit`` by its sha to ``depth`` (``--depth=N``); a remote that refuses wants
+        by sha (or lacks it) gets every branch fetched instead, and the caller looks again."""
         try:
-            self._git(
-                ["fetch", "--quiet", "--no-tags", "--depth", "1", url, commit],
-                cache,
-                token,
-                self.fetch_timeout,
-            )
+            self._git(["fetch", "--quiet", "--no-tags", depth, url, commit], cache, token, self.fetch_timeout)
         except GitError as exc:
             if not _SHA_WANT_REFUSED.search(exc.message):
                 raise
-            # the remote refuses wants by sha (or lacks it): fetch every branch and look again
             self._git(
                 ["fetch", "--quiet", "--no-tags", url, "+refs/heads/*:refs/remotes/origin/*"],
                 cache,
                 token,
                 self.fetch_timeout,
             )
-        if not self.has_commit(cache, commit):
-            raise GitError(f"commit {commit} not found in {repo}", transient=False)
-        return cache
 
     def resolve_ref(
         self, url: str, ref: str, token: str | None = None, timeout: float = LS_REMOTE_TIMEOUT
@@ -177,22 +176,7 @@ class GitSource:
         than that is taken as not an ancestor."""
         cache = self.fetch(repo, url, ancestor, token)
         self.fetch(repo, url, commit, token)
-        try:
-            self._git(
-                ["fetch", "--quiet", "--no-tags", f"--depth={HISTORY_DEPTH}", url, commit],
-                cache,
-                token,
-                self.fetch_timeout,
-            )
-        except GitError as exc:
-            if not _SHA_WANT_REFUSED.search(exc.message):
-                raise
-            self._git(
-                ["fetch", "--quiet", "--no-tags", url, "+refs/heads/*:refs/remotes/origin/*"],
-                cache,
-                token,
-                self.fetch_timeout,
-            )
+        self._fetch_sha(cache, url, commit, token, f"--depth={HISTORY_DEPTH}")
         argv = self.git_argv(["merge-base", "--is-ancestor", ancestor, commit], cache, [])
         try:
             proc = subprocess.run(argv, capture_output=True, timeout=LOCAL_TIMEOUT, stdin=subprocess.DEVNULL)

@@ -74,6 +74,19 @@ def split_repo(repo: str) -> tuple[str, str]:
     return owner, name
 
 
+def github_client(
+    who: str, store: Store, clock: Clock, config: Config, client: GithubClient | None
+) -> GithubClient:
+    """The client a GitHub-reporting controller talks through: the one given (tests), else one
+    with the configured token or GitHub App."""
+    if client is not None:
+        return client
+    tokens = tokens_from_config(config, clock, store)
+    if tokens is None:
+        raise Invalid(f"the {who} controller needs FORGE_GITHUB_TOKEN or a GitHub App")
+    return GithubClient(config.github_api_url, tokens, clock)
+
+
 class GithubController(Controller):
     name: ClassVar[str] = "github"
     watches: ClassVar[tuple[str, ...]] = ("Deployment",)
@@ -88,10 +101,7 @@ class GithubController(Controller):
         client: GithubClient | None = None,
     ) -> None:
         super().__init__(store, clock, config, recorder)
-        tokens = client.tokens if client is not None else tokens_from_config(config, clock, store)
-        if tokens is None:
-            raise Invalid("the github controller needs FORGE_GITHUB_TOKEN or a GitHub App")
-        self.client = client or GithubClient(config.github_api_url, tokens, clock)
+        self.client = github_client(self.name, store, clock, config, client)
 
     def close(self) -> None:
         self.client.close()
@@ -278,10 +288,7 @@ class GithubPreviewsController(Controller):
         client: GithubClient | None = None,
     ) -> None:
         super().__init__(store, clock, config, recorder)
-        tokens = client.tokens if client is not None else tokens_from_config(config, clock, store)
-        if tokens is None:
-            raise Invalid("the github-previews controller needs FORGE_GITHUB_TOKEN or a GitHub App")
-        self.client = client or GithubClient(config.github_api_url, tokens, clock)
+        self.client = github_client(self.name, store, clock, config, client)
         self._owns_client = client is None
 
     def close(self) -> None:
