@@ -71,8 +71,12 @@ __all__ = [
     "spawn",
 ]
 
-# Joins the cgroup before exec, like the sandbox's shim (forge.nodeagent.sandbox.JOIN).
+# Ignores SIGTERM/SIGINT/SIGHUP as its first command (inherited across exec, so the writer never
+# has a start-up window in which a stop signal for the agent's group kills it before its own
+# handlers are set) and joins the cgroup before exec, like the sandbox's shim
+# (forge.nodeagent.sandbox.JOIN).
 JOIN = (
+    "trap '' TERM INT HUP; "
     'n=$1; shift; while [ "$n" -gt 0 ]; do echo $$ > "$1" || exit 125; n=$((n-1)); shift; done; '
     'shift; exec "$@"'
 )
@@ -157,8 +161,7 @@ def spawn(
     ]
     if stamp:
         argv.append("--stamp")
-    if cgroup_files:
-        argv = ["/bin/sh", "-c", JOIN, "forge-logwriter", str(len(cgroup_files)), *cgroup_files, "--", *argv]
+    argv = ["/bin/sh", "-c", JOIN, "forge-logwriter", str(len(cgroup_files)), *cgroup_files, "--", *argv]
     Path(log_dir).mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
         argv,

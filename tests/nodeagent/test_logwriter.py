@@ -172,6 +172,7 @@ def test_the_app_outlives_its_starter_without_sigpipe_and_the_writer_ignores_sig
         timeout=30,
     )
     writer = next(int(p) for p in os.listdir("/proc") if p.isdigit() and _is_writer(int(p), tmp_path))
+    assert _ignores_sigterm(writer), "the writer ignores SIGTERM from its first instruction on"
     os.kill(writer, signal.SIGTERM)
     deadline = time.monotonic() + 20
     while not (tmp_path / "done").exists() and time.monotonic() < deadline:
@@ -181,6 +182,18 @@ def test_the_app_outlives_its_starter_without_sigpipe_and_the_writer_ignores_sig
         time.sleep(0.05)
     assert not _is_writer(writer, tmp_path), "the writer ended at EOF"
     assert read_all(tmp_path, "app").split() == [str(i).encode() for i in range(40)]
+
+
+def _ignores_sigterm(pid: int) -> bool:
+    """SIGTERM is in the process's ignored set (/proc/PID/status SigIgn), as it is in the shim's
+    very first command: a writer found at all is past that point (or about to exec it)."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("SigIgn:") and int(line.split()[1], 16) & (1 << (signal.SIGTERM - 1)):
+                return True
+        time.sleep(0.01)
+    return False
 
 
 def _is_writer(pid: int, log_dir: Path) -> bool:
