@@ -12,7 +12,7 @@ import click
 from forge.cli import Ctx, ListByDefault, cli, pass_ctx
 from forge.cli.converge import newest_number, wait_converged
 from forge.cli.output import age, dig, emit, render, table
-from forge.cli.resources import OUTPUT, event_line
+from forge.cli.resources import OUTPUT, delete_app, event_line
 from forge.errors import Conflict, ForgeError, Gone, Invalid, NotFound
 from forge.models import COMMIT, ENV_KEY, LABEL_APP, deployment_number
 from forge.textsafe import printable, printable_text
@@ -122,31 +122,7 @@ def apps_delete(ctx: Ctx, name: str, yes: bool) -> None:
     """Delete an app: its processes stop, its routes go away, and within 30 s its releases, logs
     and persistent storage (if it has any) are deleted from its nodes. Asks first; without a
     terminal it needs --yes."""
-    app = ctx.client.get("apps", name)
-    node = dig(app, "status.storageNode")
-    releases = _releases(ctx, name)
-    lost = [
-        f"{len(releases)} release(s)" + (f" ({releases[0]['metadata']['name']} newest)" if releases else ""),
-        "its logs",
-    ]
-    if node:
-        lost.insert(0, f"its PERSISTENT STORAGE on node {node}")
-    what = ", ".join(lost)
-    if not yes:
-        if not sys.stdin.isatty():
-            raise click.ClickException(
-                f"not deleting app {name} without --yes (no terminal to ask on): it would delete {what}"
-            )
-        click.confirm(f"delete app {name}, stop all its processes and delete {what}?", abort=True)
-    ctx.client.delete("apps", name)
-    try:  # its secret env goes with it: a later app of the same name must not inherit it
-        if dig(ctx.client.get("secrets", name), "spec.app") == name:
-            ctx.client.delete("secrets", name)
-    except NotFound:
-        pass
-    click.echo(
-        f"app/{name} deleted" + (f"; its persistent storage on node {node} is deleted too" if node else "")
-    )
+    delete_app(ctx, name, yes)
 
 
 # ----------------------------------------------------------------------------- status / releases

@@ -11,9 +11,9 @@ import click
 import yaml
 
 from forge.cli import Ctx, cli, pass_ctx
-from forge.cli.output import render
+from forge.cli.output import dig, render
 from forge.errors import Conflict, Gone, Invalid, NotFound
-from forge.models import kind_class
+from forge.models import LABEL_APP, deployment_number, kind_class
 from forge.textsafe import printable_text
 
 OUTPUT = click.option(
@@ -125,12 +125,47 @@ def apply(ctx: Ctx, path: str) -> None:
 @cli.command()
 @click.argument("kind")
 @click.argument("name")
+@click.option("--yes", is_flag=True, help="Do not ask before deleting an app; required without a terminal.")
 @pass_ctx
-def delete(ctx: Ctx, kind: str, name: str) -> None:
-    """Delete one record."""
+def delete(ctx: Ctx, kind: str, name: str, yes: bool) -> None:
+    """Delete one record. An app is deleted as `forge apps delete` does it: after saying what goes
+    with it (releases, logs, persistent storage) and asking."""
     kind_name, plural = resolve_kind(kind)
+    if kind_name == "App":
+        delete_app(ctx, name, yes)
+        return
     ctx.client.delete(plural, name)
     click.echo(f"{kind_name.lower()}/{name} deleted")
+
+
+def delete_app(ctx: Ctx, name: str, yes: bool) -> None:
+    """Delete an App after saying what goes with it; asks on a terminal, else needs ``yes``."""
+    app = ctx.client.get("apps", name)
+    node = dig(app, "status.storageNode")
+    items, _ = ctx.client.list("deployments", f"{LABEL_APP}={name}")
+    releases = sorted(items, key=lambda d: deployment_number(d["metadata"]["name"]), reverse=True)
+    lost = [
+        f"{len(releases)} release(s)" + (f" ({releases[0]['metadata']['name']} newest)" if releases else ""),
+        "its logs",
+    ]
+    if node:
+        lost.insert(0, f"its PERSISTENT STORAGE on node {node}")
+    what = ", ".join(lost)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise click.ClickException(
+                f"not deleting app {name} without --yes (no terminal to ask on): it would delete {what}"
+            )
+        click.confirm(f"delete app {name}, stop all its processes and delete {what}?", abort=True)
+    ctx.client.delete("apps", name)
+    try:  # its secret env goes with it: a later app of the same name must not inherit it
+        if dig(ctx.client.get("secrets", name), "spec.app") == name:
+            ctx.client.delete("secrets", name)
+    except NotFound:
+        pass
+    click.echo(
+        f"app/{name} deleted" + (f"; its persistent storage on node {node} is deleted too" if node else "")
+    )
 
 
 def event_line(e: dict) -> str:

@@ -90,7 +90,8 @@ def test_apply_get_delete_round_trip(server: str, tmp_path: Path) -> None:
     assert r.returncode == 0 and "NAME" in r.stdout and "acme/other" in r.stdout
     r = forge(server, "get", "app", "-l", "team=web", "-o", "yaml")
     assert "name: other" in r.stdout and "name: hello" not in r.stdout
-    assert forge(server, "delete", "app", "other").stdout.strip() == "app/other deleted"
+    assert forge(server, "delete", "app", "other").returncode != 0, "an app is not deleted unasked"
+    assert forge(server, "delete", "app", "other", "--yes").stdout.strip() == "app/other deleted"
     r = forge(server, "get", "apps", "other")
     assert r.returncode == 1 and r.stderr.startswith("error: ") and "Traceback" not in r.stderr
 
@@ -163,14 +164,15 @@ def test_nodes_cordon_uncordon_drain(server: str) -> None:
     assert r.returncode == 1 and r.stderr.startswith("error: no node 'ghost'")
 
 
-def test_apps_delete_without_a_terminal_needs_yes(server: str) -> None:
-    """``forge apps delete NAME </dev/null`` deletes nothing and exits non-zero, saying what would
-    be lost; with --yes it deletes."""
+@pytest.mark.parametrize("verb", [("apps", "delete"), ("delete", "app")])
+def test_apps_delete_without_a_terminal_needs_yes(server: str, verb: tuple[str, str]) -> None:
+    """``forge apps delete NAME </dev/null`` (or ``forge delete app NAME``) deletes nothing and
+    exits non-zero, saying what would be lost; with --yes it deletes, its secret env too."""
     r = forge(server, "apps", "create", "doomed", "--repo", "acme/doomed")
     assert r.returncode == 0, r.stderr
-    r = forge(server, "apps", "delete", "doomed", stdin="y\n")
+    r = forge(server, *verb, "doomed", stdin="y\n")
     assert r.returncode != 0 and "--yes" in r.stderr and "release" in r.stderr and "logs" in r.stderr, r
     assert forge(server, "get", "apps", "doomed").returncode == 0, "still there"
-    r = forge(server, "apps", "delete", "doomed", "--yes")
+    r = forge(server, *verb, "doomed", "--yes")
     assert r.returncode == 0 and r.stdout.startswith("app/doomed deleted"), r.stderr
     assert forge(server, "get", "apps", "doomed").returncode == 1
