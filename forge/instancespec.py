@@ -135,6 +135,7 @@ def instance_spec(
         desired="Running",
         repo=dep.spec.repo or app.spec.repo,
         commit=dep.spec.commit,
+        ref=dep.spec.ref or "",
         manifest=manifest,
         env=env,
         resources=Resources(

@@ -520,6 +520,9 @@ class InstanceSpec(Model):
     desired: DesiredState = "Running"
     repo: str
     commit: str
+    # The release's ref (Deployment.spec.ref): a pull request's head (refs/pull/N/head) is
+    # fetched by it, as the source controller does (forge.gitsource.GitSource.fetch decides).
+    ref: str = ""
     manifest: dict[str, Any] = Field(default_factory=dict)
     env: dict[str, str] = Field(default_factory=dict)
     resources: Resources = Field(default_factory=Resources)

@@ -205,6 +205,7 @@ class Builder:
         limits: tuple[int | None, float | None, int | None],
         build_log: Path,
         disk: int = 0,
+        ref: str = "",
     ) -> Path:
         """Return the built release dir, building it once; ``BuildError`` on failure. ``disk``
         bytes is the release tree's limit (``resources.disk``) where a fence enforces one."""
@@ -217,7 +218,7 @@ class Builder:
             for note in run.build_notes:  # a detected build says what was detected, first
                 self._note(build_log, f"==> {note}")
             self._note(build_log, f"==> fetching {repo}@{commit[:12]}")
-            cache = self._fetch(instance, repo, commit, build_log)
+            cache = self._fetch(instance, repo, commit, build_log, ref)
             self._export(cache, commit, release, build_log, disk)
             uid, gid = self.owner_for(app)
             if uid is not None and os.geteuid() == 0:
@@ -245,7 +246,7 @@ class Builder:
             )
 
     # -- fetch -----------------------------------------------------------------
-    def _fetch(self, instance: str, repo: str, commit: str, build_log: Path) -> Path:
+    def _fetch(self, instance: str, repo: str, commit: str, build_log: Path, ref: str = "") -> Path:
         """The commit in the node's bare cache of ``repo``, through ``forge.gitsource`` — the one
         git fetch path the source controller uses too (shallow first, every branch when the
         remote refuses a sha; tokens only through the environment). Credentials are asked for
@@ -258,7 +259,7 @@ class Builder:
             url = self.git_url_template.format(full_name=repo)
             token = self.credentials(instance) if self.credentials is not None else None
             try:
-                cache = source.fetch(repo, url, commit, token)
+                cache = source.fetch(repo, url, commit, token, ref=ref or None)
             except GitError as exc:
                 message = exc.message if not token else scrub(exc.message, token)
                 self._note(build_log, message)

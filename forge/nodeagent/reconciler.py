@@ -176,6 +176,7 @@ class Reconciler:
                     limits,
                     log_path(self.logs_dir, name, "build"),
                     disk=inst.spec.resources.disk,
+                    ref=inst.spec.ref,
                 )
             except DiskLow as exc:
                 st.reason, st.message = exc.reason, exc.message  # not the release's fault: it waits

@@ -133,6 +133,8 @@ def test_instance_spec_merges_env_and_resources() -> None:
     bare = dep(2).model_copy(update={"status": DeploymentStatus(manifest={"run": {"command": "x"}})})
     spec = ds.instance_spec(app(), bare, DeploymentConfig(), None, 0)
     assert (spec.resources.memory, spec.resources.cpu, spec.secret) == (256 * 2**20, 0.5, None)
+    pr = dep(3).model_copy(update={"spec": dep(3).spec.model_copy(update={"ref": "refs/pull/7/head"})})
+    assert ds.instance_spec(app(), pr, DeploymentConfig(), None, 0).ref == "refs/pull/7/head", "fetched by its ref"
 
 
 def test_node_selector_is_config() -> None:

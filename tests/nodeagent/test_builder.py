@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
 import threading
 import uuid
@@ -43,10 +44,11 @@ class Rig:
                                self.driver, CLOCK, SandboxSpec, lambda app: (uids.uid_for(app),) * 2)
 
     def build(self, instance: str, deployment: str, commands: list[str], timeout: float = 60,
-              commit: str | None = None, repo: str = "acme/hello") -> Path:
+              commit: str | None = None, repo: str = "acme/hello", ref: str = "") -> Path:
         run = RunSpec(build_commands=tuple(commands), build_timeout=timeout, command="true")
         return self.builder.ensure_built(instance, "hello", deployment, repo, commit or self.commit, run,
-                                         {"PATH": "/usr/bin:/bin"}, LIMITS, self.tmp / "logs" / instance / "build.log")
+                                         {"PATH": "/usr/bin:/bin"}, LIMITS, self.tmp / "logs" / instance / "build.log",
+                                         ref=ref)
 
 
 @pytest.fixture
@@ -104,6 +106,29 @@ def test_build_failures(rig: Rig, commands: list[str], timeout: float, reason: s
     assert exc.value.reason == reason and needle in exc.value.message
     assert not rig.builder.marker(rig.builder.release_dir("hello", "hello-4")).exists()
     assert not rig.driver.exists("build-hello-4-0")
+
+
+def test_a_pull_request_head_is_fetched_by_its_ref(rig: Rig) -> None:
+    """A commit that exists on the remote only as refs/pull/N/head (a fork's, on GitHub) is
+    fetched by that ref, as the source controller fetches it (one fetch rule: forge.gitsource)."""
+    repo = rig.tmp / "repos" / "acme" / "hello.git"
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(rig.tmp), "GIT_CONFIG_NOSYSTEM": "1"}
+    git = ["git", "-c", "user.email=t@example.com", "-c", "user.name=t"]
+    subprocess.run([*git, "checkout", "-q", "-b", "fork"], cwd=repo, env=env, check=True)
+    (repo / "fork.txt").write_text("from a fork\n")
+    subprocess.run([*git, "add", "fork.txt"], cwd=repo, env=env, check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "fork"], cwd=repo, env=env, check=True)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, env=env, check=True, capture_output=True,
+                          text=True).stdout.strip()
+    subprocess.run(["git", "update-ref", "refs/pull/7/head", head], cwd=repo, env=env, check=True)
+    subprocess.run([*git, "checkout", "-q", "main"], cwd=repo, env=env, check=True)
+    subprocess.run(["git", "branch", "-q", "-D", "fork"], cwd=repo, env=env, check=True)
+    release = rig.build("hello-7-0", "hello-7", [], commit=head, ref="refs/pull/7/head")
+    assert (release / "fork.txt").read_text() == "from a fork\n"
+    cache = rig.tmp / "data" / "git" / "acme" / "hello.git"
+    fetched = subprocess.run(["git", f"--git-dir={cache}", "for-each-ref", "--format=%(refname) %(objectname)"],
+                             env=env, check=True, capture_output=True, text=True).stdout.split("\n")
+    assert f"refs/forge/pull/7/head {head}" in fetched
 
 
 def test_unknown_commit_is_a_fetch_failure(rig: Rig) -> None:
