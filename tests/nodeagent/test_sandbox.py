@@ -195,19 +195,26 @@ def test_fork_bomb_stops_at_pids_max(groups, release) -> None:
 
 @needs_all
 def test_cpu_limit_half_a_core(groups, release) -> None:
-    """A spinning app under cpu 0.5 uses 0.5 ± 0.15 of a core over 3 s (cpuacct delta / wall)."""
+    """A spinning app under cpu 0.5 never uses more than 0.65 of a core in any 2 s window
+    (cpuacct delta / wall), and reaches at least 0.35 in one of up to four (a loaded machine can
+    starve one window; a quota set too small starves every one)."""
     assert DRIVER is not None
     sb = Sandbox(DRIVER)
     wd, uid = release("spin")
     g = groups(cpu=0.5)
     pid = sb.spawn(spec_for(wd, uid, g, f"exec {PY} -c 'while True: pass'"))
     CLOCK.sleep(0.5)
-    t0, c0 = CLOCK.monotonic(), DRIVER.stats(g).cpu_seconds
-    CLOCK.sleep(3.0)
-    t1, c1 = CLOCK.monotonic(), DRIVER.stats(g).cpu_seconds
-    sb.stop(g, pid, 0.5, CLOCK)
-    share = (c1 - c0) / (t1 - t0)
-    assert 0.35 <= share <= 0.65, share
+    shares: list[float] = []
+    try:
+        while len(shares) < 4 and not any(s >= 0.35 for s in shares):
+            t0, c0 = CLOCK.monotonic(), DRIVER.stats(g).cpu_seconds
+            CLOCK.sleep(2.0)
+            t1, c1 = CLOCK.monotonic(), DRIVER.stats(g).cpu_seconds
+            shares.append((c1 - c0) / (t1 - t0))
+            assert shares[-1] <= 0.65, shares
+    finally:
+        sb.stop(g, pid, 0.5, CLOCK)
+    assert max(shares) >= 0.35, shares
 
 
 @needs_all
