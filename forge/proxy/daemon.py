@@ -15,21 +15,24 @@ keeps serving what it last applied.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Final, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, Metric
 
 from forge import errors
 from forge.client import ForgeClient
 from forge.clock import Clock, SystemClock
 from forge.config import Config
-from forge.models import Resource
+from forge.models import App, Resource
+from forge.proxy.accesslog import AccessLogSocket, access_log_address
 from forge.proxy.caddy import CaddyAdmin, forge_config, hosts_dir
 from forge.proxy.hostmap import HostMap
-from forge.proxy.nft import nft_available
+from forge.proxy.nft import install_hash, nft_available
 from forge.proxy.noderoutes import NodeRoutes
 from forge.proxy.reconcilers import (
     RECOVERABLE,
@@ -41,6 +44,8 @@ from forge.proxy.reconcilers import (
     write_caddy_config,
 )
 from forge.proxy.records import KINDS, KindWatch, Records
+from forge.proxy.reqmetrics import RequestCollector, RequestCounter, host_targets
+from forge.proxy.reqsender import RequestSender
 from forge.proxy.servicemap import ServiceMap
 from forge.workqueue import WorkQueue
 
@@ -60,6 +65,11 @@ class Reconciler(Protocol):
     def all_keys(self) -> Iterable[str]: ...
 
     def reconcile(self, key: str) -> float | None: ...
+
+
+def proxy_name(data_dir: str | Path) -> str:
+    """This proxy's name towards the API (request metrics): its host and its install."""
+    return f"{socket.gethostname().lower()}-{install_hash(data_dir, 'proxy')}"
 
 
 def caddy_config_file(data_dir: str | Path) -> Path:
@@ -142,7 +152,9 @@ class Proxy:
         services: ServiceMap | None | bool = True,
         node_routes: NodeRoutes | None | bool = True,
         registry: CollectorRegistry | None = None,
+        access_log: bool = True,
     ) -> None:
+        """``access_log``: count Caddy's access log per app (``forge.proxy.reqmetrics``)."""
         self.config, self.client = config, client
         self.clock = clock or SystemClock()
         self.stop = threading.Event()
@@ -181,7 +193,14 @@ class Proxy:
             reconcilers.append(ServiceMapReconciler(self.records, self.services))
         if self.node_routes is not None:
             reconcilers.append(NodeRoutesReconciler(self.records, self.node_routes, self._node_event))
+        self.requests = RequestCounter(
+            lambda: host_targets(self.records.all(App), config.domain), wake=self._bucket_opened
+        )
+        self.access_log = AccessLogSocket(access_log_address(config.data_dir)) if access_log else None
+        self.sender = RequestSender(self.requests, client, proxy_name(config.data_dir), self.clock)
+        reconcilers.append(self.sender)
         self.registry = registry or CollectorRegistry()
+        self.registry.register(RequestCollector(self.requests, self._access_metrics))
         metrics = ProxyMetrics(self.registry)
         self.workers = {r.name: Worker(r, self.clock, metrics) for r in reconcilers}
         self._started = False
@@ -198,8 +217,25 @@ class Proxy:
         except errors.ForgeError as exc:
             log.info("proxy: could not record %s on node %s: %s", reason, node, exc)
 
+    def _bucket_opened(self, close_at: float) -> None:
+        if self._started:
+            self.workers[self.sender.name].queue.add_after(RequestSender.KEY, close_at - self.clock.now())
+
+    def _access_metrics(self) -> Iterator[Metric]:
+        drops = self.access_log.drops() if self.access_log is not None else None
+        if drops is not None:
+            family = CounterMetricFamily(
+                "forge_proxy_access_log_dropped",
+                "Access-log datagrams the kernel dropped (the proxy read too slowly)",
+            )
+            family.add_metric([], drops)
+            yield family
+        yield from self.sender.metrics()
+
     def _changed(self, old: Resource | None, new: Resource | None) -> None:
         """A record changed (``old``/``new``), or (None, None): a kind was listed."""
+        if isinstance(old, App) or isinstance(new, App):
+            self.requests.hosts_changed()
         if not self._started:
             with self._start_lock:
                 if not self._started:
@@ -215,6 +251,13 @@ class Proxy:
     def _start_reconcilers(self) -> None:
         self._started = True
         log.info("proxy: records listed; reconciling")
+        if self.access_log is not None:
+            threading.Thread(
+                target=self.access_log.run,
+                args=(self.requests.observe, self.requests.bad_line),
+                name="proxy-access-log",
+                daemon=True,
+            ).start()
         for worker in self.workers.values():
             for key in worker.reconciler.all_keys():
                 worker.queue.add(key)
@@ -223,6 +266,17 @@ class Proxy:
         """Write Caddy's start-up config, start the workers and the watches (returns at once)."""
         write_caddy_config(caddy_config_file(self.config.data_dir), self.caddy_want)
         self.hostmap.ensure()
+        if self.access_log is not None:
+            try:
+                self.access_log.bind()  # now: what Caddy logs from here on waits in the socket
+            except OSError as exc:  # serving matters more than counting
+                log.error(
+                    "proxy: cannot read the access log on udp/%s:%d (%s); no request metrics",
+                    self.access_log.host,
+                    self.access_log.port,
+                    exc,
+                )
+                self.access_log = None
         for worker in self.workers.values():
             worker.thread.start()
         self.workers["caddy"].queue.add(CaddyReconciler.KEY)  # Caddy needs no records
@@ -231,10 +285,14 @@ class Proxy:
 
     def close(self) -> None:
         self.stop.set()
+        if self.access_log is not None:
+            self.access_log.close()
         for worker in self.workers.values():
             worker.queue.shutdown()
         for worker in self.workers.values():
             worker.thread.join(timeout=10)
+        if self._started:
+            self.sender.flush()
         self.caddy.close()
 
 
