@@ -76,20 +76,23 @@ def caddy_logging(address: str) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 class Entry(NamedTuple):
-    host: str  # lower case, without port or trailing dot
+    host: str  # as Caddy's host map looked it up: without the port, case and dots as sent
     status: int
     duration: float  # seconds
     ts: float  # Unix seconds, when Caddy logged it (the response was written)
 
 
 def bare_host(raw: str) -> str:
-    """``Hello.Localhost:8000`` → ``hello.localhost``; ``[::1]:80`` → ``::1``."""
-    host = raw.strip().lower()
+    """The host as ``{http.request.host}`` gives it to the host map: ``hello.localhost:8000`` →
+    ``hello.localhost``, ``[::1]:80`` → ``::1``. Nothing else changes: Caddy's lookup does not
+    fold case or drop a trailing dot, so ``WEB.localhost`` got the catch-all's 404, not the
+    app, and must not count as the app's."""
+    host = raw
     if host.startswith("["):
         host = host[1 : host.find("]")] if "]" in host else host[1:]
     elif host.count(":") == 1:
         host = host.partition(":")[0]
-    return host.rstrip(".")
+    return host
 
 
 def parse_entry(line: bytes) -> Entry | None:
