@@ -1,6 +1,7 @@
 """``forge proxy`` against a real API (over a SqliteStore) and a real Caddy on loopback: it serves
 what the records say, no app or domain change loads Caddy's config, a restarted Caddy serves at
-once from the proxy's file, and an API outage changes nothing until the watch catches up."""
+once from the proxy's file, and an API outage changes nothing until the watch catches up; request
+metrics (#25): a proxy that restarts counts nothing twice, and Caddy never waits for it."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from forge.client import ForgeClient
 from forge.clock import SystemClock
 from forge.config import Config
 from forge.models import App, Instance, Node
+from forge.proxy.accesslog import access_log_address
 from forge.proxy.caddy import NOT_FOUND_BODY, CaddyAdmin, CaddyProcess, count_admin_writes, forge_config
 from forge.proxy.daemon import Proxy, caddy_config_file
 from forge.proxy.nft import nft_available
@@ -302,3 +304,68 @@ def test_kernel_mode_switches_a_release_in_the_map_and_repairs_drift(
     services.nft.run(f"flush map ip {services.table} backends\n")
     assert get(pcfg, "web.localhost").status_code == 502
     wait_for(lambda: get(pcfg, "web.localhost").text == "b1", 15, "the map to be repaired")
+
+
+def total(proxy: Proxy) -> int:
+    return sum(sum(s.by_class.values()) for s in proxy.requests.series().values())
+
+
+def test_a_restarted_proxy_counts_nothing_twice_and_caddy_never_waits_for_it(
+    pcfg: Config,
+    api: Api,
+    caddy: CaddyProcess,
+    live_app: Callable[..., App],
+    tmp_path: Path,
+) -> None:
+    """Counts per (app, live release) across two domains; a restart loses what Caddy served while
+    no proxy ran and counts the rest exactly once; Caddy's own log does not grow meanwhile."""
+    live_app("web", ready=(0,), domains=["www.web.test"])
+    tally: Counter[str] = Counter()
+
+    def get(host: str) -> int:
+        r = httpx.get(f"http://{pcfg.http_listen}/", headers={"Host": host}, timeout=5)
+        if not (r.status_code == 404 and r.text == NOT_FOUND_BODY):
+            tally["app"] += 1
+        return r.status_code
+
+    client = ForgeClient(api.url, pcfg.admin_token)
+    first = Proxy(pcfg, client, services=False, node_routes=False)
+    first.start()
+    try:
+        wait_for(lambda: get("web.localhost") == 200, 15, "web to be served")
+        for host in ["web.localhost", "www.web.test"] * 3:
+            assert get(host) == 200
+        wait_for(lambda: total(first) == tally["app"], 10, f"the first proxy to count {tally['app']}")
+        assert list(first.requests.series()) == [("web", "web-1")]
+        first_count = total(first)
+    finally:
+        first.close()
+
+    host, _, port = access_log_address(pcfg.data_dir).rpartition(":")
+    caddy_log = tmp_path / "caddy" / "caddy.log"
+    size = caddy_log.stat().st_size
+    gap = 5
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as spy:  # sees the gap's lines arrive
+        spy.bind((host, int(port)))
+        spy.settimeout(10)
+        for _ in range(gap):
+            assert get("web.localhost") == 200  # served while no proxy reads
+        for _ in range(gap):
+            spy.recv(65536)
+    assert caddy_log.stat().st_size == size  # nothing of it went to Caddy's own log
+
+    second = Proxy(pcfg, client, services=False, node_routes=False)
+    second.start()
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as out:
+            out.sendto(b'{"level":"info","ts":1796682015.2,"request":{"host":"web.loc', (host, int(port)))
+        for host_ in ["www.web.test", "web.localhost", "nobody.web.test"] * 3:
+            get(host_)
+        wait_for(
+            lambda: total(second) == 6 and second.requests.unrouted == 3, 15, "the second proxy to count 6"
+        )
+        wait_for(lambda: second.requests.unreadable == 1, 5, "the cut line to be counted as unreadable")
+        assert first_count + gap + total(second) == tally["app"]  # counted once, or lost in the gap
+    finally:
+        second.close()
+        client.close()

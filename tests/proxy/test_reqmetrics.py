@@ -22,6 +22,7 @@ from forge.models import App, AppSpec, AppStatus, ObjectMeta
 from forge.proxy.accesslog import AccessLogSocket, Entry, bare_host, caddy_logging, parse_entry
 from forge.proxy.reqmetrics import CLOSE_GRACE, SERIES_TTL, RequestCollector, RequestCounter, host_targets
 from forge.proxy.reqsender import MAX_BATCH_BYTES, Outbox, RequestSender
+from tests.metrics_helpers import assert_promtool_clean, needs_promtool
 
 T0 = 1_800_000_000.0  # a bucket boundary
 
@@ -188,6 +189,21 @@ def test_prometheus_series_and_their_expiry() -> None:
     apps.apps = []  # the App is deleted: its last series goes too
     c.hosts_changed()
     assert c.expire(T0 + 10 * SERIES_TTL) == [("web", "web-2")]
+
+
+@needs_promtool
+def test_the_proxys_request_metrics_pass_promtool() -> None:
+    """The exposition (app series and the proxy's own counters) passes ``promtool check metrics``."""
+    c = RequestCounter(Apps(app("web", "web-1")).targets)
+    c.observe(Entry("web.localhost", 503, 0.3, T0))
+    c.observe(Entry("nobody.localhost", 404, 0.3, T0))
+    with ForgeClient("http://127.0.0.1:9", "t") as client:
+        sender = RequestSender(c, client, "p", FakeClock(T0))
+        registry = CollectorRegistry()
+        registry.register(RequestCollector(c, sender.metrics))
+        text = generate_latest(registry).decode()
+    assert "forge_proxy_unrouted_requests_total 1.0" in text
+    assert_promtool_clean(text)
 
 
 def test_caddy_logging_keeps_the_access_log_out_of_caddys_own_log() -> None:
