@@ -78,21 +78,41 @@ def caddy_config_file(data_dir: str | Path) -> Path:
 
 
 class ProxyMetrics:
-    """``forge_proxy_*``: reconciles, failures (what the ForgeProxyFailing alert watches), their time."""
+    """``forge_proxy_*``: reconciles, failures (what the ForgeProxyFailing alert watches), their time.
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    ``sender``: the same three for the request-metrics sender instead, under names of its own
+    (``forge_proxy_request_sends_total``, ``_send_failures_total``, ``_send_seconds``): an API
+    that does not take request samples is no failure to program the host, and must not page."""
+
+    def __init__(self, registry: CollectorRegistry, sender: bool = False) -> None:
+        names = (
+            (
+                "forge_proxy_request_sends",
+                "forge_proxy_request_send_failures",
+                "forge_proxy_request_send_seconds",
+            )
+            if sender
+            else ("forge_proxy_reconcile", "forge_proxy_failures", "forge_proxy_reconcile_seconds")
+        )
         self.reconciles = Counter(
-            "forge_proxy_reconcile_total", "Reconciles of one proxy host", ["reconciler"], registry=registry
+            names[0] + "_total",
+            "Runs of the request-metrics sender" if sender else "Reconciles of one proxy host",
+            ["reconciler"],
+            registry=registry,
         )
         self.failures = Counter(
-            "forge_proxy_failures_total",
-            "Reconciles that could not program this host (Caddy, nftables, routes, the host map)",
+            names[1] + "_total",
+            "Sender runs that could not deliver to the API (retried with back-off)"
+            if sender
+            else "Reconciles that could not program this host (Caddy, nftables, routes, the host map)",
             ["reconciler"],
             registry=registry,
         )
         self.seconds = Histogram(
-            "forge_proxy_reconcile_seconds",
-            "Time of one reconcile (a switch: one App's entry of the kernel map)",
+            names[2],
+            "Time of one sender run"
+            if sender
+            else "Time of one reconcile (a switch: one App's entry of the kernel map)",
             ["reconciler"],
             registry=registry,
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
@@ -202,7 +222,11 @@ class Proxy:
         self.registry = registry or CollectorRegistry()
         self.registry.register(RequestCollector(self.requests, self._access_metrics))
         metrics = ProxyMetrics(self.registry)
-        self.workers = {r.name: Worker(r, self.clock, metrics) for r in reconcilers}
+        sender_metrics = ProxyMetrics(self.registry, sender=True)
+        self.workers = {
+            r.name: Worker(r, self.clock, sender_metrics if r is self.sender else metrics)
+            for r in reconcilers
+        }
         self._started = False
         self._start_lock = threading.Lock()
         self.watches = [KindWatch(client, plural, self.records, self._changed, self.stop) for plural in KINDS]
