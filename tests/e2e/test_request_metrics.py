@@ -17,7 +17,7 @@ from tests.e2e.test_push_to_live import push, register
 
 pytestmark = [pytest.mark.e2e]
 
-APP_PY = r'''
+APP_PY = r"""
 import os, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -36,7 +36,7 @@ class H(BaseHTTPRequestHandler):
         pass
 
 ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
-'''
+"""
 
 
 def scrape(forge: Forge) -> str:
@@ -99,8 +99,9 @@ def test_requests_through_caddy_are_counted_exactly_per_app_and_release(forge: F
     assert forge.through_caddy("WWW.reqs.test").status_code == 404  # Caddy's lookup is case-sensitive
 
     want = dict(sent)
-    text = wait_for(lambda: (t := scrape(forge)) and by_class(t, "reqs-1") == want and t, 20,
-                    f"the proxy to count {want}")
+    text = wait_for(
+        lambda: (t := scrape(forge)) and by_class(t, "reqs-1") == want and t, 20, f"the proxy to count {want}"
+    )
     assert by_class(text, "reqs-1") == want  # exactly: nothing counted twice, nothing lost
     assert "www.reqs.test" not in text  # labels are apps, never hosts
     total = sum(want.values())
@@ -111,5 +112,8 @@ def test_requests_through_caddy_are_counted_exactly_per_app_and_release(forge: F
     )
     assert slow >= 2  # the two /slow requests (0.3 s) sit in (0.25, 0.5]
     assert value(text, "forge_app_http_request_duration_seconds_count", app="reqs", release="reqs-1") == total
-    wait_for(lambda: value(scrape(forge), "forge_proxy_unrouted_requests_total") >= unrouted_before + 2, 10,
-             "the unknown host to be counted apart")
+    wait_for(
+        lambda: value(scrape(forge), "forge_proxy_unrouted_requests_total") >= unrouted_before + 2,
+        10,
+        "the unknown host to be counted apart",
+    )
