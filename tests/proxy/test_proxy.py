@@ -317,8 +317,9 @@ def test_a_restarted_proxy_counts_nothing_twice_and_caddy_never_waits_for_it(
     live_app: Callable[..., App],
     tmp_path: Path,
 ) -> None:
-    """Counts per (app, live release) across two domains; a restart loses what Caddy served while
-    no proxy ran and counts the rest exactly once; Caddy's own log does not grow meanwhile."""
+    """Counts per (app, live release) across two domains, a 70 KB URI included; a restart loses
+    what Caddy served while no proxy ran and counts the rest exactly once; Caddy's own log does
+    not grow meanwhile."""
     live_app("web", ready=(0,), domains=["www.web.test"])
     tally: Counter[str] = Counter()
 
@@ -335,6 +336,11 @@ def test_a_restarted_proxy_counts_nothing_twice_and_caddy_never_waits_for_it(
         wait_for(lambda: get("web.localhost") == 200, 15, "web to be served")
         for host in ["web.localhost", "www.web.test"] * 3:
             assert get(host) == 200
+        addr = pcfg.http_listen.rpartition(":")
+        with socket.create_connection((addr[0], int(addr[2])), timeout=5) as conn:  # past httpx's URL limit
+            conn.sendall(b"GET /" + b"x" * 70_000 + b" HTTP/1.1\r\nHost: web.localhost\r\nConnection: close\r\n\r\n")
+            assert conn.recv(64).startswith(b"HTTP/1.1 414")  # the backend's own answer, through Caddy
+        tally["app"] += 1  # its entry still fits one datagram (no URI in it)
         wait_for(lambda: total(first) == tally["app"], 10, f"the first proxy to count {tally['app']}")
         assert list(first.requests.series()) == [("web", "web-1")]
         first_count = total(first)
