@@ -6,6 +6,7 @@ metrics (#25): a proxy that restarts counts nothing twice, and Caddy never waits
 from __future__ import annotations
 
 import http.server
+import json
 import shutil
 import socket
 import socketserver
@@ -21,6 +22,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import httpx
 import pytest
 
+from forge.appmetrics import RequestSample
 from forge.client import ForgeClient
 from forge.clock import SystemClock
 from forge.config import Config
@@ -375,3 +377,71 @@ def test_a_restarted_proxy_counts_nothing_twice_and_caddy_never_waits_for_it(
     finally:
         second.close()
         client.close()
+
+
+class SampleSink:
+    """In front of the real API's WSGI app: takes ``POST /api/v1/metrics/requests`` itself
+    (answering 503 to the first ``fail`` batches, as an API restarting would), passes the rest."""
+
+    def __init__(self, app: Any, fail: int) -> None:
+        self.app, self.fail = app, fail
+        self.failed: list[str] = []
+        self.batches: list[dict[str, Any]] = []
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        if environ["PATH_INFO"] != "/api/v1/metrics/requests" or environ["REQUEST_METHOD"] != "POST":
+            return self.app(environ, start_response)
+        body = json.loads(environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0)))
+        if self.fail:
+            self.fail -= 1
+            self.failed.append(body["id"])
+            start_response("503 Service Unavailable", [("Content-Type", "application/json")])
+            return [b'{"error": "Unavailable", "message": "restarting"}']
+        self.batches.append(body)
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [json.dumps({"accepted": len(body["samples"])}).encode()]
+
+
+def test_closed_buckets_reach_the_api_once_after_a_refused_attempt(
+    pcfg: Config, store: Store, caddy: CaddyProcess, live_app: Callable[..., App]
+) -> None:
+    """The proxy's sender, woken by the bucket's timer alone, posts the closed 10 s buckets; the
+    API's first answer is a 503: the same batch comes again after the back-off, and the counts
+    arrive exactly once."""
+    api = Api(pcfg, store)
+    api.stop()
+    sink = SampleSink(api.app, fail=1)
+    api.app = sink
+    api.start()
+    live_app("web", ready=(0,))
+    client = ForgeClient(api.url, pcfg.admin_token)
+    proxy = Proxy(pcfg, client, services=False, node_routes=False)
+    proxy.start()
+    served = 0
+
+    def hit() -> int:
+        nonlocal served
+        r = get(pcfg, "web.localhost")
+        served += not (r.status_code == 404 and r.text == NOT_FOUND_BODY)  # the app's, not the catch-all's
+        return r.status_code
+
+    try:
+        wait_for(lambda: hit() == 200, 15, "web to be served")
+        for _ in range(5):
+            assert hit() == 200
+        wait_for(lambda: total(proxy) == served, 10, "the requests to be counted")
+        wait_for(
+            lambda: sum(RequestSample.from_json(s).total for b in sink.batches for s in b["samples"]) >= served,
+            40,
+            "the closed buckets to reach the API",
+        )
+    finally:
+        proxy.close()
+        client.close()
+        api.stop()
+    samples = [RequestSample.from_json(s) for b in sink.batches for s in b["samples"]]
+    assert {(s.app, s.release) for s in samples} == {("web", "web-1")}
+    assert sum(s.total for s in samples) == served  # all of them, once: the closing flush sent nothing more
+    ids = [b["id"] for b in sink.batches]
+    assert sink.failed == ids[:1] and len(set(ids)) == len(ids)  # the refused batch, sent again as is
+
