@@ -135,6 +135,7 @@ class AccessLogSocket:
         self.host, self.port = host.strip("[]"), int(port)
         self.sock: socket.socket | None = None
         self._closed = threading.Event()
+        self._failed = False
 
     def bind(self) -> None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -171,8 +172,14 @@ class AccessLogSocket:
                 entry = parse_entry(line)
                 if entry is None:
                     bad()
-                else:
+                    continue
+                try:
                     handle(entry)
+                except Exception:  # noqa: BLE001 - the per-line boundary: a bug must not end the reading
+                    bad()
+                    if not self._failed:
+                        log.exception("proxy: counting an access-log line failed (logged once)")
+                    self._failed = True
 
     def close(self) -> None:
         self._closed.set()

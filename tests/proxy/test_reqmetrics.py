@@ -215,8 +215,8 @@ def test_caddy_logging_keeps_the_access_log_out_of_caddys_own_log() -> None:
 
 
 def test_access_log_socket_reads_datagrams_and_counts_bad_lines() -> None:
-    """Whole datagrams in, entries out; a cut line is counted as unreadable, not a crash; close
-    ends the reading thread."""
+    """Whole datagrams in, entries out; a cut line, or one whose counting fails, is counted as
+    unreadable and the reading goes on; close ends the reading thread."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -227,6 +227,8 @@ def test_access_log_socket_reads_datagrams_and_counts_bad_lines() -> None:
     done = threading.Event()
 
     def handle(e: Entry) -> None:
+        if e.host == "boom.localhost":
+            raise RuntimeError("a bug in counting")
         got.append(e)
         if len(got) == 2:
             done.set()
@@ -236,9 +238,10 @@ def test_access_log_socket_reads_datagrams_and_counts_bad_lines() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as out:
         out.sendto(line("a.localhost", 200, 0.1, T0) + b"\n", ("127.0.0.1", port))
         out.sendto(line("a.localhost", 200, 0.1, T0)[:40], ("127.0.0.1", port))
+        out.sendto(line("boom.localhost", 200, 0.1, T0), ("127.0.0.1", port))
         out.sendto(line("b.localhost", 500, 0.1, T0) + b"\n", ("127.0.0.1", port))
     assert done.wait(10)
-    assert [e.host for e in got] == ["a.localhost", "b.localhost"] and bad == [1]
+    assert [e.host for e in got] == ["a.localhost", "b.localhost"] and bad == [1, 1]
     assert reader.drops() == 0
     reader.close()
     t.join(5)
