@@ -4,6 +4,9 @@ Threads: one list/watch loop per kind (Apps, Instances, Nodes; ``forge.proxy.rec
 worker per reconciler (``forge.proxy.reconcilers``), each with its own deduplicating work queue,
 so a slow Caddy never delays a switch in the kernel. No leader election: any number of proxies
 run side by side, each on its own host, each programming only that host.
+One more thread reads Caddy's access log (``forge.proxy.accesslog``) into per-app request counts
+(``forge.proxy.reqmetrics``), and one more reconciler sends them to the API
+(``forge.proxy.reqsender``); neither can delay or block serving.
 
 Start-up order is what keeps a restart invisible: the Caddy config file is written first (Caddy
 restarts from it, complete), and no reconciler touches the host map or the kernel before every
