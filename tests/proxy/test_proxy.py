@@ -341,8 +341,13 @@ def test_a_restarted_proxy_counts_nothing_twice_and_caddy_never_waits_for_it(
         addr = pcfg.http_listen.rpartition(":")
         with socket.create_connection((addr[0], int(addr[2])), timeout=5) as conn:  # past httpx's URL limit
             conn.sendall(b"GET /" + b"x" * 70_000 + b" HTTP/1.1\r\nHost: web.localhost\r\nConnection: close\r\n\r\n")
-            assert conn.recv(64).startswith(b"HTTP/1.1 414")  # the backend's own answer, through Caddy
-        tally["app"] += 1  # its entry still fits one datagram (no URI in it)
+            head = b""
+            while b"\r\n" not in head and (chunk := conn.recv(64)):
+                head += chunk
+        # The backend's 414, or Caddy's 502 when the backend's close with unread bytes (an RST)
+        # beats its answer: the app's either way, and its entry still fits one datagram.
+        assert head.split(b" ")[1] in (b"414", b"502"), head
+        tally["app"] += 1
         wait_for(lambda: total(first) == tally["app"], 10, f"the first proxy to count {tally['app']}")
         assert list(first.requests.series()) == [("web", "web-1")]
         first_count = total(first)
