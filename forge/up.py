@@ -59,6 +59,13 @@ def ensure_admin_token(cfg: Config, env: dict[str, str]) -> tuple[str, str]:
     return token, str(path)
 
 
+def proxy_metrics_default(listen: str) -> str:
+    """The proxy's metrics address when none is given: the port after ``listen``'s (the
+    controllers' metrics), on the same host: 127.0.0.1:9110 with forge up's defaults."""
+    host, _, port = listen.rpartition(":")
+    return f"{host}:{int(port) + 1}"
+
+
 def cli_hint(data: Path) -> str:
     """How another shell's ``forge`` finds this install (it reads api-url and admin-token here)."""
     env_default = {k: v for k, v in os.environ.items() if k != "FORGE_DATA_DIR"}
@@ -94,10 +101,14 @@ class Supervisor:
         clock: Clock | None = None,
         controllers_metrics_listen: str | None = None,
         local_agent: bool = True,
+        proxy_metrics_listen: str | None = None,
     ) -> None:
         self.cfg, self.metrics_listen, self.node_name = cfg, metrics_listen, node_name
         self.local_agent = local_agent
         self.controllers_metrics_listen = controllers_metrics_listen
+        self.proxy_metrics_listen = proxy_metrics_listen or proxy_metrics_default(
+            controllers_metrics_listen or metrics_listen
+        )
         self.base_env = {k: v for k, v in env.items() if k not in ("FORGE_NODE_TOKEN",)}
         self.clock = clock or SystemClock()
         self.data = Path(cfg.data_dir).resolve()
@@ -294,6 +305,7 @@ class Supervisor:
         ]
         if self.cfg.https_listen:
             args += ["--https-listen", self.cfg.https_listen]
+        args += ["--metrics-listen", self.proxy_metrics_listen]
         return Child("proxy", self._forge(*args), env, self.data / "logs" / "proxy.log")
 
     def mint_node_token(self) -> str:
@@ -378,6 +390,7 @@ class Supervisor:
 
         link = f"{self.api_url}/ui#signin={mint(self.data, self.clock)}"
         metrics = f"{self.api_url}/metrics, controllers {self._metrics_url(self.controllers_metrics_listen)}"
+        metrics += f", proxy {self._metrics_url(self.proxy_metrics_listen)}"
         nodes = ""
         if self.local_agent:
             metrics += f", agent {self._metrics_url(self.metrics_listen)}"

@@ -445,6 +445,11 @@ def parse_log_cap(value: str) -> int:
     show_default=True,
     help="The controllers' metrics (reconciles, queue depth, router).",
 )
+@click.option(
+    "--proxy-metrics-listen",
+    default=None,
+    help="The proxy's metrics: per-app requests, reconciles (default: the controllers' port + 1).",
+)
 @click.option("--node-name", default=None, help="Name of the local node (default: the hostname).")
 @click.option(
     "--store-url",
@@ -467,6 +472,7 @@ def up(
     https_listen: str | None,
     metrics_listen: str,
     controllers_metrics_listen: str,
+    proxy_metrics_listen: str | None,
     node_name: str | None,
     store_url: str,
     no_agent: bool,
@@ -501,6 +507,9 @@ def up(
         env=dict(os.environ),
         controllers_metrics_listen=check_listen(controllers_metrics_listen, "--controllers-metrics-listen"),
         local_agent=not no_agent,
+        proxy_metrics_listen=(
+            check_listen(proxy_metrics_listen, "--proxy-metrics-listen") if proxy_metrics_listen else None
+        ),
     )
     stop = stop_on_signals()
     sup.run(stop)

@@ -35,6 +35,7 @@ from tenacity import retry, retry_if_exception_type, stop_after_attempt, stop_af
 
 from forge.config import Config
 from forge.errors import ForgeError, Invalid, Unavailable
+from forge.proxy.accesslog import access_log_address, caddy_logging
 from forge.proxy.hostmap import SLOTS
 
 PROXY_ID: Final[str] = "forge-proxy"
@@ -139,8 +140,12 @@ def base_config(
     hosts_dir: str,
     slots: int = UPSTREAM_SLOTS,
     upstream_keepalive: bool = True,
+    access_log: str | None = None,
 ) -> dict[str, Any]:
     """The whole Caddy JSON config Forge runs with; the hosts it serves are ``hosts_dir``'s.
+
+    ``access_log``: ``HOST:PORT`` to send the access log to, one UDP datagram per request
+    (``forge.proxy.accesslog``; the proxy counts them per app), or None for no access log.
 
     ``tls_mode``: ``off`` (plain HTTP on ``http_listen``), ``internal`` (also HTTPS on
     ``https_listen`` with certificates from Caddy's internal CA, issued on demand for hosts the
@@ -174,13 +179,16 @@ def base_config(
             policy["issuers"] = [{"module": "internal"}]
             apps["pki"] = {"certificate_authorities": {"local": {"install_trust": False}}}
         apps["tls"] = {"automation": {"policies": [policy], "on_demand": {"ask": ask_url}}}
+    logs: dict[str, Any] = {"default": {"level": "WARN"}}
+    if access_log:
+        logs, server["logs"] = caddy_logging(access_log)
     admin: dict[str, Any] = {"listen": admin_listen, "config": {"persist": False}}
     if admin_listen.startswith("unix/"):
         # Caddy checks the Host header even on a socket; this is the name our client sends.
         admin["origins"] = [ADMIN_SOCKET_HOST]
     # Every Admin API request is counted by Caddy itself: caddy_admin_http_requests_total
     # {method, path} on the admin endpoint's /metrics (how tests count config writes).
-    return {"admin": admin, "logging": {"logs": {"default": {"level": "WARN"}}}, "apps": apps}
+    return {"admin": admin, "logging": {"logs": logs}, "apps": apps}
 
 
 def _default_https(http_listen: str) -> str:
@@ -364,7 +372,8 @@ def forge_config(config: Config, kernel: bool, ask_url: str | None = None) -> di
 
     In kernel mode Caddy opens a new upstream connection per request (no upstream keep-alive):
     every request then meets the kernel's current map, so a switch takes effect at once and
-    no pooled connection to a stopped release can fail a request."""
+    no pooled connection to a stopped release can fail a request. Caddy sends its access log to
+    the install's own loopback port (``forge.proxy.accesslog``), where the proxy counts it."""
     return base_config(
         config.http_listen,
         config.effective_caddy_admin,
@@ -374,4 +383,5 @@ def forge_config(config: Config, kernel: bool, ask_url: str | None = None) -> di
         https_listen=config.https_listen or None,
         hosts_dir=str(hosts_dir(config.data_dir)),
         upstream_keepalive=not kernel,
+        access_log=access_log_address(config.data_dir),
     )

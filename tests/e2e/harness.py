@@ -161,6 +161,7 @@ class Forge:
     proc: subprocess.Popen[bytes] | None = None
     log: Path | None = None
     extra_args: list[str] = field(default_factory=list)
+    proxy_metrics: str = ""  # HOST:PORT of the proxy's Prometheus endpoint (set by start)
 
     @property
     def admin(self) -> CaddyAdmin:
@@ -173,12 +174,14 @@ class Forge:
 
     def start(self) -> None:
         self.log = self.root / f"forge-up-{int(time.time() * 1000)}.log"
+        self.proxy_metrics = f"127.0.0.1:{free_port()}"
         out = self.log.open("wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "forge", "up", "--data-dir", str(self.data), "--api-listen", self.api.removeprefix("http://"),
              "--http-listen", self.http.removeprefix("http://"),
              *(["--caddy-admin", self.caddy_admin] if self.caddy_admin else []),
              "--metrics-listen", f"127.0.0.1:{free_port()}", "--controllers-metrics-listen", f"127.0.0.1:{free_port()}",
+             "--proxy-metrics-listen", self.proxy_metrics,
              *([] if self.default_node_name else ["--node-name", self.node]), *self.extra_args],
             env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         out.close()

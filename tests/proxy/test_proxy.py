@@ -1,10 +1,12 @@
 """``forge proxy`` against a real API (over a SqliteStore) and a real Caddy on loopback: it serves
 what the records say, no app or domain change loads Caddy's config, a restarted Caddy serves at
-once from the proxy's file, and an API outage changes nothing until the watch catches up."""
+once from the proxy's file, and an API outage changes nothing until the watch catches up; request
+metrics (#25): a proxy that restarts counts nothing twice, and Caddy never waits for it."""
 
 from __future__ import annotations
 
 import http.server
+import json
 import shutil
 import socket
 import socketserver
@@ -20,10 +22,12 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import httpx
 import pytest
 
+from forge.appmetrics import RequestSample
 from forge.client import ForgeClient
 from forge.clock import SystemClock
 from forge.config import Config
 from forge.models import App, Instance, Node
+from forge.proxy.accesslog import access_log_address
 from forge.proxy.caddy import NOT_FOUND_BODY, CaddyAdmin, CaddyProcess, count_admin_writes, forge_config
 from forge.proxy.daemon import Proxy, caddy_config_file
 from forge.proxy.nft import nft_available
@@ -302,3 +306,147 @@ def test_kernel_mode_switches_a_release_in_the_map_and_repairs_drift(
     services.nft.run(f"flush map ip {services.table} backends\n")
     assert get(pcfg, "web.localhost").status_code == 502
     wait_for(lambda: get(pcfg, "web.localhost").text == "b1", 15, "the map to be repaired")
+
+
+def total(proxy: Proxy) -> int:
+    return sum(sum(s.by_class.values()) for s in proxy.requests.series().values())
+
+
+def test_a_restarted_proxy_counts_nothing_twice_and_caddy_never_waits_for_it(
+    pcfg: Config,
+    api: Api,
+    caddy: CaddyProcess,
+    live_app: Callable[..., App],
+    tmp_path: Path,
+) -> None:
+    """Counts per (app, live release) across two domains, a 70 KB URI included; a restart loses
+    what Caddy served while no proxy ran and counts the rest exactly once; Caddy's own log does
+    not grow meanwhile."""
+    live_app("web", ready=(0,), domains=["www.web.test"])
+    tally: Counter[str] = Counter()
+
+    def get(host: str) -> int:
+        r = httpx.get(f"http://{pcfg.http_listen}/", headers={"Host": host}, timeout=5)
+        if not (r.status_code == 404 and r.text == NOT_FOUND_BODY):
+            tally["app"] += 1
+        return r.status_code
+
+    client = ForgeClient(api.url, pcfg.admin_token)
+    first = Proxy(pcfg, client, services=False, node_routes=False)
+    first.start()
+    try:
+        wait_for(lambda: get("web.localhost") == 200, 15, "web to be served")
+        for host in ["web.localhost", "www.web.test"] * 3:
+            assert get(host) == 200
+        addr = pcfg.http_listen.rpartition(":")
+        with socket.create_connection((addr[0], int(addr[2])), timeout=5) as conn:  # past httpx's URL limit
+            conn.sendall(b"GET /" + b"x" * 70_000 + b" HTTP/1.1\r\nHost: web.localhost\r\nConnection: close\r\n\r\n")
+            head = b""
+            while b"\r\n" not in head and (chunk := conn.recv(64)):
+                head += chunk
+        # The backend's 414, or Caddy's 502 when the backend's close with unread bytes (an RST)
+        # beats its answer: the app's either way, and its entry still fits one datagram.
+        assert head.split(b" ")[1] in (b"414", b"502"), head
+        tally["app"] += 1
+        wait_for(lambda: total(first) == tally["app"], 10, f"the first proxy to count {tally['app']}")
+        assert list(first.requests.series()) == [("web", "web-1")]
+        first_count = total(first)
+    finally:
+        first.close()
+
+    host, _, port = access_log_address(pcfg.data_dir).rpartition(":")
+    caddy_log = tmp_path / "caddy" / "caddy.log"
+    size = caddy_log.stat().st_size
+    gap = 5
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as spy:  # sees the gap's lines arrive
+        spy.bind((host, int(port)))
+        spy.settimeout(10)
+        for _ in range(gap):
+            assert get("web.localhost") == 200  # served while no proxy reads
+        for _ in range(gap):
+            spy.recv(65536)
+    assert caddy_log.stat().st_size == size  # nothing of it went to Caddy's own log
+
+    second = Proxy(pcfg, client, services=False, node_routes=False)
+    second.start()
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as out:
+            out.sendto(b'{"level":"info","ts":1796682015.2,"request":{"host":"web.loc', (host, int(port)))
+        for host_ in ["www.web.test", "web.localhost", "nobody.web.test"] * 3:
+            get(host_)
+        wait_for(
+            lambda: total(second) == 6 and second.requests.unrouted == 3, 15, "the second proxy to count 6"
+        )
+        wait_for(lambda: second.requests.unreadable == 1, 5, "the cut line to be counted as unreadable")
+        assert first_count + gap + total(second) == tally["app"]  # counted once, or lost in the gap
+    finally:
+        second.close()
+        client.close()
+
+
+class SampleSink:
+    """In front of the real API's WSGI app: takes ``POST /api/v1/metrics/requests`` itself
+    (answering 503 to the first ``fail`` batches, as an API restarting would), passes the rest."""
+
+    def __init__(self, app: Any, fail: int) -> None:
+        self.app, self.fail = app, fail
+        self.failed: list[str] = []
+        self.batches: list[dict[str, Any]] = []
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        if environ["PATH_INFO"] != "/api/v1/metrics/requests" or environ["REQUEST_METHOD"] != "POST":
+            return self.app(environ, start_response)
+        body = json.loads(environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0)))
+        if self.fail:
+            self.fail -= 1
+            self.failed.append(body["id"])
+            start_response("503 Service Unavailable", [("Content-Type", "application/json")])
+            return [b'{"error": "Unavailable", "message": "restarting"}']
+        self.batches.append(body)
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [json.dumps({"accepted": len(body["samples"])}).encode()]
+
+
+def test_closed_buckets_reach_the_api_once_after_a_refused_attempt(
+    pcfg: Config, store: Store, caddy: CaddyProcess, live_app: Callable[..., App]
+) -> None:
+    """The proxy's sender, woken by the bucket's timer alone, posts the closed 10 s buckets; the
+    API's first answer is a 503: the same batch comes again after the back-off, and the counts
+    arrive exactly once."""
+    api = Api(pcfg, store)
+    api.stop()
+    sink = SampleSink(api.app, fail=1)
+    api.app = sink
+    api.start()
+    live_app("web", ready=(0,))
+    client = ForgeClient(api.url, pcfg.admin_token)
+    proxy = Proxy(pcfg, client, services=False, node_routes=False)
+    proxy.start()
+    served = 0
+
+    def hit() -> int:
+        nonlocal served
+        r = get(pcfg, "web.localhost")
+        served += not (r.status_code == 404 and r.text == NOT_FOUND_BODY)  # the app's, not the catch-all's
+        return r.status_code
+
+    try:
+        wait_for(lambda: hit() == 200, 15, "web to be served")
+        for _ in range(5):
+            assert hit() == 200
+        wait_for(lambda: total(proxy) == served, 10, "the requests to be counted")
+        wait_for(
+            lambda: sum(RequestSample.from_json(s).total for b in sink.batches for s in b["samples"]) >= served,
+            40,
+            "the closed buckets to reach the API",
+        )
+    finally:
+        proxy.close()
+        client.close()
+        api.stop()
+    samples = [RequestSample.from_json(s) for b in sink.batches for s in b["samples"]]
+    assert {(s.app, s.release) for s in samples} == {("web", "web-1")}
+    assert sum(s.total for s in samples) == served  # all of them, once: the closing flush sent nothing more
+    ids = [b["id"] for b in sink.batches]
+    assert sink.failed == ids[:1] and len(set(ids)) == len(ids)  # the refused batch, sent again as is
+

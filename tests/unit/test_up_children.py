@@ -69,3 +69,19 @@ def test_a_second_forge_up_on_the_same_data_dir_is_refused(tmp_path: Path) -> No
         if child.poll() is None:
             child.kill()
             child.wait()
+
+
+@pytest.mark.skipif(shutil.which("caddy") is None, reason="caddy missing (make setup installs it)")
+@pytest.mark.parametrize(("given", "ctrl", "expected"), [
+    (None, "127.0.0.1:9109", "127.0.0.1:9110"),
+    (None, "127.0.0.1:41000", "127.0.0.1:41001"),
+    ("127.0.0.1:5555", "127.0.0.1:9109", "127.0.0.1:5555"),
+], ids=["default", "derived", "explicit"])
+def test_proxy_child_serves_its_metrics(tmp_path: Path, given: str | None, ctrl: str, expected: str) -> None:
+    """forge up's proxy serves its metrics: where told, else on the port after the controllers'."""
+    cfg = Config(data_dir=tmp_path / "data", admin_token="t" * 32)
+    sup = Supervisor(cfg, metrics_listen="127.0.0.1:9108", node_name="n1", env={},
+                     controllers_metrics_listen=ctrl, proxy_metrics_listen=given)
+    sup.prepare()
+    argv = {c.name: c for c in sup.build_children({})}["proxy"].argv
+    assert argv[argv.index("--metrics-listen") + 1] == expected
