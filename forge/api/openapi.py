@@ -86,6 +86,8 @@ def _record_paths(plural: str, cls: type[Resource]) -> dict[str, Any]:
             "in": "query",
             "schema": {"type": "integer", "minimum": 1, "maximum": 1800},
         },
+        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+        {"name": "continue", "in": "query", "schema": {"type": "string"}},
     ]
     list_ok = {
         "200": {
@@ -189,6 +191,7 @@ def _extra_paths() -> dict[str, Any]:
                 {**_ok(_ref("LogLine"), media=NDJSON), **_errors(*AUTHED)},
                 parameters=[
                     {"name": "follow", "in": "query", "schema": {"type": "boolean"}},
+                    {"name": "probes", "in": "query", "schema": {"type": "boolean"}},
                     {"name": "deployment", "in": "query", "schema": {"type": "string"}},
                     {"name": "source", "in": "query", "schema": {"type": "string", "enum": ["build", "app"]}},
                     {"name": "since", "in": "query", "schema": {"type": "string"}},
@@ -354,7 +357,14 @@ def build_openapi(webhook: bool = False) -> dict[str, Any]:
             "properties": {
                 "apiVersion": {"type": "string"},
                 "kind": {"type": "string"},
-                "metadata": {"type": "object", "properties": {"resourceVersion": {"type": "integer"}}},
+                "metadata": {
+                    "type": "object",
+                    "properties": {
+                        "resourceVersion": {"type": "integer"},
+                        "continue": {"type": "string"},
+                        "remainingItemCount": {"type": "integer"},
+                    },
+                },
                 "items": {"type": "array", "items": _ref(cls.KIND)},
             },
         }
