@@ -289,6 +289,11 @@ async function viewApp(name) {
   $("#rollback-prev").onclick = () => doRollback(null);
   // Releases and the live pointer update as they change (watch streams, no polling).
   stream(`/api/v1/deployments?watch=true&resourceVersion=${deps.metadata.resourceVersion}&timeoutSeconds=1800&${sel}`, (ev) => {
+    if (ev.type === "ADDED" && !rels.has(ev.object.metadata.name)) {
+      // A changed secret rolls out a new release: read the secret names again then (one GET
+      // rather than a sixth stream — a browser opens at most six connections to a server).
+      loadSecrets().then(renderActions, () => {});
+    }
     if (ev.type === "ADDED" || ev.type === "MODIFIED") rels.set(ev.object.metadata.name, ev.object);
     else if (ev.type === "DELETED") rels.delete(ev.object.metadata.name);
     else return;
@@ -296,11 +301,6 @@ async function viewApp(name) {
   });
   stream(`/api/v1/apps?watch=true&resourceVersion=${deps.metadata.resourceVersion}&timeoutSeconds=1800`, (ev) => {
     if ((ev.type === "ADDED" || ev.type === "MODIFIED") && ev.object.metadata.name === name) { app = ev.object; render(); }
-  });
-  stream(`/api/v1/secrets?watch=true&resourceVersion=${deps.metadata.resourceVersion}&timeoutSeconds=1800`, (ev) => {
-    if (ev.object?.metadata?.name !== name) return;
-    secretKeys = ev.type === "DELETED" ? [] : ev.object.status?.keys || [];
-    renderActions();
   });
   watchEvents(sel, $("#app-events"), $("#events-more"));
   watchInstances(sel);
@@ -358,7 +358,7 @@ function showBuildLog(app, rel) {
 // ------------------------------------------------------------------ graphs
 
 // Per-app graphs from GET /api/v1/apps/APP/metrics?since=… (series as [timestamp, value]
-// pairs; `restarts` and `releases` beside them), drawn with uPlot when make setup vendored it.
+// pairs, restarts among them; `releases` as [timestamp, name] beside them), drawn with uPlot when make setup vendored it.
 // Each chart's uPlot instance is on window.forgeGraphs[KEY] (its .data is what it shows).
 const GRAPHS = [
   { key: "requests", title: "Requests", unit: "", from: (m) => m.series?.requests },
@@ -366,7 +366,7 @@ const GRAPHS = [
   { key: "p95", title: "p95 latency", unit: "s", from: (m) => m.series?.p95 },
   { key: "cpu", title: "CPU", unit: "", from: (m) => m.series?.cpu },
   { key: "memory", title: "Memory", unit: "B", from: (m) => m.series?.memory },
-  { key: "restarts", title: "Restarts", unit: "", from: (m) => m.restarts ?? m.series?.restarts },
+  { key: "restarts", title: "Restarts", unit: "", from: (m) => (Array.isArray(m.series?.restarts) ? m.series.restarts : m.restarts) },
 ];
 const GRAPH_REFRESH_MS = 10000;  // the metrics' own bucket: nothing newer exists sooner
 
@@ -478,6 +478,7 @@ function startGraphs(q) {
         graphs.fromMetrics = true;
         graphs.marks = m.releases.map(([t, name]) => [toSeconds(t), name]).filter(([t]) => t !== null);
       }
+      window.forgeGraphMarks = graphs.marks;
       for (const g of GRAPHS) {
         const fig = document.querySelector(`figure[data-graph="${g.key}"]`);
         if (!fig) return;  // the page moved on
