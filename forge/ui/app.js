@@ -191,15 +191,19 @@ async function viewApp(name) {
   const patchApp = (spec, rv) => api("PATCH", `/api/v1/apps/${q}`, rv ? { metadata: { resourceVersion: rv }, spec } : { spec });
   const renderActions = () => {
     const env = app.spec.env || {};
-    $("#env-rows").innerHTML = Object.keys(env).sort().map((k) => `<tr data-env="${esc(k)}"><td>${esc(k)}</td><td>${esc(env[k])}</td>
+    // Names only, as `forge env list` prints them: values stay off screens.
+    $("#env-rows").innerHTML = Object.keys(env).sort().map((k) => `<tr data-env="${esc(k)}"><td>${esc(k)}</td>
       <td><button type="button" class="env-unset" data-key="${esc(k)}">Unset</button></td></tr>`).join("") || `<tr><td>no variables</td></tr>`;
     $("#secret-rows").innerHTML = secretKeys.map((k) => `<tr data-secret="${esc(k)}"><td>${esc(k)}</td><td>(hidden)</td>
       <td><button type="button" class="secret-unset" data-key="${esc(k)}">Unset</button></td></tr>`).join("") || `<tr><td>no secrets</td></tr>`;
     $("#domain-rows").innerHTML = (app.spec.domains || []).map((d) => `<tr data-domain="${esc(d)}"><td>${esc(d)}</td>
       <td><button type="button" class="domain-remove" data-domain="${esc(d)}">Remove</button></td></tr>`).join("") || `<tr><td>no custom domains</td></tr>`;
+    // The count inputs are redrawn only when the counts themselves change (someone scaled), so
+    // a number being typed is not reset by an unrelated update.
     const counts = processTypes(app, liveRel());
-    const focused = document.activeElement?.dataset?.proc;
-    if (!focused) {
+    const shownCounts = JSON.stringify(counts);
+    if ($("#scale-inputs").dataset.counts !== shownCounts) {
+      $("#scale-inputs").dataset.counts = shownCounts;
       $("#scale-inputs").innerHTML = Object.entries(counts).map(([t, n]) => `<label>${esc(t)}
         <input type="number" min="0" max="100" data-proc="${esc(t)}" value="${esc(n)}" size="3"></label>`).join(" ");
     }
@@ -273,7 +277,7 @@ async function viewApp(name) {
     if ("web" in want) spec.replicas = want.web;
     const procs = Object.fromEntries(Object.entries(want).filter(([t]) => t !== "web"));
     if (Object.keys(procs).length) spec.processes = procs;
-    confirmThen(`Scale ${name}: ${what}?`, "Scale", async () => { await patchApp(spec); document.activeElement?.blur(); return `scaled ${what}`; });
+    confirmThen(`Scale ${name}: ${what}?`, "Scale", async () => { await patchApp(spec); return `scaled ${what}`; });
   };
   $("#domain-form").onsubmit = (ev) => {
     ev.preventDefault();
