@@ -70,6 +70,9 @@ function stopStreams() {
   state.streams = [];
   state.timers.forEach((t) => clearTimeout(t));
   state.timers = [];
+  Object.values(graphs.plots).forEach((p) => p.destroy());
+  graphs.plots = {};
+  window.forgeGraphs = graphs.plots;
 }
 
 function table(headers, rows) {
@@ -449,7 +452,16 @@ const graphs = {
   },
 };
 
+// Charts follow the page's width.
+window.addEventListener("resize", () => {
+  for (const p of Object.values(graphs.plots)) {
+    const w = p.root.parentElement?.clientWidth;
+    if (w) p.setSize({ width: Math.max(260, w), height: 150 });
+  }
+});
+
 function startGraphs(q) {
+  Object.values(graphs.plots).forEach((p) => p.destroy());
   graphs.plots = {};
   graphs.fromMetrics = false;
   window.forgeGraphs = graphs.plots;

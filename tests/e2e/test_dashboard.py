@@ -277,6 +277,7 @@ def test_dashboard_actions_logs_events_build_log_and_graphs(forge: Forge, two_re
             assert page.evaluate("window.__xss") is None
 
             # without the chart library the page still works and says why it has no graphs
+            page.close()  # its streams go: the API holds a bounded number open
             bare = browser.new_page()
             bare.route("**/ui/uPlot.iife.min.js", lambda route: route.fulfill(status=404, body="gone"))
             bare.goto(f"{forge.api}/ui")
