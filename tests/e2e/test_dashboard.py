@@ -287,5 +287,10 @@ def test_dashboard_actions_logs_events_build_log_and_graphs(forge: Forge, two_re
             bare.evaluate("location.hash = '#/apps/dash'")
             expect(bare.locator("#graphs-note")).to_contain_text("make setup", timeout=15000)
             expect(bare.locator("tr[data-release=dash-1]")).to_be_visible()
+            # the install's Events page is paged too: the newest page, the seeded ones later
+            bare.evaluate("location.hash = '#/events'")
+            expect(bare.locator("#events-more")).to_be_visible(timeout=15000)
+            expect(bare.locator("tr[data-event='dash.seed-24']")).to_have_count(0)
+            assert bare.locator("#events tr").count() >= 20
         finally:
             browser.close()
