@@ -464,6 +464,7 @@ function startGraphs(q) {
   Object.values(graphs.plots).forEach((p) => p.destroy());
   graphs.plots = {};
   graphs.fromMetrics = false;
+  graphs.xrange = null;
   window.forgeGraphs = graphs.plots;
   const note = $("#graphs-note");
   if (typeof window.uPlot !== "function") {
@@ -476,7 +477,8 @@ function startGraphs(q) {
     const el = fig.querySelector(".plot");
     const opts = {
       width: Math.max(260, el.clientWidth || 360), height: 150, legend: { show: true },
-      scales: { x: { time: true } },
+      // Every chart spans the window the API answered for (`from`..`to`), data or not.
+      scales: { x: { time: true, range: (u, min, max) => graphs.xrange || [min, max] } },
       axes: [{}, { values: (u, vals) => vals.map((v) => fmtValue(g.unit, v)), size: 60 }],
       series: [{}, { label: g.title, stroke: "#2563eb", fill: "rgba(37,99,235,.08)", width: 1.5, spanGaps: false,
         value: (u, v) => fmtValue(g.unit, v) }],
@@ -495,6 +497,9 @@ function startGraphs(q) {
         graphs.marks = m.releases.map(([t, name]) => [toSeconds(t), name]).filter(([t]) => t !== null);
       }
       window.forgeGraphMarks = graphs.marks;
+      const from = toSeconds(m.from ?? null);
+      const to = toSeconds(m.to ?? null);
+      graphs.xrange = from !== null && to !== null && to > from ? [from, to] : null;
       for (const g of GRAPHS) {
         const fig = document.querySelector(`figure[data-graph="${g.key}"]`);
         if (!fig) return;  // the page moved on
