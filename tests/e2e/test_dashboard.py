@@ -275,6 +275,9 @@ def test_dashboard_actions_logs_events_build_log_and_graphs(forge: Forge, two_re
                      and dict(zip(*page.evaluate("window.forgeGraphs.requests.data"), strict=True))[t_new] == more[t_new][0],
                      30, "the open graph to show the new point")
             assert page.evaluate("window.__xss") is None
+            # and the memory the agent samples from the Instances' cgroups (every 10 s)
+            wait_for(lambda: any(v for v in page.evaluate("window.forgeGraphs.memory.data[1]") if v),
+                     45, "the memory graph to show the agent's samples")
 
             # without the chart library the page still works and says why it has no graphs
             page.close()  # its streams go: the API holds a bounded number open
