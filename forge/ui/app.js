@@ -35,6 +35,7 @@ async function api(method, path, body) {
     // The API's own message, as it is: it names the field and says why.
     const err = new Error(data?.message || `HTTP ${resp.status}`);
     err.status = resp.status;
+    err.details = data?.details || [];
     throw err;
   }
   return data;
@@ -189,9 +190,27 @@ async function viewApp(name) {
   const doRollback = (to) => confirmThen(
     to ? `Roll ${name} back to ${to}?` : `Roll ${name} back to the previous release?`, "Roll back",
     async () => `${(await api("POST", `/api/v1/apps/${q}/rollback`, to ? { to } : {})).metadata.name} created`);
-  // One spec change by JSON merge-patch (the records API's PATCH); `rv` makes it conditional on
-  // the App as shown, so a list (domains) is never written over a change made meanwhile.
-  const patchApp = (spec, rv) => api("PATCH", `/api/v1/apps/${q}`, rv ? { metadata: { resourceVersion: rv }, spec } : { spec });
+  // One spec change by JSON merge-patch (the records API's PATCH): keys of env and processes
+  // merge on the server, so these need no read first.
+  const patchApp = (spec) => api("PATCH", `/api/v1/apps/${q}`, { spec });
+  // A list (domains) is replaced whole: read the App, write with its resourceVersion, and on a
+  // conflict (the App changed meanwhile; controllers write its status often) read again — as
+  // the CLI's read-modify-write does — so no change made meanwhile is written over.
+  const updateDomains = async (change) => {
+    for (let attempt = 0; ; attempt += 1) {
+      const cur = await api("GET", `/api/v1/apps/${q}`);
+      const have = cur.spec.domains || [];
+      const want = change(have);
+      if (JSON.stringify(want) === JSON.stringify(have)) return;
+      try {
+        await api("PATCH", `/api/v1/apps/${q}`, { metadata: { resourceVersion: cur.metadata.resourceVersion }, spec: { domains: want } });
+        return;
+      } catch (e) {
+        const stale = e.status === 409 && e.details.some((x) => x.path === "metadata.resourceVersion");
+        if (!stale || attempt >= 4) throw e;
+      }
+    }
+  };
   const renderActions = () => {
     const env = app.spec.env || {};
     // Names only, as `forge env list` prints them: values stay off screens.
@@ -215,7 +234,7 @@ async function viewApp(name) {
     document.querySelectorAll("button.secret-unset").forEach((b) => { b.onclick = () => confirmThen(`Remove secret ${b.dataset.key} from ${name}? (a new release rolls out)`, "Remove",
       async () => { await api("PATCH", `/api/v1/secrets/${q}`, { spec: { data: { [b.dataset.key]: null } } }); await loadSecrets(); renderActions(); return `removed secret ${b.dataset.key}`; }); });
     document.querySelectorAll("button.domain-remove").forEach((b) => { b.onclick = () => confirmThen(`Stop serving ${name} at ${b.dataset.domain}?`, "Remove",
-      async () => { await patchApp({ domains: (app.spec.domains || []).filter((d) => d !== b.dataset.domain) }, app.metadata.resourceVersion); return `${b.dataset.domain} removed`; }); });
+      async () => { await updateDomains((have) => have.filter((d) => d !== b.dataset.domain)); return `${b.dataset.domain} removed`; }); });
   };
   const render = () => {
     const live = app.status?.liveDeployment;
@@ -286,8 +305,7 @@ async function viewApp(name) {
     ev.preventDefault();
     const d = $("#domain-name").value.trim().toLowerCase().replace(/\.$/, "");
     confirmThen(`Serve ${name} at ${d} too?`, "Add domain", async () => {
-      const have = app.spec.domains || [];
-      if (!have.includes(d)) await patchApp({ domains: [...have, d] }, app.metadata.resourceVersion);
+      await updateDomains((have) => (have.includes(d) ? have : [...have, d]));
       $("#domain-name").value = "";
       return `${d} added`;
     });
