@@ -41,12 +41,15 @@ async function api(method, path, body) {
   return data;
 }
 
-// Read an NDJSON stream (watch or log follow) and call onItem for each line.
+// Read an NDJSON stream (watch or log follow) and call onItem for each line; resolves to the
+// response's status (0 when the connection failed).
 async function stream(path, onItem, ctrl = new AbortController()) {
-  state.streams.push(ctrl);
+  if (!state.streams.includes(ctrl)) state.streams.push(ctrl);
+  let status = 0;
   try {
     const resp = await fetch(path, { headers: { Authorization: `Bearer ${state.token}` }, signal: ctrl.signal });
-    if (!resp.ok || !resp.body) return;
+    status = resp.status;
+    if (!resp.ok || !resp.body) return status;
     const reader = resp.body.getReader();
     const dec = new TextDecoder();
     let buf = "";
@@ -64,7 +67,50 @@ async function stream(path, onItem, ctrl = new AbortController()) {
   } catch (e) {
     if (e.name !== "AbortError") console.warn("stream ended", e);
   }
+  return status;
 }
+
+const sleep = (ms) => new Promise((resolve) => { setTimeout(resolve, ms); });
+
+// Keep a stream going past one response: when the server ends it (its timeoutSeconds, a
+// restart, every stream slot taken: 429) `next()` gives the path to go on from, after a pause
+// that grows while it keeps failing. `next` returning null (410 Gone for a watch) stops it.
+function keepStreaming(first, onItem, next, ctrl = new AbortController()) {
+  (async () => {
+    let path = first;
+    let pause = 500;
+    while (path && !ctrl.signal.aborted) {
+      const began = Date.now();
+      const status = await stream(path, onItem, ctrl);
+      if (ctrl.signal.aborted) return;
+      path = next(status);
+      // A stream that ran its course goes on at once; a refusal or failure waits 1 s, 2 s … 30 s.
+      const ranItsCourse = status === 200 && Date.now() - began >= 1000;
+      pause = ranItsCourse ? 500 : Math.min(pause * 2, 30000);
+      if (path && !ranItsCourse) await sleep(pause);
+    }
+  })();
+  return ctrl;
+}
+
+// A watch of PATH (a collection URL with its query, if any) from revision `rv`, resumed from
+// the last revision it saw (BOOKMARKs included); when that was compacted away (410) the view is
+// drawn anew from fresh lists.
+function watch(path, rv, onEvent) {
+  const url = () => `${path}${path.includes("?") ? "&" : "?"}watch=true&timeoutSeconds=1800&resourceVersion=${rv}`;
+  keepStreaming(url(), (ev) => {
+    const seen = Number(ev.object?.metadata?.resourceVersion);
+    if (seen > rv) rv = seen;
+    if (ev.type !== "BOOKMARK") onEvent(ev);
+  }, (status) => {
+    if (status === 410) { route(); return null; }
+    return retryable(status) ? url() : null;
+  });
+}
+
+// Worth asking again: the connection failed (0), the stream ran its course (200), the server
+// was busy (429) or failing (5xx). Anything else (401, 404…) will not change by asking again.
+const retryable = (status) => status === 0 || status === 200 || status === 429 || status >= 500;
 
 function stopStreams() {
   state.streams.forEach((c) => c.abort());
@@ -313,7 +359,7 @@ async function viewApp(name) {
   render();
   $("#rollback-prev").onclick = () => doRollback(null);
   // Releases and the live pointer update as they change (watch streams, no polling).
-  stream(`/api/v1/deployments?watch=true&resourceVersion=${deps.metadata.resourceVersion}&timeoutSeconds=1800&${sel}`, (ev) => {
+  watch(`/api/v1/deployments?${sel}`, deps.metadata.resourceVersion, (ev) => {
     if (ev.type === "ADDED" && !rels.has(ev.object.metadata.name)) {
       // A changed secret rolls out a new release: read the secret names again then (one GET
       // rather than a sixth stream — a browser opens at most six connections to a server).
@@ -324,7 +370,7 @@ async function viewApp(name) {
     else return;
     render();
   });
-  stream(`/api/v1/apps?watch=true&resourceVersion=${deps.metadata.resourceVersion}&timeoutSeconds=1800`, (ev) => {
+  watch("/api/v1/apps", deps.metadata.resourceVersion, (ev) => {
     if ((ev.type === "ADDED" || ev.type === "MODIFIED") && ev.object.metadata.name === name) { app = ev.object; render(); }
   });
   watchEvents(sel, $("#app-events"), $("#events-more"));
@@ -344,16 +390,24 @@ function followLogs(q) {
   const draw = () => { pre.textContent = lines.filter(shown).join("\n") + (lines.length ? "\n" : ""); pre.scrollTop = pre.scrollHeight; };
   const open = () => {
     if (ctrl) ctrl.abort();
-    ctrl = new AbortController();
     lines = [];
     draw();
-    const probes = $("#log-probes").checked ? "true" : "false";
-    stream(`/api/v1/apps/${q}/logs?follow=true&tail=200&probes=${probes}&timeoutSeconds=1800`, (l) => {
+    const base = `/api/v1/apps/${q}/logs?follow=true&probes=${$("#log-probes").checked}&timeoutSeconds=1800`;
+    // Resumed from the last line's time when the stream ends; line ids (increasing) drop repeats.
+    let lastId = 0;
+    let lastTime = "";
+    ctrl = keepStreaming(`${base}&tail=200`, (l) => {
+      if (l.id <= lastId) return;
+      lastId = l.id;
+      lastTime = l.time;
       const text = `${l.time} ${l.instance} [${l.source}] ${l.line}`;
       lines.push(text);
       if (lines.length > LOG_KEEP) lines = lines.slice(-LOG_KEEP);
       if (shown(text)) { pre.textContent += text + "\n"; pre.scrollTop = pre.scrollHeight; }
-    }, ctrl);
+    }, (status) => {
+      if (!retryable(status)) return null;
+      return lastTime ? `${base}&since=${encodeURIComponent(lastTime)}` : `${base}&tail=200`;
+    });
   };
   $("#log-filter").oninput = draw;
   $("#log-probes").onchange = open;
@@ -555,7 +609,7 @@ async function watchInstances(sel) {
       || `<tr><td colspan="6">none</td></tr>`;
   };
   draw();
-  stream(`/api/v1/instances?watch=true&resourceVersion=${list.metadata.resourceVersion}&timeoutSeconds=1800&${sel}`, (ev) => {
+  watch(`/api/v1/instances?${sel}`, list.metadata.resourceVersion, (ev) => {
     if (ev.type === "ADDED" || ev.type === "MODIFIED") insts.set(ev.object.metadata.name, ev.object);
     else if (ev.type === "DELETED") insts.delete(ev.object.metadata.name);
     else return;
@@ -592,7 +646,7 @@ async function watchEvents(selector, tbody, more) {
   };
   showMore();
   const rv = list.metadata.resourceVersion;
-  stream(`/api/v1/events?watch=true&resourceVersion=${rv}&timeoutSeconds=1800${selector ? `&${selector}` : ""}`, (ev) => {
+  watch(`/api/v1/events${selector ? `?${selector}` : ""}`, rv, (ev) => {
     if (ev.type !== "ADDED" && ev.type !== "MODIFIED") return;
     tbody.querySelector(`tr[data-event="${CSS.escape(ev.object.metadata.name)}"]`)?.remove();
     tbody.insertAdjacentHTML("afterbegin", eventRow(ev.object));

@@ -297,3 +297,47 @@ def test_dashboard_actions_logs_events_build_log_and_graphs(forge: Forge, two_re
             assert bare.locator("#events tr").count() >= 20
         finally:
             browser.close()
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed (make setup installs it)")
+def test_dashboard_watches_resume_when_the_server_ends_them(tmp_path: Path) -> None:
+    """An API that ends every stream after 2 s (as any ends them after timeoutSeconds, or on a
+    restart): the app page watches on from the last revision it saw, so a release, an App change
+    and an Event made after several such ends still show up."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from tests.api.conftest import TOKEN, start_server, stop_server
+
+    server = start_server(tmp_path, extra_args=["--max-stream-seconds", "2"])
+    try:
+        with server.client() as c, sync_playwright() as p:
+            assert c.post("/api/v1/apps", json={"metadata": {"name": "resume"}, "spec": {"repo": "acme/resume"}}).status_code == 201
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page()
+                watches: list[str] = []
+                page.on("request", lambda r: watches.append(r.url) if "/api/v1/events?" in r.url and "watch=true" in r.url else None)
+                page.goto(f"{server.url}/ui")
+                page.fill("#token", TOKEN)
+                page.click("#signin-form button[type=submit]")
+                expect(page.locator("tr[data-app=resume]")).to_be_visible(timeout=15000)
+                page.evaluate("location.hash = '#/apps/resume'")
+                expect(page.locator("#releases")).to_contain_text("no releases yet", timeout=15000)
+                # page.evaluate lets Playwright deliver the request events it has seen meanwhile
+                wait_for(lambda: page.evaluate("0") == 0 and len(watches) >= 3, 30, "the Event watch to be resumed twice")
+                r = c.post("/api/v1/deployments", json={
+                    "metadata": {"name": "resume-1", "labels": {"forge.dev/app": "resume"}},
+                    "spec": {"app": "resume", "repo": "acme/resume", "commit": "a" * 40, "trigger": {"type": "api"}}})
+                assert r.status_code == 201, r.text
+                assert c.patch("/api/v1/apps/resume", json={"spec": {"domains": ["late.example.test"]}}).status_code == 200
+                r = c.post("/api/v1/events", json={"metadata": {"name": "resume.late", "labels": {"forge.dev/app": "resume"}},
+                                                   "spec": {"involvedObject": {"kind": "App", "name": "resume"},
+                                                            "reason": "Late", "message": "after the streams ended"}})
+                assert r.status_code == 201, r.text
+                expect(page.locator("tr[data-release=resume-1]")).to_be_visible(timeout=15000)
+                expect(page.locator("tr[data-domain='late.example.test']")).to_be_visible(timeout=15000)
+                expect(page.locator("tr[data-event='resume.late']")).to_contain_text("after the streams ended", timeout=15000)
+            finally:
+                browser.close()
+    finally:
+        stop_server(server)
