@@ -7,9 +7,9 @@ APT_PKGS := caddy bubblewrap git prometheus chromium nftables iproute2 postgresq
 PYTEST_ARGS ?=
 ARGS ?=
 
-.PHONY: setup run test lint system-packages github-fixtures clean bench sim sim-selftest
+.PHONY: setup run test lint system-packages github-fixtures ui-vendor clean bench sim sim-selftest
 
-setup: system-packages $(STAMP) github-fixtures
+setup: system-packages $(STAMP) github-fixtures ui-vendor
 
 # GitHub's published OpenAPI description and webhook examples (npm @octokit/openapi and
 # @octokit/webhooks-examples, pinned in tests/github/package.json): the fake GitHub the tests
@@ -26,6 +26,18 @@ $(GH_FIXTURES): tests/github/package.json
 	  else echo "warning: npm is missing (run make setup as root on Debian to install it)"; fi; }
 	cd tests/github && npm install --no-audit --no-fund --silent
 	touch $(GH_FIXTURES)
+
+# The dashboard's chart library: npm uplot (pinned in forge/ui/npm/package.json), its dist script
+# and stylesheet copied into forge/ui/vendor/ (gitignored), which the API serves as /ui/uPlot.*.
+# Without them the dashboard still works and says why it shows no graphs.
+UI_VENDOR := forge/ui/vendor/uPlot.iife.min.js
+ui-vendor: $(UI_VENDOR)
+
+$(UI_VENDOR): forge/ui/npm/package.json $(GH_FIXTURES)
+	cd forge/ui/npm && npm install --no-audit --no-fund --silent
+	mkdir -p forge/ui/vendor
+	cp forge/ui/npm/node_modules/uplot/dist/uPlot.min.css forge/ui/vendor/
+	cp forge/ui/npm/node_modules/uplot/dist/uPlot.iife.min.js forge/ui/vendor/
 
 # Debian packages Forge drives for real: caddy (router), bwrap (sandbox), git (source),
 # promtool (metrics/rules checks), chromium (dashboard browser test), nftables (libnftables:

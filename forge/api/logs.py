@@ -2,8 +2,9 @@
 
 Query: ``deployment=APP-N``, ``source=build|app``, ``since=10m|2h|ISO-time``, ``tail=N`` (the
 last N lines), ``follow=true`` (keep streaming new lines for up to ``timeoutSeconds``, default
-600, at most 3600). Lines are ``{"id","time","instance","deployment","source","line"}``; while
-following, an empty line goes out every few seconds so a client that left is noticed.
+600, at most 3600), ``probes=false`` (leave out the lines of the agent's health checks,
+``forge.probes``; ``tail`` then counts the others). Lines are
+``{"id","time","instance","deployment","source","line"}``; while following, an empty line goes out every few seconds so a client that left is noticed.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from forge.api import auth
 from forge.api.body import dumps, q_bool, q_int
 from forge.api.context import ApiContext
 from forge.clock import iso, parse_iso
-from forge.errors import BadRequest
-from forge.models import App, is_dns_label
+from forge.errors import BadRequest, NotFound
+from forge.models import App, Deployment, is_dns_label
+from forge.probes import is_probe_line
 
 PAGE = 1000
 DURATION = re.compile(r"^(\d+)(s|m|h|d)$")
@@ -85,7 +87,11 @@ class AppLogsResource:
         tail = q_int(req, "tail", None, 0, 100_000)
         follow = q_bool(req, "follow")
         timeout = q_int(req, "timeoutSeconds", 600, 1, 3600) or 600
-        filters = {"deployment": deployment, "source": source, "instance": instance}
+        # probes=false: leave out the lines that record the agent's health checks
+        # (``forge.probes``); each line is judged by its own release's health path.
+        hide = req.get_param("probes") is not None and not q_bool(req, "probes")
+        filters: dict[str, Any] = {"deployment": deployment, "source": source, "instance": instance}
+        filters["probe_paths"] = {} if hide else None
         resp.content_type = "application/x-ndjson"
         resp.set_header("Cache-Control", "no-store")
         body = self._stream(name, filters, since, tail, follow, self.ctx.stream_seconds(float(timeout)))
@@ -103,10 +109,26 @@ class AppLogsResource:
             since_time=since,
         )
 
-    @staticmethod
-    def _shown(page: list[Any], filters: dict[str, Any]) -> list[Any]:
+    def _shown(self, page: list[Any], filters: dict[str, Any]) -> list[Any]:
         inst = filters.get("instance")
-        return [r for r in page if r.source != "stdin" and (inst is None or r.instance == inst)]
+        shown = [r for r in page if r.source != "stdin" and (inst is None or r.instance == inst)]
+        paths = filters.get("probe_paths")
+        if paths is None:
+            return shown
+        return [
+            r for r in shown if r.source != "app" or not is_probe_line(r.line, self._health_path(paths, r))
+        ]
+
+    def _health_path(self, paths: dict[str, str | None], rec: Any) -> str | None:
+        """The health path of the line's release (read once per stream and release)."""
+        if rec.deployment not in paths:
+            try:
+                manifest = self.ctx.store.get(Deployment, rec.deployment).status.manifest or {}
+            except NotFound:
+                manifest = {}
+            health = manifest.get("health")
+            paths[rec.deployment] = str(health.get("path") or "/") if isinstance(health, dict) else "/"
+        return paths[rec.deployment]
 
     def _stream(
         self,

@@ -9,6 +9,8 @@ Decisions (docs/CONTRACTS.md "HTTP API"):
 - PATCH is RFC 7386 merge-patch; a ``metadata.resourceVersion`` in the patch is a
   precondition, otherwise the server retries a lost race itself.
 - ``/status`` PUT/PATCH write only status (``store.update_status``).
+- A list takes ``limit`` and ``continue`` (``forge.api.paging``): Events newest first, other
+  kinds by name.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 
 import falcon
 
-from forge.api import auth
+from forge.api import auth, paging
 from forge.api.body import merge_patch, q_bool, q_int, read_object, send
 from forge.api.context import ApiContext, body_resource_version, check_envelope, validate
 from forge.api.sealing import redact
@@ -171,14 +173,16 @@ class CollectionResource(_Base):
                 self.ctx, resp, self.kind, selector, rv, self.ctx.stream_seconds(float(timeout or 1)), render
             )
             return
+        limit = q_int(req, "limit", None, 1, paging.MAX_LIMIT)
         items, rev = self.ctx.store.list(self.kind, selector or None)
+        shown, more = paging.page(self.kind, items, limit, req.get_param("continue") or None)
         send(
             resp,
             {
                 "apiVersion": API_VERSION,
                 "kind": f"{self.kind}List",
-                "metadata": {"resourceVersion": rev},
-                "items": [render(o) for o in items],
+                "metadata": {"resourceVersion": rev, **more},
+                "items": [render(o) for o in shown],
             },
         )
 

@@ -2,7 +2,8 @@
 
 Served without auth — the page holds no data; it signs in with the admin token (typed, or
 traded once for the code of the sign-in link ``forge up`` prints: ``forge.signin``) and every
-API call it makes carries that token. Only the files listed here are served.
+API call it makes carries that token. Only the files listed here are served (the vendored chart
+library when ``make setup`` installed it).
 """
 
 from __future__ import annotations
@@ -23,6 +24,12 @@ FILES = {
     "index.html": "text/html; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
+}
+# The chart library ``make setup`` vendors from npm (uplot) into ``forge/ui/vendor`` (gitignored):
+# served when it is there; without it the page says why it shows no graphs.
+VENDOR = {
+    "uPlot.iife.min.js": "text/javascript; charset=utf-8",
+    "uPlot.min.css": "text/css; charset=utf-8",
 }
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; connect-src 'self'; img-src 'self' data:; "
@@ -61,13 +68,16 @@ class UiResource:
 
     def __init__(self) -> None:
         root = resources.files("forge") / "ui"
-        self.files = {name: (root / name).read_bytes() for name in FILES}
+        self.files = {name: ((root / name).read_bytes(), ctype) for name, ctype in FILES.items()}
+        for name, ctype in VENDOR.items():
+            path = root / "vendor" / name
+            if path.is_file():
+                self.files[name] = (path.read_bytes(), ctype)
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, filename: str = "index.html") -> None:
         if filename not in self.files:
             raise falcon.HTTPNotFound()
-        resp.data = self.files[filename]
-        resp.content_type = FILES[filename]
+        resp.data, resp.content_type = self.files[filename]
         for k, v in SECURITY_HEADERS.items():
             resp.set_header(k, v)
 

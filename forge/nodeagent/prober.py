@@ -11,6 +11,8 @@ import http.client
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
+from forge.probes import PROBE_USER_AGENT
+
 Verdict = Literal["Ready", "Waiting", "Unhealthy"]
 
 READY: Final[Verdict] = "Ready"
@@ -54,7 +56,7 @@ class HealthSpec:
 def probe(port: int, path: str, timeout: float, host: str = "127.0.0.1") -> ProbeResult:
     conn = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
-        conn.request("GET", path, headers={"User-Agent": "forge-agent-probe", "Connection": "close"})
+        conn.request("GET", path, headers={"User-Agent": PROBE_USER_AGENT, "Connection": "close"})
         resp = conn.getresponse()
         resp.read(65536)
         return ProbeResult(200 <= resp.status < 400, f"HTTP {resp.status}")

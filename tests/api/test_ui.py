@@ -28,7 +28,8 @@ def test_dashboard_files_are_served(client, path: str, ctype: str) -> None:
     assert r.headers["x-content-type-options"] == "nosniff"
 
 
-@pytest.mark.parametrize("path", ["/ui/nope.js", "/ui/..%2Fforge.db", "/ui/secret-keys.json"], ids=["unknown", "traversal", "key"])
+@pytest.mark.parametrize("path", ["/ui/nope.js", "/ui/..%2Fforge.db", "/ui/secret-keys.json", "/ui/package.json",
+                                  "/ui/vendor", "/ui/npm"], ids=["unknown", "traversal", "key", "npm-package", "vendor-dir", "npm-dir"])
 def test_nothing_else_is_served(client, path: str) -> None:
     """Only the listed files are served: nothing from the data dir, no traversal."""
     assert client.simulate_get(path).status_code == 404
@@ -65,5 +66,26 @@ def test_one_time_sign_in_link(tmp_path) -> None:
         clock.advance(signin.TTL_SECONDS + 1)
         assert client.simulate_post("/api/v1/ui/signin", json={"code": late}).status_code == 401
         assert client.simulate_post("/api/v1/ui/signin", json={"code": ""}).status_code == 400
+    finally:
+        store.close()
+
+
+def test_vendored_chart_library_is_served_when_present_and_optional(tmp_path, monkeypatch) -> None:
+    """The uPlot files make setup vendors are served with their types; a server without them
+    404s those two and still serves the page (which then says why it has no graphs)."""
+    from forge.api import ui
+
+    store = open_store(f"sqlite:///{tmp_path / 'forge.db'}")
+    try:
+        have = falcon.testing.TestClient(create_app(Config(data_dir=tmp_path, admin_token="t"), store))
+        if (ui.resources.files("forge") / "ui" / "vendor" / "uPlot.iife.min.js").is_file():
+            r = have.simulate_get("/ui/uPlot.iife.min.js")
+            assert r.status_code == 200 and r.headers["content-type"].startswith("text/javascript") and "uPlot" in r.text
+            assert have.simulate_get("/ui/uPlot.min.css").headers["content-type"].startswith("text/css")
+        monkeypatch.setattr(ui, "VENDOR", {"absent.js": "text/javascript"})
+        bare = falcon.testing.TestClient(create_app(Config(data_dir=tmp_path, admin_token="t"), store))
+        assert bare.simulate_get("/ui/uPlot.iife.min.js").status_code == 404
+        assert bare.simulate_get("/ui/absent.js").status_code == 404
+        assert bare.simulate_get("/ui").status_code == 200
     finally:
         store.close()
