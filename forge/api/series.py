@@ -55,8 +55,9 @@ def _sample_error(exc: SampleError) -> BadRequest:
 
 def _batch(body: dict[str, Any], fields: set[str], limit: int) -> tuple[str, list[Any]]:
     """The checked ``id`` and raw ``samples`` of a batch body."""
-    for key in sorted(set(body) - fields):
-        raise _bad(key, "unknown field")
+    unknown = sorted(set(body) - fields)
+    if unknown:
+        raise _bad(unknown[0], "unknown field")
     batch_id = body.get("id")
     if not isinstance(batch_id, str) or not BATCH_ID.match(batch_id):
         raise _bad("id", "expected a batch id (letters, digits, '.', '_', ':', '-'; at most 128)")
@@ -163,7 +164,7 @@ class AppMetricsResource:
             step,
             points,
             store.read_requests(name, step, points[0], points[-1]),
-            store.read_usage(name, step, points[0], points[-1]),
+            store.read_app_usage(name, step, points[0], points[-1]),
             self._releases(name),
         )
         resp.set_header("Cache-Control", "no-store")

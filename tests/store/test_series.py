@@ -40,7 +40,14 @@ def test_points_add_up_in_fine_points_and_rollups(backend: Backend) -> None:
         store.add_usage("node/n1", "v", [("hello", UsageSample("hello-1-0", T0 - 10, None, 300, 2))])
         (u,) = store.read_usage("hello", 10, T0 - 600, T0)
         assert (u.cpu, u.memory, u.memory_max, u.restarts, u.n) == (0.5, 200.0, 300, 2, 2)
-        assert store.delete_app_series("hello") == 5  # 3 request rows, 2 usage rows
+        store.add_usage("node/n2", "w", [("hello", UsageSample("hello-1-1", T0 - 10, None, 1000, 1))])
+        store.add_usage("node/n2", "x", [("hello", UsageSample("hello-1-1", T0 - 20, None, 10))])
+        (a, b) = store.read_app_usage("hello", 10, T0 - 600, T0)  # every Instance together, per point
+        assert (a.at, a.cpu, a.memory, a.memory_max, a.restarts) == (T0 - 20, None, 10.0, 10, 0)
+        assert (b.at, b.cpu, b.memory, b.memory_max, b.restarts) == (T0 - 10, 0.5, 1200.0, 1300, 3)
+        (r,) = store.read_app_usage("hello", 300, T0 - 600, T0)
+        assert (r.cpu, r.memory, r.memory_max, r.restarts) == (0.5, 200.0 + 505.0, 1300, 3)
+        assert store.delete_app_series("hello") == 8  # 3 request rows, 2 usage rows
         assert store.read_requests("hello", 300, 0, T0) == [] and store.read_usage("hello", 10, 0, T0) == []
     finally:
         store.close()
