@@ -39,8 +39,9 @@ from forge.series import (
 from forge.seriesview import app_metrics_view
 
 MAX_SERIES_BODY: Final[int] = 4 * 1024 * 1024
-SOURCE_NAME: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,252}$")
-BATCH_ID: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+# Printable ASCII without spaces: names and ids are the sender's own (a host name, a counter).
+SOURCE_NAME: Final = re.compile(r"^[!-~]{1,253}$")
+BATCH_ID: Final = re.compile(r"^[!-~]{1,128}$")
 DEFAULT_WINDOW: Final[str] = "1h"
 
 
@@ -60,7 +61,7 @@ def _batch(body: dict[str, Any], fields: set[str], limit: int) -> tuple[str, lis
         raise _bad(unknown[0], "unknown field")
     batch_id = body.get("id")
     if not isinstance(batch_id, str) or not BATCH_ID.match(batch_id):
-        raise _bad("id", "expected a batch id (letters, digits, '.', '_', ':', '-'; at most 128)")
+        raise _bad("id", "expected a batch id: 1 to 128 printable ASCII characters, no spaces")
     samples = body.get("samples")
     if not isinstance(samples, list):
         raise _bad("samples", "expected a list of samples")
@@ -79,7 +80,7 @@ class RequestSamplesResource:
         batch_id, raw = _batch(body, {"proxy", "id", "samples"}, MAX_SAMPLES_PER_BATCH)
         proxy = body.get("proxy")
         if not isinstance(proxy, str) or not SOURCE_NAME.match(proxy):
-            raise _bad("proxy", "expected the proxy's name (letters, digits, '.', '_', ':', '-')")
+            raise _bad("proxy", "expected the proxy's name: 1 to 253 printable ASCII characters, no spaces")
         try:
             samples = [RequestSample.from_json(s, f"samples[{i}]") for i, s in enumerate(raw)]
         except SampleError as exc:
