@@ -4,7 +4,8 @@
   ``{"proxy": NAME, "id": BATCH_ID, "samples": [RequestSample.to_json, ...]}``. A batch id the
   store already has from that proxy is acknowledged (``"duplicate": true``) and not counted
   again; samples of two proxies for one (app, release, at) add up. Samples of an App that does
-  not exist (deleted meanwhile) and samples out of the kept range are dropped and counted.
+  not exist (deleted meanwhile) and samples out of the kept range (older than 30 days, more
+  than 10 minutes ahead) are dropped and counted in ``dropped``.
 - ``POST /api/v1/nodes/{name}/usage`` (that node's token, or admin): ``{"id": BATCH_ID,
   "samples": [UsageSample.to_json, ...]}`` — its Instances' CPU, memory and restarts. An
   Instance bound to another node is refused (403); one already deleted is dropped.
@@ -33,14 +34,16 @@ from forge.series import (
     UsageSample,
     WindowError,
     grid,
+    in_range,
     parse_window,
     step_for,
 )
 from forge.seriesview import app_metrics_view
 
 MAX_SERIES_BODY: Final[int] = 4 * 1024 * 1024
-SOURCE_NAME: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,252}$")
-BATCH_ID: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+# Printable ASCII without spaces: names and ids are the sender's own (a host name, a counter).
+SOURCE_NAME: Final = re.compile(r"^[!-~]{1,253}$")
+BATCH_ID: Final = re.compile(r"^[!-~]{1,128}$")
 DEFAULT_WINDOW: Final[str] = "1h"
 
 
@@ -55,11 +58,12 @@ def _sample_error(exc: SampleError) -> BadRequest:
 
 def _batch(body: dict[str, Any], fields: set[str], limit: int) -> tuple[str, list[Any]]:
     """The checked ``id`` and raw ``samples`` of a batch body."""
-    for key in sorted(set(body) - fields):
-        raise _bad(key, "unknown field")
+    unknown = sorted(set(body) - fields)
+    if unknown:
+        raise _bad(unknown[0], "unknown field")
     batch_id = body.get("id")
     if not isinstance(batch_id, str) or not BATCH_ID.match(batch_id):
-        raise _bad("id", "expected a batch id (letters, digits, '.', '_', ':', '-'; at most 128)")
+        raise _bad("id", "expected a batch id: 1 to 128 printable ASCII characters, no spaces")
     samples = body.get("samples")
     if not isinstance(samples, list):
         raise _bad("samples", "expected a list of samples")
@@ -78,14 +82,14 @@ class RequestSamplesResource:
         batch_id, raw = _batch(body, {"proxy", "id", "samples"}, MAX_SAMPLES_PER_BATCH)
         proxy = body.get("proxy")
         if not isinstance(proxy, str) or not SOURCE_NAME.match(proxy):
-            raise _bad("proxy", "expected the proxy's name (letters, digits, '.', '_', ':', '-')")
+            raise _bad("proxy", "expected the proxy's name: 1 to 253 printable ASCII characters, no spaces")
         try:
             samples = [RequestSample.from_json(s, f"samples[{i}]") for i, s in enumerate(raw)]
         except SampleError as exc:
             raise _sample_error(exc) from None
-        apps = {s.app for s in samples}
-        known = {a for a in apps if self._exists(a)}
-        kept = [s for s in samples if s.app in known]
+        now = self.ctx.clock.now()
+        known = {a for a in {s.app for s in samples} if self._exists(a)}
+        kept = [s for s in samples if s.app in known and in_range(s.at, now)]
         added = self.ctx.store.add_requests(f"proxy/{proxy}", batch_id, kept)
         send(
             resp,
@@ -120,7 +124,10 @@ class NodeUsageResource:
             raise _sample_error(exc) from None
         ours = {i.metadata.name: i for i in self.ctx.store.list(Instance, {LABEL_NODE: name})[0]}
         kept: list[tuple[str, UsageSample]] = []
+        now = self.ctx.clock.now()
         for i, s in enumerate(samples):
+            if not in_range(s.at, now):
+                continue
             inst = ours.get(s.instance)
             if inst is None:
                 try:
@@ -163,7 +170,7 @@ class AppMetricsResource:
             step,
             points,
             store.read_requests(name, step, points[0], points[-1]),
-            store.read_usage(name, step, points[0], points[-1]),
+            store.read_app_usage(name, step, points[0], points[-1]),
             self._releases(name),
         )
         resp.set_header("Cache-Control", "no-store")
