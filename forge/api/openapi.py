@@ -21,6 +21,7 @@ EXPOSED = (
     "repocredentials",
     "leases",
     "previews",
+    "notifications",
 )
 REF = "#/components/schemas/{model}"
 JSON = "application/json"

@@ -128,6 +128,7 @@ def main() -> None:
         domains,
         github,
         nodes,
+        notify,
         previews,
         ps,
         resources,
