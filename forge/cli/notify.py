@@ -157,7 +157,7 @@ def notify_test(ctx: Ctx, app: str | None, no_wait: bool) -> None:
     note = _wait_delivered(ctx, name, made)
     failed = False
     for target in targets:
-        d = dig(note, f"status.deliveries.{target}") or {}
+        d = (dig(note, "status.deliveries") or {}).get(target) or {}  # names hold dots: no dig
         state = d.get("state", "Pending")
         failed = failed or state != "Sent"
         extra = f": {d['message']}" if d.get("message") else ""
