@@ -20,7 +20,7 @@ from typing import Any
 
 import falcon
 
-from forge.api import agents, github, logs, notify, records, releases, runs, system
+from forge.api import agents, github, logs, notify, records, releases, runs, series, system
 from forge.api.auth import Authenticator, AuthMiddleware
 from forge.api.body import dumps
 from forge.api.context import ApiContext
@@ -159,6 +159,9 @@ def create_app(
     app.add_route("/api/v1/apps/{name}/deploy", releases.DeployResource(ctx))
     app.add_route("/api/v1/apps/{name}/rollback", releases.RollbackResource(ctx))
     app.add_route("/api/v1/apps/{name}/logs", logs.AppLogsResource(ctx))
+    app.add_route("/api/v1/apps/{name}/metrics", series.AppMetricsResource(ctx))
+    app.add_route("/api/v1/metrics/requests", series.RequestSamplesResource(ctx))
+    app.add_route("/api/v1/nodes/{name}/usage", series.NodeUsageResource(ctx))
     app.add_route("/api/v1/apps/{name}/runs", runs.AppRunsResource(ctx))
     app.add_route("/api/v1/apps/{name}/domains", AppDomainsResource(ctx))
     app.add_route("/api/v1/instances/{name}/stdin", runs.InstanceStdinResource(ctx))

@@ -9,7 +9,9 @@ from pydantic import BaseModel
 from forge.api.agents import AgentEventRequest, LogBatch
 from forge.api.releases import DeployRequest, RollbackRequest
 from forge.api.ui import SignInRequest
+from forge.appmetrics import MAX_SAMPLES_PER_BATCH
 from forge.models import PLURALS, Resource
+from forge.series import MAX_USAGE_PER_BATCH
 
 EXPOSED = (
     "apps",
@@ -206,6 +208,41 @@ def _extra_paths() -> dict[str, Any]:
                 ],
             ),
         },
+        "/api/v1/apps/{name}/metrics": {
+            "parameters": [NAME],
+            "get": _op(
+                "appMetrics",
+                "Requests (total, by class, p50/p95/p99) and series of requests, errors, p95, CPU, "
+                "memory and restarts, with release markers, over a window (10 s points up to 6h, "
+                "5-minute rollups beyond)",
+                {**_ok(_ref("AppMetrics")), **_errors(*AUTHED)},
+                parameters=[
+                    {
+                        "name": "since",
+                        "in": "query",
+                        "schema": {"type": "string", "pattern": "^[0-9]+[smhd]$", "default": "1h"},
+                        "description": "The window: 10m, 2h, 7d…; from 1m to 30d",
+                    }
+                ],
+            ),
+        },
+        "/api/v1/metrics/requests": {
+            "post": _op(
+                "sendRequestSamples",
+                "A proxy sends closed 10 s request buckets (a batch id seen before is acknowledged, not counted)",
+                {**_ok(_ref("SamplesAccepted")), **_errors(400, 401, 403, 413, 415)},
+                requestBody=_body(_ref("RequestSampleBatch")),
+            )
+        },
+        "/api/v1/nodes/{name}/usage": {
+            "parameters": [NAME],
+            "post": _op(
+                "sendUsageSamples",
+                "A node agent sends its Instances' CPU, memory and restarts (only its own Instances)",
+                {**_ok(_ref("SamplesAccepted")), **_errors(400, 401, 403, 413, 415)},
+                requestBody=_body(_ref("UsageSampleBatch")),
+            ),
+        },
         "/api/v1/nodes/{name}/token": {
             "parameters": [NAME],
             "post": _op(
@@ -336,6 +373,103 @@ def build_openapi(webhook: bool = False) -> dict[str, Any]:
             "properties": {"username": {"type": "string"}, "token": {"type": "string"}},
         },
         "LogsAccepted": {"type": "object", "properties": {"accepted": {"type": "integer"}}},
+        "SamplesAccepted": {
+            "type": "object",
+            "required": ["accepted", "dropped", "duplicate"],
+            "properties": {
+                "accepted": {"type": "integer"},
+                "dropped": {"type": "integer"},
+                "duplicate": {"type": "boolean"},
+            },
+        },
+        "RequestSampleBatch": {
+            "type": "object",
+            "required": ["proxy", "id", "samples"],
+            "additionalProperties": False,
+            "properties": {
+                "proxy": {"type": "string"},
+                "id": {"type": "string"},
+                "samples": {
+                    "type": "array",
+                    "maxItems": MAX_SAMPLES_PER_BATCH,
+                    "items": {
+                        "type": "object",
+                        "required": ["app", "at", "buckets"],
+                        "properties": {
+                            "app": {"type": "string"},
+                            "release": {"type": "string"},
+                            "at": {"type": "integer", "description": "Unix seconds, a multiple of 10"},
+                            "byClass": {"type": "object", "additionalProperties": {"type": "integer"}},
+                            "buckets": {"type": "array", "items": {"type": "integer"}},
+                            "sum": {"type": "number"},
+                        },
+                    },
+                },
+            },
+        },
+        "UsageSampleBatch": {
+            "type": "object",
+            "required": ["id", "samples"],
+            "additionalProperties": False,
+            "properties": {
+                "id": {"type": "string"},
+                "samples": {
+                    "type": "array",
+                    "maxItems": MAX_USAGE_PER_BATCH,
+                    "items": {
+                        "type": "object",
+                        "required": ["instance", "at", "memory"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "instance": {"type": "string"},
+                            "at": {"type": "integer"},
+                            "cpu": {
+                                "type": ["number", "null"],
+                                "description": "cores, averaged over the interval",
+                            },
+                            "memory": {"type": "integer", "description": "bytes"},
+                            "restarts": {"type": "integer", "description": "since the previous sample"},
+                        },
+                    },
+                },
+            },
+        },
+        "AppMetrics": {
+            "type": "object",
+            "required": ["requests", "series", "restarts", "releases", "resources", "step"],
+            "properties": {
+                "app": {"type": "string"},
+                "since": {"type": "string"},
+                "step": {"type": "integer", "description": "seconds between points: 10 or 300"},
+                "from": {"type": "integer"},
+                "to": {"type": "integer"},
+                "requests": {
+                    "type": "object",
+                    "required": ["total", "byClass", "p50", "p95", "p99"],
+                    "properties": {
+                        "total": {"type": "integer"},
+                        "byClass": {"type": "object", "additionalProperties": {"type": "integer"}},
+                        **{
+                            p: {"type": ["number", "null"], "description": "seconds"}
+                            for p in ("p50", "p95", "p99")
+                        },
+                    },
+                },
+                "series": {
+                    "type": "object",
+                    "description": "[timestamp, value] pairs on one grid: requests and errors (5xx) per "
+                    "point, p95 seconds, cpu cores, memory bytes, restarts",
+                    "additionalProperties": {"type": "array", "items": {"type": "array"}},
+                },
+                "restarts": {"type": "integer"},
+                "releases": {
+                    "type": "array",
+                    "items": {"type": "array"},
+                    "description": "[timestamp, release]",
+                },
+                "resources": {"type": "object"},
+            },
+        },
         "LogLine": {
             "type": "object",
             "properties": {

@@ -379,6 +379,7 @@ def agent(
         build_cache_size=cache_size,
         proxy_sources=proxies,
         log_cap_bytes=log_cap_bytes,
+        **usage_interval(),
     )
     if stop_apps_on_exit:
         clock = SystemClock()
@@ -397,6 +398,21 @@ def agent(
             clock.monotonic() - t2,
         )
     exit_now()
+
+
+def usage_interval() -> dict[str, float]:
+    """Tests only: ``FORGE_TEST_USAGE_SECONDS`` makes the agent sample its Instances' usage more
+    often than every 10 s (the production interval, which nothing else changes)."""
+    raw = os.environ.get("FORGE_TEST_USAGE_SECONDS", "")
+    if not raw:
+        return {}
+    try:
+        seconds = float(raw)
+    except ValueError:
+        raise Invalid(f"FORGE_TEST_USAGE_SECONDS={raw!r} is not a number of seconds") from None
+    if not 0.5 <= seconds <= 10:
+        raise Invalid(f"FORGE_TEST_USAGE_SECONDS={raw!r} must be between 0.5 and 10")
+    return {"usage_seconds": seconds}
 
 
 def parse_log_cap(value: str) -> int:

@@ -29,7 +29,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast, overload
 
+from forge.appmetrics import RequestSample
 from forge.models import LABEL_APP, LABEL_DEPLOYMENT, LABEL_NODE, Resource, kind_class
+from forge.series import RequestPoint, UsagePoint, UsageSample
 from forge.store.base import Fence, LogLine, Store, WatchEvent, selector_matches
 from forge.store.records import not_found, resolve_kind
 
@@ -346,6 +348,24 @@ class CachedStore:
 
     def mark(self, metric: str, uid: str, label: str, value: float | None = None) -> bool:
         return self.backend.mark(metric, uid, label, value)
+
+    def add_requests(self, source: str, batch_id: str, samples: builtins.list[RequestSample]) -> bool:
+        return self.backend.add_requests(source, batch_id, samples)
+
+    def add_usage(self, source: str, batch_id: str, samples: builtins.list[tuple[str, UsageSample]]) -> bool:
+        return self.backend.add_usage(source, batch_id, samples)
+
+    def read_requests(self, app: str, step: int, since: int, until: int) -> builtins.list[RequestPoint]:
+        return self.backend.read_requests(app, step, since, until)
+
+    def read_usage(self, app: str, step: int, since: int, until: int) -> builtins.list[UsagePoint]:
+        return self.backend.read_usage(app, step, since, until)
+
+    def prune_series(self, now: float | None = None) -> int:
+        return self.backend.prune_series(now)
+
+    def delete_app_series(self, app: str) -> int:
+        return self.backend.delete_app_series(app)
 
     def tally(self, metric: str) -> dict[str, int]:
         return self.backend.tally(metric)

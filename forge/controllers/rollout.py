@@ -786,6 +786,7 @@ class RolloutController(AppKeyedController):
             # theirs): its shipped logs go with it — before its last Deployments, which keep the
             # name taken (the API refuses a new App of it), so a new App starts with none.
             removed = self.store.delete_app_logs(key)
+            self.store.delete_app_series(key)
             if removed:
                 log.info("rollout: deleted %d log lines of deleted app %s", removed, key)
         for name in dead:

@@ -40,7 +40,9 @@ from forge.nodeagent.sandbox import Sandbox, SandboxSpec, UidAllocator
 from forge.nodeagent.state import AgentState
 from forge.nodeagent.status import StatusWriter
 from forge.nodeagent.supervisor import Supervisor
+from forge.nodeagent.usage import UsageSampler
 from forge.proxy.nft import install_hash, nft_available
+from forge.series import USAGE_SECONDS
 from forge.workqueue import WorkQueue
 
 log = logging.getLogger("forge.agent")
@@ -52,6 +54,7 @@ DISKGC_AFTER_STOP_SECONDS = 5.0  # ... and shortly after an Instance of this nod
 # (a deleted app's releases, images, storage and uid are gone well within 30 s of its deletion)
 DISK_KEY = "~disk"
 DISK_CHECK_SECONDS = 5.0  # how often running releases are measured against resources.disk
+USAGE_KEY = "~usage"  # the Instances' CPU, memory and restarts, sampled and sent (forge.nodeagent.usage)
 WATCH_TIMEOUT = 60
 MAX_BACKOFF = 30.0
 HEARTBEAT_SECONDS = 2.0  # Lease renewals; the lease lasts LEASE_RENEWALS of them
@@ -99,6 +102,7 @@ class Agent:
         disk_fence: Any = _AUTO,
         proxy_sources: tuple[str, ...] | None = None,
         build_cache_size: int = buildcache.DEFAULT_LIMIT,
+        usage_seconds: float = USAGE_SECONDS,
     ) -> None:
         self.client, self.name, self.address, self.clock, self.stop = client, name, address, clock, stop
         self.data_dir = Path(data_dir).resolve()
@@ -190,6 +194,7 @@ class Agent:
             build_cache_limit=build_cache_size,
         )
         self.reconciler.on_last_stopped = self.purge_if_gone
+        self.usage = UsageSampler(client, name, self.state, self.driver, clock, usage_seconds)
         self.threads: list[threading.Thread] = []
         self.metrics_server: Any = None
 
@@ -331,6 +336,7 @@ class Agent:
         self.queue.add_after(DISKGC_KEY, DISKGC_AFTER_STOP_SECONDS)
         if self.fence is not None:
             self.queue.add_after(DISK_KEY, DISK_CHECK_SECONDS)
+        self.queue.add_after(USAGE_KEY, self.usage.next_delay())
 
     def _work(self, queue: WorkQueue | None = None) -> None:
         queue = queue or self.queue
@@ -351,6 +357,8 @@ class Agent:
                 after = self._collect_disk()
             elif key == DISK_KEY:
                 after = self._check_disk()
+            elif key == USAGE_KEY:
+                after = self.usage.tick()
             else:
                 after = self._reconcile(key)
         except errors.Unavailable as exc:

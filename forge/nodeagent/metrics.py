@@ -3,6 +3,8 @@
 A custom collector on the agent's own registry (never the global one) yields node gauges and,
 per supervised Instance, memory, CPU seconds, restarts and OOM kills labelled by app,
 deployment and instance. Nothing is sampled between scrapes, so an idle agent spends nothing.
+``instance_stats`` is the one reading of the Instances' cgroups: the collector and the usage
+sampler (``forge.nodeagent.usage``) both use it.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from forge import errors
+from forge.cgroups.base import CgroupStats
 from forge.nodeagent.node import meminfo
-from forge.nodeagent.state import AgentState
+from forge.nodeagent.state import AgentState, InstanceState
 
 log = logging.getLogger(__name__)
 LABELS = ["app", "deployment", "instance"]
@@ -31,6 +34,25 @@ def cpu_times(path: str = "/proc/stat") -> tuple[float, float]:
     vals = [float(v) for v in first]
     idle = vals[3] + (vals[4] if len(vals) > 4 else 0.0)
     return sum(vals) - idle, sum(vals)
+
+
+def cgroup_stats(driver: Any, cgroup: str) -> CgroupStats | None:
+    """The group's stats through the node's cgroup driver (v1 or v2); None without a driver or
+    when the group is gone (the Instance stopped meanwhile)."""
+    if driver is None:
+        return None
+    try:
+        return driver.stats(cgroup) if driver.exists(cgroup) else None
+    except (OSError, errors.ForgeError) as exc:
+        log.debug("no stats for %s: %s", cgroup, exc)
+        return None
+
+
+def instance_stats(state: AgentState, driver: Any) -> list[tuple[InstanceState, CgroupStats | None]]:
+    """Every Instance the agent supervises, with its cgroup's stats (None: none to read)."""
+    with state.lock:
+        instances = list(state.instances.values())
+    return [(st, cgroup_stats(driver, st.cgroup)) for st in instances]
 
 
 class AgentCollector(Collector):
@@ -88,12 +110,9 @@ class AgentCollector(Collector):
             "forge_instance_oom_kills", "OOM kills in the Instance's cgroup", labels=LABELS
         )
         processes = 0
-        with self.state.lock:
-            instances = list(self.state.instances.values())
-        for st in instances:
+        for st, stats in instance_stats(self.state, self.driver):
             labels = [st.app, st.deployment, st.name]
             restarts.add_metric(labels, st.restarts)
-            stats = self._stats(st.cgroup)
             if stats is None:
                 ooms.add_metric(labels, st.oom_kills)
                 processes += 1 if st.pid else 0
@@ -119,15 +138,6 @@ class AgentCollector(Collector):
                 "Release dirs deleted by the agent's disk GC",
                 value=self.release_dirs_removed(),
             )
-
-    def _stats(self, cgroup: str) -> Any:
-        if self.driver is None:
-            return None
-        try:
-            return self.driver.stats(cgroup) if self.driver.exists(cgroup) else None
-        except (OSError, errors.ForgeError) as exc:
-            log.debug("no stats for %s: %s", cgroup, exc)
-            return None
 
 
 def serve_metrics(listen: str, collector: Collector) -> tuple[Any, threading.Thread]:

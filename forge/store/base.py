@@ -39,8 +39,10 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar, overload, runtime_checkable
 
+from forge.appmetrics import RequestSample
 from forge.errors import Invalid
 from forge.models import Resource
+from forge.series import RequestPoint, UsagePoint, UsageSample
 
 EventType = Literal["ADDED", "MODIFIED", "DELETED"]
 R = TypeVar("R", bound=Resource)
@@ -165,8 +167,26 @@ class MarkStore(Protocol):
 
 
 @runtime_checkable
-class Store(RecordStore, LogStore, MarkStore, Protocol):
-    """Records, logs and marks of one install: what the API, controllers and CLI hold."""
+class SeriesStore(Protocol):
+    """Per-app time series (``forge.series``): additive points at 10 s and 5 min, batches
+    counted once per (source, id), bounded by age."""
+
+    def add_requests(self, source: str, batch_id: str, samples: list[RequestSample]) -> bool: ...
+
+    def add_usage(self, source: str, batch_id: str, samples: list[tuple[str, UsageSample]]) -> bool: ...
+
+    def read_requests(self, app: str, step: int, since: int, until: int) -> list[RequestPoint]: ...
+
+    def read_usage(self, app: str, step: int, since: int, until: int) -> list[UsagePoint]: ...
+
+    def prune_series(self, now: float | None = None) -> int: ...
+
+    def delete_app_series(self, app: str) -> int: ...
+
+
+@runtime_checkable
+class Store(RecordStore, LogStore, MarkStore, SeriesStore, Protocol):
+    """Records, logs, marks and time series of one install: what the API, controllers and CLI hold."""
 
 
 def parse_selector(text: str | None) -> dict[str, str]:
@@ -207,11 +227,13 @@ def is_postgres_url(url: str) -> bool:
 
 
 class LogsAndMarks:
-    """A store's log and mark methods, handed to its ``logs`` and ``marks`` parts (every backend
-    composes a records store with a LogStore and a MarkStore of its own dialect)."""
+    """A store's log, mark and series methods, handed to its ``logs``, ``marks`` and ``series``
+    parts (every backend composes a records store with a LogStore, a MarkStore and a
+    SeriesStore of its own dialect)."""
 
     logs: Any
     marks: Any
+    series: Any
 
     @property
     def keep_lines_per_app(self) -> int:
@@ -257,3 +279,21 @@ class LogsAndMarks:
 
     def observations(self, metric: str, label: str) -> list[float]:
         return list(self.marks.observations(metric, label))
+
+    def add_requests(self, source: str, batch_id: str, samples: list[RequestSample]) -> bool:
+        return bool(self.series.add_requests(source, batch_id, samples))
+
+    def add_usage(self, source: str, batch_id: str, samples: list[tuple[str, UsageSample]]) -> bool:
+        return bool(self.series.add_usage(source, batch_id, samples))
+
+    def read_requests(self, app: str, step: int, since: int, until: int) -> list[RequestPoint]:
+        return list(self.series.read_requests(app, step, since, until))
+
+    def read_usage(self, app: str, step: int, since: int, until: int) -> list[UsagePoint]:
+        return list(self.series.read_usage(app, step, since, until))
+
+    def prune_series(self, now: float | None = None) -> int:
+        return int(self.series.prune_series(now))
+
+    def delete_app_series(self, app: str) -> int:
+        return int(self.series.delete_app_series(app))

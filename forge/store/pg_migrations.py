@@ -22,6 +22,7 @@ import psycopg
 from forge.clock import Clock
 from forge.errors import Unavailable
 from forge.store.migrations import Migration
+from forge.store.seriesrows import schema as series_schema
 
 MIGRATE_LOCK = 0x666F7267655F6D  # "forge_m": the advisory lock key of schema migrations
 CHANGES_CHANNEL = "forge_changes"
@@ -90,6 +91,9 @@ MIGRATIONS: tuple[Migration, ...] = (
             """CREATE TRIGGER logs_notify AFTER INSERT ON logs
                 FOR EACH STATEMENT EXECUTE FUNCTION forge_notify_logs()""",
         ),
+    ),
+    Migration(
+        2, "per-app time series: request and usage points, batch ids", series_schema("DOUBLE PRECISION")
     ),
 )
 

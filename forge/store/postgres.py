@@ -37,6 +37,7 @@ from forge.store.base import EventType, Fence, LogsAndMarks, WatchEvent, selecto
 from forge.store.pg_db import RESYNC_SECONDS, RETRY_SECONDS, PgDb
 from forge.store.pg_logs import PgLogStore, PgMarkStore
 from forge.store.pg_migrations import CHANGES_CHANNEL, LOGS_CHANNEL, migrate
+from forge.store.pg_series import PgSeriesStore
 from forge.store.records import AUTO_COMPACT_KEEP, WATCH_LIMIT, resolve_kind
 
 R = TypeVar("R", bound=Resource)
@@ -139,6 +140,7 @@ class PostgresStore(LogsAndMarks):
             raise
         self.logs = PgLogStore(self._db, self.clock)
         self.marks = PgMarkStore(self._db)
+        self.series = PgSeriesStore(self._db, self.clock)
 
     def _migrate(self) -> tuple[int, int]:
         with self._db.connect(application_name="forge-migrate") as conn:

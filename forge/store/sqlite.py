@@ -9,7 +9,8 @@ Every write runs in one ``BEGIN IMMEDIATE`` transaction that takes the next glob
 revision from ``counters``, writes the record and appends the change to ``changes`` (the
 watch log), so revisions are gap-free and committed in order: a reader that sees revision N
 sees every revision below it. Log lines live in ``forge-logs.db`` beside the records
-(``SqliteLogStore``); metric marks in the records file (``SqliteMarkStore``).
+(``SqliteLogStore``); metric marks in the records file (``SqliteMarkStore``); per-app time
+series in ``forge-metrics.db`` (``SqliteSeriesStore``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from forge.store.records import AUTO_COMPACT_KEEP, WATCH_LIMIT, resolve_kind
 from forge.store.sqlite_db import SqliteDb
 from forge.store.sqlite_logs import SqliteLogStore, logs_path
 from forge.store.sqlite_marks import SqliteMarkStore
+from forge.store.sqlite_series import SqliteSeriesStore, series_path
 
 R = TypeVar("R", bound=Resource)
 
@@ -140,12 +142,17 @@ class SqliteStore(LogsAndMarks):
         self._logs = SqliteDb(self.logs_path, busy_timeout=busy_timeout, poll_seconds=poll_seconds)
         self.logs = SqliteLogStore(self._logs, self.clock)
         self.marks = SqliteMarkStore(self._db)
+        self.series_path = series_path(path)
+        self._series = SqliteDb(self.series_path, busy_timeout=busy_timeout, poll_seconds=poll_seconds)
+        self.series = SqliteSeriesStore(self._series, self.clock)
         try:
             self.logs.prepare()
+            self.series.prepare()
         except sqlite3.Error as exc:
             self._db.close()
             self._logs.close()
-            raise Invalid(f"store {self.logs_path}: cannot prepare the logs database: {exc}") from exc
+            self._series.close()
+            raise Invalid(f"store {path}: cannot prepare the logs or metrics database: {exc}") from exc
 
     def __repr__(self) -> str:
         return f"SqliteStore({self.path!r})"
@@ -333,6 +340,7 @@ class SqliteStore(LogsAndMarks):
     def close(self) -> None:
         self._db.close()
         self._logs.close()
+        self._series.close()
 
     # ------------------------------------------------------------------ migrate-store
 

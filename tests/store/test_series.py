@@ -1,0 +1,103 @@
+"""Conformance: per-app time series — additive points at two resolutions, batches counted once,
+bounded by age, the same through two handles on one database (two API hosts)."""
+
+from __future__ import annotations
+
+import threading
+
+from forge.appmetrics import RequestSample, bucket_index
+from forge.clock import FakeClock
+from forge.series import FINE_KEEP_SECONDS, ROLLUP_KEEP_SECONDS, UsageSample
+from tests.store.store_helpers import Backend
+
+T0 = 1_800_000_000
+
+
+def req(at: int, ok: int = 1, err: int = 0, app: str = "hello", release: str = "hello-1") -> RequestSample:
+    s = RequestSample(app, release, at)
+    for _ in range(ok):
+        s.observe(200, 0.02)
+    for _ in range(err):
+        s.observe(500, 1.5)
+    return s
+
+
+def test_points_add_up_in_fine_points_and_rollups(backend: Backend) -> None:
+    """Samples for one key add; each lands in its 10 s point and its 5-minute rollup."""
+    store = backend.open(FakeClock(T0 + 5))
+    try:
+        assert store.add_requests("proxy/a", "1", [req(T0 - 10, 2), req(T0 - 10, 1, 1), req(T0 - 300, 4)])
+        assert not store.add_requests("proxy/a", "1", [req(T0 - 10, 100)])  # the same batch again
+        fine = store.read_requests("hello", 10, T0 - 600, T0)
+        assert [(p.at, p.total, p.by_class) for p in fine] == [
+            (T0 - 300, 4, {"2xx": 4}),
+            (T0 - 10, 4, {"2xx": 3, "5xx": 1}),
+        ]
+        assert fine[1].buckets[bucket_index(1.5)] == 1 and abs(fine[1].sum_seconds - 1.56) < 1e-9
+        roll = store.read_requests("hello", 300, T0 - 600, T0)
+        assert [(p.at, p.total) for p in roll] == [(T0 - 300, 8)]
+        store.add_usage("node/n1", "u", [("hello", UsageSample("hello-1-0", T0 - 10, 0.5, 100))])
+        store.add_usage("node/n1", "v", [("hello", UsageSample("hello-1-0", T0 - 10, None, 300, 2))])
+        (u,) = store.read_usage("hello", 10, T0 - 600, T0)
+        assert (u.cpu, u.memory, u.memory_max, u.restarts, u.n) == (0.5, 200.0, 300, 2, 2)
+        assert store.delete_app_series("hello") == 5  # 3 request rows, 2 usage rows
+        assert store.read_requests("hello", 300, 0, T0) == [] and store.read_usage("hello", 10, 0, T0) == []
+    finally:
+        store.close()
+
+
+def test_retention_bounds_each_resolution(backend: Backend) -> None:
+    """Pruning keeps 10 s points 48 h and rollups 30 days, and forgets batch ids with the fine points."""
+    clock = FakeClock(T0 + 5)
+    store = backend.open(clock)
+    try:
+        store.add_requests("proxy/a", "1", [req(T0 - 10)])
+        store.add_usage("node/n1", "1", [("hello", UsageSample("hello-1-0", T0 - 10, 0.1, 1))])
+        clock.advance(FINE_KEEP_SECONDS + 20)
+        assert store.prune_series() == 4  # two fine points, two batch ids
+        assert (
+            store.read_requests("hello", 10, 0, T0) == []
+            and len(store.read_requests("hello", 300, 0, T0)) == 1
+        )
+        assert len(store.read_usage("hello", 300, 0, T0)) == 1
+        assert store.add_requests("proxy/a", "1", [])  # its id was forgotten
+        clock.advance(ROLLUP_KEEP_SECONDS)
+        store.prune_series()
+        assert store.read_requests("hello", 300, 0, T0) == [] and store.read_usage("hello", 300, 0, T0) == []
+    finally:
+        store.close()
+
+
+def test_two_hosts_adding_at_once_count_everything_once(backend: Backend) -> None:
+    """Two handles (two API hosts) add 2 × 20 batches for the same keys concurrently, each batch
+    also retried on the other host: every request is counted exactly once."""
+    a, b = backend.open(FakeClock(T0 + 5)), backend.open(FakeClock(T0 + 5))
+    try:
+        errors: list[BaseException] = []
+
+        def send(first: object, second: object, proxy: str) -> None:
+            try:
+                for i in range(20):
+                    batch = [req(T0 - 10 * (1 + i % 3), 1), req(T0 - 10, 0, 1)]
+                    first.add_requests(f"proxy/{proxy}", str(i), batch)  # type: ignore[attr-defined]
+                    second.add_requests(f"proxy/{proxy}", str(i), batch)  # type: ignore[attr-defined]
+            except BaseException as exc:  # noqa: BLE001 — reported by the test thread
+                errors.append(exc)
+
+        threads = [
+            threading.Thread(target=send, args=(a, b, "p1")),
+            threading.Thread(target=send, args=(b, a, "p2")),
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not errors
+        for store in (a, b):
+            fine = store.read_requests("hello", 10, 0, T0)
+            assert sum(p.total for p in fine) == 80
+            assert sum(p.by_class.get("5xx", 0) for p in fine) == 40
+            assert sum(p.total for p in store.read_requests("hello", 300, 0, T0)) == 80
+    finally:
+        a.close()
+        b.close()
