@@ -10,8 +10,9 @@ that decided it (nothing here writes a status field):
   controller (automatic; its App owns it) or asked for (``forge rollback``).
 - **CrashLoop** — the live release's incident (the rollback controller's ``failingSince``)
   counts ``CRASH_LOOP_FAILURES`` failures: one message per incident.
-- **ErrorRate** — the share of 5xx responses of an App's requests over a window passes a
-  threshold (``error_rate_alert``), one message per window.
+- **ErrorRate** — the share of 5xx responses of an App's requests (the proxies' counts in the
+  store's request series) over the last window passes a threshold (``error_rate_alert``); while
+  it stays high, one message an hour (``is_repeat_alert``).
 
 Each is a Notification whose name is its identity (``hello-4.deployfailed``,
 ``hello-4.crashloop.1a2b3c4d``), so however often a controller looks, or restarts, one
@@ -30,10 +31,11 @@ from email.utils import parsedate_to_datetime
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-from forge.clock import parse_iso
+from forge.clock import iso, parse_iso
 from forge.models import (
     Deployment,
     Instance,
+    Notification,
     NotificationSpec,
     Notifier,
     NotifyFormat,
@@ -44,6 +46,8 @@ HORIZON_SECONDS: Final[float] = 900.0  # events older than this when first seen 
 RETAIN_SECONDS: Final[float] = 86400.0  # a finished Notification is deleted this long after
 GIVE_UP_SECONDS: Final[float] = 86400.0  # a target still failing after this is marked Failed
 CRASH_LOOP_FAILURES: Final[int] = 2  # failures in one incident of the live release
+ERROR_RATE_REPEAT_SECONDS: Final[float] = 3600.0  # a sustained error rate: one message an hour
+ERROR_RATE_CHECK_SECONDS: Final[float] = 30.0  # how often an App whose notifiers hear it is looked at
 REASON_ROLLED_BACK: Final[str] = "RolledBack"
 REASON_AUTOMATIC: Final[str] = "AutomaticRollback"
 REASON_MANUAL: Final[str] = "ManualRollback"
@@ -234,14 +238,13 @@ def desired_notifications(
 
 
 def error_rate_alert(
-    app: str, total: int, errors: int, window_start: float, settings: ErrorRateSettings, release: str = ""
+    app: str, total: int, errors: int, now: float, settings: ErrorRateSettings, release: str = ""
 ) -> tuple[str, NotificationSpec] | None:
-    """An ErrorRate notification when ``errors`` of ``total`` requests (the window starting at
-    ``window_start``, aligned to ``settings.window_seconds``) pass the threshold; one per window."""
+    """An ErrorRate notification when ``errors`` of ``total`` requests over the last
+    ``settings.window_seconds`` pass the threshold (more than ``rate``, at least ``min_requests``),
+    named by the 10-second bucket it was raised in."""
     if total < settings.min_requests or total <= 0 or errors / total <= settings.rate:
         return None
-    from forge.clock import iso
-
     share = errors / total
     spec = NotificationSpec(
         event="ErrorRate",
@@ -249,12 +252,25 @@ def error_rate_alert(
         release=release,
         reason="HighErrorRate",
         message=(
-            f"{errors} of {total} requests ({share:.0%}) answered 5xx in the last "
-            f"{settings.window_seconds:g}s (threshold {settings.rate:.0%} of at least {settings.min_requests})"
+            f"{errors} of {total} requests ({share:.1%}) answered 5xx in the last "
+            f"{settings.window_seconds:g}s (threshold: more than {settings.rate:.1%} of at least "
+            f"{settings.min_requests})"
         ),
-        time=iso(window_start),
+        time=iso(now),
     )
-    return f"{app}.errorrate.{int(window_start)}", spec
+    return f"{app}.errorrate.{int(now // 10) * 10}", spec
+
+
+def is_repeat_alert(earlier: Iterable[Notification], app: str, now: float) -> bool:
+    """True while an ErrorRate message of ``app`` went out less than ``ERROR_RATE_REPEAT_SECONDS``
+    ago: a sustained error rate is one message an hour, not one a minute."""
+    return any(
+        n.spec.event == "ErrorRate"
+        and n.spec.app == app
+        and n.spec.time
+        and now - parse_iso(n.spec.time) < ERROR_RATE_REPEAT_SECONDS
+        for n in earlier
+    )
 
 
 # --------------------------------------------------------------------------- the message

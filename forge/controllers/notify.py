@@ -3,6 +3,8 @@ posts (``notify-delivery``). Decisions are ``forge.notify``'s pure functions.
 
 ``NotifyController`` (key = app name) reads the statuses the rollout and rollback controllers
 own — a Deployment ``Failed``, a rollback Deployment, the live release's failure incident — and
+the proxies' request counts of the App (every ``ERROR_RATE_CHECK_SECONDS`` while a notifier hears
+``ErrorRate``: the series are not records, so no watch wakes it), and
 ensures one Notification per failure, named by the failure (``hello-4.deployfailed``), with the
 Notifier names that hear of it. It writes no status and never edits a Notification: creating a
 name that exists is the whole of its de-duplication, so a restart or a late resync makes
@@ -52,13 +54,18 @@ from forge.models import (
 )
 from forge.notify import (
     CRASH_LOOP_FAILURES,
+    ERROR_RATE_CHECK_SECONDS,
     GIVE_UP_SECONDS,
     RETAIN_SECONDS,
+    ErrorRateSettings,
     desired_notifications,
+    error_rate_alert,
+    is_repeat_alert,
     message_body,
     retry_after_seconds,
     targets_for,
 )
+from forge.series import FINE_STEP
 from forge.store.base import Store, WatchEvent
 
 log = logging.getLogger(__name__)
@@ -130,13 +137,15 @@ def is_interesting(dep: Deployment) -> bool:
 
 class NotifyController(AppKeyedController):
     name: ClassVar[str] = "notify"
-    watches: ClassVar[tuple[str, ...]] = ("Deployment", "Notifier")
+    watches: ClassVar[tuple[str, ...]] = ("App", "Deployment", "Notifier")
     resync_seconds: ClassVar[float] = 300.0
 
     def keys_for(self, event: WatchEvent) -> Iterable[str]:
         obj = event.object
         if event.type == "DELETED":
             return ()
+        if isinstance(obj, App):  # a new App starts its error-rate checks at once
+            return (obj.metadata.name,) if event.type == "ADDED" else ()
         if isinstance(obj, Notifier):  # a new notifier hears of failures still inside the horizon
             return (obj.spec.app,) if obj.spec.app else self.all_keys()
         if isinstance(obj, Deployment) and is_interesting(obj):
@@ -158,10 +167,36 @@ class NotifyController(AppKeyedController):
         insts: list[Instance] = []
         if live is not None and live.status.failing_since is not None:
             insts = [i for i in self.store.list(Instance, {LABEL_APP: key})[0] if i.spec.app == key]
-        want = desired_notifications(key, deps, insts, live, self.clock.now())
+        now = self.clock.now()
+        want = desired_notifications(key, deps, insts, live, now)
         for name, spec in sorted(want.items()):
             self._ensure(name, spec, notifiers)
-        return DONE
+        if not targets_for(notifiers, key, "ErrorRate"):
+            return DONE
+        self._check_error_rate(key, live, notifiers, now)
+        return Result(requeue_after=ERROR_RATE_CHECK_SECONDS)
+
+    def _check_error_rate(
+        self, key: str, live: Deployment | None, notifiers: list[Notifier], now: float
+    ) -> None:
+        """The proxies' request counts of the last window (the store's 10 s series) against the
+        threshold; at most one message an hour while it stays high."""
+        settings = ErrorRateSettings(
+            rate=self.config.alert_error_rate,
+            min_requests=self.config.alert_min_requests,
+            window_seconds=self.config.alert_window_seconds,
+        )
+        points = self.store.read_requests(key, FINE_STEP, int(now - settings.window_seconds), int(now))
+        total = sum(p.total for p in points)
+        errors = sum(p.by_class.get("5xx", 0) for p in points)
+        release = live.metadata.name if live is not None else ""
+        found = error_rate_alert(key, total, errors, now, settings, release)
+        if found is None:
+            return
+        earlier: list[Notification] = self.store.list(Notification, {LABEL_APP: key})[0]
+        if is_repeat_alert(earlier, key, now):
+            return
+        self._ensure(found[0], found[1], notifiers)
 
     def _ensure(self, name: str, spec: NotificationSpec, notifiers: list[Notifier]) -> None:
         try:

@@ -360,3 +360,114 @@ def test_an_owned_rollback_is_told_once_even_if_the_app_is_rebuilt(
     store.delete(App, "hello")
     NotifyController(store, clock, config).reconcile("hello")
     assert notes(store) == []
+
+
+def requests(
+    store: Store, clock: FakeClock, app: str, ok: int, errors: int, batch: str, ago: float = 0
+) -> None:
+    """What a proxy sends: one 10 s sample of ``app``'s requests, ``ago`` seconds back."""
+    from forge.appmetrics import RequestSample, bucket_of
+
+    sample = RequestSample(app, f"{app}-1", bucket_of(clock.now() - ago), by_class={"2xx": ok, "5xx": errors})
+    assert store.add_requests("proxy/p1", batch, [sample])
+
+
+@pytest.mark.parametrize(
+    "ok, errors, ago, alerts",
+    [
+        (18, 2, 0, True),  # 10 % of 20
+        (19, 1, 0, False),  # 5 % is not more than 5 %
+        (5, 5, 0, False),  # half, but fewer than 20 requests
+        (0, 40, 400, False),  # outside the 5-minute window
+        (900, 100, 60, True),  # 10 % of 1,000, a minute ago
+    ],
+    ids=["over", "at-threshold", "too-few", "too-old", "recent"],
+)
+def test_error_rate_alert_reads_the_request_series(
+    ok: int,
+    errors: int,
+    ago: float,
+    alerts: bool,
+    store: Store,
+    clock: FakeClock,
+    config: Config,
+    make_app: Any,
+    make_deployment: Any,
+    add_notifier: Any,
+) -> None:
+    """More than 5 % 5xx of at least 20 requests in the last 5 minutes (the proxies' counts in the
+    store) makes one ErrorRate notification naming the live release; otherwise none."""
+    app = make_app("hello")
+    make_deployment(app, 1, phase="Live", live_time=clock.now_iso())
+    add_notifier("hello", "https://hooks.example/e/r/rrrrrrrrrrrr")
+    requests(store, clock, "hello", ok, errors, "b1", ago)
+    res = NotifyController(store, clock, config).reconcile("hello")
+    assert res is not None and res.requeue_after == 30  # the series wake no watch: it looks again
+    made = notes(store)
+    assert len(made) == (1 if alerts else 0)
+    if alerts:
+        assert made[0].spec.event == "ErrorRate" and made[0].spec.release == "hello-1"
+        assert f"{errors} of {ok + errors} requests" in made[0].spec.message
+
+
+def test_a_sustained_error_rate_is_one_message_an_hour(
+    store: Store,
+    clock: FakeClock,
+    config: Config,
+    make_app: Any,
+    make_deployment: Any,
+    add_notifier: Any,
+) -> None:
+    """Errors every minute: one message, then silence (across a restart) until an hour has passed."""
+    app = make_app("hello")
+    make_deployment(app, 1, phase="Live", live_time=clock.now_iso())
+    add_notifier("hello", "https://hooks.example/e/r/rrrrrrrrrrrr")
+    for minute in range(61):
+        requests(store, clock, "hello", 10, 20, f"b{minute}")
+        NotifyController(store, clock, config).reconcile("hello")  # a fresh one: a restart each time
+        assert len(notes(store)) == (1 if minute < 60 else 2), minute
+        clock.advance(60)
+
+
+def test_error_rate_is_checked_only_when_someone_listens(
+    store: Store,
+    clock: FakeClock,
+    config: Config,
+    make_app: Any,
+    make_deployment: Any,
+    add_notifier: Any,
+) -> None:
+    """A notifier that does not hear ErrorRate neither gets one nor keeps the App requeued."""
+    app = make_app("hello")
+    make_deployment(app, 1, phase="Live", live_time=clock.now_iso())
+    add_notifier("hello", "https://hooks.example/e/r/rrrrrrrrrrrr", events=["DeployFailed"])
+    requests(store, clock, "hello", 0, 50, "b1")
+    res = NotifyController(store, clock, config).reconcile("hello")
+    assert (res is None or res.requeue_after is None) and notes(store) == []
+
+
+@pytest.mark.parametrize(
+    "env, want",
+    [
+        (
+            {"FORGE_ALERT_ERROR_RATE": "10%", "FORGE_ALERT_MIN_REQUESTS": "50", "FORGE_ALERT_WINDOW": "10m"},
+            (0.1, 50, 600.0),
+        ),
+        ({"FORGE_ALERT_ERROR_RATE": "0.02"}, (0.02, 20, 300.0)),
+        ({}, (0.05, 20, 300.0)),
+        ({"FORGE_ALERT_ERROR_RATE": "150%"}, "FORGE_ALERT_ERROR_RATE"),
+        ({"FORGE_ALERT_MIN_REQUESTS": "0"}, "FORGE_ALERT_MIN_REQUESTS"),
+        ({"FORGE_ALERT_WINDOW": "5d"}, "FORGE_ALERT_WINDOW"),
+    ],
+    ids=["percent", "share", "defaults", "bad-rate", "bad-min", "bad-window"],
+)
+def test_alert_settings_from_the_environment(env: dict[str, str], want: Any) -> None:
+    """The thresholds are install-wide settings; a bad one is refused naming the variable."""
+    from forge.errors import Invalid
+
+    if isinstance(want, str):
+        with pytest.raises(Invalid, match=want):
+            Config.from_env(env=env)
+        return
+    cfg = Config.from_env(env=env)
+    assert (cfg.alert_error_rate, cfg.alert_min_requests, cfg.alert_window_seconds) == want
