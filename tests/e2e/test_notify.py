@@ -4,6 +4,7 @@ build that posts one message to a real HTTP receiver on loopback."""
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -80,3 +81,29 @@ def test_failing_build_posts_once_to_the_apps_webhook(forge: Forge, receiver: Re
     removed = cli(forge, "notify", "remove", "nbad", "-", stdin=url + "\n")
     assert removed.returncode == 0 and "removed" in removed.stdout, removed.stderr
     assert "no notifiers" in ok(forge, "notify", "nbad")
+
+
+def test_error_rate_alert_from_the_proxies_counts(forge: Forge, receiver: Receiver) -> None:
+    """Request counts sent as a proxy sends them (12 % of 50 answered 5xx) and an install-wide
+    notifier: one ErrorRate message for that App, with its live release's name left empty."""
+    register(forge, "nerr", "acme/nerr")
+    at = int(time.time()) // 10 * 10
+    sample = {
+        "app": "nerr",
+        "release": "",
+        "at": at,
+        "byClass": {"2xx": 44, "5xx": 6},
+        "buckets": [50] + [0] * 11,
+        "sum": 1.0,
+    }
+    with forge.client as c:
+        r = c.post("/api/v1/metrics/requests", json={"proxy": "e2e", "id": "b1", "samples": [sample]})
+        assert r.status_code == 200 and r.json()["accepted"] == 1, r.text
+    before = len(receiver.requests)
+    ok(forge, "notify", "add", receiver.url("/install/errors-hook-00000000"), "--event", "ErrorRate")
+    got = receiver.wait_for(before + 1, timeout=45)
+    assert len(got) > before, "no ErrorRate message arrived"
+    msg = got[before].body
+    assert got[before].path == "/install/errors-hook-00000000"
+    assert msg["forge"]["event"] == "ErrorRate" and msg["forge"]["app"] == "nerr"
+    assert "6 of 50 requests" in msg["forge"]["message"]
