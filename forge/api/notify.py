@@ -37,6 +37,7 @@ from forge.models import (
     NotifyEvent,
     NotifyFormat,
     ObjectMeta,
+    OwnerRef,
 )
 from forge.notify import check_url, default_format, mask_url, notifier_name, targets_for, url_digest
 from forge.secrets import DecryptionFailed, Keyring, aad_for
@@ -79,8 +80,10 @@ def build_notifier(
     url: str,
     fmt: NotifyFormat | None = None,
     events: list[NotifyEvent] | None = None,
+    owner: OwnerRef | None = None,
 ) -> Notifier:
-    """The Notifier record for ``url`` (checked, sealed, masked), named by its keyed digest."""
+    """The Notifier record for ``url`` (checked, sealed, masked), named by its keyed digest;
+    ``owner``: the App it belongs to (it goes when that App goes)."""
     try:
         url = check_url(url)
     except ValueError as exc:
@@ -94,19 +97,21 @@ def build_notifier(
         events=list(events or []),
     )
     labels = {LABEL_APP: app} if app else {}
-    return Notifier(metadata=ObjectMeta(name=name, labels=labels), spec=spec)
+    return Notifier(metadata=ObjectMeta(name=name, labels=labels, owner_ref=owner), spec=spec)
 
 
 class _Base:
     def __init__(self, ctx: ApiContext) -> None:
         self.ctx = ctx
 
-    def _app_exists(self, app: str) -> None:
-        if app:
-            try:
-                self.ctx.store.get(App, app)
-            except NotFound:
-                raise NotFound(f"app {app!r} not found") from None
+    def _app_exists(self, app: str) -> OwnerRef | None:
+        if not app:
+            return None
+        try:
+            found = self.ctx.store.get(App, app)
+        except NotFound:
+            raise NotFound(f"app {app!r} not found") from None
+        return OwnerRef(kind="App", name=app, uid=found.metadata.uid)
 
     def _name(self, app: str, url: str) -> str:
         try:
@@ -147,9 +152,9 @@ class NotifiersResource(_Base):
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         auth.require_admin(req)
         body: NotifierBody = _body(req, NotifierBody)
-        self._app_exists(body.app)
+        owner = self._app_exists(body.app)
         url = body.url.strip()
-        made = build_notifier(self.ctx.sealer.keyring, body.app, url, body.format, body.events)
+        made = build_notifier(self.ctx.sealer.keyring, body.app, url, body.format, body.events, owner)
         fmt = made.spec.format
         found = self._find(body.app, url)
         if found is None:

@@ -142,8 +142,8 @@ class NotifyController(AppKeyedController):
 
     def keys_for(self, event: WatchEvent) -> Iterable[str]:
         obj = event.object
-        if event.type == "DELETED":
-            return ()
+        if event.type == "DELETED":  # a deleted App's notifiers go with it
+            return (obj.metadata.name,) if isinstance(obj, App) else ()
         if isinstance(obj, App):  # a new App starts its error-rate checks at once
             return (obj.metadata.name,) if event.type == "ADDED" else ()
         if isinstance(obj, Notifier):  # a new notifier hears of failures still inside the horizon
@@ -157,10 +157,11 @@ class NotifyController(AppKeyedController):
         if not notifiers:
             return DONE
         try:
-            app = self.store.get(App, key)
+            app: App | None = self.store.get(App, key)
         except NotFound:
-            return DONE
-        if app.metadata.deletion_timestamp is not None:
+            app = None
+        notifiers = self._collect(key, app, notifiers)
+        if app is None or app.metadata.deletion_timestamp is not None:
             return DONE
         deps = [d for d in self.store.list(Deployment, {LABEL_APP: key})[0] if d.spec.app == key]
         live = ds.live_deployment(app, deps)
@@ -175,6 +176,24 @@ class NotifyController(AppKeyedController):
             return DONE
         self._check_error_rate(key, live, notifiers, now)
         return Result(requeue_after=ERROR_RATE_CHECK_SECONDS)
+
+    def _collect(self, key: str, app: App | None, notifiers: list[Notifier]) -> list[Notifier]:
+        """Delete the notifiers of App ``key`` that belong to no App of that name any more (it was
+        deleted, or deleted and made again: the ownerRef's uid tells), as Kubernetes' garbage
+        collector deletes dependents whose owner is gone."""
+        live_uid = app.metadata.uid if app is not None and app.metadata.deletion_timestamp is None else None
+        kept = []
+        for n in notifiers:
+            ref = n.metadata.owner_ref
+            if n.spec.app != key or ref is None or ref.kind != "App" or ref.uid == live_uid:
+                kept.append(n)
+                continue
+            try:
+                self.store.delete(Notifier, n.metadata.name)
+                log.info("notify: deleted notifier %s of deleted app %s", n.metadata.name, key)
+            except NotFound:
+                pass
+        return kept
 
     def _check_error_rate(
         self, key: str, live: Deployment | None, notifiers: list[Notifier], now: float

@@ -18,7 +18,6 @@ from forge.models import (
     Deployment,
     Notification,
     Notifier,
-    ObjectMeta,
     OwnerRef,
     set_condition,
 )
@@ -42,7 +41,8 @@ def receiver() -> Iterator[Receiver]:
 @pytest.fixture
 def add_notifier(store: Store, config: Config) -> Callable[..., Notifier]:
     def add(app: str, url: str, fmt: str = "generic", events: list[str] | None = None) -> Notifier:
-        n = build_notifier(Keyring.load(config), app, url, fmt, events)  # type: ignore[arg-type]
+        owner = OwnerRef(kind="App", name=app, uid=store.get(App, app).metadata.uid) if app else None
+        n = build_notifier(Keyring.load(config), app, url, fmt, events, owner)  # type: ignore[arg-type]
         return store.create(n)  # type: ignore[return-value]
 
     return add
@@ -338,7 +338,7 @@ def test_no_notifier_makes_nothing(
     assert notes(store) == []
 
 
-def test_an_owned_rollback_is_told_once_even_if_the_app_is_rebuilt(
+def test_a_deleted_app_tells_nothing_and_takes_its_notifiers(
     store: Store,
     clock: FakeClock,
     config: Config,
@@ -346,20 +346,24 @@ def test_an_owned_rollback_is_told_once_even_if_the_app_is_rebuilt(
     make_deployment: Any,
     add_notifier: Any,
 ) -> None:
-    """Deleting the App leaves nothing new to tell (its releases are being torn down)."""
+    """Deleting the App leaves nothing new to tell (its releases are being torn down) and deletes
+    its notifiers, not the install's; an App made again under that name does not inherit them."""
     app = make_app("hello")
     one = make_deployment(app, 1, phase="Live", live_time=clock.now_iso())
-    add_notifier("hello", "https://hooks.example/a/b/cccccccccccc")
-    rb = rollback_release(app, 2, one, owned=True)
-    rb.metadata = ObjectMeta(
-        name=rb.metadata.name,
-        labels=rb.metadata.labels,
-        owner_ref=OwnerRef(kind="App", name="hello", uid=app.metadata.uid),
-    )
-    store.create(rb)
+    mine = add_notifier("hello", "https://hooks.example/a/b/cccccccccccc")
+    everyone = add_notifier("", "https://hooks.example/a/b/dddddddddddd")
+    store.create(rollback_release(app, 2, one, owned=True))
     store.delete(App, "hello")
     NotifyController(store, clock, config).reconcile("hello")
     assert notes(store) == []
+    assert [n.metadata.name for n in store.list(Notifier)[0]] == [everyone.metadata.name]
+    # a notifier left behind (by a crash) for an App of that name made again since
+    store.create(
+        mine.model_copy(update={"metadata": mine.metadata.model_copy(update={"resource_version": 0})})
+    )
+    make_app("hello")
+    NotifyController(store, clock, config).reconcile("hello")
+    assert [n.metadata.name for n in store.list(Notifier)[0]] == [everyone.metadata.name]
 
 
 def requests(
