@@ -18,6 +18,7 @@ from forge.models import (
     Deployment,
     Notification,
     Notifier,
+    ObjectMeta,
     OwnerRef,
     set_condition,
 )
@@ -475,3 +476,96 @@ def test_alert_settings_from_the_environment(env: dict[str, str], want: Any) -> 
         return
     cfg = Config.from_env(env=env)
     assert (cfg.alert_error_rate, cfg.alert_min_requests, cfg.alert_window_seconds) == want
+
+
+def test_a_crash_between_the_post_and_its_record_resends_with_the_same_key(
+    store: Store,
+    clock: FakeClock,
+    config: Config,
+    make_app: Any,
+    make_deployment: Any,
+    receiver: Receiver,
+    add_notifier: Any,
+) -> None:
+    """At least once: the receiver took the message but the controller died before recording it,
+    so the next one posts again — with the same Idempotency-Key, for the receiver to drop — and
+    records it once."""
+    app = make_app("hello")
+    make_deployment(app, 1, phase="Building")
+    add_notifier("hello", receiver.url())
+    fail(store, clock, "hello-1")
+    NotifyController(store, clock, config).reconcile("hello")
+    real = store.update_status
+
+    def crash(obj: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(obj, Notification):
+            raise SystemExit("killed between the post and its record")
+        return real(obj, *args, **kwargs)
+
+    store.update_status = crash  # type: ignore[method-assign]
+    with pytest.raises(SystemExit):
+        NotifyDeliveryController(store, clock, config).reconcile("hello-1.deployfailed")
+    store.update_status = real  # type: ignore[method-assign]
+    assert notes(store)[0].status.phase == ""  # nothing recorded
+    NotifyDeliveryController(store, clock, config).reconcile("hello-1.deployfailed")
+    got = receiver.wait_for(2, timeout=5)
+    assert len(got) == 2 and got[0].headers["idempotency-key"] == got[1].headers["idempotency-key"]
+    assert len({r.body["forge"]["id"] for r in got}) == 1
+    note = notes(store)[0]
+    assert note.status.phase == "Delivered"
+    assert [d.attempts for d in note.status.deliveries.values()] == [1]
+
+
+def test_under_the_runtime_a_restart_while_it_waits_still_delivers_once(
+    tmp_path: Any, config: Config, receiver: Receiver
+) -> None:
+    """The real runtime (watch → queue → reconcile, back-off, requeue_after) on a real clock: a
+    failure, the receiver's 500 then 429 Retry-After 1, the controllers restarted in between,
+    then 200 — three posts, one accepted, the record Delivered."""
+    from prometheus_client import CollectorRegistry
+
+    from forge.clock import SystemClock
+    from forge.controllers.runtime import ControllerRuntime
+    from forge.models import AppSpec, DeploymentSpec
+    from forge.store.sqlite import SqliteStore
+
+    clock = SystemClock()
+    db = SqliteStore(str(tmp_path / "runtime.db"))
+    runtime: ControllerRuntime | None = None
+
+    def start() -> ControllerRuntime:
+        ctls = [NotifyController(db, clock, config), NotifyDeliveryController(db, clock, config)]
+        rt = ControllerRuntime(db, clock, list(ctls), CollectorRegistry())
+        rt.start()
+        return rt
+
+    def phase() -> str:
+        return str(db.get(Notification, "hello-1.deployfailed").status.phase)
+
+    try:
+        app = db.create(App(metadata=ObjectMeta(name="hello"), spec=AppSpec(repo="acme/hello")))
+        db.create(
+            Deployment(
+                metadata=ObjectMeta(name="hello-1", labels={"forge.dev/app": "hello"}),
+                spec=DeploymentSpec(app="hello", commit="a" * 40),
+            )
+        )
+        owner = OwnerRef(kind="App", name="hello", uid=app.metadata.uid)
+        db.create(build_notifier(Keyring.load(config), "hello", receiver.url(), "generic", None, owner))
+        receiver.script = [(500, {}), (429, {"Retry-After": "1"}), (200, {})]
+        runtime = start()
+        fail(db, clock, "hello-1")  # type: ignore[arg-type]
+        assert len(receiver.wait_for(2, timeout=30)) >= 2
+        runtime.close()
+        runtime = start()  # restarted while it waits out the receiver's Retry-After
+        assert len(receiver.wait_for(3, timeout=30)) == 3
+        deadline = clock.monotonic() + 30
+        while phase() != "Delivered" and clock.monotonic() < deadline:
+            runtime.wait_idle(timeout=1)
+        assert phase() == "Delivered"
+        runtime.wait_idle(timeout=2)
+        assert [r.answered for r in receiver.requests] == [500, 429, 200]
+    finally:
+        if runtime is not None:
+            runtime.close()
+        db.close()
