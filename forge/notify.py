@@ -318,7 +318,7 @@ def message_body(name: str, uid: str, spec: NotificationSpec, fmt: str, dashboar
         {"type": "section", "fields": [{"type": "mrkdwn", "text": f} for f in facts]},
     ]
     if spec.message:
-        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": _mrkdwn(spec.message[:2900])}})
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": _mrkdwn(spec.message)[:2900]}})
     blocks.append(
         {
             "type": "context",

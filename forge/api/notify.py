@@ -39,20 +39,20 @@ from forge.models import (
     ObjectMeta,
     OwnerRef,
 )
-from forge.notify import check_url, default_format, mask_url, notifier_name, targets_for, url_digest
+from forge.notify import check_url, default_format, mask_url, notifier_name, url_digest
 from forge.secrets import DecryptionFailed, Keyring, aad_for
 
 NAME_LABEL = b"forge-notifier-name\x00"
 
 
-class NotifierBody(Model):
+class NotifierRequest(Model):
     app: str = ""
     url: str = Field(min_length=1, max_length=8192)
     format: NotifyFormat | None = None
     events: list[NotifyEvent] = Field(default_factory=list)
 
 
-class TestBody(Model):
+class NotifierTestRequest(Model):
     app: str = ""
 
 
@@ -151,7 +151,7 @@ class NotifiersResource(_Base):
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         auth.require_admin(req)
-        body: NotifierBody = _body(req, NotifierBody)
+        body: NotifierRequest = _body(req, NotifierRequest)
         owner = self._app_exists(body.app)
         url = body.url.strip()
         made = build_notifier(self.ctx.sealer.keyring, body.app, url, body.format, body.events, owner)
@@ -174,7 +174,7 @@ class NotifiersResource(_Base):
 class NotifierLookupResource(_Base):
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         auth.require_admin(req)
-        body: NotifierBody = _body(req, NotifierBody)
+        body: NotifierRequest = _body(req, NotifierRequest)
         found = self._find(body.app, body.url)
         if found is None:
             scope = f"app {body.app}" if body.app else "the install"
@@ -197,13 +197,11 @@ class NotifierItemResource(_Base):
 class NotifierTestResource(_Base):
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         auth.require_admin(req)
-        body: TestBody = _body(req, TestBody)
+        body: NotifierTestRequest = _body(req, NotifierTestRequest)
         self._app_exists(body.app)
         notifiers: list[Notifier] = self.ctx.store.list(Notifier)[0]
-        if body.app:
-            targets = targets_for(notifiers, body.app, "Test")
-        else:
-            targets = sorted(n.metadata.name for n in notifiers if not n.spec.app)
+        # every notifier of the scope, whatever events it hears: the test is of the URL
+        targets = sorted(n.metadata.name for n in notifiers if n.spec.app in ("", body.app))
         scope = f"app {body.app}" if body.app else "the install"
         if not targets:
             raise NotFound(f"{scope} has no notifier (forge notify add)")

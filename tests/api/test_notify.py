@@ -92,3 +92,7 @@ def test_test_message_targets_the_scope(api: Api) -> None:
     assert isinstance(api.store.get(Notification, r.json["metadata"]["name"]), Notification)
     install = api.req("POST", "/api/v1/notifiers/test", json={})
     assert install.json["spec"]["targets"] == [everyone["name"]]
+    # a notifier that hears only some events is still tested: the test is of its URL
+    api.req("POST", "/api/v1/notifiers", json={"app": "hello", "url": URL, "events": ["ErrorRate"]})
+    again = api.req("POST", "/api/v1/notifiers/test", json={"app": "hello"})
+    assert again.json["spec"]["targets"] == sorted([mine["name"], everyone["name"]])
