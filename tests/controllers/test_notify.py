@@ -22,7 +22,7 @@ from forge.models import (
     OwnerRef,
     set_condition,
 )
-from forge.notify import HORIZON_SECONDS, RETAIN_SECONDS
+from forge.notify import ERROR_RATE_CHECK_SECONDS, HORIZON_SECONDS, RETAIN_SECONDS
 from forge.release import rollback_release
 from forge.secrets import Keyring
 from forge.store.base import Store
@@ -407,7 +407,7 @@ def test_error_rate_alert_reads_the_request_series(
     add_notifier("hello", "https://hooks.example/e/r/rrrrrrrrrrrr")
     requests(store, clock, "hello", ok, errors, "b1", ago)
     res = NotifyController(store, clock, config).reconcile("hello")
-    assert res is not None and res.requeue_after == 30  # the series wake no watch: it looks again
+    assert res is not None and res.requeue_after == ERROR_RATE_CHECK_SECONDS  # no watch wakes it
     made = notes(store)
     assert len(made) == (1 if alerts else 0)
     if alerts:
