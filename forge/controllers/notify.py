@@ -269,8 +269,11 @@ class NotifyDeliveryController(Controller):
         self._keyring: object | None = None
 
     def keys_for(self, event: WatchEvent) -> Iterable[str]:
+        """A new Notification only: its spec never changes after creation, so every later change
+        is this controller's own status write — waking on those would post again at once and
+        defeat the work queue's back-off (its requeues and the resync bring the key back)."""
         obj = event.object
-        if event.type == "DELETED" or not isinstance(obj, Notification) or is_finished(obj):
+        if event.type != "ADDED" or not isinstance(obj, Notification) or is_finished(obj):
             return ()
         return (obj.metadata.name,)
 

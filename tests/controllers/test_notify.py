@@ -569,3 +569,51 @@ def test_under_the_runtime_a_restart_while_it_waits_still_delivers_once(
         if runtime is not None:
             runtime.close()
         db.close()
+
+
+def drain(rt: Any, store: Store, ctl: Any, rounds: int = 50) -> None:
+    """Deliver the store's changes to the stepped runtime and run every ready key, until quiet."""
+    for _ in range(rounds):
+        for kind in ctl.watches:
+            events = store.watch(kind, since=rt._delivered[kind], timeout=0)
+            if events:
+                rt.deliver(kind, events)
+        if rt.process_one(ctl) is None:
+            return
+    raise AssertionError(f"{ctl.name} never went quiet in {rounds} rounds: a hot loop")
+
+
+def test_a_failing_receiver_is_retried_with_back_off_not_on_every_status_write(
+    store: Store,
+    clock: FakeClock,
+    config: Config,
+    make_app: Any,
+    make_deployment: Any,
+    receiver: Receiver,
+    add_notifier: Any,
+) -> None:
+    """The stepped runtime on a fake clock: each failed post writes the status (attempts), and that
+    write must not wake the key again — the next post waits for the work queue's back-off."""
+    import random
+
+    from forge.controllers.runtime import ControllerRuntime
+
+    app = make_app("hello")
+    make_deployment(app, 1, phase="Building")
+    add_notifier("hello", receiver.url())
+    fail(store, clock, "hello-1")
+    NotifyController(store, clock, config).reconcile("hello")
+    receiver.script = [(500, {})] * 20
+    ctl = NotifyDeliveryController(store, clock, config)
+    rt = ControllerRuntime(store, clock, [ctl], threaded=False, rng=random.Random(1))
+    rt.start()
+    try:
+        drain(rt, store, ctl)
+        assert len(receiver.requests) == 1
+        for n in range(2, 6):
+            clock.advance(60)  # past any back-off up to the cap
+            drain(rt, store, ctl)
+            assert len(receiver.requests) == n
+        assert notes(store)[0].status.deliveries[ctl.store.list(Notifier)[0][0].metadata.name].attempts == 5
+    finally:
+        rt.close()
