@@ -73,6 +73,7 @@ log = logging.getLogger(__name__)
 SEND_TIMEOUT_SECONDS: Final[float] = 10.0
 REASON_NOTIFY_FAILED: Final[str] = "NotificationFailed"
 RETRYABLE: Final[frozenset[int]] = frozenset({408, 425, 429})
+MAX_RETRY_AFTER_SECONDS: Final[float] = 3600.0
 STATUS_WRITE_TRIES: Final[int] = 5
 
 
@@ -365,6 +366,8 @@ class NotifyDeliveryController(Controller):
             return out, None, ""
         why = f"{hint} answered HTTP {answer.status}"
         retry_after = retry_after_seconds(answer.headers.get("retry-after"), now)
+        if retry_after is not None:
+            retry_after = min(retry_after, MAX_RETRY_AFTER_SECONDS)  # a year's wait is a typo
         if answer.status in (429, 503) and retry_after is not None and not give_up:
             out.not_before_time = iso(now + retry_after)
             out.message = f"{why}; retrying after {retry_after:g}s as it asked"
