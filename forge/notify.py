@@ -303,26 +303,31 @@ def dashboard_link(dashboard_url: str, app: str) -> str:
 def message_body(name: str, uid: str, spec: NotificationSpec, fmt: str, dashboard_url: str) -> dict[str, Any]:
     """The JSON posted: Slack's ``text`` + ``blocks``; ``generic`` adds ``forge`` (structured)."""
     title = TITLES.get(spec.event, spec.event)
-    link = dashboard_link(dashboard_url, spec.app)
-    what = f"{spec.app}: {title}" + (f" — {spec.release}" if spec.release else "")
+    # an install-wide test names no App: the dashboard's front page, "Forge" as the subject
+    link = (
+        dashboard_link(dashboard_url, spec.app) if spec.app else f"{dashboard_url.rstrip('/')}/ui/index.html"
+    )
+    what = f"{spec.app or 'Forge'}: {title}" + (f" — {spec.release}" if spec.release else "")
     text = f"{ICONS.get(spec.event, '')} {what} ({spec.reason})".strip() if spec.reason else what
-    facts = [f"*App:* {_mrkdwn(spec.app)}"]
+    facts = [f"*App:* {_mrkdwn(spec.app)}"] if spec.app else []
     if spec.release:
         facts.append(f"*Release:* {_mrkdwn(spec.release)}")
     if spec.commit:
         facts.append(f"*Commit:* `{spec.commit[:12]}`")
     if spec.reason:
         facts.append(f"*Reason:* {_mrkdwn(spec.reason)}")
+    label = f"Open {_mrkdwn(spec.app)} in Forge" if spec.app else "Open Forge"
     blocks: list[dict[str, Any]] = [
         {"type": "section", "text": {"type": "mrkdwn", "text": f"*{_mrkdwn(what)}*"}},
-        {"type": "section", "fields": [{"type": "mrkdwn", "text": f} for f in facts]},
     ]
+    if facts:
+        blocks.append({"type": "section", "fields": [{"type": "mrkdwn", "text": f} for f in facts]})
     if spec.message:
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": _mrkdwn(spec.message)[:2900]}})
     blocks.append(
         {
             "type": "context",
-            "elements": [{"type": "mrkdwn", "text": f"<{link}|Open {_mrkdwn(spec.app)} in Forge>"}],
+            "elements": [{"type": "mrkdwn", "text": f"<{link}|{label}>"}],
         }
     )
     body: dict[str, Any] = {"text": text, "blocks": blocks}
