@@ -1,7 +1,8 @@
 """Who may read what under a data dir: the permission model (README "Permissions").
 
 * Every Forge daemon runs with umask 077 (``private_umask``): the records (``forge.db``), the
-  logs database (``forge-logs.db``, which holds the stdin of ``forge run -i``), their -wal/-shm,
+  logs database (``forge-logs.db``, which holds the stdin of ``forge run -i``), the metrics
+  database (``forge-metrics.db``), their -wal/-shm,
   ``api-url``, ``logs/``, ``node/logs/``, ``source-cache/``, ``node/git/``, keys and tokens are
   created readable by Forge's own user (root, or its service user) only.
 * An install made before that is fixed when it starts (``secure_data_dir``,

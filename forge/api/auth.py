@@ -6,7 +6,8 @@ in ``NodeToken/NODENAME``. A node reaches only its own records (docs/CONTRACTS.m
 - its Node (create, get, put, patch, and the status subresource),
 - its Lease ``node.NODENAME`` (create, get, put),
 - Instances labelled ``forge.dev/node=NODENAME`` (list/watch with that selector forced, get,
-  the status subresource, ``/secrets``, ``/gitcredential``, ``/logs`` and reading ``/stdin``).
+  the status subresource, ``/secrets``, ``/gitcredential``, ``/logs`` and reading ``/stdin``),
+- the usage of those Instances (``POST /api/v1/nodes/NODENAME/usage``).
 
 Every other route answers 403 to a node token. An unset or empty admin token authenticates
 nobody: every authenticated route answers 401 (the server logs why once, at startup).

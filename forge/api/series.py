@@ -39,8 +39,9 @@ from forge.series import (
 from forge.seriesview import app_metrics_view
 
 MAX_SERIES_BODY: Final[int] = 4 * 1024 * 1024
-SOURCE_NAME: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,252}$")
-BATCH_ID: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+# Printable ASCII without spaces: names and ids are the sender's own (a host name, a counter).
+SOURCE_NAME: Final = re.compile(r"^[!-~]{1,253}$")
+BATCH_ID: Final = re.compile(r"^[!-~]{1,128}$")
 DEFAULT_WINDOW: Final[str] = "1h"
 
 
@@ -55,11 +56,12 @@ def _sample_error(exc: SampleError) -> BadRequest:
 
 def _batch(body: dict[str, Any], fields: set[str], limit: int) -> tuple[str, list[Any]]:
     """The checked ``id`` and raw ``samples`` of a batch body."""
-    for key in sorted(set(body) - fields):
-        raise _bad(key, "unknown field")
+    unknown = sorted(set(body) - fields)
+    if unknown:
+        raise _bad(unknown[0], "unknown field")
     batch_id = body.get("id")
     if not isinstance(batch_id, str) or not BATCH_ID.match(batch_id):
-        raise _bad("id", "expected a batch id (letters, digits, '.', '_', ':', '-'; at most 128)")
+        raise _bad("id", "expected a batch id: 1 to 128 printable ASCII characters, no spaces")
     samples = body.get("samples")
     if not isinstance(samples, list):
         raise _bad("samples", "expected a list of samples")
@@ -78,7 +80,7 @@ class RequestSamplesResource:
         batch_id, raw = _batch(body, {"proxy", "id", "samples"}, MAX_SAMPLES_PER_BATCH)
         proxy = body.get("proxy")
         if not isinstance(proxy, str) or not SOURCE_NAME.match(proxy):
-            raise _bad("proxy", "expected the proxy's name (letters, digits, '.', '_', ':', '-')")
+            raise _bad("proxy", "expected the proxy's name: 1 to 253 printable ASCII characters, no spaces")
         try:
             samples = [RequestSample.from_json(s, f"samples[{i}]") for i, s in enumerate(raw)]
         except SampleError as exc:
@@ -163,7 +165,7 @@ class AppMetricsResource:
             step,
             points,
             store.read_requests(name, step, points[0], points[-1]),
-            store.read_usage(name, step, points[0], points[-1]),
+            store.read_app_usage(name, step, points[0], points[-1]),
             self._releases(name),
         )
         resp.set_header("Cache-Control", "no-store")

@@ -127,6 +127,7 @@ def main() -> None:
         daemons,
         domains,
         github,
+        metrics,
         nodes,
         notify,
         previews,

@@ -361,6 +361,9 @@ class CachedStore:
     def read_usage(self, app: str, step: int, since: int, until: int) -> builtins.list[UsagePoint]:
         return self.backend.read_usage(app, step, since, until)
 
+    def read_app_usage(self, app: str, step: int, since: int, until: int) -> builtins.list[UsagePoint]:
+        return self.backend.read_app_usage(app, step, since, until)
+
     def prune_series(self, now: float | None = None) -> int:
         return self.backend.prune_series(now)
 

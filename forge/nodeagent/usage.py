@@ -118,7 +118,7 @@ class UsageSampler:
             batch = self.pending[0]
             try:
                 self.client.request("POST", f"/api/v1/nodes/{self.node}/usage", json=batch)
-            except errors.Unavailable as exc:
+            except errors.Unavailable as exc:  # TooManyRequests too
                 log.info(
                     "usage of node %s not sent yet (%d batches wait): %s", self.node, len(self.pending), exc
                 )

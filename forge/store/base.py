@@ -179,6 +179,8 @@ class SeriesStore(Protocol):
 
     def read_usage(self, app: str, step: int, since: int, until: int) -> list[UsagePoint]: ...
 
+    def read_app_usage(self, app: str, step: int, since: int, until: int) -> list[UsagePoint]: ...
+
     def prune_series(self, now: float | None = None) -> int: ...
 
     def delete_app_series(self, app: str) -> int: ...
@@ -291,6 +293,9 @@ class LogsAndMarks:
 
     def read_usage(self, app: str, step: int, since: int, until: int) -> list[UsagePoint]:
         return list(self.series.read_usage(app, step, since, until))
+
+    def read_app_usage(self, app: str, step: int, since: int, until: int) -> list[UsagePoint]:
+        return list(self.series.read_app_usage(app, step, since, until))
 
     def prune_series(self, now: float | None = None) -> int:
         return int(self.series.prune_series(now))

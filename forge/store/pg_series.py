@@ -72,6 +72,12 @@ class PgSeriesStore:
         got = self._db.read(lambda conn: conn.execute(sql, (app, step, since, until)).fetchall())
         return [rows.usage_point(r) for r in got]
 
+    def read_app_usage(self, app: str, step: int, since: int, until: int) -> list[UsagePoint]:
+        """Usage of all of ``app``'s Instances together, one point per ``at`` (``instance`` "")."""
+        sql = rows.select_app_usage("%s").encode()
+        got = self._db.read(lambda conn: conn.execute(sql, (app, step, since, until)).fetchall())
+        return [rows.usage_point(r) for r in got]
+
     def prune_series(self, now: float | None = None) -> int:
         """Delete points past their retention and batch ids past theirs; returns rows deleted."""
         now = self.clock.now() if now is None else now

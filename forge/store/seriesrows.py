@@ -100,6 +100,17 @@ def select_usage(ph: str) -> str:
     )
 
 
+def select_app_usage(ph: str) -> str:
+    """The app's Instances together, one row per point: CPU and memory are the sums of each
+    Instance's average (so the answer does not grow with the Instances times the points)."""
+    return (
+        "SELECT t, '', COALESCE(SUM(CASE WHEN cpu_n > 0 THEN cpu_sum / cpu_n END), 0), "
+        "MAX(CASE WHEN cpu_n > 0 THEN 1 ELSE 0 END), SUM(memory_sum / n), SUM(memory_max), "
+        f"SUM(restarts), 1 FROM usage_points WHERE app = {ph} AND step = {ph} AND t >= {ph} AND t <= {ph} "
+        "GROUP BY t ORDER BY t"
+    )
+
+
 def in_range(at: int, now: float) -> bool:
     """A sample the store keeps: not older than the rollups' retention, not from the future."""
     return now - KEEP_SECONDS[ROLLUP_STEP] <= at <= now + FUTURE_SLACK_SECONDS

@@ -70,6 +70,12 @@ class SqliteSeriesStore:
             got = conn.execute(rows.select_usage("?"), (app, step, since, until)).fetchall()
         return [rows.usage_point(r) for r in got]
 
+    def read_app_usage(self, app: str, step: int, since: int, until: int) -> list[UsagePoint]:
+        """Usage of all of ``app``'s Instances together, one point per ``at`` (``instance`` "")."""
+        with self._db.read() as conn:
+            got = conn.execute(rows.select_app_usage("?"), (app, step, since, until)).fetchall()
+        return [rows.usage_point(r) for r in got]
+
     def _maybe_prune(self, now: float) -> None:
         mono = self.clock.monotonic()
         if mono - self._pruned >= rows.PRUNE_EVERY_SECONDS:

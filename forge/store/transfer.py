@@ -2,7 +2,8 @@
 
 Every record is copied with its revision, uid, resourceVersion, generation and timestamps
 (the stored JSON text byte for byte), together with the change log, the revision and
-compaction counters, the log lines (with their ids) and the metric marks. The target must be
+compaction counters, the log lines (with their ids), the metric marks and the per-app time
+series (points and remembered batch ids). The target must be
 empty unless ``overwrite`` is given (then its contents are replaced). After the copy both
 stores are read back and compared: counts, counters, every record's revision and the change
 log must match, or ``Unavailable`` says what differs.
@@ -39,6 +40,7 @@ class Transferable(Store, Protocol):
 
     logs: Any
     marks: Any
+    series: Any
 
     def dump_records(self) -> tuple[dict[str, int], Rows, Rows]: ...
 
@@ -54,6 +56,7 @@ class Snapshot:
     changes: Rows
     logs: Rows
     marks: Rows
+    series: Rows
 
     @classmethod
     def of(cls, store: Transferable) -> Snapshot:
@@ -64,6 +67,7 @@ class Snapshot:
             changes,
             store.logs.dump(),
             store.marks.dump(),
+            store.series.dump(),
         )
 
     def normalised(self) -> Snapshot:
@@ -75,18 +79,24 @@ class Snapshot:
             sorted(self.changes),
             sorted(self.logs),
             sorted(self.marks, key=lambda r: (r[0], r[1], r[2])),
+            sorted(self.series, key=lambda r: tuple(str(v) for v in r[:5])),
         )
 
     def summary(self) -> str:
         return (
             f"{len(self.records)} records (revision {self.counters['revision']}, compacted "
             f"{self.counters['compacted']}), {len(self.changes)} changes, {len(self.logs)} log lines, "
-            f"{len(self.marks)} marks"
+            f"{len(self.marks)} marks, {len(self.series)} time-series rows"
         )
 
 
 def is_empty(store: Transferable) -> bool:
-    return store.revision() == 0 and store.logs.last_log_id() == 0 and not store.marks.dump()
+    return (
+        store.revision() == 0
+        and store.logs.last_log_id() == 0
+        and not store.marks.dump()
+        and not store.series.dump()
+    )
 
 
 def copy_store(source: Transferable, target: Transferable, overwrite: bool = False) -> Snapshot:
@@ -100,10 +110,12 @@ def copy_store(source: Transferable, target: Transferable, overwrite: bool = Fal
         target.clear_records()
         target.logs.clear()
         target.marks.clear()
+        target.series.clear()
     snap = Snapshot.of(source)
     target.load_records(snap.counters, snap.records, snap.changes)
     target.logs.load(snap.logs)
     target.marks.load(snap.marks)
+    target.series.load(snap.series)
     verify(snap, Snapshot.of(target), target.url)
     return snap
 
@@ -118,6 +130,7 @@ def verify(want: Snapshot, got: Snapshot, where: str) -> None:
         ("changes", a.changes, b.changes),
         ("log lines", a.logs, b.logs),
         ("marks", a.marks, b.marks),
+        ("time-series rows", a.series, b.series),
     ):
         if len(x) != len(y):
             problems.append(f"{len(y)} {what} instead of {len(x)}")

@@ -153,8 +153,20 @@ def test_a_retried_batch_counts_once_and_two_proxies_add_up(api: Api) -> None:
         ({"id": "b", "samples": []}, "proxy"),
         ({"proxy": "", "id": "b", "samples": []}, "proxy"),
         ({"proxy": "a", "id": "b", "samples": [], "extra": 1}, "extra"),
+        ({"proxy": "a", "id": "b 1", "samples": []}, "id"),
     ],
-    ids=["at", "class", "buckets", "app", "samples", "no-id", "no-proxy", "empty-proxy", "unknown-field"],
+    ids=[
+        "at",
+        "class",
+        "buckets",
+        "app",
+        "samples",
+        "no-id",
+        "no-proxy",
+        "empty-proxy",
+        "unknown-field",
+        "spaced-id",
+    ],
 )
 def test_a_bad_batch_is_400_naming_the_field(api: Api, body: dict[str, Any], path: str) -> None:
     """Each malformed batch is refused whole, with the field's path, and counts nothing."""

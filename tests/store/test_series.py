@@ -4,11 +4,16 @@ bounded by age, the same through two handles on one database (two API hosts)."""
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
+import falcon.testing
+
+from forge.api import create_app
 from forge.appmetrics import RequestSample, bucket_index
 from forge.clock import FakeClock
+from forge.config import Config
 from forge.series import FINE_KEEP_SECONDS, ROLLUP_KEEP_SECONDS, UsageSample
-from tests.store.store_helpers import Backend
+from tests.store.store_helpers import Backend, app
 
 T0 = 1_800_000_000
 
@@ -40,7 +45,14 @@ def test_points_add_up_in_fine_points_and_rollups(backend: Backend) -> None:
         store.add_usage("node/n1", "v", [("hello", UsageSample("hello-1-0", T0 - 10, None, 300, 2))])
         (u,) = store.read_usage("hello", 10, T0 - 600, T0)
         assert (u.cpu, u.memory, u.memory_max, u.restarts, u.n) == (0.5, 200.0, 300, 2, 2)
-        assert store.delete_app_series("hello") == 5  # 3 request rows, 2 usage rows
+        store.add_usage("node/n2", "w", [("hello", UsageSample("hello-1-1", T0 - 10, None, 1000, 1))])
+        store.add_usage("node/n2", "x", [("hello", UsageSample("hello-1-1", T0 - 20, None, 10))])
+        (a, b) = store.read_app_usage("hello", 10, T0 - 600, T0)  # every Instance together, per point
+        assert (a.at, a.cpu, a.memory, a.memory_max, a.restarts) == (T0 - 20, None, 10.0, 10, 0)
+        assert (b.at, b.cpu, b.memory, b.memory_max, b.restarts) == (T0 - 10, 0.5, 1200.0, 1300, 3)
+        (r,) = store.read_app_usage("hello", 300, T0 - 600, T0)
+        assert (r.cpu, r.memory, r.memory_max, r.restarts) == (0.5, 200.0 + 505.0, 1300, 3)
+        assert store.delete_app_series("hello") == 8  # 3 request rows, 2 usage rows
         assert store.read_requests("hello", 300, 0, T0) == [] and store.read_usage("hello", 10, 0, T0) == []
     finally:
         store.close()
@@ -101,3 +113,26 @@ def test_two_hosts_adding_at_once_count_everything_once(backend: Backend) -> Non
     finally:
         a.close()
         b.close()
+
+
+def test_two_api_hosts_on_one_store_answer_alike(backend: Backend, tmp_path: Path) -> None:
+    """A proxy's batch taken by host A and retried on host B counts once; a node's usage sent to
+    B; both hosts answer GET /apps/APP/metrics with the same numbers."""
+    clock = FakeClock(T0 + 5)
+    stores = [backend.open(clock), backend.open(clock)]
+    config = Config(data_dir=tmp_path, admin_token="t0ken-for-two-hosts", domain="forge.test")
+    hosts = [falcon.testing.TestClient(create_app(config, s, clock)) for s in stores]
+    auth = {"Authorization": "Bearer t0ken-for-two-hosts"}
+    try:
+        stores[0].create(app("hello"))
+        body = {"proxy": "edge-1", "id": "b1", "samples": [req(T0 - 10, 3, 1).to_json()]}
+        assert hosts[0].simulate_post("/api/v1/metrics/requests", json=body, headers=auth).json["duplicate"] is False
+        assert hosts[1].simulate_post("/api/v1/metrics/requests", json=body, headers=auth).json["duplicate"] is True
+        body["proxy"], body["samples"] = "edge-2", [req(T0 - 10, 2).to_json()]
+        hosts[1].simulate_post("/api/v1/metrics/requests", json=body, headers=auth)
+        answers = [h.simulate_get("/api/v1/apps/hello/metrics", params={"since": "10m"}, headers=auth).json for h in hosts]
+        assert answers[0] == answers[1]
+        assert answers[0]["requests"]["total"] == 6 and answers[0]["requests"]["byClass"]["5xx"] == 1
+    finally:
+        for s in stores:
+            s.close()

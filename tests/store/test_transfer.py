@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from forge.appmetrics import RequestSample
 from forge.clock import FakeClock, iso
 from forge.models import Node, ObjectMeta
+from forge.series import UsageSample
 from forge.store.sqlite import SqliteStore
 from forge.store.transfer import Snapshot
 from tests.store.store_helpers import app
@@ -26,7 +28,7 @@ def forge(*args: str) -> subprocess.CompletedProcess[str]:
 
 def seeded(path: Path) -> SqliteStore:
     """1,000 live records after creates, spec and status updates, deletes and a compaction,
-    plus log lines and marks."""
+    plus log lines, marks and time-series points."""
     clock = FakeClock()
     store = SqliteStore(str(path), clock=clock)
     for i in range(RECORDS + 50):
@@ -44,6 +46,9 @@ def seeded(path: Path) -> SqliteStore:
     store.append_logs("a0001-1-0", "a0001", "a0001-1", "app", [(i, iso(1_900_000_000 + i), f"line {i}") for i in range(30)])
     store.mark("forge_deployments_total", "uid-1", "Live", 4.5)
     store.mark("forge_deployments_total", "uid-2", "Failed")
+    sample = RequestSample("a0001", "a0001-1", 1_800_000_000, {"2xx": 3, "5xx": 1}, [1, 2, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0], 2.5)
+    store.add_requests("proxy/edge", "b1", [sample])
+    store.add_usage("node/n1", "u1", [("a0001", UsageSample("a0001-1-0", 1_800_000_000, 0.25, 64 << 20, 1))])
     return store
 
 
@@ -70,6 +75,11 @@ def test_round_trip_keeps_every_revision(tmp_path: Path, pg_url: str) -> None:
         assert back.create(app("after")).metadata.resource_version == rev + 1
         assert [ln.line for ln in back.read_logs("a0001")][-1] == "line 29"
         assert back.tally("forge_deployments_total") == {"Failed": 1, "Live": 1}
+        (point,) = back.read_requests("a0001", 10, 0, 2_000_000_000)
+        assert point.by_class == {"2xx": 3, "5xx": 1} and point.sum_seconds == 2.5
+        (use,) = back.read_usage("a0001", 300, 0, 2_000_000_000)
+        assert (use.cpu, use.memory_max, use.restarts) == (0.25, 64 << 20, 1)
+        assert not back.add_requests("proxy/edge", "b1", [])  # the batch ids came along
     finally:
         back.close()
 
