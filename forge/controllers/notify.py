@@ -164,7 +164,7 @@ class NotifyController(AppKeyedController):
         notifiers = self._collect(key, app, notifiers)
         if app is None or app.metadata.deletion_timestamp is not None:
             return DONE
-        deps = [d for d in self.store.list(Deployment, {LABEL_APP: key})[0] if d.spec.app == key]
+        deps = [d for d in read_only(self.store, Deployment, {LABEL_APP: key}) if d.spec.app == key]
         live = ds.live_deployment(app, deps)
         insts: list[Instance] = []
         if live is not None and live.status.failing_since is not None:
