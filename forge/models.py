@@ -800,7 +800,7 @@ class NotifierSpec(Model):
     leaves the server; ``urlHint`` is the masked form shown instead (scheme, host, last 4)."""
 
     app: str = ""
-    url: str = Field(min_length=1, max_length=8192)
+    url: str = Field(min_length=1, max_length=16384)  # sealed: longer than the URL
     url_hint: str = ""
     format: NotifyFormat = "slack"  # generic: the Slack body plus a structured ``forge`` object
     events: list[NotifyEvent] = Field(default_factory=list)  # empty: every event

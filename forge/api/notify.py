@@ -47,7 +47,7 @@ NAME_LABEL = b"forge-notifier-name\x00"
 
 class NotifierRequest(Model):
     app: str = ""
-    url: str = Field(min_length=1, max_length=8192)
+    url: str = Field(min_length=1, max_length=4096)
     format: NotifyFormat | None = None
     events: list[NotifyEvent] = Field(default_factory=list)
 

@@ -96,3 +96,12 @@ def test_test_message_targets_the_scope(api: Api) -> None:
     api.req("POST", "/api/v1/notifiers", json={"app": "hello", "url": URL, "events": ["ErrorRate"]})
     again = api.req("POST", "/api/v1/notifiers/test", json={"app": "hello"})
     assert again.json["spec"]["targets"] == sorted([mine["name"], everyone["name"]])
+
+
+def test_the_longest_url_accepted_is_stored(api: Api) -> None:
+    """A URL at the request's limit still fits the sealed field (no 500 for a long URL)."""
+    url = "https://example.com/" + "x" * (4096 - len("https://example.com/"))
+    r = api.req("POST", "/api/v1/notifiers", json={"url": url})
+    assert r.status_code == 201, r.text
+    too_long = api.req("POST", "/api/v1/notifiers", json={"url": url + "x"})
+    assert too_long.status_code == 400 and "xxxxxxxx" not in too_long.text
