@@ -402,8 +402,9 @@ class NotifyDeliveryController(Controller):
     def _record(self, note: Notification, target: str, delivery: Delivery) -> Notification:
         """Write one target's outcome at once (re-reading on a conflict: the slot is ours alone)."""
         for _ in range(STATUS_WRITE_TRIES):
-            if note.status.deliveries.get(target) == delivery:
-                return note
+            stored = note.status.deliveries.get(target)
+            if stored == delivery or (stored is not None and stored.state != "Pending"):
+                return note  # a settled target stays settled (a stale read never undoes a Sent)
             new = note.model_copy(deep=True)
             new.status.deliveries[target] = delivery
             new.status.phase = compute_phase(new)
