@@ -40,6 +40,11 @@ def rollup_of(at: int) -> int:
     return at - at % ROLLUP_STEP
 
 
+def in_range(at: int, now: float) -> bool:
+    """A sample the store keeps: not older than the rollups' retention, not from the future."""
+    return now - ROLLUP_KEEP_SECONDS <= at <= now + FUTURE_SLACK_SECONDS
+
+
 @dataclass(frozen=True)
 class UsageSample:
     """One Instance's cgroup over one interval, as an agent reports it: ``cpu`` cores used on

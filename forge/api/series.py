@@ -4,7 +4,8 @@
   ``{"proxy": NAME, "id": BATCH_ID, "samples": [RequestSample.to_json, ...]}``. A batch id the
   store already has from that proxy is acknowledged (``"duplicate": true``) and not counted
   again; samples of two proxies for one (app, release, at) add up. Samples of an App that does
-  not exist (deleted meanwhile) and samples out of the kept range are dropped and counted.
+  not exist (deleted meanwhile) and samples out of the kept range (older than 30 days, more
+  than 10 minutes ahead) are dropped and counted in ``dropped``.
 - ``POST /api/v1/nodes/{name}/usage`` (that node's token, or admin): ``{"id": BATCH_ID,
   "samples": [UsageSample.to_json, ...]}`` — its Instances' CPU, memory and restarts. An
   Instance bound to another node is refused (403); one already deleted is dropped.
@@ -33,6 +34,7 @@ from forge.series import (
     UsageSample,
     WindowError,
     grid,
+    in_range,
     parse_window,
     step_for,
 )
@@ -85,9 +87,9 @@ class RequestSamplesResource:
             samples = [RequestSample.from_json(s, f"samples[{i}]") for i, s in enumerate(raw)]
         except SampleError as exc:
             raise _sample_error(exc) from None
-        apps = {s.app for s in samples}
-        known = {a for a in apps if self._exists(a)}
-        kept = [s for s in samples if s.app in known]
+        now = self.ctx.clock.now()
+        known = {a for a in {s.app for s in samples} if self._exists(a)}
+        kept = [s for s in samples if s.app in known and in_range(s.at, now)]
         added = self.ctx.store.add_requests(f"proxy/{proxy}", batch_id, kept)
         send(
             resp,
@@ -122,7 +124,10 @@ class NodeUsageResource:
             raise _sample_error(exc) from None
         ours = {i.metadata.name: i for i in self.ctx.store.list(Instance, {LABEL_NODE: name})[0]}
         kept: list[tuple[str, UsageSample]] = []
+        now = self.ctx.clock.now()
         for i, s in enumerate(samples):
+            if not in_range(s.at, now):
+                continue
             inst = ours.get(s.instance)
             if inst is None:
                 try:

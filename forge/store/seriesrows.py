@@ -20,13 +20,13 @@ from forge.appmetrics import CODE_CLASSES, RequestSample
 from forge.series import (
     BATCH_KEEP_SECONDS,
     FINE_STEP,
-    FUTURE_SLACK_SECONDS,
     KEEP_SECONDS,
     N_BUCKETS,
     ROLLUP_STEP,
     RequestPoint,
     UsagePoint,
     UsageSample,
+    in_range,
     rollup_of,
 )
 
@@ -109,11 +109,6 @@ def select_app_usage(ph: str) -> str:
         f"SUM(restarts), 1 FROM usage_points WHERE app = {ph} AND step = {ph} AND t >= {ph} AND t <= {ph} "
         "GROUP BY t ORDER BY t"
     )
-
-
-def in_range(at: int, now: float) -> bool:
-    """A sample the store keeps: not older than the rollups' retention, not from the future."""
-    return now - KEEP_SECONDS[ROLLUP_STEP] <= at <= now + FUTURE_SLACK_SECONDS
 
 
 def request_rows(samples: Iterable[RequestSample], now: float) -> list[tuple[Any, ...]]:

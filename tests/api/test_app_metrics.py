@@ -258,8 +258,12 @@ def test_rollups_outlive_fine_points_and_everything_is_pruned_by_age(api: Api, c
 
 def test_samples_out_of_range_are_not_stored(api: Api) -> None:
     """Samples older than 30 days or from a clock far ahead are dropped by the store."""
-    post(api, [sample(T0 - ROLLUP_KEEP_SECONDS - 600, {200: 1}), sample(T0 + 3600, {200: 1})])
-    assert api.store.read_requests("hello", 300, 0, T0 + 7200) == []
+    r = post(
+        api,
+        [sample(T0 - ROLLUP_KEEP_SECONDS - 600, {200: 1}), sample(T0 + 3600, {200: 1}), sample(T0, {200: 1})],
+    )
+    assert r.json == {"accepted": 1, "dropped": 2, "duplicate": False}
+    assert [p.at for p in api.store.read_requests("hello", 300, 0, T0 + 7200)] == [T0]
 
 
 # ------------------------------------------------------------------ usage from node agents

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from forge.appmetrics import RequestSample
 from forge.clock import FakeClock
 from forge.config import Config
 from forge.controllers.health import HealthController
@@ -23,6 +24,7 @@ from forge.models import (
     Trigger,
     set_condition,
 )
+from forge.series import UsageSample
 from forge.store.base import Store
 from tests.controllers.conftest import DEFAULT_MANIFEST, condition_of, events_for, snapshot
 from tests.controllers.release_helpers import Crash, CrashingStore, get, instances, report, serve_all
@@ -365,11 +367,16 @@ def test_key_rotation_is_not_a_config_change(ctl: RolloutController, store: Stor
     assert get(store, "Deployment", "hello-3").spec.config.secrets_version == "hs256:two"  # type: ignore[union-attr]
 
 
-def test_app_deleted_stops_then_deletes_everything(ctl: RolloutController, store: Store, live_v1: App) -> None:
-    """Deleting the App stops its Instances, then deletes them, its Deployments and its shipped
-    log lines once stopped (another app's lines stay)."""
+def test_app_deleted_stops_then_deletes_everything(ctl: RolloutController, store: Store, live_v1: App,
+                                                   clock: FakeClock) -> None:
+    """Deleting the App stops its Instances, then deletes them, its Deployments, its shipped
+    log lines and its metrics points once stopped (another app's stay)."""
     store.append_logs("hello-1-0", "hello", "hello-1", "app", [(0, "2026-01-01T00:00:00Z", "secret")])
     store.append_logs("other-1-0", "other", "other-1", "app", [(0, "2026-01-01T00:00:00Z", "kept")])
+    now = int(clock.now()) // 10 * 10
+    for app_name in ("hello", "other"):
+        store.add_requests("proxy/p", app_name, [RequestSample(app_name, f"{app_name}-1", now, {"2xx": 1}, [1] + [0] * 11)])
+        store.add_usage("node/n", app_name, [(app_name, UsageSample(f"{app_name}-1-0", now, 0.1, 1 << 20))])
     store.delete("App", "hello")
     ctl.reconcile("hello")
     assert instances(store, "hello-1")[0].spec.desired == "Stopped"
@@ -379,6 +386,8 @@ def test_app_deleted_stops_then_deletes_everything(ctl: RolloutController, store
     ctl.reconcile("hello")
     assert not store.list("Instance")[0] and not store.list("Deployment")[0]
     assert store.read_logs("hello") == [] and [ln.line for ln in store.read_logs("other")] == ["kept"]
+    assert store.read_requests("hello", 10, 0, now) == [] and store.read_usage("hello", 300, 0, now) == []
+    assert len(store.read_requests("other", 10, 0, now)) == 1 and len(store.read_usage("other", 300, 0, now)) == 1
     assert_idempotent(ctl, store)
 
 

@@ -3,16 +3,18 @@ bounded by age, the same through two handles on one database (two API hosts)."""
 
 from __future__ import annotations
 
+import random
 import threading
 from pathlib import Path
 
 import falcon.testing
+import pytest
 
 from forge.api import create_app
 from forge.appmetrics import RequestSample, bucket_index
 from forge.clock import FakeClock
 from forge.config import Config
-from forge.series import FINE_KEEP_SECONDS, ROLLUP_KEEP_SECONDS, UsageSample
+from forge.series import BATCH_KEEP_SECONDS, FINE_KEEP_SECONDS, ROLLUP_KEEP_SECONDS, UsageSample, rollup_of
 from tests.store.store_helpers import Backend, app
 
 T0 = 1_800_000_000
@@ -136,3 +138,52 @@ def test_two_api_hosts_on_one_store_answer_alike(backend: Backend, tmp_path: Pat
     finally:
         for s in stores:
             s.close()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_any_sequence_of_batches_retries_and_prunes_keeps_rollups_equal_to_their_points(
+    backend: Backend, seed: int
+) -> None:
+    """Seeded sequences of new batches (two proxies, samples up to 3 days late), retries of
+    earlier ones and clock steps with pruning: every request is counted once, and every
+    rollup the fine points still cover equals their sum."""
+    rnd = random.Random(seed)
+    clock = FakeClock(T0)
+    store = backend.open(clock)
+    sent: dict[tuple[str, str], tuple[int, list[RequestSample]]] = {}  # id → (claimed at, samples)
+    counted: list[RequestSample] = []
+    try:
+        for step in range(80):
+            op = rnd.random()
+            if op < 0.6 or not sent:
+                now = int(clock.now())
+                batch = [
+                    req(now - now % 10 - 10 * rnd.randrange(0, 3 * 8640), rnd.randrange(0, 5), rnd.randrange(0, 2),
+                        release=rnd.choice(["hello-1", "hello-2"]))
+                    for _ in range(rnd.randrange(1, 6))
+                ]
+                key = (rnd.choice(["proxy/a", "proxy/b"]), f"s{seed}-{step}")
+                assert store.add_requests(key[0], key[1], batch)
+                sent[key] = (now, batch)
+                counted += batch
+            elif op < 0.85:
+                key = rnd.choice(sorted(sent))
+                assert not store.add_requests(key[0], key[1], sent[key][1])  # remembered: not counted again
+            else:
+                clock.advance(rnd.choice([60, 3600, 20 * 3600]))
+                store.prune_series()
+                # Ids are remembered 48 h: only those may be retried and expected to count once.
+                sent = {k: v for k, v in sent.items() if v[0] >= clock.now() - BATCH_KEEP_SECONDS}
+        now = int(clock.now())
+        fine = store.read_requests("hello", 10, 0, now + 600)
+        roll = store.read_requests("hello", 300, 0, now + 600)
+        fine_floor = now - FINE_KEEP_SECONDS
+        want_roll = sum(s.total for s in counted if rollup_of(s.at) >= now - ROLLUP_KEEP_SECONDS)
+        assert sum(p.total for p in roll) == want_roll
+        for r in roll:
+            if r.at >= fine_floor:  # fully covered by fine points still kept
+                inside = [p for p in fine if r.at <= p.at < r.at + 300 and p.release == r.release]
+                assert r.total == sum(p.total for p in inside), r
+                assert list(r.buckets) == [sum(col) for col in zip(*(p.buckets for p in inside), strict=True)]
+    finally:
+        store.close()
