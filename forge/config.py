@@ -45,6 +45,39 @@ def decode_secret_key(text: str) -> bytes:
     return raw
 
 
+def alert_settings(e: Any) -> dict[str, Any]:
+    """``FORGE_ALERT_ERROR_RATE`` (0 < share < 1, or a percentage like ``5%``),
+    ``FORGE_ALERT_MIN_REQUESTS`` (>= 1) and ``FORGE_ALERT_WINDOW`` (``300``, ``5m``, 60 s to 1 h)."""
+    out: dict[str, Any] = {}
+    rate = (e.get("FORGE_ALERT_ERROR_RATE") or "").strip()
+    if rate:
+        try:
+            share = float(rate[:-1]) / 100 if rate.endswith("%") else float(rate)
+        except ValueError:
+            share = -1.0
+        if not 0 < share < 1:
+            raise Invalid(
+                f"FORGE_ALERT_ERROR_RATE must be a share between 0 and 1 (or 1%..99%), not {rate!r}"
+            )
+        out["alert_error_rate"] = share
+    least = (e.get("FORGE_ALERT_MIN_REQUESTS") or "").strip()
+    if least:
+        if not least.isdigit() or int(least) < 1:
+            raise Invalid(f"FORGE_ALERT_MIN_REQUESTS must be a whole number >= 1, not {least!r}")
+        out["alert_min_requests"] = int(least)
+    window = (e.get("FORGE_ALERT_WINDOW") or "").strip()
+    if window:
+        units = {"s": 1, "m": 60, "h": 3600}
+        try:
+            seconds = float(window[:-1]) * units[window[-1]] if window[-1] in units else float(window)
+        except ValueError:
+            seconds = -1.0
+        if not 60 <= seconds <= 3600:
+            raise Invalid(f"FORGE_ALERT_WINDOW must be 60s to 1h (e.g. 300 or 5m), not {window!r}")
+        out["alert_window_seconds"] = seconds
+    return out
+
+
 @dataclass(frozen=True)
 class Config:
     data_dir: Path = field(default_factory=default_data_dir)
@@ -76,6 +109,12 @@ class Config:
     github_app_id: str = ""
     github_app_private_key: str = ""  # a path, never the key itself
     public_url: str = ""  # the dashboard's base URL for links sent to GitHub ("" = http://API_LISTEN)
+
+    # Error-rate alerts (forge.notify): more than ``alert_error_rate`` of at least
+    # ``alert_min_requests`` requests answered 5xx over the last ``alert_window_seconds``.
+    alert_error_rate: float = 0.05  # FORGE_ALERT_ERROR_RATE
+    alert_min_requests: int = 20  # FORGE_ALERT_MIN_REQUESTS
+    alert_window_seconds: float = 300.0  # FORGE_ALERT_WINDOW (seconds, or 5m)
 
     @property
     def github_enabled(self) -> bool:
@@ -122,5 +161,6 @@ class Config:
             github_app_private_key=(e.get("FORGE_GITHUB_APP_PRIVATE_KEY") or "").strip(),
             public_url=(e.get("FORGE_PUBLIC_URL") or "").strip(),
             instance_pool=str(parse_pool(e.get("FORGE_INSTANCE_POOL") or DEFAULT_POOL)),
+            **alert_settings(e),
         )
         return replace(cfg, **overrides) if overrides else cfg

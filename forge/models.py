@@ -789,6 +789,79 @@ class GithubApp(Resource):
     status: Status = Field(default_factory=Status)
 
 
+# --------------------------------------------------------------------------- Notifications
+
+NotifyEvent = Literal["DeployFailed", "RolledBack", "CrashLoop", "ErrorRate", "Test"]
+NOTIFY_EVENTS: Final[tuple[str, ...]] = ("DeployFailed", "RolledBack", "CrashLoop", "ErrorRate", "Test")
+NotifyFormat = Literal["slack", "generic"]
+
+
+class NotifierSpec(Model):
+    """A webhook that hears of an App's failures (``app``), or of every App's (``app`` empty).
+
+    ``url`` is sealed like a Secret value (a Slack webhook URL carries its credential) and never
+    leaves the server; ``urlHint`` is the masked form shown instead (scheme, host, last 4)."""
+
+    app: str = ""
+    url: str = Field(min_length=1, max_length=16384)  # sealed: longer than the URL
+    url_hint: str = ""
+    format: NotifyFormat = "slack"  # generic: the Slack body plus a structured ``forge`` object
+    events: list[NotifyEvent] = Field(default_factory=list)  # empty: every event
+
+    @field_validator("app")
+    @classmethod
+    def _app(cls, v: str) -> str:
+        return check_app_name(v) if v else v
+
+
+class Notifier(Resource):
+    KIND: ClassVar[str] = "Notifier"
+    PLURAL: ClassVar[str] = "notifiers"
+    NAME_IS_SUBDOMAIN: ClassVar[bool] = True
+    NAME_MAX: ClassVar[int] = 253
+    spec: NotifierSpec
+    status: Status = Field(default_factory=Status)
+
+
+class NotificationSpec(Model):
+    """One message to send, made by the notify controller with a name that is the message's
+    identity (``hello-4.deployfailed``): made once, sent to ``targets`` (Notifier names) once."""
+
+    event: NotifyEvent
+    app: str
+    release: str = ""
+    commit: str = ""
+    reason: str = ""
+    message: str = Field(default="", max_length=4096)
+    time: str = ""  # when it happened
+    targets: list[str] = Field(default_factory=list)
+
+
+class Delivery(Model):
+    """How one target's send went (the notify-delivery controller's own record)."""
+
+    state: Literal["Pending", "Sent", "Failed", "Dropped"] = "Pending"
+    attempts: int = 0
+    sent_time: str | None = None
+    not_before_time: str | None = None  # the receiver's Retry-After, kept across restarts
+    message: str = ""  # why the last attempt did not go out (never the URL)
+
+
+class NotificationStatus(Status):
+    # phase: Pending | Delivered (every target Sent) | Failed (some target gave up) — delivery's
+    deliveries: dict[str, Delivery] = Field(default_factory=dict)
+    finished_time: str | None = None
+
+
+class Notification(Resource):
+    KIND: ClassVar[str] = "Notification"
+    PLURAL: ClassVar[str] = "notifications"
+    NAME_IS_SUBDOMAIN: ClassVar[bool] = True
+    NAME_MAX: ClassVar[int] = 253
+    spec: NotificationSpec
+    status: NotificationStatus = Field(default_factory=NotificationStatus)
+
+
 # --------------------------------------------------------------------------- Lease / NodeToken
 
 
@@ -838,6 +911,8 @@ KINDS: dict[str, type[Resource]] = {
         NodeToken,
         GithubApp,
         Preview,
+        Notifier,
+        Notification,
     )
 }
 PLURALS: dict[str, type[Resource]] = {c.PLURAL: c for c in KINDS.values()}

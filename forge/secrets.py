@@ -367,6 +367,10 @@ def _rotate_record(store: Store, keyring: Keyring, kind: str, name: str) -> int:
                 if new is not None:
                     setattr(obj.spec, attr, new)
                     changed += 1
+        elif kind == "Notifier":  # forge notify add: the webhook URL
+            new = _reseal(keyring, kind, name, "url", obj.spec.url)
+            if new is not None:
+                obj.spec.url, changed = new, 1
         else:
             new = _reseal(keyring, kind, name, "token", obj.spec.token)
             if new is not None:
@@ -386,7 +390,7 @@ def rotate_all(store: Store, keyring: Keyring) -> int:
     new = keyring.rotate()
     total = 0
     for _sweep in range(2):
-        for kind in ("Secret", "RepoCredential", "GithubApp"):
+        for kind in ("Secret", "RepoCredential", "GithubApp", "Notifier"):
             items, _ = store.list(kind)
             for obj in items:
                 total += _rotate_record(store, keyring, kind, obj.metadata.name)

@@ -20,7 +20,7 @@ from typing import Any
 
 import falcon
 
-from forge.api import agents, github, logs, records, releases, runs, series, system
+from forge.api import agents, github, logs, notify, records, releases, runs, series, system
 from forge.api.auth import Authenticator, AuthMiddleware
 from forge.api.body import dumps
 from forge.api.context import ApiContext
@@ -186,5 +186,9 @@ def create_app(
     app.add_route("/api/v1/github/connect", github.GithubConnectResource(ctx))
     app.add_route("/api/v1/github/app", github.GithubAppResource(ctx))
     app.add_route("/api/v1/previews/{name}/approve", PreviewApproveResource(ctx))
+    app.add_route("/api/v1/notifiers", notify.NotifiersResource(ctx))
+    app.add_route("/api/v1/notifiers/lookup", notify.NotifierLookupResource(ctx))
+    app.add_route("/api/v1/notifiers/test", notify.NotifierTestResource(ctx))
+    app.add_route("/api/v1/notifiers/{name}", notify.NotifierItemResource(ctx))
     app.add_route("/api/v1/openapi.json", system.OpenApiResource(build_openapi(webhook=True)))
     return app

@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from forge.api.agents import AgentEventRequest, LogBatch
+from forge.api.notify import NotifierRequest, NotifierTestRequest
 from forge.api.releases import DeployRequest, RollbackRequest
 from forge.api.ui import SignInRequest
 from forge.appmetrics import MAX_SAMPLES_PER_BATCH
@@ -23,6 +24,7 @@ EXPOSED = (
     "repocredentials",
     "leases",
     "previews",
+    "notifications",
 )
 REF = "#/components/schemas/{model}"
 JSON = "application/json"
@@ -159,6 +161,47 @@ def _extra_paths() -> dict[str, Any]:
     obj = {"type": "object"}
     public: dict[str, Any] = {"security": []}
     return {
+        "/api/v1/notifiers": {
+            "get": _op(
+                "listNotifiers",
+                "Webhooks told of failures (URLs masked: never returned)",
+                {**_ok(_ref("NotifierList")), **_errors(401, 403)},
+                parameters=[{"name": "app", "in": "query", "schema": {"type": "string"}}],
+            ),
+            "post": _op(
+                "addNotifier",
+                "Add a webhook for an App (or the install): its URL is sealed (200: it was there)",
+                {**_ok(_ref("NotifierView"), 201), **_ok(_ref("NotifierView")), **_errors(*WRITE)},
+                requestBody=_body(_ref("NotifierRequest")),
+            ),
+        },
+        "/api/v1/notifiers/lookup": {
+            "post": _op(
+                "lookupNotifier",
+                "The notifier of a scope with this URL",
+                {**_ok(_ref("NotifierView")), **_errors(*AUTHED)},
+                requestBody=_body(_ref("NotifierRequest")),
+            ),
+        },
+        "/api/v1/notifiers/test": {
+            "post": _op(
+                "testNotifiers",
+                "Queue a Test Notification for a scope's notifiers",
+                {**_ok(_ref("Notification"), 201), **_errors(*WRITE)},
+                requestBody=_body(_ref("NotifierTestRequest")),
+            ),
+        },
+        "/api/v1/notifiers/{name}": {
+            "parameters": [NAME],
+            "get": _op(
+                "getNotifier",
+                "Read a notifier (URL masked)",
+                {**_ok(_ref("NotifierView")), **_errors(*AUTHED)},
+            ),
+            "delete": _op(
+                "deleteNotifier", "Remove a notifier", {**_ok(_ref("NotifierView")), **_errors(*AUTHED)}
+            ),
+        },
         "/api/v1/apps/{name}/deploy": {
             "parameters": [NAME],
             "post": _op(
@@ -480,8 +523,32 @@ def build_openapi(webhook: bool = False) -> dict[str, Any]:
             | {"id": {"type": "integer"}},
         },
     }
-    for model in (DeployRequest, RollbackRequest, LogBatch, AgentEventRequest, SignInRequest):
+    for model in (
+        DeployRequest,
+        RollbackRequest,
+        LogBatch,
+        AgentEventRequest,
+        SignInRequest,
+        NotifierRequest,
+        NotifierTestRequest,
+    ):
         _add_schema(schemas, model)
+    schemas["NotifierView"] = {
+        "type": "object",
+        "required": ["name", "app", "urlHint", "format", "events"],
+        "properties": {
+            "name": {"type": "string"},
+            "app": {"type": "string"},
+            "urlHint": {"type": "string"},
+            "format": {"type": "string", "enum": ["slack", "generic"]},
+            "events": {"type": "array", "items": {"type": "string"}},
+            "createdAt": {"type": ["string", "null"]},
+        },
+    }
+    schemas["NotifierList"] = {
+        "type": "object",
+        "properties": {"items": {"type": "array", "items": _ref("NotifierView")}},
+    }
     paths: dict[str, Any] = {}
     for plural in EXPOSED:
         cls = PLURALS[plural]

@@ -129,6 +129,7 @@ def main() -> None:
         github,
         metrics,
         nodes,
+        notify,
         previews,
         ps,
         resources,

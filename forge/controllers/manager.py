@@ -27,6 +27,7 @@ from forge.controllers.health import HealthController
 from forge.controllers.leader import DEFAULT_DURATION as LEASE_SECONDS
 from forge.controllers.leader import LeaderElector
 from forge.controllers.nodes import NodesController
+from forge.controllers.notify import NotifyController, NotifyDeliveryController
 from forge.controllers.previews import PreviewsController
 from forge.controllers.rollback import RollbackController
 from forge.controllers.rollout import RolloutController
@@ -52,6 +53,8 @@ CONTROLLERS: tuple[type[Controller], ...] = (
     TallyController,
     CronController,
     PreviewsController,
+    NotifyController,
+    NotifyDeliveryController,
 )
 
 
