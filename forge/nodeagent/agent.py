@@ -30,6 +30,7 @@ from forge.nodeagent import node as nodeinfo
 from forge.nodeagent.builder import BUILT_DIR, Builder, api_credentials
 from forge.nodeagent.diskfence import IMAGES_DIR, DiskFence, image_mode_missing
 from forge.nodeagent.diskgc import DiskGC, Release
+from forge.nodeagent.drains.manager import DrainManager
 from forge.nodeagent.exitwatch import ExitWatcher
 from forge.nodeagent.logship import Shipper
 from forge.nodeagent.logwriter import DEFAULT_CAP as DEFAULT_LOG_CAP
@@ -149,6 +150,9 @@ class Agent:
         self.shipper = Shipper(
             client, self.state, self.data_dir / "logs", clock, stop, cap_bytes=log_cap_bytes
         )
+        self.drains = DrainManager(
+            client, name, self.data_dir, self.data_dir / "logs", self.state, self._process_of, clock, stop
+        )
         builder = Builder(
             self.data_dir,
             git_url_template,
@@ -215,6 +219,12 @@ class Agent:
         self.isolation.missing.append(f"network namespaces ({missing})")
         return None
 
+    def _process_of(self, instance: str) -> str:
+        """The process type an Instance runs (a log drain's MSGID), from the watch's cache."""
+        with self.cache_lock:
+            inst = self.cache.get(instance)
+        return inst.spec.process if inst is not None else "web"
+
     def _owner(self, app: str) -> tuple[int | None, int | None]:
         if os.geteuid() != 0:
             return None, None
@@ -232,6 +242,7 @@ class Agent:
         self._adopt()
         self.exits.start()
         self.shipper.start()
+        self.drains.start()
         if self.metrics_listen:
             self.metrics_server, _ = serve_metrics(
                 self.metrics_listen,
@@ -278,6 +289,7 @@ class Agent:
             self.metrics_server.shutdown()
             self.metrics_server.server_close()
         self.shipper.thread.join(timeout=5)
+        self.drains.shutdown()
         self.client.close()
 
     def _register(self) -> None:

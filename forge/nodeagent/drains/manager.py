@@ -1,0 +1,191 @@
+"""The node's log drains: which exist (a watch on the API), one worker each, their wake-ups.
+
+The set of drains comes from ``GET /api/v1/nodes/NODE/drains`` — a stream that answers at once
+and again whenever a drain or an Instance bound here changes (no polling); it is re-opened when
+the server ends it. Each drain gets a ``DrainWorker`` (its own thread and connection, so a slow
+receiver never holds up another) and a state file ``DATA/drains/NAME.json`` (its cursors); a
+drain removed stops and its file goes. The inotify ``Notifier`` runs only while there is a drain,
+and wakes the workers of the App whose logs grew.
+
+TLS trust: the system's store, plus the PEM file ``FORGE_DRAIN_CA_FILE`` names (the agent's
+environment) for receivers with a private CA.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from forge import errors
+from forge.client import ForgeClient
+from forge.clock import Clock, parse_iso
+from forge.drains import parse_url
+from forge.nodeagent.drains.buffer import DEFAULT_BUFFER_BYTES
+from forge.nodeagent.drains.notify import Notifier
+from forge.nodeagent.drains.senders import make_sender
+from forge.nodeagent.drains.worker import DrainWorker
+from forge.nodeagent.state import AgentState
+
+log = logging.getLogger(__name__)
+
+WATCH_SECONDS = 120
+CA_ENV = "FORGE_DRAIN_CA_FILE"
+MAX_BACKOFF = 30.0
+
+
+class DrainManager:
+    def __init__(
+        self,
+        client: ForgeClient,
+        node: str,
+        data_dir: Path,
+        logs_dir: Path,
+        state: AgentState,
+        process_of: Callable[[str], str],
+        clock: Clock,
+        stop: threading.Event,
+        ca_file: str | None = None,
+        buffer_bytes: int = DEFAULT_BUFFER_BYTES,
+    ) -> None:
+        self.client, self.node, self.clock, self.stop = client, node, clock, stop
+        self.dir = Path(data_dir) / "drains"
+        self.logs_dir, self.state, self.process_of = Path(logs_dir), state, process_of
+        self.ca_file = ca_file if ca_file is not None else (os.environ.get(CA_ENV) or None)
+        self.buffer_bytes = buffer_bytes
+        self.workers: dict[str, DrainWorker] = {}
+        self._urls: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self.notifier: Notifier | None = None
+        self.thread = threading.Thread(target=self._run, name="forge-drains", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def shutdown(self) -> None:
+        with self._lock:
+            workers, self.workers = list(self.workers.values()), {}
+            notifier, self.notifier = self.notifier, None
+        for w in workers:
+            w.close()
+        if notifier is not None:
+            notifier.close()
+
+    # -- wake-ups ----------------------------------------------------------------------
+    def wake_instance(self, instance: str) -> None:
+        inst = self.state.get(instance)
+        if inst is None:  # its logs appeared before the agent recorded it: let every drain look
+            self.wake_all()
+            return
+        with self._lock:
+            workers = [w for w in self.workers.values() if w.app == inst.app]
+        for w in workers:
+            w.wake()
+
+    def wake_all(self) -> None:
+        """The Instances on the node changed (one started or went): every drain looks again."""
+        with self._lock:
+            workers = list(self.workers.values())
+        for w in workers:
+            w.wake()
+
+    # -- the set of drains -------------------------------------------------------------
+    def _run(self) -> None:
+        delay = 0.5
+        while not self.stop.is_set():
+            try:
+                for item in self.client.stream_lines(
+                    f"/api/v1/nodes/{self.node}/drains", {"timeoutSeconds": WATCH_SECONDS}
+                ):
+                    if self.stop.is_set():
+                        return
+                    delay = 0.5
+                    if isinstance(item, dict) and item.get("type") == "DRAINS":
+                        self.apply(list(item.get("drains") or []))
+            except errors.ForgeError as exc:
+                log.info("log drain watch failed (%s); again in %.1fs", exc.message, delay)
+                self.stop.wait(delay)
+                delay = min(delay * 2, MAX_BACKOFF)
+
+    def apply(self, drains: list[dict[str, Any]]) -> None:
+        """Converge the workers to ``drains`` ([{name, app, url, createdAt}])."""
+        wanted = {str(d["name"]): d for d in drains if d.get("name") and d.get("url") and d.get("app")}
+        stale: list[DrainWorker] = []
+        with self._lock:
+            for name in list(self.workers):
+                if name not in wanted or self._urls.get(name) != wanted[name]["url"]:
+                    stale.append(self.workers.pop(name))
+        for w in stale:
+            w.close()
+            if w.name not in wanted:
+                (self.dir / f"{w.name}.json").unlink(missing_ok=True)
+                log.info("log drain %s removed from this node", w.name)
+        for name, d in sorted(wanted.items()):
+            with self._lock:
+                if name in self.workers:
+                    continue
+            try:
+                url = parse_url(str(d["url"]))
+            except ValueError as exc:
+                log.warning("log drain %s: unusable URL: %s", name, exc)
+                continue
+            created = d.get("createdAt")
+            worker = DrainWorker(
+                name,
+                str(d["app"]),
+                make_sender(url, name, self.clock, self.stop, self.ca_file),
+                self.node,
+                self.logs_dir,
+                self.dir / f"{name}.json",
+                self._instances_of(str(d["app"])),
+                self.clock,
+                self.stop,
+                report=self._report,
+                buffer_bytes=self.buffer_bytes,
+                idle_wait=None,
+                created=parse_iso(created) if created else None,
+            )
+            with self._lock:
+                self.workers[name] = worker
+                self._urls[name] = str(d["url"])
+            self._ensure_notifier(worker)
+            worker.start()
+            log.info("log drain %s of %s delivering from this node", name, d["app"])
+        with self._lock:
+            idle = not self.workers
+            notifier = self.notifier if idle else None
+            if idle:
+                self.notifier = None
+        if notifier is not None:
+            notifier.close()
+
+    def _ensure_notifier(self, worker: DrainWorker) -> None:
+        with self._lock:
+            if self.notifier is not None:
+                return
+            try:
+                notifier = Notifier(self.logs_dir, self.wake_instance, self.stop)
+                notifier.start()
+            except OSError as exc:
+                # No inotify (not Linux, or out of watches): wake on a timer instead.
+                log.warning("log drains wake every second (no inotify: %s)", exc)
+                worker.idle_wait = 1.0
+                return
+            self.notifier = notifier
+
+    def _instances_of(self, app: str) -> Callable[[], list[tuple[str, str, float | None]]]:
+        def instances() -> list[tuple[str, str, float | None]]:
+            out = []
+            for name in self.state.names():
+                inst = self.state.get(name)
+                if inst is not None and inst.app == app:
+                    out.append((name, self.process_of(name), inst.started_time))
+            return out
+
+        return instances
+
+    def _report(self, drain: str, body: dict[str, Any]) -> None:
+        self.client.request("PUT", f"/api/v1/nodes/{self.node}/drains/{drain}/status", json=body)
