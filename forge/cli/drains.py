@@ -58,7 +58,7 @@ def drains_list(ctx: Ctx, name: str, fmt: str) -> None:
             d.get("id"),
             d.get("url"),
             d.get("delivered", 0),
-            d.get("dropped", 0) + (f" (+{d['droppedBytes']} B)" if d.get("droppedBytes") else ""),
+            f"{d.get('dropped', 0)}" + (f" (+{d['droppedBytes']} B)" if d.get("droppedBytes") else ""),
             d.get("pendingBytes", 0),
             d.get("lastError") or "",
         ]

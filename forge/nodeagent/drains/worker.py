@@ -5,7 +5,7 @@ until its own deadline: the end of a back-off after a failure, or the next deliv
 Each round reads, per Instance of the App on this node and per source, what follows the
 drain's cursor (``buffer``), frames it (``syslog``) and sends it in one batch (``senders``);
 only once the receiver acknowledged does it move and save the cursors. A failure leaves them
-where they were and retries after an exponential back-off with jitter (0.5 s doubling to 30 s).
+where they were and retries after an exponential back-off with jitter (0.5 s doubling to 10 s).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 SOURCES: Final[tuple[str, ...]] = ("build", "app")
 BATCH_BYTES: Final[int] = 256 * 1024  # read per round (and so re-sent at most after a crash)
 BACKOFF_FIRST: Final[float] = 0.5
-BACKOFF_MAX: Final[float] = 30.0
+BACKOFF_MAX: Final[float] = 10.0  # a receiver back up is used again within ~12 s
 REPORT_SECONDS: Final[float] = 5.0
 
 
@@ -135,18 +135,26 @@ class DrainWorker:
         try:
             more = self.round()
         except DeliveryError as exc:
-            self.failures += 1
-            delay = backoff(self.failures)
-            self.retry_at = self.clock.monotonic() + delay
-            if str(exc) != self.last_error:
-                log.warning("log drain %s: %s (retrying in %.1fs)", self.name, exc, delay)
-            self.last_error, self.last_error_time = str(exc), self.clock.now_iso()
+            self._failed(str(exc))
+            return False
+        except Exception as exc:  # noqa: BLE001 — the worker's per-round boundary: never die, back off
+            log.exception("log drain %s: unexpected error", self.name)
+            self.sender.close()
+            self._failed(f"internal error: {exc.__class__.__name__}")
             return False
         if self.failures:
             log.info("log drain %s delivers again", self.name)
         self.failures, self.retry_at = 0, 0.0
         self.last_error = ""
         return more
+
+    def _failed(self, message: str) -> None:
+        self.failures += 1
+        delay = backoff(self.failures)
+        self.retry_at = self.clock.monotonic() + delay
+        if message != self.last_error:
+            log.warning("log drain %s: %s (retrying in %.1fs)", self.name, message, delay)
+        self.last_error, self.last_error_time = message, self.clock.now_iso()
 
     def sources(self) -> list[Source]:
         out = []
