@@ -354,3 +354,55 @@ def test_state_file_round_trip(tmp_path: Path) -> None:
     assert DrainState.load(tmp_path / "d.json") == st
     (tmp_path / "bad.json").write_text("{not json")
     assert DrainState.load(tmp_path / "bad.json") is None
+
+
+def test_drain_heard_of_late_starts_where_the_logs_ended_at_its_creation(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """The node hears of a drain after the app wrote more lines: those lines are sent all the
+    same (the manager's marks say where the logs ended when the drain was created), the ones
+    from well before are not."""
+    from forge.nodeagent.drains.manager import DrainManager
+    from forge.nodeagent.state import AgentState, InstanceState
+
+    stop = threading.Event()
+    logs = tmp_path / "logs"
+    write_lines(logs, ["long ago"])
+    state = AgentState(tmp_path / "agent-state.json")
+    state.put(
+        InstanceState(
+            name=INST,
+            app="hello",
+            deployment="hello-1",
+            cgroup="",
+            release_dir="",
+            started_time=time.time() - 100,
+        )
+    )
+    mgr = DrainManager(None, "node-1", tmp_path, logs, state, lambda _i: "web", SystemClock(), stop)  # type: ignore[arg-type]
+    mgr.mark(INST, force=True)
+    created = time.time() + 0.01
+    time.sleep(0.02)
+    write_lines(logs, ["after the drain was added", "and more"])  # before the node heard of it
+    mgr.mark(INST)  # within a second of the last mark: skipped, like a burst
+    assert mgr.start_offsets(INST, created) is not None
+    w = make_worker(
+        tmp_path,
+        receiver.port,
+        stop,
+        instances=[(INST, "web", time.time() - 100)],
+        created=created,
+        start_at=mgr.start_offsets,
+    )
+    drive(w)
+    assert receiver.wait_count(2) == ["after the drain was added", "and more"]
+    w.sender.close()
+    shutil_rmtree(logs / INST)
+    mgr.mark(INST)
+    assert mgr.start_offsets(INST, created) is None, "marks of deleted logs are forgotten"
+
+
+def shutil_rmtree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path)

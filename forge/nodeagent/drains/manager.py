@@ -9,6 +9,13 @@ and wakes the workers of the App whose logs grew.
 
 TLS trust: the system's store, plus the PEM file ``FORGE_DRAIN_CA_FILE`` names (the agent's
 environment) for receivers with a private CA.
+
+Where a new drain starts: an Instance that started after the drain was added is sent from its
+first line; for one that was already running, from where its logs ended when the drain was
+added. The manager learns that from its marks — on every burst of writes (at most once a second
+per Instance) it notes the time and the logs' ends — and starts at the newest mark taken before
+the drain's creation: lines written in between are sent (a few of them may predate the drain),
+none written after it is missed however late the node hears of the drain.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,11 +36,14 @@ from forge.nodeagent.drains.buffer import DEFAULT_BUFFER_BYTES
 from forge.nodeagent.drains.notify import Notifier
 from forge.nodeagent.drains.senders import make_sender
 from forge.nodeagent.drains.worker import DrainWorker
+from forge.nodeagent.logwriter import log_end
 from forge.nodeagent.state import AgentState
 
 log = logging.getLogger(__name__)
 
 WATCH_SECONDS = 120
+MARK_SECONDS = 1.0  # at most one (time, log ends) mark per Instance a second …
+MARKS_KEPT = 300  # … of the last five minutes of writing (a node hears of a drain in seconds)
 CA_ENV = "FORGE_DRAIN_CA_FILE"
 MAX_BACKOFF = 30.0
 
@@ -60,15 +71,66 @@ class DrainManager:
         self._urls: dict[str, str] = {}
         self._lock = threading.Lock()
         self.notifier: Notifier | None = None
+        self.marks: dict[str, deque[tuple[float, int, int]]] = {}  # instance → (time, build end, app end)
+        self._marks_lock = threading.Lock()
+        self._no_inotify = False
         self.thread = threading.Thread(target=self._run, name="forge-drains", daemon=True)
 
     def start(self) -> None:
+        self._start_notifier()
         self.thread.start()
+
+    def _start_notifier(self) -> None:
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            notifier = Notifier(self.logs_dir, self._changed, self.stop)
+            notifier.start()
+        except OSError as exc:
+            # No inotify (not Linux, or out of watches): workers wake on a timer instead.
+            log.warning("log drains wake every second (no inotify: %s)", exc)
+            self._no_inotify = True
+            return
+        self.notifier = notifier
+        for entry in sorted(os.listdir(self.logs_dir)):
+            self.mark(entry, force=True)
+
+    # -- marks: where each log ended when ----------------------------------------------
+    def mark(self, instance: str, force: bool = False) -> None:
+        now = self.clock.now()
+        log_dir = self.logs_dir / instance
+        if not log_dir.is_dir():
+            self.forget(instance)  # its logs were deleted
+            return
+        with self._marks_lock:
+            dq = self.marks.get(instance)
+            if dq is not None and dq and not force and now - dq[-1][0] < MARK_SECONDS:
+                return
+        mark = (now, log_end(log_dir, "build"), log_end(log_dir, "app"))
+        with self._marks_lock:
+            self.marks.setdefault(instance, deque(maxlen=MARKS_KEPT)).append(mark)
+
+    def start_offsets(self, instance: str, created: float) -> dict[str, int] | None:
+        """The logs' ends at the newest mark taken at or before ``created``; None when there is none."""
+        with self._marks_lock:
+            found = None
+            for when, build, app in self.marks.get(instance, ()):
+                if when > created:
+                    break
+                found = {"build": build, "app": app}
+            return found
+
+    def forget(self, instance: str) -> None:
+        with self._marks_lock:
+            self.marks.pop(instance, None)
+
+    def _changed(self, instance: str) -> None:
+        self.mark(instance)
+        self.wake_instance(instance)
 
     def shutdown(self) -> None:
         with self._lock:
             workers, self.workers = list(self.workers.values()), {}
-            notifier, self.notifier = self.notifier, None
+        notifier, self.notifier = self.notifier, None
         for w in workers:
             w.close()
         if notifier is not None:
@@ -145,36 +207,15 @@ class DrainManager:
                 self.stop,
                 report=self._report,
                 buffer_bytes=self.buffer_bytes,
-                idle_wait=None,
+                idle_wait=1.0 if self._no_inotify else None,
                 created=parse_iso(created) if created else None,
+                start_at=self.start_offsets,
             )
             with self._lock:
                 self.workers[name] = worker
                 self._urls[name] = str(d["url"])
-            self._ensure_notifier(worker)
             worker.start()
             log.info("log drain %s of %s delivering from this node", name, d["app"])
-        with self._lock:
-            idle = not self.workers
-            notifier = self.notifier if idle else None
-            if idle:
-                self.notifier = None
-        if notifier is not None:
-            notifier.close()
-
-    def _ensure_notifier(self, worker: DrainWorker) -> None:
-        with self._lock:
-            if self.notifier is not None:
-                return
-            try:
-                notifier = Notifier(self.logs_dir, self.wake_instance, self.stop)
-                notifier.start()
-            except OSError as exc:
-                # No inotify (not Linux, or out of watches): wake on a timer instead.
-                log.warning("log drains wake every second (no inotify: %s)", exc)
-                worker.idle_wait = 1.0
-                return
-            self.notifier = notifier
 
     def _instances_of(self, app: str) -> Callable[[], list[tuple[str, str, float | None]]]:
         def instances() -> list[tuple[str, str, float | None]]:

@@ -35,7 +35,7 @@ COALESCE_SECONDS = 0.05
 
 
 class Notifier:
-    """Calls ``on_change(instance)`` when the logs of ``logs_dir/INSTANCE`` grow."""
+    """Calls ``on_change(instance)`` when the logs of ``logs_dir/INSTANCE`` grow (or go)."""
 
     def __init__(self, logs_dir: Path, on_change: Callable[[str], None], stop: threading.Event) -> None:
         self.logs_dir, self.on_change, self.stop = Path(logs_dir), on_change, stop
@@ -78,7 +78,7 @@ class Notifier:
     def _watch_instance(self, name: str) -> None:
         path = self.logs_dir / name
         if path.is_dir():
-            self._add(str(path), name, IN_MODIFY | IN_CREATE | IN_MOVED_TO)
+            self._add(str(path), name, IN_MODIFY | IN_CREATE | IN_MOVED_TO | IN_DELETE_SELF)
 
     def _run(self) -> None:
         while not (self.stop.is_set() or self._closed.is_set()):

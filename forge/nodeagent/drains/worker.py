@@ -65,16 +65,19 @@ class DrainWorker:
         buffer_bytes: int = DEFAULT_BUFFER_BYTES,
         idle_wait: float | None = None,
         created: float | None = None,
+        start_at: Callable[[str, float], dict[str, int] | None] | None = None,
     ) -> None:
         """``instances()``: (Instance, process type, start time or None) of the App's Instances
         on this node; ``created``: when the drain was added (a drain new on this node ships an
-        Instance started before that from its logs' current ends, any other from its start).
+        Instance started before that where its logs ended at ``created`` as ``start_at`` tells —
+        else at their current ends — and any other Instance from its first line).
         ``idle_wait``: None sleeps until woken (there is a notifier); a number is a fallback
         wait for hosts without inotify."""
         self.name, self.app, self.sender, self.node = name, app, sender, node
         self.logs_dir, self.state_path, self.instances = Path(logs_dir), Path(state_path), instances
         self.clock, self.stop, self.report_fn = clock, stop, report
         self.buffer_bytes, self.idle_wait, self.created = buffer_bytes, idle_wait, created
+        self.start_at = start_at
         loaded = DrainState.load(self.state_path)
         self.fresh = loaded is None  # new on this node: Instances older than it start at their ends
         self.state = loaded or DrainState()
@@ -226,9 +229,13 @@ class DrainWorker:
                 # A drain added now ships what comes from now on; an Instance that appears later
                 # is shipped from its first line.
                 older = src.started is not None and (self.created is None or src.started < self.created)
-                cur[src.source] = (
-                    log_end(log_dir, src.source) if self.fresh and older else log_start(log_dir, src.source)
-                )
+                if self.fresh and older:
+                    marks = None
+                    if self.start_at is not None and self.created is not None:
+                        marks = self.start_at(src.instance, self.created)
+                    cur[src.source] = marks[src.source] if marks else log_end(log_dir, src.source)
+                else:
+                    cur[src.source] = log_start(log_dir, src.source)
                 changed = True
         for gone in set(self.state.cursors) - present:
             del self.state.cursors[gone]
