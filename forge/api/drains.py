@@ -31,7 +31,7 @@ from forge.api.context import ApiContext
 from forge.api.sealing import aad
 from forge.drains import MAX_DRAINS_PER_APP, drain_name, mask_url, parse_url
 from forge.errors import AlreadyExists, Conflict, ForgeError, Invalid, NotFound, pydantic_errors
-from forge.models import LABEL_APP, LABEL_NODE, App, DrainDelivery, Instance, LogDrain, ObjectMeta
+from forge.models import LABEL_APP, LABEL_NODE, App, DrainDelivery, Instance, LogDrain, ObjectMeta, OwnerRef
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class AppDrainsResource:
             parse_url(url)
         except ValueError as exc:
             raise Invalid(f"invalid drain url: {exc}", [{"path": "url", "message": str(exc)}]) from None
-        self.ctx.store.get(App, name)  # 404 for an unknown App
+        app = self.ctx.store.get(App, name)  # 404 for an unknown App
         mine = app_drains(self.ctx, name)
         key = drain_name(name, url)
         if any(d.name == key for d in mine):
@@ -104,7 +104,12 @@ class AppDrainsResource:
             )
         sealed = self.ctx.sealer.keyring.encrypt(url, aad("LogDrain", key, "url"))
         drain = LogDrain(
-            metadata=ObjectMeta(name=key, labels={LABEL_APP: name}),
+            # The App's uid: a drain never outlives its App into a new one of the same name (gc).
+            metadata=ObjectMeta(
+                name=key,
+                labels={LABEL_APP: name},
+                owner_ref=OwnerRef(kind="App", name=name, uid=app.metadata.uid),
+            ),
             spec={"app": name, "url": sealed, "masked_url": mask_url(url)},
         )
         created = self.ctx.store.create(drain)
