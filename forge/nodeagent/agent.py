@@ -194,6 +194,7 @@ class Agent:
             build_cache_limit=build_cache_size,
         )
         self.reconciler.on_last_stopped = self.purge_if_gone
+        self.reconciler.drains_pending = self.drains.pending
         self.threads: list[threading.Thread] = []
         self.metrics_server: Any = None
 

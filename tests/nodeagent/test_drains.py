@@ -406,3 +406,36 @@ def shutil_rmtree(path: Path) -> None:
     import shutil
 
     shutil.rmtree(path)
+
+
+def test_stopped_instance_logs_wait_for_the_drains_bounded(tmp_path: Path, receiver: Receiver) -> None:
+    """A stopped Instance's logs stay while a drain still owes lines of it (the receiver is down),
+    go once delivered, and go anyway after HOLD_SECONDS — what was left counted as dropped."""
+    from forge.clock import FakeClock
+    from forge.nodeagent.drains.manager import HOLD_SECONDS, DrainManager
+    from forge.nodeagent.state import AgentState, InstanceState
+
+    stop = threading.Event()
+    logs = tmp_path / "logs"
+    state = AgentState(tmp_path / "agent-state.json")
+    state.put(InstanceState(name=INST, app="hello", deployment="hello-1", cgroup="", release_dir=""))
+    clock = FakeClock()
+    mgr = DrainManager(None, "node-1", tmp_path, logs, state, lambda _i: "web", clock, stop)  # type: ignore[arg-type]
+    w = make_worker(tmp_path, receiver.port, stop)
+    mgr.workers[w.name] = w
+    write_lines(logs, ["one"])
+    drive(w)
+    receiver.wait_count(1)
+    assert mgr.pending(INST) is False, "everything delivered: nothing to wait for"
+    receiver.stop()
+    write_lines(logs, ["two", "three"])  # 10 bytes the drain cannot deliver
+    w.step()
+    assert mgr.pending(INST) is True
+    clock.advance(HOLD_SECONDS - 1)
+    assert mgr.pending(INST) is True
+    clock.advance(2)
+    assert mgr.pending(INST) is False
+    assert w.state.dropped_bytes == len("two\nthree\n") and INST not in w.state.cursors
+    drive(w)  # the Instance is still listed until the agent forgets it: not tracked again
+    assert INST not in w.state.cursors
+    w.sender.close()

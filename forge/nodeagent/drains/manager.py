@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 WATCH_SECONDS = 120
 MARK_SECONDS = 1.0  # at most one (time, log ends) mark per Instance a second …
+HOLD_SECONDS = 300.0  # how long a stopped Instance's logs wait on the drains before they go
 MARKS_KEPT = 300  # … of the last five minutes of writing (a node hears of a drain in seconds)
 CA_ENV = "FORGE_DRAIN_CA_FILE"
 MAX_BACKOFF = 30.0
@@ -74,6 +75,7 @@ class DrainManager:
         self.marks: dict[str, deque[tuple[float, int, int]]] = {}  # instance → (time, build end, app end)
         self._marks_lock = threading.Lock()
         self._no_inotify = False
+        self._held: dict[str, float] = {}  # instance → when it first waited on the drains
         self.thread = threading.Thread(target=self._run, name="forge-drains", daemon=True)
 
     def start(self) -> None:
@@ -122,6 +124,30 @@ class DrainManager:
     def forget(self, instance: str) -> None:
         with self._marks_lock:
             self.marks.pop(instance, None)
+
+    # -- a stopped Instance's logs ---------------------------------------------------------
+    def pending(self, instance: str) -> bool:
+        """Whether a drain has not yet received all of a stopped Instance's logs — the agent
+        keeps them until it has, for at most ``HOLD_SECONDS`` (then what is left is counted as
+        dropped). Only drains whose receiver is down make anyone wait."""
+        inst = self.state.get(instance)
+        with self._lock:
+            workers = [w for w in self.workers.values() if inst is not None and w.app == inst.app]
+        behind = [w for w in workers if w.behind(instance)]
+        if not behind:
+            self._held.pop(instance, None)
+            return False
+        now = self.clock.monotonic()
+        since = self._held.setdefault(instance, now)
+        if now - since < HOLD_SECONDS:
+            for w in behind:
+                w.wake()
+            return True
+        for w in behind:
+            w.abandon(instance)
+        self._held.pop(instance, None)
+        log.warning("log drains gave up on the rest of %s's logs after %.0fs", instance, HOLD_SECONDS)
+        return False
 
     def _changed(self, instance: str) -> None:
         self.mark(instance)

@@ -81,6 +81,7 @@ class DrainWorker:
         loaded = DrainState.load(self.state_path)
         self.fresh = loaded is None  # new on this node: Instances older than it start at their ends
         self.state = loaded or DrainState()
+        self.gone: set[str] = set()  # abandoned Instances: not tracked again while still listed
         self.failures = 0
         self.retry_at = 0.0
         self.last_error = ""
@@ -90,6 +91,7 @@ class DrainWorker:
         self._report_at = 0.0
         self._event = threading.Event()
         self._closed = threading.Event()
+        self._state_lock = threading.Lock()  # the cursors: this thread, and abandon() from the reconciler
         self.thread = threading.Thread(target=self._run, name=f"forge-drain-{name}", daemon=True)
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -177,7 +179,9 @@ class DrainWorker:
         now = self.clock.now()
         for src in srcs:
             log_dir = self.logs_dir / src.instance
-            pos = self.state.cursors[src.instance][src.source]
+            pos = self.state.cursors.get(src.instance, {}).get(src.source)
+            if pos is None:
+                continue  # abandoned meanwhile
             if budget <= 0:
                 more = more or log_end(log_dir, src.source) > pos
                 continue
@@ -210,19 +214,28 @@ class DrainWorker:
         if frames:
             self.sender.send(frames)  # raises DeliveryError: nothing moves
             self.last_delivery_time = self.clock.now_iso()
-        for src, end in advance:
-            self.state.cursors[src.instance][src.source] = end
-        self.state.delivered += len(frames)
-        self.state.dropped += dropped
-        self.state.dropped_bytes += dropped_bytes
-        self.state.save(self.state_path)
+        with self._state_lock:
+            for src, end in advance:
+                if src.instance in self.state.cursors:
+                    self.state.cursors[src.instance][src.source] = end
+            self.state.delivered += len(frames)
+            self.state.dropped += dropped
+            self.state.dropped_bytes += dropped_bytes
+            self.state.save(self.state_path)
         return more
 
     def _track(self, srcs: list[Source]) -> None:
         """Cursors for Instances new to the drain; forget those no longer on the node."""
+        with self._state_lock:
+            self._track_locked(srcs)
+
+    def _track_locked(self, srcs: list[Source]) -> None:
         present = {s.instance for s in srcs}
         changed = False
+        self.gone &= present
         for src in srcs:
+            if src.instance in self.gone:
+                continue
             cur = self.state.cursors.setdefault(src.instance, {})
             if src.source not in cur:
                 log_dir = self.logs_dir / src.instance
@@ -243,6 +256,23 @@ class DrainWorker:
         if changed or self.fresh:
             self.fresh = False
             self.state.save(self.state_path)
+
+    def behind(self, instance: str) -> bool:
+        """True while lines of ``instance`` on the node have not been acknowledged."""
+        with self._state_lock:
+            cur = dict(self.state.cursors.get(instance) or {})
+        if not cur:
+            return False  # not tracked (yet): nothing this drain promised to deliver
+        return any(log_end(self.logs_dir / instance, s) > pos for s, pos in cur.items())
+
+    def abandon(self, instance: str) -> None:
+        """Give up on what is left of ``instance`` (its logs are about to go): counted as dropped."""
+        with self._state_lock:
+            cur = self.state.cursors.pop(instance, None) or {}
+            lost = sum(max(0, log_end(self.logs_dir / instance, s) - pos) for s, pos in cur.items())
+            self.state.dropped_bytes += lost
+            self.state.save(self.state_path)
+            self.gone.add(instance)
 
     # -- reporting -----------------------------------------------------------------------
     def pending_bytes(self) -> int:
