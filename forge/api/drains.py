@@ -7,7 +7,8 @@
 - ``DELETE /api/v1/apps/{app}/drains/{id}`` (admin): remove one (``id``: ``forge.drains.drain_id``).
 - ``GET /api/v1/nodes/{node}/drains`` (that node, or admin): NDJSON, one ``{"type": "DRAINS",
   "drains": [{name, app, url}]}`` line at once and another whenever the set changes (a drain
-  added or removed, an Instance of another App bound to the node), bookmarks in between, until
+  added or removed, an Instance of another App bound to the node — seen within a heartbeat),
+  bookmarks in between, until
   ``timeoutSeconds``. Only the drains of Apps with Instances on that node, and the only place a
   drain's URL leaves the server in plaintext.
 - ``PUT /api/v1/nodes/{node}/drains/{name}/status`` (that node): its delivery report, written to
@@ -29,6 +30,7 @@ from forge.api import auth
 from forge.api.body import dumps, q_int, read_object, send
 from forge.api.context import ApiContext
 from forge.api.sealing import aad
+from forge.api.watch import _watch
 from forge.drains import MAX_DRAINS_PER_APP, drain_name, mask_url, parse_url
 from forge.errors import AlreadyExists, Conflict, ForgeError, Invalid, NotFound, pydantic_errors
 from forge.models import LABEL_APP, LABEL_NODE, App, DrainDelivery, Instance, LogDrain, ObjectMeta, OwnerRef
@@ -172,12 +174,16 @@ class NodeDrainsResource:
         resp.stream = self.ctx.open_stream(self._stream(name, first, self.ctx.stream_seconds(float(timeout))))
 
     def _stream(self, node: str, first: list[dict[str, str]], timeout: float) -> Iterator[bytes]:
+        """Blocks on LogDrain writes only (rare); between waits, a filtered look at this node's
+        Instance changes (an Instance of another App may bring its drains), so a node's stream is
+        never woken by the rest of the cluster's writes."""
         ctx, clock = self.ctx, self.ctx.clock
-        since = ctx.store.revision()
+        drains_since = insts_since = ctx.store.revision()
         deadline = clock.monotonic() + timeout
         current = _digest(first)
         yield dumps({"type": "DRAINS", "drains": first}) + b"\n"
         last_out = clock.monotonic()
+        selector = {LABEL_NODE: node}
         while True:
             now = clock.monotonic()
             remaining = deadline - now
@@ -185,19 +191,12 @@ class NodeDrainsResource:
                 return
             wait = ctx.wait_slice(max(0.05, min(remaining, ctx.heartbeat_seconds - (now - last_out))))
             try:
-                events = ctx.store.watch(None, since, timeout=wait)
+                events, drains_since = _watch(ctx, "LogDrain", {}, drains_since, wait)
+                moved, insts_since = _watch(ctx, "Instance", selector, insts_since, 0)
             except ForgeError as exc:
                 log.info("drain watch of node %s ended: %s", node, exc.message)
                 return
-            relevant = False
-            for ev in events:
-                since = max(since, ev.revision)
-                kind = ev.object.kind
-                if kind == "LogDrain" or (
-                    kind == "Instance" and ev.object.metadata.labels.get(LABEL_NODE) == node
-                ):
-                    relevant = True
-            if relevant:
+            if events or moved:
                 drains = node_drains(ctx, node)
                 digest = _digest(drains)
                 if digest != current:

@@ -126,3 +126,30 @@ def test_node_reports_land_in_their_own_slot(api: Api, tokens: dict[str, str]) -
     assert set(item["nodes"]) == {"n1", "n2"}
     invalid = api.req("PUT", f"/api/v1/nodes/n1/drains/{name}/status", token=tokens["n1"], json={"delivered": -1})
     assert invalid.status_code in (400, 422) and invalid.json["details"][0]["path"] == "delivered"
+
+
+def test_stream_tells_the_node_of_changes(api: Api, tokens: dict[str, str]) -> None:
+    """A drain added while the node's stream is open, and an Instance of another App bound to the
+    node, each bring a new DRAINS line; a drain of an App not on the node brings none."""
+    import threading
+    import time
+
+    api.req("POST", "/api/v1/apps/other/drains", json={"url": "syslog+tcp://127.0.0.1:600"})
+
+    def later() -> None:
+        time.sleep(0.5)
+        api.req("POST", "/api/v1/apps/hello/drains", json={"url": "syslog+tcp://127.0.0.1:514"})
+        time.sleep(0.5)
+        api.create("instances", _instance("other-1-1", "other", "n1"))
+
+    t = threading.Thread(target=later)
+    t.start()
+    r = api.req("GET", "/api/v1/nodes/n1/drains", token=tokens["n1"], params={"timeoutSeconds": "3"})
+    t.join()
+    lines = [json.loads(x) for x in r.text.splitlines() if x.strip()]
+    seen = [sorted(d["url"] for d in ln["drains"]) for ln in lines if ln["type"] == "DRAINS"]
+    assert seen == [
+        [],
+        ["syslog+tcp://127.0.0.1:514"],
+        ["syslog+tcp://127.0.0.1:514", "syslog+tcp://127.0.0.1:600"],
+    ], seen
