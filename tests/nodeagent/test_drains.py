@@ -439,3 +439,35 @@ def test_stopped_instance_logs_wait_for_the_drains_bounded(tmp_path: Path, recei
     drive(w)  # the Instance is still listed until the agent forgets it: not tracked again
     assert INST not in w.state.cursors
     w.sender.close()
+
+
+def test_manager_converges_workers_and_their_state(tmp_path: Path, receiver: Receiver) -> None:
+    """apply() starts a worker per listed drain (woken by the notifier), stops and forgets the
+    ones no longer listed — also state files left from before an agent restart."""
+    from forge.nodeagent.drains.manager import DrainManager
+    from forge.nodeagent.state import AgentState, InstanceState
+
+    stop = threading.Event()
+    logs = tmp_path / "logs"
+    (logs / INST).mkdir(parents=True)
+    state = AgentState(tmp_path / "agent-state.json")
+    state.put(InstanceState(name=INST, app="hello", deployment="hello-1", cgroup="", release_dir=""))
+    mgr = DrainManager(None, "node-1", tmp_path, logs, state, lambda _i: "worker", SystemClock(), stop)  # type: ignore[arg-type]
+    mgr._report = lambda _d, _b: None  # type: ignore[method-assign]  # no API here
+    (tmp_path / "drains").mkdir()
+    (tmp_path / "drains" / "hello-stale00000.json").write_text("{}")
+    mgr._start_notifier()
+    try:
+        mgr.apply([{"name": "hello-0123456789", "app": "hello", "url": f"syslog+tcp://127.0.0.1:{receiver.port}",
+                    "createdAt": "2026-01-01T00:00:00.000000Z"}])
+        assert set(mgr.workers) == {"hello-0123456789"}
+        assert not (tmp_path / "drains" / "hello-stale00000.json").exists()
+        write_lines(logs, ["via the manager"])
+        assert receiver.wait_count(1) == ["via the manager"]
+        assert receiver.messages[0].split(b" ")[5] == b"worker"  # MSGID: the process type
+        assert (tmp_path / "drains" / "hello-0123456789.json").exists()
+        mgr.apply([])
+        assert mgr.workers == {} and not (tmp_path / "drains" / "hello-0123456789.json").exists()
+    finally:
+        stop.set()
+        mgr.shutdown()

@@ -209,8 +209,12 @@ class DrainManager:
         for w in stale:
             w.close()
             if w.name not in wanted:
-                (self.dir / f"{w.name}.json").unlink(missing_ok=True)
                 log.info("log drain %s removed from this node", w.name)
+        # The list is complete: the state of a drain not in it (removed while the agent was down,
+        # too) goes; a drain that comes back later starts afresh.
+        for path in self.dir.glob("*.json") if self.dir.is_dir() else ():
+            if path.stem not in wanted:
+                path.unlink(missing_ok=True)
         for name, d in sorted(wanted.items()):
             with self._lock:
                 if name in self.workers:
