@@ -471,3 +471,25 @@ def test_manager_converges_workers_and_their_state(tmp_path: Path, receiver: Rec
     finally:
         stop.set()
         mgr.shutdown()
+
+
+def test_unacknowledged_bytes_are_not_delivered(tmp_path: Path) -> None:
+    """A receiver that accepts but does not read (its window full) never acknowledges: the send
+    fails after the ack timeout and the cursor stays, though every byte left this host's socket."""
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)  # inherited by the accepted socket
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    stop = threading.Event()
+    logs = tmp_path / "logs"
+    write_lines(logs, [f"{i:04d} " + "w" * 195 for i in range(40)])  # 8 KB: fits our send buffer
+    w = make_worker(tmp_path, srv.getsockname()[1], stop)
+    w.sender = SyslogSender(parse_url(f"syslog+tcp://127.0.0.1:{srv.getsockname()[1]}"), SystemClock(), stop,
+                            ack_timeout=0.5)
+    try:
+        assert w.step() is False
+        assert w.failures == 1 and "did not acknowledge" in w.last_error
+        assert w.state.cursors[INST]["app"] == 0 and w.state.delivered == 0
+    finally:
+        w.sender.close()
+        srv.close()

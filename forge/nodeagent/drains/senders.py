@@ -67,9 +67,14 @@ class SyslogSender:
     """One long-lived connection, reopened after any failure."""
 
     def __init__(
-        self, url: DrainUrl, clock: Clock, stop: threading.Event, ca_file: str | None = None
+        self,
+        url: DrainUrl,
+        clock: Clock,
+        stop: threading.Event,
+        ca_file: str | None = None,
+        ack_timeout: float = ACK_TIMEOUT,
     ) -> None:
-        self.url, self.clock, self.stop = url, clock, stop
+        self.url, self.clock, self.stop, self.ack_timeout = url, clock, stop, ack_timeout
         self.ctx = tls_context(ca_file) if url.tls else None
         self.sock: socket.socket | None = None
 
@@ -109,7 +114,7 @@ class SyslogSender:
         except OSError:  # ssl.SSLError is one
             return False
         finally:
-            sock.settimeout(ACK_TIMEOUT)
+            sock.settimeout(self.ack_timeout)
 
     def send(self, frames: list[bytes]) -> None:
         if self.sock is not None and not self._alive(self.sock):
@@ -118,7 +123,7 @@ class SyslogSender:
             self.sock = self._connect()
         sock = self.sock
         try:
-            sock.settimeout(ACK_TIMEOUT)
+            sock.settimeout(self.ack_timeout)
             sock.sendall(b"".join(frames))
             self._acked(sock)
         except (OSError, DeliveryError) as exc:
@@ -129,14 +134,14 @@ class SyslogSender:
 
     def _acked(self, sock: socket.socket) -> None:
         """Wait (bounded) until the receiver's TCP acknowledged every byte we wrote."""
-        deadline = self.clock.monotonic() + ACK_TIMEOUT
+        deadline = self.clock.monotonic() + self.ack_timeout
         buf = bytearray(4)
         while True:
             fcntl.ioctl(sock.fileno(), SIOCOUTQ, buf)
             if struct.unpack("i", buf)[0] == 0:
                 break
             if self.clock.monotonic() >= deadline or self.stop.is_set():
-                raise DeliveryError(f"{self.where} did not acknowledge within {ACK_TIMEOUT:g}s")
+                raise DeliveryError(f"{self.where} did not acknowledge within {self.ack_timeout:g}s")
             self.stop.wait(ACK_STEP)
         # A reset purges the send queue too: an empty queue is an acknowledgement only while the
         # connection is still up.
