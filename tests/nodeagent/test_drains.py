@@ -145,10 +145,16 @@ def make_worker(
     )
 
 
+def look(worker: DrainWorker) -> bool:
+    """One round over every Instance, as after a wake-up that names none."""
+    worker.wake()
+    return worker.step()
+
+
 def drive(worker: DrainWorker, until: int = 200) -> None:
     """Run rounds in the test's thread until nothing is pending (bounded)."""
     for _ in range(until):
-        if not worker.step() and not worker.failures:
+        if not look(worker) and not worker.failures:
             return
     raise AssertionError("the drain never caught up")
 
@@ -189,12 +195,12 @@ def test_receiver_down_then_up_loses_nothing(tmp_path: Path, receiver: Receiver)
     receiver.wait_count(20)
     receiver.stop()
     write_lines(logs, [f"during {i}" for i in range(300)])
-    assert w.step() is False and w.failures >= 1
+    assert look(w) is False and w.failures >= 1
     # A dead connection may swallow one write before the reset shows: retry until it is seen.
     for _ in range(5):
         if w.failures and "127.0.0.1" in w.last_error:
             break
-        w.step()
+        look(w)
     assert w.failures >= 1 and w.retry_at > 0 and "127.0.0.1" in w.last_error
     pos_down = w.state.cursors[INST]["app"]
     receiver.start()
@@ -214,7 +220,7 @@ def test_crash_between_ack_and_save_resends_at_most_one_batch(tmp_path: Path, re
     logs = tmp_path / "logs"
     write_lines(logs, [f"{i:06d} " + "x" * 200 for i in range(3000)])  # ~620 KiB: several batches
     w = make_worker(tmp_path, receiver.port, stop)
-    assert w.step() is True  # one batch delivered and saved, more pending
+    assert look(w) is True  # one batch delivered and saved, more pending
     first = len(receiver.wait_count(1))
 
     class Crash(Exception):
@@ -429,7 +435,7 @@ def test_stopped_instance_logs_wait_for_the_drains_bounded(tmp_path: Path, recei
     assert mgr.pending(INST) is False, "everything delivered: nothing to wait for"
     receiver.stop()
     write_lines(logs, ["two", "three"])  # 10 bytes the drain cannot deliver
-    w.step()
+    look(w)
     assert mgr.pending(INST) is True
     clock.advance(HOLD_SECONDS - 1)
     assert mgr.pending(INST) is True
@@ -487,9 +493,27 @@ def test_unacknowledged_bytes_are_not_delivered(tmp_path: Path) -> None:
     w.sender = SyslogSender(parse_url(f"syslog+tcp://127.0.0.1:{srv.getsockname()[1]}"), SystemClock(), stop,
                             ack_timeout=0.5)
     try:
-        assert w.step() is False
+        assert look(w) is False
         assert w.failures == 1 and "did not acknowledge" in w.last_error
         assert w.state.cursors[INST]["app"] == 0 and w.state.delivered == 0
     finally:
         w.sender.close()
         srv.close()
+
+
+def test_a_wake_up_names_the_instance_to_read(tmp_path: Path, receiver: Receiver) -> None:
+    """A round after ``wake(A)`` reads A's logs only; B's lines go when B is named (or all are)."""
+    stop = threading.Event()
+    logs = tmp_path / "logs"
+    insts = [("hello-1-0", "web", None), ("hello-1-1", "web", None)]
+    w = make_worker(tmp_path, receiver.port, stop, instances=insts)
+    drive(w)
+    write_lines(logs, ["a1"], inst="hello-1-0")
+    write_lines(logs, ["b1"], inst="hello-1-1")
+    w.wake("hello-1-0")
+    w.step()
+    assert receiver.wait_count(1) == ["a1"]
+    w.wake("hello-1-1")
+    w.step()
+    assert receiver.wait_count(2) == ["a1", "b1"]
+    w.sender.close()

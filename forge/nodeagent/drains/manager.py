@@ -171,7 +171,7 @@ class DrainManager:
         with self._lock:
             workers = [w for w in self.workers.values() if w.app == inst.app]
         for w in workers:
-            w.wake()
+            w.wake(instance)
 
     def wake_all(self) -> None:
         """The Instances on the node changed (one started or went): every drain looks again."""

@@ -91,15 +91,39 @@ class DrainWorker:
         self._report_at = 0.0
         self._event = threading.Event()
         self._closed = threading.Event()
-        self._state_lock = threading.Lock()  # the cursors: this thread, and abandon() from the reconciler
+        self._state_lock = threading.Lock()
+        # Which Instances' logs grew since the last round (a wake-up names them): a round reads
+        # only those, so one chatty Instance does not cost a look at every other one.
+        self._dirty_lock = threading.Lock()
+        self._dirty: set[str] = set()
+        self._all_dirty = True  # the cursors: this thread, and abandon() from the reconciler
         self.thread = threading.Thread(target=self._run, name=f"forge-drain-{name}", daemon=True)
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
         self.thread.start()
 
-    def wake(self) -> None:
+    def wake(self, instance: str | None = None) -> None:
+        """Look again: at ``instance``'s logs, or (None) at every Instance's."""
+        with self._dirty_lock:
+            if instance is None:
+                self._all_dirty = True
+            else:
+                self._dirty.add(instance)
         self._event.set()
+
+    def _take_dirty(self) -> set[str] | None:
+        with self._dirty_lock:
+            taken = None if self._all_dirty else set(self._dirty)
+            self._all_dirty, self._dirty = False, set()
+            return taken
+
+    def _put_back(self, taken: set[str] | None) -> None:
+        if taken is None:
+            self.wake()
+            return
+        with self._dirty_lock:
+            self._dirty |= taken
 
     def close(self) -> None:
         self._closed.set()
@@ -137,16 +161,21 @@ class DrainWorker:
     # -- one round -----------------------------------------------------------------------
     def step(self) -> bool:
         """Send one batch; True when more is pending. Failures set the back-off (and return False)."""
+        only = self._take_dirty()
         try:
-            more = self.round()
+            more = self.round(only)
         except DeliveryError as exc:
+            self._put_back(only)
             self._failed(str(exc))
             return False
         except Exception as exc:  # noqa: BLE001 — the worker's per-round boundary: never die, back off
+            self._put_back(only)
             log.exception("log drain %s: unexpected error", self.name)
             self.sender.close()
             self._failed(f"internal error: {exc.__class__.__name__}")
             return False
+        if more:
+            self._put_back(only)
         if self.failures:
             log.info("log drain %s delivers again", self.name)
         self.failures, self.retry_at = 0, 0.0
@@ -168,9 +197,12 @@ class DrainWorker:
             out.append(Source(inst, "app", process or "web", started))
         return out
 
-    def round(self) -> bool:
+    def round(self, only: set[str] | None = None) -> bool:
+        """One batch from the logs of ``only`` (None: every Instance); True when more is pending."""
         srcs = self.sources()
         self._track(srcs)
+        if only is not None:
+            srcs = [s for s in srcs if s.instance in only]
         frames: list[bytes] = []
         advance: list[tuple[Source, int]] = []
         dropped = dropped_bytes = 0
