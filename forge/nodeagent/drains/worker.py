@@ -91,12 +91,12 @@ class DrainWorker:
         self._report_at = 0.0
         self._event = threading.Event()
         self._closed = threading.Event()
-        self._state_lock = threading.Lock()
+        self._state_lock = threading.Lock()  # the cursors: this thread, and abandon() from the reconciler
         # Which Instances' logs grew since the last round (a wake-up names them): a round reads
         # only those, so one chatty Instance does not cost a look at every other one.
         self._dirty_lock = threading.Lock()
         self._dirty: set[str] = set()
-        self._all_dirty = True  # the cursors: this thread, and abandon() from the reconciler
+        self._all_dirty = True
         self.thread = threading.Thread(target=self._run, name=f"forge-drain-{name}", daemon=True)
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -139,6 +139,9 @@ class DrainWorker:
             self._event.clear()
             if self.stop.is_set() or self._closed.is_set():
                 break
+            if self.idle_wait is not None:
+                self.wake()  # no notifier names what grew: look at everything (and clear the flag)
+                self._event.clear()
             more = False
             if self.clock.monotonic() >= self.retry_at:
                 more = self.step()
