@@ -517,3 +517,17 @@ def test_a_wake_up_names_the_instance_to_read(tmp_path: Path, receiver: Receiver
     w.step()
     assert receiver.wait_count(2) == ["a1", "b1"]
     w.sender.close()
+
+
+def test_without_inotify_the_worker_looks_on_a_timer(tmp_path: Path, receiver: Receiver) -> None:
+    """Where inotify is missing the worker wakes on its fallback timer and still delivers."""
+    stop = threading.Event()
+    logs = tmp_path / "logs"
+    w = make_worker(tmp_path, receiver.port, stop, idle_wait=0.05)
+    w.start()
+    try:
+        write_lines(logs, ["no notifier"])
+        assert receiver.wait_count(1) == ["no notifier"]
+    finally:
+        stop.set()
+        w.close()
