@@ -9,9 +9,12 @@ log shipper and the metrics server. The agent reaches the control plane only ove
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import select
 import shutil
+import signal
 import socket
 import threading
 from pathlib import Path
@@ -273,11 +276,40 @@ class Agent:
             self.isolation.namespaces,
             self.isolation.network,
         )
-        self.stop.wait()
+        self._wait_for_stop()
         t0 = self.clock.monotonic()
         self.reconciler.stopping.set()
         self.shutdown()
         log.info("agent %s stopped its threads in %.2fs", self.name, self.clock.monotonic() - t0)
+
+    def _wait_for_stop(self) -> None:
+        """Until ``stop`` is set. In the main thread, a futex wait is not woken by a SIGTERM the
+        kernel hands to another thread — the handler that sets ``stop`` would only run once the
+        main thread woke for another reason (a bench saw an agent ignore SIGTERM for minutes).
+        So the main thread waits in ``select`` on the signal wake-up fd, which any thread's
+        signal writes to; elsewhere (tests, embedded) a plain wait."""
+        if threading.current_thread() is not threading.main_thread():
+            self.stop.wait()
+            return
+        r, w = os.pipe()
+        os.set_blocking(r, False)
+        os.set_blocking(w, False)
+        try:
+            previous = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        except ValueError:
+            os.close(r)
+            os.close(w)
+            self.stop.wait()
+            return
+        try:
+            while not self.stop.is_set():
+                select.select([r], [], [])
+                with contextlib.suppress(BlockingIOError):
+                    os.read(r, 512)
+        finally:
+            signal.set_wakeup_fd(previous)
+            os.close(r)
+            os.close(w)
 
     def shutdown(self) -> None:
         """Stop the agent's own threads; apps keep running (they are detached on purpose)."""
@@ -703,7 +735,6 @@ def run_agent(
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m forge.nodeagent.agent`` (the CLI's ``forge agent`` calls run_agent the same way)."""
-    import signal
 
     p = argparse.ArgumentParser(prog="forge-agent")
     p.add_argument("--api", required=True)
