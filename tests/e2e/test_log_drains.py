@@ -17,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from forge.nodeagent.drains.syslog import BOM, unframe
@@ -109,6 +110,10 @@ def setup() -> Iterator[dict[str, Any]]:
         with running_forge("forge-e2e-drains-", FORGE_MODE="dev", FORGE_DRAIN_CA_FILE=str(ca)) as forge:
             yield {"forge": forge, "tcp": tcp, "tls": tls, "https": https}
     finally:
+        global _http
+        if _http is not None:
+            _http.close()
+            _http = None
         tcp.stop()
         tls.stop()
         https.close()
@@ -145,8 +150,15 @@ def agent_drain_log(forge: Forge) -> str:
 
 
 def request(forge: Forge, path: str) -> None:
-    r = forge.through_caddy(f"{APP}.localhost", path)
+    """A request through Caddy (one kept-alive connection): the app logs ``request PATH``."""
+    global _http
+    if _http is None:
+        _http = httpx.Client(base_url=forge.http, headers={"Host": f"{APP}.localhost"}, timeout=5)
+    r = _http.get(path)
     assert r.status_code == 200, r.text
+
+
+_http: httpx.Client | None = None
 
 
 def test_drains_survive_receiver_outages(setup: dict[str, Any]) -> None:
