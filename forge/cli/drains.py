@@ -8,6 +8,8 @@ masked (``https://user:***@host/path?token=***``).
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from forge.cli import Ctx, ListByDefault, cli, pass_ctx
@@ -15,6 +17,15 @@ from forge.cli.output import emit, table
 from forge.cli.resources import OUTPUT
 from forge.drains import drain_id, mask_url
 from forge.errors import NotFound
+
+
+def _url(arg: str) -> str:
+    if arg != "-":
+        return arg
+    text = str(sys.stdin.readline()).strip()
+    if not text:
+        raise click.BadParameter("no URL on stdin", param_hint="URL")
+    return text
 
 
 @cli.group(cls=ListByDefault)
@@ -27,7 +38,9 @@ def drains() -> None:
 @click.argument("url")
 @pass_ctx
 def drains_add(ctx: Ctx, name: str, url: str) -> None:
-    """Send app NAME's log lines to URL too."""
+    """Send app NAME's log lines to URL too (URL ``-``: read it from stdin, keeping a URL with
+    credentials out of the process list)."""
+    url = _url(url)
     out = ctx.client.request("POST", f"/api/v1/apps/{name}/drains", json={"url": url})
     click.echo(f"{name} drains to {out.get('url') or mask_url(url)} (drain {out.get('id')})")
 
@@ -37,7 +50,8 @@ def drains_add(ctx: Ctx, name: str, url: str) -> None:
 @click.argument("url")
 @pass_ctx
 def drains_remove(ctx: Ctx, name: str, url: str) -> None:
-    """Stop sending app NAME's log lines to URL (the URL, or the drain's id from the listing)."""
+    """Stop sending app NAME's log lines to URL (the URL, ``-`` for stdin, or the drain's id)."""
+    url = _url(url)
     ident = url if "://" not in url else drain_id(name, url)
     try:
         ctx.client.request("DELETE", f"/api/v1/apps/{name}/drains/{ident}")

@@ -171,7 +171,8 @@ def test_drains_survive_receiver_outages(setup: dict[str, Any]) -> None:
     print(f"app live in {time.monotonic() - t0:.1f}s")
     https_url = f"https://{USER}:{PASSWORD}@127.0.0.1:{https.port}/logs?token={TOKEN}"
     tls_url = f"syslog+tls://localhost:{tls.port}"
-    out = ok(forge, "drains", "add", APP, https_url)  # the CLI once; the API for the others (time)
+    # The CLI once (the URL on stdin, out of the process list); the API for the others (time).
+    out = ok(forge, "drains", "add", APP, "-", stdin=https_url + "\n")
     assert PASSWORD not in out and TOKEN not in out and "***" in out
     with forge.client as c:
         for url in (tcp.url, tls_url):
