@@ -4,8 +4,9 @@ The set of drains comes from ``GET /api/v1/nodes/NODE/drains`` — a stream that
 and again whenever a drain or an Instance bound here changes (no polling); it is re-opened when
 the server ends it. Each drain gets a ``DrainWorker`` (its own thread and connection, so a slow
 receiver never holds up another) and a state file ``DATA/drains/NAME.json`` (its cursors); a
-drain removed stops and its file goes. The inotify ``Notifier`` runs only while there is a drain,
-and wakes the workers of the App whose logs grew.
+drain removed stops and its file goes. The inotify ``Notifier`` (always on: the marks below need
+it before the first drain exists) names the Instance whose logs grew, and the workers of its App
+read that Instance's logs.
 
 TLS trust: the system's store, plus the PEM file ``FORGE_DRAIN_CA_FILE`` names (the agent's
 environment) for receivers with a private CA.
