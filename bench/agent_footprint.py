@@ -168,6 +168,9 @@ def main() -> None:
                 driver.remove(g)
             driver.remove_parent()
             api.close()
+            from forge.nodeagent.teardown import unmount_release_disks
+
+            unmount_release_disks(tmp / "agent")  # else each run leaves a loop mount behind
             shutil.rmtree(tmp, ignore_errors=True)
 
 

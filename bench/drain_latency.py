@@ -13,6 +13,7 @@ cost in CPU. Target: p99 < 5 s while the receiver is up.
 from __future__ import annotations
 
 import argparse
+import shutil
 import socket
 import ssl
 import sys
@@ -138,6 +139,7 @@ def main() -> None:
     notifier.close()
     for w in writers.values():
         w.close()
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
