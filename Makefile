@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-APT_PKGS := caddy bubblewrap git prometheus chromium nftables iproute2 postgresql
+APT_PKGS := caddy bubblewrap git prometheus chromium nftables iproute2 postgresql rsyslog rsyslog-gnutls
 PYTEST_ARGS ?=
 ARGS ?=
 
@@ -42,7 +42,9 @@ $(UI_VENDOR): forge/ui/npm/package.json $(GH_FIXTURES)
 # Debian packages Forge drives for real: caddy (router), bwrap (sandbox), git (source),
 # promtool (metrics/rules checks), chromium (dashboard browser test), nftables (libnftables:
 # the apps' network fence and the service map), iproute2 (network namespaces) and postgresql
-# (the second store backend: its tests and bench start a throwaway cluster of their own).
+# (the second store backend: its tests and bench start a throwaway cluster of their own),
+# rsyslog + rsyslog-gnutls (the log-drain e2e runs its own rsyslogd, TCP and RFC 5425 TLS, in
+# the foreground on its own ports: the system's rsyslog is never started or touched).
 system-packages:
 	@missing=""; \
 	command -v caddy >/dev/null || missing="$$missing caddy"; \
@@ -54,6 +56,8 @@ system-packages:
 	command -v nft >/dev/null || missing="$$missing nftables"; \
 	command -v ip >/dev/null || missing="$$missing iproute2"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || missing="$$missing postgresql"; \
+	command -v rsyslogd >/dev/null || missing="$$missing rsyslog"; \
+	ls /usr/lib/*/rsyslog/lmnsd_gtls.so >/dev/null 2>&1 || missing="$$missing rsyslog-gnutls"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
 	    echo "installing Debian packages:$$missing"; \

@@ -7,7 +7,11 @@ only probes every 10 s and renews its Lease every 5 s), it samples /proc/PID/sta
 the utime+stime delta of /proc/PID/stat over a window, beside a baseline measured in the same
 run: an idle ``python3 -c 'import time; time.sleep(…)'``. Targets: ≤ 60 MB RSS, ≤ 1 % of a core.
 
-    sudo .venv/bin/python bench/agent_footprint.py [--instances 20] [--window 10]
+    sudo .venv/bin/python bench/agent_footprint.py [--instances 20] [--window 10] [--chatty] [--drain]
+
+``--drain`` adds a log drain (syslog over TCP to a receiver in this process) to the 20 Instances'
+App before the agent starts, so the figures include the drain's worker, notifier and marks;
+with ``--chatty`` every probe's request line goes through it.
 """
 
 from __future__ import annotations
@@ -70,11 +74,44 @@ def measure(pids: dict[str, int], window: float) -> dict[str, tuple[int, float]]
     return {k: (rss_bytes(p), (cpu_seconds(p) - start[k]) / elapsed) for k, p in pids.items()}
 
 
+def start_drain(api: Api) -> list[int]:
+    """An App record for the bench Instances, a syslog+tcp receiver here, and a drain to it."""
+    import socket
+    import threading
+
+    from forge.models import App
+
+    api.store.create(App.model_validate({"metadata": {"name": "bench"}, "spec": {"repo": "acme/bench"}}))
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    count = [0]
+
+    def serve() -> None:
+        while True:
+            conn, _ = srv.accept()
+            threading.Thread(target=read, args=(conn,), daemon=True).start()
+
+    def read(conn: socket.socket) -> None:
+        from forge.nodeagent.drains.syslog import unframe
+
+        rest = b""
+        while data := conn.recv(65536):
+            msgs, rest = unframe(rest + data)
+            count[0] += len(msgs)
+
+    threading.Thread(target=serve, daemon=True).start()
+    r = api.admin.post("/api/v1/apps/bench/drains", json={"url": f"syslog+tcp://127.0.0.1:{srv.getsockname()[1]}"})
+    assert r.status_code == 201, r.text
+    return count
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--instances", type=int, default=20)
     ap.add_argument("--window", type=float, default=10.0)
     ap.add_argument("--chatty", action="store_true", help="apps log every request (each probe ships a line)")
+    ap.add_argument("--drain", action="store_true", help="the app has a log drain (syslog+tcp, local receiver)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="forge-bench-agent-"))
     api = Api(tmp)
@@ -90,6 +127,7 @@ def main() -> None:
     names = [f"bench-1-{i}" for i in range(args.instances)]
     for n in names:
         api.create_instance(n, node, commit, m, app="bench")
+    received = start_drain(api) if args.drain else None
     with open(tmp / "agent.out", "ab") as out:
         agent = subprocess.Popen(
             [sys.executable, "-m", "forge.nodeagent.agent", "--api", api.url, "--name", node,
@@ -111,6 +149,8 @@ def main() -> None:
         n_writers, w_pss = writers_pss(tmp / "agent")
         print(f"log writers {n_writers} processes (one per Instance, in its cgroup, outside the agent): "
               f"PSS {w_pss / 2**20:.1f} MB in all, {w_pss / max(n_writers, 1) / 2**20:.1f} MB each")
+        if received is not None:
+            print(f"drain    {received[0]} messages received by the syslog receiver so far")
         print(f"targets  RSS <= 60 MB: {'met' if a_rss <= 60 * 2**20 else 'MISSED'};  "
               f"idle CPU <= 1 %: {'met' if a_cpu <= 0.01 else 'MISSED'}")
     finally:
@@ -128,6 +168,9 @@ def main() -> None:
                 driver.remove(g)
             driver.remove_parent()
             api.close()
+            from forge.nodeagent.teardown import unmount_release_disks
+
+            unmount_release_disks(tmp / "agent")  # else each run leaves a loop mount behind
             shutil.rmtree(tmp, ignore_errors=True)
 
 

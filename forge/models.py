@@ -882,6 +882,44 @@ class Lease(Resource):
     status: Status = Field(default_factory=Status)
 
 
+class LogDrainSpec(Model):
+    """A drain of one App's log lines (``forge.drains``). ``url`` is sealed at rest (it may hold
+    credentials) and write-only like a Secret's values; ``maskedUrl`` is what people see."""
+
+    app: str
+    url: str = Field(min_length=1, max_length=4096)
+    masked_url: str = Field(default="", max_length=4096)
+
+    @field_validator("app")
+    @classmethod
+    def _app(cls, v: str) -> str:
+        return check_app_name(v)
+
+
+class DrainDelivery(Model):
+    """One node's delivery to one drain, written by that node's agent only (its own slot)."""
+
+    delivered: int = Field(default=0, ge=0)  # lines the receiver acknowledged (TCP-acked, HTTP 2xx)
+    dropped: int = Field(default=0, ge=0)  # lines dropped: over the drain's buffer on the node
+    dropped_bytes: int = Field(default=0, ge=0)  # … plus bytes deleted before they were sent
+    pending_bytes: int = Field(default=0, ge=0)  # written but not yet acknowledged
+    last_error: str = Field(default="", max_length=512)  # masked; "" once delivery works again
+    last_error_time: str | None = None
+    last_delivery_time: str | None = None
+    updated_time: str | None = None
+
+
+class LogDrainStatus(Status):
+    nodes: dict[str, DrainDelivery] = Field(default_factory=dict)
+
+
+class LogDrain(Resource):
+    KIND: ClassVar[str] = "LogDrain"
+    PLURAL: ClassVar[str] = "logdrains"
+    spec: LogDrainSpec
+    status: LogDrainStatus = Field(default_factory=LogDrainStatus)
+
+
 class NodeTokenSpec(Model):
     """A node's join token, stored only as its SHA-256 digest (name = node name)."""
 
@@ -913,6 +951,7 @@ KINDS: dict[str, type[Resource]] = {
         Preview,
         Notifier,
         Notification,
+        LogDrain,
     )
 }
 PLURALS: dict[str, type[Resource]] = {c.PLURAL: c for c in KINDS.values()}

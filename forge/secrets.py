@@ -360,6 +360,10 @@ def _rotate_record(store: Store, keyring: Keyring, kind: str, name: str) -> int:
                 new = _reseal(keyring, kind, name, k, v)
                 if new is not None:
                     obj.spec.data[k], changed = new, changed + 1
+        elif kind in ("LogDrain", "Notifier"):  # forge drains add / notify add: the URL's credentials
+            new = _reseal(keyring, kind, name, "url", obj.spec.url)
+            if new is not None:
+                obj.spec.url, changed = new, 1
         elif kind == "GithubApp":  # forge github connect: the App's key and webhook secret
             for attr, field_name in (("private_key", "privateKey"), ("webhook_secret", "webhookSecret")):
                 value = getattr(obj.spec, attr)
@@ -367,10 +371,6 @@ def _rotate_record(store: Store, keyring: Keyring, kind: str, name: str) -> int:
                 if new is not None:
                     setattr(obj.spec, attr, new)
                     changed += 1
-        elif kind == "Notifier":  # forge notify add: the webhook URL
-            new = _reseal(keyring, kind, name, "url", obj.spec.url)
-            if new is not None:
-                obj.spec.url, changed = new, 1
         else:
             new = _reseal(keyring, kind, name, "token", obj.spec.token)
             if new is not None:
@@ -390,7 +390,7 @@ def rotate_all(store: Store, keyring: Keyring) -> int:
     new = keyring.rotate()
     total = 0
     for _sweep in range(2):
-        for kind in ("Secret", "RepoCredential", "GithubApp", "Notifier"):
+        for kind in ("Secret", "RepoCredential", "GithubApp", "Notifier", "LogDrain"):
             items, _ = store.list(kind)
             for obj in items:
                 total += _rotate_record(store, keyring, kind, obj.metadata.name)

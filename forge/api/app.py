@@ -20,7 +20,7 @@ from typing import Any
 
 import falcon
 
-from forge.api import agents, github, logs, notify, records, releases, runs, series, system
+from forge.api import agents, drains, github, logs, notify, records, releases, runs, series, system
 from forge.api.auth import Authenticator, AuthMiddleware
 from forge.api.body import dumps
 from forge.api.context import ApiContext
@@ -164,6 +164,10 @@ def create_app(
     app.add_route("/api/v1/nodes/{name}/usage", series.NodeUsageResource(ctx))
     app.add_route("/api/v1/apps/{name}/runs", runs.AppRunsResource(ctx))
     app.add_route("/api/v1/apps/{name}/domains", AppDomainsResource(ctx))
+    app.add_route("/api/v1/apps/{name}/drains", drains.AppDrainsResource(ctx))
+    app.add_route("/api/v1/apps/{name}/drains/{id}", drains.AppDrainResource(ctx))
+    app.add_route("/api/v1/nodes/{name}/drains", drains.NodeDrainsResource(ctx))
+    app.add_route("/api/v1/nodes/{name}/drains/{drain}/status", drains.NodeDrainStatusResource(ctx))
     app.add_route("/api/v1/instances/{name}/stdin", runs.InstanceStdinResource(ctx))
     app.add_route("/api/v1/nodes/{name}/token", agents.NodeTokenResource(ctx))
     app.add_route("/api/v1/instances/{name}/secrets", agents.InstanceSecretsResource(ctx))

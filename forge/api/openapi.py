@@ -228,6 +228,34 @@ def _extra_paths() -> dict[str, Any]:
                 {**_ok(obj), **_errors(*AUTHED)},
             ),
         },
+        "/api/v1/apps/{name}/drains": {
+            "parameters": [NAME],
+            "get": _op(
+                "appDrains",
+                "The App's log drains (URLs masked) with each node's delivery report",
+                {**_ok(obj), **_errors(*AUTHED)},
+            ),
+            "post": _op(
+                "addAppDrain",
+                "Add a log drain: syslog+tcp://, syslog+tls:// or https:// (the URL is sealed)",
+                {**_ok(obj, 201), **_errors(*WRITE)},
+                requestBody=_body(
+                    {
+                        "type": "object",
+                        "properties": {"url": {"type": "string"}},
+                        "required": ["url"],
+                        "additionalProperties": False,
+                    }
+                ),
+            ),
+        },
+        "/api/v1/apps/{name}/drains/{id}": {
+            "parameters": [
+                NAME,
+                {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}},
+            ],
+            "delete": _op("removeAppDrain", "Remove a log drain by its ID", {**_ok(obj), **_errors(*AUTHED)}),
+        },
         "/api/v1/apps/{name}/logs": {
             "parameters": [NAME],
             "get": _op(

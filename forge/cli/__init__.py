@@ -126,6 +126,7 @@ def main() -> None:
         apps,
         daemons,
         domains,
+        drains,
         github,
         metrics,
         nodes,

@@ -40,7 +40,7 @@ def resolve_kind(kind: str) -> tuple[str, str]:
 def _public_kinds() -> list[Any]:
     from forge.models import KINDS
 
-    return [c for c in KINDS.values() if c.KIND != "NodeToken"]
+    return [c for c in KINDS.values() if c.KIND not in ("NodeToken", "LogDrain")]  # drains: forge drains
 
 
 @cli.command()

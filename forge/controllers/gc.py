@@ -5,7 +5,8 @@ Per App (key = app name): keep the newest ``history_limit`` finished Deployments
 older ones together with their Instances; delete Instances that are Stopped / Failed / Lost,
 meant to stay stopped, untouched for ``instance_min_age`` and whose Deployment is finished or
 gone. Key ``__events__``: Events last seen more than ``event_ttl`` ago and shipped log lines
-older than ``log_ttl``. An App that no longer exists keeps no history.
+older than ``log_ttl``. An App that no longer exists keeps no history, and no log drains (nor
+does a new App of its name inherit them: a drain belongs to its App's uid).
 
 Release directories on nodes are the node agent's business: it removes those of Instances that
 no longer exist or are no longer assigned to it. The decisions are pure functions of
@@ -34,6 +35,7 @@ from forge.models import (
     Deployment,
     Event,
     Instance,
+    LogDrain,
     deployment_number,
 )
 from forge.store.base import Store
@@ -86,6 +88,19 @@ def instances_to_delete(
     return out
 
 
+def orphan_drains(drains: list[LogDrain], key: str, app: App | None) -> list[LogDrain]:
+    """Drains of an App that is gone — or was deleted and created again (another uid): a new
+    App of the same name never inherits the old one's drains."""
+    out = []
+    for d in drains:
+        if d.spec.app != key:
+            continue
+        owner = d.metadata.owner_ref.uid if d.metadata.owner_ref is not None else ""
+        if app is None or (owner and owner != app.metadata.uid):
+            out.append(d)
+    return out
+
+
 def events_to_delete(events: list[Event], now: float, ttl: float) -> list[Event]:
     return [e for e in events if _age(e.spec.last_time or e.metadata.updated_at, now) >= ttl]
 
@@ -109,6 +124,7 @@ class GcController(Controller):
     def all_keys(self) -> Iterable[str]:
         apps = {a.metadata.name for a in read_only(self.store, App)}
         apps |= {d.spec.app for d in read_only(self.store, Deployment)}
+        apps |= {d.spec.app for d in read_only(self.store, LogDrain)}
         return sorted(apps) + [EVENTS_KEY]
 
     def reconcile(self, key: str) -> Result | None:
@@ -145,6 +161,8 @@ class GcController(Controller):
         for dep in doomed:
             if dep.metadata.name not in busy:
                 self._delete("Deployment", dep.metadata.name, dep.metadata.resource_version)
+        for drain in orphan_drains(self.store.list(LogDrain, {LABEL_APP: key})[0], key, app):
+            self._delete("LogDrain", drain.metadata.name, drain.metadata.resource_version)
         return DONE
 
     def _collect_events(self) -> None:

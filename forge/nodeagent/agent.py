@@ -9,9 +9,12 @@ log shipper and the metrics server. The agent reaches the control plane only ove
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import select
 import shutil
+import signal
 import socket
 import threading
 from pathlib import Path
@@ -30,6 +33,7 @@ from forge.nodeagent import node as nodeinfo
 from forge.nodeagent.builder import BUILT_DIR, Builder, api_credentials
 from forge.nodeagent.diskfence import IMAGES_DIR, DiskFence, image_mode_missing
 from forge.nodeagent.diskgc import DiskGC, Release
+from forge.nodeagent.drains.manager import DrainManager
 from forge.nodeagent.exitwatch import ExitWatcher
 from forge.nodeagent.logship import Shipper
 from forge.nodeagent.logwriter import DEFAULT_CAP as DEFAULT_LOG_CAP
@@ -153,6 +157,9 @@ class Agent:
         self.shipper = Shipper(
             client, self.state, self.data_dir / "logs", clock, stop, cap_bytes=log_cap_bytes
         )
+        self.drains = DrainManager(
+            client, name, self.data_dir, self.data_dir / "logs", self.state, self._process_of, clock, stop
+        )
         builder = Builder(
             self.data_dir,
             git_url_template,
@@ -195,6 +202,7 @@ class Agent:
         )
         self.reconciler.on_last_stopped = self.purge_if_gone
         self.usage = UsageSampler(client, name, self.state, self.driver, clock, usage_seconds)
+        self.reconciler.drains_pending = self.drains.pending
         self.threads: list[threading.Thread] = []
         self.metrics_server: Any = None
 
@@ -220,6 +228,12 @@ class Agent:
         self.isolation.missing.append(f"network namespaces ({missing})")
         return None
 
+    def _process_of(self, instance: str) -> str:
+        """The process type an Instance runs (a log drain's MSGID), from the watch's cache."""
+        with self.cache_lock:
+            inst = self.cache.get(instance)
+        return inst.spec.process if inst is not None else "web"
+
     def _owner(self, app: str) -> tuple[int | None, int | None]:
         if os.geteuid() != 0:
             return None, None
@@ -237,6 +251,7 @@ class Agent:
         self._adopt()
         self.exits.start()
         self.shipper.start()
+        self.drains.start()
         if self.metrics_listen:
             self.metrics_server, _ = serve_metrics(
                 self.metrics_listen,
@@ -266,11 +281,40 @@ class Agent:
             self.isolation.namespaces,
             self.isolation.network,
         )
-        self.stop.wait()
+        self._wait_for_stop()
         t0 = self.clock.monotonic()
         self.reconciler.stopping.set()
         self.shutdown()
         log.info("agent %s stopped its threads in %.2fs", self.name, self.clock.monotonic() - t0)
+
+    def _wait_for_stop(self) -> None:
+        """Until ``stop`` is set. In the main thread, a futex wait is not woken by a SIGTERM the
+        kernel hands to another thread — the handler that sets ``stop`` would only run once the
+        main thread woke for another reason (a bench saw an agent ignore SIGTERM for minutes).
+        So the main thread waits in ``select`` on the signal wake-up fd, which any thread's
+        signal writes to; elsewhere (tests, embedded) a plain wait."""
+        if threading.current_thread() is not threading.main_thread():
+            self.stop.wait()
+            return
+        r, w = os.pipe()
+        os.set_blocking(r, False)
+        os.set_blocking(w, False)
+        try:
+            previous = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        except ValueError:
+            os.close(r)
+            os.close(w)
+            self.stop.wait()
+            return
+        try:
+            while not self.stop.is_set():
+                select.select([r], [], [])
+                with contextlib.suppress(BlockingIOError):
+                    os.read(r, 512)
+        finally:
+            signal.set_wakeup_fd(previous)
+            os.close(r)
+            os.close(w)
 
     def shutdown(self) -> None:
         """Stop the agent's own threads; apps keep running (they are detached on purpose)."""
@@ -283,6 +327,7 @@ class Agent:
             self.metrics_server.shutdown()
             self.metrics_server.server_close()
         self.shipper.thread.join(timeout=5)
+        self.drains.shutdown()
         self.client.close()
 
     def _register(self) -> None:
@@ -698,7 +743,6 @@ def run_agent(
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m forge.nodeagent.agent`` (the CLI's ``forge agent`` calls run_agent the same way)."""
-    import signal
 
     p = argparse.ArgumentParser(prog="forge-agent")
     p.add_argument("--api", required=True)

@@ -85,6 +85,8 @@ class Reconciler:
         self.builder, self.supervisor, self.shipper, self.status = builder, supervisor, shipper, status
         self.clock, self.watch_exit = clock, watch_exit
         self.logs_dir = self.data_dir / "logs"
+        # Set by the agent: whether a log drain still has lines of this Instance to deliver.
+        self.drains_pending: Callable[[str], bool] | None = None
         self.trackers: dict[str, ProbeTracker] = {}
         self.next_probe: dict[str, float] = {}
         self.probe_step: dict[str, float] = {}
@@ -847,6 +849,8 @@ class Reconciler:
                 drained = False
             if not drained:
                 return 5.0  # ship the rest once the control plane answers, then forget
+            if self.drains_pending is not None and self.drains_pending(name):
+                return 5.0  # a log drain has not received all of it yet (bounded: see drains.manager)
             self.state.remove(name)
             shutil.rmtree(self.logs_dir / name, ignore_errors=True)
             self.exit_file(name).unlink(missing_ok=True)

@@ -104,3 +104,32 @@ def test_other_kinds_untouched(store, clock, gc, make_app) -> None:
     for key in gc.all_keys():
         gc.reconcile(key)
     assert names(store, "App") == {"web"} and names(store, "Secret") == {"web"}
+
+
+def test_drains_go_with_their_app(store, clock, gc, make_app) -> None:
+    """A deleted App's log drains are deleted; a new App of the same name does not inherit the
+    old one's; the drains of a live App stay — and a second pass changes nothing."""
+    from forge.models import LogDrain, OwnerRef
+
+    def drain(name: str, app, url: str = "x") -> None:
+        store.create(LogDrain(metadata=ObjectMeta(name=name, labels={"forge.dev/app": app.metadata.name},
+                                                  owner_ref=OwnerRef(kind="App", name=app.metadata.name,
+                                                                     uid=app.metadata.uid)),
+                              spec={"app": app.metadata.name, "url": url, "masked_url": url}))
+
+    keep, gone = make_app("keep"), make_app("gone")
+    drain("keep-aaaaaaaaaa", keep)
+    drain("gone-bbbbbbbbbb", gone)
+    store.delete("App", "gone")
+    reborn = make_app("gone")
+    assert reborn.metadata.uid != gone.metadata.uid
+    drain("gone-cccccccccc", reborn)
+    for key in gc.all_keys():
+        gc.reconcile(key)
+    assert names(store, "LogDrain") == {"keep-aaaaaaaaaa", "gone-cccccccccc"}
+    store.delete("App", "gone")
+    assert "gone" in set(gc.all_keys())
+    for _ in range(2):
+        for key in gc.all_keys():
+            gc.reconcile(key)
+    assert names(store, "LogDrain") == {"keep-aaaaaaaaaa"}
