@@ -12,7 +12,14 @@ from prometheus_client import CollectorRegistry, generate_latest
 from forge.client import ForgeClient
 from forge.clock import FakeClock
 from forge.models import LABEL_APP, LABEL_DEPLOYMENT, LABEL_NODE, Instance
-from forge.nodeagent.agent import DISKGC_AFTER_STOP_SECONDS, DISKGC_KEY, DISKGC_SECONDS, HEARTBEAT_KEY, USAGE_KEY, Agent
+from forge.nodeagent.agent import (
+    DISKGC_AFTER_STOP_SECONDS,
+    DISKGC_KEY,
+    DISKGC_SECONDS,
+    HEARTBEAT_KEY,
+    USAGE_KEY,
+    Agent,
+)
 from forge.nodeagent.builder import BUILT_DIR, Builder
 from forge.nodeagent.diskgc import DiskGC, releases_to_remove
 from forge.nodeagent.metrics import AgentCollector
