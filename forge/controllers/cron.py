@@ -7,8 +7,8 @@ Key = app name. For each ``cron:`` job of the live release's manifest the decisi
 - a run for ``due`` exists already (by name: ``APP-cron-HASH`` of job and due time, so two
   controllers, or one restarted, never create two) → nothing;
 - ``due`` is older than the job itself (the release that brought it went live later) → nothing;
-- a previous run is still going → a record for ``due`` in phase ``Skipped`` (never run, like
-  Kubernetes' ``concurrencyPolicy: Forbid``);
+- a previous run is still going → a record for ``due`` that never runs (``spec.oneshot.skipped``
+  says why; it reads as phase ``Skipped``), like Kubernetes' ``concurrencyPolicy: Forbid``;
 - otherwise → a run for ``due``. Only the latest due time is ever considered, so after downtime
   there is at most one catch-up run, never a burst (``startingDeadlineSeconds`` in spirit).
 
@@ -194,24 +194,23 @@ class CronController(AppKeyedController):
             oneshot,
             labels={LABEL_CRON: str(job["name"])},
         )
+        why = f"{busy[0].metadata.name} was still running" if busy else "a run was still going"
         if skipped:
+            # Our verdict goes into the record we make (it never runs, so no agent reports on
+            # it): it reads as phase Skipped (``forge.models.apply_instance_verdicts``).
             inst.spec.desired = "Stopped"
+            if inst.spec.oneshot is not None:
+                inst.spec.oneshot.skipped = why
         try:
             created: Instance = self.store.create(inst)
         except AlreadyExists:
             return
         if skipped:
-            created.status.phase = "Skipped"
-            created.status.reason = "PreviousRunActive"
-            created.status.message = (
-                f"{busy[0].metadata.name} was still running" if busy else "a run was still going"
-            )
-            created = self.store.update_status(created)
             self.recorder.record(
                 created,
                 "Warning",
                 "CronSkipped",
-                f"{job['name']} due {due} skipped: {created.status.message}",
+                f"{job['name']} due {due} skipped: {why}",
             )
         else:
             self.recorder.record(

@@ -19,6 +19,7 @@ from forge.clock import FakeClock
 from forge.config import Config
 from forge.errors import NotFound
 from forge.models import (
+    COND_AGENT_READY,
     LABEL_APP,
     LABEL_DEPLOYMENT,
     LABEL_NODE,
@@ -180,11 +181,10 @@ def make_node(store: Store, clock: FakeClock) -> Callable[..., Node]:
         node.status.capacity = Capacity(cpu=cpu, memory=memory)
         node.status.allocatable = Capacity(cpu=cpu, memory=memory)
         node.status.last_heartbeat_time = clock.now_iso()
-        set_condition(
-            node.status, "Ready", "True" if ready else "False",
+        set_condition(  # as the agent does: its own word; Ready and phase are derived from it
+            node.status, COND_AGENT_READY, "True" if ready else "False",
             "NodeReady" if ready else "NodeNotReady", "", clock.now_iso(),
         )
-        node.status.phase = "Ready" if ready else "NotReady"
         return store.update_status(node)  # type: ignore[return-value]
 
     return make
