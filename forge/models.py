@@ -12,8 +12,10 @@ from __future__ import annotations
 import re
 from typing import Any, ClassVar, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
+
+from forge.errors import Invalid, pydantic_errors
 
 API_VERSION: str = "forge/v1"
 
@@ -373,6 +375,97 @@ class App(Resource):
     status: AppStatus = Field(default_factory=AppStatus)
 
 
+class Resources(Model):
+    memory: int = Field(default=256 * 1024 * 1024, ge=0, description="bytes")
+    cpu: float = Field(default=0.5, ge=0, description="cores")
+    pids: int = Field(default=512, ge=1)
+    disk: int = Field(
+        default=1024 * 1024 * 1024, ge=0, description="bytes the release tree may hold on its node"
+    )
+
+
+# --------------------------------------------------------------------------- Manifest
+# A validated forge.yaml (``forge.manifest`` parses and validates it): part of a Deployment's
+# status and of every Instance's spec, typed wherever it is read.
+
+
+class BuildSpec(Model):
+    commands: list[str] = Field(default_factory=list)
+    timeout_seconds: float = 600.0
+    detected: list[str] = Field(default_factory=list)  # forge.detect's notes (never from forge.yaml)
+
+
+class RunSpec(Model):
+    command: str
+    port: int | None = None
+    stop_timeout_seconds: float = 10.0
+
+
+class HealthSpec(Model):
+    path: str = "/"
+    interval_seconds: float = 10.0
+    timeout_seconds: float = 3.0
+    retries: int = 3
+    start_period_seconds: float = 0.0
+    min_ready_seconds: float = 10.0  # every Instance ready this long before promotion
+
+
+class ProcessSpec(Model):
+    """One more long-running process type (``processes.NAME``): a worker, a queue consumer."""
+
+    command: str
+    replicas: int = 1
+    resources: Resources = Field(default_factory=Resources)  # the top level's, field by field overridden
+    env: dict[str, str] = Field(default_factory=dict)  # on top of the top level's
+    health_command: str | None = None  # optional: ready while it exits 0
+    min_running_seconds: float = 10.0  # running this long without a crash = ready
+    stop_timeout_seconds: float | None = None  # default: run.stop_timeout
+
+
+class CronJobSpec(Model):
+    name: str
+    schedule: str
+    command: str
+    timeout_seconds: float = 1800.0
+    timezone: str = "UTC"
+
+
+class ReleaseCommandSpec(Model):
+    command: str
+    timeout_seconds: float = 600.0
+
+
+class StorageSpec(Model):
+    size: int = 1024**3
+
+
+class Manifest(Model):
+    """A validated forge.yaml with normalised values (bytes, cores, seconds)."""
+
+    name: str | None = None
+    runtime: str | None = None
+    build: BuildSpec = Field(default_factory=BuildSpec)
+    run: RunSpec
+    resources: Resources = Field(default_factory=Resources)
+    health: HealthSpec = Field(default_factory=HealthSpec)
+    env: dict[str, str] = Field(default_factory=dict)
+    processes: dict[str, ProcessSpec] = Field(default_factory=dict)
+    cron: list[CronJobSpec] = Field(default_factory=list)
+    release: ReleaseCommandSpec | None = None
+    storage: StorageSpec | None = None
+
+    def to_status(self) -> dict[str, Any]:
+        """JSON-able camelCase dict for ``Deployment.status.manifest``."""
+        return self.dump()
+
+    @classmethod
+    def from_status(cls, data: dict[str, Any]) -> Manifest:
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise Invalid.from_errors(pydantic_errors(exc, "manifest"), "stored manifest") from None
+
+
 # --------------------------------------------------------------------------- Deployment
 
 TriggerType = Literal["webhook", "api", "rollback", "config"]
@@ -425,7 +518,7 @@ DEPLOYMENT_TERMINAL: frozenset[str] = frozenset({"Superseded", "Failed", "Cancel
 
 class DeploymentStatus(Status):
     phase: DeploymentPhase = ""
-    manifest: dict[str, Any] | None = None
+    manifest: Manifest | None = None  # written by source; stored as JSON, read back typed
     ready_replicas: int = 0
     replicas: int = 0
     reason: str = ""
@@ -491,15 +584,6 @@ def next_release_number(deployments: list[Deployment]) -> int:
 # --------------------------------------------------------------------------- Instance
 
 
-class Resources(Model):
-    memory: int = Field(default=256 * 1024 * 1024, ge=0, description="bytes")
-    cpu: float = Field(default=0.5, ge=0, description="cores")
-    pids: int = Field(default=512, ge=1)
-    disk: int = Field(
-        default=1024 * 1024 * 1024, ge=0, description="bytes the release tree may hold on its node"
-    )
-
-
 DesiredState = Literal["Running", "Stopped"]
 WEB: Final[str] = "web"
 RESERVED_PROCESS_NAMES: frozenset[str] = frozenset({"web", "release", "run", "cron"})
@@ -532,7 +616,7 @@ class InstanceSpec(Model):
     desired: DesiredState = "Running"
     repo: str
     commit: str
-    manifest: dict[str, Any] = Field(default_factory=dict)
+    manifest: Manifest | None = None  # the release's (Deployment.status.manifest)
     env: dict[str, str] = Field(default_factory=dict)
     resources: Resources = Field(default_factory=Resources)
     secret: str | None = None
@@ -549,6 +633,11 @@ class InstanceSpec(Model):
     # forge restart: a new value asks the agent to restart the process in place (same release,
     # no build); a restart asked for is not a crash (restarts is not counted).
     restart_generation: int = 0
+
+    @field_validator("manifest", mode="before")
+    @classmethod
+    def _no_manifest(cls, v: Any) -> Any:
+        return None if v == {} else v  # records from before the manifest was typed stored {} for none
 
 
 InstancePhase = Literal[

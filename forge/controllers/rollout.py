@@ -63,8 +63,10 @@ from forge.models import (
     DeploymentPhase,
     DeploymentStatus,
     Instance,
+    Manifest,
     Node,
     OneShot,
+    ReleaseCommandSpec,
     ReleasePhase,
     Secret,
     Trigger,
@@ -119,7 +121,7 @@ class RolloutPlan:
 
 
 def reusable_build(
-    dep: Deployment, manifest: dict[str, Any], deps: list[Deployment], work: dict[str, DeploymentStatus]
+    dep: Deployment, manifest: Manifest, deps: list[Deployment], work: dict[str, DeploymentStatus]
 ) -> str:
     """The build ``dep`` runs: the first earlier release of the same commit and build inputs whose
     build did not fail (a config release, a rollback, a replayed push reuse it on every node that
@@ -258,13 +260,13 @@ def scale_down(
     return unroute, stop
 
 
-def release_command(dep: Deployment) -> dict[str, Any] | None:
+def release_command(dep: Deployment) -> ReleaseCommandSpec | None:
     """The manifest's ``release`` section, when this release runs one (a rollback does not: it
     goes back to code whose schema changes already ran)."""
-    rel = (dep.status.manifest or {}).get("release")
-    if not isinstance(rel, dict) or not rel.get("command") or dep.spec.trigger.type == "rollback":
+    m = dep.status.manifest
+    if m is None or m.release is None or not m.release.command or dep.spec.trigger.type == "rollback":
         return None
-    return rel
+    return m.release
 
 
 def release_gate(
@@ -294,7 +296,7 @@ def release_gate(
             dep.metadata.name,
             "Normal",
             "ReleaseCommandStarted",
-            f"{dep.metadata.name}: running {rel['command']!r}",
+            f"{dep.metadata.name}: running {rel.command!r}",
         )
     if inst is None:
         cfg = ds.effective_config(app, dep, secret)
@@ -307,8 +309,8 @@ def release_gate(
                 name,
                 OneShot(
                     type="release",
-                    command=str(rel["command"]),
-                    timeout_seconds=float(rel.get("timeoutSeconds") or 600.0),
+                    command=rel.command,
+                    timeout_seconds=rel.timeout_seconds,
                 ),
             )
         )
@@ -408,7 +410,7 @@ def plan_rollout(
         allowed = (
             settings.progress_deadline_seconds
             + ds.build_timeout_seconds(wanted.model_copy(update={"status": st}))
-            + (float(rel.get("timeoutSeconds") or 600.0) if rel is not None else 0.0)
+            + (rel.timeout_seconds if rel is not None else 0.0)
         )
         deadline = now + allowed - ds.age(watch, f"created/{name}", st.created_time, now)
         cfg = ds.effective_config(app, wanted, secret)

@@ -16,7 +16,8 @@ from forge.clock import FakeClock, iso
 from forge.config import Config
 from forge.controllers.rollback import RollbackController
 from forge.controllers.rollout import RolloutController
-from forge.models import App, Deployment
+from forge.manifest import validate_data
+from forge.models import App, Deployment, Manifest
 from forge.store.base import Store
 from tests.controllers.release_helpers import get, instances, report, serve_all
 
@@ -45,13 +46,14 @@ def live_v1(
     return app
 
 
-def manifest(build_timeout: float = 600.0, min_ready: float = 10.0, **extra: Any) -> dict[str, Any]:
-    return {
+def manifest(build_timeout: float = 600.0, min_ready: float = 10.0, **extra: Any) -> Manifest:
+    """A forge.yaml with a 150 s build, validated as a push's would be."""
+    return validate_data({
         "run": {"command": "x"},
-        "build": {"commands": ["sleep 150"], "timeoutSeconds": build_timeout},
-        "health": {"minReadySeconds": min_ready},
+        "build": {"commands": ["sleep 150"], "timeout": f"{build_timeout:g}s"},
+        "health": {"min_ready": f"{min_ready:g}s"},
         **extra,
-    }
+    })
 
 
 def phase(store: Store, name: str) -> tuple[str, str]:
@@ -147,7 +149,7 @@ def test_progress_deadline_covers_build_and_release_command_timeouts(
     """build.timeout 5m: a 150 s build is still Building at 150 s (the old deadline was 120 s);
     the deadline is 120 s + the build's timeout + the release command's."""
     make_deployment(
-        "hello", 2, manifest=manifest(build_timeout=300, release={"command": "migrate", "timeoutSeconds": 60})
+        "hello", 2, manifest=manifest(build_timeout=300, release={"command": "migrate", "timeout": "60s"})
     )
     res = ctl.reconcile("hello")
     assert res is not None and res.requeue_after == pytest.approx(120 + 300 + 60)
