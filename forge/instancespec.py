@@ -18,9 +18,11 @@ from forge.models import (
     DeploymentConfig,
     Instance,
     InstanceSpec,
+    Manifest,
     ObjectMeta,
     OneShot,
     OwnerRef,
+    ProcessSpec,
     Resources,
     Secret,
 )
@@ -89,11 +91,11 @@ def effective_config(app: App | None, dep: Deployment, secret: Secret | None) ->
     return DeploymentConfig(replicas=1, secrets_version=secret_version(secret))
 
 
-def build_inputs(manifest: dict[str, Any] | None) -> tuple[Any, ...]:
+def build_inputs(manifest: Manifest | None) -> tuple[Any, ...]:
     """What a release's build depends on besides its commit: runtime, build section, tree size."""
-    m = manifest or {}
-    res = m.get("resources") if isinstance(m.get("resources"), dict) else {}
-    return (m.get("runtime"), m.get("build"), (res or {}).get("disk"))
+    if manifest is None:
+        return (None, None, None)
+    return (manifest.runtime, manifest.build.dump(), manifest.resources.disk)
 
 
 def build_name(dep: Deployment) -> str:
@@ -102,9 +104,8 @@ def build_name(dep: Deployment) -> str:
     return dep.status.build or dep.metadata.name
 
 
-def manifest_processes(manifest: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
-    procs = (manifest or {}).get("processes") or {}
-    return {str(k): v for k, v in procs.items() if isinstance(v, dict)} if isinstance(procs, dict) else {}
+def manifest_processes(manifest: Manifest | None) -> dict[str, ProcessSpec]:
+    return dict(manifest.processes) if manifest is not None else {}
 
 
 def instance_spec(
@@ -116,18 +117,15 @@ def instance_spec(
     process: str = WEB,
     oneshot: OneShot | None = None,
 ) -> InstanceSpec:
-    manifest = dict(dep.status.manifest or {})
-    res = dict(manifest.get("resources") or {})
+    manifest = dep.status.manifest
     proc = manifest_processes(manifest).get(process) if process != WEB else None
+    # A process type's resources: the manifest merged the top level's in already.
+    res = proc.resources if proc is not None else manifest.resources if manifest is not None else Resources()
+    env = dict(manifest.env) if manifest is not None else {}
     if proc is not None:
-        res.update(proc.get("resources") or {})  # the manifest merged the top level in already
-    env = {str(k): str(v) for k, v in (manifest.get("env") or {}).items()}
-    if proc is not None:
-        env.update({str(k): str(v) for k, v in (proc.get("env") or {}).items()})
+        env.update(proc.env)
     env.update(cfg.env)  # the App's config wins over the repo's defaults
-    storage = (
-        (manifest.get("storage") or {}).get("size") if isinstance(manifest.get("storage"), dict) else None
-    )
+    storage = manifest.storage.size if manifest is not None and manifest.storage is not None else 0
     return InstanceSpec(
         app=app.metadata.name,
         deployment=dep.metadata.name,
@@ -136,18 +134,18 @@ def instance_spec(
         repo=dep.spec.repo or app.spec.repo,
         commit=dep.spec.commit,
         ref=dep.spec.ref or "",
-        manifest=manifest,
+        manifest=manifest.model_copy(deep=True) if manifest is not None else None,
         env=env,
         resources=Resources(
-            memory=int(res.get("memory") or DEFAULT_MEMORY),
-            cpu=float(res.get("cpu") or DEFAULT_CPU),
-            pids=int(res.get("pids") or Resources().pids),
-            disk=int(res.get("disk") or Resources().disk),
+            memory=res.memory or DEFAULT_MEMORY,
+            cpu=res.cpu or DEFAULT_CPU,
+            pids=res.pids or Resources().pids,
+            disk=res.disk or Resources().disk,
         ),
         secret=secret.metadata.name if secret is not None else None,
         process=process,
         oneshot=oneshot,
-        storage=int(storage or 0),
+        storage=storage,
         node_selector=dict(cfg.node_selector or app.spec.node_selector),
         build=build_name(dep),
     )

@@ -43,10 +43,21 @@ from collections.abc import Callable
 from typing import Any
 
 import yaml
-from pydantic import Field, ValidationError
 
-from forge.errors import Invalid, pydantic_errors
-from forge.models import ENV_KEY, Model, Resources, check_app_name
+from forge.errors import Invalid
+from forge.models import (  # noqa: F401  (the manifest's model lives with the records it is part of)
+    ENV_KEY,
+    BuildSpec,
+    CronJobSpec,
+    HealthSpec,
+    Manifest,
+    ProcessSpec,
+    ReleaseCommandSpec,
+    Resources,
+    RunSpec,
+    StorageSpec,
+    check_app_name,
+)
 
 MAX_BYTES = 64 * 1024
 MAX_DEPTH = 16
@@ -75,83 +86,6 @@ _DURATION = re.compile(r"^(?:\d+(?:\.\d+)?(?:ms|h|m|s))+$")
 _MILLICORES = re.compile(r"^(\d+)m$")
 _RUNTIME = re.compile(r"^[a-z][a-z0-9._+-]{0,31}$")
 _DUR_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
-
-
-class BuildSpec(Model):
-    commands: list[str] = Field(default_factory=list)
-    timeout_seconds: float = 600.0
-    detected: list[str] = Field(default_factory=list)  # forge.detect's notes (never from forge.yaml)
-
-
-class RunSpec(Model):
-    command: str
-    port: int | None = None
-    stop_timeout_seconds: float = 10.0
-
-
-class HealthSpec(Model):
-    path: str = "/"
-    interval_seconds: float = 10.0
-    timeout_seconds: float = 3.0
-    retries: int = 3
-    start_period_seconds: float = 0.0
-    min_ready_seconds: float = 10.0  # every Instance ready this long before promotion
-
-
-class ProcessSpec(Model):
-    """One more long-running process type (``processes.NAME``): a worker, a queue consumer."""
-
-    command: str
-    replicas: int = 1
-    resources: Resources = Field(default_factory=Resources)  # the top level's, field by field overridden
-    env: dict[str, str] = Field(default_factory=dict)  # on top of the top level's
-    health_command: str | None = None  # optional: ready while it exits 0
-    min_running_seconds: float = 10.0  # running this long without a crash = ready
-    stop_timeout_seconds: float | None = None  # default: run.stop_timeout
-
-
-class CronJobSpec(Model):
-    name: str
-    schedule: str
-    command: str
-    timeout_seconds: float = 1800.0
-    timezone: str = "UTC"
-
-
-class ReleaseCommandSpec(Model):
-    command: str
-    timeout_seconds: float = 600.0
-
-
-class StorageSpec(Model):
-    size: int = 1024**3
-
-
-class Manifest(Model):
-    """A validated forge.yaml with normalised values (bytes, cores, seconds)."""
-
-    name: str | None = None
-    runtime: str | None = None
-    build: BuildSpec = Field(default_factory=BuildSpec)
-    run: RunSpec
-    resources: Resources = Field(default_factory=Resources)
-    health: HealthSpec = Field(default_factory=HealthSpec)
-    env: dict[str, str] = Field(default_factory=dict)
-    processes: dict[str, ProcessSpec] = Field(default_factory=dict)
-    cron: list[CronJobSpec] = Field(default_factory=list)
-    release: ReleaseCommandSpec | None = None
-    storage: StorageSpec | None = None
-
-    def to_status(self) -> dict[str, Any]:
-        """JSON-able camelCase dict for ``Deployment.status.manifest``."""
-        return self.dump()
-
-    @classmethod
-    def from_status(cls, data: dict[str, Any]) -> Manifest:
-        try:
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            raise Invalid.from_errors(pydantic_errors(exc, "manifest"), "stored manifest") from None
 
 
 # --------------------------------------------------------------------------- units

@@ -12,8 +12,10 @@ from __future__ import annotations
 import re
 from typing import Any, ClassVar, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
+
+from forge.errors import Invalid, pydantic_errors
 
 API_VERSION: str = "forge/v1"
 
@@ -145,6 +147,15 @@ class Status(Model):
     def is_true(self, type_: str) -> bool:
         c = self.condition(type_)
         return c is not None and c.status == "True"
+
+
+def _put_condition(status: Status, cond: Condition) -> None:
+    """Replace the condition of ``cond.type`` in place (keeping the list's order), or append it."""
+    for i, c in enumerate(status.conditions):
+        if c.type == cond.type:
+            status.conditions[i] = cond
+            return
+    status.conditions.append(cond)
 
 
 def set_condition(
@@ -364,6 +375,97 @@ class App(Resource):
     status: AppStatus = Field(default_factory=AppStatus)
 
 
+class Resources(Model):
+    memory: int = Field(default=256 * 1024 * 1024, ge=0, description="bytes")
+    cpu: float = Field(default=0.5, ge=0, description="cores")
+    pids: int = Field(default=512, ge=1)
+    disk: int = Field(
+        default=1024 * 1024 * 1024, ge=0, description="bytes the release tree may hold on its node"
+    )
+
+
+# --------------------------------------------------------------------------- Manifest
+# A validated forge.yaml (``forge.manifest`` parses and validates it): part of a Deployment's
+# status and of every Instance's spec, typed wherever it is read.
+
+
+class BuildSpec(Model):
+    commands: list[str] = Field(default_factory=list)
+    timeout_seconds: float = 600.0
+    detected: list[str] = Field(default_factory=list)  # forge.detect's notes (never from forge.yaml)
+
+
+class RunSpec(Model):
+    command: str
+    port: int | None = None
+    stop_timeout_seconds: float = 10.0
+
+
+class HealthSpec(Model):
+    path: str = "/"
+    interval_seconds: float = 10.0
+    timeout_seconds: float = 3.0
+    retries: int = 3
+    start_period_seconds: float = 0.0
+    min_ready_seconds: float = 10.0  # every Instance ready this long before promotion
+
+
+class ProcessSpec(Model):
+    """One more long-running process type (``processes.NAME``): a worker, a queue consumer."""
+
+    command: str
+    replicas: int = 1
+    resources: Resources = Field(default_factory=Resources)  # the top level's, field by field overridden
+    env: dict[str, str] = Field(default_factory=dict)  # on top of the top level's
+    health_command: str | None = None  # optional: ready while it exits 0
+    min_running_seconds: float = 10.0  # running this long without a crash = ready
+    stop_timeout_seconds: float | None = None  # default: run.stop_timeout
+
+
+class CronJobSpec(Model):
+    name: str
+    schedule: str
+    command: str
+    timeout_seconds: float = 1800.0
+    timezone: str = "UTC"
+
+
+class ReleaseCommandSpec(Model):
+    command: str
+    timeout_seconds: float = 600.0
+
+
+class StorageSpec(Model):
+    size: int = 1024**3
+
+
+class Manifest(Model):
+    """A validated forge.yaml with normalised values (bytes, cores, seconds)."""
+
+    name: str | None = None
+    runtime: str | None = None
+    build: BuildSpec = Field(default_factory=BuildSpec)
+    run: RunSpec
+    resources: Resources = Field(default_factory=Resources)
+    health: HealthSpec = Field(default_factory=HealthSpec)
+    env: dict[str, str] = Field(default_factory=dict)
+    processes: dict[str, ProcessSpec] = Field(default_factory=dict)
+    cron: list[CronJobSpec] = Field(default_factory=list)
+    release: ReleaseCommandSpec | None = None
+    storage: StorageSpec | None = None
+
+    def to_status(self) -> dict[str, Any]:
+        """JSON-able camelCase dict for ``Deployment.status.manifest``."""
+        return self.dump()
+
+    @classmethod
+    def from_status(cls, data: dict[str, Any]) -> Manifest:
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise Invalid.from_errors(pydantic_errors(exc, "manifest"), "stored manifest") from None
+
+
 # --------------------------------------------------------------------------- Deployment
 
 TriggerType = Literal["webhook", "api", "rollback", "config"]
@@ -416,7 +518,7 @@ DEPLOYMENT_TERMINAL: frozenset[str] = frozenset({"Superseded", "Failed", "Cancel
 
 class DeploymentStatus(Status):
     phase: DeploymentPhase = ""
-    manifest: dict[str, Any] | None = None
+    manifest: Manifest | None = None  # written by source; stored as JSON, read back typed
     ready_replicas: int = 0
     replicas: int = 0
     reason: str = ""
@@ -482,15 +584,6 @@ def next_release_number(deployments: list[Deployment]) -> int:
 # --------------------------------------------------------------------------- Instance
 
 
-class Resources(Model):
-    memory: int = Field(default=256 * 1024 * 1024, ge=0, description="bytes")
-    cpu: float = Field(default=0.5, ge=0, description="cores")
-    pids: int = Field(default=512, ge=1)
-    disk: int = Field(
-        default=1024 * 1024 * 1024, ge=0, description="bytes the release tree may hold on its node"
-    )
-
-
 DesiredState = Literal["Running", "Stopped"]
 WEB: Final[str] = "web"
 RESERVED_PROCESS_NAMES: frozenset[str] = frozenset({"web", "release", "run", "cron"})
@@ -508,6 +601,9 @@ class OneShot(Model):
     schedule: str | None = None  # cron: the schedule's name
     scheduled_time: str | None = None  # cron: the time it was due
     interactive: bool = False  # forge run -i: stdin comes through the API
+    # cron: why this run never runs (a previous run was still going), set by cron when it makes
+    # the record; the Instance then reads as phase Skipped (``apply_instance_verdicts``).
+    skipped: str | None = Field(default=None, max_length=1024)
 
 
 class InstanceSpec(Model):
@@ -523,7 +619,7 @@ class InstanceSpec(Model):
     # The release's ref (Deployment.spec.ref): a pull request's head (refs/pull/N/head) is
     # fetched by it, as the source controller does (forge.gitsource.GitSource.fetch decides).
     ref: str = ""
-    manifest: dict[str, Any] = Field(default_factory=dict)
+    manifest: Manifest | None = None  # the release's (Deployment.status.manifest)
     env: dict[str, str] = Field(default_factory=dict)
     resources: Resources = Field(default_factory=Resources)
     secret: str | None = None
@@ -540,6 +636,11 @@ class InstanceSpec(Model):
     # forge restart: a new value asks the agent to restart the process in place (same release,
     # no build); a restart asked for is not a crash (restarts is not counted).
     restart_generation: int = 0
+
+    @field_validator("manifest", mode="before")
+    @classmethod
+    def _no_manifest(cls, v: Any) -> Any:
+        return None if v == {} else v  # records from before the manifest was typed stored {} for none
 
 
 InstancePhase = Literal[
@@ -582,6 +683,52 @@ class Instance(Resource):
     PLURAL: ClassVar[str] = "instances"
     spec: InstanceSpec
     status: InstanceStatus = Field(default_factory=InstanceStatus)
+
+    @model_validator(mode="after")
+    def _verdicts(self) -> Instance:
+        apply_instance_verdicts(self)
+        return self
+
+
+# Verdicts other parts hand the agent (the one writer of an Instance's phase, reason, message,
+# ready and Ready condition) for Instances it cannot speak for: the nodes controller's condition
+# (its node was lost while it ran) and cron's ``spec.oneshot.skipped`` (it never runs). The agent
+# may be gone for good, so the verdict is applied where every reader meets the record: each
+# typed read (``apply_instance_verdicts``, run when an Instance is validated). Both verdicts are
+# final, so a stored copy of the view (any writer's read-modify-write) reads back the same.
+COND_NODE_LOST: Final[str] = "NodeLost"  # nodes controller: True = written off with its node
+REASON_NODE_LOST: Final[str] = "NodeLost"
+REASON_PREVIOUS_RUN_ACTIVE: Final[str] = "PreviousRunActive"
+
+
+def instance_verdict(inst: Instance) -> tuple[InstancePhase, str, str, str | None] | None:
+    """(phase, reason, message, since) an Instance reads as by another part's verdict, or None."""
+    lost = inst.status.condition(COND_NODE_LOST)
+    if lost is not None and lost.status == "True":
+        return "Lost", lost.reason or REASON_NODE_LOST, lost.message, lost.last_transition_time
+    if inst.spec.oneshot is not None and inst.spec.oneshot.skipped is not None:
+        return "Skipped", REASON_PREVIOUS_RUN_ACTIVE, inst.spec.oneshot.skipped, inst.metadata.created_at
+    return None
+
+
+def apply_instance_verdicts(inst: Instance) -> None:
+    """The agent's report, overruled by a verdict: phase, reason, message, not ready. Pure in
+    the record (the Ready condition moves at the verdict's own time), so applying it twice, or
+    to a stored copy of its own result, changes nothing."""
+    found = instance_verdict(inst)
+    if found is None:
+        return
+    st = inst.status
+    st.phase, st.reason, st.message, since = found
+    st.ready = False
+    ready = st.condition("Ready")
+    if ready is None or (ready.status, ready.reason, ready.message) != ("False", st.reason, st.message):
+        _put_condition(
+            st,
+            Condition(
+                type="Ready", status="False", reason=st.reason, message=st.message, last_transition_time=since
+            ),
+        )
 
 
 # --------------------------------------------------------------------------- Node
@@ -627,6 +774,57 @@ class Node(Resource):
     NAME_MAX: ClassVar[int] = 253
     spec: NodeSpec = Field(default_factory=NodeSpec)
     status: NodeStatus = Field(default_factory=NodeStatus)
+
+    @model_validator(mode="after")
+    def _derived(self) -> Node:
+        derive_node_readiness(self.status)
+        return self
+
+
+# A Node's ``Ready`` condition and ``phase`` have no writer: they are derived, on every typed
+# read, from the conditions two parts own — the agent's ``AgentReady`` (it runs, with what
+# isolation) and the nodes controller's ``NodeLost`` (its Lease lapsed). Computed from those two
+# alone, a stored copy of the result never feeds back: a node that renews is Ready again.
+COND_AGENT_READY: Final[str] = "AgentReady"  # agent: True = the agent runs and serves this node
+
+
+def derive_node_readiness(st: NodeStatus) -> None:
+    """Set ``conditions[Ready]`` and ``phase`` from ``AgentReady`` and ``NodeLost`` (pure)."""
+    lost, agent = st.condition(COND_NODE_LOST), st.condition(COND_AGENT_READY)
+    if lost is not None and lost.status == "True":
+        src = lost
+    elif agent is not None:
+        src = agent
+    elif lost is None:
+        # Written by an agent from before AgentReady (an older record): its Ready is the agent's.
+        cur = st.condition("Ready")
+        st.phase = "Ready" if cur is not None and cur.status == "True" else "NotReady"
+        return
+    else:
+        # A verdict lifted, and no word of the agent's: the stored Ready may be a copy of the
+        # verdict's view, so it says nothing.
+        src = Condition(
+            type=COND_AGENT_READY,
+            status="Unknown",
+            reason="NodeStatusUnknown",
+            message="the agent has not reported since the node was lost",
+            last_transition_time=lost.last_transition_time,
+        )
+    value: ConditionStatus = "False" if src is lost else src.status
+    ready = st.condition("Ready")
+    want = (value, src.reason, src.message, src.last_transition_time)
+    if ready is None or (ready.status, ready.reason, ready.message, ready.last_transition_time) != want:
+        _put_condition(
+            st,
+            Condition(
+                type="Ready",
+                status=value,
+                reason=src.reason,
+                message=src.message,
+                last_transition_time=src.last_transition_time,
+            ),
+        )
+    st.phase = "Ready" if value == "True" else "NotReady"
 
 
 # --------------------------------------------------------------------------- Event

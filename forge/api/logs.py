@@ -123,11 +123,10 @@ class AppLogsResource:
         """The health path of the line's release (read once per stream and release)."""
         if rec.deployment not in paths:
             try:
-                manifest = self.ctx.store.get(Deployment, rec.deployment).status.manifest or {}
+                manifest = self.ctx.store.get(Deployment, rec.deployment).status.manifest
             except NotFound:
-                manifest = {}
-            health = manifest.get("health")
-            paths[rec.deployment] = str(health.get("path") or "/") if isinstance(health, dict) else "/"
+                manifest = None
+            paths[rec.deployment] = manifest.health.path if manifest is not None else "/"
         return paths[rec.deployment]
 
     def _stream(

@@ -184,6 +184,7 @@ def cron(ctx: Ctx, name: str, fmt: str) -> None:
     """An app's cron schedules with their last and next run."""
     from forge.controllers.cron import schedules_of
     from forge.cron import next_after
+    from forge.models import Deployment
 
     app = ctx.client.get("apps", name)
     live = (app.get("status") or {}).get("liveDeployment")
@@ -191,17 +192,17 @@ def cron(ctx: Ctx, name: str, fmt: str) -> None:
         click.echo(f"{name} has no live release, so no schedules run")
         return
     dep = ctx.client.get("deployments", live)
-    jobs = schedules_of((dep.get("status") or {}).get("manifest"))
+    jobs = schedules_of(Deployment.model_validate(dep).status.manifest)
     runs, _ = ctx.client.list("instances", f"{LABEL_APP}={name},{LABEL_PROCESS}=cron")
     rows, data = [], []
     now = time.time()
     for job in jobs:
         mine = sorted(
-            (r for r in runs if r["metadata"].get("labels", {}).get(LABEL_CRON) == job["name"]),
+            (r for r in runs if r["metadata"].get("labels", {}).get(LABEL_CRON) == job.name),
             key=lambda r: r["spec"]["oneshot"].get("scheduledTime") or "",
         )
         last = mine[-1] if mine else None
-        nxt = next_after(job["schedule"], job.get("timezone"), now)
+        nxt = next_after(job.schedule, job.timezone, now)
         last_desc = "never"
         if last is not None:
             st = last.get("status") or {}
@@ -213,16 +214,16 @@ def cron(ctx: Ctx, name: str, fmt: str) -> None:
         next_text = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(nxt))
         rows.append(
             [
-                job["name"],
-                job["schedule"] + ("" if job.get("timezone", "UTC") == "UTC" else f" {job['timezone']}"),
+                job.name,
+                job.schedule + ("" if job.timezone == "UTC" else f" {job.timezone}"),
                 last_desc,
                 next_text,
-                job["command"][:40],
+                job.command[:40],
             ]
         )
         data.append(
             {
-                **job,
+                **job.dump(),
                 "lastRun": last["metadata"]["name"] if last else None,
                 "lastPhase": (last or {}).get("status", {}).get("phase"),
                 "nextRun": next_text,

@@ -7,8 +7,8 @@ Key = app name. For each ``cron:`` job of the live release's manifest the decisi
 - a run for ``due`` exists already (by name: ``APP-cron-HASH`` of job and due time, so two
   controllers, or one restarted, never create two) → nothing;
 - ``due`` is older than the job itself (the release that brought it went live later) → nothing;
-- a previous run is still going → a record for ``due`` in phase ``Skipped`` (never run, like
-  Kubernetes' ``concurrencyPolicy: Forbid``);
+- a previous run is still going → a record for ``due`` that never runs (``spec.oneshot.skipped``
+  says why; it reads as phase ``Skipped``), like Kubernetes' ``concurrencyPolicy: Forbid``;
 - otherwise → a run for ``due``. Only the latest due time is ever considered, so after downtime
   there is at most one catch-up run, never a burst (``startingDeadlineSeconds`` in spirit).
 
@@ -35,8 +35,10 @@ from forge.models import (
     LABEL_CRON,
     LABEL_PROCESS,
     App,
+    CronJobSpec,
     Deployment,
     Instance,
+    Manifest,
     OneShot,
     Secret,
 )
@@ -46,11 +48,8 @@ KEEP_ONE_OFF = 20
 ENDED = frozenset({"Succeeded", "Failed", "Stopped", "Lost", "Skipped"})
 
 
-def schedules_of(manifest: dict[str, Any] | None) -> list[dict[str, Any]]:
-    jobs = (manifest or {}).get("cron") or []
-    return [
-        j for j in jobs if isinstance(j, dict) and j.get("name") and j.get("schedule") and j.get("command")
-    ]
+def schedules_of(manifest: Manifest | None) -> list[CronJobSpec]:
+    return list(manifest.cron) if manifest is not None else []
 
 
 def run_name(app: str, job: str, due: float) -> str:
@@ -73,11 +72,10 @@ class JobPlan:
     wake: float = 0.0  # seconds until the next due time
 
 
-def plan_job(job: dict[str, Any], runs: list[Instance], now: float, active_since: float) -> JobPlan:
+def plan_job(job: CronJobSpec, runs: list[Instance], now: float, active_since: float) -> JobPlan:
     """What to do for one schedule now (pure; ``runs`` are this job's records)."""
-    tz = job.get("timezone")
-    due = last_due(job["schedule"], tz, now)
-    plan = JobPlan(wake=max(0.0, next_after(job["schedule"], tz, now) - now))
+    due = last_due(job.schedule, job.timezone, now)
+    plan = JobPlan(wake=max(0.0, next_after(job.schedule, job.timezone, now) - now))
     if due < active_since or any(scheduled(r) >= due for r in runs):
         return plan
     busy = [r for r in runs if r.status.phase not in ENDED and r.spec.desired == "Running"]
@@ -145,8 +143,8 @@ class CronController(AppKeyedController):
         now = self.clock.now()
         wakes: list[float] = []
         for job in jobs:
-            runs = [i for i in insts if i.metadata.labels.get(LABEL_CRON) == job["name"]]
-            since = self._active_since(job["name"], deps)
+            runs = [i for i in insts if i.metadata.labels.get(LABEL_CRON) == job.name]
+            since = self._active_since(job.name, deps)
             plan = plan_job(job, runs, now, since)
             wakes.append(plan.wake)
             if plan.create or plan.skip:
@@ -166,12 +164,12 @@ class CronController(AppKeyedController):
         times = [
             parse_iso(d.status.live_time)
             for d in deps
-            if d.status.live_time and any(j.get("name") == job for j in schedules_of(d.status.manifest))
+            if d.status.live_time and any(j.name == job for j in schedules_of(d.status.manifest))
         ]
         return min(times) if times else float("inf")
 
     def _record(
-        self, app: App, live: Deployment, job: dict[str, Any], due: str, skipped: bool, busy: list[Instance]
+        self, app: App, live: Deployment, job: CronJobSpec, due: str, skipped: bool, busy: list[Instance]
     ) -> None:
         try:
             secret: Secret | None = self.store.get(Secret, app.metadata.name)
@@ -180,9 +178,9 @@ class CronController(AppKeyedController):
         cfg = ds.effective_config(app, live, secret)
         oneshot = OneShot(
             type="cron",
-            command=str(job["command"]),
-            timeout_seconds=float(job.get("timeoutSeconds") or 1800),
-            schedule=str(job["name"]),
+            command=job.command,
+            timeout_seconds=job.timeout_seconds,
+            schedule=job.name,
             scheduled_time=due,
         )
         inst = ds.oneshot_instance(
@@ -190,32 +188,31 @@ class CronController(AppKeyedController):
             live,
             cfg,
             secret,
-            run_name(app.metadata.name, job["name"], parse_iso(due)),
+            run_name(app.metadata.name, job.name, parse_iso(due)),
             oneshot,
-            labels={LABEL_CRON: str(job["name"])},
+            labels={LABEL_CRON: job.name},
         )
+        why = f"{busy[0].metadata.name} was still running" if busy else "a run was still going"
         if skipped:
+            # Our verdict goes into the record we make (it never runs, so no agent reports on
+            # it): it reads as phase Skipped (``forge.models.apply_instance_verdicts``).
             inst.spec.desired = "Stopped"
+            if inst.spec.oneshot is not None:
+                inst.spec.oneshot.skipped = why
         try:
             created: Instance = self.store.create(inst)
         except AlreadyExists:
             return
         if skipped:
-            created.status.phase = "Skipped"
-            created.status.reason = "PreviousRunActive"
-            created.status.message = (
-                f"{busy[0].metadata.name} was still running" if busy else "a run was still going"
-            )
-            created = self.store.update_status(created)
             self.recorder.record(
                 created,
                 "Warning",
                 "CronSkipped",
-                f"{job['name']} due {due} skipped: {created.status.message}",
+                f"{job.name} due {due} skipped: {why}",
             )
         else:
             self.recorder.record(
-                created, "Normal", "CronStarted", f"{job['name']} due {due}: {job['command'][:200]}"
+                created, "Normal", "CronStarted", f"{job.name} due {due}: {job.command[:200]}"
             )
 
     def _upkeep(self, oneshots: list[Instance]) -> None:

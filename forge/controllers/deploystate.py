@@ -16,7 +16,7 @@ Everything here is a function of records already read (and ``now`` where time ma
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, Final
+from typing import Final
 
 from forge.clock import Stopwatch, parse_iso
 from forge.instancespec import (  # noqa: F401  (re-exported: the controllers' one vocabulary)
@@ -44,6 +44,7 @@ from forge.models import (
     DeploymentConfig,
     DeploymentPhase,
     Instance,
+    Manifest,
     ObjectMeta,
     OwnerRef,
     Secret,
@@ -131,11 +132,11 @@ def instance_name(dep_name: str, index: int, replacement: int = 0, process: str 
     return f"{dep_name}-{kind}{index}" + (f"-r{replacement}" if replacement else "")
 
 
-def wanted_slots(cfg: DeploymentConfig, manifest: dict[str, Any] | None) -> list[Slot]:
+def wanted_slots(cfg: DeploymentConfig, manifest: Manifest | None) -> list[Slot]:
     """Every replica slot a release runs: ``replicas`` web ones, then each process type's."""
     slots = [(WEB, i) for i in range(cfg.replicas)]
     for proc, spec in sorted(manifest_processes(manifest).items()):
-        n = (cfg.processes or {}).get(proc, int(spec.get("replicas", 1) or 0))
+        n = (cfg.processes or {}).get(proc, spec.replicas)
         slots += [(proc, i) for i in range(n)]
     return slots
 
@@ -175,10 +176,9 @@ def count_ready(dep_name: str, instances: Iterable[Instance]) -> int:
 
 
 def min_ready_seconds(dep: Deployment) -> float:
-    """``health.min_ready`` of the release's manifest (10 s when the manifest predates it)."""
-    health = (dep.status.manifest or {}).get("health") or {}
-    value = health.get("minReadySeconds") if isinstance(health, dict) else None
-    return float(value) if isinstance(value, (int, float)) else DEFAULT_MIN_READY
+    """``health.min_ready`` of the release's manifest (10 s, the default, before it is known)."""
+    m = dep.status.manifest
+    return m.health.min_ready_seconds if m is not None else DEFAULT_MIN_READY
 
 
 def age(watch: Stopwatch | None, key: str, since: str | None, now: float) -> float:
@@ -212,9 +212,8 @@ def min_ready_wait(
 
 def build_timeout_seconds(dep: Deployment) -> float:
     """``build.timeout`` of the release's manifest (0 before the manifest is known)."""
-    build = (dep.status.manifest or {}).get("build") or {}
-    value = build.get("timeoutSeconds") if isinstance(build, dict) else None
-    return float(value) if isinstance(value, (int, float)) else 0.0
+    m = dep.status.manifest
+    return m.build.timeout_seconds if m is not None else 0.0
 
 
 def restarts_of(dep_name: str, instances: Iterable[Instance]) -> int:
@@ -344,7 +343,7 @@ def stop_instances(store: Store, instances: Iterable[Instance]) -> None:
 
 
 def deadline_message(
-    dep_name: str, seconds: float, manifest: dict[str, Any] | None, instances: list[Instance]
+    dep_name: str, seconds: float, manifest: Manifest | None, instances: list[Instance]
 ) -> str:
     """Why a release missed its progress deadline, naming the build when it was still building."""
     base = f"not ready within {seconds:g}s of its creation"
@@ -353,8 +352,7 @@ def deadline_message(
     )
     if not building:
         return base
-    build = (manifest or {}).get("build") or {}
-    limit = float(build.get("timeoutSeconds") or 600.0)
+    limit = manifest.build.timeout_seconds if manifest is not None else 600.0
     return (
         f"{base}: its build was still running (instance {building[0]}; build.timeout is {limit:g}s); "
         "make the build faster, or raise build.timeout in forge.yaml (build: {timeout: 20m}, up to 2h)"

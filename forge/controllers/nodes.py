@@ -6,13 +6,14 @@ that observation is younger than the grace period (default 15 s = 3 missed renew
 whatever ``renewTime`` the node wrote (its clock may be off). On start every Lease counts as
 renewed "now", so a restarted control plane never evicts on stale data.
 
-When a node lapses: ``Ready False / NodeLost`` with one Warning Event, and each non-terminal
-Instance bound to it goes ``Lost`` (status only), so the rollout controller replaces it
-elsewhere. If every node — or more than 55 % of them, more than one — lapses at once (within a
+When a node lapses: our own condition ``NodeLost`` True on the Node (which then reads Ready
+False, NotReady) with one Warning Event, and the same condition on each non-terminal Instance
+bound to it (which then reads ``Lost``: ``forge.models.apply_instance_verdicts``), so the rollout
+controller replaces it elsewhere. We never write the fields the agent reports. If every node — or more than 55 % of them, more than one — lapses at once (within a
 grace period of each other; a node lost earlier does not count) the fault
 is more likely ours (partition, paused or starved process, store trouble): freeze, evict
 nothing, say so once (``NodesLapsedTogether``). A returning node (its Lease moves
-again) is Ready again; its agent itself stops processes whose Instances are no longer its own.
+again: ``NodeLost`` False) is Ready again; its agent itself stops processes whose Instances are no longer its own.
 """
 
 from __future__ import annotations
@@ -28,13 +29,20 @@ from forge.config import Config
 from forge.controllers.base import DONE, Controller, Result
 from forge.errors import NotFound
 from forge.events import EventRecorder
-from forge.models import INSTANCE_TERMINAL, LABEL_NODE, Instance, Lease, Node, set_condition
+from forge.models import (
+    COND_NODE_LOST,
+    INSTANCE_TERMINAL,
+    LABEL_NODE,
+    REASON_NODE_LOST,
+    Instance,
+    Lease,
+    Node,
+    set_condition,
+)
 from forge.store.base import Store, WatchEvent
 
 log = logging.getLogger(__name__)
 
-READY: Final[str] = "Ready"
-REASON_NODE_LOST: Final[str] = "NodeLost"
 REASON_LEASE_RENEWED: Final[str] = "LeaseRenewed"
 REASON_FROZEN: Final[str] = "NodesLapsedTogether"
 # More than this share of the nodes lapsing together (and more than one) is taken for a fault on
@@ -179,11 +187,11 @@ class NodesController(Controller):
 
     def _mark_alive(self, node: Node) -> None:
         name = node.metadata.name
-        cond = node.status.condition(READY)
-        if cond is None or cond.status == "True" or cond.reason != REASON_NODE_LOST:
+        cond = node.status.condition(COND_NODE_LOST)
+        if cond is None or cond.status != "True":
             with self._lock:
                 self._lost.discard(name)
-            return  # the agent owns readiness otherwise; we only undo our own verdict
+            return  # no verdict of ours stands: the agent's AgentReady says the rest
         with self._lock:
             seen = self._seen.get(name)
             renewed = seen is not None and seen.renewed
@@ -191,24 +199,25 @@ class NodesController(Controller):
         if not renewed:
             return  # not renewed since this process started watching: the verdict stands
         msg = f"lease {LEASE_PREFIX}{name} renewed"
-        set_condition(node.status, READY, "True", REASON_LEASE_RENEWED, msg, self.clock.now_iso())
-        node.status.phase = "Ready"
+        set_condition(node.status, COND_NODE_LOST, "False", REASON_LEASE_RENEWED, msg, self.clock.now_iso())
         node = self.store.update_status(node)
         with self._lock:
             self._lost.discard(name)
         self.recorder.record(node, "Normal", REASON_LEASE_RENEWED, f"node is back: {msg}")
 
     def _mark_lost(self, node: Node, silent_for: float) -> None:
+        """Our verdict, as our own condition ``NodeLost`` on the Node and on each Instance that
+        ran there; ``forge.models`` derives from it that the Node is NotReady and the Instances
+        Lost. We write no field the agent reports."""
         name = node.metadata.name
         with self._lock:
             self._lost.add(name)
         instances: list[Instance] = self.store.list(Instance, {LABEL_NODE: name})[0]
         victims = [i for i in instances if i.spec.node == name and i.status.phase not in INSTANCE_TERMINAL]
-        cond = node.status.condition(READY)
-        if cond is None or cond.status != "False" or cond.reason != REASON_NODE_LOST:
+        cond = node.status.condition(COND_NODE_LOST)
+        if cond is None or cond.status != "True":
             msg = f"lease {LEASE_PREFIX}{name} not renewed for {silent_for:.1f}s (grace {self.grace:g}s)"
-            set_condition(node.status, READY, "False", REASON_NODE_LOST, msg, self.clock.now_iso())
-            node.status.phase = "NotReady"
+            set_condition(node.status, COND_NODE_LOST, "True", REASON_NODE_LOST, msg, self.clock.now_iso())
             node = self.store.update_status(node)
             names = ", ".join(i.metadata.name for i in victims[:20]) + (" …" if len(victims) > 20 else "")
             self.recorder.record(
@@ -219,11 +228,7 @@ class NodesController(Controller):
                 + (f": {names}" if victims else ""),
             )
         for inst in victims:
-            inst.status.phase, inst.status.reason = "Lost", REASON_NODE_LOST
-            inst.status.message = f"node {name} stopped renewing its lease"
-            inst.status.ready = False
-            set_condition(
-                inst.status, READY, "False", REASON_NODE_LOST, inst.status.message, self.clock.now_iso()
-            )
+            msg = f"node {name} stopped renewing its lease"
+            set_condition(inst.status, COND_NODE_LOST, "True", REASON_NODE_LOST, msg, self.clock.now_iso())
             inst = self.store.update_status(inst)
-            self.recorder.record(inst, "Warning", REASON_NODE_LOST, inst.status.message)
+            self.recorder.record(inst, "Warning", REASON_NODE_LOST, msg)

@@ -22,7 +22,8 @@ and ``now``); ``RolloutController.reconcile`` reads the world, asks for a plan a
   the API on create, else by this controller the first time it sees the Deployment — so source
   fetch, build and start all count. Past it the release is Failed (ProgressDeadlineExceeded)
   and its Instances stop; the live release is untouched. It and ``min_ready`` are measured by
-  a ``Stopwatch``: monotonic from this process's first look, so a wall-clock step moves neither.
+  a ``Stopwatch``: monotonic from this process's first look, so a wall-clock step moves neither;
+  so are the drains (superseded, moved off a draining node, scaled down).
 - Lost Instances (and Failed ones of the live release) are replaced: ``APP-N-I-rK``.
 - **Config changes roll out like code**: when the App's env/domains/nodeSelector or its Secret's
   version differ from what the newest release applied (and nothing is in flight), a new
@@ -62,8 +63,10 @@ from forge.models import (
     DeploymentPhase,
     DeploymentStatus,
     Instance,
+    Manifest,
     Node,
     OneShot,
+    ReleaseCommandSpec,
     ReleasePhase,
     Secret,
     Trigger,
@@ -118,7 +121,7 @@ class RolloutPlan:
 
 
 def reusable_build(
-    dep: Deployment, manifest: dict[str, Any], deps: list[Deployment], work: dict[str, DeploymentStatus]
+    dep: Deployment, manifest: Manifest, deps: list[Deployment], work: dict[str, DeploymentStatus]
 ) -> str:
     """The build ``dep`` runs: the first earlier release of the same commit and build inputs whose
     build did not fail (a config release, a rollback, a replayed push reuse it on every node that
@@ -225,6 +228,7 @@ def scale_down(
     now: float,
     drain_seconds: float,
     wakes: list[float],
+    watch: Stopwatch | None = None,
 ) -> tuple[list[str], list[str]]:
     """The live release's Instances beyond its counts: (to toggle routing for, to stop) — out
     of routing when surplus, back in when a scale up wants the slot again before it stopped.
@@ -243,23 +247,26 @@ def scale_down(
             continue
         if inst.spec.unrouted_time is None:
             unroute.append(inst.metadata.name)
+            # The drain starts now (the time written is this plan's): the Stopwatch marks it
+            # now, so a wall-clock step before the next look cannot eat it.
+            ds.age(watch, f"unrouted/{inst.metadata.name}", iso(now), now)
             wakes.append(drain_seconds)
             continue
-        until = ds.time_of(inst.spec.unrouted_time, now) + drain_seconds
-        if now >= until:
+        left = drain_seconds - ds.age(watch, f"unrouted/{inst.metadata.name}", inst.spec.unrouted_time, now)
+        if left <= 0:
             stop.append(inst.metadata.name)
         else:
-            wakes.append(until - now)
+            wakes.append(left)
     return unroute, stop
 
 
-def release_command(dep: Deployment) -> dict[str, Any] | None:
+def release_command(dep: Deployment) -> ReleaseCommandSpec | None:
     """The manifest's ``release`` section, when this release runs one (a rollback does not: it
     goes back to code whose schema changes already ran)."""
-    rel = (dep.status.manifest or {}).get("release")
-    if not isinstance(rel, dict) or not rel.get("command") or dep.spec.trigger.type == "rollback":
+    m = dep.status.manifest
+    if m is None or m.release is None or not m.release.command or dep.spec.trigger.type == "rollback":
         return None
-    return rel
+    return m.release
 
 
 def release_gate(
@@ -289,7 +296,7 @@ def release_gate(
             dep.metadata.name,
             "Normal",
             "ReleaseCommandStarted",
-            f"{dep.metadata.name}: running {rel['command']!r}",
+            f"{dep.metadata.name}: running {rel.command!r}",
         )
     if inst is None:
         cfg = ds.effective_config(app, dep, secret)
@@ -302,8 +309,8 @@ def release_gate(
                 name,
                 OneShot(
                     type="release",
-                    command=str(rel["command"]),
-                    timeout_seconds=float(rel.get("timeoutSeconds") or 600.0),
+                    command=rel.command,
+                    timeout_seconds=rel.timeout_seconds,
                 ),
             )
         )
@@ -403,7 +410,7 @@ def plan_rollout(
         allowed = (
             settings.progress_deadline_seconds
             + ds.build_timeout_seconds(wanted.model_copy(update={"status": st}))
-            + (float(rel.get("timeoutSeconds") or 600.0) if rel is not None else 0.0)
+            + (rel.timeout_seconds if rel is not None else 0.0)
         )
         deadline = now + allowed - ds.age(watch, f"created/{name}", st.created_time, now)
         cfg = ds.effective_config(app, wanted, secret)
@@ -469,12 +476,12 @@ def plan_rollout(
         if not config_pinned(app, deps, work):
             cfg = ds.with_counts(cfg, app)  # a scale applies to the live release in place
         create, stop = ensure_slots(app, live, instances, secret, live=True, draining=draining, cfg=cfg)
-        unroute, surplus = scale_down(live, cfg, instances, now, settings.drain_seconds, wakes)
+        unroute, surplus = scale_down(live, cfg, instances, now, settings.drain_seconds, wakes, watch)
         plan.create += create
         plan.stop += stop + surplus
         plan.unroute += unroute
         work[live.metadata.name].applied_config = cfg
-    plan.stop += _stops(work, instances, now, settings, wakes)
+    plan.stop += _stops(work, instances, now, settings, wakes, watch)
 
     for d in deps:
         st = work[d.metadata.name]
@@ -494,7 +501,11 @@ def _stops(
     now: float,
     settings: RolloutSettings,
     wakes: list[float],
+    watch: Stopwatch | None = None,
 ) -> list[str]:
+    """Instances to ask to stop now; a drain still running adds its remaining time to ``wakes``.
+    Drains are measured by ``watch`` (monotonic where observed), so a wall-clock step neither
+    cuts one short nor stretches it."""
     stop: list[str] = []
     slots = {n: ds.current_by_slot(n, instances) for n in {i.spec.deployment for i in instances}}
     for inst in instances:
@@ -526,20 +537,19 @@ def _stops(
             # like a superseded release before it is asked to stop.
             if not ds.is_ready(current):
                 continue
-            cond = current.status.condition("Ready")
-            since = current.status.ready_time or (cond.last_transition_time if cond is not None else None)
-            until = ds.time_of(since, now) + settings.drain_seconds
-            if now < until:
-                wakes.append(until - now)
+            since = ds.ready_since(current)
+            left = settings.drain_seconds - ds.age(watch, f"ready/{current.metadata.name}", since, now)
+            if left > 0:
+                wakes.append(left)
                 continue
         if st is None or st.phase in ("Failed", "Cancelled") or current is not inst:
             stop.append(inst.metadata.name)
         elif st.phase == "Superseded":
-            until = ds.time_of(st.superseded_time, now) + settings.drain_seconds
-            if now >= until:
+            left = settings.drain_seconds - ds.age(watch, f"superseded/{dep_name}", st.superseded_time, now)
+            if left <= 0:
                 stop.append(inst.metadata.name)
             else:
-                wakes.append(until - now)
+                wakes.append(left)
     return stop
 
 

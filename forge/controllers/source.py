@@ -5,7 +5,7 @@ commit's files by ``forge.detect`` (reason ``DetectionFailed`` when it cannot be
 
 For a Deployment with no manifest that is not finished: ``SourceReady Unknown``;
 fetch the commit into ``DATA_DIR/source-cache`` (``forge.gitsource``), read ``forge.yaml``
-there, validate it with ``forge.manifest.parse_manifest`` and store ``Manifest.to_status()``
+there, validate it with ``forge.manifest.parse_manifest`` and store the typed ``Manifest``
 with ``SourceReady True``. A failure is this controller's verdict, ``SourceReady False`` with
 ``InvalidManifest`` (the message names the field path) or ``FetchFailed`` and a Warning Event;
 the rollout controller, the one writer of ``phase``, then ends the Deployment ``Failed``.
@@ -193,7 +193,7 @@ class SourceController(Controller):
             return self._fail(dep, REASON_UNDETECTED, scrub(exc.message, token))
         except Invalid as exc:
             return self._fail(dep, REASON_INVALID, scrub(describe_invalid(exc), token))
-        dep.status.manifest = manifest.to_status()
+        dep.status.manifest = manifest
         set_condition(
             dep.status,
             SOURCE_READY,

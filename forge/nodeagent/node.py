@@ -10,7 +10,15 @@ from typing import Any
 from forge import errors
 from forge.client import ForgeClient
 from forge.clock import Clock
-from forge.models import Capacity, Isolation, Node, NodeStatus, set_condition
+from forge.models import (
+    COND_AGENT_READY,
+    Capacity,
+    Isolation,
+    Node,
+    NodeStatus,
+    derive_node_readiness,
+    set_condition,
+)
 
 AGENT_VERSION = "0.1.0"
 RUNTIME_CANDIDATES: tuple[str, ...] = (
@@ -34,7 +42,6 @@ RUNTIME_CANDIDATES: tuple[str, ...] = (
 RESERVED_CPU = 0.1  # cores kept back for the agent and the system
 RESERVED_MEMORY = 256 * 1024 * 1024
 REASON_AGENT_READY = "AgentReady"
-REASON_NODE_LOST = "NodeLost"  # the nodes controller's verdict (the agent may not import controllers)
 
 
 def meminfo(path: str = "/proc/meminfo") -> dict[str, int]:
@@ -78,16 +85,15 @@ def node_status(
     status.agent_version = AGENT_VERSION
     status.metrics_address = metrics_address
     status.last_heartbeat_time = now_iso
-    ready = status.condition("Ready")
-    if ready is not None and ready.status == "False" and ready.reason == REASON_NODE_LOST:
-        # The control plane wrote this node off; it says Ready again once the agent renews its
-        # Lease, which the agent does only after stopping what is no longer assigned here.
-        return status.dump()
-    status.phase = "Ready"
     message = "agent is running" + (
         f"; isolation missing: {'; '.join(isolation.missing)}" if isolation.missing else ""
     )
-    set_condition(status, "Ready", "True", REASON_AGENT_READY, message, now_iso)
+    # The agent's own word only: the Node's Ready and phase are derived from it and the nodes
+    # controller's NodeLost (forge.models.derive_node_readiness). A node written off stays
+    # NotReady until its Lease is renewed, which the agent does only after stopping what is no
+    # longer assigned here.
+    set_condition(status, COND_AGENT_READY, "True", REASON_AGENT_READY, message, now_iso)
+    derive_node_readiness(status)
     return status.dump()
 
 

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import http.client
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
+
+if TYPE_CHECKING:
+    from forge.models import Manifest
 
 from forge.probes import PROBE_USER_AGENT
 
@@ -35,21 +38,14 @@ class HealthSpec:
     start_period_seconds: float = 0.0
 
     @classmethod
-    def from_manifest(cls, manifest: dict[str, Any]) -> HealthSpec:
-        h = manifest.get("health") or {}
-        if not isinstance(h, dict):
-            return cls()
-        path = str(h.get("path") or "/")
+    def from_manifest(cls, manifest: Manifest) -> HealthSpec:
+        h = manifest.health
         return cls(
-            path=path if path.startswith("/") else "/" + path,
-            interval_seconds=max(
-                0.2, float(h.get("intervalSeconds", h.get("interval_seconds", 10.0)) or 10.0)
-            ),
-            timeout_seconds=max(0.1, float(h.get("timeoutSeconds", h.get("timeout_seconds", 3.0)) or 3.0)),
-            retries=max(1, int(h.get("retries", 3) or 3)),
-            start_period_seconds=max(
-                0.0, float(h.get("startPeriodSeconds", h.get("start_period_seconds", 0.0)) or 0.0)
-            ),
+            path=h.path if h.path.startswith("/") else "/" + h.path,
+            interval_seconds=max(0.2, h.interval_seconds),
+            timeout_seconds=max(0.1, h.timeout_seconds),
+            retries=max(1, h.retries),
+            start_period_seconds=max(0.0, h.start_period_seconds),
         )
 
 

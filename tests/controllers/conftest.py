@@ -18,7 +18,9 @@ import pytest
 from forge.clock import FakeClock
 from forge.config import Config
 from forge.errors import NotFound
+from forge.manifest import load_yaml, parse_manifest, validate_data
 from forge.models import (
+    COND_AGENT_READY,
     LABEL_APP,
     LABEL_DEPLOYMENT,
     LABEL_NODE,
@@ -35,6 +37,7 @@ from forge.models import (
     InstanceStatus,
     Lease,
     LeaseSpec,
+    Manifest,
     Node,
     NodeSpec,
     ObjectMeta,
@@ -56,15 +59,32 @@ def commit_for(n: int | str) -> str:
 
 COMMITS = [commit_for(i) for i in range(10)]
 
-DEFAULT_MANIFEST: dict[str, Any] = {
-    "runtime": "python3.11",
-    "build": {"commands": []},
-    "run": {"command": "python3 -m http.server $PORT", "port": 8000},
-    "resources": {"memory": 256 * MiB, "cpu": 0.5},
-    # minReadySeconds 0: promotion at the first ready probe, so tests of other rules need no
-    # clock games; the min_ready tests set it themselves.
-    "health": {"path": "/health", "interval": 10.0, "timeout": 3.0, "retries": 3, "minReadySeconds": 0},
-}
+# A real forge.yaml, through the real validator. min_ready 0: promotion at the first ready
+# probe, so tests of other rules need no clock games; the min_ready tests set it themselves.
+DEFAULT_FORGE_YAML = """
+runtime: python3.11
+build: {commands: []}
+run: {command: python3 -m http.server $PORT, port: 8000}
+resources: {memory: 256M, cpu: 0.5}
+health: {path: /health, interval: 10s, timeout: 3s, retries: 3, min_ready: 0s}
+"""
+DEFAULT_MANIFEST: Manifest = parse_manifest(DEFAULT_FORGE_YAML)
+
+
+def manifest_with(**sections: Any) -> Manifest:
+    """The default forge.yaml with top-level sections replaced, in forge.yaml's own terms
+    (``build={"commands": ["make"], "timeout": "15m"}``), validated as a push's would be."""
+    return validate_data({**load_yaml(DEFAULT_FORGE_YAML), **sections})
+
+
+def as_manifest(value: Manifest | dict[str, Any] | bool) -> Manifest:
+    """``True`` → the default; a dict is forge.yaml-shaped and validated; a Manifest as is."""
+    if value is True:
+        return DEFAULT_MANIFEST.model_copy(deep=True)
+    if isinstance(value, Manifest):
+        return value
+    assert isinstance(value, dict), f"not a manifest: {value!r}"
+    return validate_data(value)
 
 
 @pytest.fixture
@@ -146,14 +166,14 @@ def make_deployment(store: Store, clock: FakeClock) -> Callable[..., Deployment]
     """``make_deployment(app, n, commit=None, phase="Live", manifest=..., **spec_or_status)``.
 
     ``app`` is an App or its name; keyword arguments go to spec or status by field name.
-    ``manifest=True`` stores ``DEFAULT_MANIFEST``.
+    ``manifest=True`` stores ``DEFAULT_MANIFEST``; a dict is a forge.yaml, validated.
     """
 
     def make(app: App | str, n: int, commit: str | None = None, **kwargs: Any) -> Deployment:
         app_name = app if isinstance(app, str) else app.metadata.name
         spec, status = _split(kwargs, DeploymentSpec, DeploymentStatus)
-        if status.get("manifest") is True:
-            status["manifest"] = dict(DEFAULT_MANIFEST)
+        if status.get("manifest") is not None:
+            status["manifest"] = as_manifest(status["manifest"])
         if not isinstance(app, str):
             spec.setdefault("repo", app.spec.repo)
         spec.setdefault("repo", f"acme/{app_name}")
@@ -180,11 +200,10 @@ def make_node(store: Store, clock: FakeClock) -> Callable[..., Node]:
         node.status.capacity = Capacity(cpu=cpu, memory=memory)
         node.status.allocatable = Capacity(cpu=cpu, memory=memory)
         node.status.last_heartbeat_time = clock.now_iso()
-        set_condition(
-            node.status, "Ready", "True" if ready else "False",
+        set_condition(  # as the agent does: its own word; Ready and phase are derived from it
+            node.status, COND_AGENT_READY, "True" if ready else "False",
             "NodeReady" if ready else "NodeNotReady", "", clock.now_iso(),
         )
-        node.status.phase = "Ready" if ready else "NotReady"
         return store.update_status(node)  # type: ignore[return-value]
 
     return make
@@ -215,11 +234,11 @@ def make_instance(store: Store) -> Callable[..., Instance]:
         if isinstance(deployment, str):
             dep_name, app_name = deployment, deployment.rpartition("-")[0]
             repo, commit = f"acme/{app_name}", commit_for(deployment.rpartition("-")[2])
-            manifest = dict(DEFAULT_MANIFEST)
+            manifest = DEFAULT_MANIFEST
         else:
             dep_name, app_name = deployment.metadata.name, deployment.spec.app
             repo = deployment.spec.repo or f"acme/{app_name}"
-            commit, manifest = deployment.spec.commit, deployment.status.manifest or dict(DEFAULT_MANIFEST)
+            commit, manifest = deployment.spec.commit, deployment.status.manifest or DEFAULT_MANIFEST
         labels = {LABEL_APP: app_name, LABEL_DEPLOYMENT: dep_name}
         if node:
             labels[LABEL_NODE] = node

@@ -7,7 +7,7 @@ it records ``(controller, kind, path)`` for every status field the write changed
 fields by their JSON name, conditions as ``conditions[TYPE]``. Writes from tests themselves
 (standing in for agents and the API) name no controller and are not recorded.
 ``violations(writes, table)`` lists each write by someone who is neither the field's owner nor
-in its pinned "also" list.
+in its pinned "also" list. Fields derived on read (``derived_paths``) are nobody's write.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 
 from forge.controllers.base import Controller
 from forge.errors import NotFound
+from forge.models import instance_verdict
 from forge.store.base import Store
 
 CONTRACTS = Path(__file__).resolve().parents[2] / "docs" / "CONTRACTS.md"
@@ -63,6 +64,23 @@ def changed_paths(old: dict[str, Any], new: dict[str, Any]) -> set[str]:
     return paths
 
 
+# Fields whose value on a read is derived, not stored (docs/CONTRACTS.md): a Node's Ready and
+# phase always (from AgentReady and NodeLost); an Instance's agent-reported fields while another
+# part's verdict stands (forge.models.apply_instance_verdicts). Their change on a write is the
+# consequence of a verdict (checked under the verdict's own row), and what anyone stores in them
+# then is never read: they are nobody's write.
+VERDICT_PATHS = frozenset({"phase", "reason", "message", "ready", "conditions[Ready]"})
+
+
+def derived_paths(obj: Any) -> frozenset[str]:
+    """The status paths of ``obj`` (a record as read) that are derived rather than stored."""
+    if obj.kind == "Node":
+        return frozenset({"phase", "conditions[Ready]"})
+    if obj.kind == "Instance" and instance_verdict(obj) is not None:
+        return VERDICT_PATHS
+    return frozenset()
+
+
 def writer_on_stack() -> str | None:
     frame = sys._getframe(1)
     while frame is not None:
@@ -104,7 +122,7 @@ def record_writers(store: Store) -> Writes:
                 old = {}
         written = real(obj, *args, **kwargs)
         if who is not None:
-            for path in changed_paths(old, obj.status.dump()):
+            for path in changed_paths(old, obj.status.dump()) - derived_paths(written):
                 writes.seen.add((who, obj.kind, path))
         return written
 

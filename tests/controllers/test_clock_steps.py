@@ -16,7 +16,8 @@ from forge.clock import FakeClock, iso
 from forge.config import Config
 from forge.controllers.rollback import RollbackController
 from forge.controllers.rollout import RolloutController
-from forge.models import App, Deployment
+from forge.manifest import validate_data
+from forge.models import App, Deployment, Manifest
 from forge.store.base import Store
 from tests.controllers.release_helpers import get, instances, report, serve_all
 
@@ -45,13 +46,14 @@ def live_v1(
     return app
 
 
-def manifest(build_timeout: float = 600.0, min_ready: float = 10.0, **extra: Any) -> dict[str, Any]:
-    return {
+def manifest(build_timeout: float = 600.0, min_ready: float = 10.0, **extra: Any) -> Manifest:
+    """A forge.yaml with a 150 s build, validated as a push's would be."""
+    return validate_data({
         "run": {"command": "x"},
-        "build": {"commands": ["sleep 150"], "timeoutSeconds": build_timeout},
-        "health": {"minReadySeconds": min_ready},
+        "build": {"commands": ["sleep 150"], "timeout": f"{build_timeout:g}s"},
+        "health": {"min_ready": f"{min_ready:g}s"},
         **extra,
-    }
+    })
 
 
 def phase(store: Store, name: str) -> tuple[str, str]:
@@ -147,7 +149,7 @@ def test_progress_deadline_covers_build_and_release_command_timeouts(
     """build.timeout 5m: a 150 s build is still Building at 150 s (the old deadline was 120 s);
     the deadline is 120 s + the build's timeout + the release command's."""
     make_deployment(
-        "hello", 2, manifest=manifest(build_timeout=300, release={"command": "migrate", "timeoutSeconds": 60})
+        "hello", 2, manifest=manifest(build_timeout=300, release={"command": "migrate", "timeout": "60s"})
     )
     res = ctl.reconcile("hello")
     assert res is not None and res.requeue_after == pytest.approx(120 + 300 + 60)
@@ -216,3 +218,72 @@ def test_each_instance_waits_from_when_it_was_seen_ready(
     clock.advance(10)
     ctl.reconcile("hello")
     assert get(store, "App", "hello").status.live_deployment == "hello-1"
+
+
+def running(store: Store, name: str) -> bool:
+    return get(store, "Instance", name).spec.desired == "Running"
+
+
+@pytest.mark.parametrize("step", [0.0, *STEPS], ids=["no-step", *STEP_IDS])
+def test_a_superseded_release_drains_exactly_its_period(
+    ctl: RolloutController,
+    store: Store,
+    clock: FakeClock,
+    live_v1: App,
+    make_deployment: Callable[..., Deployment],
+    step: float,
+) -> None:
+    """The release a push supersedes keeps serving for ``drain_seconds`` (10 s) measured on the
+    controller's Stopwatch: asked to stop at 10 s, not a moment before — whatever a step of the
+    wall clock in between says (+2 h once cut the drain to nothing)."""
+    make_deployment("hello", 2, manifest=True)
+    ctl.reconcile("hello")
+    serve_all(store, "hello-2")
+    res = ctl.reconcile("hello")
+    assert phase(store, "hello-1")[0] == "Superseded"
+    assert res is not None and res.requeue_after == pytest.approx(10.0, abs=1e-3)
+    clock.step(step)
+    res = ctl.reconcile("hello")
+    assert running(store, "hello-1-0")
+    assert res is not None and res.requeue_after == pytest.approx(10.0, abs=1e-3)
+    clock.advance(9.9)
+    res = ctl.reconcile("hello")
+    assert running(store, "hello-1-0")
+    assert res is not None and res.requeue_after == pytest.approx(0.1, abs=1e-3)
+    clock.advance(0.1)
+    ctl.reconcile("hello")
+    assert not running(store, "hello-1-0")
+
+
+@pytest.mark.parametrize("step", [0.0, *STEPS], ids=["no-step", *STEP_IDS])
+def test_a_scaled_down_instance_drains_exactly_its_period(
+    ctl: RolloutController,
+    store: Store,
+    clock: FakeClock,
+    make_app: Callable[..., App],
+    make_deployment: Callable[..., Deployment],
+    step: float,
+) -> None:
+    """Scaling 2 → 1 takes the surplus Instance out of routing at once and stops it a drain
+    (10 s) later on the Stopwatch, through any wall-clock step."""
+    make_app("hello", replicas=2)
+    make_deployment("hello", 1, manifest=True)
+    ctl.reconcile("hello")
+    serve_all(store, "hello-1")
+    ctl.reconcile("hello")
+    app = get(store, "App", "hello")
+    app.spec.replicas = 1
+    store.update(app)
+    res = ctl.reconcile("hello")
+    assert get(store, "Instance", "hello-1-1").spec.unrouted_time is not None
+    assert res is not None and res.requeue_after == pytest.approx(10.0, abs=1e-3)
+    clock.step(step)
+    res = ctl.reconcile("hello")
+    assert running(store, "hello-1-1") and res is not None
+    assert res.requeue_after == pytest.approx(10.0, abs=1e-3)
+    clock.advance(9.9)
+    ctl.reconcile("hello")
+    assert running(store, "hello-1-1")
+    clock.advance(0.1)
+    ctl.reconcile("hello")
+    assert not running(store, "hello-1-1") and running(store, "hello-1-0")

@@ -8,6 +8,7 @@ import pytest
 
 from forge.controllers import deploystate as ds
 from forge.controllers.rollout import RolloutSettings, plan_rollout, plan_teardown, rollout_phase
+from forge.manifest import parse_manifest
 from forge.models import (
     App,
     AppSpec,
@@ -27,8 +28,12 @@ from forge.models import (
 
 NOW = 1_800_000_000.0
 C = "a" * 40
-MANIFEST: dict[str, Any] = {"run": {"command": "x"}, "resources": {"memory": 128 * 2**20, "cpu": 0.25, "pids": 64},
-                            "env": {"A": "repo", "B": "repo"}, "health": {"minReadySeconds": 0}}
+MANIFEST = parse_manifest("""
+run: {command: x}
+resources: {memory: 128M, cpu: 0.25, pids: 64}
+env: {A: repo, B: repo}
+health: {min_ready: 0s}
+""")
 
 
 def app(live: str | None = None, **spec: Any) -> App:
@@ -41,7 +46,7 @@ def dep(n: int, phase: str = "", manifest: bool = True, **status: Any) -> Deploy
     return Deployment(
         metadata=ObjectMeta(name=f"hello-{n}", generation=1),
         spec=DeploymentSpec(app="hello", commit=C, repo="acme/hello"),
-        status=DeploymentStatus(phase=phase, manifest=MANIFEST if manifest else None,  # type: ignore[arg-type]
+        status=DeploymentStatus(phase=phase, manifest=MANIFEST if manifest else None,
                                 created_time="2027-01-15T08:00:00.000Z", **status),
     )
 
@@ -130,7 +135,7 @@ def test_instance_spec_merges_env_and_resources() -> None:
     assert spec.env == {"A": "repo", "B": "app"}
     assert (spec.resources.memory, spec.resources.cpu, spec.resources.pids) == (128 * 2**20, 0.25, 64)
     assert (spec.secret, spec.index, spec.commit, spec.desired) == ("hello", 1, C, "Running")
-    bare = dep(2).model_copy(update={"status": DeploymentStatus(manifest={"run": {"command": "x"}})})
+    bare = dep(2).model_copy(update={"status": DeploymentStatus(manifest=parse_manifest("run: {command: x}"))})
     spec = ds.instance_spec(app(), bare, DeploymentConfig(), None, 0)
     assert (spec.resources.memory, spec.resources.cpu, spec.secret) == (256 * 2**20, 0.5, None)
     pr = dep(3).model_copy(update={"spec": dep(3).spec.model_copy(update={"ref": "refs/pull/7/head"})})

@@ -98,7 +98,7 @@ def test_a_renewal_is_an_observation_not_a_reconcile(store, clock, config, world
     renew(store, "n1")
     assert [k for ev in store.watch("Lease", since=rev, timeout=0) for k in nodes.keys_for(ev)] == ["n1"]
     nodes.reconcile("n1")
-    assert condition_of(store.get("Node", "n1"), "Ready").reason == "LeaseRenewed"
+    assert condition_of(store.get("Node", "n1"), "NodeLost").reason == "LeaseRenewed"
 
 
 def test_restarted_controller_keeps_a_lost_verdict_until_a_renewal(store, clock, config, world) -> None:
@@ -115,4 +115,4 @@ def test_restarted_controller_keeps_a_lost_verdict_until_a_renewal(store, clock,
     assert condition_of(store.get("Node", "n1"), "Ready").reason == "NodeLost"
     renew(store, "n1")
     fresh.reconcile("n1")
-    assert condition_of(store.get("Node", "n1"), "Ready").reason == "LeaseRenewed"
+    assert condition_of(store.get("Node", "n1"), "NodeLost").reason == "LeaseRenewed"

@@ -63,8 +63,11 @@ def test_lapsed_node_is_lost_and_returns(store, clock, nodes, two_nodes) -> None
     assert snapshot(store) == before
     renew(store, "n1")
     nodes.reconcile("n1")
-    cond = condition_of(store.get("Node", "n1"), "Ready")
-    assert (cond.status, cond.reason) == ("True", "LeaseRenewed")
+    node = store.get("Node", "n1")
+    verdict = condition_of(node, "NodeLost")
+    assert (verdict.status, verdict.reason) == ("False", "LeaseRenewed")
+    cond = condition_of(node, "Ready")  # the agent's word again
+    assert (cond.status, cond.reason, node.status.phase) == ("True", "NodeReady", "Ready")
     assert store.get("Instance", "web-1-0").status.phase == "Lost"
 
 

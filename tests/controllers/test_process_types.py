@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 
@@ -17,12 +16,11 @@ from forge.controllers.rollout import RolloutController
 from forge.models import App, Deployment, Instance, InstanceSpec, ObjectMeta, OneShot
 from forge.proxy.routing import live_dials
 from forge.store.base import Store
-from tests.controllers.conftest import DEFAULT_MANIFEST, events_for
+from tests.controllers.conftest import events_for, manifest_with
 from tests.controllers.release_helpers import get, instances, report
 
-WITH_RELEASE = {**DEFAULT_MANIFEST, "release": {"command": "python manage.py migrate", "timeoutSeconds": 60.0}}
-WITH_WORKER = {**DEFAULT_MANIFEST, "processes": {"worker": {"command": "python worker.py", "replicas": 2,
-                                                             "minRunningSeconds": 10.0}}}
+WITH_RELEASE = manifest_with(release={"command": "python manage.py migrate", "timeout": "60s"})
+WITH_WORKER = manifest_with(processes={"worker": {"command": "python worker.py", "replicas": 2, "min_running": "10s"}})
 
 
 def names(store: Store, dep: str) -> list[str]:
@@ -163,7 +161,7 @@ EVERY_MINUTE = {"name": "tick", "schedule": "* * * * *", "command": "true"}
     (T0 - 1, [], (None, None)),  # before the job went live
 ])
 def test_cron_decisions(now: float, runs: list[Instance], want: tuple[str | None, float | None]) -> None:
-    plan = plan_job(EVERY_MINUTE, runs, now, active_since=T0 - 0.5)
+    plan = plan_job(manifest_with(cron=[EVERY_MINUTE]).cron[0], runs, now, active_since=T0 - 0.5)
     got = ("create", plan.create) if plan.create else ("skip", plan.skip) if plan.skip else (None, None)
     assert got == (want[0], iso(want[1]) if want[1] is not None else None)
     assert 0 < plan.wake <= 60
@@ -171,7 +169,7 @@ def test_cron_decisions(now: float, runs: list[Instance], want: tuple[str | None
 
 def test_cron_timezone() -> None:
     job = {"name": "n", "schedule": "0 3 * * *", "command": "true", "timezone": "Europe/Paris"}
-    plan = plan_job(job, [], T0, active_since=0)  # 10:00 UTC = 11:00 Paris: due today 03:00 Paris = 02:00 UTC
+    plan = plan_job(manifest_with(cron=[job]).cron[0], [], T0, active_since=0)  # 10:00 UTC = 11:00 Paris: due today 03:00 Paris = 02:00 UTC
     assert plan.create == iso(T0 - 8 * 3600)
 
 
@@ -179,7 +177,7 @@ def test_cron_controller_runs_each_due_time_once_and_never_bursts(
     store: Store, clock: FakeClock, config: Config, make_app: Callable[..., App],
     make_deployment: Callable[..., Deployment],
 ) -> None:
-    manifest: dict[str, Any] = {**DEFAULT_MANIFEST, "cron": [dict(EVERY_MINUTE)]}
+    manifest = manifest_with(cron=[dict(EVERY_MINUTE)])
     def at(t: float) -> None:
         clock.advance(t - clock.now())
 

@@ -20,7 +20,7 @@ from forge.controllers.scheduler import SchedulerController
 from forge.controllers.source import SourceController
 from forge.models import App, Deployment, Event, Trigger
 from forge.store.base import Store
-from tests.controllers.conftest import DEFAULT_MANIFEST, GiB
+from tests.controllers.conftest import DEFAULT_MANIFEST, GiB, manifest_with
 from tests.controllers.release_helpers import get, instances, report, serve_all
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -59,7 +59,8 @@ class World:
         self.rollback.reconcile("hello")
 
     def push(self, n: int, min_ready: float = 0, **extra: Any) -> None:
-        manifest = {**DEFAULT_MANIFEST, "health": {**DEFAULT_MANIFEST["health"], "minReadySeconds": min_ready}, **extra}
+        health = {"path": "/health", "interval": "10s", "timeout": "3s", "retries": 3, "min_ready": f"{min_ready}s"}
+        manifest = manifest_with(health=health, **extra)
         self.make_deployment("hello", n, manifest=manifest)
         self.tick()
 
@@ -117,7 +118,7 @@ def rolling_back(w: World) -> None:
 def rolled_back(w: World) -> None:
     rolling_back(w)
     v3 = get(w.store, "Deployment", "hello-3")
-    v3.status.manifest = dict(DEFAULT_MANIFEST)
+    v3.status.manifest = DEFAULT_MANIFEST.model_copy(deep=True)
     w.store.update_status(v3)
     w.tick()
     serve_all(w.store, "hello-3")
@@ -170,7 +171,7 @@ def already_live(w: World) -> None:
 def deadline(w: World) -> None:
     w.live(1)
     w.push(2)
-    w.clock.advance(121)
+    w.clock.advance(120 + 600 + 1)  # the progress allowance and the build's own timeout (10m default)
     w.tick()
 
 
@@ -199,7 +200,7 @@ def stale_push(w: World) -> None:
     w.source.reconcile("hello-1")
 
 
-RELEASE = {"release": {"command": "python manage.py migrate", "timeoutSeconds": 60.0}}
+RELEASE = {"release": {"command": "python manage.py migrate", "timeout": "60s"}}
 CRON = {"cron": [{"name": "tick", "schedule": "* * * * *", "command": "true"}]}
 T0 = FakeClock().now()  # a minute boundary: the first due time after going live is T0 + 60
 

@@ -174,7 +174,10 @@ def test_rollback_off_only_warns(ctl: RollbackController, store: Store, clock: F
 
 def set_min_ready(store: Store, dep: str, seconds: float) -> None:
     d = get(store, "Deployment", dep)
-    d.status.manifest = {**(d.status.manifest or {}), "health": {"minReadySeconds": seconds}}
+    assert d.status.manifest is not None
+    d.status.manifest = d.status.manifest.model_copy(
+        update={"health": d.status.manifest.health.model_copy(update={"min_ready_seconds": float(seconds)})}
+    )
     store.update_status(d)
 
 

@@ -26,7 +26,7 @@ from forge.models import (
 )
 from forge.series import UsageSample
 from forge.store.base import Store
-from tests.controllers.conftest import DEFAULT_MANIFEST, condition_of, events_for, snapshot
+from tests.controllers.conftest import condition_of, events_for, manifest_with, snapshot
 from tests.controllers.release_helpers import Crash, CrashingStore, get, instances, report, serve_all
 
 
@@ -60,7 +60,7 @@ def test_first_deploy_goes_live(ctl: RolloutController, store: Store, make_app: 
     make_app("hello", env={"GREETING": "hi"}, replicas=2)
     make_deployment("hello", 1, manifest=True)
     res = ctl.reconcile("hello")
-    assert res is not None and res.requeue_after == pytest.approx(120.0)
+    assert res is not None and res.requeue_after == pytest.approx(120.0 + 600.0)  # + build.timeout (10m)
     insts = instances(store, "hello-1")
     assert [i.metadata.name for i in insts] == ["hello-1-0", "hello-1-1"]
     assert insts[0].spec.env["GREETING"] == "hi" and insts[0].spec.desired == "Running"
@@ -152,15 +152,18 @@ def test_newer_push_cancels_older_not_live(ctl: RolloutController, store: Store,
     assert_idempotent(ctl, store)
 
 
-@pytest.mark.parametrize("manifest", [True, None], ids=["building", "no-manifest"])
+@pytest.mark.parametrize(("manifest", "allowed"), [(True, 120.0 + 600.0), (None, 120.0)],
+                         ids=["building", "no-manifest"])
 def test_progress_deadline_fails_release(ctl: RolloutController, store: Store, clock: FakeClock, live_v1: App,
-                                         make_deployment: Callable[..., Deployment], manifest: Any) -> None:
-    """A release not ready 120 s after creation is Failed ProgressDeadlineExceeded; v1 keeps serving."""
+                                         make_deployment: Callable[..., Deployment], manifest: Any,
+                                         allowed: float) -> None:
+    """A release not ready 120 s after creation (plus its build's timeout, 10m by default, once
+    its manifest is known) is Failed ProgressDeadlineExceeded; v1 keeps serving."""
     clock.advance(5)
     make_deployment("hello", 2, manifest=manifest)
     res = ctl.reconcile("hello")
-    assert res is not None and res.requeue_after == pytest.approx(120.0)
-    clock.advance(119.5)
+    assert res is not None and res.requeue_after == pytest.approx(allowed)
+    clock.advance(allowed - 0.5)
     assert ctl.reconcile("hello").requeue_after == pytest.approx(0.5)  # type: ignore[union-attr]
     clock.advance(0.5)
     ctl.reconcile("hello")
@@ -185,7 +188,7 @@ def test_progress_deadline_message_names_a_build_still_running(
         ctl: RolloutController, store: Store, clock: FakeClock, live_v1: App,
         make_deployment: Callable[..., Deployment], phase: str, words: list[str], absent: list[str]) -> None:
     """A release past its deadline while its build still runs says so and names build.timeout."""
-    manifest = {**DEFAULT_MANIFEST, "build": {"commands": ["make"], "timeoutSeconds": 900.0}}
+    manifest = manifest_with(build={"commands": ["make"], "timeout": "15m"})
     make_deployment("hello", 2, manifest=manifest)
     ctl.reconcile("hello")
     report(store, "hello-2-0", phase)
@@ -467,7 +470,7 @@ def test_release_failed_during_its_promotion_is_switched_back(
 def test_promotion_waits_for_min_ready(ctl: RolloutController, store: Store, clock: FakeClock, live_v1: App,
                                        make_deployment: Callable[..., Deployment]) -> None:
     """A ready release is promoted only once every Instance has stayed ready for health.min_ready."""
-    make_deployment("hello", 2, manifest={"run": {"command": "x"}, "health": {"minReadySeconds": 10}})
+    make_deployment("hello", 2, manifest=manifest_with(health={"min_ready": "10s"}))
     ctl.reconcile("hello")
     report(store, "hello-2-0", "Running", ready=True, ready_time=clock.now_iso())
     res = ctl.reconcile("hello")
@@ -490,7 +493,7 @@ def test_restart_inside_min_ready_fails_the_release(ctl: RolloutController, stor
     from forge.controllers.rollback import RollbackController
 
     rb = RollbackController(store, clock, config)
-    make_deployment("hello", 2, manifest={"run": {"command": "x"}, "health": {"minReadySeconds": 10}})
+    make_deployment("hello", 2, manifest=manifest_with(health={"min_ready": "10s"}))
     ctl.reconcile("hello")
     report(store, "hello-2-0", "Running", ready=True, ready_time=clock.now_iso())
     ctl.reconcile("hello")

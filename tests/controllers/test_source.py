@@ -74,8 +74,8 @@ def test_valid_manifest_is_stored(tmp_path, store, source, make_app, make_deploy
     source.reconcile("hello-1")
     dep = store.get("Deployment", "hello-1")
     assert ds.verdict(dep) is None
-    assert dep.status.manifest["resources"]["memory"] == 128 * 1024 * 1024
-    assert dep.status.manifest["run"]["command"] == "python3 -m http.server $PORT"
+    assert dep.status.manifest.resources.memory == 128 * 1024 * 1024
+    assert dep.status.manifest.run.command == "python3 -m http.server $PORT"
     assert condition_of(dep, "SourceReady").status == "True"
     before = snapshot(store)
     source.reconcile("hello-1")
@@ -91,8 +91,8 @@ def test_second_commit_fetched_into_same_cache(tmp_path, store, source, make_app
     make_deployment(app, 2, second)
     source.reconcile("hello-2")
     source.reconcile("hello-1")
-    assert store.get("Deployment", "hello-1").status.manifest["resources"]["memory"] == 128 * 1024**2
-    assert store.get("Deployment", "hello-2").status.manifest["resources"]["memory"] == 64 * 1024**2
+    assert store.get("Deployment", "hello-1").status.manifest.resources.memory == 128 * 1024**2
+    assert store.get("Deployment", "hello-2").status.manifest.resources.memory == 64 * 1024**2
 
 
 @pytest.mark.parametrize(
@@ -314,11 +314,11 @@ def test_detected_build_is_stored_without_forge_yaml(tmp_path, store, source, ma
     dep = store.get("Deployment", "hello-1")
     m = dep.status.manifest
     assert condition_of(dep, "SourceReady").status == "True"
-    assert m["run"]["command"].endswith("gunicorn app:app")
-    assert m["release"]["command"].endswith("flask db upgrade")
-    assert m["processes"]["worker"]["command"].endswith("python worker.py")
-    assert "requirements.txt" in m["build"]["commands"][0]
-    assert m["build"]["detected"][0].startswith("detected Python: requirements.txt")
+    assert m.run.command.endswith("gunicorn app:app")
+    assert m.release.command.endswith("flask db upgrade")
+    assert m.processes["worker"].command.endswith("python worker.py")
+    assert "requirements.txt" in m.build.commands[0]
+    assert m.build.detected[0].startswith("detected Python: requirements.txt")
     assert "build detected" in condition_of(dep, "SourceReady").message
 
 
@@ -334,10 +334,10 @@ def test_forge_yaml_fields_win_over_detection(tmp_path, store, source, make_app,
     make_deployment(make_app("hello"), 1, sha)
     source.reconcile("hello-1")
     m = store.get("Deployment", "hello-1").status.manifest
-    assert m["run"]["command"] == "python serve.py"
-    assert m["resources"]["memory"] == 64 * 1024**2
-    assert "npm ci" in m["build"]["commands"][0]
-    assert m["processes"]["clock"]["command"].endswith("node clock.js")
+    assert m.run.command == "python serve.py"
+    assert m.resources.memory == 64 * 1024**2
+    assert "npm ci" in m.build.commands[0]
+    assert m.processes["clock"].command.endswith("node clock.js")
 
 
 def test_forge_yaml_with_build_is_not_detected(tmp_path, store, source, make_app, make_deployment) -> None:
@@ -347,4 +347,4 @@ def test_forge_yaml_with_build_is_not_detected(tmp_path, store, source, make_app
     make_deployment(make_app("hello"), 1, sha)
     source.reconcile("hello-1")
     m = store.get("Deployment", "hello-1").status.manifest
-    assert m["build"]["detected"] == [] and condition_of(store.get("Deployment", "hello-1"), "SourceReady").status == "True"
+    assert m.build.detected == [] and condition_of(store.get("Deployment", "hello-1"), "SourceReady").status == "True"

@@ -131,11 +131,11 @@ def live(c: Cluster) -> bool:
     return bool(app.get("status", {}).get("liveDeployment")) and len(serving(c)) == 3
 
 
-def ready(c: Cluster, worker: str) -> tuple[str, str]:
-    """The Ready condition of a worker's Node: (status, reason)."""
+def ready(c: Cluster, worker: str, type_: str = "Ready") -> tuple[str, str]:
+    """A condition of a worker's Node (Ready; NodeLost: the nodes controller's verdict): (status, reason)."""
     with c.client as api:
         node = api.get(f"/api/v1/nodes/{c.node(worker)}").json()
-    cond = next((x for x in node["status"].get("conditions", []) if x["type"] == "Ready"), {})
+    cond = next((x for x in node["status"].get("conditions", []) if x["type"] == type_), {})
     return cond.get("status", ""), cond.get("reason", "")
 
 
@@ -303,7 +303,8 @@ def test_a_partitioned_worker_stops_what_was_replaced_before_it_renews(cluster: 
         assert set(c.running_in("w2")) >= cut_off, "the cut-off copies run on, unseen (a partition, not a death)"
     finally:
         c.cut("w2", up=True)
-    wait_for(lambda: ready(c, "w2") == ("True", "LeaseRenewed"), 60, "w2 to renew its lease again")
+    wait_for(lambda: ready(c, "w2", "NodeLost") == ("False", "LeaseRenewed") and ready(c, "w2")[0] == "True",
+             60, "w2 to renew its lease again")
     assert not set(c.running_in("w2")) & cut_off, "w2 renewed its lease while still running replaced Instances"
     assert not set(serving(c)) & cut_off
     assert seen_instances(c) <= set(serving(c))

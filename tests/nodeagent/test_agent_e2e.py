@@ -95,11 +95,9 @@ def running(env: Env, name: str) -> object:
 
 def test_node_registers_and_heartbeats(env: Env) -> None:
     """The agent registers its Node (capacity, isolation, runtimes, Ready) and renews its Lease."""
-    # The Node is created first and its status written next: wait for the status (Ready).
-    node = wait_for(
-        lambda: (n := env.api.store.get("Node", NODE) if _exists(env, "Node", NODE) else None)
-        and n.status.is_true("Ready") and n
-    )
+    # The agent creates its Node, then writes its status: wait for the status, not the record.
+    node = wait_for(lambda: (n := env.api.store.get("Node", NODE) if _exists(env, "Node", NODE) else None)
+                    and n.status.last_heartbeat_time and n)
     assert node.spec.address == "127.0.0.1"
     assert node.status.capacity.cpu == float(os.cpu_count() or 1) and node.status.capacity.memory > 0
     assert 0 < node.status.allocatable.memory < node.status.capacity.memory

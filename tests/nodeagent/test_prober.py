@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from forge.manifest import parse_manifest
 from forge.nodeagent.prober import READY, UNHEALTHY, WAITING, HealthSpec, ProbeResult, ProbeTracker, probe
 
 OK, BAD = ProbeResult(True, "HTTP 200"), ProbeResult(False, "HTTP 503")
@@ -44,16 +45,16 @@ def test_adopted_ready_instance_stays_ready_until_retries_fail() -> None:
 @pytest.mark.parametrize(
     ("manifest", "spec"),
     [
-        ({}, HealthSpec()),
-        ({"health": {"path": "/h", "intervalSeconds": 2, "timeoutSeconds": 1, "retries": 5, "startPeriodSeconds": 4}},
+        ("run: {command: x}", HealthSpec()),
+        ("run: {command: x}\nhealth: {path: /h, interval: 2s, timeout: 1s, retries: 5, start_period: 4s}",
          HealthSpec("/h", 2, 1, 5, 4)),
-        ({"health": {"path": "x", "interval_seconds": 3}}, HealthSpec("/x", 3, 3, 3, 0)),
+        ("run: {command: x}\nhealth: {path: /x, interval: 3s}", HealthSpec("/x", 3, 3, 3, 0)),
     ],
-    ids=["defaults", "camel", "snake-and-relative-path"],
+    ids=["defaults", "all-set", "timeout-follows-a-short-interval"],
 )
-def test_health_spec_from_manifest(manifest: dict, spec: HealthSpec) -> None:
-    """The probe settings are read from the normalized manifest, camel or snake case."""
-    assert HealthSpec.from_manifest(manifest) == spec
+def test_health_spec_from_manifest(manifest: str, spec: HealthSpec) -> None:
+    """The probe settings are read from the release's validated manifest."""
+    assert HealthSpec.from_manifest(parse_manifest(manifest)) == spec
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):

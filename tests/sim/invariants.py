@@ -16,7 +16,7 @@ from forge.clock import FakeClock, Stopwatch, parse_iso
 from forge.instancespec import app_config
 from forge.models import App, Deployment, DeploymentConfig, Event, Instance, Lease, Secret
 from forge.store.base import WatchEvent
-from tests.controllers.ownership import Table, changed_paths, parse_table, row_for
+from tests.controllers.ownership import Table, changed_paths, derived_paths, parse_table, row_for
 
 if TYPE_CHECKING:
     from tests.sim.fakes import FakeServiceMap, SimStore
@@ -192,8 +192,7 @@ class Checker:
         dep = self.deps.get(dep_name)
         if dep is None or dep.spec.trigger.type == "rollback" or dep.status.manifest is None:
             return
-        health = dep.status.manifest.get("health") or {}
-        need = float(health.get("minReadySeconds", 10.0))
+        need = dep.status.manifest.health.min_ready_seconds
         mono = self.world.clock.monotonic()
         for disk in self.world.disks.values():
             for p in disk.procs.values():
@@ -326,7 +325,7 @@ class Checker:
             # one writer per status field: main's table (docs/CONTRACTS.md), read by the same
             # parser as the controller suite's check (tests/controllers/ownership.py)
             old = before.status.dump() if before is not None else {}
-            for path in sorted(changed_paths(old, after.status.dump())):
+            for path in sorted(changed_paths(old, after.status.dump()) - derived_paths(after)):
                 row = row_for(self.owners, after.kind, path)
                 if row is None:
                     raise Violation(
