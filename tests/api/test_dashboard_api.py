@@ -9,7 +9,16 @@ import random
 import pytest
 
 from forge.clock import SystemClock, iso
-from forge.models import Deployment, DeploymentSpec, Event, EventSpec, ObjectMeta, ObjectRef, Trigger
+from forge.models import (
+    Deployment,
+    DeploymentSpec,
+    Event,
+    EventSpec,
+    Manifest,
+    ObjectMeta,
+    ObjectRef,
+    Trigger,
+)
 from forge.probes import PROBE_USER_AGENT, is_probe_line
 from tests.api.conftest import COMMIT1, Api, app_body
 
@@ -132,7 +141,7 @@ def test_app_logs_without_probes(api: Api) -> None:
                 ),
             )
         )
-        dep.status.manifest = {"health": {"path": path}}
+        dep.status.manifest = Manifest.model_validate({"run": {"command": "app"}, "health": {"path": path}})
         api.store.update_status(dep)
     now = SystemClock().now_iso()
     lines = {
