@@ -95,7 +95,10 @@ def running(env: Env, name: str) -> object:
 
 def test_node_registers_and_heartbeats(env: Env) -> None:
     """The agent registers its Node (capacity, isolation, runtimes, Ready) and renews its Lease."""
-    node = wait_for(lambda: env.api.store.get("Node", NODE) if _exists(env, "Node", NODE) else None)
+    # The agent creates its Node, then writes its status: wait for the status (a loaded machine
+    # showed the Node between the two, capacity still 0).
+    node = wait_for(lambda: env.api.store.get("Node", NODE) if _exists(env, "Node", NODE)
+                    and env.api.store.get("Node", NODE).status.phase else None)
     assert node.spec.address == "127.0.0.1"
     assert node.status.capacity.cpu == float(os.cpu_count() or 1) and node.status.capacity.memory > 0
     assert 0 < node.status.allocatable.memory < node.status.capacity.memory

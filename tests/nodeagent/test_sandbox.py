@@ -194,6 +194,7 @@ def test_fork_bomb_stops_at_pids_max(groups, release) -> None:
 
 
 @needs_all
+@pytest.mark.alone  # a share of a core: not while make test's other workers load the machine
 def test_cpu_limit_half_a_core(groups, release) -> None:
     """A spinning app under cpu 0.5 uses 0.5 ± 0.15 of a core over 3 s (cpuacct delta / wall)."""
     assert DRIVER is not None
