@@ -23,6 +23,8 @@ def _rank(path: str) -> tuple[int, int]:
     return (1, 0) if "/e2e/" in path else (2, 0)
 
 
-def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(
+    session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
+) -> None:
     ranks = {id(item): _rank(str(item.path)) for item in items}
     items.sort(key=lambda item: ranks[id(item)])  # stable: each file's own order is kept
