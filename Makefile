@@ -5,6 +5,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 APT_PKGS := caddy bubblewrap git prometheus chromium nftables iproute2 postgresql rsyslog rsyslog-gnutls
 PYTEST_ARGS ?=
+# make test's pytest workers (pytest-xdist). Each takes one test file at a time, whole and in its
+# own order (--dist loadfile), files handed out longest first (tests/conftest.py): the e2e tests
+# mostly wait on real processes, so 3 of them overlap well on 2 cores. TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 3
 ARGS ?=
 
 .PHONY: setup run test lint system-packages github-fixtures ui-vendor clean bench sim sim-selftest
@@ -83,9 +87,16 @@ lint: setup
 	$(BIN)/mypy
 	@if grep -rn --include='*.py' "type: ignore" forge; then echo "forge/ takes no '# type: ignore': type the code instead"; exit 1; fi
 
-# A lint failure fails the tests: lint runs first (it takes seconds), then pytest.
+# A lint failure fails the tests: lint runs first (it takes seconds), then pytest: over
+# TEST_WORKERS workers, then the tests marked `alone` (they measure the machine, e.g. a CPU
+# share) by themselves; pytest's exit 5 there (PYTEST_ARGS selected none of them) is no failure.
 test: setup lint
+ifeq ($(TEST_WORKERS),0)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+else
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m 'not alone' $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m alone $(PYTEST_ARGS) || [ $$? -eq 5 ]
+endif
 
 # The control-plane simulator (tests/sim): `make sim SEEDS=N` runs seeds 0..N-1 and prints how
 # many passed; `make sim SEED=S` replays one seed and prints its trace (the same on every run);

@@ -194,6 +194,7 @@ def test_fork_bomb_stops_at_pids_max(groups, release) -> None:
 
 
 @needs_all
+@pytest.mark.alone  # a share of a core: not while make test's other workers load the machine
 def test_cpu_limit_half_a_core(groups, release) -> None:
     """A spinning app under cpu 0.5 never uses more than 0.65 of a core in any 2 s window
     (cpuacct delta / wall), and reaches at least 0.35 in one of up to four (a loaded machine can
