@@ -789,12 +789,26 @@ class GithubApp(Resource):
 # --------------------------------------------------------------------------- Lease / NodeToken
 
 
+class HolderProcess(Model):
+    """The process behind a Lease's holder, so that its successor on the same machine can prove it
+    gone (``forge.processid``): the machine (hostname and ``/etc/machine-id``), the boot
+    (``/proc/sys/kernel/random/boot_id``), the pid namespace, the pid and its start time."""
+
+    host: str = ""
+    machine_id: str = ""
+    boot_id: str = ""
+    pid_namespace: str = ""
+    pid: int = 0
+    start_ticks: int | None = None
+
+
 class LeaseSpec(Model):
     holder: str = ""
     renew_time: str | None = None
     acquire_time: str | None = None
     duration_seconds: float = 15.0
     transitions: int = 0
+    holder_process: HolderProcess | None = None
 
 
 class Lease(Resource):

@@ -189,6 +189,16 @@ def age(watch: Stopwatch | None, key: str, since: str | None, now: float) -> flo
     return max(0.0, now - time_of(since, now))
 
 
+def waited(watch: Stopwatch | None, key: str, since: str | None, now: float) -> float:
+    """Seconds ``since`` has held, for a minimum wait (min_ready, a stable period):
+    from the Stopwatch's first look (``Stopwatch.observed``), so no wall-clock step — on this
+    machine, another, or between two leaders — can shorten it; plainly from the wall clock
+    without one (pure callers, tests)."""
+    if watch is not None:
+        return watch.observed(key, since)
+    return max(0.0, now - time_of(since, now))
+
+
 def ready_since(inst: Instance) -> str | None:
     cond = inst.status.condition("Ready")
     return inst.status.ready_time or (cond.last_transition_time if cond is not None else None)
@@ -205,7 +215,7 @@ def min_ready_wait(
     wait = 0.0
     for slot, inst in current_by_slot(dep.metadata.name, instances).items():
         if is_ready(inst) and slot[0] == WEB:  # workers proved themselves by min_running already
-            ready_for = age(watch, f"ready/{inst.metadata.name}", ready_since(inst), now)
+            ready_for = waited(watch, f"ready/{inst.metadata.name}", ready_since(inst), now)
             wait = max(wait, need - ready_for)
     return wait
 

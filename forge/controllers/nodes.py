@@ -11,7 +11,9 @@ Instance bound to it goes ``Lost`` (status only), so the rollout controller repl
 elsewhere. If every node — or more than 55 % of them, more than one — lapses at once (within a
 grace period of each other; a node lost earlier does not count) the fault
 is more likely ours (partition, paused or starved process, store trouble): freeze, evict
-nothing, say so once (``NodesLapsedTogether``). A returning node (its Lease moves
+nothing, say so once (``NodesLapsedTogether``), and mark each such node ``Ready Unknown /
+NodeUnreachable`` — an observation, not an eviction (a deleted App's teardown stops waiting for
+it to confirm its stops). A returning node (its Lease moves
 again) is Ready again; its agent itself stops processes whose Instances are no longer its own.
 """
 
@@ -37,6 +39,7 @@ READY: Final[str] = "Ready"
 REASON_NODE_LOST: Final[str] = "NodeLost"
 REASON_LEASE_RENEWED: Final[str] = "LeaseRenewed"
 REASON_FROZEN: Final[str] = "NodesLapsedTogether"
+REASON_UNREACHABLE: Final[str] = "NodeUnreachable"
 # More than this share of the nodes lapsing together (and more than one) is taken for a fault on
 # the control plane's side — Kubernetes' node lifecycle controller stops evicting in a zone past
 # 55 % unhealthy for the same reason. One node of three dying is evicted; two of three is not.
@@ -173,14 +176,36 @@ class NodesController(Controller):
                 )
                 log.warning(msg)
                 self.recorder.record(node, "Warning", REASON_FROZEN, msg)
+            self._mark_unreachable(node, now - expiry + window)
             return DONE
         self._mark_lost(node, now - expiry + max(self.grace, self._durations.get(key, 0.0)))
         return DONE
 
+    def _mark_unreachable(self, node: Node, silent_for: float) -> None:
+        """Frozen, the node is still said to be unreachable — ``Ready Unknown`` (what Kubernetes'
+        node lifecycle controller writes in its disruption mode too): an observation, not an
+        eviction. Its Instances stay as they are; only what waits on the node to confirm
+        something (a deleted App's teardown) may stop waiting."""
+        name = node.metadata.name
+        with self._lock:
+            self._lost.add(name)  # a verdict of ours to undo when the Lease moves again
+        cond = node.status.condition(READY)
+        if cond is not None and cond.status == "Unknown" and cond.reason == REASON_UNREACHABLE:
+            return
+        if cond is not None and cond.status == "False" and cond.reason == REASON_NODE_LOST:
+            return  # already written off: the stronger verdict stands
+        msg = (
+            f"lease {LEASE_PREFIX}{name} not renewed for {silent_for:.1f}s; with most nodes silent at "
+            "once nothing is evicted"
+        )
+        set_condition(node.status, READY, "Unknown", REASON_UNREACHABLE, msg, self.clock.now_iso())
+        node.status.phase = "NotReady"
+        self.store.update_status(node)
+
     def _mark_alive(self, node: Node) -> None:
         name = node.metadata.name
         cond = node.status.condition(READY)
-        if cond is None or cond.status == "True" or cond.reason != REASON_NODE_LOST:
+        if cond is None or cond.status == "True" or cond.reason not in (REASON_NODE_LOST, REASON_UNREACHABLE):
             with self._lock:
                 self._lost.discard(name)
             return  # the agent owns readiness otherwise; we only undo our own verdict

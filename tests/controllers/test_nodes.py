@@ -69,15 +69,22 @@ def test_lapsed_node_is_lost_and_returns(store, clock, nodes, two_nodes) -> None
 
 
 def test_all_nodes_lapse_freezes(store, clock, nodes, two_nodes) -> None:
-    """When every node lapses together nothing is evicted and one Warning says why."""
+    """When every node lapses together nothing is evicted and one Warning says why; each node is
+    said to be unreachable (Ready Unknown), and Ready again once its Lease moves."""
     nodes.reconcile("n1"), nodes.reconcile("n2")
     clock.advance(30)
     for _ in range(2):
         nodes.reconcile("n1"), nodes.reconcile("n2")
-    assert condition_of(store.get("Node", "n1"), "Ready").status == "True"
+    for n in ("n1", "n2"):
+        cond = condition_of(store.get("Node", n), "Ready")
+        assert (cond.status, cond.reason) == ("Unknown", "NodeUnreachable")
     assert {store.get("Instance", f"web-1-{i}").status.phase for i in (0, 1)} == {"Running"}
     frozen = events_for(store, reason="NodesLapsedTogether")
     assert len(frozen) == 1 and frozen[0].spec.count == 1
+    renew(store, "n1")
+    nodes.reconcile("n1")
+    cond = condition_of(store.get("Node", "n1"), "Ready")
+    assert (cond.status, cond.reason) == ("True", "LeaseRenewed")
 
 
 def test_most_nodes_lapsing_together_freezes_one_of_three_is_evicted(store, clock, nodes, two_nodes,
@@ -93,7 +100,7 @@ def test_most_nodes_lapsing_together_freezes_one_of_three_is_evicted(store, cloc
     nodes.reconcile("n3")
     clock.advance(6)  # n1 and n2 silent 16 s, n3 6 s
     nodes.reconcile("n1"), nodes.reconcile("n2")
-    assert {condition_of(store.get("Node", n), "Ready").status for n in ("n1", "n2")} == {"True"}
+    assert {condition_of(store.get("Node", n), "Ready").status for n in ("n1", "n2")} == {"Unknown"}
     assert store.get("Instance", "web-1-0").status.phase == "Running"
     assert "2 of 3 nodes" in events_for(store, reason="NodesLapsedTogether")[0].spec.message
     renew(store, "n2")

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from forge.clock import FakeClock, Stopwatch, parse_iso
+from forge.clock import parse_iso
 from forge.instancespec import app_config
 from forge.models import App, Deployment, DeploymentConfig, Event, Instance, Lease, Secret
 from forge.store.base import WatchEvent
@@ -41,7 +41,12 @@ def number(dep_name: str) -> int:
     return int(tail) if tail.isdigit() else -1
 
 
-def comparable(cfg: DeploymentConfig | None, secrets: bool = True) -> dict[str, Any] | None:
+COUNTS = ("replicas", "processes")  # changed in place by a scale: not release config
+
+
+def comparable(
+    cfg: DeploymentConfig | None, secrets: bool = True, counts: bool = True
+) -> dict[str, Any] | None:
     if cfg is None:
         return None
     d = cfg.model_dump()
@@ -49,10 +54,13 @@ def comparable(cfg: DeploymentConfig | None, secrets: bool = True) -> dict[str, 
     d["node_selector"] = d.get("node_selector") or None
     if not secrets:
         d.pop("secrets_version", None)
+    if not counts:
+        for k in COUNTS:
+            d.pop(k, None)
     return d
 
 
-STOPWATCH_SLACK = Stopwatch(FakeClock()).slack
+MIN_READY_TOLERANCE = 0.01  # rounding: promotion may not come earlier than min_ready at all
 
 
 @dataclass
@@ -149,10 +157,9 @@ class Checker:
 
     def check_leadership(self) -> None:
         """A control plane restarted on the same host leads within one election round (plus a
-        second): it must not wait out the lease of its own dead predecessor. Judged only when
-        the ``up-restart`` family is on (the known bug of #20; see plan.KNOWN_BUG_TRIGGERS)."""
+        second): it must not wait out the lease of its own dead predecessor."""
         w = self.world
-        if "up-restart" not in w.families or not w.restarts or not self.on("leader-after-restart"):
+        if not w.restarts or not self.on("leader-after-restart"):
             return
         host, since = w.restarts[-1]
         if w.leader() is not None:
@@ -202,10 +209,9 @@ class Checker:
                 inst = self.insts.get(p.st.name)
                 if inst is None or inst.spec.process != "web" or not inst.status.ready:
                     continue
-                # main's Stopwatch (forge/clock.py) reads a start it first sees off the wall clocks,
-                # bounded to its slack once it has watched a while: a skewed or stepped clock may
-                # shorten min_ready by that much, by design
-                if p.ready_mono is None or mono - p.ready_mono < need - STOPWATCH_SLACK - 0.5:
+                # min_ready counts from the leader's first look at the Instance ready (the
+                # Stopwatch's ``observed``): no step, skew or leader change may shorten it at all
+                if p.ready_mono is None or mono - p.ready_mono < need - MIN_READY_TOLERANCE:
                     ready_for = 0.0 if p.ready_mono is None else mono - p.ready_mono
                     raise Violation(
                         "min-ready",
@@ -234,8 +240,11 @@ class Checker:
             target = self.deps.get(dep.spec.rollback_of or "")
             if target is None or not self.on("rollback-config"):
                 return
-            want = [comparable(c, secrets=False) for c in (target.status.applied_config, target.spec.config)]
-            got = comparable(dep.spec.config, secrets=False)
+            want = [
+                comparable(c, secrets=False, counts=False)
+                for c in (target.status.applied_config, target.spec.config)
+            ]
+            got = comparable(dep.spec.config, secrets=False, counts=False)
             if got is not None and got not in want:
                 raise Violation(
                     "rollback-config",
@@ -245,6 +254,20 @@ class Checker:
                 raise Violation(
                     "rollback-config", f"{name} rolls back to {target.metadata.name} without its config"
                 )
+            # ... and with the App's replica counts as they are now: a scale is in place, and a
+            # rollback (a person's or the rollback controller's) must not undo it (seed 887)
+            if current is not None and dep.spec.config is not None and self.on("rollback-counts"):
+                want_n = comparable(app_config(current, None))
+                got_n = comparable(dep.spec.config)
+                assert want_n is not None and got_n is not None
+                for k in COUNTS:
+                    if got_n.get(k) != want_n.get(k):
+                        raise Violation(
+                            "rollback-counts",
+                            f"{name} ({'automatic' if dep.metadata.owner_ref else 'asked for'}) rolls "
+                            f"back to {target.metadata.name} with {k}={got_n.get(k)!r}, the App says "
+                            f"{want_n.get(k)!r}",
+                        )
             return
         if current is None or dep.spec.config is None or not self.on("release-config"):
             return

@@ -218,6 +218,66 @@ REGRESSIONS.setdefault(
     ),
 )
 
+REGRESSIONS.setdefault(
+    "rollback-undoes-scale",
+    (
+        "rollback-after-scale",
+        887,
+        "config-live",
+        "scale to 3 while the newest release crashes: the automatic rollback release carried its "
+        "target's replica count (1) and pinned it, so the App said 3 and 1 ran (counts are not "
+        "release config; fixed in forge/release.py's rollback_release; found by the simulator)",
+        [
+            (0.0, "control-plane", ("cp0",), True),
+            (0.0, "control-plane", ("cp1",), True),
+            (0.0, "node", ("n0", 0.0), True),
+            (0.0, "node", ("n1", 0.0), True),
+            (0.1, "app", ("a0", 0.0, False), True),
+            (0.2, "push", ("a0", "healthy", True), True),
+            (12.0, "push", ("a0", "crash-after", True), False),
+            (33.0, "scale", ("a0", 3), False),
+        ],
+    ),
+)
+REGRESSIONS.setdefault(
+    "delete-on-lost-only-node",
+    (
+        "delete-lost-node",
+        933,
+        "deleted-clean",
+        "an App deleted while its only node is lost keeps its release and Instance: teardown "
+        "waited for the lost node to confirm the stop, and with every node lapsed the nodes "
+        "controller (frozen, rightly evicting nothing) never said the node was gone (found by the "
+        "simulator)",
+        [
+            (0.0, "control-plane", ("cp0",), True),
+            (0.0, "control-plane", ("cp1",), True),
+            (0.0, "node", ("n0", 0.0), True),
+            (0.1, "app", ("a0", 2.0, False), True),
+            (0.2, "push", ("a0", "healthy", True), True),
+            (9.0, "node-loss", ("n0",), False),
+            (17.0, "delete", ("a0",), False),
+        ],
+    ),
+)
+REGRESSIONS.setdefault(
+    "delete-while-building-on-lost-node",
+    (
+        "delete-lost-node",
+        881,
+        "releases-end",
+        "the same with the release still building on the lost node: it stayed Building for good",
+        [
+            (0.0, "control-plane", ("cp0",), True),
+            (0.0, "node", ("n0", 0.0), True),
+            (0.1, "app", ("a0", 0.0, False), True),
+            (0.2, "push", ("a0", "healthy", False), True),
+            (1.3, "node-loss", ("n0",), False),
+            (21.3, "delete", ("a0",), False),
+        ],
+    ),
+)
+
 
 def plan_of(name: str) -> list[Op]:
     return [Op(t, kind, tuple(args), setup) for t, kind, args, setup in REGRESSIONS[name][4]]
