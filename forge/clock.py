@@ -105,16 +105,18 @@ class Stopwatch:
         self._marks: OrderedDict[tuple[str, str], float] = OrderedDict()
         self._lock = threading.Lock()
 
-    def elapsed(self, key: str, start_iso: str | None) -> float:
-        """Seconds since ``start_iso`` (0 when there is none): for deadlines."""
-        return self._read(key, start_iso, trust_wall=True)
+    def elapsed(self, key: str, start_iso: str | None, at_most: float | None = None) -> float:
+        """Seconds since ``start_iso`` (0 when there is none): for deadlines. ``at_most`` caps the
+        first reading off the wall clocks: a deadline of T read with ``at_most=T/2`` leaves at
+        least half of it after this process's first look, however far a step moved the clocks."""
+        return self._read(key, start_iso, trust_wall=True, at_most=at_most)
 
     def observed(self, key: str, start_iso: str | None) -> float:
         """Seconds since this process first saw ``start_iso`` (0 when there is none): for minimum
         waits, which a wall-clock reading must never shorten."""
         return self._read("=" + key, start_iso, trust_wall=False)
 
-    def _read(self, key: str, start_iso: str | None, trust_wall: bool) -> float:
+    def _read(self, key: str, start_iso: str | None, trust_wall: bool, at_most: float | None = None) -> float:
         if not start_iso:
             return 0.0
         mono = self.clock.monotonic()
@@ -128,6 +130,8 @@ class Stopwatch:
                     age = max(0.0, self.clock.now() - parse_iso(start_iso))
                     if mono - self._born >= self.watching:
                         age = min(age, self.slack)
+                    if at_most is not None:
+                        age = min(age, max(0.0, at_most))
                 mark = mono - age
                 self._marks[(key, start_iso)] = mark
                 while len(self._marks) > self.size:

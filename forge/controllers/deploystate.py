@@ -181,11 +181,14 @@ def min_ready_seconds(dep: Deployment) -> float:
     return float(value) if isinstance(value, (int, float)) else DEFAULT_MIN_READY
 
 
-def age(watch: Stopwatch | None, key: str, since: str | None, now: float) -> float:
+def age(
+    watch: Stopwatch | None, key: str, since: str | None, now: float, at_most: float | None = None
+) -> float:
     """Seconds since ``since``: from the controller's Stopwatch (monotonic where it observes,
-    so wall-clock steps cannot move it), or plainly from the wall clock (pure callers, tests)."""
+    so wall-clock steps cannot move it; ``at_most`` caps its first reading), or plainly from the
+    wall clock (pure callers, tests)."""
     if watch is not None:
-        return watch.elapsed(key, since)
+        return watch.elapsed(key, since, at_most)
     return max(0.0, now - time_of(since, now))
 
 

@@ -25,6 +25,8 @@ and ``now``); ``RolloutController.reconcile`` reads the world, asks for a plan a
   a ``Stopwatch``: monotonic from this process's first look, so a wall-clock step moves neither.
   ``min_ready`` counts from that first look alone (``Stopwatch.observed``): a step, a skewed
   node, or a leader change can lengthen it (a new leader waits it out again), never shorten it.
+  The deadline's first reading counts at most half of it as spent: a step in a new leader's
+  first seconds cannot fail a release at once (sim seed 133).
 - Lost Instances (and Failed ones of the live release) are replaced: ``APP-N-I-rK``.
 - **Config changes roll out like code**: when the App's env/domains/nodeSelector or its Secret's
   version differ from what the newest release applied (and nothing is in flight), a new
@@ -407,7 +409,11 @@ def plan_rollout(
             + ds.build_timeout_seconds(wanted.model_copy(update={"status": st}))
             + (float(rel.get("timeoutSeconds") or 600.0) if rel is not None else 0.0)
         )
-        deadline = now + allowed - ds.age(watch, f"created/{name}", st.created_time, now)
+        # A leader's first look reads the age off the wall clocks (a restart loop must not reset
+        # the deadline for good), but a step in its first seconds could put it hours past: at
+        # most half the deadline counts as spent then, so a step cannot fail a release at once.
+        age = ds.age(watch, f"created/{name}", st.created_time, now, at_most=allowed / 2)
+        deadline = now + allowed - age
         cfg = ds.effective_config(app, wanted, secret)
         n_slots = len(ds.wanted_slots(cfg, st.manifest))
         all_ready = (

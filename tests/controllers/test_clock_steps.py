@@ -268,3 +268,24 @@ def test_a_new_leader_waits_min_ready_from_its_own_first_look(
     clock.advance(10)
     new.reconcile("hello")
     assert get(store, "App", "hello").status.live_deployment == "hello-1"
+
+
+def test_step_before_a_new_leaders_first_look_cannot_fail_a_release_at_once(
+    store: Store, clock: FakeClock, config: Config, live_v1: App,
+    make_deployment: Callable[..., Deployment],
+) -> None:
+    """The old leader stops; the wall clock steps +2 h; a new leader's first look at a release
+    created seconds ago reads it hours old: it still has half its deadline (sim seed 133 failed a
+    healthy release ProgressDeadlineExceeded at the takeover), and goes live when ready."""
+    make_deployment("hello", 2, manifest=manifest())
+    clock.advance(3)
+    clock.step(7200)
+    new = RolloutController(store, clock, config)
+    res = new.reconcile("hello")
+    assert phase(store, "hello-2")[0] != "Failed"
+    assert res is not None and res.requeue_after == pytest.approx((120 + 600) / 2)
+    report(store, "hello-2-0", "Running", ready=True, ready_time=clock.now_iso())
+    new.reconcile("hello")
+    clock.advance(10)
+    new.reconcile("hello")
+    assert get(store, "App", "hello").status.live_deployment == "hello-2"

@@ -278,6 +278,31 @@ REGRESSIONS.setdefault(
     ),
 )
 
+REGRESSIONS.setdefault(
+    "clock-step-at-takeover-fails-release",
+    (
+        "clock-step",
+        133,
+        "healthy-not-failed",
+        "the leader pauses, the wall clock steps +2 h, the other control plane takes over: its first "
+        "look read the release's age off the wall clocks, hours past its deadline, and failed a "
+        "healthy release ProgressDeadlineExceeded at once (a first reading now counts at most half "
+        "the deadline; found by the simulator)",
+        [
+            (0.0, "control-plane", ("cp0",), True),
+            (0.0, "control-plane", ("cp1",), True),
+            (0.0, "node", ("n0", 0.0), True),
+            (0.0, "node", ("n1", 0.0), True),
+            (0.1, "app", ("a0", 0.0, True), True),
+            (0.1, "app", ("a1", 2.0, True), True),
+            (0.2, "push", ("a0", "healthy", True), True),
+            (0.2, "push", ("a1", "healthy", False), True),
+            (2.4, "leader-pause", (20.2,), False),
+            (3.0, "clock-step", (7200.0,), False),
+        ],
+    ),
+)
+
 
 def plan_of(name: str) -> list[Op]:
     return [Op(t, kind, tuple(args), setup) for t, kind, args, setup in REGRESSIONS[name][4]]
