@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from forge.clock import parse_iso
 from forge.instancespec import app_config
-from forge.models import App, Deployment, DeploymentConfig, Event, Instance, Lease, Secret
+from forge.models import App, Deployment, DeploymentConfig, Event, Instance, Lease, Node, Secret
 from forge.store.base import WatchEvent
 from tests.controllers.ownership import Table, changed_paths, parse_table, row_for
 
@@ -26,7 +26,7 @@ LEADER_ROUND = 5.0  # the elector's renew interval (15 s lease / 3)
 ROUTE_GRACE = 3.0  # seconds a switch may stay half-done while a leader acts
 ROUTE_LAG = 0.5  # seconds traffic may follow the store late, beyond the watch delay in effect
 FINAL = ("Live", "Superseded", "Failed", "Cancelled")
-EXCUSING_FAULTS = ("node-loss", "partition", "disk-full", "git-down")
+EXCUSING_FAULTS = ("node-loss", "partition", "disk-full", "git-down", "cut-nodes")
 BLAMING_REASONS = ("RolledBack", "CrashLoopBackOff", "HealthCheckFailed", "Unhealthy", "OOMKilled")
 
 
@@ -78,6 +78,7 @@ class Checker:
     born: dict[str, float] = field(default_factory=dict)
     owners: Table = field(default_factory=dict)
     writers: dict[tuple[str, str], set[str]] = field(default_factory=dict)
+    failed: Violation | None = None  # raised in a write (a controller's runtime swallows it)
 
     def __post_init__(self) -> None:
         self.owners = parse_table()
@@ -90,6 +91,8 @@ class Checker:
     # ------------------------------------------------------------------ as the store changes
 
     def observe(self, events: list[WatchEvent]) -> None:
+        if self.failed is not None:
+            raise self.failed
         for ev in events:
             obj = ev.object
             name = obj.metadata.name
@@ -298,7 +301,7 @@ class Checker:
         # A release the platform could not place (nodes lost, cordoned, drained; a full disk;
         # GitHub down) may fail; one failed *as the app's fault* only when its processes were lost.
         blamed = dep.status.reason in BLAMING_REASONS
-        excuses = ("node-loss", "partition") if blamed else (*EXCUSING_FAULTS, "cordon", "drain")
+        excuses = ("node-loss", "partition", "cut-nodes") if blamed else (*EXCUSING_FAULTS, "cordon", "drain")
         excused = self.world.fault_overlapped(self.born.get(name, 0.0), excuses)
         if excused:
             return
@@ -321,6 +324,17 @@ class Checker:
             )
 
     def on_write(self, store: SimStore, method: str, before: Any, after: Any) -> None:
+        """Judge a write as it commits. A Violation raised here lands inside the writer — a
+        controller's reconcile, whose runtime catches every exception per item and retries — so
+        it is also kept and raised again by the next ``observe``, after the step."""
+        try:
+            self._on_write(store, method, before, after)
+        except Violation as v:
+            if self.failed is None:
+                self.failed = v
+            raise
+
+    def _on_write(self, store: SimStore, method: str, before: Any, after: Any) -> None:
         if store.name != "api" and self.on("deposed-leader"):
             try:
                 lease = self.world.observer.get(Lease, "controllers-leader")
@@ -345,6 +359,8 @@ class Checker:
                     "live-instance-kept",
                     f"{store.actor or store.name} deleted {after.metadata.name}, a ready Instance of live {live}",
                 )
+        if method == "update_status" and isinstance(after, Node) and self.on("mass-cut-evicted"):
+            self._node_verdict(before, after)
         if method == "update_status" and store.actor and self.on("owner"):
             # one writer per status field: main's table (docs/CONTRACTS.md), read by the same
             # parser as the controller suite's check (tests/controllers/ownership.py)
@@ -361,6 +377,27 @@ class Checker:
                         f"{store.actor} wrote {after.kind}.status.{path}; owned by {row.owner}"
                         + (f" (also {sorted(row.also)})" if row.also else ""),
                     )
+
+    def _node_verdict(self, before: Node | None, after: Node) -> None:
+        """Nodes cut off at one instant — all of them, or more than 55 % and more than one — look
+        like a fault on the control plane's side: none of them may be written off (NodeLost),
+        whichever lease happens to expire first (nodes controller, README "When a worker dies")."""
+        cond = after.status.condition("Ready")
+        if cond is None or cond.status != "False" or cond.reason != "NodeLost":
+            return
+        old = before.status.condition("Ready") if before is not None else None
+        if old is not None and old.status == "False" and old.reason == "NodeLost":
+            return
+        w = self.world
+        name, now, total = after.metadata.name, w.now(), len(w.node_clocks)
+        for nodes, start, until in w.cuts:
+            mass = len(nodes) == total or (len(nodes) > 1 and len(nodes) > 0.55 * total)
+            if name in nodes and mass and start <= now <= until:
+                raise Violation(
+                    "mass-cut-evicted",
+                    f"{name} written off {now - start:.1f}s into a cut of {len(nodes)} of {total} nodes "
+                    f"at once ({', '.join(sorted(nodes))})",
+                )
 
     # ------------------------------------------------------------------ traffic
 

@@ -303,6 +303,27 @@ REGRESSIONS.setdefault(
     ),
 )
 
+REGRESSIONS.setdefault(
+    "three-nodes-cut-one-evicted",
+    (
+        "nodes-cut-together",
+        58,
+        "mass-cut-evicted",
+        "three nodes cut off at one instant: their leases lapse 0.35 s apart and the nodes "
+        "controller judged the first alone (1 of 3 lapsed), writing it off while the 55 % rule "
+        "should have frozen all three (found by the simulator once agents renew out of lockstep)",
+        [
+            (0.0, "control-plane", ("cp0",), True),
+            (0.0, "node", ("n0", 0.0), True),
+            (0.0, "node", ("n1", 0.0), True),
+            (0.0, "node", ("n2", 0.0), True),
+            (0.1, "app", ("a0", 0.0, False), True),
+            (0.2, "push", ("a0", "healthy", False), True),
+            (21.3, "cut-nodes", (37.2,), False),
+        ],
+    ),
+)
+
 
 def plan_of(name: str) -> list[Op]:
     return [Op(t, kind, tuple(args), setup) for t, kind, args, setup in REGRESSIONS[name][4]]

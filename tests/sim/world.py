@@ -342,6 +342,7 @@ class World:
         self.steps = 0
         self.disk_full_until = -1.0
         self.partitioned: set[str] = set()
+        self.cuts: list[tuple[frozenset[str], float, float]] = []  # (nodes cut at once, from, until)
         self.watch_faults: dict[str, tuple[str, float, float]] = {}  # cp ident → (mode, until, delay)
         self.api_store = SimStore(SqliteStore(str(self.db_path), clock=self.cp_clock), "api")
         self.api_store.full = self.disk_is_full
