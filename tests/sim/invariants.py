@@ -499,17 +499,21 @@ class Checker:
                     f"{app_name}: the branch head {head[:8]} (healthy) is not live; live is "
                     f"{live.metadata.name + ' @' + live.spec.commit[:8] if live else 'nothing'}",
                 )
+            # A rollback pins its target's config until the App is edited again — a person's, and
+            # the rollback controller's (recorded as an Event) — but never its counts (a scale is
+            # in place): after one, only the counts must match the App.
+            rolled_at = max(w.rollback_at.get(app_name, -1.0), self.rollback_events.get(app_name, -1.0))
+            pinned = rolled_at > w.config_at.get(app_name, 0.0)
             if (
                 self.on("config-live")
                 and live is not None
-                and w.rollback_at.get(app_name, -1.0) <= w.config_at.get(app_name, 0.0)
                 and last in ("push", "config")
                 and w.is_healthy(live.spec.commit)
             ):
                 cfg = live.status.applied_config or live.spec.config
                 want = app_config(app, self.secrets.get(app_name))
                 got_c, want_c = comparable(cfg, secrets=False) or {}, comparable(want, secrets=False) or {}
-                for k in ("replicas", "processes", "env", "domains"):
+                for k in COUNTS if pinned else ("replicas", "processes", "env", "domains"):
                     if got_c.get(k) != want_c.get(k):
                         raise Violation(
                             "config-live",
