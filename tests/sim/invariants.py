@@ -168,6 +168,7 @@ class Checker:
         if w.leader() is not None:
             w.restarts.clear()
             return
+        since = max(since, w.disk_full_until)  # a full store takes no Lease: judged once writable
         if w.now() - since > LEADER_ROUND + 1.0:
             raise Violation(
                 "leader-after-restart",
@@ -392,7 +393,10 @@ class Checker:
         name, now, total = after.metadata.name, w.now(), len(w.node_clocks)
         for nodes, start, until in w.cuts:
             mass = len(nodes) == total or (len(nodes) > 1 and len(nodes) > 0.55 * total)
-            if name in nodes and mass and start <= now <= until:
+            # still all cut (a partition of one of them may have healed it earlier: then the
+            # others lapse alone and are rightly written off)
+            together = all(n in w.partitioned for n in nodes)
+            if name in nodes and mass and together and start <= now <= until:
                 raise Violation(
                     "mass-cut-evicted",
                     f"{name} written off {now - start:.1f}s into a cut of {len(nodes)} of {total} nodes "
@@ -504,6 +508,16 @@ class Checker:
             # in place): after one, only the counts must match the App.
             rolled_at = max(w.rollback_at.get(app_name, -1.0), self.rollback_events.get(app_name, -1.0))
             pinned = rolled_at > w.config_at.get(app_name, 0.0)
+            # as for the head: a release of the new config that the infrastructure failed (its
+            # release command on a node that was lost) is not retried — that is a person's call
+            if any(
+                d.spec.app == app_name
+                and d.status.phase == "Failed"
+                and self.born.get(n, 0.0) >= w.config_at.get(app_name, 0.0)
+                and w.fault_overlapped(self.born.get(n, 0.0), EXCUSING_FAULTS)
+                for n, d in self.deps.items()
+            ):
+                pinned = True
             if (
                 self.on("config-live")
                 and live is not None

@@ -463,7 +463,14 @@ class Player:
 
     def op_partition(self, node: str, seconds: float) -> None:
         self.w.partitioned.add(node)
-        self.w.after(seconds, f"heal {node}", lambda: self.w.partitioned.discard(node))
+
+        def heal() -> None:
+            self.w.partitioned.discard(node)
+            # a cut that included it is over: its other nodes lapse without it from now on
+            now = self.w.now()
+            self.w.cuts = [(g, a, min(b, now) if node in g else b) for g, a, b in self.w.cuts]
+
+        self.w.after(seconds, f"heal {node}", heal)
 
     def op_cut_nodes(self, seconds: float) -> None:
         cut = sorted(
