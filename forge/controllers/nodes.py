@@ -9,8 +9,8 @@ renewed "now", so a restarted control plane never evicts on stale data.
 When a node lapses: ``Ready False / NodeLost`` with one Warning Event, and each non-terminal
 Instance bound to it goes ``Lost`` (status only), so the rollout controller replaces it
 elsewhere. If every node — or more than 55 % of them, more than one — lapses at once (within a
-grace period of each other; a node lost earlier does not count; a verdict waits up to one renewal
-period for the others due to lapse just after it) the fault
+grace period of each other; a node lost earlier does not count; a verdict waits up to 1.5 renewal
+periods for the others due to lapse just after it) the fault
 is more likely ours (partition, paused or starved process, store trouble): freeze, evict
 nothing, say so once (``NodesLapsedTogether``), and mark each such node ``Ready Unknown /
 NodeUnreachable`` — an observation, not an eviction (a deleted App's teardown stops waiting for
@@ -167,14 +167,15 @@ class NodesController(Controller):
         # every node that ever lapsed froze evictions for good after a second loss.
         window = max(self.grace, self._durations.get(key, 0.0))
         # Nodes cut off at one instant lapse up to one renewal period apart (each renewed last
-        # at its own moment): judging the first expiry alone evicted it before the others had
-        # lapsed (three nodes cut at once, one written off anyway). Wait for those due within
-        # a period of this one; a live node renewed well before its lease ends is not among them.
-        period = window / 3
+        # at its own moment), more with our watch late: judging the first expiry alone evicted it
+        # before the others had lapsed (three nodes cut at once, one written off anyway). Wait for
+        # those due within 1.5 periods of this one; a live node (renewed within the last period,
+        # so due two periods out or later) is not among them.
+        wait = window / 2
         due = [
             e
             for n in nodes
-            if n.metadata.name != key and now < (e := self._expiry(n.metadata.name)) <= expiry + period
+            if n.metadata.name != key and now < (e := self._expiry(n.metadata.name)) <= expiry + wait
         ]
         if due:
             return Result(requeue_after=max(due) - now + SETTLE)
