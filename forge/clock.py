@@ -81,6 +81,13 @@ class FakeClock(Clock):
 class Stopwatch:
     """How long ago a recorded wall-clock instant was, measured where it is observed.
 
+    Two readings, for the two kinds of wait. ``elapsed`` is for a deadline (give up after T): a
+    start from before this process looked is read off the wall clocks, bounded as below, so a
+    restart loop cannot reset a deadline for good. ``observed`` is for a minimum wait (go ahead
+    only after T: ``health.min_ready``, a stable period): it counts
+    from this process's first look only, so no wall-clock step, skew, or leader change can
+    shorten it — a new leader waits a minimum wait out again, at most once more.
+
     A record carries the wall time something started (``createdTime``, ``readyTime``,
     ``lastTransitionTime``), written by whichever machine saw it — with that machine's clock.
     The first time this process asks about one (``key`` + that text) it reads the age off the
@@ -98,8 +105,18 @@ class Stopwatch:
         self._marks: OrderedDict[tuple[str, str], float] = OrderedDict()
         self._lock = threading.Lock()
 
-    def elapsed(self, key: str, start_iso: str | None) -> float:
-        """Seconds since ``start_iso`` (0 when there is none)."""
+    def elapsed(self, key: str, start_iso: str | None, at_most: float | None = None) -> float:
+        """Seconds since ``start_iso`` (0 when there is none): for deadlines. ``at_most`` caps the
+        first reading off the wall clocks: a deadline of T read with ``at_most=T/2`` leaves at
+        least half of it after this process's first look, however far a step moved the clocks."""
+        return self._read(key, start_iso, trust_wall=True, at_most=at_most)
+
+    def observed(self, key: str, start_iso: str | None) -> float:
+        """Seconds since this process first saw ``start_iso`` (0 when there is none): for minimum
+        waits, which a wall-clock reading must never shorten."""
+        return self._read("=" + key, start_iso, trust_wall=False)
+
+    def _read(self, key: str, start_iso: str | None, trust_wall: bool, at_most: float | None = None) -> float:
         if not start_iso:
             return 0.0
         mono = self.clock.monotonic()
@@ -108,9 +125,13 @@ class Stopwatch:
                 self._born = mono
             mark = self._marks.get((key, start_iso))
             if mark is None:
-                age = max(0.0, self.clock.now() - parse_iso(start_iso))
-                if mono - self._born >= self.watching:
-                    age = min(age, self.slack)
+                age = 0.0
+                if trust_wall:
+                    age = max(0.0, self.clock.now() - parse_iso(start_iso))
+                    if mono - self._born >= self.watching:
+                        age = min(age, self.slack)
+                    if at_most is not None:
+                        age = min(age, max(0.0, at_most))
                 mark = mono - age
                 self._marks[(key, start_iso)] = mark
                 while len(self._marks) > self.size:

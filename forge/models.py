@@ -791,8 +791,8 @@ COND_AGENT_READY: Final[str] = "AgentReady"  # agent: True = the agent runs and 
 def derive_node_readiness(st: NodeStatus) -> None:
     """Set ``conditions[Ready]`` and ``phase`` from ``AgentReady`` and ``NodeLost`` (pure)."""
     lost, agent = st.condition(COND_NODE_LOST), st.condition(COND_AGENT_READY)
-    if lost is not None and lost.status == "True":
-        src = lost
+    if lost is not None and lost.status in ("True", "Unknown"):
+        src = lost  # written off (Ready False), or unreachable while nothing is evicted (Unknown)
     elif agent is not None:
         src = agent
     elif lost is None:
@@ -810,7 +810,7 @@ def derive_node_readiness(st: NodeStatus) -> None:
             message="the agent has not reported since the node was lost",
             last_transition_time=lost.last_transition_time,
         )
-    value: ConditionStatus = "False" if src is lost else src.status
+    value: ConditionStatus = ("False" if src.status == "True" else "Unknown") if src is lost else src.status
     ready = st.condition("Ready")
     want = (value, src.reason, src.message, src.last_transition_time)
     if ready is None or (ready.status, ready.reason, ready.message, ready.last_transition_time) != want:
@@ -1063,12 +1063,26 @@ class Notification(Resource):
 # --------------------------------------------------------------------------- Lease / NodeToken
 
 
+class HolderProcess(Model):
+    """The process behind a Lease's holder, so that its successor on the same machine can prove it
+    gone (``forge.processid``): the machine (hostname and ``/etc/machine-id``), the boot
+    (``/proc/sys/kernel/random/boot_id``), the pid namespace, the pid and its start time."""
+
+    host: str = ""
+    machine_id: str = ""
+    boot_id: str = ""
+    pid_namespace: str = ""
+    pid: int = 0
+    start_ticks: int | None = None
+
+
 class LeaseSpec(Model):
     holder: str = ""
     renew_time: str | None = None
     acquire_time: str | None = None
     duration_seconds: float = 15.0
     transitions: int = 0
+    holder_process: HolderProcess | None = None
 
 
 class Lease(Resource):

@@ -8,7 +8,8 @@ Secret's version, and the rollout controller then made a second release to put t
 - ``release_config(app, secret)``: the config a release made from the App now carries.
 - ``new_release(...)``: the Deployment record ``APP-N`` (spec only).
 - ``create_next_release(store, app, make)``: the one taker of release numbers.
-- ``rollback_candidate(before, deployments)``: the one rollback-target rule.
+- ``rollback_candidate(before, deployments)``: the one rollback-target rule;
+  ``rollback_release(app, n, target)``: its record (the target's config, the App's counts).
 - ``releasing(deployments, live, commit, config)``: the release that already runs (or is on its
   way to run) this commit with this config — a push of it makes nothing new.
 
@@ -21,7 +22,7 @@ from collections.abc import Callable, Iterable
 from typing import Final
 
 from forge.errors import AlreadyExists, Conflict, NotFound
-from forge.instancespec import app_config, same_config
+from forge.instancespec import app_config, same_config, with_counts
 from forge.models import (
     DEPLOYMENT_TERMINAL,
     LABEL_APP,
@@ -182,8 +183,13 @@ def rollback_candidate(before: Deployment, deployments: Iterable[Deployment]) ->
 
 
 def rollback_release(app: App, number: int, target: Deployment, owned: bool = False) -> Deployment:
-    """Release ``APP-number`` that goes back to ``target``'s commit, build and config."""
+    """Release ``APP-number`` that goes back to ``target``'s commit, build and config — with the
+    App's replica counts as they are now. Counts are not release config (``forge scale`` changes
+    the live release in place): a rollback taken after a scale, by a person or by the rollback
+    controller, must not undo the scale (it once ran 1 replica while the App said 3)."""
     cfg = config_of(target)
+    if cfg is not None:
+        cfg = with_counts(cfg, app)
     return new_release(
         app,
         number,

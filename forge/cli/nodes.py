@@ -55,7 +55,8 @@ def node_rows(
         lease = leases.get(f"node.{name}")
         conds = " ".join(
             f"{c.get('type')}={c.get('status')}" + (f"({c['reason']})" if c.get("reason") else "")
-            for c in dig(n, "status.conditions", []) or []
+            # Ready (derived from the others) first: it is the summary people read
+            for c in sorted(dig(n, "status.conditions", []) or [], key=lambda c: c.get("type") != "Ready")
         )
         rows.append(
             [

@@ -181,11 +181,24 @@ def min_ready_seconds(dep: Deployment) -> float:
     return m.health.min_ready_seconds if m is not None else DEFAULT_MIN_READY
 
 
-def age(watch: Stopwatch | None, key: str, since: str | None, now: float) -> float:
+def age(
+    watch: Stopwatch | None, key: str, since: str | None, now: float, at_most: float | None = None
+) -> float:
     """Seconds since ``since``: from the controller's Stopwatch (monotonic where it observes,
-    so wall-clock steps cannot move it), or plainly from the wall clock (pure callers, tests)."""
+    so wall-clock steps cannot move it; ``at_most`` caps its first reading), or plainly from the
+    wall clock (pure callers, tests)."""
     if watch is not None:
-        return watch.elapsed(key, since)
+        return watch.elapsed(key, since, at_most)
+    return max(0.0, now - time_of(since, now))
+
+
+def waited(watch: Stopwatch | None, key: str, since: str | None, now: float) -> float:
+    """Seconds ``since`` has held, for a minimum wait (min_ready, a stable period):
+    from the Stopwatch's first look (``Stopwatch.observed``), so no wall-clock step — on this
+    machine, another, or between two leaders — can shorten it; plainly from the wall clock
+    without one (pure callers, tests)."""
+    if watch is not None:
+        return watch.observed(key, since)
     return max(0.0, now - time_of(since, now))
 
 
@@ -205,7 +218,7 @@ def min_ready_wait(
     wait = 0.0
     for slot, inst in current_by_slot(dep.metadata.name, instances).items():
         if is_ready(inst) and slot[0] == WEB:  # workers proved themselves by min_running already
-            ready_for = age(watch, f"ready/{inst.metadata.name}", ready_since(inst), now)
+            ready_for = waited(watch, f"ready/{inst.metadata.name}", ready_since(inst), now)
             wait = max(wait, need - ready_for)
     return wait
 

@@ -14,6 +14,12 @@ partition) resumes with in-flight reconciles that read the world before the paus
 fail ``Fenced`` because the Lease names another holder or generation now — the pitfall Kubernetes'
 leader election documents (it has no fencing of its own).
 
+**A dead predecessor on this machine.** The Lease also names the holder's process
+(``spec.holderProcess``: machine, boot, pid and start time). A contender that can prove that
+process gone (``forge.processid.gone``: the same machine booted since, or the pid no longer runs
+that process) takes over at once instead of waiting the Lease out — a restarted ``forge up``
+leads again within one round. A holder elsewhere, or one it cannot see, it never pre-empts.
+
 The holder gives up (``on_stopped_leading``) as soon as a renewal is refused with Conflict,
 or when it has not managed to renew for ``renew_deadline`` (< duration, so it stops acting
 before anybody else may start).
@@ -27,7 +33,8 @@ from collections.abc import Callable
 
 from forge.clock import Clock
 from forge.errors import AlreadyExists, Conflict, ForgeError, NotFound
-from forge.models import Lease, LeaseSpec, ObjectMeta
+from forge.models import HolderProcess, Lease, LeaseSpec, ObjectMeta
+from forge.processid import Processes, gone
 from forge.store.base import Fence, Store
 
 log = logging.getLogger(__name__)
@@ -47,6 +54,7 @@ class LeaderElector:
         lease_name: str = LEASE_NAME,
         duration_seconds: float = DEFAULT_DURATION,
         fence_store: Store | None = None,
+        processes: Processes | None = None,
     ) -> None:
         # The store the leader's controllers write through: it gets this leader's Fence, so a
         # write from a leader that was deposed while paused fails inside the store.
@@ -58,6 +66,10 @@ class LeaderElector:
         self.renew_interval = duration_seconds / 3
         self.renew_deadline = duration_seconds * 2 / 3
         self.leading = False
+        # This machine's processes: who we are (written in the Lease) and whether a holder here
+        # is gone. None: no holder process is recorded and every Lease is waited out.
+        self.processes = processes
+        self.me: HolderProcess | None = processes.me() if processes is not None else None
         self._observed: tuple[int, float] | None = None  # (resourceVersion, local monotonic seen)
         self._last_renew = 0.0
         self._stop = threading.Event()
@@ -78,6 +90,7 @@ class LeaderElector:
                     renew_time=now_iso,
                     acquire_time=now_iso,
                     duration_seconds=self.duration,
+                    holder_process=self.me,
                 ),
             )
             try:
@@ -95,12 +108,19 @@ class LeaderElector:
             spec.renew_time = now_iso
         else:
             expired = mono - self._observed[1] >= spec.duration_seconds
-            if spec.holder and not expired:
+            why = self._holder_gone(spec) if spec.holder and not expired else None
+            if spec.holder and not expired and why is None:
                 return False
-            log.info("leader lease %s: taking over from %r", self.lease_name, spec.holder or "nobody")
+            log.info(
+                "leader lease %s: taking over from %r%s",
+                self.lease_name,
+                spec.holder or "nobody",
+                f" at once: {why}" if why else "",
+            )
             spec.holder, spec.renew_time, spec.acquire_time = self.identity, now_iso, now_iso
             spec.duration_seconds = self.duration
             spec.transitions += 1
+        spec.holder_process = self.me
         try:
             updated = self.store.update(lease)
         except (Conflict, NotFound):
@@ -108,6 +128,12 @@ class LeaderElector:
         self._observed = (updated.metadata.resource_version, mono)
         self._fence(updated)
         return True
+
+    def _holder_gone(self, spec: LeaseSpec) -> str | None:
+        """Why the holder's process is provably gone (None: it may be alive; wait it out)."""
+        if self.processes is None or self.me is None or spec.holder_process is None:
+            return None
+        return gone(spec.holder_process, self.me, self.processes)
 
     def _fence(self, lease: Lease) -> None:
         """This leadership's Fence: the Lease's generation (``spec.transitions``) as acquired."""
@@ -170,7 +196,7 @@ class LeaderElector:
             lease = self.store.get(Lease, self.lease_name)
             if lease.spec.holder != self.identity:
                 return
-            lease.spec.holder, lease.spec.renew_time = "", None
+            lease.spec.holder, lease.spec.renew_time, lease.spec.holder_process = "", None, None
             self.store.update(lease)
         except (Conflict, NotFound) as exc:
             log.info("leader lease not released: %s", exc)

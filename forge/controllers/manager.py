@@ -37,6 +37,7 @@ from forge.controllers.scheduler import SchedulerController
 from forge.controllers.source import SourceController
 from forge.controllers.tally import TallyController
 from forge.github.auth import stored_app
+from forge.processid import LocalProcesses
 from forge.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -121,7 +122,14 @@ def run_controllers(
         runtime.stop()
 
     elector = LeaderElector(
-        store, clock, identity, started, stopped, duration_seconds=lease_seconds, fence_store=store
+        store,
+        clock,
+        identity,
+        started,
+        stopped,
+        duration_seconds=lease_seconds,
+        fence_store=store,
+        processes=LocalProcesses(),
     )
     server = _serve_metrics(metrics_listen, registry) if metrics_listen else None
     log.info("controllers %s waiting for leadership as %s", ", ".join(c.name for c in controllers), identity)

@@ -12,7 +12,10 @@ bound to it (which then reads ``Lost``: ``forge.models.apply_instance_verdicts``
 controller replaces it elsewhere. We never write the fields the agent reports. If every node — or more than 55 % of them, more than one — lapses at once (within a
 grace period of each other; a node lost earlier does not count) the fault
 is more likely ours (partition, paused or starved process, store trouble): freeze, evict
-nothing, say so once (``NodesLapsedTogether``). A returning node (its Lease moves
+nothing, say so once (``NodesLapsedTogether``), and set ``NodeLost Unknown / NodeUnreachable``
+on each such node (it then reads ``Ready Unknown``): an observation, not an eviction — its
+Instances stay as they are, and a deleted App's teardown stops waiting for it to confirm its
+stops. A verdict waits up to 1.5 renewal periods for the others due to lapse just after it. A returning node (its Lease moves
 again: ``NodeLost`` False) is Ready again; its agent itself stops processes whose Instances are no longer its own.
 """
 
@@ -45,12 +48,14 @@ log = logging.getLogger(__name__)
 
 REASON_LEASE_RENEWED: Final[str] = "LeaseRenewed"
 REASON_FROZEN: Final[str] = "NodesLapsedTogether"
+REASON_UNREACHABLE: Final[str] = "NodeUnreachable"
 # More than this share of the nodes lapsing together (and more than one) is taken for a fault on
 # the control plane's side — Kubernetes' node lifecycle controller stops evicting in a zone past
 # 55 % unhealthy for the same reason. One node of three dying is evicted; two of three is not.
 DISRUPTION_SHARE: Final[float] = 0.55
 LEASE_PREFIX = "node."
 DEFAULT_GRACE = 6.0  # the agent's lease: 3 renewals of 2 s; a longer lease a node wrote wins
+SETTLE: Final[float] = 0.01  # past the last expiry waited for, so it has surely passed
 
 
 @dataclass
@@ -169,6 +174,19 @@ class NodesController(Controller):
         # (already judged, its Instances replaced) is no sign of a fault on our side now; counting
         # every node that ever lapsed froze evictions for good after a second loss.
         window = max(self.grace, self._durations.get(key, 0.0))
+        # Nodes cut off at one instant lapse up to one renewal period apart (each renewed last
+        # at its own moment), more with our watch late: judging the first expiry alone evicted it
+        # before the others had lapsed (three nodes cut at once, one written off anyway). Wait for
+        # those due within 1.5 periods of this one; a live node (renewed within the last period,
+        # so due two periods out or later) is not among them.
+        wait = window / 2
+        due = [
+            e
+            for n in nodes
+            if n.metadata.name != key and now < (e := self._expiry(n.metadata.name)) <= expiry + wait
+        ]
+        if due:
+            return Result(requeue_after=max(due) - now + SETTLE)
         lapsed = sum(
             1 for n in nodes if abs((e := self._expiry(n.metadata.name)) - expiry) <= window and e <= now
         )
@@ -181,14 +199,35 @@ class NodesController(Controller):
                 )
                 log.warning(msg)
                 self.recorder.record(node, "Warning", REASON_FROZEN, msg)
+            self._mark_unreachable(node, now - expiry + window)
             return DONE
         self._mark_lost(node, now - expiry + max(self.grace, self._durations.get(key, 0.0)))
         return DONE
 
+    def _mark_unreachable(self, node: Node, silent_for: float) -> None:
+        """Frozen, the node is still said to be unreachable — ``NodeLost Unknown``, read as
+        ``Ready Unknown`` (what Kubernetes' node lifecycle controller writes in its disruption mode): an observation, not an
+        eviction. Its Instances stay as they are; only what waits on the node to confirm
+        something (a deleted App's teardown) may stop waiting."""
+        name = node.metadata.name
+        with self._lock:
+            self._lost.add(name)  # a verdict of ours to undo when the Lease moves again
+        cond = node.status.condition(COND_NODE_LOST)
+        if cond is not None and cond.status == "Unknown" and cond.reason == REASON_UNREACHABLE:
+            return
+        if cond is not None and cond.status == "True":
+            return  # already written off: the stronger verdict stands
+        msg = (
+            f"lease {LEASE_PREFIX}{name} not renewed for {silent_for:.1f}s; with most nodes silent at "
+            "once nothing is evicted"
+        )
+        set_condition(node.status, COND_NODE_LOST, "Unknown", REASON_UNREACHABLE, msg, self.clock.now_iso())
+        self.store.update_status(node)
+
     def _mark_alive(self, node: Node) -> None:
         name = node.metadata.name
         cond = node.status.condition(COND_NODE_LOST)
-        if cond is None or cond.status != "True":
+        if cond is None or cond.status not in ("True", "Unknown"):
             with self._lock:
                 self._lost.discard(name)
             return  # no verdict of ours stands: the agent's AgentReady says the rest

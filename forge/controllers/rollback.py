@@ -185,7 +185,7 @@ def _judge_live(
         # Over only after a whole stable period ready without a failure: a release whose
         # crashes are separated by brief recoveries stays one incident (flapping is one).
         quiet_since = max(healthy.last_transition_time or now_iso, st.last_restart_time or now_iso)
-        quiet = ds.age(watch, f"quiet/{name}", quiet_since, now)
+        quiet = ds.waited(watch, f"quiet/{name}", quiet_since, now)
         if quiet >= stable:
             st.failing_since, st.failing_restarts = None, 0
             plan.notes.setdefault(name, []).append(

@@ -22,8 +22,12 @@ and ``now``); ``RolloutController.reconcile`` reads the world, asks for a plan a
   the API on create, else by this controller the first time it sees the Deployment — so source
   fetch, build and start all count. Past it the release is Failed (ProgressDeadlineExceeded)
   and its Instances stop; the live release is untouched. It and ``min_ready`` are measured by
-  a ``Stopwatch``: monotonic from this process's first look, so a wall-clock step moves neither;
-  so are the drains (superseded, moved off a draining node, scaled down).
+  a ``Stopwatch``: monotonic from this process's first look, so a wall-clock step moves neither.
+  ``min_ready`` counts from that first look alone (``Stopwatch.observed``): a step, a skewed
+  node, or a leader change can lengthen it (a new leader waits it out again), never shorten it. The
+  drains (superseded, moved off a draining node, scaled down) are timed on it too.
+  The deadline's first reading counts at most half of it as spent: a step in a new leader's
+  first seconds cannot fail a release at once (sim seed 133).
 - Lost Instances (and Failed ones of the live release) are replaced: ``APP-N-I-rK``.
 - **Config changes roll out like code**: when the App's env/domains/nodeSelector or its Secret's
   version differ from what the newest release applied (and nothing is in flight), a new
@@ -32,9 +36,9 @@ and ``now``); ``RolloutController.reconcile`` reads the world, asks for a plan a
 - **Scale in place**: replica counts (web and each process type) are applied to the live
   release itself — missing slots get Instances, the ones that stay are untouched, and a
   surplus Instance first leaves routing (``spec.unroutedTime``) and is stopped a drain later.
-- **App deleted**: every Instance is asked to stop; Instances that have stopped (or never ran)
-  are deleted, then Deployments without Instances, then the App's shipped log lines. gc need
-  not know about it.
+- **App deleted**: every Instance is asked to stop; Instances that have stopped (or never ran,
+  or sit on a node that is gone or not Ready, so no agent can confirm) are deleted, then
+  Deployments without Instances, then the App's shipped log lines. gc need not know about it.
 """
 
 from __future__ import annotations
@@ -412,7 +416,11 @@ def plan_rollout(
             + ds.build_timeout_seconds(wanted.model_copy(update={"status": st}))
             + (rel.timeout_seconds if rel is not None else 0.0)
         )
-        deadline = now + allowed - ds.age(watch, f"created/{name}", st.created_time, now)
+        # A leader's first look reads the age off the wall clocks (a restart loop must not reset
+        # the deadline for good), but a step in its first seconds could put it hours past: at
+        # most half the deadline counts as spent then, so a step cannot fail a release at once.
+        age = ds.age(watch, f"created/{name}", st.created_time, now, at_most=allowed / 2)
+        deadline = now + allowed - age
         cfg = ds.effective_config(app, wanted, secret)
         n_slots = len(ds.wanted_slots(cfg, st.manifest))
         all_ready = (
@@ -636,15 +644,24 @@ def _config_release(
 
 
 def plan_teardown(
-    deployments: list[Deployment], instances: list[Instance]
+    deployments: list[Deployment], instances: list[Instance], unreachable: frozenset[str] = frozenset()
 ) -> tuple[list[str], list[str], list[str]]:
-    """App gone: (instances to stop, instances to delete, deployments to delete)."""
+    """App gone: (instances to stop, instances to delete, deployments to delete).
+
+    An Instance is deleted once it stopped — or once it is asked to and its node is
+    ``unreachable`` (gone, or not Ready by the nodes controller's verdict, Unknown included): no
+    agent there can confirm the stop, and the App is gone, so nothing waits for it. The node's
+    agent stops the process itself when it is back and finds the Instance gone."""
     stop = [i.metadata.name for i in instances if i.spec.desired == "Running"]
     gone = [
         i.metadata.name
         for i in instances
         if i.spec.desired == "Stopped"
-        and (i.status.phase in INSTANCE_TERMINAL or (i.status.phase in ("", "Pending") and not i.spec.node))
+        and (
+            i.status.phase in INSTANCE_TERMINAL
+            or (i.status.phase in ("", "Pending") and not i.spec.node)
+            or (i.spec.node is not None and i.spec.node in unreachable)
+        )
     ]
     left = {i.spec.deployment for i in instances if i.metadata.name not in gone}
     return stop, gone, [d.metadata.name for d in deployments if d.metadata.name not in left]
@@ -676,9 +693,12 @@ class RolloutController(AppKeyedController):
         obj = event.object
         if obj.kind != "Node":
             return super().keys_for(event)
-        if not obj.spec.drain or event.type == "DELETED":
-            return ()
         insts = read_only(self.store, Instance, {LABEL_NODE: obj.metadata.name})
+        if event.type == "DELETED" or not obj.status.is_true("Ready"):
+            # a node gone or unreachable: a deleted App's teardown may stop waiting for it
+            return sorted({i.spec.app for i in insts if i.spec.desired == "Stopped"})
+        if not obj.spec.drain:
+            return ()
         return sorted({i.spec.app for i in insts if i.spec.desired == "Running"})
 
     def _draining(self, insts: list[Instance]) -> frozenset[str]:
@@ -782,9 +802,23 @@ class RolloutController(AppKeyedController):
                 f"config changed: releasing {created.metadata.name} (commit {created.spec.commit[:7]})",
             )
 
+    def _unreachable(self, insts: list[Instance]) -> frozenset[str]:
+        """The nodes among these Instances' that are gone or not Ready (False or Unknown)."""
+        out = set()
+        for name in sorted({i.spec.node for i in insts if i.spec.node}):
+            try:
+                node: Node = self.store.get(Node, name)
+            except NotFound:
+                out.add(name)
+                continue
+            ready = node.status.condition("Ready")
+            if ready is not None and ready.status != "True":
+                out.add(name)
+        return frozenset(out)
+
     def _teardown(self, key: str) -> Result:
         deps, insts = self._read(key)
-        stop, gone, dead = plan_teardown(deps, insts)
+        stop, gone, dead = plan_teardown(deps, insts, self._unreachable(insts))
         ds.stop_instances(self.store, [i for i in insts if i.metadata.name in stop])
         for name in gone:
             try:

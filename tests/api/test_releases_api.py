@@ -45,14 +45,15 @@ def history(api: Api) -> Api:
 
 
 def test_rollback_default_target(history: Api) -> None:
-    """Rollback without a target re-releases the newest earlier once-live release with its config."""
+    """Rollback without a target re-releases the newest earlier once-live release with its config
+    — but the App's replica count (1), not the target's (2): counts are not release config."""
     r = history.req("POST", "/api/v1/apps/hello/rollback")
     assert r.status_code == 201, r.text
     dep = r.json
     assert dep["metadata"]["name"] == "hello-4" and dep["metadata"]["labels"] == {"forge.dev/app": "hello"}
     assert dep["spec"]["commit"] == COMMIT1 and dep["spec"]["rollbackOf"] == "hello-1"
     assert dep["spec"]["trigger"]["type"] == "rollback"
-    assert dep["spec"]["config"] == {"env": {"N": "1"}, "replicas": 2, "domains": []}
+    assert dep["spec"]["config"] == {"env": {"N": "1"}, "replicas": 1, "domains": []}
 
 
 def test_rollback_to_named_release(history: Api) -> None:

@@ -109,3 +109,126 @@ def test_a_leader_paused_past_its_lease_cannot_write(tmp_path, clock) -> None:
     finally:
         store_a.close()
         store_b.close()
+
+
+# ---------------------------------------------------------------------- a dead predecessor here
+
+from forge.models import HolderProcess  # noqa: E402
+from forge.processid import LocalProcesses, gone  # noqa: E402
+
+
+class Host:
+    """One machine's process table (``forge.processid.Processes``) for electors in one test."""
+
+    def __init__(self, name: str = "h1", boot: str = "boot-1", machine: str = "m-1") -> None:
+        self.name, self.boot, self.machine = name, boot, machine
+        self.running: set[tuple[int, int]] = set()
+
+    def start(self, pid: int, ticks: int) -> HostProcess:
+        self.running.add((pid, ticks))
+        return HostProcess(self, pid, ticks)
+
+
+class HostProcess:
+    def __init__(self, host: Host, pid: int, ticks: int) -> None:
+        self.host, self.pid, self.ticks = host, pid, ticks
+
+    def me(self) -> HolderProcess:
+        h = self.host
+        return HolderProcess(
+            host=h.name,
+            machine_id=h.machine,
+            boot_id=h.boot,
+            pid_namespace="ns1",
+            pid=self.pid,
+            start_ticks=self.ticks,
+        )
+
+    def alive(self, pid: int, ticks: int | None) -> bool:
+        return any(p == pid and (ticks is None or t == ticks) for p, t in self.host.running)
+
+    def kill(self) -> None:
+        self.host.running.discard((self.pid, self.ticks))
+
+
+def elector(store, clock, identity: str, proc: HostProcess | None) -> LeaderElector:
+    return LeaderElector(
+        store, clock, identity, lambda: None, lambda: None, duration_seconds=15, processes=proc
+    )
+
+
+@pytest.mark.parametrize("how", ["kill-9", "pid-reused", "rebooted"])
+def test_restart_on_the_same_machine_takes_the_lease_at_once(store, clock, how: str) -> None:
+    """forge up killed and started again (its pid gone, or reused by another process, or the
+    machine rebooted): the new process leads in its first round, not a lease later (sim seed 2
+    of up-restart waited out its own dead predecessor's lease)."""
+    host = Host()
+    old = host.start(100, 5000)
+    first = elector(store, clock, "h1-100-aaaaaa", old)
+    assert first.step()
+    assert store.get("Lease", LEASE_NAME).spec.holder_process.pid == 100
+    old.kill()
+    if how == "pid-reused":
+        host.start(100, 9999)  # another process got the pid
+    if how == "rebooted":
+        host.boot, host.running = "boot-2", set()
+    clock.advance(1)
+    new = elector(store, clock, "h1-200-bbbbbb", host.start(200, 7000))
+    assert new.step() and new.leading
+    lease = store.get("Lease", LEASE_NAME)
+    assert (lease.spec.holder, lease.spec.transitions, lease.spec.holder_process.pid) == (
+        "h1-200-bbbbbb",
+        1,
+        200,
+    )
+
+
+@pytest.mark.parametrize(
+    "how", ["alive", "another-machine", "same-name-other-machine", "other-pid-namespace", "no-holder-process"]
+)
+def test_a_holder_not_provably_gone_is_waited_out(store, clock, how: str) -> None:
+    """A live holder (running, or SIGSTOP-ed: not dead), one on another machine (even one of the
+    same hostname), one whose pids this process cannot see, or a Lease that names no process:
+    the contender waits the whole lease, as before."""
+    host = Host()
+    old = host.start(100, 5000)
+    first = elector(store, clock, "h1-100-aaaaaa", None if how == "no-holder-process" else old)
+    assert first.step()
+    if how != "alive":
+        old.kill()
+    other = {
+        "another-machine": Host("h2", "boot-9", "m-9"),
+        "same-name-other-machine": Host("h1", "boot-9", "m-9"),
+    }.get(how, host)
+    proc = other.start(200, 7000)
+    if how == "other-pid-namespace":
+        proc.me = lambda: HolderProcess(
+            host="h1", machine_id="m-1", boot_id="boot-1", pid_namespace="ns2", pid=200, start_ticks=7000
+        )  # type: ignore[method-assign]
+    second = elector(store, clock, "x-200-bbbbbb", proc)
+    assert not second.step()
+    clock.advance(14)
+    assert not second.step()
+    clock.advance(1)
+    assert second.step()  # the lease ran out by its own observation
+
+
+def test_local_processes_prove_a_dead_child_gone() -> None:
+    """LocalProcesses on this machine: a running child is alive; once it exited, it is gone."""
+    import subprocess
+    import sys
+
+    local = LocalProcesses()
+    me = local.me()
+    assert me.boot_id and me.pid > 0 and me.start_ticks is not None
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        from forge.nodeagent.supervisor import process_start_ticks
+
+        ticks = process_start_ticks(child.pid)
+        holder = me.model_copy(update={"pid": child.pid, "start_ticks": ticks})
+        assert gone(holder, me, local) is None
+    finally:
+        child.communicate(b"", timeout=30)
+    assert gone(holder, me, local) == f"process {child.pid} on {me.host} has exited"
+    assert gone(me, me, local) is None  # this very process

@@ -116,3 +116,48 @@ def test_restarted_controller_keeps_a_lost_verdict_until_a_renewal(store, clock,
     renew(store, "n1")
     fresh.reconcile("n1")
     assert condition_of(store.get("Node", "n1"), "NodeLost").reason == "LeaseRenewed"
+
+
+@pytest.mark.parametrize("live", [True, False], ids=["live", "building"])
+def test_app_deleted_while_its_only_node_is_lost_is_torn_down(
+    store, clock, config, make_app, make_deployment, make_node, make_lease, live: bool
+) -> None:
+    """The only node goes silent (frozen: nothing evicted, the node Unknown), then the App is
+    deleted: its Instances and releases go anyway, without the stop the lost agent cannot confirm
+    (sim seeds 933, 881 kept them for good). The node, back, finds its Instance gone."""
+    make_node("n1")
+    make_lease("node.n1", duration_seconds=DEFAULT_GRACE)
+    make_app("hello")
+    make_deployment("hello", 1, manifest=True, phase="" if not live else "Live")
+    rollout = RolloutController(store, clock, config)
+    sched = SchedulerController(store, clock, config)
+    nodes = NodesController(store, clock, config)
+    rollout.reconcile("hello")
+    [inst] = store.list("Instance")[0]
+    sched.reconcile(inst.metadata.name)
+    report(store, inst.metadata.name, "Running" if live else "Building", ready=live, port=20001)
+    nodes.reconcile("n1")
+    clock.advance(DEFAULT_GRACE + 1)
+    nodes.reconcile("n1")
+    cond = condition_of(store.get("Node", "n1"), "Ready")
+    assert (cond.status, cond.reason) == ("Unknown", "NodeUnreachable")
+    assert store.get("Instance", inst.metadata.name).status.phase != "Lost"  # frozen: not evicted
+    store.delete("App", "hello")
+    for _ in range(3):
+        rollout.reconcile("hello")
+    assert store.list("Instance")[0] == [] and store.list("Deployment")[0] == []
+
+
+def test_teardown_waits_for_a_reachable_node(store, clock, config, world) -> None:
+    """A deleted App's Instances on a Ready node stay until their agent says they stopped."""
+    rollout, _sched, _nodes, _settle = world
+    store.delete("App", "hello")
+    rollout.reconcile("hello")
+    insts = store.list("Instance")[0]
+    assert insts and {i.spec.desired for i in insts} == {"Stopped"}
+    rollout.reconcile("hello")
+    assert len(store.list("Instance")[0]) == len(insts)
+    for i in insts:
+        report(store, i.metadata.name, "Stopped")
+    rollout.reconcile("hello")
+    assert store.list("Instance")[0] == [] and store.list("Deployment")[0] == []

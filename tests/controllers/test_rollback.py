@@ -486,3 +486,40 @@ def test_platform_restart_of_a_live_release_is_not_a_failure(
     assert condition_of(v2, "Healthy").status == "Unknown"
     assert v2.status.failing_since is None and not events_for(store, "hello-2", "Unhealthy")
     assert len(store.list("Deployment")[0]) == 2
+
+
+@pytest.mark.parametrize("scale", [
+    {"replicas": 3},
+    {"replicas": 2, "processes": {"worker": 2}},
+], ids=["web", "web-and-worker"])
+def test_rollback_after_a_scale_keeps_the_apps_counts(
+    ctl: RollbackController, rollout: RolloutController, store: Store, clock: FakeClock,
+    make_app: Callable[..., App], release: Callable[[int], None], scale: dict,
+) -> None:
+    """Scale, then the live release turns unhealthy: the automatic rollback goes back to the last
+    good release's code and config but keeps the App's replica counts (sim seed 887: it ran 1
+    replica while the App said 3)."""
+    make_app("hello", env={"V": "1"})
+    release(1)
+    release(2)
+    app = get(store, "App", "hello")
+    for key, value in scale.items():
+        setattr(app.spec, key, value)
+    store.update(app)
+    rollout.reconcile("hello")  # the scale, in place on hello-2
+    serve_all(store, "hello-2")
+    unready(store, "hello-2")
+    ctl.reconcile("hello")
+    clock.advance(10)
+    ctl.reconcile("hello")
+    v1, v3 = get(store, "Deployment", "hello-1"), get(store, "Deployment", "hello-3")
+    assert (v3.spec.trigger.type, v3.spec.rollback_of) == ("rollback", "hello-1")
+    assert v1.status.applied_config.replicas == 1  # type: ignore[union-attr]
+    cfg = v3.spec.config
+    assert cfg is not None and cfg.env == {"V": "1"}
+    assert (cfg.replicas, cfg.processes) == (scale["replicas"], scale.get("processes"))
+    v3.status.manifest = v1.status.manifest  # the source controller's part
+    store.update_status(v3)
+    rollout.reconcile("hello")
+    web = [i for i in instances(store, "hello-3") if i.spec.process == "web"]
+    assert len(web) == scale["replicas"]

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 HEARTBEAT = "~heartbeat"
 HEARTBEAT_SECONDS = 5.0  # the real agent's --heartbeat-seconds; its lease lasts three of them
 LEASE_SECONDS = 15.0
+HEARTBEAT_PHASE = 0.35  # node i's first renewal comes i * this after its start
 STABLE_SECONDS = 60.0
 
 
@@ -88,7 +89,10 @@ class HollowAgent:
             if self.world.planted == "agent-adoption-crash":
                 p.st.restarts += 1  # planted: an adoption counted as a restart
                 p.st.reason, p.st.message = "CrashLoopBackOff", "process exited"
-        self.queue.add(HEARTBEAT)
+        # Real agents start at different moments, so their renewals (and lease expiries) are
+        # spread over the period, not in lockstep: nodes cut off together lapse HEARTBEAT_PHASE
+        # apart, which a rule judging the first expiry alone gets wrong.
+        self.queue.add_after(HEARTBEAT, HEARTBEAT_PHASE * self.index)
         self.relist()
 
     def next_due(self) -> float | None:

@@ -12,9 +12,9 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from forge.clock import FakeClock, Stopwatch, parse_iso
+from forge.clock import parse_iso
 from forge.instancespec import app_config
-from forge.models import App, Deployment, DeploymentConfig, Event, Instance, Lease, Secret
+from forge.models import App, Deployment, DeploymentConfig, Event, Instance, Lease, Node, Secret
 from forge.store.base import WatchEvent
 from tests.controllers.ownership import Table, changed_paths, derived_paths, parse_table, row_for
 
@@ -26,7 +26,7 @@ LEADER_ROUND = 5.0  # the elector's renew interval (15 s lease / 3)
 ROUTE_GRACE = 3.0  # seconds a switch may stay half-done while a leader acts
 ROUTE_LAG = 0.5  # seconds traffic may follow the store late, beyond the watch delay in effect
 FINAL = ("Live", "Superseded", "Failed", "Cancelled")
-EXCUSING_FAULTS = ("node-loss", "partition", "disk-full", "git-down")
+EXCUSING_FAULTS = ("node-loss", "partition", "disk-full", "git-down", "cut-nodes")
 BLAMING_REASONS = ("RolledBack", "CrashLoopBackOff", "HealthCheckFailed", "Unhealthy", "OOMKilled")
 
 
@@ -41,7 +41,12 @@ def number(dep_name: str) -> int:
     return int(tail) if tail.isdigit() else -1
 
 
-def comparable(cfg: DeploymentConfig | None, secrets: bool = True) -> dict[str, Any] | None:
+COUNTS = ("replicas", "processes")  # changed in place by a scale: not release config
+
+
+def comparable(
+    cfg: DeploymentConfig | None, secrets: bool = True, counts: bool = True
+) -> dict[str, Any] | None:
     if cfg is None:
         return None
     d = cfg.model_dump()
@@ -49,10 +54,13 @@ def comparable(cfg: DeploymentConfig | None, secrets: bool = True) -> dict[str, 
     d["node_selector"] = d.get("node_selector") or None
     if not secrets:
         d.pop("secrets_version", None)
+    if not counts:
+        for k in COUNTS:
+            d.pop(k, None)
     return d
 
 
-STOPWATCH_SLACK = Stopwatch(FakeClock()).slack
+MIN_READY_TOLERANCE = 0.01  # rounding: promotion may not come earlier than min_ready at all
 
 
 @dataclass
@@ -70,6 +78,7 @@ class Checker:
     born: dict[str, float] = field(default_factory=dict)
     owners: Table = field(default_factory=dict)
     writers: dict[tuple[str, str], set[str]] = field(default_factory=dict)
+    failed: Violation | None = None  # raised in a write (a controller's runtime swallows it)
 
     def __post_init__(self) -> None:
         self.owners = parse_table()
@@ -82,6 +91,8 @@ class Checker:
     # ------------------------------------------------------------------ as the store changes
 
     def observe(self, events: list[WatchEvent]) -> None:
+        if self.failed is not None:
+            raise self.failed
         for ev in events:
             obj = ev.object
             name = obj.metadata.name
@@ -149,15 +160,15 @@ class Checker:
 
     def check_leadership(self) -> None:
         """A control plane restarted on the same host leads within one election round (plus a
-        second): it must not wait out the lease of its own dead predecessor. Judged only when
-        the ``up-restart`` family is on (the known bug of #20; see plan.KNOWN_BUG_TRIGGERS)."""
+        second): it must not wait out the lease of its own dead predecessor."""
         w = self.world
-        if "up-restart" not in w.families or not w.restarts or not self.on("leader-after-restart"):
+        if not w.restarts or not self.on("leader-after-restart"):
             return
         host, since = w.restarts[-1]
         if w.leader() is not None:
             w.restarts.clear()
             return
+        since = max(since, w.disk_full_until)  # a full store takes no Lease: judged once writable
         if w.now() - since > LEADER_ROUND + 1.0:
             raise Violation(
                 "leader-after-restart",
@@ -201,10 +212,9 @@ class Checker:
                 inst = self.insts.get(p.st.name)
                 if inst is None or inst.spec.process != "web" or not inst.status.ready:
                     continue
-                # main's Stopwatch (forge/clock.py) reads a start it first sees off the wall clocks,
-                # bounded to its slack once it has watched a while: a skewed or stepped clock may
-                # shorten min_ready by that much, by design
-                if p.ready_mono is None or mono - p.ready_mono < need - STOPWATCH_SLACK - 0.5:
+                # min_ready counts from the leader's first look at the Instance ready (the
+                # Stopwatch's ``observed``): no step, skew or leader change may shorten it at all
+                if p.ready_mono is None or mono - p.ready_mono < need - MIN_READY_TOLERANCE:
                     ready_for = 0.0 if p.ready_mono is None else mono - p.ready_mono
                     raise Violation(
                         "min-ready",
@@ -233,8 +243,11 @@ class Checker:
             target = self.deps.get(dep.spec.rollback_of or "")
             if target is None or not self.on("rollback-config"):
                 return
-            want = [comparable(c, secrets=False) for c in (target.status.applied_config, target.spec.config)]
-            got = comparable(dep.spec.config, secrets=False)
+            want = [
+                comparable(c, secrets=False, counts=False)
+                for c in (target.status.applied_config, target.spec.config)
+            ]
+            got = comparable(dep.spec.config, secrets=False, counts=False)
             if got is not None and got not in want:
                 raise Violation(
                     "rollback-config",
@@ -244,6 +257,20 @@ class Checker:
                 raise Violation(
                     "rollback-config", f"{name} rolls back to {target.metadata.name} without its config"
                 )
+            # ... and with the App's replica counts as they are now: a scale is in place, and a
+            # rollback (a person's or the rollback controller's) must not undo it (seed 887)
+            if current is not None and dep.spec.config is not None and self.on("rollback-counts"):
+                want_n = comparable(app_config(current, None))
+                got_n = comparable(dep.spec.config)
+                assert want_n is not None and got_n is not None
+                for k in COUNTS:
+                    if got_n.get(k) != want_n.get(k):
+                        raise Violation(
+                            "rollback-counts",
+                            f"{name} ({'automatic' if dep.metadata.owner_ref else 'asked for'}) rolls "
+                            f"back to {target.metadata.name} with {k}={got_n.get(k)!r}, the App says "
+                            f"{want_n.get(k)!r}",
+                        )
             return
         if current is None or dep.spec.config is None or not self.on("release-config"):
             return
@@ -274,7 +301,7 @@ class Checker:
         # A release the platform could not place (nodes lost, cordoned, drained; a full disk;
         # GitHub down) may fail; one failed *as the app's fault* only when its processes were lost.
         blamed = dep.status.reason in BLAMING_REASONS
-        excuses = ("node-loss", "partition") if blamed else (*EXCUSING_FAULTS, "cordon", "drain")
+        excuses = ("node-loss", "partition", "cut-nodes") if blamed else (*EXCUSING_FAULTS, "cordon", "drain")
         excused = self.world.fault_overlapped(self.born.get(name, 0.0), excuses)
         if excused:
             return
@@ -297,6 +324,17 @@ class Checker:
             )
 
     def on_write(self, store: SimStore, method: str, before: Any, after: Any) -> None:
+        """Judge a write as it commits. A Violation raised here lands inside the writer — a
+        controller's reconcile, whose runtime catches every exception per item and retries — so
+        it is also kept and raised again by the next ``observe``, after the step."""
+        try:
+            self._on_write(store, method, before, after)
+        except Violation as v:
+            if self.failed is None:
+                self.failed = v
+            raise
+
+    def _on_write(self, store: SimStore, method: str, before: Any, after: Any) -> None:
         if store.name != "api" and self.on("deposed-leader"):
             try:
                 lease = self.world.observer.get(Lease, "controllers-leader")
@@ -321,6 +359,8 @@ class Checker:
                     "live-instance-kept",
                     f"{store.actor or store.name} deleted {after.metadata.name}, a ready Instance of live {live}",
                 )
+        if method == "update_status" and isinstance(after, Node) and self.on("mass-cut-evicted"):
+            self._node_verdict(before, after)
         if method == "update_status" and store.actor and self.on("owner"):
             # one writer per status field: main's table (docs/CONTRACTS.md), read by the same
             # parser as the controller suite's check (tests/controllers/ownership.py)
@@ -337,6 +377,30 @@ class Checker:
                         f"{store.actor} wrote {after.kind}.status.{path}; owned by {row.owner}"
                         + (f" (also {sorted(row.also)})" if row.also else ""),
                     )
+
+    def _node_verdict(self, before: Node | None, after: Node) -> None:
+        """Nodes cut off at one instant — all of them, or more than 55 % and more than one — look
+        like a fault on the control plane's side: none of them may be written off (NodeLost),
+        whichever lease happens to expire first (nodes controller, README "When a worker dies")."""
+        cond = after.status.condition("Ready")
+        if cond is None or cond.status != "False" or cond.reason != "NodeLost":
+            return
+        old = before.status.condition("Ready") if before is not None else None
+        if old is not None and old.status == "False" and old.reason == "NodeLost":
+            return
+        w = self.world
+        name, now, total = after.metadata.name, w.now(), len(w.node_clocks)
+        for nodes, start, until in w.cuts:
+            mass = len(nodes) == total or (len(nodes) > 1 and len(nodes) > 0.55 * total)
+            # still all cut (a partition of one of them may have healed it earlier: then the
+            # others lapse alone and are rightly written off)
+            together = all(n in w.partitioned for n in nodes)
+            if name in nodes and mass and together and start <= now <= until:
+                raise Violation(
+                    "mass-cut-evicted",
+                    f"{name} written off {now - start:.1f}s into a cut of {len(nodes)} of {total} nodes "
+                    f"at once ({', '.join(sorted(nodes))})",
+                )
 
     # ------------------------------------------------------------------ traffic
 
@@ -438,17 +502,31 @@ class Checker:
                     f"{app_name}: the branch head {head[:8]} (healthy) is not live; live is "
                     f"{live.metadata.name + ' @' + live.spec.commit[:8] if live else 'nothing'}",
                 )
+            # A rollback pins its target's config until the App is edited again — a person's, and
+            # the rollback controller's (recorded as an Event) — but never its counts (a scale is
+            # in place): after one, only the counts must match the App.
+            rolled_at = max(w.rollback_at.get(app_name, -1.0), self.rollback_events.get(app_name, -1.0))
+            pinned = rolled_at > w.config_at.get(app_name, 0.0)
+            # as for the head: a release of the new config that the infrastructure failed (its
+            # release command on a node that was lost) is not retried — that is a person's call
+            if any(
+                d.spec.app == app_name
+                and d.status.phase == "Failed"
+                and self.born.get(n, 0.0) >= w.config_at.get(app_name, 0.0)
+                and w.fault_overlapped(self.born.get(n, 0.0), EXCUSING_FAULTS)
+                for n, d in self.deps.items()
+            ):
+                pinned = True
             if (
                 self.on("config-live")
                 and live is not None
-                and w.rollback_at.get(app_name, -1.0) <= w.config_at.get(app_name, 0.0)
                 and last in ("push", "config")
                 and w.is_healthy(live.spec.commit)
             ):
                 cfg = live.status.applied_config or live.spec.config
                 want = app_config(app, self.secrets.get(app_name))
                 got_c, want_c = comparable(cfg, secrets=False) or {}, comparable(want, secrets=False) or {}
-                for k in ("replicas", "processes", "env", "domains"):
+                for k in COUNTS if pinned else ("replicas", "processes", "env", "domains"):
                     if got_c.get(k) != want_c.get(k):
                         raise Violation(
                             "config-live",

@@ -218,6 +218,112 @@ REGRESSIONS.setdefault(
     ),
 )
 
+REGRESSIONS.setdefault(
+    "rollback-undoes-scale",
+    (
+        "rollback-after-scale",
+        887,
+        "config-live",
+        "scale to 3 while the newest release crashes: the automatic rollback release carried its "
+        "target's replica count (1) and pinned it, so the App said 3 and 1 ran (counts are not "
+        "release config; fixed in forge/release.py's rollback_release; found by the simulator)",
+        [
+            (0.0, "control-plane", ("cp0",), True),
+            (0.0, "control-plane", ("cp1",), True),
+            (0.0, "node", ("n0", 0.0), True),
+            (0.0, "node", ("n1", 0.0), True),
+            (0.1, "app", ("a0", 0.0, False), True),
+            (0.2, "push", ("a0", "healthy", True), True),
+            (12.0, "push", ("a0", "crash-after", True), False),
+            (33.0, "scale", ("a0", 3), False),
+        ],
+    ),
+)
+REGRESSIONS.setdefault(
+    "delete-on-lost-only-node",
+    (
+        "delete-lost-node",
+        933,
+        "deleted-clean",
+        "an App deleted while its only node is lost keeps its release and Instance: teardown "
+        "waited for the lost node to confirm the stop, and with every node lapsed the nodes "
+        "controller (frozen, rightly evicting nothing) never said the node was gone (found by the "
+        "simulator)",
+        [
+            (0.0, "control-plane", ("cp0",), True),
+            (0.0, "control-plane", ("cp1",), True),
+            (0.0, "node", ("n0", 0.0), True),
+            (0.1, "app", ("a0", 2.0, False), True),
+            (0.2, "push", ("a0", "healthy", True), True),
+            (9.0, "node-loss", ("n0",), False),
+            (17.0, "delete", ("a0",), False),
+        ],
+    ),
+)
+REGRESSIONS.setdefault(
+    "delete-while-building-on-lost-node",
+    (
+        "delete-lost-node",
+        881,
+        "releases-end",
+        "the same with the release still building on the lost node: it stayed Building for good",
+        [
+            (0.0, "control-plane", ("cp0",), True),
+            (0.0, "node", ("n0", 0.0), True),
+            (0.1, "app", ("a0", 0.0, False), True),
+            (0.2, "push", ("a0", "healthy", False), True),
+            (1.3, "node-loss", ("n0",), False),
+            (21.3, "delete", ("a0",), False),
+        ],
+    ),
+)
+
+REGRESSIONS.setdefault(
+    "clock-step-at-takeover-fails-release",
+    (
+        "clock-step",
+        133,
+        "healthy-not-failed",
+        "the leader pauses, the wall clock steps +2 h, the other control plane takes over: its first "
+        "look read the release's age off the wall clocks, hours past its deadline, and failed a "
+        "healthy release ProgressDeadlineExceeded at once (a first reading now counts at most half "
+        "the deadline; found by the simulator)",
+        [
+            (0.0, "control-plane", ("cp0",), True),
+            (0.0, "control-plane", ("cp1",), True),
+            (0.0, "node", ("n0", 0.0), True),
+            (0.0, "node", ("n1", 0.0), True),
+            (0.1, "app", ("a0", 0.0, True), True),
+            (0.1, "app", ("a1", 2.0, True), True),
+            (0.2, "push", ("a0", "healthy", True), True),
+            (0.2, "push", ("a1", "healthy", False), True),
+            (2.4, "leader-pause", (20.2,), False),
+            (3.0, "clock-step", (7200.0,), False),
+        ],
+    ),
+)
+
+REGRESSIONS.setdefault(
+    "three-nodes-cut-one-evicted",
+    (
+        "nodes-cut-together",
+        58,
+        "mass-cut-evicted",
+        "three nodes cut off at one instant: their leases lapse 0.35 s apart and the nodes "
+        "controller judged the first alone (1 of 3 lapsed), writing it off while the 55 % rule "
+        "should have frozen all three (found by the simulator once agents renew out of lockstep)",
+        [
+            (0.0, "control-plane", ("cp0",), True),
+            (0.0, "node", ("n0", 0.0), True),
+            (0.0, "node", ("n1", 0.0), True),
+            (0.0, "node", ("n2", 0.0), True),
+            (0.1, "app", ("a0", 0.0, False), True),
+            (0.2, "push", ("a0", "healthy", False), True),
+            (21.3, "cut-nodes", (37.2,), False),
+        ],
+    ),
+)
+
 
 def plan_of(name: str) -> list[Op]:
     return [Op(t, kind, tuple(args), setup) for t, kind, args, setup in REGRESSIONS[name][4]]

@@ -26,9 +26,10 @@ ROOT = Path(__file__).resolve().parents[2]
 # 300, not the 1,000 issue #21 asks for (300 seeds: 67 s on a quiet machine; 1,000: 276 s).
 # Against merged main seeds 0-999 held 6 failures: 404, 449, 926 were the simulator's (a release
 # on a lost only node may stay open for its whole deadline, build and release-command timeouts
-# included: judging now waits up to 2,580 s); still open: 881, 933 (an App deleted while its only
-# node is lost keeps its records: deletion waits for the lost node) and 887 (config-live after a
-# scale during a partition). Raise it once those are triaged (FORGE_SIM_TEST_SEEDS=1000 runs them).
+# included: judging now waits up to 2,580 s); 881, 933 (an App deleted while its only node is lost
+# kept its records) and 887 (an automatic rollback after a scale ran the target's replica count)
+# were Forge's, fixed on branch sim2 and pinned in regressions.py. The default families changed
+# since (up-restart, clock-step, cut-nodes run in every seed), so seed numbers there are not these.
 SEEDS = int(os.environ.get("FORGE_SIM_TEST_SEEDS", "300"))
 
 
@@ -82,7 +83,8 @@ def test_plan_depends_on_the_seed_and_the_switch_only() -> None:
     assert [str(o) for o in generate(7, families=set())] != [str(o) for o in generate(8, families=set())]
     on = {o.kind for s in range(40) for o in generate(s, families=set(KNOWN_BUG_TRIGGERS))}
     off = {o.kind for s in range(40) for o in generate(s, families=set())}
-    assert {"clock-step", "up-restart"} <= on - off  # scale-proc and secret: fixed, always on
+    assert off <= on
+    assert {"clock-step", "up-restart", "cut-nodes"} <= off  # fixed (branch sim2): in the default run
 
 
 class OtherFailure(Exception):

@@ -36,7 +36,7 @@ from forge.controllers.manager import CONTROLLERS
 from forge.controllers.runtime import ControllerRuntime
 from forge.controllers.source import SourceController
 from forge.errors import ForgeError
-from forge.models import LABEL_NODE
+from forge.models import LABEL_NODE, HolderProcess
 from forge.proxy.reconcilers import ServiceMapReconciler
 from forge.proxy.records import Records
 from forge.store.base import WatchEvent
@@ -141,11 +141,41 @@ class SimProxy:
         return key
 
 
+class SimProcesses:
+    """A simulated host's process table behind ``forge.processid.Processes``: each host is one
+    machine with one boot; a control plane is a process (pid, start ticks) alive until killed.
+    A paused (SIGSTOP-ed) process is alive."""
+
+    PIDNS = "4026531836"
+
+    def __init__(self, world: World, host: str, pid: int) -> None:
+        self.world, self.host, self.pid = world, host, pid
+        self.ticks = int(world.now() * 100)
+
+    def me(self) -> HolderProcess:
+        return HolderProcess(
+            host=self.host,
+            machine_id=f"machine-{self.host}",
+            boot_id=f"boot-{self.host}",
+            pid_namespace=self.PIDNS,
+            pid=self.pid,
+            start_ticks=self.ticks,
+        )
+
+    def alive(self, pid: int, start_ticks: int | None) -> bool:
+        return any(
+            cp.alive and cp.pid == pid and (start_ticks is None or cp.procs.ticks == start_ticks)
+            for cp in self.world.cps
+            if cp.host == self.host
+        )
+
+
 class ControlPlane:
     """One ``forge controllers`` process: its own store connection (fenced), runtime, elector."""
 
-    def __init__(self, world: World, ident: str, host: str) -> None:
-        self.world, self.ident, self.host = world, ident, host
+    def __init__(self, world: World, ident: str, host: str, pid: int) -> None:
+        self.world, self.ident, self.host, self.pid = world, ident, host, pid
+        self.procs = SimProcesses(world, host, pid)
         self.alive, self.paused = True, False
         self.store = SimStore(SqliteStore(str(world.db_path), clock=world.cp_clock), ident)
         self.store.full = world.disk_is_full
@@ -176,6 +206,7 @@ class ControlPlane:
             self._stopped,
             duration_seconds=LEASE_SECONDS,
             fence_store=self.store,
+            processes=self.procs,
         )
         self.fetched = world.store_revision()
         self.pending: dict[str, list[tuple[float, WatchEvent]]] = {}
@@ -311,6 +342,7 @@ class World:
         self.steps = 0
         self.disk_full_until = -1.0
         self.partitioned: set[str] = set()
+        self.cuts: list[tuple[frozenset[str], float, float]] = []  # (nodes cut at once, from, until)
         self.watch_faults: dict[str, tuple[str, float, float]] = {}  # cp ident → (mode, until, delay)
         self.api_store = SimStore(SqliteStore(str(self.db_path), clock=self.cp_clock), "api")
         self.api_store.full = self.disk_is_full
@@ -469,7 +501,7 @@ class World:
         if dead:
             self.restarts.append((host, self.now()))
         self.cp_count += 1
-        cp = ControlPlane(self, f"{host}-pid{self.cp_count}", host)
+        cp = ControlPlane(self, f"{host}-pid{self.cp_count}", host, self.cp_count)
         self.cps.append(cp)
         self.trace(f"{cp.ident}: up")
 
