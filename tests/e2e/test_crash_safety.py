@@ -141,7 +141,11 @@ def test_live_release_that_starts_crashing_is_rolled_back_within_15s(forge: Forg
         dep = wait_for(rollback, 40, "a rollback release")
         t_begin = time.monotonic()
         forge.wait_phase(dep["metadata"]["name"], {"Live"}, timeout=90)
-        wait_for(lambda: clients.seen and clients.seen[-1][2] == "v1", 30, "v1's code to serve")
+        try:
+            wait_for(lambda: clients.seen and clients.seen[-1][2] == "v1", 30, "v1's code to serve")
+        except AssertionError as exc:  # say what the clients and the App saw, not only that it timed out
+            app = forge.get("apps", "turns")["status"]
+            raise AssertionError(f"{exc}; last requests {clients.seen[-5:]}; App status {app}") from None
         t_back = time.monotonic()
         time.sleep(1.0)
     fails = clients.failures(since=t0)
