@@ -229,6 +229,7 @@ def metrics_ports(forge: Forge) -> list[int]:
 # --------------------------------------------------------------------------- attacker
 
 
+@pytest.mark.alone  # its probe walks many targets on connect timeouts: over 60 s under parallel workers
 def test_app_and_build_reach_nothing_of_the_host_nor_other_apps(forge: Forge, outside: tuple[str, int],
                                                                  host_service: int) -> None:
     """From inside a build and an app process, every platform endpoint and another app's Instance

@@ -22,6 +22,7 @@ import pytest
 
 from forge.api import create_app
 from forge.cgroups import detect_driver
+from forge.errors import NotFound
 from tests.nodeagent.test_agent_harness import (
     CLOCK,
     NEEDS,
@@ -76,6 +77,13 @@ def rig() -> Iterator[Rig]:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _lease_renewed(rig: Rig) -> str | None:
+    try:
+        return rig.api.store.get("Lease", f"node.{NODE}").spec.renew_time
+    except NotFound:
+        return None
+
+
 def test_sigkill_agent_apps_keep_serving_and_are_readopted(rig: Rig) -> None:
     """SIGKILL of the agent leaves the app serving; the restarted agent keeps the same pid and restarts."""
     rig.api.create_instance("hello-1-0", NODE, rig.commit, manifest(build=[]))
@@ -91,7 +99,8 @@ def test_sigkill_agent_apps_keep_serving_and_are_readopted(rig: Rig) -> None:
     rv_before = rig.api.instance("hello-1-0").metadata.resource_version
     rig.start_agent()
     # Re-adopted: the agent's heartbeat moves on while the Instance keeps pid, port, readiness.
-    lease = rig.api.store.get("Lease", f"node.{NODE}").spec.renew_time
+    # (the first agent may have been killed before its first renewal wrote the Lease: wait for it)
+    lease = wait_for(lambda: _lease_renewed(rig), timeout=30)
     wait_for(lambda: rig.api.store.get("Lease", f"node.{NODE}").spec.renew_time != lease, timeout=30)
     wait_for(lambda: "re-adopted hello-1-0" in (rig.tmp / "agent.out").read_text(), timeout=30)
     CLOCK.sleep(3)  # a few probe intervals: long enough to notice a wrong restart
